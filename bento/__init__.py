@@ -1,0 +1,1 @@
+"""BentoML serving: services per task, auth, batching, input capture."""

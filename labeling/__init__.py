@@ -1,0 +1,1 @@
+"""Label Studio integration: projects, pre-annotation, assignment, export -> dataset versions."""
