@@ -7,9 +7,11 @@ message, never a traceback, unless ``--debug`` is given.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -52,11 +54,161 @@ def cli(ctx: click.Context, debug: bool, repo: str | None) -> None:
     """kiln: declarative ML. Edit YAML specs, `kiln plan`, `kiln apply`."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    ctx.obj["repo"] = os.path.abspath(repo) if repo else os.getcwd()
+    if repo:  # like `git -C`: paths in messages and in the state are relative to the repository
+        try:
+            os.chdir(repo)
+        except OSError as exc:
+            raise KilnError(f"cannot use repository {repo}: {exc.strerror}") from None
+    ctx.obj["repo"] = os.getcwd()
+    if debug:
+        os.environ["KILN_DEBUG"] = "1"
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _config(ctx: click.Context):
+    from kiln.config import load_config
+
+    return load_config(ctx.obj["repo"])
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path())
+@click.pass_context
+def validate(ctx: click.Context, path: str | None) -> int:
+    """Check every spec under PATH (default: the specs folder): types, ranges, references,
+    roles and quotas. Prints one line per problem (file:line:col  path  message)."""
+    from kiln.controller.project import load_valid
+
+    specs = load_valid(_config(ctx), path)
+    kinds: dict[str, int] = {}
+    for s in specs.specs:
+        kinds[s.kind] = kinds.get(s.kind, 0) + 1
+    detail = ", ".join(f"{n} {k}" for k, n in kinds.items())
+    click.echo(f"{len(specs.specs)} specs valid in {specs.files} files ({detail})")
+    return 0
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
+@click.option("--prune", is_flag=True, help="Plan deletions for specs that were removed.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0: no changes, 2: changes, 1: error.")
+@click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@click.pass_context
+def plan(ctx: click.Context, path: str | None, fmt: str, prune: bool, detailed_exitcode: bool,
+         verbose: bool) -> int:
+    """Show what `kiln apply` would create, update or delete (the pull-request check)."""
+    from kiln.controller.project import plan as make
+
+    p = make(_config(ctx), path, prune=prune)
+    click.echo(p.to_json() if fmt == "json" else p.to_markdown() if fmt == "markdown" else p.to_text(verbose))
+    return 2 if detailed_exitcode and p.has_changes else 0
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path())
+@click.option("--prune", is_flag=True, help="Delete what removed specs created (per-object opt-out: "
+              "annotation kiln.dev/prune: disabled).")
+@click.option("--wait-lock", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another kiln apply to finish.")
+@click.pass_context
+def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float) -> int:
+    """Make it so: reconcile every spec. Safe to re-run; unchanged objects are skipped."""
+    from kiln.controller.project import apply as run
+
+    done = run(_config(ctx), path, prune=prune, echo=click.echo, wait_lock=wait_lock,
+               command="kiln apply " + " ".join(sys.argv[2:]))
+    click.echo(done.result.summary())
+    return 0 if done.result.ok else 1
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def status(ctx: click.Context, output: str) -> int:
+    """Every object: kind, name, sync, health, last change."""
+    from kiln.controller.status import status_rows, status_table
+
+    rows = status_rows(_config(ctx))
+    click.echo(json.dumps(rows, indent=2) if output == "json" else status_table(rows))
+    return 0
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
+@click.pass_context
+def get(ctx: click.Context, kind: str, name: str | None, output: str) -> int:
+    """Recorded state of objects of KIND (or one object)."""
+    from kiln.controller.status import get_records, status_table
+
+    recs = get_records(_config(ctx), kind, name)
+    if output == "table":
+        from kiln.controller.status import row
+
+        click.echo(status_table([row(r) for r in recs]))
+    else:
+        data = [r.to_dict() for r in recs]
+        if name is not None:
+            data = data[0]  # type: ignore[assignment]
+        if output == "json":
+            click.echo(json.dumps(data, indent=2, default=str))
+        else:
+            import yaml
+
+            click.echo(yaml.safe_dump(data, sort_keys=False))
+    return 0
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND/NAME")
+@click.pass_context
+def describe(ctx: click.Context, ref: str) -> int:
+    """Conditions, history and inventory of one object."""
+    from kiln.controller.status import describe as text
+
+    click.echo(text(_config(ctx), ref))
+    return 0
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND/NAME")
+@click.option("--what", type=click.Choice(["all", "spec", "workflow"]), default="all",
+              help="The composed spec (templates applied), its Argo Workflow, or both.")
+@click.option("--path", type=click.Path(), default=None, help="Specs folder (default: from kiln.yaml).")
+@click.pass_context
+def render(ctx: click.Context, ref: str, what: str, path: str | None) -> int:
+    """Print KIND/NAME as composed from its templates and the workflow it runs as."""
+    from kiln.controller.status import find_spec
+    import yaml
+
+    cfg = _config(ctx)
+    spec = find_spec(cfg, ref, path)
+    docs = []
+    if what in ("all", "spec"):
+        docs.append(spec.doc)
+    if what in ("all", "workflow"):
+        from kiln.controller.render import render_workflow
+
+        docs.append(render_workflow(cfg, spec))
+    click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
+    return 0
+
+
+@cli.command()
+@click.option("--out", "out", type=click.Path(file_okay=False), default="schemas", show_default=True)
+@click.pass_context
+def schema(ctx: click.Context, out: str) -> int:
+    """Write a JSON Schema per kind, for editors (`# yaml-language-server: $schema=...`)."""
+    from kiln.api.schema import write_schemas
+
+    for p in write_schemas(Path(out)):
+        click.echo(f"wrote {p}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

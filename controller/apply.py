@@ -1,0 +1,225 @@
+"""Apply: make the recorded state equal the specs, one object at a time, resumably.
+
+For each planned change (dependencies first) the kind's handler yields steps. Each step's
+progress is persisted before and after it runs (``StepProgress`` keyed by object, spec hash and
+step), so a step that succeeded for this spec is never run again, also after ``kill -9``. The
+object's record (spec, hash, generation, conditions, inventory) and an ``Attempt`` are written
+together in one transaction when the object finishes, in a ``finally``: a crash leaves the record
+of the last completed apply, never half of a new one.
+
+Deletions (``--prune``) remove what the inventory lists; an item whose delete failed stays in the
+inventory so that it is not leaked.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from kiln.controller.handlers import HANDLERS, PLANNED, Context, TemporaryError
+from kiln.errors import KilnError
+from kiln.controller.plan import Change, Plan
+
+if TYPE_CHECKING:
+    from kiln.config import KilnConfig
+    from kiln.state import ObjectRecord, StateStore
+
+Printer = Callable[[str], None]
+
+
+@dataclass
+class ObjectResult:
+    ref: str
+    outcome: str                 # created | updated | deleted | unchanged | failed | not-applied | retrying
+    actions: list[str] = field(default_factory=list)
+    skipped_steps: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass
+class ApplyResult:
+    results: list[ObjectResult] = field(default_factory=list)
+
+    @property
+    def actions(self) -> int:
+        return sum(len(r.actions) for r in self.results)
+
+    def count(self, outcome: str) -> int:
+        return sum(r.outcome == outcome for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return not any(r.outcome in ("failed", "not-applied", "retrying") for r in self.results)
+
+    def summary(self) -> str:
+        parts = [f"{self.count(o)} {o}" for o in ("created", "updated", "deleted", "unchanged")]
+        text = f"Apply: {', '.join(parts)}; {self.actions} action(s)."
+        for o, label in (("failed", "failed"), ("retrying", "will retry"), ("not-applied", "not applied (no handler yet)")):
+            if self.count(o):
+                text += f" {self.count(o)} {label}."
+        return text
+
+
+def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, echo: Printer = print) -> ApplyResult:
+    result = ApplyResult()
+    for change in plan.changes:
+        if change.action == "unchanged":
+            if change.spec is not None:
+                echo(f"  {change.ref}: unchanged, skipping")
+            elif change.note:
+                echo(f"  {change.ref}: {change.note}")
+            result.results.append(ObjectResult(change.ref, "unchanged"))
+            continue
+        if change.kind not in HANDLERS:
+            res = _not_applicable(change, store)
+            echo(f"! {change.ref}: not applied: {res.message}")
+            result.results.append(res)
+            continue
+        if change.action == "delete":
+            res = _delete(change, config, store, echo)
+        else:
+            res = _reconcile(change, config, store, echo)
+        result.results.append(res)
+    return result
+
+
+def _now() -> str:
+    from kiln.state import utcnow
+
+    return utcnow()
+
+
+def _new_record(change: Change) -> ObjectRecord:
+    from kiln.state import ObjectRecord
+
+    assert change.spec is not None
+    return ObjectRecord(key=change.key, source=_source(change))
+
+
+def _source(change: Change) -> str:
+    assert change.spec is not None
+    return change.spec.location()
+
+
+def _not_applicable(change: Change, store: StateStore) -> ObjectResult:
+    message = (f"kind {change.kind} has no handler in this kiln version "
+               f"(it arrives with {PLANNED.get(change.kind, 'a later version')})")
+    if change.spec is not None:
+        rec = change.record or _new_record(change)
+        rec = replace(rec, source=_source(change), sync="OutOfSync", health="Unknown")
+        rec = rec.with_condition("Ready", "False", "HandlerNotAvailable", message)
+        rec = rec.with_condition("Stalled", "True", "HandlerNotAvailable", message)
+        if change.record is None or change.record.conditions != rec.conditions or change.record.source != rec.source:
+            store.put(rec)  # bookkeeping only, so that `kiln status` lists it honestly
+    return ObjectResult(change.ref, "not-applied", message=message)
+
+
+def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Printer) -> ObjectResult:
+    from kiln.state import Attempt
+
+    spec = change.spec
+    assert spec is not None
+    handler = HANDLERS[change.kind]()
+    record = change.record or _new_record(change)
+    started = _now()
+    ctx = Context(config=config, store=store, spec=spec, record=record, log=echo)
+    outcome = "created" if change.action == "create" else "updated"
+    res = ObjectResult(change.ref, outcome)
+    inventory: list[dict[str, Any]] = []
+    error: BaseException | None = None
+    echo(f"~ {change.ref}: {change.action} ({spec.location()})")
+    record = replace(record, source=_source(change)).with_condition(
+        "Reconciling", "True", "Progressing", f"applying spec {spec.spec_hash}")
+    store.put(record)
+    try:
+        for step in handler.steps(ctx):
+            done = store.step(change.key, spec.spec_hash, step.name)
+            if done is not None and done.succeeded:
+                ctx.outputs[step.name] = done.output
+                res.skipped_steps.append(step.name)
+                echo(f"    = {step.name}: done before, skipping")
+            else:
+                store.start_step(change.key, spec.spec_hash, step.name)
+                try:
+                    out = step.run(ctx) or {}
+                except BaseException as exc:
+                    store.finish_step(change.key, spec.spec_hash, step.name, "failed", message=str(exc))
+                    raise
+                store.finish_step(change.key, spec.spec_hash, step.name, "succeeded", output=out)
+                ctx.outputs[step.name] = out
+                res.actions.append(f"{step.name}: {step.describe}")
+                echo(f"    + {step.name}: {step.describe}")
+            if step.inventory is not None:
+                inventory += step.inventory(ctx.outputs[step.name])
+    except (Exception, KeyboardInterrupt) as exc:
+        error = exc
+    finally:
+        finished = _now()
+        if error is None:
+            record = record.applied(spec.doc, spec.spec_hash, now=finished)
+            record = replace(record, inventory=inventory,
+                             health=handler.health(ctx), extra={**record.extra, **handler.extra(ctx)})
+            record = record.with_condition("Ready", "True", "Succeeded", "applied", now=finished)
+            record = record.with_condition("Reconciling", "False", "Succeeded", "", now=finished)
+            record = record.with_condition("Stalled", "False", "Succeeded", "", now=finished)
+            result_word, message = "succeeded", ""
+        else:
+            temporary = isinstance(error, TemporaryError)
+            interrupted = isinstance(error, KeyboardInterrupt)
+            message = "interrupted" if interrupted else (
+                str(error) if isinstance(error, KilnError) else f"{type(error).__name__}: {error}")
+            record = replace(record, sync="OutOfSync", health="Degraded" if not temporary else record.health)
+            record = record.with_condition("Ready", "False", "Failed", message, now=finished)
+            record = record.with_condition("Reconciling", "True" if temporary else "False",
+                                           "Retrying" if temporary else "Failed", message, now=finished)
+            if not temporary and not interrupted:
+                record = record.with_condition("Stalled", "True", "Failed", message, now=finished)
+            result_word = "interrupted" if interrupted else "failed"
+            res.outcome = "retrying" if temporary else "failed"
+            res.message = message
+            echo(f"x {change.ref}: {message}")
+            if _debug() and not isinstance(error, (KilnError, KeyboardInterrupt)):
+                echo("".join(traceback.format_exception(error)).rstrip())
+        with store.transaction():
+            store.put(record)
+            store.record_attempt(Attempt(key=change.key, generation=record.generation, spec_hash=spec.spec_hash,
+                                         started_at=started, finished_at=finished, result=result_word,
+                                         message=message, actions=res.actions))
+    if isinstance(error, KeyboardInterrupt):
+        raise error
+    return res
+
+
+def _delete(change: Change, config: KilnConfig, store: StateStore, echo: Printer) -> ObjectResult:
+    from kiln.state import Attempt
+
+    record = change.record
+    assert record is not None
+    handler = HANDLERS[change.kind]()
+    ctx = Context(config=config, store=store, spec=None, record=record, log=echo)
+    started = _now()
+    echo(f"- {change.ref}: delete")
+    try:
+        actions = handler.delete(ctx)
+    except Exception as exc:  # keep the record (and its inventory): nothing is leaked
+        rec = record.with_condition("Ready", "False", "DeleteFailed", str(exc))
+        with store.transaction():
+            store.put(rec)
+            store.record_attempt(Attempt(key=change.key, generation=record.generation, spec_hash=record.spec_hash,
+                                         started_at=started, finished_at=_now(), result="failed",
+                                         message=f"delete failed: {exc}"))
+        echo(f"x {change.ref}: delete failed: {exc}")
+        return ObjectResult(change.ref, "failed", message=str(exc))
+    for a in actions:
+        echo(f"    - {a}")
+    with store.transaction():
+        store.delete(change.key)
+    return ObjectResult(change.ref, "deleted", actions=actions or ["delete"])
+
+
+def _debug() -> bool:
+    import os
+
+    return bool(os.environ.get("KILN_DEBUG"))

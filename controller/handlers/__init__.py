@@ -1,0 +1,21 @@
+"""Per-kind handlers, one registry dict. A kind missing here has no behaviour in this kiln
+version yet: plan and apply say so plainly instead of pretending success."""
+
+from __future__ import annotations
+
+from kiln.controller.handlers.base import Context, Handler, Step, TemporaryError
+from kiln.controller.handlers.workspace import WorkspaceHandler
+
+HANDLERS: dict[str, type[Handler]] = {
+    "Workspace": WorkspaceHandler,
+}
+
+# Where the missing ones arrive, for the message users see.
+PLANNED: dict[str, str] = {
+    "Dataset": "the datasets issue (DVC versions, formats, preprocessing)",
+    "LabelingJob": "the labeling issue (Label Studio projects)",
+    "Experiment": "the experiments issue (training, HPO, AutoML)",
+    "Deployment": "the deployments issue (BentoML services)",
+}
+
+__all__ = ["HANDLERS", "PLANNED", "Context", "Handler", "Step", "TemporaryError"]

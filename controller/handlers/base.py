@@ -1,0 +1,77 @@
+"""The handler contract: how one kind is reconciled.
+
+A handler turns a spec into an ordered list of ``Step``s. The controller persists each step's
+progress in the state store (``StepProgress``, keyed by object, spec hash and step name), so a
+step that succeeded for this spec is never run again, even across a crash: re-applying resumes at
+the first step that did not succeed. Steps must therefore be idempotent in their effects
+(creating what already exists is not an error) and return a JSON-serialisable output that later
+steps and ``kiln describe`` can read.
+
+Errors: raise ``TemporaryError`` for what may pass by itself (a server not up yet): the object is
+left Reconciling and the next apply retries. Anything else is permanent for this spec: the object
+is marked Stalled with the message until its spec changes or the user re-applies.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.config import KilnConfig
+    from kiln.loader import LoadedSpec
+    from kiln.state import ObjectRecord, StateStore
+
+
+class TemporaryError(KilnError):
+    """Retry later: the object stays Reconciling."""
+
+
+@dataclass
+class Context:
+    """What a step may use. ``outputs`` holds the outputs of this object's earlier steps."""
+
+    config: KilnConfig
+    store: StateStore
+    spec: LoadedSpec | None
+    record: ObjectRecord | None
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+    @property
+    def repo(self) -> Path:
+        return self.config.repo
+
+
+@dataclass
+class Step:
+    name: str
+    describe: str                               # what it does, for plan/apply output
+    run: Callable[[Context], dict[str, Any] | None]
+    inventory: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None  # output -> inventory items
+
+
+class Handler(ABC):
+    kind: str = ""
+
+    @abstractmethod
+    def steps(self, ctx: Context) -> list[Step]:
+        """The steps that make ``ctx.spec`` real, in order."""
+
+    @abstractmethod
+    def delete(self, ctx: Context) -> list[str]:
+        """Remove what ``ctx.record.inventory`` lists; return what was done. Items whose delete
+        failed must raise, so that they stay in the inventory."""
+
+    def health(self, ctx: Context) -> str:
+        """Health of the applied object (Healthy, Progressing, Degraded, Missing, Unknown)."""
+        return "Healthy"
+
+    def extra(self, ctx: Context) -> dict[str, Any]:
+        """Kind-specific status to keep in the record (shown by ``kiln describe``)."""
+        return {}

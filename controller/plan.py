@@ -1,0 +1,188 @@
+"""Plan: compare the desired state (specs) with the recorded state and say what apply would do.
+
+Cheapest check first: the spec hash. Only objects whose hash differs get a field diff. The plan
+is pure: it reads the state store and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from kiln.api import KINDS
+from kiln.controller.diff import FieldChange, diff
+from kiln.controller.handlers import HANDLERS, PLANNED
+from kiln.validate import dependencies
+
+if TYPE_CHECKING:
+    from kiln.loader import LoadedSpec, SpecSet
+    from kiln.state import ObjectRecord
+
+Action = Literal["create", "update", "delete", "unchanged"]
+PRUNE_ANNOTATION = "kiln.dev/prune"   # "disabled" keeps the object when its spec is deleted
+
+
+@dataclass
+class Change:
+    action: Action
+    key: str
+    kind: str
+    ref: str
+    spec: LoadedSpec | None = None
+    record: ObjectRecord | None = None
+    fields: list[FieldChange] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def handled(self) -> bool:
+        return self.kind in HANDLERS
+
+    @property
+    def pending(self) -> bool:
+        return self.action != "unchanged"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"action": self.action, "kind": self.kind, "ref": self.ref, "key": self.key}
+        if self.spec is not None:
+            d["source"] = self.spec.location()
+            d["specHash"] = self.spec.spec_hash
+        if self.fields:
+            d["fields"] = [f.to_dict() for f in self.fields]
+        if not self.handled:
+            d["handler"] = "not available yet"
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+@dataclass
+class Plan:
+    changes: list[Change]
+    prune: bool = False
+
+    def count(self, action: str) -> int:
+        return sum(c.action == action for c in self.changes)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.pending for c in self.changes)
+
+    def summary(self) -> str:
+        parts = [f"{self.count(a)} to {a}" for a in ("create", "update", "delete")]
+        text = f"Plan: {', '.join(parts)}, {self.count('unchanged')} unchanged."
+        unhandled = sorted({c.kind for c in self.changes if c.pending and not c.handled})
+        if unhandled:
+            text += f" Not yet applicable (no handler in this kiln version): {', '.join(unhandled)}."
+        return text
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "summary": {a: self.count(a) for a in ("create", "update", "delete", "unchanged")},
+            "changes": [c.to_dict() for c in self.changes],
+        }, indent=2, default=str)
+
+    def to_text(self, verbose: bool = False) -> str:
+        sign = {"create": "+", "update": "~", "delete": "-", "unchanged": " "}
+        lines = []
+        for c in self.changes:
+            if c.action == "unchanged" and not (verbose or c.note):
+                continue
+            line = f"{sign[c.action]} {c.action:<9} {c.ref}"
+            if c.spec is not None:
+                line += f"  ({c.spec.location()})"
+            if not c.handled and c.pending:
+                line += f"  [no {c.kind} handler yet: arrives with {PLANNED.get(c.kind, 'a later version')}]"
+            if c.note:
+                line += f"  [{c.note}]"
+            lines.append(line)
+            lines += [f"      {f.format()}" for f in c.fields]
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        icon = {"create": "🟢 create", "update": "🟡 update", "delete": "🔴 delete", "unchanged": "⚪ unchanged"}
+        out = ["### kiln plan", "", self.summary(), ""]
+        pending = [c for c in self.changes if c.pending]
+        if pending:
+            out += ["| action | object | source | details |", "|---|---|---|---|"]
+            for c in pending:
+                details = "<br>".join(f"`{f.format()}`" for f in c.fields[:20])
+                if len(c.fields) > 20:
+                    details += f"<br>… {len(c.fields) - 20} more"
+                if not c.handled:
+                    details = (details + "<br>" if details else "") + f"_no {c.kind} handler yet_"
+                if c.note:
+                    details = (details + "<br>" if details else "") + c.note
+                src = c.spec.location() if c.spec else ""
+                out.append(f"| {icon[c.action]} | `{c.ref}` | {src} | {details} |")
+        kept = [c for c in self.changes if not c.pending and c.note]
+        if kept:
+            out += ["", *[f"- `{c.ref}`: {c.note}" for c in kept]]
+        unchanged = [c.ref for c in self.changes if not c.pending]
+        if unchanged:
+            out += ["", f"<details><summary>{len(unchanged)} unchanged</summary>", "",
+                    *[f"- `{r}`" for r in unchanged], "", "</details>"]
+        return "\n".join(out) + "\n"
+
+
+def apply_order(specs: list[LoadedSpec]) -> list[LoadedSpec]:
+    """Dependencies first; within that, kind order (Workspace, Dataset, …) then name."""
+    rank = {k: i for i, k in enumerate(KINDS)}
+    by_key = {s.key: s for s in specs}
+    ordered: list[LoadedSpec] = []
+    seen: set[str] = set()
+
+    def visit(s: LoadedSpec, trail: frozenset[str] = frozenset()) -> None:
+        if s.key in seen or s.key in trail:  # cycles are reported by validate
+            return
+        for d in sorted(dependencies(s)):
+            if d in by_key:
+                visit(by_key[d], trail | {s.key})
+        seen.add(s.key)
+        ordered.append(s)
+
+    for s in sorted(specs, key=lambda s: (rank[s.kind], s.workspace, s.name)):
+        visit(s)
+    return ordered
+
+
+def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None = None,
+              prune: bool = False) -> Plan:
+    """``scope``: only records whose source lies under this path may be planned for deletion, so
+    planning one folder never proposes deleting what the rest of the repository defines."""
+    known = {r.key: r for r in records}
+    changes: list[Change] = []
+    for s in apply_order(specs.specs):
+        rec = known.pop(s.key, None)
+        if rec is None or rec.generation == 0:
+            changes.append(Change("create", s.key, s.kind, s.ref, spec=s, record=rec))
+        elif rec.spec_hash != s.spec_hash:
+            changes.append(Change("update", s.key, s.kind, s.ref, spec=s, record=rec,
+                                  fields=diff(rec.spec, s.doc)))
+        elif rec.observed_generation != rec.generation or _not_ready(rec):
+            changes.append(Change("update", s.key, s.kind, s.ref, spec=s, record=rec,
+                                  note="retry: the last apply did not finish"))
+        else:
+            changes.append(Change("unchanged", s.key, s.kind, s.ref, spec=s, record=rec))
+    rank = {k: i for i, k in enumerate(KINDS)}
+    # Deletions in reverse kind order: what refers to others goes first.
+    for rec in sorted(known.values(), key=lambda r: (-rank.get(r.kind, 0), r.key)):
+        if scope is not None and not rec.source.startswith(scope):
+            continue
+        ref = f"{rec.kind}/{rec.name}" if rec.workspace == "default" else rec.key
+        keep = (rec.spec.get("metadata", {}).get("annotations", {}) or {}).get(PRUNE_ANNOTATION) == "disabled"
+        if keep:
+            note = f"spec removed; kept: annotation {PRUNE_ANNOTATION}: disabled"
+            changes.append(Change("unchanged", rec.key, rec.kind, ref, record=rec, note=note))
+        elif not prune:
+            changes.append(Change("unchanged", rec.key, rec.kind, ref, record=rec,
+                                  note="spec removed; kept until you apply with --prune"))
+        else:
+            changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
+    return Plan(changes, prune=prune)
+
+
+def _not_ready(rec: ObjectRecord) -> bool:
+    ready = rec.condition("Ready")
+    return ready is None or ready.status != "True"

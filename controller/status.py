@@ -1,0 +1,145 @@
+"""Read-side verbs: status table, get, describe. Nothing here writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from kiln.api import KINDS
+from kiln.config import KilnConfig
+from kiln.errors import NotFound
+
+HEALTH_ORDER = ["Healthy", "Suspended", "Progressing", "Missing", "Degraded", "Unknown"]
+
+
+def _store(config: KilnConfig):
+    from kiln.controller.project import open_state
+
+    return open_state(config)
+
+
+def canonical_kind(kind: str) -> str:
+    for k in KINDS:
+        if kind.lower() in (k.lower(), k.lower() + "s"):
+            return k
+    raise NotFound(f"unknown kind {kind!r}", hint=f"one of {', '.join(KINDS)}")
+
+
+def parse_ref(ref: str) -> tuple[str, str, str]:
+    """KIND/NAME or KIND/WORKSPACE/NAME -> (kind, workspace, name)."""
+    parts = ref.split("/")
+    if len(parts) == 2:
+        return canonical_kind(parts[0]), "default", parts[1]
+    if len(parts) == 3:
+        return canonical_kind(parts[0]), parts[1], parts[2]
+    raise NotFound(f"cannot read {ref!r} as an object reference", hint="write KIND/NAME or KIND/WORKSPACE/NAME")
+
+
+def _ago(ts: str) -> str:
+    if not ts:
+        return "-"
+    try:
+        then = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return ts
+    secs = int((dt.datetime.now(dt.timezone.utc) - then).total_seconds())
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n:
+            return f"{secs // n}{unit} ago"
+    return f"{max(secs, 0)}s ago"
+
+
+def row(rec: Any) -> dict[str, Any]:
+    ready = rec.condition("Ready")
+    return {
+        "kind": rec.kind, "workspace": rec.workspace, "name": rec.name,
+        "sync": rec.sync, "health": rec.health,
+        "ready": ready.status if ready else "Unknown",
+        "reason": ready.reason if ready else "",
+        "message": ready.message if ready and ready.status != "True" else "",
+        "generation": rec.generation, "lastChange": rec.last_change, "source": rec.source,
+    }
+
+
+def status_rows(config: KilnConfig) -> list[dict[str, Any]]:
+    store = _store(config)
+    try:
+        recs = store.all_objects()
+    finally:
+        store.close()
+    rank = {k: i for i, k in enumerate(KINDS)}
+    return [row(r) for r in sorted(recs, key=lambda r: (rank.get(r.kind, 99), r.workspace, r.name))]
+
+
+def status_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No objects recorded yet. Run `kiln apply` first."
+    header = ["KIND", "WORKSPACE", "NAME", "SYNC", "HEALTH", "READY", "LAST CHANGE", "MESSAGE"]
+    table = [[r["kind"], r["workspace"], r["name"], r["sync"], r["health"], r["ready"],
+              _ago(r["lastChange"]), (r["message"] or "")[:70]] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *table]]
+    worst = max((r["health"] for r in rows), key=lambda h: HEALTH_ORDER.index(h) if h in HEALTH_ORDER else 0)
+    lines.append(f"{len(rows)} objects; overall health {worst}")
+    return "\n".join(lines)
+
+
+def get_records(config: KilnConfig, kind: str, name: str | None) -> list[Any]:
+    k = canonical_kind(kind)
+    store = _store(config)
+    try:
+        recs = [r for r in store.all_objects(kind=k) if name is None or r.name == name or r.key == name]
+    finally:
+        store.close()
+    if name is not None and not recs:
+        raise NotFound(f"no {k} named {name!r} has been applied", hint="see `kiln status`")
+    return recs
+
+
+def describe(config: KilnConfig, ref: str) -> str:
+    kind, ws, name = parse_ref(ref)
+    key = f"{kind}/{ws}/{name}"
+    store = _store(config)
+    try:
+        rec = store.get(key)
+        if rec is None:
+            raise NotFound(f"{ref} has not been applied", hint="run `kiln plan` to see what apply would do")
+        attempts = store.attempts(key)
+        steps = store.steps(key, rec.spec_hash or None)
+    finally:
+        store.close()
+    out = [f"Name:         {rec.name}", f"Kind:         {rec.kind}", f"Workspace:    {rec.workspace}",
+           f"Source:       {rec.source}", f"Spec hash:    {rec.spec_hash or '-'}",
+           f"Generation:   {rec.generation} (observed {rec.observed_generation})",
+           f"Sync:         {rec.sync}", f"Health:       {rec.health}",
+           f"Last change:  {rec.last_change or '-'}", "Conditions:"]
+    for c in rec.conditions:
+        out.append(f"  {c.type:<12} {c.status:<7} {c.reason:<20} {c.message}  ({c.last_transition})")
+    out.append("Inventory:")
+    out += [f"  {i.get('kind')}: {i.get('id')}" for i in rec.inventory] or ["  (nothing)"]
+    if steps:
+        out.append("Steps (current spec):")
+        out += [f"  {s.step:<20} {s.state:<10} retries={s.retries}  {s.message}" for s in steps]
+    if rec.extra:
+        out.append("Status:")
+        out += [f"  {k}: {json.dumps(v, default=str)}" for k, v in rec.extra.items()]
+    out.append("History (newest first):")
+    for a in attempts:
+        line = f"  {a.started_at}  gen {a.generation}  {a.result:<11} {len(a.actions)} action(s)"
+        out.append(line + (f"  {a.message}" if a.message else ""))
+    if not attempts:
+        out.append("  (none)")
+    return "\n".join(out)
+
+
+def find_spec(config: KilnConfig, ref: str, path: str | None = None):
+    from kiln.controller.project import load_valid
+
+    kind, ws, name = parse_ref(ref)
+    specs = load_valid(config, path)
+    for s in specs.specs:
+        if (s.kind, s.workspace, s.name) == (kind, ws, name) or (
+                len(ref.split("/")) == 2 and (s.kind, s.name) == (kind, name)):
+            return s
+    raise NotFound(f"no spec defines {ref}", hint="see `kiln validate` for the specs that exist")

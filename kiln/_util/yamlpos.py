@@ -1,0 +1,78 @@
+"""Find where a value sits in a YAML file, for error messages.
+
+Loading specs takes the fast path (PyYAML's C loader straight to Python objects, no positions).
+Only when something is wrong do we compose the file again into nodes and walk them to the line
+and column of the offending path, so a clean ``kiln plan`` never pays for positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import yaml
+
+try:
+    _Loader = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - PyYAML built without libyaml
+    _Loader = yaml.SafeLoader  # type: ignore[misc]
+
+
+@lru_cache(maxsize=256)
+def _nodes(text: str) -> tuple[yaml.Node, ...]:
+    return tuple(yaml.compose_all(text, Loader=_Loader))
+
+
+def document_line(text: str, index: int) -> int:
+    """1-based line where the ``index``-th document of ``text`` starts."""
+    try:
+        return _nodes(text)[index].start_mark.line + 1
+    except (IndexError, yaml.YAMLError):
+        return 1
+
+
+def locate(text: str, index: int, path: Sequence[str | int]) -> tuple[int, int, list[str | int]]:
+    """(line, column, matched path) of ``path`` in document ``index``, 1-based.
+
+    Path elements that are not keys or indices in the YAML (pydantic's union tags, for example)
+    are skipped; when the path goes past what exists (a missing field), the position is that of
+    the deepest node that does exist.
+    """
+    try:
+        node = _nodes(text)[index]
+    except (IndexError, yaml.YAMLError):
+        return 1, 1, list(path)
+    mark = node.start_mark
+    matched: list[str | int] = []
+    for i, part in enumerate(path):
+        child = None
+        key_mark = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    child, key_mark = v, k.start_mark
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            if isinstance(part, str) and _is_tag(part):
+                continue  # a pydantic union tag, not a key in the file
+            matched.extend(path[i:])  # a missing field: point at its parent
+            break
+        matched.append(part)
+        node = child
+        # Point at the key ("maxTrials: ten" -> the key's column); list items at the item.
+        mark = key_mark if key_mark is not None else child.start_mark
+    return mark.line + 1, mark.column + 1, matched
+
+
+def _is_tag(part: str) -> bool:
+    # pydantic union members in error locations: "literal['auto']", "int", "FloatParam", "function-after[...]"
+    return part[:1].isupper() or "[" in part or part in {"int", "float", "str", "bool", "list", "dict", "none"}
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out

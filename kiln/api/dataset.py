@@ -1,0 +1,150 @@
+"""Dataset: where data comes from, its format and task, splits, preprocessing and sharing.
+
+Every change (source content, preprocessing, finished labelling) becomes a new DVC-backed
+version; the handler records versions and lineage in the state store, never in this file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from kiln.api.common import DataType, DatasetRef, Metadata, Model, Name, Task
+
+Format = Literal["auto", "image-folder", "coco", "segmentation-json", "studio", "masks", "csv"]
+
+# Which formats can hold which task (the source platforms' layouts, SEEDS_DIGEST §1 and §3).
+FORMAT_TASKS: dict[str, set[str]] = {
+    "image-folder": {"classification"},
+    "coco": {"detection", "instance-segmentation"},
+    "segmentation-json": {"semantic-segmentation"},
+    "masks": {"semantic-segmentation"},
+    "studio": {"detection", "instance-segmentation", "semantic-segmentation", "classification"},
+    "csv": {"classification", "regression", "clustering", "dimension-reduction"},
+}
+
+# Preprocessing ops by name -> data type they apply to. The digest names sklearn/pandas ops for
+# tables and imgaug augmenters for images; imgaug fails on numpy 2, so image ops run on
+# torchvision transforms.v2 but keep imgaug's names as aliases. Parameters are checked by the
+# op implementations (kiln.data), which the datasets issue brings.
+PREPROCESSING_OPS: dict[str, DataType] = {
+    **{n: "tabular" for n in (
+        "MinMaxScaler", "StandardScaler", "qcut", "cut", "KBinsDiscretizer", "factorize",
+        "SimpleImputer", "KNNImputer", "sort_values", "drop_columns")},
+    **{n: "image" for n in (
+        "flip", "rotate", "brightness", "contrast", "shift", "grayscale", "crop", "resize", "equalize",
+        # imgaug names, as the source platforms write them
+        "Fliplr", "Flipud", "Rotate", "Multiply", "GammaContrast", "Affine", "Grayscale", "Crop",
+        "Resize", "pillike.Equalize")},
+}
+
+SAMPLES = ("iris", "wine", "breast_cancer", "diabetes", "digits")
+
+
+class Source(Model):
+    """Exactly one of the fields: where the data of the first version comes from."""
+
+    path: str | None = Field(None, description="a folder or file in this repository")
+    archive: str | None = Field(None, description="a .zip in the repo or a local path; extracted safely")
+    url: str | None = Field(None, description="http(s):// or an object-store URL (s3://, gs://, azure://)")
+    sample: Literal["iris", "wine", "breast_cancer", "diabetes", "digits"] | None = Field(
+        None, description="a scikit-learn bundled dataset, materialised as files")
+    dataset: DatasetRef | None = Field(None, description="derive from another dataset's version")
+    capture: Name | None = Field(None, description="inputs captured by this Deployment")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        given = [k for k in ("path", "archive", "url", "sample", "dataset", "capture") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of path, archive, url, sample, dataset, capture"
+                + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class Splits(Model):
+    train: float = Field(0.8, ge=0, le=1)
+    validation: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+    seed: int = 42
+    stratify: bool = True
+
+    @model_validator(mode="after")
+    def _sum(self) -> Splits:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        if self.train == 0:
+            raise ValueError("train must be > 0")
+        return self
+
+
+class PreprocessOp(Model):
+    """One step of the ordered preprocessing list; each produces a new version with lineage."""
+
+    op: str
+    columns: list[str] | None = Field(None, description="tabular ops: the columns (default: all that apply)")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> PreprocessOp:
+        if self.op not in PREPROCESSING_OPS:
+            raise ValueError(f"unknown preprocessing op {self.op!r}; valid: {', '.join(PREPROCESSING_OPS)}")
+        return self
+
+
+class Sharing(Model):
+    visibility: Literal["private", "shared"] = "private"
+    access: Literal["read-write", "read-only"] = Field(
+        "read-write", description="read-only: only the owner may change it (Flightbase)")
+    workspaces: list[Name] = Field(default_factory=list, description="shared with these; empty = all")
+
+
+class Versioning(Model):
+    commit: Literal["auto", "manual"] = Field(
+        "manual", description="auto: kiln commits the .dvc files; manual: left for you to commit")
+    remote: str | None = Field(None, description="DVC remote name (default: kiln's local remote)")
+    push: bool = True
+
+
+class DatasetSpec(Model):
+    type: DataType
+    task: Task | None = Field(None, description="omit for unlabelled data")
+    format: Format = "auto"
+    source: Source
+    label: str | None = Field(None, description="tabular: the label column (default: the last)")
+    classes: list[str] | None = None
+    splits: Splits | None = None
+    preprocessing: list[PreprocessOp] = Field(default_factory=list)
+    sharing: Sharing = Field(default_factory=Sharing)
+    owner: str | None = None
+    description: str | None = None
+    versioning: Versioning = Field(default_factory=Versioning)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        if self.format != "auto" and self.task and self.task not in FORMAT_TASKS[self.format]:
+            raise ValueError(
+                f"format {self.format!r} cannot hold a {self.task} dataset; "
+                f"it holds {', '.join(sorted(FORMAT_TASKS[self.format]))}")
+        if self.type == "tabular" and self.format not in ("auto", "csv"):
+            raise ValueError(f"a tabular dataset is CSV, not {self.format!r}")
+        if self.type == "image" and self.format == "csv":
+            raise ValueError("an image dataset cannot have format 'csv'")
+        if self.type == "image" and self.task in ("regression", "clustering", "dimension-reduction"):
+            raise ValueError(f"task {self.task!r} is for tabular data")
+        for i, op in enumerate(self.preprocessing):
+            if PREPROCESSING_OPS[op.op] != self.type:
+                raise ValueError(f"preprocessing[{i}] {op.op!r} is a {PREPROCESSING_OPS[op.op]} op; "
+                                 f"this dataset is {self.type}")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes has duplicates")
+        return self
+
+
+class Dataset(Model):
+    apiVersion: Literal["kiln.dev/v1alpha1"]
+    kind: Literal["Dataset"]
+    metadata: Metadata
+    spec: DatasetSpec

@@ -1,0 +1,78 @@
+"""Deployment: a model version behind an HTTP API (BentoML), with tokens, batching, limits and
+capture of inputs for relabelling and retraining."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kiln.api.common import Metadata, Model, ModelRef, Name, ResourceRequest, SecretRef
+
+
+class Autoscaling(Model):
+    minReplicas: int = Field(1, ge=1)
+    maxReplicas: int = Field(..., ge=1)
+    targetCPUUtilization: int = Field(70, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _order(self) -> Autoscaling:
+        if self.maxReplicas < self.minReplicas:
+            raise ValueError("maxReplicas < minReplicas")
+        return self
+
+
+class Batching(Model):
+    enabled: bool = True
+    maxBatchSize: int = Field(32, ge=1)
+    maxLatencyMs: int = Field(10, ge=1)
+
+
+class Auth(Model):
+    """Tokens are created with `kiln deployments token create`; specs only reference them."""
+
+    public: bool = Field(False, description="true: no token needed (the source platforms' 'public' access)")
+    tokens: list[SecretRef] = Field(default_factory=list, description="extra tokens from env or secrets")
+
+    @model_validator(mode="after")
+    def _public(self) -> Auth:
+        if self.public and self.tokens:
+            raise ValueError("a public deployment takes no tokens")
+        return self
+
+
+class Capture(Model):
+    """Store a sample of request inputs and predictions; a later apply versions them as a dataset."""
+
+    sampleRate: float = Field(..., gt=0, le=1)
+    maxPerDay: int = Field(1000, ge=1)
+    dataset: Name = Field(..., description="the Dataset (source.capture: this deployment) that versions them")
+
+
+class Limits(Model):
+    maxPayloadBytes: int = Field(10 * 2**20, ge=1024)
+    maxInstances: int = Field(64, ge=1)
+    timeoutSeconds: float = Field(30, gt=0)
+
+
+class DeploymentSpec(Model):
+    model: ModelRef
+    runtime: Literal["native", "onnx"] = "native"
+    resources: ResourceRequest = Field(default_factory=ResourceRequest)
+    replicas: int = Field(1, ge=0)
+    autoscaling: Autoscaling | None = None
+    workers: int = Field(1, ge=1)
+    batching: Batching = Field(default_factory=Batching)
+    auth: Auth = Field(default_factory=Auth)
+    capture: Capture | None = None
+    limits: Limits = Field(default_factory=Limits)
+    port: int | None = Field(None, ge=1024, le=65535, description="local runtime: fixed port (default: free one)")
+    enabled: bool = Field(True, description="false keeps the spec but stops serving (Flightbase's switch)")
+    owner: str | None = None
+
+
+class Deployment(Model):
+    apiVersion: Literal["kiln.dev/v1alpha1"]
+    kind: Literal["Deployment"]
+    metadata: Metadata
+    spec: DeploymentSpec

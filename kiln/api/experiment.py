@@ -1,0 +1,225 @@
+"""Experiment: train by hand (run), tune (hpo, Optuna) or compare algorithms (automl), then
+register the chosen model. One spec drives the local runner and Argo alike."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from kiln.api.common import DatasetRef, Metadata, Model, Name, ResourceRequest, Task
+
+HyperValue = Union[bool, int, float, str]
+
+
+class FloatParam(Model):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be < high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("step cannot be combined with log")
+        return self
+
+
+class IntParam(Model):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class ChoiceParam(Model):
+    type: Literal["choice"]
+    values: list[HyperValue] = Field(..., min_length=1)
+
+
+SearchParam = Annotated[Union[FloatParam, IntParam, ChoiceParam], Field(discriminator="type")]
+
+
+class Objective(Model):
+    metric: str = Field("validation_accuracy", min_length=1)
+    direction: Literal["maximize", "minimize"] = "maximize"
+    goal: float | None = Field(None, description="stop early once a trial reaches it")
+    additionalMetrics: list[str] = Field(default_factory=list)
+
+
+class Sampler(Model):
+    type: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    seed: int | None = None
+
+
+class Pruner(Model):
+    type: Literal["none", "median", "hyperband", "asha"] = "median"
+    warmupSteps: int = Field(0, ge=0)
+
+
+class HPO(Model):
+    """Defaults are the source platform's (MaxTrialCount 10, ParallelTrialCount 1, MaxFailed 4)."""
+
+    maxTrials: int = Field(10, ge=1)
+    parallelTrials: int = Field(1, ge=1)
+    maxFailedTrials: int = Field(4, ge=0)
+    sampler: Sampler = Field(default_factory=Sampler)
+    pruner: Pruner = Field(default_factory=Pruner)
+    timeoutSeconds: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _parallel(self) -> HPO:
+        if self.parallelTrials > self.maxTrials:
+            raise ValueError(f"parallelTrials ({self.parallelTrials}) exceeds maxTrials ({self.maxTrials})")
+        return self
+
+
+class Algorithm(Model):
+    """A built-in algorithm by registry name, with fixed values and (hpo/automl) a search space."""
+
+    name: str = Field(..., min_length=1, description="an algorithm of `kiln algorithms list`")
+    hyperparameters: dict[str, HyperValue] = Field(default_factory=dict)
+    # A parameter both fixed and searched is searched; its fixed value is tried first (so a
+    # template's values are the starting point of the tuning).
+    searchSpace: dict[str, SearchParam] = Field(default_factory=dict)
+    pretrained: str | None = Field(None, description="local path or cache key of weights; never downloaded")
+    split: dict[str, float] | None = Field(None, description="per-algorithm split override (automl)")
+
+
+
+class Command(Model):
+    """Your own training code (Flightbase jobs): run from the repo; hyperparameters become args."""
+
+    run: str = Field(..., min_length=1, description="e.g. 'python train.py'")
+    image: str | None = None
+    workdir: str = "."
+    env: dict[str, str] = Field(default_factory=dict)
+    metricsFile: str | None = Field(None, description="JSON lines the script writes, if not using kiln's API")
+    searchSpace: dict[str, SearchParam] = Field(default_factory=dict)
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if any(s in k.lower() for s in ("token", "password", "secret", "apikey", "api_key")):
+                raise ValueError(f"env {k!r} looks like a secret; reference it from the environment "
+                                 "or a secret instead of writing it in the spec")
+        return v
+
+
+class AutoML(Model):
+    candidates: list[Algorithm] = Field(..., min_length=2)
+    trialsPerCandidate: int = Field(1, ge=1, description="> 1 runs a small HPO per candidate")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AutoML:
+        names = [c.name for c in self.candidates]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"candidate {sorted(dup)[0]!r} is listed twice")
+        return self
+
+
+class Checkpoint(Model):
+    every: int = Field(1, ge=1)
+    unit: Literal["epoch", "step"] = "epoch"
+    keep: int = Field(2, ge=1)
+
+
+class Registration(Model):
+    model: Name = Field(..., description="registered model name; same name -> new version")
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    aliases: list[Name] = Field(default_factory=list, description="e.g. production, staging")
+    keepVersions: int | None = Field(None, ge=1, description="delete the oldest beyond N (never an aliased or deployed one)")
+    export: list[Literal["onnx"]] = Field(default_factory=list)
+    onnxTolerance: float = Field(1e-4, gt=0)
+
+
+class Trigger(Model):
+    """When a followed dataset (version: latest) gets a new version, train again or only report."""
+
+    onNewDatasetVersion: Literal["retrain", "plan-only", "ignore"] = "plan-only"
+
+
+class ExperimentSpec(Model):
+    mode: Literal["run", "hpo", "automl"] = "run"
+    task: Task | None = Field(None, description="default: the dataset's task")
+    dataset: DatasetRef
+    split: dict[str, float] | None = Field(None, description="override the dataset's train/validation/test")
+    algorithm: Algorithm | None = None
+    command: Command | None = None
+    parameterSets: list[dict[str, HyperValue]] = Field(
+        default_factory=list, description="several parameter sets at once: one job each (Flightbase)")
+    objective: Objective = Field(default_factory=Objective)
+    hpo: HPO | None = None
+    automl: AutoML | None = None
+    resources: ResourceRequest = Field(default_factory=ResourceRequest)
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    selectTrial: Literal["auto"] | int = Field("auto", description="'auto' (best by objective) or a trial number")
+    # `register` would shadow a class attribute of pydantic's model metaclass; keep it as alias.
+    registration: Registration | None = Field(None, alias="register")
+    trigger: Trigger = Field(default_factory=Trigger)
+    retries: int = Field(0, ge=0, le=10)
+    timeoutSeconds: int | None = Field(None, ge=1)
+    owner: str | None = None
+    access: Literal["public", "private"] = "public"
+    users: list[str] = Field(default_factory=list, description="private: who besides the owner may see it")
+
+    @field_validator("selectTrial")
+    @classmethod
+    def _trial(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a trial number is >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _mode(self) -> ExperimentSpec:
+        if self.mode == "automl":
+            if self.automl is None:
+                raise ValueError("mode 'automl' needs an 'automl' section with candidates")
+            if self.algorithm or self.command:
+                raise ValueError("mode 'automl' takes its algorithms from automl.candidates, not 'algorithm'/'command'")
+        else:
+            if self.automl is not None:
+                raise ValueError(f"'automl' is only for mode 'automl' (mode is {self.mode!r})")
+            if (self.algorithm is None) == (self.command is None):
+                raise ValueError("give exactly one of 'algorithm' or 'command'")
+        searched = bool(self.algorithm and self.algorithm.searchSpace) or bool(
+            self.command and self.command.searchSpace) or (
+            self.automl is not None and any(c.searchSpace for c in self.automl.candidates))
+        if self.mode == "hpo":
+            if self.hpo is None:
+                self.hpo = HPO()
+            if not searched:
+                raise ValueError("mode 'hpo' needs a searchSpace (what to tune) in algorithm or command")
+        elif self.mode == "run" and self.hpo is not None:
+            raise ValueError("'hpo' settings need mode 'hpo'")
+        elif self.mode == "run" and searched:
+            raise ValueError("searchSpace needs mode 'hpo' or 'automl'")
+        if self.parameterSets and self.mode != "run":
+            raise ValueError("parameterSets are for mode 'run' (one job per set)")
+        if isinstance(self.selectTrial, int) and self.mode == "run" and not self.parameterSets:
+            raise ValueError("selectTrial needs trials (mode hpo/automl or parameterSets)")
+        return self
+
+
+class Experiment(Model):
+    apiVersion: Literal["kiln.dev/v1alpha1"]
+    kind: Literal["Experiment"]
+    metadata: Metadata
+    spec: ExperimentSpec

@@ -1,0 +1,96 @@
+"""Repository configuration: ``kiln.yaml`` at the repository root, overridden by environment.
+
+Everything has an embedded default (local runner, SQLite under ``.kiln/``, a local DVC remote),
+so a repository without ``kiln.yaml`` works. Secrets are never read from this file: it names
+environment variables or secrets that hold them.
+
+Example::
+
+    specs: specs                  # folder of spec files
+    templates: specs/templates    # hydra templates (skipped by the spec loader)
+    state: sqlite:///.kiln/state.db   # or postgresql+psycopg2://user@host/db (env KILN_STATE_URL)
+    runner: local                 # or argo (env KILN_RUNNER)
+    image: ghcr.io/kiln-dev/kiln:0.1.0
+    argo: {namespace: argo, serviceAccount: kiln}
+    labelStudio: {url: http://127.0.0.1:8080, tokenEnv: LABEL_STUDIO_TOKEN}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kiln.errors import ConfigError
+
+CONFIG_FILE = "kiln.yaml"
+DEFAULT_IMAGE = "ghcr.io/kiln-dev/kiln:0.1.0"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelStudioConfig(_Section):
+    url: str = "http://127.0.0.1:8080"
+    tokenEnv: str = "LABEL_STUDIO_TOKEN"
+
+
+class DvcConfig(_Section):
+    remote: str | None = Field(None, description="remote URL; default: <repo>/.kiln/dvc-remote")
+
+
+class KilnConfig(_Section):
+    specs: str | None = None
+    templates: str | None = None
+    state: str | None = None
+    runner: Literal["local", "argo"] = "local"
+    image: str = DEFAULT_IMAGE
+    concurrency: int | None = Field(None, ge=1, description="machine-wide step limit of the local runner")
+    argo: dict[str, Any] = Field(default_factory=dict)
+    labelStudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
+    dvc: DvcConfig = Field(default_factory=DvcConfig)
+    historyLimit: int = Field(20, ge=1)
+
+    # Resolved paths (not read from the file).
+    repo: Path = Field(default=Path("."), exclude=True)
+
+    def specs_dir(self) -> Path:
+        if self.specs:
+            return self.repo / self.specs
+        return self.repo / "specs" if (self.repo / "specs").is_dir() else self.repo
+
+    def templates_dir(self) -> Path:
+        return self.repo / self.templates if self.templates else self.specs_dir() / "templates"
+
+    def state_url(self) -> str | None:
+        """None means the default SQLite file under ``.kiln/`` (see ``kiln.state.open_store``)."""
+        return os.environ.get("KILN_STATE_URL") or self.state
+
+    def kiln_dir(self) -> Path:
+        return self.repo / ".kiln"
+
+
+def load_config(repo: str | os.PathLike[str]) -> KilnConfig:
+    repo = Path(repo).resolve()
+    path = repo / CONFIG_FILE
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+    if os.environ.get("KILN_RUNNER"):
+        data["runner"] = os.environ["KILN_RUNNER"]
+    try:
+        cfg = KilnConfig.model_validate(data)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {msgs}", hint="see the settings documented in README.md") from None
+    cfg.repo = repo
+    return cfg

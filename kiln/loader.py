@@ -1,0 +1,264 @@
+"""Read every spec under a folder into validated models, or report every problem at once.
+
+Fast path: each file is read once and parsed with PyYAML's C loader straight into Python objects.
+Positions (file:line:col) are only computed for the documents that have problems, by composing
+that file again (``kiln._util.yamlpos``). Documents with a ``defaults:`` list are composed from
+templates with hydra first (``kiln.templates``).
+
+Skipped: folders whose name starts with ``.`` or ``_``, the templates folder, and documents whose
+``apiVersion`` belongs to another tool (a Kubernetes manifest kept beside the specs, say).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kiln.api import API_VERSION, KINDS
+from kiln.errors import SpecIssue
+from kiln._util.yamlpos import _Loader, document_line, format_path, locate
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class SourceFile:
+    path: Path          # as shown to the user (relative to the cwd when possible)
+    text: str
+
+
+@dataclass
+class LoadedSpec:
+    """One validated spec document."""
+
+    kind: str
+    name: str
+    workspace: str
+    obj: Any                       # the kind's pydantic model
+    doc: dict[str, Any]            # the document as composed (templates applied)
+    source: SourceFile
+    index: int                     # document index within the file
+    composed: bool = False         # came from templates
+    _hash: str | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.workspace}/{self.name}"
+
+    @property
+    def ref(self) -> str:
+        """How the user names it: Kind/name, or Kind/workspace/name outside the default workspace."""
+        return f"{self.kind}/{self.name}" if self.workspace == "default" else self.key
+
+    @property
+    def spec_hash(self) -> str:
+        if self._hash is None:
+            canon = json.dumps(self.doc, sort_keys=True, separators=(",", ":"), default=str)
+            self._hash = hashlib.sha256(canon.encode()).hexdigest()[:16]
+        return self._hash
+
+    def where(self, path: list[str | int] | tuple = ()) -> tuple[int, int]:
+        if self.composed:  # positions inside a composed doc map to the document start
+            return document_line(self.source.text, self.index), 1
+        line, col, _ = locate(self.source.text, self.index, list(path))
+        return line, col
+
+    def location(self) -> str:
+        return f"{self.source.path}:{self.where()[0]}"
+
+    def issue(self, path: list[str | int] | tuple, message: str, hint: str | None = None) -> SpecIssue:
+        line, col = self.where(path)
+        return SpecIssue(str(self.source.path), line, col, format_path(path), message, hint)
+
+
+@dataclass
+class SpecSet:
+    root: Path
+    specs: list[LoadedSpec] = field(default_factory=list)
+    issues: list[SpecIssue] = field(default_factory=list)
+    files: int = 0
+    ignored: int = 0
+
+    def by_key(self) -> dict[str, LoadedSpec]:
+        return {s.key: s for s in self.specs}
+
+
+def _display(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def iter_spec_files(root: Path, skip: set[Path] = frozenset()) -> list[Path]:
+    if root.is_file():
+        return [root]
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames
+                             if not n.startswith((".", "_")) and (d / n).resolve() not in skip)
+        out += [d / f for f in sorted(filenames) if f.endswith(SPEC_SUFFIXES)]
+    return out
+
+
+def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] | None = None) -> SpecSet:
+    """Load and validate (per document) every spec under ``root``. Never raises for spec problems:
+    they are collected in ``SpecSet.issues``; cross-references are checked by ``kiln.validate``."""
+    root = Path(root)
+    tdir = Path(templates) if templates else (root / "templates" if root.is_dir() else None)
+    result = SpecSet(root=root)
+    if not root.exists():
+        result.issues.append(SpecIssue(str(root), 0, 0, "", "no such file or folder"))
+        return result
+    skip = {tdir.resolve()} if tdir else set()
+    for path in iter_spec_files(root, skip):
+        result.files += 1
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            result.issues.append(SpecIssue(str(_display(path)), 1, 1, "", f"cannot read: {exc}"))
+            continue
+        src = SourceFile(_display(path), text)
+        try:
+            docs = list(yaml.load_all(text, Loader=_Loader))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            problem = getattr(exc, "problem", None) or str(exc)
+            result.issues.append(SpecIssue(str(src.path), line, col, "", f"YAML syntax error: {problem}"))
+            continue
+        for index, doc in enumerate(docs):
+            if doc is None:
+                continue
+            spec = _load_document(doc, src, index, tdir, result)
+            if spec is not None:
+                result.specs.append(spec)
+    return result
+
+
+def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
+                   result: SpecSet) -> LoadedSpec | None:
+    def issue(path: list[str | int], message: str, hint: str | None = None) -> None:
+        line, col, _ = locate(src.text, index, path)
+        result.issues.append(SpecIssue(str(src.path), line, col, format_path(path), message, hint))
+
+    if not isinstance(doc, dict):
+        issue([], f"expected a mapping with apiVersion, kind, metadata, spec; got {type(doc).__name__}")
+        return None
+    api = doc.get("apiVersion")
+    if api is None:
+        issue([], "missing apiVersion", f"add `apiVersion: {API_VERSION}`")
+        return None
+    if not isinstance(api, str) or not api.startswith("kiln.dev/"):
+        result.ignored += 1  # another tool's manifest kept beside the specs
+        return None
+    if api != API_VERSION:
+        issue(["apiVersion"], f"unsupported apiVersion {api!r}", f"use {API_VERSION}")
+        return None
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        close = difflib.get_close_matches(str(kind), KINDS, n=1)
+        issue(["kind"], f"unknown kind {kind!r}",
+              f"did you mean {close[0]}?" if close else f"one of {', '.join(KINDS)}")
+        return None
+    composed = False
+    if "defaults" in doc or "overrides" in doc:
+        from kiln.templates import TemplateError, compose  # hydra only when templates are used
+
+        try:
+            doc = compose(doc, tdir)
+            composed = True
+        except TemplateError as exc:
+            issue(["defaults"], str(exc.message), exc.hint)
+            return None
+    model: type[BaseModel] = KINDS[kind]
+    try:
+        obj = model.model_validate(doc)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc = list(err["loc"])
+            msg, hint = _explain(model, err)
+            if composed:
+                line = document_line(src.text, index)
+                result.issues.append(SpecIssue(str(src.path), line, 1, format_path(_strip_tags(loc)),
+                                               msg + " (after applying templates)", hint))
+            else:
+                line, col, matched = locate(src.text, index, loc)
+                result.issues.append(SpecIssue(str(src.path), line, col, format_path(matched), msg, hint))
+        return None
+    md = obj.metadata
+    return LoadedSpec(kind=kind, name=md.name, workspace=md.workspace, obj=obj, doc=doc,
+                      source=src, index=index, composed=composed)
+
+
+def _strip_tags(loc: list[str | int]) -> list[str | int]:
+    from kiln._util.yamlpos import _is_tag
+
+    return [p for p in loc if not (isinstance(p, str) and _is_tag(p))]
+
+
+def _explain(model: type[BaseModel], err: dict[str, Any]) -> tuple[str, str | None]:
+    """A pydantic error as a sentence, with the value that was given and a hint where we can."""
+    typ, msg, loc = err["type"], err["msg"], err["loc"]
+    if typ == "extra_forbidden":
+        fields = _fields_at(model, list(loc[:-1]))
+        close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else (
+            f"valid fields: {', '.join(fields)}" if fields else None)
+        return f"unknown field {loc[-1]!r}", hint
+    if typ == "missing":
+        return "required field is missing", None
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    elif msg.startswith("Assertion failed, "):
+        msg = msg[len("Assertion failed, "):]
+    given = err.get("input")
+    if typ not in ("value_error", "assertion_error") and not isinstance(given, (dict, list)):
+        msg = f"{msg[0].lower()}{msg[1:]}, got {given!r}"
+    return msg, None
+
+
+def _fields_at(model: type[BaseModel], loc: list[str | int]) -> list[str]:
+    """Field names of the model found at ``loc`` (best effort, for 'did you mean')."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            current = _unwrap(current, part)
+            continue
+        f = current.model_fields.get(str(part)) or next(
+            (f for f in current.model_fields.values() if f.alias == part), None)
+        if f is None:
+            return []
+        current = _unwrap(f.annotation, None)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def _unwrap(tp: Any, part: Any) -> Any:
+    import typing
+
+    for _ in range(5):
+        origin = typing.get_origin(tp)
+        if origin is None:
+            return tp
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if origin in (list, tuple, set):
+            tp = args[0] if args else tp
+        elif origin is dict:
+            tp = args[-1] if args else tp
+        elif origin is typing.Annotated:
+            tp = args[0]
+        else:  # Union / Optional: the first model among the members
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            tp = models[0] if models else (args[0] if args else tp)
+    return tp

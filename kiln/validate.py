@@ -1,0 +1,298 @@
+"""Checks across specs: names, references, cycles, workspace roles and quotas.
+
+Per-document checks (types, ranges, unknown fields) happen while loading; this module looks at
+the whole set. Every problem becomes a ``SpecIssue`` located at the offending field.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+
+from kiln.api import Dataset, Deployment, Experiment, LabelingJob, Workspace
+from kiln.api.common import DatasetRef, ModelRef, ResourceRequest
+from kiln.api.workspace import WorkspaceSpec
+from kiln.errors import SpecIssue
+from kiln.loader import LoadedSpec, SpecSet
+
+IMPLICIT_WORKSPACE = "default"
+
+
+def validate(specs: SpecSet) -> list[SpecIssue]:
+    """Append cross-spec problems to ``specs.issues`` and return all issues."""
+    specs.issues.extend(_Checker(specs).run())
+    return specs.issues
+
+
+class _Checker:
+    def __init__(self, specs: SpecSet) -> None:
+        self.specs = specs
+        self.issues: list[SpecIssue] = []
+        self.by_kind: dict[str, dict[tuple[str, str], LoadedSpec]] = defaultdict(dict)
+
+    def run(self) -> list[SpecIssue]:
+        self._names()
+        self.workspaces = {n: s.obj.spec for (_, n), s in self.by_kind["Workspace"].items()}
+        for s in self.specs.specs:
+            self._workspace_exists(s)
+            check = getattr(self, f"_check_{s.kind}", None)
+            if check:
+                check(s)
+        self._counts()
+        self._cycles()
+        return self.issues
+
+    # -- helpers ---------------------------------------------------------------------------
+    def add(self, s: LoadedSpec, path: list, message: str, hint: str | None = None) -> None:
+        self.issues.append(s.issue(path, f"{s.ref}: {message}", hint))
+
+    def ws(self, s: LoadedSpec) -> WorkspaceSpec | None:
+        return self.workspaces.get(s.workspace)
+
+    def _names(self) -> None:
+        for s in self.specs.specs:
+            ident = (s.workspace, s.name)
+            first = self.by_kind[s.kind].get(ident)
+            if first is not None:
+                self.add(s, ["metadata", "name"], f"{s.kind} {s.name!r} is defined twice",
+                         f"first defined at {first.location()}; rename one")
+                continue
+            self.by_kind[s.kind][ident] = s
+
+    def _workspace_exists(self, s: LoadedSpec) -> None:
+        if s.kind == "Workspace":
+            if s.workspace != IMPLICIT_WORKSPACE:
+                self.add(s, ["metadata", "workspace"], "a Workspace does not belong to a workspace",
+                         "remove metadata.workspace")
+            return
+        if s.workspace not in self.workspaces and s.workspace != IMPLICIT_WORKSPACE:
+            self.add(s, ["metadata", "workspace"], f"unknown workspace {s.workspace!r}",
+                     self._known("Workspace", s.workspace, "define it with a Workspace spec"))
+
+    def _known(self, kind: str, name: str, fallback: str) -> str:
+        names = sorted({n for (_, n) in self.by_kind[kind]})
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=1)
+        if close:
+            return f"did you mean {close[0]!r}?"
+        return f"known: {', '.join(names)}" if names else fallback
+
+    def _dataset(self, s: LoadedSpec, ref: DatasetRef, path: list) -> LoadedSpec | None:
+        ws = ref.workspace or s.workspace
+        target = self.by_kind["Dataset"].get((ws, ref.name))
+        if target is None:
+            self.add(s, path + ["name"], f"unknown dataset {ref.name!r}" + (f" in workspace {ws!r}" if ref.workspace else ""),
+                     self._known("Dataset", ref.name, "define it with a Dataset spec"))
+            return None
+        if ws != s.workspace:
+            sharing = target.obj.spec.sharing
+            if sharing.visibility != "shared" or (sharing.workspaces and s.workspace not in sharing.workspaces):
+                self.add(s, path + ["workspace"],
+                         f"dataset {ref.name!r} of workspace {ws!r} is not shared with workspace {s.workspace!r}",
+                         f"set spec.sharing.visibility: shared (and list {s.workspace!r} in sharing.workspaces) at {target.location()}")
+        return target
+
+    def _owner(self, s: LoadedSpec, owner: str | None) -> None:
+        ws = self.ws(s)
+        if owner is None or ws is None or not ws.members:
+            return
+        role = ws.role_of(owner)
+        if role is None:
+            self.add(s, ["spec", "owner"], f"owner {owner!r} is not a member of workspace {s.workspace!r}",
+                     "add them to the Workspace's members")
+        elif not ws.may(owner, f"own:{s.kind}"):
+            self.add(s, ["spec", "owner"], f"owner {owner!r} is an {role} of workspace {s.workspace!r} "
+                     f"and may not own a {s.kind}", "make a developer or admin the owner")
+
+    def _resources(self, s: LoadedSpec, req: ResourceRequest, path: list, count: int,
+                   what: str, deployment: bool = False) -> None:
+        ws = self.ws(s)
+        if req.preset and (ws is None or ws.preset(req.preset) is None):
+            known = [p.name for p in ws.presets] if ws else []
+            self.add(s, path + ["preset"], f"unknown resource preset {req.preset!r}",
+                     f"presets of workspace {s.workspace!r}: {', '.join(known)}" if known
+                     else f"define presets in the Workspace {s.workspace!r}")
+            return
+        if ws is None:
+            return
+        for problem in ws.quota_problems(ws.resolve(req), count, deployment=deployment):
+            self.add(s, path, f"{what} {problem} in workspace {s.workspace!r}",
+                     "lower the request or raise the Workspace quota")
+
+    # -- per kind ---------------------------------------------------------------------------
+    def _check_Workspace(self, s: LoadedSpec) -> None:
+        pass  # everything about a workspace alone is checked by its model
+
+    def _check_Dataset(self, s: LoadedSpec) -> None:
+        spec = s.obj.spec
+        self._owner(s, spec.owner)
+        if spec.source.dataset is not None:
+            self._dataset(s, spec.source.dataset, ["spec", "source", "dataset"])
+        if spec.source.capture is not None:
+            dep = self.by_kind["Deployment"].get((s.workspace, spec.source.capture))
+            if dep is None:
+                self.add(s, ["spec", "source", "capture"], f"unknown deployment {spec.source.capture!r}",
+                         self._known("Deployment", spec.source.capture, "define it with a Deployment spec"))
+            elif dep.obj.spec.capture is None or dep.obj.spec.capture.dataset != s.name:
+                self.add(s, ["spec", "source", "capture"],
+                         f"deployment {spec.source.capture!r} does not capture into dataset {s.name!r}",
+                         f"set spec.capture.dataset: {s.name} at {dep.location()}")
+        for i, other in enumerate(spec.sharing.workspaces):
+            if other not in self.workspaces:
+                self.add(s, ["spec", "sharing", "workspaces", i], f"unknown workspace {other!r}",
+                         self._known("Workspace", other, "define it with a Workspace spec"))
+
+    def _check_LabelingJob(self, s: LoadedSpec) -> None:
+        spec = s.obj.spec
+        self._owner(s, spec.owner)
+        ds = self._dataset(s, spec.dataset, ["spec", "dataset"])
+        if ds is not None:
+            dspec = ds.obj.spec
+            if dspec.type == "tabular" and not spec.task.startswith("tabular-"):
+                self.add(s, ["spec", "task"], f"dataset {ds.name!r} is tabular; use tabular-classification or tabular-regression")
+            if dspec.type == "image" and spec.task.startswith("tabular-"):
+                self.add(s, ["spec", "task"], f"dataset {ds.name!r} holds images; {spec.task} is for tables")
+        if spec.output.dataset and (s.workspace, spec.output.dataset) not in self.by_kind["Dataset"]:
+            self.add(s, ["spec", "output", "dataset"], f"unknown dataset {spec.output.dataset!r}",
+                     self._known("Dataset", spec.output.dataset, "define it with a Dataset spec"))
+        if spec.preAnnotation is not None:
+            pa = spec.preAnnotation
+            if pa.model is not None:
+                self._model(s, pa.model, ["spec", "preAnnotation", "model"])
+            if pa.deployment and (s.workspace, pa.deployment) not in self.by_kind["Deployment"]:
+                self.add(s, ["spec", "preAnnotation", "deployment"], f"unknown deployment {pa.deployment!r}",
+                         self._known("Deployment", pa.deployment, "define it with a Deployment spec"))
+        ws = self.ws(s)
+        if ws is not None and ws.members:
+            for i, a in enumerate(spec.annotators):
+                if not ws.may(a.user, "annotate"):
+                    self.add(s, ["spec", "annotators", i], f"annotator {a.user!r} is not a member of workspace {s.workspace!r}",
+                             "add them to the Workspace's members (role annotator)")
+            for i, r in enumerate(spec.reviewers):
+                role = ws.role_of(r)
+                if not ws.may(r, "review"):
+                    self.add(s, ["spec", "reviewers", i],
+                             f"reviewer {r!r} " + (f"is an {role} and may not review" if role else
+                                                   f"is not a member of workspace {s.workspace!r}"),
+                             "reviewers must be developers or admins of the workspace")
+
+    def _check_Experiment(self, s: LoadedSpec) -> None:
+        spec = s.obj.spec
+        self._owner(s, spec.owner)
+        ds = self._dataset(s, spec.dataset, ["spec", "dataset"])
+        if ds is not None and spec.task and ds.obj.spec.task and spec.task != ds.obj.spec.task:
+            self.add(s, ["spec", "task"], f"task {spec.task!r} does not match dataset {ds.name!r} ({ds.obj.spec.task})")
+        if ds is not None and ds.obj.spec.task is None and spec.mode != "run" and spec.command is None:
+            pass  # unlabelled data: only clustering / dimension reduction algorithms apply (issue: algorithms)
+        parallel = spec.hpo.parallelTrials if spec.hpo else 1
+        self._resources(s, spec.resources, ["spec", "resources"], parallel,
+                        f"{parallel} parallel trial(s)" if parallel > 1 else "the training job")
+        ws = self.ws(s)
+        if ws is not None and ws.members:
+            for i, u in enumerate(spec.users):
+                if ws.role_of(u) is None:
+                    self.add(s, ["spec", "users", i], f"user {u!r} is not a member of workspace {s.workspace!r}")
+
+    def _check_Deployment(self, s: LoadedSpec) -> None:
+        spec = s.obj.spec
+        self._owner(s, spec.owner)
+        self._model(s, spec.model, ["spec", "model"])
+        replicas = spec.autoscaling.maxReplicas if spec.autoscaling else spec.replicas
+        self._resources(s, spec.resources, ["spec", "resources"], max(replicas, 1),
+                        f"{replicas} replica(s)", deployment=True)
+        if spec.capture is not None:
+            ds = self.by_kind["Dataset"].get((s.workspace, spec.capture.dataset))
+            if ds is None:
+                self.add(s, ["spec", "capture", "dataset"], f"unknown dataset {spec.capture.dataset!r}",
+                         f"define a Dataset with `source: {{capture: {s.name}}}`")
+            elif ds.obj.spec.source.capture != s.name:
+                self.add(s, ["spec", "capture", "dataset"],
+                         f"dataset {ds.name!r} does not take its data from this deployment's capture",
+                         f"set `source: {{capture: {s.name}}}` at {ds.location()}")
+
+    def _model(self, s: LoadedSpec, ref: ModelRef, path: list) -> None:
+        experiments = [e for (ws, _), e in self.by_kind["Experiment"].items() if ws == s.workspace]
+        if ref.experiment:
+            exp = self.by_kind["Experiment"].get((s.workspace, ref.experiment))
+            if exp is None:
+                self.add(s, path + ["experiment"], f"dangling model reference: unknown experiment {ref.experiment!r}",
+                         self._known("Experiment", ref.experiment, "define it with an Experiment spec"))
+            return
+        registering = [e for e in experiments if e.obj.spec.registration and e.obj.spec.registration.model == ref.name]
+        if not registering:
+            names = sorted({e.obj.spec.registration.model for e in experiments if e.obj.spec.registration})
+            self.add(s, path + ["name"], f"dangling model reference: no experiment registers model {ref.name!r}",
+                     f"registered models: {', '.join(names)}" if names else
+                     "add `register: {model: NAME}` to an Experiment")
+            return
+        if ref.alias:
+            aliases = {a for e in registering for a in e.obj.spec.registration.aliases}
+            if ref.alias not in aliases:
+                self.add(s, path + ["alias"], f"model {ref.name!r} has no alias {ref.alias!r}",
+                         f"aliases set by experiments: {', '.join(sorted(aliases))}" if aliases else
+                         f"add `aliases: [{ref.alias}]` to the registering experiment's register section")
+
+    # -- whole set ---------------------------------------------------------------------------
+    def _counts(self) -> None:
+        limits = {"Experiment": "maxExperiments", "Deployment": "maxDeployments", "Dataset": "maxDatasets"}
+        for kind, field in limits.items():
+            per_ws: dict[str, list[LoadedSpec]] = defaultdict(list)
+            for (ws, _), s in self.by_kind[kind].items():
+                per_ws[ws].append(s)
+            for ws, items in per_ws.items():
+                spec = self.workspaces.get(ws)
+                limit = getattr(spec.quotas, field) if spec else None
+                if limit is not None and len(items) > limit:
+                    for s in items[limit:]:
+                        self.add(s, ["metadata", "name"],
+                                 f"workspace {ws!r} allows {limit} {kind.lower()}s ({field}); this is number {items.index(s) + 1}",
+                                 "remove one or raise the quota")
+
+    def _cycles(self) -> None:
+        """Hard dependencies must form a DAG. A capture loop (deployment -> capture dataset ->
+        labelling -> retrain -> deployment) is not a cycle: versions separate its turns."""
+        graph = {s.key: list(dependencies(s)) for s in self.specs.specs}
+        state: dict[str, int] = {}
+        stack: list[str] = []
+        by_key = {s.key: s for s in self.specs.specs}
+
+        def visit(k: str) -> None:
+            state[k] = 1
+            stack.append(k)
+            for d in graph.get(k, []):
+                if d not in graph:
+                    continue
+                if state.get(d) == 1:
+                    cycle = stack[stack.index(d):] + [d]
+                    s = by_key[k]
+                    self.add(s, ["spec"], "reference cycle: " + " -> ".join(by_key[c].ref for c in cycle),
+                             "break the cycle: a dataset cannot derive from itself")
+                elif state.get(d) is None:
+                    visit(d)
+            stack.pop()
+            state[k] = 2
+
+        for k in graph:
+            if state.get(k) is None:
+                visit(k)
+
+
+def dependencies(s: LoadedSpec) -> Iterator[str]:
+    """Keys of the objects ``s`` needs to exist first (its hard dependencies)."""
+    obj = s.obj
+    if isinstance(obj, Workspace):
+        return
+    if s.workspace != IMPLICIT_WORKSPACE:
+        yield f"Workspace/default/{s.workspace}"
+    if isinstance(obj, Dataset) and obj.spec.source.dataset is not None:
+        ref = obj.spec.source.dataset
+        yield f"Dataset/{ref.workspace or s.workspace}/{ref.name}"
+    elif isinstance(obj, LabelingJob):
+        ref = obj.spec.dataset
+        yield f"Dataset/{ref.workspace or s.workspace}/{ref.name}"
+    elif isinstance(obj, Experiment):
+        ref = obj.spec.dataset
+        yield f"Dataset/{ref.workspace or s.workspace}/{ref.name}"
+    elif isinstance(obj, Deployment) and obj.spec.model.experiment:
+        yield f"Experiment/{s.workspace}/{obj.spec.model.experiment}"
