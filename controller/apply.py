@@ -74,7 +74,7 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, echo: Printer 
             continue
         if change.kind not in HANDLERS:
             res = _not_applicable(change, store)
-            echo(f"! {change.ref}: not applied: {res.message}")
+            echo(f"! {change.ref}: not applied: no {change.kind} handler in this kiln version yet")
             result.results.append(res)
             continue
         if change.action == "delete":
@@ -104,8 +104,7 @@ def _source(change: Change) -> str:
 
 
 def _not_applicable(change: Change, store: StateStore) -> ObjectResult:
-    message = (f"kind {change.kind} has no handler in this kiln version "
-               f"(it arrives with {PLANNED.get(change.kind, 'a later version')})")
+    message = f"no {change.kind} handler in this kiln version yet ({PLANNED.get(change.kind, 'a later version')})"
     if change.spec is not None:
         rec = change.record or _new_record(change)
         rec = replace(rec, source=_source(change), sync="OutOfSync", health="Unknown")

@@ -92,7 +92,7 @@ class Plan:
             if c.spec is not None:
                 line += f"  ({c.spec.location()})"
             if not c.handled and c.pending:
-                line += f"  [no {c.kind} handler yet: arrives with {PLANNED.get(c.kind, 'a later version')}]"
+                line += f"  [no {c.kind} handler yet: {PLANNED.get(c.kind, 'arrives in a later version')}]"
             if c.note:
                 line += f"  [{c.note}]"
             lines.append(line)

@@ -76,7 +76,7 @@ def status_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "No objects recorded yet. Run `kiln apply` first."
     header = ["KIND", "WORKSPACE", "NAME", "SYNC", "HEALTH", "READY", "LAST CHANGE", "MESSAGE"]
-    table = [[r["kind"], r["workspace"], r["name"], r["sync"], r["health"], r["ready"],
+    table = [[r["kind"], "-" if r["kind"] == "Workspace" else r["workspace"], r["name"], r["sync"], r["health"], r["ready"],
               _ago(r["lastChange"]), (r["message"] or "")[:70]] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *table]]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from kiln.errors import KilnError
+from kiln.errors import KilnError, SpecErrors
 
 
 class _LazyGroup(click.Group):
@@ -215,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("KILN_DEBUG"))
     try:
         rv = cli.main(args=argv, prog_name="kiln", standalone_mode=False)
+    except SpecErrors as exc:
+        if debug:
+            raise
+        click.echo(str(exc), err=True)  # already one located line per problem
+        return exc.exit_code
     except KilnError as exc:
         if debug:
             raise

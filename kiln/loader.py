@@ -134,6 +134,9 @@ def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] |
             mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             problem = getattr(exc, "problem", None) or str(exc)
+            context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+            if context and cmark is not None and cmark is not mark:
+                problem += f" ({context} at line {cmark.line + 1})"
             result.issues.append(SpecIssue(str(src.path), line, col, "", f"YAML syntax error: {problem}"))
             continue
         for index, doc in enumerate(docs):

@@ -19,8 +19,9 @@ IMPLICIT_WORKSPACE = "default"
 
 
 def validate(specs: SpecSet) -> list[SpecIssue]:
-    """Append cross-spec problems to ``specs.issues`` and return all issues."""
+    """Append cross-spec problems to ``specs.issues`` and return all issues, sorted by place."""
     specs.issues.extend(_Checker(specs).run())
+    specs.issues.sort(key=SpecIssue.sort_key)
     return specs.issues
 
 

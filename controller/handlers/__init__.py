@@ -12,10 +12,10 @@ HANDLERS: dict[str, type[Handler]] = {
 
 # Where the missing ones arrive, for the message users see.
 PLANNED: dict[str, str] = {
-    "Dataset": "the datasets issue (DVC versions, formats, preprocessing)",
-    "LabelingJob": "the labeling issue (Label Studio projects)",
-    "Experiment": "the experiments issue (training, HPO, AutoML)",
-    "Deployment": "the deployments issue (BentoML services)",
+    "Dataset": "arrives with DVC versioning and dataset formats",
+    "LabelingJob": "arrives with the Label Studio integration",
+    "Experiment": "arrives with training, HPO and AutoML",
+    "Deployment": "arrives with BentoML serving",
 }
 
 __all__ = ["HANDLERS", "PLANNED", "Context", "Handler", "Step", "TemporaryError"]

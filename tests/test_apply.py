@@ -1,0 +1,240 @@
+"""plan -> apply -> status on real repos in tmp dirs, through the CLI as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, example_repo, kiln, write
+
+WS = """
+apiVersion: kiln.dev/v1alpha1
+kind: Workspace
+metadata: {name: team}
+spec:
+  members:
+    - {user: ada@example.com, role: admin}
+  quotas: {cpu: "4"}
+"""
+
+
+def test_apply_twice_second_does_nothing(tmp_path: Path) -> None:
+    repo = example_repo(tmp_path)
+    first = kiln("apply", cwd=repo)
+    assert "Workspace/vision: create" in first.stdout
+    assert "+ storage:" in first.stdout and "+ members:" in first.stdout
+    # Kinds without a handler are reported, never pretended applied: exit 1 says not everything is.
+    assert first.returncode == 1
+    assert "Dataset/wine: not applied: no Dataset handler" in first.stdout
+    second = kiln("apply", cwd=repo)
+    assert "Workspace/vision: unchanged, skipping" in second.stdout
+    assert "0 action(s)" in second.stdout
+    assert "+ " not in second.stdout
+    st = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
+    ws = next(r for r in st if r["kind"] == "Workspace")
+    assert (ws["sync"], ws["health"], ws["ready"], ws["generation"]) == ("Synced", "Healthy", "True", 1)
+    ds = next(r for r in st if r["name"] == "wine")
+    assert (ds["ready"], ds["reason"]) == ("False", "HandlerNotAvailable")
+
+
+def test_plan_update_lists_changed_fields_and_exit_codes(tmp_path: Path) -> None:
+    write(tmp_path, {"specs/ws.yaml": WS})
+    p = kiln("plan", "--detailed-exitcode", cwd=tmp_path)
+    assert p.returncode == 2 and "+ create    Workspace/team" in p.stdout
+    kiln("apply", cwd=tmp_path, check=True)
+    assert kiln("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+    (tmp_path / "specs/ws.yaml").write_text(WS.replace('cpu: "4"', 'cpu: "8"'))
+    p = kiln("plan", "--detailed-exitcode", cwd=tmp_path)
+    assert p.returncode == 2
+    assert "~ update    Workspace/team" in p.stdout
+    assert "~ spec.quotas.cpu: '4' -> '8'" in p.stdout
+    md = kiln("plan", "--format", "markdown", cwd=tmp_path, check=True).stdout
+    assert "| 🟡 update | `Workspace/team` |" in md
+    js = json.loads(kiln("plan", "--format", "json", cwd=tmp_path, check=True).stdout)
+    assert js["summary"]["update"] == 1
+    assert js["changes"][0]["fields"] == [{"path": "spec.quotas.cpu", "op": "~", "old": "4", "new": "8"}]
+    out = kiln("apply", cwd=tmp_path, check=True).stdout
+    assert "Workspace/team: update" in out
+    rec = json.loads(kiln("get", "workspace", "team", "-o", "json", cwd=tmp_path, check=True).stdout)
+    assert rec["generation"] == 2 and rec["spec"]["spec"]["quotas"]["cpu"] == "8"
+
+
+def test_prune_only_when_asked_and_opt_out(tmp_path: Path) -> None:
+    write(tmp_path, {"specs/ws.yaml": WS,
+                     "specs/keep.yaml": WS.replace("team", "keeper").replace(
+                         "metadata: {name: keeper}", "metadata: {name: keeper, annotations: {kiln.dev/prune: disabled}}")})
+    kiln("apply", cwd=tmp_path, check=True)
+    assert (tmp_path / ".kiln/workspaces/team").is_dir()
+    (tmp_path / "specs/ws.yaml").unlink()
+    (tmp_path / "specs/keep.yaml").unlink()
+    p = kiln("plan", cwd=tmp_path, check=True)
+    assert "kept until you apply with --prune" in p.stdout
+    out = kiln("apply", cwd=tmp_path, check=True).stdout
+    assert "0 deleted" in out and (tmp_path / ".kiln/workspaces/team").is_dir()
+    out = kiln("apply", "--prune", cwd=tmp_path, check=True).stdout
+    assert "- Workspace/team: delete" in out and "1 deleted" in out
+    assert not (tmp_path / ".kiln/workspaces/team").exists()
+    assert "kiln.dev/prune: disabled" in out
+    names = [r["name"] for r in json.loads(kiln("status", "-o", "json", cwd=tmp_path).stdout)]
+    assert names == ["keeper"]
+
+
+def test_describe_shows_conditions_history_inventory(tmp_path: Path) -> None:
+    write(tmp_path, {"specs/ws.yaml": WS})
+    kiln("apply", cwd=tmp_path, check=True)
+    d = kiln("describe", "Workspace/team", cwd=tmp_path, check=True).stdout
+    assert "Ready        True" in d
+    assert "directory: .kiln/workspaces/team" in d
+    assert "gen 1  succeeded   2 action(s)" in d
+    missing = kiln("describe", "Workspace/nope", cwd=tmp_path)
+    assert missing.returncode == 1 and "has not been applied" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_invalid_specs_touch_nothing(tmp_path: Path) -> None:
+    write(tmp_path, {"specs/ws.yaml": WS, "specs/bad.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {name: X}\n"})
+    p = kiln("apply", cwd=tmp_path)
+    assert p.returncode == 1 and "bad.yaml:3:" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / ".kiln/state.db").exists()
+
+
+# A handler whose middle step is slow, installed into a real `apply` run in a subprocess so that
+# the test can kill -9 that process mid-step.
+SLOW_APPLY = r"""
+import sys, time, pathlib, os
+from kiln.config import load_config
+from kiln.controller import handlers
+from kiln.controller.handlers.base import Handler, Step
+from kiln.controller.project import apply
+
+marks = pathlib.Path(sys.argv[2]); delay = float(sys.argv[3])
+
+def step(name, sleep):
+    def run(ctx):
+        with open(marks / name, "a") as f: f.write("start\n")
+        time.sleep(sleep)
+        with open(marks / name, "a") as f: f.write("done\n")
+        return {"step": name}
+    return Step(name, name, run)
+
+class Slow(Handler):
+    kind = "Dataset"
+    def steps(self, ctx):
+        return [step("fetch", 0), step("convert", delay), step("version", 0)]
+    def delete(self, ctx):
+        return []
+
+handlers.HANDLERS["Dataset"] = Slow
+os.chdir(sys.argv[1])
+res = apply(load_config(sys.argv[1])).result
+print(res.summary())
+"""
+
+
+def test_kill_9_mid_apply_then_apply_again(tmp_path: Path) -> None:
+    write(tmp_path, {"specs/d.yaml": """
+        apiVersion: kiln.dev/v1alpha1
+        kind: Dataset
+        metadata: {name: iris}
+        spec: {type: tabular, task: classification, source: {sample: iris}}
+        """})
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "slow_apply.py"
+    script.write_text(SLOW_APPLY)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(marks), "60"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (marks / "convert").exists():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # While killed: the record says Reconciling, never Ready with half the work.
+    rec = json.loads(kiln("get", "dataset", "iris", "-o", "json", cwd=tmp_path, check=True).stdout)
+    assert rec["generation"] == 0
+    assert {c["type"]: c["status"] for c in rec["conditions"]}.get("Ready") != "True"
+    again = subprocess.run([sys.executable, str(script), str(tmp_path), str(marks), "0"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert (marks / "fetch").read_text() == "start\ndone\n"            # not run twice
+    assert (marks / "convert").read_text() == "start\nstart\ndone\n"   # interrupted, then resumed
+    assert (marks / "version").read_text() == "start\ndone\n"
+    rec = json.loads(kiln("get", "dataset", "iris", "-o", "json", cwd=tmp_path, check=True).stdout)
+    assert rec["generation"] == 1 and rec["sync"] == "Synced"
+    third = subprocess.run([sys.executable, str(script), str(tmp_path), str(marks), "0"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert "0 action(s)" in third.stdout
+    assert (marks / "fetch").read_text() == "start\ndone\n"
+
+
+def test_concurrent_apply_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    write(tmp_path, {"specs/d.yaml": """
+        apiVersion: kiln.dev/v1alpha1
+        kind: Dataset
+        metadata: {name: iris}
+        spec: {type: tabular, task: classification, source: {sample: iris}}
+        """})
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "slow_apply.py"
+    script.write_text(SLOW_APPLY)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(marks), "30"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (marks / "convert").exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        p = kiln("apply", cwd=tmp_path)
+        assert p.returncode == 3
+        assert f"pid {proc.pid}" in p.stderr and "holds the lock" in p.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+    # The holder died: its lock is gone with it.
+    p = kiln("apply", cwd=tmp_path)
+    assert "holds the lock" not in p.stderr
+
+
+def test_render_composes_templates() -> None:
+    p = kiln("render", "Experiment/vision/digits-resnet", "--what", "spec", cwd=ROOT, check=True)
+    import yaml
+
+    doc = yaml.safe_load(p.stdout)
+    hp = doc["spec"]["algorithm"]["hyperparameters"]
+    assert hp["epochs"] == 5            # the override
+    assert hp["momentum"] == 0.9        # from the template
+    assert doc["spec"]["mode"] == "hpo"  # the document wins over the template
+    assert "defaults" not in doc and "overrides" not in doc
+
+
+def test_schema_written_per_kind(tmp_path: Path) -> None:
+    kiln("schema", "--out", str(tmp_path / "schemas"), cwd=ROOT, check=True)
+    import jsonschema
+
+    for kind in ("workspace", "dataset", "labelingjob", "experiment", "deployment"):
+        schema = json.loads((tmp_path / "schemas" / f"{kind}.schema.json").read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert "spec" in schema["properties"]
+
+
+def test_committed_schemas_are_current_and_accept_the_examples(tmp_path: Path) -> None:
+    """The editor schemas in schemas/ match the models, and every example validates against them."""
+    import jsonschema
+
+    from kiln.api.schema import schema_for
+    from kiln.loader import load_specs
+
+    for s in load_specs(ROOT / "specs").specs:
+        committed = json.loads((ROOT / "schemas" / f"{s.kind.lower()}.schema.json").read_text())
+        assert committed == schema_for(s.kind), "run `kiln schema` and commit schemas/"
+        jsonschema.Draft202012Validator(committed).validate(s.doc)
