@@ -18,7 +18,8 @@ from kiln.validate import validate
 
 def load_valid(config: KilnConfig, path: str | os.PathLike[str] | None = None) -> SpecSet:
     """Load and validate; raise ``SpecErrors`` listing every problem."""
-    specs = load_specs(Path(path) if path else config.specs_dir(), config.templates_dir())
+    specs = load_specs(Path(path) if path else config.specs_dir(), config.templates_dir(),
+                       cache_dir=config.kiln_dir() / "cache" if config.kiln_dir().is_dir() else None)
     issues = validate(specs)
     if issues:
         raise SpecErrors(issues=issues)

@@ -110,9 +110,13 @@ def iter_spec_files(root: Path, skip: set[Path] = frozenset()) -> list[Path]:
     return out
 
 
-def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] | None = None) -> SpecSet:
+def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] | None = None,
+               cache_dir: str | os.PathLike[str] | None = None) -> SpecSet:
     """Load and validate (per document) every spec under ``root``. Never raises for spec problems:
-    they are collected in ``SpecSet.issues``; cross-references are checked by ``kiln.validate``."""
+    they are collected in ``SpecSet.issues``; cross-references are checked by ``kiln.validate``.
+
+    With ``cache_dir``, files whose exact bytes were parsed and validated before are taken from
+    a content-addressed cache instead of being parsed again (see ``_ParseCache``)."""
     root = Path(root)
     tdir = Path(templates) if templates else (root / "templates" if root.is_dir() else None)
     result = SpecSet(root=root)
@@ -120,6 +124,7 @@ def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] |
         result.issues.append(SpecIssue(str(root), 0, 0, "", "no such file or folder"))
         return result
     skip = {tdir.resolve()} if tdir else set()
+    cache = _ParseCache(Path(cache_dir)) if cache_dir else None
     for path in iter_spec_files(root, skip):
         result.files += 1
         try:
@@ -128,6 +133,14 @@ def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] |
             result.issues.append(SpecIssue(str(_display(path)), 1, 1, "", f"cannot read: {exc}"))
             continue
         src = SourceFile(_display(path), text)
+        if cache is not None:
+            hit = cache.get(text)
+            if hit is not None:
+                result.ignored += hit.ignored
+                result.specs += [LoadedSpec(kind=k, name=o.metadata.name, workspace=o.metadata.workspace,
+                                            obj=o, doc=d, source=src, index=i) for i, k, d, o in hit.specs]
+                continue
+            before = (len(result.specs), len(result.issues), result.ignored)
         try:
             docs = list(yaml.load_all(text, Loader=_Loader))
         except yaml.YAMLError as exc:
@@ -145,7 +158,88 @@ def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] |
             spec = _load_document(doc, src, index, tdir, result)
             if spec is not None:
                 result.specs.append(spec)
+        if cache is not None:
+            new = result.specs[before[0]:]
+            if len(result.issues) == before[1] and not any(s.composed for s in new):
+                cache.put(text, _Entry([(s.index, s.kind, s.doc, s.obj) for s in new],
+                                       result.ignored - before[2]))
+    if cache is not None:
+        cache.save()
     return result
+
+
+@dataclass
+class _Entry:
+    specs: list[tuple[int, str, dict[str, Any], Any]]
+    ignored: int
+
+
+class _ParseCache:
+    """Parsed and validated documents by the SHA-256 of their file's bytes.
+
+    Content-addressed, so an edited file can never be served stale (no mtime races). Files with
+    problems or templates are never cached: they are parsed every time (templates can change
+    under them). The cache is keyed by kiln's version and the spec models' source, and is
+    rewritten atomically only when something changed; a damaged cache is ignored.
+    """
+
+    FILE = "specs.pickle"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / self.FILE
+        self.stamp = _models_stamp()
+        self.old: dict[str, _Entry] = {}
+        self.new: dict[str, _Entry] = {}
+        self.dirty = False
+        try:
+            import pickle
+
+            with open(self.path, "rb") as fh:
+                stamp, entries = pickle.load(fh)
+            if stamp == self.stamp:
+                self.old = entries
+        except Exception:  # missing, damaged or from another kiln: parse afresh
+            pass
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, text: str) -> _Entry | None:
+        k = self._key(text)
+        hit = self.old.get(k)
+        if hit is not None:
+            self.new[k] = hit
+        return hit
+
+    def put(self, text: str, entry: _Entry) -> None:
+        self.new[self._key(text)] = entry
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty and len(self.new) == len(self.old):
+            return
+        import pickle
+        import tempfile
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".specs-")
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump((self.stamp, self.new), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only checkout still plans, just without the cache
+
+
+def _models_stamp() -> str:
+    import kiln
+    import kiln.api
+
+    api = Path(kiln.api.__file__).parent
+    parts = [kiln.__version__] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                  for p in sorted(api.glob("*.py"))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,

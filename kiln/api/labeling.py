@@ -75,7 +75,7 @@ class LabelingJobSpec(Model):
     output: Output = Field(default_factory=Output)
     owner: str | None = None
 
-    @field_validator("labels", mode="before")
+    @field_validator("labels", mode="before", json_schema_input_type=list[Label | str])
     @classmethod
     def _plain_names(cls, v: object) -> object:
         # `labels: [cat, dog]` is the common case; expand to the full form.
@@ -83,7 +83,7 @@ class LabelingJobSpec(Model):
             return [{"name": x} if isinstance(x, str) else x for x in v]
         return v
 
-    @field_validator("annotators", mode="before")
+    @field_validator("annotators", mode="before", json_schema_input_type=list[Annotator | str])
     @classmethod
     def _plain_users(cls, v: object) -> object:
         if isinstance(v, list):
