@@ -73,3 +73,13 @@ def test_records_validate_their_vocabulary() -> None:
         ObjectRecord("Dataset/ws/d", health="Fine")
     with pytest.raises(StateError, match="does not match the key"):
         ObjectRecord("Dataset/ws/d", kind="Experiment")
+
+
+def test_importing_kiln_state_does_not_load_sqlalchemy() -> None:
+    # `kiln validate` and lock-only commands import kiln.state; SQLAlchemy waits for open_store.
+    import subprocess
+    import sys
+
+    code = ("import sys, kiln.state; assert 'sqlalchemy' not in sys.modules, 'eager'; "
+            "kiln.state.open_store; assert 'sqlalchemy' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
