@@ -67,8 +67,8 @@ INSTALL_HINT = (
     "https://github.com/argoproj/argo-workflows/releases/download/v4.1.2/install.yaml"
 )
 RBAC_HINT = (
-    "grant the user/service account a Role on workflows.argoproj.io (create, get, list, watch, patch, "
-    "delete) and pods, pods/log (get, list) in that namespace; see docs/argo.md"
+    "grant the user/service account a Role on workflows.argoproj.io (create, get, patch, delete) and "
+    "pods, pods/log (get) in that namespace; see docs/argo.md"
 )
 
 # kiln.yaml `argo:` key -> ArgoConfig field; the only keys accepted there.
@@ -277,9 +277,15 @@ class ArgoRunner(Runner):
             raise self._transport_error(exc, what) from None
 
     def _transport_error(self, exc: Exception, what: str) -> WorkflowError:
-        reason = getattr(exc, "reason", None) or exc
+        cause = getattr(exc, "reason", None) or exc
+        # urllib3 errors carry (connection, message); the message is the part worth showing
+        args = getattr(cause, "args", ())
+        reason = _one_line(args[-1] if args and isinstance(args[-1], str) else cause)
+        # urllib3 wraps the useful part ("[Errno 111] Connection refused", "Read timed out") in pool reprs
+        reason = re.sub(r"^.*Failed to establish a new connection:\s*", "", reason)
+        reason = re.sub(r"^\w+\(host=[^)]*\):\s*", "", reason)
         return _Unreachable(
-            f"cannot reach the Kubernetes API at {self._cluster} while {what}: {_one_line(reason)}",
+            f"cannot reach the Kubernetes API at {self._cluster} while {what}: {reason}",
             hint="check that the cluster is running and that argo.kubeconfig/argo.context point at it "
                  "(`kubectl cluster-info`)")
 
@@ -292,7 +298,7 @@ class ArgoRunner(Runner):
                                  f"(401 Unauthorized) while {what}",
                                  hint="refresh the kubeconfig credentials (log in again) or check argo.context")
         if exc.status == 403:
-            return WorkflowError(f"not allowed while {what} in {where} (403 Forbidden): {message}",
+            return WorkflowError(f"access denied (403 Forbidden) while {what} in {where}: {message}",
                                  hint=RBAC_HINT)
         if exc.status == 404:
             if details.get("kind") == "namespaces":
