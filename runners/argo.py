@@ -310,7 +310,8 @@ class ArgoRunner(Runner):
             causes = "; ".join(f"{c.get('field', '?')}: {c.get('message', '')}" for c in details.get("causes", []))
             return WorkflowError(f"the API server of {self._cluster} rejected the manifest while {what} "
                                  f"(422 Invalid): {causes or message}",
-                                 hint="fix the Workflow spec; run `kiln validate` to check it against Argo's schema")
+                                 hint="the field named is valid for Argo's schema but not for this cluster "
+                                      "(e.g. a name that is not a DNS-1123 label); fix it in the spec")
         return WorkflowError(f"the Kubernetes API at {self._cluster} answered {exc.status} "
                              f"{status or exc.reason or ''} while {what} in {where}: {message}".rstrip(": "))
 
@@ -406,9 +407,11 @@ class ArgoRunner(Runner):
         name = body["metadata"]["name"]
         existing = self._get_raw(name)
         if existing is not None:
-            if _same_run(existing, body) and _phase(existing) not in ("Failed", "Error"):
+            being_deleted = bool((existing.get("metadata") or {}).get("deletionTimestamp"))
+            if not being_deleted and _same_run(existing, body) and _phase(existing) not in ("Failed", "Error"):
                 return existing
-            self._delete_raw(name)
+            if not being_deleted:
+                self._delete_raw(name)
             self._wait_gone(name)
         try:
             return self._custom().create_namespaced_custom_object(

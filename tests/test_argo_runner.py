@@ -535,3 +535,12 @@ def test_manifest_is_not_mutated(kube: FakeKube) -> None:
     before = copy.deepcopy(m)
     runner(kube, service_account="sa").submit(m, parameters={"lr": "9"}, wait=False)
     assert m == before
+
+
+def test_same_hash_but_being_deleted_is_recreated(kube: FakeKube) -> None:
+    r = runner(kube)
+    first = r.submit(manifest())
+    kube.delete_delay = 0.3
+    kube.delete("argo", "kiln-train")  # someone else (prune) started deleting it
+    second = r.submit(manifest())
+    assert second["metadata"]["uid"] != first["metadata"]["uid"] and second["status"]["phase"] == "Succeeded"
