@@ -19,7 +19,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from fake_kube_api import FakeKube
+from tests.fake_kube_api import FakeKube
 from kiln.errors import ConfigError, WorkflowError
 from kiln.runners.argo import (
     SPEC_HASH_LABEL,
