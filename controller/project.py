@@ -45,9 +45,19 @@ def plan(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prun
     from kiln.controller.plan import make_plan
 
     specs = load_valid(config, path)
+    return make_plan(specs, read_records(config), scope=_scope(config, path), prune=prune)
+
+
+def read_records(config: KilnConfig) -> list:
+    """Every recorded object, read-only (never creates a state database)."""
+    from kiln.state.snapshot import read_objects
+
+    records = read_objects(config.state_url(), config.repo)
+    if records is not None:
+        return records
     store = open_state(config)
     try:
-        return make_plan(specs, store.all_objects(), scope=_scope(config, path), prune=prune)
+        return store.all_objects()
     finally:
         store.close()
 

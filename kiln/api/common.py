@@ -39,7 +39,7 @@ def memory_bytes(q: str | int) -> int:
 class Model(BaseModel):
     """Base for every spec model: strict about unknown fields, camelCase as users write it."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=False)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=False, defer_build=True)
 
 
 class Metadata(Model):

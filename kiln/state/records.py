@@ -15,6 +15,8 @@ containers, copy before changing them (``dataclasses.replace(rec, extra={**rec.e
 
 from __future__ import annotations
 
+import json
+
 import datetime as _dt
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -218,3 +220,16 @@ class StepProgress:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepProgress:
         return cls(**d)
+
+
+def record_from_row(m: Any) -> ObjectRecord:
+    """An ObjectRecord from a ``kiln_objects`` row (any mapping of column -> value)."""
+    return ObjectRecord(
+        key=m["key"], kind=m["kind"], workspace=m["workspace"], name=m["name"],
+        spec_hash=m["spec_hash"], spec=json.loads(m["spec"]), generation=m["generation"],
+        observed_generation=m["observed_generation"],
+        conditions=[Condition(**c) for c in json.loads(m["conditions"])],
+        health=m["health"], sync=m["sync"], inventory=json.loads(m["inventory"]),
+        source=m["source"], created_at=m["created_at"], updated_at=m["updated_at"],
+        last_change=m["last_change"], extra=json.loads(m["extra"]),
+    )

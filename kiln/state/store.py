@@ -58,7 +58,7 @@ from sqlalchemy import exc as sa_exc
 
 from kiln._util.redact import redact, redact_text
 from kiln.errors import ConfigError, StateError
-from kiln.state.records import Attempt, Condition, ObjectRecord, StepProgress, utcnow
+from kiln.state.records import Attempt, Condition, ObjectRecord, StepProgress, record_from_row, utcnow
 
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "SUPPORTED_BACKENDS", "StateStore", "open_store",
            "default_url"]
@@ -374,16 +374,7 @@ class StateStore:
 
     @staticmethod
     def _to_record(row: Any) -> ObjectRecord:
-        m = row._mapping
-        return ObjectRecord(
-            key=m["key"], kind=m["kind"], workspace=m["workspace"], name=m["name"],
-            spec_hash=m["spec_hash"], spec=json.loads(m["spec"]), generation=m["generation"],
-            observed_generation=m["observed_generation"],
-            conditions=[Condition(**c) for c in json.loads(m["conditions"])],
-            health=m["health"], sync=m["sync"], inventory=json.loads(m["inventory"]),
-            source=m["source"], created_at=m["created_at"], updated_at=m["updated_at"],
-            last_change=m["last_change"], extra=json.loads(m["extra"]),
-        )
+        return record_from_row(row._mapping)
 
     def get(self, key: str) -> ObjectRecord | None:
         """The record for ``key``, or None if kiln never stored one."""

@@ -315,3 +315,22 @@ class TestStateStoreContract:
         # and the killed writer left no lock behind: the same key can be written at once
         newer = store.put(got.applied({"version": "after"}, "hash-after"))
         assert store.get(KEY) == newer and newer.generation == 2
+
+
+def test_sqlite_snapshot_reader_agrees_with_store(tmp_path) -> None:
+    """kiln plan reads SQLite without SQLAlchemy; both readers must return the same records."""
+    from kiln.state import ObjectRecord, open_store
+    from kiln.state.snapshot import READS_SCHEMA, read_objects
+    from kiln.state.store import SCHEMA_VERSION
+
+    assert READS_SCHEMA == SCHEMA_VERSION
+    assert read_objects(None, tmp_path) == []  # nothing applied: no database is created
+    assert not (tmp_path / ".kiln" / "state.db").exists()
+    store = open_store(None, tmp_path)
+    for i in range(3):
+        rec = ObjectRecord(key=f"Dataset/default/d{i}", spec={"a": i}, inventory=[{"kind": "x", "id": str(i)}])
+        store.put(rec.applied({"a": i}, f"h{i}").with_condition("Ready", "True", "Succeeded", "ok"))
+    expected = store.all_objects()
+    store.close()
+    assert read_objects(None, tmp_path) == expected
+    assert read_objects("postgresql+psycopg2://u@h/db", tmp_path) is None
