@@ -37,8 +37,10 @@ def make_image_folder(root: Path, n: int = 4, splits=("train", "validation")) ->
     for s in splits:
         for c, color in COLORS.items():
             for i in range(n):
-                arr = np.full((16, 16, 3), color, dtype=np.uint8)
-                arr[i % 16, :, :] = 255
+                arr = np.full((24, 24, 3), color, dtype=np.uint8)  # > 255 pixels, or equalize is a no-op
+                noise = np.random.default_rng(i).integers(0, 35, arr.shape)  # many grey levels, not flat
+                arr = np.clip(arr.astype(int) - noise, 0, 255).astype(np.uint8)
+                arr[i % 24, :, :] = 255
                 save(arr, root / s / c / f"{s}_{c}_{i}.png")
     return root
 
