@@ -1,0 +1,97 @@
+"""Image classification as class folders.
+
+Split layout (EasyMaker)::
+
+    root/train/<label>/0001.png
+    root/validation/<label>/...      (``val``/``valid`` are read as validation)
+    root/test/<label>/...            (optional)
+
+Unsplit layout: ``root/<label>/0001.png``. Files and folders starting with ``.`` are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kiln.data.errors import DatasetFormatError
+from kiln.data.formats._base import DatasetFormat, ignored, is_image, place_file, verify_image
+from kiln.data.model import DatasetContent, Item, normalize_split
+
+_SPLIT_DIRS = {"train", "validation", "test", "val", "valid"}
+
+
+def _subdirs(p: Path) -> list[Path]:
+    return sorted(d for d in p.iterdir() if d.is_dir() and not ignored(d.name))
+
+
+def _has_images(p: Path) -> bool:
+    return any(is_image(e.name) for e in os.scandir(p) if e.is_file())
+
+
+class ImageFolder(DatasetFormat):
+    name = "image-folder"
+    tasks = ("classification",)
+
+    @classmethod
+    def _layout(cls, root: Path) -> list[tuple[str | None, Path]]:
+        """[(split, split_dir)]: the split dirs if present, else [(None, root)]."""
+        dirs = _subdirs(root)
+        split_dirs = [d for d in dirs if d.name.lower() in _SPLIT_DIRS]
+        if split_dirs:
+            return [(normalize_split(d.name), d) for d in split_dirs]
+        return [(None, root)]
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        if not root.is_dir():
+            return False
+        for _, base in cls._layout(root):
+            classes = _subdirs(base)
+            if classes and any(_has_images(c) for c in classes[:5]):
+                return True
+        return False
+
+    @classmethod
+    def load(cls, root: Path, task: str | None = None, *, verify: bool = True, **options: object) -> DatasetContent:
+        items: list[Item] = []
+        labels: set[str] = set()
+        for split, base in cls._layout(root):
+            for cdir in _subdirs(base):
+                for entry in sorted(os.scandir(cdir), key=lambda e: e.name):
+                    if ignored(entry.name) or not entry.is_file():
+                        continue
+                    p = Path(entry.path)
+                    if not is_image(entry.name):
+                        raise DatasetFormatError(
+                            p, "not a PNG or JPEG image", hint="image folders hold only .png/.jpg/.jpeg files"
+                        )
+                    w = h = None
+                    if verify:
+                        w, h = verify_image(p)
+                    items.append(
+                        Item(path=p.relative_to(root).as_posix(), split=split, label=cdir.name, width=w, height=h)
+                    )
+                    labels.add(cdir.name)
+        if not items:
+            raise DatasetFormatError(root, "no images found in class folders")
+        cats = {i: n for i, n in enumerate(sorted(labels))}
+        return DatasetContent(task="classification", root=root, format=cls.name, items=items, categories=cats)
+
+    @classmethod
+    def export(cls, content: DatasetContent, out_dir: Path) -> Path:
+        if content.task != "classification":
+            raise DatasetFormatError(out_dir, f"image-folder holds classification data, not {content.task}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        used: dict[str, set[str]] = {}
+        for it in content.items:
+            if it.label is None:
+                raise DatasetFormatError(it.path, "item has no class label; image-folder needs one per image")
+            folder = f"{it.split}/{it.label}" if it.split else it.label
+            names = used.setdefault(folder, set())
+            name = Path(it.path).name
+            if name in names:
+                name = it.path.replace("/", "__")
+            names.add(name)
+            place_file(content.abspath(it.path), out_dir / folder / name)
+        return out_dir

@@ -1,0 +1,148 @@
+"""Semantic segmentation as JSON pair lists (EasyMaker SegFormer layout)::
+
+    root/train/train.json          [{"image": "images/0001.png", "seg_map": "annotations/0001.png"}, ...]
+    root/validation/validation.json
+    root/test/test.json            (optional; ``root/{split}.json`` is read too)
+    root/resources/id2label.json   {"0": "unlabeled", "1": "flat-road", ...}
+
+``id2lable.json`` (the spelling in EasyMaker's documents) is accepted as well. Paths in a split file
+resolve against the split file's folder, then the root. A mask is a single-channel PNG whose pixel
+values are category ids; every id must be in id2label. An unsplit dataset is ``root/data/data.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kiln.data.errors import DatasetFormatError
+from kiln.data.formats._base import DatasetFormat, place_file, read_json, unique_name, verify_image, write_json_atomic
+from kiln.data.model import DatasetContent, Item, normalize_split
+
+_SPLITS = ("train", "validation", "val", "valid", "test", "data")
+ID2LABEL_NAMES = ("id2label.json", "id2lable.json")
+
+
+def _id2label_file(root: Path) -> Path | None:
+    for n in ID2LABEL_NAMES:
+        if (root / "resources" / n).is_file():
+            return root / "resources" / n
+    return None
+
+
+def _split_files(root: Path) -> list[tuple[str | None, Path]]:
+    out: list[tuple[str | None, Path]] = []
+    for s in _SPLITS:
+        for f in (root / s / f"{s}.json", root / f"{s}.json"):
+            if f.is_file():
+                out.append((None if s == "data" else normalize_split(s), f))
+                break
+    return out
+
+
+def check_mask(path: Path, ids: set[int], id_file: Path | None) -> tuple[int, int]:
+    """Decode a mask and check every pixel value is a known category id."""
+    import numpy as np
+    from PIL import Image
+
+    size = verify_image(path, what="mask")
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P", "I", "I;16"):
+            raise DatasetFormatError(path, f"mask has mode {im.mode}; expected a single-channel PNG of category ids")
+        values = np.unique(np.asarray(im))
+    unknown = sorted(int(v) for v in values if int(v) not in ids)
+    if unknown:
+        where = id_file.as_posix() if id_file else "the category list"
+        raise DatasetFormatError(
+            path, f"mask contains class id {unknown[0]}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
+            + f" not in {where} (known ids: {sorted(ids)})",
+            hint="add the id to id2label.json or fix the mask",
+        )
+    return size
+
+
+class SegmentationJson(DatasetFormat):
+    name = "segmentation-json"
+    tasks = ("semantic-segmentation",)
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return root.is_dir() and _id2label_file(root) is not None and bool(_split_files(root))
+
+    @classmethod
+    def load(cls, root: Path, task: str | None = None, *, verify: bool = True, **options: object) -> DatasetContent:
+        id_file = _id2label_file(root)
+        if id_file is None:
+            raise DatasetFormatError(root / "resources" / "id2label.json", "missing (id2lable.json is accepted too)")
+        raw = read_json(id_file)
+        if not isinstance(raw, dict):
+            raise DatasetFormatError(id_file, 'expected an object {"0": "unlabeled", ...}')
+        try:
+            categories = {int(k): str(v) for k, v in raw.items()}
+        except ValueError:
+            raise DatasetFormatError(id_file, "keys must be integer class ids") from None
+        ids = set(categories)
+        items: list[Item] = []
+        files = _split_files(root)
+        if not files:
+            raise DatasetFormatError(root, "no split file found (expected train/train.json)")
+        for split, sf in files:
+            entries = read_json(sf)
+            if not isinstance(entries, list):
+                raise DatasetFormatError(sf, 'expected a list of {"image": ..., "seg_map": ...}')
+            for n, e in enumerate(entries):
+                if not isinstance(e, dict) or "image" not in e:
+                    raise DatasetFormatError(sf, f"entry {n} has no 'image'")
+                img = cls._resolve(root, sf, str(e["image"]))
+                if img is None:
+                    raise DatasetFormatError(sf, f"entry {n}: image {e['image']!r} does not exist")
+                mask = None
+                if e.get("seg_map"):
+                    mask = cls._resolve(root, sf, str(e["seg_map"]))
+                    if mask is None:
+                        raise DatasetFormatError(sf, f"entry {n}: seg_map {e['seg_map']!r} does not exist")
+                w = h = None
+                if verify:
+                    w, h = verify_image(img)
+                    if mask is not None:
+                        mw, mh = check_mask(mask, ids, id_file)
+                        if (mw, mh) != (w, h):
+                            raise DatasetFormatError(mask, f"mask is {mw}x{mh} but its image is {w}x{h}")
+                items.append(Item(path=img.relative_to(root).as_posix(), split=split,
+                                  mask=mask.relative_to(root).as_posix() if mask else None, width=w, height=h))
+        return DatasetContent(task="semantic-segmentation", root=root, format=cls.name, items=items, categories=categories)
+
+    @staticmethod
+    def _resolve(root: Path, sf: Path, rel: str) -> Path | None:
+        rootr = root.resolve()
+        for base in (sf.parent, root):
+            p = base / rel
+            if p.is_file() and p.resolve().is_relative_to(rootr):
+                return p
+        return None
+
+    @classmethod
+    def export(cls, content: DatasetContent, out_dir: Path) -> Path:
+        if content.task != "semantic-segmentation":
+            raise DatasetFormatError(out_dir, f"segmentation-json holds semantic segmentation, not {content.task}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        groups: dict[str, list[Item]] = {}
+        for it in content.items:
+            groups.setdefault(it.split or "data", []).append(it)
+        for split, its in groups.items():
+            d = out_dir / split
+            used_i: set[str] = set()
+            used_m: set[str] = set()
+            entries = []
+            for it in its:
+                iname = "images/" + unique_name(used_i, it.path)
+                place_file(content.abspath(it.path), d / iname)
+                entry = {"image": iname}
+                if it.mask:
+                    mname = "annotations/" + unique_name(used_m, it.mask)
+                    place_file(content.abspath(it.mask), d / mname)
+                    entry["seg_map"] = mname
+                entries.append(entry)
+            write_json_atomic(d / f"{split}.json", entries)
+        write_json_atomic(out_dir / "resources" / "id2label.json",
+                          {str(k): v for k, v in sorted(content.categories.items())})
+        return out_dir

@@ -1,0 +1,623 @@
+"""Preprocessing operations: one registry ``OPS`` (name -> op class with pydantic params).
+
+Tabular ops (sklearn / pandas) are *fitted* on the training table; the fitted pipeline is saved
+beside the produced dataset so training and serving apply exactly the same transform::
+
+    <out_dir>/.kiln/preprocess.json     {"ops": [{"name": "MinMaxScaler", "params": {...}}, ...]}
+    <out_dir>/.kiln/preprocess.joblib   the fitted op objects; ``load_pipeline(out_dir).transform(df)``
+    <out_dir>/.kiln/lineage.json        {"parent": "<content hash of the input>", "ops": [...]}
+
+Image ops run on torchvision ``transforms.v2`` functionals over tv_tensors, so an image, its
+``BoundingBoxes`` and its ``Mask``s move together. They are deterministic (fixed parameters) so a
+dataset version is reproducible; only the flips take a probability ``p``, drawn per item from
+``seed``. Instance shapes come out as RLE (polygons are rasterised); boxes of instances are
+recomputed from their masks, boxes without masks are transformed and clamped, and objects that
+leave the image are dropped. imgaug's augmenter names (``Fliplr``, ``Multiply``, ``Affine``,
+``pillike.Equalize`` ...) are accepted with imgaug's parameter names; imgaug itself is not used
+(it does not import on numpy 2).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kiln.data.errors import DatasetFormatError
+from kiln.data.model import DatasetContent
+
+
+class _P(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Op:
+    """Base: ``Params`` validates the parameters; ``kind`` is tabular or image."""
+
+    kind: ClassVar[str] = ""
+    Params: ClassVar[type[_P]] = _P
+
+    def __init__(self, params: _P) -> None:
+        self.params = params
+
+
+# ------------------------------------------------------------------------------------ tabular --
+class TabularOp(Op):
+    """Fit on the training table, then ``transform`` any table with the same columns (serving).
+    ``label`` is never touched unless named explicitly."""
+
+    kind = "tabular"
+
+    def fit_transform(self, df, label: str | None):
+        self.fit(df, label)
+        return self.transform(df)
+
+    def fit(self, df, label: str | None) -> None:
+        pass
+
+    def transform(self, df):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _cols(self, df, label: str | None, kinds: str = "numeric") -> list[str]:
+        cols = getattr(self.params, "columns", None)
+        if cols:
+            missing = [c for c in cols if c not in df.columns]
+            if missing:
+                raise DatasetFormatError(f"op {type(self).__name__}", f"unknown column(s) {missing}; columns: {list(df.columns)}")
+            return list(cols)
+        if kinds == "numeric":
+            return [c for c in df.columns if c != label and df[c].dtype.kind in "iuf"]
+        return [c for c in df.columns if c != label and df[c].dtype.kind in "Ob"]
+
+
+class _ColumnsP(_P):
+    columns: list[str] | None = None
+
+
+class _SklearnColumns(TabularOp):
+    def _make(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def fit(self, df, label):
+        self.cols = self._cols(df, label)
+        self.est = self._make().fit(df[self.cols])
+
+    def transform(self, df):
+        df = df.copy()
+        df[self.cols] = self.est.transform(df[self.cols])
+        return df
+
+
+class MinMaxScalerOp(_SklearnColumns):
+    class Params(_ColumnsP):
+        feature_range: tuple[float, float] = (0.0, 1.0)
+
+    def _make(self):
+        from sklearn.preprocessing import MinMaxScaler
+
+        return MinMaxScaler(feature_range=self.params.feature_range)
+
+
+class StandardScalerOp(_SklearnColumns):
+    Params = _ColumnsP
+
+    def _make(self):
+        from sklearn.preprocessing import StandardScaler
+
+        return StandardScaler()
+
+
+class KBinsDiscretizerOp(_SklearnColumns):
+    class Params(_ColumnsP):
+        n_bins: int = 5
+        strategy: Literal["uniform", "quantile", "kmeans"] = "quantile"
+
+    def _make(self):
+        from sklearn.preprocessing import KBinsDiscretizer
+
+        return KBinsDiscretizer(n_bins=self.params.n_bins, strategy=self.params.strategy, encode="ordinal",
+                                quantile_method="averaged_inverted_cdf" if self.params.strategy == "quantile" else "warn")
+
+
+class SimpleImputerOp(_SklearnColumns):
+    class Params(_ColumnsP):
+        strategy: Literal["mean", "median", "most_frequent", "constant"] = "mean"
+        fill_value: float | str | None = None
+
+    def _make(self):
+        from sklearn.impute import SimpleImputer
+
+        return SimpleImputer(strategy=self.params.strategy, fill_value=self.params.fill_value)
+
+
+class KNNImputerOp(_SklearnColumns):
+    class Params(_ColumnsP):
+        n_neighbors: int = 5
+
+    def _make(self):
+        from sklearn.impute import KNNImputer
+
+        return KNNImputer(n_neighbors=self.params.n_neighbors)
+
+
+class _BinP(_P):
+    column: str
+
+
+class QcutOp(TabularOp):
+    """pandas.qcut into ``q`` quantile bins (codes); the edges are kept, open-ended for serving."""
+
+    class Params(_BinP):
+        q: int = 4
+
+    def fit(self, df, label):
+        import numpy as np
+        import pandas as pd
+
+        _, edges = pd.qcut(df[self.params.column], self.params.q, retbins=True, duplicates="drop")
+        self.edges = [-np.inf, *edges[1:-1], np.inf]
+
+    def transform(self, df):
+        import pandas as pd
+
+        df = df.copy()
+        df[self.params.column] = pd.cut(df[self.params.column], self.edges, labels=False)
+        return df
+
+
+class CutOp(QcutOp):
+    """pandas.cut into ``bins`` equal-width bins or at the given edges."""
+
+    class Params(_BinP):
+        bins: int | list[float] = 4
+
+    def fit(self, df, label):
+        import numpy as np
+        import pandas as pd
+
+        _, edges = pd.cut(df[self.params.column], self.params.bins, retbins=True)
+        self.edges = [-np.inf, *edges[1:-1], np.inf]
+
+
+class FactorizeOp(TabularOp):
+    """pandas.factorize categorical columns to integer codes; unseen values map to -1."""
+
+    Params = _ColumnsP
+
+    def fit(self, df, label):
+        import pandas as pd
+
+        self.maps = {}
+        for c in self._cols(df, label, kinds="categorical"):
+            _, uniques = pd.factorize(df[c], sort=True)
+            self.maps[c] = {v: i for i, v in enumerate(uniques.tolist())}
+
+    def transform(self, df):
+        df = df.copy()
+        for c, m in self.maps.items():
+            df[c] = df[c].map(m).fillna(-1).astype("int64")
+        return df
+
+
+class SortValuesOp(TabularOp):
+    """Row order only: applied when building the dataset, a no-op at serving time."""
+
+    class Params(_P):
+        by: list[str]
+        ascending: bool = True
+
+    def fit_transform(self, df, label):
+        return df.sort_values(self.params.by, ascending=self.params.ascending, kind="stable").reset_index(drop=True)
+
+    def transform(self, df):
+        return df
+
+
+class DropColumnsOp(TabularOp):
+    class Params(_P):
+        columns: list[str]
+
+    def transform(self, df):
+        return df.drop(columns=[c for c in self.params.columns if c in df.columns])
+
+
+# -------------------------------------------------------------------------------------- image --
+class ImageOp(Op):
+    """``apply(sample, rng)``: sample = {"image": Image, "boxes": BoundingBoxes|None,
+    "masks": Mask|None (instances), "semantic": Mask|None}; returns the same keys."""
+
+    kind = "image"
+    geometric: ClassVar[bool] = True
+
+    def fn(self, x, rng: random.Random):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def apply(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        out = dict(sample)
+        state = rng.random()  # one draw per item, shared by every tensor of the item
+        keys = ("image", "boxes", "masks", "semantic") if self.geometric else ("image",)
+        for k in keys:
+            if out.get(k) is not None:
+                out[k] = self.fn(out[k], random.Random(state))
+        return out
+
+
+class FlipOp(ImageOp):
+    class Params(_P):
+        direction: Literal["horizontal", "vertical"] = "horizontal"
+        p: float = 1.0
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        if rng.random() >= self.params.p:
+            return x
+        return F.horizontal_flip(x) if self.params.direction == "horizontal" else F.vertical_flip(x)
+
+
+class RotateOp(ImageOp):
+    class Params(_P):
+        degrees: float
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        return F.rotate(x, self.params.degrees, interpolation=F.InterpolationMode.BILINEAR)
+
+
+class ShiftOp(ImageOp):
+    """Translate (and optionally rotate/scale) about the centre: imgaug's Affine."""
+
+    class Params(_P):
+        x: float = 0
+        y: float = 0
+        rotate: float = 0
+        scale: float = 1.0
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        p = self.params
+        return F.affine(x, angle=p.rotate, translate=[p.x, p.y], scale=p.scale, shear=[0.0, 0.0],
+                        interpolation=F.InterpolationMode.BILINEAR)
+
+
+class CropOp(ImageOp):
+    class Params(_P):
+        top: int
+        left: int
+        height: int
+        width: int
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        p = self.params
+        return F.crop(x, p.top, p.left, p.height, p.width)
+
+
+class ResizeOp(ImageOp):
+    class Params(_P):
+        height: int
+        width: int
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        return F.resize(x, [self.params.height, self.params.width])
+
+
+class _Photometric(ImageOp):
+    geometric = False
+
+
+class BrightnessOp(_Photometric):
+    class Params(_P):
+        factor: float
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        return F.adjust_brightness(x, self.params.factor)
+
+
+class ContrastOp(_Photometric):
+    class Params(_P):
+        factor: float
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        return F.adjust_contrast(x, self.params.factor) if x.shape[-3] in (1, 3) else x
+
+
+class GammaOp(_Photometric):
+    class Params(_P):
+        gamma: float
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        return F.adjust_gamma(x, self.params.gamma)
+
+
+class GrayscaleOp(_Photometric):
+    class Params(_P):
+        num_output_channels: Literal[1, 3] = 3
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        if x.shape[-3] == 1:
+            return x
+        return F.rgb_to_grayscale(x, num_output_channels=self.params.num_output_channels)
+
+
+class EqualizeOp(_Photometric):
+    Params = _P
+
+    def fn(self, x, rng):
+        import torchvision.transforms.v2.functional as F
+
+        return F.equalize(x)
+
+
+OPS: dict[str, type[Op]] = {
+    # tabular
+    "MinMaxScaler": MinMaxScalerOp,
+    "StandardScaler": StandardScalerOp,
+    "qcut": QcutOp,
+    "cut": CutOp,
+    "KBinsDiscretizer": KBinsDiscretizerOp,
+    "factorize": FactorizeOp,
+    "SimpleImputer": SimpleImputerOp,
+    "KNNImputer": KNNImputerOp,
+    "sort_values": SortValuesOp,
+    "drop_columns": DropColumnsOp,
+    # image
+    "flip": FlipOp,
+    "rotate": RotateOp,
+    "brightness": BrightnessOp,
+    "contrast": ContrastOp,
+    "gamma": GammaOp,
+    "shift": ShiftOp,
+    "grayscale": GrayscaleOp,
+    "crop": CropOp,
+    "resize": ResizeOp,
+    "equalize": EqualizeOp,
+}
+
+
+def _imgaug_px(v: Any) -> tuple[float, float]:
+    if isinstance(v, dict):
+        return float(v.get("x", 0)), float(v.get("y", 0))
+    if isinstance(v, (int, float)):
+        return float(v), float(v)
+    raise ValueError(f"expected a number or {{'x': .., 'y': ..}}, got {v!r}")
+
+
+def _imgaug_crop(p: dict[str, Any]) -> dict[str, Any]:
+    px = p.pop("px")
+    t, r, b, l = (px,) * 4 if isinstance(px, int) else tuple(px)
+    return {"_crop_sides": (t, r, b, l)}
+
+
+# imgaug augmenter name -> (kiln op, parameter adapter). Ranges/stochastic parameters are refused
+# (a dataset version must be reproducible); flips keep imgaug's p.
+IMGAUG_ALIASES: dict[str, tuple[str, Any]] = {
+    "Fliplr": ("flip", lambda p: {"direction": "horizontal", "p": p.get("p", 1.0)}),
+    "Flipud": ("flip", lambda p: {"direction": "vertical", "p": p.get("p", 1.0)}),
+    "Rotate": ("rotate", lambda p: {"degrees": p["rotate"]}),
+    "Multiply": ("brightness", lambda p: {"factor": p["mul"]}),
+    "GammaContrast": ("gamma", lambda p: {"gamma": p["gamma"]}),
+    "Affine": ("shift", lambda p: dict(zip(("x", "y"), _imgaug_px(p.get("translate_px", 0))),
+                                       rotate=p.get("rotate", 0), scale=p.get("scale", 1.0))),
+    "Grayscale": ("grayscale", lambda p: {}),
+    "Crop": ("crop", _imgaug_crop),
+    "Resize": ("resize", lambda p: ({"height": p["size"], "width": p["size"]} if isinstance(p["size"], int)
+                                    else {"height": p["size"]["height"], "width": p["size"]["width"]})),
+    "pillike.Equalize": ("equalize", lambda p: {}),
+}
+
+
+def make_op(name: str, params: dict[str, Any] | None = None) -> Op:
+    """Build an op by kiln or imgaug name; unknown names and bad params are one-line errors."""
+    params = dict(params or {})
+    if name in IMGAUG_ALIASES:
+        target, adapt = IMGAUG_ALIASES[name]
+        try:
+            params = adapt(params)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetFormatError(f"op {name}", f"bad imgaug parameters {params}: {e}") from None
+        name = target
+    if name not in OPS:
+        valid = sorted(OPS) + sorted(IMGAUG_ALIASES)
+        raise DatasetFormatError(f"op {name}", f"unknown preprocessing op; valid: {', '.join(valid)}")
+    cls = OPS[name]
+    crop_sides = params.pop("_crop_sides", None)
+    if crop_sides is not None:
+        op = cls.__new__(cls)
+        op.params = None  # resolved per image (sides depend on its size)
+        op.crop_sides = crop_sides
+        return op
+    try:
+        return cls(cls.Params(**params))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "params"
+        raise DatasetFormatError(f"op {name}", f"{where}: {first['msg']}") from None
+
+
+def _parse(ops: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for o in ops:
+        if isinstance(o, str):
+            out.append((o, {}))
+        elif isinstance(o, (tuple, list)):
+            out.append((o[0], dict(o[1] if len(o) > 1 else {})))
+        elif isinstance(o, dict) and "name" in o:
+            out.append((o["name"], dict(o.get("params") or {})))
+        elif isinstance(o, dict) and len(o) == 1:
+            (k, v), = o.items()
+            out.append((k, dict(v or {})))
+        else:
+            raise DatasetFormatError("ops", f"cannot read op {o!r}; use {{'name': ..., 'params': {{...}}}}")
+    return out
+
+
+class Pipeline:
+    """Fitted tabular ops, in order. Saved with the dataset; applied again at serving time."""
+
+    def __init__(self, ops: list[TabularOp], label: str | None) -> None:
+        self.ops, self.label = ops, label
+
+    def transform(self, df):
+        for op in self.ops:
+            df = op.transform(df)
+        return df
+
+
+def load_pipeline(dataset_dir: str | os.PathLike[str]) -> Pipeline:
+    import joblib
+
+    f = Path(dataset_dir) / ".kiln" / "preprocess.joblib"
+    if not f.is_file():
+        raise DatasetFormatError(f, "no fitted preprocessing saved with this dataset")
+    return joblib.load(f)
+
+
+# ------------------------------------------------------------------------------------ apply_ops --
+def apply_ops(content: DatasetContent, root: str | os.PathLike[str] | None, ops: list[Any],
+              out_dir: str | os.PathLike[str], *, seed: int = 0, format: str | None = None) -> DatasetContent:
+    """Apply ``ops`` to a dataset and write the result to ``out_dir`` (in ``format``, default the
+    source format). Returns the new content with ``lineage`` = parent content hash + ops."""
+    from kiln.data.formats import export as export_fmt
+    from kiln.data.formats._base import write_json_atomic
+
+    root = Path(root) if root is not None else content.root
+    content = content.model_copy(update={"root": root})
+    parsed = _parse(ops)
+    built = [make_op(n, p) for n, p in parsed]
+    want = "tabular" if content.task == "tabular" else "image"
+    for (n, _), op in zip(parsed, built):
+        if op.kind != want:
+            raise DatasetFormatError(f"op {n}", f"is a {op.kind} op; this dataset is {content.task}")
+    lineage = {"parent": content.content_hash(), "ops": [
+        {"name": n, "params": (op.params.model_dump(mode="json") if op.params is not None else p)}
+        for (n, p), op in zip(parsed, built)]}
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise DatasetFormatError(out, "output folder is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".kiln-ops-", dir=out.parent))
+    try:
+        if want == "tabular":
+            new, pipeline = _apply_tabular(content, built, stage)
+        else:
+            new, pipeline = _apply_images(content, built, stage, seed), None
+        new.lineage = lineage
+        result = export_fmt(new, stage / "export", format or content.format)
+        kdir = stage / "export" / ".kiln"
+        write_json_atomic(kdir / "lineage.json", lineage)
+        if pipeline is not None:
+            import joblib
+
+            write_json_atomic(kdir / "preprocess.json", {"ops": lineage["ops"]})
+            joblib.dump(pipeline, kdir / "preprocess.joblib")
+        if out.exists():
+            out.rmdir()
+        os.replace(stage / "export", out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    result.root = out
+    result.lineage = lineage
+    return result
+
+
+def _apply_tabular(content: DatasetContent, ops: list[Op], stage: Path):
+    from kiln.data.formats.csv import infer_schema
+    from kiln.data.model import TabularData
+
+    assert content.table is not None and content.table.frame is not None
+    df, label = content.table.frame, content.table.label
+    for op in ops:
+        df = op.fit_transform(df, label)  # type: ignore[attr-defined]
+    table = TabularData(columns=infer_schema(df, Path(content.table.source or "data.csv")),
+                        label=label if label in df.columns else None, frame=df, source=content.table.source)
+    new = content.model_copy(update={"table": table, "root": stage})
+    return new, Pipeline(ops, label)  # type: ignore[arg-type]
+
+
+def _apply_images(content: DatasetContent, ops: list[Op], stage: Path, seed: int) -> DatasetContent:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision import tv_tensors
+    from torchvision.ops import masks_to_boxes
+
+    from kiln.data.formats import _masks
+    from kiln.data.model import Annotation
+
+    files = stage / "files"
+    new_items = []
+    for idx, it in enumerate(content.items):
+        rng = random.Random(f"{seed}:{it.path}")
+        with Image.open(content.abspath(it.path)) as im:
+            mode = "L" if im.mode in ("L", "I", "I;16") else "RGB"
+            arr = np.array(im.convert(mode))  # writable copy for torch
+        h, w = arr.shape[:2]
+        img = tv_tensors.Image(torch.from_numpy(arr if arr.ndim == 3 else arr[..., None]).permute(2, 0, 1).contiguous())
+        sample: dict[str, Any] = {"image": img, "boxes": None, "masks": None, "semantic": None}
+        anns = it.annotations
+        has_shapes = bool(anns) and all(a.rle or a.polygons for a in anns)
+        if anns and has_shapes:
+            ms = [_masks.decode(a.rle) if a.rle else _masks.decode(_masks.polygons_to_rle(a.polygons, h, w)) for a in anns]
+            sample["masks"] = tv_tensors.Mask(torch.from_numpy(np.stack(ms)).bool())
+        elif anns:
+            sample["boxes"] = tv_tensors.BoundingBoxes(
+                torch.tensor([a.bbox for a in anns], dtype=torch.float32), format="XYWH", canvas_size=(h, w))
+        if it.mask:
+            with Image.open(content.abspath(it.mask)) as mim:
+                sample["semantic"] = tv_tensors.Mask(torch.from_numpy(np.asarray(mim).astype(np.int64))[None])
+        for op in ops:
+            if getattr(op, "crop_sides", None) is not None:  # imgaug Crop(px=...): sides -> box
+                t, r, b, l = op.crop_sides  # type: ignore[attr-defined]
+                H, W = sample["image"].shape[-2:]
+                op = CropOp(CropOp.Params(top=t, left=l, height=H - t - b, width=W - l - r))
+            sample = op.apply(sample, rng)  # type: ignore[attr-defined]
+        out_img = sample["image"].permute(1, 2, 0).numpy()
+        nh, nw = out_img.shape[:2]
+        dst = files / it.path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(out_img[..., 0] if out_img.shape[2] == 1 else out_img).save(dst)
+        new_anns = []
+        if sample["masks"] is not None:
+            m = sample["masks"]
+            keep = m.flatten(1).any(1)
+            boxes = masks_to_boxes(m[keep]) if keep.any() else torch.zeros((0, 4))
+            kept = [a for a, k in zip(anns, keep.tolist()) if k]
+            for a, mk, bx in zip(kept, m[keep], boxes):
+                x0, y0, x1, y1 = bx.tolist()
+                # masks_to_boxes gives inclusive pixel corners
+                new_anns.append(Annotation(category_id=a.category_id, rle=_masks.encode(mk.numpy()),
+                                           bbox=[x0, y0, x1 - x0 + 1, y1 - y0 + 1], iscrowd=a.iscrowd))
+        elif sample["boxes"] is not None:
+            import torchvision.transforms.v2.functional as F
+
+            bx = F.clamp_bounding_boxes(sample["boxes"])
+            for a, b in zip(anns, bx.tolist()):
+                if b[2] > 0.5 and b[3] > 0.5:
+                    new_anns.append(Annotation(category_id=a.category_id, bbox=[round(v, 3) for v in b], iscrowd=a.iscrowd))
+        new_mask = None
+        if sample["semantic"] is not None:
+            new_mask = it.mask
+            mdst = files / it.mask
+            mdst.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(sample["semantic"][0].numpy().astype(np.uint8), mode="L").save(mdst)
+        new_items.append(it.model_copy(update={"annotations": new_anns, "mask": new_mask, "width": nw, "height": nh}))
+    return content.model_copy(update={"items": new_items, "root": files})

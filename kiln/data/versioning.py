@@ -1,0 +1,250 @@
+"""Dataset versions with DVC: one ``.dvc`` file per dataset folder, a versions log beside it.
+
+``DatasetRepo(repo_root)`` prepares a git repository for data (idempotently):
+
+- ``dvc init`` when ``.dvc/`` is missing (the folder must be a git repository's root);
+- a default remote when none is configured: ``kiln-local`` -> ``<repo>/.kiln/dvc-remote`` (absolute
+  path in ``.dvc/config`` so clones on the same machine push/pull the same objects; pass
+  ``remote_url`` for a shared one);
+- ``cache.type = hardlink,symlink`` (no second copy of every file; DVC then protects workspace files
+  read-only: replace a file rather than edit it in place);
+- DVC's site cache (its hash index) inside the project, ``<repo>/.kiln/dvc-site-cache``, in
+  ``.dvc/config.local`` because it is per-machine.
+
+A version id is the md5 of DVC's ``.dir`` object (the directory listing): the same bytes under the
+same names give the same id, so re-adding unchanged content is no new version. The log
+``<dataset>.versions.json`` (commit it with the ``.dvc`` file; kiln.data does not commit) holds::
+
+    {"path": "data/pets", "current": "<id>",
+     "versions": [{"id": "<md5>", "files": 1200, "size": 5242880,
+                   "per_class_counts": {"cat": 600, "dog": 600}, "created": "2025-01-01T00:00:00+00:00",
+                   "lineage": {"parent": "<content hash>", "ops": [...]} | null,
+                   "out": {<the .dvc file's outs[0] entry>}}]}
+
+``out`` lets ``checkout`` restore any logged version without the git history of the ``.dvc`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import ConfigError, NotFound
+
+DEFAULT_REMOTE = "kiln-local"
+
+
+@dataclass(frozen=True)
+class Version:
+    id: str
+    path: str
+    files: int
+    size: int
+    per_class_counts: dict[str, int]
+    created: str
+    lineage: dict[str, Any] | None = None
+    out: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    class_counts: dict[str, tuple[int, int]]  # class -> (count in v1, count in v2), changed ones only
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.class_counts)
+
+
+class DatasetRepo:
+    """Versions dataset folders inside one git repository with DVC. Not thread-safe per instance;
+    concurrent processes are serialised by DVC's repo lock, which kiln waits for."""
+
+    def __init__(self, repo_root: str | os.PathLike[str], *, remote_url: str | None = None,
+                 remote_name: str = DEFAULT_REMOTE) -> None:
+        self.root = Path(repo_root).resolve()
+        self.remote_url = remote_url
+        self.remote_name = remote_name
+        self._ready = False
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _repo(self):
+        from dvc.repo import Repo
+
+        repo = Repo(str(self.root), _wait_for_lock=True)
+        repo.scm_context.quiet = True  # its "git add ..." advice is for CLI users; callers commit
+        return repo
+
+    def ensure(self) -> None:
+        """Initialise DVC and its config for kiln; safe to call any number of times."""
+        if self._ready:
+            return
+        if not (self.root / ".git").exists():
+            raise ConfigError(f"{self.root} is not a git repository", hint=f"run `git init {self.root}` first")
+        from dvc.repo import Repo
+
+        if not (self.root / ".dvc").is_dir():
+            Repo.init(str(self.root)).close()
+        kiln_dir = self.root / ".kiln"
+        kiln_dir.mkdir(exist_ok=True)
+        with self._repo() as repo:
+            conf = repo.config
+            repo_conf = conf.read("repo")
+            with conf.edit("repo") as c:
+                if not repo_conf.get("core", {}).get("remote"):
+                    url = self.remote_url or str(kiln_dir / "dvc-remote")
+                    c["remote"].setdefault(self.remote_name, {})["url"] = url
+                    c["core"]["remote"] = self.remote_name
+                if "type" not in repo_conf.get("cache", {}):
+                    c["cache"]["type"] = "hardlink,symlink"
+            with conf.edit("local") as c:
+                c["core"]["site_cache_dir"] = str(kiln_dir / "dvc-site-cache")
+        self._ready = True
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _rel(self, path: str | os.PathLike[str]) -> str:
+        p = Path(path)
+        p = (p if p.is_absolute() else self.root / p).resolve()
+        if not p.is_relative_to(self.root):
+            raise ConfigError(f"dataset path {p} is outside the repository {self.root}")
+        return p.relative_to(self.root).as_posix()
+
+    def _dvc_file(self, rel: str) -> Path:
+        return self.root / f"{rel}.dvc"
+
+    def _log_file(self, rel: str) -> Path:
+        return self.root / f"{rel}.versions.json"
+
+    def _read_log(self, rel: str) -> dict[str, Any]:
+        f = self._log_file(rel)
+        if f.is_file():
+            return json.loads(f.read_text())
+        return {"path": rel, "current": None, "versions": []}
+
+    def _write_log(self, rel: str, log: dict[str, Any]) -> None:
+        f = self._log_file(rel)
+        tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(log, indent=1, sort_keys=True))
+        os.replace(tmp, f)
+
+    def _read_out(self, rel: str) -> dict[str, Any]:
+        import yaml
+
+        data = yaml.safe_load(self._dvc_file(rel).read_text())
+        return dict(data["outs"][0])
+
+    # -- verbs ---------------------------------------------------------------------------------
+    def add_version(self, path: str | os.PathLike[str], *, content: Any = None,
+                    lineage: dict[str, Any] | None = None, push: bool = True) -> Version:
+        """Track ``path`` (a folder), push its objects, log it; return the (possibly existing) version.
+
+        ``content`` (a DatasetContent) supplies per-class counts; without it the folder is listed
+        with ``kiln.data.load(verify=False)`` and an unknown layout gives empty counts.
+        """
+        self.ensure()
+        rel = self._rel(path)
+        with self._repo() as repo:
+            repo.add([str(self.root / rel)])
+            out = self._read_out(rel)
+            if push:
+                repo.push(targets=[str(self._dvc_file(rel))])
+        vid = str(out["md5"]).removesuffix(".dir")
+        log = self._read_log(rel)
+        for v in log["versions"]:
+            if v["id"] == vid:
+                if log["current"] != vid:
+                    log["current"] = vid
+                    self._write_log(rel, log)
+                return Version(**v)
+        v = Version(id=vid, path=rel, files=int(out.get("nfiles", 1)), size=int(out.get("size", 0)),
+                    per_class_counts=self._counts(self.root / rel, content),
+                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    lineage=lineage if lineage is not None else getattr(content, "lineage", None), out=out)
+        log["versions"].append(asdict(v))
+        log["current"] = vid
+        self._write_log(rel, log)
+        return v
+
+    @staticmethod
+    def _counts(folder: Path, content: Any) -> dict[str, int]:
+        if content is None:
+            from kiln.data.errors import DatasetFormatError
+            from kiln.data.formats import load
+
+            try:
+                content = load(folder, verify=False)
+            except DatasetFormatError:
+                return {}
+        return dict(content.class_counts())
+
+    def versions(self, path: str | os.PathLike[str]) -> list[Version]:
+        return [Version(**v) for v in self._read_log(self._rel(path))["versions"]]
+
+    def current(self, path: str | os.PathLike[str]) -> str | None:
+        return self._read_log(self._rel(path))["current"]
+
+    def _version(self, rel: str, vid: str) -> Version:
+        for v in self._read_log(rel)["versions"]:
+            if v["id"] == vid or (len(vid) >= 6 and v["id"].startswith(vid)):
+                return Version(**v)
+        known = ", ".join(v["id"][:12] for v in self._read_log(rel)["versions"]) or "none"
+        raise NotFound(f"dataset {rel} has no version {vid!r}; versions: {known}")
+
+    def checkout(self, path: str | os.PathLike[str], version: str) -> Version:
+        """Make the folder hold ``version`` (fetching from the remote if the cache lacks it)."""
+        import yaml
+
+        self.ensure()
+        rel = self._rel(path)
+        v = self._version(rel, version)
+        dvcf = self._dvc_file(rel)
+        tmp = dvcf.with_name(f".{dvcf.name}.tmp{os.getpid()}")
+        tmp.write_text(yaml.safe_dump({"outs": [v.out]}, sort_keys=False))
+        os.replace(tmp, dvcf)
+        with self._repo() as repo:
+            repo.pull(targets=[str(dvcf)], force=True)
+        log = self._read_log(rel)
+        log["current"] = v.id
+        self._write_log(rel, log)
+        return v
+
+    def pull(self, path: str | os.PathLike[str]) -> None:
+        """Fetch and check out what the committed ``.dvc`` file names (e.g. in a fresh clone)."""
+        self.ensure()
+        rel = self._rel(path)
+        with self._repo() as repo:
+            repo.pull(targets=[str(self._dvc_file(rel))], force=True)
+
+    def _listing(self, repo, vid: str) -> dict[str, str]:
+        """relpath -> md5 for a version, from the local cache or, failing that, a local remote."""
+        name = f"{vid}.dir"
+        candidates = [Path(repo.cache.local.path) / "files" / "md5" / name[:2] / name[2:]]
+        url = repo.config["remote"].get(repo.config["core"].get("remote", ""), {}).get("url")
+        if url and "://" not in url:
+            candidates.append(Path(url) / "files" / "md5" / name[:2] / name[2:])
+        for c in candidates:
+            if c.is_file():
+                return {e["relpath"]: e["md5"] for e in json.loads(c.read_text())}
+        raise NotFound(f"directory listing {name} is in neither the DVC cache nor the local remote",
+                       hint="run DatasetRepo.checkout for that version once to fetch it")
+
+    def diff(self, path: str | os.PathLike[str], v1: str, v2: str) -> VersionDiff:
+        """Files added/removed/changed from ``v1`` to ``v2`` and per-class count changes."""
+        self.ensure()
+        rel = self._rel(path)
+        a, b = self._version(rel, v1), self._version(rel, v2)
+        with self._repo() as repo:
+            la, lb = self._listing(repo, a.id), self._listing(repo, b.id)
+        added = sorted(set(lb) - set(la))
+        removed = sorted(set(la) - set(lb))
+        changed = sorted(k for k in set(la) & set(lb) if la[k] != lb[k])
+        classes = set(a.per_class_counts) | set(b.per_class_counts)
+        counts = {c: (a.per_class_counts.get(c, 0), b.per_class_counts.get(c, 0)) for c in sorted(classes)
+                  if a.per_class_counts.get(c, 0) != b.per_class_counts.get(c, 0)}
+        return VersionDiff(added=added, removed=removed, changed=changed, class_counts=counts)

@@ -1,0 +1,129 @@
+"""Builders for small real datasets drawn with PIL/numpy (coloured shapes), one per format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+np = pytest.importorskip("numpy")
+Image = pytest.importorskip("PIL.Image")
+pytest.importorskip("pycocotools")
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220)}
+
+
+def shape_image(seed: int, size: int = 32) -> tuple["np.ndarray", list[tuple[str, list[int]]]]:
+    """A noisy background with 1-2 filled rectangles; returns pixels and [(colour, [x,y,w,h])]."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
+    boxes = []
+    for k in range(1 + seed % 2):
+        name = list(COLORS)[(seed + k) % 3]
+        w, h = int(rng.integers(6, 12)), int(rng.integers(6, 12))
+        x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+        img[y:y + h, x:x + w] = COLORS[name]
+        boxes.append((name, [x, y, w, h]))
+    return img, boxes
+
+
+def save(arr, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def make_image_folder(root: Path, n: int = 4, splits=("train", "validation")) -> Path:
+    for s in splits:
+        for c, color in COLORS.items():
+            for i in range(n):
+                arr = np.full((24, 24, 3), color, dtype=np.uint8)  # > 255 pixels, or equalize is a no-op
+                noise = np.random.default_rng(i).integers(0, 35, arr.shape)  # many grey levels, not flat
+                arr = np.clip(arr.astype(int) - noise, 0, 255).astype(np.uint8)
+                arr[i % 24, :, :] = 255
+                save(arr, root / s / c / f"{s}_{c}_{i}.png")
+    return root
+
+
+def make_coco(root: Path, n: int = 3, segmentation: bool = False) -> Path:
+    from pycocotools import mask as mu
+
+    cats = [{"id": i + 1, "name": c} for i, c in enumerate(COLORS)]
+    cid = {c["name"]: c["id"] for c in cats}
+    seed = 0
+    for s in ("train", "validation"):
+        images, anns = [], []
+        for i in range(n):
+            seed += 1
+            arr, boxes = shape_image(seed)
+            save(arr, root / s / f"img{i}.png")
+            images.append({"id": i + 1, "file_name": f"img{i}.png", "width": 32, "height": 32})
+            for k, (name, (x, y, w, h)) in enumerate(boxes):
+                a = {"id": len(anns) + 1, "image_id": i + 1, "category_id": cid[name],
+                     "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+                if segmentation:
+                    if k == 0:
+                        a["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+                    else:
+                        m = np.zeros((32, 32), np.uint8)
+                        m[y:y + h, x:x + w] = 1
+                        r = mu.encode(np.asfortranarray(m))
+                        a["segmentation"] = {"size": [32, 32], "counts": r["counts"].decode()}
+                anns.append(a)
+        (root / s / "_annotations.coco.json").write_text(json.dumps(
+            {"info": {}, "licenses": [], "categories": cats, "images": images, "annotations": anns}))
+    return root
+
+
+def semantic_pair(seed: int):
+    arr, boxes = shape_image(seed)
+    mask = np.zeros((32, 32), np.uint8)
+    for name, (x, y, w, h) in boxes:
+        mask[y:y + h, x:x + w] = list(COLORS).index(name) + 1
+    return arr, mask
+
+
+ID2LABEL = {"0": "unlabeled", "1": "red", "2": "green", "3": "blue"}
+
+
+def make_segmentation_json(root: Path, n: int = 3, misspelt: bool = False) -> Path:
+    seed = 100
+    for s in ("train", "validation"):
+        entries = []
+        for i in range(n):
+            seed += 1
+            arr, mask = semantic_pair(seed)
+            save(arr, root / s / "images" / f"{i:04d}.png")
+            save(mask, root / s / "annotations" / f"{i:04d}.png")
+            entries.append({"image": f"images/{i:04d}.png", "seg_map": f"annotations/{i:04d}.png"})
+        (root / s / f"{s}.json").write_text(json.dumps(entries))
+    (root / "resources").mkdir(parents=True)
+    (root / "resources" / ("id2lable.json" if misspelt else "id2label.json")).write_text(json.dumps(ID2LABEL))
+    return root
+
+
+def make_studio(root: Path, kind: str = "instance", n: int = 4) -> Path:
+    from pycocotools import mask as mu
+
+    for i in range(n):
+        if kind == "semantic":
+            arr, mask = semantic_pair(200 + i)
+            save(arr, root / "images" / f"{i:04d}.png")
+            save(mask, root / "labels" / f"{i:04d}.png")
+            continue
+        arr, boxes = shape_image(300 + i)
+        save(arr, root / "images" / f"{i:04d}.png")
+        inst = []
+        for name, (x, y, w, h) in boxes:
+            d = {"category_id": list(COLORS).index(name) + 1, "bbox": [x, y, w, h]}
+            if kind == "instance":
+                m = np.zeros((32, 32), np.uint8)
+                m[y:y + h, x:x + w] = 1
+                d["segmentation"] = {"size": [32, 32], "counts": mu.encode(np.asfortranarray(m))["counts"].decode()}
+            inst.append(d)
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"{i:04d}.json").write_text(json.dumps({"instances": inst}))
+    cats = [{"id": 0, "name": "unlabeled"}] if kind == "semantic" else []
+    cats += [{"id": i + 1, "name": c} for i, c in enumerate(COLORS)]
+    (root / "meta.json").write_text(json.dumps({"categories": cats}))
+    return root
