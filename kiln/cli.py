@@ -199,6 +199,27 @@ def render(ctx: click.Context, ref: str, what: str, path: str | None) -> int:
     return 0
 
 
+@cli.command(hidden=False)
+@click.argument("name")
+@click.option("--object", "ref", required=True, help="Kind/workspace/name of the object.")
+@click.option("--spec", "spec_json", required=True, help="The composed spec as JSON.")
+@click.option("--spec-hash", required=True)
+@click.option("--arg", "args", multiple=True, help="KEY=VALUE step argument.")
+@click.pass_context
+def step(ctx: click.Context, name: str, ref: str, spec_json: str, spec_hash: str, args: tuple[str, ...]) -> int:
+    """Run one workflow step (what each task of a rendered workflow runs)."""
+    from kiln.controller.steps import StepContext, run_step
+
+    try:
+        spec = json.loads(spec_json)
+    except json.JSONDecodeError as exc:
+        raise KilnError(f"--spec is not JSON: {exc}") from None
+    parsed = dict(a.split("=", 1) for a in args if "=" in a)
+    out = run_step(name, StepContext(_config(ctx), ref, spec, spec_hash, parsed))
+    click.echo(json.dumps(out))
+    return 0
+
+
 @cli.command()
 @click.option("--out", "out", type=click.Path(file_okay=False), default="schemas", show_default=True)
 @click.pass_context

@@ -1,0 +1,90 @@
+"""Step functions: what ``kiln step NAME`` runs inside a workflow task (a pod on Argo, a
+subprocess under the local runner). One registry dict, name -> function.
+
+A step gets the object's composed spec from the workflow (``--spec``), never from the user's
+files, so the same manifest runs anywhere kiln's image runs. Steps are idempotent: a retried or
+resumed task must be able to run again over what an earlier try left.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.config import KilnConfig
+from kiln.errors import KilnError
+
+
+@dataclass
+class StepContext:
+    config: KilnConfig
+    ref: str                       # Kind/workspace/name
+    spec: dict[str, Any]           # the composed spec document
+    spec_hash: str
+    args: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.ref.split("/")[2]
+
+    def store(self):  # -> StateStore
+        from kiln.state import open_store
+
+        return open_store(self.config.state_url(), self.config.repo, max_attempts=self.config.historyLimit)
+
+
+class StepNotAvailable(KilnError):
+    pass
+
+
+def workspace_dir(config: KilnConfig, name: str) -> Path:
+    return config.kiln_dir() / "workspaces" / name
+
+
+def workspace_storage(ctx: StepContext) -> dict[str, Any]:
+    path = workspace_dir(ctx.config, ctx.name)
+    path.mkdir(parents=True, exist_ok=True)
+    return {"path": str(path.relative_to(ctx.config.repo))}
+
+
+def workspace_members(ctx: StepContext) -> dict[str, Any]:
+    from kiln.api import Workspace
+
+    spec = Workspace.model_validate(ctx.spec).spec
+    value = {
+        "members": {m.user: m.role for m in spec.members},
+        "quotas": spec.quotas.model_dump(exclude_none=True),
+        "presets": {p.name: p.model_dump(exclude_none=True, exclude={"name"}) for p in spec.presets},
+        "defaultPreset": spec.defaultPreset,
+        "specHash": ctx.spec_hash,
+    }
+    store = ctx.store()
+    try:
+        store.put_kv("workspace", ctx.name, value)
+    finally:
+        store.close()
+    return {"members": len(spec.members), "presets": len(spec.presets)}
+
+
+STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
+    "workspace.storage": workspace_storage,
+    "workspace.members": workspace_members,
+}
+
+
+def run_step(name: str, ctx: StepContext) -> dict[str, Any]:
+    fn = STEPS.get(name)
+    if fn is None:
+        from kiln.controller.render import PIPELINES  # noqa: F401  (names of all rendered steps)
+
+        kind = name.split(".")[0]
+        raise StepNotAvailable(
+            f"step {name!r} is not available in this kiln version",
+            hint=f"steps available: {', '.join(sorted(STEPS))}" if kind not in ("dataset", "labeling", "experiment", "deployment")
+            else f"the {kind} steps arrive with the {kind} handler")
+    out = fn(ctx) or {}
+    json.dumps(out)  # outputs must be JSON: fail here, not in the runner
+    return out
