@@ -351,9 +351,6 @@ class _Run:
             g[f"workflow.labels.{k}"] = str(v)
         for k, v in (meta.get("annotations") or {}).items():
             g[f"workflow.annotations.{k}"] = str(v)
-        for p in [x for x in ("Y", "m", "d", "H", "M", "S")]:
-            t = _dt.datetime.strptime(self.status["startedAt"], "%Y-%m-%dT%H:%M:%SZ")
-            g[f"workflow.creationTimestamp.{p}"] = t.strftime(f"%{p}")
         return g
 
     def node_id(self, name: str) -> str:
@@ -802,6 +799,8 @@ class _Run:
             for s in reversed(sems):
                 s.release()
         stdout = b"".join(out_chunks).decode(errors="replace")
+        if rc < 0:  # killed by a signal: report it as a shell would (143 for SIGTERM)
+            rc = 128 - rc
         outputs: dict[str, Any] = {"exitCode": str(rc)}
         outputs["result"] = stdout.strip()
         if nid in self.timed_out:
