@@ -387,6 +387,11 @@ class _Run:
         self.touch()
         return node
 
+    def outbound(self, node: dict) -> str:
+        if node["type"] == "Retry" and node["children"]:
+            return node["children"][-1]
+        return node["id"]
+
     def link(self, parent: str, child: str) -> None:
         with self.lock:
             ch = self.nodes[parent]["children"]
@@ -1211,7 +1216,8 @@ class _Run:
             try:
                 with cv:
                     tscope = dict(scope)
-                parent_ids = [tnodes[p]["id"] for p in parents[tname]] or [node["id"]]
+                # like Argo, a dependent hangs off the outbound node (a Retry's last attempt)
+                parent_ids = [self.outbound(tnodes[p]) for p in parents[tname]] or [node["id"]]
                 items = self.expand(task, tscope, f"{where} dag task {tname!r}")
                 if items is None:
                     n = self.run_one(task, tnode_name, tname, node["id"], parent_ids[0], tscope)
