@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -329,6 +330,8 @@ class _Run:
         self.site_dir.mkdir(exist_ok=True)
         (self.site_dir / "sitecustomize.py").write_text(_SITECUSTOMIZE)
         self.globals = self._globals()
+        self.base_env = runner.base_env(self.site_dir)
+        self.hostname = socket.gethostname()
         self.global_outputs: dict[str, str] = {}
 
     # ------------------------------------------------------------------ bookkeeping
@@ -417,8 +420,14 @@ class _Run:
         return self.nodes[nid]
 
     def snapshot(self) -> str:
-        with self.lock:
+        # CPython's C JSON encoder holds the GIL for the whole dump (no Python callbacks for
+        # dict/list/str), so the status cannot change under it; taking self.lock as well only
+        # made every finishing node queue behind the writer. The lock is the fallback.
+        try:
             return json.dumps(self.wf, separators=(",", ":"))
+        except RuntimeError:
+            with self.lock:
+                return json.dumps(self.wf, separators=(",", ":"))
 
     def flush(self) -> None:
         text = self.snapshot()
@@ -694,9 +703,6 @@ class _Run:
         c = tmpl[kind]
         nid = node["id"]
         sandbox = self.dir / "tmp" / nid
-        if sandbox.exists():
-            shutil.rmtree(sandbox, ignore_errors=True)
-        sandbox.mkdir(parents=True)
         outputs_spec = tmpl.get("outputs") or {}
         # container paths -> private host paths (longest first so /tmp/a/b wins over /tmp/a)
         cpaths: list[str] = []
@@ -710,6 +716,14 @@ class _Run:
             if a.get("path"):
                 cpaths.append(a["path"])
         pmap = {cp: str(sandbox / "fs" / cp.lstrip("/")) for cp in cpaths if cp.startswith("/")}
+        # a private folder only for pods that write files or scripts: mkdir is not free
+        if pmap or cpaths or kind == "script":
+            if sandbox.exists():
+                shutil.rmtree(sandbox, ignore_errors=True)
+            sandbox.mkdir(parents=True)
+            workdir = sandbox
+        else:
+            workdir = self.dir / "tmp"
         for cp, hp in pmap.items():
             Path(hp).parent.mkdir(parents=True, exist_ok=True)
         rx = (re.compile(r"(?<![\w.])(" + "|".join(re.escape(p) for p in sorted(pmap, key=len, reverse=True)) + r")(?![\w.\-])")
@@ -719,7 +733,7 @@ class _Run:
             return rx.sub(lambda m: pmap[m.group(1)], s) if rx else s
 
         def host_path(cp: str) -> Path:
-            return Path(pmap[cp]) if cp in pmap else (sandbox / cp if not cp.startswith("/") else Path(cp))
+            return Path(pmap[cp]) if cp in pmap else (workdir / cp if not cp.startswith("/") else Path(cp))
 
         # input artifacts onto their (mapped) paths
         for a in (tmpl.get("inputs") or {}).get("artifacts") or []:
@@ -753,8 +767,8 @@ class _Run:
             argv = [sys.executable, str(Path(__file__).with_name("_argosay.py"))] + args
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
-        env = self.runner.base_env(self.site_dir)
-        env["TMPDIR"] = str(sandbox)
+        env = dict(self.base_env)
+        env["TMPDIR"] = str(workdir)
         if env.get("KILN_RANDOM_SEED"):
             env["KILN_RANDOM_SEED"] = f"{env['KILN_RANDOM_SEED']}/{node['name']}"
         for e in c.get("env") or []:
@@ -764,7 +778,7 @@ class _Run:
                 raise WorkflowError(f"template {tmpl['name']!r}: env {e['name']!r} uses valueFrom, which the local runner cannot resolve",
                                     hint="pass the value through KILN_* environment variables or a parameter")
         cwd = c.get("workingDir")
-        cwd = cwd if cwd and os.path.isdir(cwd) else str(sandbox)
+        cwd = cwd if cwd and os.path.isdir(cwd) else str(workdir)
         deadline_s = None
         for key in ("activeDeadlineSeconds", "timeout"):
             if tmpl.get(key) not in (None, ""):
@@ -778,26 +792,41 @@ class _Run:
         try:
             self.check_stop()
             out_chunks: list[bytes] = []
-            with open(log_path, "ab", buffering=0) as log:
+            log_fd = -1  # the log file is created on the first byte: most `true`s print nothing
+            try:
                 try:
                     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                            stderr=log, start_new_session=True)
+                                            stderr=subprocess.PIPE, start_new_session=True)
                 except OSError as exc:
                     self.finish(node, "Error", f"cannot start {argv[0]!r}: {exc.strerror}")
                     return
                 dl = time.monotonic() + deadline_s if deadline_s is not None else None
                 with self.lock:
                     self.procs[nid] = (proc, dl)
-                    node["hostNodeName"] = socket.gethostname()
-                fd = proc.stdout.fileno()
-                while True:
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        break
-                    out_chunks.append(chunk)
-                    log.write(chunk)
+                    node["hostNodeName"] = self.hostname
+                out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+                poller = select.poll()
+                poller.register(out_fd, select.POLLIN)
+                poller.register(err_fd, select.POLLIN)
+                open_fds = 2
+                while open_fds:
+                    for fd, _ev in poller.poll():
+                        chunk = os.read(fd, 65536)
+                        if not chunk:
+                            poller.unregister(fd)
+                            open_fds -= 1
+                            continue
+                        if fd == out_fd:
+                            out_chunks.append(chunk)
+                        if log_fd < 0:
+                            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                        os.write(log_fd, chunk)
                 proc.stdout.close()
+                proc.stderr.close()
                 rc = proc.wait()
+            finally:
+                if log_fd >= 0:
+                    os.close(log_fd)
                 with self.lock:
                     self.procs.pop(nid, None)
         finally:
@@ -1246,7 +1275,6 @@ class _Run:
                 groups[tname] = kids
                 self.publish(scope, f"tasks.{tname}", n, kids)
                 running.discard(tname)
-                cv.notify_all()
 
         def branch_phase(tname: str, memo: dict[str, str]) -> str:
             if tname in memo:
@@ -1272,11 +1300,13 @@ class _Run:
             return "Succeeded", ""
 
         started: set[str] = set()
-        threads: list[threading.Thread] = []
-        with cv:
-            while True:
-                if self.stop_event.is_set():
-                    break
+        pending = [0]  # tasks handed to workers and not yet recorded
+
+        def schedule() -> None:
+            """Start every task whose dependencies are done (caller holds cv). Runs on the
+            thread that just finished a task, so a ready task starts without a scheduler hop."""
+            progressed = True
+            while progressed and not self.stop_event.is_set():
                 progressed = False
                 for t in order:
                     if t in started or t not in needed:
@@ -1292,28 +1322,32 @@ class _Run:
                                                   node["id"], "Error", f"depends: {exc}")
                         continue
                     if not ok:
-                        pid = tnodes[parents[t][0]]["id"] if parents[t] else node["id"]
+                        pid = self.outbound(tnodes[parents[t][0]]) if parents[t] else node["id"]
                         n = self.reuse(self.node_id(f"{node['name']}.{t}"), pid) or self.skip_node(
                             f"{node['name']}.{t}", t, tasks[t]["template"], node["id"], pid, "Omitted",
                             "omitted: depends condition not met")
                         for p in parents[t][1:]:
-                            self.link(tnodes[p]["id"], n["id"])
+                            self.link(self.outbound(tnodes[p]), n["id"])
                         tnodes[t] = n
                         self.publish(scope, f"tasks.{t}", n, None)
                         continue
                     running.add(t)
-                    th = threading.Thread(target=run_task, args=(t,), name=f"kiln-task-{t}", daemon=True)
-                    threads.append(th)
-                    th.start()
-                if progressed:
-                    continue  # omitted tasks may have made others ready
-                if not running:
-                    break
-                if fail_fast and assess()[0] in FAILED and not running:
-                    break
+                    pending[0] += 1
+                    _WORKERS.submit(lambda t=t: task_done(t))
+
+        def task_done(t: str) -> None:
+            try:
+                run_task(t)
+            finally:
+                with cv:
+                    pending[0] -= 1
+                    schedule()
+                    cv.notify_all()
+
+        with cv:
+            schedule()
+            while pending[0] or running:
                 cv.wait(0.5)
-        for th in threads:
-            th.join()
         self.check_stop()
         phase, msg = assess()
         if phase == "Succeeded" and any(t not in tnodes for t in targets):
@@ -1370,16 +1404,63 @@ def _kill_group(p: subprocess.Popen) -> None:
     threading.Thread(target=hard, daemon=True).start()
 
 
+class _Workers:
+    """A process-wide pool of reusable threads that grows whenever no thread is idle.
+
+    Why not ThreadPoolExecutor: a step that runs a steps/dag template blocks until its children
+    finish, so a bounded pool deadlocks on deep nesting; why not a thread per step: starting a
+    thread costs about as much as spawning `true` on a small VM. Concurrency is bounded by the
+    runner's semaphores, not by this pool.
+    """
+
+    def __init__(self) -> None:
+        import queue
+        self.q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.idle = 0
+        self.lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self.lock:
+            spawn = self.idle == 0
+            if not spawn:
+                self.idle -= 1
+        self.q.put(fn)
+        if spawn:
+            threading.Thread(target=self._loop, name="kiln-worker", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            fn = self.q.get()
+            try:
+                fn()
+            except BaseException:  # noqa: BLE001 - callers record their own failures
+                pass
+            with self.lock:
+                self.idle += 1
+
+
+_WORKERS = _Workers()
+
+
 def _run_parallel(fns: list[Callable[[], None]]) -> None:
     """Run callables concurrently and wait for all; the last runs on the calling thread."""
     if not fns:
         return
-    threads = [threading.Thread(target=f, daemon=True) for f in fns[:-1]]
-    for t in threads:
-        t.start()
+    done = threading.Semaphore(0)
+
+    def wrap(f: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                f()
+            finally:
+                done.release()
+        return run
+
+    for f in fns[:-1]:
+        _WORKERS.submit(wrap(f))
     fns[-1]()
-    for t in threads:
-        t.join()
+    for _ in fns[:-1]:
+        done.acquire()
 
 
 # --------------------------------------------------------------------------- the runner
