@@ -1,0 +1,263 @@
+"""Behaviour of the local runner beyond Argo's examples: retries, resume after kill -9, stop,
+memoization, fan-out/aggregation, idempotent submit, error messages, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kiln.cli import main as kiln_main
+from kiln.errors import WorkflowError
+from kiln.runners.local import LocalRunner
+
+
+def wf(name: str, entry: str, templates: list[dict], **spec) -> dict:
+    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"name": name},
+            "spec": {"entrypoint": entry, "templates": templates, **spec}}
+
+
+def sh(name: str, script: str, **extra) -> dict:
+    return {"name": name, "container": {"image": "busybox", "command": ["sh", "-c"], "args": [script]}, **extra}
+
+
+def nodes_by_display(w: dict) -> dict[str, dict]:
+    return {n["displayName"]: n for n in w["status"]["nodes"].values()}
+
+
+def test_dag_middle_step_fails_once_then_succeeds_on_retry(tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    manifest = wf("retry-dag", "main", [
+        {"name": "main", "dag": {"tasks": [
+            {"name": "a", "template": "ok"},
+            {"name": "b", "template": "flaky", "depends": "a"},
+            {"name": "c", "template": "ok", "depends": "b"},
+        ]}},
+        sh("ok", "echo ok"),
+        sh("flaky", f"if [ -f {flag} ]; then echo second; exit 0; fi; touch {flag}; echo first; exit 3",
+           retryStrategy={"limit": "2"}),
+    ])
+    out = LocalRunner(tmp_path / "runs").submit(manifest)
+    assert out["status"]["phase"] == "Succeeded"
+    n = nodes_by_display(out)
+    assert n["b"]["type"] == "Retry" and n["b"]["phase"] == "Succeeded"
+    attempts = [out["status"]["nodes"][c] for c in n["b"]["children"]]
+    assert [a["phase"] for a in attempts] == ["Failed", "Succeeded"]
+    assert attempts[0]["outputs"]["exitCode"] == "3"
+    assert n["c"]["phase"] == "Succeeded"
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from kiln.runners.local import LocalRunner
+    LocalRunner(Path(sys.argv[1])).submit(json.loads(Path(sys.argv[2]).read_text()))
+""")
+
+
+def test_kill_9_then_resubmit_does_not_rerun_succeeded_steps(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    go = tmp_path / "go"
+    manifest = wf("resume-me", "main", [
+        {"name": "main", "steps": [[{"name": "one", "template": "mark", "arguments": {"parameters": [{"name": "m", "value": "one"}]}}],
+                                   [{"name": "two", "template": "mark", "arguments": {"parameters": [{"name": "m", "value": "two"}]}}],
+                                   [{"name": "three", "template": "slow"}]]},
+        {"name": "mark", "inputs": {"parameters": [{"name": "m"}]},
+         "container": {"image": "busybox", "command": ["sh", "-c"], "args": [f"echo {{{{inputs.parameters.m}}}} >> {marks}"]}},
+        sh("slow", f"echo three >> {marks}; [ -f {go} ] && exit 0; echo $$ > {tmp_path / 'orphan.pid'}; exec sleep 20"),
+    ])
+    mpath = tmp_path / "wf.json"
+    mpath.write_text(json.dumps(manifest))
+    runs = tmp_path / "runs"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(runs), str(mpath)], env=env)
+    state = runs / "resume-me" / "workflow.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if marks.exists() and "three" in marks.read_text() and state.exists():
+            st = json.loads(state.read_text())["status"]
+            if any(n["displayName"] == "three" for n in st["nodes"].values()):
+                break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("runner subprocess never reached step three")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # step three's `sleep` outlived its runner (as a pod outlives a crashed controller): end it
+    orphan = tmp_path / "orphan.pid"
+    for _ in range(100):
+        if orphan.exists() and orphan.read_text().strip():
+            break
+        time.sleep(0.05)
+    if orphan.exists() and orphan.read_text().strip():
+        try:
+            os.kill(int(orphan.read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    killed = json.loads(state.read_text())
+    assert killed["status"]["phase"] == "Running"
+    go.touch()
+    out = LocalRunner(runs).submit(manifest)
+    assert out["status"]["phase"] == "Succeeded"
+    assert marks.read_text().split() == ["one", "two", "three", "three"]
+    # same manifest again: the finished run is returned, nothing runs
+    again = LocalRunner(runs).submit(manifest)
+    assert again["status"]["finishedAt"] == out["status"]["finishedAt"]
+    assert marks.read_text().split() == ["one", "two", "three", "three"]
+
+
+def test_changed_manifest_starts_afresh(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    r = LocalRunner(tmp_path / "runs")
+    base = wf("fresh", "a", [sh("a", f"echo run >> {marks}")])
+    assert r.submit(base)["status"]["phase"] == "Succeeded"
+    changed = wf("fresh", "a", [sh("a", f"echo run >> {marks}; echo changed")])
+    assert r.submit(changed)["status"]["phase"] == "Succeeded"
+    assert marks.read_text().split() == ["run", "run"]
+    assert "changed" in "\n".join(r.logs("fresh"))
+
+
+def test_stop_from_another_runner_object(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    r = LocalRunner(runs)
+    manifest = wf("stop-me", "main", [
+        {"name": "main", "steps": [[{"name": "s", "template": "sleep"}], [{"name": "after", "template": "sleep"}]]},
+        sh("sleep", "sleep 30"),
+    ])
+    t0 = time.monotonic()
+    r.submit(manifest, wait=False)
+    while not any(n["type"] == "Pod" for n in (r.get("stop-me") or {}).get("status", {}).get("nodes", {}).values()):
+        time.sleep(0.05)
+    other = LocalRunner(runs)  # as `kiln stop` in another process would
+    other.stop("stop-me", "no longer needed")
+    final = other.wait_stopped("stop-me", timeout=10)
+    assert final["status"]["phase"] == "Failed"
+    assert final["status"]["message"] == "no longer needed"
+    assert time.monotonic() - t0 < 8
+    n = nodes_by_display(final)
+    assert n["s"]["phase"] == "Failed" and "after" not in n
+
+
+def test_memoize_hit_reuses_outputs(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    memo_tmpl = {"name": "work", "inputs": {"parameters": [{"name": "x"}]},
+                 "memoize": {"key": "work-{{inputs.parameters.x}}", "maxAge": "1h", "cache": {"configMap": {"name": "kiln-cache"}}},
+                 "script": {"image": "python:3.11", "command": ["python"],
+                            "source": f"open({str(marks)!r}, 'a').write('ran\\n'); print(int('{{{{inputs.parameters.x}}}}') * 2)"}}
+
+    def manifest(name: str) -> dict:
+        return wf(name, "main", [{"name": "main", "steps": [[{"name": "w", "template": "work",
+                                  "arguments": {"parameters": [{"name": "x", "value": "21"}]}}]]}, memo_tmpl])
+
+    r = LocalRunner(tmp_path / "runs")
+    first = nodes_by_display(r.submit(manifest("memo-a")))["w"]
+    second = nodes_by_display(r.submit(manifest("memo-b")))["w"]
+    assert marks.read_text().split() == ["ran"]
+    assert first["memoizationStatus"]["hit"] is False
+    assert second["memoizationStatus"] == {"hit": True, "key": "work-21", "cacheName": "kiln-cache"}
+    assert second["phase"] == "Succeeded" and second["outputs"]["result"] == "42"
+    assert list((tmp_path / "cache" / "kiln-cache").glob("*.json"))
+
+
+def test_with_param_fan_out_and_aggregation(tmp_path: Path) -> None:
+    manifest = wf("agg", "main", [
+        {"name": "main", "steps": [
+            [{"name": "gen", "template": "gen"}],
+            [{"name": "sq", "template": "square", "withParam": "{{steps.gen.outputs.result}}",
+              "arguments": {"parameters": [{"name": "n", "value": "{{item.n}}"}]}}],
+            [{"name": "sum", "template": "sum", "arguments": {"parameters": [
+                {"name": "vals", "value": "{{steps.sq.outputs.parameters.v}}"},
+                {"name": "results", "value": "{{steps.sq.outputs.result}}"}]}}],
+        ], "outputs": {"parameters": [{"name": "total", "globalName": "total",
+                                       "valueFrom": {"parameter": "{{steps.sum.outputs.result}}"}}]}},
+        {"name": "gen", "script": {"image": "python", "command": ["python"],
+                                   "source": "import json; print(json.dumps([{'n': i} for i in range(1, 5)]))"}},
+        {"name": "square", "inputs": {"parameters": [{"name": "n"}]},
+         "container": {"image": "alpine", "command": ["sh", "-c"], "args": ["echo $(({{inputs.parameters.n}}*{{inputs.parameters.n}})) | tee /tmp/v"]},
+         "outputs": {"parameters": [{"name": "v", "valueFrom": {"path": "/tmp/v"}}]}},
+        {"name": "sum", "inputs": {"parameters": [{"name": "vals"}, {"name": "results"}]},
+         "script": {"image": "python", "command": ["python"],
+                    "source": "import json\nv = json.loads('{{inputs.parameters.vals}}')\nr = json.loads('{{inputs.parameters.results}}')\nassert r == [1, 4, 9, 16], r\nprint(sum(int(x) for x in v))"}},
+    ])
+    out = LocalRunner(tmp_path / "runs", max_concurrency=4).submit(manifest)
+    assert out["status"]["phase"] == "Succeeded", out["status"]["message"]
+    assert out["status"]["outputs"]["parameters"] == [{"name": "total", "value": "30"}]
+    fan = [n for n in out["status"]["nodes"].values() if n["displayName"].startswith("sq(")]
+    assert sorted(n["displayName"] for n in fan) == ["sq(0:n:1)", "sq(1:n:2)", "sq(2:n:3)", "sq(3:n:4)"]
+
+
+def test_skipped_producer_without_default_fails_consumer(tmp_path: Path) -> None:
+    manifest = wf("skip-nodefault", "main", [
+        {"name": "main", "dag": {"tasks": [
+            {"name": "p", "template": "produce", "when": "false"},
+            {"name": "c", "template": "consume", "depends": "p.Succeeded || p.Skipped",
+             "arguments": {"parameters": [{"name": "in", "value": "{{tasks.p.outputs.parameters.msg}}"}]}}]}},
+        {"name": "produce", "outputs": {"parameters": [{"name": "msg", "valueFrom": {"path": "/tmp/m"}}]},
+         "container": {"image": "busybox", "command": ["sh", "-c"], "args": ["echo hi > /tmp/m"]}},
+        {"name": "consume", "inputs": {"parameters": [{"name": "in"}]},
+         "container": {"image": "busybox", "command": ["echo", "{{inputs.parameters.in}}"]}},
+    ])
+    out = LocalRunner(tmp_path / "runs").submit(manifest)
+    assert out["status"]["phase"] in ("Error", "Failed")
+    c = nodes_by_display(out)["c"]
+    assert c["phase"] == "Error" and "tasks.p.outputs.parameters.msg" in c["message"]
+
+
+def test_submit_time_parameters_override(tmp_path: Path) -> None:
+    manifest = wf("params", "p", [{"name": "p", "container": {"image": "busybox", "command": ["echo", "{{workflow.parameters.msg}}"]}}],
+                  arguments={"parameters": [{"name": "msg", "value": "default"}]})
+    r = LocalRunner(tmp_path / "runs")
+    r.submit(manifest, parameters={"msg": "overridden"})
+    assert list(r.logs("params")) == ["p: overridden"] or list(r.logs("params")) == ["params: overridden"]
+
+
+@pytest.mark.parametrize("mutate, expect", [
+    (lambda m: m["spec"].pop("entrypoint"), "spec.entrypoint is missing"),
+    (lambda m: m["spec"].update(entrypoint="nope"), "unknown template 'nope'"),
+    (lambda m: m["spec"]["templates"][0]["steps"][0][0].update(template="missing"), "steps[0][0] ('a').template refers to unknown template 'missing'"),
+    (lambda m: m["spec"]["templates"][1]["container"]["args"].append("{{= 1 + }}"), "template 'b'"),
+    (lambda m: m["spec"]["templates"][1]["container"].pop("command"), "no command and image 'busybox'"),
+    (lambda m: m["spec"]["templates"][1].update(retryStrategy={"expression": "lastRetry.exitCode >"}), "retryStrategy.expression"),
+    (lambda m: m["spec"]["templates"][1].update(resource={"action": "create"}), "resource templates are not supported"),
+])
+def test_bad_manifests_raise_workflow_error(tmp_path: Path, mutate, expect: str) -> None:
+    m = wf("bad", "main", [{"name": "main", "steps": [[{"name": "a", "template": "b"}]]},
+                           {"name": "b", "container": {"image": "busybox", "command": ["echo"], "args": ["x"]}}])
+    mutate(m)
+    with pytest.raises(WorkflowError) as exc:
+        LocalRunner(tmp_path / "runs").submit(m)
+    assert expect in str(exc.value)
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_bad_depends_names_the_task(tmp_path: Path) -> None:
+    m = wf("bad-dep", "d", [{"name": "d", "dag": {"tasks": [{"name": "a", "template": "e"}, {"name": "b", "template": "e", "depends": "a && zz"}]}},
+                            {"name": "e", "container": {"image": "busybox", "command": ["true"]}}])
+    with pytest.raises(WorkflowError, match="dag task 'b': depends refers to unknown task 'zz'"):
+        LocalRunner(tmp_path / "runs").submit(m)
+
+
+def test_cli_run_workflow_logs_and_exit_codes(tmp_path: Path, capsys) -> None:
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(yaml.safe_dump_all([{"kind": "ConfigMap"}, wf("cli-ok", "a", [sh("a", "echo from-cli")])]))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(wf("cli-bad", "a", [sh("a", "exit 4")])))
+    assert kiln_main(["-C", str(tmp_path), "run-workflow", str(ok)]) == 0
+    assert "cli-ok: Succeeded" in capsys.readouterr().out
+    assert kiln_main(["-C", str(tmp_path), "run-workflow", str(bad), "-o", "json"]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["status"]["phase"] == "Failed"
+    assert kiln_main(["-C", str(tmp_path), "logs", "cli-ok"]) == 0
+    assert "from-cli" in capsys.readouterr().out
+    assert (tmp_path / ".kiln" / "runs" / "cli-ok" / "workflow.json").exists()
+    assert kiln_main(["-C", str(tmp_path), "run-workflow", str(ok), "-p", "nope=1"]) == 1
+    assert "not declared" in capsys.readouterr().err
