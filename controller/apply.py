@@ -53,6 +53,14 @@ class ApplyResult:
     def ok(self) -> bool:
         return not any(r.outcome in ("failed", "not-applied", "retrying") for r in self.results)
 
+    @property
+    def exit_code(self) -> int:
+        """0: everything reconciled; 1: something failed or must retry; 2: nothing failed, but
+        some objects are of a kind this kiln version cannot apply yet."""
+        if any(r.outcome in ("failed", "retrying") for r in self.results):
+            return 1
+        return 2 if self.count("not-applied") else 0
+
     def summary(self) -> str:
         parts = [f"{self.count(o)} {o}" for o in ("created", "updated", "deleted", "unchanged")]
         text = f"Apply: {', '.join(parts)}; {self.actions} action(s)."
@@ -132,6 +140,7 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Prin
     record = replace(record, source=_source(change)).with_condition(
         "Reconciling", "True", "Progressing", f"applying spec {spec.spec_hash}")
     store.put(record)
+    ctx.record = record  # steps may record progress on it (e.g. a workflow's task phases)
     try:
         for step in handler.steps(ctx):
             done = store.step(change.key, spec.spec_hash, step.name)
@@ -156,6 +165,7 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Prin
         error = exc
     finally:
         finished = _now()
+        record = ctx.record or record
         if error is None:
             record = record.applied(spec.doc, spec.spec_hash, now=finished)
             record = replace(record, inventory=inventory,

@@ -59,7 +59,17 @@ def row(rec: Any) -> dict[str, Any]:
         "reason": ready.reason if ready else "",
         "message": ready.message if ready and ready.status != "True" else "",
         "generation": rec.generation, "lastChange": rec.last_change, "source": rec.source,
+        "progress": _progress(rec.extra.get("workflow")),
     }
+
+
+def _progress(wf: dict[str, Any] | None) -> str:
+    """'3/5 Running' from the workflow summary the controller mirrors into the record."""
+    if not wf:
+        return "-"
+    tasks = wf.get("tasks") or {}
+    done = sum(1 for p in tasks.values() if p in ("Succeeded", "Skipped", "Omitted"))
+    return f"{done}/{len(tasks)} {wf.get('phase', '?')}" if tasks else str(wf.get("phase", "-"))
 
 
 def status_rows(config: KilnConfig) -> list[dict[str, Any]]:
@@ -75,9 +85,9 @@ def status_rows(config: KilnConfig) -> list[dict[str, Any]]:
 def status_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "No objects recorded yet. Run `kiln apply` first."
-    header = ["KIND", "WORKSPACE", "NAME", "SYNC", "HEALTH", "READY", "LAST CHANGE", "MESSAGE"]
+    header = ["KIND", "WORKSPACE", "NAME", "SYNC", "HEALTH", "READY", "WORKFLOW", "LAST CHANGE", "MESSAGE"]
     table = [[r["kind"], "-" if r["kind"] == "Workspace" else r["workspace"], r["name"], r["sync"], r["health"], r["ready"],
-              _ago(r["lastChange"]), (r["message"] or "")[:70]] for r in rows]
+              r["progress"], _ago(r["lastChange"]), (r["message"] or "")[:70]] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *table]]
     worst = max((r["health"] for r in rows), key=lambda h: HEALTH_ORDER.index(h) if h in HEALTH_ORDER else 0)

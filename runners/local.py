@@ -555,6 +555,8 @@ class _Run:
         ntype = {"container": "Pod", "script": "Pod", "steps": "Steps", "dag": "DAG"}[kind]
         try:
             local = self.bind_inputs(tmpl, arguments, scope)
+            # Argo's pod naming (v2): <workflow>-<template>-<fnv32a(node name)>
+            local["pod.name"] = f"{self.name}-{tmpl_name}-{fnv32a(name)}"
             tmpl_r = render_obj({k: v for k, v in tmpl.items() if k not in ("steps", "dag", "outputs", "retryStrategy", "memoize")},
                                 local, strict=kind in ("container", "script"))
             tmpl_r["outputs"] = tmpl.get("outputs") or {}
@@ -767,6 +769,8 @@ class _Run:
             argv = [sys.executable, str(Path(__file__).with_name("_argosay.py"))] + args
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
+        elif argv[0] == "kiln":  # kiln's own image: run this installation's kiln
+            argv = [sys.executable, "-m", "kiln.cli", *argv[1:]]
         env = dict(self.base_env)
         env["TMPDIR"] = str(workdir)
         if env.get("KILN_RANDOM_SEED"):

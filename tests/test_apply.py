@@ -29,9 +29,10 @@ def test_apply_twice_second_does_nothing(tmp_path: Path) -> None:
     repo = example_repo(tmp_path)
     first = kiln("apply", cwd=repo)
     assert "Workspace/vision: create" in first.stdout
-    assert "+ storage:" in first.stdout and "+ members:" in first.stdout
-    # Kinds without a handler are reported, never pretended applied: exit 1 says not everything is.
-    assert first.returncode == 1
+    # The workspace's work runs as its rendered workflow, through the local runner.
+    assert "+ workflow: run workflow kiln-ws-vision (local runner)" in first.stdout
+    # Kinds without a handler are reported, never pretended applied: exit 2 says not everything is.
+    assert first.returncode == 2
     assert "Dataset/wine: not applied: no Dataset handler" in first.stdout
     second = kiln("apply", cwd=repo)
     assert "Workspace/vision: unchanged, skipping" in second.stdout
@@ -92,7 +93,8 @@ def test_describe_shows_conditions_history_inventory(tmp_path: Path) -> None:
     d = kiln("describe", "Workspace/team", cwd=tmp_path, check=True).stdout
     assert "Ready        True" in d
     assert "directory: .kiln/workspaces/team" in d
-    assert "gen 1  succeeded   2 action(s)" in d
+    assert "gen 1  succeeded   1 action(s)" in d
+    assert "workflow: kiln-ws-team" in d
     missing = kiln("describe", "Workspace/nope", cwd=tmp_path)
     assert missing.returncode == 1 and "has not been applied" in missing.stderr and "Traceback" not in missing.stderr
 

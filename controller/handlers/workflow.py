@@ -9,6 +9,7 @@ into the object's record so that ``kiln status`` shows progress.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -33,9 +34,16 @@ class WorkflowHandler(Handler):
             return {"workflow": manifest["metadata"]["name"], "phase": st.get("phase"),
                     "outputs": _task_outputs(wf)}
 
+        def inventory(out: dict[str, Any]) -> list[dict[str, Any]]:
+            return [{"kind": "workflow", "id": out["workflow"], "runner": ctx.config.runner},
+                    *self.inventory_from(spec, out.get("outputs", {}))]
+
         return [Step("workflow", f"run workflow {workflow_name(spec)} ({ctx.config.runner} runner)", run,
-                     inventory=lambda out: [{"kind": "workflow", "id": out["workflow"],
-                                             "runner": ctx.config.runner}])]
+                     inventory=inventory)]
+
+    def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:
+        """What the tasks created for ``spec``, from their JSON outputs (task name -> output)."""
+        return []
 
     def delete(self, ctx: Context) -> list[str]:
         from kiln.controller.runner import make_runner
@@ -64,7 +72,10 @@ def _task_outputs(wf: dict[str, Any]) -> dict[str, Any]:
         if n.get("type") == "Pod" and n.get("phase") == "Succeeded":
             result = (n.get("outputs") or {}).get("result")
             if result is not None:
-                out[n.get("displayName") or n.get("name")] = result
+                try:  # `kiln step` prints its output as one JSON line
+                    out[n.get("displayName") or n.get("name")] = json.loads(result.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    out[n.get("displayName") or n.get("name")] = result
     return out
 
 

@@ -20,6 +20,14 @@ KV_NAMESPACE = "workspace"
 class WorkspaceHandler(WorkflowHandler):
     kind = "Workspace"
 
+    def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:
+        items = []
+        if isinstance(outputs.get("storage"), dict):
+            items.append({"kind": "directory", "id": outputs["storage"]["path"]})
+        if "members" in outputs:
+            items.append({"kind": "kv", "id": f"{KV_NAMESPACE}/{spec.name}"})
+        return items
+
     def delete(self, ctx: Context) -> list[str]:
         assert ctx.record is not None
         name = ctx.record.name
