@@ -75,11 +75,19 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
 }
 
 
-def run_step(name: str, ctx: StepContext) -> dict[str, Any]:
-    fn = STEPS.get(name)
-    if fn is None:
-        from kiln.controller.render import PIPELINES  # noqa: F401  (names of all rendered steps)
+def _plugin(name: str) -> Callable[[StepContext], dict[str, Any]] | None:
+    """Steps from other packages: entry points in the group ``kiln.steps`` (name = step name)."""
+    from importlib.metadata import entry_points
 
+    for ep in entry_points(group="kiln.steps"):
+        if ep.name == name:
+            return ep.load()
+    return None
+
+
+def run_step(name: str, ctx: StepContext) -> dict[str, Any]:
+    fn = STEPS.get(name) or _plugin(name)
+    if fn is None:
         kind = name.split(".")[0]
         raise StepNotAvailable(
             f"step {name!r} is not available in this kiln version",
