@@ -39,8 +39,6 @@ class KilnGroup(_LazyGroup):
     # command name -> "module:attribute" of a click.Command
     lazy = {
         "run-workflow": "kiln.runners.cli:run_workflow",
-        "logs": "kiln.runners.cli:logs",
-        "stop": "kiln.runners.cli:stop",
     }
 
 
@@ -220,6 +218,33 @@ def step(ctx: click.Context, name: str, ref: str, spec_json: str, spec_hash: str
     parsed = dict(a.split("=", 1) for a in args if "=" in a)
     out = run_step(name, StepContext(_config(ctx), ref, spec, spec_hash, parsed))
     click.echo(json.dumps(out))
+    return 0
+
+
+@cli.command()
+@click.argument("name", metavar="KIND/NAME|WORKFLOW")
+@click.option("--node", default=None, help="Only this task (name or node id).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the run finishes.")
+@click.pass_context
+def logs(ctx: click.Context, name: str, node: str | None, follow: bool) -> int:
+    """Logs of an object's workflow run (or of a run by name), on the configured runner."""
+    from kiln.controller.runs import logs as lines
+
+    for line in lines(_config(ctx), name, node, follow):
+        click.echo(line)
+    return 0
+
+
+@cli.command()
+@click.argument("name", metavar="KIND/NAME|WORKFLOW")
+@click.option("-m", "--message", default="stopped by user", help="Recorded as the run's message.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for it to end.")
+@click.pass_context
+def stop(ctx: click.Context, name: str, message: str, timeout: float) -> int:
+    """Cancel a running workflow: its steps are killed and it ends Failed with MESSAGE."""
+    from kiln.controller.runs import stop as do_stop
+
+    click.echo(do_stop(_config(ctx), name, message, timeout))
     return 0
 
 

@@ -1,4 +1,6 @@
-"""``kiln run-workflow``, ``kiln logs``, ``kiln stop``: the local runner from the command line.
+"""``kiln run-workflow``: any Argo Workflow manifest through the local runner, from the command line.
+
+(``kiln logs`` and ``kiln stop`` take objects or runs of either runner: see ``kiln.controller.runs``.)
 
 Runs live under ``<repo>/.kiln/runs`` (the repo is ``kiln -C``, else the current directory).
 """
@@ -105,40 +107,3 @@ def run_workflow(ctx: click.Context, file: str, params: tuple[str, ...], output:
 def threading_main() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
-
-
-@click.command("logs")
-@click.argument("name")
-@click.option("--node", default=None, help="Only this node (id, name or display name).")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing until the run finishes.")
-@click.pass_context
-def logs(ctx: click.Context, name: str, node: str | None, follow: bool) -> None:
-    """Print the logs of a local run."""
-    runner = LocalRunner(runner_workdir(_repo(ctx)))
-    if not follow:
-        for line in runner.logs(name, node):
-            click.echo(line)
-        return
-    printed = 0
-    while True:
-        wf = runner.get(name)
-        lines = list(runner.logs(name, node))
-        for line in lines[printed:]:
-            click.echo(line)
-        printed = len(lines)
-        if wf is None or wf.get("status", {}).get("phase") not in ("Running", "Pending"):
-            return
-        time.sleep(0.5)
-
-
-@click.command("stop")
-@click.argument("name")
-@click.option("--message", "-m", default="stopped by user", help="Recorded as the run's message.")
-@click.pass_context
-def stop(ctx: click.Context, name: str, message: str) -> None:
-    """Stop a running local workflow: its steps are killed and it ends Failed."""
-    runner = LocalRunner(runner_workdir(_repo(ctx)))
-    runner.stop(name, message)
-    wf = runner.wait_stopped(name, timeout=float(os.environ.get("KILN_STOP_TIMEOUT", "30")))
-    phase = (wf or {}).get("status", {}).get("phase")
-    click.echo(f"{name}: {phase}")

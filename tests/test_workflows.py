@@ -167,3 +167,7 @@ def test_retry_visible_and_kill_9_mid_workflow_resumes(plugin_repo: tuple[Path, 
     wf = json.loads(kiln("get", "dataset", "iris", "-o", "json", cwd=repo, env=env, check=True).stdout)["extra"]["workflow"]
     assert wf["phase"] == "Succeeded" and wf["failedAttempts"] == 1, wf  # the retry is visible
     assert "workflow: kiln-data-iris" in d
+    logs = kiln("logs", "Dataset/iris", cwd=repo, env=env, check=True).stdout
+    assert '{"ok": 3}' in logs and '{"ok": 1}' in logs
+    missing = kiln("logs", "Dataset/nope", cwd=repo, env=env)
+    assert missing.returncode == 1 and "no workflow run yet" in missing.stderr

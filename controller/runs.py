@@ -1,0 +1,67 @@
+"""Logs and stop for workflow runs, named by object (``Dataset/iris``) or by workflow name, on
+whichever runner kiln.yaml configures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from kiln.config import KilnConfig
+from kiln.errors import NotFound
+
+
+def resolve_run(config: KilnConfig, name: str) -> str:
+    """A workflow name from KIND/NAME (via the object's record) or a workflow name as is."""
+    if "/" not in name:
+        return name
+    from kiln.controller.render import KIND_SHORT
+    from kiln.controller.status import parse_ref
+
+    kind, ws, obj = parse_ref(name)
+    from kiln.controller.project import read_records
+
+    rec = next((r for r in read_records(config) if r.key == f"{kind}/{ws}/{obj}"), None)
+    if rec is not None:
+        for item in rec.inventory:
+            if item.get("kind") == "workflow":
+                return str(item["id"])
+        wf = rec.extra.get("workflow") or {}
+        if wf.get("name"):
+            return str(wf["name"])
+    raise NotFound(f"{name} has no workflow run yet", hint=f"apply it first; runs are named kiln-{KIND_SHORT[kind]}-…")
+
+
+def logs(config: KilnConfig, name: str, node: str | None = None, follow: bool = False) -> Iterator[str]:
+    from kiln.controller.runner import make_runner
+
+    run = resolve_run(config, name)
+    runner = make_runner(config)
+    if runner.get(run) is None:
+        raise NotFound(f"no workflow run named {run!r} on the {config.runner} runner")
+    printed = 0
+    while True:
+        lines = list(runner.logs(run, node))
+        yield from lines[printed:]
+        printed = len(lines)
+        wf = runner.get(run)
+        if not follow or wf is None or (wf.get("status") or {}).get("phase") not in ("Running", "Pending"):
+            return
+        time.sleep(0.5)
+
+
+def stop(config: KilnConfig, name: str, message: str, timeout: float = 30.0) -> str:
+    from kiln.controller.runner import make_runner
+
+    run = resolve_run(config, name)
+    runner = make_runner(config)
+    if runner.get(run) is None:
+        raise NotFound(f"no workflow run named {run!r} on the {config.runner} runner")
+    runner.stop(run, message)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        wf = runner.get(run) or {}
+        phase = (wf.get("status") or {}).get("phase")
+        if phase not in ("Running", "Pending"):
+            return f"{run}: {phase}"
+        time.sleep(0.2)
+    return f"{run}: stop requested, still running after {timeout:g}s"
