@@ -72,6 +72,10 @@ class ApplyResult:
 
 def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, echo: Printer = print) -> ApplyResult:
     result = ApplyResult()
+    # Workspaces as the specs define them (validated together with everything else), so presets
+    # and quotas resolve the same way on every runner.
+    workspaces = {c.spec.name: c.spec.obj.spec for c in plan.changes
+                  if c.spec is not None and c.kind == "Workspace"}
     for change in plan.changes:
         if change.action == "unchanged":
             if change.spec is not None:
@@ -88,7 +92,7 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, echo: Printer 
         if change.action == "delete":
             res = _delete(change, config, store, echo)
         else:
-            res = _reconcile(change, config, store, echo)
+            res = _reconcile(change, config, store, echo, workspaces)
         result.results.append(res)
     return result
 
@@ -123,7 +127,8 @@ def _not_applicable(change: Change, store: StateStore) -> ObjectResult:
     return ObjectResult(change.ref, "not-applied", message=message)
 
 
-def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Printer) -> ObjectResult:
+def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Printer,
+               workspaces: dict[str, Any]) -> ObjectResult:
     from kiln.state import Attempt
 
     spec = change.spec
@@ -131,7 +136,7 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Prin
     handler = HANDLERS[change.kind]()
     record = change.record or _new_record(change)
     started = _now()
-    ctx = Context(config=config, store=store, spec=spec, record=record, log=echo)
+    ctx = Context(config=config, store=store, spec=spec, record=record, log=echo, workspaces=workspaces)
     outcome = "created" if change.action == "create" else "updated"
     res = ObjectResult(change.ref, outcome)
     inventory: list[dict[str, Any]] = []

@@ -42,6 +42,7 @@ class Context:
     record: ObjectRecord | None
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    workspaces: dict[str, Any] = field(default_factory=dict)   # name -> WorkspaceSpec, from the specs
 
     @property
     def repo(self) -> Path:

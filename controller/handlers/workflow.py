@@ -22,8 +22,7 @@ class WorkflowHandler(Handler):
 
         assert ctx.spec is not None
         spec = ctx.spec
-        ws = ctx.store.get_kv("workspace", spec.workspace)
-        workspace = _workspace_spec(ws)
+        workspace = spec.obj.spec if spec.kind == "Workspace" else ctx.workspaces.get(spec.workspace)
 
         def run(ctx: Context) -> dict[str, Any]:
             from kiln.controller.runner import run_workflow
@@ -77,15 +76,3 @@ def _task_outputs(wf: dict[str, Any]) -> dict[str, Any]:
                 except (ValueError, IndexError):
                     out[n.get("displayName") or n.get("name")] = result
     return out
-
-
-def _workspace_spec(value: dict[str, Any] | None):
-    from kiln.api.workspace import WorkspaceSpec
-
-    if not value:
-        return None
-    return WorkspaceSpec.model_validate({
-        "quotas": value.get("quotas", {}),
-        "presets": [{"name": k, **v} for k, v in value.get("presets", {}).items()],
-        "defaultPreset": value.get("defaultPreset"),
-    })
