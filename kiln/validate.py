@@ -69,6 +69,21 @@ class _Checker:
         if s.workspace not in self.workspaces and s.workspace != IMPLICIT_WORKSPACE:
             self.add(s, ["metadata", "workspace"], f"unknown workspace {s.workspace!r}",
                      self._known("Workspace", s.workspace, "define it with a Workspace spec"))
+            return
+        ws = self.workspaces.get(s.workspace)
+        period = ws.period if ws is not None else None
+        if period is not None:
+            import datetime as dt
+
+            today = dt.date.today()
+            if period.end is not None and today > period.end:
+                self.add(s, ["metadata", "workspace"],
+                         f"workspace {s.workspace!r}'s period of use ended on {period.end}",
+                         "extend spec.period.end of the Workspace or move the object")
+            elif period.start is not None and today < period.start:
+                self.add(s, ["metadata", "workspace"],
+                         f"workspace {s.workspace!r}'s period of use starts on {period.start}",
+                         "wait, or move spec.period.start of the Workspace")
 
     def _known(self, kind: str, name: str, fallback: str) -> str:
         names = sorted({n for (_, n) in self.by_kind[kind]})

@@ -160,3 +160,19 @@ def test_other_tools_manifests_are_ignored(tmp_path: Path) -> None:
     lines = [i.format() for i in validate(specs)]
     assert specs.ignored == 1
     assert len(lines) == 1 and "unsupported apiVersion 'kiln.dev/v1'" in lines[0]
+
+
+def test_workspace_period_of_use(tmp_path: Path) -> None:
+    write(tmp_path, {"x.yaml": """
+        apiVersion: kiln.dev/v1alpha1
+        kind: Workspace
+        metadata: {name: old}
+        spec: {period: {start: 2020-01-01, end: 2021-01-01}}
+        ---
+        apiVersion: kiln.dev/v1alpha1
+        kind: Dataset
+        metadata: {name: d, workspace: old}
+        spec: {type: tabular, source: {sample: iris}}
+        """})
+    lines = issues_of(tmp_path)
+    assert len(lines) == 1 and "period of use ended on 2021-01-01" in lines[0], lines
