@@ -98,7 +98,7 @@ def _display(path: Path) -> Path:
         return path
 
 
-def iter_spec_files(root: Path, skip: set[Path] = frozenset()) -> list[Path]:
+def iter_spec_files(root: Path, skip: frozenset[Path] | set[Path] = frozenset()) -> list[Path]:
     if root.is_file():
         return [root]
     out: list[Path] = []
@@ -283,7 +283,7 @@ def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = list(err["loc"])
-            msg, hint = _explain(model, err)
+            msg, hint = _explain(model, dict(err))
             if composed:
                 line = document_line(src.text, index)
                 result.issues.append(SpecIssue(str(src.path), line, 1, format_path(_strip_tags(loc)),
@@ -292,7 +292,7 @@ def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
                 line, col, matched = locate(src.text, index, loc)
                 result.issues.append(SpecIssue(str(src.path), line, col, format_path(matched), msg, hint))
         return None
-    md = obj.metadata
+    md = obj.metadata  # type: ignore[attr-defined]  # every kind has metadata
     return LoadedSpec(kind=kind, name=md.name, workspace=md.workspace, obj=obj, doc=doc,
                       source=src, index=index, composed=composed)
 

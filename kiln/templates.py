@@ -69,4 +69,4 @@ def compose(doc: dict[str, Any], templates_dir: Path | None) -> dict[str, Any]:
         out = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(out, dict)
     out.pop("defaults", None)
-    return out
+    return {str(k): v for k, v in out.items()}

@@ -12,10 +12,8 @@ from functools import lru_cache
 
 import yaml
 
-try:
-    _Loader = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _Loader = yaml.SafeLoader  # type: ignore[misc]
+# libyaml's C loader when PyYAML was built with it (the usual wheels are)
+_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @lru_cache(maxsize=256)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from kiln.api import API_VERSION, KINDS
 
 
 def schema_for(kind: str) -> dict:
-    schema = KINDS[kind].model_json_schema(by_alias=True)
+    model: Any = KINDS[kind]
+    schema = model.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://kiln.dev/schemas/{API_VERSION}/{kind.lower()}.schema.json"
     schema.setdefault("title", kind)

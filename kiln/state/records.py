@@ -40,7 +40,8 @@ STEP_STATES = ("started", "succeeded", "failed")
 def utcnow() -> str:
     """Now, as the store writes timestamps."""
     now = _dt.datetime.now(_dt.timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    # microseconds: step progress is ordered by start time, and steps start within a millisecond
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str, owner: str) -> None:

@@ -562,11 +562,11 @@ class StateStore:
                 values: dict[str, Any]) -> None:
         update_cols = {c: v for c, v in values.items() if c not in pk}
         if self.backend in SUPPORTED_BACKENDS:
-            if self.backend == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(table).values(**values)
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            # both dialects spell "insert … on conflict do update" the same way
+            dialect: Any = sqlite if self.backend == "sqlite" else postgresql
+            stmt = dialect.insert(table).values(**values)
             conn.execute(stmt.on_conflict_do_update(
                 index_elements=list(pk), set_={c: stmt.excluded[c] for c in update_cols}))
             return
