@@ -90,7 +90,12 @@ class DatasetRepo:
         from dvc.repo import Repo
 
         if not (self.root / ".dvc").is_dir():
-            Repo.init(str(self.root)).close()
+            import contextlib
+            import sys
+
+            # DVC greets on stdout; a workflow step's stdout is its JSON output
+            with contextlib.redirect_stdout(sys.stderr):
+                Repo.init(str(self.root)).close()
         kiln_dir = self.root / ".kiln"
         kiln_dir.mkdir(exist_ok=True)
         with self._repo() as repo:
@@ -105,7 +110,18 @@ class DatasetRepo:
                     c["cache"]["type"] = "hardlink,symlink"
             with conf.edit("local") as c:
                 c["core"]["site_cache_dir"] = str(kiln_dir / "dvc-site-cache")
+        self._ignore_kiln_dir()
         self._ready = True
+
+    def _ignore_kiln_dir(self) -> None:
+        # DVC walks the workspace for .dvc files on add/push; .kiln/ holds run folders, staging
+        # copies and the default local remote (one file per object), none of which it must see.
+        f = self.root / ".dvcignore"
+        text = f.read_text() if f.is_file() else ""
+        if "/.kiln/" not in text.splitlines():
+            tmp = f.with_name(f".dvcignore.tmp{os.getpid()}")
+            tmp.write_text(text + ("" if not text or text.endswith("\n") else "\n") + "/.kiln/\n")
+            os.replace(tmp, f)
 
     # -- paths ---------------------------------------------------------------------------------
     def _rel(self, path: str | os.PathLike[str]) -> str:
@@ -141,19 +157,25 @@ class DatasetRepo:
 
     # -- verbs ---------------------------------------------------------------------------------
     def add_version(self, path: str | os.PathLike[str], *, content: Any = None,
-                    lineage: dict[str, Any] | None = None, push: bool = True) -> Version:
+                    lineage: dict[str, Any] | None = None, push: bool = True,
+                    remote: str | None = None) -> Version:
         """Track ``path`` (a folder), push its objects, log it; return the (possibly existing) version.
 
         ``content`` (a DatasetContent) supplies per-class counts; without it the folder is listed
         with ``kiln.data.load(verify=False)`` and an unknown layout gives empty counts.
+        ``remote`` names a configured DVC remote (default: the repository's default remote).
         """
         self.ensure()
         rel = self._rel(path)
         with self._repo() as repo:
+            if remote is not None and remote not in repo.config["remote"]:
+                known = ", ".join(sorted(repo.config["remote"])) or "none"
+                raise ConfigError(f"DVC remote {remote!r} is not configured in {self.root / '.dvc/config'}; "
+                                  f"remotes: {known}", hint=f"dvc remote add {remote} URL, or drop versioning.remote")
             repo.add([str(self.root / rel)])
             out = self._read_out(rel)
             if push:
-                repo.push(targets=[str(self._dvc_file(rel))])
+                repo.push(targets=[str(self._dvc_file(rel))], remote=remote)
         vid = str(out["md5"]).removesuffix(".dir")
         log = self._read_log(rel)
         for v in log["versions"]:
@@ -233,6 +255,66 @@ class DatasetRepo:
                 return {e["relpath"]: e["md5"] for e in json.loads(c.read_text())}
         raise NotFound(f"directory listing {name} is in neither the DVC cache nor the local remote",
                        hint="run DatasetRepo.checkout for that version once to fetch it")
+
+    def resolve(self, path: str | os.PathLike[str], ref: str) -> Version:
+        """A logged version by ``latest`` (the current one), ``vN`` (1-based, in log order) or an id
+        (prefix of at least 6 hex digits); unknown -> NotFound listing the known ones."""
+        rel = self._rel(path)
+        log = self._read_log(rel)
+        vs = log["versions"]
+        if ref == "latest":
+            if log["current"] is None:
+                raise NotFound(f"dataset {rel} has no versions yet", hint="apply its Dataset spec first")
+            ref = log["current"]
+        elif ref[:1] == "v" and ref[1:].isdigit():
+            n = int(ref[1:])
+            if not 1 <= n <= len(vs):
+                raise NotFound(f"dataset {rel} has no version {ref}; it has v1..v{len(vs)}" if vs
+                               else f"dataset {rel} has no versions yet")
+            return Version(**vs[n - 1])
+        return self._version(rel, ref)
+
+    def number(self, path: str | os.PathLike[str], vid: str) -> int:
+        """1-based position of version ``vid`` in the log (its ``vN``)."""
+        for i, v in enumerate(self._read_log(self._rel(path))["versions"]):
+            if v["id"] == vid:
+                return i + 1
+        raise NotFound(f"dataset {self._rel(path)} has no version {vid!r}")
+
+    def materialize(self, path: str | os.PathLike[str], version: str, dest: str | os.PathLike[str]) -> Version:
+        """Copy the files of a logged version into ``dest`` (which must not exist) from the DVC
+        cache or a local remote, without touching the tracked folder: deriving one dataset from
+        another, or exporting an old version, must not change what the other one has checked out."""
+        import shutil
+
+        self.ensure()
+        rel = self._rel(path)
+        v = self.resolve(rel, version)
+        dest = Path(dest)
+        if dest.exists():
+            raise ConfigError(f"{dest} already exists")
+        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with self._repo() as repo:
+            listing = self._listing(repo, v.id)
+            bases = [Path(repo.cache.local.path)]
+            url = repo.config["remote"].get(repo.config["core"].get("remote", ""), {}).get("url")
+            if url and "://" not in url:
+                bases.append(Path(url))
+        try:
+            for relpath, md5 in listing.items():
+                src = next((b / "files" / "md5" / md5[:2] / md5[2:] for b in bases
+                            if (b / "files" / "md5" / md5[:2] / md5[2:]).is_file()), None)
+                if src is None:
+                    raise NotFound(f"{rel}@{v.id[:12]}: object of {relpath} is in neither the DVC cache nor "
+                                   "the local remote", hint=f"dvc pull {rel}.dvc with that version checked out")
+                out = tmp / relpath
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, out)  # a copy: cache objects are read-only and shared
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return v
 
     def diff(self, path: str | os.PathLike[str], v1: str, v2: str) -> VersionDiff:
         """Files added/removed/changed from ``v1`` to ``v2`` and per-class count changes."""
