@@ -12,7 +12,7 @@ one versions the result with DVC at a fixed place in the user's repository::
             op-<i>/ op-<i>.json  preprocess-<i>: output of ops 0..i (lineage and fitted
                                transforms of all of them in op-<i>/.kiln/)
             split/ split.json  split: the final layout, with .kiln/splits.json (the manifest)
-        version.lock           serialises version steps of this dataset (a retried task may
+        step.lock              held by every step of this dataset (a retried task may
                                overlap an orphan of a killed run)
     data/<ws>/<name>/          the versioned folder (DVC-tracked, git-ignored)
     data/<ws>/<name>.dvc       what git tracks; commit it (versioning.commit: auto does)
@@ -455,16 +455,35 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
 
 # -- steps ---------------------------------------------------------------------------------------
 
+def _locked(fn):
+    """Run a step holding the dataset's lock: after a kill -9 of the controller, the orphaned
+    task process may still be building a stage while the resumed run retries the same task."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(ctx: StepContext) -> dict[str, Any]:
+        ws, name = _ws_name(ctx)
+        fd = _lock(dataset_home(ctx.config, ws, name) / "step.lock")
+        try:
+            return fn(ctx)
+        finally:
+            os.close(fd)
+    return run
+
+
+@_locked
 def dataset_fetch(ctx: StepContext) -> dict[str, Any]:
     s = _ensure_source(ctx, _spec(ctx))
     return {k: s[k] for k in ("from", "files", "size") if k in s}
 
 
+@_locked
 def dataset_validate(ctx: StepContext) -> dict[str, Any]:
     v = _ensure_validated(ctx, _spec(ctx))
     return {"format": v["format"], "items": v["items"], "classes": v["classes"], "contentHash": v["contentHash"][:16]}
 
 
+@_locked
 def dataset_preprocess(ctx: StepContext) -> dict[str, Any]:
     spec = _spec(ctx)
     try:
@@ -477,6 +496,7 @@ def dataset_preprocess(ctx: StepContext) -> dict[str, Any]:
     return {"op": s["op"], "index": i, "contentHash": s["contentHash"][:16]}
 
 
+@_locked
 def dataset_split(ctx: StepContext) -> dict[str, Any]:
     spec = _spec(ctx)
     if spec.splits is None:
@@ -539,6 +559,7 @@ def _git(repo: Path, *args: str) -> str:
     return p.stdout
 
 
+@_locked
 def dataset_version(ctx: StepContext) -> dict[str, Any]:
     from kiln.data.versioning import DatasetRepo
 
@@ -552,32 +573,28 @@ def dataset_version(ctx: StepContext) -> dict[str, Any]:
     rel = data_rel(ws, name)
     repo = ctx.config.repo
     home = dataset_home(ctx.config, ws, name)
-    fd = _lock(home / "version.lock")
-    try:
-        dr = DatasetRepo(repo, remote_url=ctx.config.dvc.remote)
-        previous = dr.current(rel)
-        _replace_tree(final, repo / rel)
-        lineage = {
-            "parent": previous,
-            "source": validated["from"],
-            "sourceContentHash": validated["contentHash"],
-            "derivedFrom": validated.get("parentDataset"),
-            "ops": [{"op": o.op, "columns": o.columns, "params": o.params} for o in spec.preprocessing],
-            "splits": spec.splits.model_dump() if spec.splits else None,
-            "contentHash": content.content_hash(),
-        }
-        known = {v.id for v in dr.versions(rel)}
-        v = dr.add_version(rel, content=content, lineage=lineage, push=spec.versioning.push,
-                           remote=spec.versioning.remote)
-        n = dr.number(rel, v.id)
-        committed = None
-        if spec.versioning.commit == "auto":
-            parent = str(Path(rel).parent)
-            committed = git_commit(repo, [f"{rel}.dvc", f"{rel}.versions.json", f"{parent}/.gitignore",
-                                          ".dvc/config", ".dvc/.gitignore", ".dvcignore"],
-                                   f"kiln: dataset {ws}/{name} v{n} ({v.id[:12]})")
-    finally:
-        os.close(fd)
+    dr = DatasetRepo(repo, remote_url=ctx.config.dvc.remote)
+    previous = dr.current(rel)
+    _replace_tree(final, repo / rel)
+    lineage = {
+        "parent": previous,
+        "source": validated["from"],
+        "sourceContentHash": validated["contentHash"],
+        "derivedFrom": validated.get("parentDataset"),
+        "ops": [{"op": o.op, "columns": o.columns, "params": o.params} for o in spec.preprocessing],
+        "splits": spec.splits.model_dump() if spec.splits else None,
+        "contentHash": content.content_hash(),
+    }
+    known = {v.id for v in dr.versions(rel)}
+    v = dr.add_version(rel, content=content, lineage=lineage, push=spec.versioning.push,
+                       remote=spec.versioning.remote)
+    n = dr.number(rel, v.id)
+    committed = None
+    if spec.versioning.commit == "auto":
+        parent = str(Path(rel).parent)
+        committed = git_commit(repo, [f"{rel}.dvc", f"{rel}.versions.json", f"{parent}/.gitignore",
+                                      ".dvc/config", ".dvc/.gitignore", ".dvcignore"],
+                               f"kiln: dataset {ws}/{name} v{n} ({v.id[:12]})")
     # the staging copies are no longer needed; a later memoized run rebuilds what it lacks
     shutil.rmtree(home / "staging", ignore_errors=True)
     return {"version": v.id, "number": n, "new": v.id not in known, "path": rel, "files": v.files,

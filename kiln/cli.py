@@ -41,6 +41,7 @@ class KilnGroup(_LazyGroup):
         "run-workflow": "kiln.runners.cli:run_workflow",
         "logs": "kiln.runners.cli:logs",
         "stop": "kiln.runners.cli:stop",
+        "data": "kiln.controller.data_cli:data",
     }
 
 

@@ -36,7 +36,7 @@ class WorkflowHandler(Handler):
                 detail = _failure_detail(ctx.config, manifest["metadata"]["name"])
                 if detail is None:
                     raise
-                raise WorkflowError(detail, hint=exc.hint) from None
+                raise WorkflowError(detail) from None  # the task's own line says what to fix
             st = wf.get("status") or {}
             return {"workflow": manifest["metadata"]["name"], "phase": st.get("phase"),
                     "outputs": _task_outputs(wf)}
@@ -103,15 +103,19 @@ def _failure_detail(config: Any, name: str) -> str | None:
 
 
 def _task_outputs(wf: dict[str, Any]) -> dict[str, Any]:
+    import re
+
     out = {}
     for n in ((wf.get("status") or {}).get("nodes") or {}).values():
         if n.get("type") == "Pod" and n.get("phase") == "Succeeded":
             result = (n.get("outputs") or {}).get("result")
             if result is not None:
+                # a retried task's pods are "<task>(<attempt>)"; only one of them succeeds
+                key = re.sub(r"\(\d+\)$", "", n.get("displayName") or n.get("name"))
                 try:  # `kiln step` prints its output as one JSON line
-                    out[n.get("displayName") or n.get("name")] = json.loads(result.strip().splitlines()[-1])
+                    out[key] = json.loads(result.strip().splitlines()[-1])
                 except (ValueError, IndexError):
-                    out[n.get("displayName") or n.get("name")] = result
+                    out[key] = result
     return out
 
 
