@@ -316,23 +316,3 @@ def test_sources_archive_url_file_url_and_derived_dataset(tmp_path: Path) -> Non
     assert d["lineage"]["derivedFrom"] == {"dataset": "default/zipped", "version": ids["zipped"]["id"]}
     assert d["per_class_counts"] == ids["zipped"]["per_class_counts"]
     assert d["id"] != ids["zipped"]["id"]  # re-split: train/validation folders
-
-
-@pytest.mark.slow
-def test_example_datasets_apply(tmp_path: Path) -> None:
-    """specs/datasets: wine and digits version for real; digits-captured waits for deployments."""
-    import shutil
-
-    repo = git_repo(tmp_path / "repo")
-    shutil.copytree(ROOT / "specs", repo / "specs")
-    p = kiln("apply", cwd=repo, timeout=600)
-    assert p.returncode == 2, p.stdout + p.stderr  # other kinds have no handler yet
-    st = status(repo)
-    assert st["default/wine"]["ready"] == "True" and st["vision/digits"]["ready"] == "True"
-    assert st["vision/digits-captured"]["reason"] == "NotAvailableYet"
-    digits = versions_log(repo, "digits", "vision")["versions"][0]
-    assert digits["files"] == 1797 + 2  # images + lineage and split manifest
-    assert sum(digits["per_class_counts"].values()) == 1797
-    assert st["vision/digits"]["info"].startswith("v1 ")
-    env = {**os.environ}
-    assert kiln("apply", cwd=repo, env=env).stdout.count("unchanged, skipping") >= 3

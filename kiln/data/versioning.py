@@ -19,7 +19,7 @@ same names give the same id, so re-adding unchanged content is no new version. T
      "versions": [{"id": "<md5>", "files": 1200, "size": 5242880,
                    "per_class_counts": {"cat": 600, "dog": 600}, "created": "2025-01-01T00:00:00+00:00",
                    "lineage": {"parent": "<content hash>", "ops": [...]} | null,
-                   "out": {<the .dvc file's outs[0] entry>}}]}
+                   "out": {<the .dvc file's outs[0] entry>}, "pushed": ["kiln-local"]}]}
 
 ``out`` lets ``checkout`` restore any logged version without the git history of the ``.dvc`` file.
 """
@@ -48,6 +48,7 @@ class Version:
     created: str
     lineage: dict[str, Any] | None = None
     out: dict[str, Any] = field(default_factory=dict, repr=False)
+    pushed: list[str] = field(default_factory=list)  # DVC remotes that hold all its objects
 
 
 @dataclass(frozen=True)
@@ -174,24 +175,59 @@ class DatasetRepo:
                                   f"remotes: {known}", hint=f"dvc remote add {remote} URL, or drop versioning.remote")
             repo.add([str(self.root / rel)])
             out = self._read_out(rel)
-            if push:
-                repo.push(targets=[str(self._dvc_file(rel))], remote=remote)
-        vid = str(out["md5"]).removesuffix(".dir")
+            vid = str(out["md5"]).removesuffix(".dir")
+            remote_name = remote or repo.config["core"].get("remote") or ""
+            log = self._read_log(rel)
+            entry = next((v for v in log["versions"] if v["id"] == vid), None)
+            if push and not (entry and remote_name in entry.get("pushed", [])):
+                self._push(repo, rel, vid, remote, remote_name, log)
         log = self._read_log(rel)
         for v in log["versions"]:
             if v["id"] == vid:
-                if log["current"] != vid:
+                if log["current"] != vid or (push and remote_name not in v.get("pushed", [])):
                     log["current"] = vid
+                    if push:
+                        v["pushed"] = sorted({*v.get("pushed", []), remote_name})
                     self._write_log(rel, log)
                 return Version(**v)
         v = Version(id=vid, path=rel, files=int(out.get("nfiles", 1)), size=int(out.get("size", 0)),
                     per_class_counts=self._counts(self.root / rel, content),
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    lineage=lineage if lineage is not None else getattr(content, "lineage", None), out=out)
+                    lineage=lineage if lineage is not None else getattr(content, "lineage", None), out=out,
+                    pushed=[remote_name] if push else [])
         log["versions"].append(asdict(v))
         log["current"] = vid
         self._write_log(rel, log)
         return v
+
+    def _push(self, repo, rel: str, vid: str, remote: str | None, remote_name: str, log: dict[str, Any]) -> None:
+        """Upload what the remote lacks of version ``vid``.
+
+        After a version that was pushed to the same remote, only the objects that version did not
+        have are sent (a re-version after changing 10 of 10,000 files sends 10 files and the listing),
+        without asking the remote about the other 9,990: `dvc push` builds an index of every object
+        of the target and checks each against the remote, which dominated re-versioning. Without
+        such a version (first push, other remote) it is a plain `dvc push` of the target. The
+        listing (``.dir``) goes last, so a remote never holds a listing whose files are missing.
+        """
+        base = next((v for v in reversed(log["versions"])
+                     if v["id"] != vid and remote_name in v.get("pushed", [])), None)
+        base_listing = None
+        if base is not None:
+            try:
+                base_listing = self._listing(repo, base["id"])
+            except NotFound:
+                base_listing = None
+        if base_listing is None:
+            repo.push(targets=[str(self._dvc_file(rel))], remote=remote)
+            return
+        cache = repo.cache.local
+        odb = repo.cloud.get_remote_odb(remote, "push")
+        have = set(base_listing.values())
+        want = sorted({m for m in self._listing(repo, vid).values() if m not in have})
+        if want:
+            odb.add([cache.oid_to_path(m) for m in want], cache.fs, want)
+        odb.add(cache.oid_to_path(f"{vid}.dir"), cache.fs, f"{vid}.dir")
 
     @staticmethod
     def _counts(folder: Path, content: Any) -> dict[str, int]:
@@ -246,7 +282,7 @@ class DatasetRepo:
     def _listing(self, repo, vid: str) -> dict[str, str]:
         """relpath -> md5 for a version, from the local cache or, failing that, a local remote."""
         name = f"{vid}.dir"
-        candidates = [Path(repo.cache.local.path) / "files" / "md5" / name[:2] / name[2:]]
+        candidates = [Path(repo.cache.local.oid_to_path(name))]
         url = repo.config["remote"].get(repo.config["core"].get("remote", ""), {}).get("url")
         if url and "://" not in url:
             candidates.append(Path(url) / "files" / "md5" / name[:2] / name[2:])
@@ -297,14 +333,14 @@ class DatasetRepo:
         shutil.rmtree(tmp, ignore_errors=True)
         with self._repo() as repo:
             listing = self._listing(repo, v.id)
-            bases = [Path(repo.cache.local.path)]
+            cache = repo.cache.local
             url = repo.config["remote"].get(repo.config["core"].get("remote", ""), {}).get("url")
-            if url and "://" not in url:
-                bases.append(Path(url))
+        bases = [lambda m: Path(cache.oid_to_path(m))]
+        if url and "://" not in url:
+            bases.append(lambda m: Path(url) / "files" / "md5" / m[:2] / m[2:])
         try:
             for relpath, md5 in listing.items():
-                src = next((b / "files" / "md5" / md5[:2] / md5[2:] for b in bases
-                            if (b / "files" / "md5" / md5[:2] / md5[2:]).is_file()), None)
+                src = next((b(md5) for b in bases if b(md5).is_file()), None)
                 if src is None:
                     raise NotFound(f"{rel}@{v.id[:12]}: object of {relpath} is in neither the DVC cache nor "
                                    "the local remote", hint=f"dvc pull {rel}.dvc with that version checked out")
