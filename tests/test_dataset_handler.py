@@ -316,3 +316,33 @@ def test_sources_archive_url_file_url_and_derived_dataset(tmp_path: Path) -> Non
     assert d["lineage"]["derivedFrom"] == {"dataset": "default/zipped", "version": ids["zipped"]["id"]}
     assert d["per_class_counts"] == ids["zipped"]["per_class_counts"]
     assert d["id"] != ids["zipped"]["id"]  # re-split: train/validation folders
+
+
+def test_prune_stops_tracking_keeps_history(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
+    write(repo, {"specs/iris.yaml": ds("iris", "type: tabular\ntask: classification\nsource: {sample: iris}\n"
+                                               "versioning: {commit: auto}")})
+    kiln("apply", cwd=repo, check=True)
+    assert (repo / "data/default/iris.dvc").is_file()
+    (repo / "specs/iris.yaml").unlink()
+    out = kiln("apply", "--prune", cwd=repo, check=True).stdout
+    assert "stop tracking data/default/iris" in out
+    assert not (repo / "data/default/iris.dvc").exists() and not (repo / "data/default/iris").exists()
+    assert (repo / "data/default/iris.versions.json").is_file()  # history stays; objects stay in the remote
+    assert any((repo / ".kiln/dvc-remote").rglob("*.dir"))
+    msg = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout
+    assert msg.strip() == "kiln: stop tracking dataset default/iris"
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert "data/default/iris.dvc" not in tracked
+
+
+def test_bad_input_exit_code_is_not_retried_by_the_rendered_workflow() -> None:
+    from kiln.controller import render, steps
+
+    assert render.PERMANENT_EXIT == steps.PERMANENT_EXIT
+    p = kiln("render", "Dataset/wine", "--what", "workflow", cwd=ROOT, check=True)
+    import yaml
+
+    wf = yaml.safe_load(p.stdout)
+    fetch = next(t for t in wf["spec"]["templates"] if t["name"] == "fetch")
+    assert fetch["retryStrategy"]["expression"] == f"asInt(lastRetry.exitCode) != {steps.PERMANENT_EXIT}"
