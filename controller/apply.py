@@ -64,7 +64,7 @@ class ApplyResult:
     def summary(self) -> str:
         parts = [f"{self.count(o)} {o}" for o in ("created", "updated", "deleted", "unchanged")]
         text = f"Apply: {', '.join(parts)}; {self.actions} action(s)."
-        for o, label in (("failed", "failed"), ("retrying", "will retry"), ("not-applied", "not applied (no handler yet)")):
+        for o, label in (("failed", "failed"), ("retrying", "will retry"), ("not-applied", "not applied (not available yet)")):
             if self.count(o):
                 text += f" {self.count(o)} {label}."
         return text
@@ -84,9 +84,9 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, echo: Printer 
                 echo(f"  {change.ref}: {change.note}")
             result.results.append(ObjectResult(change.ref, "unchanged"))
             continue
-        if change.kind not in HANDLERS:
+        if change.kind not in HANDLERS or (change.action != "delete" and change.blocked):
             res = _not_applicable(change, store)
-            echo(f"! {change.ref}: not applied: no {change.kind} handler in this kiln version yet")
+            echo(f"! {change.ref}: not applied: {res.message}")
             result.results.append(res)
             continue
         if change.action == "delete":
@@ -117,11 +117,14 @@ def _source(change: Change) -> str:
 
 def _not_applicable(change: Change, store: StateStore) -> ObjectResult:
     message = f"no {change.kind} handler in this kiln version yet ({PLANNED.get(change.kind, 'a later version')})"
+    reason = "HandlerNotAvailable"
+    if change.blocked:
+        message, reason = change.blocked, "NotAvailableYet"
     if change.spec is not None:
         rec = change.record or _new_record(change)
         rec = replace(rec, source=_source(change), sync="OutOfSync", health="Unknown")
-        rec = rec.with_condition("Ready", "False", "HandlerNotAvailable", message)
-        rec = rec.with_condition("Stalled", "True", "HandlerNotAvailable", message)
+        rec = rec.with_condition("Ready", "False", reason, message)
+        rec = rec.with_condition("Stalled", "True", reason, message)
         if change.record is None or change.record.conditions != rec.conditions or change.record.source != rec.source:
             store.put(rec)  # bookkeeping only, so that `kiln status` lists it honestly
     return ObjectResult(change.ref, "not-applied", message=message)

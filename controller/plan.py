@@ -36,7 +36,20 @@ class Change:
 
     @property
     def handled(self) -> bool:
-        return self.kind in HANDLERS
+        return self.kind in HANDLERS and not self.blocked
+
+    @property
+    def blocked(self) -> str:
+        """Why the handler cannot apply this spec yet ("" when it can)."""
+        if self.kind not in HANDLERS or self.spec is None:
+            return ""
+        return HANDLERS[self.kind].unavailable(self.spec) or ""
+
+    def why_not(self) -> str:
+        """The plain reason this change cannot be applied, for plan and apply output."""
+        if self.blocked:
+            return self.blocked
+        return f"no {self.kind} handler yet: {PLANNED.get(self.kind, 'arrives in a later version')}"
 
     @property
     def pending(self) -> bool:
@@ -51,6 +64,7 @@ class Change:
             d["fields"] = [f.to_dict() for f in self.fields]
         if not self.handled:
             d["handler"] = "not available yet"
+            d["reason"] = self.why_not()
         if self.note:
             d["note"] = self.note
         return d
@@ -71,9 +85,12 @@ class Plan:
     def summary(self) -> str:
         parts = [f"{self.count(a)} to {a}" for a in ("create", "update", "delete")]
         text = f"Plan: {', '.join(parts)}, {self.count('unchanged')} unchanged."
-        unhandled = sorted({c.kind for c in self.changes if c.pending and not c.handled})
+        unhandled = sorted({c.kind for c in self.changes if c.pending and not c.handled and not c.blocked})
         if unhandled:
             text += f" Not yet applicable (no handler in this kiln version): {', '.join(unhandled)}."
+        blocked = [c.ref for c in self.changes if c.pending and c.blocked]
+        if blocked:
+            text += f" Not yet applicable (source not available yet): {', '.join(blocked)}."
         return text
 
     def to_json(self) -> str:
@@ -92,7 +109,7 @@ class Plan:
             if c.spec is not None:
                 line += f"  ({c.spec.location()})"
             if not c.handled and c.pending:
-                line += f"  [no {c.kind} handler yet: {PLANNED.get(c.kind, 'arrives in a later version')}]"
+                line += f"  [{c.why_not()}]"
             if c.note:
                 line += f"  [{c.note}]"
             lines.append(line)
@@ -111,7 +128,7 @@ class Plan:
                 if len(c.fields) > 20:
                     details += f"<br>… {len(c.fields) - 20} more"
                 if not c.handled:
-                    details = (details + "<br>" if details else "") + f"_no {c.kind} handler yet_"
+                    details = (details + "<br>" if details else "") + f"_{c.why_not()}_"
                 if c.note:
                     details = (details + "<br>" if details else "") + c.note
                 src = c.spec.location() if c.spec else ""

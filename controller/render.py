@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from kiln.config import KilnConfig
     from kiln.loader import LoadedSpec
 
+PERMANENT_EXIT = 4  # kiln.controller.steps.PERMANENT_EXIT (not imported: render stays light)
 CACHE_CONFIGMAP = "kiln-step-cache"
 MEMO_MAX_AGE = "720h"  # keys are content hashes: an entry is only ever replaced, never wrong
 KIND_SHORT = {"Workspace": "ws", "Dataset": "data", "LabelingJob": "label", "Experiment": "exp",
@@ -202,7 +203,9 @@ def render_workflow(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSp
         if inputs:
             tmpl["inputs"] = {"parameters": inputs}
         if t.retries:
+            # exit code PERMANENT_EXIT (kiln.controller.steps): bad input, which a retry cannot fix
             tmpl["retryStrategy"] = {"limit": str(t.retries), "retryPolicy": "OnFailure",
+                                     "expression": f"asInt(lastRetry.exitCode) != {PERMANENT_EXIT}",
                                      "backoff": {"duration": "5s", "factor": "2", "maxDuration": "10m"}}
         if t.timeout:
             tmpl["activeDeadlineSeconds"] = t.timeout

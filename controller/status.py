@@ -58,6 +58,7 @@ def row(rec: Any) -> dict[str, Any]:
         "ready": ready.status if ready else "Unknown",
         "reason": ready.reason if ready else "",
         "message": ready.message if ready and ready.status != "True" else "",
+        "info": rec.extra.get("info", ""),  # kind-specific one-liner (a dataset's current version)
         "generation": rec.generation, "lastChange": rec.last_change, "source": rec.source,
         "progress": _progress(rec.extra.get("workflow")),
     }
@@ -87,7 +88,7 @@ def status_table(rows: list[dict[str, Any]]) -> str:
         return "No objects recorded yet. Run `kiln apply` first."
     header = ["KIND", "WORKSPACE", "NAME", "SYNC", "HEALTH", "READY", "WORKFLOW", "LAST CHANGE", "MESSAGE"]
     table = [[r["kind"], "-" if r["kind"] == "Workspace" else r["workspace"], r["name"], r["sync"], r["health"], r["ready"],
-              r["progress"], _ago(r["lastChange"]), (r["message"] or "")[:70]] for r in rows]
+              r["progress"], _ago(r["lastChange"]), (r["message"] or r.get("info") or "")[:70]] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *table]]
     worst = max((r["health"] for r in rows), key=lambda h: HEALTH_ORDER.index(h) if h in HEALTH_ORDER else 0)

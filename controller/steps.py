@@ -69,9 +69,32 @@ def workspace_members(ctx: StepContext) -> dict[str, Any]:
     return {"members": len(spec.members), "presets": len(spec.presets)}
 
 
+def _lazy(target: str) -> Callable[[StepContext], dict[str, Any]]:
+    """A step implemented in another module, imported only when it runs (``kiln step`` for one
+    kind must not pay for another kind's imports)."""
+    module, _, attr = target.partition(":")
+
+    def run(ctx: StepContext) -> dict[str, Any]:
+        import importlib
+
+        return getattr(importlib.import_module(module), attr)(ctx)
+
+    run.__name__ = attr
+    return run
+
+
+# Exit code of `kiln step` for a problem retrying cannot fix (bad data, bad spec): the rendered
+# retryStrategy does not retry it. Other failures (crashes, TemporaryError) exit 1 and are retried.
+PERMANENT_EXIT = 4
+
 STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "workspace.storage": workspace_storage,
     "workspace.members": workspace_members,
+    "dataset.fetch": _lazy("kiln.controller.dataset_steps:dataset_fetch"),
+    "dataset.validate": _lazy("kiln.controller.dataset_steps:dataset_validate"),
+    "dataset.preprocess": _lazy("kiln.controller.dataset_steps:dataset_preprocess"),
+    "dataset.split": _lazy("kiln.controller.dataset_steps:dataset_split"),
+    "dataset.version": _lazy("kiln.controller.dataset_steps:dataset_version"),
 }
 
 
@@ -93,6 +116,13 @@ def run_step(name: str, ctx: StepContext) -> dict[str, Any]:
             f"step {name!r} is not available in this kiln version",
             hint=f"steps available: {', '.join(sorted(STEPS))}" if kind not in ("dataset", "labeling", "experiment", "deployment")
             else f"the {kind} steps arrive with the {kind} handler")
-    out = fn(ctx) or {}
+    from kiln.controller.handlers.base import TemporaryError
+
+    try:
+        out = fn(ctx) or {}
+    except KilnError as exc:
+        if not isinstance(exc, TemporaryError):
+            exc.exit_code = PERMANENT_EXIT  # type: ignore[misc]
+        raise
     json.dumps(out)  # outputs must be JSON: fail here, not in the runner
     return out

@@ -25,24 +25,35 @@ spec:
 """
 
 
+@pytest.mark.slow  # the example datasets (1797 digits images through torchvision) version for real
 def test_apply_twice_second_does_nothing(tmp_path: Path) -> None:
     repo = example_repo(tmp_path)
-    first = kiln("apply", cwd=repo)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)  # datasets are versioned with DVC in git
+    first = kiln("apply", cwd=repo, timeout=600)
     assert "Workspace/vision: create" in first.stdout
     # The workspace's work runs as its rendered workflow, through the local runner.
     assert "+ workflow: run workflow kiln-ws-vision (local runner)" in first.stdout
+    assert "+ workflow: run workflow kiln-data-wine (local runner)" in first.stdout
     # Kinds without a handler are reported, never pretended applied: exit 2 says not everything is.
-    assert first.returncode == 2
-    assert "Dataset/wine: not applied: no Dataset handler" in first.stdout
+    assert first.returncode == 2, first.stdout + first.stderr
+    assert "LabelingJob/vision/digits-relabel: not applied: no LabelingJob handler" in first.stdout
+    assert "Dataset/vision/digits-captured: not applied: source.capture 'digits-classifier'" in first.stdout
     second = kiln("apply", cwd=repo)
     assert "Workspace/vision: unchanged, skipping" in second.stdout
+    assert "Dataset/vision/digits: unchanged, skipping" in second.stdout
     assert "0 action(s)" in second.stdout
     assert "+ " not in second.stdout
     st = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
     ws = next(r for r in st if r["kind"] == "Workspace")
     assert (ws["sync"], ws["health"], ws["ready"], ws["generation"]) == ("Synced", "Healthy", "True", 1)
-    ds = next(r for r in st if r["name"] == "wine")
-    assert (ds["ready"], ds["reason"]) == ("False", "HandlerNotAvailable")
+    rows = {r["name"]: r for r in st}
+    assert rows["wine"]["ready"] == "True" and rows["digits"]["ready"] == "True"
+    assert (rows["digits-captured"]["ready"], rows["digits-captured"]["reason"]) == ("False", "NotAvailableYet")
+    assert (rows["digits-relabel"]["ready"], rows["digits-relabel"]["reason"]) == ("False", "HandlerNotAvailable")
+    digits = json.loads((repo / "data/vision/digits.versions.json").read_text())["versions"]
+    assert len(digits) == 1 and digits[0]["files"] == 1797 + 2  # images + lineage and split manifest
+    assert sum(digits[0]["per_class_counts"].values()) == 1797
+    assert rows["digits"]["info"].startswith(f"v1 {digits[0]['id'][:12]} 1799 files")
 
 
 def test_plan_update_lists_changed_fields_and_exit_codes(tmp_path: Path) -> None:

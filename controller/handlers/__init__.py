@@ -4,15 +4,16 @@ version yet: plan and apply say so plainly instead of pretending success."""
 from __future__ import annotations
 
 from kiln.controller.handlers.base import Context, Handler, Step, TemporaryError
+from kiln.controller.handlers.dataset import DatasetHandler
 from kiln.controller.handlers.workspace import WorkspaceHandler
 
 HANDLERS: dict[str, type[Handler]] = {
     "Workspace": WorkspaceHandler,
+    "Dataset": DatasetHandler,
 }
 
 # Where the missing ones arrive, for the message users see.
 PLANNED: dict[str, str] = {
-    "Dataset": "arrives with DVC versioning and dataset formats",
     "LabelingJob": "arrives with the Label Studio integration",
     "Experiment": "arrives with training, HPO and AutoML",
     "Deployment": "arrives with BentoML serving",

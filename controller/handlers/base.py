@@ -69,6 +69,13 @@ class Handler(ABC):
         """Remove what ``ctx.record.inventory`` lists; return what was done. Items whose delete
         failed must raise, so that they stay in the inventory."""
 
+    @classmethod
+    def unavailable(cls, spec: LoadedSpec) -> str | None:
+        """Why this kiln version cannot apply this particular (valid) spec yet, or None. Plan
+        shows it and apply treats the object like a kind without handler (exit 2, Stalled with
+        this message) instead of failing it: e.g. a Dataset fed by a Deployment's capture."""
+        return None
+
     def health(self, ctx: Context) -> str:
         """Health of the applied object (Healthy, Progressing, Degraded, Missing, Unknown)."""
         return "Healthy"

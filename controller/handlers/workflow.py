@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from kiln.controller.handlers.base import Context, Handler, Step
+from kiln.errors import WorkflowError
 
 
 class WorkflowHandler(Handler):
@@ -28,7 +29,13 @@ class WorkflowHandler(Handler):
             from kiln.controller.runner import run_workflow
 
             manifest = render_workflow(ctx.config, spec, workspace=workspace)
-            wf = run_workflow(ctx.config, manifest, on_progress=lambda p: _mirror(ctx, p))
+            try:
+                wf = run_workflow(ctx.config, manifest, on_progress=lambda p: _mirror(ctx, p))
+            except WorkflowError as exc:
+                detail = _failure_detail(ctx.config, manifest["metadata"]["name"])
+                if detail is None:
+                    raise
+                raise WorkflowError(detail) from None  # the task's own line says what to fix
             st = wf.get("status") or {}
             return {"workflow": manifest["metadata"]["name"], "phase": st.get("phase"),
                     "outputs": _task_outputs(wf)}
@@ -65,14 +72,47 @@ def _mirror(ctx: Context, progress: dict[str, Any]) -> None:
     ctx.store.put(ctx.record)
 
 
+def _failure_detail(config: Any, name: str) -> str | None:
+    """``<task>: <the error line it printed>`` for the last failed task, so that the object's
+    Stalled message says what is wrong (a corrupt file, a bad column), not just "exit code 4"."""
+    import re
+
+    from kiln.controller.runner import make_runner
+
+    try:
+        runner = make_runner(config)
+        wf = runner.get(name) or {}
+        failed = [n for n in ((wf.get("status") or {}).get("nodes") or {}).values()
+                  if n.get("type") == "Pod" and n.get("phase") in ("Failed", "Error")]
+        if not failed:
+            return None
+        node = max(failed, key=lambda n: n.get("finishedAt") or "")
+        lines = list(runner.logs(name, node["id"]))
+    except Exception:  # the detail is a courtesy: never hide the workflow's own error behind it
+        return None
+    task = re.sub(r"\(\d+\)$", "", node.get("displayName") or node.get("name", "?"))
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("error: "):
+            text = lines[i][len("error: "):].strip()
+            if i + 1 < len(lines) and lines[i + 1].strip().startswith("hint:"):
+                text += " -- " + lines[i + 1].strip()[len("hint:"):].strip()
+            return f"{task}: {text}"
+    last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+    return f"{task}: {node.get('message') or 'failed'}" + (f" ({last[:200]})" if last else "")
+
+
 def _task_outputs(wf: dict[str, Any]) -> dict[str, Any]:
+    import re
+
     out = {}
     for n in ((wf.get("status") or {}).get("nodes") or {}).values():
         if n.get("type") == "Pod" and n.get("phase") == "Succeeded":
             result = (n.get("outputs") or {}).get("result")
             if result is not None:
+                # a retried task's pods are "<task>(<attempt>)"; only one of them succeeds
+                key = re.sub(r"\(\d+\)$", "", n.get("displayName") or n.get("name"))
                 try:  # `kiln step` prints its output as one JSON line
-                    out[n.get("displayName") or n.get("name")] = json.loads(result.strip().splitlines()[-1])
+                    out[key] = json.loads(result.strip().splitlines()[-1])
                 except (ValueError, IndexError):
-                    out[n.get("displayName") or n.get("name")] = result
+                    out[key] = result
     return out

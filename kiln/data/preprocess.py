@@ -401,6 +401,21 @@ def _imgaug_px(v: Any) -> tuple[float, float]:
     raise ValueError(f"expected a number or {{'x': .., 'y': ..}}, got {v!r}")
 
 
+def _imgaug_size(v: Any) -> dict[str, int]:
+    """imgaug's Resize ``size``: an int, {"height", "width"}, or a pair, which imgaug reads as a
+    range to sample from: only a degenerate range ([32, 32]) is reproducible, so only that is taken."""
+    if isinstance(v, int):
+        return {"height": v, "width": v}
+    if isinstance(v, dict):
+        return {"height": v["height"], "width": v["width"]}
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v):
+        if v[0] != v[1]:
+            raise ValueError(f"size {list(v)} is a random range in imgaug; a dataset version must be "
+                             "reproducible: give one int or {'height': H, 'width': W}")
+        return {"height": v[0], "width": v[0]}
+    raise ValueError(f"size must be an int, [n, n] or {{'height': H, 'width': W}}, got {v!r}")
+
+
 def _imgaug_crop(p: dict[str, Any]) -> dict[str, Any]:
     px = p.pop("px")
     t, r, b, l = (px,) * 4 if isinstance(px, int) else tuple(px)
@@ -419,8 +434,7 @@ IMGAUG_ALIASES: dict[str, tuple[str, Any]] = {
                                        rotate=p.get("rotate", 0), scale=p.get("scale", 1.0))),
     "Grayscale": ("grayscale", lambda p: {}),
     "Crop": ("crop", _imgaug_crop),
-    "Resize": ("resize", lambda p: ({"height": p["size"], "width": p["size"]} if isinstance(p["size"], int)
-                                    else {"height": p["size"]["height"], "width": p["size"]["width"]})),
+    "Resize": ("resize", lambda p: _imgaug_size(p["size"])),
     "pillike.Equalize": ("equalize", lambda p: {}),
 }
 

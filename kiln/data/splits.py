@@ -60,9 +60,10 @@ def _item_label(it: Any, content: DatasetContent) -> str | None:
     return "_none"
 
 
-def assign_splits(content: DatasetContent, ratios: dict[str, float] | None = None, seed: int = 0
-                  ) -> tuple[DatasetContent, dict[str, Any]]:
-    """Return a copy of ``content`` with new splits, and the manifest describing them."""
+def assign_splits(content: DatasetContent, ratios: dict[str, float] | None = None, seed: int = 0,
+                  stratify: bool = True) -> tuple[DatasetContent, dict[str, Any]]:
+    """Return a copy of ``content`` with new splits, and the manifest describing them
+    (``stratify=False``: a plain seeded shuffle even where the classes would allow stratifying)."""
     ratios = ratios or {"train": 0.8, "validation": 0.1, "test": 0.1}
     if content.task == "tabular":
         assert content.table is not None and content.table.frame is not None
@@ -72,11 +73,12 @@ def assign_splits(content: DatasetContent, ratios: dict[str, float] | None = Non
         labels = None
         if lab and (content.table.columns.get(lab) == "categorical" or df[lab].dtype.kind in "iub"):
             labels = [str(v) for v in df[lab].tolist()]
-        mapping, strat = split_keys(keys, labels, ratios, seed)
+        mapping, strat = split_keys(keys, labels if stratify else None, ratios, seed)
         new = content
     else:
         keys = [it.path for it in content.items]
-        labels = None if content.task == "semantic-segmentation" else [_item_label(it, content) for it in content.items]
+        labels = None if content.task == "semantic-segmentation" or not stratify \
+            else [_item_label(it, content) for it in content.items]
         mapping, strat = split_keys(keys, labels, ratios, seed)
         new = content.model_copy(update={"items": [it.model_copy(update={"split": mapping[it.path]})
                                                    for it in content.items]})

@@ -19,7 +19,7 @@ same names give the same id, so re-adding unchanged content is no new version. T
      "versions": [{"id": "<md5>", "files": 1200, "size": 5242880,
                    "per_class_counts": {"cat": 600, "dog": 600}, "created": "2025-01-01T00:00:00+00:00",
                    "lineage": {"parent": "<content hash>", "ops": [...]} | null,
-                   "out": {<the .dvc file's outs[0] entry>}}]}
+                   "out": {<the .dvc file's outs[0] entry>}, "pushed": ["kiln-local"]}]}
 
 ``out`` lets ``checkout`` restore any logged version without the git history of the ``.dvc`` file.
 """
@@ -48,6 +48,7 @@ class Version:
     created: str
     lineage: dict[str, Any] | None = None
     out: dict[str, Any] = field(default_factory=dict, repr=False)
+    pushed: list[str] = field(default_factory=list)  # DVC remotes that hold all its objects
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,12 @@ class DatasetRepo:
         from dvc.repo import Repo
 
         if not (self.root / ".dvc").is_dir():
-            Repo.init(str(self.root)).close()
+            import contextlib
+            import sys
+
+            # DVC greets on stdout; a workflow step's stdout is its JSON output
+            with contextlib.redirect_stdout(sys.stderr):
+                Repo.init(str(self.root)).close()
         kiln_dir = self.root / ".kiln"
         kiln_dir.mkdir(exist_ok=True)
         with self._repo() as repo:
@@ -105,7 +111,18 @@ class DatasetRepo:
                     c["cache"]["type"] = "hardlink,symlink"
             with conf.edit("local") as c:
                 c["core"]["site_cache_dir"] = str(kiln_dir / "dvc-site-cache")
+        self._ignore_kiln_dir()
         self._ready = True
+
+    def _ignore_kiln_dir(self) -> None:
+        # DVC walks the workspace for .dvc files on add/push; .kiln/ holds run folders, staging
+        # copies and the default local remote (one file per object), none of which it must see.
+        f = self.root / ".dvcignore"
+        text = f.read_text() if f.is_file() else ""
+        if "/.kiln/" not in text.splitlines():
+            tmp = f.with_name(f".dvcignore.tmp{os.getpid()}")
+            tmp.write_text(text + ("" if not text or text.endswith("\n") else "\n") + "/.kiln/\n")
+            os.replace(tmp, f)
 
     # -- paths ---------------------------------------------------------------------------------
     def _rel(self, path: str | os.PathLike[str]) -> str:
@@ -141,35 +158,76 @@ class DatasetRepo:
 
     # -- verbs ---------------------------------------------------------------------------------
     def add_version(self, path: str | os.PathLike[str], *, content: Any = None,
-                    lineage: dict[str, Any] | None = None, push: bool = True) -> Version:
+                    lineage: dict[str, Any] | None = None, push: bool = True,
+                    remote: str | None = None) -> Version:
         """Track ``path`` (a folder), push its objects, log it; return the (possibly existing) version.
 
         ``content`` (a DatasetContent) supplies per-class counts; without it the folder is listed
         with ``kiln.data.load(verify=False)`` and an unknown layout gives empty counts.
+        ``remote`` names a configured DVC remote (default: the repository's default remote).
         """
         self.ensure()
         rel = self._rel(path)
         with self._repo() as repo:
+            if remote is not None and remote not in repo.config["remote"]:
+                known = ", ".join(sorted(repo.config["remote"])) or "none"
+                raise ConfigError(f"DVC remote {remote!r} is not configured in {self.root / '.dvc/config'}; "
+                                  f"remotes: {known}", hint=f"dvc remote add {remote} URL, or drop versioning.remote")
             repo.add([str(self.root / rel)])
             out = self._read_out(rel)
-            if push:
-                repo.push(targets=[str(self._dvc_file(rel))])
-        vid = str(out["md5"]).removesuffix(".dir")
+            vid = str(out["md5"]).removesuffix(".dir")
+            remote_name = remote or repo.config["core"].get("remote") or ""
+            log = self._read_log(rel)
+            entry = next((v for v in log["versions"] if v["id"] == vid), None)
+            if push and not (entry and remote_name in entry.get("pushed", [])):
+                self._push(repo, rel, vid, remote, remote_name, log)
         log = self._read_log(rel)
         for v in log["versions"]:
             if v["id"] == vid:
-                if log["current"] != vid:
+                if log["current"] != vid or (push and remote_name not in v.get("pushed", [])):
                     log["current"] = vid
+                    if push:
+                        v["pushed"] = sorted({*v.get("pushed", []), remote_name})
                     self._write_log(rel, log)
                 return Version(**v)
         v = Version(id=vid, path=rel, files=int(out.get("nfiles", 1)), size=int(out.get("size", 0)),
                     per_class_counts=self._counts(self.root / rel, content),
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    lineage=lineage if lineage is not None else getattr(content, "lineage", None), out=out)
+                    lineage=lineage if lineage is not None else getattr(content, "lineage", None), out=out,
+                    pushed=[remote_name] if push else [])
         log["versions"].append(asdict(v))
         log["current"] = vid
         self._write_log(rel, log)
         return v
+
+    def _push(self, repo, rel: str, vid: str, remote: str | None, remote_name: str, log: dict[str, Any]) -> None:
+        """Upload what the remote lacks of version ``vid``.
+
+        After a version that was pushed to the same remote, only the objects that version did not
+        have are sent (a re-version after changing 10 of 10,000 files sends 10 files and the listing),
+        without asking the remote about the other 9,990: `dvc push` builds an index of every object
+        of the target and checks each against the remote, which dominated re-versioning. Without
+        such a version (first push, other remote) it is a plain `dvc push` of the target. The
+        listing (``.dir``) goes last, so a remote never holds a listing whose files are missing.
+        """
+        base = next((v for v in reversed(log["versions"])
+                     if v["id"] != vid and remote_name in v.get("pushed", [])), None)
+        base_listing = None
+        if base is not None:
+            try:
+                base_listing = self._listing(repo, base["id"])
+            except NotFound:
+                base_listing = None
+        if base_listing is None:
+            repo.push(targets=[str(self._dvc_file(rel))], remote=remote)
+            return
+        cache = repo.cache.local
+        odb = repo.cloud.get_remote_odb(remote, "push")
+        have = set(base_listing.values())
+        want = sorted({m for m in self._listing(repo, vid).values() if m not in have})
+        if want:
+            odb.add([cache.oid_to_path(m) for m in want], cache.fs, want)
+        odb.add(cache.oid_to_path(f"{vid}.dir"), cache.fs, f"{vid}.dir")
 
     @staticmethod
     def _counts(folder: Path, content: Any) -> dict[str, int]:
@@ -224,7 +282,7 @@ class DatasetRepo:
     def _listing(self, repo, vid: str) -> dict[str, str]:
         """relpath -> md5 for a version, from the local cache or, failing that, a local remote."""
         name = f"{vid}.dir"
-        candidates = [Path(repo.cache.local.path) / "files" / "md5" / name[:2] / name[2:]]
+        candidates = [Path(repo.cache.local.oid_to_path(name))]
         url = repo.config["remote"].get(repo.config["core"].get("remote", ""), {}).get("url")
         if url and "://" not in url:
             candidates.append(Path(url) / "files" / "md5" / name[:2] / name[2:])
@@ -233,6 +291,66 @@ class DatasetRepo:
                 return {e["relpath"]: e["md5"] for e in json.loads(c.read_text())}
         raise NotFound(f"directory listing {name} is in neither the DVC cache nor the local remote",
                        hint="run DatasetRepo.checkout for that version once to fetch it")
+
+    def resolve(self, path: str | os.PathLike[str], ref: str) -> Version:
+        """A logged version by ``latest`` (the current one), ``vN`` (1-based, in log order) or an id
+        (prefix of at least 6 hex digits); unknown -> NotFound listing the known ones."""
+        rel = self._rel(path)
+        log = self._read_log(rel)
+        vs = log["versions"]
+        if ref == "latest":
+            if log["current"] is None:
+                raise NotFound(f"dataset {rel} has no versions yet", hint="apply its Dataset spec first")
+            ref = log["current"]
+        elif ref[:1] == "v" and ref[1:].isdigit():
+            n = int(ref[1:])
+            if not 1 <= n <= len(vs):
+                raise NotFound(f"dataset {rel} has no version {ref}; it has v1..v{len(vs)}" if vs
+                               else f"dataset {rel} has no versions yet")
+            return Version(**vs[n - 1])
+        return self._version(rel, ref)
+
+    def number(self, path: str | os.PathLike[str], vid: str) -> int:
+        """1-based position of version ``vid`` in the log (its ``vN``)."""
+        for i, v in enumerate(self._read_log(self._rel(path))["versions"]):
+            if v["id"] == vid:
+                return i + 1
+        raise NotFound(f"dataset {self._rel(path)} has no version {vid!r}")
+
+    def materialize(self, path: str | os.PathLike[str], version: str, dest: str | os.PathLike[str]) -> Version:
+        """Copy the files of a logged version into ``dest`` (which must not exist) from the DVC
+        cache or a local remote, without touching the tracked folder: deriving one dataset from
+        another, or exporting an old version, must not change what the other one has checked out."""
+        import shutil
+
+        self.ensure()
+        rel = self._rel(path)
+        v = self.resolve(rel, version)
+        dest = Path(dest)
+        if dest.exists():
+            raise ConfigError(f"{dest} already exists")
+        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with self._repo() as repo:
+            listing = self._listing(repo, v.id)
+            cache = repo.cache.local
+            url = repo.config["remote"].get(repo.config["core"].get("remote", ""), {}).get("url")
+        bases = [lambda m: Path(cache.oid_to_path(m))]
+        if url and "://" not in url:
+            bases.append(lambda m: Path(url) / "files" / "md5" / m[:2] / m[2:])
+        try:
+            for relpath, md5 in listing.items():
+                src = next((b(md5) for b in bases if b(md5).is_file()), None)
+                if src is None:
+                    raise NotFound(f"{rel}@{v.id[:12]}: object of {relpath} is in neither the DVC cache nor "
+                                   "the local remote", hint=f"dvc pull {rel}.dvc with that version checked out")
+                out = tmp / relpath
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, out)  # a copy: cache objects are read-only and shared
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return v
 
     def diff(self, path: str | os.PathLike[str], v1: str, v2: str) -> VersionDiff:
         """Files added/removed/changed from ``v1`` to ``v2`` and per-class count changes."""

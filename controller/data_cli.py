@@ -1,0 +1,173 @@
+"""``kiln data``: read a dataset's versions (``versions``, ``diff``) and write one out (``export``).
+
+A dataset is named ``NAME`` (when one workspace has it) or ``WORKSPACE/NAME``. Versions are
+``vN`` (1-based, in the order they were created), ``latest``, or an id prefix of at least 6
+hex digits. Everything is read from the repository (``data/<ws>/<name>.versions.json`` and
+DVC's cache/remote), so the commands also work in a fresh clone after ``dvc pull``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kiln.errors import KilnError, NotFound
+
+
+def _config(ctx: click.Context):
+    from kiln.config import load_config
+
+    root = ctx.find_root()
+    return load_config((root.obj or {}).get("repo") or ".")
+
+
+def _resolve(config: Any, name: str) -> tuple[str, str, str]:
+    """NAME or WS/NAME -> (workspace, name, rel path of the versioned folder)."""
+    from kiln.controller.dataset_steps import DATA_ROOT, data_rel
+
+    if "/" in name:
+        ws, _, n = name.partition("/")
+        rel = data_rel(ws, n)
+        if not (config.repo / f"{rel}.versions.json").is_file():
+            raise NotFound(f"dataset {name} has no versions", hint="apply its Dataset spec first (kiln apply)")
+        return ws, n, rel
+    found = sorted(p for p in (config.repo / DATA_ROOT).glob(f"*/{name}.versions.json"))
+    if not found:
+        raise NotFound(f"dataset {name!r} has no versions in {config.repo / DATA_ROOT}",
+                       hint="apply its Dataset spec first (kiln apply), or name it WORKSPACE/NAME")
+    if len(found) > 1:
+        options = ", ".join(f"{p.parent.name}/{name}" for p in found)
+        raise KilnError(f"dataset {name!r} exists in several workspaces: {options}", hint="name it WORKSPACE/NAME")
+    ws = found[0].parent.name
+    return ws, name, data_rel(ws, name)
+
+
+def _repo(config: Any):
+    from kiln.data.versioning import DatasetRepo
+
+    return DatasetRepo(config.repo, remote_url=config.dvc.remote)
+
+
+@click.group()
+def data() -> None:
+    """Dataset versions: list, diff, export."""
+
+
+@data.command()
+@click.argument("name")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def versions(ctx: click.Context, name: str, output: str) -> int:
+    """List the versions of dataset NAME (current one marked *)."""
+    from kiln.controller.handlers.dataset import human_size
+
+    config = _config(ctx)
+    ws, n, rel = _resolve(config, name)
+    dr = _repo(config)
+    current = dr.current(rel)
+    vs = dr.versions(rel)
+    if output == "json":
+        click.echo(json.dumps([{"number": f"v{i + 1}", "id": v.id, "current": v.id == current, "created": v.created,
+                                "files": v.files, "size": v.size, "classes": v.per_class_counts,
+                                "lineage": v.lineage} for i, v in enumerate(vs)], indent=2))
+        return 0
+    rows = [["", "VERSION", "ID", "CREATED", "FILES", "SIZE", "CLASSES", "OPS"]]
+    for i, v in enumerate(vs):
+        ops = ", ".join(o.get("op", "?") for o in (v.lineage or {}).get("ops") or []) or "-"
+        classes = " ".join(f"{k}:{c}" for k, c in v.per_class_counts.items())
+        rows.append(["*" if v.id == current else "", f"v{i + 1}", v.id[:12], v.created, str(v.files),
+                     human_size(v.size), classes[:40] + ("..." if len(classes) > 40 else "") or "-", ops])
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
+    click.echo(f"dataset {ws}/{n}: {len(vs)} version(s) in {rel}.versions.json")
+    return 0
+
+
+@data.command()
+@click.argument("name")
+@click.argument("v1")
+@click.argument("v2")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--limit", type=int, default=20, show_default=True, help="Files listed per group (text output).")
+@click.pass_context
+def diff(ctx: click.Context, name: str, v1: str, v2: str, output: str, limit: int) -> int:
+    """Files added/removed/changed and class count changes from V1 to V2."""
+    config = _config(ctx)
+    _, _, rel = _resolve(config, name)
+    dr = _repo(config)
+    a, b = dr.resolve(rel, v1), dr.resolve(rel, v2)
+    d = dr.diff(rel, a.id, b.id)
+    if output == "json":
+        click.echo(json.dumps({"from": a.id, "to": b.id, "added": d.added, "removed": d.removed,
+                               "changed": d.changed,
+                               "classes": {k: {"from": x, "to": y} for k, (x, y) in d.class_counts.items()}},
+                              indent=2))
+        return 0
+    click.echo(f"{rel}: v{dr.number(rel, a.id)} ({a.id[:12]}) -> v{dr.number(rel, b.id)} ({b.id[:12]})")
+    for label, files in (("added", d.added), ("removed", d.removed), ("changed", d.changed)):
+        click.echo(f"{label}: {len(files)}")
+        for f in files[:limit]:
+            click.echo(f"  {f}")
+        if len(files) > limit:
+            click.echo(f"  ... and {len(files) - limit} more")
+    if d.class_counts:
+        click.echo("class counts:")
+        for k, (x, y) in d.class_counts.items():
+            click.echo(f"  {k}: {x} -> {y} ({y - x:+d})")
+    else:
+        click.echo("class counts: unchanged")
+    return 0
+
+
+@data.command()
+@click.argument("name")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--version", "version", default="latest", show_default=True, help="vN, latest or an id prefix.")
+@click.option("--format", "fmt", type=click.Choice(["coco", "image-folder", "csv", "studio", "segmentation-json"]),
+              default=None, help="Default: the dataset's own format.")
+@click.pass_context
+def export(ctx: click.Context, name: str, out: str, version: str, fmt: str | None) -> int:
+    """Write a version of dataset NAME to folder OUT (which must not exist or be empty)."""
+    import shutil
+    import tempfile
+
+    from kiln.data import export as export_fmt
+    from kiln.data import load
+
+    config = _config(ctx)
+    ws, n, rel = _resolve(config, name)
+    dest = Path(out)
+    if dest.exists() and any(dest.iterdir()):
+        raise KilnError(f"{dest} is not empty", hint="export into a new folder")
+    dr = _repo(config)
+    tmp = Path(tempfile.mkdtemp(prefix=".kiln-export-", dir=config.kiln_dir() if config.kiln_dir().is_dir() else None))
+    try:
+        v = dr.materialize(rel, version, tmp / "v")
+        options: dict[str, Any] = {}
+        label = _label(config, ws, n)
+        if label:
+            options["label"] = label
+        content = load(tmp / "v", verify=False, **options)
+        if dest.exists():
+            dest.rmdir()
+        export_fmt(content, dest, fmt or content.format)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    click.echo(f"exported {ws}/{n} v{dr.number(rel, v.id)} ({v.id[:12]}) as {fmt or content.format} to {dest}")
+    return 0
+
+
+def _label(config: Any, ws: str, name: str) -> str | None:
+    """The label column the dataset was applied with (tables whose label is not the last column)."""
+    from kiln.controller.project import open_state
+
+    store = open_state(config)
+    try:
+        rec = store.get(f"Dataset/{ws}/{name}")
+    finally:
+        store.close()
+    return ((rec.spec.get("spec") or {}).get("label")) if rec is not None else None

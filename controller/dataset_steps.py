@@ -1,0 +1,602 @@
+"""The Dataset workflow's steps: fetch -> validate -> preprocess-<i> -> split -> version.
+
+Each task of a Dataset's workflow (``kiln.controller.render._dataset``) runs one of these in its
+own process. They hand data to each other through a staging folder per spec hash, and the last
+one versions the result with DVC at a fixed place in the user's repository::
+
+    .kiln/workspaces/<ws>/datasets/<name>/
+        staging/<spec-hash>/
+            source/            fetch: the materialised source (a copy; never the user's files)
+            source.json        fetch summary
+            validated.json     validate: detected format, counts, content hash
+            op-<i>/ op-<i>.json  preprocess-<i>: output of ops 0..i (lineage and fitted
+                               transforms of all of them in op-<i>/.kiln/)
+            split/ split.json  split: the final layout, with .kiln/splits.json (the manifest)
+        step.lock              held by every step of this dataset (a retried task may
+                               overlap an orphan of a killed run)
+    data/<ws>/<name>/          the versioned folder (DVC-tracked, git-ignored)
+    data/<ws>/<name>.dvc       what git tracks; commit it (versioning.commit: auto does)
+    data/<ws>/<name>.versions.json   versions log (kiln.data.versioning)
+
+Why a fixed ``data/<ws>/<name>/``: the ``.dvc`` file's place is what users commit and what other
+datasets and experiments refer to, so it must not depend on the spec's hash or the source.
+
+Idempotency: a stage folder is filled under a temporary name and renamed into place, so its
+existence means it is complete; a step whose stage exists returns the recorded summary. Any step
+rebuilds missing earlier stages itself (``_ensure``): the runner may memoize fetch/validate for a
+spec hash whose staging folder was cleaned up after an earlier successful version. Versioning
+is idempotent through DVC: the version id is the content hash of the folder, so the same data
+gives the same id and no new log entry. Outputs are small summaries; the data never travels in
+them.
+
+Errors a user can fix (a corrupt image, a missing COCO image, a date column, a bad op parameter)
+are ``DatasetFormatError``s naming the file as the user knows it (the staging prefix is replaced
+by the source path); ``kiln step`` exits 4 for them, which the workflow does not retry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.controller.steps import StepContext, workspace_dir
+from kiln.errors import ConfigError, KilnError
+
+if TYPE_CHECKING:
+    from kiln.api.dataset import DatasetSpec
+    from kiln.config import KilnConfig
+    from kiln.data.model import DatasetContent
+
+DATA_ROOT = "data"
+
+
+class SourceNotAvailable(KilnError):
+    """The spec is valid but its source cannot be materialised by this kiln version."""
+
+
+# -- paths ---------------------------------------------------------------------------------------
+
+def dataset_home(config: KilnConfig, workspace: str, name: str) -> Path:
+    return workspace_dir(config, workspace) / "datasets" / name
+
+
+def data_rel(workspace: str, name: str) -> str:
+    """Where a dataset's versioned folder lives, relative to the repository root."""
+    return f"{DATA_ROOT}/{workspace}/{name}"
+
+
+def _ws_name(ctx: StepContext) -> tuple[str, str]:
+    _, ws, name = ctx.ref.split("/")
+    return ws, name
+
+
+def _spec(ctx: StepContext) -> DatasetSpec:
+    from kiln.api import Dataset
+
+    return Dataset.model_validate(ctx.spec).spec
+
+
+def _staging(ctx: StepContext) -> Path:
+    ws, name = _ws_name(ctx)
+    return dataset_home(ctx.config, ws, name) / "staging" / ctx.spec_hash
+
+
+def stages(spec: DatasetSpec) -> list[str]:
+    """Folder stages in order; the last one is what gets versioned."""
+    return ["source", *[f"op-{i}" for i in range(len(spec.preprocessing))], *(["split"] if spec.splits else [])]
+
+
+def data_task(spec: DatasetSpec) -> str | None:
+    """kiln.data's task for a spec: tables are all ``tabular``; images keep theirs."""
+    return "tabular" if spec.type == "tabular" else spec.task
+
+
+def _source_desc(spec: DatasetSpec) -> str:
+    src = spec.source
+    for k in ("path", "archive", "url", "sample", "capture"):
+        v = getattr(src, k)
+        if v:
+            return f"{k}:{v}"
+    ref = src.dataset
+    assert ref is not None
+    return f"dataset:{ref.workspace + '/' if ref.workspace else ''}{ref.name}@{ref.version}"
+
+
+# -- small atomic helpers ------------------------------------------------------------------------
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _fresh_tmp(stage_dir: Path) -> Path:
+    """A clean temporary sibling for building ``stage_dir``; leftovers of killed tries go first."""
+    stage_dir.parent.mkdir(parents=True, exist_ok=True)
+    for old in stage_dir.parent.glob(f".{stage_dir.name}.tmp*"):
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = stage_dir.with_name(f".{stage_dir.name}.tmp{os.getpid()}")
+    return tmp
+
+
+def _finish_stage(tmp: Path, stage_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    # summary first: once the folder has its final name, the stage counts as done
+    _write_json(stage_dir.with_name(stage_dir.name + ".json"), summary)
+    os.replace(tmp, stage_dir)
+    return summary
+
+
+def _done(stage_dir: Path) -> dict[str, Any] | None:
+    f = stage_dir.with_name(stage_dir.name + ".json")
+    if stage_dir.is_dir() and f.is_file():
+        return json.loads(f.read_text())
+    return None
+
+
+def _tree_size(root: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            files += 1
+            size += os.path.getsize(os.path.join(dirpath, n))
+    return files, size
+
+
+def _user_path_error(exc: Exception, staged: Path, shown: str) -> Exception:
+    """Re-point a DatasetFormatError from the staging copy to the path the user knows."""
+    from kiln.data.errors import DatasetFormatError
+
+    if not isinstance(exc, DatasetFormatError):
+        return exc
+    f = exc.file
+    base = str(staged)
+    if f == base or f.startswith(base + os.sep):
+        rel = f[len(base):].lstrip(os.sep)
+        return DatasetFormatError(f"{shown}/{rel}" if rel else shown, exc.problem, hint=exc.hint)
+    return exc
+
+
+def _shown_source(ctx: StepContext, spec: DatasetSpec) -> str:
+    src = spec.source
+    if src.path:
+        import tarfile
+        import zipfile
+
+        p = ctx.config.repo / src.path
+        if p.is_file():
+            return f"{src.path}!" if zipfile.is_zipfile(p) or tarfile.is_tarfile(p) else str(Path(src.path).parent)
+        return src.path
+    if src.archive:
+        return f"{src.archive}!"
+    if src.url:
+        return src.url
+    return _source_desc(spec)
+
+
+# -- fetch ---------------------------------------------------------------------------------------
+
+def _inside_repo(config: KilnConfig, given: str, what: str) -> Path:
+    p = Path(given)
+    p = (p if p.is_absolute() else config.repo / p).resolve()
+    if not p.is_relative_to(config.repo.resolve()):
+        raise ConfigError(f"source.{what} {given!r} is outside the repository {config.repo}",
+                          hint="use source.archive for a local file outside the repository, or source.url")
+    return p
+
+
+def _place_file_or_archive(path: Path, out: Path, shown: str) -> None:
+    """A single file: archives are extracted (safely), anything else is copied into ``out``."""
+    import tarfile
+    import zipfile
+
+    from kiln.data.archive import extract_archive
+
+    if zipfile.is_zipfile(path) or tarfile.is_tarfile(path):
+        try:
+            extract_archive(path, out)
+        except Exception as exc:
+            raise _user_path_error(exc, path, shown) from None
+        return
+    out.mkdir(parents=True)
+    shutil.copyfile(path, out / path.name)
+
+
+def _download(url: str, out: Path) -> None:
+    """http(s) with urllib (no extra dependency); other schemes through fsspec (file://, and
+    s3://, gs://, az:// when their fsspec package is installed)."""
+    from urllib.parse import urlparse
+
+    from kiln.data.errors import DatasetFormatError
+
+    scheme = urlparse(url).scheme
+    dl = out.with_name(out.name + ".download")
+    shutil.rmtree(dl, ignore_errors=True)
+    dl.mkdir(parents=True)
+    try:
+        if scheme in ("http", "https"):
+            import urllib.error
+            import urllib.request
+
+            name = Path(urlparse(url).path).name or "download"
+            try:
+                with urllib.request.urlopen(url, timeout=60) as r, open(dl / name, "wb") as f:
+                    shutil.copyfileobj(r, f, 1 << 20)
+            except urllib.error.HTTPError as e:
+                raise DatasetFormatError(url, f"download failed: HTTP {e.code} {e.reason}") from None
+            except (urllib.error.URLError, OSError) as e:
+                from kiln.controller.handlers.base import TemporaryError
+
+                raise TemporaryError(f"{url}: download failed ({getattr(e, 'reason', e)})",
+                                     hint="check the URL and the network; the step is retried") from None
+            _place_file_or_archive(dl / name, out, url)
+            return
+        try:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as e:
+            pkg = {"s3": "s3fs (or dvc-s3)", "gs": "gcsfs (or dvc-gs)", "gcs": "gcsfs (or dvc-gs)",
+                   "az": "adlfs (or dvc-azure)", "azure": "adlfs (or dvc-azure)"}.get(scheme, f"an fsspec filesystem for {scheme}://")
+            raise ConfigError(f"source.url {url}: cannot read {scheme}:// URLs here ({e})",
+                              hint=f"install {pkg} in kiln's environment") from None
+        if not fs.exists(path):
+            raise DatasetFormatError(url, "does not exist")
+        if fs.isdir(path):
+            fs.get(path.rstrip("/") + "/", str(out), recursive=True)
+            return
+        local = dl / Path(path).name
+        fs.get(path, str(local))
+        _place_file_or_archive(local, out, url)
+    finally:
+        shutil.rmtree(dl, ignore_errors=True)
+
+
+def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any]:
+    from kiln.data.errors import DatasetFormatError
+
+    src = spec.source
+    extra: dict[str, Any] = {}
+    if src.capture:
+        raise SourceNotAvailable(
+            f"source.capture {src.capture!r}: captured deployment inputs are not available until "
+            "deployments are (no Deployment handler in this kiln version)",
+            hint="use source.path, archive, url, sample or dataset for now")
+    if src.sample:
+        from kiln.data.samples import materialize_sample
+
+        materialize_sample(src.sample, out)
+    elif src.path:
+        p = _inside_repo(ctx.config, src.path, "path")
+        if not p.exists():
+            raise DatasetFormatError(src.path, "source path does not exist",
+                                     hint="give a folder or file relative to the repository root")
+        if p.is_dir():
+            # a copy, never links: DVC makes tracked files read-only, which must not reach the user's
+            shutil.copytree(p, out, ignore=shutil.ignore_patterns(".git", ".dvc"))
+        else:
+            _place_file_or_archive(p, out, src.path)
+    elif src.archive:
+        p = Path(src.archive)
+        p = p if p.is_absolute() else ctx.config.repo / p
+        if not p.is_file():
+            raise DatasetFormatError(src.archive, "archive does not exist")
+        from kiln.data.archive import extract_archive
+
+        try:
+            extract_archive(p, out)
+        except DatasetFormatError as exc:
+            raise DatasetFormatError(src.archive, exc.problem, hint=exc.hint) from None
+    elif src.url:
+        _download(src.url, out)
+    else:
+        from kiln.data.versioning import DatasetRepo
+
+        ref = src.dataset
+        assert ref is not None
+        ws, _ = _ws_name(ctx)
+        dr = DatasetRepo(ctx.config.repo, remote_url=ctx.config.dvc.remote)
+        v = dr.materialize(data_rel(ref.workspace or ws, ref.name), ref.version, out)
+        extra["parentDataset"] = {"dataset": f"{ref.workspace or ws}/{ref.name}", "version": v.id}
+    files, size = _tree_size(out)
+    return {"stage": "source", "from": _source_desc(spec), "files": files, "size": size, **extra}
+
+
+def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
+    stage = _staging(ctx) / "source"
+    done = _done(stage)
+    if done is not None:
+        return done
+    tmp = _fresh_tmp(stage)
+    try:
+        summary = _fetch_into(ctx, spec, tmp)
+        if not tmp.exists():
+            tmp.mkdir(parents=True)
+        return _finish_stage(tmp, stage, summary)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- validate ------------------------------------------------------------------------------------
+
+def _load(root: Path, spec: DatasetSpec, fmt: str, *, verify: bool) -> DatasetContent:
+    from kiln.data import load
+
+    options: dict[str, Any] = {"label": spec.label} if spec.type == "tabular" and spec.label else {}
+    return load(root, fmt, data_task(spec), verify=verify, **options)
+
+
+def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
+    from kiln.data.errors import DatasetFormatError
+
+    f = _staging(ctx) / "validated.json"
+    if f.is_file() and (_staging(ctx) / "source").is_dir():
+        return json.loads(f.read_text())
+    src = _ensure_source(ctx, spec)
+    root = _staging(ctx) / "source"
+    shown = _shown_source(ctx, spec)
+    fmt = spec.format
+    if fmt == "masks":
+        fmt = "segmentation-json"  # PNG masks beside images: the segmentation-json layout reads them
+    try:
+        content = _load(root, spec, fmt, verify=True)
+        if spec.type == "image" and content.task == "tabular":
+            raise DatasetFormatError(shown, "holds a table, but the spec says type: image")
+        if spec.type == "tabular" and content.task != "tabular":
+            raise DatasetFormatError(shown, f"holds {content.task} images, but the spec says type: tabular")
+        counts = content.class_counts()
+        if spec.classes is not None:
+            unknown = sorted(set(counts) - set(spec.classes))
+            if unknown:
+                raise DatasetFormatError(shown, f"class(es) {unknown} are not in spec.classes {spec.classes}",
+                                         hint="add them to spec.classes or fix the labels")
+        n = len(content.items) if content.table is None else len(content.table.frame)
+        if n == 0:
+            raise DatasetFormatError(shown, "the dataset is empty")
+    except Exception as exc:
+        raise _user_path_error(exc, root, shown) from None
+    summary = {"format": content.format, "task": content.task, "items": n, "classes": len(counts),
+               "contentHash": content.content_hash(), "from": src["from"],
+               "parentDataset": src.get("parentDataset")}
+    _write_json(f, summary)
+    return summary
+
+
+# -- preprocess ----------------------------------------------------------------------------------
+
+def _merge_kiln_dir(prev: Path, new: Path, label: str | None) -> None:
+    """Ops run one per task, so op-<i>'s own lineage/fitted pipeline covers op i only; prepend
+    those of ops 0..i-1 so the final folder carries the whole chain (applied again at serving)."""
+    from kiln.data.formats._base import write_json_atomic
+
+    pk, nk = prev / ".kiln", new / ".kiln"
+    if not (pk / "lineage.json").is_file():
+        return
+    plin = json.loads((pk / "lineage.json").read_text())
+    nlin = json.loads((nk / "lineage.json").read_text())
+    write_json_atomic(nk / "lineage.json", {"parent": plin["parent"], "ops": plin["ops"] + nlin["ops"]})
+    if (pk / "preprocess.joblib").is_file() and (nk / "preprocess.joblib").is_file():
+        import joblib
+
+        from kiln.data.preprocess import Pipeline
+
+        a, b = joblib.load(pk / "preprocess.joblib"), joblib.load(nk / "preprocess.joblib")
+        joblib.dump(Pipeline(a.ops + b.ops, label), nk / "preprocess.joblib")
+        write_json_atomic(nk / "preprocess.json", {"ops": plin["ops"] + nlin["ops"]})
+
+
+def _op_dict(op: Any) -> dict[str, Any]:
+    params = dict(op.params)
+    if op.columns:
+        params["columns"] = op.columns
+    return {"name": op.op, "params": params}
+
+
+def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[str, Any]:
+    """Make stage ``stage_name`` exist (and, first, every stage before it)."""
+    if stage_name == "source":
+        return _ensure_validated(ctx, spec)
+    order = stages(spec)
+    if stage_name not in order:
+        raise KilnError(f"dataset {ctx.ref} has no stage {stage_name!r}; stages: {', '.join(order)}")
+    stage = _staging(ctx) / stage_name
+    done = _done(stage)
+    if done is not None:
+        return done
+    prev_name = order[order.index(stage_name) - 1]
+    _ensure_stage(ctx, spec, prev_name)
+    validated = _ensure_validated(ctx, spec)
+    prev = _staging(ctx) / prev_name
+    fmt = validated["format"]
+    content = _load(prev, spec, fmt, verify=False)
+    tmp = _fresh_tmp(stage)
+    seed = spec.splits.seed if spec.splits else 0
+    try:
+        if stage_name.startswith("op-"):
+            from kiln.data.preprocess import apply_ops
+
+            i = int(stage_name[3:])
+            op = spec.preprocessing[i]
+            try:
+                new = apply_ops(content, prev, [_op_dict(op)], tmp, seed=seed, format=fmt)
+            except Exception as exc:
+                from kiln.data.errors import DatasetFormatError
+
+                if isinstance(exc, DatasetFormatError) and exc.file.startswith("op "):
+                    raise DatasetFormatError(f"spec.preprocessing[{i}] ({op.op})", exc.problem, hint=exc.hint) from None
+                raise
+            _merge_kiln_dir(prev, tmp, content.table.label if content.table else None)
+            summary = {"stage": stage_name, "op": op.op, "contentHash": new.content_hash()}
+        else:  # split
+            from kiln.data.formats import export
+            from kiln.data.formats._base import write_json_atomic
+            from kiln.data.splits import assign_splits
+
+            sp = spec.splits
+            assert sp is not None
+            ratios = {"train": sp.train, "validation": sp.validation, "test": sp.test}
+            new_content, manifest = assign_splits(content, ratios, sp.seed, stratify=sp.stratify)
+            export(new_content, tmp, fmt)
+            if (prev / ".kiln").is_dir():
+                shutil.copytree(prev / ".kiln", tmp / ".kiln", dirs_exist_ok=True)
+            write_json_atomic(tmp / ".kiln" / "splits.json", manifest)
+            counts: dict[str, int] = {}
+            for s in manifest["items"].values():
+                counts[s] = counts.get(s, 0) + 1
+            summary = {"stage": "split", **counts, "stratified": manifest["stratified"]}
+        return _finish_stage(tmp, stage, summary)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- steps ---------------------------------------------------------------------------------------
+
+def _locked(fn):
+    """Run a step holding the dataset's lock: after a kill -9 of the controller, the orphaned
+    task process may still be building a stage while the resumed run retries the same task."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(ctx: StepContext) -> dict[str, Any]:
+        ws, name = _ws_name(ctx)
+        fd = _lock(dataset_home(ctx.config, ws, name) / "step.lock")
+        try:
+            return fn(ctx)
+        finally:
+            os.close(fd)
+    return run
+
+
+@_locked
+def dataset_fetch(ctx: StepContext) -> dict[str, Any]:
+    s = _ensure_source(ctx, _spec(ctx))
+    return {k: s[k] for k in ("from", "files", "size") if k in s}
+
+
+@_locked
+def dataset_validate(ctx: StepContext) -> dict[str, Any]:
+    v = _ensure_validated(ctx, _spec(ctx))
+    return {"format": v["format"], "items": v["items"], "classes": v["classes"], "contentHash": v["contentHash"][:16]}
+
+
+@_locked
+def dataset_preprocess(ctx: StepContext) -> dict[str, Any]:
+    spec = _spec(ctx)
+    try:
+        i = int(ctx.args["op-index"])
+    except (KeyError, ValueError):
+        raise KilnError("dataset.preprocess needs --arg op-index=<n>") from None
+    if not 0 <= i < len(spec.preprocessing):
+        raise KilnError(f"op-index {i} is out of range: the spec has {len(spec.preprocessing)} op(s)")
+    s = _ensure_stage(ctx, spec, f"op-{i}")
+    return {"op": s["op"], "index": i, "contentHash": s["contentHash"][:16]}
+
+
+@_locked
+def dataset_split(ctx: StepContext) -> dict[str, Any]:
+    spec = _spec(ctx)
+    if spec.splits is None:
+        raise KilnError(f"dataset {ctx.ref} has no spec.splits; nothing to split")
+    return _ensure_stage(ctx, spec, "split")
+
+
+def _lock(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # released when the process dies, also on kill -9
+    return fd
+
+
+def _replace_tree(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold a copy of ``src`` (hard links where possible), swapping folders by
+    rename so that ``dst`` is never a mix of two versions."""
+    new = dst.with_name(f".{dst.name}.new{os.getpid()}")
+    shutil.rmtree(new, ignore_errors=True)
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, new, copy_function=link)
+    if dst.exists():
+        aside = dst.with_name(f".{dst.name}.old{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(dst, aside)
+        os.replace(new, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new, dst)
+
+
+def git_commit(repo: Path, paths: list[str], message: str) -> str | None:
+    """Stage and commit exactly ``paths`` (never what else the user has staged); the new commit's
+    sha, or None when they were already committed as they are."""
+    paths = [p for p in paths if (repo / p).exists() or _git(repo, "ls-files", "--", p).strip()]
+    if not paths:
+        return None
+    _git(repo, "add", "--", *paths)
+    if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], cwd=repo).returncode == 0:
+        return None
+    _git(repo, "commit", "-q", "-m", message, "--", *paths)
+    return _git(repo, "rev-parse", "HEAD").strip()
+
+
+def _git(repo: Path, *args: str) -> str:
+    p = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise KilnError(f"git {args[0]} failed in {repo}: {last}",
+                        hint="set git user.name/user.email, or use versioning.commit: manual and commit yourself")
+    return p.stdout
+
+
+@_locked
+def dataset_version(ctx: StepContext) -> dict[str, Any]:
+    from kiln.data.versioning import DatasetRepo
+
+    spec = _spec(ctx)
+    ws, name = _ws_name(ctx)
+    final_name = stages(spec)[-1]
+    _ensure_stage(ctx, spec, final_name)
+    validated = _ensure_validated(ctx, spec)
+    final = _staging(ctx) / final_name
+    content = _load(final, spec, validated["format"], verify=False)
+    rel = data_rel(ws, name)
+    repo = ctx.config.repo
+    home = dataset_home(ctx.config, ws, name)
+    dr = DatasetRepo(repo, remote_url=ctx.config.dvc.remote)
+    previous = dr.current(rel)
+    _replace_tree(final, repo / rel)
+    lineage = {
+        "parent": previous,
+        "source": validated["from"],
+        "sourceContentHash": validated["contentHash"],
+        "derivedFrom": validated.get("parentDataset"),
+        "ops": [{"op": o.op, "columns": o.columns, "params": o.params} for o in spec.preprocessing],
+        "splits": spec.splits.model_dump() if spec.splits else None,
+        "contentHash": content.content_hash(),
+    }
+    known = {v.id for v in dr.versions(rel)}
+    v = dr.add_version(rel, content=content, lineage=lineage, push=spec.versioning.push,
+                       remote=spec.versioning.remote)
+    n = dr.number(rel, v.id)
+    committed = None
+    if spec.versioning.commit == "auto":
+        parent = str(Path(rel).parent)
+        committed = git_commit(repo, [f"{rel}.dvc", f"{rel}.versions.json", f"{parent}/.gitignore",
+                                      ".dvc/config", ".dvc/.gitignore", ".dvcignore"],
+                               f"kiln: dataset {ws}/{name} v{n} ({v.id[:12]})")
+    # the staging copies are no longer needed; a later memoized run rebuilds what it lacks
+    shutil.rmtree(home / "staging", ignore_errors=True)
+    return {"version": v.id, "number": n, "new": v.id not in known, "path": rel, "files": v.files,
+            "size": v.size, "commit": committed}
+

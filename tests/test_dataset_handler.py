@@ -1,0 +1,348 @@
+"""Datasets applied for real: `kiln apply` in temp git repos runs the Dataset workflow on the local
+runner (fetch -> validate -> preprocess -> split -> version) with real DVC; `kiln data` reads it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, kiln, write
+
+pytest.importorskip("dvc")
+np = pytest.importorskip("numpy")
+
+
+def git_repo(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for args in (["init", "-q"], ["config", "user.email", "kiln@example.com"], ["config", "user.name", "kiln test"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    return root
+
+
+def ds(name: str, spec: str, workspace: str | None = None) -> str:
+    meta = f"{{name: {name}" + (f", workspace: {workspace}" if workspace else "") + "}"
+    return f"apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {meta}\nspec:\n" + \
+        "".join(f"  {line}\n" for line in spec.strip().splitlines())
+
+
+def versions_log(repo: Path, name: str, ws: str = "default") -> dict:
+    return json.loads((repo / "data" / ws / f"{name}.versions.json").read_text())
+
+
+def status(repo: Path) -> dict[str, dict]:
+    rows = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
+    return {f"{r['workspace']}/{r['name']}": r for r in rows}
+
+
+def run_started(repo: Path, wf: str) -> str:
+    return json.loads((repo / ".kiln/runs" / wf / "workflow.json").read_text())["status"]["startedAt"]
+
+
+WINE = """
+type: tabular
+task: classification
+format: csv
+source: {sample: wine}
+label: target
+splits: {train: 0.7, validation: 0.15, test: 0.15, seed: 7}
+preprocessing:
+  - {op: StandardScaler}
+versioning: {commit: auto}
+"""
+
+
+def test_version_lifecycle_apply_twice_same_data_one_op_change(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
+    write(repo, {"specs/wine.yaml": ds("wine", WINE)})
+    first = kiln("apply", cwd=repo)
+    assert first.returncode == 0, first.stdout + first.stderr
+    log = versions_log(repo, "wine")
+    assert len(log["versions"]) == 1
+    v1 = log["versions"][0]
+    assert v1["files"] == 5 and v1["per_class_counts"] == {"0": 59, "1": 71, "2": 48}
+    assert v1["lineage"]["ops"] == [{"op": "StandardScaler", "columns": None, "params": {}}]
+    assert v1["lineage"]["parent"] is None and v1["lineage"]["source"] == "sample:wine"
+    folder = repo / "data/default/wine"
+    # fitted transform and split manifest are versioned with the data
+    assert (folder / ".kiln/preprocess.joblib").is_file()
+    manifest = json.loads((folder / ".kiln/splits.json").read_text())
+    assert manifest["seed"] == 7 and manifest["stratified"] is True
+    assert sorted(set(manifest["items"].values())) == ["test", "train", "validation"]
+    # commit: auto committed the .dvc file and the log, naming dataset and version
+    msg = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout
+    assert msg.strip() == f"kiln: dataset default/wine v1 ({v1['id'][:12]})"
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert "data/default/wine.dvc" in tracked and "data/default/wine.versions.json" in tracked
+    assert not any(t.startswith("data/default/wine/") for t in tracked)
+    # the staging copies are gone once versioned
+    assert not (repo / ".kiln/workspaces/default/datasets/wine/staging").exists()
+    st = status(repo)["default/wine"]
+    assert st["info"].startswith(f"v1 {v1['id'][:12]} 5 files")
+    rec = json.loads(kiln("get", "dataset", "wine", "-o", "json", cwd=repo, check=True).stdout)
+    assert rec["extra"]["classes"] == {"0": 59, "1": 71, "2": 48}
+    assert {"kind": "dvc", "id": "data/default/wine", "version": v1["id"]} in rec["inventory"]
+
+    # unchanged spec: nothing runs, no workflow task, no version
+    started = run_started(repo, "kiln-data-wine")
+    second = kiln("apply", cwd=repo, check=True)
+    assert "0 action(s)" in second.stdout and "unchanged, skipping" in second.stdout
+    assert run_started(repo, "kiln-data-wine") == started
+    assert len(versions_log(repo, "wine")["versions"]) == 1
+
+    # a spec change with identical data: the workflow runs, DVC's hash says: same version
+    (repo / "specs/wine.yaml").write_text(ds("wine", WINE + "description: the wine sample\n"))
+    kiln("apply", cwd=repo, check=True)
+    assert run_started(repo, "kiln-data-wine") != started
+    log = versions_log(repo, "wine")
+    assert [v["id"] for v in log["versions"]] == [v1["id"]] and log["current"] == v1["id"]
+
+    # one op changed: exactly one new version, its parent the previous one
+    (repo / "specs/wine.yaml").write_text(ds("wine", WINE.replace("StandardScaler", "MinMaxScaler")))
+    kiln("apply", cwd=repo, check=True)
+    log = versions_log(repo, "wine")
+    assert len(log["versions"]) == 2
+    v2 = log["versions"][1]
+    assert log["current"] == v2["id"] and v2["lineage"]["parent"] == v1["id"]
+    assert v2["lineage"]["ops"][0]["op"] == "MinMaxScaler"
+
+    listed = json.loads(kiln("data", "versions", "wine", "-o", "json", cwd=repo, check=True).stdout)
+    assert [(v["number"], v["id"], v["current"]) for v in listed] == [("v1", v1["id"], False), ("v2", v2["id"], True)]
+    table = kiln("data", "versions", "wine", cwd=repo, check=True).stdout
+    assert "MinMaxScaler" in table and "*  v2" in table
+    diff = kiln("data", "diff", "wine", "v1", v2["id"][:8], cwd=repo, check=True).stdout
+    assert "changed: 4" in diff and "data.csv" in diff and "class counts: unchanged" in diff
+    bad = kiln("data", "diff", "wine", "v1", "v9", cwd=repo)
+    assert bad.returncode == 1 and "has no version v9; it has v1..v2" in bad.stderr and "Traceback" not in bad.stderr
+    # export an old version; its table is the first version's
+    kiln("data", "export", "wine", str(tmp_path / "out"), "--version", "v1", cwd=repo, check=True)
+    from kiln.data import load
+
+    h = load(tmp_path / "out", label="target").content_hash()
+    assert h == v1["lineage"]["contentHash"]
+
+
+def make_bad_sources(repo: Path) -> dict[str, str]:
+    """One broken dataset per kind of problem; returns name -> what its error must name."""
+    from tests.data.conftest import make_coco, make_image_folder, make_segmentation_json, save
+
+    corrupt = make_image_folder(repo / "raw/corrupt", n=1)
+    bad = corrupt / "train/red/train_red_0.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    coco = make_coco(repo / "raw/coco")
+    (coco / "validation/img1.png").unlink()
+    seg = make_segmentation_json(repo / "raw/seg")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[0, 0] = 7
+    save(mask, seg / "train/annotations/0001.png")
+    (repo / "raw/sales").mkdir(parents=True)
+    (repo / "raw/sales/sales.csv").write_text("day,units,y\n2024-01-03,5,1\n2024-01-04,7,0\n")
+    with zipfile.ZipFile(repo / "raw/evil.zip", "w") as zf:
+        zf.writestr("../../escape.txt", "x")
+    specs = {
+        "corrupt": "type: image\ntask: classification\nsource: {path: raw/corrupt}",
+        "coco": "type: image\ntask: detection\nformat: coco\nsource: {path: raw/coco}",
+        "seg": "type: image\ntask: semantic-segmentation\nsource: {path: raw/seg}",
+        "sales": "type: tabular\ntask: classification\nsource: {path: raw/sales/sales.csv}",
+        "evil": "type: image\ntask: classification\nsource: {archive: raw/evil.zip}",
+    }
+    write(repo, {f"specs/{n}.yaml": ds(n, s) for n, s in specs.items()})
+    return {
+        "corrupt": "validate: raw/corrupt/train/red/train_red_0.png: corrupt or undecodable image",
+        "coco": "validate: raw/coco/validation/_annotations.coco.json:",
+        "seg": "validate: raw/seg/train/annotations/0001.png:",
+        "sales": "validate: raw/sales/sales.csv: column 'day' holds dates",
+        "evil": "fetch: raw/evil.zip: member '../../escape.txt' would be written outside the target folder",
+    }
+
+
+def test_bad_data_fails_with_one_line_naming_the_file_and_no_version(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
+    expected = make_bad_sources(repo)
+    t0 = time.monotonic()
+    p = kiln("apply", cwd=repo)
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    st = status(repo)
+    for name, start in expected.items():
+        row = st[f"default/{name}"]
+        assert row["ready"] == "False" and row["reason"] == "Failed"
+        assert row["message"].startswith(start), (name, row["message"])
+        assert "\n" not in row["message"]
+        assert f"x Dataset/{name}: {start}" in p.stdout
+    assert "class id 7" in st["default/seg"]["message"]
+    assert "'img1.png'" in st["default/coco"]["message"]
+    assert not (tmp_path / "escape.txt").exists() and not (repo.parent / "escape.txt").exists()
+    assert not (repo / "data").exists()  # no version, not even an empty folder
+    # bad input is not retried (fetch has retries with a 5 s backoff for transient failures)
+    assert elapsed < 5 * 15
+
+
+def test_capture_source_is_not_applicable_yet_with_a_clear_message(tmp_path: Path) -> None:
+    """Plan says why digits-captured cannot be applied (apply: test_example_datasets_apply)."""
+    import shutil
+
+    shutil.copytree(ROOT / "specs", tmp_path / "specs")
+    plan = kiln("plan", cwd=tmp_path, check=True).stdout
+    line = next(ln for ln in plan.splitlines() if "Dataset/vision/digits-captured" in ln)
+    assert "[source.capture 'digits-classifier': captured inputs arrive with Deployment" in line
+    assert "Not yet applicable (source not available yet): Dataset/vision/digits-captured." in plan
+    assert "Dataset/vision/digits " in plan and "no Dataset handler" not in plan
+    js = json.loads(kiln("plan", "--format", "json", cwd=tmp_path, check=True).stdout)
+    cap = next(c for c in js["changes"] if c["ref"] == "Dataset/vision/digits-captured")
+    assert cap["handler"] == "not available yet" and "deployments are not available" in cap["reason"]
+
+
+IMAGES = """
+type: image
+task: classification
+source: {path: raw/shapes}
+splits: {train: 0.5, validation: 0.25, test: 0.25, seed: 1}
+preprocessing:
+  - {op: flip, params: {direction: horizontal}}
+"""
+
+
+def test_kill_9_mid_apply_then_apply_again_no_duplicate_version(tmp_path: Path) -> None:
+    from tests.data.conftest import make_image_folder
+
+    repo = git_repo(tmp_path / "repo")
+    make_image_folder(repo / "raw/shapes", n=4, splits=("train",))
+    write(repo, {"specs/shapes.yaml": ds("shapes", IMAGES)})
+    proc = subprocess.Popen([sys.executable, "-m", "kiln.cli", "apply"], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    staging = repo / ".kiln/workspaces/default/datasets/shapes/staging"
+    deadline = time.time() + 90
+    # the preprocess task imports torch: kill the controller while it runs
+    while not list(staging.glob("*/validated.json")):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rec = json.loads(kiln("get", "dataset", "shapes", "-o", "json", cwd=repo, check=True).stdout)
+    assert rec["generation"] == 0
+    assert {c["type"]: c["status"] for c in rec["conditions"]}.get("Ready") != "True"
+    again = kiln("apply", cwd=repo, timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    log = versions_log(repo, "shapes")
+    assert len(log["versions"]) == 1 and log["current"] == log["versions"][0]["id"]
+    assert log["versions"][0]["per_class_counts"] == {"blue": 4, "green": 4, "red": 4}
+    wf = json.loads((repo / ".kiln/runs/kiln-data-shapes/workflow.json").read_text())
+    ran = {n["displayName"] for n in wf["status"]["nodes"].values() if n["type"] == "Pod"}
+    assert {"fetch(0)", "validate", "version(0)"} <= ran
+    third = kiln("apply", cwd=repo, check=True)
+    assert "0 action(s)" in third.stdout
+    assert len(versions_log(repo, "shapes")["versions"]) == 1
+    # what is checked out is that version: the images, flipped, in split folders
+    files = sorted(p.relative_to(repo / "data/default/shapes").as_posix()
+                   for p in (repo / "data/default/shapes").rglob("*.png"))
+    assert len(files) == 12 and {f.split("/")[0] for f in files} == {"train", "validation", "test"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["image-folder", "coco", "csv"])
+def test_format_roundtrip_import_version_export_reimport(tmp_path: Path, fmt: str) -> None:
+    from tests.data.conftest import make_coco, make_image_folder
+
+    repo = git_repo(tmp_path / "repo")
+    if fmt == "image-folder":
+        make_image_folder(repo / "raw/src", n=2)
+        spec = "type: image\ntask: classification\nformat: image-folder\nsource: {path: raw/src}"
+    elif fmt == "coco":
+        make_coco(repo / "raw/src", n=2, segmentation=True)
+        spec = "type: image\ntask: instance-segmentation\nformat: coco\nsource: {path: raw/src}"
+    else:
+        (repo / "raw/src").mkdir(parents=True)
+        (repo / "raw/src/t.csv").write_text("a,colour,y\n1.5,red,0\n2.0,blue,1\n3.5,red,1\n0.5,green,0\n")
+        spec = "type: tabular\ntask: classification\nformat: csv\nsource: {path: raw/src}"
+    write(repo, {"specs/a.yaml": ds("first", spec)})
+    kiln("apply", cwd=repo, check=True)
+    kiln("data", "export", "first", "raw/exported", "--format", fmt, cwd=repo, check=True)
+    write(repo, {"specs/b.yaml": ds("second", spec.replace("raw/src", "raw/exported"))})
+    kiln("apply", cwd=repo, check=True)
+    a, b = versions_log(repo, "first")["versions"], versions_log(repo, "second")["versions"]
+    assert a[0]["lineage"]["contentHash"] == b[0]["lineage"]["contentHash"]
+    assert a[0]["per_class_counts"] == b[0]["per_class_counts"] and a[0]["per_class_counts"]
+
+
+@pytest.mark.slow
+def test_sources_archive_url_file_url_and_derived_dataset(tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    from tests.data.conftest import make_image_folder
+
+    repo = git_repo(tmp_path / "repo")
+    src = make_image_folder(tmp_path / "shapes", n=2)
+    served = tmp_path / "www"
+    served.mkdir()
+    with zipfile.ZipFile(served / "shapes.zip", "w") as zf:
+        for p in sorted(src.rglob("*.png")):
+            zf.write(p, f"shapes/{p.relative_to(src).as_posix()}")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/shapes.zip"
+        base = "type: image\ntask: classification\n"
+        write(repo, {
+            "specs/zip.yaml": ds("zipped", base + f"source: {{archive: {served / 'shapes.zip'}}}"),
+            "specs/http.yaml": ds("http", base + f"source: {{url: '{url}'}}"),
+            "specs/file.yaml": ds("fileurl", base + f"source: {{url: 'file://{src}'}}"),
+            "specs/derived.yaml": ds("derived", base + "source: {dataset: {name: zipped, version: v1}}\n"
+                                     "splits: {train: 0.5, validation: 0.5, test: 0.0}"),
+            "specs/missing.yaml": ds("missing", base + f"source: {{url: '{url}.nope'}}"),
+        })
+        p = kiln("apply", cwd=repo, timeout=300)
+    finally:
+        server.shutdown()
+    assert p.returncode == 1, p.stdout + p.stderr
+    st = status(repo)
+    assert st["default/missing"]["message"].startswith(f"fetch: {url}.nope: download failed: HTTP 404")
+    ids = {n: versions_log(repo, n)["versions"][0] for n in ("zipped", "http", "fileurl", "derived")}
+    # same files from three places: the same DVC version id
+    assert ids["zipped"]["id"] == ids["http"]["id"] == ids["fileurl"]["id"]
+    d = ids["derived"]
+    assert d["lineage"]["derivedFrom"] == {"dataset": "default/zipped", "version": ids["zipped"]["id"]}
+    assert d["per_class_counts"] == ids["zipped"]["per_class_counts"]
+    assert d["id"] != ids["zipped"]["id"]  # re-split: train/validation folders
+
+
+def test_prune_stops_tracking_keeps_history(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
+    write(repo, {"specs/iris.yaml": ds("iris", "type: tabular\ntask: classification\nsource: {sample: iris}\n"
+                                               "versioning: {commit: auto}")})
+    kiln("apply", cwd=repo, check=True)
+    assert (repo / "data/default/iris.dvc").is_file()
+    (repo / "specs/iris.yaml").unlink()
+    out = kiln("apply", "--prune", cwd=repo, check=True).stdout
+    assert "stop tracking data/default/iris" in out
+    assert not (repo / "data/default/iris.dvc").exists() and not (repo / "data/default/iris").exists()
+    assert (repo / "data/default/iris.versions.json").is_file()  # history stays; objects stay in the remote
+    assert any((repo / ".kiln/dvc-remote").rglob("*.dir"))
+    msg = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout
+    assert msg.strip() == "kiln: stop tracking dataset default/iris"
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert "data/default/iris.dvc" not in tracked
+
+
+def test_bad_input_exit_code_is_not_retried_by_the_rendered_workflow() -> None:
+    from kiln.controller import render, steps
+
+    assert render.PERMANENT_EXIT == steps.PERMANENT_EXIT
+    p = kiln("render", "Dataset/wine", "--what", "workflow", cwd=ROOT, check=True)
+    import yaml
+
+    wf = yaml.safe_load(p.stdout)
+    fetch = next(t for t in wf["spec"]["templates"] if t["name"] == "fetch")
+    assert fetch["retryStrategy"]["expression"] == f"asInt(lastRetry.exitCode) != {steps.PERMANENT_EXIT}"
