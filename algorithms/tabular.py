@@ -31,6 +31,9 @@ class SklearnAlgorithm(Algorithm):
 
     data_type = "tabular"
     framework = "sklearn"
+    # Trees are scale-invariant and compare float32 features (sklearn and XGBoost cast to float32
+    # inside): unscaled inputs make the ONNX float32 graph reach the same leaves exactly.
+    scale_numeric = True
 
     def build(self, hp: Any, n_classes: int | None = None) -> Any:
         raise NotImplementedError
@@ -40,10 +43,11 @@ class SklearnAlgorithm(Algorithm):
         from sklearn.compose import ColumnTransformer
         from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+        scaler = StandardScaler(with_mean=self.scale_numeric, with_std=self.scale_numeric)
         if not categorical:
-            return StandardScaler()  # plain arrays in: ONNX export gets one float input
+            return scaler  # plain arrays in: ONNX export gets one float input
         numeric = [c for c in columns if c not in categorical]
-        return ColumnTransformer([("num", StandardScaler(), numeric),
+        return ColumnTransformer([("num", scaler, numeric),
                                   ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)])
 
     @staticmethod
@@ -328,6 +332,7 @@ class SVM(SklearnAlgorithm):
 
 class DecisionTree(SklearnAlgorithm):
     """CART decision tree classifier."""
+    scale_numeric = False
 
     name, task = "decision_tree", "classification"
 
@@ -344,6 +349,7 @@ class DecisionTree(SklearnAlgorithm):
 
 class RandomForest(SklearnAlgorithm):
     """Random forest classifier."""
+    scale_numeric = False
 
     name, task = "random_forest", "classification"
 
@@ -362,6 +368,7 @@ class RandomForest(SklearnAlgorithm):
 
 class GradientBoosting(SklearnAlgorithm):
     """Gradient-boosted trees (scikit-learn)."""
+    scale_numeric = False
 
     name, task = "gradient_boosting", "classification"
 
@@ -380,6 +387,7 @@ class GradientBoosting(SklearnAlgorithm):
 
 class XGBoostClassifier(SklearnAlgorithm):
     """XGBoost gradient-boosted trees classifier."""
+    scale_numeric = False
 
     name, task, framework = "xgboost", "classification", "xgboost"
     Hyperparameters = _XGB
@@ -437,6 +445,7 @@ class MLPRegressor(SklearnAlgorithm):
 
 class DecisionTreeRegressor(SklearnAlgorithm):
     """CART decision tree regressor."""
+    scale_numeric = False
 
     name, task = "decision_tree_regressor", "regression"
 
@@ -452,6 +461,7 @@ class DecisionTreeRegressor(SklearnAlgorithm):
 
 class XGBoostRegressor(SklearnAlgorithm):
     """XGBoost gradient-boosted trees regressor."""
+    scale_numeric = False
 
     name, task, framework = "xgboost_regressor", "regression", "xgboost"
     Hyperparameters = _XGB
