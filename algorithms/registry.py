@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 
 _T = "kiln.algorithms.tabular"
 _V = "kiln.algorithms.vision"
-_D = "kiln.algorithms.detection"
-_E = "kiln.algorithms.easymaker"
 
 ALGORITHMS: dict[str, str] = {
     # tabular classification
@@ -48,16 +46,6 @@ ALGORITHMS: dict[str, str] = {
     "densenet121": f"{_V}:DenseNet121",
     "efficientnet_b0": f"{_V}:EfficientNetB0",
     "efficientnet_b1": f"{_V}:EfficientNetB1",
-    # detection / segmentation (torchvision)
-    "fasterrcnn_resnet50_fpn": f"{_D}:FasterRCNN",
-    "ssd300_vgg16": f"{_D}:SSD300",
-    "maskrcnn_resnet50_fpn": f"{_D}:MaskRCNN",
-    "deeplabv3_resnet50": f"{_D}:DeepLabV3",
-    "fcn_resnet50": f"{_D}:FCN",
-    # NHN EasyMaker built-ins (transformers)
-    "easymaker-image-classification": f"{_E}:ImageClassification",
-    "easymaker-semantic-segmentation": f"{_E}:SemanticSegmentation",
-    "easymaker-object-detection": f"{_E}:ObjectDetection",
 }
 
 

@@ -239,7 +239,7 @@ class _MLP(Hyperparameters):
     activation: Literal["relu", "tanh", "logistic", "identity"] = "relu"
     learning_rate: float = Field(0.001, gt=0, le=10, description="initial learning rate (adam)")
     alpha: float = Field(0.0001, ge=0, le=100, description="L2 penalty")
-    batch_size: int = Field(200, ge=1, le=100_000)
+    batch_size: int | None = Field(None, ge=1, le=100_000, description="None: min(200, rows)")
     max_iter: int = Field(200, ge=1, le=100_000, description="epochs")
     early_stopping: bool = False
 
@@ -256,7 +256,7 @@ class _XGB(Hyperparameters):
 
 def _mlp_kwargs(hp: _MLP) -> dict[str, Any]:
     return dict(hidden_layer_sizes=(hp.hidden_units,) * hp.hidden_layers, activation=hp.activation,
-                learning_rate_init=hp.learning_rate, alpha=hp.alpha, batch_size=hp.batch_size, max_iter=hp.max_iter,
+                learning_rate_init=hp.learning_rate, alpha=hp.alpha, batch_size=hp.batch_size or "auto", max_iter=hp.max_iter,
                 early_stopping=hp.early_stopping, random_state=hp.seed)
 
 
