@@ -367,8 +367,12 @@ class TorchvisionClassifier(TorchAlgorithm):
         path = Path(path)
 
         def write(tmp: str) -> None:
-            torch.onnx.export(net, (x,), tmp, dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+            import warnings
+
+            with warnings.catch_warnings():  # dynamo=False is deliberate: one file, no onnxscript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(net, (x,), tmp, dynamo=False, input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
 
         atomic_save(path, write)
         return path

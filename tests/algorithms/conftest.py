@@ -57,8 +57,13 @@ def digits_data(root: Path, per_split: dict[str, int] | None = None):
 
     td = TrainData(load(root, task="classification"))
     if per_split:
+        rank: dict[tuple[str | None, str | None], int] = {}
+        keyed = []
+        for it in td.content.items:  # interleave the classes, so a small cut holds all ten
+            r = rank[(it.split, it.label)] = rank.get((it.split, it.label), -1) + 1
+            keyed.append(((r, it.label), it))
         kept, seen = [], {}
-        for it in td.content.items:
+        for _, it in sorted(keyed, key=lambda p: p[0]):
             if seen.get(it.split, 0) < per_split.get(it.split, 0):
                 kept.append(it)
                 seen[it.split] = seen.get(it.split, 0) + 1
