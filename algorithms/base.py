@@ -168,6 +168,7 @@ class TrainData:
 
         self.content = content
         self.row_splits = row_splits
+        self._tables: dict[str | None, tuple[Any, Any]] = {}
         if content.task == "tabular":
             if row_splits is None:
                 _, manifest = assign_splits(content, ratios, seed)
@@ -191,6 +192,8 @@ class TrainData:
     # -- tables ----------------------------------------------------------------------------------
     def table(self, split: str | None) -> tuple[Any, Any]:
         """``(X, y)`` DataFrame/Series for ``split`` (None: all rows); ``y`` is None if unlabelled."""
+        if split in self._tables:
+            return self._tables[split]
         t = self.content.table
         if t is None or t.frame is None:
             raise AlgorithmError(f"dataset task {self.content.task!r} has no table; this algorithm needs tabular data")
@@ -199,9 +202,9 @@ class TrainData:
             assert self.row_splits is not None
             rows = [i for i in range(len(df)) if self.row_splits.get(i) == split]
             df = df.iloc[rows]
-        if t.label:
-            return df.drop(columns=[t.label]), df[t.label]
-        return df, None
+        out = (df.drop(columns=[t.label]), df[t.label]) if t.label else (df, None)
+        self._tables[split] = out
+        return out
 
     def has_split(self, split: str) -> bool:
         if self.content.task == "tabular":

@@ -30,13 +30,25 @@ def prefixed(split: str, metrics: dict[str, float]) -> dict[str, float]:
 
 def classification(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any] | None = None
                    ) -> tuple[dict[str, float], dict[str, Any]]:
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    """Accuracy and macro precision/recall/F1 from the confusion matrix; equal to scikit-learn's
+    ``precision_recall_fscore_support(average="macro", zero_division=0)`` (tested) at a fraction of
+    its input-validation cost, which dominated short fits."""
+    import numpy as np
 
     labels = list(labels) if labels is not None else sorted(set(y_true) | set(y_pred))
-    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
-    return ({"accuracy": float(accuracy_score(y_true, y_pred)), "precision": float(p), "recall": float(r),
-             "f1": float(f)},
+    index = {v: i for i, v in enumerate(labels)}
+    k = len(labels)
+    t = np.fromiter((index.get(v, -1) for v in y_true), dtype=np.int64, count=len(y_true))
+    p = np.fromiter((index.get(v, -1) for v in y_pred), dtype=np.int64, count=len(y_pred))
+    keep = (t >= 0) & (p >= 0)  # values outside ``labels`` are left out, as scikit-learn does
+    cm = np.bincount(t[keep] * k + p[keep], minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
+        rec = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
+        f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
+    acc = float((t == p).mean()) if len(t) else 0.0
+    return ({"accuracy": acc, "precision": float(prec.mean()), "recall": float(rec.mean()), "f1": float(f1.mean())},
             {"confusion_matrix": cm.tolist(), "labels": [str(x) for x in labels]})
 
 

@@ -25,6 +25,20 @@ def test_classification_macro_averages_and_confusion_matrix() -> None:
     assert art["labels"] == ["bird", "cat", "dog"]
 
 
+def test_classification_equals_sklearn_on_random_labels() -> None:
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    rng = np.random.default_rng(3)
+    for k in (2, 5, 9):
+        y = rng.integers(0, k, 300).tolist()
+        p = rng.integers(0, k - 1, 300).tolist()  # one class never predicted: zero_division path
+        m, art = M.classification(y, p, list(range(k)))
+        pr, rc, f1, _ = precision_recall_fscore_support(y, p, labels=list(range(k)), average="macro", zero_division=0)
+        assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((pr, rc, f1))
+        assert m["accuracy"] == pytest.approx(accuracy_score(y, p))
+        assert art["confusion_matrix"] == confusion_matrix(y, p, labels=list(range(k))).tolist()
+
+
 def test_regression_metrics() -> None:
     m = M.regression([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 6.0])
     assert m["rmse"] == pytest.approx(1.0)  # sqrt(4 / 4)
