@@ -1,0 +1,331 @@
+"""The contract every training algorithm implements, and the data/model/report types around it.
+
+Why one base class: the controller, HPO (Optuna), AutoML and the model repository all drive
+algorithms the same way, so each algorithm only says how to build, fit, score and serialise its
+model; everything else (splits, metric names, TensorBoard, checkpoints) is shared here.
+
+Contract of an ``Algorithm`` subclass
+-------------------------------------
+Class attributes
+    ``name`` (registry key), ``task`` (classification | regression | clustering |
+    dimension-reduction | detection | instance-segmentation | semantic-segmentation),
+    ``data_type`` (tabular | image), ``framework`` (sklearn | xgboost | pytorch | transformers) and
+    ``Hyperparameters``: a pydantic model whose fields carry the type, the default and the range
+    (``Field(ge=, le=)``), so ``Algorithm.hyperparameters({...})`` validates a spec's values and
+    ``describe()`` lists them.
+``train(data, hp, *, callbacks, workdir, resume_from) -> TrainedModel``
+    Fits on ``data.split("train")``; after every epoch (or once, for one-shot fits) calls
+    ``callbacks.report(step, metrics)`` with metric names prefixed by split
+    (``train_loss``, ``validation_accuracy``). The callback may raise ``Pruned`` to stop the trial;
+    ``train`` lets it propagate. Epoch-based algorithms write ``workdir/checkpoints/epoch-NNNN.pt``
+    (model + optimizer + epoch, atomically) and continue after the last epoch of ``resume_from``
+    (a checkpoint file or a checkpoints folder). TensorBoard event files go to ``workdir/tensorboard``.
+``evaluate(model, data, split) -> Evaluation``
+    A ``dict[str, float]`` of ``<split>_<metric>`` (see ``kiln.algorithms.metrics``) whose
+    ``artifacts`` attribute holds non-scalar results (confusion matrix, per-category lists).
+``predict(model, inputs) -> list``
+    Tabular: rows (DataFrame or list of dicts/lists) -> labels / values / cluster ids / components.
+    Image: paths or PIL images -> labels (classification), box lists (detection), masks (segmentation).
+``save(model, path)`` / ``load(path)``
+    ``path`` is a folder: ``meta.json`` (algorithm, hyperparameters, classes, columns) plus the
+    weights (``model.joblib`` for sklearn/xgboost, ``model.pt`` state dict for torch); ``load``
+    rebuilds the model from ``meta.json`` and never unpickles torch files (``weights_only=True``).
+``export_onnx(model, path, sample) -> Path | None``
+    One self-contained ONNX file, or ``None`` where the model type has no exporter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.data.model import DatasetContent, Item
+
+TASKS = (
+    "classification", "regression", "clustering", "dimension-reduction",
+    "detection", "instance-segmentation", "semantic-segmentation",
+)
+
+
+class AlgorithmError(KilnError):
+    """Bad hyperparameters, data that does not fit the algorithm, unreadable checkpoints."""
+
+
+class Pruned(Exception):  # noqa: N818 - the name HPO libraries use
+    """Raised by a ``ReportCallback`` to stop a trial early (HPO pruning)."""
+
+    def __init__(self, step: int, reason: str = "pruned") -> None:
+        self.step = step
+        super().__init__(f"{reason} at step {step}")
+
+
+class ReportCallback:
+    """Receives metrics during training. Subclass and override ``report``; raise ``Pruned`` to stop.
+
+    ``step`` is the epoch number (1-based) for epoch-based algorithms, 0 for one-shot fits.
+    """
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:  # pragma: no cover - default no-op
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class CallbackList(ReportCallback):
+    def __init__(self, callbacks: list[ReportCallback]) -> None:
+        self.callbacks = callbacks
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.report(step, metrics)
+
+    def close(self) -> None:
+        for cb in self.callbacks:
+            cb.close()
+
+
+class HistoryCallback(ReportCallback):
+    """Keeps every report in memory (``history``: list of ``(step, metrics)``)."""
+
+    def __init__(self) -> None:
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        self.history.append((step, dict(metrics)))
+
+
+class TensorBoardCallback(ReportCallback):
+    """Writes each report as scalars to TensorBoard event files (``workdir/tensorboard``).
+
+    tensorboardX first (only needs protobuf), else torch's writer (needs the ``tensorboard`` package).
+    """
+
+    def __init__(self, logdir: Path) -> None:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # pragma: no cover - depends on the environment
+            from torch.utils.tensorboard import SummaryWriter
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(logdir))
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k.replace("_", "/", 1), float(v), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Hyperparameters(BaseModel):
+    """Base of every algorithm's hyperparameter model: unknown names are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    seed: int = 0
+
+
+class Evaluation(dict):
+    """``dict[str, float]`` of prefixed metrics, plus ``artifacts`` (confusion matrix, per-class lists)."""
+
+    def __init__(self, metrics: dict[str, float], artifacts: dict[str, Any] | None = None) -> None:
+        super().__init__(metrics)
+        self.artifacts: dict[str, Any] = artifacts or {}
+
+
+@dataclass
+class TrainedModel:
+    """A fitted model: ``native`` is the framework object (estimator, nn.Module)."""
+
+    algorithm: str
+    native: Any
+    hyperparameters: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)  # classes, columns, input_size ...
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+class TrainData:
+    """A loaded dataset plus its split assignment, as algorithms consume it.
+
+    Image items carry their split already (``Item.split``); tabular rows get theirs from
+    ``row_splits`` (row number -> split, the manifest of ``kiln.data.splits``). Unsplit data is
+    split 80/10/10 (stratified, seeded) on construction.
+    """
+
+    def __init__(self, content: DatasetContent, row_splits: dict[int, str] | None = None, *,
+                 ratios: dict[str, float] | None = None, seed: int = 0) -> None:
+        from kiln.data.splits import assign_splits
+
+        self.content = content
+        self.row_splits = row_splits
+        self._tables: dict[str | None, tuple[Any, Any]] = {}
+        if content.task == "tabular":
+            if row_splits is None:
+                _, manifest = assign_splits(content, ratios, seed)
+                self.row_splits = {int(k): v for k, v in manifest["items"].items()}
+        elif any(it.split is None for it in content.items):
+            self.content, _ = assign_splits(content, ratios, seed)
+
+    @property
+    def task(self) -> str:
+        return self.content.task
+
+    # -- images ----------------------------------------------------------------------------------
+    def items(self, split: str) -> list[Item]:
+        return [it for it in self.content.items if it.split == split]
+
+    @property
+    def classes(self) -> list[str]:
+        """Classification labels, sorted (the index of a label is its class id)."""
+        return sorted({it.label for it in self.content.items if it.label is not None})
+
+    # -- tables ----------------------------------------------------------------------------------
+    def table(self, split: str | None) -> tuple[Any, Any]:
+        """``(X, y)`` DataFrame/Series for ``split`` (None: all rows); ``y`` is None if unlabelled."""
+        if split in self._tables:
+            return self._tables[split]
+        t = self.content.table
+        if t is None or t.frame is None:
+            raise AlgorithmError(f"dataset task {self.content.task!r} has no table; this algorithm needs tabular data")
+        df = t.frame
+        if split is not None:
+            assert self.row_splits is not None
+            rows = [i for i in range(len(df)) if self.row_splits.get(i) == split]
+            df = df.iloc[rows]
+        out = (df.drop(columns=[t.label]), df[t.label]) if t.label else (df, None)
+        self._tables[split] = out
+        return out
+
+    def has_split(self, split: str) -> bool:
+        if self.content.task == "tabular":
+            return bool(self.row_splits) and split in self.row_splits.values()
+        return any(it.split == split for it in self.content.items)
+
+
+class Algorithm:
+    """Base class; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    task: ClassVar[str]
+    data_type: ClassVar[str]
+    framework: ClassVar[str]
+    Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
+
+    # -- hyperparameters -------------------------------------------------------------------------
+    @classmethod
+    def hyperparameters(cls, values: dict[str, Any] | Hyperparameters | None = None) -> Hyperparameters:
+        """Validate ``values`` against ``Hyperparameters``; errors name the algorithm and field."""
+        if isinstance(values, cls.Hyperparameters):
+            return values
+        try:
+            return cls.Hyperparameters.model_validate(dict(values or {}))
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
+            valid = ", ".join(cls.Hyperparameters.model_fields)
+            raise AlgorithmError(f"algorithm {cls.name}: invalid hyperparameters: {problems}",
+                                 hint=f"valid hyperparameters: {valid}") from None
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        hps = {}
+        for fname, f in cls.Hyperparameters.model_fields.items():
+            entry: dict[str, Any] = {"type": getattr(f.annotation, "__name__", str(f.annotation)),
+                                     "default": f.default}
+            for m in f.metadata:
+                for attr in ("ge", "gt", "le", "lt"):
+                    if getattr(m, attr, None) is not None:
+                        entry[attr] = getattr(m, attr)
+            if f.description:
+                entry["description"] = f.description
+            hps[fname] = entry
+        return {"name": cls.name, "task": cls.task, "data_type": cls.data_type, "framework": cls.framework,
+                "description": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+                "hyperparameters": hps}
+
+    # -- the contract ----------------------------------------------------------------------------
+    def train(self, data: TrainData, hp: Hyperparameters | dict[str, Any] | None = None, *,
+              callbacks: ReportCallback | None = None, workdir: Path | None = None,
+              resume_from: Path | None = None) -> TrainedModel:
+        raise NotImplementedError
+
+    def evaluate(self, model: TrainedModel, data: TrainData, split: str = "test") -> Evaluation:
+        raise NotImplementedError
+
+    def predict(self, model: TrainedModel, inputs: Any) -> list:
+        raise NotImplementedError
+
+    def save(self, model: TrainedModel, path: Path) -> Path:
+        raise NotImplementedError
+
+    def load(self, path: Path) -> TrainedModel:
+        raise NotImplementedError
+
+    def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
+        return None
+
+    # -- helpers for subclasses ------------------------------------------------------------------
+    def _reporter(self, callbacks: ReportCallback | None, workdir: Path | None) -> tuple[CallbackList, HistoryCallback]:
+        history = HistoryCallback()
+        cbs: list[ReportCallback] = [history]
+        if workdir is not None:
+            cbs.append(TensorBoardCallback(Path(workdir) / "tensorboard"))
+        if callbacks is not None:
+            cbs.append(callbacks)
+        return CallbackList(cbs), history
+
+    def _check_task(self, data: TrainData, allowed: tuple[str, ...]) -> None:
+        if data.task not in allowed:
+            raise AlgorithmError(f"algorithm {self.name} ({self.task}) cannot train on a {data.task} dataset",
+                                 hint=f"use a dataset with task {' or '.join(allowed)}")
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_meta(folder: Path, expected: str | None = None) -> dict[str, Any]:
+    p = Path(folder) / "meta.json"
+    if not p.is_file():
+        raise AlgorithmError(f"{folder}: not a saved kiln model (no meta.json)",
+                             hint="pass the folder an Algorithm.save() wrote")
+    meta = json.loads(p.read_text())
+    if expected is not None and meta.get("algorithm") != expected:
+        raise AlgorithmError(f"{folder}: model was saved by algorithm {meta.get('algorithm')!r}, not {expected!r}",
+                             hint=f"load it with get_algorithm({meta.get('algorithm')!r})")
+    return meta
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(path: Path, writer: Any) -> None:
+    """``writer(tmp_path)`` writes the file; it is moved into place only when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,112 @@
+"""ONNX export checks: run the exported file with onnxruntime and compare it with the native model.
+
+``Algorithm.export_onnx`` writes the file; ``check_parity`` is the gate before a model is
+registered as ONNX (AI Studio's "format conversion"): every output the native model gives must
+match the ONNX output at the same position within ``tolerance`` (absolute, on float outputs;
+integer/label outputs must match exactly). A mismatch raises ``ParityError`` with the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from kiln.algorithms.base import AlgorithmError, TrainedModel
+
+
+class ParityError(AlgorithmError):
+    """The ONNX file computes something else than the native model."""
+
+
+@dataclass
+class ParityReport:
+    onnx_path: Path
+    samples: int
+    outputs: list[str]
+    max_abs_diff: list[float] = field(default_factory=list)
+    mismatches: list[int] = field(default_factory=list)  # elements outside tolerance, per output
+    tolerance: float = 1e-4
+
+    @property
+    def passed(self) -> bool:
+        return not any(self.mismatches)
+
+    def summary(self) -> str:
+        parts = [f"{n}: max |diff| {d:.3g}, {m} mismatched" for n, d, m in
+                 zip(self.outputs, self.max_abs_diff, self.mismatches)]
+        return f"{self.onnx_path.name} on {self.samples} samples (tol {self.tolerance}): " + "; ".join(parts)
+
+
+def _onnx_inputs(session: Any, samples: Any) -> dict[str, Any]:
+    import numpy as np
+
+    inputs = session.get_inputs()
+    if isinstance(samples, dict):
+        return samples
+    arr = samples.numpy() if hasattr(samples, "numpy") else np.asarray(samples)
+    kind = inputs[0].type
+    if "float" in kind and "double" not in kind:
+        arr = arr.astype(np.float32)
+    elif "double" in kind:
+        arr = arr.astype(np.float64)
+    return {inputs[0].name: arr}
+
+
+def check_parity(native_fn: Callable[[Any], Any], onnx_path: str | Path, samples: Any, tolerance: float = 1e-4,
+                 *, onnx_samples: Any = None, raise_on_failure: bool = True) -> ParityReport:
+    """Compare ``native_fn(samples)`` (an array or list of arrays) with the ONNX outputs at the
+    same positions. ``onnx_samples`` overrides what the ONNX model is fed (default: ``samples``)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ParityError(f"{path}: ONNX file does not exist", hint="export the model first")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, _onnx_inputs(sess, samples if onnx_samples is None else onnx_samples))
+    native = native_fn(samples)
+    if not isinstance(native, (list, tuple)):
+        native = [native]
+    names = [o.name for o in sess.get_outputs()]
+    if len(native) > len(got):
+        raise ParityError(f"{path}: native model gives {len(native)} outputs, ONNX only {len(got)}")
+    report = ParityReport(path, len(got[0]) if hasattr(got[0], "__len__") else 1, names[: len(native)],
+                          tolerance=tolerance)
+    for want, have in zip(native, got):
+        want = np.asarray(want.detach().cpu().numpy() if hasattr(want, "detach") else want)
+        have = np.asarray(have)
+        if want.size == have.size and want.shape != have.shape:
+            have = have.reshape(want.shape)
+        if want.shape != have.shape:
+            report.max_abs_diff.append(float("inf"))
+            report.mismatches.append(max(want.size, have.size))
+            continue
+        if want.dtype.kind in "iub" or have.dtype.kind in "iub":
+            diff = np.abs(want.astype(np.int64) - have.astype(np.int64))
+            report.mismatches.append(int((diff != 0).sum()))
+        else:
+            diff = np.abs(want.astype(np.float64) - have.astype(np.float64))
+            report.mismatches.append(int((diff > tolerance + tolerance * np.abs(want)).sum()))
+        report.max_abs_diff.append(float(diff.max()) if diff.size else 0.0)
+    if raise_on_failure and not report.passed:
+        raise ParityError(f"ONNX output differs from the native model: {report.summary()}",
+                          hint="do not register this ONNX file; report the model type as not exportable")
+    return report
+
+
+def export_and_check(algorithm: Any, model: TrainedModel, path: str | Path, sample: Any,
+                     tolerance: float = 1e-4) -> ParityReport | None:
+    """``export_onnx`` then ``check_parity`` against ``algorithm.native_outputs``; None if not exportable."""
+    out = algorithm.export_onnx(model, Path(path), sample)
+    if out is None:
+        return None
+    onnx_samples = None
+    if hasattr(algorithm, "_batch"):  # image models: ONNX takes the preprocessed tensor
+        onnx_samples = algorithm._batch(model, sample).numpy()
+    elif hasattr(algorithm, "_x"):
+        import numpy as np
+
+        onnx_samples = np.asarray(algorithm._x(model.meta, sample))  # cast to the input's type in check_parity
+    return check_parity(lambda s: algorithm.native_outputs(model, s), out, sample, tolerance,
+                        onnx_samples=onnx_samples)

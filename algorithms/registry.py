@@ -1,0 +1,77 @@
+"""The one registry of training algorithms: spec name -> ``"module:Class"``, imported lazily.
+
+Strings, not classes, so that importing the registry (``kiln plan``, spec validation, ``kiln
+algorithms list``) never imports torch, scikit-learn or transformers; ``get_algorithm`` imports
+the one module it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.algorithms.base import Algorithm
+
+_T = "kiln.algorithms.tabular"
+_V = "kiln.algorithms.vision"
+
+ALGORITHMS: dict[str, str] = {
+    # tabular classification
+    "naive_bayes": f"{_T}:NaiveBayes",
+    "mlp": f"{_T}:MLPClassifier",
+    "logistic_regression": f"{_T}:LogisticRegression",
+    "svm": f"{_T}:SVM",
+    "decision_tree": f"{_T}:DecisionTree",
+    "random_forest": f"{_T}:RandomForest",
+    "gradient_boosting": f"{_T}:GradientBoosting",
+    "xgboost": f"{_T}:XGBoostClassifier",
+    # tabular regression
+    "linear_regression": f"{_T}:LinearRegression",
+    "svr": f"{_T}:LinearSVR",
+    "mlp_regressor": f"{_T}:MLPRegressor",
+    "decision_tree_regressor": f"{_T}:DecisionTreeRegressor",
+    "xgboost_regressor": f"{_T}:XGBoostRegressor",
+    # unsupervised
+    "kmeans": f"{_T}:KMeans",
+    "gaussian_mixture": f"{_T}:GaussianMixture",
+    "pca": f"{_T}:PCA",
+    "truncated_svd": f"{_T}:TruncatedSVD",
+    # image classification (torchvision)
+    "resnet18": f"{_V}:ResNet18",
+    "resnet50": f"{_V}:ResNet50",
+    "resnet101": f"{_V}:ResNet101",
+    "densenet121": f"{_V}:DenseNet121",
+    "efficientnet_b0": f"{_V}:EfficientNetB0",
+    "efficientnet_b1": f"{_V}:EfficientNetB1",
+}
+
+
+def _unknown(name: str) -> KilnError:
+    return KilnError(f"unknown algorithm {name!r}; valid: {', '.join(sorted(ALGORITHMS))}",
+                     hint="set spec.algorithm.name to one of these")
+
+
+def get_algorithm_class(name: str) -> type[Algorithm]:
+    target = ALGORITHMS.get(name)
+    if target is None:
+        raise _unknown(name)
+    module, _, cls = target.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise KilnError(f"algorithm {name!r} needs a package that is not installed: {e.name}",
+                        hint="pip install 'kiln[ml]'") from None
+    return getattr(mod, cls)
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """An instance of the algorithm registered as ``name``; unknown names list the valid ones."""
+    return get_algorithm_class(name)()
+
+
+def describe(name: str) -> dict[str, Any]:
+    """Task, data type, framework and hyperparameters (type, default, range) of ``name``."""
+    return get_algorithm_class(name).describe()

@@ -1,0 +1,538 @@
+"""Tabular algorithms (AI Studio's list) on scikit-learn and XGBoost.
+
+Every model is a scikit-learn ``Pipeline``: a preprocessor (numeric columns standardised,
+categorical columns one-hot encoded; unknown categories at predict time encode as all zeros)
+followed by the estimator, so the saved model takes raw rows and ONNX export covers the whole
+pipeline. Classification labels are encoded to ``0..n-1`` for fitting (XGBoost needs that) and
+decoded on predict; ``meta["classes"]`` keeps the original values.
+
+Saved layout (``save(model, folder)``)::
+
+    folder/meta.json      {"algorithm", "hyperparameters", "columns", "categorical", "classes"}
+    folder/model.joblib   the fitted Pipeline
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from kiln.algorithms import metrics as M
+from kiln.algorithms.base import (
+    Algorithm, AlgorithmError, Evaluation, Hyperparameters, ReportCallback, TrainData, TrainedModel,
+    atomic_save, read_meta, write_meta,
+)
+
+
+class SklearnAlgorithm(Algorithm):
+    """Shared fit/evaluate/predict/save/ONNX for pipelines of (preprocessor, estimator)."""
+
+    data_type = "tabular"
+    framework = "sklearn"
+    # Trees are scale-invariant and compare float32 features (sklearn and XGBoost cast to float32
+    # inside): unscaled inputs make the ONNX float32 graph reach the same leaves exactly.
+    scale_numeric = True
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        raise NotImplementedError
+
+    # -- data ------------------------------------------------------------------------------------
+    def _preprocessor(self, columns: list[str], categorical: list[str]) -> Any:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        scaler = StandardScaler(with_mean=self.scale_numeric, with_std=self.scale_numeric)
+        if not categorical:
+            return scaler  # plain arrays in: ONNX export gets one float input
+        numeric = [c for c in columns if c not in categorical]
+        return ColumnTransformer([("num", scaler, numeric),
+                                  ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)])
+
+    @staticmethod
+    def _x(model_meta: dict[str, Any], x: Any) -> Any:
+        """Rows in the fitted column order: a float array (all numeric) or a DataFrame."""
+        import numpy as np
+        import pandas as pd
+
+        cols = model_meta["columns"]
+        if isinstance(x, pd.DataFrame):
+            missing = [c for c in cols if c not in x.columns]
+            if missing:
+                raise AlgorithmError(f"input rows lack column(s) {', '.join(missing)}",
+                                     hint=f"the model was trained on columns {', '.join(cols)}")
+            df = x[cols]
+        elif isinstance(x, list) and x and isinstance(x[0], dict):
+            df = pd.DataFrame(x)
+            return SklearnAlgorithm._x(model_meta, df)
+        else:
+            arr = np.asarray(x, dtype=object if model_meta["categorical"] else np.float64)
+            if arr.ndim == 1:
+                arr = arr.reshape(1, -1)
+            if arr.shape[1] != len(cols):
+                raise AlgorithmError(f"input rows have {arr.shape[1]} values, the model expects {len(cols)}",
+                                     hint=f"columns in order: {', '.join(cols)}")
+            df = pd.DataFrame(arr, columns=cols)
+        if model_meta["categorical"]:
+            return df
+        return df.to_numpy(dtype=np.float64)
+
+    # -- contract --------------------------------------------------------------------------------
+    def train(self, data: TrainData, hp: Any = None, *, callbacks: ReportCallback | None = None,
+              workdir: Path | None = None, resume_from: Path | None = None) -> TrainedModel:
+        from sklearn.pipeline import Pipeline
+
+        self._check_task(data, ("tabular",))
+        hp = self.hyperparameters(hp)
+        table = data.content.table
+        assert table is not None
+        x, y = data.table("train")
+        if len(x) == 0:
+            raise AlgorithmError(f"algorithm {self.name}: the train split is empty")
+        columns = list(x.columns)
+        categorical = [c for c in columns if table.columns.get(c) == "categorical"]
+        meta: dict[str, Any] = {"columns": columns, "categorical": categorical}
+        yy = None
+        if self.task in ("classification", "regression"):
+            if y is None:
+                raise AlgorithmError(f"algorithm {self.name} ({self.task}) needs a label column",
+                                     hint="name the dataset's label column, or use a clustering algorithm")
+            if self.task == "classification":
+                classes = sorted(y.unique().tolist())
+                meta["classes"] = classes
+                index = {c: i for i, c in enumerate(classes)}
+                yy = y.map(index).to_numpy()
+            else:
+                yy = y.to_numpy(dtype=float)
+        n_classes = len(meta.get("classes", [])) or None
+        pipe = Pipeline([("pre", self._preprocessor(columns, categorical)), ("est", self.build(hp, n_classes))])
+        meta_x = self._x(meta, x)
+        pipe.fit(meta_x, yy) if yy is not None else pipe.fit(meta_x)
+        model = TrainedModel(self.name, pipe, hp.model_dump(), meta)
+        reporter, history = self._reporter(callbacks, workdir)
+        try:
+            scores = dict(self.evaluate(model, data, "train"))
+            if data.has_split("validation"):
+                scores.update(self.evaluate(model, data, "validation"))
+            reporter.report(0, scores)
+        finally:
+            reporter.close()
+        model.history = history.history
+        return model
+
+    def evaluate(self, model: TrainedModel, data: TrainData, split: str = "test") -> Evaluation:
+        x, y = data.table(split)
+        if len(x) == 0:
+            raise AlgorithmError(f"dataset has no {split!r} rows to evaluate on")
+        pipe = model.native
+        xx = self._x(model.meta, x)
+        if self.task == "classification":
+            classes = model.meta["classes"]
+            pred = [classes[i] for i in pipe.predict(xx)]
+            m, art = M.classification(y.tolist(), pred, classes)
+            return Evaluation(M.prefixed(split, m), art)
+        if self.task == "regression":
+            return Evaluation(M.prefixed(split, M.regression(y.to_numpy(float), pipe.predict(xx))))
+        z = pipe[:-1].transform(xx)
+        if self.task == "clustering":
+            return Evaluation(M.prefixed(split, M.clustering(z, pipe.predict(xx).tolist())))
+        est = pipe[-1]
+        return Evaluation(M.prefixed(split, M.explained_variance(est.explained_variance_ratio_)))
+
+    def predict(self, model: TrainedModel, inputs: Any) -> list:
+        xx = self._x(model.meta, inputs)
+        out = model.native.transform(xx) if self.task == "dimension-reduction" else model.native.predict(xx)
+        if self.task == "classification":
+            classes = model.meta["classes"]
+            return [classes[int(i)] for i in out]
+        return out.tolist()
+
+    def save(self, model: TrainedModel, path: Path) -> Path:
+        import joblib
+
+        path = Path(path)
+        atomic_save(path / "model.joblib", lambda tmp: joblib.dump(model.native, tmp))
+        write_meta(path, {"algorithm": self.name, "hyperparameters": model.hyperparameters, **model.meta})
+        return path
+
+    def load(self, path: Path) -> TrainedModel:
+        import joblib
+
+        meta = read_meta(Path(path), self.name)
+        pipe = joblib.load(Path(path) / "model.joblib")
+        hp = meta.pop("hyperparameters")
+        meta.pop("algorithm")
+        return TrainedModel(self.name, pipe, hp, meta)
+
+    def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
+        """Whole pipeline to ONNX. Numeric tables: one float input ``X`` (rows x columns);
+        classifiers output ``label`` (encoded index) and ``probabilities`` (no ZipMap)."""
+        import numpy as np
+        from skl2onnx import to_onnx
+
+        if model.meta["categorical"]:
+            return None  # per-column string inputs: not wired up yet
+        _register_xgboost()
+        xx = np.asarray(self._x(model.meta, sample), dtype=np.float32)
+        options = {id(model.native[-1]): {"zipmap": False}} if self.task == "classification" else None
+        if self.task == "clustering" or self.task == "dimension-reduction":
+            options = None
+        onx = to_onnx(model.native, xx[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
+        path = Path(path)
+        atomic_save(path, lambda tmp: Path(tmp).write_bytes(onx.SerializeToString()))
+        return path
+
+    def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
+        """What the ONNX outputs should equal, in their order (for ``check_parity``)."""
+        import numpy as np
+
+        xx = self._x(model.meta, sample)
+        pipe = model.native
+        if self.task == "classification":
+            if not hasattr(pipe[-1], "predict_proba"):
+                return [pipe.predict(xx)]  # SVC: ONNX's second output is decision scores
+            return [pipe.predict(xx), pipe.predict_proba(xx)]
+        if self.task == "regression":
+            return [np.asarray(pipe.predict(xx)).reshape(-1, 1)]
+        if self.task == "clustering":
+            return [pipe.predict(xx)]
+        return [pipe.transform(xx)]
+
+
+_XGB_REGISTERED = False
+
+
+def _register_xgboost() -> None:
+    """skl2onnx has no XGBoost converter; onnxmltools provides it (optional dependency)."""
+    global _XGB_REGISTERED
+    if _XGB_REGISTERED:
+        return
+    try:
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+        from skl2onnx import update_registered_converter
+        from skl2onnx.common.shape_calculator import (
+            calculate_linear_classifier_output_shapes, calculate_linear_regressor_output_shapes,
+        )
+        from xgboost import XGBClassifier, XGBRegressor
+    except ImportError:
+        return
+    update_registered_converter(XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes,
+                                convert_xgboost, options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
+    update_registered_converter(XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes,
+                                convert_xgboost)
+    _XGB_REGISTERED = True
+
+
+# ---------------------------------------------------------------------------------------------
+# hyperparameter models (sklearn defaults; ranges where sklearn validates them)
+
+class _Tree(Hyperparameters):
+    max_depth: int | None = Field(None, ge=1, le=1000)
+    min_samples_split: int = Field(2, ge=2, le=10_000)
+    min_samples_leaf: int = Field(1, ge=1, le=10_000)
+
+
+class _MLP(Hyperparameters):
+    hidden_units: int = Field(100, ge=1, le=4096, description="neurons per hidden layer")
+    hidden_layers: int = Field(1, ge=1, le=10)
+    activation: Literal["relu", "tanh", "logistic", "identity"] = "relu"
+    learning_rate: float = Field(0.001, gt=0, le=10, description="initial learning rate (adam)")
+    alpha: float = Field(0.0001, ge=0, le=100, description="L2 penalty")
+    batch_size: int | None = Field(None, ge=1, le=100_000, description="None: min(200, rows)")
+    max_iter: int = Field(200, ge=1, le=100_000, description="epochs")
+    early_stopping: bool = False
+
+
+class _XGB(Hyperparameters):
+    n_estimators: int = Field(100, ge=1, le=100_000)
+    max_depth: int = Field(6, ge=1, le=100)
+    learning_rate: float = Field(0.3, gt=0, le=1)
+    subsample: float = Field(1.0, gt=0, le=1)
+    colsample_bytree: float = Field(1.0, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0, le=1e6)
+    reg_alpha: float = Field(0.0, ge=0, le=1e6)
+
+
+def _mlp_kwargs(hp: _MLP) -> dict[str, Any]:
+    return dict(hidden_layer_sizes=(hp.hidden_units,) * hp.hidden_layers, activation=hp.activation,
+                learning_rate_init=hp.learning_rate, alpha=hp.alpha, batch_size=hp.batch_size or "auto", max_iter=hp.max_iter,
+                early_stopping=hp.early_stopping, random_state=hp.seed)
+
+
+def _xgb_kwargs(hp: _XGB) -> dict[str, Any]:
+    return dict(n_estimators=hp.n_estimators, max_depth=hp.max_depth, learning_rate=hp.learning_rate,
+                subsample=hp.subsample, colsample_bytree=hp.colsample_bytree, reg_lambda=hp.reg_lambda,
+                reg_alpha=hp.reg_alpha, random_state=hp.seed, n_jobs=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# classification
+
+class NaiveBayes(SklearnAlgorithm):
+    """Gaussian naive Bayes."""
+
+    name, task = "naive_bayes", "classification"
+
+    class Hyperparameters(Hyperparameters):
+        var_smoothing: float = Field(1e-9, ge=0, le=1)
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.naive_bayes import GaussianNB
+
+        return GaussianNB(var_smoothing=hp.var_smoothing)
+
+
+class MLPClassifier(SklearnAlgorithm):
+    """Multi-layer perceptron classifier (adam)."""
+
+    name, task = "mlp", "classification"
+    Hyperparameters = _MLP
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.neural_network import MLPClassifier as C
+
+        return C(**_mlp_kwargs(hp))
+
+
+class LogisticRegression(SklearnAlgorithm):
+    """Logistic regression (L2, lbfgs)."""
+
+    name, task = "logistic_regression", "classification"
+
+    class Hyperparameters(Hyperparameters):
+        C: float = Field(1.0, gt=0, le=1e6, description="inverse regularisation strength")
+        max_iter: int = Field(100, ge=1, le=100_000)
+        tol: float = Field(1e-4, gt=0, le=1)
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.linear_model import LogisticRegression as C
+
+        return C(C=hp.C, max_iter=hp.max_iter, tol=hp.tol, random_state=hp.seed)
+
+
+class SVM(SklearnAlgorithm):
+    """Support vector classifier (libsvm's SMO solver)."""
+
+    name, task = "svm", "classification"
+
+    class Hyperparameters(Hyperparameters):
+        C: float = Field(1.0, gt=0, le=1e6)
+        kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
+        gamma: Literal["scale", "auto"] = "scale"
+        degree: int = Field(3, ge=1, le=10)
+        tol: float = Field(1e-3, gt=0, le=1)
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.svm import SVC
+
+        # probability=False: Platt scaling is deprecated in scikit-learn 1.9 and costs a 5-fold CV
+        return SVC(C=hp.C, kernel=hp.kernel, gamma=hp.gamma, degree=hp.degree, tol=hp.tol, random_state=hp.seed)
+
+
+class DecisionTree(SklearnAlgorithm):
+    """CART decision tree classifier."""
+    scale_numeric = False
+
+    name, task = "decision_tree", "classification"
+
+    class Hyperparameters(_Tree):
+        criterion: Literal["gini", "entropy", "log_loss"] = "gini"
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.tree import DecisionTreeClassifier
+
+        return DecisionTreeClassifier(criterion=hp.criterion, max_depth=hp.max_depth,
+                                      min_samples_split=hp.min_samples_split, min_samples_leaf=hp.min_samples_leaf,
+                                      random_state=hp.seed)
+
+
+class RandomForest(SklearnAlgorithm):
+    """Random forest classifier."""
+    scale_numeric = False
+
+    name, task = "random_forest", "classification"
+
+    class Hyperparameters(_Tree):
+        n_estimators: int = Field(100, ge=1, le=10_000)
+        criterion: Literal["gini", "entropy", "log_loss"] = "gini"
+        max_features: Literal["sqrt", "log2"] | None = "sqrt"
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_estimators=hp.n_estimators, criterion=hp.criterion, max_depth=hp.max_depth,
+                                      min_samples_split=hp.min_samples_split, min_samples_leaf=hp.min_samples_leaf,
+                                      max_features=hp.max_features, random_state=hp.seed, n_jobs=1)
+
+
+class GradientBoosting(SklearnAlgorithm):
+    """Gradient-boosted trees (scikit-learn)."""
+    scale_numeric = False
+
+    name, task = "gradient_boosting", "classification"
+
+    class Hyperparameters(Hyperparameters):
+        n_estimators: int = Field(100, ge=1, le=10_000)
+        learning_rate: float = Field(0.1, gt=0, le=10)
+        max_depth: int = Field(3, ge=1, le=100)
+        subsample: float = Field(1.0, gt=0, le=1)
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        return GradientBoostingClassifier(n_estimators=hp.n_estimators, learning_rate=hp.learning_rate,
+                                          max_depth=hp.max_depth, subsample=hp.subsample, random_state=hp.seed)
+
+
+class XGBoostClassifier(SklearnAlgorithm):
+    """XGBoost gradient-boosted trees classifier."""
+    scale_numeric = False
+
+    name, task, framework = "xgboost", "classification", "xgboost"
+    Hyperparameters = _XGB
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from xgboost import XGBClassifier
+
+        return XGBClassifier(**_xgb_kwargs(hp))
+
+
+# ---------------------------------------------------------------------------------------------
+# regression
+
+class LinearRegression(SklearnAlgorithm):
+    """Ordinary least squares."""
+
+    name, task = "linear_regression", "regression"
+
+    class Hyperparameters(Hyperparameters):
+        fit_intercept: bool = True
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.linear_model import LinearRegression as R
+
+        return R(fit_intercept=hp.fit_intercept)
+
+
+class LinearSVR(SklearnAlgorithm):
+    """Support vector regression with a linear kernel."""
+
+    name, task = "svr", "regression"
+
+    class Hyperparameters(Hyperparameters):
+        C: float = Field(1.0, gt=0, le=1e6)
+        epsilon: float = Field(0.1, ge=0, le=1e6)
+        tol: float = Field(1e-3, gt=0, le=1)
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.svm import SVR
+
+        return SVR(kernel="linear", C=hp.C, epsilon=hp.epsilon, tol=hp.tol)
+
+
+class MLPRegressor(SklearnAlgorithm):
+    """Multi-layer perceptron regressor (adam)."""
+
+    name, task = "mlp_regressor", "regression"
+    Hyperparameters = _MLP
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.neural_network import MLPRegressor as R
+
+        return R(**_mlp_kwargs(hp))
+
+
+class DecisionTreeRegressor(SklearnAlgorithm):
+    """CART decision tree regressor."""
+    scale_numeric = False
+
+    name, task = "decision_tree_regressor", "regression"
+
+    class Hyperparameters(_Tree):
+        criterion: Literal["squared_error", "friedman_mse", "absolute_error", "poisson"] = "squared_error"
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.tree import DecisionTreeRegressor as R
+
+        return R(criterion=hp.criterion, max_depth=hp.max_depth, min_samples_split=hp.min_samples_split,
+                 min_samples_leaf=hp.min_samples_leaf, random_state=hp.seed)
+
+
+class XGBoostRegressor(SklearnAlgorithm):
+    """XGBoost gradient-boosted trees regressor."""
+    scale_numeric = False
+
+    name, task, framework = "xgboost_regressor", "regression", "xgboost"
+    Hyperparameters = _XGB
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from xgboost import XGBRegressor
+
+        return XGBRegressor(**_xgb_kwargs(hp))
+
+
+# ---------------------------------------------------------------------------------------------
+# unsupervised
+
+class KMeans(SklearnAlgorithm):
+    """k-means clustering (k-means++ initialisation)."""
+
+    name, task = "kmeans", "clustering"
+
+    class Hyperparameters(Hyperparameters):
+        n_clusters: int = Field(8, ge=1, le=10_000)
+        n_init: int = Field(1, ge=1, le=1000)
+        max_iter: int = Field(300, ge=1, le=100_000)
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.cluster import KMeans as K
+
+        return K(n_clusters=hp.n_clusters, n_init=hp.n_init, max_iter=hp.max_iter, random_state=hp.seed)
+
+
+class GaussianMixture(SklearnAlgorithm):
+    """Gaussian mixture clustering (EM); a point's cluster is its most likely component."""
+
+    name, task = "gaussian_mixture", "clustering"
+
+    class Hyperparameters(Hyperparameters):
+        n_components: int = Field(1, ge=1, le=1000)
+        covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
+        max_iter: int = Field(100, ge=1, le=100_000)
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.mixture import GaussianMixture as G
+
+        return G(n_components=hp.n_components, covariance_type=hp.covariance_type, max_iter=hp.max_iter,
+                 random_state=hp.seed)
+
+
+class PCA(SklearnAlgorithm):
+    """Principal component analysis."""
+
+    name, task = "pca", "dimension-reduction"
+
+    class Hyperparameters(Hyperparameters):
+        n_components: int | None = Field(None, ge=1, le=100_000, description="None keeps all components")
+        whiten: bool = False
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.decomposition import PCA as P
+
+        return P(n_components=hp.n_components, whiten=hp.whiten, random_state=hp.seed)
+
+
+class TruncatedSVD(SklearnAlgorithm):
+    """Truncated SVD (latent semantic analysis); works on sparse one-hot data."""
+
+    name, task = "truncated_svd", "dimension-reduction"
+
+    class Hyperparameters(Hyperparameters):
+        n_components: int = Field(2, ge=1, le=100_000)
+        n_iter: int = Field(5, ge=1, le=1000)
+
+    def build(self, hp: Any, n_classes: int | None = None) -> Any:
+        from sklearn.decomposition import TruncatedSVD as T
+
+        return T(n_components=hp.n_components, n_iter=hp.n_iter, random_state=hp.seed)
