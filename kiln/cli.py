@@ -39,6 +39,7 @@ class KilnGroup(_LazyGroup):
     # command name -> "module:attribute" of a click.Command
     lazy = {
         "run-workflow": "kiln.runners.cli:run_workflow",
+        "labelstudio": "kiln.labeling.cli:labelstudio",
     }
 
 
