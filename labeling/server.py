@@ -22,6 +22,7 @@ Clients find the token in ``$KILN_LABELSTUDIO_TOKEN`` first, then in the token f
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import secrets
@@ -331,7 +332,16 @@ def user_token(state_dir: Path, email: str, venv: Path | None = None) -> str:
         env.pop(k)
     proc = subprocess.run([str(venv / "bin" / "label-studio"), "user", "--username", email],
                           env=env, capture_output=True, text=True, cwd=info.data_dir)
-    for line in proc.stdout.splitlines() + proc.stderr.splitlines():
-        if "token" in line.lower():
-            return line.replace("'", '"').split('"token":')[-1].strip(' "}{,') if '"token"' in line.replace("'", '"') else line.split()[-1]
-    raise LabelStudioError(f"no token found for Label Studio user {email}", hint="is the user created?")
+    for line in proc.stdout.splitlines():
+        # the command prints the user as a Python dict literal: {'id': 2, ..., 'token': '...'}
+        if line.startswith("{") and "'token'" in line:
+            try:
+                return str(ast.literal_eval(line)["token"])
+            except (ValueError, SyntaxError, KeyError):
+                break
+    raise LabelStudioError(f"no token found for Label Studio user {email}: " + _last(proc.stderr),
+                           hint="create the user first (LabelingClient.ensure_user)")
+
+
+def _last(text: str, n: int = 2) -> str:
+    return " | ".join([ln for ln in text.splitlines() if ln.strip()][-n:])
