@@ -292,8 +292,9 @@ class LabelingClient:
         if not getattr(p, "task_number", None):
             return {}
         out: dict[str, int] = {}
-        pager = self._call(self.ls.tasks.list, project=project_id, fields="task_only", page_size=5000,
-                           what="list tasks")
+        # include= trims the serializer to what is needed: several times faster on large projects
+        pager = self._call(self.ls.tasks.list, project=project_id, fields="task_only", include="id,data",
+                           page_size=5000, what="list tasks")
         for t in pager:
             key = (t.data or {}).get(KEY_FIELD)
             if key is not None:

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("label_studio_sdk")
-
-from kiln.labeling import server  # noqa: E402
+from kiln.labeling import server
 
 
 @dataclass
@@ -64,6 +62,7 @@ def ensure_template() -> Path:
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioFixture]:
+    pytest.importorskip("label_studio_sdk")
     base = tmp_path_factory.mktemp("labelstudio")
     state, docs = base / "repo" / ".kiln", base / "docs"
     docs.mkdir(parents=True)

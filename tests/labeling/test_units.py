@@ -80,6 +80,7 @@ def test_polygons_convert_to_pixels_and_coco(tmp_path: Path) -> None:
 
 
 def test_brush_rle_converts_to_mask(tmp_path: Path) -> None:
+    pytest.importorskip("label_studio_sdk")
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
     want = np.zeros((30, 40), dtype=np.uint8)
     want[5:12, 8:20] = 1
