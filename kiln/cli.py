@@ -40,6 +40,7 @@ class KilnGroup(_LazyGroup):
     lazy = {
         "run-workflow": "kiln.runners.cli:run_workflow",
         "data": "kiln.controller.data_cli:data",
+        "labelstudio": "kiln.labeling.cli:labelstudio",
     }
 
 
