@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,12 @@ def summarize(wf: Workflow) -> dict[str, Any]:
     """Phase and per-task phases, as kept in the object's record while it runs."""
     st = wf.get("status") or {}
     nodes = st.get("nodes") or {}
-    tasks = {n.get("displayName") or n.get("name"): n.get("phase")
-             for n in nodes.values() if n.get("type") in ("Pod", "Retry", "Skipped")}
-    retries = sum(1 for n in nodes.values() if n.get("type") == "Pod" and n.get("phase") == "Failed")
+    # A task with a retryStrategy is a Retry node whose attempts are Pods named "task(0)", "task(1)"…
+    retried = {n.get("displayName") for n in nodes.values() if n.get("type") == "Retry"}
+    tasks = {n.get("displayName") or n.get("name"): n.get("phase") for n in nodes.values()
+             if n.get("type") in ("Retry", "Skipped")
+             or (n.get("type") == "Pod" and re.sub(r"\(\d+\)$", "", n.get("displayName") or "") not in retried)}
+    retries = sum(1 for n in nodes.values() if n.get("type") == "Pod" and n.get("phase") in ("Failed", "Error"))
     return {"name": wf["metadata"]["name"], "phase": st.get("phase", "Pending"),
             "message": st.get("message", ""), "tasks": tasks, "failedAttempts": retries,
             "startedAt": st.get("startedAt"), "finishedAt": st.get("finishedAt")}
