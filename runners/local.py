@@ -10,6 +10,10 @@ Persisted layout, one folder per run (``<workdir>/<workflow-name>/``)::
     workflow.json     manifest + Argo-shaped ``status``; rewritten atomically (temp + os.replace)
                       at most every ``flush_interval`` seconds while nodes change, and at the end.
                       metadata.annotations carry kiln.dev/runner-pid and kiln.dev/run-hash.
+    nodes.jsonl       journal of node records since that snapshot, one JSON object (a full
+                      status node, as in ``status.nodes``) per line, appended with one write(2)
+                      on an O_APPEND fd whenever a node reaches a final phase, before anything
+                      that depends on it starts; removed once the final workflow.json is written
     logs/<node>.log   stdout+stderr of one pod node
     artifacts/<node>/<artifact-name>   output artifacts (file or folder, stored as is)
     tmp/<node>/       a pod's sandbox: cwd, script file, and the host paths its container
@@ -19,9 +23,16 @@ Persisted layout, one folder per run (``<workdir>/<workflow-name>/``)::
 Memoization cache: ``<workdir>/../cache/<configmap>/<sha256 of key>.json`` =
 ``{"key", "cacheName", "nodeID", "outputs", "createdAt"}``.
 
-Why writes are coalesced: rewriting the whole status after every one of 100 fast nodes costs
-more than the nodes themselves. A node that finished in the last ``flush_interval`` before a
-``kill -9`` is run again on resume, which is the same guarantee Argo's controller gives.
+Why a snapshot plus a journal: rewriting the whole status after every one of 100 fast nodes
+costs more than the nodes themselves, so workflow.json is coalesced; but a step that Succeeded
+must never run again after a crash, so each final node is also appended to ``nodes.jsonl``
+(a few hundred bytes, no fsync: the page cache survives a killed process). Readers
+(``get()``, resume) replay the journal over the snapshot: a journal record replaces a node the
+snapshot has in a non-final phase or lacks, and only adds children to a node the snapshot
+already has final (a final node's phase and outputs never change afterwards). A torn last
+line (power loss mid-write) is ignored. A resumed run starts a fresh journal (temp +
+os.replace) holding the previous run's Succeeded nodes, so nothing is appended after a torn
+line and a second crash before those nodes are taken over loses none of them.
 
 Stop requests go through the ``stop`` file, polled every 0.1 s by the run's watchdog, not a
 signal: the runner is often embedded in a bigger process (the controller) that a stray signal
@@ -108,6 +119,41 @@ def _atomic_write(path: Path, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+JOURNAL = "nodes.jsonl"
+
+
+def replay_journal(wf: Workflow, journal: Path) -> Workflow:
+    """``wf`` (a workflow.json snapshot) with the node records of ``journal`` applied, in place."""
+    try:
+        data = journal.read_bytes()
+    except FileNotFoundError:
+        return wf
+    status = wf.setdefault("status", {})
+    nodes = status.get("nodes")
+    if not isinstance(nodes, dict):
+        nodes = status["nodes"] = {}
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # torn by a crash mid-write: the node simply was not recorded
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+            continue
+        cur = nodes.get(rec["id"])
+        if cur is None:
+            nodes[rec["id"]] = rec
+            continue
+        # a node's children only grow (a DAG dependent hangs off a finished task): keep them all
+        kids = list(cur.get("children") or [])
+        kids += [c for c in rec.get("children") or [] if c not in kids]
+        if cur.get("phase") not in DONE:
+            nodes[rec["id"]] = rec
+        nodes[rec["id"]]["children"] = kids
+    return wf
 
 
 def _pid_alive(pid: int) -> bool:
@@ -333,6 +379,13 @@ class _Run:
         self.base_env = runner.base_env(self.site_dir)
         self.hostname = socket.gethostname()
         self.global_outputs: dict[str, str] = {}
+        # a fresh journal, carrying the Succeeded nodes of the run being resumed (see module doc)
+        carried = "".join(json.dumps(n, separators=(",", ":")) + "\n"
+                          for n in self.prev_nodes.values() if n.get("phase") == "Succeeded")
+        self.journal = self.dir / JOURNAL
+        _atomic_write(self.journal, carried)
+        self.journal_fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self.journal_lock = threading.Lock()
 
     # ------------------------------------------------------------------ bookkeeping
     def _globals(self) -> dict[str, Any]:
@@ -362,20 +415,39 @@ class _Run:
     def touch(self) -> None:
         self.dirty.set()
 
+    def record(self, node: dict) -> None:
+        """Append ``node`` to the journal; returns once the kernel has it (survives kill -9)."""
+        try:
+            line = json.dumps(node, separators=(",", ":"))
+        except RuntimeError:  # see snapshot()
+            with self.lock:
+                line = json.dumps(node, separators=(",", ":"))
+        data = (line + "\n").encode()
+        with self.journal_lock:  # one write(2) per line; the lock only matters after a short write
+            while data:
+                data = data[os.write(self.journal_fd, data):]
+
     def new_node(self, name: str, display: str, ntype: str, tmpl_name: str | None, boundary: str | None,
-                 parent: str | None, phase: str = "Running", message: str = "") -> dict:
+                 parent: str | None, phase: str = "Running", message: str = "", outputs: dict | None = None,
+                 extra: dict | None = None) -> dict:
         nid = self.node_id(name)
         node: dict[str, Any] = {"id": nid, "name": name, "displayName": display, "type": ntype,
                                 "templateName": tmpl_name, "phase": phase, "message": message,
                                 "startedAt": _now(), "finishedAt": None, "children": []}
         if boundary:
             node["boundaryID"] = boundary
+        if outputs:
+            node["outputs"] = outputs
+        if extra:
+            node.update(extra)
         if phase in DONE:
             node["finishedAt"] = node["startedAt"]
         with self.lock:
             self.nodes[nid] = node
             if parent and parent in self.nodes and nid not in self.nodes[parent]["children"]:
                 self.nodes[parent]["children"].append(nid)
+        if phase in DONE:
+            self.record(node)
         self.touch()
         return node
 
@@ -387,6 +459,7 @@ class _Run:
             if outputs:
                 node["outputs"] = outputs
             node["finishedAt"] = _now()
+        self.record(node)
         self.touch()
         return node
 
@@ -525,6 +598,12 @@ class _Run:
         writer.join()
         dog.join()
         self.flush()
+        # the final snapshot holds everything the journal did
+        os.close(self.journal_fd)
+        try:
+            self.journal.unlink()
+        except OSError:
+            pass
 
     def _failures(self) -> str:
         with self.lock:
@@ -569,9 +648,8 @@ class _Run:
         if memo:
             hit = self.memo_lookup(memo, local)
             if hit is not None:
-                node = self.new_node(name, display, ntype, tmpl_name, boundary, parent, "Succeeded")
-                node["outputs"] = hit["outputs"]
-                node["memoizationStatus"] = {"hit": True, "key": hit["key"], "cacheName": hit["cacheName"]}
+                node = self.new_node(name, display, ntype, tmpl_name, boundary, parent, "Succeeded", outputs=hit["outputs"],
+                                     extra={"memoizationStatus": {"hit": True, "key": hit["key"], "cacheName": hit["cacheName"]}})
                 self._publish_globals(node)
                 return node
         rs = tmpl_r.get("retryStrategy")
@@ -583,6 +661,7 @@ class _Run:
         if memo:
             node["memoizationStatus"] = {"hit": False, "key": str(memo.get("key", "")),
                                          "cacheName": ((memo.get("cache") or {}).get("configMap") or {}).get("name", "")}
+            self.record(node)
             if node["phase"] == "Succeeded":
                 self.memo_store(memo, node)
         self._publish_globals(node)
@@ -981,14 +1060,12 @@ class _Run:
         return _expr.evaluate_when(text), text
 
     def skip_node(self, name: str, display: str, tmpl_name: str, boundary: str, parent: str, phase: str, msg: str) -> dict:
-        node = self.new_node(name, display, "Skipped", tmpl_name, boundary, parent, phase, msg)
         # Argo publishes valueFrom.default of a skipped producer so consumers can use it
         params = [{"name": p["name"], "value": str(p["valueFrom"]["default"])}
                   for p in (self.templates[tmpl_name].get("outputs") or {}).get("parameters") or []
                   if (p.get("valueFrom") or {}).get("default") is not None]
-        if params:
-            node["outputs"] = {"parameters": params}
-        return node
+        return self.new_node(name, display, "Skipped", tmpl_name, boundary, parent, phase, msg,
+                             outputs={"parameters": params} if params else None)
 
     def publish(self, scope: dict[str, Any], prefix: str, node: dict, children: list[dict] | None) -> None:
         """Make a finished step/task's results visible to later ones as ``prefix.*``."""
@@ -1600,11 +1677,12 @@ class LocalRunner(Runner):
             return json.loads(run.snapshot())
         path = self.workdir / name / "workflow.json"
         try:
-            return json.loads(path.read_text())
+            wf = json.loads(path.read_text())
         except FileNotFoundError:
             return None
         except ValueError as exc:
             raise WorkflowError(f"{path} is not valid JSON: {exc}", hint=f"delete the run with `kiln` or remove {path.parent}") from exc
+        return replay_journal(wf, path.with_name(JOURNAL))
 
     def logs(self, name: str, node: str | None = None) -> Iterator[str]:
         wf = self.get(name)
@@ -1648,6 +1726,10 @@ class LocalRunner(Runner):
                 n.update(phase="Failed", message=message, finishedAt=now)
         wf["status"].update(phase="Failed", message=message, finishedAt=now)
         _atomic_write(run_dir / "workflow.json", json.dumps(wf, separators=(",", ":")))
+        try:
+            (run_dir / JOURNAL).unlink()  # replayed into the snapshot just written
+        except OSError:
+            pass
 
     def wait_stopped(self, name: str, timeout: float = 30.0) -> Workflow | None:
         """Poll until a stopped run is no longer Running (for callers in another process)."""

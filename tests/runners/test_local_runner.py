@@ -261,3 +261,54 @@ def test_cli_run_workflow_logs_and_exit_codes(tmp_path: Path, capsys) -> None:
     assert (tmp_path / ".kiln" / "runs" / "cli-ok" / "workflow.json").exists()
     assert kiln_main(["-C", str(tmp_path), "run-workflow", str(ok), "-p", "nope=1"]) == 1
     assert "not declared" in capsys.readouterr().err
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from kiln.runners.local import LocalRunner
+    LocalRunner(Path(sys.argv[1]), max_concurrency=2).submit(json.loads(Path(sys.argv[2]).read_text()))
+""")
+
+
+def test_kill_9_right_after_a_step_finishes_never_reruns_it(tmp_path: Path) -> None:
+    """The window the coalesced workflow.json leaves open: A has just Succeeded and its dependent
+    B has started, but no snapshot has been written since. The journal must cover it."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for attempt in range(5):
+        base = tmp_path / f"try{attempt}"
+        base.mkdir()
+        a_runs, b_started, go, pidfile = base / "a-runs", base / "b-started", base / "go", base / "b.pid"
+        manifest = wf("crash-window", "main", [
+            {"name": "main", "dag": {"tasks": [{"name": "a", "template": "a"},
+                                               {"name": "b", "template": "b", "depends": "a"}]}},
+            sh("a", f"echo ran >> {a_runs}"),
+            sh("b", f"[ -f {go} ] && exit 0; echo $$ > {pidfile}; touch {b_started}; exec sleep 30"),
+        ])
+        mpath = base / "wf.json"
+        mpath.write_text(json.dumps(manifest))
+        runs = base / "runs"
+        proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(runs), str(mpath)], env=env)
+        deadline = time.monotonic() + 30
+        # B starts only after the runner has recorded A's success: kill at once, no sleep
+        while not b_started.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("runner subprocess never started step b")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)  # B's sleep outlived its runner
+        except (ProcessLookupError, ValueError, OSError):
+            pass
+        assert a_runs.read_text().split() == ["ran"]
+        seen = LocalRunner(runs).get("crash-window")  # snapshot + journal, as `kiln` shows it
+        assert seen["status"]["phase"] == "Running" and nodes_by_display(seen)["a"]["phase"] == "Succeeded"
+        with open(runs / "crash-window" / "nodes.jsonl", "a") as f:  # as if power failed mid-append
+            f.write('{"id": "crash-window-1", "phase": "Succ')
+        go.touch()
+        out = LocalRunner(runs).submit(manifest)
+        assert out["status"]["phase"] == "Succeeded", out["status"]["message"]
+        assert a_runs.read_text().split() == ["ran"], f"attempt {attempt}: step a ran again on resume"
+        assert nodes_by_display(out)["b"]["phase"] == "Succeeded"
+        assert not (runs / "crash-window" / "nodes.jsonl").exists()  # folded into the final snapshot
