@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import WorkflowError
-from kiln.runners import _expr
+from kiln.runners import _expr, _slots
 from kiln.runners._template import UnresolvedTag, render, render_obj
 from kiln.runners.base import Runner, Workflow
 
@@ -868,11 +868,16 @@ class _Run:
                 d = parse_duration(tmpl[key], f"template {tmpl['name']!r} {key}")
                 deadline_s = d if deadline_s is None else min(deadline_s, d)
         log_path = self.dir / "logs" / f"{nid}.log"
-        sems = [s for s in (self.wf_sem, self.runner.sem) if s is not None]
-        for s in sems:
-            while not s.acquire(timeout=0.2):
-                self.check_stop()
+        held: list[threading.Semaphore] = []
+        slot = -1
         try:
+            for s in (self.wf_sem, self.runner.sem):
+                if s is not None:
+                    while not s.acquire(timeout=0.2):
+                        self.check_stop()
+                    held.append(s)
+            # the machine-wide slot, shared with other kiln processes, held while the process runs
+            slot = self.runner.slots.acquire(self.runner.max_concurrency, self.check_stop)
             self.check_stop()
             out_chunks: list[bytes] = []
             log_fd = -1  # the log file is created on the first byte: most `true`s print nothing
@@ -913,7 +918,9 @@ class _Run:
                 with self.lock:
                     self.procs.pop(nid, None)
         finally:
-            for s in reversed(sems):
+            if slot >= 0:
+                self.runner.slots.release(slot)
+            for s in reversed(held):
                 s.release()
         stdout = b"".join(out_chunks).decode(errors="replace")
         if rc < 0:  # killed by a signal: report it as a shell would (143 for SIGTERM)
@@ -1553,17 +1560,28 @@ class LocalRunner(Runner):
     name = "local"
 
     def __init__(self, workdir: Path, *, max_concurrency: int | None = None, env: dict | None = None,
-                 flush_interval: float = 0.05) -> None:
+                 flush_interval: float = 0.05, slots_dir: Path | None = None) -> None:
+        """``max_concurrency`` (default: CPU count) caps the pods running at once on this machine,
+        across every process that uses the same ``slots_dir`` (default ``$KILN_SLOTS_DIR``, else
+        ``~/.cache/kiln/slots``; see ``kiln.runners._slots``)."""
         self.workdir = Path(workdir)
+        self.slots_dir = Path(slots_dir) if slots_dir is not None else _slots.default_slots_dir()
         self.cache_dir = self.workdir.parent / "cache"
         self.max_concurrency = max_concurrency or os.cpu_count() or 1
         if self.max_concurrency < 1:
             raise WorkflowError(f"max_concurrency must be >= 1 (got {max_concurrency})")
-        self.sem = threading.Semaphore(self.max_concurrency)
+        self.sem = threading.Semaphore(self.max_concurrency)  # queues this process's pods cheaply
+        self._slots: _slots.SlotPool | None = None
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.flush_interval = flush_interval
         self._active: dict[str, _Run] = {}
         self._lock = threading.Lock()
+
+    @property
+    def slots(self) -> _slots.SlotPool:
+        if self._slots is None:
+            self._slots = _slots.pool_for(self.slots_dir)
+        return self._slots
 
     def base_env(self, site_dir: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in _ENV_PASSTHROUGH or k.startswith(("KILN_", "LC_"))}
@@ -1611,6 +1629,7 @@ class LocalRunner(Runner):
     def submit(self, manifest: Workflow, *, parameters: dict[str, str] | None = None, wait: bool = True,
                on_update: Callable[[Workflow], None] | None = None) -> Workflow:
         wf, run_hash = self.prepare(manifest, parameters)
+        self.slots  # a slots folder that cannot be created fails the submit, not every pod
         name = wf["metadata"]["name"]
         run_dir = self.workdir / name
         prev = None
