@@ -79,6 +79,8 @@ HOST_IMAGES: dict[str, str] = {
 TEMPLATE_KINDS = ("container", "script", "steps", "dag")
 _UNSUPPORTED_KINDS = ("resource", "suspend", "containerSet", "data", "http", "plugin")
 
+_ARGOSAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_argosay.py")
+
 _SITECUSTOMIZE = '''\
 # written by kiln's local runner: seed `random` so examples that flip coins are reproducible
 import os, random
@@ -192,6 +194,20 @@ def _image_base(image: str) -> str:
         if name.startswith(prefix):
             name = name[len(prefix):]
     return name
+
+
+# composite/retry fields rendered non-strictly: their tags may name steps that have not run yet
+_LATE_KEYS = frozenset(("steps", "dag", "retryStrategy", "memoize"))
+
+
+def _has_tags(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return "{{" in obj
+    if isinstance(obj, dict):
+        return any(_has_tags(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_tags(v) for v in obj)
+    return False
 
 
 class _Stopped(Exception):
@@ -355,10 +371,12 @@ class _Run:
         self.wf = manifest
         self.name = manifest["metadata"]["name"]
         self.dir = run_dir
+        self.dir_s = str(run_dir)
         self.hash = run_hash
         self.on_update = on_update
         self.spec = manifest["spec"]
         self.templates = {t["name"]: t for t in self.spec.get("templates") or []}
+        self.plans: dict[str, list[tuple[str, Any, bool]]] = {}
         self.prev_nodes: dict[str, dict] = (prev or {}).get("status", {}).get("nodes", {}) or {}
         self.lock = threading.RLock()
         self.nodes: dict[str, dict] = {}
@@ -378,7 +396,7 @@ class _Run:
         self.procs: dict[str, tuple[subprocess.Popen, float | None]] = {}
         self.timed_out: set[str] = set()
         par = self.spec.get("parallelism")
-        self.wf_sem = threading.Semaphore(int(par)) if par else None
+        self.wf_sem = _Tokens(int(par)) if par else None
         self.t0 = time.monotonic()
         self.deadline = (self.t0 + parse_duration(self.spec["activeDeadlineSeconds"], "spec.activeDeadlineSeconds")
                          if self.spec.get("activeDeadlineSeconds") else None)
@@ -523,6 +541,8 @@ class _Run:
 
     def writer(self) -> None:
         interval = self.runner.flush_interval
+        if self.done.wait(interval):  # submit() has just written the first snapshot
+            return
         while True:
             self.dirty.wait()
             if self.done.is_set():
@@ -649,12 +669,16 @@ class _Run:
             local = self.bind_inputs(tmpl, arguments, scope)
             # Argo's pod naming (v2): <workflow>-<template>-<fnv32a(node name)>
             local["pod.name"] = f"{self.name}-{tmpl_name}-{fnv32a(name)}"
-            tmpl_r = render_obj({k: v for k, v in tmpl.items() if k not in ("steps", "dag", "outputs", "retryStrategy", "memoize")},
-                                local, strict=kind in ("container", "script"))
+            strict = kind in ("container", "script")
+            tmpl_r: dict[str, Any] = {}
+            for k, v, tagged in self.plan(tmpl_name):
+                if not tagged:  # nothing to substitute: share the manifest's value, never mutated
+                    tmpl_r[k] = v
+                elif k in _LATE_KEYS:  # rendered again per step/attempt, where more names exist
+                    tmpl_r[k] = render_obj(v, local, strict=False)
+                else:
+                    tmpl_r[k] = render_obj(v, local, strict=strict)
             tmpl_r["outputs"] = tmpl.get("outputs") or {}
-            for k in ("steps", "dag", "retryStrategy", "memoize"):
-                if tmpl.get(k) is not None:
-                    tmpl_r[k] = render_obj(tmpl[k], local, strict=False)
         except (UnresolvedTag, WorkflowError, _expr.ExprError) as exc:
             return self.new_node(name, display, ntype, tmpl_name, boundary, parent, "Error", str(exc))
         memo = tmpl_r.get("memoize")
@@ -680,6 +704,15 @@ class _Run:
         self._publish_globals(node)
         return node
 
+    def plan(self, tmpl_name: str) -> list[tuple[str, Any, bool]]:
+        """A template's fields as (key, value, has ``{{`` tags), worked out once per template."""
+        plan = self.plans.get(tmpl_name)
+        if plan is None:
+            plan = [(k, v, _has_tags(v)) for k, v in self.templates[tmpl_name].items()
+                    if k != "outputs" and v is not None]
+            self.plans[tmpl_name] = plan
+        return plan
+
     def bind_inputs(self, tmpl: dict, arguments: dict, scope: dict[str, Any]) -> dict[str, Any]:
         local = dict(self.globals)
         for k in ("workflow.status", "workflow.failures", "workflow.duration"):
@@ -704,7 +737,7 @@ class _Run:
             value = _expr.format_value(value) if not isinstance(value, str) else value
             local[f"inputs.parameters.{p['name']}"] = value
             plist.append({"name": p["name"], "value": value})
-        local["inputs.parameters"] = _expr.to_json(plist)
+        local["inputs.parameters"] = _expr.to_json(plist) if plist else "[]"
         arts = {a["name"]: a for a in (arguments or {}).get("artifacts") or []}
         for a in inputs.get("artifacts") or []:
             src = arts.get(a["name"])
@@ -796,7 +829,7 @@ class _Run:
     def run_pod(self, node: dict, tmpl: dict, kind: str, local: dict[str, Any]) -> None:
         c = tmpl[kind]
         nid = node["id"]
-        sandbox = self.dir / "tmp" / nid
+        sandbox = f"{self.dir_s}/tmp/{nid}"  # str, not Path: pathlib costs microseconds per join
         outputs_spec = tmpl.get("outputs") or {}
         # container paths -> private host paths (longest first so /tmp/a/b wins over /tmp/a)
         cpaths: list[str] = []
@@ -809,17 +842,17 @@ class _Run:
         for a in (tmpl.get("inputs") or {}).get("artifacts") or []:
             if a.get("path"):
                 cpaths.append(a["path"])
-        pmap = {cp: str(sandbox / "fs" / cp.lstrip("/")) for cp in cpaths if cp.startswith("/")}
+        pmap = {cp: f"{sandbox}/fs/{cp.lstrip('/')}" for cp in cpaths if cp.startswith("/")}
         # a private folder only for pods that write files or scripts: mkdir is not free
         if pmap or cpaths or kind == "script":
-            if sandbox.exists():
+            if os.path.exists(sandbox):
                 shutil.rmtree(sandbox, ignore_errors=True)
-            sandbox.mkdir(parents=True)
+            os.makedirs(sandbox)
             workdir = sandbox
         else:
-            workdir = self.dir / "tmp"
+            workdir = f"{self.dir_s}/tmp"
         for cp, hp in pmap.items():
-            Path(hp).parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(hp), exist_ok=True)
         rx = (re.compile(r"(?<![\w.])(" + "|".join(re.escape(p) for p in sorted(pmap, key=len, reverse=True)) + r")(?![\w.\-])")
               if pmap else None)
 
@@ -827,7 +860,7 @@ class _Run:
             return rx.sub(lambda m: pmap[m.group(1)], s) if rx else s
 
         def host_path(cp: str) -> Path:
-            return Path(pmap[cp]) if cp in pmap else (workdir / cp if not cp.startswith("/") else Path(cp))
+            return Path(pmap[cp]) if cp in pmap else Path(workdir, cp)  # an absolute cp stays as is
 
         # input artifacts onto their (mapped) paths
         for a in (tmpl.get("inputs") or {}).get("artifacts") or []:
@@ -849,22 +882,23 @@ class _Run:
         command = [remap(str(x)) for x in c.get("command") or []]
         args = [remap(str(x)) for x in c.get("args") or []]
         if kind == "script":
-            script = sandbox / "script"
-            script.write_text(remap(c.get("source") or ""))
-            argv = (command or ["sh"]) + [str(script)] + args
+            script = f"{sandbox}/script"
+            with open(script, "w") as f:
+                f.write(remap(c.get("source") or ""))
+            argv = (command or ["sh"]) + [script] + args
         elif command:
             argv = command + args
         else:
             if _image_base(c.get("image") or "") != "argoproj/argosay":
                 raise WorkflowError(f"template {tmpl['name']!r}: no command and image {c.get('image')!r} cannot run on the host",
                                     hint="give container.command")
-            argv = [sys.executable, str(Path(__file__).with_name("_argosay.py"))] + args
+            argv = [sys.executable, _ARGOSAY] + args
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         elif argv[0] == "kiln":  # kiln's own image: run this installation's kiln
             argv = [sys.executable, "-m", "kiln.cli", *argv[1:]]
         env = dict(self.base_env)
-        env["TMPDIR"] = str(workdir)
+        env["TMPDIR"] = workdir
         if env.get("KILN_RANDOM_SEED"):
             env["KILN_RANDOM_SEED"] = f"{env['KILN_RANDOM_SEED']}/{node['name']}"
         for e in c.get("env") or []:
@@ -874,14 +908,14 @@ class _Run:
                 raise WorkflowError(f"template {tmpl['name']!r}: env {e['name']!r} uses valueFrom, which the local runner cannot resolve",
                                     hint="pass the value through KILN_* environment variables or a parameter")
         cwd = c.get("workingDir")
-        cwd = cwd if cwd and os.path.isdir(cwd) else str(workdir)
+        cwd = cwd if cwd and os.path.isdir(cwd) else workdir
         deadline_s = None
         for key in ("activeDeadlineSeconds", "timeout"):
             if tmpl.get(key) not in (None, ""):
                 d = parse_duration(tmpl[key], f"template {tmpl['name']!r} {key}")
                 deadline_s = d if deadline_s is None else min(deadline_s, d)
-        log_path = self.dir / "logs" / f"{nid}.log"
-        held: list[threading.Semaphore] = []
+        log_path = f"{self.dir_s}/logs/{nid}.log"
+        held: list[_Tokens] = []
         slot = -1
         try:
             for s in (self.wf_sem, self.runner.sem):
@@ -895,35 +929,47 @@ class _Run:
             out_chunks: list[bytes] = []
             log_fd = -1  # the log file is created on the first byte: most `true`s print nothing
             try:
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)  # the child's dup2 drops CLOEXEC on fds 1 and 2
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 try:
-                    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, start_new_session=True)
+                    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=_devnull(), stdout=out_w, stderr=err_w,
+                                            start_new_session=True)
                 except OSError as exc:
+                    for fd in (out_r, err_r):
+                        os.close(fd)
                     self.finish(node, "Error", f"cannot start {argv[0]!r}: {exc.strerror}")
                     return
+                except BaseException:
+                    for fd in (out_r, err_r):
+                        os.close(fd)
+                    raise
+                finally:
+                    os.close(out_w)
+                    os.close(err_w)
                 dl = time.monotonic() + deadline_s if deadline_s is not None else None
                 with self.lock:
                     self.procs[nid] = (proc, dl)
                     node["hostNodeName"] = self.hostname
-                out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-                poller = select.poll()
-                poller.register(out_fd, select.POLLIN)
-                poller.register(err_fd, select.POLLIN)
-                open_fds = 2
-                while open_fds:
-                    for fd, _ev in poller.poll():
-                        chunk = os.read(fd, 65536)
-                        if not chunk:
-                            poller.unregister(fd)
-                            open_fds -= 1
-                            continue
-                        if fd == out_fd:
-                            out_chunks.append(chunk)
-                        if log_fd < 0:
-                            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                        os.write(log_fd, chunk)
-                proc.stdout.close()
-                proc.stderr.close()
+                try:
+                    poller = select.poll()
+                    poller.register(out_r, select.POLLIN)
+                    poller.register(err_r, select.POLLIN)
+                    open_fds = 2
+                    while open_fds:
+                        for fd, _ev in poller.poll():
+                            chunk = os.read(fd, 65536)
+                            if not chunk:
+                                poller.unregister(fd)
+                                open_fds -= 1
+                                continue
+                            if fd == out_r:
+                                out_chunks.append(chunk)
+                            if log_fd < 0:
+                                log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+                            os.write(log_fd, chunk)
+                finally:
+                    os.close(out_r)
+                    os.close(err_r)
                 rc = proc.wait()
             finally:
                 if log_fd >= 0:
@@ -1149,7 +1195,8 @@ class _Run:
         except (UnresolvedTag, WorkflowError) as exc:
             return self.new_node(name, display, "Skipped", step["template"], boundary, parent, "Error", str(exc))
         node = self.run_template(name, display, step["template"], args, boundary, parent, scope)
-        self.run_hook(step, node, boundary, self._with_self(scope, step["name"], node))
+        if step.get("hooks") or step.get("onExit"):
+            self.run_hook(step, node, boundary, self._with_self(scope, step["name"], node))
         return node
 
     def _with_self(self, scope: dict[str, Any], sname: str, node: dict) -> dict[str, Any]:
@@ -1493,6 +1540,17 @@ class _Run:
                                         "outputs": node.get("outputs") or {}, "createdAt": _now()}, indent=1))
 
 
+_DEVNULL_FD = -1
+
+
+def _devnull() -> int:
+    """One read-only /dev/null fd for every pod's stdin (Popen would open and close one per pod)."""
+    global _DEVNULL_FD
+    if _DEVNULL_FD < 0:
+        _DEVNULL_FD = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _DEVNULL_FD
+
+
 def _kill_group(p: subprocess.Popen) -> None:
     try:
         os.killpg(p.pid, signal.SIGTERM)
@@ -1507,6 +1565,28 @@ def _kill_group(p: subprocess.Popen) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
     threading.Thread(target=hard, daemon=True).start()
+
+
+class _Tokens:
+    """A counting semaphore whose acquire/release run in C (queue.SimpleQueue); threading.Semaphore
+    is Python code around a Condition, paid twice per pod."""
+
+    def __init__(self, n: int) -> None:
+        import queue
+        self._empty = queue.Empty
+        self.q: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(n):
+            self.q.put(None)
+
+    def acquire(self, timeout: float) -> bool:
+        try:
+            self.q.get(timeout=timeout)
+        except self._empty:
+            return False
+        return True
+
+    def release(self) -> None:
+        self.q.put(None)
 
 
 class _Workers:
@@ -1587,7 +1667,7 @@ class LocalRunner(Runner):
         self.max_concurrency = max_concurrency or os.cpu_count() or 1
         if self.max_concurrency < 1:
             raise WorkflowError(f"max_concurrency must be >= 1 (got {max_concurrency})")
-        self.sem = threading.Semaphore(self.max_concurrency)  # queues this process's pods cheaply
+        self.sem = _Tokens(self.max_concurrency)  # queues this process's pods cheaply
         self._slots: _slots.SlotPool | None = None
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.flush_interval = flush_interval
