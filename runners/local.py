@@ -34,7 +34,7 @@ line (power loss mid-write) is ignored. A resumed run starts a fresh journal (te
 os.replace) holding the previous run's Succeeded nodes, so nothing is appended after a torn
 line and a second crash before those nodes are taken over loses none of them.
 
-Stop requests go through the ``stop`` file, polled every 0.1 s by the run's watchdog, not a
+Stop requests go through the ``stop`` file, polled every 0.1 s by the run's housekeeper, not a
 signal: the runner is often embedded in a bigger process (the controller) that a stray signal
 would kill.
 """
@@ -372,6 +372,7 @@ class _Run:
         self.name = manifest["metadata"]["name"]
         self.dir = run_dir
         self.dir_s = str(run_dir)
+        self.stop_file = f"{self.dir_s}/stop"
         self.hash = run_hash
         self.on_update = on_update
         self.spec = manifest["spec"]
@@ -539,40 +540,49 @@ class _Run:
         if self.on_update is not None:
             self.on_update(json.loads(text))
 
-    def writer(self) -> None:
+    def housekeeper(self) -> None:
+        """One loop per run (on a pooled thread) for the coalesced snapshot and the watchdog:
+        writes workflow.json when nodes changed and ``flush_interval`` has passed since the last
+        write, and every 0.1 s looks for a stop request, the workflow deadline and pod timeouts."""
         interval = self.runner.flush_interval
-        if self.done.wait(interval):  # submit() has just written the first snapshot
-            return
-        while True:
-            self.dirty.wait()
-            if self.done.is_set():
-                return
-            self.dirty.clear()
-            try:
-                self.flush()
-            except Exception:  # pragma: no cover - a full disk must not kill the run
-                pass
-            if self.done.wait(interval):
-                return
-
-    def watchdog(self) -> None:
-        stop_file = self.dir / "stop"
-        while not self.done.wait(0.1):
-            if stop_file.exists() and not self.stop_event.is_set():
-                try:
-                    msg = stop_file.read_text().strip() or "stopped by user"
-                except OSError:
-                    msg = "stopped by user"
-                self.cancel(msg)
+        last_flush = time.monotonic()  # submit() has just written the first snapshot
+        next_check = last_flush + 0.1
+        while not self.done.is_set():
             now = time.monotonic()
-            if self.deadline and now > self.deadline and not self.stop_event.is_set():
-                self.cancel("Max duration limit exceeded")
-            with self.lock:
-                expired = [(nid, p) for nid, (p, dl) in self.procs.items() if dl is not None and now > dl]
-            for nid, p in expired:
-                if nid not in self.timed_out:
-                    self.timed_out.add(nid)
-                    _kill_group(p)
+            if now >= next_check:
+                self.watch(now)
+                next_check = now + 0.1
+            dirty = self.dirty.is_set()
+            if dirty and now >= last_flush + interval:
+                self.dirty.clear()
+                dirty = False
+                try:
+                    self.flush()
+                except Exception:  # pragma: no cover - a full disk must not kill the run
+                    pass
+                last_flush = time.monotonic()
+            until = min(next_check, last_flush + interval) if dirty else next_check
+            timeout = until - time.monotonic()
+            if timeout > 0:
+                # quiet: the first change wakes us (and flushes at once); busy: changes coalesce
+                (self.done if dirty else self.dirty).wait(timeout)
+
+    def watch(self, now: float) -> None:
+        if not self.stop_event.is_set() and os.path.exists(self.stop_file):
+            try:
+                with open(self.stop_file) as f:
+                    msg = f.read().strip() or "stopped by user"
+            except OSError:
+                msg = "stopped by user"
+            self.cancel(msg)
+        if self.deadline and now > self.deadline and not self.stop_event.is_set():
+            self.cancel("Max duration limit exceeded")
+        with self.lock:
+            expired = [(nid, p) for nid, (p, dl) in self.procs.items() if dl is not None and now > dl]
+        for nid, p in expired:
+            if nid not in self.timed_out:
+                self.timed_out.add(nid)
+                _kill_group(p)
 
     def cancel(self, message: str) -> None:
         self.stop_message = message
@@ -590,10 +600,15 @@ class _Run:
     def execute(self) -> None:
         self.status["phase"] = "Running"
         self.touch()
-        writer = threading.Thread(target=self.writer, name=f"kiln-writer-{self.name}", daemon=True)
-        dog = threading.Thread(target=self.watchdog, name=f"kiln-watchdog-{self.name}", daemon=True)
-        writer.start()
-        dog.start()
+        keeper_done = threading.Event()
+
+        def keeper() -> None:
+            try:
+                self.housekeeper()
+            finally:
+                keeper_done.set()
+
+        _WORKERS.submit(keeper)  # pooled: starting threads per run costs milliseconds under load
         try:
             root = self.run_template(self.name, self.name, self.spec["entrypoint"],
                                      self.spec.get("arguments") or {}, None, None, dict(self.globals))
@@ -628,8 +643,7 @@ class _Run:
                 self.status["outputs"] = {"parameters": [{"name": k, "value": v} for k, v in self.global_outputs.items()]}
         self.done.set()
         self.dirty.set()
-        writer.join()
-        dog.join()
+        keeper_done.wait()
         self.flush()
         # the final snapshot holds everything the journal did
         os.close(self.journal_fd)
@@ -1764,25 +1778,26 @@ class LocalRunner(Runner):
             self._active[name] = run
             run.flush()
 
+        finished = threading.Event()
+
         def body() -> None:
             try:
                 run.execute()
             finally:
                 with self._lock:
                     self._active.pop(name, None)
+                finished.set()
 
+        _WORKERS.submit(body)
         if not wait:
-            threading.Thread(target=body, name=f"kiln-run-{name}", daemon=True).start()
             return json.loads(run.snapshot())
-        th = threading.Thread(target=body, name=f"kiln-run-{name}", daemon=True)
-        th.start()
         try:
-            while th.is_alive():
-                th.join(0.2)
+            while not finished.wait(0.2):
+                pass
         except KeyboardInterrupt:
             run.cancel("interrupted (Ctrl-C)")
-            th.join()
-        return json.loads(run.snapshot())
+            finished.wait()
+        return run.wf  # the run is over and nothing else holds it: no copy needed
 
     def _discard(self, run_dir: Path) -> None:
         if run_dir.exists():

@@ -303,7 +303,8 @@ def test_kill_9_right_after_a_step_finishes_never_reruns_it(tmp_path: Path) -> N
             pass
         assert a_runs.read_text().split() == ["ran"]
         seen = LocalRunner(runs).get("crash-window")  # snapshot + journal, as `kiln` shows it
-        assert seen["status"]["phase"] == "Running" and nodes_by_display(seen)["a"]["phase"] == "Succeeded"
+        assert seen["status"]["phase"] in ("Pending", "Running")  # unfinished
+        assert nodes_by_display(seen)["a"]["phase"] == "Succeeded"
         with open(runs / "crash-window" / "nodes.jsonl", "a") as f:  # as if power failed mid-append
             f.write('{"id": "crash-window-1", "phase": "Succ')
         go.touch()
