@@ -378,6 +378,7 @@ class _Run:
         self.spec = manifest["spec"]
         self.templates = {t["name"]: t for t in self.spec.get("templates") or []}
         self.plans: dict[str, list[tuple[str, Any, bool]]] = {}
+        self.exe_cache: dict[tuple[str, str], str] = {}
         self.prev_nodes: dict[str, dict] = (prev or {}).get("status", {}).get("nodes", {}) or {}
         self.lock = threading.RLock()
         self.nodes: dict[str, dict] = {}
@@ -727,6 +728,21 @@ class _Run:
             self.plans[tmpl_name] = plan
         return plan
 
+    def which(self, cmd: str, path: str) -> str:
+        """``cmd`` resolved on ``path`` once per run: given a bare name, Popen joins it with every
+        PATH entry in Python and the child tries execve on each in turn, for every pod. Names
+        not found, or found through a relative PATH entry, are left to the child as before."""
+        key = (cmd, path)
+        found = self.exe_cache.get(key)
+        if found is None:
+            found = cmd
+            if os.sep not in cmd:
+                hit = shutil.which(cmd, path=path)
+                if hit and os.path.isabs(hit):
+                    found = hit
+            self.exe_cache[key] = found
+        return found
+
     def bind_inputs(self, tmpl: dict, arguments: dict, scope: dict[str, Any]) -> dict[str, Any]:
         local = dict(self.globals)
         for k in ("workflow.status", "workflow.failures", "workflow.duration"):
@@ -923,6 +939,7 @@ class _Run:
                                     hint="pass the value through KILN_* environment variables or a parameter")
         cwd = c.get("workingDir")
         cwd = cwd if cwd and os.path.isdir(cwd) else workdir
+        executable = self.which(argv[0], env.get("PATH", os.defpath))
         deadline_s = None
         for key in ("activeDeadlineSeconds", "timeout"):
             if tmpl.get(key) not in (None, ""):
@@ -946,7 +963,7 @@ class _Run:
                 out_r, out_w = os.pipe2(os.O_CLOEXEC)  # the child's dup2 drops CLOEXEC on fds 1 and 2
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 try:
-                    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=_devnull(), stdout=out_w, stderr=err_w,
+                    proc = subprocess.Popen(argv, executable=executable, cwd=cwd, env=env, stdin=_devnull(), stdout=out_w, stderr=err_w,
                                             start_new_session=True)
                 except OSError as exc:
                     for fd in (out_r, err_r):
