@@ -949,12 +949,12 @@ class _Run:
         held: list[_Tokens] = []
         slot = -1
         try:
-            for s in (self.wf_sem, self.runner.sem):
-                if s is not None:
-                    while not s.acquire(timeout=0.2):
-                        self.check_stop()
-                    held.append(s)
-            # the machine-wide slot, shared with other kiln processes, held while the process runs
+            if self.wf_sem is not None:  # spec.parallelism
+                while not self.wf_sem.acquire(timeout=0.2):
+                    self.check_stop()
+                held.append(self.wf_sem)
+            # the machine-wide slot, shared with other kiln processes, held while the process runs;
+            # it also caps this runner's own pods at max_concurrency (slots 0..N-1 only)
             slot = self.runner.slots.acquire(self.runner.max_concurrency, self.check_stop)
             self.check_stop()
             out_chunks: list[bytes] = []
@@ -987,8 +987,10 @@ class _Run:
                     poller.register(err_r, select.POLLIN)
                     open_fds = 2
                     while open_fds:
-                        for fd, _ev in poller.poll():
-                            chunk = os.read(fd, 65536)
+                        for fd, ev in poller.poll():
+                            # a pipe whose writer closed with nothing left reports POLLHUP without
+                            # POLLIN: most pods print nothing, so this saves a read per pipe
+                            chunk = os.read(fd, 65536) if ev & select.POLLIN else b""
                             if not chunk:
                                 poller.unregister(fd)
                                 open_fds -= 1
@@ -1626,7 +1628,7 @@ class _Workers:
     Why not ThreadPoolExecutor: a step that runs a steps/dag template blocks until its children
     finish, so a bounded pool deadlocks on deep nesting; why not a thread per step: starting a
     thread costs about as much as spawning `true` on a small VM. Concurrency is bounded by the
-    runner's semaphores, not by this pool.
+    machine-wide slots (kiln.runners._slots) and spec.parallelism, not by this pool.
     """
 
     def __init__(self) -> None:
@@ -1698,7 +1700,6 @@ class LocalRunner(Runner):
         self.max_concurrency = max_concurrency or os.cpu_count() or 1
         if self.max_concurrency < 1:
             raise WorkflowError(f"max_concurrency must be >= 1 (got {max_concurrency})")
-        self.sem = _Tokens(self.max_concurrency)  # queues this process's pods cheaply
         self._slots: _slots.SlotPool | None = None
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.flush_interval = flush_interval
