@@ -13,8 +13,9 @@ ever runs more than its own N pods and all processes together never run more tha
 among them. The slots dir is ``$KILN_SLOTS_DIR``, else ``~/.cache/kiln/slots``.
 
 Why the gate: without it a busy process starves the others, because it re-takes the slot it just
-released before a waiter in another process next looks. Whoever waits for a slot holds the gate,
-so a slot that frees goes to that waiter; the others wait for the gate.
+released before a waiter in another process next looks. Whoever waits for a slot held by another
+process holds the gate, so a slot that frees goes to that waiter; the others wait for the gate.
+A thread waits for room among its own process's slots (a release there) before it takes the gate.
 
 Cost: with no contention a pod pays four ``flock`` syscalls (gate, slot, gate, and the slot's
 release; the fds stay open for the life of the process). Waiting is polled (0.5 ms doubling to
@@ -76,6 +77,13 @@ class SlotPool:
             if check is not None:
                 check()
         try:
+            # wait for room among this process's own slots before taking the gate: a gate held
+            # while only a release in this process can help would starve the other processes
+            with self.cv:
+                while sum(1 for i in self.held if i < n) >= n:
+                    if check is not None:
+                        check()
+                    self.cv.wait(0.2)
             delay = 0.0005
             while not _try_flock(self.gate_fd):
                 if check is not None:
@@ -103,7 +111,7 @@ class SlotPool:
                         return i
                 if check is not None:
                     check()
-                if mine_full:  # only a release in this process can help, and it notifies
+                if mine_full:  # not after the wait in acquire(); kept so a bug cannot spin
                     self.cv.wait(0.2)
                 else:
                     self.cv.wait(delay)

@@ -316,10 +316,17 @@ def test_kill_9_right_after_a_step_finishes_never_reruns_it(tmp_path: Path) -> N
 
 
 SLOTS_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, sys, time
     from pathlib import Path
     from kiln.runners.local import LocalRunner
-    out = LocalRunner(Path(sys.argv[1]), max_concurrency=2).submit(json.loads(Path(sys.argv[2]).read_text()))
+    runner = LocalRunner(Path(sys.argv[1]), max_concurrency=2)
+    warm = {"kind": "Workflow", "metadata": {"name": "warm-up"}, "spec": {"entrypoint": "t", "templates": [
+        {"name": "t", "container": {"image": "busybox", "command": ["true"]}}]}}
+    assert runner.submit(warm)["status"]["phase"] == "Succeeded"  # imports, worker threads, slot files
+    print("ready", flush=True)
+    while not Path(sys.argv[3]).exists():  # both processes submit together, whatever their start-up time
+        time.sleep(0.005)
+    out = runner.submit(json.loads(Path(sys.argv[2]).read_text()))
     sys.exit(0 if out["status"]["phase"] == "Succeeded" else 1)
 """)
 
@@ -337,11 +344,14 @@ def test_concurrency_limit_holds_across_processes(tmp_path: Path) -> None:
                                          "arguments": {"parameters": [{"name": "i", "value": "{{item}}"}]}}]]},
             {"name": "nap", "inputs": {"parameters": [{"name": "i"}]},
              "container": {"image": "busybox", "command": ["sh", "-c"], "args": [
-                 f"echo start $(date +%s.%N) {who} >> {events}; sleep 0.4; echo stop $(date +%s.%N) {who} >> {events}"]}},
+                 f"echo start $(date +%s.%N) {who} >> {events}; sleep 0.5; echo stop $(date +%s.%N) {who} >> {events}"]}},
         ])
         mpath = tmp_path / f"{who}.json"
         mpath.write_text(json.dumps(manifest))
-        procs.append(subprocess.Popen([sys.executable, "-c", SLOTS_SCRIPT, str(tmp_path / who), str(mpath)], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-c", SLOTS_SCRIPT, str(tmp_path / who), str(mpath), str(tmp_path / "go")],
+                                      env=env, stdout=subprocess.PIPE, text=True))
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    (tmp_path / "go").touch()
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     rows = [line.split() for line in events.read_text().splitlines()]
     assert len(rows) == 16
