@@ -949,10 +949,13 @@ class _Run:
         held: list[_Tokens] = []
         slot = -1
         try:
-            if self.wf_sem is not None:  # spec.parallelism
-                while not self.wf_sem.acquire(timeout=0.2):
-                    self.check_stop()
-                held.append(self.wf_sem)
+            # spec.parallelism, then this runner's own cap: the queue for its slots, in C (a thread
+            # that waited inside the slot pool instead would be woken twice)
+            for s in (self.wf_sem, self.runner.sem):
+                if s is not None:
+                    while not s.acquire(timeout=0.2):
+                        self.check_stop()
+                    held.append(s)
             # the machine-wide slot, shared with other kiln processes, held while the process runs;
             # it also caps this runner's own pods at max_concurrency (slots 0..N-1 only)
             slot = self.runner.slots.acquire(self.runner.max_concurrency, self.check_stop)
@@ -1700,6 +1703,7 @@ class LocalRunner(Runner):
         self.max_concurrency = max_concurrency or os.cpu_count() or 1
         if self.max_concurrency < 1:
             raise WorkflowError(f"max_concurrency must be >= 1 (got {max_concurrency})")
+        self.sem = _Tokens(self.max_concurrency)
         self._slots: _slots.SlotPool | None = None
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.flush_interval = flush_interval
