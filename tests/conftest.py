@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pytest
@@ -21,3 +22,16 @@ def pg_server() -> Iterator[str]:
         yield url
     finally:
         cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_kiln_slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The local runner's machine-wide pod slots, private to this test session: other kiln
+    processes on the machine (another checkout's tests) must not throttle these tests."""
+    old = os.environ.get("KILN_SLOTS_DIR")
+    os.environ["KILN_SLOTS_DIR"] = str(tmp_path_factory.mktemp("kiln-slots"))
+    yield
+    if old is None:
+        os.environ.pop("KILN_SLOTS_DIR", None)
+    else:
+        os.environ["KILN_SLOTS_DIR"] = old

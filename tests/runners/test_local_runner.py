@@ -261,3 +261,140 @@ def test_cli_run_workflow_logs_and_exit_codes(tmp_path: Path, capsys) -> None:
     assert (tmp_path / ".kiln" / "runs" / "cli-ok" / "workflow.json").exists()
     assert kiln_main(["-C", str(tmp_path), "run-workflow", str(ok), "-p", "nope=1"]) == 1
     assert "not declared" in capsys.readouterr().err
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from kiln.runners.local import LocalRunner
+    LocalRunner(Path(sys.argv[1]), max_concurrency=2).submit(json.loads(Path(sys.argv[2]).read_text()))
+""")
+
+
+def test_kill_9_right_after_a_step_finishes_never_reruns_it(tmp_path: Path) -> None:
+    """The window the coalesced workflow.json leaves open: A has just Succeeded and its dependent
+    B has started, but no snapshot has been written since. The journal must cover it."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for attempt in range(5):
+        base = tmp_path / f"try{attempt}"
+        base.mkdir()
+        a_runs, b_started, go, pidfile = base / "a-runs", base / "b-started", base / "go", base / "b.pid"
+        manifest = wf("crash-window", "main", [
+            {"name": "main", "dag": {"tasks": [{"name": "a", "template": "a"},
+                                               {"name": "b", "template": "b", "depends": "a"}]}},
+            sh("a", f"echo ran >> {a_runs}"),
+            sh("b", f"[ -f {go} ] && exit 0; echo $$ > {pidfile}; touch {b_started}; exec sleep 30"),
+        ])
+        mpath = base / "wf.json"
+        mpath.write_text(json.dumps(manifest))
+        runs = base / "runs"
+        proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(runs), str(mpath)], env=env)
+        deadline = time.monotonic() + 30
+        # B starts only after the runner has recorded A's success: kill at once, no sleep
+        while not b_started.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("runner subprocess never started step b")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)  # B's sleep outlived its runner
+        except (ProcessLookupError, ValueError, OSError):
+            pass
+        assert a_runs.read_text().split() == ["ran"]
+        seen = LocalRunner(runs).get("crash-window")  # snapshot + journal, as `kiln` shows it
+        assert seen["status"]["phase"] in ("Pending", "Running")  # unfinished
+        assert nodes_by_display(seen)["a"]["phase"] == "Succeeded"
+        with open(runs / "crash-window" / "nodes.jsonl", "a") as f:  # as if power failed mid-append
+            f.write('{"id": "crash-window-1", "phase": "Succ')
+        go.touch()
+        out = LocalRunner(runs).submit(manifest)
+        assert out["status"]["phase"] == "Succeeded", out["status"]["message"]
+        assert a_runs.read_text().split() == ["ran"], f"attempt {attempt}: step a ran again on resume"
+        assert nodes_by_display(out)["b"]["phase"] == "Succeeded"
+        assert not (runs / "crash-window" / "nodes.jsonl").exists()  # folded into the final snapshot
+
+
+SLOTS_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from kiln.runners.local import LocalRunner
+    runner = LocalRunner(Path(sys.argv[1]), max_concurrency=2)
+    warm = {"kind": "Workflow", "metadata": {"name": "warm-up"}, "spec": {"entrypoint": "t", "templates": [
+        {"name": "t", "container": {"image": "busybox", "command": ["true"]}}]}}
+    assert runner.submit(warm)["status"]["phase"] == "Succeeded"  # imports, worker threads, slot files
+    print("ready", flush=True)
+    while not Path(sys.argv[3]).exists():  # both processes submit together, whatever their start-up time
+        time.sleep(0.005)
+    out = runner.submit(json.loads(Path(sys.argv[2]).read_text()))
+    sys.exit(0 if out["status"]["phase"] == "Succeeded" else 1)
+""")
+
+
+def test_concurrency_limit_holds_across_processes(tmp_path: Path) -> None:
+    """Two runner processes, each with 4 parallel sleeps and max_concurrency 2, share the
+    machine's 2 slots: never more than 2 steps run at once, though each process could run 2."""
+    events = tmp_path / "events"
+    slots = tmp_path / "slots"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), KILN_SLOTS_DIR=str(slots))
+    procs = []
+    for who in ("p1", "p2"):
+        manifest = wf(f"slots-{who}", "main", [
+            {"name": "main", "steps": [[{"name": "s", "template": "nap", "withItems": [1, 2, 3, 4],
+                                         "arguments": {"parameters": [{"name": "i", "value": "{{item}}"}]}}]]},
+            {"name": "nap", "inputs": {"parameters": [{"name": "i"}]},
+             "container": {"image": "busybox", "command": ["sh", "-c"], "args": [
+                 f"echo start $(date +%s.%N) {who} >> {events}; sleep 0.5; echo stop $(date +%s.%N) {who} >> {events}"]}},
+        ])
+        mpath = tmp_path / f"{who}.json"
+        mpath.write_text(json.dumps(manifest))
+        procs.append(subprocess.Popen([sys.executable, "-c", SLOTS_SCRIPT, str(tmp_path / who), str(mpath), str(tmp_path / "go")],
+                                      env=env, stdout=subprocess.PIPE, text=True))
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    (tmp_path / "go").touch()
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    rows = [line.split() for line in events.read_text().splitlines()]
+    assert len(rows) == 16
+    # a stop sorts before a start at the same instant: back-to-back steps do not overlap
+    timeline = sorted((float(t), 0 if kind == "stop" else 1, who) for kind, t, who in rows)
+    running = peak = 0
+    for _t, is_start, _who in timeline:
+        running += 1 if is_start else -1
+        peak = max(peak, running)
+    assert peak == 2
+    spans = {who: (min(float(t) for _k, t, w in rows if w == who), max(float(t) for _k, t, w in rows if w == who))
+             for who in ("p1", "p2")}
+    # the two runs overlapped in time, so the cap was shared, not just respected by turns
+    assert spans["p1"][0] < spans["p2"][1] and spans["p2"][0] < spans["p1"][1]
+    assert len(list(slots.glob("slot-*"))) == 2
+
+
+def test_slots_of_a_killed_process_free_themselves(tmp_path: Path) -> None:
+    from kiln.runners._slots import SlotPool
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from kiln.runners._slots import SlotPool
+        pool = SlotPool(Path({str(tmp_path)!r}))
+        pool.acquire(2); pool.acquire(2)
+        print("held", flush=True)
+        time.sleep(60)
+    """)], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        pool = SlotPool(tmp_path)
+        give_up = time.monotonic() + 0.3
+
+        def check() -> None:
+            if time.monotonic() > give_up:
+                raise TimeoutError
+
+        with pytest.raises(TimeoutError):
+            pool.acquire(2, check)  # both held by the other process
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert sorted([pool.acquire(2), pool.acquire(2)]) == [0, 1]  # the kernel dropped its flocks
+    finally:
+        holder.kill()
+        holder.wait()
