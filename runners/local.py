@@ -136,6 +136,36 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 JOURNAL = "nodes.jsonl"
+# Process groups of started pods, one JSON line each: after a kill -9 of the runner its pods run
+# on as orphans (each has its own session), and resuming must stop them before running the same
+# task again. The marker in the pod's environment proves a pid still is that pod.
+PODS = "pods.jsonl"
+POD_MARKER = "KILN_LOCAL_RUN"
+
+
+def reap_orphans(run_dir: Path) -> list[int]:
+    """Kill the process groups of pods a dead runner left behind in ``run_dir``; returns them."""
+    try:
+        data = (run_dir / PODS).read_bytes()
+    except FileNotFoundError:
+        return []
+    marker = f"{POD_MARKER}={run_dir.resolve()}".encode()
+    killed = []
+    for line in data.split(b"\n"):
+        try:
+            pid = int(json.loads(line)["pid"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if marker not in fh.read().split(b"\0"):
+                    continue  # the pid was reused by something else
+            os.killpg(pid, signal.SIGKILL)
+            killed.append(pid)
+        except (OSError, ProcessLookupError):
+            continue
+    (run_dir / PODS).unlink(missing_ok=True)
+    return killed
 
 
 def replay_journal(wf: Workflow, journal: Path) -> Workflow:
@@ -418,6 +448,8 @@ class _Run:
         _atomic_write(self.journal, carried)
         self.journal_fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self.journal_lock = threading.Lock()
+        self.pods_fd = os.open(self.dir / PODS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.base_env[POD_MARKER] = str(self.dir.resolve())
 
     # ------------------------------------------------------------------ bookkeeping
     def _globals(self) -> dict[str, Any]:
@@ -648,6 +680,8 @@ class _Run:
         self.flush()
         # the final snapshot holds everything the journal did
         os.close(self.journal_fd)
+        os.close(self.pods_fd)
+        (self.dir / PODS).unlink(missing_ok=True)
         try:
             self.journal.unlink()
         except OSError:
@@ -980,6 +1014,7 @@ class _Run:
                 finally:
                     os.close(out_w)
                     os.close(err_w)
+                os.write(self.pods_fd, b'{"pid":%d}\n' % proc.pid)
                 dl = time.monotonic() + deadline_s if deadline_s is not None else None
                 with self.lock:
                     self.procs[nid] = (proc, dl)
@@ -1784,6 +1819,7 @@ class LocalRunner(Runner):
                 if alive:
                     raise WorkflowError(f"workflow {name!r} is already running (pid {pid})",
                                         hint=f"wait for it or `kiln stop {name}`")
+                reap_orphans(run_dir)  # its runner is gone: so must its pods be
                 if same and phase == "Succeeded":
                     return old
                 if same:

@@ -116,6 +116,20 @@ print(apply(load_config(sys.argv[1])).result.summary(), flush=True)
 '''
 
 
+def pods_of(run_dir: Path) -> list[int]:
+    """Live processes started by the local runner for ``run_dir`` (their environment says so)."""
+    marker = f"KILN_LOCAL_RUN={run_dir.resolve()}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
 @pytest.fixture()
 def plugin_repo(tmp_path: Path) -> tuple[Path, dict]:
     site = tmp_path / "site"
@@ -157,6 +171,9 @@ def test_retry_visible_and_kill_9_mid_workflow_resumes(plugin_repo: tuple[Path, 
         again = subprocess.run([sys.executable, str(repo / "driver.py"), str(repo)], cwd=repo,
                                env={**env, "KILN_TEST_SLOW": "0"}, capture_output=True, text=True, timeout=120)
         assert "1 created" in again.stdout, again.stdout + again.stderr
+        # The step that was running when the controller died was an orphan; resuming killed it
+        # before running the task again (two copies of one step must never run at once).
+        assert pods_of(repo / ".kiln/runs/kiln-data-iris") == []
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
