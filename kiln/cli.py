@@ -39,6 +39,8 @@ class KilnGroup(_LazyGroup):
     # command name -> "module:attribute" of a click.Command
     lazy = {
         "run-workflow": "kiln.runners.cli:run_workflow",
+        "models": "kiln.bento.cli:models",
+        "deployments": "kiln.bento.cli:deployments",
     }
 
 
