@@ -8,7 +8,9 @@ Layout, under ``<repo>/.kiln/bentoml`` (the ``BENTOML_HOME`` of the repository):
 
     models/<name>/v<N>/           BentoML model dirs (tag ``<name>:v<N>``); the model files plus
                                   ``kiln-serving.json`` (how to serve it, see kiln.bento.runtime)
-    kiln-registry.json            {"aliases": {"<name>": {"<alias>": <N>}}}   (atomic replace)
+    kiln-registry.json            {"aliases": {"<name>": {"<alias>": <N>}},
+                                   "last_version": {"<name>": <N>}}   (atomic replace; numbers
+                                  are never reused, even after the newest version is deleted)
     kiln-audit.jsonl              one line per change:
                                   {"time": "...Z", "who": "<git user.email or $USER>",
                                    "action": "register|set_alias|delete_alias|delete|export",
@@ -121,7 +123,7 @@ class Registry:
     def _state(self) -> dict[str, Any]:
         p = self.home / "kiln-registry.json"
         if not p.is_file():
-            return {"aliases": {}}
+            return {"aliases": {}, "last_version": {}}
         try:
             return json.loads(p.read_text())
         except json.JSONDecodeError as e:
@@ -181,7 +183,10 @@ class Registry:
         serving = dict(serving or {})
         serving.setdefault("framework", framework)
         with self._lock():
-            version = (self._versions(name) or [0])[-1] + 1
+            st = self._state()
+            last = st.setdefault("last_version", {})
+            # never reuse a number, even after the newest version was deleted
+            version = max((self._versions(name) or [0])[-1], last.get(name, 0)) + 1
             import bentoml
 
             with bentoml.models.create(f"{name}:v{version}", labels=labels, metadata=meta,
@@ -197,6 +202,8 @@ class Registry:
                     shutil.copy2(src, dest / "preprocess" / ".kiln" / "preprocess.joblib")
                     serving["preprocess"] = "preprocess"
                 (dest / SERVING_FILE).write_text(json.dumps(serving, indent=1, sort_keys=True))
+            last[name] = version
+            self._save_state(st)
             self._audit("register", name, version, framework=framework, labels=labels)
         return version
 
@@ -331,6 +338,8 @@ class Registry:
         out = Path(path)
         if out.is_dir():
             out = out / f"{name}-v{v}.bentomodel"
+        elif out.suffix != ".bentomodel":  # BentoML appends it anyway
+            out = out.with_name(out.name + ".bentomodel")
         out.parent.mkdir(parents=True, exist_ok=True)
         bentoml.models.export_model(f"{name}:v{v}", str(out), _model_store=self._store)
         self._audit("export", name, v, path=str(out))
