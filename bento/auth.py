@@ -63,7 +63,7 @@ class TokenStore:
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
+                json.dump(data, f, indent=1)  # insertion order = creation order
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -98,8 +98,9 @@ class TokenStore:
 
 
 class TokenChecker:
-    """Server side: ``check(token) -> token id or None``. Re-reads the store when it changes
-    (stat at most once a second)."""
+    """Server side: ``check(token) -> token id or None``. Re-reads the store when it changes:
+    stat at most once a second (so a revocation takes up to a second), and at once for a token id
+    it does not know yet (so a new token works immediately)."""
 
     def __init__(self, path: str | os.PathLike[str], deployment: str) -> None:
         self.path, self.deployment = Path(path), deployment
@@ -107,9 +108,9 @@ class TokenChecker:
         self._next_stat = 0.0
         self._hashes: dict[str, bytes] = {}
 
-    def _refresh(self) -> None:
+    def _refresh(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now < self._next_stat:
+        if now < self._next_stat and not force:
             return
         self._next_stat = now + 1.0
         try:
@@ -131,7 +132,10 @@ class TokenChecker:
             return None
         self._refresh()
         parts = token.split("_", 2)
-        want = self._hashes.get(parts[1]) if len(parts) == 3 and parts[0] == "kiln" else None
+        tid = parts[1] if len(parts) == 3 and parts[0] == "kiln" else None
+        if tid is not None and tid not in self._hashes:
+            self._refresh(force=True)  # a token created a moment ago works at once (one stat)
+        want = self._hashes.get(tid) if tid is not None else None
         got = hashlib.sha256(token.encode()).digest()
         # compare even when the id is unknown, so timing does not tell ids apart
         ok = hmac.compare_digest(got, want if want is not None else b"\0" * 32)

@@ -180,6 +180,8 @@ class Registry:
         labels = {str(k): str(v) for k, v in (labels or {}).items() if v is not None}
         labels["framework"] = framework
         meta = {"metrics": {}, "params": {}, **(metadata or {}), "tags": sorted(tags), "description": description}
+        if serving is None and isinstance(model, (str, os.PathLike)) and (Path(model) / SERVING_FILE).is_file():
+            serving = json.loads((Path(model) / SERVING_FILE).read_text())  # re-registering a version's dir
         serving = dict(serving or {})
         serving.setdefault("framework", framework)
         with self._lock():
@@ -213,7 +215,8 @@ class Registry:
         if isinstance(model, (str, os.PathLike)):
             src = Path(model)
             if src.is_dir():
-                shutil.copytree(src, dest, dirs_exist_ok=True)
+                # model.yaml is BentoML's own record of the source version: it writes a new one
+                shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.yaml"))
                 if "file" not in serving and not (dest / target).exists():
                     raise ConfigError(f"{src}: no {target} in the model directory",
                                       hint=f"name the model file with serving={{'file': ...}} or save it as {target}")

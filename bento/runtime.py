@@ -14,6 +14,8 @@ How to serve a model is in ``kiln-serving.json`` inside the model version (writt
      "task": "classification|regression|detection|segmentation",
      "input": "tabular|image",
      "features": ["sepal_length", ...],        # tabular: the request fields, in model order
+     "feature_types": {"sepal_length": "number", "color": "string"},  # checked per field;
+                                               # default "number" ("any" with a preprocess)
      "labels": ["setosa", ...],                # class names (index -> name)
      "preprocess": "preprocess",               # tabular: fitted kiln.data pipeline dir, if any
      "image": {"size": [H, W], "mode": "RGB|L", "mean": [..], "std": [..]},
@@ -45,6 +47,7 @@ __all__ = ["InstanceError", "ServingConfig", "Engine", "load_engine", "TASKS", "
 
 TASKS = ("classification", "regression", "detection", "segmentation")
 INPUTS = ("tabular", "image")
+FEATURE_TYPES = ("number", "string", "any")
 
 
 class InstanceError(ValueError):
@@ -63,6 +66,7 @@ class ServingConfig:
     input: str = "tabular"
     file: str | None = None
     features: list[str] | None = None
+    feature_types: dict[str, str] = field(default_factory=dict)
     labels: list[str] | None = None
     preprocess: str | None = None
     image: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +95,9 @@ class ServingConfig:
             raise ConfigError(f"{p}: unknown input {cfg.input!r}", hint=f"valid: {', '.join(INPUTS)}")
         if cfg.input == "tabular" and not cfg.features:
             raise ConfigError(f"{p}: a tabular model needs 'features' (the request fields in model order)")
+        bad_types = {k: v for k, v in cfg.feature_types.items() if v not in FEATURE_TYPES}
+        if bad_types:
+            raise ConfigError(f"{p}: unknown feature_types {bad_types}", hint=f"valid: {', '.join(FEATURE_TYPES)}")
         if cfg.input == "image" and not cfg.image.get("size"):
             raise ConfigError(f"{p}: an image model needs image.size [H, W]")
         cfg.file = cfg.file or FRAMEWORKS[cfg.framework]
@@ -200,19 +207,25 @@ class Engine:
         return row, None
 
     def _decode_raw_row(self, inst: dict, i: int) -> Any:
+        types = self.cfg.feature_types
         for f in self.cfg.features or ():
             if f not in inst:
                 raise InstanceError(i, f, f"missing; the model needs {', '.join(self.cfg.features or ())}")
             v = inst[f]
+            want = types.get(f, "any")
+            if want == "number" and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise InstanceError(i, f, f"expected a number, got {type(v).__name__} {str(v)[:40]!r}")
+            if want == "string" and not isinstance(v, str):
+                raise InstanceError(i, f, f"expected a string, got {type(v).__name__}")
             if v is not None and not isinstance(v, (int, float, str, bool)):
                 raise InstanceError(i, f, f"expected a number or string, got {type(v).__name__}")
         row = {f: inst[f] for f in self.cfg.features or ()}
         try:  # transform row by row, so an error names its instance
             return self._transform([row])[0]
-        except InstanceError:
-            raise
         except Exception as e:  # noqa: BLE001 - pipeline ops raise many kinds
-            raise InstanceError(i, None, f"preprocessing failed: {str(e)[:200]}") from None
+            strings = [f for f, v in row.items() if isinstance(v, str)]
+            hint = f" (string fields: {', '.join(strings)})" if strings else ""
+            raise InstanceError(i, None, f"preprocessing failed: {str(e)[:200]}{hint}") from None
 
     def _transform(self, rows: list[dict]) -> np.ndarray:
         import pandas as pd

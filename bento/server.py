@@ -27,6 +27,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -98,7 +99,10 @@ class ManagedServer:
     def _prepare(self, tag: str) -> tuple[Path, dict[str, str]]:
         self.dir.mkdir(parents=True, exist_ok=True)
         store = default_home(self.repo) / "models"
-        Registry(default_home(self.repo)).resolve(self.cfg.model, self.cfg.version)  # clear error if missing
+        reg = Registry(default_home(self.repo))
+        from kiln.bento.runtime import ServingConfig
+
+        ServingConfig.load(reg.path(self.cfg.model, self.cfg.version))  # clear errors here, not in the server log
         home = self.dir / f"home-{tag}"
         if home.exists():
             shutil.rmtree(home)
@@ -123,6 +127,7 @@ class ManagedServer:
         home, env = self._prepare(tag)
         self.port = self.fixed_port or free_port()
         cmd = _bentoml_bin() + ["serve", "kiln.bento.service:svc", "--host", "127.0.0.1", "--port", str(self.port)]
+        self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         log = open(self.log_file, "ab")
         try:
             self.proc = subprocess.Popen(cmd, env=env, cwd=str(self.dir), stdout=log, stderr=subprocess.STDOUT,
@@ -152,9 +157,32 @@ class ManagedServer:
             if self._ready():
                 self.was_ready = True
                 return
+            failure = self._startup_failure()
+            if failure:  # BentoML's arbiter would restart the worker forever
+                self.stop()
+                raise ServerError(f"deployment {self.cfg.deployment}: the service failed to start: {failure}",
+                                  hint=f"see {self.log_file}")
             time.sleep(0.2)
         raise ServerError(f"deployment {self.cfg.deployment}: not ready after {timeout or self.start_timeout:.0f}s",
                           hint=f"see {self.log_file}")
+
+    def _startup_failure(self) -> str | None:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(getattr(self, "_log_offset", 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        if "Application startup failed" not in text:
+            return None
+        # the exception line: the first unindented line after the last traceback's frames
+        lines = text.splitlines()
+        starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+        if starts:
+            for ln in lines[starts[-1] + 1:]:
+                if ln and not ln[0].isspace():
+                    return ln.strip()[:500]
+        return "Application startup failed"
 
     def health(self) -> str:
         if self.proc is None or self.proc.poll() is not None:

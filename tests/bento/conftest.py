@@ -85,7 +85,7 @@ def _iris(repo: Path, reg: Registry) -> int:
     return reg.register("iris", onx, "onnx", labels={"experiment": "iris-exp", "dataset_version": "abc123"},
                         metadata={"metrics": {"accuracy": float(clf.score(Xt, y))}, "params": {"C": 1.0}},
                         serving={"task": "classification", "input": "tabular", "features": FEATURES,
-                                 "labels": IRIS_LABELS}, preprocess_from=ds)
+                                 "feature_types": {f: "number" for f in FEATURES}, "labels": IRIS_LABELS}, preprocess_from=ds)
 
 
 def _digits(reg: Registry) -> int:
