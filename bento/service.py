@@ -45,6 +45,43 @@ def _to_asgi(self: Service, is_main: bool = True) -> Any:
 Service.to_asgi = _to_asgi  # type: ignore[method-assign]
 
 
+def _tcp_nodelay() -> None:
+    """Set TCP_NODELAY on every accepted connection. BentoML's worker serves a listening socket
+    rebuilt from a file descriptor (``socket.socket(fileno=fd)``); asyncio then does not recognise
+    accepted connections as TCP and leaves Nagle's algorithm on, so small keep-alive responses
+    wait for the client's delayed ACK (the uvicorn ``--workers`` issue #3149)."""
+    import socket
+
+    from uvicorn.protocols.http import h11_impl
+
+    protocols = [h11_impl.H11Protocol]
+    try:
+        from uvicorn.protocols.http import httptools_impl
+
+        protocols.append(httptools_impl.HttpToolsProtocol)
+    except ImportError:
+        pass
+    for proto in protocols:
+        orig = proto.connection_made
+        if getattr(orig, "_kiln_nodelay", False):
+            continue
+
+        def connection_made(self: Any, transport: Any, _orig: Any = orig) -> None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            _orig(self, transport)
+
+        connection_made._kiln_nodelay = True  # type: ignore[attr-defined]
+        proto.connection_made = connection_made  # type: ignore[method-assign]
+
+
+_tcp_nodelay()
+
+
 @bentoml.service(
     name="kiln-deployment",
     workers=CFG.workers if CFG else 1,
