@@ -305,4 +305,6 @@ def containerize(tag: str) -> None:
                           hint="install Docker, or serve the Bento with 'bentoml serve' / the local runtime")
     r = subprocess.run(["bentoml", "containerize", tag, "--backend", engines[0]], capture_output=True, text=True)
     if r.returncode != 0:
-        raise ServerError(f"bentoml containerize {tag} failed", hint=r.stderr.strip()[-2000:])
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Warning" not in ln and not ln.startswith("  ")]
+        raise ServerError(f"bentoml containerize {tag} failed (no working {engines[0]} engine?)",
+                          hint="\n".join(lines[-5:]))

@@ -266,3 +266,27 @@ def test_broken_model_fails_fast_with_the_error(serving_repo: Path, tmp_path: Pa
                            start_timeout=120):
             pass
     assert time.monotonic() - t0 < 60  # not the whole start timeout
+
+
+def test_bentoml_build_offline_and_containerize_fails_cleanly(serving_repo: Path, monkeypatch) -> None:
+    import os
+
+    import yaml
+
+    from kiln.bento.fastpath import ServeConfig
+    from kiln.bento.server import ServerError, build_bento, containerize
+    from kiln.errors import ConfigError
+
+    if shutil.which("uv") is None:
+        monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    if shutil.which("uv") is None:
+        pytest.skip("uv is not installed (pip install uv): bentoml build needs it")
+    tag = build_bento(ServeConfig(deployment="masks-build", model="masks", version=1, public=True), serving_repo)
+    name, _, version = tag.partition(":")
+    assert name == "kiln-deployment" and version
+    bento_yaml = next((serving_repo / ".kiln/serving/masks-build").glob(f"home-*/bentos/{name}/{version}/bento.yaml"))
+    info = yaml.safe_load(bento_yaml.read_text())
+    assert [m["tag"] for m in info["services"][0]["models"]] == ["masks:v1"]  # the service's model
+    assert info["labels"]["deployment"] == "masks-build"
+    with pytest.raises((ConfigError, ServerError), match="containerize|container engine"):
+        containerize(tag)
