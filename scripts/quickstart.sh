@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/kiln ]; then
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
 fi
-.venv/bin/pip install -q -e '.[data]'
+.venv/bin/pip install -q -e '.[all]'
 kiln="$here/.venv/bin/kiln"
 
 demo=${KILN_DEMO_DIR:-$here/.kiln-demo}
