@@ -347,6 +347,8 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
 
     data = read_json(_run(ctx) / "data.json")
     algo = get_algorithm(algo_spec.name)
+    if algo.framework != "pytorch":
+        _tensorboardx_without_torch()
     hp = {**algo_spec.hyperparameters, **params}
     hp_model = algo.hyperparameters(hp)  # bad names/values: a clear error before any data is read
     td = load_train_data(ctx.config.repo, data, algo_spec.split or spec.split)
@@ -378,6 +380,20 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
     os.replace(tmp, out)
     trial.save(metrics={**trial.record.get("metrics", {}), **clean})
     return algo.framework
+
+
+def _tensorboardx_without_torch() -> None:
+    """Import tensorboardX without its optional torch import (4-5 s on this class of machine,
+    more than a whole scikit-learn fit): scalars do not need torch. No-op if torch is loaded."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        del sys.modules["torch"]
 
 
 def _cli_value(v: Any) -> str:
@@ -413,6 +429,7 @@ def _train_command(ctx: StepContext, spec: ExperimentSpec, trial: Trial, params:
            "KILN_PARAMS": json.dumps(params, sort_keys=True), "PYTHONUNBUFFERED": "1"}
     follow = Path(env["KILN_METRICS_FILE"])
     follow.unlink(missing_ok=True)  # a re-run reports afresh (its own checkpoints are the script's)
+    _tensorboardx_without_torch()
     rep = Reporter(trial, spec.objective, optuna_trial=optuna_trial, keep_checkpoints=spec.checkpoint.keep,
                    tensorboard=True)
     log(f"[{trial.id}] $ {shlex.join(argv)}  (in {cwd})")
