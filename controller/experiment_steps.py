@@ -579,17 +579,19 @@ def _grid(space: dict[str, Any]) -> dict[str, list[Any]]:
     return grid
 
 
-def make_sampler(spec: ExperimentSpec, space: dict[str, Any]) -> Any:
+def make_sampler(spec: ExperimentSpec, space: dict[str, Any], worker: str = "0") -> Any:
     import optuna
 
     hpo = spec.hpo
     assert hpo is not None
     s = hpo.sampler
+    # parallel workers with one seed would propose the very same parameters: offset it per worker
+    seed = None if s.seed is None else s.seed + 7919 * int(worker or 0)
     samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=s.seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=s.seed),
-        "grid": lambda: optuna.samplers.GridSampler(_grid(space), seed=s.seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=s.seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "grid": lambda: optuna.samplers.GridSampler(_grid(space), seed=seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
     }
     return samplers[s.type]()
 
@@ -729,10 +731,12 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
     timeout = spec.hpo.timeoutSeconds if spec.hpo else None
     lock = run / "study.lock"
     mine = 0
+    study = None
     while True:
         with file_lock(lock):
-            study = optuna.load_study(study_name=study_name, storage=_storage(run),
-                                      sampler=make_sampler(spec, space), pruner=make_pruner(spec))
+            if study is None:
+                study = optuna.load_study(study_name=study_name, storage=_storage(run),
+                                          sampler=make_sampler(spec, space, worker), pruner=make_pruner(spec))
             if mine == 0:
                 _recover_orphans(study, run, worker)
             reason = _stop_reason(study, spec, max_trials, max_failed, timeout)
@@ -1051,6 +1055,14 @@ def _deployment_versions(ctx: StepContext, model: str) -> set[int]:
     return used
 
 
+def _no_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _no_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_no_none(x) for x in v if x is not None]
+    return v
+
+
 def register(ctx: StepContext) -> dict[str, Any]:
     from kiln.bento.registry import Registry, default_home
 
@@ -1086,6 +1098,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
                         "objective": {"metric": sel["metric"], "value": sel["value"]},
                         "spec_hash": ctx.spec_hash, "dataset_number": data.get("number"),
                         "onnx": read_json(run / "onnx.json")}
+            metadata = _no_none(metadata)  # BentoML metadata takes no None values
             version = reg.register(model, pkg, framework, labels=labels, metadata=metadata,
                                    tags=[f"{k}={v}" for k, v in sorted(reg_spec.tags.items())],
                                    description=reg_spec.description or "", serving=serving, preprocess_from=pre)
