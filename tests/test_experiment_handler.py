@@ -316,6 +316,7 @@ spec:
 """
 
 
+@pytest.mark.slow  # ~1.5 min: versions an image dataset, trains resnet18 twice (torch start-up)
 def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     from tests.data.conftest import make_image_folder
 
@@ -366,14 +367,21 @@ def test_bad_specs_fail_with_clear_messages(wine_repo: Path, tmp_path: Path) -> 
     write(repo, {"specs/bad.yaml": exp("bad", """
 dataset: {name: wine}
 algorithm: {name: svm, hyperparameters: {C: 1.0, kernal: rbf}}
-"""), "specs/nodata.yaml": exp("nodata", """
-dataset: {name: missing-ds}
-algorithm: {name: svm}
+"""), "specs/badmetric.yaml": exp("badmetric", """
+mode: automl
+dataset: {name: wine}
+automl: {candidates: [{name: naive_bayes}, {name: decision_tree}]}
+objective: {metric: validation_auc}
 """)})
     res = kiln("apply", cwd=repo, timeout=300)
     assert res.returncode == 1
     bad = status_row(repo, "bad")["message"]
-    assert "invalid hyperparameters" in bad and "kernal" in bad, bad
-    nodata = status_row(repo, "nodata")["message"]
-    assert "missing-ds has no versions yet" in nodata and "apply the Dataset" in nodata, nodata
+    assert "invalid hyperparameters" in bad and "kernal" in bad and "valid hyperparameters:" in bad, bad
+    rows = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
+    metric = next(r for r in rows if r["name"] == "badmetric")["message"]
+    assert "'validation_auc' was not reported by any trial; reported:" in metric and "validation_accuracy" in metric
     assert "Traceback" not in res.stdout + res.stderr
+    # a dataset no spec defines: validation names it before anything runs
+    write(repo, {"specs/nodata.yaml": exp("nodata", "dataset: {name: missing-ds}\nalgorithm: {name: svm}")})
+    res = kiln("apply", cwd=repo)
+    assert res.returncode != 0 and "unknown dataset 'missing-ds'" in res.stdout + res.stderr
