@@ -349,6 +349,12 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
     algo = get_algorithm(algo_spec.name)
     if algo.framework != "pytorch":
         _tensorboardx_without_torch()
+    else:
+        import torch
+
+        # parallel trials share the machine: one torch thread pool each, not one per core each
+        parallel = spec.hpo.parallelTrials if spec.mode == "hpo" and spec.hpo else 1
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
     hp = {**algo_spec.hyperparameters, **params}
     hp_model = algo.hyperparameters(hp)  # bad names/values: a clear error before any data is read
     td = load_train_data(ctx.config.repo, data, algo_spec.split or spec.split)
