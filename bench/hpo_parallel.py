@@ -94,6 +94,7 @@ def main() -> None:
         (repo / "specs").mkdir()
         (repo / "specs/wine.yaml").write_text(WINE)
         kiln(repo, "apply")
+        print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
         best: dict[int, tuple[float, float, int]] = {}
         for r in range(args.repeat):
             order = (1, 2) if r % 2 == 0 else (2, 1)
@@ -104,7 +105,8 @@ def main() -> None:
                 if par not in best or res[0] < best[par][0]:
                     best[par] = res
     p1, p2 = best[1], best[2]
-    print(f"cores: {os.cpu_count()}")
+    # other work on a shared machine skews both runs; the load average says how much there was
+    print(f"cores: {os.cpu_count()}, load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"parallelTrials 1: trial phase {p1[0]:.1f} s (apply {p1[1]:.1f} s)")
     print(f"parallelTrials 2: trial phase {p2[0]:.1f} s (apply {p2[1]:.1f} s)")
     print(f"ratio (2 / 1): trial phase {p2[0] / p1[0]:.2f}, whole apply {p2[1] / p1[1]:.2f}  (target <= 0.6)")

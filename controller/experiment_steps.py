@@ -247,14 +247,13 @@ class Reporter:
 
     def __init__(self, trial: Trial, objective: Any, *, total: int | None = None, optuna_trial: Any = None,
                  keep_checkpoints: int = 2, tensorboard: bool = False) -> None:
-        from kiln.algorithms.base import ReportCallback, TensorBoardCallback
+        from kiln.algorithms.base import TensorBoardCallback
 
         self.trial, self.objective, self.total, self.ot = trial, objective, total, optuna_trial
         self.keep = keep_checkpoints
         self.last: dict[str, float] = {}
         self.steps = 0
         self.tb = TensorBoardCallback(trial.dir / "tensorboard") if tensorboard else None
-        self._base = ReportCallback
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         from kiln.algorithms.base import Pruned
