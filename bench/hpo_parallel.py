@@ -112,7 +112,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    # DVC may leave a detached helper writing under .kiln for a moment: do not fail on cleanup
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         repo = Path(tmp) / "repo"
         repo.mkdir()
         for a in (["init", "-q"], ["config", "user.email", "bench@example.com"], ["config", "user.name", "bench"]):
