@@ -113,9 +113,13 @@ def _experiment(s: LoadedSpec) -> list[Task]:
                           args={"candidate": "{{item}}"}, timeout=spec.timeoutSeconds))
     tasks.append(Task("select", "experiment.select", depends=[tasks[-1].name]))
     if spec.registration is not None:
-        tasks.append(Task("register", "experiment.register", depends=["select"], retries=2))
+        # export (and its parity check) before register: a model whose ONNX file computes
+        # something else is never registered as ONNX
+        prev = "select"
         if spec.registration.export:
-            tasks.append(Task("export-onnx", "experiment.export-onnx", depends=["register"], compute=True))
+            tasks.append(Task("export-onnx", "experiment.export-onnx", depends=["select"], compute=True))
+            prev = "export-onnx"
+        tasks.append(Task("register", "experiment.register", depends=[prev], retries=2))
     return tasks
 
 

@@ -95,6 +95,14 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "dataset.preprocess": _lazy("kiln.controller.dataset_steps:dataset_preprocess"),
     "dataset.split": _lazy("kiln.controller.dataset_steps:dataset_split"),
     "dataset.version": _lazy("kiln.controller.dataset_steps:dataset_version"),
+    "experiment.prepare-data": _lazy("kiln.controller.experiment_steps:prepare_data"),
+    "experiment.train": _lazy("kiln.controller.experiment_steps:train"),
+    "experiment.create-study": _lazy("kiln.controller.experiment_steps:create_study"),
+    "experiment.hpo-worker": _lazy("kiln.controller.experiment_steps:hpo_worker"),
+    "experiment.train-candidate": _lazy("kiln.controller.experiment_steps:train_candidate"),
+    "experiment.select": _lazy("kiln.controller.experiment_steps:select"),
+    "experiment.export-onnx": _lazy("kiln.controller.experiment_steps:export_onnx"),
+    "experiment.register": _lazy("kiln.controller.experiment_steps:register"),
 }
 
 

@@ -11,3 +11,10 @@ Layers (enforced by ``.importlinter``), higher imports lower, never back::
 
 __version__ = "0.1.0"
 API_VERSION = "kiln.dev/v1alpha1"
+
+
+def report(step: int | None = None, **metrics: float) -> None:
+    """``kiln.report(step=3, validation_accuracy=0.9)`` from your own training script: see kiln.sdk."""
+    from kiln.sdk import report as _report
+
+    _report(step, **metrics)

@@ -43,6 +43,7 @@ class KilnGroup(_LazyGroup):
         "labelstudio": "kiln.labeling.cli:labelstudio",
         "models": "kiln.bento.cli:models",
         "deployments": "kiln.bento.cli:deployments",
+        "infer": "kiln.controller.infer_cli:infer",
     }
 
 

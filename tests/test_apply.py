@@ -224,7 +224,8 @@ def test_render_composes_templates() -> None:
 
     doc = yaml.safe_load(p.stdout)
     hp = doc["spec"]["algorithm"]["hyperparameters"]
-    assert hp["epochs"] == 5            # the override
+    assert hp["epochs"] == 3            # the override
+    assert hp["input_size"] == 32       # an override adding a key (+path=value)
     assert hp["momentum"] == 0.9        # from the template
     assert doc["spec"]["mode"] == "hpo"  # the document wins over the template
     assert "defaults" not in doc and "overrides" not in doc

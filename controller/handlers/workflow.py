@@ -28,9 +28,9 @@ class WorkflowHandler(Handler):
         def run(ctx: Context) -> dict[str, Any]:
             from kiln.controller.runner import run_workflow
 
-            manifest = render_workflow(ctx.config, spec, workspace=workspace)
+            manifest = render_workflow(ctx.config, spec, workspace=workspace, **self.render_args(ctx))
             try:
-                wf = run_workflow(ctx.config, manifest, on_progress=lambda p: _mirror(ctx, p))
+                wf = run_workflow(ctx.config, manifest, on_progress=lambda p: _mirror(ctx, p, self.live_extra))
             except WorkflowError as exc:
                 detail = _failure_detail(ctx.config, manifest["metadata"]["name"])
                 if detail is None:
@@ -51,6 +51,15 @@ class WorkflowHandler(Handler):
         """What the tasks created for ``spec``, from their JSON outputs (task name -> output)."""
         return []
 
+    def render_args(self, ctx: Context) -> dict[str, Any]:
+        """Extra keyword arguments of ``render_workflow`` (e.g. the data version for memo keys)."""
+        return {}
+
+    def live_extra(self, ctx: Context) -> dict[str, Any]:
+        """Kind-specific status to mirror into the record while the workflow runs (cheap; called
+        on progress at most every couple of seconds)."""
+        return {}
+
     def delete(self, ctx: Context) -> list[str]:
         from kiln.controller.runner import make_runner
 
@@ -65,10 +74,23 @@ class WorkflowHandler(Handler):
         return done
 
 
-def _mirror(ctx: Context, progress: dict[str, Any]) -> None:
+_LIVE_EVERY = 2.0
+
+
+def _mirror(ctx: Context, progress: dict[str, Any], live: Any = None) -> None:
+    import time
+
     if ctx.record is None:
         return
-    ctx.record = replace(ctx.record, extra={**ctx.record.extra, "workflow": progress})
+    extra = {**ctx.record.extra, "workflow": progress}
+    now = time.monotonic()
+    if live is not None and now - getattr(ctx, "_live_at", 0.0) >= _LIVE_EVERY:
+        ctx._live_at = now  # type: ignore[attr-defined]
+        try:
+            extra.update(live(ctx))
+        except Exception:  # noqa: BLE001 - live status is a courtesy; never fail the run for it
+            pass
+    ctx.record = replace(ctx.record, extra=extra)
     ctx.store.put(ctx.record)
 
 

@@ -1,0 +1,119 @@
+"""Experiment handler: an Experiment's work is its workflow (prepare-data -> train | create-study
+-> hpo-worker x parallelTrials | train-candidate x candidates -> select -> export-onnx ->
+register; steps in ``kiln.controller.experiment_steps``); this class adds what the controller
+keeps about it.
+
+The record's ``extra`` (``kiln status``/``describe``, mirrored while the workflow runs and kept
+when it fails) is the run folder's summary::
+
+    {"mode": "hpo", "trialsDone": 7, "trialsTotal": 10, "states": {"COMPLETE": 6, "PRUNED": 1},
+     "dataset": {"dataset": "vision/digits", "number": "v1", "version": "<md5>"},
+     "trials": [{"id": "t0000", "number": 0, "params": {...}, "state": "COMPLETE",
+                 "objective": 0.96, "metrics": {...}}, ...],
+     "leaderboard": [{"rank": 1, "trial": "t0004", "objective": 0.98, ...}, ...],
+     "best": {"trial": "t0004", "metric": "validation_accuracy", "value": 0.98, "params": {...}},
+     "registered": {"model": "digits-classifier", "version": 3, "aliases": ["production"], ...},
+     "info": "hpo 7/10 trials, best validation_accuracy=0.98 (t0004) -> digits-classifier v3"}
+
+Re-applying an unchanged spec does nothing (plan: unchanged). The dataset version an experiment
+trains on is part of its memo keys, so ``version: latest`` never reuses a prepare-data of an
+older version.
+
+Delete (``apply --prune``) removes the workflow run and the experiment's folder
+(``.kiln/workspaces/<ws>/experiments/<name>/``: data copies, trials, study). Registered model
+versions stay: deployments and other users may use them; ``kiln models`` manages them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from typing import Any
+
+from kiln.controller.handlers.base import Context, Step
+from kiln.controller.handlers.workflow import WorkflowHandler
+
+
+class ExperimentHandler(WorkflowHandler):
+    kind = "Experiment"
+
+    def steps(self, ctx: Context) -> list[Step]:
+        steps = super().steps(ctx)
+        handler = self
+
+        def wrap(step: Step) -> Step:
+            inner = step.run
+
+            def run(c: Context) -> dict[str, Any] | None:
+                try:
+                    return inner(c)
+                finally:  # also when the workflow failed: the trials and why they stopped stay visible
+                    if c.record is not None:
+                        try:
+                            c.record = replace(c.record, extra={**c.record.extra, **handler.live_extra(c)})
+                        except Exception:  # noqa: BLE001 - status only
+                            pass
+
+            return replace(step, run=run)
+
+        return [wrap(s) for s in steps]
+
+    def render_args(self, ctx: Context) -> dict[str, Any]:
+        from kiln.controller.dataset_steps import data_rel
+        from kiln.data.versioning import DatasetRepo
+
+        spec = ctx.spec
+        assert spec is not None
+        ref = spec.obj.spec.dataset
+        rel = data_rel(ref.workspace or spec.workspace, ref.name)
+        if not (ctx.repo / f"{rel}.versions.json").is_file():
+            return {}
+        try:
+            return {"data_version": DatasetRepo(ctx.repo).resolve(rel, ref.version).id}
+        except Exception:  # noqa: BLE001 - prepare-data reports a missing version with its own message
+            return {}
+
+    def _run_dir(self, ctx: Context):
+        from kiln.controller.experiment_steps import run_dir
+
+        spec = ctx.spec
+        assert spec is not None
+        return run_dir(ctx.config, spec.workspace, spec.name, spec.spec_hash)
+
+    def live_extra(self, ctx: Context) -> dict[str, Any]:
+        from kiln.controller.experiment_steps import summarize
+
+        d = self._run_dir(ctx)
+        if not d.is_dir():
+            return {}
+        return summarize(ctx.spec.obj.spec, d)  # type: ignore[union-attr]
+
+    def extra(self, ctx: Context) -> dict[str, Any]:
+        return self.live_extra(ctx)
+
+    def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:
+        from kiln.controller.experiment_steps import experiment_home
+
+        items: list[dict[str, Any]] = []
+        reg = outputs.get("register")
+        if isinstance(reg, dict) and "version" in reg:
+            # listed, not owned: delete keeps registered versions
+            items.append({"kind": "model-version", "id": f"{reg['model']}:v{reg['version']}"})
+        return items
+
+    def delete(self, ctx: Context) -> list[str]:
+        from kiln.controller.experiment_steps import experiment_home
+
+        assert ctx.record is not None
+        done = super().delete(ctx)
+        home = experiment_home(ctx.config, ctx.record.workspace, ctx.record.name)
+        if home.exists():
+            for p in home.rglob("*"):  # the data copies are read-only
+                if p.is_file():
+                    p.chmod(0o644)
+            shutil.rmtree(home)
+            done.append(f"remove {home.relative_to(ctx.repo)}")
+        for item in ctx.record.inventory:
+            if item.get("kind") == "model-version":
+                done.append(f"kept registered model {item['id']}")
+        return done

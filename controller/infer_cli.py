@@ -1,0 +1,203 @@
+"""``kiln infer MODEL[:VERSION|@alias] DATASET[@version]``: batch inference of a registered model
+over a dataset version (AI Studio's "inference test"; results can become training data).
+
+Output (``--out``, default ``.kiln/predictions/<model>-v<N>/<dataset>-<version id[:12]>/``)::
+
+    predictions.jsonl   one line per item, in dataset order:
+                        {"item": "test/3/0042.png" | <row number>, "split": "test",
+                         "prediction": [{"score": 0.98, "label": "3"}, ...]   (classification,
+                                                                              best first, top 5)
+                                      | 12.7                                 (regression)
+                                      | <cluster id / components>}
+    summary.json        {"model", "version", "dataset", "datasetVersion", "items", "seconds"}
+
+``--as-version NEW`` also writes the items with their predicted labels as a new version of
+dataset ``NEW`` (``data/<ws>/NEW``, DVC-versioned like any dataset): images as class folders,
+tables as a CSV whose label column holds the predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kiln.errors import ConfigError, KilnError
+
+TOP_K = 5
+
+
+def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """``name``, ``name:3``/``name:v3`` or ``name@alias``."""
+    m = re.fullmatch(r"([a-z0-9][-a-z0-9]*)(?::v?(\d+)|@([a-z0-9][-a-z0-9]*))?", ref)
+    if not m:
+        raise ConfigError(f"cannot read model reference {ref!r}", hint="write NAME, NAME:VERSION or NAME@ALIAS")
+    return m.group(1), int(m.group(2)) if m.group(2) else None, m.group(3)
+
+
+def parse_dataset_ref(ref: str) -> tuple[str, str, str]:
+    """``[ws/]name[@version]`` -> (workspace, name, version)."""
+    name, _, version = ref.partition("@")
+    ws, _, nm = name.rpartition("/")
+    return ws or "default", nm, version or "latest"
+
+
+def _classification(probs: Any, classes: list[Any]) -> list[list[dict[str, Any]]]:
+    import numpy as np
+
+    out = []
+    for row in np.asarray(probs):
+        order = np.argsort(-row)[:TOP_K]
+        out.append([{"score": round(float(row[i]), 6), "label": str(classes[i])} for i in order])
+    return out
+
+
+def _predict_batch(algo: Any, model: Any, batch: Any) -> list[Any]:
+    """EasyMaker-shaped predictions for one batch (rows or image paths)."""
+    if algo.data_type == "tabular":
+        if algo.task == "classification" and hasattr(model.native[-1], "predict_proba"):
+            return _classification(model.native.predict_proba(algo._x(model.meta, batch)), model.meta["classes"])
+        preds = algo.predict(model, batch)
+        if algo.task == "classification":
+            return [[{"score": 1.0, "label": str(p)}] for p in preds]
+        return preds
+    if algo.task == "classification":
+        import torch
+
+        net = model.native.eval()
+        with torch.inference_mode():
+            prob = torch.softmax(net(algo._batch(model, batch)), 1).numpy()
+        return _classification(prob, model.meta["classes"])
+    return algo.predict(model, batch)
+
+
+@click.command("infer")
+@click.argument("model_ref", metavar="MODEL[:VERSION|@ALIAS]")
+@click.argument("dataset_ref", metavar="[WS/]DATASET[@VERSION]")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder.")
+@click.option("--as-version", "as_version", default=None, metavar="NEW_DATASET",
+              help="Also write the predicted labels as a new version of dataset NEW_DATASET.")
+@click.option("--split", default=None, help="Only items of this split (train, validation, test).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.pass_context
+def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None, as_version: str | None,
+          split: str | None, batch_size: int) -> int:
+    """Predict every item of a dataset version with a registered model."""
+    from kiln.bento.registry import Registry, default_home
+    from kiln.controller.dataset_steps import data_rel
+    from kiln.controller.experiment_steps import load_train_data
+    from kiln.data.formats import detect_format
+    from kiln.data.versioning import DatasetRepo
+
+    from kiln.config import load_config
+
+    cfg = load_config((ctx.find_root().obj or {}).get("repo") or ".")
+    repo = cfg.repo
+    name, version, alias = parse_model_ref(model_ref)
+    reg = Registry(default_home(repo))
+    v = reg.resolve(name, version, alias)
+    mdir = reg.path(name, v)
+    kdir = mdir / "kiln-model"
+    if not (kdir / "meta.json").is_file():
+        raise KilnError(f"model {name} v{v} was not trained by a kiln algorithm (no kiln-model/ in it)",
+                        hint="batch inference covers built-in algorithms; serve your own model with a Deployment")
+    from kiln.algorithms.registry import get_algorithm
+
+    meta = json.loads((kdir / "meta.json").read_text())
+    algo = get_algorithm(meta["algorithm"])
+    model = algo.load(kdir)
+
+    ws, ds, dver = parse_dataset_ref(dataset_ref)
+    rel = data_rel(ws, ds)
+    if not (repo / f"{rel}.versions.json").is_file():
+        raise KilnError(f"dataset {ws}/{ds} has no versions", hint="apply its Dataset spec first")
+    dr = DatasetRepo(repo, remote_url=cfg.dvc.remote)
+    dv = dr.resolve(rel, dver)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=cfg.kiln_dir()) as tmp:
+        root = Path(tmp) / "data"
+        dr.materialize(rel, dv.id, root)
+        fmt = detect_format(root)
+        tabular = fmt == "csv"
+        label = None
+        if tabular:
+            import pandas as pd
+
+            label = pd.read_csv(root / "data.csv", nrows=0).columns[-1]
+        data_info = {"path": str(root.relative_to(repo)) if root.is_relative_to(repo) else str(root), "format": fmt,
+                     "type": "tabular" if tabular else "image", "task": "tabular" if tabular else "classification",
+                     "label": label}
+        if not root.is_relative_to(repo):
+            data_info["path"] = str(root)
+        td = load_train_data(repo, data_info)
+        if tabular:
+            x, _ = td.table(split)
+            keys = [int(i) for i in x.index]
+            splits = [td.row_splits.get(k) if td.row_splits else None for k in keys]
+            batches = [x.iloc[i:i + batch_size] for i in range(0, len(x), batch_size)]
+        else:
+            items = [it for it in td.content.items if split is None or it.split == split]
+            keys = [it.path for it in items]
+            splits = [it.split for it in items]
+            paths = [td.content.abspath(it.path) for it in items]
+            batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+        if not keys:
+            raise KilnError(f"dataset {ws}/{ds}@{dver} has no items" + (f" in split {split!r}" if split else ""))
+        preds: list[Any] = []
+        with click.progressbar(batches, label=f"{name} v{v} on {ds} {dver}", file=sys.stderr,
+                               item_show_func=lambda b: None) as bar:
+            for b in bar:
+                preds.extend(_predict_batch(algo, model, b))
+        out_dir = Path(out) if out else cfg.kiln_dir() / "predictions" / f"{name}-v{v}" / f"{ds}-{dv.id[:12]}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp_out = out_dir / ".predictions.jsonl.tmp"
+        with open(tmp_out, "w") as f:
+            for k, s, p in zip(keys, splits, preds):
+                f.write(json.dumps({"item": k, "split": s, "prediction": p}) + "\n")
+        os.replace(tmp_out, out_dir / "predictions.jsonl")
+        summary = {"model": name, "version": v, "dataset": f"{ws}/{ds}", "datasetVersion": dv.id,
+                   "items": len(keys), "seconds": round(time.perf_counter() - t0, 3)}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        click.echo(f"{len(keys)} predictions -> {out_dir / 'predictions.jsonl'}")
+        if as_version:
+            nv = _as_version(dr, repo, ws, as_version, root, td, keys, preds, tabular, algo)
+            click.echo(f"dataset {ws}/{as_version} {nv}")
+    return 0
+
+
+def _top_label(p: Any) -> Any:
+    return p[0]["label"] if isinstance(p, list) and p and isinstance(p[0], dict) else p
+
+
+def _as_version(dr: Any, repo: Path, ws: str, new: str, root: Path, td: Any, keys: list[Any], preds: list[Any],
+                tabular: bool, algo: Any) -> str:
+    from kiln.controller.dataset_steps import _replace_tree, data_rel
+
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", new):
+        raise ConfigError(f"--as-version {new!r} is not a valid dataset name", hint="lower-case letters, digits, '-'")
+    rel = data_rel(ws, new)
+    with tempfile.TemporaryDirectory(dir=repo / ".kiln") as tmp:
+        stage = Path(tmp) / new
+        if tabular:
+            frame = td.content.table.frame.loc[keys].copy()
+            label = td.content.table.label or "prediction"
+            frame[label] = [_top_label(p) for p in preds]
+            stage.mkdir(parents=True)
+            frame.to_csv(stage / "data.csv", index=False)
+        else:
+            for k, p in zip(keys, preds):
+                src = td.content.abspath(k)
+                dst = stage / str(_top_label(p)) / Path(k).name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+        _replace_tree(stage, repo / rel)
+    v = dr.add_version(rel, lineage={"predictedBy": f"{algo.name}", "items": len(keys)})
+    return f"v{dr.number(rel, v.id)} ({v.id[:12]})"

@@ -1,0 +1,387 @@
+"""Experiments applied for real: `kiln apply` in temp git repos runs the Experiment workflow on the
+local runner (prepare-data -> train/HPO/AutoML -> select -> export-onnx -> register) with real
+DVC, Optuna, scikit-learn/torch and the BentoML-backed registry; `kiln status/logs/infer` read it.
+
+One wine Dataset is versioned once per session and copied into each test's repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import kiln, write
+
+pytest.importorskip("dvc")
+pytest.importorskip("optuna")
+pytest.importorskip("bentoml")
+
+WINE = """
+apiVersion: kiln.dev/v1alpha1
+kind: Dataset
+metadata: {name: wine}
+spec:
+  type: tabular
+  task: classification
+  format: csv
+  source: {sample: wine}
+  label: target
+  splits: {train: 0.7, validation: 0.15, test: 0.15, seed: 7}
+  preprocessing:
+    - {op: StandardScaler}
+"""
+
+
+def git_repo(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for args in (["init", "-q"], ["config", "user.email", "kiln@example.com"], ["config", "user.name", "kiln test"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def wine_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = git_repo(tmp_path_factory.mktemp("wine") / "repo")
+    write(repo, {"specs/wine.yaml": WINE})
+    kiln("apply", cwd=repo, check=True, timeout=300)
+    return repo
+
+
+def copy_repo(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def exp(name: str, spec: str) -> str:
+    return (f"apiVersion: kiln.dev/v1alpha1\nkind: Experiment\nmetadata: {{name: {name}}}\nspec:\n"
+            + "".join(f"  {line}\n" for line in spec.strip().splitlines()))
+
+
+def record(repo: Path, name: str) -> dict:
+    return json.loads(kiln("get", "experiment", name, "-o", "json", cwd=repo, check=True).stdout)
+
+
+def status_row(repo: Path, name: str) -> dict:
+    rows = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
+    return next(r for r in rows if r["kind"] == "Experiment" and r["name"] == name)
+
+
+def registry(repo: Path):
+    from kiln.bento.registry import Registry, default_home
+
+    return Registry(default_home(repo))
+
+
+AUTOML = """
+mode: automl
+dataset: {name: wine}
+automl:
+  candidates:
+    - {name: logistic_regression}
+    - {name: naive_bayes}
+    - {name: decision_tree}
+    - {name: svm}
+    - {name: random_forest, hyperparameters: {n_estimators: 50}}
+objective: {metric: validation_accuracy, direction: maximize, additionalMetrics: [validation_f1]}
+register: {model: wine-clf, aliases: [production], keepVersions: 1, export: [onnx]}
+"""
+
+
+def test_automl_registers_best_with_onnx_parity_then_apply_again_does_nothing(wine_repo: Path, tmp_path: Path) -> None:
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    write(repo, {"specs/automl.yaml": exp("wine-automl", AUTOML)})
+    first = kiln("apply", cwd=repo, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rec = record(repo, "wine-automl")
+    ex = rec["extra"]
+    assert ex["mode"] == "automl" and ex["trialsDone"] == ex["trialsTotal"] == 5
+    board = ex["leaderboard"]
+    assert {r["candidate"] for r in board} == {"logistic_regression", "naive_bayes", "decision_tree", "svm",
+                                               "random_forest"}
+    values = [r["objective"] for r in board]
+    assert values == sorted(values, reverse=True)
+    best = ex["best"]
+    assert best["trial"] == board[0]["trial"] and best["value"] >= 0.95
+    chosen = next(t for t in ex["trials"] if t["id"] == best["trial"])
+    assert chosen["metrics"]["test_accuracy"] >= 0.95  # held-out split, not only the one it was picked on
+    assert ex["registered"]["model"] == "wine-clf" and ex["registered"]["version"] == 1
+    assert ex["info"].startswith("automl 5/5 trials") and ex["info"].endswith("-> wine-clf v1")
+    assert {"kind": "model-version", "id": "wine-clf:v1"} in rec["inventory"]
+
+    reg = registry(repo)
+    mv = reg.describe("wine-clf", 1)
+    assert mv["labels"]["experiment"] == "default.wine-automl" and mv["labels"]["framework"] == "onnx"
+    assert mv["labels"]["dataset_version"] == json.loads((repo / "data/default/wine.versions.json").read_text())["current"]
+    assert mv["metadata"]["metrics"]["validation_accuracy"] == best["value"]
+    assert reg.aliases("wine-clf") == {"production": 1}
+    assert "model.onnx" in mv["files"] and "kiln-model/meta.json" in mv["files"]
+    onnx = mv["metadata"]["onnx"]
+    assert onnx["checked"] and onnx["maxAbsDiff"] <= onnx["tolerance"]
+    # the registered ONNX file and the native model agree on the test rows (parity checked again here)
+    from kiln.algorithms.onnx import check_parity
+    from kiln.algorithms.registry import get_algorithm
+    from kiln.data.formats import load
+
+    algo = get_algorithm(best_alg := json.loads((Path(mv["path"]) / "kiln-model/meta.json").read_text())["algorithm"])
+    model = algo.load(Path(mv["path"]) / "kiln-model")
+    rows = load(repo / "data/default/wine", "csv", "tabular").table.frame.drop(columns=["target"]).iloc[:40]
+    rep = check_parity(lambda s: algo.native_outputs(model, s), Path(mv["path"]) / "model.onnx", rows,
+                       onnx_samples=algo._x(model.meta, rows))
+    assert rep.passed, (best_alg, rep.summary())
+
+    # status and logs tell the story
+    row = status_row(repo, "wine-automl")
+    assert row["ready"] == "True" and "best validation_accuracy=" in row["info"]
+    logs = kiln("logs", "Experiment/wine-automl", cwd=repo, check=True).stdout
+    assert "leaderboard (validation_accuracy, maximize):" in logs and "ONNX parity passed" in logs
+    assert (repo / ".kiln/workspaces/default/experiments/wine-automl").is_dir()
+    assert list((repo / ".kiln/workspaces/default/experiments/wine-automl/runs").glob("*/trials/c-svm/tensorboard/events.*"))
+
+    # unchanged spec: nothing runs, nothing is registered
+    second = kiln("apply", cwd=repo, check=True)
+    assert "0 action(s)" in second.stdout and "unchanged, skipping" in second.stdout
+    assert reg.versions("wine-clf") == [1]
+
+    # batch inference with the alias, over the test split
+    inf = kiln("infer", "wine-clf@production", "wine", "--split", "test", "--out", str(tmp_path / "pred"), cwd=repo,
+               check=True)
+    assert "predictions ->" in inf.stdout
+    preds = [json.loads(line) for line in (tmp_path / "pred/predictions.jsonl").read_text().splitlines()]
+    assert preds and all(p["split"] == "test" for p in preds)
+    first_pred = preds[0]["prediction"]
+    assert {"score", "label"} == set(first_pred[0]) and first_pred[0]["score"] >= first_pred[-1]["score"]
+
+    # a changed spec: a new version gets the alias; keepVersions 1 deletes the old one
+    (repo / "specs/automl.yaml").write_text(exp("wine-automl", AUTOML.replace("n_estimators: 50", "n_estimators: 40")))
+    kiln("apply", cwd=repo, check=True, timeout=300)
+    assert reg.versions("wine-clf") == [2] and reg.aliases("wine-clf") == {"production": 2}
+    actions = [a["action"] for a in reg.audit_log()]
+    assert actions.count("register") == 2 and "delete" in actions
+
+
+GOAL_SCRIPT = """
+import argparse, json, os, time
+import kiln
+
+p = argparse.ArgumentParser()
+p.add_argument("--x", type=float, required=True)
+p.add_argument("--depth", type=int, default=1)
+a = p.parse_args()
+score = 1 - abs(a.x - 0.5)
+for step in (1, 2, 3):
+    kiln.report(step=step, validation_accuracy=score * step / 3, train_loss=1 - score)
+    time.sleep(0.05)
+out = os.environ["KILN_OUTPUT_DIR"]
+open(os.path.join(out, "params.json"), "w").write(json.dumps({"x": a.x, "depth": a.depth}))
+"""
+
+
+def test_hpo_goal_reached_stops_before_max_trials(wine_repo: Path, tmp_path: Path) -> None:
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    write(repo, {"train_goal.py": GOAL_SCRIPT, "specs/hpo.yaml": exp("goal", """
+mode: hpo
+dataset: {name: wine}
+command:
+  run: python train_goal.py
+  searchSpace:
+    x: {type: float, low: 0.0, high: 1.0}
+    depth: {type: int, low: 1, high: 4}
+hpo: {maxTrials: 10, parallelTrials: 2, maxFailedTrials: 2, sampler: {type: random, seed: 3}, pruner: {type: none}}
+objective: {metric: validation_accuracy, direction: maximize, goal: 0.75}
+""")})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ex = record(repo, "goal")["extra"]
+    done = [t for t in ex["trials"] if t["state"] == "COMPLETE"]
+    assert ex["trialsTotal"] == 10 and len(ex["trials"]) < 10
+    assert ex["best"]["value"] >= 0.75
+    # parallel workers proposed different values (per-worker seeds), all within the space
+    xs = [t["params"]["x"] for t in ex["trials"]]
+    assert len(set(xs)) == len(xs) and all(0 <= x <= 1 for x in xs)
+    assert all(1 <= t["params"]["depth"] <= 4 for t in ex["trials"])
+    # the script got its parameters as arguments and reported per step
+    run = Path(ex["run"])
+    best = run / "trials" / ex["best"]["trial"]
+    assert json.loads((best / "model/params.json").read_text()) == {"x": ex["best"]["params"]["x"],
+                                                                   "depth": ex["best"]["params"]["depth"]}
+    steps = [json.loads(line)["step"] for line in (best / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert list((best / "tensorboard").glob("events.*"))
+    logs = kiln("logs", "Experiment/goal", cwd=repo, check=True).stdout
+    assert "goal reached: validation_accuracy=" in logs and "stopping (goal)" in logs
+    # both workers really ran trials (the study is shared through its SQLite storage)
+    import optuna
+
+    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{run / 'study.db'}")
+    workers = {t.user_attrs.get("worker") for t in study.trials}
+    assert workers == {"0", "1"} and len(study.trials) == len(ex["trials"])
+    assert len(done) >= 1
+
+
+def test_hpo_always_failing_command_stops_after_max_failed_trials(wine_repo: Path, tmp_path: Path) -> None:
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    write(repo, {"fail.py": "import sys\nprint('loading weights...')\nsys.exit('boom: weights file is corrupt')\n",
+                 "specs/hpo.yaml": exp("broken", """
+mode: hpo
+dataset: {name: wine}
+command:
+  run: python fail.py
+  searchSpace: {lr: {type: float, low: 0.001, high: 0.1, log: true}}
+hpo: {maxTrials: 10, parallelTrials: 2, maxFailedTrials: 3}
+""")})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    rec = record(repo, "broken")
+    ex = rec["extra"]
+    failed = [t for t in ex["trials"] if t["state"] == "FAIL"]
+    assert 3 <= len(failed) <= 4 and len(ex["trials"]) == len(failed)  # the other worker may have had one running
+    assert "boom: weights file is corrupt" in failed[0]["error"]
+    row = status_row(repo, "broken")
+    assert row["ready"] == "False"
+    msg = row["message"]
+    assert "failed trial(s) (maxFailedTrials 3)" in msg and "boom" in msg, msg
+
+
+COMMAND_TRAIN = """
+import argparse, json, os
+import joblib
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+import kiln
+
+p = argparse.ArgumentParser()
+p.add_argument("--C", type=float, required=True)
+p.add_argument("--max_iter", type=int, required=True)
+a = p.parse_args()
+data = os.environ["KILN_DATA_DIR"]
+df = pd.read_csv(os.path.join(data, "data.csv"))
+splits = json.load(open(os.path.join(data, ".kiln", "splits.json")))["items"]
+x, y = df.drop(columns=["target"]), df["target"]
+train = [int(i) for i, s in splits.items() if s == "train"]
+val = [int(i) for i, s in splits.items() if s == "validation"]
+m = LogisticRegression(C=a.C, max_iter=a.max_iter).fit(x.iloc[train], y.iloc[train])
+kiln.report(step=1, validation_accuracy=float(m.score(x.iloc[val], y.iloc[val])))
+out = os.environ["KILN_OUTPUT_DIR"]
+joblib.dump(m, os.path.join(out, "model.joblib"))
+json.dump({"framework": "sklearn", "task": "classification", "input": "tabular", "features": list(x.columns),
+           "labels": [str(c) for c in m.classes_]}, open(os.path.join(out, "kiln-serving.json"), "w"))
+json.dump(vars(a), open(os.path.join(out, "args.json"), "w"))
+"""
+
+
+def test_run_mode_command_with_parameter_sets_one_job_each_and_registration(wine_repo: Path, tmp_path: Path) -> None:
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    write(repo, {"jobs/train.py": COMMAND_TRAIN, "specs/jobs.yaml": exp("jobs", """
+dataset: {name: wine, version: v1}
+command: {run: python train.py, workdir: jobs}
+parameterSets:
+  - {C: 0.0001, max_iter: 50}
+  - {C: 1.0, max_iter: 500}
+register: {model: wine-own, aliases: [staging]}
+""")})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ex = record(repo, "jobs")["extra"]
+    assert ex["mode"] == "run" and ex["trialsDone"] == ex["trialsTotal"] == 2
+    assert [t["id"] for t in ex["trials"]] == ["p0", "p1"]
+    run = Path(ex["run"])
+    for t, want in zip(ex["trials"], ({"C": 0.0001, "max_iter": 50}, {"C": 1.0, "max_iter": 500})):
+        assert t["params"] == want
+        assert json.loads((run / "trials" / t["id"] / "model/args.json").read_text()) == want
+    assert ex["best"]["trial"] == "p1"  # the barely regularised one fits wine far better
+    wf = json.loads((repo / ".kiln/runs/kiln-exp-jobs/workflow.json").read_text())
+    train_pods = [n for n in wf["status"]["nodes"].values() if n["type"] == "Pod" and n["displayName"].startswith("train(")]
+    assert len(train_pods) == 2
+    mv = registry(repo).describe("wine-own", 1)
+    assert mv["labels"]["framework"] == "sklearn" and mv["aliases"] == ["staging"]
+    assert mv["labels"]["algorithm"] == "command" and mv["metadata"]["params"] == {"C": 1.0, "max_iter": 500}
+    assert mv["serving"]["features"][:2] == ["alcohol", "malic_acid"] or len(mv["serving"]["features"]) == 13
+
+
+IMAGES_DS = """
+apiVersion: kiln.dev/v1alpha1
+kind: Dataset
+metadata: {name: shapes}
+spec:
+  type: image
+  task: classification
+  source: {path: raw/shapes}
+"""
+
+
+@pytest.mark.slow  # ~1.5 min: versions an image dataset, trains resnet18 twice (torch start-up)
+def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    from tests.data.conftest import make_image_folder
+
+    repo = git_repo(tmp_path / "repo")
+    make_image_folder(repo / "raw/shapes", n=12, splits=("train", "validation"))
+    write(repo, {"specs/shapes.yaml": IMAGES_DS, "specs/exp.yaml": exp("shapes-run", """
+dataset: {name: shapes}
+algorithm:
+  name: resnet18
+  hyperparameters: {epochs: 6, input_size: 32, batch_size: 8, learning_rate: 0.02}
+checkpoint: {keep: 2}
+""")})
+    proc = subprocess.Popen([sys.executable, "-m", "kiln.cli", "apply"], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    trials = repo / ".kiln/workspaces/default/experiments/shapes-run/runs"
+    deadline = time.time() + 240
+    while not list(trials.glob("*/trials/run/checkpoints/epoch-0002.pt")):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    trial_json = next(trials.glob("*/trials/run/trial.json"))
+    pid = json.loads(trial_json.read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)  # the training process itself
+    proc.send_signal(signal.SIGKILL)  # and the controller
+    proc.wait()
+    tdir = trial_json.parent
+    before = sorted(p.name for p in (tdir / "checkpoints").glob("epoch-*.pt"))
+    assert before and len(before) <= 2  # retention: keep 2
+    killed_at = int(before[-1][6:10])
+    assert json.loads(trial_json.read_text())["state"] == "RUNNING"
+
+    again = kiln("apply", cwd=repo, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    logs = kiln("logs", "Experiment/shapes-run", cwd=repo, check=True).stdout
+    assert f"[run] resuming from checkpoint epoch-{killed_at:04d}.pt" in logs
+    rec = json.loads(trial_json.read_text())
+    assert rec["state"] == "COMPLETE"
+    steps = [json.loads(line)["step"] for line in (tdir / "metrics.jsonl").read_text().splitlines()]
+    # epochs after the checkpoint ran once more; none before it
+    assert steps[-(6 - killed_at):] == list(range(killed_at + 1, 7)) and steps.count(1) == 1
+    assert sorted(p.name for p in (tdir / "checkpoints").glob("epoch-*.pt")) == ["epoch-0005.pt", "epoch-0006.pt"]
+    assert (tdir / "model/model.pt").is_file()
+    ex = record(repo, "shapes-run")["extra"]
+    assert ex["trialsDone"] == 1 and "validation_accuracy" in ex["trials"][0]["metrics"]
+
+
+def test_bad_specs_fail_with_clear_messages(wine_repo: Path, tmp_path: Path) -> None:
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    write(repo, {"specs/bad.yaml": exp("bad", """
+dataset: {name: wine}
+algorithm: {name: svm, hyperparameters: {C: 1.0, kernal: rbf}}
+"""), "specs/badmetric.yaml": exp("badmetric", """
+mode: automl
+dataset: {name: wine}
+automl: {candidates: [{name: naive_bayes}, {name: decision_tree}]}
+objective: {metric: validation_auc}
+""")})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 1
+    bad = status_row(repo, "bad")["message"]
+    assert "invalid hyperparameters" in bad and "kernal" in bad and "valid hyperparameters:" in bad, bad
+    rows = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
+    metric = next(r for r in rows if r["name"] == "badmetric")["message"]
+    assert "'validation_auc' was not reported by any trial; reported:" in metric and "validation_accuracy" in metric
+    assert "Traceback" not in res.stdout + res.stderr
+    # a dataset no spec defines: validation names it before anything runs
+    write(repo, {"specs/nodata.yaml": exp("nodata", "dataset: {name: missing-ds}\nalgorithm: {name: svm}")})
+    res = kiln("apply", cwd=repo)
+    assert res.returncode != 0 and "unknown dataset 'missing-ds'" in res.stdout + res.stderr
