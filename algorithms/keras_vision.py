@@ -231,8 +231,12 @@ class KerasClassifier(Algorithm):
         if not path.is_file():
             raise AlgorithmError(f"pretrained weights {path} do not exist",
                                  hint="pretrained is a local .weights.h5 or .keras file; kiln never downloads weights")
+        import warnings
+
         try:
-            model.load_weights(str(path), skip_mismatch=True)
+            with warnings.catch_warnings():  # Keras warns once per skipped layer (the head): expected
+                warnings.simplefilter("ignore")
+                model.load_weights(str(path), skip_mismatch=True)
         except Exception as e:  # noqa: BLE001 - any reader failure is the same user problem
             raise AlgorithmError(f"pretrained weights {path} cannot be read: {e}",
                                  hint="save them with model.save_weights('x.weights.h5')") from None

@@ -157,7 +157,7 @@ def shapes_coco(samples_dir: Path):
 
     root = samples_dir / "shapes-coco"
     if not root.exists():
-        draw_shapes(root, {"train": 16, "validation": 4, "test": 6})
+        draw_shapes(root, {"train": 8, "validation": 2, "test": 3})
     return TrainData(load(root, task="detection"))
 
 
@@ -168,7 +168,7 @@ def shapes_instances(samples_dir: Path):
 
     root = samples_dir / "shapes-coco"
     if not root.exists():
-        draw_shapes(root, {"train": 16, "validation": 4, "test": 6})
+        draw_shapes(root, {"train": 8, "validation": 2, "test": 3})
     return TrainData(load(root, task="instance-segmentation"))
 
 
@@ -179,5 +179,5 @@ def shapes_segmentation(samples_dir: Path):
 
     root = samples_dir / "shapes-seg"
     if not root.exists():
-        draw_shapes(root, {"train": 24, "validation": 4, "test": 6}, layout="segmentation-json")
+        draw_shapes(root, {"train": 8, "validation": 2, "test": 3}, layout="segmentation-json")
     return TrainData(load(root, task="semantic-segmentation"))

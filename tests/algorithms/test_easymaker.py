@@ -110,7 +110,7 @@ def test_segformer_b3_reports_mean_iou(shapes_segmentation, tmp_path: Path) -> N
     print(f"\nsegformer-b3 64px batch 4: {(time.perf_counter() - t0) / steps:.2f} s per step; "
           f"{[(s, round(m['train_loss'], 3)) for s, m in hist.history]}")
     assert sum(p.numel() for p in model.native.parameters()) > 40e6  # B3, not B0
-    assert steps == 1  # half an epoch of 8 images / batch 4, rounded up
+    assert steps == 1  # half an epoch of 8 images / batch 4
     assert (tmp_path / "checkpoints" / "step-0000001.pt").is_file()  # the final step is always saved
     ev = algo.evaluate(model, shapes_segmentation, "test")
     print(f"segformer test: {dict(ev)}")
