@@ -9,6 +9,16 @@ import pytest
 pytest.importorskip("sklearn")
 
 
+@pytest.fixture(autouse=True)
+def _drop_large_outputs(tmp_path: Path):
+    """Checkpoints of detection/transformer models are hundreds of MB each; pytest keeps the last
+    three runs' temp dirs, so each test's tmp_path is emptied when the test ends."""
+    yield
+    import shutil
+
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("samples")
