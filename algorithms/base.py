@@ -9,7 +9,8 @@ Contract of an ``Algorithm`` subclass
 Class attributes
     ``name`` (registry key), ``task`` (classification | regression | clustering |
     dimension-reduction | detection | instance-segmentation | semantic-segmentation),
-    ``data_type`` (tabular | image), ``framework`` (sklearn | xgboost | pytorch | transformers) and
+    ``data_type`` (tabular | image), ``framework`` (sklearn | xgboost | pytorch | transformers |
+    tensorflow) and
     ``Hyperparameters``: a pydantic model whose fields carry the type, the default and the range
     (``Field(ge=, le=)``), so ``Algorithm.hyperparameters({...})`` validates a spec's values and
     ``describe()`` lists them.

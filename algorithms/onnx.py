@@ -102,8 +102,9 @@ def export_and_check(algorithm: Any, model: TrainedModel, path: str | Path, samp
     if out is None:
         return None
     onnx_samples = None
-    if hasattr(algorithm, "_batch"):  # image models: ONNX takes the preprocessed tensor
-        onnx_samples = algorithm._batch(model, sample).numpy()
+    if hasattr(algorithm, "_batch"):  # image models: ONNX takes the preprocessed tensor / array
+        batch = algorithm._batch(model, sample)
+        onnx_samples = batch.numpy() if hasattr(batch, "numpy") else batch
     elif hasattr(algorithm, "_x"):
         import numpy as np
 

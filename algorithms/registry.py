@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 _T = "kiln.algorithms.tabular"
 _V = "kiln.algorithms.vision"
+_D = "kiln.algorithms.detection"
+_E = "kiln.algorithms.easymaker"
+_K = "kiln.algorithms.keras_vision"
 
 ALGORITHMS: dict[str, str] = {
     # tabular classification
@@ -46,6 +49,20 @@ ALGORITHMS: dict[str, str] = {
     "densenet121": f"{_V}:DenseNet121",
     "efficientnet_b0": f"{_V}:EfficientNetB0",
     "efficientnet_b1": f"{_V}:EfficientNetB1",
+    # image classification (TensorFlow / Keras)
+    "keras_resnet50": f"{_K}:KerasResNet50",
+    "keras_small_cnn": f"{_K}:KerasSmallCNN",
+    # detection and instance segmentation (torchvision)
+    "fasterrcnn_resnet50_fpn": f"{_D}:FasterRCNN",
+    "ssd300_vgg16": f"{_D}:SSD300",
+    "maskrcnn_resnet50_fpn": f"{_D}:MaskRCNN",
+    # semantic segmentation (torchvision)
+    "deeplabv3_resnet50": f"{_D}:DeepLabV3",
+    "fcn_resnet50": f"{_D}:FCN",
+    # NHN Cloud AI EasyMaker built-ins (transformers), EasyMaker's names and hyperparameters
+    "easymaker-image-classification": f"{_E}:EasyMakerImageClassification",
+    "easymaker-semantic-segmentation": f"{_E}:EasyMakerSemanticSegmentation",
+    "easymaker-object-detection": f"{_E}:EasyMakerObjectDetection",
 }
 
 

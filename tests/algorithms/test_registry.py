@@ -13,7 +13,8 @@ from kiln.errors import KilnError
 
 def test_registry_import_loads_no_ml_framework() -> None:
     code = ("import sys, kiln.algorithms.registry as r; "
-            "bad = [m for m in ('torch', 'sklearn', 'xgboost', 'transformers', 'torchvision') if m in sys.modules]; "
+            "bad = [m for m in ('torch', 'sklearn', 'xgboost', 'transformers', 'torchvision', 'tensorflow', "
+            "'keras') if m in sys.modules]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
@@ -31,6 +32,8 @@ def test_every_entry_resolves_to_its_class(name: str) -> None:
     module = ALGORITHMS[name].split(":")[0]
     if module.endswith("easymaker"):
         pytest.importorskip("transformers")
+    if module.endswith("keras_vision"):
+        pytest.importorskip("keras")
     cls = get_algorithm_class(name)
     assert cls.name == name
     d = describe(name)
