@@ -95,6 +95,12 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "dataset.preprocess": _lazy("kiln.controller.dataset_steps:dataset_preprocess"),
     "dataset.split": _lazy("kiln.controller.dataset_steps:dataset_split"),
     "dataset.version": _lazy("kiln.controller.dataset_steps:dataset_version"),
+    "labeling.project": _lazy("kiln.controller.labeling_steps:labeling_project"),
+    "labeling.pre-annotate": _lazy("kiln.controller.labeling_steps:labeling_pre_annotate"),
+    "labeling.import": _lazy("kiln.controller.labeling_steps:labeling_import"),
+    "labeling.assign": _lazy("kiln.controller.labeling_steps:labeling_assign"),
+    "labeling.wait-complete": _lazy("kiln.controller.labeling_steps:labeling_wait_complete"),
+    "labeling.export": _lazy("kiln.controller.labeling_steps:labeling_export"),
 }
 
 

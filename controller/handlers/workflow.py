@@ -28,7 +28,9 @@ class WorkflowHandler(Handler):
         def run(ctx: Context) -> dict[str, Any]:
             from kiln.controller.runner import run_workflow
 
-            manifest = render_workflow(ctx.config, spec, workspace=workspace)
+            # a followed dataset's new version is a new run of the same spec (retraining trigger)
+            data_version = ctx.run_key[len(spec.spec_hash) + 1:]
+            manifest = render_workflow(ctx.config, spec, workspace=workspace, data_version=data_version)
             try:
                 wf = run_workflow(ctx.config, manifest, on_progress=lambda p: _mirror(ctx, p))
             except WorkflowError as exc:
