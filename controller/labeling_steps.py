@@ -139,14 +139,24 @@ def connection(config: KilnConfig) -> Connection:
     return Connection(info.url, token, Path(info.document_root), ".kiln/labelstudio.json")
 
 
+# one checked client per server and token in a process: the in-process handler runs six steps
+# per apply, and checking the token costs a round trip each time
+_CLIENTS: dict[tuple[str, str, str], LabelingClient] = {}
+
+
 def connect(config: KilnConfig, timeout: float = 60.0) -> LabelingClient:
     """A checked client. Unreachable -> TemporaryError (retry); refused token -> permanent."""
     from kiln.controller.handlers.base import TemporaryError
     from kiln.labeling.client import LabelingClient, LabelStudioUnavailable
 
     conn = connection(config)
+    key = (conn.url, hashlib.sha256(conn.token.encode()).hexdigest(), str(conn.document_root))
+    if key in _CLIENTS:
+        return _CLIENTS[key]
     try:
-        return LabelingClient(conn.url, conn.token, document_root=conn.document_root, timeout=timeout)
+        client = LabelingClient(conn.url, conn.token, document_root=conn.document_root, timeout=timeout)
+        _CLIENTS[key] = client
+        return client
     except LabelStudioUnavailable as exc:
         if "refused the API token" in exc.message:
             raise KilnError(exc.message + f" (token from {conn.source})", hint=exc.hint) from None
@@ -513,9 +523,10 @@ def check_completion(client: LabelingClient, pid: int, spec: LabelingJobSpec) ->
     from kiln.labeling.export import completion
 
     tasks = client.export_tasks(pid)
-    c = completion(tasks, spec.completion.rule, reviewer_ids=_reviewer_ids(client, spec),
+    known = client.users()
+    c = completion(tasks, spec.completion.rule, reviewer_ids=[known[r] for r in spec.reviewers if r in known],
                    min_count=spec.completion.minCount, overlap=spec.overlap)
-    emails = {uid: email for email, uid in client.users().items()}
+    emails = {uid: email for email, uid in known.items()}
     prog = assignment.progress(tasks, emails)
     moves = renames(spec)
     per_class: dict[str, int] = {}

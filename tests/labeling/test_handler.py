@@ -216,19 +216,21 @@ def test_unchanged_reapply_changes_nothing(det) -> None:
 
 
 def test_annotate_complete_new_dataset_version(det) -> None:
-    repo, truth, admin, fx = det["repo"], det["truth"], det["admin"], det["fx"]
+    repo, truth, admin = det["repo"], det["truth"], det["admin"]
     pid = record(repo, "LabelingJob/default/boxes").extra["project"]
-    as_user = {u: LabelingClient(fx.url, server.user_token(fx.state_dir, u)) for u in ANNOTATORS[:2]}
+    # submitted as the annotators (completed_by); per-user tokens are covered in test_label_studio
+    uid = admin.users()
     ids = admin.existing_keys(pid)
     keys = sorted(truth)
     for n, key in enumerate(keys, start=1):
         who = ANNOTATORS[1] if 15 <= n <= 28 else ANNOTATORS[0]  # cy also does ed's share
         if key == "0020.png":
-            as_user[who].annotate(ids[key], [], cancelled=True)  # skipped
+            admin.annotate(ids[key], [], cancelled=True, user_id=uid[who])  # skipped
             continue
         if key == "0042.png":
             continue  # deleted below, never annotated
-        as_user[who].annotate(ids[key], [box_region(c, x, y, w, h, W, H) for c, (x, y, w, h) in truth[key]])
+        admin.annotate(ids[key], [box_region(c, x, y, w, h, W, H) for c, (x, y, w, h) in truth[key]],
+                       user_id=uid[who])
     # one more missing: not complete yet -> Progressing, no version
     assert admin.mark_deleted(pid, ["0042.png"]) == 1
     result, log = apply(repo)
@@ -299,24 +301,36 @@ def test_rename_class_in_spec_keeps_annotations(det) -> None:
     assert "scarlet" in rec.extra["progress"]["per_class"] and rec.extra["output"]["number"] == "v3"
 
 
-def test_unreachable_server_and_bad_token(label_studio, monkeypatch) -> None:
-    monkeypatch.setenv(TOKEN_ENV, label_studio.token)
-    files = {"specs/job.yaml": spec("LabelingJob", "job", "dataset: {name: none}\ntask: detection\nlabels: [a]\n"
-                                                            "annotators: [cy@example.com]\ncompletion: {rule: all-annotated}")}
-    repo = make_repo(label_studio, "down", files, url=f"http://127.0.0.1:{server.free_port()}")
-    result, log = apply(repo)
-    (res,) = result.results
-    assert res.outcome == "retrying" and "is unreachable" in res.message and "\n" not in res.message
-    assert "Traceback" not in log
-    rec = record(repo, "LabelingJob/default/job")
-    assert rec.condition("Reconciling").reason == "Retrying"
-    assert next(c for c in plan(repo).changes).action == "update"  # retried by the next apply
+def test_unreachable_server_and_bad_token(det, monkeypatch) -> None:
+    repo, fx = det["repo"], det["fx"]
+    good = (repo / "kiln.yaml").read_text()
+    try:
+        (repo / "kiln.yaml").write_text(good.replace(fx.url, f"http://127.0.0.1:{server.free_port()}"))
+        p = plan(repo)  # plan does not fail: it notes that it could not look
+        job = next(c for c in p.changes if c.ref == "LabelingJob/boxes")
+        assert "Label Studio not checked" in job.note and "is unreachable" in job.note
+        result, log = apply(repo)
+        res = next(r for r in result.results if r.ref == "LabelingJob/boxes")
+        first, *rest = res.message.splitlines()  # the error line, then its hint
+        assert res.outcome == "retrying" and "is unreachable" in first and len(rest) <= 1
+        assert "Traceback" not in log and result.exit_code == 1
+        rec = record(repo, "LabelingJob/default/boxes")
+        assert rec.condition("Reconciling").reason == "Retrying" and rec.condition("Ready").status == "False"
+        assert next(c for c in plan(repo).changes if c.ref == "LabelingJob/boxes").action == "update"  # retried
 
-    monkeypatch.setenv(TOKEN_ENV, "0" * 40)
-    repo = make_repo(label_studio, "badtoken", files)
-    result, log = apply(repo)
-    (res,) = result.results
-    assert res.outcome == "failed" and "refused the API token (HTTP 401)" in res.message
-    assert "0" * 40 not in log and label_studio.token not in log
-    rec = record(repo, "LabelingJob/default/job")
-    assert rec.condition("Stalled").status == "True"
+        (repo / "kiln.yaml").write_text(good)
+        monkeypatch.setenv(TOKEN_ENV, "0" * 40)
+        result, log = apply(repo)
+        res = next(r for r in result.results if r.ref == "LabelingJob/boxes")
+        assert res.outcome == "failed" and "refused the API token (HTTP 401)" in res.message
+        assert "0" * 40 not in log and fx.token not in log
+        rec = record(repo, "LabelingJob/default/boxes")
+        assert rec.condition("Stalled").status == "True"
+        assert fx.token not in json.dumps(rec.extra) + json.dumps(rec.spec)
+
+        monkeypatch.setenv(TOKEN_ENV, fx.token)  # fixed: the next apply recovers
+        result, log = apply(repo)
+        assert next(r for r in result.results if r.ref == "LabelingJob/boxes").outcome in ("updated", "unchanged"), log
+        assert record(repo, "LabelingJob/default/boxes").condition("Ready").status == "True"
+    finally:
+        (repo / "kiln.yaml").write_text(good)
