@@ -334,3 +334,75 @@ def test_unreachable_server_and_bad_token(det, monkeypatch) -> None:
         assert record(repo, "LabelingJob/default/boxes").condition("Ready").status == "True"
     finally:
         (repo / "kiln.yaml").write_text(good)
+
+
+@pytest.mark.slow  # ~50 s: trains resnet18 for a few epochs on CPU and versions a second dataset
+def test_classification_pre_annotation_from_registered_torch_model(label_studio, monkeypatch) -> None:
+    """A resnet18 trained on solid colours, registered, pre-annotates a classification job: the
+    predictions are exactly its predict output; items under the threshold stay unlabelled."""
+    pytest.importorskip("torch")
+    from kiln.algorithms.base import TrainData
+    from kiln.algorithms.registry import get_algorithm
+    from kiln.bento.registry import Registry, default_home
+    from kiln.data import load
+
+    monkeypatch.setenv(TOKEN_ENV, label_studio.token)
+    job = """
+dataset: {name: swatches}
+task: classification
+labels: [red, green, blue]
+annotators: [cy@example.com, di@example.com]
+assignment: weighted
+completion: {rule: min-count, minCount: 5}
+preAnnotation: {model: {name: colors-net, version: 1}, threshold: 0.6}
+"""
+    repo = make_repo(label_studio, "cls", {
+        "specs/swatches.yaml": spec("Dataset", "swatches", "type: image\nformat: coco\nsource: {path: raw/swatches}"),
+        "specs/exp.yaml": spec("Experiment", "colors-exp", "dataset: {name: swatches}\nalgorithm: {name: resnet18}\n"
+                                                            "register: {model: colors-net}"),
+        "specs/job.yaml": spec("LabelingJob", "swatch-labels", job.replace("annotators: [cy@example.com, di@example.com]",
+                                                                          "annotators: [{user: cy@example.com, weight: 2},"
+                                                                          " {user: di@example.com, weight: 1}]"))})
+    # training data: noisy solid colours in image-folder layout; the job's images: 12 more
+    rng = np.random.default_rng(0)
+    train = repo.parent / "cls-train"
+    for split, n in (("train", 12), ("validation", 3)):
+        for c, rgb in COLORS.items():
+            (train / split / c).mkdir(parents=True)
+            for i in range(n):
+                img = np.clip(np.array(rgb) + rng.integers(-25, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(train / split / c / f"{i}.png")
+    folder = repo / "raw" / "swatches"
+    folder.mkdir(parents=True)
+    images = []
+    for i in range(12):
+        rgb = np.array(list(COLORS.values())[i % 3])
+        mix = rgb if i < 9 else (rgb + np.array(list(COLORS.values())[(i + 1) % 3])) // 2  # 3 ambiguous ones
+        img = np.clip(mix + rng.integers(-25, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"s{i:02d}.png")
+        images.append({"id": i + 1, "file_name": f"s{i:02d}.png", "width": 16, "height": 16})
+    (folder / "_annotations.coco.json").write_text(json.dumps({"images": images, "annotations": [], "categories": []}))
+    algo = get_algorithm("resnet18")
+    model = algo.train(TrainData(load(train, "image-folder")),
+                       {"input_size": 32, "epochs": 4, "batch_size": 12, "learning_rate": 0.05, "device": "cpu"})
+    algo.save(model, repo.parent / "cls-model")
+    Registry(default_home(repo)).register("colors-net", repo.parent / "cls-model", "torch",
+                                          labels={"experiment": "colors-exp"})
+    result, log = apply(repo)
+    assert outcome(result, "LabelingJob/swatch-labels") == "created", log
+    rec = record(repo, "LabelingJob/default/swatch-labels")
+    assert rec.extra["assignment"] == {"cy@example.com": [1, 8], "di@example.com": [9, 12]}  # weights 2:1
+    admin = LabelingClient(label_studio.url, label_studio.token)
+    tasks = {t["data"]["kiln_key"]: t for t in admin.export_tasks(rec.extra["project"])}
+    want = dict(zip(sorted(tasks), algo.predict(model, [str(folder / k) for k in sorted(tasks)])))
+    above = 0
+    for key, out in want.items():
+        preds = list(admin.ls.predictions.list(task=tasks[key]["id"]))
+        if out["score"] < 0.6:
+            assert preds == [], key
+            continue
+        above += 1
+        (pred,) = preds
+        assert pred.model_version == "colors-net:v1" and pred.score == pytest.approx(out["score"])
+        assert pred.result[0]["value"]["choices"] == [out["label"]]
+    assert rec.extra["preAnnotation"]["withPredictions"] == above >= 6
