@@ -77,6 +77,14 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, echo: Printer 
     workspaces = {c.spec.name: c.spec.obj.spec for c in plan.changes
                   if c.spec is not None and c.kind == "Workspace"}
     for change in plan.changes:
+        if change.action == "unchanged" and change.poll and change.kind in HANDLERS and change.spec is not None:
+            # nothing changed, but the handler observes something in progress (labelling)
+            echo(f"  {change.ref}: {change.note}")
+            res = _reconcile(change, config, store, echo, workspaces)
+            if res.outcome == "updated" and not res.actions:
+                res.outcome = "unchanged"
+            result.results.append(res)
+            continue
         if change.action == "unchanged":
             if change.spec is not None:
                 echo(f"  {change.ref}: unchanged, skipping")
@@ -136,37 +144,44 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Prin
 
     spec = change.spec
     assert spec is not None
+    from kiln.controller.plan import input_versions
+
     handler = HANDLERS[change.kind]()
     record = change.record or _new_record(change)
     started = _now()
-    ctx = Context(config=config, store=store, spec=spec, record=record, log=echo, workspaces=workspaces)
+    ctx = Context(config=config, store=store, spec=spec, record=record, log=echo, workspaces=workspaces,
+                  inputs=input_versions(config, spec))
     outcome = "created" if change.action == "create" else "updated"
     res = ObjectResult(change.ref, outcome)
     inventory: list[dict[str, Any]] = []
     error: BaseException | None = None
-    echo(f"~ {change.ref}: {change.action} ({spec.location()})")
+    if not change.poll:
+        echo(f"~ {change.ref}: {change.action} ({spec.location()})")
     record = replace(record, source=_source(change)).with_condition(
         "Reconciling", "True", "Progressing", f"applying spec {spec.spec_hash}")
     store.put(record)
     ctx.record = record  # steps may record progress on it (e.g. a workflow's task phases)
     try:
+        key = ctx.run_key
         for step in handler.steps(ctx):
-            done = store.step(change.key, spec.spec_hash, step.name)
-            if done is not None and done.succeeded:
+            done = store.step(change.key, key, step.name)
+            if done is not None and done.succeeded and not step.always:
                 ctx.outputs[step.name] = done.output
                 res.skipped_steps.append(step.name)
                 echo(f"    = {step.name}: done before, skipping")
             else:
-                store.start_step(change.key, spec.spec_hash, step.name)
+                store.start_step(change.key, key, step.name, again=step.always)
                 try:
                     out = step.run(ctx) or {}
                 except BaseException as exc:
-                    store.finish_step(change.key, spec.spec_hash, step.name, "failed", message=str(exc))
+                    store.finish_step(change.key, key, step.name, "failed", message=str(exc))
                     raise
-                store.finish_step(change.key, spec.spec_hash, step.name, "succeeded", output=out)
+                store.finish_step(change.key, key, step.name, "succeeded", output=out)
                 ctx.outputs[step.name] = out
-                res.actions.append(f"{step.name}: {step.describe}")
-                echo(f"    + {step.name}: {step.describe}")
+                # an `always` step that found nothing to do ("changed": false) is no action
+                if not step.always or out.get("changed", True):
+                    res.actions.append(f"{step.name}: {step.describe}")
+                    echo(f"    + {step.name}: {step.describe}")
             if step.inventory is not None:
                 inventory += step.inventory(ctx.outputs[step.name])
     except (Exception, KeyboardInterrupt) as exc:
@@ -176,8 +191,11 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Prin
         record = ctx.record or record
         if error is None:
             record = record.applied(spec.doc, spec.spec_hash, now=finished)
-            record = replace(record, inventory=inventory,
-                             health=handler.health(ctx), extra={**record.extra, **handler.extra(ctx)})
+            extra = {**record.extra, **handler.extra(ctx)}
+            if ctx.inputs:  # what plan compares against to see a followed dataset's new version
+                extra["inputVersions"] = ctx.inputs
+                extra["runKey"] = ctx.run_key
+            record = replace(record, inventory=inventory, health=handler.health(ctx), extra=extra)
             record = record.with_condition("Ready", "True", "Succeeded", "applied", now=finished)
             record = record.with_condition("Reconciling", "False", "Succeeded", "", now=finished)
             record = record.with_condition("Stalled", "False", "Succeeded", "", now=finished)

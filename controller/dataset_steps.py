@@ -561,8 +561,6 @@ def _git(repo: Path, *args: str) -> str:
 
 @_locked
 def dataset_version(ctx: StepContext) -> dict[str, Any]:
-    from kiln.data.versioning import DatasetRepo
-
     spec = _spec(ctx)
     ws, name = _ws_name(ctx)
     final_name = stages(spec)[-1]
@@ -570,33 +568,48 @@ def dataset_version(ctx: StepContext) -> dict[str, Any]:
     validated = _ensure_validated(ctx, spec)
     final = _staging(ctx) / final_name
     content = _load(final, spec, validated["format"], verify=False)
-    rel = data_rel(ws, name)
-    repo = ctx.config.repo
-    home = dataset_home(ctx.config, ws, name)
-    dr = DatasetRepo(repo, remote_url=ctx.config.dvc.remote)
-    previous = dr.current(rel)
-    _replace_tree(final, repo / rel)
     lineage = {
-        "parent": previous,
         "source": validated["from"],
         "sourceContentHash": validated["contentHash"],
         "derivedFrom": validated.get("parentDataset"),
         "ops": [{"op": o.op, "columns": o.columns, "params": o.params} for o in spec.preprocessing],
         "splits": spec.splits.model_dump() if spec.splits else None,
-        "contentHash": content.content_hash(),
     }
-    known = {v.id for v in dr.versions(rel)}
-    v = dr.add_version(rel, content=content, lineage=lineage, push=spec.versioning.push,
-                       remote=spec.versioning.remote)
-    n = dr.number(rel, v.id)
-    committed = None
-    if spec.versioning.commit == "auto":
-        parent = str(Path(rel).parent)
-        committed = git_commit(repo, [f"{rel}.dvc", f"{rel}.versions.json", f"{parent}/.gitignore",
-                                      ".dvc/config", ".dvc/.gitignore", ".dvcignore"],
-                               f"kiln: dataset {ws}/{name} v{n} ({v.id[:12]})")
+    out = write_version(ctx.config, ws, name, final, content, lineage, push=spec.versioning.push,
+                        remote=spec.versioning.remote, commit=spec.versioning.commit)
     # the staging copies are no longer needed; a later memoized run rebuilds what it lacks
-    shutil.rmtree(home / "staging", ignore_errors=True)
+    shutil.rmtree(dataset_home(ctx.config, ws, name) / "staging", ignore_errors=True)
+    return out
+
+
+def write_version(config: KilnConfig, ws: str, name: str, folder: Path, content: DatasetContent,
+                  lineage: dict[str, Any], *, push: bool = True, remote: str | None = None,
+                  commit: str = "manual", message: str = "") -> dict[str, Any]:
+    """Make ``folder`` the dataset's new current version: the one code path every producer of a
+    version uses (the Dataset workflow, a completed LabelingJob). ``lineage`` gets ``parent``
+    (the version it replaces) and ``contentHash`` added; the same bytes give the same version id
+    (DVC), so calling it again with unchanged content adds nothing."""
+    from kiln.data.versioning import DatasetRepo
+
+    rel = data_rel(ws, name)
+    repo = config.repo
+    dr = DatasetRepo(repo, remote_url=config.dvc.remote)
+    previous = dr.current(rel)
+    # lock the versioned folder against a Dataset workflow versioning the same dataset meanwhile
+    fd = _lock(dataset_home(config, ws, name) / "version.lock")
+    try:
+        _replace_tree(folder, repo / rel)
+        lineage = {"parent": previous, **lineage, "contentHash": content.content_hash()}
+        known = {v.id for v in dr.versions(rel)}
+        v = dr.add_version(rel, content=content, lineage=lineage, push=push, remote=remote)
+        n = dr.number(rel, v.id)
+        committed = None
+        if commit == "auto":
+            parent = str(Path(rel).parent)
+            committed = git_commit(repo, [f"{rel}.dvc", f"{rel}.versions.json", f"{parent}/.gitignore",
+                                          ".dvc/config", ".dvc/.gitignore", ".dvcignore"],
+                                   message or f"kiln: dataset {ws}/{name} v{n} ({v.id[:12]})")
+    finally:
+        os.close(fd)
     return {"version": v.id, "number": n, "new": v.id not in known, "path": rel, "files": v.files,
             "size": v.size, "commit": committed}
-

@@ -2,6 +2,19 @@
 
 Cheapest check first: the spec hash. Only objects whose hash differs get a field diff. The plan
 is pure: it reads the state store and writes nothing.
+
+An unchanged spec can still need an apply, for two reasons outside the spec (given ``config``):
+
+- a followed dataset (``dataset: {version: latest}``) has a new version since the object was
+  applied: apply records the versions it resolved (``extra.inputVersions``) and plan compares
+  them with the datasets' current versions. An Experiment with ``trigger.onNewDatasetVersion:
+  retrain`` is planned as an update ("dataset wine has a new version v3"), ``plan-only`` is only
+  noted, ``ignore`` is silent. A LabelingJob imports the new items (not when the new version is
+  its own output). The run is then keyed on spec hash *and* input versions (``Context.run_key``),
+  so the steps run again instead of being skipped as done for this spec.
+- the handler observes drift or work in progress (``Handler.observe``): a Label Studio project
+  edited by hand is an update; labelling in progress is a ``poll`` (listed as unchanged with a
+  note; apply runs the handler's ``always`` steps to check completion).
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from kiln.controller.handlers import HANDLERS, PLANNED
 from kiln.validate import dependencies
 
 if TYPE_CHECKING:
+    from kiln.config import KilnConfig
     from kiln.loader import LoadedSpec, SpecSet
     from kiln.state import ObjectRecord
 
@@ -33,6 +47,7 @@ class Change:
     record: ObjectRecord | None = None
     fields: list[FieldChange] = field(default_factory=list)
     note: str = ""
+    poll: bool = False   # unchanged, but apply should run the handler's `always` steps (see module doc)
 
     @property
     def handled(self) -> bool:
@@ -164,10 +179,73 @@ def apply_order(specs: list[LoadedSpec]) -> list[LoadedSpec]:
     return ordered
 
 
+def followed_datasets(spec: LoadedSpec) -> list[tuple[str, str]]:
+    """(workspace, name) of the datasets ``spec`` follows (``version: latest``)."""
+    ref = getattr(spec.obj.spec, "dataset", None)
+    if spec.kind == "Dataset" or ref is None or getattr(ref, "version", None) != "latest":
+        return []
+    return [(ref.workspace or spec.workspace, ref.name)]
+
+
+def input_versions(config: KilnConfig | None, spec: LoadedSpec) -> dict[str, str]:
+    """``"<ws>/<dataset>" -> current version id`` of the followed datasets that have versions."""
+    if config is None:
+        return {}
+    out: dict[str, str] = {}
+    for ws, name in followed_datasets(spec):
+        log = config.repo / "data" / ws / f"{name}.versions.json"
+        if log.is_file():  # read the log directly: plan must stay cheap and never run DVC
+            try:
+                current = json.loads(log.read_text()).get("current")
+            except ValueError:
+                continue
+            if current:
+                out[f"{ws}/{name}"] = current
+    return out
+
+
+def _version_info(config: KilnConfig, dataset: str, vid: str) -> tuple[int, dict[str, Any]]:
+    ws, name = dataset.split("/")
+    log = json.loads((config.repo / "data" / ws / f"{name}.versions.json").read_text())
+    for i, v in enumerate(log.get("versions", []), start=1):
+        if v.get("id") == vid:
+            return i, v.get("lineage") or {}
+    return 0, {}
+
+
+def _new_inputs(config: KilnConfig, s: LoadedSpec, rec: ObjectRecord) -> tuple[Action, str] | None:
+    """Whether a followed dataset has a new version since ``rec`` was applied."""
+    now = input_versions(config, s)
+    before = rec.extra.get("inputVersions") or {}
+    notes: list[str] = []
+    for ds, vid in sorted(now.items()):
+        if before.get(ds) == vid:
+            continue
+        n, lineage = _version_info(config, ds, vid)
+        if s.kind == "LabelingJob" and (lineage.get("labelingJob") or {}).get("job") == f"LabelingJob/{s.workspace}/{s.name}":
+            continue  # the job's own output: nothing new to label
+        name = ds.split("/")[1] if ds.split("/")[0] == s.workspace else ds
+        notes.append(f"dataset {name} has a new version v{n}")
+    if not notes:
+        return None
+    note = "; ".join(notes)
+    if s.kind == "Experiment":
+        policy = s.obj.spec.trigger.onNewDatasetVersion
+        if policy == "ignore":
+            return None
+        if policy == "plan-only":
+            return ("unchanged", f"{note} (trigger onNewDatasetVersion: plan-only; not retrained)")
+        return ("update", f"{note}: retrain (trigger onNewDatasetVersion: retrain)")
+    if s.kind == "LabelingJob":
+        return ("update", f"{note}: apply imports its new items")
+    return ("update", note)
+
+
 def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None = None,
-              prune: bool = False) -> Plan:
+              prune: bool = False, config: KilnConfig | None = None) -> Plan:
     """``scope``: only records whose source lies under this path may be planned for deletion, so
-    planning one folder never proposes deleting what the rest of the repository defines."""
+    planning one folder never proposes deleting what the rest of the repository defines.
+    ``config``: also look outside the spec (followed datasets, ``Handler.observe``)."""
     known = {r.key: r for r in records}
     changes: list[Change] = []
     for s in apply_order(specs.specs):
@@ -181,7 +259,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
             changes.append(Change("update", s.key, s.kind, s.ref, spec=s, record=rec,
                                   note="retry: the last apply did not finish"))
         else:
-            changes.append(Change("unchanged", s.key, s.kind, s.ref, spec=s, record=rec))
+            changes.append(_outside_spec(config, s, rec))
     rank = {k: i for i, k in enumerate(KINDS)}
     # Deletions in reverse kind order: what refers to others goes first.
     for rec in sorted(known.values(), key=lambda r: (-rank.get(r.kind, 0), r.key)):
@@ -198,6 +276,25 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
         else:
             changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
     return Plan(changes, prune=prune)
+
+
+def _outside_spec(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord) -> Change:
+    """The change for an applied, unchanged spec: unchanged unless the world moved (module doc)."""
+    same = Change("unchanged", s.key, s.kind, s.ref, spec=s, record=rec)
+    if config is None:
+        return same
+    found = _new_inputs(config, s, rec)
+    if found is not None and found[0] == "update":
+        return Change("update", s.key, s.kind, s.ref, spec=s, record=rec, note=found[1])
+    handler = HANDLERS.get(s.kind)
+    seen = handler.observe(config, s, rec) if handler is not None and not handler.unavailable(s) else None
+    if seen is not None and seen[0] == "update":
+        return Change("update", s.key, s.kind, s.ref, spec=s, record=rec, note=seen[1])
+    if seen is not None:
+        same.poll, same.note = True, seen[1]
+    if found is not None:
+        same.note = "; ".join(x for x in (found[1], same.note) if x)
+    return same
 
 
 def _not_ready(rec: ObjectRecord) -> bool:

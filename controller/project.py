@@ -45,7 +45,7 @@ def plan(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prun
     from kiln.controller.plan import make_plan
 
     specs = load_valid(config, path)
-    return make_plan(specs, read_records(config), scope=_scope(config, path), prune=prune)
+    return make_plan(specs, read_records(config), scope=_scope(config, path), prune=prune, config=config)
 
 
 def read_records(config: KilnConfig) -> list:
@@ -78,7 +78,7 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
     with RepoLock(config.repo, command, wait=wait_lock):
         store = open_state(config)
         try:
-            p = make_plan(specs, store.all_objects(), scope=_scope(config, path), prune=prune)
+            p = make_plan(specs, store.all_objects(), scope=_scope(config, path), prune=prune, config=config)
             return Applied(p, apply_plan(p, config, store, echo))
         finally:
             store.close()

@@ -76,15 +76,18 @@ def _dataset(s: LoadedSpec) -> list[Task]:
 
 
 def _labeling(s: LoadedSpec) -> list[Task]:
+    # pre-annotate before import: predictions travel with the new tasks (kiln.controller.labeling_steps)
     spec = s.obj.spec
-    tasks = [Task("project", "labeling.project", retries=3),
-             Task("import", "labeling.import", depends=["project"], retries=3)]
-    prev = "import"
+    tasks = [Task("project", "labeling.project", retries=3)]
+    prev = "project"
     if spec.preAnnotation is not None:
-        tasks.append(Task("pre-annotate", "labeling.pre-annotate", depends=["import"], compute=True, retries=1))
+        tasks.append(Task("pre-annotate", "labeling.pre-annotate", depends=["project"], compute=True, retries=1))
         prev = "pre-annotate"
-    tasks.append(Task("assign", "labeling.assign", depends=[prev]))
-    tasks.append(Task("wait-complete", "labeling.wait-complete", depends=["assign"]))
+    tasks.append(Task("import", "labeling.import", depends=[prev], retries=3))
+    tasks.append(Task("assign", "labeling.assign", depends=["import"], retries=3))
+    # polls up to 10 minutes, then ends Succeeded either way (incomplete: the next run checks again)
+    tasks.append(Task("wait-complete", "labeling.wait-complete", depends=["assign"],
+                      args={"timeout": "600", "interval": "30"}))
     tasks.append(Task("export", "labeling.export", depends=["wait-complete"], retries=2))
     return tasks
 
@@ -184,7 +187,9 @@ def render_workflow(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSp
         "kiln.dev/kind": _label_value(s.kind),
         "kiln.dev/workspace": _label_value(s.workspace),
         "kiln.dev/name": _label_value(s.name),
-        "kiln.dev/spec-hash": s.spec_hash,
+        # with a data version the run is of this spec *and* that data: runners reuse a Succeeded
+        # run by this label, which must not swallow a retrain on a new dataset version
+        "kiln.dev/spec-hash": f"{s.spec_hash}-{data_version[:8]}" if data_version else s.spec_hash,
     }
     templates: list[dict[str, Any]] = []
     dag_tasks: list[dict[str, Any]] = []

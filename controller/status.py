@@ -117,7 +117,7 @@ def describe(config: KilnConfig, ref: str) -> str:
         if rec is None:
             raise NotFound(f"{ref} has not been applied", hint="run `kiln plan` to see what apply would do")
         attempts = store.attempts(key)
-        steps = store.steps(key, rec.spec_hash or None)
+        steps = store.steps(key, rec.extra.get("runKey") or rec.spec_hash or None)
     finally:
         store.close()
     out = [f"Name:         {rec.name}", f"Kind:         {rec.kind}", f"Workspace:    {rec.workspace}",

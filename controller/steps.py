@@ -103,6 +103,12 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "experiment.select": _lazy("kiln.controller.experiment_steps:select"),
     "experiment.export-onnx": _lazy("kiln.controller.experiment_steps:export_onnx"),
     "experiment.register": _lazy("kiln.controller.experiment_steps:register"),
+    "labeling.project": _lazy("kiln.controller.labeling_steps:labeling_project"),
+    "labeling.pre-annotate": _lazy("kiln.controller.labeling_steps:labeling_pre_annotate"),
+    "labeling.import": _lazy("kiln.controller.labeling_steps:labeling_import"),
+    "labeling.assign": _lazy("kiln.controller.labeling_steps:labeling_assign"),
+    "labeling.wait-complete": _lazy("kiln.controller.labeling_steps:labeling_wait_complete"),
+    "labeling.export": _lazy("kiln.controller.labeling_steps:labeling_export"),
 }
 
 

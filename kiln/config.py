@@ -12,7 +12,7 @@ Example::
     runner: local                 # or argo (env KILN_RUNNER)
     image: ghcr.io/kiln-dev/kiln:0.1.0
     argo: {namespace: argo, serviceAccount: kiln}
-    labelStudio: {url: http://127.0.0.1:8080, tokenEnv: LABEL_STUDIO_TOKEN}
+    labelStudio: {url: http://127.0.0.1:8080, tokenEnv: LABEL_STUDIO_TOKEN, documentRoot: /srv}
 """
 
 from __future__ import annotations
@@ -35,8 +35,14 @@ class _Section(BaseModel):
 
 
 class LabelStudioConfig(_Section):
+    """A Label Studio server kiln does not start itself. Without this section kiln uses the one
+    ``kiln labelstudio start`` runs (``.kiln/labelstudio.json``)."""
+
     url: str = "http://127.0.0.1:8080"
     tokenEnv: str = "LABEL_STUDIO_TOKEN"
+    documentRoot: str | None = Field(
+        None, description="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT as this machine sees it "
+                          "(default: the repository root); dataset folders must lie under it")
 
 
 class DvcConfig(_Section):

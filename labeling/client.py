@@ -101,6 +101,7 @@ class ProjectRef:
     title: str
     created: bool
     drift: Drift  # as found before ensure_project corrected it
+    updated: bool = False  # settings (title, config, instructions ...) were written
 
 
 @dataclass
@@ -257,7 +258,7 @@ class LabelingClient:
                    or (k == "label_config" and _norm_xml(p.label_config or "") != _norm_xml(v))}
         if changed:
             self._call(self.ls.projects.update, p.id, **changed, what=f"update project {title!r} ({p.id})")
-        return ProjectRef(id=p.id, title=title, created=False, drift=d)
+        return ProjectRef(id=p.id, title=title, created=False, drift=d, updated=bool(changed))
 
     # -- storage and import ------------------------------------------------------------------------
     def _doc_rel(self, path: Path) -> str:

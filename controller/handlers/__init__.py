@@ -6,17 +6,18 @@ from __future__ import annotations
 from kiln.controller.handlers.base import Context, Handler, Step, TemporaryError
 from kiln.controller.handlers.dataset import DatasetHandler
 from kiln.controller.handlers.experiment import ExperimentHandler
+from kiln.controller.handlers.labeling import LabelingJobHandler
 from kiln.controller.handlers.workspace import WorkspaceHandler
 
 HANDLERS: dict[str, type[Handler]] = {
     "Workspace": WorkspaceHandler,
     "Dataset": DatasetHandler,
+    "LabelingJob": LabelingJobHandler,
     "Experiment": ExperimentHandler,
 }
 
 # Where the missing ones arrive, for the message users see.
 PLANNED: dict[str, str] = {
-    "LabelingJob": "arrives with the Label Studio integration",
     "Deployment": "arrives with BentoML serving",
 }
 

@@ -43,6 +43,15 @@ class Context:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: Callable[[str], None] = print
     workspaces: dict[str, Any] = field(default_factory=dict)   # name -> WorkspaceSpec, from the specs
+    # followed inputs as resolved for this apply ("<ws>/<dataset>" -> version id, see plan.input_versions)
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def run_key(self) -> str:
+        """What step progress is keyed on: the spec hash, plus the followed inputs' versions, so
+        that a new dataset version re-runs an unchanged spec (the retraining trigger)."""
+        assert self.spec is not None
+        return run_key(self.spec.spec_hash, self.inputs)
 
     @property
     def repo(self) -> Path:
@@ -55,6 +64,19 @@ class Step:
     describe: str                               # what it does, for plan/apply output
     run: Callable[[Context], dict[str, Any] | None]
     inventory: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None  # output -> inventory items
+    # run on every apply even when it succeeded for this spec before: steps that observe the
+    # world (is the labelling complete?) rather than make something once. Their output says
+    # {"changed": false} when they found nothing to do, so that apply reports no action.
+    always: bool = False
+
+
+def run_key(spec_hash: str, inputs: dict[str, str]) -> str:
+    if not inputs:
+        return spec_hash
+    import hashlib
+    import json
+
+    return f"{spec_hash}-{hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
 class Handler(ABC):
@@ -74,6 +96,14 @@ class Handler(ABC):
         """Why this kiln version cannot apply this particular (valid) spec yet, or None. Plan
         shows it and apply treats the object like a kind without handler (exit 2, Stalled with
         this message) instead of failing it: e.g. a Dataset fed by a Deployment's capture."""
+        return None
+
+    @classmethod
+    def observe(cls, config: KilnConfig, spec: LoadedSpec, record: ObjectRecord) -> tuple[str, str] | None:
+        """For ``kiln plan``, about an object whose spec did not change: ``("update", why)`` when
+        the world drifted from what was applied (a project edited by hand), ``("poll", why)`` when
+        apply should run the ``always`` steps again without it counting as a change (waiting for
+        people to finish labelling), None when there is nothing to do. Read-only."""
         return None
 
     def health(self, ctx: Context) -> str:

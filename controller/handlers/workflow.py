@@ -28,7 +28,10 @@ class WorkflowHandler(Handler):
         def run(ctx: Context) -> dict[str, Any]:
             from kiln.controller.runner import run_workflow
 
-            manifest = render_workflow(ctx.config, spec, workspace=workspace, **self.render_args(ctx))
+            args = self.render_args(ctx)
+            # a followed dataset's new version is a new run of the same spec (retraining trigger)
+            args.setdefault("data_version", ctx.run_key[len(spec.spec_hash) + 1:])
+            manifest = render_workflow(ctx.config, spec, workspace=workspace, **args)
             try:
                 wf = run_workflow(ctx.config, manifest, on_progress=lambda p: _mirror(ctx, p, self.live_extra))
             except WorkflowError as exc:

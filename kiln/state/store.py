@@ -481,17 +481,19 @@ class StateStore:
             rows = conn.execute(q).all()
         return [self._to_step(r) for r in rows]
 
-    def start_step(self, key: str, spec_hash: str, step: str) -> StepProgress:
-        """Mark a step started (again: ``retries`` + 1). Refuses a step that already succeeded."""
+    def start_step(self, key: str, spec_hash: str, step: str, *, again: bool = False) -> StepProgress:
+        """Mark a step started (again: ``retries`` + 1). Refuses a step that already succeeded,
+        unless ``again`` (a handler's ``always`` step, which observes rather than creates)."""
         with self._guard("write"), self._writing() as conn:
             old = conn.execute(sa.select(_steps).where(
                 _steps.c.key == key, _steps.c.spec_hash == spec_hash, _steps.c.step == step)).first()
-            if old is not None and old.state == "succeeded":
+            if old is not None and old.state == "succeeded" and not again:
                 raise StateError(f"{key}: step {step!r} already succeeded for spec {spec_hash[:12]}; "
                                  "it must not run again",
                                  hint="the controller should check store.step(...) first (bug)")
             sp = StepProgress(key=key, spec_hash=spec_hash, step=step, state="started",
-                              retries=old.retries + 1 if old is not None else 0, started_at=utcnow())
+                              retries=old.retries + 1 if old is not None and old.state != "succeeded" else 0,
+                              started_at=utcnow())
             self._upsert(conn, _steps, ("key", "spec_hash", "step"), self._step_values(sp))
         return sp
 

@@ -1,0 +1,184 @@
+"""LabelingJob handler: the steps of ``kiln.controller.labeling_steps``, run in-process.
+
+Why not a workflow, as Datasets are: a labelling job is mostly waiting for people. Its steps are
+a few Label Studio API calls each, idempotent and cheap when nothing changed, so every
+``kiln apply`` runs all of them again (``Step.always``) instead of trusting a spec-hash memo:
+new dataset items get imported, a hand-edited project is restored, and completion is checked.
+(The same steps run as tasks of the Argo workflow ``render.PIPELINES["LabelingJob"]`` renders.)
+
+The lifecycle, as ``kiln status`` shows it:
+
+- applied, not complete: Ready True, health **Progressing**, ``info`` "project 3: 12/42 annotated
+  or skipped". ``kiln plan`` lists the job with a note ("labelling in progress ...; apply checks
+  completion") and ``kiln apply`` re-runs its steps: ``apply`` returns promptly (wait-complete
+  does one check), so a later apply, or a controller loop calling apply, picks up completion.
+- complete: the export step writes the new dataset version (once; ``exported.json``), health
+  **Healthy**; plan is quiet again.
+- the project drifted (classes renamed by hand in Label Studio): plan shows an update with the
+  drift described; apply restores the spec's classes and moves the annotations along.
+- Label Studio unreachable: a TemporaryError, the object stays Reconciling and plan retries it;
+  a refused token: Stalled with the one-line reason.
+
+Status kept in the record's ``extra`` (``kiln describe LabelingJob/NAME``)::
+
+    {"project": 3, "url": "http://127.0.0.1:8080/projects/3", "dataset": "vision/shapes@v1",
+     "assignment": {"cy@x": [1, 14], ...}, "completion": {"complete": false, "rule": "...",
+     "done": 12, "total": 42, "reason": "..."}, "progress": {"per_annotator": {...},
+     "per_class": {...}}, "output": {"dataset": "vision/shapes", "number": "v2", ...},
+     "info": "project 3: 12/42 items annotated or skipped"}
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kiln.controller.handlers.base import Context, Handler, Step
+
+if TYPE_CHECKING:
+    from kiln.config import KilnConfig
+    from kiln.loader import LoadedSpec
+    from kiln.state import ObjectRecord
+
+# (step name, labeling_steps function, description)
+STEP_ORDER: list[tuple[str, str, str]] = [
+    ("project", "labeling_project", "ensure the Label Studio project and its label config"),
+    ("pre-annotate", "labeling_pre_annotate", "predict labels for new items with the registered model"),
+    ("import", "labeling_import", "import new dataset items (split among the annotators)"),
+    ("assign", "labeling_assign", "ensure annotator/reviewer users and per-annotator views"),
+    ("wait-complete", "labeling_wait_complete", "check the completion rule"),
+    ("export", "labeling_export", "on completion, write the labels as a new dataset version"),
+]
+
+
+def _step_context(ctx: Context) -> Any:
+    from kiln.controller.steps import StepContext
+
+    spec = ctx.spec
+    assert spec is not None
+    return StepContext(config=ctx.config, ref=f"{spec.kind}/{spec.workspace}/{spec.name}", spec=spec.doc,
+                       spec_hash=spec.spec_hash)
+
+
+class LabelingJobHandler(Handler):
+    kind = "LabelingJob"
+
+    @classmethod
+    def unavailable(cls, spec: LoadedSpec) -> str | None:
+        from kiln.controller.labeling_steps import pre_annotation_unavailable
+
+        s = spec.obj.spec
+        if s.task.startswith("tabular"):
+            return f"task {s.task}: tabular labelling is not available in this kiln version (image tasks are)"
+        return pre_annotation_unavailable(s)
+
+    def steps(self, ctx: Context) -> list[Step]:
+        from kiln.controller import labeling_steps as ls
+
+        assert ctx.spec is not None
+        out = []
+        for name, fn_name, describe in STEP_ORDER:
+            if name == "pre-annotate" and ctx.spec.obj.spec.preAnnotation is None:
+                continue
+            fn = getattr(ls, fn_name)
+
+            def run(c: Context, fn: Any = fn) -> dict[str, Any]:
+                return fn(_step_context(c))
+
+            out.append(Step(name, describe, run, inventory=_inventory if name == "project" else None,
+                            always=True))
+        return out
+
+    def health(self, ctx: Context) -> str:
+        exp = ctx.outputs.get("export") or {}
+        return "Healthy" if exp.get("exported") else "Progressing"
+
+    def extra(self, ctx: Context) -> dict[str, Any]:
+        o = ctx.outputs
+        proj, imp, wait, exp = (o.get(k) or {} for k in ("project", "import", "wait-complete", "export"))
+        extra: dict[str, Any] = {}
+        if proj:
+            extra.update(project=proj["project"], url=proj["url"])
+            if proj.get("drift"):
+                extra["corrected"] = proj["drift"]
+        if imp:
+            extra.update(dataset=f"{imp['dataset']}@{imp['datasetNumber']}", items=imp["items"],
+                         assignment=imp["assignment"] or (ctx.record.extra.get("assignment") if ctx.record else {}))
+            if "pre-annotate" in o:
+                extra["preAnnotation"] = {**o["pre-annotate"], "withPredictions": imp["withPredictions"],
+                                          "belowThreshold": imp["belowThreshold"]}
+        if wait:
+            extra["completion"] = {k: wait[k] for k in ("complete", "rule", "done", "total", "reason")}
+            extra["progress"] = {k: wait["progress"][k] for k in ("per_annotator", "per_class")}
+        if exp.get("exported"):
+            extra["output"] = {k: exp[k] for k in ("dataset", "version", "number", "items", "skipped", "deleted")}
+        state = "complete" if wait.get("complete") else "in progress"
+        line = f"project {proj.get('project', '?')}: {wait.get('reason', '?')} ({state})"
+        if exp.get("exported"):
+            line += f" -> {exp['dataset']} {exp['number']}"
+        extra["info"] = line
+        return extra
+
+    @classmethod
+    def observe(cls, config: KilnConfig, spec: LoadedSpec, record: ObjectRecord) -> tuple[str, str] | None:
+        """For plan: ("update", why) when the Label Studio project drifted from the spec, ("poll",
+        why) while labelling is in progress; None when there is nothing to do."""
+        from kiln.controller.labeling_steps import classes, connect, kiln_id
+        from kiln.errors import KilnError
+
+        s = spec.obj.spec
+        try:
+            client = connect(config, timeout=10)
+            p = client.find_project(kiln_id(spec.workspace, spec.name))
+            if p is None:
+                if record.extra.get("project") is not None:
+                    return ("update", f"Label Studio project {record.extra['project']} is gone; apply recreates it")
+            else:
+                d = client.drift(p, s.task, classes(s))
+                if d.drifted:
+                    return ("update", f"drift: {d.describe()}; apply restores the spec's classes")
+        except KilnError as exc:
+            return ("poll", f"Label Studio not checked: {exc.message}")
+        comp = record.extra.get("completion") or {}
+        if comp and not comp.get("complete"):
+            return ("poll", f"labelling in progress: {comp.get('reason')}; apply checks completion")
+        if comp.get("complete") and not record.extra.get("output"):
+            return ("poll", "complete, not exported yet; apply exports it")
+        return None
+
+    def delete(self, ctx: Context) -> list[str]:
+        """Delete the Label Studio project, unless it holds annotations that were never exported."""
+        from kiln.controller.labeling_steps import connect
+        from kiln.errors import KilnError
+
+        assert ctx.record is not None
+        done = []
+        for item in ctx.record.inventory:
+            if item.get("kind") != "labelstudio-project":
+                continue
+            client = connect(ctx.config)
+            pid = int(item["id"])
+            if not ctx.record.extra.get("output"):
+                annotated = sum(bool(t.get("annotations")) for t in client.export_tasks(pid)) \
+                    if _exists(client, pid) else 0
+                if annotated:
+                    raise KilnError(f"Label Studio project {pid} holds {annotated} annotated item(s) that were "
+                                    "never exported to a dataset version",
+                                    hint="complete the job first, or delete the project in Label Studio yourself")
+            if _exists(client, pid):
+                client._call(client.ls.projects.delete, pid, what=f"delete project {pid}")
+                done.append(f"delete Label Studio project {pid}")
+        return done
+
+
+def _exists(client: Any, pid: int) -> bool:
+    from kiln.labeling.client import LabelStudioRequestError
+
+    try:
+        client._call(client.ls.projects.get, pid, what=f"read project {pid}")
+        return True
+    except LabelStudioRequestError:
+        return False
+
+
+def _inventory(out: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"kind": "labelstudio-project", "id": out["project"], "url": out["url"]}]

@@ -1,0 +1,639 @@
+"""The LabelingJob's steps: project -> pre-annotate -> import -> assign -> wait-complete -> export.
+
+Each is a ``kiln step labeling.<name>`` (a task of the Argo workflow ``render.PIPELINES`` renders)
+and, for the local controller, a handler step run in-process (``handlers.labeling``). All of them
+are idempotent and cheap when nothing changed, because a LabelingJob is reconciled again and again
+while people label: every apply of an unfinished job re-runs them.
+
+- project: one Label Studio project per job (``LabelingClient.ensure_project``: found by its
+  ``kiln.dev/id`` marker, label config from ``spec.labels``); classes renamed in the spec
+  (``renamedFrom``) or by hand in Label Studio (drift, restored to the spec) are rewritten in the
+  existing annotations and predictions, so no annotation is lost.
+- pre-annotate: predictions of a registered model for the items not yet in the project (cached
+  per model version in the job's folder); an item scoring below ``threshold`` stays unlabelled.
+- import: a local-files storage over the dataset version's folder, then only the new items, split
+  among the annotators (``kiln.labeling.assignment``).
+- assign: Label Studio users for annotators and reviewers (workspace members), one view each.
+- wait-complete: evaluates the completion rule (polling up to ``--arg timeout=SECONDS``, default
+  one check). It *succeeds* whether or not the job is complete: an unfinished job is Progressing,
+  not Failed, and the next ``kiln apply`` (plan shows it, see ``handlers.labeling``) checks again.
+- export: once complete, the JSON export is converted (``kiln.labeling.export.to_content``) into
+  the output dataset's format and written as a new version through
+  ``dataset_steps.write_version`` (the Dataset workflow's own path), lineage naming the job.
+
+Connection (``connect``): ``kiln.yaml`` ``labelStudio: {url, tokenEnv, documentRoot}`` when that
+section is given, else the server ``kiln labelstudio start`` runs (``.kiln/labelstudio.json``).
+An unreachable server is a ``TemporaryError`` (retried by the next apply); a refused token or a
+missing token variable is permanent (Stalled) until fixed. The token never leaves the process.
+
+Persisted per job, ``.kiln/workspaces/<ws>/labeling/<name>/``::
+
+    predictions/<model>-v<N>.json   {"<item key>": {"result": [...], "score": 0.93,
+                                     "model_version": "shapes:v1"} | null}
+    items/<version id>/             the dataset version's files, when it is not the checked-out one
+    exported.json                   {"annotations": "<sha256 of the exported results>",
+                                     "version": "<id>", "number": 2, "dataset": "vision/shapes"}
+    export/                         staging folder of the output version (removed after)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.controller.steps import StepContext, workspace_dir
+from kiln.errors import ConfigError, KilnError, NotFound
+
+if TYPE_CHECKING:
+    from kiln.api.labeling import LabelingJobSpec
+    from kiln.config import KilnConfig
+    from kiln.data.model import DatasetContent
+    from kiln.labeling.client import LabelingClient, Prediction
+
+PREDICT_BATCH = 32
+
+
+class PreAnnotationNotAvailable(KilnError):
+    """The spec asks for a pre-annotation source this kiln version cannot use yet."""
+
+
+# -- paths and spec ------------------------------------------------------------------------------
+
+def job_home(config: KilnConfig, workspace: str, name: str) -> Path:
+    return workspace_dir(config, workspace) / "labeling" / name
+
+
+def _ws_name(ctx: StepContext) -> tuple[str, str]:
+    _, ws, name = ctx.ref.split("/")
+    return ws, name
+
+
+def _spec(ctx: StepContext) -> LabelingJobSpec:
+    from kiln.api.labeling import LabelingJob
+
+    return LabelingJob.model_validate(ctx.spec).spec
+
+
+def kiln_id(ws: str, name: str) -> str:
+    return f"{ws}/{name}"
+
+
+def classes(spec: LabelingJobSpec) -> list[str]:
+    return [lb.name for lb in spec.labels]
+
+
+def renames(spec: LabelingJobSpec) -> dict[str, str]:
+    """old class name -> new one, from ``renamedFrom``."""
+    return {lb.renamedFrom: lb.name for lb in spec.labels if lb.renamedFrom}
+
+
+def output_dataset(spec: LabelingJobSpec, job_ws: str) -> tuple[str, str]:
+    """(workspace, name) of the dataset the finished labels become a version of."""
+    if spec.output.dataset:
+        return job_ws, spec.output.dataset
+    return spec.dataset.workspace or job_ws, spec.dataset.name
+
+
+# -- connection ----------------------------------------------------------------------------------
+
+@dataclass
+class Connection:
+    url: str
+    token: str
+    document_root: Path
+    source: str  # where the settings came from, for messages
+
+    def __repr__(self) -> str:  # never print the token
+        return f"Connection(url={self.url!r}, source={self.source!r})"
+
+
+def connection(config: KilnConfig) -> Connection:
+    """Where Label Studio is and the token to use (module doc); ConfigError when unknown."""
+    from kiln.labeling import server
+
+    ls = config.labelStudio
+    if "labelStudio" in config.model_fields_set:
+        token = os.environ.get(ls.tokenEnv)
+        if not token:
+            raise ConfigError(f"Label Studio token variable {ls.tokenEnv} is not set (kiln.yaml labelStudio.tokenEnv)",
+                              hint=f"export {ls.tokenEnv}=<the API token of a Label Studio admin>")
+        root = Path(ls.documentRoot) if ls.documentRoot else config.repo
+        return Connection(ls.url.rstrip("/"), token, root if root.is_absolute() else config.repo / root,
+                          "kiln.yaml labelStudio")
+    info = server.read_state(config.kiln_dir())
+    if info is None:
+        raise ConfigError("no Label Studio server: kiln.yaml has no labelStudio section and "
+                          "`kiln labelstudio start` has not been run in this repository",
+                          hint="run `kiln labelstudio start`, or set labelStudio: {url, tokenEnv} in kiln.yaml")
+    try:
+        token = server.read_token(config.kiln_dir())
+    except server.LabelStudioError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from None
+    return Connection(info.url, token, Path(info.document_root), ".kiln/labelstudio.json")
+
+
+# one checked client per server and token in a process: the in-process handler runs six steps
+# per apply, and checking the token costs a round trip each time
+_CLIENTS: dict[tuple[str, str, str], LabelingClient] = {}
+
+
+def connect(config: KilnConfig, timeout: float = 60.0) -> LabelingClient:
+    """A checked client. Unreachable -> TemporaryError (retry); refused token -> permanent."""
+    from kiln.controller.handlers.base import TemporaryError
+    from kiln.labeling.client import LabelingClient, LabelStudioUnavailable
+
+    conn = connection(config)
+    key = (conn.url, hashlib.sha256(conn.token.encode()).hexdigest(), str(conn.document_root))
+    if key in _CLIENTS:
+        return _CLIENTS[key]
+    try:
+        client = LabelingClient(conn.url, conn.token, document_root=conn.document_root, timeout=timeout)
+        _CLIENTS[key] = client
+        return client
+    except LabelStudioUnavailable as exc:
+        if "refused the API token" in exc.message:
+            raise KilnError(exc.message + f" (token from {conn.source})", hint=exc.hint) from None
+        raise TemporaryError(exc.message, hint=exc.hint) from None
+
+
+# -- the dataset version's items -----------------------------------------------------------------
+
+@dataclass
+class Items:
+    dataset: str          # ws/name
+    version: str          # DVC id
+    number: int
+    folder: Path          # where the files are (served by Label Studio's local-files storage)
+    content: DatasetContent
+
+
+def dataset_items(ctx: StepContext, spec: LabelingJobSpec) -> Items:
+    from kiln.controller.dataset_steps import data_rel
+    from kiln.data import load
+    from kiln.data.versioning import DatasetRepo
+
+    ws, name = _ws_name(ctx)
+    dws = spec.dataset.workspace or ws
+    rel = data_rel(dws, spec.dataset.name)
+    dr = DatasetRepo(ctx.config.repo, remote_url=ctx.config.dvc.remote)
+    try:
+        v = dr.resolve(rel, spec.dataset.version)
+    except NotFound as exc:
+        raise NotFound(f"LabelingJob {ws}/{name}: dataset {dws}/{spec.dataset.name}: {exc.message}",
+                       hint=exc.hint or "apply the Dataset spec first") from None
+    folder = ctx.config.repo / rel
+    if dr.current(rel) != v.id or not folder.is_dir():
+        folder = job_home(ctx.config, ws, name) / "items" / v.id
+        if not folder.is_dir():
+            dr.materialize(rel, v.id, folder)
+    content = load(folder, "auto", None, verify=False)
+    if content.task == "tabular":
+        raise ConfigError(f"LabelingJob {ws}/{name}: dataset {dws}/{spec.dataset.name} is a table; "
+                          "tabular labelling is not available in this kiln version",
+                          hint="label image datasets for now")
+    return Items(f"{dws}/{spec.dataset.name}", v.id, dr.number(rel, v.id), folder, content)
+
+
+# -- project -------------------------------------------------------------------------------------
+
+def labeling_project(ctx: StepContext) -> dict[str, Any]:
+    spec = _spec(ctx)
+    ws, name = _ws_name(ctx)
+    client = connect(ctx.config)
+    # a rename in the spec: make the server's config carry the old name until annotations moved
+    ref = client.ensure_project(
+        kiln_id(ws, name), title=f"{ws}/{name}" if ws != "default" else name, task=spec.task,
+        classes=classes(spec), colors={lb.name: lb.color for lb in spec.labels if lb.color},
+        instructions=spec.instructions, overlap=spec.overlap,
+        description=f"kiln LabelingJob {ws}/{name} over dataset {spec.dataset.name}")
+    moves = dict(renames(spec))
+    # drift: a class renamed by hand is restored; annotations made under the hand-made name follow
+    moves.update({found: wanted for wanted, found in ref.drift.renamed})
+    moved = rename_labels(client, ref.id, moves) if moves and not ref.created else 0
+    return {"project": ref.id, "url": f"{client.url}/projects/{ref.id}", "created": ref.created,
+            "drift": ref.drift.describe() if ref.drift.drifted else "", "relabelled": moved,
+            "changed": ref.created or ref.drift.drifted or ref.updated or moved > 0}
+
+
+_LABEL_KEYS = ("choices", "rectanglelabels", "polygonlabels", "brushlabels", "labels")
+
+
+def _renamed(result: list[dict[str, Any]], moves: dict[str, str]) -> list[dict[str, Any]] | None:
+    changed = False
+    out = []
+    for r in result:
+        v = dict(r.get("value") or {})
+        for k in _LABEL_KEYS:
+            if k in v and any(x in moves for x in v[k]):
+                v[k] = [moves.get(x, x) for x in v[k]]
+                changed = True
+        out.append({**r, "value": v})
+    return out if changed else None
+
+
+def rename_labels(client: LabelingClient, project_id: int, moves: dict[str, str]) -> int:
+    """Rewrite ``old -> new`` class names in the project's annotations and predictions."""
+    n = 0
+    for t in client.export_tasks(project_id):
+        for a in t.get("annotations", []):
+            new = _renamed(a.get("result") or [], moves)
+            if new is not None:
+                client._call(client.ls.annotations.update, a["id"], result=new, what=f"relabel annotation {a['id']}")
+                n += 1
+    # the JSON export lists prediction ids only
+    for p in client._call(client.ls.predictions.list, project=project_id, what="list predictions"):
+        new = _renamed(p.result or [], moves)
+        if new is not None:
+            client._call(client.ls.predictions.update, p.id, result=new, what=f"relabel prediction {p.id}")
+            n += 1
+    return n
+
+
+# -- pre-annotation ------------------------------------------------------------------------------
+
+@dataclass
+class ResolvedModel:
+    name: str
+    version: int
+    path: Path
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+
+def resolve_model(config: KilnConfig, ref: Any, job_ws: str) -> ResolvedModel:
+    """A registered model from ``{name, version|alias}`` or ``{experiment}`` (the newest version
+    registered with that experiment's label)."""
+    try:
+        from kiln.bento.registry import Registry, default_home
+    except ImportError as exc:  # pragma: no cover - the serving package is part of kiln
+        raise PreAnnotationNotAvailable(f"the model registry is not available ({exc})") from None
+    try:
+        reg = Registry(default_home(config.repo))
+        if ref.experiment:
+            found: list[tuple[str, int]] = []
+            for name in reg.names():
+                for v in reg.versions(name):
+                    labels = (reg.describe(name, v).get("labels") or {})
+                    if labels.get("experiment") in (ref.experiment, f"{job_ws}/{ref.experiment}"):
+                        found.append((reg.describe(name, v)["created"], name, v))  # type: ignore[arg-type]
+            if not found:
+                raise NotFound(f"no registered model comes from experiment {ref.experiment!r}",
+                               hint="apply the Experiment with a `register` section first")
+            _, name, version = max(found)  # type: ignore[misc]
+        else:
+            name = ref.name
+            version = reg.resolve(name, ref.version, ref.alias)
+        return ResolvedModel(name, version, reg.path(name, version))
+    except ModuleNotFoundError as exc:
+        raise PreAnnotationNotAvailable(f"the model registry needs {exc.name}, which is not installed",
+                                        hint="pip install 'kiln[serve]'") from None
+
+
+def load_predictor(model: ResolvedModel) -> Callable[[list[Path]], list[Any]]:
+    """``paths -> outputs`` of the model's ``kiln.algorithms`` predict (the saved model folder's
+    ``meta.json`` names the algorithm)."""
+    from kiln.algorithms.base import read_meta
+    from kiln.algorithms.registry import get_algorithm
+
+    meta = read_meta(model.path)
+    algo = get_algorithm(meta["algorithm"])
+    trained = algo.load(model.path)
+    return lambda paths: algo.predict(trained, [str(p) for p in paths])
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def classification_prediction(out: Any, path: Path, classes: Sequence[str], version: str) -> Prediction | None:
+    """``{"label", "score"}`` (kiln.algorithms' classification predict) -> a Choices prediction."""
+    from kiln.labeling.client import Prediction, choice_region
+
+    if isinstance(out, list):  # top-k lists: the best first
+        out = out[0] if out else None
+    if not out or out.get("label") is None:
+        return None
+    label = str(out["label"])
+    if label not in classes:
+        return None  # a class the job does not label: leave the item for a person
+    return Prediction([choice_region(label)], float(out.get("score", 0.0)), version)
+
+
+def detection_prediction(out: Any, path: Path, classes: Sequence[str], version: str,
+                         threshold: float = 0.0) -> Prediction | None:
+    """A detection predict output for one image -> a RectangleLabels prediction.
+
+    Accepted outputs: torchvision's ``{"boxes": [[x1, y1, x2, y2], ...] (pixels), "labels": [name
+    or class index], "scores": [...]}`` or a list of ``{"label", "bbox": [x, y, w, h], "score"}``.
+    Boxes below ``threshold`` and of classes the job does not label are dropped; the item's score
+    is the mean of the kept boxes' scores; no box kept -> None (the item stays unlabelled).
+    """
+    from kiln.labeling.client import Prediction, box_region
+
+    boxes: list[tuple[str, list[float], float]] = []
+    if isinstance(out, dict):
+        for box, lab, score in zip(out.get("boxes", []), out.get("labels", []), out.get("scores", [])):
+            x1, y1, x2, y2 = (float(c) for c in box)
+            name = classes[int(lab)] if isinstance(lab, int) and not isinstance(lab, bool) else str(lab)
+            boxes.append((name, [x1, y1, x2 - x1, y2 - y1], float(score)))
+    else:
+        for d in out or []:
+            boxes.append((str(d["label"]), [float(c) for c in d["bbox"]], float(d.get("score", 1.0))))
+    kept = [b for b in boxes if b[0] in classes and b[2] >= threshold]
+    if not kept:
+        return None
+    w, h = _image_size(path)
+    result = [box_region(c, *bb, w, h) for c, bb, _ in kept]
+    return Prediction(result, sum(s for *_, s in kept) / len(kept), version)
+
+
+# task -> how one predict output becomes a Label Studio prediction
+PREDICTION_MAPPERS: dict[str, Callable[..., Any]] = {
+    "classification": classification_prediction,
+    "detection": detection_prediction,
+}
+
+
+def predictions_for(task: str, outputs: Sequence[Any], paths: Sequence[Path], classes: Sequence[str],
+                    version: str, threshold: float) -> list[Prediction | None]:
+    try:
+        mapper = PREDICTION_MAPPERS[task]
+    except KeyError:
+        raise PreAnnotationNotAvailable(
+            f"pre-annotation of {task} jobs is not available in this kiln version",
+            hint=f"pre-annotation works for: {', '.join(PREDICTION_MAPPERS)}") from None
+    extra = {"threshold": threshold} if task == "detection" else {}
+    return [mapper(o, p, classes, version, **extra) for o, p in zip(outputs, paths)]
+
+
+def _pred_file(ctx: StepContext, model: ResolvedModel) -> Path:
+    ws, name = _ws_name(ctx)
+    return job_home(ctx.config, ws, name) / "predictions" / f"{model.name}-v{model.version}.json"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def labeling_pre_annotate(ctx: StepContext) -> dict[str, Any]:
+    spec = _spec(ctx)
+    pa = spec.preAnnotation
+    if pa is None:
+        return {"model": None, "changed": False}
+    reason = pre_annotation_unavailable(spec)
+    if reason:
+        raise PreAnnotationNotAvailable(reason)
+    ws, _ = _ws_name(ctx)
+    model = resolve_model(ctx.config, pa.model, ws)
+    items = dataset_items(ctx, spec)
+    f = _pred_file(ctx, model)
+    cache: dict[str, Any] = json.loads(f.read_text()) if f.is_file() else {}
+    client = connect(ctx.config)
+    have = client.existing_keys(project_id(ctx, client)) if ctx.args.get("skip-existing", "1") == "1" else {}
+    todo = [it for it in items.content.items if it.path not in cache and it.path not in have]
+    if todo:
+        predict = load_predictor(model)
+        for i in range(0, len(todo), PREDICT_BATCH):
+            batch = todo[i:i + PREDICT_BATCH]
+            paths = [items.folder / it.path for it in batch]
+            preds = predictions_for(spec.task, predict(paths), paths, classes(spec), model.tag, pa.threshold)
+            for it, p in zip(batch, preds):
+                cache[it.path] = None if p is None else {"result": p.result, "score": p.score,
+                                                         "model_version": p.model_version}
+        _write_json(f, cache)
+    scored = [c for c in cache.values() if c is not None]
+    return {"model": model.tag, "predicted": len(todo), "cached": len(cache), "changed": bool(todo),
+            "aboveThreshold": sum(c["score"] >= pa.threshold for c in scored)}
+
+
+def pre_annotation_unavailable(spec: LabelingJobSpec) -> str | None:
+    pa = spec.preAnnotation
+    if pa is None:
+        return None
+    if pa.deployment:
+        return (f"preAnnotation.deployment {pa.deployment!r}: pre-annotation from a deployment is not "
+                "available until deployments are (no Deployment handler in this kiln version)")
+    if pa.default:
+        return (f"preAnnotation.default {pa.default!r}: default pretrained models are not available in "
+                "this kiln version; register one and use preAnnotation.model")
+    if spec.task not in PREDICTION_MAPPERS:
+        return f"pre-annotation of {spec.task} jobs is not available yet (only {', '.join(PREDICTION_MAPPERS)})"
+    return None
+
+
+def project_id(ctx: StepContext, client: LabelingClient) -> int:
+    ws, name = _ws_name(ctx)
+    p = client.find_project(kiln_id(ws, name))
+    if p is None:
+        raise KilnError(f"LabelingJob {ws}/{name}: its Label Studio project does not exist",
+                        hint="run the labeling.project step first (kiln apply does)")
+    return int(p.id)
+
+
+# -- import --------------------------------------------------------------------------------------
+
+def labeling_import(ctx: StepContext) -> dict[str, Any]:
+    from kiln.labeling.client import ImportItem, Prediction
+
+    spec = _spec(ctx)
+    client = connect(ctx.config)
+    pid = project_id(ctx, client)
+    items = dataset_items(ctx, spec)
+    preds: dict[str, Any] = {}
+    if spec.preAnnotation is not None and spec.preAnnotation.model is not None:
+        ws, _ = _ws_name(ctx)
+        f = _pred_file(ctx, resolve_model(ctx.config, spec.preAnnotation.model, ws))
+        preds = json.loads(f.read_text()) if f.is_file() else {}
+    client.ensure_local_storage(pid, items.folder)
+    batch = []
+    for it in items.content.items:
+        p = preds.get(it.path)
+        batch.append(ImportItem(key=it.path, path=items.folder / it.path, split=it.split,
+                                prediction=Prediction(p["result"], p["score"], p["model_version"]) if p else None))
+    weights = [a.weight for a in spec.annotators] if spec.assignment == "weighted" else None
+    threshold = spec.preAnnotation.threshold if spec.preAnnotation else None
+    rep = client.import_items(pid, batch, annotators=[a.user for a in spec.annotators], weights=weights,
+                              threshold=threshold, task=spec.task)
+    return {"project": pid, "dataset": items.dataset, "datasetVersion": items.version,
+            "datasetNumber": f"v{items.number}", "items": len(batch), "new": rep.new,
+            "existing": rep.existing, "withPredictions": rep.with_predictions,
+            "belowThreshold": rep.below_threshold,
+            "assignment": {u: list(r) for u, r in rep.assignment.items()}, "changed": rep.new > 0}
+
+
+# -- assign --------------------------------------------------------------------------------------
+
+def _members(ctx: StepContext, ws: str) -> dict[str, str] | None:
+    """user -> role of the job's workspace (recorded by the Workspace's members step), or None
+    when the workspace is not managed by kiln (then anyone may be listed)."""
+    store = ctx.store()
+    try:
+        value = store.get_kv("workspace", ws)
+    finally:
+        store.close()
+    return None if value is None else dict(value.get("members") or {})
+
+
+def labeling_assign(ctx: StepContext) -> dict[str, Any]:
+    spec = _spec(ctx)
+    ws, name = _ws_name(ctx)
+    members = _members(ctx, ws)
+    people = [a.user for a in spec.annotators] + [r for r in spec.reviewers if r not in {a.user for a in spec.annotators}]
+    if members is not None:
+        missing = [u for u in people if u not in members]
+        if missing:
+            raise ConfigError(f"LabelingJob {ws}/{name}: {', '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} not a member of workspace {ws}",
+                              hint=f"members: {', '.join(sorted(members)) or 'none'}; add them to the Workspace spec")
+    client = connect(ctx.config)
+    pid = project_id(ctx, client)
+    before = set(client.users())
+    users = {u: client.ensure_user(u) for u in people}
+    n_views = len(client._call(client.ls.views.list, project=pid, what="list views"))
+    views = client.ensure_annotator_views(pid, [a.user for a in spec.annotators])
+    new_views = len(client._call(client.ls.views.list, project=pid, what="list views")) - n_views
+    return {"project": pid, "users": users, "views": views,
+            "changed": bool(set(users) - before) or new_views > 0}
+
+
+# -- completion ----------------------------------------------------------------------------------
+
+def _reviewer_ids(client: LabelingClient, spec: LabelingJobSpec) -> list[int]:
+    known = client.users()
+    return [known[r] for r in spec.reviewers if r in known]
+
+
+def check_completion(client: LabelingClient, pid: int, spec: LabelingJobSpec) -> tuple[dict[str, Any], list[dict]]:
+    from kiln.labeling import assignment
+    from kiln.labeling.export import completion
+
+    tasks = client.export_tasks(pid)
+    known = client.users()
+    c = completion(tasks, spec.completion.rule, reviewer_ids=[known[r] for r in spec.reviewers if r in known],
+                   min_count=spec.completion.minCount, overlap=spec.overlap)
+    emails = {uid: email for email, uid in known.items()}
+    prog = assignment.progress(tasks, emails)
+    moves = renames(spec)
+    per_class: dict[str, int] = {}
+    for k, n in prog.per_class.items():
+        per_class[moves.get(k, k)] = per_class.get(moves.get(k, k), 0) + n
+    return {**c.as_dict(), "progress": {**prog.as_dict(), "per_class": dict(sorted(per_class.items()))}}, tasks
+
+
+def labeling_wait_complete(ctx: StepContext) -> dict[str, Any]:
+    spec = _spec(ctx)
+    client = connect(ctx.config)
+    pid = project_id(ctx, client)
+    timeout = float(ctx.args.get("timeout", "0") or 0)
+    interval = float(ctx.args.get("interval", "10") or 10)
+    deadline = time.monotonic() + timeout
+    while True:
+        state, _ = check_completion(client, pid, spec)
+        if state["complete"] or time.monotonic() + interval > deadline:
+            return {"project": pid, **state, "changed": False}  # an observation, not a change
+        time.sleep(interval)
+
+
+# -- export --------------------------------------------------------------------------------------
+
+# the format a labelled version is written in when the input's format cannot hold the task
+DEFAULT_FORMATS: dict[str, str] = {"classification": "image-folder", "detection": "coco",
+                                   "instance-segmentation": "coco", "semantic-segmentation": "segmentation-json"}
+
+
+def _output_format(task: str, input_format: str | None) -> str:
+    from kiln.api.dataset import FORMAT_TASKS
+
+    if input_format and task in FORMAT_TASKS.get(input_format, set()):
+        return input_format
+    return DEFAULT_FORMATS[task]
+
+
+def _annotations_hash(tasks: list[dict[str, Any]]) -> str:
+    from kiln.labeling.export import DELETED_FIELD, KEY_FIELD
+
+    slim = sorted([(t.get("data", {}).get(KEY_FIELD), bool(t.get("data", {}).get(DELETED_FIELD)),
+                    sorted(json.dumps([a.get("id"), a.get("result"), a.get("was_cancelled"),
+                                       a.get("updated_at")], sort_keys=True, default=str)
+                           for a in t.get("annotations", [])))
+                   for t in tasks], key=lambda x: str(x[0]))
+    return hashlib.sha256(json.dumps(slim, default=str).encode()).hexdigest()
+
+
+def labeling_export(ctx: StepContext) -> dict[str, Any]:
+    from kiln.controller.dataset_steps import write_version
+    from kiln.data.formats import export as export_format
+    from kiln.labeling.export import to_content
+
+    spec = _spec(ctx)
+    ws, name = _ws_name(ctx)
+    client = connect(ctx.config)
+    pid = project_id(ctx, client)
+    state, tasks = check_completion(client, pid, spec)
+    if not state["complete"]:
+        return {"exported": False, "reason": f"not complete: {state['reason']}", "changed": False}
+    home = job_home(ctx.config, ws, name)
+    marker = home / "exported.json"
+    digest = _annotations_hash(tasks)
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("annotations") == digest:
+            return {"exported": True, **{k: v for k, v in done.items() if k != "annotations"}, "new": False,
+                    "changed": False}
+    moves = renames(spec)
+    if moves:  # annotations made before a rename that the project step has not rewritten (yet)
+        for t in tasks:
+            for a in t.get("annotations", []):
+                a["result"] = _renamed(a.get("result") or [], moves) or a.get("result")
+    items = dataset_items(ctx, spec)
+    stage = home / "export"
+    shutil.rmtree(stage, ignore_errors=True)
+    conv = to_content(tasks, task=spec.task, classes=classes(spec), root=items.folder,
+                      reviewer_ids=_reviewer_ids(client, spec), mask_dir=home / "masks",
+                      include_unlabelled=spec.task != "classification")
+    content = conv.content
+    fmt = _output_format(spec.task, items.content.format)
+    # a staging folder: a crash leaves a partial one, which the next try removes first
+    written = export_format(content, stage, fmt)
+    out_ws, out_name = output_dataset(spec, ws)
+    versioning = _output_versioning(ctx, out_ws, out_name)
+    lineage = {"source": f"labelingjob:{ws}/{name}", "labelingJob": {
+        "job": f"LabelingJob/{ws}/{name}", "project": pid, "url": f"{client.url}/projects/{pid}",
+        "rule": spec.completion.rule, "annotated": state["done"], "skipped": conv.skipped,
+        "deleted": conv.deleted, "unlabelled": len(conv.unlabelled)},
+        "derivedFrom": {"dataset": items.dataset, "version": items.version}}
+    out = write_version(ctx.config, out_ws, out_name, stage, written, lineage,
+                        message=f"kiln: dataset {out_ws}/{out_name} labelled by LabelingJob {ws}/{name}",
+                        **versioning)
+    shutil.rmtree(stage, ignore_errors=True)
+    result = {"dataset": f"{out_ws}/{out_name}", "version": out["version"], "number": f"v{out['number']}",
+              "items": len(content.items), "skipped": len(conv.skipped), "deleted": len(conv.deleted),
+              "format": fmt, "commit": out["commit"]}
+    _write_json(marker, {**result, "annotations": digest})
+    return {"exported": True, **result, "new": out["new"], "changed": True}
+
+
+def _output_versioning(ctx: StepContext, ws: str, name: str) -> dict[str, Any]:
+    """push/remote/commit of the output Dataset's spec, when kiln manages it."""
+    store = ctx.store()
+    try:
+        rec = store.get(f"Dataset/{ws}/{name}")
+    finally:
+        store.close()
+    v = (((rec.spec if rec else {}) or {}).get("spec") or {}).get("versioning") or {}
+    return {"push": v.get("push", True), "remote": v.get("remote"), "commit": v.get("commit", "manual")}
