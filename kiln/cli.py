@@ -41,6 +41,8 @@ class KilnGroup(_LazyGroup):
         "run-workflow": "kiln.runners.cli:run_workflow",
         "data": "kiln.controller.data_cli:data",
         "labelstudio": "kiln.labeling.cli:labelstudio",
+        "models": "kiln.bento.cli:models",
+        "deployments": "kiln.bento.cli:deployments",
     }
 
 

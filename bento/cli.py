@@ -1,0 +1,123 @@
+"""``kiln models list|describe|export`` and ``kiln deployments token create|list|revoke``.
+
+Both groups are registered lazily in kiln.cli (``KilnGroup.lazy``); BentoML is imported only by
+the commands that touch the model store. The repository is ``kiln -C``, else the current dir.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _repo(ctx: click.Context) -> Path:
+    obj = ctx.obj if isinstance(ctx.obj, dict) else None
+    return Path(obj["repo"]) if obj and obj.get("repo") else Path.cwd()
+
+
+def _registry(ctx: click.Context):
+    from kiln.bento.registry import Registry, default_home
+
+    return Registry(default_home(_repo(ctx)))
+
+
+@click.group()
+def models() -> None:
+    """Registered models (BentoML's store under .kiln/bentoml): versions, aliases, metrics."""
+
+
+@models.command("list")
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def list_models(ctx: click.Context, name: str | None, output: str) -> None:
+    """Every registered model version (or NAME's)."""
+    rows = _registry(ctx).list(name)
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no models registered")
+        return
+    click.echo(f"{'MODEL':24} {'VERSION':>7}  {'FRAMEWORK':9} {'ALIASES':16} {'EXPERIMENT':16} CREATED")
+    for r in rows:
+        click.echo(f"{r['name']:24} {r['version']:>7}  {r['labels'].get('framework', ''):9} "
+                   f"{','.join(r['aliases']):16} {r['labels'].get('experiment', ''):16} {r['created'][:19]}")
+
+
+@models.command()
+@click.argument("name")
+@click.argument("version", required=False, type=int)
+@click.option("--alias", help="Describe the version this alias points to.")
+@click.pass_context
+def describe(ctx: click.Context, name: str, version: int | None, alias: str | None) -> None:
+    """One version (default: the latest) as JSON: labels, metrics, params, aliases, files."""
+    reg = _registry(ctx)
+    v = reg.resolve(name, version, alias)
+    click.echo(json.dumps(reg.describe(name, v), indent=2))
+
+
+@models.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.argument("path", type=click.Path())
+@click.pass_context
+def export(ctx: click.Context, name: str, version: int, path: str) -> None:
+    """Write a version as a BentoML model archive (import with `bentoml models import`)."""
+    out = _registry(ctx).export(name, version, path)
+    click.echo(f"exported {name} v{version} to {out}")
+
+
+@click.group()
+def deployments() -> None:
+    """Deployments' API tokens (serving itself is `kiln apply` of Deployment specs)."""
+
+
+@deployments.group()
+def token() -> None:
+    """API tokens: sent as 'Authorization: Bearer <token>' or 'X-API-Key: <token>'."""
+
+
+def _tokens(ctx: click.Context):
+    from kiln.bento.auth import TokenStore, default_token_file
+
+    return TokenStore(default_token_file(_repo(ctx)))
+
+
+@token.command("create")
+@click.argument("name")
+@click.pass_context
+def token_create(ctx: click.Context, name: str) -> None:
+    """A new token for deployment NAME. It is printed once; only its hash is kept."""
+    from kiln.bento.registry import who
+
+    tok = _tokens(ctx).create(name, who())
+    click.echo(tok)
+    click.echo("store it now: it cannot be shown again (revoke with `kiln deployments token revoke "
+               f"{name} {tok.split('_')[1]}`)", err=True)
+
+
+@token.command("list")
+@click.argument("name")
+@click.pass_context
+def token_list(ctx: click.Context, name: str) -> None:
+    """Token ids of deployment NAME (never the tokens)."""
+    rows = _tokens(ctx).list(name)
+    if not rows:
+        click.echo(f"deployment {name} has no tokens")
+        return
+    click.echo(f"{'ID':10} {'CREATED':21} {'BY':28} REVOKED")
+    for r in rows:
+        click.echo(f"{r['id']:10} {r['created']:21} {str(r['who'])[:28]:28} {r['revoked'] or '-'}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str, token_id: str) -> None:
+    """Revoke token TOKEN_ID of deployment NAME (running servers notice within a second)."""
+    _tokens(ctx).revoke(name, token_id)
+    click.echo(f"revoked token {token_id} of deployment {name}")

@@ -1,0 +1,339 @@
+"""Load a registered model version and turn EasyMaker-format instances into predictions.
+
+Why its own module: the fast path, BentoML's fallback API and the batcher all call the same three
+steps, so a request behaves the same whichever way it arrives:
+
+1. ``decode(instance, index)``: one instance -> an input array (or :class:`InstanceError` naming
+   ``instances[i].field``), so one bad instance is rejected before it can join a batch;
+2. ``predict(arrays)``: the stacked batch through the model (onnxruntime, TorchScript, sklearn);
+3. ``format(output, meta)``: one instance's result in the EasyMaker response shape.
+
+How to serve a model is in ``kiln-serving.json`` inside the model version (written at register)::
+
+    {"framework": "onnx|torch|sklearn", "file": "model.onnx",          # default by framework
+     "task": "classification|regression|detection|segmentation",
+     "input": "tabular|image",
+     "features": ["sepal_length", ...],        # tabular: the request fields, in model order
+     "feature_types": {"sepal_length": "number", "color": "string"},  # checked per field;
+                                               # default "number" ("any" with a preprocess)
+     "labels": ["setosa", ...],                # class names (index -> name)
+     "preprocess": "preprocess",               # tabular: fitted kiln.data pipeline dir, if any
+     "image": {"size": [H, W], "mode": "RGB|L", "mean": [..], "std": [..]},
+     "threshold": 0.5,                         # detection: minimum score
+     "output_size": [512, 512],                # segmentation: label map size (default image size)
+     "top_k": null}                            # classification: keep the k best
+
+Responses (EasyMaker): classification ``[{"score", "label"}, ...]`` per instance, best first;
+detection ``[{"<label>": {"xmin", "ymin", "xmax", "ymax"}, "score": s}, ...]`` per instance;
+segmentation a label id per pixel (rows of ints); regression a number (or list) per instance.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kiln.errors import ConfigError
+
+__all__ = ["InstanceError", "ServingConfig", "Engine", "load_engine", "TASKS", "INPUTS", "LOADERS"]
+
+TASKS = ("classification", "regression", "detection", "segmentation")
+INPUTS = ("tabular", "image")
+FEATURE_TYPES = ("number", "string", "any")
+
+
+class InstanceError(ValueError):
+    """One instance is unusable; ``where`` is ``instances[i].field``."""
+
+    def __init__(self, index: int, field_: str | None, problem: str) -> None:
+        self.index, self.field, self.problem = index, field_, problem
+        self.where = f"instances[{index}]" + (f".{field_}" if field_ else "")
+        super().__init__(f"{self.where}: {problem}")
+
+
+@dataclass
+class ServingConfig:
+    framework: str
+    task: str = "classification"
+    input: str = "tabular"
+    file: str | None = None
+    features: list[str] | None = None
+    feature_types: dict[str, str] = field(default_factory=dict)
+    labels: list[str] | None = None
+    preprocess: str | None = None
+    image: dict[str, Any] = field(default_factory=dict)
+    threshold: float = 0.5
+    output_size: list[int] | None = None
+    top_k: int | None = None
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ServingConfig:
+        from kiln.bento.registry import FRAMEWORKS, SERVING_FILE
+
+        p = model_dir / SERVING_FILE
+        if not p.is_file():
+            raise ConfigError(f"{model_dir}: no {SERVING_FILE}", hint="register the model with serving={...}")
+        raw = json.loads(p.read_text())
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{p}: unknown keys {unknown}", hint=f"valid: {', '.join(sorted(known))}")
+        cfg = cls(**raw)
+        if cfg.framework not in FRAMEWORKS:
+            raise ConfigError(f"{p}: unknown framework {cfg.framework!r}", hint=f"valid: {', '.join(FRAMEWORKS)}")
+        if cfg.task not in TASKS:
+            raise ConfigError(f"{p}: unknown task {cfg.task!r}", hint=f"valid: {', '.join(TASKS)}")
+        if cfg.input not in INPUTS:
+            raise ConfigError(f"{p}: unknown input {cfg.input!r}", hint=f"valid: {', '.join(INPUTS)}")
+        if cfg.input == "tabular" and not cfg.features:
+            raise ConfigError(f"{p}: a tabular model needs 'features' (the request fields in model order)")
+        bad_types = {k: v for k, v in cfg.feature_types.items() if v not in FEATURE_TYPES}
+        if bad_types:
+            raise ConfigError(f"{p}: unknown feature_types {bad_types}", hint=f"valid: {', '.join(FEATURE_TYPES)}")
+        if cfg.input == "image" and not cfg.image.get("size"):
+            raise ConfigError(f"{p}: an image model needs image.size [H, W]")
+        cfg.file = cfg.file or FRAMEWORKS[cfg.framework]
+        return cfg
+
+
+# ---------------------------------------------------------------------------------- loaders --
+def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    name = inp.name
+    outs = [o.name for o in sess.get_outputs()]
+    # skl2onnx classifiers have (label, probabilities): keep the 2-D float output
+    pick = next((o.name for o in sess.get_outputs() if "prob" in o.name.lower()), outs[-1] if len(outs) > 1 else outs[0])
+    want_int = "int64" in inp.type
+
+    def run(x: np.ndarray) -> Any:
+        out = sess.run([pick], {name: x.astype(np.int64 if want_int else np.float32, copy=False)})[0]
+        if isinstance(out, list) and out and isinstance(out[0], dict):  # ZipMap output
+            keys = sorted(out[0])
+            out = np.array([[row[k] for k in keys] for row in out], dtype=np.float32)
+        return out
+
+    return run
+
+
+def _load_torch(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError:  # a pickled nn.Module rather than TorchScript
+        model = torch.load(str(path), map_location="cpu", weights_only=False)
+    model.eval()
+
+    def run(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], list):
+            out = out[1]  # scripted torchvision detectors return (losses, detections)
+        if isinstance(out, dict) and "out" in out:
+            out = out["out"]  # torchvision segmentation models
+        if isinstance(out, list):
+            return [{k: v.numpy() for k, v in d.items()} for d in out]
+        return out.numpy()
+
+    return run
+
+
+def _load_sklearn(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
+    import joblib
+
+    model = joblib.load(path)
+    fn = getattr(model, "predict_proba", None)
+
+    def run(x: np.ndarray) -> Any:
+        return fn(x) if fn is not None else model.predict(x)
+
+    run.classes = getattr(model, "classes_", None)  # type: ignore[attr-defined]
+    run.predicts_proba = fn is not None  # type: ignore[attr-defined]
+    return run
+
+
+LOADERS: dict[str, Callable[[Path, int], Callable[[np.ndarray], Any]]] = {
+    "onnx": _load_onnx, "torch": _load_torch, "sklearn": _load_sklearn,
+}
+
+
+# ---------------------------------------------------------------------------------- engine ----
+@dataclass
+class Engine:
+    """A loaded model version plus its serving config. Thread-compatible: ``predict`` runs in one
+    executor thread; ``decode``/``format`` anywhere."""
+
+    cfg: ServingConfig
+    run: Callable[[np.ndarray], Any]
+    model_dir: Path
+    pipeline: Any = None
+    name: str = ""
+    version: int = 0
+
+    # -- decode ----------------------------------------------------------------------------------
+    def decode(self, inst: Any, i: int) -> tuple[np.ndarray, Any]:
+        """One instance -> (model input row, meta used by ``format``)."""
+        if not isinstance(inst, dict):
+            raise InstanceError(i, None, f"expected an object, got {type(inst).__name__}")
+        if self.cfg.input == "image":
+            return self._decode_image(inst, i)
+        if self.pipeline is not None:
+            return self._decode_raw_row(inst, i), None
+        row = np.empty(len(self.cfg.features or ()), dtype=np.float32)
+        for j, f in enumerate(self.cfg.features or ()):
+            if f not in inst:
+                raise InstanceError(i, f, f"missing; the model needs {', '.join(self.cfg.features or ())}")
+            v = inst[f]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InstanceError(i, f, f"expected a number, got {type(v).__name__} {str(v)[:40]!r}")
+            if not math.isfinite(v):
+                raise InstanceError(i, f, "expected a finite number")
+            row[j] = v
+        return row, None
+
+    def _decode_raw_row(self, inst: dict, i: int) -> Any:
+        types = self.cfg.feature_types
+        for f in self.cfg.features or ():
+            if f not in inst:
+                raise InstanceError(i, f, f"missing; the model needs {', '.join(self.cfg.features or ())}")
+            v = inst[f]
+            want = types.get(f, "any")
+            if want == "number" and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise InstanceError(i, f, f"expected a number, got {type(v).__name__} {str(v)[:40]!r}")
+            if want == "string" and not isinstance(v, str):
+                raise InstanceError(i, f, f"expected a string, got {type(v).__name__}")
+            if v is not None and not isinstance(v, (int, float, str, bool)):
+                raise InstanceError(i, f, f"expected a number or string, got {type(v).__name__}")
+        row = {f: inst[f] for f in self.cfg.features or ()}
+        try:  # transform row by row, so an error names its instance
+            return self._transform([row])[0]
+        except Exception as e:  # noqa: BLE001 - pipeline ops raise many kinds
+            strings = [f for f, v in row.items() if isinstance(v, str)]
+            hint = f" (string fields: {', '.join(strings)})" if strings else ""
+            raise InstanceError(i, None, f"preprocessing failed: {str(e)[:200]}{hint}") from None
+
+    def _transform(self, rows: list[dict]) -> np.ndarray:
+        import pandas as pd
+
+        df = self.pipeline.transform(pd.DataFrame(rows, columns=self.cfg.features))
+        label = getattr(self.pipeline, "label", None)
+        if label and label in df.columns:
+            df = df.drop(columns=[label])
+        return df.to_numpy(dtype=np.float32)
+
+    def _decode_image(self, inst: dict, i: int) -> tuple[np.ndarray, Any]:
+        from PIL import Image, UnidentifiedImageError
+
+        data = inst.get("data")
+        if data is None:
+            raise InstanceError(i, "data", "missing; send the image file as base64")
+        if not isinstance(data, str):
+            raise InstanceError(i, "data", f"expected a base64 string, got {type(data).__name__}")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InstanceError(i, "data", "not valid base64") from None
+        try:
+            img = Image.open(io.BytesIO(raw))
+            img.load()
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            raise InstanceError(i, "data", f"not a decodable image ({str(e)[:120]})") from None
+        im = self.cfg.image
+        w0, h0 = img.size
+        h, w = im["size"]
+        img = img.convert(im.get("mode", "RGB"))
+        if (w0, h0) != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        x = np.asarray(img, dtype=np.float32) / float(im.get("scale", 255.0))
+        x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+        if "mean" in im:
+            x = (x - np.asarray(im["mean"], np.float32)[:, None, None]) / np.asarray(im.get("std", [1.0]), np.float32)[:, None, None]
+        return x, (w0, h0)
+
+    # -- predict / format --------------------------------------------------------------------
+    def predict(self, xs: list[np.ndarray]) -> list[Any]:
+        """Stacked batch -> per-instance raw outputs."""
+        out = self.run(np.stack(xs))
+        if isinstance(out, list):
+            return out
+        return list(out)
+
+    def format(self, y: Any, meta: Any) -> Any:
+        task = self.cfg.task
+        if task == "classification":
+            return self._classes(np.asarray(y, dtype=np.float64).reshape(-1))
+        if task == "regression":
+            a = np.asarray(y, dtype=np.float64)
+            return float(a) if a.ndim == 0 or a.size == 1 else a.tolist()
+        if task == "detection":
+            return self._boxes(y, meta)
+        return self._mask(np.asarray(y), meta)
+
+    def _label(self, k: int) -> str:
+        labels = self.cfg.labels
+        return labels[k] if labels and 0 <= k < len(labels) else str(k)
+
+    def _classes(self, p: np.ndarray) -> list[dict[str, Any]]:
+        if p.size == 1:  # a single-logit binary model
+            p = np.array([1.0 - p[0], p[0]])
+        order = np.argsort(-p, kind="stable")
+        if self.cfg.top_k:
+            order = order[: self.cfg.top_k]
+        return [{"score": float(p[k]), "label": self._label(int(k))} for k in order]
+
+    def _boxes(self, d: dict[str, np.ndarray], meta: Any) -> list[dict[str, Any]]:
+        h, w = self.cfg.image["size"]
+        w0, h0 = meta
+        sx, sy = w0 / w, h0 / h
+        out = []
+        boxes, scores, labels = d["boxes"], d["scores"], d["labels"]
+        for b, s, lab in sorted(zip(boxes, scores, labels), key=lambda t: -float(t[1])):
+            if float(s) < self.cfg.threshold:
+                continue
+            x0, y0, x1, y1 = (float(v) for v in b)
+            out.append({self._label(int(lab)): {"xmin": round(x0 * sx), "ymin": round(y0 * sy),
+                                                "xmax": round(x1 * sx), "ymax": round(y1 * sy)},
+                        "score": float(s)})
+        return out
+
+    def _mask(self, y: np.ndarray, meta: Any) -> list[list[int]]:
+        ids = y.argmax(axis=0) if y.ndim == 3 else y.astype(np.int64)
+        size = self.cfg.output_size or self.cfg.image["size"]
+        if list(ids.shape) != list(size):
+            from PIL import Image
+
+            ids = np.asarray(Image.fromarray(ids.astype(np.int32)).resize((size[1], size[0]), Image.NEAREST))
+        return ids.astype(int).tolist()
+
+
+def load_engine(model_dir: str | Path, *, threads: int = 1, name: str = "", version: int = 0) -> Engine:
+    """Load a model version directory (a BentoML model dir from the registry)."""
+    d = Path(model_dir)
+    cfg = ServingConfig.load(d)
+    f = d / (cfg.file or "")
+    if not f.is_file():
+        raise ConfigError(f"{d}: model file {cfg.file} is missing")
+    run = LOADERS[cfg.framework](f, threads)
+    if cfg.framework == "sklearn" and cfg.labels is None and getattr(run, "classes", None) is not None:
+        cfg.labels = [str(c) for c in run.classes]  # type: ignore[attr-defined]
+    pipeline = None
+    if cfg.preprocess:
+        from kiln.data.preprocess import load_pipeline
+
+        pipeline = load_pipeline(d / cfg.preprocess)
+    return Engine(cfg=cfg, run=run, model_dir=d, pipeline=pipeline, name=name, version=version)

@@ -1,0 +1,268 @@
+"""Real BentoML servers (``bentoml serve`` subprocesses) serving registered models through the
+kiln service: EasyMaker formats, fast path, auth, errors, capture, load, health, version update."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from kiln.bento.auth import TokenStore
+from tests.bento.conftest import FEATURES, png_b64
+
+ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+ROW_VIRGINICA = {"sepal_length": 7.7, "sepal_width": 3.0, "petal_length": 6.1, "petal_width": 2.3}
+
+
+@pytest.fixture(scope="module")
+def token(serving_repo: Path) -> str:
+    return TokenStore(serving_repo / ".kiln/serving/tokens.json").create("iris-api")
+
+
+def _c(servers: dict, name: str, token: str | None = None) -> httpx.Client:
+    h = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=servers[name].url, headers=h, timeout=30)
+
+
+def test_fast_path_active_and_bentoml_endpoints_kept(servers: dict, token: str) -> None:
+    c = _c(servers, "iris", token)
+    r = c.post("/predict", json={"instances": [ROW]})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-kiln-path"] == "fast"  # BentoML's own /predict would not set it
+    assert len(r.headers["x-request-id"]) >= 16
+    r = c.post("/predict", json={"instances": [ROW]}, headers={"x-request-id": "my-req-1"})
+    assert r.headers["x-request-id"] == "my-req-1"
+    bare = httpx.Client(base_url=servers["iris"].url)  # health and metrics need no token
+    assert bare.get("/livez").status_code == 200 and bare.get("/readyz").status_code == 200
+    metrics = bare.get("/metrics").text
+    assert 'kiln_requests_total{code="200"}' in metrics and "kiln_request_duration_seconds_bucket" in metrics
+    assert "kiln_batch_size_bucket" in metrics and "kiln_capture_dropped_total" in metrics
+    assert servers["iris"].health() == "Healthy"
+
+
+def test_tabular_classification_easymaker_format(servers: dict, token: str) -> None:
+    c = _c(servers, "iris", token)
+    one = c.post("/inference", json={"instances": [ROW]}).json()
+    assert [p["label"] for p in one][0] == "setosa"
+    assert sorted(p["label"] for p in one) == ["setosa", "versicolor", "virginica"]
+    assert [p["score"] for p in one] == sorted((p["score"] for p in one), reverse=True)
+    two = c.post("/predict", json={"instances": [ROW, ROW_VIRGINICA]}).json()
+    assert [preds[0]["label"] for preds in two] == ["setosa", "virginica"]
+    # the fitted StandardScaler saved with the dataset is applied: raw rows in, right answers out
+    assert two[1][0]["score"] > 0.8
+
+
+def test_auth_bearer_apikey_revoke_and_never_logged(servers: dict, serving_repo: Path) -> None:
+    store = TokenStore(serving_repo / ".kiln/serving/tokens.json")
+    tok = store.create("iris-api")
+    url = servers["iris"].url
+    body = {"instances": [ROW]}
+    assert httpx.post(f"{url}/predict", json=body).status_code == 401
+    r = httpx.post(f"{url}/predict", json=body, headers={"authorization": "Bearer kiln_00000000_wrong"})
+    assert r.status_code == 401 and "token" in r.json()["error"]
+    assert httpx.post(f"{url}/predict", json=body, headers={"authorization": f"Bearer {tok}"}).status_code == 200
+    assert httpx.post(f"{url}/predict", json=body, headers={"x-api-key": tok}).status_code == 200
+    # BentoML's own routes are behind the token too (except health, metrics, docs)
+    assert httpx.get(f"{url}/schema.json").status_code == 401
+    store.revoke("iris-api", tok.split("_")[1])
+    time.sleep(1.3)  # servers re-read the token file at most once a second
+    assert httpx.post(f"{url}/predict", json=body, headers={"x-api-key": tok}).status_code == 401
+    log = servers["iris"].log_file.read_text()
+    assert tok not in log and tok.split("_", 2)[2] not in log
+    assert f"token={tok.split('_')[1]}" in log  # the id is logged, the secret never
+
+
+def test_public_deployment_needs_no_token(servers: dict, digits_data) -> None:
+    X, _ = digits_data
+    r = httpx.post(f"{servers['digits'].url}/predict", json={"instances": [{"data": png_b64(X[0].reshape(8, 8) * 15.9)}]})
+    assert r.status_code == 200
+
+
+def test_malformed_requests_are_4xx_with_messages(servers: dict, token: str) -> None:
+    c = _c(servers, "iris", token)
+    r = c.post("/predict", content=b"{oops")
+    assert r.status_code == 400 and r.json()["error"].startswith("malformed JSON")
+    assert "request_id" in r.json()
+    r = c.post("/predict", json={"rows": []})
+    assert r.status_code == 400 and '"instances"' in r.json()["error"]
+    bad = dict(ROW, petal_width="wide")
+    r = c.post("/predict", json={"instances": [ROW, ROW, bad, {"sepal_length": 1}]})
+    assert r.status_code == 400
+    j = r.json()
+    assert "instances[2].petal_width" in j["error"] and "expected a number" in j["error"]
+    assert j["errors"][0] == {"instance": 2, "field": "petal_width", "message": "expected a number, got str 'wide'"}
+    assert j["errors"][1]["instance"] == 3 and j["errors"][1]["field"] == "sepal_width"
+    r = c.post("/predict", json={"instances": [ROW] * 9})  # limit: 8 per request
+    assert r.status_code == 413 and "9 instances" in r.json()["error"]
+    r = c.post("/predict", json={"instances": [dict(ROW, pad="x" * 70_000)]})  # limit: 64 KiB
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    d = _c(servers, "digits")
+    r = d.post("/predict", json={"instances": [{"data": png_b64(np.zeros((8, 8)))}, {"data": "bm90IGFuIGltYWdl"}]})
+    assert r.status_code == 400 and "instances[1].data: not a decodable image" in r.json()["error"]
+    r = d.post("/predict", json={"instances": [{"data": 12}]})
+    assert r.status_code == 400 and "instances[0].data: expected a base64 string" in r.json()["error"]
+
+
+def test_bad_instance_never_fails_concurrent_batched_requests(servers: dict, token: str) -> None:
+    c = _c(servers, "iris", token)
+
+    def call(i: int) -> int:
+        body = {"instances": [dict(ROW, sepal_length="x")]} if i % 4 == 0 else {"instances": [ROW, ROW_VIRGINICA]}
+        return c.post("/predict", json=body).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        codes = list(ex.map(call, range(200)))
+    assert codes.count(400) == 50 and codes.count(200) == 150
+
+
+def test_image_classifier_torch(servers: dict, digits_data) -> None:
+    X, y = digits_data
+    d = _c(servers, "digits")
+    idx = list(range(0, 1500, 30))  # 50 images, also from the training set: the model is tiny
+    insts = [{"data": png_b64(X[i].reshape(8, 8) * 15.9)} for i in idx]
+    preds = []
+    for k in range(0, len(insts), 10):
+        preds += d.post("/predict", json={"instances": insts[k:k + 10]}).json()
+    assert all(len(p) == 3 for p in preds)  # top_k 3
+    acc = np.mean([int(p[0]["label"]) == y[i] for p, i in zip(preds, idx)])
+    assert acc >= 0.8, acc
+
+
+def _rect_png(w: int, h: int, box: tuple[int, int, int, int]) -> str:
+    a = np.zeros((h, w, 3), np.uint8)
+    x0, y0, x1, y1 = box
+    a[y0:y1, x0:x1] = 255
+    return png_b64(a)
+
+
+def test_detection_format(servers: dict) -> None:
+    d = _c(servers, "boxes")
+    r = d.post("/predict", json={"instances": [{"data": _rect_png(128, 64, (32, 16, 96, 48))},
+                                               {"data": _rect_png(40, 40, (0, 0, 0, 0))}]})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 2 and preds[1] == []  # a black image has no objects
+    (obj,) = preds[0]
+    assert set(obj) == {"balloon", "score"} and obj["score"] > 0.9
+    b = obj["balloon"]
+    assert abs(b["xmin"] - 32) <= 4 and abs(b["ymin"] - 16) <= 2 and abs(b["xmax"] - 96) <= 4 and abs(b["ymax"] - 48) <= 2
+
+
+def test_segmentation_format(servers: dict) -> None:
+    d = _c(servers, "masks")
+    r = d.post("/predict", json={"instances": [{"data": _rect_png(16, 16, (0, 0, 8, 16))}]})
+    mask = r.json()["predictions"][0]
+    assert len(mask) == 16 and all(len(row) == 16 for row in mask)
+    assert all(row[:7] == [1] * 7 and row[9:] == [0] * 7 for row in mask)
+
+
+def test_openapi_and_test_page(servers: dict) -> None:
+    c = _c(servers, "iris")
+    doc = c.get("/openapi.json").json()
+    assert doc["x-kiln"]["features"] == FEATURES and doc["x-kiln"]["task"] == "classification"
+    assert set(doc["paths"]) == {"/predict", "/inference"} and "bearer" in doc["components"]["securitySchemes"]
+    page = c.get("/ui")
+    assert page.status_code == 200 and "Service test" in page.text and "openapi.json" in page.text
+
+
+def test_capture_writes_sample(servers: dict, serving_repo: Path, token: str) -> None:
+    c = _c(servers, "iris", token)
+    c.post("/predict", json={"instances": [ROW_VIRGINICA]})
+    index = serving_repo / ".kiln" / "capture" / "iris-api" / "index.jsonl"
+    deadline = time.time() + 10
+    while time.time() < deadline and not index.exists():
+        time.sleep(0.1)
+    recs = [json.loads(x) for x in index.read_text().splitlines()]
+    assert any(r["input"] == ROW_VIRGINICA and r["prediction"][0]["label"] == "virginica" for r in recs)
+    assert all(r["deployment"] == "iris-api" and r["model"] == "iris" for r in recs)
+    assert len(recs) <= 50  # maxPerDay
+
+
+def test_load_from_second_process_no_5xx(servers: dict, token: str, tmp_path: Path) -> None:
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"instances": [ROW]}))
+    out = subprocess.run([sys.executable, "-m", "kiln.bento.loadgen", f"{servers['iris'].url}/predict",
+                          "--body-file", str(body), "--requests", "800", "--seconds", "30", "--concurrency", "16",
+                          "--bad-every", "10", "--header", f"X-API-Key: {token}"],
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["requests"] >= 200 and res["errors"] == 0
+    assert not any(code.startswith("5") for code in res["codes"]), res
+    assert res["bad_sent"] > 0 and res["bad_4xx"] == res["bad_sent"], res
+    assert res["good_non200"] == 0, res
+
+
+def test_update_to_new_version_and_health(serving_repo: Path) -> None:
+    from kiln.bento.fastpath import ServeConfig
+    from kiln.bento.registry import Registry, default_home
+    from kiln.bento.server import ManagedServer
+
+    reg = Registry(default_home(serving_repo))
+    v2 = reg.register("masks", reg.path("masks", 1), "torch")  # a copy of v1's directory
+    with ManagedServer(ServeConfig(deployment="masks-upd", model="masks", version=1, public=True), serving_repo) as s:
+        assert s.health() == "Healthy"
+        old_pid, old_port = s.proc.pid, s.port
+        assert s.update(v2) is True
+        assert s.port != old_port and s.health() == "Healthy"
+        assert httpx.get(f"{s.url}/openapi.json").json()["x-kiln"]["version"] == v2
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{old_port}/readyz", timeout=2)
+        assert json.loads((s.dir / "server.json").read_text())["version"] == v2
+        assert s.update(v2) is False
+        s.proc.kill()
+        s.proc.wait()
+        assert s.health() == "Degraded"
+
+
+def test_missing_model_fails_cleanly(serving_repo: Path) -> None:
+    from kiln.bento.fastpath import ServeConfig
+    from kiln.bento.server import ManagedServer
+    from kiln.errors import NotFound
+
+    with pytest.raises(NotFound, match="no version 42"):
+        ManagedServer(ServeConfig(deployment="ghost", model="iris", version=42), serving_repo).start()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_test_page_screenshot(servers: dict, tmp_path: Path) -> None:
+    shot = tmp_path / "ui.png"
+    r = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,800",
+                        f"--screenshot={shot}", "--virtual-time-budget=5000", f"{servers['iris'].url}/ui"],
+                       capture_output=True, text=True, timeout=60)
+    assert shot.exists(), r.stderr[-2000:]
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.shape == (800, 1000) and img.std() > 5  # not a blank page
+    out = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          "--virtual-time-budget=5000", f"{servers['iris'].url}/ui"],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "iris-api" in out and 'name="petal_width"' in out  # the page built its form from openapi.json
+
+
+def test_broken_model_fails_fast_with_the_error(serving_repo: Path, tmp_path: Path) -> None:
+    from kiln.bento.fastpath import ServeConfig
+    from kiln.bento.registry import Registry, default_home
+    from kiln.bento.server import ManagedServer, ServerError
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not an onnx model")
+    reg = Registry(default_home(serving_repo))
+    v = reg.register("broken", bad, "onnx", serving={"task": "regression", "input": "tabular", "features": ["a"]})
+    t0 = time.monotonic()
+    with pytest.raises(ServerError, match="failed to start: .*(ONNX|onnx|Protobuf|protobuf|INVALID)"):
+        with ManagedServer(ServeConfig(deployment="broken", model="broken", version=v, public=True), serving_repo,
+                           start_timeout=120):
+            pass
+    assert time.monotonic() - t0 < 60  # not the whole start timeout
