@@ -95,6 +95,10 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "dataset.preprocess": _lazy("kiln.controller.dataset_steps:dataset_preprocess"),
     "dataset.split": _lazy("kiln.controller.dataset_steps:dataset_split"),
     "dataset.version": _lazy("kiln.controller.dataset_steps:dataset_version"),
+    "deployment.resolve-model": _lazy("kiln.controller.deployment_steps:deployment_resolve_model"),
+    "deployment.build": _lazy("kiln.controller.deployment_steps:deployment_build"),
+    "deployment.rollout": _lazy("kiln.controller.deployment_steps:deployment_rollout"),
+    "deployment.smoke-test": _lazy("kiln.controller.deployment_steps:deployment_smoke_test"),
 }
 
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from kiln.controller.handlers.base import Context, Handler, Step, TemporaryError
 from kiln.controller.handlers.dataset import DatasetHandler
+from kiln.controller.handlers.deployment import DeploymentHandler
 from kiln.controller.handlers.workspace import WorkspaceHandler
 
 HANDLERS: dict[str, type[Handler]] = {
     "Workspace": WorkspaceHandler,
     "Dataset": DatasetHandler,
+    "Deployment": DeploymentHandler,
 }
 
 # Where the missing ones arrive, for the message users see.
 PLANNED: dict[str, str] = {
     "LabelingJob": "arrives with the Label Studio integration",
     "Experiment": "arrives with training, HPO and AutoML",
-    "Deployment": "arrives with BentoML serving",
 }
 
 __all__ = ["HANDLERS", "PLANNED", "Context", "Handler", "Step", "TemporaryError"]
