@@ -187,12 +187,18 @@ def test_apply_serves_tokens_restart_prune(repo: Path) -> None:
 
 
 def test_missing_model_and_env_token_are_clear_errors(repo: Path) -> None:
-    write(repo, {"specs/d.yaml": deployment("d", "model: {name: nope}\nauth: {public: true}\n")})
+    from kiln.api.common import ModelRef
+    from kiln.controller.deployment_steps import ModelNotReady, resolve_model
+
+    # a model nothing registered yet: the step's message (the validator also refuses the spec)
+    with pytest.raises(ModelNotReady, match="model nope has no version yet: apply the experiment that registers it"):
+        resolve_model(repo, ModelRef(name="nope"))
+    with pytest.raises(ModelNotReady, match="the model of experiment exp has no version yet"):
+        resolve_model(repo, ModelRef(experiment="exp"))
+    register_iris(repo)
+    assert resolve_model(repo, ModelRef(experiment="iris-exp")) == ("iris", 1)
+    write(repo, {"specs/d.yaml": deployment("d", "model: {name: iris}\nauth: {tokens: [{env: NOT_SET_VAR_X}]}\n")})
     out = kiln("apply", cwd=repo, timeout=120)
-    assert out.returncode != 0
-    assert "model nope has no version yet: apply the experiment that registers it" in out.stdout + out.stderr
+    assert out.returncode != 0 and "$NOT_SET_VAR_X is not set" in out.stdout + out.stderr, out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
-    write(repo, {"specs/d.yaml": deployment("d", "model: {experiment: exp}\nauth: {tokens: [{env: NOT_SET_VAR_X}]}\n")})
-    out = kiln("apply", cwd=repo, timeout=120)
-    assert out.returncode != 0 and "$NOT_SET_VAR_X is not set" in out.stdout + out.stderr
     assert not _server_pids(repo)

@@ -48,6 +48,30 @@ def env_token_hashes(spec: Any, name: str) -> dict[str, str]:
 class DeploymentHandler(WorkflowHandler):
     kind = "Deployment"
 
+    @classmethod
+    def unavailable(cls, spec: Any) -> str | None:
+        """Stalled (not failed) while the model has no registered version: the experiment that
+        registers it has not run yet. A file check of the store; BentoML is not imported."""
+        from pathlib import Path
+
+        import yaml
+
+        here = Path(spec.source.path).resolve().parent
+        repo = next((p for p in (here, *here.parents) if (p / ".kiln").is_dir() or (p / ".git").exists()), here)
+        models = repo / ".kiln" / "bentoml" / "models"
+        ref = spec.obj.spec.model
+        if ref.name:
+            if not any((models / ref.name).glob("v*/model.yaml")):
+                return f"model {ref.name} has no version yet: apply the experiment that registers it"
+            return None
+        for f in models.glob("*/v*/model.yaml"):
+            try:
+                if ((yaml.safe_load(f.read_text()) or {}).get("labels") or {}).get("experiment") == ref.experiment:
+                    return None
+            except (OSError, yaml.YAMLError):
+                continue
+        return f"the model of experiment {ref.experiment} has no version yet: apply the experiment that registers it"
+
     def steps(self, ctx: Context) -> list[Step]:
         assert ctx.spec is not None
         spec = ctx.spec
@@ -59,8 +83,29 @@ class DeploymentHandler(WorkflowHandler):
             TokenStore(default_token_file(ctx.repo)).set_env_tokens(spec.name, hashes)
             return {"public": spec.obj.spec.auth.public, "envTokens": sorted(hashes)}  # names only
 
-        return [Step("auth", "register the tokens auth.tokens names (hashes only)", auth),
-                *super().steps(ctx)]
+        # A server is live state: going back to an earlier spec must roll out again, so the
+        # workflow step is named per generation (progress is kept per spec hash and step) and a
+        # finished run of it is dropped first (the runner would reuse it by name and hash). A
+        # crashed apply keeps its generation, so resuming still resumes.
+        rec = ctx.record
+        gen = (rec.generation + 1) if rec is None or rec.spec_hash != spec.spec_hash or rec.generation == 0 \
+            else rec.generation
+        steps = []
+        for st in super().steps(ctx):
+            inner = st.run
+
+            def run(ctx: Context, inner: Any = inner) -> dict[str, Any]:
+                from kiln.controller.render import workflow_name
+                from kiln.controller.runner import make_runner
+
+                runner = make_runner(ctx.config)
+                wf = runner.get(workflow_name(spec)) or {}
+                if (wf.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Error"):
+                    runner.delete(workflow_name(spec))
+                return inner(ctx)
+
+            steps.append(Step(f"{st.name}@g{gen}", st.describe, run, inventory=st.inventory))
+        return [Step(f"auth@g{gen}", "register the tokens auth.tokens names (hashes only)", auth), *steps]
 
     def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:
         out = outputs.get("rollout")
