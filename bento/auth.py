@@ -32,7 +32,10 @@ from typing import Any, Iterator
 
 from kiln.errors import NotFound
 
-__all__ = ["TokenStore", "TokenChecker", "default_token_file", "hash_token"]
+__all__ = ["TokenStore", "TokenChecker", "default_token_file", "hash_token", "ENV_PREFIX"]
+
+# ids of tokens a Deployment spec takes from the environment (auth.tokens[].env): set by apply
+ENV_PREFIX = "env-"
 
 
 def default_token_file(repo: str | os.PathLike[str] | None = None) -> Path:
@@ -97,6 +100,24 @@ class TokenStore:
             rec["revoked"] = rec["revoked"] or _now()
 
 
+    def set_env_tokens(self, deployment: str, hashes: dict[str, str]) -> None:
+        """Replace ``deployment``'s environment tokens with ``hashes`` (``VAR`` -> sha256 hex):
+        what a Deployment spec's ``auth.tokens[].env`` names, as of the latest apply."""
+        with self._locked() as data:
+            recs = data.setdefault(deployment, {})
+            for k in [k for k in recs if k.startswith(ENV_PREFIX)]:
+                if k[len(ENV_PREFIX):] not in hashes or recs[k]["sha256"] != hashes[k[len(ENV_PREFIX):]]:
+                    del recs[k]
+            for var, h in hashes.items():
+                recs.setdefault(f"{ENV_PREFIX}{var}", {"sha256": h, "created": _now(), "who": f"env {var}",
+                                                       "revoked": None})
+
+    def forget(self, deployment: str, token_id: str) -> None:
+        """Drop a token's record entirely (short-lived internal tokens, e.g. a smoke test's)."""
+        with self._locked() as data:
+            data.get(deployment, {}).pop(token_id, None)
+
+
 class TokenChecker:
     """Server side: ``check(token) -> token id or None``. Re-reads the store when it changes:
     stat at most once a second (so a revocation takes up to a second), and at once for a token id
@@ -133,6 +154,13 @@ class TokenChecker:
         self._refresh()
         parts = token.split("_", 2)
         tid = parts[1] if len(parts) == 3 and parts[0] == "kiln" else None
+        if tid is None or tid not in self._hashes:
+            # a token from the deployment spec's environment (auth.tokens[].env): any format,
+            # stored as ``env-<VAR>`` by the Deployment handler; compared against each of them
+            got = hashlib.sha256(token.encode()).digest()
+            for k, h in self._hashes.items():
+                if k.startswith(ENV_PREFIX) and hmac.compare_digest(got, h):
+                    return k
         if tid is not None and tid not in self._hashes:
             self._refresh(force=True)  # a token created a moment ago works at once (one stat)
         want = self._hashes.get(tid) if tid is not None else None

@@ -265,7 +265,8 @@ class ManagedServer:
         self.stop()
 
 
-def build_bento(cfg: ServeConfig, repo: str | os.PathLike[str] | None = None, *, timeout: float = 300) -> str:
+def build_bento(cfg: ServeConfig, repo: str | os.PathLike[str] | None = None, *, timeout: float = 300,
+                server: ManagedServer | None = None) -> str:
     """``bentoml build`` of the deployment's service, offline; returns the Bento tag.
 
     The Bento holds the kiln source (``kiln``'s folders), the model version and a python section
@@ -274,7 +275,7 @@ def build_bento(cfg: ServeConfig, repo: str | os.PathLike[str] | None = None, *,
     if shutil.which("uv") is None and not Path(sys.executable).with_name("uv").exists():
         raise ConfigError("bentoml build needs 'uv' installed", hint="pip install uv")
     repo = Path(repo or os.getcwd()).resolve()
-    server = ManagedServer(cfg, repo)
+    server = server or ManagedServer(cfg, repo)
     home, env = server._prepare(f"build-v{cfg.version}")
     src = Path(__file__).resolve().parent.parent  # the kiln source tree (editable install)
     bentofile = server.dir / "bentofile.yaml"

@@ -262,10 +262,7 @@ def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any
     src = spec.source
     extra: dict[str, Any] = {}
     if src.capture:
-        raise SourceNotAvailable(
-            f"source.capture {src.capture!r}: captured deployment inputs are not available until "
-            "deployments are (no Deployment handler in this kiln version)",
-            hint="use source.path, archive, url, sample or dataset for now")
+        return _fetch_capture(ctx, src.capture, out)
     if src.sample:
         from kiln.data.samples import materialize_sample
 
@@ -304,6 +301,54 @@ def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any
         extra["parentDataset"] = {"dataset": f"{ref.workspace or ws}/{ref.name}", "version": v.id}
     files, size = _tree_size(out)
     return {"stage": "source", "from": _source_desc(spec), "files": files, "size": size, **extra}
+
+
+def _fetch_capture(ctx: StepContext, deployment: str, out: Path) -> dict[str, Any]:
+    """Copy what Deployment ``deployment`` captured (kiln.bento.capture layout) into ``out``:
+    image instances as files (``<day>/<id>.<ext>``), tabular rows as ``captured.csv``; each
+    instance's prediction goes to ``.kiln/pre-annotations.jsonl`` ({"id", "file", "row",
+    "prediction", "model", "version", "time"}) for relabelling, not as a label."""
+    import csv
+
+    from kiln.controller.deployment_steps import capture_dir
+
+    ws, _ = _ws_name(ctx)
+    cap = capture_dir(ctx.config, ws, deployment)
+    index = cap / "index.jsonl"
+    if not index.is_file():
+        raise SourceNotAvailable(f"source.capture {deployment!r}: the deployment has captured nothing yet ({index})",
+                                 hint="apply the Deployment with capture: and send it requests first")
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    pre: list[dict[str, Any]] = []
+    for line in index.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash of the writer
+        item = {k: rec.get(k) for k in ("id", "prediction", "model", "version", "time")}
+        if rec.get("file"):
+            src_file = cap / rec["file"]
+            if not src_file.is_file():
+                continue
+            (out / rec["file"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src_file, out / rec["file"])
+            item["file"] = rec["file"]
+        elif isinstance(rec.get("input"), dict):
+            item["row"] = len(rows)
+            rows.append(rec["input"])
+        pre.append(item)
+    if rows:
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        with open(out / "captured.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+    (out / ".kiln").mkdir(exist_ok=True)
+    (out / ".kiln" / "pre-annotations.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pre))
+    files, size = _tree_size(out)
+    return {"stage": "source", "from": f"capture:{deployment}", "files": files, "size": size,
+            "captured": len(pre)}
 
 
 def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:

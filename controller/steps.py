@@ -109,6 +109,10 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "labeling.assign": _lazy("kiln.controller.labeling_steps:labeling_assign"),
     "labeling.wait-complete": _lazy("kiln.controller.labeling_steps:labeling_wait_complete"),
     "labeling.export": _lazy("kiln.controller.labeling_steps:labeling_export"),
+    "deployment.resolve-model": _lazy("kiln.controller.deployment_steps:deployment_resolve_model"),
+    "deployment.build": _lazy("kiln.controller.deployment_steps:deployment_build"),
+    "deployment.rollout": _lazy("kiln.controller.deployment_steps:deployment_rollout"),
+    "deployment.smoke-test": _lazy("kiln.controller.deployment_steps:deployment_smoke_test"),
 }
 
 

@@ -44,6 +44,7 @@ class KilnGroup(_LazyGroup):
         "models": "kiln.bento.cli:models",
         "deployments": "kiln.bento.cli:deployments",
         "infer": "kiln.controller.infer_cli:infer",
+        "predict": "kiln.controller.deployment_cli:predict",
     }
 
 
@@ -183,8 +184,9 @@ def describe(ctx: click.Context, ref: str) -> int:
 
 @cli.command()
 @click.argument("ref", metavar="KIND/NAME")
-@click.option("--what", type=click.Choice(["all", "spec", "workflow"]), default="all",
-              help="The composed spec (templates applied), its Argo Workflow, or both.")
+@click.option("--what", type=click.Choice(["all", "spec", "workflow", "k8s"]), default="all",
+              help="The composed spec (templates applied), its Argo Workflow, or both; k8s: a "
+                   "Deployment's Kubernetes manifests (Deployment, Service, HPA).")
 @click.option("--path", type=click.Path(), default=None, help="Specs folder (default: from kiln.yaml).")
 @click.pass_context
 def render(ctx: click.Context, ref: str, what: str, path: str | None) -> int:
@@ -201,6 +203,12 @@ def render(ctx: click.Context, ref: str, what: str, path: str | None) -> int:
         from kiln.controller.render import render_workflow
 
         docs.append(render_workflow(cfg, spec))
+    if what == "k8s":
+        if spec.kind != "Deployment":
+            raise KilnError(f"--what k8s renders Deployments, not {spec.kind}", hint="use --what spec|workflow")
+        from kiln.controller.deployment_k8s import render_k8s
+
+        docs += render_k8s(cfg, spec)
     click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
     return 0
 

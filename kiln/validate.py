@@ -236,6 +236,8 @@ class _Checker:
                          self._known("Experiment", ref.experiment, "define it with an Experiment spec"))
             return
         registering = [e for e in experiments if e.obj.spec.registration and e.obj.spec.registration.model == ref.name]
+        if not registering and _in_registry(s, ref.name):
+            return  # registered outside specs (kiln.bento.registry): the deployment step checks version/alias
         if not registering:
             names = sorted({e.obj.spec.registration.model for e in experiments if e.obj.spec.registration})
             self.add(s, path + ["name"], f"dangling model reference: no experiment registers model {ref.name!r}",
@@ -312,3 +314,15 @@ def dependencies(s: LoadedSpec) -> Iterator[str]:
         yield f"Dataset/{ref.workspace or s.workspace}/{ref.name}"
     elif isinstance(obj, Deployment) and obj.spec.model.experiment:
         yield f"Experiment/{s.workspace}/{obj.spec.model.experiment}"
+
+
+def _in_registry(s: LoadedSpec, model: str | None) -> bool:
+    """``model`` has a version in the model store of the repository holding ``s``'s file
+    (``.kiln/bentoml/models/<name>/v<N>/model.yaml``; no BentoML import)."""
+    from pathlib import Path
+
+    here = Path(s.source.path).resolve().parent
+    for p in (here, *here.parents):
+        if (p / ".kiln").is_dir() or (p / ".git").exists():
+            return bool(model) and any((p / ".kiln" / "bentoml" / "models" / model).glob("v*/model.yaml"))
+    return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from kiln.controller.handlers.base import Context, Handler, Step, TemporaryError
 from kiln.controller.handlers.dataset import DatasetHandler
+from kiln.controller.handlers.deployment import DeploymentHandler
 from kiln.controller.handlers.experiment import ExperimentHandler
 from kiln.controller.handlers.labeling import LabelingJobHandler
 from kiln.controller.handlers.workspace import WorkspaceHandler
@@ -14,11 +15,11 @@ HANDLERS: dict[str, type[Handler]] = {
     "Dataset": DatasetHandler,
     "LabelingJob": LabelingJobHandler,
     "Experiment": ExperimentHandler,
+    "Deployment": DeploymentHandler,
 }
 
 # Where the missing ones arrive, for the message users see.
 PLANNED: dict[str, str] = {
-    "Deployment": "arrives with BentoML serving",
 }
 
 __all__ = ["HANDLERS", "PLANNED", "Context", "Handler", "Step", "TemporaryError"]

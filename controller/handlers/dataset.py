@@ -45,8 +45,15 @@ class DatasetHandler(WorkflowHandler):
     def unavailable(cls, spec: Any) -> str | None:
         src = spec.obj.spec.source
         if src.capture:
-            return (f"source.capture {src.capture!r}: captured inputs arrive with Deployment "
-                    f"{src.capture!r}, and deployments are not available in this kiln version yet")
+            from pathlib import Path
+
+            # the repository: the nearest folder above the spec file holding .kiln or .git
+            here = Path(spec.source.path).resolve().parent
+            repo = next((p for p in (here, *here.parents) if (p / ".kiln").is_dir() or (p / ".git").exists()), here)
+            cap = repo / ".kiln" / "deployments" / spec.workspace / src.capture / "capture"
+            if not (cap / "index.jsonl").is_file():
+                return (f"source.capture {src.capture!r}: Deployment {src.capture!r} has captured nothing yet "
+                        f"(apply it with capture: and send it requests; looked in {cap})")
         return None
 
     def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,158 @@
+"""Deployment handler: a model version served by a managed BentoML server (the local runtime).
+
+The work is the workflow ``resolve-model -> build -> rollout -> smoke-test`` (steps in
+``kiln.controller.deployment_steps``); before it, the ``auth`` step hashes the tokens that
+``auth.tokens[].env`` names from *this* process's environment (the workflow's tasks do not see
+the user's environment) into the serving layer's token store as ``env-<VAR>`` records: only the
+sha256 is kept, never the token, and nothing about it enters the state, logs or manifests.
+
+The record's ``extra`` (``kiln describe``)::
+
+    {"url": "http://127.0.0.1:40123", "pid": 12345, "model": "iris", "version": 3,
+     "info": "iris v3 at http://127.0.0.1:40123"}
+
+Health comes from the server's pid and ``/readyz``: Healthy, Progressing (starting), Degraded
+(exited or not answering), Missing (no server recorded), Suspended (``enabled: false``).
+Delete (``apply --prune``) stops the server and drops the env tokens; the capture folder stays
+(it is data a Dataset versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from typing import Any
+
+from kiln.controller.handlers.base import Context, Step
+from kiln.controller.handlers.workflow import WorkflowHandler
+from kiln.errors import ConfigError
+
+
+def env_token_hashes(spec: Any, name: str) -> dict[str, str]:
+    """``VAR`` -> sha256 of the token each ``auth.tokens[].env`` names; clear errors otherwise."""
+    out = {}
+    for i, ref in enumerate(spec.auth.tokens):
+        if ref.secretName:
+            raise ConfigError(f"Deployment {name}: auth.tokens[{i}].secretName {ref.secretName!r} needs a cluster "
+                              "(a Kubernetes Secret, see `kiln render --what k8s`)",
+                              hint="on the local runtime name an environment variable: auth.tokens[].env")
+        value = os.environ.get(ref.env or "")
+        if not value:
+            raise ConfigError(f"Deployment {name}: auth.tokens[{i}].env: ${ref.env} is not set",
+                              hint=f"export {ref.env}=<token> before kiln apply, or remove the entry")
+        out[str(ref.env)] = hashlib.sha256(value.encode()).hexdigest()
+    return out
+
+
+class DeploymentHandler(WorkflowHandler):
+    kind = "Deployment"
+
+    @classmethod
+    def unavailable(cls, spec: Any) -> str | None:
+        """Stalled (not failed) while the model has no registered version: the experiment that
+        registers it has not run yet. A file check of the store; BentoML is not imported."""
+        from pathlib import Path
+
+        import yaml
+
+        here = Path(spec.source.path).resolve().parent
+        repo = next((p for p in (here, *here.parents) if (p / ".kiln").is_dir() or (p / ".git").exists()), here)
+        models = repo / ".kiln" / "bentoml" / "models"
+        ref = spec.obj.spec.model
+        if ref.name:
+            if not any((models / ref.name).glob("v*/model.yaml")):
+                return f"model {ref.name} has no version yet: apply the experiment that registers it"
+            return None
+        for f in models.glob("*/v*/model.yaml"):
+            try:
+                if ((yaml.safe_load(f.read_text()) or {}).get("labels") or {}).get("experiment") == ref.experiment:
+                    return None
+            except (OSError, yaml.YAMLError):
+                continue
+        return f"the model of experiment {ref.experiment} has no version yet: apply the experiment that registers it"
+
+    def steps(self, ctx: Context) -> list[Step]:
+        assert ctx.spec is not None
+        spec = ctx.spec
+
+        def auth(ctx: Context) -> dict[str, Any]:
+            from kiln.bento.auth import TokenStore, default_token_file
+
+            hashes = env_token_hashes(spec.obj.spec, spec.name)
+            TokenStore(default_token_file(ctx.repo)).set_env_tokens(spec.name, hashes)
+            return {"public": spec.obj.spec.auth.public, "envTokens": sorted(hashes)}  # names only
+
+        # A server is live state: going back to an earlier spec must roll out again, so the
+        # workflow step is named per generation (progress is kept per spec hash and step) and a
+        # finished run of it is dropped first (the runner would reuse it by name and hash). A
+        # crashed apply keeps its generation, so resuming still resumes.
+        rec = ctx.record
+        gen = (rec.generation + 1) if rec is None or rec.spec_hash != spec.spec_hash or rec.generation == 0 \
+            else rec.generation
+        steps = []
+        for st in super().steps(ctx):
+            inner = st.run
+
+            def run(ctx: Context, inner: Any = inner) -> dict[str, Any]:
+                from kiln.controller.render import workflow_name
+                from kiln.controller.runner import make_runner
+
+                runner = make_runner(ctx.config)
+                wf = runner.get(workflow_name(spec)) or {}
+                if (wf.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Error"):
+                    runner.delete(workflow_name(spec))
+                return inner(ctx)
+
+            steps.append(Step(f"{st.name}@g{gen}", st.describe, run, inventory=st.inventory))
+        return [Step(f"auth@g{gen}", "register the tokens auth.tokens names (hashes only)", auth), *steps]
+
+    def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:
+        out = outputs.get("rollout")
+        if not isinstance(out, dict) or "pid" not in out:
+            return []
+        return [{"kind": "server", "id": out["url"], "pid": out["pid"]}]
+
+    def _home(self, ctx: Context, ws: str, name: str):
+        from kiln.controller.deployment_steps import deployment_home
+
+        return deployment_home(ctx.config, ws, name)
+
+    def health(self, ctx: Context) -> str:
+        from kiln.controller.deployment_steps import live_health
+
+        assert ctx.spec is not None
+        return live_health(self._home(ctx, ctx.spec.workspace, ctx.spec.name), ctx.spec.obj.spec.enabled)[0]
+
+    def extra(self, ctx: Context) -> dict[str, Any]:
+        from kiln.controller.deployment_steps import live_health
+
+        assert ctx.spec is not None
+        health, info = live_health(self._home(ctx, ctx.spec.workspace, ctx.spec.name), ctx.spec.obj.spec.enabled)
+        if not ctx.spec.obj.spec.enabled or info is None:
+            return {"url": None, "pid": None, "info": "disabled" if health == "Suspended" else "no server"}
+        return {"url": info["url"], "pid": info["pid"], "model": info["model"], "version": info["version"],
+                "info": f"{info['model']} v{info['version']} at {info['url']} ({health})"}
+
+    def delete(self, ctx: Context) -> list[str]:
+        from kiln.bento.auth import TokenStore, default_token_file
+        from kiln.controller.deployment_steps import stop_pid, _read_json
+
+        assert ctx.record is not None
+        rec = ctx.record
+        done = super().delete(ctx)
+        home = self._home(ctx, rec.workspace, rec.name)
+        info = _read_json(home / "server.json")
+        if info and info.get("pid") and stop_pid(int(info["pid"]), home):
+            done.append(f"stop server pid {info['pid']} ({info.get('url')})")
+        TokenStore(default_token_file(ctx.repo)).set_env_tokens(rec.name, {})
+        if home.exists():
+            for p in home.iterdir():
+                if p.name == "capture":
+                    continue  # captured inputs are data: a Dataset versions them
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            done.append(f"remove {home.relative_to(ctx.repo)} (capture kept)" if (home / "capture").exists()
+                        else f"remove {home.relative_to(ctx.repo)}")
+            if not any(home.iterdir()):
+                home.rmdir()
+        return done
