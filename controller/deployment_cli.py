@@ -23,12 +23,12 @@ from kiln.errors import ConfigError, KilnError, NotFound
 def predict(ctx: click.Context, name: str, file_: str | None, json_: str | None, workspace: str | None,
             token: str | None) -> None:
     """Send one prediction request to deployment NAME and print the answer (JSON)."""
-    from kiln.cli import _config
+    from kiln.config import load_config
     from kiln.controller.deployment_steps import _read_json, post
 
     if bool(file_) == bool(json_):
         raise ConfigError("give exactly one of --file or --json")
-    root = _config(ctx).kiln_dir() / "deployments"
+    root = load_config(ctx.obj["repo"] if ctx.obj else ".").kiln_dir() / "deployments"
     found = sorted(root.glob(f"{workspace or '*'}/{name}/server.json"))
     if not found:
         raise NotFound(f"deployment {name} is not running here", hint="kiln apply it (kiln status shows deployments)")

@@ -193,12 +193,12 @@ def test_capture_source_is_not_applicable_yet_with_a_clear_message(tmp_path: Pat
     shutil.copytree(ROOT / "specs", tmp_path / "specs")
     plan = kiln("plan", cwd=tmp_path, check=True).stdout
     line = next(ln for ln in plan.splitlines() if "Dataset/vision/digits-captured" in ln)
-    assert "[source.capture 'digits-classifier': captured inputs arrive with Deployment" in line
-    assert "Not yet applicable (source not available yet): Dataset/vision/digits-captured." in plan
+    assert "[source.capture 'digits-classifier': Deployment 'digits-classifier' has captured nothing yet" in line
+    assert "Not yet applicable (source not available yet): Dataset/vision/digits-captured" in plan
     assert "Dataset/vision/digits " in plan and "no Dataset handler" not in plan
     js = json.loads(kiln("plan", "--format", "json", cwd=tmp_path, check=True).stdout)
     cap = next(c for c in js["changes"] if c["ref"] == "Dataset/vision/digits-captured")
-    assert cap["handler"] == "not available yet" and "deployments are not available" in cap["reason"]
+    assert cap["handler"] == "not available yet" and "has captured nothing yet" in cap["reason"]
 
 
 IMAGES = """

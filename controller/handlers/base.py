@@ -91,6 +91,14 @@ class Handler(ABC):
         """Remove what ``ctx.record.inventory`` lists; return what was done. Items whose delete
         failed must raise, so that they stay in the inventory."""
 
+    @staticmethod
+    def repo_of(spec: LoadedSpec) -> Path:
+        """The repository a spec belongs to: the nearest folder above its file with ``kiln.yaml``
+        or ``.git`` (``unavailable`` has no config; every entry point also runs from there)."""
+        here = Path(spec.source.path).resolve().parent
+        return next((p for p in (here, *here.parents) if (p / "kiln.yaml").is_file() or (p / ".git").exists()),
+                    Path.cwd())
+
     @classmethod
     def unavailable(cls, spec: LoadedSpec) -> str | None:
         """Why this kiln version cannot apply this particular (valid) spec yet, or None. Plan

@@ -45,11 +45,7 @@ class DatasetHandler(WorkflowHandler):
     def unavailable(cls, spec: Any) -> str | None:
         src = spec.obj.spec.source
         if src.capture:
-            from pathlib import Path
-
-            # the repository: the nearest folder above the spec file holding .kiln or .git
-            here = Path(spec.source.path).resolve().parent
-            repo = next((p for p in (here, *here.parents) if (p / ".kiln").is_dir() or (p / ".git").exists()), here)
+            repo = cls.repo_of(spec)
             cap = repo / ".kiln" / "deployments" / spec.workspace / src.capture / "capture"
             if not (cap / "index.jsonl").is_file():
                 return (f"source.capture {src.capture!r}: Deployment {src.capture!r} has captured nothing yet "

@@ -52,12 +52,9 @@ class DeploymentHandler(WorkflowHandler):
     def unavailable(cls, spec: Any) -> str | None:
         """Stalled (not failed) while the model has no registered version: the experiment that
         registers it has not run yet. A file check of the store; BentoML is not imported."""
-        from pathlib import Path
-
         import yaml
 
-        here = Path(spec.source.path).resolve().parent
-        repo = next((p for p in (here, *here.parents) if (p / ".kiln").is_dir() or (p / ".git").exists()), here)
+        repo = cls.repo_of(spec)
         models = repo / ".kiln" / "bentoml" / "models"
         ref = spec.obj.spec.model
         if ref.name:
