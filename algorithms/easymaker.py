@@ -58,7 +58,7 @@ from kiln.algorithms.base import (
     atomic_save, read_meta, write_meta,
 )
 from kiln.algorithms.detection import _categories, _lut, _open_rgb, IGNORE
-from kiln.algorithms.vision import load_pretrained, to_tensor, torch_device
+from kiln.algorithms.vision import TorchModelIO, load_pretrained, to_tensor, torch_device
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _CKPT = re.compile(r"^step-(\d+)\.pt$")
@@ -86,7 +86,7 @@ def latest_step_checkpoint(path: Path) -> Path:
                          hint="pass a checkpoint file or a folder holding step-NNNNNNN.pt files")
 
 
-class StepAlgorithm(Algorithm):
+class StepAlgorithm(TorchModelIO, Algorithm):
     """The steps-based loop shared by the EasyMaker algorithms (see the module docstring)."""
 
     data_type = "image"
@@ -237,31 +237,6 @@ class StepAlgorithm(Algorithm):
         model.eval()
         return TrainedModel(self.name, model, hp.model_dump(), meta, hist_cb.history)
 
-    def evaluate(self, model: TrainedModel, data: TrainData, split: str = "test") -> Evaluation:
-        if not data.has_split(split):
-            raise AlgorithmError(f"dataset has no {split!r} images to evaluate on")
-        return self.evaluate_native(model.native, data, split, model.meta, self.hyperparameters(model.hyperparameters))
-
-    # -- persistence -----------------------------------------------------------------------------
-    def save(self, model: TrainedModel, path: Path) -> Path:
-        import torch
-
-        path = Path(path)
-        state = {k: v.detach().cpu() for k, v in model.native.state_dict().items()}
-        atomic_save(path / "model.pt", lambda tmp: torch.save(state, tmp))
-        write_meta(path, {"algorithm": self.name, "hyperparameters": model.hyperparameters, **model.meta})
-        return path
-
-    def load(self, path: Path) -> TrainedModel:
-        import torch
-
-        meta = read_meta(Path(path), self.name)
-        hp = meta.pop("hyperparameters")
-        meta.pop("algorithm")
-        model = self.build_model(meta)
-        model.load_state_dict(torch.load(Path(path) / "model.pt", map_location="cpu", weights_only=True))
-        model.eval()
-        return TrainedModel(self.name, model, hp, meta)
 
     def _export_logits(self, model: TrainedModel, path: Path, sample: Any) -> Path:
         import warnings

@@ -93,7 +93,38 @@ def load_pretrained(model: Any, path: str | Path) -> list[str]:
     return skipped
 
 
-class TorchAlgorithm(Algorithm):
+class TorchModelIO:
+    """evaluate/save/load shared by every torch algorithm (epoch- and step-based): a state dict in
+    ``model.pt`` plus ``meta.json``; loading rebuilds the model from the meta, never unpickles."""
+
+    def evaluate(self, model: TrainedModel, data: TrainData, split: str = "test") -> Evaluation:
+        if not data.has_split(split):
+            raise AlgorithmError(f"dataset has no {split!r} images to evaluate on")
+        return self.evaluate_native(model.native, data, split, model.meta, self.hyperparameters(model.hyperparameters))
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, model: TrainedModel, path: Path) -> Path:
+        import torch
+
+        path = Path(path)
+        state = {k: v.detach().cpu() for k, v in model.native.state_dict().items()}
+        atomic_save(path / "model.pt", lambda tmp: torch.save(state, tmp))
+        write_meta(path, {"algorithm": self.name, "hyperparameters": model.hyperparameters, **model.meta})
+        return path
+
+    def load(self, path: Path) -> TrainedModel:
+        import torch
+
+        meta = read_meta(Path(path), self.name)
+        hp = meta.pop("hyperparameters")
+        meta.pop("algorithm")
+        model = self.build_model(meta)
+        model.load_state_dict(torch.load(Path(path) / "model.pt", map_location="cpu", weights_only=True))
+        model.eval()
+        return TrainedModel(self.name, model, hp, meta)
+
+
+class TorchAlgorithm(TorchModelIO, Algorithm):
     """The epoch loop shared by every PyTorch algorithm. Subclasses provide the model, the
     loaders, the loss of one batch and the evaluation."""
 
@@ -197,31 +228,6 @@ class TorchAlgorithm(Algorithm):
         model.eval()
         return TrainedModel(self.name, model, hp.model_dump(), meta, hist_cb.history)
 
-    def evaluate(self, model: TrainedModel, data: TrainData, split: str = "test") -> Evaluation:
-        if not data.has_split(split):
-            raise AlgorithmError(f"dataset has no {split!r} images to evaluate on")
-        return self.evaluate_native(model.native, data, split, model.meta, self.hyperparameters(model.hyperparameters))
-
-    # -- persistence -----------------------------------------------------------------------------
-    def save(self, model: TrainedModel, path: Path) -> Path:
-        import torch
-
-        path = Path(path)
-        state = {k: v.detach().cpu() for k, v in model.native.state_dict().items()}
-        atomic_save(path / "model.pt", lambda tmp: torch.save(state, tmp))
-        write_meta(path, {"algorithm": self.name, "hyperparameters": model.hyperparameters, **model.meta})
-        return path
-
-    def load(self, path: Path) -> TrainedModel:
-        import torch
-
-        meta = read_meta(Path(path), self.name)
-        hp = meta.pop("hyperparameters")
-        meta.pop("algorithm")
-        model = self.build_model(meta)
-        model.load_state_dict(torch.load(Path(path) / "model.pt", map_location="cpu", weights_only=True))
-        model.eval()
-        return TrainedModel(self.name, model, hp, meta)
 
 
 # ---------------------------------------------------------------------------------------------
