@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.controller.steps import StepContext, workspace_dir
+from kiln._util.proc import pid_alive as _pid_alive
 from kiln.errors import ConfigError, KilnError
 
 if TYPE_CHECKING:
@@ -712,16 +713,6 @@ def _recover_orphans(study: Any, run: Path, worker: str) -> None:
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         study.enqueue_trial({**t.params, }, user_attrs={"resume_from": t.number})
         log(f"trial t{t.number:04d} was interrupted (worker {worker} killed); queued again to resume")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, study_name: str,

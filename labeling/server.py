@@ -37,6 +37,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kiln._util.proc import pid_alive
 from kiln.errors import ConfigError, KilnError
 
 LS_VERSION = "1.23.2"
@@ -167,12 +168,8 @@ def health(url: str, timeout: float = 2.0) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     # a zombie of ours still answers kill(0); treat it as gone
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"

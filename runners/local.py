@@ -61,6 +61,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kiln._util.proc import pid_alive as _pid_alive
 from kiln.errors import WorkflowError
 from kiln.runners import _expr, _slots
 from kiln.runners._template import UnresolvedTag, render, render_obj
@@ -198,16 +199,6 @@ def replay_journal(wf: Workflow, journal: Path) -> Workflow:
             nodes[rec["id"]] = rec
         nodes[rec["id"]]["children"] = kids
     return wf
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _item_label(item: Any) -> str:
