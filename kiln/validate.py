@@ -309,6 +309,11 @@ def dependencies(s: LoadedSpec) -> Iterator[str]:
     elif isinstance(obj, LabelingJob):
         ref = obj.spec.dataset
         yield f"Dataset/{ref.workspace or s.workspace}/{ref.name}"
+        pa = obj.spec.preAnnotation
+        if pa is not None and pa.model is not None and pa.model.experiment:
+            yield f"Experiment/{s.workspace}/{pa.model.experiment}"  # its model pre-annotates
+        if pa is not None and pa.deployment:
+            yield f"Deployment/{s.workspace}/{pa.deployment}"
     elif isinstance(obj, Experiment):
         ref = obj.spec.dataset
         yield f"Dataset/{ref.workspace or s.workspace}/{ref.name}"

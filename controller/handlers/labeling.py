@@ -66,9 +66,15 @@ class LabelingJobHandler(Handler):
     def unavailable(cls, spec: LoadedSpec) -> str | None:
         from kiln.controller.labeling_steps import pre_annotation_unavailable
 
+        from kiln.controller.dataset_steps import data_rel
+
         s = spec.obj.spec
         if s.task.startswith("tabular"):
             return f"task {s.task}: tabular labelling is not available in this kiln version (image tasks are)"
+        ws = s.dataset.workspace or spec.workspace
+        if not (cls.repo_of(spec) / f"{data_rel(ws, s.dataset.name)}.versions.json").is_file():
+            # e.g. a capture dataset before its deployment has seen traffic
+            return f"dataset {s.dataset.name!r} has no version yet: apply it (and feed it) first"
         return pre_annotation_unavailable(s)
 
     def steps(self, ctx: Context) -> list[Step]:
