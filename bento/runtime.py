@@ -289,8 +289,14 @@ class Engine:
         return labels[k] if labels and 0 <= k < len(labels) else str(k)
 
     def _classes(self, p: np.ndarray) -> list[dict[str, Any]]:
-        if p.size == 1:  # a single-logit binary model
-            p = np.array([1.0 - p[0], p[0]])
+        p = np.asarray(p, dtype=np.float64)
+        if p.size == 1:  # a single-output binary model: a probability, or a logit
+            q = float(p[0]) if 0.0 <= p[0] <= 1.0 else 1.0 / (1.0 + np.exp(-float(p[0])))
+            p = np.array([1.0 - q, q])
+        elif p.min() < 0.0 or abs(p.sum() - 1.0) > 1e-3:
+            # logits (torch/ONNX classifiers): EasyMaker's scores are probabilities
+            e = np.exp(p - p.max())
+            p = e / e.sum()
         order = np.argsort(-p, kind="stable")
         if self.cfg.top_k:
             order = order[: self.cfg.top_k]

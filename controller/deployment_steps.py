@@ -38,6 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln.api.experiment import from_experiment
 from kiln.errors import ConfigError, KilnError, NotFound
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 # -- model resolution ----------------------------------------------------------------------------
 
-def resolve_model(repo: Path, model: Any) -> tuple[str, int]:
+def resolve_model(repo: Path, model: Any, workspace: str = "default") -> tuple[str, int]:
     """(name, version) of a ModelRef: a version, an alias, the latest, or the latest version
     registered with the label ``experiment=<name>``."""
     from kiln.bento.registry import Registry, default_home
@@ -110,7 +111,7 @@ def resolve_model(repo: Path, model: Any) -> tuple[str, int]:
         found = []
         for n in names:
             for v in reg.versions(n):
-                if reg.describe(n, v)["labels"].get("experiment") == model.experiment:
+                if from_experiment(reg.describe(n, v)["labels"], workspace, model.experiment):
                     found.append((reg.describe(n, v)["created"], n, v))
         if not found:
             raise ModelNotReady(f"the model of experiment {model.experiment} has no version yet: apply the "
@@ -128,7 +129,7 @@ def deployment_resolve_model(ctx: StepContext) -> dict[str, Any]:
     from kiln.bento.registry import Registry, default_home
 
     spec = _spec(ctx)
-    name, version = resolve_model(ctx.config.repo, spec.model)
+    name, version = resolve_model(ctx.config.repo, spec.model, ctx.ref.split("/")[1])
     serving = Registry(default_home(ctx.config.repo)).describe(name, version)["serving"]
     if spec.runtime == "onnx" and serving.get("framework") != "onnx":
         raise ConfigError(f"model {name} v{version} is {serving.get('framework')!r}; runtime: onnx needs an "

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.controller.steps import StepContext, workspace_dir
 from kiln._util.proc import pid_alive as _pid_alive
+from kiln.api.experiment import experiment_label
 from kiln.errors import ConfigError, KilnError
 
 if TYPE_CHECKING:
@@ -1087,7 +1088,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
             pre = ds_dir if data.get("type") == "tabular" and (ds_dir / ".kiln" / "preprocess.joblib").is_file() else None
             if pre is not None and serving is not None:
                 serving.pop("feature_types", None)
-            labels = {"experiment": f"{ws}.{name}", "dataset": data.get("dataset", "").replace("/", "."),
+            labels = {"experiment": experiment_label(ws, name), "dataset": data.get("dataset", "").replace("/", "."),
                       "dataset_version": data.get("version", ""), "trial": sel["trial"], "kiln_run": run_label,
                       "algorithm": sel.get("algorithm") or "command"}
             metadata = {"metrics": sel.get("metrics", {}), "params": sel.get("params", {}),

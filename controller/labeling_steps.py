@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.controller.steps import StepContext, workspace_dir
+from kiln.api.experiment import from_experiment
 from kiln.errors import ConfigError, KilnError, NotFound
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ def resolve_model(config: KilnConfig, ref: Any, job_ws: str) -> ResolvedModel:
             for name in reg.names():
                 for v in reg.versions(name):
                     labels = (reg.describe(name, v).get("labels") or {})
-                    if labels.get("experiment") in (ref.experiment, f"{job_ws}/{ref.experiment}"):
+                    if from_experiment(labels, job_ws, ref.experiment):
                         found.append((reg.describe(name, v)["created"], name, v))  # type: ignore[arg-type]
             if not found:
                 raise NotFound(f"no registered model comes from experiment {ref.experiment!r}",

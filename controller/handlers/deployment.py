@@ -54,6 +54,8 @@ class DeploymentHandler(WorkflowHandler):
         registers it has not run yet. A file check of the store; BentoML is not imported."""
         import yaml
 
+        from kiln.api.experiment import from_experiment
+
         repo = cls.repo_of(spec)
         models = repo / ".kiln" / "bentoml" / "models"
         ref = spec.obj.spec.model
@@ -63,7 +65,8 @@ class DeploymentHandler(WorkflowHandler):
             return None
         for f in models.glob("*/v*/model.yaml"):
             try:
-                if ((yaml.safe_load(f.read_text()) or {}).get("labels") or {}).get("experiment") == ref.experiment:
+                if from_experiment((yaml.safe_load(f.read_text()) or {}).get("labels") or {},
+                                   spec.workspace, ref.experiment):
                     return None
             except (OSError, yaml.YAMLError):
                 continue

@@ -12,6 +12,17 @@ from kiln.api.common import DatasetRef, Metadata, Model, Name, ResourceRequest, 
 HyperValue = Union[bool, int, float, str]
 
 
+def experiment_label(workspace: str, name: str) -> str:
+    """The ``experiment`` label a registered model carries (BentoML labels hold no '/')."""
+    return f"{workspace}.{name}"
+
+
+def from_experiment(labels: dict, workspace: str, name: str) -> bool:
+    """Whether a model with ``labels`` was registered by experiment ``workspace/name`` (plain
+    ``name`` too: models registered by hand or by older kiln versions)."""
+    return labels.get("experiment") in (experiment_label(workspace, name), name)
+
+
 class FloatParam(Model):
     type: Literal["float"]
     low: float
