@@ -305,9 +305,11 @@ def load_predictor(model: ResolvedModel) -> Callable[[list[Path]], list[Any]]:
     from kiln.algorithms.base import read_meta
     from kiln.algorithms.registry import get_algorithm
 
-    meta = read_meta(model.path)
+    # an experiment registers the serving package (e.g. ONNX) with the native model beside it
+    path = model.path if (model.path / "meta.json").is_file() else model.path / "kiln-model"
+    meta = read_meta(path)
     algo = get_algorithm(meta["algorithm"])
-    trained = algo.load(model.path)
+    trained = algo.load(path)
     return lambda paths: algo.predict(trained, [str(p) for p in paths])
 
 

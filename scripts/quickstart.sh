@@ -27,8 +27,14 @@ if [ ! -d "$demo/.git" ]; then
   git -C "$demo" commit -q --allow-empty -m "kiln demo repository"
 fi
 
-# The digits deployment takes a token from $DIGITS_API_TOKEN (specs never hold secrets).
-export DIGITS_API_TOKEN=${DIGITS_API_TOKEN:-$("$py" -c 'import secrets; print(secrets.token_urlsafe(32))')}
+# The digits deployment takes a token from $DIGITS_API_TOKEN (specs never hold secrets). The demo
+# keeps one in a private file so that re-runs call the server with the token it was started with.
+token_file="$demo/.kiln-demo-token"
+if [ ! -s "$token_file" ]; then
+  (umask 077; "$py" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$token_file")
+  grep -qx '.kiln-demo-token' "$demo/.gitignore" 2>/dev/null || echo '.kiln-demo-token' >> "$demo/.gitignore"
+fi
+export DIGITS_API_TOKEN=${DIGITS_API_TOKEN:-$(cat "$token_file")}
 
 echo "== Label Studio (own virtual environment; first start installs it, about 2-3 minutes)"
 "$kiln" -C "$demo" labelstudio status >/dev/null 2>&1 || "$kiln" -C "$demo" labelstudio start
