@@ -36,3 +36,29 @@ def example_repo(tmp: Path) -> Path:
     """A copy of the example GitOps repo (specs/) in a fresh folder."""
     shutil.copytree(ROOT / "specs", tmp / "specs")
     return tmp
+
+
+def deployment_server_pids(root: Path) -> list[int]:
+    """Processes whose environment marks them as a deployment server of the repository ``root``."""
+    import contextlib
+
+    from kiln.controller.deployment_steps import HOME_MARKER
+
+    out = []
+    marker = f"{HOME_MARKER}={root.resolve()}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(e.startswith(marker) for e in (d / "environ").read_bytes().split(b"\0")):
+                out.append(int(d.name))
+    return out
+
+
+def kill_deployment_servers(root: Path) -> None:
+    import contextlib
+    import signal
+
+    for pid in deployment_server_pids(root):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, example_repo, kiln, write
+from tests.helpers import ROOT, example_repo, kill_deployment_servers, kiln, write
 
 WS = """
 apiVersion: kiln.dev/v1alpha1
@@ -25,35 +25,44 @@ spec:
 """
 
 
-@pytest.mark.slow  # the example datasets (1797 digits images through torchvision) version for real
+@pytest.mark.slow  # the example repo end to end: versions data, trains two experiments, starts two servers
 def test_apply_twice_second_does_nothing(tmp_path: Path) -> None:
+    """The example repo end to end: datasets, training, registration, serving; then nothing."""
     repo = example_repo(tmp_path)
     subprocess.run(["git", "init", "-q", str(repo)], check=True)  # datasets are versioned with DVC in git
-    first = kiln("apply", cwd=repo, timeout=600)
-    assert "Workspace/vision: create" in first.stdout
-    # The workspace's work runs as its rendered workflow, through the local runner.
-    assert "+ workflow: run workflow kiln-ws-vision (local runner)" in first.stdout
-    assert "+ workflow: run workflow kiln-data-wine (local runner)" in first.stdout
-    # Kinds without a handler are reported, never pretended applied: exit 2 says not everything is.
-    assert first.returncode == 2, first.stdout + first.stderr
-    assert "LabelingJob/vision/digits-relabel: not applied: no LabelingJob handler" in first.stdout
-    assert "Dataset/vision/digits-captured: not applied: source.capture 'digits-classifier'" in first.stdout
-    second = kiln("apply", cwd=repo)
-    assert "Workspace/vision: unchanged, skipping" in second.stdout
-    assert "Dataset/vision/digits: unchanged, skipping" in second.stdout
-    assert "0 action(s)" in second.stdout
-    assert "+ " not in second.stdout
-    st = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
-    ws = next(r for r in st if r["kind"] == "Workspace")
-    assert (ws["sync"], ws["health"], ws["ready"], ws["generation"]) == ("Synced", "Healthy", "True", 1)
-    rows = {r["name"]: r for r in st}
-    assert rows["wine"]["ready"] == "True" and rows["digits"]["ready"] == "True"
-    assert (rows["digits-captured"]["ready"], rows["digits-captured"]["reason"]) == ("False", "NotAvailableYet")
-    assert (rows["digits-relabel"]["ready"], rows["digits-relabel"]["reason"]) == ("False", "HandlerNotAvailable")
-    digits = json.loads((repo / "data/vision/digits.versions.json").read_text())["versions"]
-    assert len(digits) == 1 and digits[0]["files"] == 1797 + 2  # images + lineage and split manifest
-    assert sum(digits[0]["per_class_counts"].values()) == 1797
-    assert rows["digits"]["info"].startswith(f"v1 {digits[0]['id'][:12]} 1799 files")
+    env = {"DIGITS_API_TOKEN": "example-token-for-the-test"}
+    try:
+        first = kiln("apply", cwd=repo, env=env, timeout=1500)
+        assert "Workspace/vision: create" in first.stdout
+        # Each object's work runs as its rendered workflow, through the local runner.
+        assert "+ workflow: run workflow kiln-ws-vision (local runner)" in first.stdout
+        assert "+ workflow: run workflow kiln-data-wine (local runner)" in first.stdout
+        # What cannot be applied yet is reported, never pretended applied: exit 2.
+        assert first.returncode == 2, first.stdout + first.stderr
+        assert "Dataset/vision/digits-captured: not applied: source.capture 'digits-classifier'" in first.stdout
+        assert "LabelingJob/vision/digits-relabel: not applied: dataset 'digits-captured' has no version yet" \
+            in first.stdout
+        second = kiln("apply", cwd=repo, env=env)
+        assert "Workspace/vision: unchanged, skipping" in second.stdout
+        assert "Dataset/vision/digits: unchanged, skipping" in second.stdout
+        assert "Experiment/wine-automl: unchanged, skipping" in second.stdout
+        assert "0 action(s)" in second.stdout
+        assert "+ " not in second.stdout
+        st = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
+        ws = next(r for r in st if r["kind"] == "Workspace")
+        assert (ws["sync"], ws["health"], ws["ready"], ws["generation"]) == ("Synced", "Healthy", "True", 1)
+        rows = {r["name"]: r for r in st}
+        for name in ("wine", "digits", "wine-automl", "digits-resnet", "wine-classifier", "digits-classifier"):
+            assert rows[name]["ready"] == "True", rows[name]
+        assert (rows["digits-captured"]["ready"], rows["digits-captured"]["reason"]) == ("False", "NotAvailableYet")
+        assert (rows["digits-relabel"]["ready"], rows["digits-relabel"]["reason"]) == ("False", "NotAvailableYet")
+        digits = json.loads((repo / "data/vision/digits.versions.json").read_text())["versions"]
+        assert len(digits) == 1 and digits[0]["files"] == 1797 + 2  # images + lineage and split manifest
+        assert sum(digits[0]["per_class_counts"].values()) == 1797
+        assert rows["digits"]["info"].startswith(f"v1 {digits[0]['id'][:12]} 1799 files")
+        assert "example-token-for-the-test" not in json.dumps(st) + first.stdout + second.stdout
+    finally:
+        kill_deployment_servers(repo)
 
 
 def test_plan_update_lists_changed_fields_and_exit_codes(tmp_path: Path) -> None:

@@ -18,28 +18,13 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers import kiln, write
+from tests.helpers import deployment_server_pids as _server_pids, kiln, write
 
 pytest.importorskip("bentoml")
 pytest.importorskip("sklearn")
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ENV_TOKEN = "env-secret-token-3f9a1c77d2"
-
-
-def _server_pids(root: Path) -> list[int]:
-    """Processes whose environment marks them as a deployment server under ``root``."""
-    from kiln.controller.deployment_steps import HOME_MARKER
-
-    out = []
-    marker = f"{HOME_MARKER}={root.resolve()}".encode()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if any(e.startswith(marker) for e in (d / "environ").read_bytes().split(b"\0")):
-                out.append(int(d.name))
-    return out
 
 
 def register_iris(repo: Path) -> int:
