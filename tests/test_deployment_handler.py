@@ -187,3 +187,60 @@ def test_missing_model_and_env_token_are_clear_errors(repo: Path) -> None:
     assert out.returncode != 0 and "$NOT_SET_VAR_X is not set" in out.stdout + out.stderr, out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert not _server_pids(repo)
+
+
+@pytest.mark.slow  # three rollouts of a real server
+@pytest.mark.timeout(600)
+def test_drift_is_planned_and_healed(repo: Path) -> None:
+    """What changes outside git (an alias moved, the server killed, the token rotated) shows in
+    `kiln plan` and the next apply heals it; then the plan is clean again."""
+    from kiln.bento.registry import Registry, default_home
+
+    reg = Registry(default_home(repo))
+    reg.set_alias("iris", "prod", register_iris(repo))
+    write(repo, {"specs/iris.yaml": deployment("iris-api", SPEC.replace("{name: iris}", "{name: iris, alias: prod}"))})
+    env = {"IRIS_TOKEN": ENV_TOKEN}
+
+    def plan() -> subprocess.CompletedProcess:
+        return kiln("plan", "--detailed-exitcode", cwd=repo, env=env)
+
+    assert kiln("apply", cwd=repo, env=env, timeout=400).returncode == 0
+    assert plan().returncode == 0
+    first = server(repo)
+
+    # the alias moves to a new version: planned, rolled out
+    reg.set_alias("iris", "prod", register_iris(repo))
+    p = plan()
+    assert p.returncode == 2 and "now resolves to iris v2 (serving iris v1)" in p.stdout, p.stdout
+    healed = kiln("apply", cwd=repo, env=env, timeout=400)
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    moved = server(repo)
+    assert moved["version"] == 2 and alive(moved["pid"]) and not alive(first["pid"])
+    assert plan().returncode == 0
+
+    # the server is killed outside kiln: planned, started again
+    os.killpg(moved["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive(moved["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    p = plan()
+    assert p.returncode == 2 and f"server pid {moved['pid']}" in p.stdout and "is not serving" in p.stdout, p.stdout
+    assert kiln("apply", cwd=repo, env=env, timeout=400).returncode == 0
+    again = server(repo)
+    assert again["pid"] != moved["pid"] and alive(again["pid"]) and predict(again["url"], ENV_TOKEN)[0] == 200
+
+    # the token is rotated in the environment: planned, registered; the old one stops working
+    rotated = {"IRIS_TOKEN": ENV_TOKEN + "-rotated"}
+    p = kiln("plan", "--detailed-exitcode", cwd=repo, env=rotated)
+    assert p.returncode == 2 and "$IRIS_TOKEN holds a different token" in p.stdout, p.stdout
+    assert ENV_TOKEN not in p.stdout
+    assert kiln("apply", cwd=repo, env=rotated, timeout=400).returncode == 0
+    deadline = time.monotonic() + 5
+    while predict(again["url"], ENV_TOKEN)[0] != 401 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert predict(again["url"], ENV_TOKEN)[0] == 401
+    assert predict(again["url"], rotated["IRIS_TOKEN"])[0] == 200
+    assert server(repo)["pid"] == again["pid"]  # a token needs no restart
+    assert kiln("plan", "--detailed-exitcode", cwd=repo, env=rotated).returncode == 0
+    # a plan where the variable is not set (a PR check without the secret) is no drift
+    assert kiln("plan", "--detailed-exitcode", cwd=repo, env={"IRIS_TOKEN": ""}).returncode == 0

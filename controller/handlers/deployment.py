@@ -13,6 +13,13 @@ The record's ``extra`` (``kiln describe``)::
 
 Health comes from the server's pid and ``/readyz``: Healthy, Progressing (starting), Degraded
 (exited or not answering), Missing (no server recorded), Suspended (``enabled: false``).
+Drift (``observe``, so ``kiln plan`` shows it and ``kiln apply``/the controller heal it), for an
+applied spec that did not change: the server died or was stopped outside kiln; the model
+reference now resolves to another version (an alias moved, the experiment registered a new
+model); a token that ``auth.tokens[].env`` names has a new value in this environment. Healing
+runs the steps again under a rollout key derived from what drifted (``g3.<hash>``), so a crash
+while healing resumes, and the same drift is healed once.
+
 Delete (``apply --prune``) stops the server and drops the env tokens; the capture folder stays
 (it is data a Dataset versions).
 """
@@ -26,7 +33,7 @@ from typing import Any
 
 from kiln.controller.handlers.base import Context, Step
 from kiln.controller.handlers.workflow import WorkflowHandler
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, KilnError
 
 
 def env_token_hashes(spec: Any, name: str) -> dict[str, str]:
@@ -45,8 +52,44 @@ def env_token_hashes(spec: Any, name: str) -> dict[str, str]:
     return out
 
 
+def drift(config: Any, spec: Any, record: Any) -> list[str]:
+    """Why the applied deployment no longer matches its unchanged spec (module doc); [] if it does.
+    Read-only; an unset token variable is not drift (a plan in CI without the secret)."""
+    from kiln.bento.auth import ENV_PREFIX, TokenStore, default_token_file
+    from kiln.controller.deployment_steps import ModelNotReady, deployment_home, live_health, resolve_model
+
+    s = spec.obj.spec
+    if not s.enabled or record is None or record.generation == 0:
+        return []
+    out = []
+    health, info = live_health(deployment_home(config, spec.workspace, spec.name), True)
+    if health in ("Degraded", "Missing"):
+        what = f"server pid {info.get('pid')} ({info.get('url')}) is not serving" if info else "no server is running"
+        out.append(f"{what}; apply starts it again")
+    if info:
+        try:
+            name, version = resolve_model(config.repo, s.model, spec.workspace)
+        except (ModelNotReady, KilnError):
+            name, version = info.get("model"), info.get("version")
+        if (name, version) != (info.get("model"), info.get("version")):
+            out.append(f"the model reference now resolves to {name} v{version} (serving {info.get('model')} "
+                       f"v{info.get('version')}); apply rolls it out")
+    stored = TokenStore(default_token_file(config.repo)).read().get(spec.name, {})
+    for ref in s.auth.tokens:
+        value = os.environ.get(ref.env or "") if ref.env else None
+        rec = stored.get(f"{ENV_PREFIX}{ref.env}")
+        if value and (rec is None or rec.get("sha256") != hashlib.sha256(value.encode()).hexdigest()):
+            out.append(f"${ref.env} holds a different token than the one registered; apply registers it")
+    return out
+
+
 class DeploymentHandler(WorkflowHandler):
     kind = "Deployment"
+
+    @classmethod
+    def observe(cls, config: Any, spec: Any, record: Any) -> tuple[str, str] | None:
+        found = drift(config, spec, record)
+        return ("update", "drift: " + "; ".join(found)) if found else None
 
     @classmethod
     def unavailable(cls, spec: Any) -> str | None:
@@ -88,8 +131,11 @@ class DeploymentHandler(WorkflowHandler):
         # finished run of it is dropped first (the runner would reuse it by name and hash). A
         # crashed apply keeps its generation, so resuming still resumes.
         rec = ctx.record
-        gen = (rec.generation + 1) if rec is None or rec.spec_hash != spec.spec_hash or rec.generation == 0 \
-            else rec.generation
+        same = rec is not None and rec.spec_hash == spec.spec_hash and rec.generation > 0
+        gen: int | str = rec.generation if same else (rec.generation + 1 if rec is not None else 1)
+        healing = drift(ctx.config, spec, rec) if same else []
+        if healing:  # heal under a key of its own: the first rollout of this spec succeeded long ago
+            gen = f"{gen}.{hashlib.sha256(repr(healing).encode()).hexdigest()[:8]}"
         steps = []
         for st in super().steps(ctx):
             inner = st.run
