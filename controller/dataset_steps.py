@@ -467,7 +467,10 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
             i = int(stage_name[3:])
             op = spec.preprocessing[i]
             try:
-                new = apply_ops(content, prev, [_op_dict(op)], tmp, seed=seed, format=fmt)
+                sp = spec.splits
+                split = ({"ratios": {"train": sp.train, "validation": sp.validation, "test": sp.test},
+                          "seed": sp.seed, "stratify": sp.stratify} if sp is not None else None)
+                new = apply_ops(content, prev, [_op_dict(op)], tmp, seed=seed, format=fmt, split=split)
             except Exception as exc:
                 from kiln.data.errors import DatasetFormatError
 

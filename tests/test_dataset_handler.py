@@ -76,6 +76,18 @@ def test_version_lifecycle_apply_twice_same_data_one_op_change(tmp_path: Path) -
     manifest = json.loads((folder / ".kiln/splits.json").read_text())
     assert manifest["seed"] == 7 and manifest["stratified"] is True
     assert sorted(set(manifest["items"].values())) == ["test", "train", "validation"]
+    # the scaler was fitted on the train rows the manifest names, not on validation/test (no leak)
+    import numpy as np
+
+    from kiln.data import load
+
+    table = load(folder).table.frame
+    feats = [c for c in table.columns if c != "target"]
+    train = sorted(int(k) for k, s in manifest["items"].items() if s == "train")
+    held_out = sorted(int(k) for k, s in manifest["items"].items() if s != "train")
+    assert len(train) == 124 and np.allclose(table.iloc[train][feats].mean(), 0, atol=1e-9)
+    assert np.allclose(table.iloc[train][feats].std(ddof=0), 1, atol=1e-9)
+    assert not np.allclose(table.iloc[held_out][feats].mean(), 0, atol=1e-3)
     # commit: auto committed the .dvc file and the log, naming dataset and version
     msg = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=repo, capture_output=True, text=True).stdout
     assert msg.strip() == f"kiln: dataset default/wine v1 ({v1['id'][:12]})"

@@ -1,11 +1,15 @@
 """Preprocessing operations: one registry ``OPS`` (name -> op class with pydantic params).
 
-Tabular ops (sklearn / pandas) are *fitted* on the training table; the fitted pipeline is saved
-beside the produced dataset so training and serving apply exactly the same transform::
+Tabular ops (sklearn / pandas) are *fitted* on the training rows only (when the dataset is split:
+the rows the split stage will put in ``train``, computed with the same seed and ratios, so no
+statistic of the validation or test rows leaks into the features), then transform every row; the
+fitted pipeline is saved beside the produced dataset so training and serving apply exactly the
+same transform::
 
     <out_dir>/.kiln/preprocess.json     {"ops": [{"name": "MinMaxScaler", "params": {...}}, ...]}
     <out_dir>/.kiln/preprocess.joblib   the fitted op objects; ``load_pipeline(out_dir).transform(df)``
-    <out_dir>/.kiln/lineage.json        {"parent": "<content hash of the input>", "ops": [...]}
+    <out_dir>/.kiln/lineage.json        {"parent": "<content hash of the input>", "ops": [...],
+                                         "fittedOn": {"split": "train", "rows": 142} (split data)}
 
 Image ops run on torchvision ``transforms.v2`` functionals over tv_tensors, so an image, its
 ``BoundingBoxes`` and its ``Mask``s move together. They are deterministic (fixed parameters) so a
@@ -507,9 +511,11 @@ def load_pipeline(dataset_dir: str | os.PathLike[str]) -> Pipeline:
 
 # ------------------------------------------------------------------------------------ apply_ops --
 def apply_ops(content: DatasetContent, root: str | os.PathLike[str] | None, ops: list[Any],
-              out_dir: str | os.PathLike[str], *, seed: int = 0, format: str | None = None) -> DatasetContent:
+              out_dir: str | os.PathLike[str], *, seed: int = 0, format: str | None = None,
+              split: dict[str, Any] | None = None) -> DatasetContent:
     """Apply ``ops`` to a dataset and write the result to ``out_dir`` (in ``format``, default the
-    source format). Returns the new content with ``lineage`` = parent content hash + ops."""
+    source format). Returns the new content with ``lineage`` = parent content hash + ops.
+    ``split`` ({"ratios", "seed", "stratify"}): fit tabular ops on the train rows only."""
     from kiln.data.formats import export as export_fmt
     from kiln.data.formats._base import write_json_atomic
 
@@ -531,7 +537,9 @@ def apply_ops(content: DatasetContent, root: str | os.PathLike[str] | None, ops:
     stage = Path(tempfile.mkdtemp(prefix=".kiln-ops-", dir=out.parent))
     try:
         if want == "tabular":
-            new, pipeline = _apply_tabular(content, built, stage)
+            new, pipeline, fitted_rows = _apply_tabular(content, built, stage, split)
+            if fitted_rows is not None:
+                lineage["fittedOn"] = {"split": "train", "rows": fitted_rows}
         else:
             new, pipeline = _apply_images(content, built, stage, seed), None
         new.lineage = lineage
@@ -553,18 +561,34 @@ def apply_ops(content: DatasetContent, root: str | os.PathLike[str] | None, ops:
     return result
 
 
-def _apply_tabular(content: DatasetContent, ops: list[Op], stage: Path):
+def _fits(op: Op) -> bool:
+    """Whether the op learns from the data (a scaler) rather than just rewriting it (a sort)."""
+    cls = type(op)
+    return cls.fit is not TabularOp.fit and cls.fit_transform is TabularOp.fit_transform  # type: ignore[attr-defined]
+
+
+def _apply_tabular(content: DatasetContent, ops: list[Op], stage: Path, split: dict[str, Any] | None = None):
     from kiln.data.formats.csv import infer_schema
     from kiln.data.model import TabularData
+    from kiln.data.splits import split_rows
 
     assert content.table is not None and content.table.frame is not None
     df, label = content.table.frame, content.table.label
+    fitted_rows = None
     for op in ops:
-        df = op.fit_transform(df, label)  # type: ignore[attr-defined]
+        if split is not None and _fits(op):
+            rows, _ = split_rows(df, label, split["ratios"], split.get("seed", 0), split.get("stratify", True),
+                                 content.table.columns)
+            train = df.iloc[sorted(int(k) for k, s in rows.items() if s == "train")]
+            op.fit(train, label)  # type: ignore[attr-defined]
+            df = op.transform(df)  # type: ignore[attr-defined]
+            fitted_rows = len(train)
+        else:
+            df = op.fit_transform(df, label)  # type: ignore[attr-defined]
     table = TabularData(columns=infer_schema(df, Path(content.table.source or "data.csv")),
                         label=label if label in df.columns else None, frame=df, source=content.table.source)
     new = content.model_copy(update={"table": table, "root": stage})
-    return new, Pipeline(ops, label)  # type: ignore[arg-type]
+    return new, Pipeline(ops, label), fitted_rows  # type: ignore[arg-type]
 
 
 def _apply_images(content: DatasetContent, ops: list[Op], stage: Path, seed: int) -> DatasetContent:

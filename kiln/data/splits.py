@@ -60,6 +60,17 @@ def _item_label(it: Any, content: DatasetContent) -> str | None:
     return "_none"
 
 
+def split_rows(df: Any, label: str | None, ratios: dict[str, float], seed: int = 0, stratify: bool = True,
+               columns: dict[str, str] | None = None) -> tuple[dict[str, str], bool]:
+    """A table's split assignment (row number as a string -> split). Preprocessing fits its
+    transforms on the rows this gives as ``train``, the split stage records the same rows."""
+    keys = [str(i) for i in range(len(df))]
+    labels = None
+    if label and label in df.columns and ((columns or {}).get(label) == "categorical" or df[label].dtype.kind in "iubO"):
+        labels = [str(v) for v in df[label].tolist()]
+    return split_keys(keys, labels if stratify else None, ratios, seed)
+
+
 def assign_splits(content: DatasetContent, ratios: dict[str, float] | None = None, seed: int = 0,
                   stratify: bool = True) -> tuple[DatasetContent, dict[str, Any]]:
     """Return a copy of ``content`` with new splits, and the manifest describing them
@@ -67,13 +78,8 @@ def assign_splits(content: DatasetContent, ratios: dict[str, float] | None = Non
     ratios = ratios or {"train": 0.8, "validation": 0.1, "test": 0.1}
     if content.task == "tabular":
         assert content.table is not None and content.table.frame is not None
-        df = content.table.frame
-        keys = [str(i) for i in range(len(df))]
-        lab = content.table.label
-        labels = None
-        if lab and (content.table.columns.get(lab) == "categorical" or df[lab].dtype.kind in "iub"):
-            labels = [str(v) for v in df[lab].tolist()]
-        mapping, strat = split_keys(keys, labels if stratify else None, ratios, seed)
+        mapping, strat = split_rows(content.table.frame, content.table.label, ratios, seed, stratify,
+                                    content.table.columns)
         new = content
     else:
         keys = [it.path for it in content.items]
