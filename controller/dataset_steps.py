@@ -352,13 +352,20 @@ def _fetch_capture(ctx: StepContext, deployment: str, out: Path) -> dict[str, An
 
 
 def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
+    from kiln.controller.plan import source_fingerprint
+
     stage = _staging(ctx) / "source"
     done = _done(stage)
-    if done is not None:
+    fp = source_fingerprint(ctx.config, _ws_name(ctx)[0], spec.source)
+    if done is not None and (fp is None or done.get("fingerprint") == fp[1]):
         return done
+    if done is not None:  # the files changed since this spec's staging was filled (a failed run)
+        shutil.rmtree(_staging(ctx), ignore_errors=True)
     tmp = _fresh_tmp(stage)
     try:
         summary = _fetch_into(ctx, spec, tmp)
+        if fp is not None:
+            summary["fingerprint"] = fp[1]
         if not tmp.exists():
             tmp.mkdir(parents=True)
         return _finish_stage(tmp, stage, summary)

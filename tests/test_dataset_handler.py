@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -358,3 +359,38 @@ def test_bad_input_exit_code_is_not_retried_by_the_rendered_workflow() -> None:
     wf = yaml.safe_load(p.stdout)
     fetch = next(t for t in wf["spec"]["templates"] if t["name"] == "fetch")
     assert fetch["retryStrategy"]["expression"] == f"asInt(lastRetry.exitCode) != {steps.PERMANENT_EXIT}"
+
+
+def test_changed_source_files_plan_a_new_version_and_derived_datasets_follow(tmp_path: Path) -> None:
+    """An unchanged spec whose source folder changed (or whose parent dataset got a new version)
+    is planned as an update, and apply makes exactly one new version; then the plan is clean."""
+    from tests.data.conftest import make_image_folder
+
+    repo = git_repo(tmp_path / "repo")
+    make_image_folder(repo / "raw" / "shapes", n=2)
+    base = "type: image\ntask: classification\n"
+    write(repo, {"specs/shapes.yaml": ds("shapes", base + "source: {path: raw/shapes}"),
+                 "specs/derived.yaml": ds("derived", base + "source: {dataset: {name: shapes}}\n"
+                                          "splits: {train: 0.5, validation: 0.5, test: 0.0}")})
+    assert kiln("apply", cwd=repo, timeout=300).returncode == 0
+    assert kiln("plan", "--detailed-exitcode", cwd=repo).returncode == 0
+    v1 = versions_log(repo, "shapes")["versions"][0]
+
+    new = sorted((repo / "raw" / "shapes").rglob("*.png"))[0]
+    shutil.copyfile(new, new.with_name("extra-copy.png"))  # one more item of that class
+    p = kiln("plan", "--detailed-exitcode", cwd=repo)
+    assert p.returncode == 2, p.stdout
+    assert "Dataset/shapes" in p.stdout and "source path raw/shapes changed" in p.stdout
+    applied = kiln("apply", cwd=repo, timeout=300)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    log = versions_log(repo, "shapes")["versions"]
+    assert len(log) == 2 and sum(log[1]["per_class_counts"].values()) == sum(v1["per_class_counts"].values()) + 1
+    # the derived dataset follows its parent (version: latest): the plan was made before shapes
+    # had v2, so the next plan shows it (the controller's next loop) and apply re-derives it
+    p = kiln("plan", "--detailed-exitcode", cwd=repo)
+    assert p.returncode == 2 and "Dataset/derived" in p.stdout, p.stdout
+    assert "dataset shapes has a new version v2" in p.stdout and "Dataset/shapes" not in p.stdout, p.stdout
+    assert kiln("apply", cwd=repo, timeout=300).returncode == 0
+    derived = versions_log(repo, "derived")["versions"]
+    assert derived[-1]["lineage"]["derivedFrom"]["version"] == log[1]["id"]
+    assert kiln("plan", "--detailed-exitcode", cwd=repo).returncode == 0
