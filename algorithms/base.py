@@ -73,7 +73,12 @@ class ReportCallback:
     """Receives metrics during training. Subclass and override ``report``; raise ``Pruned`` to stop.
 
     ``step`` is the epoch number (1-based) for epoch-based algorithms, 0 for one-shot fits.
+    ``checkpoint_every``/``checkpoint_unit`` (an Experiment's ``checkpoint:``) say how often a
+    training loop saves a resumable checkpoint; see ``checkpoint_due``.
     """
+
+    checkpoint_every: int = 1
+    checkpoint_unit: str = "epoch"
 
     def report(self, step: int, metrics: dict[str, float]) -> None:  # pragma: no cover - default no-op
         pass
@@ -82,9 +87,24 @@ class ReportCallback:
         pass
 
 
+def checkpoint_due(callbacks: ReportCallback | None, n: int, *, last: bool, unit: str = "epoch",
+                   default: int = 1) -> bool:
+    """Whether epoch (or optimiser step, ``unit``) ``n`` saves a checkpoint: every
+    ``callbacks.checkpoint_every`` when the callback counts in this loop's unit, else every
+    ``default``; the last one always (a finished trial must be resumable to its end)."""
+    if last:
+        return True
+    every = callbacks.checkpoint_every if callbacks is not None and callbacks.checkpoint_unit == unit else default
+    return n % max(1, every) == 0
+
+
 class CallbackList(ReportCallback):
     def __init__(self, callbacks: list[ReportCallback]) -> None:
         self.callbacks = callbacks
+        # the least frequent request wins: a checkpoint costs a model write
+        for cb in callbacks:
+            if cb.checkpoint_every > self.checkpoint_every:
+                self.checkpoint_every, self.checkpoint_unit = cb.checkpoint_every, cb.checkpoint_unit
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         for cb in self.callbacks:

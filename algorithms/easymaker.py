@@ -55,7 +55,7 @@ from pydantic import Field
 from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm, AlgorithmError, Evaluation, Hyperparameters, ReportCallback, TrainData, TrainedModel,
-    atomic_save, read_meta, write_meta,
+    atomic_save, read_meta, write_meta, checkpoint_due,
 )
 from kiln.algorithms.detection import _categories, _lut, _open_rgb, IGNORE
 from kiln.algorithms.vision import TorchModelIO, load_pretrained, to_tensor, torch_device
@@ -225,7 +225,7 @@ class StepAlgorithm(TorchModelIO, Algorithm):
                     if (step % per_epoch == 0 or step == max_steps) and has_val:
                         logs.update(self.evaluate_native(model, data, "validation", meta, hp))
                         model.train()
-                    if step % hp.save_steps == 0 or step == max_steps:
+                    if checkpoint_due(callbacks, step, last=step == max_steps, unit="step", default=hp.save_steps):
                         checkpoint([(step, logs)] if logs else [])  # before the report, which may prune
                         saved = step
                     if logs:

@@ -40,7 +40,7 @@ from pydantic import Field
 from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm, AlgorithmError, Evaluation, Hyperparameters, ReportCallback, TrainData, TrainedModel,
-    atomic_write_bytes, read_meta, write_meta,
+    atomic_write_bytes, read_meta, write_meta, checkpoint_due,
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -211,7 +211,7 @@ class KerasClassifier(Algorithm):
                                          f"at epoch {epoch + 1}", hint="lower learning_rate")
                 if val is not None:
                     scores.update(algo._evaluate(self.model, val[0], val[1], "validation", meta, hp.batch_size))
-                if workdir is not None:
+                if workdir is not None and checkpoint_due(callbacks, epoch + 1, last=epoch + 1 == hp.epochs):
                     ck = Path(workdir) / "checkpoints" / f"epoch-{epoch + 1:04d}.keras"
                     info = {"epoch": epoch + 1, "classes": classes,
                             "history": [list(h) for h in hist_cb.history] + [[epoch + 1, scores]]}

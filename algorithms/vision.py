@@ -29,7 +29,7 @@ from pydantic import Field
 from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm, AlgorithmError, Evaluation, Hyperparameters, ReportCallback, TrainData, TrainedModel,
-    atomic_save, read_meta, write_meta,
+    atomic_save, read_meta, write_meta, checkpoint_due,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -216,7 +216,7 @@ class TorchAlgorithm(TorchModelIO, Algorithm):
                     scores["train_accuracy"] = sums["correct"] / sums["count"]
                 if has_val:
                     scores.update(self.evaluate_native(model, data, "validation", meta, hp))
-                if workdir is not None:
+                if workdir is not None and checkpoint_due(callbacks, epoch, last=epoch == hp.epochs):
                     state = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "meta": meta,
                              "history": [list(h) for h in hist_cb.history] + [[epoch, scores]]}

@@ -281,26 +281,38 @@ class Reporter:
                 raise Pruned(step or 0)
 
     def _prune_checkpoints(self) -> None:
-        ck = self.trial.dir / "checkpoints"
-        if not ck.is_dir():
-            return
-        files = sorted(p for p in ck.glob("epoch-*.pt"))
-        for p in files[:-self.keep]:
+        for p in _checkpoints(self.trial.dir / "checkpoints")[:-self.keep]:
             p.unlink(missing_ok=True)
+            if p.suffix == ".keras":
+                p.with_suffix(".json").unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
 
 
-def _as_callback(rep: Reporter) -> Any:
+def _as_callback(rep: Reporter, checkpoint: Any = None) -> Any:
+    """The algorithm's callback: reports go to ``rep``; ``checkpoint`` (the spec's) says how often
+    the training loop saves a resumable checkpoint."""
     from kiln.algorithms.base import ReportCallback
 
     class _CB(ReportCallback):
         def report(self, step: int, metrics: dict[str, float]) -> None:
             rep.report(step, metrics)
 
-    return _CB()
+    cb = _CB()
+    if checkpoint is not None:
+        cb.checkpoint_every, cb.checkpoint_unit = checkpoint.every, checkpoint.unit
+    return cb
+
+
+# what the built-in training loops write into checkpoints/ (torch epochs, Keras epochs, steps)
+CHECKPOINT_GLOBS = ("epoch-*.pt", "epoch-*.keras", "step-*.pt")
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The resumable checkpoints in ``folder``, oldest first (names sort by their number)."""
+    return sorted(p for g in CHECKPOINT_GLOBS for p in folder.glob(g)) if folder.is_dir() else []
 
 
 def run_trial(ctx: StepContext, spec: ExperimentSpec, trial: Trial, *, algo: AlgoSpec | None,
@@ -366,12 +378,12 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
         p = Path(algo_spec.pretrained)
         kwargs["pretrained"] = p if p.is_absolute() else ctx.config.repo / p
     ck = trial.dir / "checkpoints"
-    resume_from = ck if ck.is_dir() and any(ck.glob("epoch-*.pt")) else None
-    if resume_from is not None:
-        newest = sorted(ck.glob("epoch-*.pt"))[-1]
-        log(f"[{trial.id}] resuming from checkpoint {newest.name}")
+    saved = _checkpoints(ck)
+    resume_from = ck if saved else None
+    if saved:
+        log(f"[{trial.id}] resuming from checkpoint {saved[-1].name}")
     try:
-        model = algo.train(td, hp_model, callbacks=_as_callback(rep), workdir=trial.dir,
+        model = algo.train(td, hp_model, callbacks=_as_callback(rep, spec.checkpoint), workdir=trial.dir,
                            resume_from=resume_from, **kwargs)
     finally:
         rep.close()

@@ -139,3 +139,22 @@ def test_resnet18_from_scratch_reaches_95_percent_on_digits(digits_root: Path, t
     print(f"\nresnet18 digits: test_accuracy={ev['test_accuracy']:.4f} in {elapsed:.0f}s "
           f"(cpu threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f})")
     assert ev["test_accuracy"] >= 0.95
+
+
+def test_checkpoint_every_n_epochs_and_always_the_last(digits_root: Path, tmp_path: Path) -> None:
+    """An Experiment's ``checkpoint: {every: 2}`` reaches the training loop through the callback."""
+    from kiln.algorithms.base import CallbackList, checkpoint_due
+
+    class Every2(HistoryCallback):
+        checkpoint_every = 2
+
+    data = digits_data(digits_root, {"train": 48, "validation": 16})
+    get_algorithm("resnet18").train(data, {**FAST, "epochs": 3, "batch_size": 16}, callbacks=Every2(), workdir=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0002.pt", "epoch-0003.pt"]
+    # the rule itself: the loop's unit must match; a list takes the least frequent request
+    steps = Every2()
+    steps.checkpoint_unit = "step"
+    assert [n for n in range(1, 7) if checkpoint_due(steps, n, last=n == 6, unit="step")] == [2, 4, 6]
+    assert [n for n in range(1, 5) if checkpoint_due(steps, n, last=False)] == [1, 2, 3, 4]  # epochs: every one
+    assert [n for n in range(1, 8) if checkpoint_due(None, n, last=False, unit="step", default=3)] == [3, 6]
+    assert CallbackList([HistoryCallback(), Every2()]).checkpoint_every == 2
