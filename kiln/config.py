@@ -13,10 +13,6 @@ Example::
     image: ghcr.io/kiln-dev/kiln:0.1.0
     argo: {namespace: argo, serviceAccount: kiln}
     labelStudio: {url: http://127.0.0.1:8080, tokenEnv: LABEL_STUDIO_TOKEN, documentRoot: /srv}
-
-Environment variables override single settings (``ENV_OVERRIDES``): KILN_STATE_URL, KILN_RUNNER,
-KILN_IMAGE, KILN_DVC_REMOTE, KILN_LABEL_STUDIO_URL, KILN_ARGO_NAMESPACE, KILN_ARGO_SERVICE_ACCOUNT,
-KILN_ARGO_IN_CLUSTER (true/false).
 """
 
 from __future__ import annotations
