@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kiln.config import KilnConfig
@@ -41,11 +41,57 @@ def open_state(config: KilnConfig):  # -> StateStore
     return open_store(config.state_url(), config.repo, max_attempts=config.historyLimit)
 
 
-def plan(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False):
+def select_targets(specs: SpecSet, targets: Sequence[str]) -> SpecSet:
+    """Only the objects named in ``targets`` (``Kind/name`` or ``Kind/workspace/name``) and what
+    they need first, transitively (``kiln.validate.dependencies``: their workspace, the datasets
+    they read, the experiment a deployment serves). This is how CI trains only what a pull request
+    changed without applying the rest of the repository.
+
+    An unknown target is an error that lists the objects that exist."""
+    from kiln.controller.status import parse_ref
+    from kiln.errors import NotFound
+    from kiln.validate import dependencies
+
+    by_key = specs.by_key()
+    wanted: list[str] = []
+    for t in targets:
+        kind, ws, name = parse_ref(t)
+        hits = [s.key for s in specs.specs if (s.kind, s.workspace, s.name) == (kind, ws, name)
+                or (t.count("/") == 1 and (s.kind, s.name) == (kind, name))]
+        if not hits:
+            known = ", ".join(sorted(s.ref for s in specs.specs)) or "none"
+            raise NotFound(f"--target {t}: no spec defines {kind}/{ws}/{name}",
+                           hint=f"objects defined: {known}")
+        if len(hits) > 1:
+            raise NotFound(f"--target {t}: matches {', '.join(sorted(hits))}",
+                           hint="name the workspace: KIND/WORKSPACE/NAME")
+        wanted += hits
+    keep: set[str] = set()
+    while wanted:
+        key = wanted.pop()
+        if key in keep or key not in by_key:  # a missing dependency was already reported by validate
+            continue
+        keep.add(key)
+        wanted += list(dependencies(by_key[key]))
+    return replace(specs, specs=[s for s in specs.specs if s.key in keep])
+
+
+def _targeted(specs: SpecSet, records: list, targets: Sequence[str] | None) -> tuple[SpecSet, list]:
+    """With targets, the records of other objects are left out too, so the plan neither deletes
+    nor notes objects that merely were not selected."""
+    if not targets:
+        return specs, records
+    chosen = select_targets(specs, targets)
+    keys = {s.key for s in chosen.specs}
+    return chosen, [r for r in records if r.key in keys]
+
+
+def plan(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
+         targets: Sequence[str] | None = None):
     from kiln.controller.plan import make_plan
 
-    specs = load_valid(config, path)
-    return make_plan(specs, read_records(config), scope=_scope(config, path), prune=prune, config=config)
+    specs, records = _targeted(load_valid(config, path), read_records(config), targets)
+    return make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
 
 
 def read_records(config: KilnConfig) -> list:
@@ -69,16 +115,22 @@ class Applied:
 
 
 def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
-          echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply") -> Applied:
+          echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply",
+          targets: Sequence[str] | None = None) -> Applied:
+    """Reconcile the specs under ``path`` (default: all); with ``targets``, only those objects and
+    their dependencies (``select_targets``)."""
     from kiln.controller.apply import apply_plan
     from kiln.controller.plan import make_plan
     from kiln.state import RepoLock
 
     specs = load_valid(config, path)  # nothing is touched when the specs are invalid
+    if targets:
+        specs = select_targets(specs, targets)  # unknown targets fail before the lock is taken
     with RepoLock(config.repo, command, wait=wait_lock):
         store = open_state(config)
         try:
-            p = make_plan(specs, store.all_objects(), scope=_scope(config, path), prune=prune, config=config)
+            specs, records = _targeted(specs, store.all_objects(), targets)
+            p = make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
             return Applied(p, apply_plan(p, config, store, echo))
         finally:
             store.close()

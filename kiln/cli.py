@@ -101,13 +101,15 @@ def validate(ctx: click.Context, path: str | None) -> int:
 @click.option("--prune", is_flag=True, help="Plan deletions for specs that were removed.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: no changes, 2: changes, 1: error.")
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@click.option("--target", "targets", multiple=True, metavar="KIND/NAME",
+              help="Only this object and what it depends on (workspace, datasets it reads); repeatable.")
 @click.pass_context
 def plan(ctx: click.Context, path: str | None, fmt: str, prune: bool, detailed_exitcode: bool,
-         verbose: bool) -> int:
+         verbose: bool, targets: tuple[str, ...]) -> int:
     """Show what `kiln apply` would create, update or delete (the pull-request check)."""
     from kiln.controller.project import plan as make
 
-    p = make(_config(ctx), path, prune=prune)
+    p = make(_config(ctx), path, prune=prune, targets=targets)
     click.echo(p.to_json() if fmt == "json" else p.to_markdown() if fmt == "markdown" else p.to_text(verbose))
     return 2 if detailed_exitcode and p.has_changes else 0
 
@@ -118,16 +120,21 @@ def plan(ctx: click.Context, path: str | None, fmt: str, prune: bool, detailed_e
               "annotation kiln.dev/prune: disabled).")
 @click.option("--wait-lock", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another kiln apply to finish.")
+@click.option("--target", "targets", multiple=True, metavar="KIND/NAME",
+              help="Only this object and what it depends on (workspace, datasets it reads); repeatable.")
 @click.pass_context
-def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float) -> int:
+def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, targets: tuple[str, ...]) -> int:
     """Make it so: reconcile every spec. Safe to re-run; unchanged objects are skipped.
 
     Exit 0: all reconciled; 1: something failed; 2: nothing failed but some kinds have no
-    handler in this kiln version yet (they are listed, never reported as applied)."""
+    handler in this kiln version yet (they are listed, never reported as applied).
+
+    With --target (repeatable) only the named objects and their dependencies are applied, e.g.
+    the experiments a pull request changed; nothing else is planned, noted or pruned."""
     from kiln.controller.project import apply as run
 
     done = run(_config(ctx), path, prune=prune, echo=click.echo, wait_lock=wait_lock,
-               command="kiln apply " + " ".join(sys.argv[2:]))
+               command="kiln apply " + " ".join(sys.argv[2:]), targets=targets)
     click.echo(done.result.summary())
     return done.result.exit_code
 

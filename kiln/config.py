@@ -29,6 +29,21 @@ from kiln.errors import ConfigError
 CONFIG_FILE = "kiln.yaml"
 DEFAULT_IMAGE = "ghcr.io/kiln-dev/kiln:0.1.0"
 
+# Environment variable -> the kiln.yaml setting it overrides (a path of keys). This is how a
+# deployment (the Helm chart's ConfigMap, a CI job) configures kiln without editing the repository.
+# KILN_STATE_URL is read by ``KilnConfig.state_url`` (it may hold a password, so it is never copied
+# into the config object); the Label Studio token is read from ``labelStudio.tokenEnv``.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "KILN_RUNNER": ("runner",),
+    "KILN_IMAGE": ("image",),
+    "KILN_DVC_REMOTE": ("dvc", "remote"),
+    "KILN_LABEL_STUDIO_URL": ("labelStudio", "url"),
+    "KILN_ARGO_NAMESPACE": ("argo", "namespace"),
+    "KILN_ARGO_SERVICE_ACCOUNT": ("argo", "serviceAccount"),
+    "KILN_ARGO_IN_CLUSTER": ("argo", "inCluster"),
+}
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -91,8 +106,20 @@ def load_config(repo: str | os.PathLike[str]) -> KilnConfig:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings")
-    if os.environ.get("KILN_RUNNER"):
-        data["runner"] = os.environ["KILN_RUNNER"]
+    for var, keys in ENV_OVERRIDES.items():
+        value: Any = os.environ.get(var)
+        if not value:
+            continue
+        if keys[-1] == "inCluster":
+            if value.lower() not in _BOOLS:
+                raise ConfigError(f"{var}={value!r} is not a boolean", hint="use true or false")
+            value = _BOOLS[value.lower()]
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
     try:
         cfg = KilnConfig.model_validate(data)
     except ValidationError as exc:
