@@ -44,6 +44,8 @@ def _one_vs_rest(data: dict[str, Any]) -> tuple[Any, Any, list[str]]:
 
 
 def training_curves(fig: Figure, data: dict[str, Any]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     metrics = list(data["metrics"])
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     series = list(data["series"].items())[:MAX_LINES]
@@ -53,6 +55,7 @@ def training_curves(fig: Figure, data: dict[str, Any]) -> None:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
                         markersize=3, label=str(trial))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
@@ -75,7 +78,7 @@ def confusion_matrix(fig: Figure, data: dict[str, Any]) -> None:
         top = cm.max() if cm.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=10 if n <= 10 else 7,
                         color="white" if top and cm[i, j] > top / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

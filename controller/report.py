@@ -87,12 +87,11 @@ def read_ref(repo: Path, ref: str) -> Records:
     rec = Records(label=ref)
     ls = _git(repo, "ls-tree", "-r", "--name-only", sha, "--", RESULTS_ROOT, DATA_ROOT)
     for rel in ls.stdout.splitlines():
-        target = None
         if (k := _key(rel, RESULTS_ROOT, ".json")) is not None:
             target = rec.results
         elif (k := _key(rel, DATA_ROOT, VERSIONS_SUFFIX)) is not None:
             target = rec.datasets
-        if target is None:
+        else:
             continue
         shown = _git(repo, "show", f"{sha}:{rel}")
         try:
@@ -374,8 +373,8 @@ def _datasets(rep: Report, config: KilnConfig, base: Records | None, now: Record
         nv = nv or {}
         rep.lines += [f"Files: {_num((bv or {}).get('files')) if b else '—'} → {_num(nv.get('files'))}"
                       f" (version {str(bcur)[:12] if b else '—'} → {str(cur)[:12]})", ""]
-        if b is not None and bcur:
-            rep.lines += [_item_diff(config, key, bcur, cur), ""]
+        if b is not None and bcur and cur:
+            rep.lines += [_item_diff(config, key, str(bcur), str(cur)), ""]
         bc, nc = (bv or {}).get("per_class_counts") or {}, nv.get("per_class_counts") or {}
         classes = sorted(set(bc) | set(nc))
         if classes:
