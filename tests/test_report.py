@@ -278,3 +278,15 @@ def test_report_against_the_base_commit_shows_deltas_plots_and_dataset_diff(tmp_
     assert md2.count("_No plots: the run folder") == 3 and f"| {delta} |" in md2
     assert [p.name for p in out.glob("*.png")] == ["dataset-default-iris-class-counts.png"]
     assert "(1 plot(s))" in again.stdout
+
+    # deleting an experiment removes its results file; the report lists it as removed
+    write(repo, {"specs/exp.yaml": EXPERIMENTS.replace("REG", "1.0").split("---")[0]
+                 + "---" + EXPERIMENTS.split("---")[1]})
+    pruned = kiln("apply", "--prune", cwd=repo, timeout=300)
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert "remove metrics/default/iris-script.json" in pruned.stdout
+    assert not (repo / "metrics/default/iris-script.json").exists()
+    kiln("report", "--base", "HEAD", "--out", "out/pr", cwd=repo, check=True, timeout=120)
+    md3 = (out / "report.md").read_text()
+    assert re.search(r"\| default/iris-script \| validation_accuracy \| [0-9.]+ \| removed \| — \|", md3), md3
+    assert "Removed: recorded at HEAD, not in this checkout." in md3
