@@ -28,7 +28,8 @@ spec hash::
                                     scores (built-in classifiers only; ``kiln report``'s curves):
                                     {"split", "classes", "y_true": [class index, ...],
                                      "scores": [[per-class score, ...], ...], "kind": "probability"
-                                     | "decision", "items", "truncated"}
+                                     | "decision", "items", "truncated"} (the first items only
+                                    when items x classes > EVAL_MAX_VALUES)
             onnx.json               export-onnx: parity report
             registered.json         register: model name, version, aliases, deleted versions
             summary.json            what the handler mirrors into the record's ``extra``
@@ -119,10 +120,10 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, *, indent: int | None = 1) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(data, indent=indent, sort_keys=True, default=str))
     os.replace(tmp, path)
 
 
@@ -935,7 +936,7 @@ def select(ctx: StepContext) -> dict[str, Any]:
     return {"trial": sel["trial"], "metric": metric, "value": sel["value"], "candidates": len(board)}
 
 
-EVAL_MAX_ITEMS = 5000  # eval.json stays small (a PR report's curves need no more)
+EVAL_MAX_VALUES = 500_000  # items x classes in eval.json: it stays a few MB (a PR report's curves need no more)
 
 
 def _save_eval(ctx: StepContext, spec: ExperimentSpec, run: Path, sel: dict[str, Any]) -> None:
@@ -952,7 +953,7 @@ def _save_eval(ctx: StepContext, spec: ExperimentSpec, run: Path, sel: dict[str,
         log(f"no validation scores saved for the report: {type(exc).__name__}: {exc}")
         return
     if doc is not None:
-        write_json(path, doc)
+        write_json(path, doc, indent=None)  # one line: thousands of score rows
 
 
 def evaluate_selected(repo: Path, spec: ExperimentSpec, run: Path, sel: dict[str, Any],
@@ -976,11 +977,12 @@ def evaluate_selected(repo: Path, spec: ExperimentSpec, run: Path, sel: dict[str
     model = algo.load(run / "trials" / sel["trial"] / "model")
     classes = [str(c) for c in meta["classes"]]
     index = {c: i for i, c in enumerate(classes)}
+    cap = max(100, EVAL_MAX_VALUES // len(classes))
     kind = "probability"
     if algo.data_type == "tabular":
         x, y = td.table(split)
-        x, y = x.iloc[:EVAL_MAX_ITEMS], y.iloc[:EVAL_MAX_ITEMS]
-        total = len(td.table(split)[0])
+        total = len(x)
+        x, y = x.iloc[:cap], y.iloc[:cap]
         labels = [str(v) for v in y.tolist()]
         xx = algo._x(model.meta, x)
         est = model.native
@@ -996,7 +998,7 @@ def evaluate_selected(repo: Path, spec: ExperimentSpec, run: Path, sel: dict[str
 
         items = td.items(split)
         total = len(items)
-        items = items[:EVAL_MAX_ITEMS]
+        items = items[:cap]
         labels = [str(it.label) for it in items]
         net = model.native.eval()
         parts = []
