@@ -290,3 +290,49 @@ def test_report_against_the_base_commit_shows_deltas_plots_and_dataset_diff(tmp_
     md3 = (out / "report.md").read_text()
     assert re.search(r"\| default/iris-script \| validation_accuracy \| [0-9.]+ \| removed \| — \|", md3), md3
     assert "Removed: recorded at HEAD, not in this checkout." in md3
+
+
+IMAGES = """
+apiVersion: kiln.dev/v1alpha1
+kind: Dataset
+metadata: {name: shapes}
+spec:
+  type: image
+  task: classification
+  source: {path: raw/shapes}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Experiment
+metadata: {name: shapes-run}
+spec:
+  dataset: {name: shapes}
+  algorithm:
+    name: resnet18
+    hyperparameters: {epochs: 2, input_size: 32, batch_size: 8, learning_rate: 0.02}
+"""
+
+
+@pytest.mark.slow  # ~20 s: torch start-up and two epochs of resnet18 on 36 tiny images
+def test_image_classifier_report_has_epoch_curves_and_softmax_based_curves(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("dvc")
+    from tests.data.conftest import make_image_folder
+
+    repo = git_repo(tmp_path / "repo")
+    make_image_folder(repo / "raw/shapes", n=12, splits=("train", "validation"))
+    write(repo, {"specs/shapes.yaml": IMAGES})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads((repo / "metrics/default/shapes-run.json").read_text())
+    run = repo / ".kiln/workspaces/default/experiments/shapes-run/runs" / doc["specHash"]
+    ev = json.loads((run / "eval.json").read_text())
+    n_val = sum(1 for p in (repo / "raw/shapes/validation").rglob("*.png"))
+    assert ev["split"] == "validation" and ev["items"] == len(ev["y_true"]) == n_val
+    assert all(abs(sum(row) - 1) < 1e-3 for row in ev["scores"])  # softmax of the logits
+    assert kiln("report", "--out", "rep", cwd=repo, check=True).returncode == 0
+    md = (repo / "rep/report.md").read_text()
+    assert "### Training curves" in md and "No base ref given" in md
+    for p in images(md):
+        assert png_size(repo / "rep" / p) == (800, 500)
+    assert {p.split("shapes-run-")[1] for p in images(md)} == {"training-curves.png", "confusion-matrix.png",
+                                                              "pr-curve.png", "roc-curve.png"}
