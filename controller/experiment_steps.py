@@ -24,9 +24,28 @@ spec hash::
                 trial.lock          held while the trial trains (an orphan of a killed run and its
                                     retry never train into the same folder at once)
             selected.json           select: best trial + leaderboard
+            eval.json               select: the selected model's validation labels and class
+                                    scores (built-in classifiers only; ``kiln report``'s curves):
+                                    {"split", "classes", "y_true": [class index, ...],
+                                     "scores": [[per-class score, ...], ...], "kind": "probability"
+                                     | "decision", "items", "truncated"} (the first items only
+                                    when items x classes > EVAL_MAX_VALUES)
             onnx.json               export-onnx: parity report
             registered.json         register: model name, version, aliases, deleted versions
             summary.json            what the handler mirrors into the record's ``extra``
+
+The results of the latest run are also written, git-tracked, into the user's repository (select
+writes it, register adds the model version) so that a pull request carries them and ``kiln
+report --base REF`` can compare with ``git show REF:metrics/<ws>/<name>.json``, like DVC's
+metrics files (``.kiln/`` is not in git)::
+
+    metrics/<ws>/<name>.json
+        {"experiment": "<ws>/<name>", "specHash": "...", "mode": "run" | "hpo" | "automl",
+         "dataset": {"name": "<ws>/<dataset>", "number": "v2", "version": "<md5>"},
+         "objective": {"metric": "validation_accuracy", "direction": "maximize", "value": 0.97},
+         "best": {"trial": "t0003", "algorithm": "svm", "candidate": null, "params": {...}},
+         "metrics": {<objective, additionalMetrics, validation_* and test_* of the best trial>},
+         "trials": {"COMPLETE": 5, "PRUNED": 1}, "registered": {"model": "m", "version": 3} | null}
 
 Errors a user can fix (unknown metric, bad hyperparameters, a dataset not versioned yet, every
 trial failing) are ``KilnError``s: ``kiln step`` exits 4 for them and the workflow does not retry.
@@ -101,10 +120,10 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, *, indent: int | None = 1) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(data, indent=indent, sort_keys=True, default=str))
     os.replace(tmp, path)
 
 
@@ -923,8 +942,124 @@ def select(ctx: StepContext) -> dict[str, Any]:
         label = row["candidate"] or json.dumps(row["params"], sort_keys=True)
         log(f"  {row['rank']:>2}. {row['trial']:<22} {row['objective']:.4f}  {label}")
     log(f"selected {sel['trial']}: {metric}={sel['value']} ({how})")
+    _save_eval(ctx, spec, run, sel)
     _write_summary(ctx, spec, run)
+    write_results(ctx, spec, run)
     return {"trial": sel["trial"], "metric": metric, "value": sel["value"], "candidates": len(board)}
+
+
+EVAL_MAX_VALUES = 500_000  # items x classes in eval.json: it stays a few MB (a PR report's curves need no more)
+
+
+def _save_eval(ctx: StepContext, spec: ExperimentSpec, run: Path, sel: dict[str, Any]) -> None:
+    """Write ``eval.json`` for a selected built-in classifier. Best effort: a report's curves
+    are a convenience, so a failure here is logged and never fails the selection."""
+    path = run / "eval.json"
+    path.unlink(missing_ok=True)  # never leave the curves of a previously selected model
+    meta = read_json(run / "trials" / sel["trial"] / "model" / "meta.json") or {}
+    if not meta.get("algorithm") or not meta.get("classes"):
+        return
+    try:
+        doc = evaluate_selected(ctx.config.repo, spec, run, sel, meta)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log(f"no validation scores saved for the report: {type(exc).__name__}: {exc}")
+        return
+    if doc is not None:
+        write_json(path, doc, indent=None)  # one line: thousands of score rows
+
+
+def evaluate_selected(repo: Path, spec: ExperimentSpec, run: Path, sel: dict[str, Any],
+                      meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The selected classifier's labels and per-class scores on the validation split (the test
+    split when there is none), in the split the trial was trained with."""
+    import numpy as np
+
+    from kiln.algorithms.registry import get_algorithm
+
+    algo = get_algorithm(meta["algorithm"])
+    if algo.task != "classification":
+        return None
+    algo_spec = spec.algorithm
+    if spec.mode == "automl" and spec.automl is not None:
+        algo_spec = next((c for c in spec.automl.candidates if c.name == sel.get("candidate")), None)
+    td = load_train_data(repo, read_json(run / "data.json"), (algo_spec.split if algo_spec else None) or spec.split)
+    split = next((s for s in ("validation", "test") if td.has_split(s)), None)
+    if split is None:
+        return None
+    model = algo.load(run / "trials" / sel["trial"] / "model")
+    classes = [str(c) for c in meta["classes"]]
+    index = {c: i for i, c in enumerate(classes)}
+    cap = max(100, EVAL_MAX_VALUES // len(classes))
+    kind = "probability"
+    if algo.data_type == "tabular":
+        x, y = td.table(split)
+        total = len(x)
+        x, y = x.iloc[:cap], y.iloc[:cap]
+        labels = [str(v) for v in y.tolist()]
+        xx = algo._x(model.meta, x)
+        est = model.native
+        if hasattr(est[-1], "predict_proba"):
+            scores = np.asarray(est.predict_proba(xx), dtype=float)
+        else:  # e.g. SVC without probability=True: margins rank as well for PR/ROC
+            kind = "decision"
+            scores = np.asarray(est.decision_function(xx), dtype=float)
+            if scores.ndim == 1:
+                scores = np.stack([-scores, scores], axis=1)
+    else:
+        import torch
+
+        items = td.items(split)
+        total = len(items)
+        items = items[:cap]
+        labels = [str(it.label) for it in items]
+        net = model.native.eval()
+        parts = []
+        with torch.inference_mode():
+            for i in range(0, len(items), 64):
+                paths = [td.content.abspath(it.path) for it in items[i:i + 64]]
+                parts.append(torch.softmax(net(algo._batch(model, paths)), 1).numpy())
+        scores = np.concatenate(parts) if parts else np.zeros((0, len(classes)))
+    keep = [i for i, lab in enumerate(labels) if lab in index]
+    return {"split": split, "classes": classes, "kind": kind, "items": len(keep), "truncated": total > len(labels),
+            "y_true": [index[labels[i]] for i in keep],
+            "scores": [[round(float(v), 6) for v in scores[i]] for i in keep]}
+
+
+# -- the git-tracked results file (kiln report) --------------------------------------------------
+
+RESULTS_ROOT = "metrics"
+
+
+def results_rel(workspace: str, name: str) -> str:
+    """Where an experiment's results file lives, relative to the repository root."""
+    return f"{RESULTS_ROOT}/{workspace}/{name}.json"
+
+
+def results_doc(ws: str, name: str, spec_hash: str, spec: ExperimentSpec, run: Path) -> dict[str, Any]:
+    sel = (read_json(run / "selected.json") or {}).get("selected") or {}
+    data = read_json(run / "data.json") or {}
+    reg = read_json(run / "registered.json")
+    metric = spec.objective.metric
+    keep = (metric, *spec.objective.additionalMetrics)
+    metrics = {k: v for k, v in (sel.get("metrics") or {}).items()
+               if isinstance(v, (int, float)) and (k in keep or k.startswith(("validation_", "test_")))}
+    states: dict[str, int] = {}
+    for r in trials(run):
+        states[r.get("state", "?")] = states.get(r.get("state", "?"), 0) + 1
+    return {"experiment": f"{ws}/{name}", "specHash": spec_hash, "mode": spec.mode,
+            "dataset": {"name": data.get("dataset"), "number": data.get("number"), "version": data.get("version")},
+            "objective": {"metric": metric, "direction": spec.objective.direction, "value": sel.get("value")},
+            "best": {"trial": sel.get("trial"), "algorithm": sel.get("algorithm"), "candidate": sel.get("candidate"),
+                     "params": sel.get("params", {})},
+            "metrics": metrics, "trials": states,
+            "registered": {"model": reg["model"], "version": reg["version"]} if reg else None}
+
+
+def write_results(ctx: StepContext, spec: ExperimentSpec, run: Path) -> None:
+    """Write ``metrics/<ws>/<name>.json`` (atomically) for the run that was just selected or
+    registered; the user commits it with the spec change."""
+    ws, name = _ws_name(ctx)
+    write_json(ctx.config.repo / results_rel(ws, name), results_doc(ws, name, ctx.spec_hash, spec, run))
 
 
 # -- export and register -------------------------------------------------------------------------
@@ -1127,6 +1262,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
                "run": run_label, "trial": sel["trial"]}
         write_json(run / "registered.json", out)
     _write_summary(ctx, spec, run)
+    write_results(ctx, spec, run)
     return out
 
 

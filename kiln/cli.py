@@ -45,6 +45,7 @@ class KilnGroup(_LazyGroup):
         "deployments": "kiln.bento.cli:deployments",
         "infer": "kiln.controller.infer_cli:infer",
         "predict": "kiln.controller.deployment_cli:predict",
+        "report": "kiln.controller.report_cli:report",
     }
 
 

@@ -19,8 +19,9 @@ Re-applying an unchanged spec does nothing (plan: unchanged). The dataset versio
 trains on is part of its memo keys, so ``version: latest`` never reuses a prepare-data of an
 older version.
 
-Delete (``apply --prune``) removes the workflow run and the experiment's folder
-(``.kiln/workspaces/<ws>/experiments/<name>/``: data copies, trials, study). Registered model
+Delete (``apply --prune``) removes the workflow run, the experiment's folder
+(``.kiln/workspaces/<ws>/experiments/<name>/``: data copies, trials, study) and its results file
+``metrics/<ws>/<name>.json``. Registered model
 versions stay: deployments and other users may use them; ``kiln models`` manages them.
 """
 
@@ -102,7 +103,7 @@ class ExperimentHandler(WorkflowHandler):
         return items
 
     def delete(self, ctx: Context) -> list[str]:
-        from kiln.controller.experiment_steps import experiment_home
+        from kiln.controller.experiment_steps import experiment_home, results_rel
 
         assert ctx.record is not None
         done = super().delete(ctx)
@@ -113,6 +114,12 @@ class ExperimentHandler(WorkflowHandler):
                     p.chmod(0o644)
             shutil.rmtree(home)
             done.append(f"remove {home.relative_to(ctx.repo)}")
+        # the git-tracked results file goes too (the user commits its removal): a report must
+        # not show a deleted experiment as current
+        results = ctx.repo / results_rel(ctx.record.workspace, ctx.record.name)
+        if results.is_file():
+            results.unlink()
+            done.append(f"remove {results.relative_to(ctx.repo)}")
         for item in ctx.record.inventory:
             if item.get("kind") == "model-version":
                 done.append(f"kept registered model {item['id']}")
