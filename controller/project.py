@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kiln.config import KilnConfig
 from kiln.errors import SpecErrors
@@ -69,8 +70,12 @@ class Applied:
 
 
 def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
-          echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply") -> Applied:
-    from kiln.controller.apply import apply_plan
+          echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply",
+          review: Callable[[Any, Any], bool] | None = None) -> Applied:
+    """``review(plan, store)``, called under the lock between planning and applying, may look at
+    (and mark) what is about to change; returning False applies nothing (``kiln controller`` uses
+    it to log drift and skip quiet intervals)."""
+    from kiln.controller.apply import ApplyResult, apply_plan
     from kiln.controller.plan import make_plan
     from kiln.state import RepoLock
 
@@ -79,6 +84,8 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
         store = open_state(config)
         try:
             p = make_plan(specs, store.all_objects(), scope=_scope(config, path), prune=prune, config=config)
+            if review is not None and not review(p, store):
+                return Applied(p, ApplyResult())
             return Applied(p, apply_plan(p, config, store, echo))
         finally:
             store.close()
