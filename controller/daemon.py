@@ -318,6 +318,7 @@ class Controller:
         self.git = Git(self.clone)
         self.stop = threading.Event()
         self.applying = False
+        self._done: tuple[str, str, str, bool] | None = None
         self.server: http.server.ThreadingHTTPServer | None = None
         self.repo_public = _public_url(opts.source)
 
@@ -411,6 +412,9 @@ class Controller:
             if result == "ok" and not ok:
                 result = "failed"
             self._save(record, sync=(record.get("lastApplied", {}).get("commit") == head), count=True)
+            if self._done is not None:
+                event, summary, commit, ok = self._done
+                self.log(event, summary, commit=commit, level="info" if ok else "error")
         except LockHeld as exc:
             self.metrics.errors.labels(kind="lock").inc()
             self.log("lock-held", exc.message, level="warning")
@@ -546,6 +550,7 @@ class Controller:
             self.log("apply", line.strip(), level="debug" if line.startswith("    ") else "info", commit=commit,
                      object=keys.get(m.group(1), m.group(1)) if m else None)
 
+        self._done = None
         self.applying = True
         try:
             if self.stop.is_set():
@@ -556,9 +561,8 @@ class Controller:
             self.applying = False
         res = done.result
         ok = res.ok
-        if res.results:
-            self.log("applied" if ok else "apply-failed", res.summary(), commit=commit,
-                     level="info" if ok else "error")
+        # logged by tick() once the record says so: a reader of the log may rely on it
+        self._done = ("applied" if ok else "apply-failed", res.summary(), commit, ok) if res.results else None
         if not ok:
             self.metrics.errors.labels(kind="apply").inc()
             failed = [f"{r.ref}: {r.message}" for r in res.results if r.message]
