@@ -318,7 +318,7 @@ class Controller:
         self.git = Git(self.clone)
         self.stop = threading.Event()
         self.applying = False
-        self._done: tuple[str, str, str, bool] | None = None
+        self._done: tuple[str, str, str, bool, bool] | None = None
         self.server: http.server.ThreadingHTTPServer | None = None
         self.repo_public = _public_url(opts.source)
 
@@ -408,13 +408,16 @@ class Controller:
                 self._finish(t0, result)
                 return False  # nothing good was ever applied: nothing to reconcile
             commit = target or applied
-            ok = self._reconcile(record, commit, new=target is not None)
+            new_commit = target is not None
+            ok = self._reconcile(record, commit, new=new_commit)
             if result == "ok" and not ok:
                 result = "failed"
             self._save(record, sync=(record.get("lastApplied", {}).get("commit") == head), count=True)
             if self._done is not None:
-                event, summary, commit, ok = self._done
-                self.log(event, summary, commit=commit, level="info" if ok else "error")
+                event, summary, commit, ok, quiet = self._done
+                # a poll that changed nothing (labelling in progress) is only worth a debug line
+                self.log(event, summary, commit=commit, level="debug" if quiet and not new_commit else
+                         "info" if ok else "error")
         except LockHeld as exc:
             self.metrics.errors.labels(kind="lock").inc()
             self.log("lock-held", exc.message, level="warning")
@@ -427,8 +430,10 @@ class Controller:
         return result == "ok"
 
     def _finish(self, t0: float, result: str) -> None:
+        took = time.monotonic() - t0
         self.metrics.reconciles.labels(result=result).inc()
-        self.metrics.duration.observe(time.monotonic() - t0)
+        self.metrics.duration.observe(took)
+        self.log("reconciled", f"pass done: {result}", level="debug", seconds=round(took, 3))
         self.heartbeat.beat()
 
     # -- git ----------------------------------------------------------------------------------------
@@ -547,7 +552,9 @@ class Controller:
         def echo(line: str) -> None:
             self.heartbeat.beat()
             m = re.match(r"^[~+\-x!= ]*\s*([A-Za-z]+/[^:\s]+)", line)
-            self.log("apply", line.strip(), level="debug" if line.startswith("    ") else "info", commit=commit,
+            # what apply does (~ + - x !) is news; skipping and polling notes are not
+            news = line.lstrip()[:1] in "~+-x!" and line.strip()
+            self.log("apply", line.strip(), level="info" if news else "debug", commit=commit,
                      object=keys.get(m.group(1), m.group(1)) if m else None)
 
         self._done = None
@@ -562,7 +569,8 @@ class Controller:
         res = done.result
         ok = res.ok
         # logged by tick() once the record says so: a reader of the log may rely on it
-        self._done = ("applied" if ok else "apply-failed", res.summary(), commit, ok) if res.results else None
+        quiet = ok and not res.actions and not any(r.outcome != "unchanged" for r in res.results)
+        self._done = ("applied" if ok else "apply-failed", res.summary(), commit, ok, quiet) if res.results else None
         if not ok:
             self.metrics.errors.labels(kind="apply").inc()
             failed = [f"{r.ref}: {r.message}" for r in res.results if r.message]
