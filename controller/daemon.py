@@ -386,7 +386,8 @@ class Controller:
                 record["lastSeen"] = {"commit": head, "at": _now()}
             applied = record.get("lastApplied", {}).get("commit")
             target = None
-            if head != applied and (record.get("lastError") or {}).get("commit") != head:
+            err = record.get("lastError") or {}
+            if head != applied and not (err.get("kind") == "invalid" and err.get("commit") == head):
                 problem = self._validate(head)
                 if problem:
                     result = "invalid"
@@ -523,7 +524,6 @@ class Controller:
             before = {r.key: r for r in store.all_objects()}
         finally:
             store.close()
-        outcome: dict[str, Any] = {}
         keys: dict[str, str] = {}  # ref as apply prints it -> key
 
         def review(plan: Any, st: Any) -> bool:
@@ -544,7 +544,6 @@ class Controller:
                 elif c.poll:
                     work = True
                     self.log("poll", c.note, level="debug", commit=commit, object=c.key)
-            outcome["plan"] = plan.summary()
             if not work:
                 self.log("in-sync", plan.summary(), level="debug", commit=commit)
             return work
