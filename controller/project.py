@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from kiln.config import KilnConfig
 from kiln.errors import SpecErrors
@@ -116,10 +117,12 @@ class Applied:
 
 def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
           echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply",
-          targets: Sequence[str] | None = None) -> Applied:
+          targets: Sequence[str] | None = None, review: Callable[[Any, Any], bool] | None = None) -> Applied:
     """Reconcile the specs under ``path`` (default: all); with ``targets``, only those objects and
-    their dependencies (``select_targets``)."""
-    from kiln.controller.apply import apply_plan
+    their dependencies (``select_targets``). ``review(plan, store)``, called under the lock
+    between planning and applying, may look at (and mark) what is about to change; returning
+    False applies nothing (``kiln controller`` uses it to log drift and skip quiet intervals)."""
+    from kiln.controller.apply import ApplyResult, apply_plan
     from kiln.controller.plan import make_plan
     from kiln.state import RepoLock
 
@@ -131,6 +134,8 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
         try:
             specs, records = _targeted(specs, store.all_objects(), targets)
             p = make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
+            if review is not None and not review(p, store):
+                return Applied(p, ApplyResult())
             return Applied(p, apply_plan(p, config, store, echo))
         finally:
             store.close()

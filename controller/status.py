@@ -96,6 +96,33 @@ def status_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def controller_lines(config: KilnConfig) -> list[str]:
+    """One line per ``kiln controller`` recorded in this repository's state (see
+    ``kiln.controller.daemon``): its sync, applied and head commits, and its last error."""
+    store = _store(config)
+    try:
+        items = store.kv_items("controller")
+    finally:
+        store.close()
+    return controller_rows(items)
+
+
+def controller_rows(records: dict[str, Any]) -> list[str]:
+    """The ``kiln status`` lines for the controllers recorded in a state store (kv items)."""
+    out = []
+    for branch, r in sorted(records.items()):
+        applied = (r.get("lastApplied") or {}).get("commit", "")[:12] or "-"
+        seen = (r.get("lastSeen") or {}).get("commit", "")[:12] or "-"
+        line = f"Controller {r.get('repo', '?')}@{branch}: {r.get('sync', '?')}, applied {applied}, head {seen}"
+        err = r.get("lastError")
+        if err:
+            first = (err.get("message") or "").strip().splitlines()
+            line += f"; {err.get('kind')} commit {str(err.get('commit', ''))[:12]}: {first[0] if first else ''}"[:200]
+        out.append(line)
+    return out
+
+
+
 def get_records(config: KilnConfig, kind: str, name: str | None) -> list[Any]:
     k = canonical_kind(kind)
     store = _store(config)

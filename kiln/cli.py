@@ -46,6 +46,7 @@ class KilnGroup(_LazyGroup):
         "infer": "kiln.controller.infer_cli:infer",
         "predict": "kiln.controller.deployment_cli:predict",
         "report": "kiln.controller.report_cli:report",
+        "controller": "kiln.controller.daemon:controller",
     }
 
 
@@ -145,10 +146,13 @@ def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, t
 @click.pass_context
 def status(ctx: click.Context, output: str) -> int:
     """Every object: kind, name, sync, health, last change."""
-    from kiln.controller.status import status_rows, status_table
+    from kiln.controller.status import controller_lines, status_rows, status_table
 
     rows = status_rows(_config(ctx))
     click.echo(json.dumps(rows, indent=2) if output == "json" else status_table(rows))
+    if output == "table":
+        for line in controller_lines(_config(ctx)):  # written by `kiln controller`
+            click.echo(line)
     return 0
 
 

@@ -13,6 +13,7 @@ Example::
     image: ghcr.io/kiln-dev/kiln:0.1.0
     argo: {namespace: argo, serviceAccount: kiln}
     labelStudio: {url: http://127.0.0.1:8080, tokenEnv: LABEL_STUDIO_TOKEN, documentRoot: /srv}
+    notifications: {webhook: https://hooks.example.com/kiln}   # or {webhookEnv: KILN_WEBHOOK_URL}
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kiln.errors import ConfigError
 
@@ -64,6 +65,37 @@ class DvcConfig(_Section):
     remote: str | None = Field(None, description="remote URL; default: <repo>/.kiln/dvc-remote")
 
 
+def _check_http_url(value: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s):// URL, got {value!r}")
+    return value
+
+
+class NotificationsConfig(_Section):
+    """Where ``kiln controller`` POSTs a JSON event when an Experiment, LabelingJob or Deployment
+    becomes Ready or Stalled, and when a commit is invalid. Chat webhook URLs embed a secret: keep
+    them out of git with ``webhookEnv`` (the environment variable holding the URL)."""
+
+    webhook: str | None = None
+    webhookEnv: str | None = None
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return _check_http_url(value)
+
+    def url(self) -> str | None:
+        """The webhook URL, or None when none is configured (an unset ``webhookEnv`` included)."""
+        if self.webhook:
+            return self.webhook
+        return _check_http_url(os.environ.get(self.webhookEnv) or None) if self.webhookEnv else None
+
+
 class KilnConfig(_Section):
     specs: str | None = None
     templates: str | None = None
@@ -75,6 +107,7 @@ class KilnConfig(_Section):
     labelStudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
     dvc: DvcConfig = Field(default_factory=DvcConfig)
     historyLimit: int = Field(20, ge=1)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
     # Resolved paths (not read from the file).
     repo: Path = Field(default=Path("."), exclude=True)
