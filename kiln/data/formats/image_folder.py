@@ -58,20 +58,22 @@ class ImageFolder(DatasetFormat):
         labels: set[str] = set()
         for split, base in cls._layout(root):
             for cdir in _subdirs(base):
+                # string paths and unvalidated Items: listing 10,000 files is on the path of every
+                # re-version, and these values come straight from the directory listing
+                prefix = cdir.relative_to(root).as_posix() + "/"
                 for entry in sorted(os.scandir(cdir), key=lambda e: e.name):
                     if ignored(entry.name) or not entry.is_file():
                         continue
-                    p = Path(entry.path)
                     if not is_image(entry.name):
                         raise DatasetFormatError(
-                            p, "not a PNG or JPEG image", hint="image folders hold only .png/.jpg/.jpeg files"
+                            Path(entry.path), "not a PNG or JPEG image",
+                            hint="image folders hold only .png/.jpg/.jpeg files"
                         )
                     w = h = None
                     if verify:
-                        w, h = verify_image(p)
-                    items.append(
-                        Item(path=p.relative_to(root).as_posix(), split=split, label=cdir.name, width=w, height=h)
-                    )
+                        w, h = verify_image(Path(entry.path))
+                    items.append(Item.model_construct(path=prefix + entry.name, split=split, label=cdir.name,
+                                                      width=w, height=h))
                     labels.add(cdir.name)
         if not items:
             raise DatasetFormatError(root, "no images found in class folders")
