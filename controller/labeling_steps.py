@@ -38,6 +38,7 @@ Persisted per job, ``.kiln/workspaces/<ws>/labeling/<name>/``::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -82,8 +83,29 @@ def _spec(ctx: StepContext) -> LabelingJobSpec:
     return LabelingJob.model_validate(ctx.spec).spec
 
 
-def kiln_id(ws: str, name: str) -> str:
-    return f"{ws}/{name}"
+def kiln_id(repo: Path, ws: str, name: str) -> str:
+    """What marks a LabelingJob's project on the server: ``<repository>#<ws>/<name>``. Teams
+    share one Label Studio, and two GitOps repositories may both define ``default/boxes``: without
+    the repository in the id, one would adopt (and ``--prune`` delete) the other's project."""
+    return f"{repo_identity(repo)}#{ws}/{name}"
+
+
+@functools.lru_cache(maxsize=64)
+def repo_identity(repo: Path) -> str:
+    """The repository as every clone of it knows it (the controller's clone and a developer's
+    checkout alike): git's ``origin`` URL without credentials; else its absolute path."""
+    import re
+    import subprocess
+
+    try:
+        url = subprocess.run(["git", "config", "--get", "remote.origin.url"], cwd=repo, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        url = ""
+    if not url:
+        return str(Path(repo).resolve())
+    url = re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url)  # https://user:token@host -> https://host
+    return url.removesuffix(".git")
 
 
 def classes(spec: LabelingJobSpec) -> list[str]:
@@ -210,7 +232,7 @@ def labeling_project(ctx: StepContext) -> dict[str, Any]:
     client = connect(ctx.config)
     # a rename in the spec: make the server's config carry the old name until annotations moved
     ref = client.ensure_project(
-        kiln_id(ws, name), title=f"{ws}/{name}" if ws != "default" else name, task=spec.task,
+        kiln_id(ctx.config.repo, ws, name), title=f"{ws}/{name}" if ws != "default" else name, task=spec.task,
         classes=classes(spec), colors={lb.name: lb.color for lb in spec.labels if lb.color},
         instructions=spec.instructions, overlap=spec.overlap,
         description=f"kiln LabelingJob {ws}/{name} over dataset {spec.dataset.name}")
@@ -441,7 +463,7 @@ def pre_annotation_unavailable(spec: LabelingJobSpec) -> str | None:
 
 def project_id(ctx: StepContext, client: LabelingClient) -> int:
     ws, name = _ws_name(ctx)
-    p = client.find_project(kiln_id(ws, name))
+    p = client.find_project(kiln_id(ctx.config.repo, ws, name))
     if p is None:
         raise KilnError(f"LabelingJob {ws}/{name}: its Label Studio project does not exist",
                         hint="run the labeling.project step first (kiln apply does)")

@@ -134,7 +134,7 @@ class LabelingJobHandler(Handler):
         s = spec.obj.spec
         try:
             client = connect(config, timeout=10)
-            p = client.find_project(kiln_id(spec.workspace, spec.name))
+            p = client.find_project(kiln_id(config.repo, spec.workspace, spec.name))
             if p is None:
                 if record.extra.get("project") is not None:
                     return ("update", f"Label Studio project {record.extra['project']} is gone; apply recreates it")

@@ -53,7 +53,7 @@ def test_project_deleted_by_hand_is_recreated_by_the_daemon(label_studio) -> Non
         assert d.applied(head, timeout=240)["event"] == "applied", d.tail()
         records, _ = state(clone)
         pid = records["LabelingJob/default/boxes"].extra["project"]
-        assert admin.find_project(kiln_id("default", "boxes")).id == pid
+        assert admin.find_project(kiln_id(clone, "default", "boxes")).id == pid
         assert len(admin.export_tasks(pid)) == 6
 
         # every pass re-runs the job's steps (labelling in progress), which would quietly recreate a
@@ -70,7 +70,7 @@ def test_project_deleted_by_hand_is_recreated_by_the_daemon(label_studio) -> Non
         healed = d.wait_for(lambda e: e.get("event") in ("applied", "apply-failed"), timeout=60,
                             after=d.events().index(drift))
         assert healed["event"] == "applied", d.tail()
-        again = admin.find_project(kiln_id("default", "boxes"))
+        again = admin.find_project(kiln_id(clone, "default", "boxes"))
         assert again is not None and again.id != pid and len(admin.export_tasks(again.id)) == 6
         records, ctl = state(clone)
         rec = records["LabelingJob/default/boxes"]

@@ -213,7 +213,10 @@ def test_unchanged_reapply_changes_nothing(det) -> None:
     assert outcome(result, "LabelingJob/boxes") == "unchanged" and result.actions == 0, log
     assert outcome(result, "Dataset/shapes") == "unchanged"
     assert admin.export_tasks(pid) == before
-    assert len([q for q in admin.ls.projects.list() if "kiln.dev/id: default/boxes" in (q.description or "")]) == 1
+    from kiln.controller.labeling_steps import kiln_id
+
+    marker = f"kiln.dev/id: {kiln_id(repo, 'default', 'boxes')}"
+    assert len([q for q in admin.ls.projects.list() if marker in (q.description or "").splitlines()]) == 1
 
 
 def test_annotate_complete_new_dataset_version(det) -> None:

@@ -146,3 +146,27 @@ def test_progress_per_annotator_and_class() -> None:
                           "di": {"assigned": 1, "annotated": 0, "skipped": 1}},
         "per_class": {"a": 1, "b": 1},
     }
+
+
+def test_project_ids_tell_repositories_apart(tmp_path) -> None:
+    """Two GitOps repos sharing one Label Studio never adopt each other's projects; two clones
+    of one repo (a checkout and the controller's) do share them; a token in the URL stays out."""
+    import subprocess
+
+    from kiln.controller.labeling_steps import kiln_id
+
+    def repo(name: str, origin: str | None = None):
+        r = tmp_path / name
+        r.mkdir()
+        subprocess.run(["git", "init", "-q"], cwd=r, check=True)
+        if origin:
+            subprocess.run(["git", "remote", "add", "origin", origin], cwd=r, check=True)
+        return r
+
+    a, b = repo("a"), repo("b")
+    assert kiln_id(a, "default", "boxes") != kiln_id(b, "default", "boxes")
+    assert kiln_id(a, "default", "boxes").endswith("#default/boxes")
+    c1 = repo("c1", "https://bot:s3cret@git.example.com/ml/specs.git")
+    c2 = repo("c2", "https://git.example.com/ml/specs")
+    assert kiln_id(c1, "vision", "relabel") == kiln_id(c2, "vision", "relabel") \
+        == "https://git.example.com/ml/specs#vision/relabel"
