@@ -14,6 +14,10 @@ Folder layout (one per deployment)::
          "prediction": ...}
 
 ``maxPerDay`` is counted per server process: with N workers each keeps at most maxPerDay // N.
+
+A request carrying the header ``X-Kiln-No-Capture: 1`` (``NO_CAPTURE_HEADER``) is never captured:
+kiln's own rollout smoke test sends it, so its synthetic blank image never reaches the dataset
+that gets labelled and retrained on.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Capture"]
+__all__ = ["Capture", "NO_CAPTURE_HEADER"]
+
+NO_CAPTURE_HEADER = "X-Kiln-No-Capture"
 
 log = logging.getLogger("kiln.bento.capture")
 _MAGIC = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}

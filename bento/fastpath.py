@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import orjson
 
+from kiln.bento.capture import NO_CAPTURE_HEADER
 from kiln.bento.runtime import Engine, InstanceError
 
 __all__ = ["ServeConfig", "STATE", "wrap", "FastPath", "MicroBatcher", "PREDICT_PATHS", "OPEN_PATHS"]
@@ -55,6 +56,7 @@ PREDICT_PATHS = ("/predict", "/inference")
 # the token and sends it with each request)
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/openapi.json", "/ui", "/docs.json", "/")
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_NO_CAPTURE = NO_CAPTURE_HEADER.lower().encode()  # ASGI header names arrive lower-case
 
 log = logging.getLogger("kiln.bento.server")
 
@@ -303,12 +305,15 @@ class FastPath:
         t0 = time.perf_counter()
         rid = None
         clen = None
+        skip_capture = False
         for k, v in scope["headers"]:
             if k == b"x-request-id":
                 s = v.decode("latin-1")
                 rid = s if _RID_RE.match(s) else None
             elif k == b"content-length":
                 clen = v
+            elif k == _NO_CAPTURE and v == b"1":
+                skip_capture = True  # kiln's smoke test: not user traffic
         rid = rid or uuid.uuid4().hex
         hdrs = [(b"x-request-id", rid.encode()), (b"x-kiln-path", b"fast")]
         tid = "-"
@@ -351,7 +356,7 @@ class FastPath:
                 loop = asyncio.get_running_loop()
                 ys = await asyncio.wait_for(loop.run_in_executor(self.pool, eng.predict, xs), self.timeout)
             preds = [eng.format(y, m) for y, m in zip(ys, metas)]
-            if self.capture is not None:
+            if self.capture is not None and not skip_capture:
                 for inst, p in zip(instances, preds):
                     self.capture.offer(inst, p)
             out = (preds[0] if len(preds) == 1 else preds) if eng.cfg.task == "classification" else {"predictions": preds}

@@ -348,10 +348,11 @@ def sample_instance(serving: dict[str, Any]) -> Any:
     return {f: ("" if types.get(f) == "string" else 0.0) for f in serving.get("features") or []}
 
 
-def post(url: str, body: Any, token: str | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+def post(url: str, body: Any, token: str | None = None, timeout: float = 30.0,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode()
     req = urllib.request.Request(f"{url}/predict", data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -368,6 +369,7 @@ def deployment_smoke_test(ctx: StepContext) -> dict[str, Any]:
     """A real request in the EasyMaker format; a non-public deployment gets a token made for it
     and dropped again (never printed)."""
     from kiln.bento.auth import TokenStore, default_token_file
+    from kiln.bento.capture import NO_CAPTURE_HEADER
     from kiln.controller.handlers.base import TemporaryError
 
     spec = _spec(ctx)
@@ -385,7 +387,9 @@ def deployment_smoke_test(ctx: StepContext) -> dict[str, Any]:
         tid = token.split("_")[1]
     try:
         t0 = time.monotonic()
-        status, body = post(info["url"], {"instances": [sample_instance(r["serving"])]}, token)
+        # marked so that capture skips it: a blank image is no user input to label and retrain on
+        status, body = post(info["url"], {"instances": [sample_instance(r["serving"])]}, token,
+                            headers={NO_CAPTURE_HEADER: "1"})
         ms = (time.monotonic() - t0) * 1000
     finally:
         if tid:

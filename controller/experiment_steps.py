@@ -3,7 +3,10 @@ train-candidate x N -> select -> export-onnx -> register.
 
 Each task of an Experiment's workflow (``kiln.controller.render._experiment``) runs one of these
 in its own process (a pod on Argo). They share one folder per experiment and one run folder per
-spec hash::
+spec hash. A run is of a spec *and* a dataset version: when prepare-data resolves another version
+than the run folder was made for (``version: latest`` moved, the retraining trigger), the old run
+is moved aside to ``runs/<spec hash>-<old version id[:8]>`` and the new one starts empty, so its
+trials, selection and registration are never the old data's::
 
     .kiln/workspaces/<ws>/experiments/<name>/
         data/<version id>/          prepare-data: the dataset version's files (read-only copies)
@@ -190,6 +193,14 @@ def prepare_data(ctx: StepContext) -> dict[str, Any]:
     ds = _dataset_meta(ctx, dws, ref.name, dest)
     info = {"dataset": f"{dws}/{ref.name}", "version": v.id, "number": number,
             "path": str(dest.relative_to(ctx.config.repo)), **ds}
+    run = run_dir(ctx.config, ws, name, ctx.spec_hash)
+    prev = read_json(run / "data.json") or {}
+    if prev.get("version") and prev["version"] != v.id:
+        # same spec, new data: the old run's trials/selection/registration must not be reused
+        old = run.with_name(f"{run.name}-{prev['version'][:8]}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(run, old)
+        log(f"dataset moved from {prev.get('number', '?')} to {number}: a new run (the previous one is in {old.name})")
     write_json(_run(ctx) / "data.json", info)
     log(f"dataset {dws}/{ref.name} {number} ({v.id[:12]}, {v.files} files) -> {info['path']}")
     return {"dataset": info["dataset"], "version": v.id, "number": number, "task": info["task"]}
@@ -1220,7 +1231,8 @@ def register(ctx: StepContext) -> dict[str, Any]:
     data = read_json(run / "data.json") or {}
     reg = Registry(default_home(ctx.config.repo))
     model = reg_spec.model
-    run_label = f"{ctx.spec_hash[:16]}.{sel['trial']}"
+    # the data version too: a retrain of the same spec on new data is another model version
+    run_label = f"{ctx.spec_hash[:16]}.{str(data.get('version', ''))[:8]}.{sel['trial']}"
     with file_lock(run / "register.lock"):
         done = read_json(run / "registered.json")
         if done and done.get("run") == run_label:

@@ -389,3 +389,39 @@ objective: {metric: validation_auc}
     write(repo, {"specs/nodata.yaml": exp("nodata", "dataset: {name: missing-ds}\nalgorithm: {name: svm}")})
     res = kiln("apply", cwd=repo)
     assert res.returncode != 0 and "unknown dataset 'missing-ds'" in res.stdout + res.stderr
+
+
+def test_retrain_on_new_dataset_version_registers_a_new_model_version(wine_repo: Path, tmp_path: Path) -> None:
+    """The retraining trigger's run is a new run: not the old data's trial, selection and model."""
+    from kiln.config import load_config
+    from kiln.controller.dataset_steps import write_version
+    from kiln.data import load
+
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    write(repo, {"specs/exp.yaml": exp("wine-follow", """
+dataset: {name: wine, version: latest}
+algorithm: {name: logistic_regression}
+trigger: {onNewDatasetVersion: retrain}
+register: {model: wine-follow}
+""")})
+    kiln("apply", cwd=repo, check=True, timeout=300)
+    first = record(repo, "wine-follow")["extra"]
+    assert first["registered"]["version"] == 1
+    # a new version of wine: the first 120 rows of the current one
+    cur = load_config(repo).repo / "data/default/wine"
+    folder = tmp_path / "wine-small"
+    folder.mkdir()
+    csv = next(cur.glob("*.csv"))
+    folder.joinpath(csv.name).write_text("".join(csv.read_text().splitlines(keepends=True)[:121]))
+    content = load(folder, "csv", "tabular", label="target")
+    v2 = write_version(load_config(repo), "default", "wine", folder, content, {"source": "test"}, push=False)["version"]
+    out = kiln("apply", cwd=repo, timeout=300)
+    assert out.returncode == 0 and "Experiment/wine-follow: update" in out.stdout, out.stdout + out.stderr
+    ex = record(repo, "wine-follow")["extra"]
+    assert ex["registered"]["version"] == 2 and ex["dataset"]["version"] == v2 and ex["dataset"]["number"] == "v2"
+    reg = registry(repo)
+    assert reg.describe("wine-follow", 2)["labels"]["dataset_version"] == v2
+    assert reg.describe("wine-follow", 1)["labels"]["dataset_version"] == first["dataset"]["version"] != v2
+    # the first run is kept beside the new one
+    run = Path(ex["run"])
+    assert (run.parent / f"{run.name}-{first['dataset']['version'][:8]}" / "registered.json").is_file()

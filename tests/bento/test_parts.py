@@ -139,3 +139,12 @@ def test_engine_decode_errors_name_instance_and_field(serving_repo: Path) -> Non
         img.decode({"data": "aGVsbG8="}, 2)
     with pytest.raises(InstanceError, match=r"instances\[0\]\.data: missing"):
         img.decode({"image": "x"}, 0)
+
+
+def test_server_runs_bentoml_with_this_interpreter() -> None:
+    """Not the ``bentoml`` script beside it: a copied venv's script names another interpreter."""
+    import sys
+
+    from kiln.bento.server import _bentoml_bin
+
+    assert _bentoml_bin() == [sys.executable, "-m", "bentoml"]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from kiln.bento.auth import TokenStore
+from kiln.bento.capture import NO_CAPTURE_HEADER
 from tests.bento.conftest import FEATURES, png_b64
 
 ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -186,6 +187,16 @@ def test_capture_writes_sample(servers: dict, serving_repo: Path, token: str) ->
     assert any(r["input"] == ROW_VIRGINICA and r["prediction"][0]["label"] == "virginica" for r in recs)
     assert all(r["deployment"] == "iris-api" and r["model"] == "iris" for r in recs)
     assert len(recs) <= 50  # maxPerDay
+    # kiln's own smoke test marks its request: answered, never captured
+    marked = {**ROW_VIRGINICA, "sepal_length": 7.123}
+    r = c.post("/predict", json={"instances": [marked]}, headers={NO_CAPTURE_HEADER: "1"})
+    assert r.status_code == 200
+    c.post("/predict", json={"instances": [ROW]})  # an unmarked one after it: written once both are
+    deadline = time.time() + 10
+    while time.time() < deadline and not any(json.loads(x)["input"] == ROW for x in index.read_text().splitlines()):
+        time.sleep(0.1)
+    recs = [json.loads(x) for x in index.read_text().splitlines()]
+    assert any(r["input"] == ROW for r in recs) and not any(r["input"] == marked for r in recs)
 
 
 def test_load_from_second_process_no_5xx(servers: dict, token: str, tmp_path: Path) -> None:
