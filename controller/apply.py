@@ -79,14 +79,15 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, echo: Printer 
     for change in plan.changes:
         if change.action == "unchanged" and change.spec is not None and change.record is not None \
                 and any(r.outcome in ("created", "updated") for r in result.results):
-            # an object applied earlier in this run may have made a version this one follows (a
-            # dataset an experiment trains on): apply it now rather than on the next apply
-            from kiln.controller.plan import _new_inputs
+            # an object applied earlier in this run may have made what this one follows (a dataset
+            # version an experiment trains on, a model version a deployment serves): apply it now
+            # rather than on the next apply
+            from kiln.controller.plan import _outside_spec
 
-            found = _new_inputs(config, change.spec, change.record)
-            if found is not None and found[0] == "update":
-                change = replace(change, action="update", note=found[1], poll=False)
-                echo(f"  {change.ref}: {found[1]}")
+            again = _outside_spec(config, change.spec, change.record)
+            if again.action == "update":
+                change = again
+                echo(f"  {change.ref}: {change.note}")
         if change.action == "unchanged" and change.poll and change.kind in HANDLERS and change.spec is not None:
             # nothing changed, but the handler observes something in progress (labelling)
             echo(f"  {change.ref}: {change.note}")

@@ -34,6 +34,8 @@ Persisted per job, ``.kiln/workspaces/<ws>/labeling/<name>/``::
     exported.json                   {"annotations": "<sha256 of the exported results>",
                                      "version": "<id>", "number": 2, "dataset": "vision/shapes"}
     export/                         staging folder of the output version (removed after)
+    union/                          the output dataset's current items + the labelled ones, when
+                                    the output is another dataset (``kiln.data.merge``; removed after)
 """
 
 from __future__ import annotations
@@ -633,24 +635,48 @@ def labeling_export(ctx: StepContext) -> dict[str, Any]:
                       include_unlabelled=spec.task != "classification")
     content = conv.content
     fmt = _output_format(spec.task, items.content.format)
+    out_ws, out_name = output_dataset(spec, ws)
+    added_to = _current_version(ctx.config, out_ws, out_name) if f"{out_ws}/{out_name}" != items.dataset else None
+    union = home / "union"
+    shutil.rmtree(union, ignore_errors=True)
+    if added_to is not None:  # labels for another dataset: its next version adds them (kiln.data.merge)
+        from kiln.data import load
+        from kiln.data.merge import merge_contents
+
+        current = load(ctx.config.repo / "data" / out_ws / out_name, verify=False)
+        fmt = current.format or fmt
+        content = merge_contents(current, content, union)
     # a staging folder: a crash leaves a partial one, which the next try removes first
     written = export_format(content, stage, fmt)
-    out_ws, out_name = output_dataset(spec, ws)
     versioning = _output_versioning(ctx, out_ws, out_name)
     lineage = {"source": f"labelingjob:{ws}/{name}", "labelingJob": {
         "job": f"LabelingJob/{ws}/{name}", "project": pid, "url": f"{client.url}/projects/{pid}",
         "rule": spec.completion.rule, "annotated": state["done"], "skipped": conv.skipped,
         "deleted": conv.deleted, "unlabelled": len(conv.unlabelled)},
         "derivedFrom": {"dataset": items.dataset, "version": items.version}}
+    if added_to is not None:
+        lineage["addedTo"] = {"dataset": f"{out_ws}/{out_name}", "version": added_to,
+                              "items": len(conv.content.items)}  # labelled items added
     out = write_version(ctx.config, out_ws, out_name, stage, written, lineage,
                         message=f"kiln: dataset {out_ws}/{out_name} labelled by LabelingJob {ws}/{name}",
                         **versioning)
     shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(union, ignore_errors=True)
     result = {"dataset": f"{out_ws}/{out_name}", "version": out["version"], "number": f"v{out['number']}",
               "items": len(content.items), "skipped": len(conv.skipped), "deleted": len(conv.deleted),
               "format": fmt, "commit": out["commit"]}
     _write_json(marker, {**result, "annotations": digest})
     return {"exported": True, **result, "new": out["new"], "changed": True}
+
+
+def _current_version(config: KilnConfig, ws: str, name: str) -> str | None:
+    """The current version id of dataset ``ws/name`` when it has one checked out, else None."""
+    log = config.repo / "data" / ws / f"{name}.versions.json"
+    try:
+        current = json.loads(log.read_text()).get("current")
+    except (OSError, ValueError):
+        return None
+    return current if current and (config.repo / "data" / ws / name).is_dir() else None
 
 
 def _output_versioning(ctx: StepContext, ws: str, name: str) -> dict[str, Any]:

@@ -224,9 +224,10 @@ def test_retraining_loop_from_specs(label_studio) -> None:
         assert base["current"] == v2["id"] != v1_id and v2["lineage"]["parent"] == v1_id
         assert v2["lineage"]["labelingJob"]["job"] == "LabelingJob/default/relabel"
         assert v2["lineage"]["derivedFrom"] == {"dataset": "default/captured", "version": cap["current"]}
-        # what the export writes today: the new version holds the labelled captured items only
-        # (base v1's 36 images are not carried over; see the report of issue 7)
-        assert v2["per_class_counts"] == {c: 2 for c in CLASSES}
+        # the labelled captured items are added to base: v2 = v1's images + 2 new ones per class
+        v1_counts = base["versions"][0]["per_class_counts"]
+        assert v2["per_class_counts"] == {c: v1_counts[c] + 2 for c in CLASSES}, v2["per_class_counts"]
+        assert v2["lineage"]["addedTo"] == {"dataset": "default/base", "version": v1_id, "items": len(queries)}
 
         # the new model version was trained on base v2, and the deployment serves it
         got = sorted(reg.versions("digits-net"))
