@@ -61,6 +61,17 @@ class SmallCNNHyperparameters(KerasHyperparameters):
     dropout: float = Field(0.25, ge=0, lt=1)
 
 
+def _before_tensorflow() -> None:
+    """Load Triton (torch's GPU compiler, installed with torch) before TensorFlow, when it is
+    installed: with TensorFlow's LLVM loaded first, the ``import triton`` that torch does on its
+    first optimizer or compile in the same process segfaults (an LLVM symbol clash). Cheap after
+    the first call."""
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import triton  # noqa: F401
+
+
 def _load_images(paths: list[Any], size: int) -> Any:
     import numpy as np
     from PIL import Image
@@ -128,6 +139,7 @@ class KerasClassifier(Algorithm):
 
     def _batches(self, paths: list[Path], targets: list[int], size: int, batch_size: int, seed: int,
                  shuffle: bool, first_epoch: int = 0) -> Any:
+        _before_tensorflow()
         import keras
         import numpy as np
 
@@ -162,6 +174,7 @@ class KerasClassifier(Algorithm):
     def train(self, data: TrainData, hp: Any = None, *, callbacks: ReportCallback | None = None,
               workdir: Path | None = None, resume_from: Path | None = None,
               pretrained: str | Path | None = None) -> TrainedModel:
+        _before_tensorflow()
         import keras
 
         self._check_task(data, ("classification",))
@@ -242,6 +255,7 @@ class KerasClassifier(Algorithm):
                                  hint="save them with model.save_weights('x.weights.h5')") from None
 
     def _load_keras(self, path: Path) -> Any:
+        _before_tensorflow()
         import keras
 
         try:
@@ -314,6 +328,7 @@ class KerasClassifier(Algorithm):
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
         """tf2onnx: input ``input`` (N x S x S x 3, preprocessed), output ``probabilities``."""
+        _before_tensorflow()
         import tensorflow as tf
         import tf2onnx
 
@@ -343,12 +358,14 @@ class KerasResNet50(KerasClassifier):
     name = "keras_resnet50"
 
     def build_model(self, meta: dict[str, Any], hp: Any) -> Any:
+        _before_tensorflow()
         import keras
 
         s = meta["input_size"]
         return keras.applications.ResNet50(weights=None, input_shape=(s, s, 3), classes=len(meta["classes"]))
 
     def preprocess(self, x: Any) -> Any:
+        _before_tensorflow()
         import keras
 
         return keras.applications.resnet50.preprocess_input(x.copy())
@@ -361,6 +378,7 @@ class KerasSmallCNN(KerasClassifier):
     Hyperparameters = SmallCNNHyperparameters
 
     def build_model(self, meta: dict[str, Any], hp: Any) -> Any:
+        _before_tensorflow()
         import keras
         from keras import layers
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Iterator
 
 import pytest
 
 from tests._pg import PgUnavailable, postgres_server
+
+# Triton (installed with torch) must load before TensorFlow in one process, or torch's first
+# optimizer segfaults on an LLVM symbol clash; tests import keras directly (importorskip), so the
+# product's own guard (kiln.algorithms.keras_vision._before_tensorflow) does not cover them.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
 
 
 @pytest.fixture(scope="session")
