@@ -68,8 +68,9 @@ def _atomic_json(path: Path, data: Any) -> None:
 
 
 def _bentoml_bin() -> list[str]:
-    exe = Path(sys.executable).with_name("bentoml")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "bentoml"]
+    # The running interpreter, not the ``bentoml`` script beside it: a copied or moved virtualenv keeps
+    # its scripts' old shebang, which would serve another checkout's code.
+    return [sys.executable, "-m", "bentoml"]
 
 
 class ManagedServer:
