@@ -33,6 +33,12 @@ Class attributes
     rebuilds the model from ``meta.json`` and never unpickles torch files (``weights_only=True``).
 ``export_onnx(model, path, sample) -> Path | None``
     One self-contained ONNX file, or ``None`` where the model type has no exporter.
+``export_torchscript(model, path) -> dict | None`` (optional)
+    Where a plain ``torch.jit.trace`` of the network is not what the server needs (detectors: the
+    serving layer wants ``boxes``/``scores``/``labels``): writes a TorchScript file the serving
+    layer's torch runtime runs on ``N x 3 x H x W`` and returns the ``kiln-serving.json`` keys that
+    differ from the defaults (image size and normalisation, labels, threshold). ``None``/absent: the
+    registration step traces ``model.native`` itself.
 """
 
 from __future__ import annotations
@@ -292,6 +298,9 @@ class Algorithm:
         raise NotImplementedError
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
+        return None
+
+    def export_torchscript(self, model: TrainedModel, path: Path) -> dict[str, Any] | None:
         return None
 
     # -- helpers for subclasses ------------------------------------------------------------------

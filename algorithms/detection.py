@@ -1,6 +1,6 @@
 """torchvision detection, instance segmentation and semantic segmentation on the shared epoch loop.
 
-- detection: ``fasterrcnn_resnet50_fpn``, ``ssd300_vgg16``; instance segmentation:
+- detection: ``fasterrcnn_resnet50_fpn``, ``fasterrcnn_mobilenet_v3_large_fpn``, ``ssd300_vgg16``; instance segmentation:
   ``maskrcnn_resnet50_fpn``; semantic segmentation: ``deeplabv3_resnet50``, ``fcn_resnet50``.
 - Models are built with ``weights=None, weights_backbone=None`` (nothing is downloaded);
   ``pretrained`` is a local state dict (see ``kiln.algorithms.vision.load_pretrained``: heads whose
@@ -271,10 +271,51 @@ class TorchvisionDetector(TorchAlgorithm):
         return path
 
 
+    def export_torchscript(self, model: TrainedModel, path: Path) -> dict[str, Any]:
+        """TorchScript (``torch.jit.script``, so any image size and batch) for the serving layer's torch
+        runtime: ``N x 3 x S x S`` (0..1, S = ``min_size``; the model normalises inside) -> per image
+        ``{"boxes"`` (pixel xyxy), ``"scores"``, ``"labels"`` (0-based class indices)``}``. Returns the
+        serving keys that differ from the defaults."""
+        import torch
+
+        s = int(model.meta["min_size"])
+        scripted = torch.jit.script(_serving_detector(model.native.eval().cpu()))
+        atomic_save(Path(path), lambda tmp: scripted.save(tmp))
+        return {"image": {"size": [s, s], "mode": "RGB"}, "labels": [str(c) for c in model.meta["classes"]],
+                "threshold": float(model.hyperparameters.get("threshold", 0.5))}
+
+
+def _serving_detector(net: Any) -> Any:
+    """A torchvision detector taking one batched tensor (the serving layer stacks its requests)."""
+    from typing import Dict, List  # TorchScript reads these annotations
+
+    import torch
+
+    class ServingDetector(torch.nn.Module):
+        def __init__(self, net: Any) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
+            images = [x[i] for i in range(x.shape[0])]
+            dets = self.net(images)[1]  # scripted torchvision detectors return (losses, detections)
+            for d in dets:
+                d["labels"] = d["labels"] - 1  # 0 is the background class inside the model
+            return dets
+
+    return ServingDetector(net)
+
+
 class FasterRCNN(TorchvisionDetector):
     """Faster R-CNN with a ResNet-50 FPN backbone (torchvision)."""
 
     name, arch = "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn"
+
+
+class FasterRCNNMobileNet(TorchvisionDetector):
+    """Faster R-CNN with a MobileNetV3-Large FPN backbone (torchvision): the quickest detector here on CPU."""
+
+    name, arch = "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_fpn"
 
 
 class SSD300(TorchvisionDetector):

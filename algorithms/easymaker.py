@@ -39,6 +39,8 @@ COCO map/ap50/ap75 (all 100 queries, no threshold). Predictions: classification
 image ``[{"label", "category_id", "score", "box": [xmin, ymin, xmax, ymax]}]`` above ``threshold``.
 
 ONNX: classification and segmentation export their logits; DETR returns None (not attempted).
+Serving DETR: ``export_torchscript`` traces DETR plus its post-processing (batched boxes, scores,
+labels) for the serving layer's torch runtime (``runtime: native`` Deployments).
 """
 
 from __future__ import annotations
@@ -542,6 +544,28 @@ class _DetectionExamples:
                                           "boxes": torch.tensor(norm, dtype=torch.float32).reshape(-1, 4)}
 
 
+def _detr_serving(net: Any, size: int) -> Any:
+    """DETR wrapped for serving (a class built here so that importing this module needs no torch)."""
+    import torch
+
+    class DetrServing(torch.nn.Module):
+        """DETR with its post-processing folded in, so the traced module gives boxes/scores/labels."""
+
+        def __init__(self, net: Any, size: int) -> None:
+            super().__init__()
+            self.net, self.size = net, float(size)
+
+        def forward(self, x: Any) -> dict[str, Any]:
+            out = self.net(pixel_values=x)
+            prob = out.logits.softmax(-1)[..., :-1]  # the last class is "no object"
+            scores, labels = prob.max(-1)
+            cx, cy, bw, bh = (out.pred_boxes * self.size).unbind(-1)
+            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
+            return {"boxes": boxes, "scores": scores, "labels": labels}
+
+    return DetrServing(net, size)
+
+
 class EasyMakerObjectDetection(StepAlgorithm):
     """EasyMaker object detection: DETR with a ResNet-50 backbone (transformers), AdamW, steps-based."""
 
@@ -615,6 +639,25 @@ class EasyMakerObjectDetection(StepAlgorithm):
                     dets.append({"image_id": i + 1, "category_id": ids[lab], "score": sc,
                                  "bbox": [x0, y0, x1 - x0, y1 - y0]})
         return Evaluation(M.prefixed(split, M.coco(gt, dets, "bbox")), {"labels": list(meta["classes"])})
+
+    def export_torchscript(self, model: TrainedModel, path: Path) -> dict[str, Any]:
+        """TorchScript for the serving layer's torch runtime: ``N x 3 x S x S`` (ImageNet-normalised,
+        S = ``image_size``) -> ``{"boxes": N x Q x 4`` pixel xyxy in the S x S frame, ``"scores"``,
+        ``"labels"``: N x Q class indices}`` (Q = 100 queries, the best real class of each; the server
+        drops those under ``threshold``). Returns the serving keys that differ from the defaults."""
+        import torch
+
+        from kiln.algorithms.vision import IMAGENET_MEAN, IMAGENET_STD
+
+        s = int(model.meta["image_size"])
+        net = _detr_serving(model.native.eval().cpu(), s).eval()
+        x = torch.zeros(2, 3, s, s)
+        with torch.inference_mode(False), torch.no_grad():
+            traced = torch.jit.trace(net, x, strict=False, check_trace=False)  # a dict out: strict=False
+        atomic_save(Path(path), lambda tmp: traced.save(tmp))
+        return {"image": {"size": [s, s], "mode": "RGB", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                "labels": [str(c) for c in model.meta["classes"]],
+                "threshold": float(model.hyperparameters.get("threshold", 0.5))}
 
     def predict(self, model: TrainedModel, inputs: Any) -> list:
         """Paths / PIL images -> per image ``[{"label", "category_id", "score", "box"}]`` above threshold."""

@@ -54,6 +54,7 @@ ALGORITHMS: dict[str, str] = {
     "keras_small_cnn": f"{_K}:KerasSmallCNN",
     # detection and instance segmentation (torchvision)
     "fasterrcnn_resnet50_fpn": f"{_D}:FasterRCNN",
+    "fasterrcnn_mobilenet_v3_large_fpn": f"{_D}:FasterRCNNMobileNet",
     "ssd300_vgg16": f"{_D}:SSD300",
     "maskrcnn_resnet50_fpn": f"{_D}:MaskRCNN",
     # semantic segmentation (torchvision)

@@ -24,7 +24,9 @@ How to serve a model is in ``kiln-serving.json`` inside the model version (writt
      "top_k": null}                            # classification: keep the k best
 
 Responses (EasyMaker): classification ``[{"score", "label"}, ...]`` per instance, best first;
-detection ``[{"<label>": {"xmin", "ymin", "xmax", "ymax"}, "score": s}, ...]`` per instance;
+detection ``[{"<label>": {"xmin", "ymin", "xmax", "ymax"}, "score": s}, ...]`` per instance (a torch
+detector returns per image ``{"boxes", "scores", "labels"}``: a list of dicts, or one dict of batched
+``N x Q`` tensors; boxes are pixel xyxy in the model's input frame, labels index ``labels``);
 segmentation a label id per pixel (rows of ints); regression a number (or list) per instance.
 """
 
@@ -146,6 +148,8 @@ def _load_torch(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
             out = out[1]  # scripted torchvision detectors return (losses, detections)
         if isinstance(out, dict) and "out" in out:
             out = out["out"]  # torchvision segmentation models
+        if isinstance(out, dict) and "boxes" in out:  # batched detections (N x Q x ...): one dict per image
+            return [{k: v[i].numpy() for k, v in out.items()} for i in range(len(out["boxes"]))]
         if isinstance(out, list):
             return [{k: v.numpy() for k, v in d.items()} for d in out]
         return out.numpy()

@@ -1181,6 +1181,9 @@ def _package(ctx: StepContext, run: Path, sel: dict[str, Any], want_onnx: bool) 
     import torch
 
     model = algo.load(mdir)
+    own = algo.export_torchscript(model, pkg / "model.pt")
+    if own is not None:  # detectors: post-processing folded in, their own image size and labels
+        return pkg, "torch", {**_serving(algo, meta, "torch", "model.pt"), **own}
     s = int(meta.get("input_size", 224))
     traced = torch.jit.trace(model.native.eval().cpu(), torch.zeros(1, 3, s, s))
     traced.save(str(pkg / "model.pt"))

@@ -2,8 +2,9 @@
 # Install kiln into .venv and run the main job on the embedded defaults (local runner, SQLite,
 # local DVC remote, local BentoML servers, a local Label Studio): the example GitOps repo (specs/)
 # in a fresh git repository is validated, planned and applied — datasets are versioned, the
-# experiments train and register their models, the deployments serve them — then requests to the
-# digits deployment are captured, and a second apply versions the captured inputs and opens the
+# experiments train and register their models, the deployments serve them (tabular wine, digits
+# classification, shapes detection) — then one request asks the shapes detector for boxes, requests
+# to the digits deployment are captured, and a second apply versions the captured inputs and opens the
 # relabelling job in Label Studio, pre-annotated by the trained model. Re-running it is safe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,9 @@ for img in images:
         ok += r.status == 200
 print(f"{ok}/{len(images)} answered; e.g. {json.loads(urllib.request.urlopen(urllib.request.Request(f'{url}/predict', body, {'Content-Type': 'application/json', 'Authorization': f'Bearer {token}'})).read())}")
 PY
+echo "== a detection request to the shapes deployment (EasyMaker format: a list of boxes per image)"
+"$kiln" -C "$demo" predict shapes-detector -w vision --file "$demo/data/vision/shapes/validation/$(ls "$demo/data/vision/shapes/validation" | grep -m1 '\.png$')"
+
 echo "== kiln apply (captured inputs -> new dataset version -> relabelling project)"
 apply
 echo "== kiln status";    "$kiln" -C "$demo" status
@@ -73,4 +77,5 @@ echo
 echo "The demo repository is $demo. Try:"
 echo "  $kiln -C $demo describe LabelingJob/vision/digits-relabel     # the Label Studio project and its split"
 echo "  $kiln -C $demo logs Experiment/vision/digits-resnet"
+echo "  $kiln -C $demo predict shapes-detector -w vision --file $demo/data/vision/shapes/validation/<file>.png"
 echo "  $kiln -C $demo predict digits-classifier -w vision --file $demo/data/vision/digits/<class>/<file>.png --token \$DIGITS_API_TOKEN"

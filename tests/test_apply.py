@@ -25,7 +25,7 @@ spec:
 """
 
 
-@pytest.mark.slow  # the example repo end to end: versions data, trains two experiments, starts two servers
+@pytest.mark.slow  # the example repo end to end: versions data, trains three experiments, starts three servers
 def test_apply_twice_second_does_nothing(tmp_path: Path) -> None:
     """The example repo end to end: datasets, training, registration, serving; then nothing."""
     repo = example_repo(tmp_path)
@@ -52,7 +52,8 @@ def test_apply_twice_second_does_nothing(tmp_path: Path) -> None:
         ws = next(r for r in st if r["kind"] == "Workspace")
         assert (ws["sync"], ws["health"], ws["ready"], ws["generation"]) == ("Synced", "Healthy", "True", 1)
         rows = {r["name"]: r for r in st}
-        for name in ("wine", "digits", "wine-automl", "digits-resnet", "wine-classifier", "digits-classifier"):
+        for name in ("wine", "digits", "wine-automl", "digits-resnet", "wine-classifier", "digits-classifier",
+                     "shapes", "shapes-detr", "shapes-detector"):
             assert rows[name]["ready"] == "True", rows[name]
         assert (rows["digits-captured"]["ready"], rows["digits-captured"]["reason"]) == ("False", "NotAvailableYet")
         assert (rows["digits-relabel"]["ready"], rows["digits-relabel"]["reason"]) == ("False", "NotAvailableYet")
@@ -61,8 +62,45 @@ def test_apply_twice_second_does_nothing(tmp_path: Path) -> None:
         assert sum(digits[0]["per_class_counts"].values()) == 1797
         assert rows["digits"]["info"].startswith(f"v1 {digits[0]['id'][:12]} 1799 files")
         assert "example-token-for-the-test" not in json.dumps(st) + first.stdout + second.stdout
+        _detect_shapes(repo)
     finally:
         kill_deployment_servers(repo)
+
+
+def _detect_shapes(repo: Path) -> None:
+    """A real detection request to the running shapes-detector, answered in EasyMaker's format."""
+    import base64
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    from kiln.data.samples import SHAPES, draw_shapes
+
+    url = json.loads(kiln("get", "deployment", "shapes-detector", "-o", "json", cwd=repo, check=True).stdout)["extra"]["url"]
+    instances = []
+    for seed, size in ((1000, 64), (1001, 96)):  # images it never saw; any size (the server resizes)
+        buf = io.BytesIO()
+        Image.fromarray(draw_shapes(seed, size)[0]).save(buf, format="PNG")
+        instances.append({"data": base64.b64encode(buf.getvalue()).decode()})
+    req = urllib.request.Request(f"{url}/predict", data=json.dumps({"instances": instances}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        body = json.loads(r.read())
+    preds = body["predictions"]
+    assert len(preds) == 2 and all(isinstance(p, list) for p in preds), body
+    assert any(preds), body  # something above the experiment's (low) threshold
+    for p, size in zip(preds, (64, 96)):
+        scores = [d["score"] for d in p]
+        assert scores == sorted(scores, reverse=True), p  # best first
+        for d in p:
+            (label,) = set(d) - {"score"}
+            assert label in SHAPES and 0.01 <= d["score"] <= 1.0, d  # the experiment's threshold: 0.01
+            box = d[label]
+            assert set(box) == {"xmin", "ymin", "xmax", "ymax"} and all(isinstance(v, int) for v in box.values())
+            # the image's own pixels (DETR's boxes are not clipped: centre and size each in 0..1 of it)
+            assert -size // 2 <= box["xmin"] <= box["xmax"] <= size * 3 // 2, box
+            assert -size // 2 <= box["ymin"] <= box["ymax"] <= size * 3 // 2, box
 
 
 def test_plan_update_lists_changed_fields_and_exit_codes(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ PREPROCESSING_OPS: dict[str, DataType] = {
         "Resize", "pillike.Equalize")},
 }
 
-SAMPLES = ("iris", "wine", "breast_cancer", "diabetes", "digits")
+SAMPLES = ("iris", "wine", "breast_cancer", "diabetes", "digits", "shapes")
 
 
 class Source(Model):
@@ -48,8 +48,8 @@ class Source(Model):
     path: str | None = Field(None, description="a folder or file in this repository")
     archive: str | None = Field(None, description="a .zip in the repo or a local path; extracted safely")
     url: str | None = Field(None, description="http(s):// or an object-store URL (s3://, gs://, azure://)")
-    sample: Literal["iris", "wine", "breast_cancer", "diabetes", "digits"] | None = Field(
-        None, description="a scikit-learn bundled dataset, materialised as files")
+    sample: Literal["iris", "wine", "breast_cancer", "diabetes", "digits", "shapes"] | None = Field(
+        None, description="a built-in sample (scikit-learn bundled data, or drawn shapes for detection), materialised as files")
     dataset: DatasetRef | None = Field(None, description="derive from another dataset's version")
     capture: Name | None = Field(None, description="inputs captured by this Deployment")
 

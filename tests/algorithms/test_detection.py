@@ -197,3 +197,23 @@ def test_wrong_dataset_task_is_a_clear_error(digits_root: Path, shapes_coco) -> 
         get_algorithm("deeplabv3_resnet50").train(shapes_coco, SEG)
     with pytest.raises(AlgorithmError, match="batch_size"):
         get_algorithm("deeplabv3_resnet50").hyperparameters({"batch_size": 1})
+
+
+def test_torchvision_detector_serves_through_torchscript(shapes_coco, tmp_path: Path) -> None:
+    """A scripted (not traced) detector: any batch size; labels back to class indices; EasyMaker format."""
+    from tests.algorithms.test_easymaker import _serve
+
+    algo = get_algorithm("fasterrcnn_mobilenet_v3_large_fpn")
+    model = algo.train(shapes_coco, {**DET, "epochs": 1})
+    model.hyperparameters["threshold"] = 0.0
+    model.native.roi_heads.score_thresh = 0.0  # one epoch scores low: keep every box, so there is something to compare
+    paths = _test_paths(shapes_coco)
+    served = _serve(algo, model, tmp_path / "serve", paths)
+    native = algo.predict(model, paths)
+    assert any(native) and [len(p) for p in served] == [len(p) for p in native]
+    for per, nat in zip(served, native):
+        for d, n in zip(per, sorted(nat, key=lambda d: -d["score"])):
+            (label,) = set(d) - {"score"}
+            assert label == n["label"] and abs(d["score"] - n["score"]) < 1e-4
+            b = d[label]
+            assert max(abs(a - v) for a, v in zip((b["xmin"], b["ymin"], b["xmax"], b["ymax"]), n["box"])) <= 0.5001

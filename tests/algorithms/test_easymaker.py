@@ -148,3 +148,43 @@ def test_detr_computes_a_loss_and_predicts(shapes_coco, tmp_path: Path) -> None:
     a, b = algo.predict(again, paths[:1])[0], algo.predict(model, paths[:1])[0]
     assert [d["label"] for d in a] == [d["label"] for d in b]
     assert torch.allclose(torch.tensor([d["box"] for d in a]), torch.tensor([d["box"] for d in b]), atol=1e-4)
+
+
+def _serve(algo, model, folder: Path, paths: list[Path]) -> list:
+    """Register-style TorchScript export, loaded and run by the serving layer's engine."""
+    import base64
+    import json
+
+    from kiln.bento.runtime import load_engine
+
+    folder.mkdir(parents=True)
+    own = algo.export_torchscript(model, folder / "model.pt")
+    (folder / "kiln-serving.json").write_text(json.dumps(
+        {"framework": "torch", "file": "model.pt", "task": "detection", "input": "image", **own, "threshold": 0.0}))
+    eng = load_engine(folder)
+    decoded = [eng.decode({"data": base64.b64encode(Path(p).read_bytes()).decode()}, i) for i, p in enumerate(paths)]
+    outs = eng.predict([x for x, _ in decoded])
+    assert len(outs) == len(paths)
+    return [eng.format(y, meta) for y, (_, meta) in zip(outs, decoded)]
+
+
+def _best(preds: list[dict]) -> tuple[str, list[float]]:
+    d = max(preds, key=lambda d: d["score"])
+    return d["label"], d["box"]
+
+
+def test_detr_serves_through_torchscript_like_predict(shapes_coco, tmp_path: Path) -> None:
+    """The TorchScript a registered DETR is served from gives predict()'s best box, in EasyMaker's format."""
+    algo = get_algorithm("easymaker-object-detection")
+    model = algo.train(shapes_coco, {"num_train_epochs": 0.25, "image_size": 64, "per_device_train_batch_size": 4})
+    model.hyperparameters["threshold"] = 0.0
+    paths = [shapes_coco.content.abspath(it.path) for it in shapes_coco.items("test")[:3]]
+    served = _serve(algo, model, tmp_path / "serve", paths)  # a batch of 3: the trace is not tied to 2
+    for per, native in zip(served, algo.predict(model, paths)):
+        assert len(per) == 100 and all(len(d) == 2 and "score" in d for d in per)
+        (label,) = set(per[0]) - {"score"}
+        want_label, want_box = _best(native)
+        assert label == want_label
+        box = per[0][label]
+        assert [box["xmin"], box["ymin"], box["xmax"], box["ymax"]] == [round(v) for v in want_box] or \
+            max(abs(a - b) for a, b in zip(box.values(), want_box)) <= 1

@@ -1,4 +1,5 @@
-"""Builders for small real datasets drawn with PIL/numpy (coloured shapes), one per format."""
+"""Builders for small real datasets, one per format, from the product's own shape drawing
+(``kiln.data.samples.draw_shapes``: coloured rectangles labelled by colour here)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,13 @@ np = pytest.importorskip("numpy")
 Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("pycocotools")
 
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220)}
+from kiln.data.samples import COLORS, draw_shapes  # noqa: E402
 
 
 def shape_image(seed: int, size: int = 32) -> tuple["np.ndarray", list[tuple[str, list[int]]]]:
     """A noisy background with 1-2 filled rectangles; returns pixels and [(colour, [x,y,w,h])]."""
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
-    boxes = []
-    for k in range(1 + seed % 2):
-        name = list(COLORS)[(seed + k) % 3]
-        w, h = int(rng.integers(6, 12)), int(rng.integers(6, 12))
-        x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
-        img[y:y + h, x:x + w] = COLORS[name]
-        boxes.append((name, [x, y, w, h]))
-    return img, boxes
+    arr, objects = draw_shapes(seed, size, count=1 + seed % 2, kinds=("square",), min_side=6, max_side=11)
+    return arr, [(o["color"], o["bbox"]) for o in objects]
 
 
 def save(arr, path: Path) -> None:

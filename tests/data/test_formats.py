@@ -120,6 +120,39 @@ def test_digits_sample_is_image_folder(tmp_path):
         assert im.size == (32, 32) and im.mode == "L"
 
 
+def test_shapes_sample_is_deterministic_coco_with_tight_boxes(tmp_path):
+    from kiln.data.samples import SHAPES, SHAPES_COUNT, SHAPES_SIZE
+
+    materialize_sample("shapes", tmp_path / "a")
+    materialize_sample("shapes", tmp_path / "b")
+    a, b = load(tmp_path / "a"), load(tmp_path / "b")
+    assert a.format == "coco" and a.content_hash() == b.content_hash()  # same bytes every time
+    assert len(a.items) == SHAPES_COUNT and sorted(a.categories.values()) == sorted(SHAPES)
+    seen = set()
+    from PIL import Image
+    for it in a.items:
+        assert 1 <= len(it.annotations) <= 3 and it.split is None  # the Dataset's splits: split it
+        with Image.open(a.abspath(it.path)) as im:
+            px = np.asarray(im.convert("RGB")).astype(int)
+        assert px.shape == (SHAPES_SIZE, SHAPES_SIZE, 3)
+        for ann in it.annotations:
+            seen.add(a.categories[ann.category_id])
+            x, y, w, h = (int(v) for v in ann.bbox)
+            # the drawn shape touches every side of its box, and its colour is far from the dark background
+            inside = px[y:y + h, x:x + w].max(axis=2) > 150
+            if len(it.annotations) == 1:
+                assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+                assert not (px.max(axis=2) > 150)[~_box_mask(px.shape[:2], x, y, w, h)].any()
+    assert seen == set(SHAPES)
+    _roundtrip(tmp_path / "a", tmp_path)
+
+
+def _box_mask(shape, x, y, w, h):
+    m = np.zeros(shape, bool)
+    m[y:y + h, x:x + w] = True
+    return m
+
+
 # --- bad input: one line, naming the file / column -------------------------------------------------
 
 def _one_line(err: Exception, *needles: str) -> str:
