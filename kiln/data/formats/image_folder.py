@@ -58,8 +58,7 @@ class ImageFolder(DatasetFormat):
         labels: set[str] = set()
         for split, base in cls._layout(root):
             for cdir in _subdirs(base):
-                # string paths and unvalidated Items: listing 10,000 files is on the path of every
-                # re-version, and these values come straight from the directory listing
+                # string paths: listing 10,000 files is on the path of every re-version
                 prefix = cdir.relative_to(root).as_posix() + "/"
                 for entry in sorted(os.scandir(cdir), key=lambda e: e.name):
                     if ignored(entry.name) or not entry.is_file():
@@ -72,8 +71,10 @@ class ImageFolder(DatasetFormat):
                     w = h = None
                     if verify:
                         w, h = verify_image(Path(entry.path))
-                    items.append(Item.model_construct(path=prefix + entry.name, split=split, label=cdir.name,
-                                                      width=w, height=h))
+                    # validated Item(), not model_construct(): on pydantic 2.14 model_construct runs
+                    # inspect.signature() on the annotations default_factory for every item (86 us
+                    # vs 1.5 us here), 0.9 s of a 10,000-file re-version
+                    items.append(Item(path=prefix + entry.name, split=split, label=cdir.name, width=w, height=h))
                     labels.add(cdir.name)
         if not items:
             raise DatasetFormatError(root, "no images found in class folders")
