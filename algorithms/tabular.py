@@ -62,7 +62,8 @@ class SklearnAlgorithm(Algorithm):
             if missing:
                 raise AlgorithmError(f"input rows lack column(s) {', '.join(missing)}",
                                      hint=f"the model was trained on columns {', '.join(cols)}")
-            df = x[cols]
+            # already in the fitted order (train and evaluate): no copy through pandas' indexer
+            df = x if list(x.columns) == cols else x[cols]
         elif isinstance(x, list) and x and isinstance(x[0], dict):
             df = pd.DataFrame(x)
             return SklearnAlgorithm._x(model_meta, df)
