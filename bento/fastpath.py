@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import logging
 import os
@@ -56,6 +57,10 @@ PREDICT_PATHS = ("/predict", "/inference")
 # the token and sends it with each request)
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/openapi.json", "/ui", "/docs.json", "/")
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# request ids: a random prefix per server process and a counter (32 hex characters, like a
+# uuid4 hex; unique across restarts and replicas, without an os.urandom call per request)
+_RID_PREFIX = uuid.uuid4().hex[:24]
+_RID_SEQ = itertools.count()
 _NO_CAPTURE = NO_CAPTURE_HEADER.lower().encode()  # ASGI header names arrive lower-case
 
 log = logging.getLogger("kiln.bento.server")
@@ -109,7 +114,8 @@ class MicroBatcher:
     A batch is dispatched as soon as the model thread is free; while it runs, new requests queue
     and go together in the next batch (up to ``max_batch`` instances). When the model is idle the
     dispatcher holds a batch open for at most ``min(max_latency, recent run time)``: waiting
-    longer than one model run cannot pay off. A failing batch is retried request by request, so
+    longer than one model run cannot pay off. A model run on the loop itself (``executor`` None)
+    gets no hold: its batch is every request that queued before the dispatcher's turn. A failing batch is retried request by request, so
     one bad request never fails the others.
     """
 
@@ -148,7 +154,10 @@ class MicroBatcher:
             self.wake.clear()
             if not self.pending:
                 continue
-            hold = min(self.max_latency, self.ema)
+            # a model on the loop (executor None) blocks the loop while it runs: nothing arrives
+            # during a hold that would not have arrived anyway, so the batch is what queued
+            # while this task waited its turn (measured: the hold's wait_for cost ~8 % req/s)
+            hold = 0.0 if self.executor is None else min(self.max_latency, self.ema)
             if self.n < self.max_batch and hold > 0:
                 deadline = loop.time() + hold
                 while self.n < self.max_batch and (left := deadline - loop.time()) > 0:
@@ -314,7 +323,7 @@ class FastPath:
                 clen = v
             elif k == _NO_CAPTURE and v == b"1":
                 skip_capture = True  # kiln's smoke test: not user traffic
-        rid = rid or uuid.uuid4().hex
+        rid = rid or f"{_RID_PREFIX}{next(_RID_SEQ):08x}"
         hdrs = [(b"x-request-id", rid.encode()), (b"x-kiln-path", b"fast")]
         tid = "-"
         status, n = 500, 0

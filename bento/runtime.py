@@ -198,8 +198,20 @@ class Engine:
             return self._decode_image(inst, i)
         if self.pipeline is not None:
             return self._decode_raw_row(inst, i), None
-        row = np.empty(len(self.cfg.features or ()), dtype=np.float32)
-        for j, f in enumerate(self.cfg.features or ()):
+        feats = self.cfg.features or ()
+        # the common case in one pass (plain JSON numbers, all finite); anything else takes the
+        # loop below, which names the first bad field. type() is exact: bool is not accepted.
+        try:
+            vals = [inst[f] for f in feats]
+        except KeyError:
+            vals = None
+        if vals is not None and all(type(v) is float or type(v) is int for v in vals):
+            with np.errstate(over="ignore"):
+                row = np.array(vals, dtype=np.float32)
+            if np.isfinite(row).all():
+                return row, None
+        row = np.empty(len(feats), dtype=np.float32)
+        for j, f in enumerate(feats):
             if f not in inst:
                 raise InstanceError(i, f, f"missing; the model needs {', '.join(self.cfg.features or ())}")
             v = inst[f]
@@ -207,7 +219,10 @@ class Engine:
                 raise InstanceError(i, f, f"expected a number, got {type(v).__name__} {str(v)[:40]!r}")
             if not math.isfinite(v):
                 raise InstanceError(i, f, "expected a finite number")
-            row[j] = v
+            with np.errstate(over="ignore"):
+                row[j] = v
+            if not math.isfinite(row[j]):  # 1e39 is a finite JSON number but not a float32
+                raise InstanceError(i, f, f"{str(v)[:40]} is out of range for the model's 32-bit floats")
         return row, None
 
     def _decode_raw_row(self, inst: dict, i: int) -> Any:

@@ -117,6 +117,28 @@ def test_batcher_batches_and_isolates_failures() -> None:
     assert max(calls) > 1 and max(calls) <= 8  # requests were batched, never beyond the max
 
 
+def test_inline_batcher_batches_what_queued_without_holding() -> None:
+    """A quick model runs on the event loop (no executor): requests submitted together still go
+    in one call, and a lone request is not held for max_latency."""
+    calls: list[int] = []
+
+    def model(xs: list) -> list:
+        calls.append(len(xs))
+        return [x + 1 for x in xs]
+
+    async def main():
+        b = MicroBatcher(model, max_batch=8, max_latency_s=0.5, executor=None)
+        burst = await asyncio.gather(*(b.submit([i]) for i in range(20)))
+        t0 = time.perf_counter()
+        lone = await b.submit([7])
+        return burst, lone, time.perf_counter() - t0
+
+    burst, lone, waited = asyncio.run(main())
+    assert burst == [[i + 1] for i in range(20)] and lone == [8]
+    assert calls[:3] == [8, 8, 4] and calls[3] == 1  # batched up to the max, in order
+    assert waited < 0.25  # not held for the 0.5 s max latency
+
+
 def test_engine_decode_errors_name_instance_and_field(serving_repo: Path) -> None:
     from kiln.bento.registry import Registry, default_home
     from kiln.bento.runtime import InstanceError, load_engine
@@ -139,6 +161,41 @@ def test_engine_decode_errors_name_instance_and_field(serving_repo: Path) -> Non
         img.decode({"data": "aGVsbG8="}, 2)
     with pytest.raises(InstanceError, match=r"instances\[0\]\.data: missing"):
         img.decode({"image": "x"}, 0)
+
+
+def test_plain_tabular_decode_fast_path_and_its_errors(tmp_path: Path) -> None:
+    """A model without a preprocessing pipeline: plain JSON numbers go through in one pass; every
+    other value leaves that path and gets the error naming its instance and field."""
+    import numpy as np
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from kiln.bento.registry import Registry, default_home
+    from kiln.bento.runtime import InstanceError, load_engine
+
+    X, y = load_iris(return_X_y=True)
+    X = X.astype(np.float32)
+    clf = LogisticRegression(max_iter=500).fit(X, y)
+    feats = ["sl", "sw", "pl", "pw"]
+    reg = Registry(default_home(tmp_path))
+    v = reg.register("plain", to_onnx(clf, X[:1], options={id(clf): {"zipmap": False}}), "onnx",
+                     serving={"task": "classification", "input": "tabular", "features": feats, "labels": ["a", "b", "c"]})
+    eng = load_engine(reg.path("plain", v))
+    assert eng.pipeline is None
+    row = dict(zip(feats, X[0].tolist()))
+    x, _ = eng.decode(row, 0)
+    assert x.dtype == np.float32 and np.array_equal(x, X[0])
+    assert eng.format(eng.predict([x])[0], None)[0]["label"] == "a"
+    x_int, _ = eng.decode({**row, "sl": 5}, 0)  # a JSON integer is a number
+    assert x_int[0] == 5.0
+    for bad, why in ((True, "expected a number, got bool"), ("5", "expected a number, got str"),
+                     (None, "expected a number, got NoneType"), (float("nan"), "expected a finite number"),
+                     (10**39, r"10{39} is out of range for the model's 32-bit floats")):
+        with pytest.raises(InstanceError, match=rf"instances\[2\]\.pw: {why}"):
+            eng.decode({**row, "pw": bad}, 2)
+    with pytest.raises(InstanceError, match=r"instances\[0\]\.sw: missing"):
+        eng.decode({k: v for k, v in row.items() if k != "sw"}, 0)
 
 
 def test_server_runs_bentoml_with_this_interpreter() -> None:
