@@ -7,7 +7,7 @@ copied. Layout, per deployment::
 
     <repo>/.kiln/serving/<deployment>/
         config.json        the ServeConfig the service reads (KILN_SERVE_CONFIG)
-        server.json        {"pid", "port", "model", "version", "started", "url"}  (atomic)
+        server.json        {"pid", "port", "model", "version", "serverId", "started", "url"}  (atomic)
         server.log         the server's stdout+stderr (access log, errors with request ids)
         home/              BENTOML_HOME of the process (models -> the repository's store)
     <repo>/.kiln/serving/tokens.json   hashed API tokens (kiln.bento.auth)
@@ -37,6 +37,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ from kiln.bento.fastpath import ServeConfig
 from kiln.bento.registry import Registry, default_home
 from kiln.errors import ConfigError, KilnError
 
-__all__ = ["ManagedServer", "HEALTH", "free_port", "build_bento", "containerize", "ServerError"]
+__all__ = ["ManagedServer", "HEALTH", "free_port", "build_bento", "containerize", "ServerError", "SERVER_ID_ENV",
+           "server_processes", "kill_server_processes"]
 
 HEALTH = ("Healthy", "Progressing", "Degraded")
 
@@ -65,6 +67,46 @@ def _atomic_json(path: Path, data: Any) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+# Every server start gets a fresh id in its environment. Why: BentoML's arbiter (circus) starts
+# each worker in a session of its own, so a signal to the arbiter's process group never reaches
+# the workers; when the arbiter dies (SIGKILL, OOM) they run on as orphans, still listening on the
+# old port. The id finds exactly that start's processes, and never those of a newer server of the
+# same deployment and version.
+SERVER_ID_ENV = "KILN_SERVER_ID"
+
+
+def server_processes(server_id: str | None) -> list[int]:
+    """Pids of this user's processes whose environment carries ``server_id`` (Linux ``/proc``;
+    elsewhere empty)."""
+    if not server_id or not os.path.isdir("/proc"):
+        return []
+    needle = f"{SERVER_ID_ENV}={server_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    continue  # a zombie is dead already; its parent reaps it
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except (OSError, IndexError):  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def kill_server_processes(server_id: str | None) -> list[int]:
+    """SIGKILL the processes of one server start (see ``SERVER_ID_ENV``). Returns their pids."""
+    killed = []
+    for pid in server_processes(server_id):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
 
 
 def _bentoml_bin() -> list[str]:
@@ -88,6 +130,7 @@ class ManagedServer:
         self.port: int | None = None
         self.started_at = 0.0
         self.was_ready = False
+        self.server_id: str | None = None
 
     @property
     def url(self) -> str:
@@ -128,6 +171,9 @@ class ManagedServer:
         home, env = self._prepare(tag)
         self.port = self.fixed_port or free_port()
         cmd = _bentoml_bin() + ["serve", "kiln.bento.service:svc", "--host", "127.0.0.1", "--port", str(self.port)]
+        kill_server_processes(self.server_id)  # workers of this object's earlier start, if its arbiter died
+        self.server_id = uuid.uuid4().hex
+        env[SERVER_ID_ENV] = self.server_id
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         log = open(self.log_file, "ab")
         try:
@@ -139,7 +185,8 @@ class ManagedServer:
         self.was_ready = False
         _atomic_json(self.dir / "server.json", {
             "pid": self.proc.pid, "port": self.port, "url": self.url, "model": self.cfg.model,
-            "version": self.cfg.version, "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+            "version": self.cfg.version, "serverId": self.server_id,
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
 
     def _ready(self, timeout: float = 2.0) -> bool:
         try:
@@ -215,9 +262,10 @@ class ManagedServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
-        # worker processes of our group that outlived the arbiter
+        # what outlived the arbiter: its group, and the workers in their own sessions
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, signal.SIGKILL)
+        kill_server_processes(self.server_id)
         self.proc = None
         with contextlib.suppress(FileNotFoundError):
             (self.dir / "server.json").unlink()
@@ -233,8 +281,8 @@ class ManagedServer:
                 self.stop()
             else:
                 old = ManagedServer(self.cfg, self.repo)
-                old.proc, old.port = self.proc, self.port
-                self.proc = None
+                old.proc, old.port, old.server_id = self.proc, self.port, self.server_id
+                self.proc, self.server_id = None, None
         self.cfg = ServeConfig(**{**asdict(self.cfg), "version": version})
         self.start()
         try:
@@ -243,13 +291,13 @@ class ManagedServer:
             if old is not None:  # keep the old version serving
                 self.stop()
                 self.cfg = old.cfg
-                self.proc, self.port = old.proc, old.port
+                self.proc, self.port, self.server_id = old.proc, old.port, old.server_id
             raise
         if old is not None:
             old.stop()
             _atomic_json(self.dir / "server.json", {
                 "pid": self.proc.pid if self.proc else None, "port": self.port, "url": self.url,
-                "model": self.cfg.model, "version": version,
+                "model": self.cfg.model, "version": version, "serverId": self.server_id,
                 "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
         return True
 

@@ -9,7 +9,7 @@ The local runtime is a daemonized ``bentoml serve`` per deployment that outlives
     <repo>/.kiln/deployments/<ws>/<name>/
         resolved.json   {"specHash", "model", "version", "tag", "serving": {...}}   (resolve-model)
         build.json      {"key": sha256(model, version, serve config), "bento": "<tag>"} (build memo)
-        server.json     {"pid", "port", "url", "model", "version", "fingerprint", "started"}  (atomic;
+        server.json     {"pid", "port", "url", "model", "version", "serverId", "fingerprint", "started"}  (atomic;
                         the pid file: a later apply finds the server here and checks it)
         server.log      the server's output (access log with token *ids* only)
         config-v<N>.json, home-v<N>/   the ServeConfig and BENTOML_HOME of the process
@@ -243,18 +243,23 @@ def ready(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def stop_pid(pid: int, home: Path, timeout: float = 20.0) -> bool:
-    """Stop a server started by an earlier process (its process group: arbiter and workers)."""
-    if not _alive(pid, home):
-        return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid, home):
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)  # what outlived the arbiter
-    return True
+def stop_pid(pid: int | None, home: Path, timeout: float = 20.0, server_id: str | None = None) -> bool:
+    """Stop a server started by an earlier process: the arbiter's process group, then, by the
+    start's ``server_id`` (server.json ``serverId``), workers that run on in sessions of their
+    own, also when the arbiter is already dead. True if anything was stopped."""
+    from kiln.bento.server import kill_server_processes
+
+    alive = bool(pid) and _alive(int(pid or 0), home)
+    if alive:
+        assert pid is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid, home):
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # what outlived the arbiter in its group
+    return bool(kill_server_processes(server_id)) or alive
 
 
 def live_health(home: Path, enabled: bool = True) -> tuple[str, dict[str, Any] | None]:
@@ -282,8 +287,11 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
     try:
         old = _read_json(home / "server.json")
         old_pid = int(old["pid"]) if old and old.get("pid") and _alive(int(old["pid"]), home) else None
+        old_sid = old.get("serverId") if old else None
+        if old and not old_pid and old_sid:
+            stop_pid(None, home, server_id=old_sid)  # its arbiter died: its workers may still hold the port
         if not spec.enabled:
-            stopped = stop_pid(old_pid, home) if old_pid else False
+            stopped = stop_pid(old_pid, home, server_id=old_sid) if old_pid else False
             with contextlib.suppress(FileNotFoundError):
                 (home / "server.json").unlink()
             return {"enabled": False, "stopped": old_pid if stopped else None}
@@ -293,7 +301,7 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
         if old_pid and old.get("fingerprint") == fp and ready(old["url"]):
             return {**_public(old), "restarted": False}
         if old_pid and spec.port is not None and old.get("port") == spec.port:
-            stop_pid(old_pid, home)  # one port, one listener: the old one must go first
+            stop_pid(old_pid, home, server_id=old_sid)  # one port, one listener: the old one must go first
             old_pid = None
         srv = _server(ctx, cfg, port=spec.port)
         srv.start()
@@ -306,11 +314,12 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
             raise
         assert srv.proc is not None
         info = {"pid": srv.proc.pid, "port": srv.port, "url": srv.url, "model": cfg.model, "version": cfg.version,
-                "fingerprint": fp, "started": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+                "serverId": srv.server_id, "fingerprint": fp,
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat()}
         _write_json(home / "server.json", info)
         srv.proc = None  # daemon: this process must neither wait for it nor stop it
         if old_pid:
-            stop_pid(old_pid, home)
+            stop_pid(old_pid, home, server_id=old_sid)
         return {**_public(info), "restarted": bool(old_pid), "replaced": old_pid}
     finally:
         os.close(fd)

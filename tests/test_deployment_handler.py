@@ -219,15 +219,23 @@ def test_drift_is_planned_and_healed(repo: Path) -> None:
     assert plan().returncode == 0
 
     # the server is killed outside kiln: planned, started again
-    os.killpg(moved["pid"], signal.SIGKILL)
+    from kiln.bento.server import server_processes
+
+    os.killpg(moved["pid"], signal.SIGKILL)  # the arbiter's group: its worker lives in a session of its own
     deadline = time.monotonic() + 10
     while alive(moved["pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)
+    orphans = server_processes(moved["serverId"])
+    assert orphans  # the orphaned worker, still holding the old port
     p = plan()
     assert p.returncode == 2 and f"server pid {moved['pid']}" in p.stdout and "is not serving" in p.stdout, p.stdout
     assert kiln("apply", cwd=repo, env=env, timeout=400).returncode == 0
     again = server(repo)
     assert again["pid"] != moved["pid"] and alive(again["pid"]) and predict(again["url"], ENV_TOKEN)[0] == 200
+    deadline = time.monotonic() + 10  # the heal stopped the orphan too
+    while server_processes(moved["serverId"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server_processes(moved["serverId"]) == []
 
     # the token is rotated in the environment: planned, registered; the old one stops working
     rotated = {"IRIS_TOKEN": ENV_TOKEN + "-rotated"}

@@ -217,7 +217,7 @@ def test_load_from_second_process_no_5xx(servers: dict, token: str, tmp_path: Pa
 def test_update_to_new_version_and_health(serving_repo: Path) -> None:
     from kiln.bento.fastpath import ServeConfig
     from kiln.bento.registry import Registry, default_home
-    from kiln.bento.server import ManagedServer
+    from kiln.bento.server import ManagedServer, server_processes
 
     reg = Registry(default_home(serving_repo))
     v2 = reg.register("masks", reg.path("masks", 1), "torch")  # a copy of v1's directory
@@ -231,9 +231,19 @@ def test_update_to_new_version_and_health(serving_repo: Path) -> None:
             httpx.get(f"http://127.0.0.1:{old_port}/readyz", timeout=2)
         assert json.loads((s.dir / "server.json").read_text())["version"] == v2
         assert s.update(v2) is False
-        s.proc.kill()
+        sid = s.server_id
+        assert len(server_processes(sid)) >= 2  # the arbiter and its worker carry the start's id
+        s.proc.kill()  # the arbiter dies (OOM, kill -9): its worker runs on in a session of its own
         s.proc.wait()
         assert s.health() == "Degraded"
+        assert server_processes(sid)
+    # stop() finds the orphaned worker by the start's id: nothing of either version runs on
+    deadline = time.monotonic() + 10
+    while server_processes(sid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server_processes(sid) == []
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{s.url}/readyz", timeout=2)
 
 
 def test_missing_model_fails_cleanly(serving_repo: Path) -> None:
