@@ -42,6 +42,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from kiln._util.proc import pids_with_env
 from kiln.bento.fastpath import ServeConfig
 from kiln.bento.registry import Registry, default_home
 from kiln.errors import ConfigError, KilnError
@@ -78,25 +79,8 @@ SERVER_ID_ENV = "KILN_SERVER_ID"
 
 
 def server_processes(server_id: str | None) -> list[int]:
-    """Pids of this user's processes whose environment carries ``server_id`` (Linux ``/proc``;
-    elsewhere empty)."""
-    if not server_id or not os.path.isdir("/proc"):
-        return []
-    needle = f"{SERVER_ID_ENV}={server_id}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    continue  # a zombie is dead already; its parent reaps it
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry))
-        except (OSError, IndexError):  # gone meanwhile, or not ours to read
-            continue
-    return found
+    """Pids of the running processes of one server start (see ``SERVER_ID_ENV``)."""
+    return pids_with_env(SERVER_ID_ENV, server_id) if server_id else []
 
 
 def kill_server_processes(server_id: str | None) -> list[int]:

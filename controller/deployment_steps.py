@@ -38,6 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln._util.proc import has_env
 from kiln.api.experiment import from_experiment
 from kiln.errors import ConfigError, KilnError, NotFound
 
@@ -225,14 +226,7 @@ def _server(ctx: StepContext, cfg: ServeConfig, port: int | None = None):
 
 def _alive(pid: int, home: Path) -> bool:
     """``pid`` runs and is this deployment's server (pids get reused)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f"{HOME_MARKER}={home.resolve()}".encode() in f.read().split(b"\0")
-    except (OSError, IndexError):
-        return False
+    return has_env(pid, HOME_MARKER, str(home.resolve()))
 
 
 def ready(url: str, timeout: float = 2.0) -> bool:
@@ -249,9 +243,8 @@ def stop_pid(pid: int | None, home: Path, timeout: float = 20.0, server_id: str 
     own, also when the arbiter is already dead. True if anything was stopped."""
     from kiln.bento.server import kill_server_processes
 
-    alive = bool(pid) and _alive(int(pid or 0), home)
+    alive = pid is not None and _alive(pid, home)
     if alive:
-        assert pid is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout

@@ -189,8 +189,7 @@ class DeploymentHandler(WorkflowHandler):
         done = super().delete(ctx)
         home = self._home(ctx, rec.workspace, rec.name)
         info = _read_json(home / "server.json")
-        if info and (info.get("pid") or info.get("serverId")) and stop_pid(
-                int(info.get("pid") or 0) or None, home, server_id=info.get("serverId")):
+        if info and stop_pid(info.get("pid"), home, server_id=info.get("serverId")):
             done.append(f"stop server pid {info['pid']} ({info.get('url')})")
         TokenStore(default_token_file(ctx.repo)).set_env_tokens(rec.name, {})
         if home.exists():
