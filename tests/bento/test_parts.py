@@ -196,6 +196,79 @@ def test_plain_tabular_decode_fast_path_and_its_errors(tmp_path: Path) -> None:
             eng.decode({**row, "pw": bad}, 2)
     with pytest.raises(InstanceError, match=r"instances\[0\]\.sw: missing"):
         eng.decode({k: v for k, v in row.items() if k != "sw"}, 0)
+    for edge in (float("inf"), -1e39, 3.5e38):
+        with pytest.raises(InstanceError, match=r"instances\[1\]\.sl"):
+            eng.decode({**row, "sl": edge}, 1)
+    assert eng.decode({**row, "sl": 3.4e38}, 0)[0][0] == np.float32(3.4e38)  # the float32 range itself is fine
+
+
+def test_classification_scores_match_the_numpy_reference() -> None:
+    """The plain-Python path for probability rows gives what numpy's stable argsort gives (ties
+    by index, top_k); logits and single outputs still go through softmax/sigmoid."""
+    from kiln.bento.runtime import Engine, ServingConfig
+
+    def ref(p: np.ndarray, top_k: int | None, labels: list[str]) -> list[dict]:
+        p = np.asarray(p, np.float64)
+        order = np.argsort(-p, kind="stable")[:top_k] if top_k else np.argsort(-p, kind="stable")
+        return [{"score": float(p[k]), "label": labels[k] if k < len(labels) else str(k)} for k in order]
+
+    rng = np.random.default_rng(0)
+    labels = [f"c{i}" for i in range(8)]  # fewer labels than classes: the rest are named by index
+    for top_k in (None, 3):
+        eng = Engine(ServingConfig(framework="onnx", task="classification", input="tabular", features=["x"], labels=labels, top_k=top_k),
+                     run=lambda x: x, model_dir=Path("."))
+        for _ in range(50):
+            p = rng.dirichlet(np.ones(10)).astype(np.float32)
+            if rng.random() < 0.3:  # ties
+                p[[1, 4, 7]] = p[4]
+                p = p / p.sum()
+            assert eng.format(p, None) == ref(p, top_k, labels)
+        logits = np.array([2.0, -1.0, 0.5], np.float32)
+        soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        got = eng.format(logits, None)
+        assert [g["label"] for g in got][:2] == ["c0", "c2"] and abs(got[0]["score"] - soft[0]) < 1e-6
+        one = eng.format(np.array([0.25], np.float32), None)
+        assert one[0] == {"score": 0.75, "label": "c0"}
+
+
+def test_metric_tally_flushes_what_direct_observation_would_record() -> None:
+    """Counts kept in plain ints and handed over in bulk give the same Prometheus samples as
+    observing each request directly."""
+    import prometheus_client as pc
+
+    from kiln.bento.fastpath import _Tally
+
+    def metrics(reg: pc.CollectorRegistry) -> tuple:
+        return (pc.Counter("kiln_requests", "r", ["code"], registry=reg),
+                pc.Histogram("kiln_request_duration_seconds", "d", buckets=(.001, .005, .01, .1, 1), registry=reg),
+                pc.Histogram("kiln_batch_size", "b", buckets=(1, 2, 4, 8), registry=reg))
+
+    direct_reg, tally_reg = pc.CollectorRegistry(), pc.CollectorRegistry()
+    d_req, d_dur, d_batch = metrics(direct_reg)
+    tally = _Tally(*metrics(tally_reg))
+    assert tally.bulk
+    rng = np.random.default_rng(1)
+    for i in range(500):
+        code = int(rng.choice([200, 200, 200, 400, 401, 500]))
+        dt = float(rng.choice([0.001, 0.005, 2.0, rng.random() * 0.2]))  # bucket edges and beyond the last
+        d_req.labels(code=str(code)).inc()
+        d_dur.observe(dt)
+        tally.count(code)
+        tally.observe(0, dt)
+        if i % 7 == 0:
+            size = int(rng.integers(1, 12))
+            d_batch.observe(size)
+            tally.observe(1, size)
+        if i % 97 == 0:
+            tally.flush()  # flushing at any point loses and doubles nothing
+    tally.flush()
+    tally.flush()
+
+    def samples(reg: pc.CollectorRegistry) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): round(s.value, 9)
+                for m in reg.collect() for s in m.samples if not s.name.endswith("_created")}
+
+    assert samples(tally_reg) == samples(direct_reg)
 
 
 def test_server_runs_bentoml_with_this_interpreter() -> None:
@@ -205,3 +278,34 @@ def test_server_runs_bentoml_with_this_interpreter() -> None:
     from kiln.bento.server import _bentoml_bin
 
     assert _bentoml_bin() == [sys.executable, "-m", "bentoml"]
+
+
+def test_image_input_for_a_model_over_flat_pixel_rows(tmp_path: Path) -> None:
+    """sklearn's 8x8 digits as ONNX takes 64 features a row; served with image input, the decoded
+    1x8x8 images are flattened to the model's rank instead of failing every request."""
+    import base64
+    import io
+
+    from PIL import Image
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from kiln.bento.registry import Registry, default_home
+    from kiln.bento.runtime import load_engine
+
+    X, y = load_digits(return_X_y=True)
+    clf = LogisticRegression(max_iter=2000).fit(X.astype(np.float32), y)
+    reg = Registry(default_home(tmp_path))
+    v = reg.register("digits", to_onnx(clf, X[:1].astype(np.float32), options={id(clf): {"zipmap": False}}), "onnx",
+                     serving={"task": "classification", "input": "image", "labels": [str(i) for i in range(10)],
+                              "image": {"size": [8, 8], "mode": "L", "scale": 255 / 16}})
+    eng = load_engine(reg.path("digits", v))
+    xs, want = [], []
+    for i in range(20):
+        buf = io.BytesIO()
+        Image.fromarray(np.round(X[i].reshape(8, 8) * 255 / 16).astype(np.uint8)).save(buf, format="PNG")
+        xs.append(eng.decode({"data": base64.b64encode(buf.getvalue()).decode()}, i)[0])
+        want.append(str(clf.predict(X[i:i + 1])[0]))
+    got = [eng.format(y_, None)[0]["label"] for y_ in eng.predict(xs)]
+    assert sum(g == w for g, w in zip(got, want)) >= 19  # PNG rounding may move one borderline digit
