@@ -32,6 +32,7 @@ Server config (``KILN_SERVE_CONFIG`` points at this JSON, written by kiln.bento.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import bisect
 import concurrent.futures
 import itertools
@@ -313,6 +314,8 @@ class FastPath:
                 lg.setLevel(logging.INFO)
                 lg.propagate = False
         self.alog = sys.stderr if self.cfg.access_log else None
+        self.alog_buf: list[str] = []
+        atexit.register(self._flush_alog)
 
     def _setup_metrics(self) -> None:
         try:
@@ -464,10 +467,23 @@ class FastPath:
                 self.tally.observe(0, dt)
                 self._schedule_flush()
             if self.alog is not None:
-                # one write per line, not the logging machinery (about 100 us a request)
-                self.alog.write(f"{_stamp()} access {rid} "
-                                f"{(scope.get('client') or ('-',))[0]} {scope['path']} {status} "
-                                f"{dt * 1000:.2f}ms n={n} token={tid}\n")
+                # not the logging machinery (about 100 us a request); lines are written together,
+                # at most 0.2 s late: a write(2) per line was 3.6 % of the worker's CPU under load
+                buf = self.alog_buf
+                buf.append(f"{_stamp()} access {rid} {(scope.get('client') or ('-',))[0]} {scope['path']} {status} "
+                           f"{dt * 1000:.2f}ms n={n} token={tid}\n")
+                if len(buf) >= 64:
+                    self._flush_alog()
+                elif len(buf) == 1:
+                    asyncio.get_running_loop().call_later(0.2, self._flush_alog)
+
+    def _flush_alog(self) -> None:
+        if self.alog_buf and self.alog is not None:
+            lines, self.alog_buf = self.alog_buf, []
+            try:
+                self.alog.write("".join(lines))
+            except (OSError, ValueError):  # a closed log at shutdown must not fail a request
+                pass
 
     async def _body(self, receive: Callable) -> bytes:
         chunks, size = [], 0
