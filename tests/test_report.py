@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import kiln, write
 
@@ -232,6 +233,15 @@ def test_report_against_the_base_commit_shows_deltas_plots_and_dataset_diff(tmp_
     assert ev["split"] == "validation" and ev["classes"] == ["setosa", "versicolor", "virginica"]
     assert len(ev["y_true"]) == len(ev["scores"]) == ev["items"] > 0 and len(ev["scores"][0]) == 3
     assert all(abs(sum(row) - 1) < 1e-4 for row in ev["scores"])  # probabilities
+    # the trial wrote those scores while its model was loaded (select only copied them, and
+    # removed the other trials' files): they are what select would compute from the saved model
+    assert not list((run / "trials").glob("*/eval.json"))
+    from kiln.api import Experiment
+    from kiln.controller.experiment_steps import evaluate_selected
+
+    exp_doc = next(d for d in yaml.safe_load_all((repo / "specs/exp.yaml").read_text()) if d["metadata"]["name"] == "iris-lr")
+    meta = json.loads((run / "trials" / selected["trial"] / "model/meta.json").read_text())
+    assert evaluate_selected(repo, Experiment.model_validate(exp_doc).spec, run, selected, meta) == ev
 
     res = kiln("report", "--base", "HEAD~1", "--out", "out/pr", cwd=repo, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
