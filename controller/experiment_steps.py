@@ -1,5 +1,5 @@
-"""The Experiment workflow's steps: prepare-data -> train | create-study -> hpo-worker x N |
-train-candidate x N -> select -> export-onnx -> register.
+"""The Experiment workflow's steps: prepare-data -> train | (prepare-data, create-study) ->
+hpo-worker x N | train-candidate x N -> select -> export-onnx -> register.
 
 Each task of an Experiment's workflow (``kiln.controller.render._experiment``) runs one of these
 in its own process (a pod on Argo). They share one folder per experiment and one run folder per

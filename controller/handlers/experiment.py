@@ -1,5 +1,5 @@
-"""Experiment handler: an Experiment's work is its workflow (prepare-data -> train | create-study
--> hpo-worker x parallelTrials | train-candidate x candidates -> select -> export-onnx ->
+"""Experiment handler: an Experiment's work is its workflow (prepare-data -> train | (prepare-data,
+create-study) -> hpo-worker x parallelTrials | train-candidate x candidates -> select -> export-onnx ->
 register; steps in ``kiln.controller.experiment_steps``); this class adds what the controller
 keeps about it.
 
