@@ -427,12 +427,12 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
     algo.save(model, tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    _trial_eval(trial, algo, model, td, out)
+    _trial_eval(trial, algo, model, td)
     trial.save(metrics={**trial.record.get("metrics", {}), **clean})
     return algo.framework
 
 
-def _trial_eval(trial: Trial, algo: Any, model: Any, td: Any, model_dir: Path) -> None:
+def _trial_eval(trial: Trial, algo: Any, model: Any, td: Any) -> None:
     """A tabular classifier's validation scores, written now while scikit-learn and the model
     are loaded: the select step then copies the chosen trial's file instead of importing
     scikit-learn and unpickling the model (about 1.8 s of every run's serial tail). Best effort;
@@ -440,9 +440,9 @@ def _trial_eval(trial: Trial, algo: Any, model: Any, td: Any, model_dir: Path) -
     if algo.task != "classification" or algo.data_type != "tabular":
         return
     try:
-        meta = read_json(model_dir / "meta.json") or {}
+        classes = (model.meta or {}).get("classes")
         # small files only: every trial keeps one until select (larger splits: select computes it)
-        doc = eval_doc(algo, model, td, meta["classes"], max_values=50_000) if meta.get("classes") else None
+        doc = eval_doc(algo, model, td, classes, max_values=50_000) if classes else None
         if doc is not None:
             write_json(trial.dir / "eval.json", doc, indent=None)
     except Exception as exc:  # noqa: BLE001 - report curves are a convenience
