@@ -315,27 +315,20 @@ class Engine:
         return labels[k] if labels and 0 <= k < len(labels) else str(k)
 
     def _classes(self, p: np.ndarray) -> list[dict[str, Any]]:
-        if 1 < p.size <= 64:
-            # the usual case in plain Python: numpy's min/sum/argsort on ten scores cost more
-            # than the model run (bench/serving.py)
-            q = p.tolist()
-            if min(q) >= 0.0 and abs(sum(q) - 1.0) <= 1e-3:
-                order = sorted(range(len(q)), key=q.__getitem__, reverse=True)  # stable: ties by index
-                if self.cfg.top_k:
-                    order = order[: self.cfg.top_k]
-                return [{"score": q[k], "label": self._label(k)} for k in order]
-        p = np.asarray(p, dtype=np.float64)
-        if p.size == 1:  # a single-output binary model: a probability, or a logit
-            q = float(p[0]) if 0.0 <= p[0] <= 1.0 else 1.0 / (1.0 + np.exp(-float(p[0])))
-            p = np.array([1.0 - q, q])
-        elif p.min() < 0.0 or abs(p.sum() - 1.0) > 1e-3:
+        # plain Python lists: numpy's min/sum/argsort on ten scores cost more than the model run
+        # (bench/serving.py); numpy only to turn logits into probabilities
+        q = p.reshape(-1).tolist()
+        if len(q) == 1:  # a single-output binary model: a probability, or a logit
+            s = q[0] if 0.0 <= q[0] <= 1.0 else float(1.0 / (1.0 + np.exp(-q[0])))
+            q = [1.0 - s, s]
+        elif min(q) < 0.0 or abs(sum(q) - 1.0) > 1e-3:
             # logits (torch/ONNX classifiers): EasyMaker's scores are probabilities
-            e = np.exp(p - p.max())
-            p = e / e.sum()
-        order = np.argsort(-p, kind="stable")
+            e = np.exp(np.asarray(q) - max(q))
+            q = (e / e.sum()).tolist()
+        order = sorted(range(len(q)), key=q.__getitem__, reverse=True)  # stable: ties by index
         if self.cfg.top_k:
             order = order[: self.cfg.top_k]
-        return [{"score": float(p[k]), "label": self._label(int(k))} for k in order]
+        return [{"score": q[k], "label": self._label(k)} for k in order]
 
     def _boxes(self, d: dict[str, np.ndarray], meta: Any) -> list[dict[str, Any]]:
         h, w = self.cfg.image["size"]
