@@ -218,11 +218,10 @@ class _Tally:
         self.requests, self.hists = requests, (duration, batch)
         self.codes: dict[int, int] = {}
         # per histogram: [sum, count per bucket]; prometheus_client keeps one value per bucket
-        # (``_buckets``, non-cumulative) and ``_sum``; without them every value is kept and replayed
+        # (``_buckets``, non-cumulative) and ``_sum``; a version without them is observed directly
         self.bulk = all(hasattr(h, "_buckets") and hasattr(h, "_sum") and hasattr(h, "_upper_bounds") for h in self.hists)
         self.bounds = [list(h._upper_bounds) if self.bulk else [] for h in self.hists]
         self.pending: list[list[Any]] = [[0.0, [0] * len(b)] for b in self.bounds]
-        self.raw: list[list[float]] = [[], []]
         self.children: dict[int, Any] = {}
         self.scheduled = False
 
@@ -231,7 +230,7 @@ class _Tally:
 
     def observe(self, which: int, value: float) -> None:
         if not self.bulk:
-            self.raw[which].append(value)
+            self.hists[which].observe(value)
             return
         p = self.pending[which]
         p[0] += value
@@ -245,19 +244,14 @@ class _Tally:
             if c is None:
                 c = self.children[code] = self.requests.labels(code=str(code))
             c.inc(n)
-        for h, p, raw in zip(self.hists, self.pending, self.raw):
-            if self.bulk:
-                total, counts = p[0], p[1]
-                if any(counts):
-                    p[0], p[1] = 0.0, [0] * len(counts)
-                    h._sum.inc(total)
-                    for i, n in enumerate(counts):
-                        if n:
-                            h._buckets[i].inc(n)
-            else:
-                vals, raw[:] = list(raw), []
-                for v in vals:
-                    h.observe(v)
+        for h, p in zip(self.hists, self.pending):
+            total, counts = p[0], p[1]
+            if any(counts):
+                p[0], p[1] = 0.0, [0] * len(counts)
+                h._sum.inc(total)
+                for i, n in enumerate(counts):
+                    if n:
+                        h._buckets[i].inc(n)
 
 
 # ------------------------------------------------------------------------------- the handler --
