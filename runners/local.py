@@ -1698,8 +1698,8 @@ def _kill_group(p: subprocess.Popen) -> None:
 
 
 class _Tokens:
-    """A counting semaphore whose acquire/release run in C (queue.SimpleQueue); threading.Semaphore
-    is Python code around a Condition, paid twice per pod."""
+    """spec.parallelism: a counting semaphore whose acquire/release run in C (queue.SimpleQueue);
+    threading.Semaphore is Python code around a Condition, paid on every pod."""
 
     def __init__(self, n: int) -> None:
         import queue
@@ -1831,7 +1831,8 @@ class _Workers:
     Why not ThreadPoolExecutor: a step that runs a steps/dag template blocks until its children
     finish, so a bounded pool deadlocks on deep nesting; why not a thread per step: starting a
     thread costs about as much as spawning `true` on a small VM. Concurrency is bounded by the
-    machine-wide slots (kiln.runners._slots) and spec.parallelism, not by this pool.
+    runner's gate (_PodGate), the machine-wide slots (kiln.runners._slots) and spec.parallelism,
+    not by this pool.
     """
 
     def __init__(self) -> None:
