@@ -60,7 +60,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
+import math
 import os
 import shlex
 import shutil
@@ -657,10 +659,32 @@ def make_sampler(spec: ExperimentSpec, space: dict[str, Any], worker: str = "0")
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "grid": lambda: optuna.samplers.GridSampler(_grid(space), seed=seed),
+        "grid": lambda: _grid_sampler_class()(_grid(space), seed=seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
     }
     return samplers[s.type]()
+
+
+@functools.cache
+def _grid_sampler_class() -> type:
+    import optuna
+
+    class GridSampler(optuna.samplers.GridSampler):
+        """Optuna's grid sampler, except that it never calls ``study.stop()`` after the last grid
+        point: that raises RuntimeError outside ``study.optimize`` (optuna#5141), and kiln's
+        workers ask and tell. They stop on their own once every point has a trial (_grid_left)."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return GridSampler
+
+
+def _grid_size(spec: ExperimentSpec, space: dict[str, Any]) -> int | None:
+    """How many points the grid sampler has (None for the other samplers)."""
+    if spec.hpo is None or spec.hpo.sampler.type != "grid":
+        return None
+    return math.prod(len(v) for v in _grid(space).values())
 
 
 def make_pruner(spec: ExperimentSpec) -> Any:
@@ -744,7 +768,14 @@ def _counts(study: Any) -> dict[str, int]:
     return out
 
 
-def _stop_reason(study: Any, spec: ExperimentSpec, max_trials: int, max_failed: int, timeout: int | None) -> str | None:
+def _grid_points_taken(study: Any) -> int:
+    """Grid points with a trial (running or finished; an interrupted one is queued again)."""
+    return len({t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)
+                if "grid_id" in t.system_attrs and not t.user_attrs.get("interrupted")})
+
+
+def _stop_reason(study: Any, spec: ExperimentSpec, max_trials: int, max_failed: int, timeout: int | None,
+                 grid_size: int | None = None) -> str | None:
     reason = study.user_attrs.get("stop")
     if reason:
         return str(reason)
@@ -754,6 +785,8 @@ def _stop_reason(study: Any, spec: ExperimentSpec, max_trials: int, max_failed: 
     started = c["RUNNING"] + c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
     if started >= max_trials:
         return "max-trials"
+    if grid_size is not None and not c["WAITING"] and _grid_points_taken(study) >= grid_size:
+        return "grid-done"
     if timeout and time.time() - float(study.user_attrs.get("started", time.time())) > timeout:
         return "timeout"
     return None
@@ -785,6 +818,7 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
     _quiet_optuna()
     run = _run(ctx)
     space = _search_space(spec, algo)
+    grid_size = _grid_size(spec, space)
     timeout = spec.hpo.timeoutSeconds if spec.hpo else None
     lock = run / "study.lock"
     mine = 0
@@ -796,7 +830,7 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
                                           sampler=make_sampler(spec, space, worker), pruner=make_pruner(spec))
             if mine == 0:
                 _recover_orphans(study, run, worker)
-            reason = _stop_reason(study, spec, max_trials, max_failed, timeout)
+            reason = _stop_reason(study, spec, max_trials, max_failed, timeout, grid_size)
             if reason is not None:
                 break
             ot = study.ask()

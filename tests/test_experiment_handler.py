@@ -229,6 +229,32 @@ objective: {metric: validation_accuracy, direction: maximize, goal: 0.75}
     assert len(done) >= 1
 
 
+def test_hpo_grid_sampler_tries_each_point_once_then_stops(wine_repo: Path, tmp_path: Path) -> None:
+    """maxTrials above the grid's size: two workers try each of the 4 points once, then stop
+    (optuna's own grid sampler raised RuntimeError from tell() after the last point)."""
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    write(repo, {"specs/grid.yaml": exp("grid", """
+mode: hpo
+dataset: {name: wine}
+algorithm:
+  name: decision_tree
+  searchSpace:
+    max_depth: {type: int, low: 1, high: 2}
+    criterion: {type: choice, values: [gini, entropy]}
+hpo: {maxTrials: 10, parallelTrials: 2, sampler: {type: grid}, pruner: {type: none}}
+objective: {metric: validation_accuracy, direction: maximize}
+""")})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ex = record(repo, "grid")["extra"]
+    points = sorted((t["params"]["max_depth"], t["params"]["criterion"]) for t in ex["trials"])
+    assert points == [(1, "entropy"), (1, "gini"), (2, "entropy"), (2, "gini")]
+    assert {t["state"] for t in ex["trials"]} == {"COMPLETE"}
+    assert ex["best"]["value"] == max(t["objective"] for t in ex["trials"])
+    logs = kiln("logs", "Experiment/grid", cwd=repo, check=True).stdout
+    assert "stopping (grid-done)" in logs and "RuntimeError" not in logs
+
+
 def test_hpo_always_failing_command_stops_after_max_failed_trials(wine_repo: Path, tmp_path: Path) -> None:
     repo = copy_repo(wine_repo, tmp_path / "repo")
     write(repo, {"fail.py": "import sys\nprint('loading weights...')\nsys.exit('boom: weights file is corrupt')\n",
