@@ -654,8 +654,10 @@ def make_sampler(spec: ExperimentSpec, space: dict[str, Any], worker: str = "0")
     hpo = spec.hpo
     assert hpo is not None
     s = hpo.sampler
-    # parallel workers with one seed would propose the very same parameters: offset it per worker
-    seed = None if s.seed is None else s.seed + 7919 * int(worker or 0)
+    # parallel workers with one seed would propose the very same parameters: offset it per worker.
+    # Not for the grid: its seed shuffles the grid, workers share out points by trial number, and
+    # so must all see one order (other seeds: the same points twice, others never)
+    seed = None if s.seed is None else s.seed + (0 if s.type == "grid" else 7919 * int(worker or 0))
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),

@@ -231,7 +231,8 @@ objective: {metric: validation_accuracy, direction: maximize, goal: 0.75}
 
 def test_hpo_grid_sampler_tries_each_point_once_then_stops(wine_repo: Path, tmp_path: Path) -> None:
     """maxTrials above the grid's size: two workers try each of the 4 points once, then stop
-    (optuna's own grid sampler raised RuntimeError from tell() after the last point)."""
+    (optuna's own grid sampler raised RuntimeError from tell() after the last point, and
+    per-worker seeds shuffled the grid differently per worker: points twice, others never)."""
     repo = copy_repo(wine_repo, tmp_path / "repo")
     write(repo, {"specs/grid.yaml": exp("grid", """
 mode: hpo
@@ -241,7 +242,7 @@ algorithm:
   searchSpace:
     max_depth: {type: int, low: 1, high: 2}
     criterion: {type: choice, values: [gini, entropy]}
-hpo: {maxTrials: 10, parallelTrials: 2, sampler: {type: grid}, pruner: {type: none}}
+hpo: {maxTrials: 10, parallelTrials: 2, sampler: {type: grid, seed: 5}, pruner: {type: none}}
 objective: {metric: validation_accuracy, direction: maximize}
 """)})
     res = kiln("apply", cwd=repo, timeout=300)
