@@ -256,6 +256,66 @@ objective: {metric: validation_accuracy, direction: maximize}
     assert "stopping (grid-done)" in logs and "RuntimeError" not in logs
 
 
+PRUNE_SCRIPT = """
+import argparse, os, time
+import kiln
+
+p = argparse.ArgumentParser()
+p.add_argument("--x", type=float, required=True)
+p.add_argument("--y", type=int, required=True)
+p.parse_args()
+# trial order decides the score: the first two are good, every later one clearly worse
+score = 0.9 if int(os.environ["KILN_TRIAL"][1:]) < 2 else 0.1
+for step in range(1, 6):
+    kiln.report(step=step, validation_accuracy=score)
+    time.sleep(0.4)  # kiln follows the metrics every 0.2 s: time to prune between steps
+open(os.path.join(os.environ["KILN_OUTPUT_DIR"], "finished"), "w").close()
+"""
+
+
+@pytest.mark.parametrize("pruner,sampler", [("median", "tpe"), ("asha", "cmaes"), ("hyperband", "random")])
+def test_hpo_pruners_stop_trials_behind_the_others(wine_repo: Path, tmp_path: Path, pruner: str,
+                                                   sampler: str) -> None:
+    """Intermediate reports reach Optuna's pruner through ask/tell; a pruned trial's script is
+    stopped mid-training and the trial ends PRUNED. Median and ASHA must prune every trial after
+    the two good ones at its first report; Hyperband's brackets may keep some."""
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    write(repo, {"train_prune.py": PRUNE_SCRIPT, "specs/hpo.yaml": exp("prune", f"""
+mode: hpo
+dataset: {{name: wine}}
+command:
+  run: python train_prune.py
+  searchSpace:
+    x: {{type: float, low: 0.0, high: 1.0}}
+    y: {{type: int, low: 1, high: 8}}
+hpo: {{maxTrials: 5, parallelTrials: 1, sampler: {{type: {sampler}, seed: 1}}, pruner: {{type: {pruner}}}}}
+objective: {{metric: validation_accuracy, direction: maximize}}
+""")})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ex = record(repo, "prune")["extra"]
+    trials = sorted(ex["trials"], key=lambda t: t["number"])
+    assert len(trials) == 5
+    run = Path(ex["run"])
+    for t in trials[:2]:
+        assert t["state"] == "COMPLETE" and (run / "trials" / t["id"] / "model/finished").exists()
+    later = [t["state"] for t in trials[2:]]
+    assert set(later) <= {"COMPLETE", "PRUNED"}
+    if pruner != "hyperband":
+        assert later == ["PRUNED"] * 3
+    for t in trials[2:]:
+        if t["state"] != "PRUNED":
+            continue
+        rec = json.loads((run / "trials" / t["id"] / "trial.json").read_text())
+        assert 1 <= rec["pruned_at"] < 5
+        assert not (run / "trials" / t["id"] / "model/finished").exists()  # stopped, not run to the end
+    assert ex["best"]["trial"] in (trials[0]["id"], trials[1]["id"])
+    logs = kiln("logs", "Experiment/prune", cwd=repo, check=True).stdout
+    assert "RuntimeError" not in logs and "Traceback" not in logs
+    if pruner != "hyperband":
+        assert "pruned at step 1: validation_accuracy=0.1 is behind the other trials" in logs
+
+
 def test_hpo_always_failing_command_stops_after_max_failed_trials(wine_repo: Path, tmp_path: Path) -> None:
     repo = copy_repo(wine_repo, tmp_path / "repo")
     write(repo, {"fail.py": "import sys\nprint('loading weights...')\nsys.exit('boom: weights file is corrupt')\n",
