@@ -15,6 +15,8 @@ One function per plot kind in ``PLOTS``; each draws onto a fresh figure from a p
                        "trials": [[number, value], ...]}
     param-importance  {"metric": name, "importances": {param: importance}}
     class-counts      {"classes": [...], "base": [count, ...], "now": [count, ...]}
+    candidates        {"metric": name, "direction": "maximize" | "minimize", "chosen": candidate,
+                       "candidates": {candidate: [value of each completed trial, ...]}}
 """
 
 from __future__ import annotations
@@ -168,6 +170,32 @@ def class_counts(fig: Figure, data: dict[str, Any]) -> None:
     ax.legend(fontsize=8)
 
 
+def candidates(fig: Figure, data: dict[str, Any]) -> None:
+    """AutoML: each candidate's best trial as a bar, best at the top, the chosen one in red;
+    dots for every trial of candidates that had a search of their own."""
+    maximize = data.get("direction", "maximize") == "maximize"
+    pick = max if maximize else min
+    rows = [(name, pick(vals), vals) for name, vals in data["candidates"].items() if vals]
+    rows.sort(key=lambda r: r[1], reverse=not maximize)  # barh draws bottom-up: best ends on top
+    ax = fig.subplots()
+    y = list(range(len(rows)))
+    colors = ["tab:red" if name == data.get("chosen") else "tab:blue" for name, _, _ in rows]
+    ax.barh(y, [best for _, best, _ in rows], color=colors, alpha=0.8)
+    for i, (_, best, vals) in enumerate(rows):
+        if len(vals) > 1:
+            ax.scatter(vals, [i] * len(vals), s=14, color="black", zorder=3)
+        ax.annotate(f"{best:.4g}", (best, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(y, [name for name, _, _ in rows], fontsize=8)
+    everything = [v for _, _, vals in rows for v in vals]
+    lo, hi = min(everything), max(everything)
+    pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 0.05
+    # scores of good candidates differ in the second decimal: start the axis near them, not at 0
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_xlabel(data["metric"] + (" (higher is better)" if maximize else " (lower is better)"))
+    ax.set_title(f"AutoML candidates: best {data['metric']} each (red: chosen)")
+    ax.grid(axis="x", alpha=0.3)
+
+
 PLOTS: dict[str, Callable[[Figure, dict[str, Any]], None]] = {
     "training-curves": training_curves,
     "confusion-matrix": confusion_matrix,
@@ -176,6 +204,7 @@ PLOTS: dict[str, Callable[[Figure, dict[str, Any]], None]] = {
     "hpo-history": hpo_history,
     "param-importance": param_importance,
     "class-counts": class_counts,
+    "candidates": candidates,
 }
 
 

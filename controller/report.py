@@ -10,7 +10,8 @@ Two sources, on purpose:
   a CI job can report right after ``kiln apply``, before committing), like ``dvc metrics diff``.
 - **the run folders** under ``.kiln/`` (not in git) give the plots of the current side: training
   curves (``trials/*/metrics.jsonl``), confusion matrix / PR / ROC (``eval.json``), leaderboard
-  (``selected.json``) and HPO history and parameter importance (``study.db``). On a machine
+  (``selected.json``), AutoML's candidates (``trials/*/trial.json``) and HPO history and
+  parameter importance (``study.db``). On a machine
   without them the plots are left out with a one-line reason.
 
 Output (``--out``, default ``kiln-report/``)::
@@ -282,7 +283,7 @@ def _hpo(rep: Report, key: str, run: Path, doc: dict[str, Any]) -> None:
              "parameter importance")
 
 
-def _leaderboard(rep: Report, run: Path, doc: dict[str, Any]) -> None:
+def _leaderboard(rep: Report, key: str, run: Path, doc: dict[str, Any]) -> None:
     board = (read_json(run / "selected.json") or {}).get("leaderboard") or []
     if len(board) < 2:
         return
@@ -297,6 +298,24 @@ def _leaderboard(rep: Report, run: Path, doc: dict[str, Any]) -> None:
     if len(board) > 10:
         rep.lines.append(f"_…and {len(board) - 10} more_")
     rep.lines.append("")
+    if doc.get("mode") == "automl":
+        _candidates_plot(rep, key, run, doc, board)
+
+
+def _candidates_plot(rep: Report, key: str, run: Path, doc: dict[str, Any], board: list[dict[str, Any]]) -> None:
+    from kiln.controller.experiment_steps import trials
+
+    values: dict[str, list[float]] = {}
+    for r in trials(run):
+        if r.get("state") == "COMPLETE" and r.get("objective") is not None and r.get("candidate"):
+            values.setdefault(str(r["candidate"]), []).append(float(r["objective"]))
+    if len(values) < 2:
+        return
+    obj = doc.get("objective") or {}
+    chosen = (doc.get("best") or {}).get("candidate") or board[0].get("candidate")
+    rep.plot(_slug(key, "automl-candidates.png"), "candidates",
+             {"metric": obj.get("metric", "objective"), "direction": obj.get("direction", "maximize"),
+              "chosen": chosen, "candidates": values}, "AutoML candidates")
 
 
 def _experiment(rep: Report, config: KilnConfig, key: str, base: Records | None, n: dict[str, Any] | None) -> None:
@@ -336,7 +355,7 @@ def _experiment(rep: Report, config: KilnConfig, key: str, base: Records | None,
     if curves is not None:
         rep.lines += ["### Training curves", ""]
         rep.plot(_slug(key, "training-curves.png"), "training-curves", curves, "training curves")
-    _leaderboard(rep, run, n)
+    _leaderboard(rep, key, run, n)
     _hpo(rep, key, run, n)
     _eval_plots(rep, key, run)
 

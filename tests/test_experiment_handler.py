@@ -144,6 +144,13 @@ def test_automl_registers_best_with_onnx_parity_then_apply_again_does_nothing(wi
     assert (repo / ".kiln/workspaces/default/experiments/wine-automl").is_dir()
     assert list((repo / ".kiln/workspaces/default/experiments/wine-automl/runs").glob("*/trials/c-svm/tensorboard/events.*"))
 
+    # the report compares the candidates in a plot (the chosen one marked) below the leaderboard
+    kiln("report", "--out", "out/pr", cwd=repo, check=True, timeout=120)
+    md = (repo / "out/pr/report.md").read_text()
+    assert "### AutoML leaderboard" in md
+    assert md.index("### AutoML leaderboard") < md.index("![AutoML candidates](default-wine-automl-automl-candidates.png)")
+    assert (repo / "out/pr/default-wine-automl-automl-candidates.png").stat().st_size > 5000
+
     # unchanged spec: nothing runs, nothing is registered
     second = kiln("apply", cwd=repo, check=True)
     assert "0 action(s)" in second.stdout and "unchanged, skipping" in second.stdout
