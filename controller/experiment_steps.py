@@ -674,7 +674,7 @@ def _grid_sampler_class() -> type:
     class GridSampler(optuna.samplers.GridSampler):
         """Optuna's grid sampler, except that it never calls ``study.stop()`` after the last grid
         point: that raises RuntimeError outside ``study.optimize`` (optuna#5141), and kiln's
-        workers ask and tell. They stop on their own once every point has a trial (_grid_left)."""
+        workers ask and tell. They stop on their own once every point has a trial (_stop_reason)."""
 
         def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
             return None

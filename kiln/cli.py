@@ -326,9 +326,15 @@ def _exit_now(code: int) -> NoReturn:
     import atexit
     import threading
 
-    for t in threading.enumerate():
-        if t is not threading.main_thread() and not t.daemon:
-            t.join()
+    # what the interpreter runs first at exit: threading's own exit hooks (they end idle
+    # ThreadPoolExecutor workers, which a plain join would wait on forever), then the joins
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:  # pragma: no cover - every CPython has it; keep the joins on anything else
+        for t in threading.enumerate():
+            if t is not threading.main_thread() and not t.daemon:
+                t.join()
     atexit._run_exitfuncs()
     for f in (sys.stdout, sys.stderr):
         try:

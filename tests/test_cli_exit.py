@@ -20,6 +20,9 @@ def late():
     time.sleep(0.3)
     (out / "thread").write_text("joined")
 threading.Thread(target=late).start()  # non-daemon: an exit waits for it
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(2)  # never shut down: its idle workers must not hold the exit
+pool.submit(lambda: None).result()
 sys.stdout.write("buffered, no newline")
 sys.stderr.write("err too")
 _exit_now(3)
