@@ -11,8 +11,8 @@ Two sources, on purpose:
 - **the run folders** under ``.kiln/`` (not in git) give the plots of the current side: training
   curves (``trials/*/metrics.jsonl``), confusion matrix / PR / ROC (``eval.json``), leaderboard
   (``selected.json``), AutoML's candidates (``trials/*/trial.json``) and HPO history and
-  parameter importance (``study.db``). On a machine
-  without them the plots are left out with a one-line reason.
+  parameter importance (``study.db``). On a machine without them the plots are left out with a
+  one-line reason.
 
 Output (``--out``, default ``kiln-report/``)::
 
@@ -27,6 +27,7 @@ why in one line. A ``--base`` that is not a commit is a ``KilnError`` naming the
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -307,8 +308,10 @@ def _candidates_plot(rep: Report, key: str, run: Path, doc: dict[str, Any], boar
 
     values: dict[str, list[float]] = {}
     for r in trials(run):
-        if r.get("state") == "COMPLETE" and r.get("objective") is not None and r.get("candidate"):
-            values.setdefault(str(r["candidate"]), []).append(float(r["objective"]))
+        v = r.get("objective")
+        # a diverged trial's NaN/inf objective has no place on an axis
+        if r.get("state") == "COMPLETE" and isinstance(v, (int, float)) and math.isfinite(v) and r.get("candidate"):
+            values.setdefault(str(r["candidate"]), []).append(float(v))
     if len(values) < 2:
         return
     obj = doc.get("objective") or {}
