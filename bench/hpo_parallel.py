@@ -4,7 +4,7 @@ One temp git repository with the wine sample versioned once (kiln apply); then t
 experiment (scikit-learn gradient boosting, no pruning) is applied twice, differing only in
 ``parallelTrials`` (and name). Its sampler is a grid of 8 points, which Optuna hands out by trial
 number, so both runs train the very same 8 models (a random sampler draws other parameters per
-worker, and the two runs' work then differs by 10-20 %, more than the effect measured).
+worker, so the two runs did different work: a trial's time varies threefold with its parameters).
 
 Two trial sizes (``--scales``): n_estimators 600 or 900 (x1: 0.6-2 s per trial on this class of
 machine) and the same x4 (2.6-4 s). The size matters for the whole apply: ~2.3 s of each run is
