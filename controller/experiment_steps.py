@@ -761,19 +761,16 @@ def _goal_reached(spec: ExperimentSpec, value: float | None) -> bool:
     return value >= goal if spec.objective.direction == "maximize" else value <= goal
 
 
-def _counts(study: Any) -> dict[str, int]:
+def _live(study: Any) -> list[Any]:
+    """The study's trials, less those interrupted (each is queued again as a new trial)."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted")]
+
+
+def _counts(trials: list[Any]) -> dict[str, int]:
     out = {"RUNNING": 0, "COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "WAITING": 0}
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("interrupted"):
-            continue
+    for t in trials:
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
-
-
-def _grid_points_taken(study: Any) -> int:
-    """Grid points with a trial (running or finished; an interrupted one is queued again)."""
-    return len({t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)
-                if "grid_id" in t.system_attrs and not t.user_attrs.get("interrupted")})
 
 
 def _stop_reason(study: Any, spec: ExperimentSpec, max_trials: int, max_failed: int, timeout: int | None,
@@ -781,13 +778,16 @@ def _stop_reason(study: Any, spec: ExperimentSpec, max_trials: int, max_failed: 
     reason = study.user_attrs.get("stop")
     if reason:
         return str(reason)
-    c = _counts(study)
+    trials = _live(study)
+    c = _counts(trials)
     if c["FAIL"] >= max_failed:
         return "failed"
     started = c["RUNNING"] + c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
     if started >= max_trials:
         return "max-trials"
-    if grid_size is not None and not c["WAITING"] and _grid_points_taken(study) >= grid_size:
+    # every grid point has a trial (running or finished)
+    if grid_size is not None and not c["WAITING"] and \
+            len({t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs}) >= grid_size:
         return "grid-done"
     if timeout and time.time() - float(study.user_attrs.get("started", time.time())) > timeout:
         return "timeout"
@@ -872,7 +872,7 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
                 "no new trials start")
             study.set_user_attr("stop", "goal")
             study.set_user_attr("stop_detail", f"goal {spec.objective.goal} reached by trial {tid} ({value:.4g})")
-    c = _counts(study)
+    c = _counts(_live(study))
     done = c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
     if reason == "failed":
         last = _last_error(run, candidate)
@@ -1024,8 +1024,9 @@ def _save_eval(ctx: StepContext, spec: ExperimentSpec, run: Path, sel: dict[str,
     ready = run / "trials" / sel["trial"] / "eval.json"
     if ready.is_file():  # written by the trial itself (tabular): no model to load here
         shutil.copyfile(ready, path)
-        for other in (run / "trials").glob("*/eval.json"):  # the others' served their purpose
-            other.unlink(missing_ok=True)
+    for done in (run / "trials").glob("*/eval.json"):  # the trials' own files served their purpose
+        done.unlink(missing_ok=True)
+    if path.is_file():
         return
     meta = read_json(run / "trials" / sel["trial"] / "model" / "meta.json") or {}
     if not meta.get("algorithm") or not meta.get("classes"):
