@@ -228,6 +228,12 @@ class _Tally:
     def count(self, code: int) -> None:
         self.codes[code] = self.codes.get(code, 0) + 1
 
+    def flush_soon(self) -> None:
+        """Flush a second from now on the running event loop, unless a flush is already due."""
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_later(1.0, self.flush)
+
     def observe(self, which: int, value: float) -> None:
         if not self.bulk:
             self.hists[which].observe(value)
@@ -328,13 +334,7 @@ class FastPath:
     def _observe_batch(self, size: int) -> None:
         assert self.tally is not None
         self.tally.observe(1, size)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        assert self.tally is not None
-        if not self.tally.scheduled:
-            self.tally.scheduled = True
-            asyncio.get_running_loop().call_later(1.0, self.tally.flush)
+        self.tally.flush_soon()
 
     def _decide_inline(self, eng: Engine) -> None:
         self.inline = eng.cfg.framework in ("onnx", "sklearn")
@@ -459,7 +459,7 @@ class FastPath:
             if self.tally is not None:
                 self.tally.count(status)
                 self.tally.observe(0, dt)
-                self._schedule_flush()
+                self.tally.flush_soon()
             if self.alog is not None:
                 # not the logging machinery (about 100 us a request); lines are written together,
                 # at most 0.2 s late: a write(2) per line was 3.6 % of the worker's CPU under load

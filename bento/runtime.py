@@ -302,7 +302,7 @@ class Engine:
     def format(self, y: Any, meta: Any) -> Any:
         task = self.cfg.task
         if task == "classification":
-            return self._classes(np.asarray(y).reshape(-1))
+            return self._classes(np.asarray(y))
         if task == "regression":
             a = np.asarray(y, dtype=np.float64)
             return float(a) if a.ndim == 0 or a.size == 1 else a.tolist()
