@@ -287,7 +287,7 @@ class TorchvisionDetector(TorchAlgorithm):
 
 def _serving_detector(net: Any) -> Any:
     """A torchvision detector taking one batched tensor (the serving layer stacks its requests)."""
-    from typing import Dict, List  # TorchScript reads these annotations
+    from typing import Dict, List  # noqa: F401, UP035 - TorchScript resolves the annotations here
 
     import torch
 
@@ -296,7 +296,7 @@ def _serving_detector(net: Any) -> Any:
             super().__init__()
             self.net = net
 
-        def forward(self, x: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
+        def forward(self, x: torch.Tensor) -> List[Dict[str, torch.Tensor]]:  # noqa: UP006
             images = [x[i] for i in range(x.shape[0])]
             dets = self.net(images)[1]  # scripted torchvision detectors return (losses, detections)
             for d in dets:

@@ -56,10 +56,17 @@ from pydantic import Field
 
 from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
-    Algorithm, AlgorithmError, Evaluation, Hyperparameters, ReportCallback, TrainData, TrainedModel,
-    atomic_save, read_meta, write_meta, checkpoint_due,
+    Algorithm,
+    AlgorithmError,
+    Evaluation,
+    Hyperparameters,
+    ReportCallback,
+    TrainData,
+    TrainedModel,
+    atomic_save,
+    checkpoint_due,
 )
-from kiln.algorithms.detection import _categories, _lut, _open_rgb, IGNORE
+from kiln.algorithms.detection import IGNORE, _categories, _lut, _open_rgb
 from kiln.algorithms.vision import TorchModelIO, load_pretrained, to_tensor, torch_device
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -39,8 +39,17 @@ from pydantic import Field
 
 from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
-    Algorithm, AlgorithmError, Evaluation, Hyperparameters, ReportCallback, TrainData, TrainedModel,
-    atomic_write_bytes, read_meta, write_meta, checkpoint_due,
+    Algorithm,
+    AlgorithmError,
+    Evaluation,
+    Hyperparameters,
+    ReportCallback,
+    TrainData,
+    TrainedModel,
+    atomic_write_bytes,
+    checkpoint_due,
+    read_meta,
+    write_meta,
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter

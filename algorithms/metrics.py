@@ -21,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def prefixed(split: str, metrics: dict[str, float]) -> dict[str, float]:

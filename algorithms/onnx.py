@@ -8,9 +8,10 @@ integer/label outputs must match exactly). A mismatch raises ``ParityError`` wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kiln.algorithms.base import AlgorithmError, TrainedModel
 

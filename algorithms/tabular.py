@@ -21,8 +21,16 @@ from pydantic import Field
 
 from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
-    Algorithm, AlgorithmError, Evaluation, Hyperparameters, ReportCallback, TrainData, TrainedModel,
-    atomic_save, read_meta, write_meta,
+    Algorithm,
+    AlgorithmError,
+    Evaluation,
+    Hyperparameters,
+    ReportCallback,
+    TrainData,
+    TrainedModel,
+    atomic_save,
+    read_meta,
+    write_meta,
 )
 
 
@@ -213,7 +221,8 @@ def _register_xgboost() -> None:
         from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
         from skl2onnx import update_registered_converter
         from skl2onnx.common.shape_calculator import (
-            calculate_linear_classifier_output_shapes, calculate_linear_regressor_output_shapes,
+            calculate_linear_classifier_output_shapes,
+            calculate_linear_regressor_output_shapes,
         )
         from xgboost import XGBClassifier, XGBRegressor
     except ImportError:

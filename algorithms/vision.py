@@ -21,15 +21,25 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import Field
 
 from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
-    Algorithm, AlgorithmError, Evaluation, Hyperparameters, ReportCallback, TrainData, TrainedModel,
-    atomic_save, read_meta, write_meta, checkpoint_due,
+    Algorithm,
+    AlgorithmError,
+    Evaluation,
+    Hyperparameters,
+    ReportCallback,
+    TrainData,
+    TrainedModel,
+    atomic_save,
+    checkpoint_due,
+    read_meta,
+    write_meta,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -179,7 +179,6 @@ def main() -> int:
             s.stop()
     results = {name: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2] for name, rs in runs.items()}
 
-    base = results["bare starlette+uvicorn"]["rps"]
     print(f"serving bench: {'image' if args.image else 'tabular'} digits ONNX, 1 instance/request, 16 connections, "
           f"{args.seconds:.0f}s x {args.rounds} interleaved rounds (median), load generator {args.loadgen}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -100,7 +100,7 @@ def sklearn_bench(root: Path, repeat: int) -> None:
         hp = algo.hyperparameters({})
         scale = algo.scale_numeric
 
-        def bare() -> float:
+        def bare(algo=algo, hp=hp, scale=scale) -> float:
             t0 = time.perf_counter()
             sc = StandardScaler(with_mean=scale, with_std=scale)
             a = sc.fit_transform(xtr.to_numpy(np.float64))
@@ -110,7 +110,7 @@ def sklearn_bench(root: Path, repeat: int) -> None:
             est.predict(sc.transform(xva.to_numpy(np.float64)))
             return time.perf_counter() - t0
 
-        def kiln() -> float:
+        def kiln(algo=algo, hp=hp) -> float:
             with tempfile.TemporaryDirectory() as wd:
                 t0 = time.perf_counter()
                 algo.train(data, hp, workdir=Path(wd))

@@ -103,7 +103,7 @@ class Capture:
 
     def _write(self, index: Path, day: str, instance: Any, prediction: Any) -> None:
         cid = uuid.uuid4().hex
-        rec: dict[str, Any] = {"id": cid, "time": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        rec: dict[str, Any] = {"id": cid, "time": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                                **self.ids, "file": None, "input": None, "prediction": prediction}
         data = instance.get("data") if isinstance(instance, dict) else None
         if isinstance(data, str) and len(instance) == 1:

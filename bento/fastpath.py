@@ -44,8 +44,9 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -165,7 +166,7 @@ class MicroBatcher:
                 while self.n < self.max_batch and (left := deadline - loop.time()) > 0:
                     try:
                         await asyncio.wait_for(self.wake.wait(), left)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     self.wake.clear()
             batch: list[tuple[list, asyncio.Future]] = []
@@ -445,7 +446,7 @@ class FastPath:
                 payload["errors"] = r.errors
             extra = hdrs + ([(b"www-authenticate", b"Bearer")] if r.status == 401 else [])
             await _send(send, r.status, orjson.dumps(payload), extra=extra)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             status = 504
             await _send(send, 504, orjson.dumps({"error": f"prediction took longer than {self.timeout}s", "request_id": rid}), extra=hdrs)
         except Exception:  # noqa: BLE001 - never a traceback to the client

@@ -27,7 +27,6 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -170,7 +169,7 @@ class ManagedServer:
         _atomic_json(self.dir / "server.json", {
             "pid": self.proc.pid, "port": self.port, "url": self.url, "model": self.cfg.model,
             "version": self.cfg.version, "serverId": self.server_id,
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+            "started": _dt.datetime.now(_dt.UTC).isoformat()})
 
     def _ready(self, timeout: float = 2.0) -> bool:
         try:
@@ -282,7 +281,7 @@ class ManagedServer:
             _atomic_json(self.dir / "server.json", {
                 "pid": self.proc.pid if self.proc else None, "port": self.port, "url": self.url,
                 "model": self.cfg.model, "version": version, "serverId": self.server_id,
-                "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+                "started": _dt.datetime.now(_dt.UTC).isoformat()})
         return True
 
     def __enter__(self) -> ManagedServer:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from kiln.controller.handlers import HANDLERS, PLANNED, Context, TemporaryError
-from kiln.errors import KilnError
 from kiln.controller.plan import Change, Plan
+from kiln.errors import KilnError
 
 if TYPE_CHECKING:
     from kiln.config import KilnConfig

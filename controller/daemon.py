@@ -42,7 +42,6 @@ when it made none for ``--stuck-after`` (default 10 intervals); ``/metrics`` is 
 
 from __future__ import annotations
 
-import datetime as dt
 import http.server
 import json
 import os

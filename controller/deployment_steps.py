@@ -267,7 +267,7 @@ def live_health(home: Path, enabled: bool = True) -> tuple[str, dict[str, Any] |
     if ready(info["url"]):
         return "Healthy", info
     started = _dt.datetime.fromisoformat(info["started"])
-    young = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() < START_TIMEOUT
+    young = (_dt.datetime.now(_dt.UTC) - started).total_seconds() < START_TIMEOUT
     return ("Progressing" if young else "Degraded"), info
 
 
@@ -308,7 +308,7 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
         assert srv.proc is not None
         info = {"pid": srv.proc.pid, "port": srv.port, "url": srv.url, "model": cfg.model, "version": cfg.version,
                 "serverId": srv.server_id, "fingerprint": fp,
-                "started": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+                "started": _dt.datetime.now(_dt.UTC).isoformat()}
         _write_json(home / "server.json", info)
         srv.proc = None  # daemon: this process must neither wait for it nor stop it
         if old_pid:

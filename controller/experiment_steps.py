@@ -75,9 +75,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.controller.steps import StepContext, workspace_dir
 from kiln._util.proc import pid_alive as _pid_alive
 from kiln.api.experiment import experiment_label
+from kiln.controller.steps import StepContext, workspace_dir
 from kiln.errors import ConfigError, KilnError
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def _run(ctx: StepContext) -> Path:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def write_json(path: Path, data: Any, *, indent: int | None = 1) -> None:

@@ -92,12 +92,11 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
           split: str | None, batch_size: int) -> int:
     """Predict every item of a dataset version with a registered model."""
     from kiln.bento.registry import Registry, default_home
+    from kiln.config import load_config
     from kiln.controller.dataset_steps import data_rel
     from kiln.controller.experiment_steps import load_train_data
     from kiln.data.formats import detect_format
     from kiln.data.versioning import DatasetRepo
-
-    from kiln.config import load_config
 
     cfg = load_config((ctx.find_root().obj or {}).get("repo") or ".")
     repo = cfg.repo

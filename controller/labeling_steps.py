@@ -51,8 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.controller.steps import StepContext, workspace_dir
 from kiln.api.experiment import from_experiment
+from kiln.controller.steps import StepContext, workspace_dir
 from kiln.errors import ConfigError, KilnError, NotFound
 
 if TYPE_CHECKING:

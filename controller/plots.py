@@ -108,7 +108,8 @@ def pr_curve(fig: Figure, data: dict[str, Any]) -> None:
 
 
 def roc_curve(fig: Figure, data: dict[str, Any]) -> None:
-    from sklearn.metrics import auc, roc_curve as roc
+    from sklearn.metrics import auc
+    from sklearn.metrics import roc_curve as roc
 
     y, scores, classes = _one_vs_rest(data)
     ax = fig.subplots()

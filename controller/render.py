@@ -202,7 +202,7 @@ def render_workflow(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSp
         inputs: list[dict[str, Any]] = []
         for k in t.args:
             inputs.append({"name": k})
-            args += [f"--arg", f"{k}={{{{inputs.parameters.{k}}}}}"]
+            args += ["--arg", f"{k}={{{{inputs.parameters.{k}}}}}"]
         container: dict[str, Any] = {"image": config.image, "command": ["kiln"], "args": args,
                                      "env": [{"name": "KILN_WORKFLOW", "value": "{{workflow.name}}"},
                                              {"name": "KILN_NODE", "value": "{{pod.name}}"}]}

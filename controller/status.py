@@ -43,7 +43,7 @@ def _ago(ts: str) -> str:
         then = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
     except ValueError:
         return ts
-    secs = int((dt.datetime.now(dt.timezone.utc) - then).total_seconds())
+    secs = int((dt.datetime.now(dt.UTC) - then).total_seconds())
     for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
         if secs >= n:
             return f"{secs // n}{unit} ago"

@@ -12,10 +12,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from kiln.config import KilnConfig
 from kiln.errors import KilnError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
@@ -25,10 +29,26 @@ class StepContext:
     spec: dict[str, Any]           # the composed spec document
     spec_hash: str
     args: dict[str, str] = field(default_factory=dict)
+    _models: dict[type, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.ref.split("/")[0]
+
+    @property
+    def workspace(self) -> str:
+        return self.ref.split("/")[1]
 
     @property
     def name(self) -> str:
         return self.ref.split("/")[2]
+
+    def model(self, cls: type[M]) -> M:
+        """The spec document validated as ``cls`` (e.g. ``ctx.model(Dataset).spec``), once per
+        step: steps get the typed spec, never a dict with defaults filled in by hand."""
+        if cls not in self._models:
+            self._models[cls] = cls.model_validate(self.spec)
+        return self._models[cls]
 
     def store(self):  # -> StateStore
         from kiln.state import open_store

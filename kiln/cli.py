@@ -204,8 +204,9 @@ def describe(ctx: click.Context, ref: str) -> int:
 @click.pass_context
 def render(ctx: click.Context, ref: str, what: str, path: str | None) -> int:
     """Print KIND/NAME as composed from its templates and the workflow it runs as."""
-    from kiln.controller.status import find_spec
     import yaml
+
+    from kiln.controller.status import find_spec
 
     cfg = _config(ctx)
     spec = find_spec(cfg, ref, path)

@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from kiln._util.yamlpos import _Loader, document_line, format_path, locate
 from kiln.api import API_VERSION, KINDS
 from kiln.errors import SpecIssue
-from kiln._util.yamlpos import _Loader, document_line, format_path, locate
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 

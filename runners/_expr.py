@@ -326,7 +326,7 @@ def go_date(layout: str, value: Any) -> str:
         except ValueError as exc:
             raise ExprError(f"sprig.date: {value!r} is not a timestamp") from exc
     elif isinstance(value, (int, float)):
-        t = _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+        t = _dt.datetime.fromtimestamp(value, _dt.UTC)
     elif isinstance(value, _dt.datetime):
         t = value
     else:
@@ -351,7 +351,7 @@ def _sprig_default(default: Any, *given: Any) -> Any:
 
 _SPRIG: dict[str, Callable[..., Any]] = {
     "date": go_date,
-    "now": lambda: _dt.datetime.now(_dt.timezone.utc),
+    "now": lambda: _dt.datetime.now(_dt.UTC),
     "upper": lambda s: str(s).upper(),
     "lower": lambda s: str(s).lower(),
     "title": lambda s: str(s).title(),
@@ -436,7 +436,7 @@ _PLAIN: dict[str, Callable[..., Any]] = {
     "last": lambda lst: lst[-1] if lst else None,
     "reverse": lambda lst: list(reversed(lst)),
     "sort": lambda lst: sorted(lst),
-    "now": lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    "now": lambda: _dt.datetime.now(_dt.UTC).isoformat(),
 }
 
 _PREDICATES = {"filter", "map", "all", "any", "none", "one", "count", "find", "findIndex", "sum"}

@@ -8,7 +8,6 @@ Runs live under ``<repo>/.kiln/runs`` (the repo is ``kiln -C``, else the current
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path

@@ -1658,7 +1658,7 @@ class _Run:
             return None
         if memo.get("maxAge"):
             created = _dt.datetime.fromisoformat(entry["createdAt"].replace("Z", "+00:00"))
-            age = (_dt.datetime.now(_dt.timezone.utc) - created).total_seconds()
+            age = (_dt.datetime.now(_dt.UTC) - created).total_seconds()
             if age > parse_duration(memo["maxAge"], "memoize.maxAge"):
                 return None
         return {"key": key, "cacheName": cache, "outputs": entry.get("outputs") or {}}

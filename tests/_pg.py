@@ -29,9 +29,9 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 ENV = "KILN_TEST_POSTGRES_URL"
 INSTALL_HINT = "apt-get update && apt-get install -y postgresql"

@@ -19,7 +19,6 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from tests.fake_kube_api import FakeKube
 from kiln.errors import ConfigError, WorkflowError
 from kiln.runners.argo import (
     SPEC_HASH_LABEL,
@@ -30,6 +29,7 @@ from kiln.runners.argo import (
     pod_name,
 )
 from kiln.runners.base import Runner
+from tests.fake_kube_api import FakeKube
 
 TOKEN = "s3cret-token"
 EXAMPLES = next((p for p in ([Path(os.environ["KILN_ARGO_EXAMPLES"])] if os.environ.get("KILN_ARGO_EXAMPLES") else

@@ -4,7 +4,6 @@ runner (fetch -> validate -> preprocess -> split -> version) with real DVC; `kil
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

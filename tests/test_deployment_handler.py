@@ -13,12 +13,13 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tests.helpers import deployment_server_pids as _server_pids, kiln, write
+from tests.helpers import deployment_server_pids as _server_pids
+from tests.helpers import kiln, write
 
 pytest.importorskip("bentoml")
 pytest.importorskip("sklearn")

@@ -182,7 +182,7 @@ class DeploymentHandler(WorkflowHandler):
 
     def delete(self, ctx: Context) -> list[str]:
         from kiln.bento.auth import TokenStore, default_token_file
-        from kiln.controller.deployment_steps import stop_pid, _read_json
+        from kiln.controller.deployment_steps import _read_json, stop_pid
 
         assert ctx.record is not None
         rec = ctx.record

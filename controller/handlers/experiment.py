@@ -93,7 +93,6 @@ class ExperimentHandler(WorkflowHandler):
         return self.live_extra(ctx)
 
     def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:
-        from kiln.controller.experiment_steps import experiment_home
 
         items: list[dict[str, Any]] = []
         reg = outputs.get("register")

@@ -64,9 +64,8 @@ class LabelingJobHandler(Handler):
 
     @classmethod
     def unavailable(cls, spec: LoadedSpec) -> str | None:
-        from kiln.controller.labeling_steps import pre_annotation_unavailable
-
         from kiln.controller.dataset_steps import data_rel
+        from kiln.controller.labeling_steps import pre_annotation_unavailable
 
         s = spec.obj.spec
         if s.task.startswith("tabular"):

@@ -34,7 +34,7 @@ class WorkflowHandler(Handler):
             manifest = render_workflow(ctx.config, spec, workspace=workspace, **args)
             try:
                 wf = run_workflow(ctx.config, manifest, on_progress=lambda p: _mirror(ctx, p, self.live_extra))
-            except WorkflowError as exc:
+            except WorkflowError:
                 detail = _failure_detail(ctx.config, manifest["metadata"]["name"])
                 if detail is None:
                     raise

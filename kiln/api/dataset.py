@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from kiln.api.common import DataType, DatasetRef, Metadata, Model, Name, Task
+from kiln.api.common import DatasetRef, DataType, Metadata, Model, Name, Task
 
 Format = Literal["auto", "image-folder", "coco", "segmentation-json", "studio", "masks", "csv"]
 

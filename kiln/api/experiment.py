@@ -3,13 +3,13 @@ register the chosen model. One spec drives the local runner and Argo alike."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from kiln.api.common import DatasetRef, Metadata, Model, Name, ResourceRequest, Task
 
-HyperValue = Union[bool, int, float, str]
+HyperValue = bool | int | float | str
 
 
 def experiment_label(workspace: str, name: str) -> str:
@@ -62,7 +62,7 @@ class ChoiceParam(Model):
     values: list[HyperValue] = Field(..., min_length=1)
 
 
-SearchParam = Annotated[Union[FloatParam, IntParam, ChoiceParam], Field(discriminator="type")]
+SearchParam = Annotated[FloatParam | IntParam | ChoiceParam, Field(discriminator="type")]
 
 
 class Objective(Model):

@@ -603,7 +603,7 @@ def _apply_images(content: DatasetContent, ops: list[Op], stage: Path, seed: int
 
     files = stage / "files"
     new_items = []
-    for idx, it in enumerate(content.items):
+    for it in content.items:
         rng = random.Random(f"{seed}:{it.path}")
         with Image.open(content.abspath(it.path)) as im:
             mode = "L" if im.mode in ("L", "I", "I;16") else "RGB"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +192,7 @@ class DatasetRepo:
                 return Version(**v)
         v = Version(id=vid, path=rel, files=int(out.get("nfiles", 1)), size=int(out.get("size", 0)),
                     per_class_counts=self._counts(self.root / rel, content),
-                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    created=datetime.now(UTC).isoformat(timespec="seconds"),
                     lineage=lineage if lineage is not None else getattr(content, "lineage", None), out=out,
                     pushed=[remote_name] if push else [])
         log["versions"].append(asdict(v))

@@ -15,9 +15,8 @@ containers, copy before changing them (``dataclasses.replace(rec, extra={**rec.e
 
 from __future__ import annotations
 
-import json
-
 import datetime as _dt
+import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -39,7 +38,7 @@ STEP_STATES = ("started", "succeeded", "failed")
 
 def utcnow() -> str:
     """Now, as the store writes timestamps."""
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     # microseconds: step progress is ordered by start time, and steps start within a millisecond
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
 

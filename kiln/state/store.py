@@ -48,17 +48,18 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from kiln._util.redact import redact, redact_text
 from kiln.errors import ConfigError, StateError
-from kiln.state.records import Attempt, Condition, ObjectRecord, StepProgress, record_from_row, utcnow
+from kiln.state.records import Attempt, ObjectRecord, StepProgress, record_from_row, utcnow
 
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "SUPPORTED_BACKENDS", "StateStore", "open_store",
            "default_url"]

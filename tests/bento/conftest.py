@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List
 
 import numpy as np
 import pytest
@@ -40,8 +40,8 @@ def png_b64(arr: np.ndarray) -> str:
 class BrightBox(torch.nn.Module):
     """Detector stand-in: one box around the pixels brighter than 0.5, label 1."""
 
-    def forward(self, x: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
-        out: List[Dict[str, torch.Tensor]] = []
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        out: list[dict[str, torch.Tensor]] = []
         for i in range(x.shape[0]):
             m = x[i].mean(0) > 0.5
             ys = torch.nonzero(m.any(1)).flatten()
@@ -65,9 +65,9 @@ class BrightMask(torch.nn.Module):
 def _iris(repo: Path, reg: Registry) -> int:
     import joblib
     import pandas as pd
+    from skl2onnx import to_onnx
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
-    from skl2onnx import to_onnx
 
     from kiln.data.preprocess import Pipeline, make_op
 

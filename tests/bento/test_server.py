@@ -3,9 +3,7 @@ kiln service: EasyMaker formats, fast path, auth, errors, capture, load, health,
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
-import io
 import json
 import shutil
 import subprocess
@@ -226,7 +224,7 @@ def test_update_to_new_version_and_health(serving_repo: Path) -> None:
     v2 = reg.register("masks", reg.path("masks", 1), "torch")  # a copy of v1's directory
     with ManagedServer(ServeConfig(deployment="masks-upd", model="masks", version=1, public=True), serving_repo) as s:
         assert s.health() == "Healthy"
-        old_pid, old_port = s.proc.pid, s.port
+        old_port = s.port
         assert s.update(v2) is True
         assert s.port != old_port and s.health() == "Healthy"
         assert httpx.get(f"{s.url}/openapi.json").json()["x-kiln"]["version"] == v2

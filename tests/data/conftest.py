@@ -15,7 +15,7 @@ pytest.importorskip("pycocotools")
 from kiln.data.samples import COLORS, draw_shapes  # noqa: E402
 
 
-def shape_image(seed: int, size: int = 32) -> tuple["np.ndarray", list[tuple[str, list[int]]]]:
+def shape_image(seed: int, size: int = 32) -> tuple[np.ndarray, list[tuple[str, list[int]]]]:
     """A noisy background with 1-2 filled rectangles; returns pixels and [(colour, [x,y,w,h])]."""
     arr, objects = draw_shapes(seed, size, count=1 + seed % 2, kinds=("square",), min_side=6, max_side=11)
     return arr, [(o["color"], o["bbox"]) for o in objects]

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from kiln.labeling import server
-from kiln.labeling.client import (ImportItem, LabelingClient, LabelStudioUnavailable, Prediction,
-                                  box_region)
+from kiln.labeling.client import ImportItem, LabelingClient, LabelStudioUnavailable, Prediction, box_region
 from kiln.labeling.export import completion, to_content
 
 np = pytest.importorskip("numpy")

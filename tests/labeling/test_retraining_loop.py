@@ -79,7 +79,7 @@ output: {dataset: base}
 }
 
 
-def digits(n_per_class: int, offset: int) -> list[tuple[str, "np.ndarray"]]:
+def digits(n_per_class: int, offset: int) -> list[tuple[str, np.ndarray]]:
     """(class, 16x16 RGB image) of scikit-learn's bundled digits 0-2, ``offset`` items in."""
     from sklearn.datasets import load_digits
 
@@ -94,7 +94,7 @@ def digits(n_per_class: int, offset: int) -> list[tuple[str, "np.ndarray"]]:
     return out
 
 
-def png_b64(arr: "np.ndarray") -> str:
+def png_b64(arr: np.ndarray) -> str:
     import io
 
     buf = io.BytesIO()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa

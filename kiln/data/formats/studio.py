@@ -19,8 +19,16 @@ from typing import Any
 
 from kiln.data.errors import DatasetFormatError
 from kiln.data.formats import _masks
-from kiln.data.formats._base import (DatasetFormat, ignored, is_image, place_file, read_json, unique_name,
-                                     verify_image, write_json_atomic)
+from kiln.data.formats._base import (
+    DatasetFormat,
+    ignored,
+    is_image,
+    place_file,
+    read_json,
+    unique_name,
+    verify_image,
+    write_json_atomic,
+)
 from kiln.data.formats.segmentation_json import check_mask
 from kiln.data.model import Annotation, DatasetContent, Item, normalize_split, normalize_task
 
@@ -54,7 +62,7 @@ class Studio(DatasetFormat):
     def load(cls, root: Path, task: str | None = None, *, verify: bool = True, **options: object) -> DatasetContent:
         meta, cats = cls._meta(root)
         imgs = {p.stem: p for p in sorted((root / "images").iterdir()) if p.is_file() and not ignored(p.name)}
-        for stem, p in imgs.items():
+        for p in imgs.values():
             if not is_image(p.name):
                 raise DatasetFormatError(p, "not a PNG or JPEG image")
         ann_dir, lab_dir = root / "annotations", root / "labels"
