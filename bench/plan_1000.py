@@ -140,9 +140,12 @@ def main() -> None:
         generate(root, args.specs)
         record_as_applied(root)
         cmd = [sys.executable, "-m", "kiln.cli", "plan", "--detailed-exitcode"]
+        import os
         import shutil
 
-        cold = best(cmd, root, args.repeat, lambda: shutil.rmtree(root / ".kiln" / "cache", ignore_errors=True))
+        # the parse cache lives in the user's cache folder (kiln.loader.spec_cache_dir): a private one here
+        os.environ["KILN_SPEC_CACHE_DIR"] = str(root / "spec-cache")
+        cold = best(cmd, root, args.repeat, lambda: shutil.rmtree(root / "spec-cache", ignore_errors=True))
         best(cmd, root, 1)  # fill the parse cache
         plan = best(cmd, root, args.repeat)
         parse = best([sys.executable, "-c", PARSE_ONLY], root, args.repeat)

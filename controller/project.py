@@ -12,19 +12,42 @@ from pathlib import Path
 from typing import Any
 
 from kiln.config import KilnConfig
-from kiln.errors import SpecErrors
-from kiln.loader import SpecSet, load_specs
+from kiln.errors import ConfigError, SpecErrors
+from kiln.loader import SpecSet, load_specs, spec_cache_dir
 from kiln.validate import validate
 
 
 def load_valid(config: KilnConfig, path: str | os.PathLike[str] | None = None) -> SpecSet:
     """Load and validate; raise ``SpecErrors`` listing every problem."""
+    refuse_committed_private_files(config)
+    # the parse cache lives in the user's cache folder, and only once the repo has been used
     specs = load_specs(Path(path) if path else config.specs_dir(), config.templates_dir(),
-                       cache_dir=config.kiln_dir() / "cache" if config.kiln_dir().is_dir() else None)
+                       cache_dir=spec_cache_dir(config.repo) if config.kiln_dir().is_dir() else None)
     issues = validate(specs)
     if issues:
         raise SpecErrors(issues=issues)
     return specs
+
+
+def refuse_committed_private_files(config: KilnConfig) -> None:
+    """``.kiln/`` is kiln's own state (the SQLite store, workspaces' data, locks). A commit that
+    carries files there would have kiln read what a pull request wrote as if kiln had written it
+    (a forged state makes the plan lie), so validate, plan and apply refuse such a checkout."""
+    import subprocess
+
+    if not (config.repo / ".git").exists():
+        return
+    try:
+        out = subprocess.run(["git", "-C", str(config.repo), "ls-files", "-z", "--", ".kiln"],
+                             capture_output=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no git: nothing is committed that we could tell
+    tracked = [f for f in out.decode(errors="replace").split("\0") if f]
+    if tracked:
+        shown = ", ".join(tracked[:3]) + (f" and {len(tracked) - 3} more" if len(tracked) > 3 else "")
+        raise ConfigError(f"kiln's private folder .kiln/ is committed to git ({shown}); kiln never "
+                          "reads its state from a commit",
+                          hint="git rm -r --cached .kiln && echo .kiln/ >> .gitignore, then commit")
 
 
 def _scope(config: KilnConfig, path: str | os.PathLike[str] | None) -> str:

@@ -174,6 +174,21 @@ class _Entry:
     ignored: int
 
 
+def spec_cache_dir(repo: Path) -> Path | None:
+    """Where the parse cache of the repository ``repo`` lives: in the user's cache folder
+    (``$KILN_SPEC_CACHE_DIR``, else ``$XDG_CACHE_HOME/kiln/spec-cache``, else
+    ``~/.cache/kiln/spec-cache``), one folder per repository path, never inside the repository:
+    a pull request can add any file to the repository, so nothing there may be deserialised
+    (docs/security.md)."""
+    base = os.environ.get("KILN_SPEC_CACHE_DIR") or (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kiln" / "spec-cache")
+    try:
+        key = hashlib.sha256(str(Path(repo).resolve()).encode()).hexdigest()[:24]
+    except OSError:
+        return None
+    return Path(base) / key
+
+
 class _ParseCache:
     """Parsed and validated documents by the SHA-256 of their file's bytes.
 
@@ -181,9 +196,15 @@ class _ParseCache:
     problems or templates are never cached: they are parsed every time (templates can change
     under them). The cache is keyed by kiln's version and the spec models' source, and is
     rewritten atomically only when something changed; a damaged cache is ignored.
+
+    The file is a pickle (validated pydantic models load ~4x faster than re-validating), so it
+    is only ever read after its HMAC-SHA256 checks out under a key that kiln created in the
+    user's own cache folder (0600): a cache that kiln did not write itself, for this user, is
+    never unpickled. The folder comes from :func:`spec_cache_dir`, outside the repository.
     """
 
     FILE = "specs.pickle"
+    MAGIC = b"kiln-spec-cache/1\n"
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / self.FILE
@@ -191,15 +212,35 @@ class _ParseCache:
         self.old: dict[str, _Entry] = {}
         self.new: dict[str, _Entry] = {}
         self.dirty = False
+        self.key = _cache_key(folder.parent)
+        if self.key is None:
+            return
+        try:
+            blob = self.path.read_bytes()
+        except OSError:
+            return
+        payload = self._verified(blob)
+        if payload is None:
+            return
         try:
             import pickle
 
-            with open(self.path, "rb") as fh:
-                stamp, entries = pickle.load(fh)
+            stamp, entries = pickle.loads(payload)  # authenticated above: written by this user's kiln
             if stamp == self.stamp:
                 self.old = entries
-        except Exception:  # missing, damaged or from another kiln: parse afresh
+        except Exception:  # damaged or from another kiln: parse afresh
             pass
+
+    def _verified(self, blob: bytes) -> bytes | None:
+        import hmac
+
+        assert self.key is not None
+        head = len(self.MAGIC) + 32
+        if len(blob) < head or not blob.startswith(self.MAGIC):
+            return None
+        mac, payload = blob[len(self.MAGIC):head], blob[head:]
+        good = hmac.new(self.key, payload, hashlib.sha256).digest()
+        return payload if hmac.compare_digest(mac, good) else None
 
     @staticmethod
     def _key(text: str) -> str:
@@ -217,19 +258,45 @@ class _ParseCache:
         self.dirty = True
 
     def save(self) -> None:
-        if not self.dirty and len(self.new) == len(self.old):
+        if self.key is None or (not self.dirty and len(self.new) == len(self.old)):
             return
+        import hmac
         import pickle
-        import tempfile
 
+        from kiln._util.fs import write_bytes_atomic
+
+        payload = pickle.dumps((self.stamp, self.new), protocol=pickle.HIGHEST_PROTOCOL)
+        mac = hmac.new(self.key, payload, hashlib.sha256).digest()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".specs-")
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump((self.stamp, self.new), fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, self.path)
+            write_bytes_atomic(self.path, self.MAGIC + mac + payload)
         except OSError:
-            pass  # a read-only checkout still plans, just without the cache
+            pass  # a read-only home still plans, just without the cache
+
+
+def _cache_key(folder: Path) -> bytes | None:
+    """The secret that authenticates this user's parse caches: 32 random bytes in
+    ``<cache>/spec-cache/key``, created 0600 in a 0700 folder on first use. None when it cannot
+    be had safely (unwritable home, a key file readable by others): then nothing is cached."""
+    import secrets
+    import stat
+
+    path = folder / "key"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+        st = os.stat(path, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.getuid():
+            return None
+        key = path.read_bytes()
+    except OSError:
+        return None
+    return key if len(key) == 32 else None
 
 
 def _models_stamp() -> str:

@@ -35,10 +35,13 @@ def pg_server() -> Iterator[str]:
 def _private_kiln_slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The local runner's machine-wide pod slots, private to this test session: other kiln
     processes on the machine (another checkout's tests) must not throttle these tests."""
-    old = os.environ.get("KILN_SLOTS_DIR")
+    old = {k: os.environ.get(k) for k in ("KILN_SLOTS_DIR", "KILN_SPEC_CACHE_DIR")}
     os.environ["KILN_SLOTS_DIR"] = str(tmp_path_factory.mktemp("kiln-slots"))
+    # spec parse caches of the test repos stay out of the user's cache folder
+    os.environ["KILN_SPEC_CACHE_DIR"] = str(tmp_path_factory.mktemp("kiln-spec-cache"))
     yield
-    if old is None:
-        os.environ.pop("KILN_SLOTS_DIR", None)
-    else:
-        os.environ["KILN_SLOTS_DIR"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
