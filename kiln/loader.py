@@ -28,6 +28,15 @@ from kiln.errors import SpecIssue
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
+# Limits on what one spec may be, checked before anything else reads it (docs/security.md): a
+# pull request must not be able to exhaust memory in validate, plan or apply.
+MAX_FILE_BYTES = 1024 * 1024       # a spec file; data belongs in a dataset source, not in a spec
+MAX_NODES = 100_000                # values in one document, every alias counted where it is used
+MAX_DEPTH = 64                     # nesting of mappings and lists
+# A document's spec travels to each workflow task as one argument (`kiln step --spec`), and Linux
+# caps one argument at 128 KiB: refuse it here, with its file and line, rather than in apply.
+MAX_DOC_JSON = 96 * 1024
+
 
 @dataclass
 class SourceFile:
@@ -61,8 +70,7 @@ class LoadedSpec:
     @property
     def spec_hash(self) -> str:
         if self._hash is None:
-            canon = json.dumps(self.doc, sort_keys=True, separators=(",", ":"), default=str)
-            self._hash = hashlib.sha256(canon.encode()).hexdigest()[:16]
+            self._hash = hashlib.sha256(_canonical(self.doc).encode()).hexdigest()[:16]
         return self._hash
 
     def where(self, path: list[str | int] | tuple = ()) -> tuple[int, int]:
@@ -128,6 +136,13 @@ def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] |
     for path in iter_spec_files(root, skip):
         result.files += 1
         try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                result.issues.append(SpecIssue(
+                    str(_display(path)), 1, 1, "", f"spec file is {size / 2**20:.1f} MiB, more than the "
+                    f"{MAX_FILE_BYTES // 2**20} MiB a spec file may be",
+                    "keep data out of specs: put it in a file and name it in a Dataset's source"))
+                continue
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             result.issues.append(SpecIssue(str(_display(path)), 1, 1, "", f"cannot read: {exc}"))
@@ -143,6 +158,10 @@ def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] |
             before = (len(result.specs), len(result.issues), result.ignored)
         try:
             docs = list(yaml.load_all(text, Loader=_Loader))
+        except RecursionError:
+            result.issues.append(SpecIssue(str(src.path), 1, 1, "",
+                                           f"the document is nested more than {MAX_DEPTH} levels deep"))
+            continue
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -318,6 +337,10 @@ def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
     if not isinstance(doc, dict):
         issue([], f"expected a mapping with apiVersion, kind, metadata, spec; got {type(doc).__name__}")
         return None
+    too_big = _too_big(doc)
+    if too_big is not None:
+        issue([], too_big, "YAML anchors and aliases are expanded where they are used; write the values out")
+        return None
     api = doc.get("apiVersion")
     if api is None:
         issue([], "missing apiVersion", f"add `apiVersion: {API_VERSION}`")
@@ -360,8 +383,67 @@ def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
                 result.issues.append(SpecIssue(str(src.path), line, col, format_path(matched), msg, hint))
         return None
     md = obj.metadata  # type: ignore[attr-defined]  # every kind has metadata
-    return LoadedSpec(kind=kind, name=md.name, workspace=md.workspace, obj=obj, doc=doc,
+    spec = LoadedSpec(kind=kind, name=md.name, workspace=md.workspace, obj=obj, doc=doc,
                       source=src, index=index, composed=composed)
+    canon = _canonical(doc)
+    if len(canon) > MAX_DOC_JSON:
+        issue([], f"{kind}/{md.name} is {len(canon) // 1024} KiB as JSON, more than the "
+              f"{MAX_DOC_JSON // 1024} KiB a spec may be (it is passed to each workflow task)",
+              "move large values (lists of files, data) into a file the spec names")
+        return None
+    spec._hash = hashlib.sha256(canon.encode()).hexdigest()[:16]
+    return spec
+
+
+def _canonical(doc: dict[str, Any]) -> str:
+    """The document as the spec hash sees it (sorted keys, no spaces)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _too_big(doc: Any) -> str | None:
+    """Why a parsed document is too large or too deep to handle safely, or None. PyYAML shares
+    an anchored value between its aliases, so a 1 KB "billion laughs" document parses into a few
+    objects but expands into billions of values in anything that copies or serialises it; sizes
+    are therefore counted with every alias expanded, memoised per object so that the count itself
+    stays linear. A recursive alias (``&a [*a]``) can never be expanded."""
+    sizes: dict[int, tuple[int, int]] = {}   # id -> (expanded values, depth)
+    active: set[int] = set()
+
+    def walk(node: Any) -> tuple[int, int]:
+        if not isinstance(node, (dict, list)):
+            return 1, 0
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _Recursive
+        active.add(key)
+        children = list(node.values()) if isinstance(node, dict) else node
+        count, depth = 1 + (len(node) if isinstance(node, dict) else 0), 0
+        for child in children:
+            n, d = walk(child)
+            count, depth = count + n, max(depth, d + 1)
+            if count > MAX_NODES or depth > MAX_DEPTH:
+                break
+        active.discard(key)
+        sizes[key] = (count, depth)
+        return count, depth
+
+    try:
+        count, depth = walk(doc)
+    except _Recursive:
+        return "the document refers to itself through a YAML alias"
+    except RecursionError:
+        return f"the document is nested more than {MAX_DEPTH} levels deep"
+    if depth > MAX_DEPTH:
+        return f"the document is nested more than {MAX_DEPTH} levels deep"
+    if count > MAX_NODES:
+        return f"the document expands to more than {MAX_NODES:,} values"
+    return None
+
+
+class _Recursive(Exception):
+    pass
 
 
 def _strip_tags(loc: list[str | int]) -> list[str | int]:
