@@ -6,8 +6,10 @@ to threads and not yet recorded. Whichever thread records a task schedules the t
 ready; plain pods among them wait in the runner's gate as callables (``admission.PodGate``), and
 the rest start at once.
 
-Argo's ``failFast`` is not read: a failure omits the tasks that depend on it, and independent
-branches run on (see the report of the house refactor; CONFORMANCE.md describes it).
+Argo's ``failFast`` (default true: no new task starts once one has failed) is not read: a
+failure omits only the tasks that depend on it, and independent branches run on, as with
+``failFast: false``. A known gap, kept as it was by the house refactor (no behaviour change);
+the failFast line of runners/CONFORMANCE.md overstates what happens.
 """
 
 from __future__ import annotations
