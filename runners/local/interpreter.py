@@ -375,7 +375,9 @@ class _Run(RunState):
         scope[f"{prefix}.startedAt"] = node["startedAt"]
         scope[f"{prefix}.finishedAt"] = node.get("finishedAt") or ""
         if children is not None:  # fanned out: aggregate as JSON lists
-            plist, results, per_name = [], [], {}
+            plist: list[dict] = []
+            results: list[Any] = []
+            per_name: dict[str, list[Any]] = {}
             for ch in children:
                 outs = ch.get("outputs") or {}
                 if outs.get("parameters"):
