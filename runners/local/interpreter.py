@@ -15,19 +15,24 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln._util.clock import utcnow_seconds
 from kiln._util.fs import write_json_atomic
 from kiln.errors import WorkflowError
 from kiln.runners import _expr
 from kiln.runners._template import UnresolvedTag, nested_env, render, render_obj
+from kiln.runners.base import Workflow
 from kiln.runners.local.admission import run_parallel, start
 from kiln.runners.local.common import DONE, FAILED, NODE_TYPES, TEMPLATE_KINDS, Stopped, fnv32a, parse_duration
 from kiln.runners.local.dag import DagRun
 from kiln.runners.local.pod import Pod
 from kiln.runners.local.state import RunState
+
+if TYPE_CHECKING:
+    from kiln.runners.local.runner import LocalRunner
 
 
 def _item_label(item: Any) -> str:
@@ -54,8 +59,9 @@ class _Run(RunState):
     """One workflow run: interprets its templates (steps, DAGs, pods, retries, memoization,
     exit handlers) on top of the run's bookkeeping (:class:`~kiln.runners.local.state.RunState`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, runner: LocalRunner, manifest: Workflow, run_dir: Path, run_hash: str,
+                 prev: Workflow | None, on_update: Callable[[Workflow], None] | None) -> None:
+        super().__init__(runner, manifest, run_dir, run_hash, prev, on_update)
         self.plans: dict[str, list[tuple[str, Any, bool]]] = {}
         self.exe_cache: dict[tuple[str, str], str] = {}
 
