@@ -62,6 +62,9 @@ STOP_MESSAGE_ANNOTATION = "kiln.dev/stop-message"
 POD_NAME_FORMAT_ANNOTATION = "workflows.argoproj.io/pod-name-format"
 MAIN_CONTAINER = "main"
 FINISHED = ("Succeeded", "Failed", "Error")
+# ArgoRunner._call: no if_missing given (a 404 raises), and "the object was already gone"
+_RAISE = object()
+_GONE = object()
 INSTALL_HINT = (
     "install Argo Workflows: kubectl create namespace argo && kubectl apply -n argo -f "
     "https://github.com/argoproj/argo-workflows/releases/download/v4.1.2/install.yaml"
@@ -267,11 +270,14 @@ class ArgoRunner(Runner):
     def _core(self) -> k8s.CoreV1Api:
         return k8s.CoreV1Api(self._client())
 
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run one API call; turn every transport/HTTP failure into a one-line WorkflowError."""
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, if_missing: Any = _RAISE, **kwargs: Any) -> Any:
+        """Run one API call; turn every transport/HTTP failure into a one-line WorkflowError.
+        With ``if_missing``, a 404 for the object itself (not for a missing API) returns it."""
         try:
             return fn(*args, _request_timeout=self._timeout(), **kwargs)
         except ApiException as exc:
+            if if_missing is not _RAISE and exc.status == 404 and _is_object_not_found(exc):
+                return if_missing
             raise self._api_error(exc, what) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._transport_error(exc, what) from None
@@ -318,15 +324,8 @@ class ArgoRunner(Runner):
     # -- raw object access ----------------------------------------------------------------------
 
     def _get_raw(self, name: str) -> Workflow | None:
-        try:
-            return self._custom().get_namespaced_custom_object(
-                GROUP, VERSION, self.config.namespace, PLURAL, name, _request_timeout=self._timeout())
-        except ApiException as exc:
-            if exc.status == 404 and _is_object_not_found(exc):
-                return None
-            raise self._api_error(exc, f"reading workflow '{name}'") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise self._transport_error(exc, f"reading workflow '{name}'") from None
+        return self._call(f"reading workflow '{name}'", self._custom().get_namespaced_custom_object,
+                          GROUP, VERSION, self.config.namespace, PLURAL, name, if_missing=None)
 
     def _create(self, manifest: Workflow) -> Workflow:
         return self._call(f"creating workflow '{_name_of(manifest)}'", self._custom().create_namespaced_custom_object,
@@ -334,17 +333,10 @@ class ArgoRunner(Runner):
 
     def _delete_raw(self, name: str) -> bool:
         """Delete; False if it was already gone."""
-        try:
-            self._custom().delete_namespaced_custom_object(
-                GROUP, VERSION, self.config.namespace, PLURAL, name,
-                propagation_policy="Background", _request_timeout=self._timeout())
-            return True
-        except ApiException as exc:
-            if exc.status == 404 and _is_object_not_found(exc):
-                return False
-            raise self._api_error(exc, f"deleting workflow '{name}'") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise self._transport_error(exc, f"deleting workflow '{name}'") from None
+        gone = self._call(f"deleting workflow '{name}'", self._custom().delete_namespaced_custom_object,
+                          GROUP, VERSION, self.config.namespace, PLURAL, name, propagation_policy="Background",
+                          if_missing=_GONE)
+        return gone is not _GONE
 
     def _wait_gone(self, name: str) -> None:
         # Deletion is asynchronous (finalizers, e.g. Argo's artifact GC); creating the new object
@@ -360,14 +352,8 @@ class ArgoRunner(Runner):
 
     # -- Runner API -----------------------------------------------------------------------------
 
-    def submit(
-        self,
-        manifest: Workflow,
-        *,
-        parameters: dict[str, str] | None = None,
-        wait: bool = True,
-        on_update: Callable[[Workflow], None] | None = None,
-    ) -> Workflow:
+    def submit(self, manifest: Workflow, *, parameters: dict[str, str] | None = None, wait: bool = True,
+               on_update: Callable[[Workflow], None] | None = None) -> Workflow:
         body = self._prepare(manifest, parameters)
         name = body["metadata"].get("name")
         if not name:

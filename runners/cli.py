@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -104,5 +105,4 @@ def run_workflow(ctx: click.Context, file: str, params: tuple[str, ...], output:
 
 
 def threading_main() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,401 @@
+"""Pod execution: one container/script node run as a host process group.
+
+A :class:`Pod` goes through its steps in order: lay out the sandbox (container paths mapped to
+private host paths), stage input artifacts, build argv and environment, take its places
+(:mod:`kiln.runners.local.admission`), spawn, pump stdout/stderr into the log until both pipes
+close, wait, and turn the exit code and the files it wrote into the node's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.errors import WorkflowError
+from kiln.runners import _expr
+from kiln.runners._template import nested_env, render
+from kiln.runners.local.admission import HANDOFF, hand
+from kiln.runners.local.common import image_base, parse_duration
+
+if TYPE_CHECKING:
+    from kiln.runners.local.interpreter import _Run
+
+# runners/_argosay.py, next to this package
+ARGOSAY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_argosay.py")
+
+SITECUSTOMIZE = '''\
+# written by kiln's local runner: seed `random` so examples that flip coins are reproducible
+import os, random
+_seed = os.environ.get("KILN_RANDOM_SEED")
+if _seed:
+    random.seed(_seed)
+'''
+
+ENV_PASSTHROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM",
+                   "SHELL", "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT")
+
+
+class Pod:
+    """One attempt of a container/script node, on the thread that runs it. :meth:`execute`
+    finishes the node (Succeeded, Failed or Error) unless it raises; the caller turns a
+    :class:`~kiln.runners.local.common.Stopped` or a ``WorkflowError`` into the node's phase."""
+
+    def __init__(self, run: _Run, node: dict, tmpl: dict, kind: str, local: dict[str, Any]) -> None:
+        self.run = run
+        self.node = node
+        self.tmpl = tmpl
+        self.kind = kind
+        self.local = local
+        self.c = tmpl[kind]
+        self.nid = node["id"]
+        self.sandbox = f"{run.dir_s}/tmp/{self.nid}"  # str, not Path: pathlib costs microseconds per join
+        self.workdir = f"{run.dir_s}/tmp"
+        self.pmap: dict[str, str] = {}
+        self.rx: re.Pattern[str] | None = None
+        # what admit() took, for leave()
+        self.gated = self.placed = self.wf_held = False
+        self.slot = -1
+        self.log_fd = -1  # the log file is created on the first byte: most `true`s print nothing
+
+    def execute(self) -> None:
+        self.lay_out()
+        self.stage_inputs()
+        argv = self.argv()
+        env = self.env()
+        cwd = self.c.get("workingDir")
+        cwd = cwd if cwd and os.path.isdir(cwd) else self.workdir
+        executable = self.run.which(argv[0], env.get("PATH", os.defpath))
+        deadline_s = self.deadline()
+        # a DAG task started through the gate already holds its place (see PodGate)
+        self.gated, HANDOFF.place = HANDOFF.place, False
+        try:
+            self.admit()
+            ended = self.spawn_and_wait(argv, executable, cwd, env, deadline_s)
+        finally:
+            self.leave()
+        if ended is not None:
+            self.conclude(*ended)
+
+    # ------------------------------------------------------------------ sandbox and inputs
+    def lay_out(self) -> None:
+        """Map the container paths the template declares to private host paths (longest first,
+        so /tmp/a/b wins over /tmp/a) and create the pod's sandbox when it needs one."""
+        tmpl, local = self.tmpl, self.local
+        outputs_spec = tmpl.get("outputs") or {}
+        cpaths: list[str] = []
+        for p in outputs_spec.get("parameters") or []:
+            if (p.get("valueFrom") or {}).get("path"):
+                cpaths.append(render(p["valueFrom"]["path"], local))
+        for a in outputs_spec.get("artifacts") or []:
+            if a.get("path"):
+                cpaths.append(render(a["path"], local))
+        for a in (tmpl.get("inputs") or {}).get("artifacts") or []:
+            if a.get("path"):
+                cpaths.append(a["path"])
+        sandbox = self.sandbox
+        pmap = self.pmap = {cp: f"{sandbox}/fs/{cp.lstrip('/')}" for cp in cpaths if cp.startswith("/")}
+        # a private folder only for pods that write files or scripts: mkdir is not free
+        if pmap or cpaths or self.kind == "script":
+            if os.path.exists(sandbox):
+                shutil.rmtree(sandbox, ignore_errors=True)
+            os.makedirs(sandbox)
+            self.workdir = sandbox
+        for hp in pmap.values():
+            os.makedirs(os.path.dirname(hp), exist_ok=True)
+        if pmap:
+            self.rx = re.compile(r"(?<![\w.])(" + "|".join(re.escape(p) for p in sorted(pmap, key=len, reverse=True))
+                                 + r")(?![\w.\-])")
+
+    def remap(self, s: str) -> str:
+        """``s`` with the mapped container paths replaced by their host paths."""
+        pmap = self.pmap
+        return self.rx.sub(lambda m: pmap[m.group(1)], s) if self.rx else s
+
+    def host_path(self, cp: str) -> Path:
+        return Path(self.pmap[cp]) if cp in self.pmap else Path(self.workdir, cp)  # an absolute cp stays as is
+
+    def stage_inputs(self) -> None:
+        """Input artifacts onto their (mapped) paths."""
+        tmpl = self.tmpl
+        for a in (tmpl.get("inputs") or {}).get("artifacts") or []:
+            art = self.local.get(f"inputs.artifacts.{a['name']}") or a
+            dest = self.host_path(a["path"]) if a.get("path") else None
+            if dest is None:
+                continue
+            if (art.get("raw") or {}).get("data") is not None:
+                dest.write_text(art["raw"]["data"])
+            elif (art.get("local") or {}).get("path"):
+                src = Path(art["local"]["path"])
+                if src.is_dir():
+                    shutil.copytree(src, dest, dirs_exist_ok=True)
+                else:
+                    shutil.copyfile(src, dest)
+            elif not a.get("optional"):
+                raise WorkflowError(f"input artifact {a['name']!r} of template {tmpl['name']!r} has no source",
+                                    hint="pass it with arguments.artifacts (from/raw) in the calling step")
+
+    # ------------------------------------------------------------------ argv, env, deadline
+    def argv(self) -> list[str]:
+        c, tmpl = self.c, self.tmpl
+        command = [self.remap(str(x)) for x in c.get("command") or []]
+        args = [self.remap(str(x)) for x in c.get("args") or []]
+        if self.kind == "script":
+            script = f"{self.sandbox}/script"
+            with open(script, "w") as f:
+                f.write(self.remap(c.get("source") or ""))
+            argv = (command or ["sh"]) + [script] + args
+        elif command:
+            argv = command + args
+        else:
+            if image_base(c.get("image") or "") != "argoproj/argosay":
+                raise WorkflowError(f"template {tmpl['name']!r}: no command and image {c.get('image')!r} cannot run on the host",
+                                    hint="give container.command")
+            argv = [sys.executable, ARGOSAY] + args
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        elif argv[0] == "kiln":  # kiln's own image: run this installation's kiln
+            argv = [sys.executable, "-m", "kiln.cli", *argv[1:]]
+        return argv
+
+    def env(self) -> dict[str, str]:
+        env = dict(self.run.base_env)
+        env["TMPDIR"] = self.workdir
+        if env.get("KILN_RANDOM_SEED"):
+            env["KILN_RANDOM_SEED"] = f"{env['KILN_RANDOM_SEED']}/{self.node['name']}"
+        for e in self.c.get("env") or []:
+            if "value" in e:
+                env[e["name"]] = self.remap(str(e["value"]))
+            elif e.get("valueFrom"):
+                raise WorkflowError(f"template {self.tmpl['name']!r}: env {e['name']!r} uses valueFrom, which the local runner cannot resolve",
+                                    hint="pass the value through KILN_* environment variables or a parameter")
+        return env
+
+    def deadline(self) -> float | None:
+        """Seconds the process may run: the smaller of activeDeadlineSeconds and timeout."""
+        tmpl = self.tmpl
+        deadline_s = None
+        for key in ("activeDeadlineSeconds", "timeout"):
+            if tmpl.get(key) not in (None, ""):
+                d = parse_duration(tmpl[key], f"template {tmpl['name']!r} {key}")
+                deadline_s = d if deadline_s is None else min(deadline_s, d)
+        return deadline_s
+
+    # ------------------------------------------------------------------ admission
+    def admit(self) -> None:
+        """Take spec.parallelism, then this runner's own cap (a thread that waited inside the slot
+        pool instead would be woken twice), then the machine-wide slot, shared with other kiln
+        processes and held while the process runs; the slot also caps this runner's own pods at
+        max_concurrency (slots 0..N-1 only). What was taken is recorded for :meth:`leave`."""
+        run = self.run
+        if run.wf_sem is not None:
+            while not run.wf_sem.acquire(timeout=0.2):
+                run.check_stop()
+            self.wf_held = True
+        if not self.gated:
+            run.runner.gate.acquire(run.check_stop)
+        self.placed = True
+        self.slot = run.runner.slots.acquire(run.runner.max_concurrency, run.check_stop)
+        run.check_stop()
+
+    def leave(self) -> None:
+        run = self.run
+        if self.slot >= 0:
+            run.runner.slots.release(self.slot)
+        if self.placed or self.gated:
+            # the freed place may go to a waiting DAG task: a gated pod's thread runs it next
+            hand(run.runner.gate.release(), inline=self.gated)
+        if self.wf_held and run.wf_sem is not None:
+            run.wf_sem.release()
+
+    # ------------------------------------------------------------------ the process
+    def spawn_and_wait(self, argv: list[str], executable: str, cwd: str, env: dict[str, str],
+                       deadline_s: float | None) -> tuple[int, list[bytes]] | None:
+        """(exit status, stdout chunks), or None when the process could not start (the node
+        is finished with Error then)."""
+        out_chunks: list[bytes] = []
+        try:
+            started = self.spawn(argv, executable, cwd, env, deadline_s)
+            if started is None:
+                return None
+            proc, out_r, err_r = started
+            try:
+                self.pump(out_r, err_r, out_chunks)
+            finally:
+                os.close(out_r)
+                os.close(err_r)
+            return proc.wait(), out_chunks
+        finally:
+            if self.log_fd >= 0:
+                os.close(self.log_fd)
+            with self.run.lock:
+                self.run.procs.pop(self.nid, None)
+
+    def spawn(self, argv: list[str], executable: str, cwd: str, env: dict[str, str],
+              deadline_s: float | None) -> tuple[subprocess.Popen, int, int] | None:
+        run = self.run
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)  # the child's dup2 drops CLOEXEC on fds 1 and 2
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            proc = subprocess.Popen(argv, executable=executable, cwd=cwd, env=env, stdin=devnull(), stdout=out_w, stderr=err_w,
+                                    start_new_session=True)
+        except OSError as exc:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            run.finish(self.node, "Error", f"cannot start {argv[0]!r}: {exc.strerror}")
+            return None
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        run.pods.add(proc.pid)
+        dl = time.monotonic() + deadline_s if deadline_s is not None else None
+        with run.lock:
+            run.procs[self.nid] = (proc, dl)  # the housekeeper kills it past dl (run.watch)
+            self.node["hostNodeName"] = run.hostname
+        return proc, out_r, err_r
+
+    def pump(self, out_r: int, err_r: int, out_chunks: list[bytes]) -> None:
+        """Copy stdout and stderr into the log (stdout also into ``out_chunks``) until both close."""
+        poller = select.poll()
+        poller.register(out_r, select.POLLIN)
+        poller.register(err_r, select.POLLIN)
+        open_fds = 2
+        while open_fds:
+            for fd, ev in poller.poll():
+                # a pipe whose writer closed with nothing left reports POLLHUP without
+                # POLLIN: most pods print nothing, so this saves a read per pipe
+                chunk = os.read(fd, 65536) if ev & select.POLLIN else b""
+                if not chunk:
+                    poller.unregister(fd)
+                    open_fds -= 1
+                    continue
+                if fd == out_r:
+                    out_chunks.append(chunk)
+                if self.log_fd < 0:
+                    self.log_fd = os.open(f"{self.run.dir_s}/logs/{self.nid}.log",
+                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+                os.write(self.log_fd, chunk)
+
+    # ------------------------------------------------------------------ outputs
+    def conclude(self, rc: int, out_chunks: list[bytes]) -> None:
+        run = self.run
+        stdout = b"".join(out_chunks).decode(errors="replace")
+        if rc < 0:  # killed by a signal: report it as a shell would (143 for SIGTERM)
+            rc = 128 - rc
+        outputs: dict[str, Any] = {"exitCode": str(rc)}
+        outputs["result"] = stdout.strip()
+        if self.nid in run.timed_out:
+            phase, msg = "Failed", "Pod was active on the node longer than the specified deadline"
+        elif run.stop_event.is_set():
+            phase, msg = "Failed", run.stop_message
+        elif rc != 0:
+            phase, msg = "Failed", f"Error (exit code {rc})"
+        else:
+            phase, msg = "Succeeded", ""
+        perr = self.collect_outputs(outputs, phase == "Succeeded")
+        if perr and phase == "Succeeded":
+            phase, msg = "Error", perr
+        run.finish(self.node, phase, msg, outputs)
+
+    def collect_outputs(self, outputs: dict, strict: bool) -> str:
+        """Output parameters and artifacts into ``outputs``; returns the first error, or ""."""
+        spec = self.tmpl.get("outputs") or {}
+        params, err = self.output_parameters(spec, outputs)
+        if params:
+            outputs["parameters"] = params
+        arts = []
+        for a in spec.get("artifacts") or []:
+            if not a.get("path"):
+                continue
+            src = self.host_path(render(a["path"], self.local))
+            dest = self.run.dir / "artifacts" / self.nid / a["name"]
+            if src.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if src.is_dir():
+                    shutil.copytree(src, dest, dirs_exist_ok=True)
+                else:
+                    shutil.copyfile(src, dest)
+                entry = {"name": a["name"], "path": a["path"], "local": {"path": str(dest)}}
+                if a.get("globalName"):
+                    entry["globalName"] = a["globalName"]
+                arts.append(entry)
+            elif not a.get("optional") and strict and not err:
+                err = f"output artifact {a['name']!r}: {a['path']} was not written"
+        if arts:
+            outputs["artifacts"] = arts
+        return err
+
+    def output_parameters(self, spec: dict, outputs: dict) -> tuple[list[dict], str]:
+        local = self.local
+        params = []
+        err = ""
+        for p in spec.get("parameters") or []:
+            vf = p.get("valueFrom") or {}
+            value = None
+            if "value" in p:
+                value = render(str(p["value"]), local)
+            elif vf.get("path"):
+                hp = self.host_path(render(vf["path"], local))
+                try:
+                    value = hp.read_text().strip()
+                except OSError:
+                    value = None
+            elif vf.get("expression"):
+                env_scope = dict(local)
+                env_scope["outputs.result"] = outputs.get("result", "")
+                env_scope["exitCode"] = outputs.get("exitCode", "")
+                try:
+                    value = _expr.format_value(_expr.evaluate(vf["expression"], nested_env(env_scope)))
+                except _expr.ExprError as exc:
+                    err = err or f"output parameter {p['name']!r}: {exc}"
+            if value is None and vf.get("default") is not None:
+                value = str(vf["default"])
+            if value is None:
+                if vf.get("path") and not err:
+                    err = f"output parameter {p['name']!r}: {vf['path']} was not written and there is no valueFrom.default"
+                continue
+            entry = {"name": p["name"], "value": value}
+            if p.get("globalName"):
+                entry["globalName"] = p["globalName"]
+            params.append(entry)
+        return params, err
+
+
+_DEVNULL_FD = -1
+
+
+def devnull() -> int:
+    """One read-only /dev/null fd for every pod's stdin (Popen would open and close one per pod)."""
+    global _DEVNULL_FD
+    if _DEVNULL_FD < 0:
+        _DEVNULL_FD = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _DEVNULL_FD
+
+
+def kill_group(p: subprocess.Popen) -> None:
+    """SIGTERM to the pod's process group, SIGKILL 2 s later if it is still there."""
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+
+    def hard() -> None:
+        time.sleep(2)
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    threading.Thread(target=hard, daemon=True).start()
