@@ -269,6 +269,14 @@ def _num(v: Any) -> int | float:
     return v
 
 
+def _int(v: Any) -> int:
+    """A range bound: expr-lang's ``..`` takes integers (a float here was a TypeError before)."""
+    n = _num(v)
+    if not isinstance(n, int):
+        raise ExprError(f"a range bound must be an integer, got {v!r}")
+    return n
+
+
 def _eq(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
         return a == b
@@ -550,7 +558,7 @@ class _Evaluator:
             found = (a in b) if isinstance(b, dict) else any(_eq(a, x) for x in b) if isinstance(b, list) else str(a) in str(b)
             return found if op == "in" else not found
         if op == "..":
-            return list(range(_num(a), _num(b) + 1))
+            return list(range(_int(a), _int(b) + 1))
         if op == "+":
             if isinstance(a, str) and isinstance(b, str):
                 return a + b

@@ -572,7 +572,7 @@ def _phase(raw: Workflow) -> str:
 
 def _params(wf: Workflow) -> list[tuple[str, Any]]:
     params = (((wf.get("spec") or {}).get("arguments") or {}).get("parameters")) or []
-    return sorted((p.get("name"), p.get("value")) for p in params if isinstance(p, dict))
+    return sorted((str(p.get("name")), p.get("value")) for p in params if isinstance(p, dict))
 
 
 def _same_run(existing: Workflow, body: Workflow) -> bool:
