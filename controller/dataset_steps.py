@@ -43,11 +43,12 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln._util.fs import write_json_atomic
+from kiln.api.dataset import Dataset, DatasetSpec
 from kiln.controller.steps import StepContext, workspace_dir
 from kiln.errors import ConfigError, KilnError
 
 if TYPE_CHECKING:
-    from kiln.api.dataset import DatasetSpec
     from kiln.config import KilnConfig
     from kiln.data.model import DatasetContent
 
@@ -69,19 +70,8 @@ def data_rel(workspace: str, name: str) -> str:
     return f"{DATA_ROOT}/{workspace}/{name}"
 
 
-def _ws_name(ctx: StepContext) -> tuple[str, str]:
-    _, ws, name = ctx.ref.split("/")
-    return ws, name
-
-
-def _spec(ctx: StepContext) -> DatasetSpec:
-    from kiln.api import Dataset
-
-    return Dataset.model_validate(ctx.spec).spec
-
-
 def _staging(ctx: StepContext) -> Path:
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     return dataset_home(ctx.config, ws, name) / "staging" / ctx.spec_hash
 
 
@@ -106,14 +96,7 @@ def _source_desc(spec: DatasetSpec) -> str:
     return f"dataset:{ref.workspace + '/' if ref.workspace else ''}{ref.name}@{ref.version}"
 
 
-# -- small atomic helpers ------------------------------------------------------------------------
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
+# -- stage folders -------------------------------------------------------------------------------
 
 def _fresh_tmp(stage_dir: Path) -> Path:
     """A clean temporary sibling for building ``stage_dir``; leftovers of killed tries go first."""
@@ -126,7 +109,7 @@ def _fresh_tmp(stage_dir: Path) -> Path:
 
 def _finish_stage(tmp: Path, stage_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     # summary first: once the folder has its final name, the stage counts as done
-    _write_json(stage_dir.with_name(stage_dir.name + ".json"), summary)
+    write_json_atomic(stage_dir.with_name(stage_dir.name + ".json"), summary, default=str)
     os.replace(tmp, stage_dir)
     return summary
 
@@ -295,7 +278,7 @@ def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any
 
         ref = src.dataset
         assert ref is not None
-        ws, _ = _ws_name(ctx)
+        ws = ctx.workspace
         dr = DatasetRepo(ctx.config.repo, remote_url=ctx.config.dvc.remote)
         v = dr.materialize(data_rel(ref.workspace or ws, ref.name), ref.version, out)
         extra["parentDataset"] = {"dataset": f"{ref.workspace or ws}/{ref.name}", "version": v.id}
@@ -312,7 +295,7 @@ def _fetch_capture(ctx: StepContext, deployment: str, out: Path) -> dict[str, An
 
     from kiln.controller.deployment_steps import capture_dir
 
-    ws, _ = _ws_name(ctx)
+    ws = ctx.workspace
     cap = capture_dir(ctx.config, ws, deployment)
     index = cap / "index.jsonl"
     if not index.is_file():
@@ -356,7 +339,7 @@ def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
 
     stage = _staging(ctx) / "source"
     done = _done(stage)
-    fp = source_fingerprint(ctx.config, _ws_name(ctx)[0], spec.source)
+    fp = source_fingerprint(ctx.config, ctx.workspace, spec.source)
     if done is not None and (fp is None or done.get("fingerprint") == fp[1]):
         return done
     if done is not None:  # the files changed since this spec's staging was filled (a failed run)
@@ -414,7 +397,7 @@ def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
     summary = {"format": content.format, "task": content.task, "items": n, "classes": len(counts),
                "contentHash": content.content_hash(), "from": src["from"],
                "parentDataset": src.get("parentDataset")}
-    _write_json(f, summary)
+    write_json_atomic(f, summary, default=str)
     return summary
 
 
@@ -423,14 +406,14 @@ def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
 def _merge_kiln_dir(prev: Path, new: Path, label: str | None) -> None:
     """Ops run one per task, so op-<i>'s own lineage/fitted pipeline covers op i only; prepend
     those of ops 0..i-1 so the final folder carries the whole chain (applied again at serving)."""
-    from kiln.data.formats._base import write_json_atomic
+    from kiln.data.formats._base import write_dataset_json
 
     pk, nk = prev / ".kiln", new / ".kiln"
     if not (pk / "lineage.json").is_file():
         return
     plin = json.loads((pk / "lineage.json").read_text())
     nlin = json.loads((nk / "lineage.json").read_text())
-    write_json_atomic(nk / "lineage.json", {"parent": plin["parent"], "ops": plin["ops"] + nlin["ops"]})
+    write_dataset_json(nk / "lineage.json", {"parent": plin["parent"], "ops": plin["ops"] + nlin["ops"]})
     if (pk / "preprocess.joblib").is_file() and (nk / "preprocess.joblib").is_file():
         import joblib
 
@@ -438,7 +421,7 @@ def _merge_kiln_dir(prev: Path, new: Path, label: str | None) -> None:
 
         a, b = joblib.load(pk / "preprocess.joblib"), joblib.load(nk / "preprocess.joblib")
         joblib.dump(Pipeline(a.ops + b.ops, label), nk / "preprocess.joblib")
-        write_json_atomic(nk / "preprocess.json", {"ops": plin["ops"] + nlin["ops"]})
+        write_dataset_json(nk / "preprocess.json", {"ops": plin["ops"] + nlin["ops"]})
 
 
 def _op_dict(op: Any) -> dict[str, Any]:
@@ -485,10 +468,10 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
                     raise DatasetFormatError(f"spec.preprocessing[{i}] ({op.op})", exc.problem, hint=exc.hint) from None
                 raise
             _merge_kiln_dir(prev, tmp, content.table.label if content.table else None)
-            summary = {"stage": stage_name, "op": op.op, "contentHash": new.content_hash()}
+            summary: dict[str, Any] = {"stage": stage_name, "op": op.op, "contentHash": new.content_hash()}
         else:  # split
             from kiln.data.formats import export
-            from kiln.data.formats._base import write_json_atomic
+            from kiln.data.formats._base import write_dataset_json
             from kiln.data.splits import assign_splits
 
             sp = spec.splits
@@ -498,7 +481,7 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
             export(new_content, tmp, fmt)
             if (prev / ".kiln").is_dir():
                 shutil.copytree(prev / ".kiln", tmp / ".kiln", dirs_exist_ok=True)
-            write_json_atomic(tmp / ".kiln" / "splits.json", manifest)
+            write_dataset_json(tmp / ".kiln" / "splits.json", manifest)
             counts: dict[str, int] = {}
             for s in manifest["items"].values():
                 counts[s] = counts.get(s, 0) + 1
@@ -517,7 +500,7 @@ def _locked(fn):
 
     @functools.wraps(fn)
     def run(ctx: StepContext) -> dict[str, Any]:
-        ws, name = _ws_name(ctx)
+        ws, name = ctx.workspace, ctx.name
         fd = _lock(dataset_home(ctx.config, ws, name) / "step.lock")
         try:
             return fn(ctx)
@@ -528,19 +511,19 @@ def _locked(fn):
 
 @_locked
 def dataset_fetch(ctx: StepContext) -> dict[str, Any]:
-    s = _ensure_source(ctx, _spec(ctx))
+    s = _ensure_source(ctx, ctx.model(Dataset).spec)
     return {k: s[k] for k in ("from", "files", "size") if k in s}
 
 
 @_locked
 def dataset_validate(ctx: StepContext) -> dict[str, Any]:
-    v = _ensure_validated(ctx, _spec(ctx))
+    v = _ensure_validated(ctx, ctx.model(Dataset).spec)
     return {"format": v["format"], "items": v["items"], "classes": v["classes"], "contentHash": v["contentHash"][:16]}
 
 
 @_locked
 def dataset_preprocess(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
+    spec = ctx.model(Dataset).spec
     try:
         i = int(ctx.args["op-index"])
     except (KeyError, ValueError):
@@ -553,7 +536,7 @@ def dataset_preprocess(ctx: StepContext) -> dict[str, Any]:
 
 @_locked
 def dataset_split(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
+    spec = ctx.model(Dataset).spec
     if spec.splits is None:
         raise KilnError(f"dataset {ctx.ref} has no spec.splits; nothing to split")
     return _ensure_stage(ctx, spec, "split")
@@ -616,8 +599,8 @@ def _git(repo: Path, *args: str) -> str:
 
 @_locked
 def dataset_version(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
-    ws, name = _ws_name(ctx)
+    spec = ctx.model(Dataset).spec
+    ws, name = ctx.workspace, ctx.name
     final_name = stages(spec)[-1]
     _ensure_stage(ctx, spec, final_name)
     validated = _ensure_validated(ctx, spec)

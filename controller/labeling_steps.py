@@ -51,12 +51,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln._util.fs import write_json_atomic
 from kiln.api.experiment import from_experiment
+from kiln.api.labeling import LabelingJob, LabelingJobSpec
 from kiln.controller.steps import StepContext, workspace_dir
 from kiln.errors import ConfigError, KilnError, NotFound
 
 if TYPE_CHECKING:
-    from kiln.api.labeling import LabelingJobSpec
     from kiln.config import KilnConfig
     from kiln.data.model import DatasetContent
     from kiln.labeling.client import LabelingClient, Prediction
@@ -72,17 +73,6 @@ class PreAnnotationNotAvailable(KilnError):
 
 def job_home(config: KilnConfig, workspace: str, name: str) -> Path:
     return workspace_dir(config, workspace) / "labeling" / name
-
-
-def _ws_name(ctx: StepContext) -> tuple[str, str]:
-    _, ws, name = ctx.ref.split("/")
-    return ws, name
-
-
-def _spec(ctx: StepContext) -> LabelingJobSpec:
-    from kiln.api.labeling import LabelingJob
-
-    return LabelingJob.model_validate(ctx.spec).spec
 
 
 def kiln_id(repo: Path, ws: str, name: str) -> str:
@@ -204,7 +194,7 @@ def dataset_items(ctx: StepContext, spec: LabelingJobSpec) -> Items:
     from kiln.data import load
     from kiln.data.versioning import DatasetRepo
 
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     dws = spec.dataset.workspace or ws
     rel = data_rel(dws, spec.dataset.name)
     dr = DatasetRepo(ctx.config.repo, remote_url=ctx.config.dvc.remote)
@@ -229,8 +219,8 @@ def dataset_items(ctx: StepContext, spec: LabelingJobSpec) -> Items:
 # -- project -------------------------------------------------------------------------------------
 
 def labeling_project(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
-    ws, name = _ws_name(ctx)
+    spec = ctx.model(LabelingJob).spec
+    ws, name = ctx.workspace, ctx.name
     client = connect(ctx.config)
     # a rename in the spec: make the server's config carry the old name until annotations moved
     ref = client.ensure_project(
@@ -406,26 +396,19 @@ def predictions_for(task: str, outputs: Sequence[Any], paths: Sequence[Path], cl
 
 
 def _pred_file(ctx: StepContext, model: ResolvedModel) -> Path:
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     return job_home(ctx.config, ws, name) / "predictions" / f"{model.name}-v{model.version}.json"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def labeling_pre_annotate(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
+    spec = ctx.model(LabelingJob).spec
     pa = spec.preAnnotation
     if pa is None:
         return {"model": None, "changed": False}
     reason = pre_annotation_unavailable(spec)
     if reason:
         raise PreAnnotationNotAvailable(reason)
-    ws, _ = _ws_name(ctx)
+    ws = ctx.workspace
     model = resolve_model(ctx.config, pa.model, ws)
     items = dataset_items(ctx, spec)
     f = _pred_file(ctx, model)
@@ -442,7 +425,7 @@ def labeling_pre_annotate(ctx: StepContext) -> dict[str, Any]:
             for it, p in zip(batch, preds):
                 cache[it.path] = None if p is None else {"result": p.result, "score": p.score,
                                                          "model_version": p.model_version}
-        _write_json(f, cache)
+        write_json_atomic(f, cache, indent=None)
     scored = [c for c in cache.values() if c is not None]
     return {"model": model.tag, "predicted": len(todo), "cached": len(cache), "changed": bool(todo),
             "aboveThreshold": sum(c["score"] >= pa.threshold for c in scored)}
@@ -464,7 +447,7 @@ def pre_annotation_unavailable(spec: LabelingJobSpec) -> str | None:
 
 
 def project_id(ctx: StepContext, client: LabelingClient) -> int:
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     p = client.find_project(kiln_id(ctx.config.repo, ws, name))
     if p is None:
         raise KilnError(f"LabelingJob {ws}/{name}: its Label Studio project does not exist",
@@ -477,13 +460,13 @@ def project_id(ctx: StepContext, client: LabelingClient) -> int:
 def labeling_import(ctx: StepContext) -> dict[str, Any]:
     from kiln.labeling.client import ImportItem, Prediction
 
-    spec = _spec(ctx)
+    spec = ctx.model(LabelingJob).spec
     client = connect(ctx.config)
     pid = project_id(ctx, client)
     items = dataset_items(ctx, spec)
     preds: dict[str, Any] = {}
     if spec.preAnnotation is not None and spec.preAnnotation.model is not None:
-        ws, _ = _ws_name(ctx)
+        ws = ctx.workspace
         f = _pred_file(ctx, resolve_model(ctx.config, spec.preAnnotation.model, ws))
         preds = json.loads(f.read_text()) if f.is_file() else {}
     client.ensure_local_storage(pid, items.folder)
@@ -517,8 +500,8 @@ def _members(ctx: StepContext, ws: str) -> dict[str, str] | None:
 
 
 def labeling_assign(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
-    ws, name = _ws_name(ctx)
+    spec = ctx.model(LabelingJob).spec
+    ws, name = ctx.workspace, ctx.name
     members = _members(ctx, ws)
     people = [a.user for a in spec.annotators] + [r for r in spec.reviewers if r not in {a.user for a in spec.annotators}]
     if members is not None:
@@ -563,7 +546,7 @@ def check_completion(client: LabelingClient, pid: int, spec: LabelingJobSpec) ->
 
 
 def labeling_wait_complete(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
+    spec = ctx.model(LabelingJob).spec
     client = connect(ctx.config)
     pid = project_id(ctx, client)
     timeout = float(ctx.args.get("timeout", "0") or 0)
@@ -607,8 +590,8 @@ def labeling_export(ctx: StepContext) -> dict[str, Any]:
     from kiln.data.formats import export as export_format
     from kiln.labeling.export import to_content
 
-    spec = _spec(ctx)
-    ws, name = _ws_name(ctx)
+    spec = ctx.model(LabelingJob).spec
+    ws, name = ctx.workspace, ctx.name
     client = connect(ctx.config)
     pid = project_id(ctx, client)
     state, tasks = check_completion(client, pid, spec)
@@ -665,7 +648,7 @@ def labeling_export(ctx: StepContext) -> dict[str, Any]:
     result = {"dataset": f"{out_ws}/{out_name}", "version": out["version"], "number": f"v{out['number']}",
               "items": len(content.items), "skipped": len(conv.skipped), "deleted": len(conv.deleted),
               "format": fmt, "commit": out["commit"]}
-    _write_json(marker, {**result, "annotations": digest})
+    write_json_atomic(marker, {**result, "annotations": digest}, indent=None)
     return {"exported": True, **result, "new": out["new"], "changed": True}
 
 
