@@ -38,7 +38,7 @@ class ServeLimits(Limits):
 class ServeCapture(BaseModel):
     """The spec's ``capture`` as the server needs it: where to write, not which dataset reads it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     dir: str | None = None  # None: kiln.bento.server fills in the deployment's default folder
     sampleRate: float = Field(..., gt=0, le=1)
@@ -51,7 +51,8 @@ class ServeConfig(BaseModel):
     (``kiln.controller.deployment_steps.serve_config``) or by hand (tests, benches: dicts for the
     blocks are validated into the same models)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: validated in deployment steps only; importing it must stay cheap
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     deployment: str = "kiln"
     model: str = ""

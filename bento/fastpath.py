@@ -41,9 +41,11 @@ from typing import Any
 
 import orjson
 
-from kiln.bento.capture import NO_CAPTURE_HEADER
+from kiln.bento.auth import TokenChecker
+from kiln.bento.capture import NO_CAPTURE_HEADER, Capture
 from kiln.bento.config import ServeConfig
 from kiln.bento.runtime import Engine, InstanceError
+from kiln.bento.ui import openapi, page
 
 __all__ = ["ServeConfig", "STATE", "wrap", "FastPath", "MicroBatcher", "PREDICT_PATHS", "OPEN_PATHS"]
 
@@ -248,8 +250,6 @@ class FastPath:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kiln-model")
         self.checker = None
         if not cfg.public:
-            from kiln.bento.auth import TokenChecker
-
             self.checker = TokenChecker(cfg.token_file or "/nonexistent", cfg.deployment)
         self._setup_logging()
         self._setup_metrics()
@@ -263,8 +263,6 @@ class FastPath:
         self.inline: bool | None = cfg.inline  # None: decided on the first request
         self.capture = None
         if cfg.capture:
-            from kiln.bento.capture import Capture
-
             c = cfg.capture
             self.capture = Capture(c.dir, sample_rate=c.sampleRate, max_per_day=c.maxPerDay,
                                    deployment=cfg.deployment, model=cfg.model, version=cfg.version,
@@ -320,8 +318,6 @@ class FastPath:
             if path in PREDICT_PATHS and scope["method"] == "POST":
                 return await self.predict(scope, receive, send)
             if path == "/ui" and scope["method"] == "GET":
-                from kiln.bento.ui import page
-
                 return await _send(send, 200, page().encode(), b"text/html; charset=utf-8")
             if path == "/openapi.json":
                 return await _send(send, 200, orjson.dumps(self.openapi()))
@@ -469,8 +465,6 @@ class FastPath:
         return inst
 
     def openapi(self) -> dict[str, Any]:
-        from kiln.bento.ui import openapi
-
         return openapi(self.cfg, STATE.engine)
 
 

@@ -45,7 +45,19 @@ from typing import TYPE_CHECKING, Any
 
 from kiln._util.fs import write_json_atomic
 from kiln.api.dataset import Dataset, DatasetSpec
+from kiln.controller.deployment_steps import capture_dir
+from kiln.controller.handlers.base import TemporaryError
+from kiln.controller.plan import source_fingerprint
 from kiln.controller.steps import StepContext, workspace_dir
+from kiln.data import load
+from kiln.data.archive import extract_archive
+from kiln.data.errors import DatasetFormatError
+from kiln.data.formats import export
+from kiln.data.formats._base import write_dataset_json
+from kiln.data.preprocess import Pipeline, apply_ops
+from kiln.data.samples import materialize_sample
+from kiln.data.splits import assign_splits
+from kiln.data.versioning import DatasetRepo
 from kiln.errors import ConfigError, KilnError
 
 if TYPE_CHECKING:
@@ -132,7 +144,6 @@ def _tree_size(root: Path) -> tuple[int, int]:
 
 def _user_path_error(exc: Exception, staged: Path, shown: str) -> Exception:
     """Re-point a DatasetFormatError from the staging copy to the path the user knows."""
-    from kiln.data.errors import DatasetFormatError
 
     if not isinstance(exc, DatasetFormatError):
         return exc
@@ -177,7 +188,6 @@ def _place_file_or_archive(path: Path, out: Path, shown: str) -> None:
     import tarfile
     import zipfile
 
-    from kiln.data.archive import extract_archive
 
     if zipfile.is_zipfile(path) or tarfile.is_tarfile(path):
         try:
@@ -194,7 +204,6 @@ def _download(url: str, out: Path) -> None:
     s3://, gs://, az:// when their fsspec package is installed)."""
     from urllib.parse import urlparse
 
-    from kiln.data.errors import DatasetFormatError
 
     scheme = urlparse(url).scheme
     dl = out.with_name(out.name + ".download")
@@ -212,8 +221,6 @@ def _download(url: str, out: Path) -> None:
             except urllib.error.HTTPError as e:
                 raise DatasetFormatError(url, f"download failed: HTTP {e.code} {e.reason}") from None
             except (urllib.error.URLError, OSError) as e:
-                from kiln.controller.handlers.base import TemporaryError
-
                 raise TemporaryError(f"{url}: download failed ({getattr(e, 'reason', e)})",
                                      hint="check the URL and the network; the step is retried") from None
             _place_file_or_archive(dl / name, out, url)
@@ -240,15 +247,11 @@ def _download(url: str, out: Path) -> None:
 
 
 def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any]:
-    from kiln.data.errors import DatasetFormatError
-
     src = spec.source
     extra: dict[str, Any] = {}
     if src.capture:
         return _fetch_capture(ctx, src.capture, out)
     if src.sample:
-        from kiln.data.samples import materialize_sample
-
         materialize_sample(src.sample, out)
     elif src.path:
         p = _inside_repo(ctx.config, src.path, "path")
@@ -265,7 +268,6 @@ def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any
         p = p if p.is_absolute() else ctx.config.repo / p
         if not p.is_file():
             raise DatasetFormatError(src.archive, "archive does not exist")
-        from kiln.data.archive import extract_archive
 
         try:
             extract_archive(p, out)
@@ -274,8 +276,6 @@ def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any
     elif src.url:
         _download(src.url, out)
     else:
-        from kiln.data.versioning import DatasetRepo
-
         ref = src.dataset
         assert ref is not None
         ws = ctx.workspace
@@ -293,7 +293,6 @@ def _fetch_capture(ctx: StepContext, deployment: str, out: Path) -> dict[str, An
     "prediction", "model", "version", "time"}) for relabelling, not as a label."""
     import csv
 
-    from kiln.controller.deployment_steps import capture_dir
 
     ws = ctx.workspace
     cap = capture_dir(ctx.config, ws, deployment)
@@ -335,8 +334,6 @@ def _fetch_capture(ctx: StepContext, deployment: str, out: Path) -> dict[str, An
 
 
 def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
-    from kiln.controller.plan import source_fingerprint
-
     stage = _staging(ctx) / "source"
     done = _done(stage)
     fp = source_fingerprint(ctx.config, ctx.workspace, spec.source)
@@ -359,15 +356,11 @@ def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
 # -- validate ------------------------------------------------------------------------------------
 
 def _load(root: Path, spec: DatasetSpec, fmt: str, *, verify: bool) -> DatasetContent:
-    from kiln.data import load
-
     options: dict[str, Any] = {"label": spec.label} if spec.type == "tabular" and spec.label else {}
     return load(root, fmt, data_task(spec), verify=verify, **options)
 
 
 def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
-    from kiln.data.errors import DatasetFormatError
-
     f = _staging(ctx) / "validated.json"
     if f.is_file() and (_staging(ctx) / "source").is_dir():
         return json.loads(f.read_text())
@@ -406,7 +399,6 @@ def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
 def _merge_kiln_dir(prev: Path, new: Path, label: str | None) -> None:
     """Ops run one per task, so op-<i>'s own lineage/fitted pipeline covers op i only; prepend
     those of ops 0..i-1 so the final folder carries the whole chain (applied again at serving)."""
-    from kiln.data.formats._base import write_dataset_json
 
     pk, nk = prev / ".kiln", new / ".kiln"
     if not (pk / "lineage.json").is_file():
@@ -417,7 +409,6 @@ def _merge_kiln_dir(prev: Path, new: Path, label: str | None) -> None:
     if (pk / "preprocess.joblib").is_file() and (nk / "preprocess.joblib").is_file():
         import joblib
 
-        from kiln.data.preprocess import Pipeline
 
         a, b = joblib.load(pk / "preprocess.joblib"), joblib.load(nk / "preprocess.joblib")
         joblib.dump(Pipeline(a.ops + b.ops, label), nk / "preprocess.joblib")
@@ -452,8 +443,6 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
     seed = spec.splits.seed if spec.splits else 0
     try:
         if stage_name.startswith("op-"):
-            from kiln.data.preprocess import apply_ops
-
             i = int(stage_name[3:])
             op = spec.preprocessing[i]
             try:
@@ -462,17 +451,12 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
                           "seed": sp.seed, "stratify": sp.stratify} if sp is not None else None)
                 new = apply_ops(content, prev, [_op_dict(op)], tmp, seed=seed, format=fmt, split=split)
             except Exception as exc:
-                from kiln.data.errors import DatasetFormatError
-
                 if isinstance(exc, DatasetFormatError) and exc.file.startswith("op "):
                     raise DatasetFormatError(f"spec.preprocessing[{i}] ({op.op})", exc.problem, hint=exc.hint) from None
                 raise
             _merge_kiln_dir(prev, tmp, content.table.label if content.table else None)
             summary: dict[str, Any] = {"stage": stage_name, "op": op.op, "contentHash": new.content_hash()}
         else:  # split
-            from kiln.data.formats import export
-            from kiln.data.formats._base import write_dataset_json
-            from kiln.data.splits import assign_splits
 
             sp = spec.splits
             assert sp is not None
@@ -627,7 +611,6 @@ def write_version(config: KilnConfig, ws: str, name: str, folder: Path, content:
     version uses (the Dataset workflow, a completed LabelingJob). ``lineage`` gets ``parent``
     (the version it replaces) and ``contentHash`` added; the same bytes give the same version id
     (DVC), so calling it again with unchanged content adds nothing."""
-    from kiln.data.versioning import DatasetRepo
 
     rel = data_rel(ws, name)
     repo = config.repo

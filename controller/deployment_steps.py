@@ -42,7 +42,12 @@ from kiln._util.fs import read_json, write_json_atomic
 from kiln._util.proc import has_env
 from kiln.api.deployment import Deployment, DeploymentSpec
 from kiln.api.experiment import from_experiment
+from kiln.bento.auth import TokenStore, default_token_file
+from kiln.bento.capture import NO_CAPTURE_HEADER
 from kiln.bento.config import ServeCapture, ServeConfig, ServeLimits
+from kiln.bento.registry import Registry, default_home
+from kiln.bento.server import ManagedServer, build_bento, kill_server_processes
+from kiln.controller.handlers.base import TemporaryError
 from kiln.errors import ConfigError, KilnError, NotFound
 
 if TYPE_CHECKING:
@@ -80,7 +85,6 @@ def _home(ctx: StepContext) -> Path:
 def resolve_model(repo: Path, model: Any, workspace: str = "default") -> tuple[str, int]:
     """(name, version) of a ModelRef: a version, an alias, the latest, or the latest version
     registered with the label ``experiment=<name>``."""
-    from kiln.bento.registry import Registry, default_home
 
     reg = Registry(default_home(repo))
     try:
@@ -106,8 +110,6 @@ def resolve_model(repo: Path, model: Any, workspace: str = "default") -> tuple[s
 
 
 def deployment_resolve_model(ctx: StepContext) -> dict[str, Any]:
-    from kiln.bento.registry import Registry, default_home
-
     spec = ctx.model(Deployment).spec
     name, version = resolve_model(ctx.config.repo, spec.model, ctx.workspace)
     serving = Registry(default_home(ctx.config.repo)).describe(name, version)["serving"]
@@ -132,8 +134,6 @@ def _resolved(ctx: StepContext) -> dict[str, Any]:
 # -- serving config ------------------------------------------------------------------------------
 
 def serve_config(ctx: StepContext, spec: DeploymentSpec, model: str, version: int) -> ServeConfig:
-    from kiln.bento.auth import default_token_file
-
     ws, name = ctx.workspace, ctx.name
     capture = None
     if spec.capture is not None:
@@ -155,7 +155,6 @@ def fingerprint(cfg: ServeConfig, port: int | None) -> str:
 def deployment_build(ctx: StepContext) -> dict[str, Any]:
     """``bentoml build`` of the service with this model version (offline), memoized on the model
     version and serving config: an unchanged pair reuses the Bento."""
-    from kiln.bento.server import build_bento
 
     spec = ctx.model(Deployment).spec
     r = _resolved(ctx)
@@ -181,8 +180,6 @@ def _bento_exists(store: Path, tag: str) -> bool:
 # -- the server process --------------------------------------------------------------------------
 
 def _server(ctx: StepContext, cfg: ServeConfig, port: int | None = None):
-    from kiln.bento.server import ManagedServer
-
     home = _home(ctx)
 
     class DeploymentServer(ManagedServer):
@@ -220,7 +217,6 @@ def stop_pid(pid: int | None, home: Path, timeout: float = 20.0, server_id: str 
     """Stop a server started by an earlier process: the arbiter's process group, then, by the
     start's ``server_id`` (server.json ``serverId``), workers that run on in sessions of their
     own, also when the arbiter is already dead. True if anything was stopped."""
-    from kiln.bento.server import kill_server_processes
 
     alive = pid is not None and _alive(pid, home)
     if alive and pid is not None:
@@ -349,9 +345,6 @@ def post(url: str, body: Any, token: str | None = None, timeout: float = 30.0,
 def deployment_smoke_test(ctx: StepContext) -> dict[str, Any]:
     """A real request in the EasyMaker format; a non-public deployment gets a token made for it
     and dropped again (never printed)."""
-    from kiln.bento.auth import TokenStore, default_token_file
-    from kiln.bento.capture import NO_CAPTURE_HEADER
-    from kiln.controller.handlers.base import TemporaryError
 
     spec = ctx.model(Deployment).spec
     if not spec.enabled:

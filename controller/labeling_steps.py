@@ -52,10 +52,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln._util.fs import write_json_atomic
+from kiln.algorithms.base import read_meta
+from kiln.algorithms.registry import get_algorithm
+from kiln.api.dataset import FORMAT_TASKS
 from kiln.api.experiment import from_experiment
 from kiln.api.labeling import LabelingJob, LabelingJobSpec
+from kiln.controller.dataset_steps import data_rel, write_version
+from kiln.controller.handlers.base import TemporaryError
 from kiln.controller.steps import StepContext, workspace_dir
+from kiln.data import load
+from kiln.data.formats import export as export_format
+from kiln.data.merge import merge_contents
+from kiln.data.versioning import DatasetRepo
 from kiln.errors import ConfigError, KilnError, NotFound
+from kiln.labeling import assignment, server
+from kiln.labeling.client import ImportItem, LabelingClient, LabelStudioUnavailable, Prediction, box_region, choice_region
+from kiln.labeling.export import DELETED_FIELD, KEY_FIELD, completion, to_content
 
 if TYPE_CHECKING:
     from kiln.config import KilnConfig
@@ -131,7 +143,6 @@ class Connection:
 
 def connection(config: KilnConfig) -> Connection:
     """Where Label Studio is and the token to use (module doc); ConfigError when unknown."""
-    from kiln.labeling import server
 
     ls = config.labelStudio
     if "labelStudio" in config.model_fields_set:
@@ -161,8 +172,6 @@ _CLIENTS: dict[tuple[str, str, str], LabelingClient] = {}
 
 def connect(config: KilnConfig, timeout: float = 60.0) -> LabelingClient:
     """A checked client. Unreachable -> TemporaryError (retry); refused token -> permanent."""
-    from kiln.controller.handlers.base import TemporaryError
-    from kiln.labeling.client import LabelingClient, LabelStudioUnavailable
 
     conn = connection(config)
     key = (conn.url, hashlib.sha256(conn.token.encode()).hexdigest(), str(conn.document_root))
@@ -190,10 +199,6 @@ class Items:
 
 
 def dataset_items(ctx: StepContext, spec: LabelingJobSpec) -> Items:
-    from kiln.controller.dataset_steps import data_rel
-    from kiln.data import load
-    from kiln.data.versioning import DatasetRepo
-
     ws, name = ctx.workspace, ctx.name
     dws = spec.dataset.workspace or ws
     rel = data_rel(dws, spec.dataset.name)
@@ -316,8 +321,6 @@ def resolve_model(config: KilnConfig, ref: Any, job_ws: str) -> ResolvedModel:
 def load_predictor(model: ResolvedModel) -> Callable[[list[Path]], list[Any]]:
     """``paths -> outputs`` of the model's ``kiln.algorithms`` predict (the saved model folder's
     ``meta.json`` names the algorithm)."""
-    from kiln.algorithms.base import read_meta
-    from kiln.algorithms.registry import get_algorithm
 
     # an experiment registers the serving package (e.g. ONNX) with the native model beside it
     path = model.path if (model.path / "meta.json").is_file() else model.path / "kiln-model"
@@ -336,7 +339,6 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def classification_prediction(out: Any, path: Path, classes: Sequence[str], version: str) -> Prediction | None:
     """``{"label", "score"}`` (kiln.algorithms' classification predict) -> a Choices prediction."""
-    from kiln.labeling.client import Prediction, choice_region
 
     if isinstance(out, list):  # top-k lists: the best first
         out = out[0] if out else None
@@ -357,7 +359,6 @@ def detection_prediction(out: Any, path: Path, classes: Sequence[str], version: 
     Boxes below ``threshold`` and of classes the job does not label are dropped; the item's score
     is the mean of the kept boxes' scores; no box kept -> None (the item stays unlabelled).
     """
-    from kiln.labeling.client import Prediction, box_region
 
     boxes: list[tuple[str, list[float], float]] = []
     if isinstance(out, dict):
@@ -458,8 +459,6 @@ def project_id(ctx: StepContext, client: LabelingClient) -> int:
 # -- import --------------------------------------------------------------------------------------
 
 def labeling_import(ctx: StepContext) -> dict[str, Any]:
-    from kiln.labeling.client import ImportItem, Prediction
-
     spec = ctx.model(LabelingJob).spec
     client = connect(ctx.config)
     pid = project_id(ctx, client)
@@ -529,9 +528,6 @@ def _reviewer_ids(client: LabelingClient, spec: LabelingJobSpec) -> list[int]:
 
 
 def check_completion(client: LabelingClient, pid: int, spec: LabelingJobSpec) -> tuple[dict[str, Any], list[dict]]:
-    from kiln.labeling import assignment
-    from kiln.labeling.export import completion
-
     tasks = client.export_tasks(pid)
     known = client.users()
     c = completion(tasks, spec.completion.rule, reviewer_ids=[known[r] for r in spec.reviewers if r in known],
@@ -567,16 +563,12 @@ DEFAULT_FORMATS: dict[str, str] = {"classification": "image-folder", "detection"
 
 
 def _output_format(task: str, input_format: str | None) -> str:
-    from kiln.api.dataset import FORMAT_TASKS
-
     if input_format and task in FORMAT_TASKS.get(input_format, set()):
         return input_format
     return DEFAULT_FORMATS[task]
 
 
 def _annotations_hash(tasks: list[dict[str, Any]]) -> str:
-    from kiln.labeling.export import DELETED_FIELD, KEY_FIELD
-
     slim = sorted([(t.get("data", {}).get(KEY_FIELD), bool(t.get("data", {}).get(DELETED_FIELD)),
                     sorted(json.dumps([a.get("id"), a.get("result"), a.get("was_cancelled"),
                                        a.get("updated_at")], sort_keys=True, default=str)
@@ -586,10 +578,6 @@ def _annotations_hash(tasks: list[dict[str, Any]]) -> str:
 
 
 def labeling_export(ctx: StepContext) -> dict[str, Any]:
-    from kiln.controller.dataset_steps import write_version
-    from kiln.data.formats import export as export_format
-    from kiln.labeling.export import to_content
-
     spec = ctx.model(LabelingJob).spec
     ws, name = ctx.workspace, ctx.name
     client = connect(ctx.config)
@@ -623,8 +611,6 @@ def labeling_export(ctx: StepContext) -> dict[str, Any]:
     union = home / "union"
     shutil.rmtree(union, ignore_errors=True)
     if added_to is not None:  # labels for another dataset: its next version adds them (kiln.data.merge)
-        from kiln.data import load
-        from kiln.data.merge import merge_contents
 
         current = load(ctx.config.repo / "data" / out_ws / out_name, verify=False)
         fmt = current.format or fmt

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.data.errors import DatasetFormatError
+from kiln.data.formats._base import write_dataset_json
 from kiln.data.model import DatasetContent
 
 
@@ -94,8 +95,6 @@ def assign_splits(content: DatasetContent, ratios: dict[str, float] | None = Non
 
 
 def write_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
-    from kiln.data.formats._base import write_dataset_json
-
     p = Path(path)
     write_dataset_json(p, manifest)
     return p

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from kiln._util.fs import write_json_atomic, write_text_atomic
+from kiln.data.errors import DatasetFormatError
+from kiln.data.formats import load
 from kiln.errors import ConfigError, NotFound
 
 DEFAULT_REMOTE = "kiln-local"
@@ -228,9 +230,6 @@ class DatasetRepo:
     @staticmethod
     def _counts(folder: Path, content: Any) -> dict[str, int]:
         if content is None:
-            from kiln.data.errors import DatasetFormatError
-            from kiln.data.formats import load
-
             try:
                 content = load(folder, verify=False)
             except DatasetFormatError:
