@@ -119,6 +119,7 @@ class ManagedServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         store = default_home(self.repo) / "models"
         reg = Registry(default_home(self.repo))
+        # lazy: kiln.bento.runtime imports numpy, which `kiln step deployment.*` must not load
         from kiln.bento.runtime import ServingConfig
 
         ServingConfig.load(reg.path(self.cfg.model, self.cfg.version))  # clear errors here, not in the server log
