@@ -19,7 +19,6 @@ Tokens never reach a log: the server logs token ids at most, and only ``create``
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import hashlib
 import hmac
@@ -31,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kiln._util.clock import utcnow_seconds
+from kiln._util.fs import write_json_atomic
 from kiln.errors import NotFound
 
 __all__ = ["TokenStore", "TokenChecker", "default_token_file", "hash_token", "ENV_PREFIX"]
@@ -47,10 +48,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class TokenStore:
     """Create / list / revoke tokens of deployments (CLI side)."""
 
@@ -64,13 +61,8 @@ class TokenStore:
             fcntl.flock(lk, fcntl.LOCK_EX)
             data = self.read()
             yield data
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1)  # insertion order = creation order
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            # insertion order = creation order; 0600: the hashes are what a server checks against
+            write_json_atomic(self.path, data, sort_keys=False, fsync=True, mkdir=False, mode=0o600)
 
     def read(self) -> dict[str, Any]:
         try:
@@ -83,7 +75,7 @@ class TokenStore:
         tid = secrets.token_hex(4)
         token = f"kiln_{tid}_{secrets.token_urlsafe(32)}"
         with self._locked() as data:
-            data.setdefault(deployment, {})[tid] = {"sha256": hash_token(token), "created": _now(),
+            data.setdefault(deployment, {})[tid] = {"sha256": hash_token(token), "created": utcnow_seconds(),
                                                     "who": who or os.environ.get("USER", "unknown"), "revoked": None}
         return token
 
@@ -98,7 +90,7 @@ class TokenStore:
             if rec is None:
                 ids = ", ".join(data.get(deployment, {})) or "none"
                 raise NotFound(f"deployment {deployment} has no token {token_id}", hint=f"token ids: {ids}")
-            rec["revoked"] = rec["revoked"] or _now()
+            rec["revoked"] = rec["revoked"] or utcnow_seconds()
 
 
     def set_env_tokens(self, deployment: str, hashes: dict[str, str]) -> None:
@@ -110,7 +102,7 @@ class TokenStore:
                 if k[len(ENV_PREFIX):] not in hashes or recs[k]["sha256"] != hashes[k[len(ENV_PREFIX):]]:
                     del recs[k]
             for var, h in hashes.items():
-                recs.setdefault(f"{ENV_PREFIX}{var}", {"sha256": h, "created": _now(), "who": f"env {var}",
+                recs.setdefault(f"{ENV_PREFIX}{var}", {"sha256": h, "created": utcnow_seconds(), "who": f"env {var}",
                                                        "revoked": None})
 
     def forget(self, deployment: str, token_id: str) -> None:

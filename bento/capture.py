@@ -34,6 +34,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from kiln._util.clock import utcnow
+from kiln._util.fs import write_bytes_atomic
+
 __all__ = ["Capture", "NO_CAPTURE_HEADER"]
 
 NO_CAPTURE_HEADER = "X-Kiln-No-Capture"
@@ -103,7 +106,7 @@ class Capture:
 
     def _write(self, index: Path, day: str, instance: Any, prediction: Any) -> None:
         cid = uuid.uuid4().hex
-        rec: dict[str, Any] = {"id": cid, "time": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        rec: dict[str, Any] = {"id": cid, "time": utcnow(),
                                **self.ids, "file": None, "input": None, "prediction": prediction}
         data = instance.get("data") if isinstance(instance, dict) else None
         if isinstance(data, str) and len(instance) == 1:
@@ -111,9 +114,7 @@ class Capture:
             ext = next((e for m, e in _MAGIC.items() if raw.startswith(m)), ".bin")
             (self.dir / day).mkdir(exist_ok=True)
             rel = f"{day}/{cid}{ext}"
-            tmp = self.dir / f"{rel}.tmp"
-            tmp.write_bytes(raw)
-            os.replace(tmp, self.dir / rel)
+            write_bytes_atomic(self.dir / rel, raw, mkdir=False)
             rec["file"] = rel
         else:
             rec["input"] = instance

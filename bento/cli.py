@@ -11,6 +11,9 @@ from pathlib import Path
 
 import click
 
+from kiln.bento.auth import TokenStore, default_token_file
+from kiln.bento.registry import Registry, default_home, who
+
 
 def _repo(ctx: click.Context) -> Path:
     obj = ctx.obj if isinstance(ctx.obj, dict) else None
@@ -18,8 +21,6 @@ def _repo(ctx: click.Context) -> Path:
 
 
 def _registry(ctx: click.Context):
-    from kiln.bento.registry import Registry, default_home
-
     return Registry(default_home(_repo(ctx)))
 
 
@@ -81,8 +82,6 @@ def token() -> None:
 
 
 def _tokens(ctx: click.Context):
-    from kiln.bento.auth import TokenStore, default_token_file
-
     return TokenStore(default_token_file(_repo(ctx)))
 
 
@@ -91,7 +90,6 @@ def _tokens(ctx: click.Context):
 @click.pass_context
 def token_create(ctx: click.Context, name: str) -> None:
     """A new token for deployment NAME. It is printed once; only its hash is kept."""
-    from kiln.bento.registry import who
 
     tok = _tokens(ctx).create(name, who())
     click.echo(tok)

@@ -19,14 +19,8 @@ Errors: 400/413 with ``{"error": ..., "request_id": ..., "errors": [{"instance",
 "message"}]}`` naming each bad instance; an unexpected error is 500 with only the request id, and
 the traceback goes to the server log under that id.
 
-Server config (``KILN_SERVE_CONFIG`` points at this JSON, written by kiln.bento.server)::
-
-    {"deployment": "d", "model": "m", "version": 3, "threads": 1, "workers": 1,
-     "public": false, "token_file": ".../tokens.json",
-     "batching": {"enabled": true, "maxBatchSize": 32, "maxLatencyMs": 10},
-     "limits": {"maxPayloadBytes": 10485760, "maxInstances": 64, "timeoutSeconds": 30,
-                "maxConcurrency": 256},
-     "capture": {"dir": "...", "sampleRate": 0.1, "maxPerDay": 1000} | null}
+Server config: :class:`kiln.bento.config.ServeConfig` (re-exported here), read from the JSON file
+``KILN_SERVE_CONFIG`` names (written by kiln.bento.server).
 """
 
 from __future__ import annotations
@@ -36,22 +30,22 @@ import atexit
 import bisect
 import concurrent.futures
 import itertools
-import json
 import logging
-import os
 import re
 import sys
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from kiln.bento.capture import NO_CAPTURE_HEADER
+from kiln.bento.auth import TokenChecker
+from kiln.bento.capture import NO_CAPTURE_HEADER, Capture
+from kiln.bento.config import ServeConfig
 from kiln.bento.runtime import Engine, InstanceError
+from kiln.bento.ui import openapi, page
 
 __all__ = ["ServeConfig", "STATE", "wrap", "FastPath", "MicroBatcher", "PREDICT_PATHS", "OPEN_PATHS"]
 
@@ -67,38 +61,6 @@ _RID_SEQ = itertools.count()
 _NO_CAPTURE = NO_CAPTURE_HEADER.lower().encode()  # ASGI header names arrive lower-case
 
 log = logging.getLogger("kiln.bento.server")
-
-
-@dataclass
-class ServeConfig:
-    deployment: str = "kiln"
-    model: str = ""
-    version: int = 0
-    threads: int = 1
-    workers: int = 1
-    public: bool = False
-    token_file: str | None = None
-    batching: dict[str, Any] = field(default_factory=lambda: {"enabled": False, "maxBatchSize": 32, "maxLatencyMs": 10})
-    limits: dict[str, Any] = field(default_factory=dict)
-    capture: dict[str, Any] | None = None
-    access_log: bool = True
-    inline: bool | None = None  # run the model on the event loop (None: decided by the framework)
-
-    @property
-    def tag(self) -> str:
-        return f"{self.model}:v{self.version}"
-
-    def limit(self, key: str) -> Any:
-        defaults = {"maxPayloadBytes": 10 * 2**20, "maxInstances": 64, "timeoutSeconds": 30.0, "maxConcurrency": 256}
-        return self.limits.get(key, defaults[key])
-
-    @classmethod
-    def from_env(cls) -> ServeConfig | None:
-        p = os.environ.get("KILN_SERVE_CONFIG")
-        if not p:
-            return None
-        with open(p) as f:
-            return cls(**json.load(f))
 
 
 class _State:
@@ -267,6 +229,12 @@ class _Reject(Exception):
         self.status, self.message, self.errors = status, message, errors
         super().__init__(message)
 
+    def body(self, rid: str) -> bytes:
+        payload: dict[str, Any] = {"error": self.message, "request_id": rid}
+        if self.errors:
+            payload["errors"] = self.errors
+        return orjson.dumps(payload)
+
 
 class FastPath:
     """ASGI app: ``POST /predict|/inference``, ``GET /ui``, ``GET /openapi.json`` here; auth for
@@ -275,34 +243,30 @@ class FastPath:
     def __init__(self, inner: Any, cfg: ServeConfig) -> None:
         self.inner, self.cfg = inner, cfg
         self.inflight = 0
-        self.max_payload = int(cfg.limit("maxPayloadBytes"))
-        self.max_instances = int(cfg.limit("maxInstances"))
-        self.timeout = float(cfg.limit("timeoutSeconds"))
-        self.max_conc = int(cfg.limit("maxConcurrency"))
+        self.max_payload = cfg.limits.maxPayloadBytes
+        self.max_instances = cfg.limits.maxInstances
+        self.timeout = float(cfg.limits.timeoutSeconds)
+        self.max_conc = cfg.limits.maxConcurrency
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kiln-model")
         self.checker = None
         if not cfg.public:
-            from kiln.bento.auth import TokenChecker
-
             self.checker = TokenChecker(cfg.token_file or "/nonexistent", cfg.deployment)
         self._setup_logging()
         self._setup_metrics()
-        b = cfg.batching or {}
-        self.batcher = (MicroBatcher(self._run_model, int(b.get("maxBatchSize", 32)), float(b.get("maxLatencyMs", 10)) / 1000,
+        b = cfg.batching
+        self.batcher = (MicroBatcher(self._run_model, b.maxBatchSize, b.maxLatencyMs / 1000,
                                      self.pool, on_batch=self._observe_batch if self.tally else None)
-                        if b.get("enabled") else None)
+                        if b.enabled else None)
         # without batching the model runs on the event loop when it is quick (ONNX, sklearn): the
         # executor hop measured about 100 us a request; torch models go to the model thread so
         # health checks and timeouts keep working while they run
         self.inline: bool | None = cfg.inline  # None: decided on the first request
         self.capture = None
         if cfg.capture:
-            from kiln.bento.capture import Capture
-
             c = cfg.capture
-            self.capture = Capture(c["dir"], sample_rate=float(c["sampleRate"]), max_per_day=int(c.get("maxPerDay", 1000)),
+            self.capture = Capture(c.dir, sample_rate=c.sampleRate, max_per_day=c.maxPerDay,
                                    deployment=cfg.deployment, model=cfg.model, version=cfg.version,
-                                   queue_size=int(c.get("queueSize", 256)), workers=cfg.workers)
+                                   queue_size=c.queueSize, workers=cfg.workers)
             if self._m_drop is not None:
                 self.capture.on_drop = self._m_drop.inc
 
@@ -354,8 +318,6 @@ class FastPath:
             if path in PREDICT_PATHS and scope["method"] == "POST":
                 return await self.predict(scope, receive, send)
             if path == "/ui" and scope["method"] == "GET":
-                from kiln.bento.ui import page
-
                 return await _send(send, 200, page().encode(), b"text/html; charset=utf-8")
             if path == "/openapi.json":
                 return await _send(send, 200, orjson.dumps(self.openapi()))
@@ -379,59 +341,25 @@ class FastPath:
         return self.checker.check(token)
 
     async def predict(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """One predict request: admit -> read -> decode -> run the model -> reply, then count it
+        and log it (``finally``: every request, whatever its outcome)."""
         t0 = time.perf_counter()
-        rid = None
-        clen = None
-        skip_capture = False
-        for k, v in scope["headers"]:
-            if k == b"x-request-id":
-                s = v.decode("latin-1")
-                rid = s if _RID_RE.match(s) else None
-            elif k == b"content-length":
-                clen = v
-            elif k == _NO_CAPTURE and v == b"1":
-                skip_capture = True  # kiln's smoke test: not user traffic
-        rid = rid or f"{_RID_PREFIX}{next(_RID_SEQ):08x}"
+        rid, clen, skip_capture = _request_headers(scope["headers"])
         hdrs = [(b"x-request-id", rid.encode()), (b"x-kiln-path", b"fast")]
         tid = "-"
         status, n = 500, 0
         self.inflight += 1
         try:
-            if self.checker is not None:
-                tid = self._auth(scope) or "-"
-                if tid == "-":
-                    raise _Reject(401, "missing or invalid API token (send 'Authorization: Bearer <token>' or 'X-API-Key')")
-            if self.inflight > self.max_conc:
-                raise _Reject(503, f"too many concurrent requests (limit {self.max_conc}); retry later")
-            if clen is not None and int(clen) > self.max_payload:
-                raise _Reject(413, f"payload of {int(clen)} bytes is over the limit of {self.max_payload} bytes")
+            tid = self._token_id(scope)
+            self._check_load(clen)
             body = await self._body(receive)
             eng = STATE.engine
             if eng is None:
                 raise _Reject(503, "the model is still loading; retry when /readyz is 200")
             instances = self._instances(body)
             n = len(instances)
-            xs, metas, errors = [], [], []
-            for i, inst in enumerate(instances):
-                try:
-                    x, m = eng.decode(inst, i)
-                    xs.append(x)
-                    metas.append(m)
-                except InstanceError as e:
-                    errors.append({"instance": e.index, "field": e.field, "message": e.problem})
-            if errors:
-                first = errors[0]
-                where = f"instances[{first['instance']}]" + (f".{first['field']}" if first["field"] else "")
-                raise _Reject(400, f"{len(errors)} invalid instance(s); first: {where}: {first['message']}", errors[:20])
-            if self.inline is None:
-                self._decide_inline(eng)
-            if self.batcher is not None:
-                ys = await asyncio.wait_for(self.batcher.submit(xs), self.timeout)
-            elif self.inline:
-                ys = eng.predict(xs)  # small models: a thread hop costs more than the model
-            else:
-                loop = asyncio.get_running_loop()
-                ys = await asyncio.wait_for(loop.run_in_executor(self.pool, eng.predict, xs), self.timeout)
+            xs, metas = _decode(eng, instances)
+            ys = await self._infer(eng, xs)
             preds = [eng.format(y, m) for y, m in zip(ys, metas)]
             if self.capture is not None and not skip_capture:
                 for inst, p in zip(instances, preds):
@@ -441,11 +369,8 @@ class FastPath:
             await _send(send, 200, orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), extra=hdrs)
         except _Reject as r:
             status = r.status
-            payload: dict[str, Any] = {"error": r.message, "request_id": rid}
-            if r.errors:
-                payload["errors"] = r.errors
             extra = hdrs + ([(b"www-authenticate", b"Bearer")] if r.status == 401 else [])
-            await _send(send, r.status, orjson.dumps(payload), extra=extra)
+            await _send(send, r.status, r.body(rid), extra=extra)
         except TimeoutError:
             status = 504
             await _send(send, 504, orjson.dumps({"error": f"prediction took longer than {self.timeout}s", "request_id": rid}), extra=hdrs)
@@ -456,21 +381,49 @@ class FastPath:
                                                  "request_id": rid}), extra=hdrs)
         finally:
             self.inflight -= 1
-            dt = time.perf_counter() - t0
-            if self.tally is not None:
-                self.tally.count(status)
-                self.tally.observe(0, dt)
-                self.tally.flush_soon()
-            if self.alog is not None:
-                # not the logging machinery (about 100 us a request); lines are written together,
-                # at most 0.2 s late: a write(2) per line was 3.6 % of the worker's CPU under load
-                buf = self.alog_buf
-                buf.append(f"{_stamp()} access {rid} {(scope.get('client') or ('-',))[0]} {scope['path']} {status} "
-                           f"{dt * 1000:.2f}ms n={n} token={tid}\n")
-                if len(buf) >= 64:
-                    self._flush_alog()
-                elif len(buf) == 1:
-                    asyncio.get_running_loop().call_later(0.2, self._flush_alog)
+            self._record(scope, rid, status, n, tid, time.perf_counter() - t0)
+
+    def _token_id(self, scope: dict) -> str:
+        """The id of the request's token ("-" on a public deployment); 401 without a valid one."""
+        if self.checker is None:
+            return "-"
+        tid = self._auth(scope)
+        if not tid:
+            raise _Reject(401, "missing or invalid API token (send 'Authorization: Bearer <token>' or 'X-API-Key')")
+        return tid
+
+    def _check_load(self, clen: bytes | None) -> None:
+        if self.inflight > self.max_conc:
+            raise _Reject(503, f"too many concurrent requests (limit {self.max_conc}); retry later")
+        if clen is not None and int(clen) > self.max_payload:
+            raise _Reject(413, f"payload of {int(clen)} bytes is over the limit of {self.max_payload} bytes")
+
+    async def _infer(self, eng: Engine, xs: list) -> list:
+        if self.inline is None:
+            self._decide_inline(eng)
+        if self.batcher is not None:
+            return await asyncio.wait_for(self.batcher.submit(xs), self.timeout)
+        if self.inline:
+            return eng.predict(xs)  # small models: a thread hop costs more than the model
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self.pool, eng.predict, xs), self.timeout)
+
+    def _record(self, scope: dict, rid: str, status: int, n: int, tid: str, dt: float) -> None:
+        """Metrics and the access log line of a finished request."""
+        if self.tally is not None:
+            self.tally.count(status)
+            self.tally.observe(0, dt)
+            self.tally.flush_soon()
+        if self.alog is not None:
+            # not the logging machinery (about 100 us a request); lines are written together,
+            # at most 0.2 s late: a write(2) per line was 3.6 % of the worker's CPU under load
+            buf = self.alog_buf
+            buf.append(f"{_stamp()} access {rid} {(scope.get('client') or ('-',))[0]} {scope['path']} {status} "
+                       f"{dt * 1000:.2f}ms n={n} token={tid}\n")
+            if len(buf) >= 64:
+                self._flush_alog()
+            elif len(buf) == 1:
+                asyncio.get_running_loop().call_later(0.2, self._flush_alog)
 
     def _flush_alog(self) -> None:
         if self.alog_buf and self.alog is not None:
@@ -512,9 +465,40 @@ class FastPath:
         return inst
 
     def openapi(self) -> dict[str, Any]:
-        from kiln.bento.ui import openapi
-
         return openapi(self.cfg, STATE.engine)
+
+
+def _request_headers(headers: list) -> tuple[str, bytes | None, bool]:
+    """(request id, content-length, skip capture?) from one pass over the request headers. A
+    client's ``x-request-id`` is kept when sane, else one is made."""
+    rid = clen = None
+    skip_capture = False
+    for k, v in headers:
+        if k == b"x-request-id":
+            s = v.decode("latin-1")
+            rid = s if _RID_RE.match(s) else None
+        elif k == b"content-length":
+            clen = v
+        elif k == _NO_CAPTURE and v == b"1":
+            skip_capture = True  # kiln's smoke test: not user traffic
+    return rid or f"{_RID_PREFIX}{next(_RID_SEQ):08x}", clen, skip_capture
+
+
+def _decode(eng: Engine, instances: list) -> tuple[list, list]:
+    """Model inputs and format metadata of every instance; 400 naming each bad one."""
+    xs, metas, errors = [], [], []
+    for i, inst in enumerate(instances):
+        try:
+            x, m = eng.decode(inst, i)
+            xs.append(x)
+            metas.append(m)
+        except InstanceError as e:
+            errors.append({"instance": e.index, "field": e.field, "message": e.problem})
+    if errors:
+        first = errors[0]
+        where = f"instances[{first['instance']}]" + (f".{first['field']}" if first["field"] else "")
+        raise _Reject(400, f"{len(errors)} invalid instance(s); first: {where}: {first['message']}", errors[:20])
+    return xs, metas
 
 
 _STAMP: list[Any] = [-1, ""]

@@ -25,18 +25,18 @@ BentoML (about 1 s); the first store operation does.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kiln._util.clock import utcnow
+from kiln._util.fs import write_json_atomic
 from kiln.errors import ConfigError, KilnError, NotFound
 
 __all__ = ["FRAMEWORKS", "Registry", "ModelVersion", "default_home", "SERVING_FILE"]
@@ -62,24 +62,6 @@ def who() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _atomic_write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class ModelVersion(dict):
@@ -131,10 +113,10 @@ class Registry:
             raise ConfigError(f"{p}: not valid JSON ({e})", hint="restore it from a backup or delete it (aliases are lost)") from None
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        _atomic_write_json(self.home / "kiln-registry.json", state)
+        write_json_atomic(self.home / "kiln-registry.json", state, fsync=True, mkdir=False)
 
     def _audit(self, action: str, model: str, version: int | None = None, **extra: Any) -> None:
-        rec = {"time": _now(), "who": who(), "action": action, "model": model}
+        rec = {"time": utcnow(), "who": who(), "action": action, "model": model}
         if version is not None:
             rec["version"] = version
         rec.update(extra)

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from kiln.bento.registry import FRAMEWORKS, SERVING_FILE
+from kiln.data.preprocess import load_pipeline
 from kiln.errors import ConfigError
 
 __all__ = ["InstanceError", "ServingConfig", "Engine", "load_engine", "TASKS", "INPUTS", "LOADERS"]
@@ -79,8 +81,6 @@ class ServingConfig:
 
     @classmethod
     def load(cls, model_dir: Path) -> ServingConfig:
-        from kiln.bento.registry import FRAMEWORKS, SERVING_FILE
-
         p = model_dir / SERVING_FILE
         if not p.is_file():
             raise ConfigError(f"{model_dir}: no {SERVING_FILE}", hint="register the model with serving={...}")
@@ -368,7 +368,5 @@ def load_engine(model_dir: str | Path, *, threads: int = 1, name: str = "", vers
         cfg.labels = [str(c) for c in run.classes]  # type: ignore[attr-defined]
     pipeline = None
     if cfg.preprocess:
-        from kiln.data.preprocess import load_pipeline
-
         pipeline = load_pipeline(d / cfg.preprocess)
     return Engine(cfg=cfg, run=run, model_dir=d, pipeline=pipeline, name=name, version=version)

@@ -24,7 +24,6 @@ false``); ``containerize`` needs a Docker engine and raises a clear error when t
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import os
 import shutil
@@ -32,17 +31,17 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from kiln._util.clock import utcnow
+from kiln._util.fs import write_json_atomic
 from kiln._util.proc import pids_with_env
-from kiln.bento.fastpath import ServeConfig
+from kiln.bento.config import ServeConfig
 from kiln.bento.registry import Registry, default_home
 from kiln.errors import ConfigError, KilnError
 
@@ -60,13 +59,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 # Every server start gets a fresh id in its environment. Why: BentoML's arbiter (circus) starts
@@ -127,6 +119,7 @@ class ManagedServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         store = default_home(self.repo) / "models"
         reg = Registry(default_home(self.repo))
+        # lazy: kiln.bento.runtime imports numpy, which `kiln step deployment.*` must not load
         from kiln.bento.runtime import ServingConfig
 
         ServingConfig.load(reg.path(self.cfg.model, self.cfg.version))  # clear errors here, not in the server log
@@ -135,13 +128,15 @@ class ManagedServer:
             shutil.rmtree(home)
         home.mkdir(parents=True)
         (home / "models").symlink_to(store, target_is_directory=True)
-        cfg = asdict(self.cfg)
-        if not cfg.get("token_file"):
-            cfg["token_file"] = str(self.repo / ".kiln" / "serving" / "tokens.json")
-        if cfg.get("capture") and not cfg["capture"].get("dir"):
-            cfg["capture"]["dir"] = str(self.repo / ".kiln" / "capture" / self.cfg.deployment)
+        cfg = self.cfg
+        if not cfg.token_file:
+            cfg = cfg.model_copy(update={"token_file": str(self.repo / ".kiln" / "serving" / "tokens.json")})
+        if cfg.capture and not cfg.capture.dir:
+            capture = cfg.capture.model_copy(update={"dir": str(self.repo / ".kiln" / "capture" / cfg.deployment)})
+            cfg = cfg.model_copy(update={"capture": capture})
         conf = self.dir / f"config-{tag}.json"
-        _atomic_json(conf, cfg)
+        # the serving process validates it back with ServeConfig (from_env)
+        write_json_atomic(conf, cfg.model_dump(mode="json"))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BENTOML_", "PROMETHEUS_"))}
         env.update(BENTOML_HOME=str(home), KILN_SERVE_CONFIG=str(conf), BENTOML_DO_NOT_TRACK="True",
                    PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(self.cfg.threads))
@@ -166,10 +161,10 @@ class ManagedServer:
             log.close()
         self.started_at = time.monotonic()
         self.was_ready = False
-        _atomic_json(self.dir / "server.json", {
+        write_json_atomic(self.dir / "server.json", {
             "pid": self.proc.pid, "port": self.port, "url": self.url, "model": self.cfg.model,
             "version": self.cfg.version, "serverId": self.server_id,
-            "started": _dt.datetime.now(_dt.UTC).isoformat()})
+            "started": utcnow()})
 
     def _ready(self, timeout: float = 2.0) -> bool:
         try:
@@ -266,7 +261,7 @@ class ManagedServer:
                 old = ManagedServer(self.cfg, self.repo)
                 old.proc, old.port, old.server_id = self.proc, self.port, self.server_id
                 self.proc, self.server_id = None, None
-        self.cfg = ServeConfig(**{**asdict(self.cfg), "version": version})
+        self.cfg = self.cfg.model_copy(update={"version": version})
         self.start()
         try:
             self.wait_ready()
@@ -278,10 +273,10 @@ class ManagedServer:
             raise
         if old is not None:
             old.stop()
-            _atomic_json(self.dir / "server.json", {
+            write_json_atomic(self.dir / "server.json", {
                 "pid": self.proc.pid if self.proc else None, "port": self.port, "url": self.url,
                 "model": self.cfg.model, "version": version, "serverId": self.server_id,
-                "started": _dt.datetime.now(_dt.UTC).isoformat()})
+                "started": utcnow()})
         return True
 
     def __enter__(self) -> ManagedServer:

@@ -1,7 +1,7 @@
 """The BentoML service of a deployment: ``bentoml serve kiln.bento.service:svc``.
 
 Which model version to serve and how (auth, batching, limits, capture) comes from the JSON file
-named by ``KILN_SERVE_CONFIG`` (see kiln.bento.fastpath.ServeConfig), written by
+named by ``KILN_SERVE_CONFIG`` (see kiln.bento.config.ServeConfig), written by
 kiln.bento.server. The model is a ``bentoml.models.BentoModel`` of the repository's store, so
 ``bentoml build`` packages it.
 
@@ -22,6 +22,7 @@ import bentoml
 from _bentoml_sdk.service.factory import Service
 
 from kiln.bento import fastpath
+from kiln.bento.config import ServeLimits
 from kiln.bento.runtime import InstanceError, load_engine
 
 __all__ = ["svc", "KilnService", "BENTOML_VERSION"]
@@ -85,7 +86,7 @@ _tcp_nodelay()
 @bentoml.service(
     name="kiln-deployment",
     workers=CFG.workers if CFG else 1,
-    traffic={"timeout": float(CFG.limit("timeoutSeconds")) if CFG else 30.0},
+    traffic={"timeout": float((CFG.limits if CFG else ServeLimits()).timeoutSeconds)},
     logging={"access": {"enabled": False}},  # the fast path writes its own access log
 )
 class KilnService:

@@ -37,7 +37,7 @@ def openapi(cfg: Any, engine: Any) -> dict[str, Any]:
         "summary": f"predict with {cfg.model} v{cfg.version}",
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "type": "object", "required": ["instances"],
-            "properties": {"instances": {"type": "array", "items": item, "maxItems": cfg.limit("maxInstances")}}}}}},
+            "properties": {"instances": {"type": "array", "items": item, "maxItems": cfg.limits.maxInstances}}}}}},
         "responses": {
             "200": {"description": task, "content": {"application/json": {"schema": responses}}},
             **{c: {"description": d, "content": {"application/json": {"schema": err}}} for c, d in (

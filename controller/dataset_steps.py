@@ -43,11 +43,24 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln._util.fs import write_json_atomic
+from kiln.api.dataset import Dataset, DatasetSpec
+from kiln.controller.deployment_steps import capture_dir
+from kiln.controller.handlers.base import TemporaryError
+from kiln.controller.plan import source_fingerprint
 from kiln.controller.steps import StepContext, workspace_dir
+from kiln.data import load
+from kiln.data.archive import extract_archive
+from kiln.data.errors import DatasetFormatError
+from kiln.data.formats import export
+from kiln.data.formats._base import write_dataset_json
+from kiln.data.preprocess import Pipeline, apply_ops
+from kiln.data.samples import materialize_sample
+from kiln.data.splits import assign_splits
+from kiln.data.versioning import DatasetRepo
 from kiln.errors import ConfigError, KilnError
 
 if TYPE_CHECKING:
-    from kiln.api.dataset import DatasetSpec
     from kiln.config import KilnConfig
     from kiln.data.model import DatasetContent
 
@@ -69,19 +82,8 @@ def data_rel(workspace: str, name: str) -> str:
     return f"{DATA_ROOT}/{workspace}/{name}"
 
 
-def _ws_name(ctx: StepContext) -> tuple[str, str]:
-    _, ws, name = ctx.ref.split("/")
-    return ws, name
-
-
-def _spec(ctx: StepContext) -> DatasetSpec:
-    from kiln.api import Dataset
-
-    return Dataset.model_validate(ctx.spec).spec
-
-
 def _staging(ctx: StepContext) -> Path:
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     return dataset_home(ctx.config, ws, name) / "staging" / ctx.spec_hash
 
 
@@ -106,14 +108,7 @@ def _source_desc(spec: DatasetSpec) -> str:
     return f"dataset:{ref.workspace + '/' if ref.workspace else ''}{ref.name}@{ref.version}"
 
 
-# -- small atomic helpers ------------------------------------------------------------------------
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
+# -- stage folders -------------------------------------------------------------------------------
 
 def _fresh_tmp(stage_dir: Path) -> Path:
     """A clean temporary sibling for building ``stage_dir``; leftovers of killed tries go first."""
@@ -126,7 +121,7 @@ def _fresh_tmp(stage_dir: Path) -> Path:
 
 def _finish_stage(tmp: Path, stage_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     # summary first: once the folder has its final name, the stage counts as done
-    _write_json(stage_dir.with_name(stage_dir.name + ".json"), summary)
+    write_json_atomic(stage_dir.with_name(stage_dir.name + ".json"), summary, default=str)
     os.replace(tmp, stage_dir)
     return summary
 
@@ -149,7 +144,6 @@ def _tree_size(root: Path) -> tuple[int, int]:
 
 def _user_path_error(exc: Exception, staged: Path, shown: str) -> Exception:
     """Re-point a DatasetFormatError from the staging copy to the path the user knows."""
-    from kiln.data.errors import DatasetFormatError
 
     if not isinstance(exc, DatasetFormatError):
         return exc
@@ -194,7 +188,6 @@ def _place_file_or_archive(path: Path, out: Path, shown: str) -> None:
     import tarfile
     import zipfile
 
-    from kiln.data.archive import extract_archive
 
     if zipfile.is_zipfile(path) or tarfile.is_tarfile(path):
         try:
@@ -211,7 +204,6 @@ def _download(url: str, out: Path) -> None:
     s3://, gs://, az:// when their fsspec package is installed)."""
     from urllib.parse import urlparse
 
-    from kiln.data.errors import DatasetFormatError
 
     scheme = urlparse(url).scheme
     dl = out.with_name(out.name + ".download")
@@ -229,8 +221,6 @@ def _download(url: str, out: Path) -> None:
             except urllib.error.HTTPError as e:
                 raise DatasetFormatError(url, f"download failed: HTTP {e.code} {e.reason}") from None
             except (urllib.error.URLError, OSError) as e:
-                from kiln.controller.handlers.base import TemporaryError
-
                 raise TemporaryError(f"{url}: download failed ({getattr(e, 'reason', e)})",
                                      hint="check the URL and the network; the step is retried") from None
             _place_file_or_archive(dl / name, out, url)
@@ -257,15 +247,11 @@ def _download(url: str, out: Path) -> None:
 
 
 def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any]:
-    from kiln.data.errors import DatasetFormatError
-
     src = spec.source
     extra: dict[str, Any] = {}
     if src.capture:
         return _fetch_capture(ctx, src.capture, out)
     if src.sample:
-        from kiln.data.samples import materialize_sample
-
         materialize_sample(src.sample, out)
     elif src.path:
         p = _inside_repo(ctx.config, src.path, "path")
@@ -282,7 +268,6 @@ def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any
         p = p if p.is_absolute() else ctx.config.repo / p
         if not p.is_file():
             raise DatasetFormatError(src.archive, "archive does not exist")
-        from kiln.data.archive import extract_archive
 
         try:
             extract_archive(p, out)
@@ -291,11 +276,9 @@ def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any
     elif src.url:
         _download(src.url, out)
     else:
-        from kiln.data.versioning import DatasetRepo
-
         ref = src.dataset
         assert ref is not None
-        ws, _ = _ws_name(ctx)
+        ws = ctx.workspace
         dr = DatasetRepo(ctx.config.repo, remote_url=ctx.config.dvc.remote)
         v = dr.materialize(data_rel(ref.workspace or ws, ref.name), ref.version, out)
         extra["parentDataset"] = {"dataset": f"{ref.workspace or ws}/{ref.name}", "version": v.id}
@@ -310,9 +293,8 @@ def _fetch_capture(ctx: StepContext, deployment: str, out: Path) -> dict[str, An
     "prediction", "model", "version", "time"}) for relabelling, not as a label."""
     import csv
 
-    from kiln.controller.deployment_steps import capture_dir
 
-    ws, _ = _ws_name(ctx)
+    ws = ctx.workspace
     cap = capture_dir(ctx.config, ws, deployment)
     index = cap / "index.jsonl"
     if not index.is_file():
@@ -352,11 +334,9 @@ def _fetch_capture(ctx: StepContext, deployment: str, out: Path) -> dict[str, An
 
 
 def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
-    from kiln.controller.plan import source_fingerprint
-
     stage = _staging(ctx) / "source"
     done = _done(stage)
-    fp = source_fingerprint(ctx.config, _ws_name(ctx)[0], spec.source)
+    fp = source_fingerprint(ctx.config, ctx.workspace, spec.source)
     if done is not None and (fp is None or done.get("fingerprint") == fp[1]):
         return done
     if done is not None:  # the files changed since this spec's staging was filled (a failed run)
@@ -376,15 +356,11 @@ def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
 # -- validate ------------------------------------------------------------------------------------
 
 def _load(root: Path, spec: DatasetSpec, fmt: str, *, verify: bool) -> DatasetContent:
-    from kiln.data import load
-
     options: dict[str, Any] = {"label": spec.label} if spec.type == "tabular" and spec.label else {}
     return load(root, fmt, data_task(spec), verify=verify, **options)
 
 
 def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
-    from kiln.data.errors import DatasetFormatError
-
     f = _staging(ctx) / "validated.json"
     if f.is_file() and (_staging(ctx) / "source").is_dir():
         return json.loads(f.read_text())
@@ -414,7 +390,7 @@ def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
     summary = {"format": content.format, "task": content.task, "items": n, "classes": len(counts),
                "contentHash": content.content_hash(), "from": src["from"],
                "parentDataset": src.get("parentDataset")}
-    _write_json(f, summary)
+    write_json_atomic(f, summary, default=str)
     return summary
 
 
@@ -423,22 +399,20 @@ def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
 def _merge_kiln_dir(prev: Path, new: Path, label: str | None) -> None:
     """Ops run one per task, so op-<i>'s own lineage/fitted pipeline covers op i only; prepend
     those of ops 0..i-1 so the final folder carries the whole chain (applied again at serving)."""
-    from kiln.data.formats._base import write_json_atomic
 
     pk, nk = prev / ".kiln", new / ".kiln"
     if not (pk / "lineage.json").is_file():
         return
     plin = json.loads((pk / "lineage.json").read_text())
     nlin = json.loads((nk / "lineage.json").read_text())
-    write_json_atomic(nk / "lineage.json", {"parent": plin["parent"], "ops": plin["ops"] + nlin["ops"]})
+    write_dataset_json(nk / "lineage.json", {"parent": plin["parent"], "ops": plin["ops"] + nlin["ops"]})
     if (pk / "preprocess.joblib").is_file() and (nk / "preprocess.joblib").is_file():
         import joblib
 
-        from kiln.data.preprocess import Pipeline
 
         a, b = joblib.load(pk / "preprocess.joblib"), joblib.load(nk / "preprocess.joblib")
         joblib.dump(Pipeline(a.ops + b.ops, label), nk / "preprocess.joblib")
-        write_json_atomic(nk / "preprocess.json", {"ops": plin["ops"] + nlin["ops"]})
+        write_dataset_json(nk / "preprocess.json", {"ops": plin["ops"] + nlin["ops"]})
 
 
 def _op_dict(op: Any) -> dict[str, Any]:
@@ -469,8 +443,6 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
     seed = spec.splits.seed if spec.splits else 0
     try:
         if stage_name.startswith("op-"):
-            from kiln.data.preprocess import apply_ops
-
             i = int(stage_name[3:])
             op = spec.preprocessing[i]
             try:
@@ -479,17 +451,12 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
                           "seed": sp.seed, "stratify": sp.stratify} if sp is not None else None)
                 new = apply_ops(content, prev, [_op_dict(op)], tmp, seed=seed, format=fmt, split=split)
             except Exception as exc:
-                from kiln.data.errors import DatasetFormatError
-
                 if isinstance(exc, DatasetFormatError) and exc.file.startswith("op "):
                     raise DatasetFormatError(f"spec.preprocessing[{i}] ({op.op})", exc.problem, hint=exc.hint) from None
                 raise
             _merge_kiln_dir(prev, tmp, content.table.label if content.table else None)
-            summary = {"stage": stage_name, "op": op.op, "contentHash": new.content_hash()}
+            summary: dict[str, Any] = {"stage": stage_name, "op": op.op, "contentHash": new.content_hash()}
         else:  # split
-            from kiln.data.formats import export
-            from kiln.data.formats._base import write_json_atomic
-            from kiln.data.splits import assign_splits
 
             sp = spec.splits
             assert sp is not None
@@ -498,7 +465,7 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
             export(new_content, tmp, fmt)
             if (prev / ".kiln").is_dir():
                 shutil.copytree(prev / ".kiln", tmp / ".kiln", dirs_exist_ok=True)
-            write_json_atomic(tmp / ".kiln" / "splits.json", manifest)
+            write_dataset_json(tmp / ".kiln" / "splits.json", manifest)
             counts: dict[str, int] = {}
             for s in manifest["items"].values():
                 counts[s] = counts.get(s, 0) + 1
@@ -517,7 +484,7 @@ def _locked(fn):
 
     @functools.wraps(fn)
     def run(ctx: StepContext) -> dict[str, Any]:
-        ws, name = _ws_name(ctx)
+        ws, name = ctx.workspace, ctx.name
         fd = _lock(dataset_home(ctx.config, ws, name) / "step.lock")
         try:
             return fn(ctx)
@@ -528,19 +495,19 @@ def _locked(fn):
 
 @_locked
 def dataset_fetch(ctx: StepContext) -> dict[str, Any]:
-    s = _ensure_source(ctx, _spec(ctx))
+    s = _ensure_source(ctx, ctx.model(Dataset).spec)
     return {k: s[k] for k in ("from", "files", "size") if k in s}
 
 
 @_locked
 def dataset_validate(ctx: StepContext) -> dict[str, Any]:
-    v = _ensure_validated(ctx, _spec(ctx))
+    v = _ensure_validated(ctx, ctx.model(Dataset).spec)
     return {"format": v["format"], "items": v["items"], "classes": v["classes"], "contentHash": v["contentHash"][:16]}
 
 
 @_locked
 def dataset_preprocess(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
+    spec = ctx.model(Dataset).spec
     try:
         i = int(ctx.args["op-index"])
     except (KeyError, ValueError):
@@ -553,7 +520,7 @@ def dataset_preprocess(ctx: StepContext) -> dict[str, Any]:
 
 @_locked
 def dataset_split(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
+    spec = ctx.model(Dataset).spec
     if spec.splits is None:
         raise KilnError(f"dataset {ctx.ref} has no spec.splits; nothing to split")
     return _ensure_stage(ctx, spec, "split")
@@ -616,8 +583,8 @@ def _git(repo: Path, *args: str) -> str:
 
 @_locked
 def dataset_version(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
-    ws, name = _ws_name(ctx)
+    spec = ctx.model(Dataset).spec
+    ws, name = ctx.workspace, ctx.name
     final_name = stages(spec)[-1]
     _ensure_stage(ctx, spec, final_name)
     validated = _ensure_validated(ctx, spec)
@@ -644,7 +611,6 @@ def write_version(config: KilnConfig, ws: str, name: str, folder: Path, content:
     version uses (the Dataset workflow, a completed LabelingJob). ``lineage`` gets ``parent``
     (the version it replaces) and ``contentHash`` added; the same bytes give the same version id
     (DVC), so calling it again with unchanged content adds nothing."""
-    from kiln.data.versioning import DatasetRepo
 
     rel = data_rel(ws, name)
     repo = config.repo

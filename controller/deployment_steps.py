@@ -34,17 +34,23 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln._util.clock import utcnow
+from kiln._util.fs import read_json, write_json_atomic
 from kiln._util.proc import has_env
+from kiln.api.deployment import Deployment, DeploymentSpec
 from kiln.api.experiment import from_experiment
+from kiln.bento.auth import TokenStore, default_token_file
+from kiln.bento.capture import NO_CAPTURE_HEADER
+from kiln.bento.config import ServeCapture, ServeConfig, ServeLimits
+from kiln.bento.registry import Registry, default_home
+from kiln.bento.server import ManagedServer, build_bento, kill_server_processes
+from kiln.controller.handlers.base import TemporaryError
 from kiln.errors import ConfigError, KilnError, NotFound
 
 if TYPE_CHECKING:
-    from kiln.api.deployment import DeploymentSpec
-    from kiln.bento.fastpath import ServeConfig
     from kiln.config import KilnConfig
     from kiln.controller.steps import StepContext
 
@@ -65,43 +71,20 @@ def capture_dir(config: KilnConfig, workspace: str, name: str) -> Path:
     return deployment_home(config, workspace, name) / "capture"
 
 
-def _ws_name(ctx: StepContext) -> tuple[str, str]:
-    _, ws, name = ctx.ref.split("/")
-    return ws, name
-
-
-def _spec(ctx: StepContext) -> DeploymentSpec:
-    from kiln.api.deployment import Deployment
-
-    return Deployment.model_validate(ctx.spec).spec
+# kiln.controller.deployment_cli reads server.json through this name
+_read_json = read_json
 
 
 def _home(ctx: StepContext) -> Path:
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     home = deployment_home(ctx.config, ws, name)
     home.mkdir(parents=True, exist_ok=True)
     return home
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 # -- model resolution ----------------------------------------------------------------------------
 
 def resolve_model(repo: Path, model: Any, workspace: str = "default") -> tuple[str, int]:
     """(name, version) of a ModelRef: a version, an alias, the latest, or the latest version
     registered with the label ``experiment=<name>``."""
-    from kiln.bento.registry import Registry, default_home
 
     reg = Registry(default_home(repo))
     try:
@@ -127,25 +110,23 @@ def resolve_model(repo: Path, model: Any, workspace: str = "default") -> tuple[s
 
 
 def deployment_resolve_model(ctx: StepContext) -> dict[str, Any]:
-    from kiln.bento.registry import Registry, default_home
-
-    spec = _spec(ctx)
-    name, version = resolve_model(ctx.config.repo, spec.model, ctx.ref.split("/")[1])
+    spec = ctx.model(Deployment).spec
+    name, version = resolve_model(ctx.config.repo, spec.model, ctx.workspace)
     serving = Registry(default_home(ctx.config.repo)).describe(name, version)["serving"]
     if spec.runtime == "onnx" and serving.get("framework") != "onnx":
         raise ConfigError(f"model {name} v{version} is {serving.get('framework')!r}; runtime: onnx needs an "
                           "ONNX model", hint="register the ONNX export (experiment export-onnx) or use runtime: native")
     out = {"model": name, "version": version, "tag": f"{name}:v{version}",
            "task": serving.get("task"), "input": serving.get("input")}
-    _write_json(_home(ctx) / "resolved.json", {**out, "specHash": ctx.spec_hash, "serving": serving})
+    write_json_atomic(_home(ctx) / "resolved.json", {**out, "specHash": ctx.spec_hash, "serving": serving}, mkdir=False)
     return out
 
 
 def _resolved(ctx: StepContext) -> dict[str, Any]:
-    r = _read_json(_home(ctx) / "resolved.json")
+    r = read_json(_home(ctx) / "resolved.json")
     if r is None or r.get("specHash") != ctx.spec_hash:  # run alone (kiln step): resolve again
         deployment_resolve_model(ctx)
-        r = _read_json(_home(ctx) / "resolved.json")
+        r = read_json(_home(ctx) / "resolved.json")
     assert r is not None
     return r
 
@@ -153,22 +134,20 @@ def _resolved(ctx: StepContext) -> dict[str, Any]:
 # -- serving config ------------------------------------------------------------------------------
 
 def serve_config(ctx: StepContext, spec: DeploymentSpec, model: str, version: int) -> ServeConfig:
-    from kiln.bento.auth import default_token_file
-    from kiln.bento.fastpath import ServeConfig
-
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     capture = None
     if spec.capture is not None:
-        capture = {"dir": str(capture_dir(ctx.config, ws, name)), "sampleRate": spec.capture.sampleRate,
-                   "maxPerDay": spec.capture.maxPerDay}
+        capture = ServeCapture(dir=str(capture_dir(ctx.config, ws, name)), sampleRate=spec.capture.sampleRate,
+                               maxPerDay=spec.capture.maxPerDay)
     # tokens are per deployment name, as `kiln deployments token create NAME` makes them
     return ServeConfig(deployment=name, model=model, version=version, workers=spec.workers,
                        public=spec.auth.public, token_file=str(default_token_file(ctx.config.repo)),
-                       batching=spec.batching.model_dump(), limits=spec.limits.model_dump(), capture=capture)
+                       batching=spec.batching, limits=ServeLimits.model_validate(spec.limits.model_dump()),
+                       capture=capture)
 
 
 def fingerprint(cfg: ServeConfig, port: int | None) -> str:
-    return hashlib.sha256(json.dumps([asdict(cfg), port], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), port], sort_keys=True).encode()).hexdigest()[:16]
 
 
 # -- build ---------------------------------------------------------------------------------------
@@ -176,21 +155,20 @@ def fingerprint(cfg: ServeConfig, port: int | None) -> str:
 def deployment_build(ctx: StepContext) -> dict[str, Any]:
     """``bentoml build`` of the service with this model version (offline), memoized on the model
     version and serving config: an unchanged pair reuses the Bento."""
-    from kiln.bento.server import build_bento
 
-    spec = _spec(ctx)
+    spec = ctx.model(Deployment).spec
     r = _resolved(ctx)
     cfg = serve_config(ctx, spec, r["model"], r["version"])
     key = fingerprint(cfg, None)
     home = _home(ctx)
-    memo = _read_json(home / "build.json")
+    memo = read_json(home / "build.json")
     bento_store = home / f"home-build-v{r['version']}" / "bentos"
     if memo and memo.get("key") == key and _bento_exists(bento_store, memo.get("bento", "")):
         return {"bento": memo["bento"], "reused": True}
     t0 = time.monotonic()
     srv = _server(ctx, cfg)
     tag = build_bento(cfg, ctx.config.repo, server=srv)
-    _write_json(home / "build.json", {"key": key, "bento": tag, "model": r["model"], "version": r["version"]})
+    write_json_atomic(home / "build.json", {"key": key, "bento": tag, "model": r["model"], "version": r["version"]}, mkdir=False)
     return {"bento": tag, "reused": False, "seconds": round(time.monotonic() - t0, 1)}
 
 
@@ -202,8 +180,6 @@ def _bento_exists(store: Path, tag: str) -> bool:
 # -- the server process --------------------------------------------------------------------------
 
 def _server(ctx: StepContext, cfg: ServeConfig, port: int | None = None):
-    from kiln.bento.server import ManagedServer
-
     home = _home(ctx)
 
     class DeploymentServer(ManagedServer):
@@ -241,10 +217,9 @@ def stop_pid(pid: int | None, home: Path, timeout: float = 20.0, server_id: str 
     """Stop a server started by an earlier process: the arbiter's process group, then, by the
     start's ``server_id`` (server.json ``serverId``), workers that run on in sessions of their
     own, also when the arbiter is already dead. True if anything was stopped."""
-    from kiln.bento.server import kill_server_processes
 
     alive = pid is not None and _alive(pid, home)
-    if alive:
+    if alive and pid is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -257,7 +232,7 @@ def stop_pid(pid: int | None, home: Path, timeout: float = 20.0, server_id: str 
 
 def live_health(home: Path, enabled: bool = True) -> tuple[str, dict[str, Any] | None]:
     """(health, server.json) of a deployment's server, from its pid and ``/readyz``."""
-    info = _read_json(home / "server.json")
+    info = read_json(home / "server.json")
     if not enabled:
         return "Suspended", info
     if info is None:
@@ -274,11 +249,11 @@ def live_health(home: Path, enabled: bool = True) -> tuple[str, dict[str, Any] |
 def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
     """Make the running server match the spec: keep a healthy one with the same fingerprint,
     otherwise start the new one, wait until ready, then stop the old one."""
-    spec = _spec(ctx)
+    spec = ctx.model(Deployment).spec
     home = _home(ctx)
     fd = _lock(home / "rollout.lock")
     try:
-        old = _read_json(home / "server.json")
+        old = read_json(home / "server.json")
         old_pid = int(old["pid"]) if old and old.get("pid") and _alive(int(old["pid"]), home) else None
         old_sid = old.get("serverId") if old else None
         if old and not old_pid and old_sid:
@@ -303,13 +278,13 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
         except BaseException:
             srv.stop()
             if old is not None and old_pid:
-                _write_json(home / "server.json", old)  # the old one keeps serving
+                write_json_atomic(home / "server.json", old, mkdir=False)  # the old one keeps serving
             raise
         assert srv.proc is not None
         info = {"pid": srv.proc.pid, "port": srv.port, "url": srv.url, "model": cfg.model, "version": cfg.version,
                 "serverId": srv.server_id, "fingerprint": fp,
-                "started": _dt.datetime.now(_dt.UTC).isoformat()}
-        _write_json(home / "server.json", info)
+                "started": utcnow()}
+        write_json_atomic(home / "server.json", info, mkdir=False)
         srv.proc = None  # daemon: this process must neither wait for it nor stop it
         if old_pid:
             stop_pid(old_pid, home, server_id=old_sid)
@@ -370,15 +345,12 @@ def post(url: str, body: Any, token: str | None = None, timeout: float = 30.0,
 def deployment_smoke_test(ctx: StepContext) -> dict[str, Any]:
     """A real request in the EasyMaker format; a non-public deployment gets a token made for it
     and dropped again (never printed)."""
-    from kiln.bento.auth import TokenStore, default_token_file
-    from kiln.bento.capture import NO_CAPTURE_HEADER
-    from kiln.controller.handlers.base import TemporaryError
 
-    spec = _spec(ctx)
+    spec = ctx.model(Deployment).spec
     if not spec.enabled:
         return {"skipped": "enabled: false"}
     home = _home(ctx)
-    info = _read_json(home / "server.json")
+    info = read_json(home / "server.json")
     if info is None:
         raise TemporaryError(f"deployment {ctx.name}: no server to test (rollout did not run)")
     r = _resolved(ctx)

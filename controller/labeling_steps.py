@@ -51,12 +51,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln._util.fs import write_json_atomic
+from kiln.algorithms.base import read_meta
+from kiln.algorithms.registry import get_algorithm
+from kiln.api.dataset import FORMAT_TASKS
 from kiln.api.experiment import from_experiment
+from kiln.api.labeling import LabelingJob, LabelingJobSpec
+from kiln.controller.dataset_steps import data_rel, write_version
+from kiln.controller.handlers.base import TemporaryError
 from kiln.controller.steps import StepContext, workspace_dir
+from kiln.data import load
+from kiln.data.formats import export as export_format
+from kiln.data.merge import merge_contents
+from kiln.data.versioning import DatasetRepo
 from kiln.errors import ConfigError, KilnError, NotFound
+from kiln.labeling import assignment, server
+from kiln.labeling.client import ImportItem, LabelingClient, LabelStudioUnavailable, Prediction, box_region, choice_region
+from kiln.labeling.export import DELETED_FIELD, KEY_FIELD, completion, to_content
 
 if TYPE_CHECKING:
-    from kiln.api.labeling import LabelingJobSpec
     from kiln.config import KilnConfig
     from kiln.data.model import DatasetContent
     from kiln.labeling.client import LabelingClient, Prediction
@@ -72,17 +85,6 @@ class PreAnnotationNotAvailable(KilnError):
 
 def job_home(config: KilnConfig, workspace: str, name: str) -> Path:
     return workspace_dir(config, workspace) / "labeling" / name
-
-
-def _ws_name(ctx: StepContext) -> tuple[str, str]:
-    _, ws, name = ctx.ref.split("/")
-    return ws, name
-
-
-def _spec(ctx: StepContext) -> LabelingJobSpec:
-    from kiln.api.labeling import LabelingJob
-
-    return LabelingJob.model_validate(ctx.spec).spec
 
 
 def kiln_id(repo: Path, ws: str, name: str) -> str:
@@ -141,7 +143,6 @@ class Connection:
 
 def connection(config: KilnConfig) -> Connection:
     """Where Label Studio is and the token to use (module doc); ConfigError when unknown."""
-    from kiln.labeling import server
 
     ls = config.labelStudio
     if "labelStudio" in config.model_fields_set:
@@ -171,8 +172,6 @@ _CLIENTS: dict[tuple[str, str, str], LabelingClient] = {}
 
 def connect(config: KilnConfig, timeout: float = 60.0) -> LabelingClient:
     """A checked client. Unreachable -> TemporaryError (retry); refused token -> permanent."""
-    from kiln.controller.handlers.base import TemporaryError
-    from kiln.labeling.client import LabelingClient, LabelStudioUnavailable
 
     conn = connection(config)
     key = (conn.url, hashlib.sha256(conn.token.encode()).hexdigest(), str(conn.document_root))
@@ -200,11 +199,7 @@ class Items:
 
 
 def dataset_items(ctx: StepContext, spec: LabelingJobSpec) -> Items:
-    from kiln.controller.dataset_steps import data_rel
-    from kiln.data import load
-    from kiln.data.versioning import DatasetRepo
-
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     dws = spec.dataset.workspace or ws
     rel = data_rel(dws, spec.dataset.name)
     dr = DatasetRepo(ctx.config.repo, remote_url=ctx.config.dvc.remote)
@@ -229,8 +224,8 @@ def dataset_items(ctx: StepContext, spec: LabelingJobSpec) -> Items:
 # -- project -------------------------------------------------------------------------------------
 
 def labeling_project(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
-    ws, name = _ws_name(ctx)
+    spec = ctx.model(LabelingJob).spec
+    ws, name = ctx.workspace, ctx.name
     client = connect(ctx.config)
     # a rename in the spec: make the server's config carry the old name until annotations moved
     ref = client.ensure_project(
@@ -326,8 +321,6 @@ def resolve_model(config: KilnConfig, ref: Any, job_ws: str) -> ResolvedModel:
 def load_predictor(model: ResolvedModel) -> Callable[[list[Path]], list[Any]]:
     """``paths -> outputs`` of the model's ``kiln.algorithms`` predict (the saved model folder's
     ``meta.json`` names the algorithm)."""
-    from kiln.algorithms.base import read_meta
-    from kiln.algorithms.registry import get_algorithm
 
     # an experiment registers the serving package (e.g. ONNX) with the native model beside it
     path = model.path if (model.path / "meta.json").is_file() else model.path / "kiln-model"
@@ -346,7 +339,6 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def classification_prediction(out: Any, path: Path, classes: Sequence[str], version: str) -> Prediction | None:
     """``{"label", "score"}`` (kiln.algorithms' classification predict) -> a Choices prediction."""
-    from kiln.labeling.client import Prediction, choice_region
 
     if isinstance(out, list):  # top-k lists: the best first
         out = out[0] if out else None
@@ -367,7 +359,6 @@ def detection_prediction(out: Any, path: Path, classes: Sequence[str], version: 
     Boxes below ``threshold`` and of classes the job does not label are dropped; the item's score
     is the mean of the kept boxes' scores; no box kept -> None (the item stays unlabelled).
     """
-    from kiln.labeling.client import Prediction, box_region
 
     boxes: list[tuple[str, list[float], float]] = []
     if isinstance(out, dict):
@@ -406,26 +397,19 @@ def predictions_for(task: str, outputs: Sequence[Any], paths: Sequence[Path], cl
 
 
 def _pred_file(ctx: StepContext, model: ResolvedModel) -> Path:
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     return job_home(ctx.config, ws, name) / "predictions" / f"{model.name}-v{model.version}.json"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def labeling_pre_annotate(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
+    spec = ctx.model(LabelingJob).spec
     pa = spec.preAnnotation
     if pa is None:
         return {"model": None, "changed": False}
     reason = pre_annotation_unavailable(spec)
     if reason:
         raise PreAnnotationNotAvailable(reason)
-    ws, _ = _ws_name(ctx)
+    ws = ctx.workspace
     model = resolve_model(ctx.config, pa.model, ws)
     items = dataset_items(ctx, spec)
     f = _pred_file(ctx, model)
@@ -442,7 +426,7 @@ def labeling_pre_annotate(ctx: StepContext) -> dict[str, Any]:
             for it, p in zip(batch, preds):
                 cache[it.path] = None if p is None else {"result": p.result, "score": p.score,
                                                          "model_version": p.model_version}
-        _write_json(f, cache)
+        write_json_atomic(f, cache, indent=None)
     scored = [c for c in cache.values() if c is not None]
     return {"model": model.tag, "predicted": len(todo), "cached": len(cache), "changed": bool(todo),
             "aboveThreshold": sum(c["score"] >= pa.threshold for c in scored)}
@@ -464,7 +448,7 @@ def pre_annotation_unavailable(spec: LabelingJobSpec) -> str | None:
 
 
 def project_id(ctx: StepContext, client: LabelingClient) -> int:
-    ws, name = _ws_name(ctx)
+    ws, name = ctx.workspace, ctx.name
     p = client.find_project(kiln_id(ctx.config.repo, ws, name))
     if p is None:
         raise KilnError(f"LabelingJob {ws}/{name}: its Label Studio project does not exist",
@@ -475,15 +459,13 @@ def project_id(ctx: StepContext, client: LabelingClient) -> int:
 # -- import --------------------------------------------------------------------------------------
 
 def labeling_import(ctx: StepContext) -> dict[str, Any]:
-    from kiln.labeling.client import ImportItem, Prediction
-
-    spec = _spec(ctx)
+    spec = ctx.model(LabelingJob).spec
     client = connect(ctx.config)
     pid = project_id(ctx, client)
     items = dataset_items(ctx, spec)
     preds: dict[str, Any] = {}
     if spec.preAnnotation is not None and spec.preAnnotation.model is not None:
-        ws, _ = _ws_name(ctx)
+        ws = ctx.workspace
         f = _pred_file(ctx, resolve_model(ctx.config, spec.preAnnotation.model, ws))
         preds = json.loads(f.read_text()) if f.is_file() else {}
     client.ensure_local_storage(pid, items.folder)
@@ -517,8 +499,8 @@ def _members(ctx: StepContext, ws: str) -> dict[str, str] | None:
 
 
 def labeling_assign(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
-    ws, name = _ws_name(ctx)
+    spec = ctx.model(LabelingJob).spec
+    ws, name = ctx.workspace, ctx.name
     members = _members(ctx, ws)
     people = [a.user for a in spec.annotators] + [r for r in spec.reviewers if r not in {a.user for a in spec.annotators}]
     if members is not None:
@@ -546,9 +528,6 @@ def _reviewer_ids(client: LabelingClient, spec: LabelingJobSpec) -> list[int]:
 
 
 def check_completion(client: LabelingClient, pid: int, spec: LabelingJobSpec) -> tuple[dict[str, Any], list[dict]]:
-    from kiln.labeling import assignment
-    from kiln.labeling.export import completion
-
     tasks = client.export_tasks(pid)
     known = client.users()
     c = completion(tasks, spec.completion.rule, reviewer_ids=[known[r] for r in spec.reviewers if r in known],
@@ -563,7 +542,7 @@ def check_completion(client: LabelingClient, pid: int, spec: LabelingJobSpec) ->
 
 
 def labeling_wait_complete(ctx: StepContext) -> dict[str, Any]:
-    spec = _spec(ctx)
+    spec = ctx.model(LabelingJob).spec
     client = connect(ctx.config)
     pid = project_id(ctx, client)
     timeout = float(ctx.args.get("timeout", "0") or 0)
@@ -584,16 +563,12 @@ DEFAULT_FORMATS: dict[str, str] = {"classification": "image-folder", "detection"
 
 
 def _output_format(task: str, input_format: str | None) -> str:
-    from kiln.api.dataset import FORMAT_TASKS
-
     if input_format and task in FORMAT_TASKS.get(input_format, set()):
         return input_format
     return DEFAULT_FORMATS[task]
 
 
 def _annotations_hash(tasks: list[dict[str, Any]]) -> str:
-    from kiln.labeling.export import DELETED_FIELD, KEY_FIELD
-
     slim = sorted([(t.get("data", {}).get(KEY_FIELD), bool(t.get("data", {}).get(DELETED_FIELD)),
                     sorted(json.dumps([a.get("id"), a.get("result"), a.get("was_cancelled"),
                                        a.get("updated_at")], sort_keys=True, default=str)
@@ -603,12 +578,8 @@ def _annotations_hash(tasks: list[dict[str, Any]]) -> str:
 
 
 def labeling_export(ctx: StepContext) -> dict[str, Any]:
-    from kiln.controller.dataset_steps import write_version
-    from kiln.data.formats import export as export_format
-    from kiln.labeling.export import to_content
-
-    spec = _spec(ctx)
-    ws, name = _ws_name(ctx)
+    spec = ctx.model(LabelingJob).spec
+    ws, name = ctx.workspace, ctx.name
     client = connect(ctx.config)
     pid = project_id(ctx, client)
     state, tasks = check_completion(client, pid, spec)
@@ -640,8 +611,6 @@ def labeling_export(ctx: StepContext) -> dict[str, Any]:
     union = home / "union"
     shutil.rmtree(union, ignore_errors=True)
     if added_to is not None:  # labels for another dataset: its next version adds them (kiln.data.merge)
-        from kiln.data import load
-        from kiln.data.merge import merge_contents
 
         current = load(ctx.config.repo / "data" / out_ws / out_name, verify=False)
         fmt = current.format or fmt
@@ -665,7 +634,7 @@ def labeling_export(ctx: StepContext) -> dict[str, Any]:
     result = {"dataset": f"{out_ws}/{out_name}", "version": out["version"], "number": f"v{out['number']}",
               "items": len(content.items), "skipped": len(conv.skipped), "deleted": len(conv.deleted),
               "format": fmt, "commit": out["commit"]}
-    _write_json(marker, {**result, "annotations": digest})
+    write_json_atomic(marker, {**result, "annotations": digest}, indent=None)
     return {"exported": True, **result, "new": out["new"], "changed": True}
 
 

@@ -160,3 +160,23 @@ def load_config(repo: str | os.PathLike[str]) -> KilnConfig:
         raise ConfigError(f"{path}: {msgs}", hint="see the settings documented in README.md") from None
     cfg.repo = repo
     return cfg
+
+
+def repo_root(start: str | os.PathLike[str], default: Path | None = None) -> Path | None:
+    """The kiln repository holding ``start`` (a file or folder): the nearest folder at or above
+    it with ``kiln.yaml``, a ``.kiln/`` folder or ``.git``; ``default`` when there is none.
+
+    Why these three: ``kiln.yaml`` is the repository's own config and sits at its root; a
+    repository without one (it is optional) still has ``.kiln/`` at its root once kiln has run
+    there (state, model store), which also finds a kiln project in a subfolder of a larger git
+    repository; ``.git`` (a folder, or a file in a worktree or submodule) covers a fresh
+    checkout. The nearest wins, so a project's own markers beat an enclosing git repository.
+    (Dataset folders keep lineage in a ``.kiln/`` of their own, but specs never live there.)
+    """
+    here = Path(start).resolve()
+    if not here.is_dir():
+        here = here.parent
+    for p in (here, *here.parents):
+        if (p / CONFIG_FILE).is_file() or (p / ".kiln").is_dir() or (p / ".git").exists():
+            return p
+    return default

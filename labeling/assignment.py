@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.errors import ConfigError
+from kiln.labeling.export import DELETED_FIELD, final_annotation
 
 ASSIGNEE_FIELD = "assignee"
 
@@ -103,7 +104,6 @@ def progress(tasks: Iterable[dict[str, Any]], user_emails: dict[int, str]) -> Pr
 
     ``user_emails`` maps Label Studio user ids to emails (annotations carry ``completed_by`` ids).
     """
-    from kiln.labeling.export import DELETED_FIELD, final_annotation
 
     p = Progress()
     for t in tasks:

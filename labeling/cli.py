@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from kiln.labeling import server
+
 
 def _state_dir(ctx: click.Context) -> Path:
     repo = (ctx.obj or {}).get("repo") or os.getcwd()
@@ -28,7 +30,6 @@ def labelstudio() -> None:
 @click.pass_context
 def start(ctx: click.Context, port: int | None, document_root: str | None, data_dir: str | None) -> None:
     """Install Label Studio if missing, start it and wait until it is healthy."""
-    from kiln.labeling import server
 
     if not server.is_installed():
         click.echo(f"installing label-studio {server.LS_VERSION} into {server.venv_dir()} (a few minutes) ...")
@@ -43,7 +44,6 @@ def start(ctx: click.Context, port: int | None, document_root: str | None, data_
 @click.pass_context
 def stop(ctx: click.Context) -> None:
     """Stop the server started by `kiln labelstudio start`."""
-    from kiln.labeling import server
 
     info = server.stop(_state_dir(ctx))
     click.echo(f"stopped Label Studio at {info.url} (pid {info.pid})" if info else "Label Studio is not running")
@@ -54,7 +54,6 @@ def stop(ctx: click.Context) -> None:
 @click.pass_context
 def status(ctx: click.Context, output: str) -> None:
     """Whether the server is running and where."""
-    from kiln.labeling import server
 
     st = server.status(_state_dir(ctx))
     if output == "json":
@@ -71,6 +70,5 @@ def status(ctx: click.Context, output: str) -> None:
 @click.pass_context
 def token(ctx: click.Context) -> None:
     """Print the admin API token (for `export KILN_LABELSTUDIO_TOKEN=...` or the UI)."""
-    from kiln.labeling import server
 
     click.echo(server.read_token(_state_dir(ctx)))

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from kiln.errors import ConfigError, KilnError
 from kiln.labeling import assignment as assign
-from kiln.labeling import configs
+from kiln.labeling import configs, server
 from kiln.labeling.export import DELETED_FIELD, KEY_FIELD, SPLIT_FIELD, final_annotation
 
 MARKER = "kiln.dev/id:"
@@ -163,7 +163,6 @@ class LabelingClient:
     @classmethod
     def from_state(cls, state_dir: str | os.PathLike[str]) -> LabelingClient:
         """Connect to the server ``kiln labelstudio start`` recorded under ``state_dir`` (``.kiln``)."""
-        from kiln.labeling import server
 
         info = server.read_state(Path(state_dir))
         if info is None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln._util.fs import replacing
 from kiln.data.model import Annotation, DatasetContent, Item
 from kiln.errors import ConfigError
 from kiln.labeling.configs import task_kind
@@ -184,10 +185,8 @@ def _write_mask(it: Item, result: list[dict[str, Any]], cat_id: dict[str, int], 
     if mask is None:
         return
     out = mask_dir / (Path(key).with_suffix("").as_posix().replace("/", "__") + ".png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    Image.fromarray(mask, mode="L").save(tmp)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        Image.fromarray(mask, mode="L").save(tmp, format="PNG")
     it.mask = os.path.relpath(out, root)
 
 

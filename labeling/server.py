@@ -37,6 +37,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kiln._util.fs import write_text_atomic
 from kiln._util.proc import pid_alive
 from kiln.errors import ConfigError, KilnError
 
@@ -106,12 +107,7 @@ def _run(cmd: list[str], what: str) -> None:
 
 # -- secrets --------------------------------------------------------------------------------------------
 def _write_secret(path: Path, value: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, value + "\n", mode=0o600)
 
 
 def _secret(path: Path, make) -> str:
@@ -148,9 +144,7 @@ def read_state(state_dir: Path) -> ServerInfo | None:
 
 def _write_state(state_dir: Path, info: ServerInfo) -> None:
     path = state_dir / STATE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(info), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(asdict(info), indent=2) + "\n", mkdir=False)
 
 
 def free_port() -> int:

@@ -9,27 +9,38 @@ at once never share a temporary file; a failed write removes its temporary file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = False, mkdir: bool = True) -> None:
-    """Replace ``path`` with ``data`` in one step. ``fsync`` also survives a power cut (the
-    registry's metadata), at the cost of a disk flush."""
+@functools.cache
+def _default_mode() -> int:
+    # the umask can only be read by setting it; once per process, before any writer thread runs
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def replacing(path: Path, *, mkdir: bool = True, mode: int | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write the new content to; on a clean exit it
+    replaces ``path``, on an error it is removed. For writers that want a file name (pandas'
+    ``to_csv``, PIL's ``save``: they stream, so a large table never sits in memory twice). The
+    name ends in ``.tmp``: pass the file format explicitly to writers that guess it from the
+    suffix. ``mode`` as in :func:`write_bytes_atomic`."""
     path = Path(path)
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        os.fchmod(fd, _default_mode() if mode is None else mode)
+        os.close(fd)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -37,18 +48,32 @@ def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = False, mkdir: b
         raise
 
 
-def write_text_atomic(path: Path, text: str, *, fsync: bool = False, mkdir: bool = True) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync, mkdir=mkdir)
+def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = False, mkdir: bool = True,
+                       mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` in one step. ``fsync`` also survives a power cut (the
+    registry's metadata), at the cost of a disk flush. ``mode`` sets the permissions before any
+    byte is written (``0o600`` for secrets); by default the file gets what ``open()`` would give
+    it (0666 less the umask), not ``mkstemp``'s 0600: other tools and users read these files."""
+    with replacing(path, mkdir=mkdir, mode=mode) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text_atomic(path: Path, text: str, *, fsync: bool = False, mkdir: bool = True,
+                      mode: int | None = None) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync, mkdir=mkdir, mode=mode)
 
 
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1, sort_keys: bool = True,
                       ensure_ascii: bool = True, default: Callable[[Any], Any] | None = None,
-                      fsync: bool = False, mkdir: bool = True) -> None:
+                      fsync: bool = False, mkdir: bool = True, mode: int | None = None) -> None:
     """``json.dumps`` with these options, written with :func:`write_bytes_atomic`. The options
     stay explicit because some files are hashed (DVC-tracked metadata): the bytes must not
     change when a caller moves to this helper."""
     text = json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii, default=default)
-    write_text_atomic(path, text, fsync=fsync, mkdir=mkdir)
+    write_text_atomic(path, text, fsync=fsync, mkdir=mkdir, mode=mode)
 
 
 def read_json(path: Path, default: Any = None) -> Any:

@@ -36,6 +36,15 @@ def memory_bytes(q: str | int) -> int:
     return int(float(m.group(1)) * _MEM_UNITS[m.group(2) or ""])
 
 
+def _quantity(v: Any, pattern: re.Pattern[str], expected: str) -> Any:
+    """A Kubernetes-style quantity as a string (YAML may give ``2`` or ``0.5``); None passes."""
+    if v is None:
+        return v
+    if isinstance(v, bool) or not pattern.match(str(v)):
+        raise ValueError(f"expected {expected}, got {v!r}")
+    return str(v)
+
+
 class Model(BaseModel):
     """Base for every spec model: strict about unknown fields, camelCase as users write it."""
 
@@ -61,20 +70,12 @@ class ResourceRequest(Model):
     @field_validator("cpu", mode="before")
     @classmethod
     def _cpu(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        if isinstance(v, bool) or not _CPU_RE.match(str(v)):
-            raise ValueError(f'expected a CPU quantity such as "2" or "500m", got {v!r}')
-        return str(v)
+        return _quantity(v, _CPU_RE, 'a CPU quantity such as "2" or "500m"')
 
     @field_validator("memory", mode="before")
     @classmethod
     def _memory(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        if isinstance(v, bool) or not _MEM_RE.match(str(v)):
-            raise ValueError(f'expected a memory quantity such as "4Gi" or "512Mi", got {v!r}')
-        return str(v)
+        return _quantity(v, _MEM_RE, 'a memory quantity such as "4Gi" or "512Mi"')
 
 
 class DatasetRef(Model):

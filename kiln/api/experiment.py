@@ -23,6 +23,13 @@ def from_experiment(labels: dict, workspace: str, name: str) -> bool:
     return labels.get("experiment") in (experiment_label(workspace, name), name)
 
 
+def _check_range(low: float, high: float, log: bool, fmt: str = "") -> None:
+    if low >= high:
+        raise ValueError(f"low ({low:{fmt}}) must be < high ({high:{fmt}})")
+    if log and low <= 0:
+        raise ValueError("a log-scale range needs low > 0")
+
+
 class FloatParam(Model):
     type: Literal["float"]
     low: float
@@ -32,10 +39,7 @@ class FloatParam(Model):
 
     @model_validator(mode="after")
     def _range(self) -> FloatParam:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low:g}) must be < high ({self.high:g})")
-        if self.log and self.low <= 0:
-            raise ValueError("a log-scale range needs low > 0")
+        _check_range(self.low, self.high, self.log, "g")
         if self.log and self.step is not None:
             raise ValueError("step cannot be combined with log")
         return self
@@ -50,10 +54,7 @@ class IntParam(Model):
 
     @model_validator(mode="after")
     def _range(self) -> IntParam:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError("a log-scale range needs low > 0")
+        _check_range(self.low, self.high, self.log)
         return self
 
 

@@ -20,6 +20,13 @@ CONTROL_TAGS: dict[str, str] = {
 }
 
 
+def _expand_plain(v: object, key: str) -> object:
+    """A list entry given as a plain string stands for ``{key: string}``."""
+    if isinstance(v, list):
+        return [{key: x} if isinstance(x, str) else x for x in v]
+    return v
+
+
 class Label(Model):
     name: str = Field(..., min_length=1)
     color: str | None = Field(None, pattern=r"^#[0-9a-fA-F]{6}$")
@@ -79,16 +86,12 @@ class LabelingJobSpec(Model):
     @classmethod
     def _plain_names(cls, v: object) -> object:
         # `labels: [cat, dog]` is the common case; expand to the full form.
-        if isinstance(v, list):
-            return [{"name": x} if isinstance(x, str) else x for x in v]
-        return v
+        return _expand_plain(v, "name")
 
     @field_validator("annotators", mode="before", json_schema_input_type=list[Annotator | str])
     @classmethod
     def _plain_users(cls, v: object) -> object:
-        if isinstance(v, list):
-            return [{"user": x} if isinstance(x, str) else x for x in v]
-        return v
+        return _expand_plain(v, "user")
 
     @model_validator(mode="after")
     def _consistent(self) -> LabelingJobSpec:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kiln._util.fs import replacing
 from kiln.data.errors import DatasetFormatError
 
 SAMPLES = {
@@ -86,7 +87,8 @@ def _write_shapes(out: Path, count: int = SHAPES_COUNT, size: int = SHAPES_SIZE)
     from PIL import Image
 
     cid = {name: i + 1 for i, name in enumerate(SHAPES)}
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for i in range(count):
         arr, objects = draw_shapes(i, size)
         Image.fromarray(arr).save(out / f"{i:04d}.png")
@@ -129,7 +131,6 @@ def materialize_sample(name: str, out_dir: str | os.PathLike[str], *, size: int 
     # sklearn's feature names contain spaces and parentheses; CSV headers may, values may not
     frame = pd.DataFrame(bunch.data, columns=[str(c).replace(" ", "_") for c in bunch.feature_names])
     frame["target"] = bunch.target
-    tmp = out / ".data.csv.tmp"
-    frame.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, out / "data.csv")
+    with replacing(out / "data.csv") as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
     return out

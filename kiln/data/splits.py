@@ -11,10 +11,12 @@ Keys are sorted before splitting, so the result depends only on the keys, labels
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kiln.data.errors import DatasetFormatError
+from kiln.data.formats._base import write_dataset_json
 from kiln.data.model import DatasetContent
 
 
@@ -61,11 +63,11 @@ def _item_label(it: Any, content: DatasetContent) -> str | None:
 
 
 def split_rows(df: Any, label: str | None, ratios: dict[str, float], seed: int = 0, stratify: bool = True,
-               columns: dict[str, str] | None = None) -> tuple[dict[str, str], bool]:
+               columns: Mapping[str, str] | None = None) -> tuple[dict[str, str], bool]:
     """A table's split assignment (row number as a string -> split). Preprocessing fits its
     transforms on the rows this gives as ``train``, the split stage records the same rows."""
     keys = [str(i) for i in range(len(df))]
-    labels = None
+    labels: list[str | None] | None = None
     if label and label in df.columns and ((columns or {}).get(label) == "categorical" or df[label].dtype.kind in "iubO"):
         labels = [str(v) for v in df[label].tolist()]
     return split_keys(keys, labels if stratify else None, ratios, seed)
@@ -93,8 +95,6 @@ def assign_splits(content: DatasetContent, ratios: dict[str, float] | None = Non
 
 
 def write_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
-    from kiln.data.formats._base import write_json_atomic
-
     p = Path(path)
-    write_json_atomic(p, manifest)
+    write_dataset_json(p, manifest)
     return p

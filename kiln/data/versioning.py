@@ -33,6 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kiln._util.fs import write_json_atomic, write_text_atomic
+from kiln.data.errors import DatasetFormatError
+from kiln.data.formats import load
 from kiln.errors import ConfigError, NotFound
 
 DEFAULT_REMOTE = "kiln-local"
@@ -120,9 +123,7 @@ class DatasetRepo:
         f = self.root / ".dvcignore"
         text = f.read_text() if f.is_file() else ""
         if "/.kiln/" not in text.splitlines():
-            tmp = f.with_name(f".dvcignore.tmp{os.getpid()}")
-            tmp.write_text(text + ("" if not text or text.endswith("\n") else "\n") + "/.kiln/\n")
-            os.replace(tmp, f)
+            write_text_atomic(f, text + ("" if not text or text.endswith("\n") else "\n") + "/.kiln/\n")
 
     # -- paths ---------------------------------------------------------------------------------
     def _rel(self, path: str | os.PathLike[str]) -> str:
@@ -145,10 +146,7 @@ class DatasetRepo:
         return {"path": rel, "current": None, "versions": []}
 
     def _write_log(self, rel: str, log: dict[str, Any]) -> None:
-        f = self._log_file(rel)
-        tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(log, indent=1, sort_keys=True))
-        os.replace(tmp, f)
+        write_json_atomic(self._log_file(rel), log)
 
     def _read_out(self, rel: str) -> dict[str, Any]:
         import yaml
@@ -232,9 +230,6 @@ class DatasetRepo:
     @staticmethod
     def _counts(folder: Path, content: Any) -> dict[str, int]:
         if content is None:
-            from kiln.data.errors import DatasetFormatError
-            from kiln.data.formats import load
-
             try:
                 content = load(folder, verify=False)
             except DatasetFormatError:
@@ -262,9 +257,7 @@ class DatasetRepo:
         rel = self._rel(path)
         v = self._version(rel, version)
         dvcf = self._dvc_file(rel)
-        tmp = dvcf.with_name(f".{dvcf.name}.tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump({"outs": [v.out]}, sort_keys=False))
-        os.replace(tmp, dvcf)
+        write_text_atomic(dvcf, yaml.safe_dump({"outs": [v.out]}, sort_keys=False))
         with self._repo() as repo:
             repo.pull(targets=[str(dvcf)], force=True)
         log = self._read_log(rel)

@@ -36,6 +36,7 @@ __all__ = [
     "SCHEMA_VERSION", "StateStore", "default_url", "open_store",
 ]
 
+# the store's names load kiln.state.store (sqlalchemy) on first use: records and locks stay light
 _LAZY = {"SCHEMA_VERSION", "StateStore", "default_url", "open_store"}
 
 

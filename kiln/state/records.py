@@ -15,11 +15,13 @@ containers, copy before changing them (``dataclasses.replace(rec, extra={**rec.e
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Self
 
+# utcnow: the store's timestamps (microseconds: steps start within a millisecond and are ordered
+# by start time); re-exported because callers import it from here
+from kiln._util.clock import utcnow
 from kiln.errors import StateError
 
 __all__ = [
@@ -34,13 +36,6 @@ HEALTH = ("Healthy", "Suspended", "Progressing", "Missing", "Degraded", "Unknown
 SYNC = ("Synced", "OutOfSync")
 ATTEMPT_RESULTS = ("succeeded", "failed", "interrupted", "skipped")
 STEP_STATES = ("started", "succeeded", "failed")
-
-
-def utcnow() -> str:
-    """Now, as the store writes timestamps."""
-    now = _dt.datetime.now(_dt.UTC)
-    # microseconds: step progress is ordered by start time, and steps start within a millisecond
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str, owner: str) -> None:
@@ -58,8 +53,20 @@ def split_key(key: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
+class _Record:
+    """What every record dataclass below shares: the store keeps it as the dict of its fields
+    (``to_dict``), and ``from_dict`` builds it back (``__post_init__`` checks the values)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class Condition:
+class Condition(_Record):
     """One Kubernetes-style condition. ``last_transition`` changes only when ``status`` does."""
 
     type: str
@@ -72,16 +79,9 @@ class Condition:
         _check(self.type, CONDITION_TYPES, "condition type", "Condition")
         _check(self.status, CONDITION_STATUSES, f"{self.type} status", "Condition")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Condition:
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class ObjectRecord:
+class ObjectRecord(_Record):
     """The controller's memory of one spec object.
 
     ``spec``/``spec_hash`` are the last *successfully applied* document; a spec being worked on
@@ -153,17 +153,13 @@ class ObjectRecord:
     # -- serialisation -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d = super().to_dict()
         d["conditions"] = [c.to_dict() for c in self.conditions]
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ObjectRecord:
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class Attempt:
+class Attempt(_Record):
     """One reconcile attempt of one object (bounded history, newest kept)."""
 
     key: str
@@ -179,16 +175,9 @@ class Attempt:
         split_key(self.key)
         _check(self.result, ATTEMPT_RESULTS, "attempt result", self.key)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Attempt:
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class StepProgress:
+class StepProgress(_Record):
     """kopf-style persisted progress of one step of reconciling one spec hash of one object.
 
     ``retries`` counts starts after the first (a step found ``started`` after a crash and
@@ -213,13 +202,6 @@ class StepProgress:
     @property
     def succeeded(self) -> bool:
         return self.state == "succeeded"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StepProgress:
-        return cls(**d)
 
 
 def record_from_row(m: Any) -> ObjectRecord:

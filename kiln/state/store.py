@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -315,24 +315,26 @@ class StateStore:
     # -- connections -------------------------------------------------------------------------
 
     @contextmanager
-    def _reading(self) -> Iterator[sa.Connection]:
+    def _connection(self, write: bool) -> Iterator[sa.Connection]:
+        """The connection of this thread's open ``transaction()`` when there is one (its writes
+        commit with it), else a new one; a new writing one commits at the end of the block."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             yield conn
             return
         with self._engine.connect() as conn:
-            yield conn
-
-    @contextmanager
-    def _writing(self) -> Iterator[sa.Connection]:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            yield conn
-            return
-        with self._engine.connect() as conn:
+            if not write:
+                yield conn
+                return
             conn.execution_options(kiln_write=True)
             with conn.begin():
                 yield conn
+
+    def _reading(self) -> AbstractContextManager[sa.Connection]:
+        return self._connection(write=False)
+
+    def _writing(self) -> AbstractContextManager[sa.Connection]:
+        return self._connection(write=True)
 
     @contextmanager
     def transaction(self) -> Iterator[StateStore]:

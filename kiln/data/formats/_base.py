@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
+from kiln._util.fs import write_json_atomic
 from kiln.data.errors import DatasetFormatError
 from kiln.data.model import DatasetContent
 
@@ -36,6 +37,14 @@ class DatasetFormat:
     @classmethod
     def export(cls, content: DatasetContent, out_dir: Path) -> Path:
         raise NotImplementedError  # pragma: no cover - interface
+
+    @classmethod
+    def _export_dir(cls, content: DatasetContent, out_dir: Path, holds: str) -> None:
+        """Start an export: the layout must carry the content's task (``holds`` says what it
+        carries, for the error), and ``out_dir`` exists afterwards."""
+        if content.task not in cls.tasks:
+            raise DatasetFormatError(out_dir, f"{holds}, not {content.task}")
+        out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def is_image(name: str) -> bool:
@@ -61,6 +70,18 @@ def verify_image(path: Path, *, what: str = "image") -> tuple[int, int]:
         ) from None
 
 
+def find_inside(root: Path, bases: tuple[Path, ...], rel: str) -> Path | None:
+    """The first existing file ``base / rel`` that lies inside ``root``: a path written in an
+    annotation file (relative to that file, or to the dataset's root) must not point outside the
+    dataset."""
+    rootr = root.resolve()
+    for base in bases:
+        p = base / rel
+        if p.is_file() and p.resolve().is_relative_to(rootr):
+            return p
+    return None
+
+
 def image_size(path: Path) -> tuple[int, int]:
     from PIL import Image
 
@@ -79,14 +100,10 @@ def place_file(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def write_json_atomic(path: Path, data: object) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
+def write_dataset_json(path: Path, data: object) -> None:
+    """A JSON file inside a dataset (annotations, lineage, manifests): DVC hashes these, so the
+    bytes stay as they always were: indent 1, keys in insertion order, UTF-8 text unescaped."""
+    write_json_atomic(path, data, indent=1, sort_keys=False, ensure_ascii=False)
 
 
 def read_json(path: Path) -> object:

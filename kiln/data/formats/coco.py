@@ -19,7 +19,16 @@ from typing import Any
 
 from kiln.data.errors import DatasetFormatError
 from kiln.data.formats import _masks
-from kiln.data.formats._base import DatasetFormat, image_size, place_file, read_json, unique_name, verify_image, write_json_atomic
+from kiln.data.formats._base import (
+    DatasetFormat,
+    find_inside,
+    image_size,
+    place_file,
+    read_json,
+    unique_name,
+    verify_image,
+    write_dataset_json,
+)
 from kiln.data.model import Annotation, DatasetContent, Item, normalize_split
 
 ANN_NAME = "_annotations.coco.json"
@@ -72,7 +81,7 @@ class Coco(DatasetFormat):
             by_id: dict[int, Item] = {}
             for img in data["images"]:
                 fname = str(img.get("file_name", ""))
-                path = cls._resolve(root, ann_file, fname)
+                path = find_inside(root, (ann_file.parent, root, root / "images"), fname)
                 if path is None:
                     raise DatasetFormatError(
                         ann_file, f"image {fname!r} (id {img.get('id')}) does not exist next to the annotation file",
@@ -104,21 +113,9 @@ class Coco(DatasetFormat):
         t = task or ("instance-segmentation" if any_seg else "detection")
         return DatasetContent(task=t, root=root, format=cls.name, items=items, categories=categories)
 
-    @staticmethod
-    def _resolve(root: Path, ann_file: Path, fname: str) -> Path | None:
-        rootr = root.resolve()
-        for base in (ann_file.parent, root, root / "images"):
-            p = base / fname
-            # a file_name must not point outside the dataset
-            if p.is_file() and p.resolve().is_relative_to(rootr):
-                return p
-        return None
-
     @classmethod
     def export(cls, content: DatasetContent, out_dir: Path) -> Path:
-        if content.task not in cls.tasks:
-            raise DatasetFormatError(out_dir, f"COCO export holds detection/instance segmentation, not {content.task}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        cls._export_dir(content, out_dir, "COCO export holds detection/instance segmentation")
         groups: dict[str | None, list[Item]] = {}
         for it in content.items:
             groups.setdefault(it.split, []).append(it)
@@ -136,7 +133,7 @@ class Coco(DatasetFormat):
                 images.append({"id": iid, "file_name": name, "width": w, "height": h})
                 for a in it.annotations:
                     anns.append(cls._ann(len(anns) + 1, iid, a, h, w))
-            write_json_atomic(d / ANN_NAME, {
+            write_dataset_json(d / ANN_NAME, {
                 "info": {"description": "exported by kiln"}, "licenses": [],
                 "categories": cats, "images": images, "annotations": anns,
             })

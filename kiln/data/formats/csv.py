@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kiln._util.fs import replacing
 from kiln.data.errors import DatasetFormatError
 from kiln.data.formats._base import DatasetFormat, ignored
 from kiln.data.model import DatasetContent, TabularData
@@ -75,8 +76,9 @@ class Csv(DatasetFormat):
         return _csv_file(root) is not None
 
     @classmethod
-    def load(cls, root: Path, task: str | None = None, *, verify: bool = True, label: str | None = None,
-             **options: object) -> DatasetContent:
+    def load(cls, root: Path, task: str | None = None, *, verify: bool = True,  # type: ignore[override]
+             label: str | None = None, **options: object) -> DatasetContent:
+        # label: CSV's own option (which column is the target), passed by name through **options
         import pandas as pd
 
         f = _csv_file(root)
@@ -99,8 +101,6 @@ class Csv(DatasetFormat):
 
     @classmethod
     def export(cls, content: DatasetContent, out_dir: Path) -> Path:
-        import os
-
         if content.table is None or content.table.frame is None:
             raise DatasetFormatError(out_dir, f"CSV export needs tabular content, not {content.task}")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,8 +108,6 @@ class Csv(DatasetFormat):
         label = content.table.label
         if label is not None and frame.columns[-1] != label:
             frame = frame[[c for c in frame.columns if c != label] + [label]]  # label goes last
-        dst = out_dir / "data.csv"
-        tmp = out_dir / ".data.csv.tmp"
-        frame.to_csv(tmp, index=False, lineterminator="\n")
-        os.replace(tmp, dst)
+        with replacing(out_dir / "data.csv") as tmp:
+            frame.to_csv(tmp, index=False, lineterminator="\n")
         return out_dir

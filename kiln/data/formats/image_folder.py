@@ -83,9 +83,7 @@ class ImageFolder(DatasetFormat):
 
     @classmethod
     def export(cls, content: DatasetContent, out_dir: Path) -> Path:
-        if content.task != "classification":
-            raise DatasetFormatError(out_dir, f"image-folder holds classification data, not {content.task}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        cls._export_dir(content, out_dir, "image-folder holds classification data")
         used: dict[str, set[str]] = {}
         for it in content.items:
             if it.label is None:

@@ -15,7 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from kiln.data.errors import DatasetFormatError
-from kiln.data.formats._base import DatasetFormat, place_file, read_json, unique_name, verify_image, write_json_atomic
+from kiln.data.formats._base import (
+    DatasetFormat,
+    find_inside,
+    place_file,
+    read_json,
+    unique_name,
+    verify_image,
+    write_dataset_json,
+)
 from kiln.data.model import DatasetContent, Item, normalize_split
 
 _SPLITS = ("train", "validation", "val", "valid", "test", "data")
@@ -92,12 +100,12 @@ class SegmentationJson(DatasetFormat):
             for n, e in enumerate(entries):
                 if not isinstance(e, dict) or "image" not in e:
                     raise DatasetFormatError(sf, f"entry {n} has no 'image'")
-                img = cls._resolve(root, sf, str(e["image"]))
+                img = find_inside(root, (sf.parent, root), str(e["image"]))
                 if img is None:
                     raise DatasetFormatError(sf, f"entry {n}: image {e['image']!r} does not exist")
                 mask = None
                 if e.get("seg_map"):
-                    mask = cls._resolve(root, sf, str(e["seg_map"]))
+                    mask = find_inside(root, (sf.parent, root), str(e["seg_map"]))
                     if mask is None:
                         raise DatasetFormatError(sf, f"entry {n}: seg_map {e['seg_map']!r} does not exist")
                 w = h = None
@@ -111,20 +119,9 @@ class SegmentationJson(DatasetFormat):
                                   mask=mask.relative_to(root).as_posix() if mask else None, width=w, height=h))
         return DatasetContent(task="semantic-segmentation", root=root, format=cls.name, items=items, categories=categories)
 
-    @staticmethod
-    def _resolve(root: Path, sf: Path, rel: str) -> Path | None:
-        rootr = root.resolve()
-        for base in (sf.parent, root):
-            p = base / rel
-            if p.is_file() and p.resolve().is_relative_to(rootr):
-                return p
-        return None
-
     @classmethod
     def export(cls, content: DatasetContent, out_dir: Path) -> Path:
-        if content.task != "semantic-segmentation":
-            raise DatasetFormatError(out_dir, f"segmentation-json holds semantic segmentation, not {content.task}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        cls._export_dir(content, out_dir, "segmentation-json holds semantic segmentation")
         groups: dict[str, list[Item]] = {}
         for it in content.items:
             groups.setdefault(it.split or "data", []).append(it)
@@ -142,7 +139,7 @@ class SegmentationJson(DatasetFormat):
                     place_file(content.abspath(it.mask), d / mname)
                     entry["seg_map"] = mname
                 entries.append(entry)
-            write_json_atomic(d / f"{split}.json", entries)
-        write_json_atomic(out_dir / "resources" / "id2label.json",
+            write_dataset_json(d / f"{split}.json", entries)
+        write_dataset_json(out_dir / "resources" / "id2label.json",
                           {str(k): v for k, v in sorted(content.categories.items())})
         return out_dir

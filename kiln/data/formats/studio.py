@@ -27,7 +27,7 @@ from kiln.data.formats._base import (
     read_json,
     unique_name,
     verify_image,
-    write_json_atomic,
+    write_dataset_json,
 )
 from kiln.data.formats.segmentation_json import check_mask
 from kiln.data.model import Annotation, DatasetContent, Item, normalize_split, normalize_task
@@ -119,9 +119,7 @@ class Studio(DatasetFormat):
 
     @classmethod
     def export(cls, content: DatasetContent, out_dir: Path) -> Path:
-        if content.task not in cls.tasks:
-            raise DatasetFormatError(out_dir, f"studio layout holds detection/segmentation, not {content.task}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        cls._export_dir(content, out_dir, "studio layout holds detection/segmentation")
         used: set[str] = set()
         splits: dict[str, str] = {}
         for it in content.items:
@@ -144,14 +142,14 @@ class Studio(DatasetFormat):
                 elif a.polygons:
                     inst["segmentation"] = a.polygons
                 instances.append(inst)
-            write_json_atomic(out_dir / "annotations" / f"{stem}.json", {"instances": instances})
+            write_dataset_json(out_dir / "annotations" / f"{stem}.json", {"instances": instances})
         if content.task == "semantic-segmentation":
             (out_dir / "labels").mkdir(exist_ok=True)
         else:
             (out_dir / "annotations").mkdir(exist_ok=True)
-        meta = {"task": content.task,
+        meta: dict[str, Any] = {"task": content.task,
                 "categories": [{"id": k, "name": v} for k, v in sorted(content.categories.items())]}
         if splits:
             meta["splits"] = splits
-        write_json_atomic(out_dir / "meta.json", meta)
+        write_dataset_json(out_dir / "meta.json", meta)
         return out_dir
