@@ -113,7 +113,7 @@ class Registry:
             raise ConfigError(f"{p}: not valid JSON ({e})", hint="restore it from a backup or delete it (aliases are lost)") from None
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        write_json_atomic(self.home / "kiln-registry.json", state, fsync=True, mkdir=False)
+        write_json_atomic(self.home / "kiln-registry.json", state, fsync=True, mkdir=False, mode=0o600)
 
     def _audit(self, action: str, model: str, version: int | None = None, **extra: Any) -> None:
         rec = {"time": utcnow(), "who": who(), "action": action, "model": model}

@@ -136,7 +136,7 @@ class ManagedServer:
             cfg = cfg.model_copy(update={"capture": capture})
         conf = self.dir / f"config-{tag}.json"
         # the serving process validates it back with ServeConfig (from_env)
-        write_json_atomic(conf, cfg.model_dump(mode="json"))
+        write_json_atomic(conf, cfg.model_dump(mode="json"), mode=0o600)  # private, as before the shared writer
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BENTOML_", "PROMETHEUS_"))}
         env.update(BENTOML_HOME=str(home), KILN_SERVE_CONFIG=str(conf), BENTOML_DO_NOT_TRACK="True",
                    PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(self.cfg.threads))
@@ -164,7 +164,7 @@ class ManagedServer:
         write_json_atomic(self.dir / "server.json", {
             "pid": self.proc.pid, "port": self.port, "url": self.url, "model": self.cfg.model,
             "version": self.cfg.version, "serverId": self.server_id,
-            "started": utcnow()})
+            "started": utcnow()}, mode=0o600)
 
     def _ready(self, timeout: float = 2.0) -> bool:
         try:
@@ -276,7 +276,7 @@ class ManagedServer:
             write_json_atomic(self.dir / "server.json", {
                 "pid": self.proc.pid if self.proc else None, "port": self.port, "url": self.url,
                 "model": self.cfg.model, "version": version, "serverId": self.server_id,
-                "started": utcnow()})
+                "started": utcnow()}, mode=0o600)
         return True
 
     def __enter__(self) -> ManagedServer:
