@@ -59,6 +59,7 @@ from typing import Any
 import click
 
 from kiln._util.redact import redact_text
+from kiln.controller.events import ApplyEvent, render
 from kiln.errors import ConfigError, KilnError, LockHeld
 
 KV_NAMESPACE = "controller"
@@ -523,13 +524,11 @@ class Controller:
             before = {r.key: r for r in store.all_objects()}
         finally:
             store.close()
-        keys: dict[str, str] = {}  # ref as apply prints it -> key
 
         def review(plan: Any, st: Any) -> bool:
             self.heartbeat.beat()
             work = False
             for c in plan.changes:
-                keys[c.ref] = c.key
                 if c.pending:
                     work = True
                     drift = c.action == "update" and not c.fields and c.note and not c.note.startswith("retry")
@@ -547,20 +546,18 @@ class Controller:
                 self.log("in-sync", plan.summary(), level="debug", commit=commit)
             return work
 
-        def echo(line: str) -> None:
+        def on_event(event: ApplyEvent) -> None:
             self.heartbeat.beat()
-            m = re.match(r"^[~+\-x!= ]*\s*([A-Za-z]+/[^:\s]+)", line)
-            # what apply does (~ + - x !) is news; skipping and polling notes are not
-            news = line.lstrip()[:1] in "~+-x!" and line.strip()
-            self.log("apply", line.strip(), level="info" if news else "debug", commit=commit,
-                     object=keys.get(m.group(1), m.group(1)) if m else None)
+            # what apply does is news; skipping and polling notes are not
+            self.log("apply", render(event).strip(), level="info" if event.news else "debug", commit=commit,
+                     object=event.key)
 
         self._done = None
         self.applying = True
         try:
             if self.stop.is_set():
                 raise KeyboardInterrupt
-            done = apply(config, prune=self.opts.prune, echo=echo, wait_lock=self.opts.interval,
+            done = apply(config, prune=self.opts.prune, on_event=on_event, wait_lock=self.opts.interval,
                          command="kiln controller", review=review)
         finally:
             self.applying = False

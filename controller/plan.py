@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from kiln.api import KINDS
 from kiln.controller.diff import FieldChange, diff
-from kiln.controller.handlers import HANDLERS, PLANNED
+from kiln.controller.handlers import HANDLERS
 from kiln.validate import dependencies
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Change:
         """The plain reason this change cannot be applied, for plan and apply output."""
         if self.blocked:
             return self.blocked
-        return f"no {self.kind} handler yet: {PLANNED.get(self.kind, 'arrives in a later version')}"
+        return f"no {self.kind} handler in this kiln version"
 
     @property
     def pending(self) -> bool:
@@ -311,7 +311,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
             changes.append(Change("update", s.key, s.kind, s.ref, spec=s, record=rec,
                                   note="retry: the last apply did not finish"))
         else:
-            changes.append(_outside_spec(config, s, rec))
+            changes.append(outside_spec(config, s, rec))
     rank = {k: i for i, k in enumerate(KINDS)}
     # Deletions in reverse kind order: what refers to others goes first.
     for rec in sorted(known.values(), key=lambda r: (-rank.get(r.kind, 0), r.key)):
@@ -330,7 +330,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
     return Plan(changes, prune=prune)
 
 
-def _outside_spec(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord) -> Change:
+def outside_spec(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord) -> Change:
     """The change for an applied, unchanged spec: unchanged unless the world moved (module doc)."""
     same = Change("unchanged", s.key, s.kind, s.ref, spec=s, record=rec)
     if config is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.config import KilnConfig
+from kiln.controller.events import Listener, printing
 from kiln.errors import SpecErrors
 from kiln.loader import SpecSet, load_specs
 from kiln.validate import validate
@@ -117,11 +118,14 @@ class Applied:
 
 def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
           echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply",
-          targets: Sequence[str] | None = None, review: Callable[[Any, Any], bool] | None = None) -> Applied:
+          targets: Sequence[str] | None = None, review: Callable[[Any, Any], bool] | None = None,
+          on_event: Listener | None = None) -> Applied:
     """Reconcile the specs under ``path`` (default: all); with ``targets``, only those objects and
     their dependencies (``select_targets``). ``review(plan, store)``, called under the lock
     between planning and applying, may look at (and mark) what is about to change; returning
-    False applies nothing (``kiln controller`` uses it to log drift and skip quiet intervals)."""
+    False applies nothing (``kiln controller`` uses it to log drift and skip quiet intervals).
+    What apply does goes to ``on_event`` as typed events (``kiln.controller.events``), or, without
+    it, to ``echo`` as the lines ``kiln apply`` prints."""
     from kiln.controller.apply import ApplyResult, apply_plan
     from kiln.controller.plan import make_plan
     from kiln.state import RepoLock
@@ -136,6 +140,6 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
             p = make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
             if review is not None and not review(p, store):
                 return Applied(p, ApplyResult())
-            return Applied(p, apply_plan(p, config, store, echo))
+            return Applied(p, apply_plan(p, config, store, on_event or printing(echo)))
         finally:
             store.close()

@@ -78,10 +78,6 @@ class LockHeld(KilnError):
     exit_code = 3
 
 
-class HandlerNotAvailable(KilnError):
-    """A kind whose reconcile handler is not part of this kiln version yet."""
-
-
 class NotFound(KilnError):
     """A named object does not exist (in specs or in the state store)."""
 

@@ -18,8 +18,4 @@ HANDLERS: dict[str, type[Handler]] = {
     "Deployment": DeploymentHandler,
 }
 
-# Where the missing ones arrive, for the message users see.
-PLANNED: dict[str, str] = {
-}
-
-__all__ = ["HANDLERS", "PLANNED", "Context", "Handler", "Step", "TemporaryError"]
+__all__ = ["HANDLERS", "Context", "Handler", "Step", "TemporaryError"]
