@@ -78,6 +78,12 @@ class LockHeld(KilnError):
     exit_code = 3
 
 
+class TemporaryError(KilnError):
+    """Retry later: the object stays Reconciling (a step's ``kiln step`` exits 1, which the
+    workflow's retryStrategy retries). Defined here, below the controller, so that ``kiln step``
+    can tell it apart without importing the handlers."""
+
+
 class NotFound(KilnError):
     """A named object does not exist (in specs or in the state store)."""
 
