@@ -11,11 +11,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kiln.api import KINDS
 from kiln.config import KilnConfig
+from kiln.controller.apply import ApplyResult, apply_plan
 from kiln.controller.events import Listener, printing
-from kiln.errors import SpecErrors
+from kiln.controller.plan import Plan, make_plan
+from kiln.errors import NotFound, SpecErrors
 from kiln.loader import SpecSet, load_specs
-from kiln.validate import validate
+from kiln.state import RepoLock
+from kiln.state.snapshot import read_objects
+from kiln.validate import dependencies, validate
 
 
 def load_valid(config: KilnConfig, path: str | os.PathLike[str] | None = None) -> SpecSet:
@@ -28,6 +33,23 @@ def load_valid(config: KilnConfig, path: str | os.PathLike[str] | None = None) -
     return specs
 
 
+def canonical_kind(kind: str) -> str:
+    for k in KINDS:
+        if kind.lower() in (k.lower(), k.lower() + "s"):
+            return k
+    raise NotFound(f"unknown kind {kind!r}", hint=f"one of {', '.join(KINDS)}")
+
+
+def parse_ref(ref: str) -> tuple[str, str, str]:
+    """KIND/NAME or KIND/WORKSPACE/NAME -> (kind, workspace, name)."""
+    parts = ref.split("/")
+    if len(parts) == 2:
+        return canonical_kind(parts[0]), "default", parts[1]
+    if len(parts) == 3:
+        return canonical_kind(parts[0]), parts[1], parts[2]
+    raise NotFound(f"cannot read {ref!r} as an object reference", hint="write KIND/NAME or KIND/WORKSPACE/NAME")
+
+
 def _scope(config: KilnConfig, path: str | os.PathLike[str] | None) -> str:
     target = Path(path).resolve() if path else config.specs_dir().resolve()
     try:
@@ -38,6 +60,7 @@ def _scope(config: KilnConfig, path: str | os.PathLike[str] | None) -> str:
 
 
 def open_state(config: KilnConfig):  # -> StateStore
+    # kiln.state.store imports SQLAlchemy (~150 ms): only the commands that open the store pay
     from kiln.state import open_store
 
     return open_store(config.state_url(), config.repo, max_attempts=config.historyLimit)
@@ -50,10 +73,6 @@ def select_targets(specs: SpecSet, targets: Sequence[str]) -> SpecSet:
     changed without applying the rest of the repository.
 
     An unknown target is an error that lists the objects that exist."""
-    from kiln.controller.status import parse_ref
-    from kiln.errors import NotFound
-    from kiln.validate import dependencies
-
     by_key = specs.by_key()
     wanted: list[str] = []
     for t in targets:
@@ -89,17 +108,13 @@ def _targeted(specs: SpecSet, records: list, targets: Sequence[str] | None) -> t
 
 
 def plan(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
-         targets: Sequence[str] | None = None):
-    from kiln.controller.plan import make_plan
-
+         targets: Sequence[str] | None = None) -> Plan:
     specs, records = _targeted(load_valid(config, path), read_records(config), targets)
     return make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
 
 
 def read_records(config: KilnConfig) -> list:
     """Every recorded object, read-only (never creates a state database)."""
-    from kiln.state.snapshot import read_objects
-
     records = read_objects(config.state_url(), config.repo)
     if records is not None:
         return records
@@ -112,8 +127,8 @@ def read_records(config: KilnConfig) -> list:
 
 @dataclass
 class Applied:
-    plan: object
-    result: object
+    plan: Plan
+    result: ApplyResult
 
 
 def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
@@ -126,10 +141,6 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
     False applies nothing (``kiln controller`` uses it to log drift and skip quiet intervals).
     What apply does goes to ``on_event`` as typed events (``kiln.controller.events``), or, without
     it, to ``echo`` as the lines ``kiln apply`` prints."""
-    from kiln.controller.apply import ApplyResult, apply_plan
-    from kiln.controller.plan import make_plan
-    from kiln.state import RepoLock
-
     specs = load_valid(config, path)  # nothing is touched when the specs are invalid
     if targets:
         specs = select_targets(specs, targets)  # unknown targets fail before the lock is taken

@@ -327,7 +327,9 @@ def _in_registry(s: LoadedSpec, model: str | None) -> bool:
     here = Path(s.source.path).resolve().parent
     for p in (here, *here.parents):
         if (p / ".kiln").is_dir() or (p / ".git").exists():
-            return bool(model) and any((p / ".kiln" / "bentoml" / "models" / model).glob("v*/model.yaml"))
+            if not model:
+                return False
+            return any((p / ".kiln" / "bentoml" / "models" / model).glob("v*/model.yaml"))
     return False
 
 
