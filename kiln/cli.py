@@ -24,9 +24,9 @@ from kiln.errors import KilnError, SpecErrors
 
 # `kiln step` (one process per workflow task) imports only kiln.config and kiln.controller.steps.
 # The controller core behind the other verbs (project -> plan/apply -> every handler, validate,
-# loader; status; runs; render) is imported inside each command: at module level it would add
-# 100-220 ms to every step (measured on 2026-12-07: `import kiln.controller.handlers, .plan,
-# .apply, .render` after kiln.controller.steps, 97-220 ms on the shared 2-core build machine).
+# loader; status; runs; render; deployment_k8s; api.schema) is imported inside each command: at
+# module level it would add 38-42 ms to every step (measured 2026-12-07, 7 runs: `import
+# kiln.controller.project, .status, .runs, .render` after `import kiln.cli`).
 
 
 class _LazyGroup(click.Group):
