@@ -9,24 +9,27 @@ of the last completed apply, never half of a new one.
 
 Deletions (``--prune``) remove what the inventory lists; an item whose delete failed stays in the
 inventory so that it is not leaked.
+
+What apply does is reported as typed events (``kiln.controller.events``) to a listener: the CLI
+prints them, ``kiln controller`` logs them.
 """
 
 from __future__ import annotations
 
+import os
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from kiln.controller.handlers import HANDLERS, PLANNED, Context, TemporaryError
-from kiln.controller.plan import Change, Plan
+from kiln.controller import events as ev
+from kiln.controller.handlers import HANDLERS, Context, Handler, TemporaryError
+from kiln.controller.plan import Change, Plan, input_versions, outside_spec
 from kiln.errors import KilnError
+from kiln.state import Attempt, ObjectRecord, utcnow
 
 if TYPE_CHECKING:
     from kiln.config import KilnConfig
-    from kiln.state import ObjectRecord, StateStore
-
-Printer = Callable[[str], None]
+    from kiln.state import StateStore
 
 
 @dataclass
@@ -56,7 +59,7 @@ class ApplyResult:
     @property
     def exit_code(self) -> int:
         """0: everything reconciled; 1: something failed or must retry; 2: nothing failed, but
-        some objects are of a kind this kiln version cannot apply yet."""
+        some objects cannot be applied by this kiln version yet (their source is not there)."""
         if any(r.outcome in ("failed", "retrying") for r in self.results):
             return 1
         return 2 if self.count("not-applied") else 0
@@ -70,7 +73,9 @@ class ApplyResult:
         return text
 
 
-def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, echo: Printer = print) -> ApplyResult:
+def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Listener) -> ApplyResult:
+    """Apply every change of ``plan`` in order, reporting to ``emit`` (``events.printing(print)``
+    prints what ``kiln apply`` shows)."""
     result = ApplyResult()
     # Workspaces as the specs define them (validated together with everything else), so presets
     # and quotas resolve the same way on every runner.
@@ -82,49 +87,39 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, echo: Printer 
             # an object applied earlier in this run may have made what this one follows (a dataset
             # version an experiment trains on, a model version a deployment serves): apply it now
             # rather than on the next apply
-            from kiln.controller.plan import _outside_spec
-
-            again = _outside_spec(config, change.spec, change.record)
+            again = outside_spec(config, change.spec, change.record)
             if again.action == "update":
                 change = again
-                echo(f"  {change.ref}: {change.note}")
-        if change.action == "unchanged" and change.poll and change.kind in HANDLERS and change.spec is not None:
-            # nothing changed, but the handler observes something in progress (labelling)
-            echo(f"  {change.ref}: {change.note}")
-            res = _reconcile(change, config, store, echo, workspaces)
-            if res.outcome == "updated" and not res.actions:
-                res.outcome = "unchanged"
-            result.results.append(res)
-            continue
-        if change.action == "unchanged":
-            if change.spec is not None:
-                echo(f"  {change.ref}: unchanged, skipping")
-            elif change.note:
-                echo(f"  {change.ref}: {change.note}")
-            result.results.append(ObjectResult(change.ref, "unchanged"))
-            continue
-        if change.kind not in HANDLERS or (change.action != "delete" and change.blocked):
-            res = _not_applicable(change, store)
-            echo(f"! {change.ref}: not applied: {res.message}")
-            result.results.append(res)
-            continue
-        if change.action == "delete":
-            res = _delete(change, config, store, echo)
-        else:
-            res = _reconcile(change, config, store, echo, workspaces)
-        result.results.append(res)
+                emit(ev.Noted(change.key, change.ref, change.note))
+        result.results.append(_apply_change(change, config, store, emit, workspaces))
     return result
 
 
-def _now() -> str:
-    from kiln.state import utcnow
-
-    return utcnow()
+def _apply_change(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener,
+                  workspaces: dict[str, Any]) -> ObjectResult:
+    if change.action == "unchanged" and change.poll and change.kind in HANDLERS and change.spec is not None:
+        # nothing changed, but the handler observes something in progress (labelling)
+        emit(ev.Noted(change.key, change.ref, change.note))
+        res = _reconcile(change, config, store, emit, workspaces)
+        if res.outcome == "updated" and not res.actions:
+            res.outcome = "unchanged"
+        return res
+    if change.action == "unchanged":
+        if change.spec is not None:
+            emit(ev.Unchanged(change.key, change.ref))
+        elif change.note:
+            emit(ev.Noted(change.key, change.ref, change.note))
+        return ObjectResult(change.ref, "unchanged")
+    if change.kind not in HANDLERS or (change.action != "delete" and change.blocked):
+        res = _not_applicable(change, store)
+        emit(ev.NotApplied(change.key, change.ref, res.message))
+        return res
+    if change.action == "delete":
+        return _delete(change, config, store, emit)
+    return _reconcile(change, config, store, emit, workspaces)
 
 
 def _new_record(change: Change) -> ObjectRecord:
-    from kiln.state import ObjectRecord
-
     assert change.spec is not None
     return ObjectRecord(key=change.key, source=_source(change))
 
@@ -135,10 +130,9 @@ def _source(change: Change) -> str:
 
 
 def _not_applicable(change: Change, store: StateStore) -> ObjectResult:
-    message = f"no {change.kind} handler in this kiln version yet ({PLANNED.get(change.kind, 'a later version')})"
-    reason = "HandlerNotAvailable"
-    if change.blocked:
-        message, reason = change.blocked, "NotAvailableYet"
+    # a record of a kind this kiln version does not know (written by a newer one) has no handler
+    message, reason = (change.blocked, "NotAvailableYet") if change.blocked else (
+        f"no {change.kind} handler in this kiln version", "HandlerNotAvailable")
     if change.spec is not None:
         rec = change.record or _new_record(change)
         rec = replace(rec, source=_source(change), sync="OutOfSync", health="Unknown")
@@ -149,85 +143,37 @@ def _not_applicable(change: Change, store: StateStore) -> ObjectResult:
     return ObjectResult(change.ref, "not-applied", message=message)
 
 
-def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Printer,
+def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener,
                workspaces: dict[str, Any]) -> ObjectResult:
-    from kiln.state import Attempt
-
+    """Run the handler's steps for ``change`` and record the outcome (module doc)."""
     spec = change.spec
     assert spec is not None
-    from kiln.controller.plan import input_versions
-
     handler = HANDLERS[change.kind]()
     record = change.record or _new_record(change)
-    started = _now()
-    ctx = Context(config=config, store=store, spec=spec, record=record, log=echo, workspaces=workspaces,
+    started = utcnow()
+    ctx = Context(config=config, store=store, spec=spec, record=record, workspaces=workspaces,
+                  log=lambda line: emit(ev.Log(change.key, change.ref, line)),
                   inputs=input_versions(config, spec))
-    outcome = "created" if change.action == "create" else "updated"
-    res = ObjectResult(change.ref, outcome)
-    inventory: list[dict[str, Any]] = []
-    error: BaseException | None = None
+    res = ObjectResult(change.ref, "created" if change.action == "create" else "updated")
     if not change.poll:
-        echo(f"~ {change.ref}: {change.action} ({spec.location()})")
+        emit(ev.ObjectStarted(change.key, change.ref, change.action, spec.location()))
     record = replace(record, source=_source(change)).with_condition(
         "Reconciling", "True", "Progressing", f"applying spec {spec.spec_hash}")
     store.put(record)
     ctx.record = record  # steps may record progress on it (e.g. a workflow's task phases)
+    inventory: list[dict[str, Any]] = []
+    error: BaseException | None = None
     try:
-        key = ctx.run_key
-        for step in handler.steps(ctx):
-            done = store.step(change.key, key, step.name)
-            if done is not None and done.succeeded and not step.always:
-                ctx.outputs[step.name] = done.output
-                res.skipped_steps.append(step.name)
-                echo(f"    = {step.name}: done before, skipping")
-            else:
-                store.start_step(change.key, key, step.name, again=step.always)
-                try:
-                    out = step.run(ctx) or {}
-                except BaseException as exc:
-                    store.finish_step(change.key, key, step.name, "failed", message=str(exc))
-                    raise
-                store.finish_step(change.key, key, step.name, "succeeded", output=out)
-                ctx.outputs[step.name] = out
-                # an `always` step that found nothing to do ("changed": false) is no action
-                if not step.always or out.get("changed", True):
-                    res.actions.append(f"{step.name}: {step.describe}")
-                    echo(f"    + {step.name}: {step.describe}")
-            if step.inventory is not None:
-                inventory += step.inventory(ctx.outputs[step.name])
+        inventory = _run_steps(handler, ctx, change, res, emit)
     except (Exception, KeyboardInterrupt) as exc:
         error = exc
     finally:
-        finished = _now()
+        finished = utcnow()
         record = ctx.record or record
         if error is None:
-            record = record.applied(spec.doc, spec.spec_hash, now=finished)
-            extra = {**record.extra, **handler.extra(ctx)}
-            if ctx.inputs:  # what plan compares against to see a followed dataset's new version
-                extra["inputVersions"] = ctx.inputs
-                extra["runKey"] = ctx.run_key
-            record = replace(record, inventory=inventory, health=handler.health(ctx), extra=extra)
-            record = record.with_condition("Ready", "True", "Succeeded", "applied", now=finished)
-            record = record.with_condition("Reconciling", "False", "Succeeded", "", now=finished)
-            record = record.with_condition("Stalled", "False", "Succeeded", "", now=finished)
-            result_word, message = "succeeded", ""
+            record, result_word, message = _succeeded(handler, ctx, record, inventory, finished), "succeeded", ""
         else:
-            temporary = isinstance(error, TemporaryError)
-            interrupted = isinstance(error, KeyboardInterrupt)
-            message = "interrupted" if interrupted else (
-                str(error) if isinstance(error, KilnError) else f"{type(error).__name__}: {error}")
-            record = replace(record, sync="OutOfSync", health="Degraded" if not temporary else record.health)
-            record = record.with_condition("Ready", "False", "Failed", message, now=finished)
-            record = record.with_condition("Reconciling", "True" if temporary else "False",
-                                           "Retrying" if temporary else "Failed", message, now=finished)
-            if not temporary and not interrupted:
-                record = record.with_condition("Stalled", "True", "Failed", message, now=finished)
-            result_word = "interrupted" if interrupted else "failed"
-            res.outcome = "retrying" if temporary else "failed"
-            res.message = message
-            echo(f"x {change.ref}: {message}")
-            if _debug() and not isinstance(error, (KilnError, KeyboardInterrupt)):
-                echo("".join(traceback.format_exception(error)).rstrip())
+            record, result_word, message = _failed(change, record, error, res, emit, finished)
         with store.transaction():
             store.put(record)
             store.record_attempt(Attempt(key=change.key, generation=record.generation, spec_hash=spec.spec_hash,
@@ -238,15 +184,80 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, echo: Prin
     return res
 
 
-def _delete(change: Change, config: KilnConfig, store: StateStore, echo: Printer) -> ObjectResult:
-    from kiln.state import Attempt
+def _run_steps(handler: Handler, ctx: Context, change: Change, res: ObjectResult,
+               emit: ev.Listener) -> list[dict[str, Any]]:
+    """Run (or skip as done) each step, persisting its progress; return the inventory."""
+    store, key = ctx.store, ctx.run_key
+    inventory: list[dict[str, Any]] = []
+    for step in handler.steps(ctx):
+        done = store.step(change.key, key, step.name)
+        if done is not None and done.succeeded and not step.always:
+            ctx.outputs[step.name] = done.output
+            res.skipped_steps.append(step.name)
+            emit(ev.StepSkipped(change.key, change.ref, step.name))
+        else:
+            store.start_step(change.key, key, step.name, again=step.always)
+            try:
+                out = step.run(ctx) or {}
+            except BaseException as exc:
+                store.finish_step(change.key, key, step.name, "failed", message=str(exc))
+                raise
+            store.finish_step(change.key, key, step.name, "succeeded", output=out)
+            ctx.outputs[step.name] = out
+            # an `always` step that found nothing to do ("changed": false) is no action
+            if not step.always or out.get("changed", True):
+                res.actions.append(f"{step.name}: {step.describe}")
+                emit(ev.StepDone(change.key, change.ref, step.name, step.describe))
+        if step.inventory is not None:
+            inventory += step.inventory(ctx.outputs[step.name])
+    return inventory
 
+
+def _succeeded(handler: Handler, ctx: Context, record: ObjectRecord, inventory: list[dict[str, Any]],
+               now: str) -> ObjectRecord:
+    spec = ctx.spec
+    assert spec is not None
+    record = record.applied(spec.doc, spec.spec_hash, now=now)
+    extra = {**record.extra, **handler.extra(ctx)}
+    if ctx.inputs:  # what plan compares against to see a followed dataset's new version
+        extra["inputVersions"] = ctx.inputs
+        extra["runKey"] = ctx.run_key
+    record = replace(record, inventory=inventory, health=handler.health(ctx), extra=extra)
+    record = record.with_condition("Ready", "True", "Succeeded", "applied", now=now)
+    record = record.with_condition("Reconciling", "False", "Succeeded", "", now=now)
+    return record.with_condition("Stalled", "False", "Succeeded", "", now=now)
+
+
+def _failed(change: Change, record: ObjectRecord, error: BaseException, res: ObjectResult,
+            emit: ev.Listener, now: str) -> tuple[ObjectRecord, str, str]:
+    """The record, attempt result and message of a failed (or interrupted) reconcile; a
+    TemporaryError leaves the object Reconciling instead of Stalled."""
+    temporary = isinstance(error, TemporaryError)
+    interrupted = isinstance(error, KeyboardInterrupt)
+    message = "interrupted" if interrupted else (
+        str(error) if isinstance(error, KilnError) else f"{type(error).__name__}: {error}")
+    record = replace(record, sync="OutOfSync", health="Degraded" if not temporary else record.health)
+    record = record.with_condition("Ready", "False", "Failed", message, now=now)
+    record = record.with_condition("Reconciling", "True" if temporary else "False",
+                                   "Retrying" if temporary else "Failed", message, now=now)
+    if not temporary and not interrupted:
+        record = record.with_condition("Stalled", "True", "Failed", message, now=now)
+    res.outcome = "retrying" if temporary else "failed"
+    res.message = message
+    emit(ev.ObjectFailed(change.key, change.ref, message))
+    if _debug() and not isinstance(error, (KilnError, KeyboardInterrupt)):
+        emit(ev.Traceback(change.key, change.ref, "".join(traceback.format_exception(error)).rstrip()))
+    return record, "interrupted" if interrupted else "failed", message
+
+
+def _delete(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener) -> ObjectResult:
     record = change.record
     assert record is not None
     handler = HANDLERS[change.kind]()
-    ctx = Context(config=config, store=store, spec=None, record=record, log=echo)
-    started = _now()
-    echo(f"- {change.ref}: delete")
+    ctx = Context(config=config, store=store, spec=None, record=record,
+                  log=lambda line: emit(ev.Log(change.key, change.ref, line)))
+    started = utcnow()
+    emit(ev.DeleteStarted(change.key, change.ref))
     try:
         actions = handler.delete(ctx)
     except Exception as exc:  # keep the record (and its inventory): nothing is leaked
@@ -254,18 +265,16 @@ def _delete(change: Change, config: KilnConfig, store: StateStore, echo: Printer
         with store.transaction():
             store.put(rec)
             store.record_attempt(Attempt(key=change.key, generation=record.generation, spec_hash=record.spec_hash,
-                                         started_at=started, finished_at=_now(), result="failed",
+                                         started_at=started, finished_at=utcnow(), result="failed",
                                          message=f"delete failed: {exc}"))
-        echo(f"x {change.ref}: delete failed: {exc}")
+        emit(ev.ObjectFailed(change.key, change.ref, f"delete failed: {exc}"))
         return ObjectResult(change.ref, "failed", message=str(exc))
     for a in actions:
-        echo(f"    - {a}")
+        emit(ev.DeleteAction(change.key, change.ref, a))
     with store.transaction():
         store.delete(change.key)
     return ObjectResult(change.ref, "deleted", actions=actions or ["delete"])
 
 
 def _debug() -> bool:
-    import os
-
     return bool(os.environ.get("KILN_DEBUG"))

@@ -59,7 +59,12 @@ from typing import Any
 import click
 
 from kiln._util.redact import redact_text
-from kiln.errors import ConfigError, KilnError, LockHeld
+from kiln.config import load_config
+from kiln.controller.apply import ApplyResult
+from kiln.controller.events import ApplyEvent, render
+from kiln.controller.project import apply, load_valid, open_state
+from kiln.errors import ConfigError, KilnError, LockHeld, SpecErrors
+from kiln.state import RepoLock, utcnow
 
 KV_NAMESPACE = "controller"
 NOTIFY_KINDS = ("Experiment", "LabelingJob", "Deployment")
@@ -84,8 +89,6 @@ def parse_interval(text: str | float) -> float:
 
 
 def _now() -> str:
-    from kiln.state import utcnow
-
     return utcnow()
 
 
@@ -285,7 +288,7 @@ def outcome_events(before: dict[str, Any], after: list[Any]) -> list[tuple[str, 
                 events.append(("failed", rec))
         elif ready is not None and ready.status == "True" and rec.health == "Healthy":
             was = old is not None and old.health == "Healthy" and (old.condition("Ready") or ready).status == "True"
-            if not was or old.spec_hash != rec.spec_hash or old.observed_generation != rec.observed_generation:
+            if old is None or not was or old.spec_hash != rec.spec_hash or old.observed_generation != rec.observed_generation:
                 events.append(("ready", rec))
     return events
 
@@ -325,8 +328,6 @@ class Controller:
 
     def run(self) -> int:
         """Loop until SIGTERM/SIGINT (or one pass with ``--once``); the exit code."""
-        from kiln.state import RepoLock
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         with RepoLock(self.workdir, "kiln controller"):  # one daemon per work dir
             old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -454,10 +455,6 @@ class Controller:
 
     def _validate(self, commit: str) -> str:
         """"" when ``commit`` is valid, else the problems, as ``kiln validate`` prints them."""
-        from kiln.config import load_config
-        from kiln.controller.project import load_valid
-        from kiln.errors import SpecErrors
-
         if not (self.check / ".git").exists():
             self.git("worktree", "prune")
             self.git("worktree", "add", "--quiet", "--detach", str(self.check), commit)
@@ -500,8 +497,6 @@ class Controller:
         self._notify({"event": "invalid-commit", "commit": head, "message": problem})
 
     def _notify(self, event: dict[str, Any]) -> None:
-        from kiln.config import load_config
-
         try:
             url = load_config(self.clone).notifications.url()
         except KilnError as exc:
@@ -514,54 +509,22 @@ class Controller:
 
     def _reconcile(self, record: dict[str, Any], commit: str, new: bool) -> bool:
         """Plan and apply what the plan says (``kiln apply``'s function); True when all is applied."""
-        from kiln.config import load_config
-        from kiln.controller.project import apply, open_state
-
         config = load_config(self.clone)
-        store = open_state(config)
-        try:
-            before = {r.key: r for r in store.all_objects()}
-        finally:
-            store.close()
-        keys: dict[str, str] = {}  # ref as apply prints it -> key
+        before = {r.key: r for r in self._objects(config)}
 
-        def review(plan: Any, st: Any) -> bool:
+        def on_event(event: ApplyEvent) -> None:
             self.heartbeat.beat()
-            work = False
-            for c in plan.changes:
-                keys[c.ref] = c.key
-                if c.pending:
-                    work = True
-                    drift = c.action == "update" and not c.fields and c.note and not c.note.startswith("retry")
-                    if drift:
-                        self.metrics.drift.inc()
-                    self.log("drift" if drift else c.action, c.note or f"{c.action} {c.ref}", commit=commit,
-                             object=c.key, level="warning" if drift else "info")
-                    if c.record is not None and c.record.sync != "OutOfSync":
-                        c.record = replace(c.record, sync="OutOfSync")  # until apply says otherwise
-                        st.put(c.record)
-                elif c.poll:
-                    work = True
-                    self.log("poll", c.note, level="debug", commit=commit, object=c.key)
-            if not work:
-                self.log("in-sync", plan.summary(), level="debug", commit=commit)
-            return work
-
-        def echo(line: str) -> None:
-            self.heartbeat.beat()
-            m = re.match(r"^[~+\-x!= ]*\s*([A-Za-z]+/[^:\s]+)", line)
-            # what apply does (~ + - x !) is news; skipping and polling notes are not
-            news = line.lstrip()[:1] in "~+-x!" and line.strip()
-            self.log("apply", line.strip(), level="info" if news else "debug", commit=commit,
-                     object=keys.get(m.group(1), m.group(1)) if m else None)
+            # what apply does is news; skipping and polling notes are not
+            self.log("apply", render(event).strip(), level="info" if event.news else "debug", commit=commit,
+                     object=event.key)
 
         self._done = None
         self.applying = True
         try:
             if self.stop.is_set():
                 raise KeyboardInterrupt
-            done = apply(config, prune=self.opts.prune, echo=echo, wait_lock=self.opts.interval,
-                         command="kiln controller", review=review)
+            done = apply(config, prune=self.opts.prune, on_event=on_event, wait_lock=self.opts.interval,
+                         command="kiln controller", review=lambda plan, st: self._review(plan, st, commit))
         finally:
             self.applying = False
         res = done.result
@@ -569,6 +532,45 @@ class Controller:
         # logged by tick() once the record says so: a reader of the log may rely on it
         quiet = ok and not res.actions and not any(r.outcome != "unchanged" for r in res.results)
         self._done = ("applied" if ok else "apply-failed", res.summary(), commit, ok, quiet) if res.results else None
+        self._note_result(record, commit, new, res)
+        self.metrics.commit_ts.set(self._commit_time(commit))
+        after = self._objects(config)
+        self.metrics.set_objects(after)
+        for word, rec in outcome_events(before, after):
+            ready, stalled = rec.condition("Ready"), rec.condition("Stalled")
+            msg = (stalled.message if word == "failed" and stalled else ready.message if ready else "")
+            self.log("object-" + word, msg, commit=commit, object=rec.key, health=rec.health,
+                     level="error" if word == "failed" else "info")
+            self._notify({"event": word, "object": rec.key, "kind": rec.kind, "name": rec.name,
+                          "workspace": rec.workspace, "health": rec.health, "message": msg, "commit": commit})
+        return ok
+
+    def _review(self, plan: Any, st: Any, commit: str) -> bool:
+        """Between plan and apply, under the lock: log each change (drift as such), mark what is
+        about to change OutOfSync, and say whether there is anything to do."""
+        self.heartbeat.beat()
+        work = False
+        for c in plan.changes:
+            if c.pending:
+                work = True
+                drift = c.action == "update" and not c.fields and c.note and not c.note.startswith("retry")
+                if drift:
+                    self.metrics.drift.inc()
+                self.log("drift" if drift else c.action, c.note or f"{c.action} {c.ref}", commit=commit,
+                         object=c.key, level="warning" if drift else "info")
+                if c.record is not None and c.record.sync != "OutOfSync":
+                    c.record = replace(c.record, sync="OutOfSync")  # until apply says otherwise
+                    st.put(c.record)
+            elif c.poll:
+                work = True
+                self.log("poll", c.note, level="debug", commit=commit, object=c.key)
+        if not work:
+            self.log("in-sync", plan.summary(), level="debug", commit=commit)
+        return work
+
+    def _note_result(self, record: dict[str, Any], commit: str, new: bool, res: ApplyResult) -> None:
+        """``lastError``/``lastApplied`` of the durable record after an apply of ``commit``."""
+        ok = res.ok
         if not ok:
             self.metrics.errors.labels(kind="apply").inc()
             failed = [f"{r.ref}: {r.message}" for r in res.results if r.message]
@@ -583,28 +585,18 @@ class Controller:
                 record["lastError"] = None  # a good commit replaced the invalid one
         elif res.results and (record["lastApplied"].get("result") == "ok") != ok:
             record["lastApplied"] = {**record["lastApplied"], "result": "ok" if ok else "failed"}
-        self.metrics.commit_ts.set(self._commit_time(commit))
+
+    @staticmethod
+    def _objects(config: Any) -> list[Any]:
         store = open_state(config)
         try:
-            after = store.all_objects()
+            return store.all_objects()
         finally:
             store.close()
-        self.metrics.set_objects(after)
-        for word, rec in outcome_events(before, after):
-            ready, stalled = rec.condition("Ready"), rec.condition("Stalled")
-            msg = (stalled.message if word == "failed" and stalled else ready.message if ready else "")
-            self.log("object-" + word, msg, commit=commit, object=rec.key, health=rec.health,
-                     level="error" if word == "failed" else "info")
-            self._notify({"event": word, "object": rec.key, "kind": rec.kind, "name": rec.name,
-                          "workspace": rec.workspace, "health": rec.health, "message": msg, "commit": commit})
-        return ok
 
     # -- the durable record ------------------------------------------------------------------------
 
     def _store(self) -> Any:
-        from kiln.config import load_config
-        from kiln.controller.project import open_state
-
         return open_state(load_config(self.clone))
 
     def _record(self) -> dict[str, Any]:

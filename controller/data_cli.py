@@ -14,19 +14,23 @@ from typing import Any
 
 import click
 
+from kiln.config import KilnConfig, load_config
+from kiln.controller.dataset_steps import DATA_ROOT, data_rel
+from kiln.controller.handlers.dataset import human_size
+from kiln.controller.project import open_state
+from kiln.data import export as export_fmt
+from kiln.data import load
+from kiln.data.versioning import DatasetRepo
 from kiln.errors import KilnError, NotFound
 
 
-def _config(ctx: click.Context):
-    from kiln.config import load_config
-
+def _config(ctx: click.Context) -> KilnConfig:
     root = ctx.find_root()
     return load_config((root.obj or {}).get("repo") or ".")
 
 
 def _resolve(config: Any, name: str) -> tuple[str, str, str]:
     """NAME or WS/NAME -> (workspace, name, rel path of the versioned folder)."""
-    from kiln.controller.dataset_steps import DATA_ROOT, data_rel
 
     if "/" in name:
         ws, _, n = name.partition("/")
@@ -46,7 +50,6 @@ def _resolve(config: Any, name: str) -> tuple[str, str, str]:
 
 
 def _repo(config: Any):
-    from kiln.data.versioning import DatasetRepo
 
     return DatasetRepo(config.repo, remote_url=config.dvc.remote)
 
@@ -62,7 +65,6 @@ def data() -> None:
 @click.pass_context
 def versions(ctx: click.Context, name: str, output: str) -> int:
     """List the versions of dataset NAME (current one marked *)."""
-    from kiln.controller.handlers.dataset import human_size
 
     config = _config(ctx)
     ws, n, rel = _resolve(config, name)
@@ -135,8 +137,6 @@ def export(ctx: click.Context, name: str, out: str, version: str, fmt: str | Non
     import shutil
     import tempfile
 
-    from kiln.data import export as export_fmt
-    from kiln.data import load
 
     config = _config(ctx)
     ws, n, rel = _resolve(config, name)
@@ -163,7 +163,6 @@ def export(ctx: click.Context, name: str, out: str, version: str, fmt: str | Non
 
 def _label(config: Any, ws: str, name: str) -> str | None:
     """The label column the dataset was applied with (tables whose label is not the last column)."""
-    from kiln.controller.project import open_state
 
     store = open_state(config)
     try:

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from kiln.config import load_config
+from kiln.controller.deployment_steps import _read_json, post
 from kiln.errors import ConfigError, KilnError, NotFound
 
 
@@ -23,8 +25,6 @@ from kiln.errors import ConfigError, KilnError, NotFound
 def predict(ctx: click.Context, name: str, file_: str | None, json_: str | None, workspace: str | None,
             token: str | None) -> None:
     """Send one prediction request to deployment NAME and print the answer (JSON)."""
-    from kiln.config import load_config
-    from kiln.controller.deployment_steps import _read_json, post
 
     if bool(file_) == bool(json_):
         raise ConfigError("give exactly one of --file or --json")

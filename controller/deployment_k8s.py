@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kiln.controller.render import _label_value, _resources, _size
+
 if TYPE_CHECKING:
     from kiln.api.workspace import WorkspaceSpec
     from kiln.config import KilnConfig
@@ -23,7 +25,6 @@ PORT = 3000  # bentoml serve's default
 
 def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | None = None,
                model: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
-    from kiln.controller.render import _label_value, _resources, _size
 
     spec = s.obj.spec
     model = model or spec.model.name or spec.model.experiment

@@ -30,6 +30,7 @@ from typing import Any
 
 import click
 
+from kiln.config import load_config
 from kiln.errors import ConfigError, KilnError
 
 TOP_K = 5
@@ -91,29 +92,12 @@ def _predict_batch(algo: Any, model: Any, batch: Any) -> list[Any]:
 def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None, as_version: str | None,
           split: str | None, batch_size: int) -> int:
     """Predict every item of a dataset version with a registered model."""
-    from kiln.bento.registry import Registry, default_home
-    from kiln.config import load_config
     from kiln.controller.dataset_steps import data_rel
-    from kiln.controller.experiment_steps import load_train_data
-    from kiln.data.formats import detect_format
     from kiln.data.versioning import DatasetRepo
 
     cfg = load_config((ctx.find_root().obj or {}).get("repo") or ".")
     repo = cfg.repo
-    name, version, alias = parse_model_ref(model_ref)
-    reg = Registry(default_home(repo))
-    v = reg.resolve(name, version, alias)
-    mdir = reg.path(name, v)
-    kdir = mdir / "kiln-model"
-    if not (kdir / "meta.json").is_file():
-        raise KilnError(f"model {name} v{v} was not trained by a kiln algorithm (no kiln-model/ in it)",
-                        hint="batch inference covers built-in algorithms; serve your own model with a Deployment")
-    from kiln.algorithms.registry import get_algorithm
-
-    meta = json.loads((kdir / "meta.json").read_text())
-    algo = get_algorithm(meta["algorithm"])
-    model = algo.load(kdir)
-
+    name, v, algo, model = _load_model(repo, model_ref)
     ws, ds, dver = parse_dataset_ref(dataset_ref)
     rel = data_rel(ws, ds)
     if not (repo / f"{rel}.versions.json").is_file():
@@ -124,30 +108,8 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
     with tempfile.TemporaryDirectory(dir=cfg.kiln_dir()) as tmp:
         root = Path(tmp) / "data"
         dr.materialize(rel, dv.id, root)
-        fmt = detect_format(root)
-        tabular = fmt == "csv"
-        label = None
-        if tabular:
-            import pandas as pd
-
-            label = pd.read_csv(root / "data.csv", nrows=0).columns[-1]
-        data_info = {"path": str(root.relative_to(repo)) if root.is_relative_to(repo) else str(root), "format": fmt,
-                     "type": "tabular" if tabular else "image", "task": "tabular" if tabular else "classification",
-                     "label": label}
-        if not root.is_relative_to(repo):
-            data_info["path"] = str(root)
-        td = load_train_data(repo, data_info)
-        if tabular:
-            x, _ = td.table(split)
-            keys = [int(i) for i in x.index]
-            splits = [td.row_splits.get(k) if td.row_splits else None for k in keys]
-            batches = [x.iloc[i:i + batch_size] for i in range(0, len(x), batch_size)]
-        else:
-            items = [it for it in td.content.items if split is None or it.split == split]
-            keys = [it.path for it in items]
-            splits = [it.split for it in items]
-            paths = [td.content.abspath(it.path) for it in items]
-            batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+        td, tabular = _train_data(repo, root)
+        keys, splits, batches = _batches(td, tabular, split, batch_size)
         if not keys:
             raise KilnError(f"dataset {ws}/{ds}@{dver} has no items" + (f" in split {split!r}" if split else ""))
         preds: list[Any] = []
@@ -156,12 +118,7 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
             for b in bar:
                 preds.extend(_predict_batch(algo, model, b))
         out_dir = Path(out) if out else cfg.kiln_dir() / "predictions" / f"{name}-v{v}" / f"{ds}-{dv.id[:12]}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp_out = out_dir / ".predictions.jsonl.tmp"
-        with open(tmp_out, "w") as f:
-            for k, s, p in zip(keys, splits, preds):
-                f.write(json.dumps({"item": k, "split": s, "prediction": p}) + "\n")
-        os.replace(tmp_out, out_dir / "predictions.jsonl")
+        _write_predictions(out_dir, keys, splits, preds)
         summary = {"model": name, "version": v, "dataset": f"{ws}/{ds}", "datasetVersion": dv.id,
                    "items": len(keys), "seconds": round(time.perf_counter() - t0, 3)}
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -170,6 +127,65 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
             nv = _as_version(dr, repo, ws, as_version, root, td, keys, preds, tabular, algo)
             click.echo(f"dataset {ws}/{as_version} {nv}")
     return 0
+
+
+def _load_model(repo: Path, model_ref: str) -> tuple[str, int, Any, Any]:
+    """(name, version, algorithm, loaded model) of a registered model a kiln algorithm trained."""
+    from kiln.algorithms.registry import get_algorithm
+    from kiln.bento.registry import Registry, default_home
+
+    name, version, alias = parse_model_ref(model_ref)
+    reg = Registry(default_home(repo))
+    v = reg.resolve(name, version, alias)
+    kdir = reg.path(name, v) / "kiln-model"
+    if not (kdir / "meta.json").is_file():
+        raise KilnError(f"model {name} v{v} was not trained by a kiln algorithm (no kiln-model/ in it)",
+                        hint="batch inference covers built-in algorithms; serve your own model with a Deployment")
+    meta = json.loads((kdir / "meta.json").read_text())
+    algo = get_algorithm(meta["algorithm"])
+    return name, v, algo, algo.load(kdir)
+
+
+def _train_data(repo: Path, root: Path) -> tuple[Any, bool]:
+    """The materialised dataset at ``root`` as the algorithms read it, and whether it is a table."""
+    from kiln.controller.experiment_steps import load_train_data
+    from kiln.data.formats import detect_format
+
+    fmt = detect_format(root)
+    tabular = fmt == "csv"
+    label = None
+    if tabular:
+        import pandas as pd
+
+        label = pd.read_csv(root / "data.csv", nrows=0).columns[-1]
+    data_info = {"path": str(root.relative_to(repo)) if root.is_relative_to(repo) else str(root), "format": fmt,
+                 "type": "tabular" if tabular else "image", "task": "tabular" if tabular else "classification",
+                 "label": label}
+    if not root.is_relative_to(repo):
+        data_info["path"] = str(root)
+    return load_train_data(repo, data_info), tabular
+
+
+def _batches(td: Any, tabular: bool, split: str | None, batch_size: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """(item keys, their splits, batches of rows or image paths) in dataset order."""
+    if tabular:
+        x, _ = td.table(split)
+        keys: list[Any] = [int(i) for i in x.index]
+        splits = [td.row_splits.get(k) if td.row_splits else None for k in keys]
+        return keys, splits, [x.iloc[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    items = [it for it in td.content.items if split is None or it.split == split]
+    paths = [td.content.abspath(it.path) for it in items]
+    return ([it.path for it in items], [it.split for it in items],
+            [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)])
+
+
+def _write_predictions(out_dir: Path, keys: list[Any], splits: list[Any], preds: list[Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_out = out_dir / ".predictions.jsonl.tmp"
+    with open(tmp_out, "w") as f:
+        for k, s, p in zip(keys, splits, preds):
+            f.write(json.dumps({"item": k, "split": s, "prediction": p}) + "\n")
+    os.replace(tmp_out, out_dir / "predictions.jsonl")
 
 
 def _top_label(p: Any) -> Any:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from kiln.api import KINDS
 from kiln.controller.diff import FieldChange, diff
-from kiln.controller.handlers import HANDLERS, PLANNED
+from kiln.controller.handlers import HANDLERS, KINDS
+from kiln.controller.handlers.dataset import source_fingerprint as source_fingerprint  # moved; dataset_steps uses it
 from kiln.validate import dependencies
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ class Change:
         """The plain reason this change cannot be applied, for plan and apply output."""
         if self.blocked:
             return self.blocked
-        return f"no {self.kind} handler yet: {PLANNED.get(self.kind, 'arrives in a later version')}"
+        return f"no {self.kind} handler in this kiln version"
 
     @property
     def pending(self) -> bool:
@@ -180,66 +179,15 @@ def apply_order(specs: list[LoadedSpec]) -> list[LoadedSpec]:
     return ordered
 
 
-def followed_datasets(spec: LoadedSpec) -> list[tuple[str, str]]:
-    """(workspace, name) of the datasets ``spec`` follows (``version: latest``)."""
-    ref = getattr(spec.obj.spec, "dataset", None)
-    if spec.kind == "Dataset" or ref is None or getattr(ref, "version", None) != "latest":
-        return []
-    return [(ref.workspace or spec.workspace, ref.name)]
-
-
-def source_fingerprint(config: KilnConfig, workspace: str, src: Any) -> tuple[str, str] | None:
-    """``("source:<what>", fingerprint)`` of a Dataset's local source (a path or archive, or a
-    Deployment's capture folder), so that new or edited files re-version an unchanged spec.
-    Path, size and mtime of every file, as DVC's own state cache does: no file is read, so plan
-    stays cheap (10,000 files: a few tens of ms). A missing source has no fingerprint (apply
-    reports it)."""
-    import hashlib
-    import os
-
-    if src.path or src.archive:
-        what, root = ("path", src.path) if src.path else ("archive", src.archive)
-        assert root is not None
-        top = Path(root) if Path(root).is_absolute() else config.repo / root
-    elif src.capture:
-        what, root = "capture", src.capture
-        top = config.kiln_dir() / "deployments" / workspace / src.capture / "capture"
-    else:
-        return None
-    h = hashlib.sha256()
-    try:
-        if top.is_file():
-            st = top.stat()
-            h.update(f"{st.st_size} {st.st_mtime_ns}".encode())
-        elif top.is_dir():
-            for d, dirs, files in os.walk(top):
-                dirs[:] = sorted(x for x in dirs if x not in (".git", ".dvc"))
-                for f in sorted(files):
-                    st = os.stat(os.path.join(d, f))
-                    h.update(f"{os.path.relpath(os.path.join(d, f), top)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        else:
-            return None
-    except OSError:
-        return None
-    return f"source:{what}:{root}", h.hexdigest()[:16]
-
-
 def input_versions(config: KilnConfig | None, spec: LoadedSpec) -> dict[str, str]:
     """What a run depends on besides its spec: ``"<ws>/<dataset>" -> current version id`` of the
     followed datasets (and a derived Dataset's parent) that have versions, and a Dataset's local
     source fingerprint (``source_fingerprint``)."""
     if config is None:
         return {}
-    out: dict[str, str] = {}
-    follows = followed_datasets(spec)
-    if spec.kind == "Dataset":
-        found = source_fingerprint(config, spec.workspace, spec.obj.spec.source)
-        if found is not None:
-            out[found[0]] = found[1]
-        parent = spec.obj.spec.source.dataset
-        if parent is not None and parent.version == "latest":
-            follows = [(parent.workspace or spec.workspace, parent.name)]
-    for ws, name in follows:
+    handler = HANDLERS[spec.kind]
+    out = handler.source_inputs(config, spec)
+    for ws, name in handler.followed(spec):
         log = config.repo / "data" / ws / f"{name}.versions.json"
         if log.is_file():  # read the log directly: plan must stay cheap and never run DVC
             try:
@@ -274,29 +222,20 @@ def _new_inputs(config: KilnConfig, s: LoadedSpec, rec: ObjectRecord) -> tuple[A
                          else f"source {what} {where} changed")
             continue
         n, lineage = _version_info(config, ds, vid)
-        if s.kind == "LabelingJob" and (lineage.get("labelingJob") or {}).get("job") == f"LabelingJob/{s.workspace}/{s.name}":
-            continue  # the job's own output: nothing new to label
+        if HANDLERS[s.kind].own_output(s, lineage):
+            continue  # e.g. a labelling job's own output: nothing new to label
         name = ds.split("/")[1] if ds.split("/")[0] == s.workspace else ds
         notes.append(f"dataset {name} has a new version v{n}")
     if not notes:
         return None
-    note = "; ".join(notes)
-    if s.kind == "Experiment":
-        policy = s.obj.spec.trigger.onNewDatasetVersion
-        if policy == "ignore":
-            return None
-        if policy == "plan-only":
-            return ("unchanged", f"{note} (trigger onNewDatasetVersion: plan-only; not retrained)")
-        return ("update", f"{note}: retrain (trigger onNewDatasetVersion: retrain)")
-    if s.kind == "LabelingJob":
-        return ("update", f"{note}: apply imports its new items")
-    return ("update", note)
+    return HANDLERS[s.kind].on_new_inputs(s, "; ".join(notes))
 
 
 def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None = None,
               prune: bool = False, config: KilnConfig | None = None) -> Plan:
-    """``scope``: only records whose source lies under this path may be planned for deletion, so
-    planning one folder never proposes deleting what the rest of the repository defines.
+    """``scope``: records whose source does not lie under this path are left out of the plan
+    altogether (neither deleted nor noted as kept), so planning one folder never proposes deleting
+    what the rest of the repository defines. Records of specs that exist are always compared.
     ``config``: also look outside the spec (followed datasets, ``Handler.observe``)."""
     known = {r.key: r for r in records}
     changes: list[Change] = []
@@ -311,7 +250,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
             changes.append(Change("update", s.key, s.kind, s.ref, spec=s, record=rec,
                                   note="retry: the last apply did not finish"))
         else:
-            changes.append(_outside_spec(config, s, rec))
+            changes.append(outside_spec(config, s, rec))
     rank = {k: i for i, k in enumerate(KINDS)}
     # Deletions in reverse kind order: what refers to others goes first.
     for rec in sorted(known.values(), key=lambda r: (-rank.get(r.kind, 0), r.key)):
@@ -330,7 +269,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
     return Plan(changes, prune=prune)
 
 
-def _outside_spec(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord) -> Change:
+def outside_spec(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord) -> Change:
     """The change for an applied, unchanged spec: unchanged unless the world moved (module doc)."""
     same = Change("unchanged", s.key, s.kind, s.ref, spec=s, record=rec)
     if config is None:

@@ -11,10 +11,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kiln.api import KINDS
 from kiln.config import KilnConfig
-from kiln.errors import ConfigError, SpecErrors
+from kiln.controller.apply import ApplyResult, apply_plan
+from kiln.controller.events import Listener, printing
+from kiln.controller.plan import Plan, make_plan
+from kiln.errors import ConfigError, NotFound, SpecErrors
 from kiln.loader import SpecSet, load_specs, spec_cache_dir
-from kiln.validate import validate
+from kiln.state import RepoLock
+from kiln.state.snapshot import read_objects
+from kiln.validate import dependencies, validate
 
 
 def load_valid(config: KilnConfig, path: str | os.PathLike[str] | None = None) -> SpecSet:
@@ -50,6 +56,23 @@ def refuse_committed_private_files(config: KilnConfig) -> None:
                           hint="git rm -r --cached .kiln && echo .kiln/ >> .gitignore, then commit")
 
 
+def canonical_kind(kind: str) -> str:
+    for k in KINDS:
+        if kind.lower() in (k.lower(), k.lower() + "s"):
+            return k
+    raise NotFound(f"unknown kind {kind!r}", hint=f"one of {', '.join(KINDS)}")
+
+
+def parse_ref(ref: str) -> tuple[str, str, str]:
+    """KIND/NAME or KIND/WORKSPACE/NAME -> (kind, workspace, name)."""
+    parts = ref.split("/")
+    if len(parts) == 2:
+        return canonical_kind(parts[0]), "default", parts[1]
+    if len(parts) == 3:
+        return canonical_kind(parts[0]), parts[1], parts[2]
+    raise NotFound(f"cannot read {ref!r} as an object reference", hint="write KIND/NAME or KIND/WORKSPACE/NAME")
+
+
 def _scope(config: KilnConfig, path: str | os.PathLike[str] | None) -> str:
     target = Path(path).resolve() if path else config.specs_dir().resolve()
     try:
@@ -60,6 +83,7 @@ def _scope(config: KilnConfig, path: str | os.PathLike[str] | None) -> str:
 
 
 def open_state(config: KilnConfig):  # -> StateStore
+    # kiln.state.store imports SQLAlchemy (~150 ms): only the commands that open the store pay
     from kiln.state import open_store
 
     return open_store(config.state_url(), config.repo, max_attempts=config.historyLimit)
@@ -72,10 +96,6 @@ def select_targets(specs: SpecSet, targets: Sequence[str]) -> SpecSet:
     changed without applying the rest of the repository.
 
     An unknown target is an error that lists the objects that exist."""
-    from kiln.controller.status import parse_ref
-    from kiln.errors import NotFound
-    from kiln.validate import dependencies
-
     by_key = specs.by_key()
     wanted: list[str] = []
     for t in targets:
@@ -111,17 +131,13 @@ def _targeted(specs: SpecSet, records: list, targets: Sequence[str] | None) -> t
 
 
 def plan(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
-         targets: Sequence[str] | None = None):
-    from kiln.controller.plan import make_plan
-
+         targets: Sequence[str] | None = None) -> Plan:
     specs, records = _targeted(load_valid(config, path), read_records(config), targets)
     return make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
 
 
 def read_records(config: KilnConfig) -> list:
     """Every recorded object, read-only (never creates a state database)."""
-    from kiln.state.snapshot import read_objects
-
     records = read_objects(config.state_url(), config.repo)
     if records is not None:
         return records
@@ -134,21 +150,20 @@ def read_records(config: KilnConfig) -> list:
 
 @dataclass
 class Applied:
-    plan: object
-    result: object
+    plan: Plan
+    result: ApplyResult
 
 
 def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
           echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply",
-          targets: Sequence[str] | None = None, review: Callable[[Any, Any], bool] | None = None) -> Applied:
+          targets: Sequence[str] | None = None, review: Callable[[Any, Any], bool] | None = None,
+          on_event: Listener | None = None) -> Applied:
     """Reconcile the specs under ``path`` (default: all); with ``targets``, only those objects and
     their dependencies (``select_targets``). ``review(plan, store)``, called under the lock
     between planning and applying, may look at (and mark) what is about to change; returning
-    False applies nothing (``kiln controller`` uses it to log drift and skip quiet intervals)."""
-    from kiln.controller.apply import ApplyResult, apply_plan
-    from kiln.controller.plan import make_plan
-    from kiln.state import RepoLock
-
+    False applies nothing (``kiln controller`` uses it to log drift and skip quiet intervals).
+    What apply does goes to ``on_event`` as typed events (``kiln.controller.events``), or, without
+    it, to ``echo`` as the lines ``kiln apply`` prints."""
     specs = load_valid(config, path)  # nothing is touched when the specs are invalid
     if targets:
         specs = select_targets(specs, targets)  # unknown targets fail before the lock is taken
@@ -159,6 +174,6 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
             p = make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
             if review is not None and not review(p, store):
                 return Applied(p, ApplyResult())
-            return Applied(p, apply_plan(p, config, store, echo))
+            return Applied(p, apply_plan(p, config, store, on_event or printing(echo)))
         finally:
             store.close()

@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.controller.dataset_steps import DATA_ROOT
+from kiln.controller.dataset_steps import DATA_ROOT, data_rel
 from kiln.controller.experiment_steps import RESULTS_ROOT, read_json, run_dir
+from kiln.controller.plots import render
+from kiln.data.versioning import DatasetRepo
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -413,9 +415,6 @@ def _datasets(rep: Report, config: KilnConfig, base: Records | None, now: Record
 def _item_diff(config: KilnConfig, key: str, v1: str, v2: str) -> str:
     """Added/removed/changed files between two versions (DVC listings); one line why not when the
     base version's listing is not available here."""
-    from kiln.controller.dataset_steps import data_rel
-    from kiln.data.versioning import DatasetRepo
-
     ws, _, name = key.partition("/")
     try:
         d = DatasetRepo(config.repo, remote_url=config.dvc.remote).diff(data_rel(ws, name), v1, v2)
@@ -452,8 +451,6 @@ def write(config: KilnConfig, out: Path, base: str | None = None) -> tuple[Path,
     """Build the report and write ``out/report.md`` plus its PNGs. Each file is written
     atomically and ``report.md`` last, so a crash never leaves a report pointing at missing
     plots; plots of a previous report in ``out`` that this one no longer uses are removed."""
-    from kiln.controller.plots import render
-
     rep = build(config, base)
     out.mkdir(parents=True, exist_ok=True)
     md = out / REPORT_FILE

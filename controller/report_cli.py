@@ -8,18 +8,18 @@ from pathlib import Path
 
 import click
 
+from kiln.config import load_config
+from kiln.controller.report import DEFAULT_OUT, write
+
 
 @click.command("report")
 @click.option("--base", "base", default=None, metavar="REF",
               help="Compare with the results recorded at this git ref (branch, tag, sha), e.g. origin/main.")
-@click.option("--out", "out", type=click.Path(file_okay=False), default="kiln-report", show_default=True,
+@click.option("--out", "out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,
               help="Folder for report.md and its PNG plots.")
 @click.pass_context
 def report(ctx: click.Context, base: str | None, out: str) -> int:
     """Write a markdown report (for a PR comment) with plots, compared with --base."""
-    from kiln.config import load_config
-    from kiln.controller.report import write
-
     cfg = load_config((ctx.find_root().obj or {}).get("repo") or ".")
     md, pngs = write(cfg, Path(out), base)
     click.echo(f"report -> {md} ({len(pngs)} plot(s))")

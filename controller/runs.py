@@ -7,6 +7,9 @@ import time
 from collections.abc import Iterator
 
 from kiln.config import KilnConfig
+from kiln.controller.project import parse_ref, read_records
+from kiln.controller.render import KIND_SHORT
+from kiln.controller.runner import make_runner
 from kiln.errors import NotFound
 
 
@@ -14,12 +17,7 @@ def resolve_run(config: KilnConfig, name: str) -> str:
     """A workflow name from KIND/NAME (via the object's record) or a workflow name as is."""
     if "/" not in name:
         return name
-    from kiln.controller.render import KIND_SHORT
-    from kiln.controller.status import parse_ref
-
     kind, ws, obj = parse_ref(name)
-    from kiln.controller.project import read_records
-
     rec = next((r for r in read_records(config) if r.key == f"{kind}/{ws}/{obj}"), None)
     if rec is not None:
         for item in rec.inventory:
@@ -32,8 +30,6 @@ def resolve_run(config: KilnConfig, name: str) -> str:
 
 
 def logs(config: KilnConfig, name: str, node: str | None = None, follow: bool = False) -> Iterator[str]:
-    from kiln.controller.runner import make_runner
-
     run = resolve_run(config, name)
     runner = make_runner(config)
     if runner.get(run) is None:
@@ -50,8 +46,6 @@ def logs(config: KilnConfig, name: str, node: str | None = None, follow: bool = 
 
 
 def stop(config: KilnConfig, name: str, message: str, timeout: float = 30.0) -> str:
-    from kiln.controller.runner import make_runner
-
     run = resolve_run(config, name)
     runner = make_runner(config)
     if runner.get(run) is None:

@@ -8,32 +8,16 @@ from typing import Any
 
 from kiln.api import KINDS
 from kiln.config import KilnConfig
+from kiln.controller.project import canonical_kind, load_valid, open_state, parse_ref
 from kiln.errors import NotFound
+
+__all__ = ["canonical_kind", "parse_ref"]  # (they moved to project; kept importable from here)
 
 HEALTH_ORDER = ["Healthy", "Suspended", "Progressing", "Missing", "Degraded", "Unknown"]
 
 
 def _store(config: KilnConfig):
-    from kiln.controller.project import open_state
-
     return open_state(config)
-
-
-def canonical_kind(kind: str) -> str:
-    for k in KINDS:
-        if kind.lower() in (k.lower(), k.lower() + "s"):
-            return k
-    raise NotFound(f"unknown kind {kind!r}", hint=f"one of {', '.join(KINDS)}")
-
-
-def parse_ref(ref: str) -> tuple[str, str, str]:
-    """KIND/NAME or KIND/WORKSPACE/NAME -> (kind, workspace, name)."""
-    parts = ref.split("/")
-    if len(parts) == 2:
-        return canonical_kind(parts[0]), "default", parts[1]
-    if len(parts) == 3:
-        return canonical_kind(parts[0]), parts[1], parts[2]
-    raise NotFound(f"cannot read {ref!r} as an object reference", hint="write KIND/NAME or KIND/WORKSPACE/NAME")
 
 
 def _ago(ts: str) -> str:
@@ -172,8 +156,6 @@ def describe(config: KilnConfig, ref: str) -> str:
 
 
 def find_spec(config: KilnConfig, ref: str, path: str | None = None):
-    from kiln.controller.project import load_valid
-
     kind, ws, name = parse_ref(ref)
     specs = load_valid(config, path)
     for s in specs.specs:

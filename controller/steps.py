@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from kiln.api import Workspace
 from kiln.config import KilnConfig
-from kiln.errors import KilnError
+from kiln.errors import KilnError, TemporaryError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,9 +72,7 @@ def workspace_storage(ctx: StepContext) -> dict[str, Any]:
 
 
 def workspace_members(ctx: StepContext) -> dict[str, Any]:
-    from kiln.api import Workspace
-
-    spec = Workspace.model_validate(ctx.spec).spec
+    spec = ctx.model(Workspace).spec
     value = {
         "members": {m.user: m.role for m in spec.members},
         "quotas": spec.quotas.model_dump(exclude_none=True),
@@ -149,13 +148,8 @@ def _plugin(name: str) -> Callable[[StepContext], dict[str, Any]] | None:
 def run_step(name: str, ctx: StepContext) -> dict[str, Any]:
     fn = STEPS.get(name) or _plugin(name)
     if fn is None:
-        kind = name.split(".")[0]
-        raise StepNotAvailable(
-            f"step {name!r} is not available in this kiln version",
-            hint=f"steps available: {', '.join(sorted(STEPS))}" if kind not in ("dataset", "labeling", "experiment", "deployment")
-            else f"the {kind} steps arrive with the {kind} handler")
-    from kiln.controller.handlers.base import TemporaryError
-
+        raise StepNotAvailable(f"step {name!r} is not available in this kiln version",
+                               hint=f"steps available: {', '.join(sorted(STEPS))}")
     try:
         out = fn(ctx) or {}
     except KilnError as exc:

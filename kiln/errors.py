@@ -78,8 +78,10 @@ class LockHeld(KilnError):
     exit_code = 3
 
 
-class HandlerNotAvailable(KilnError):
-    """A kind whose reconcile handler is not part of this kiln version yet."""
+class TemporaryError(KilnError):
+    """Retry later: the object stays Reconciling (a step's ``kiln step`` exits 1, which the
+    workflow's retryStrategy retries). Defined here, below the controller, so that ``kiln step``
+    can tell it apart without importing the handlers."""
 
 
 class NotFound(KilnError):

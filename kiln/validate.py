@@ -6,11 +6,17 @@ the whole set. Every problem becomes a ``SpecIssue`` located at the offending fi
 
 from __future__ import annotations
 
+import datetime as dt
+import difflib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from kiln.api import Dataset, Deployment, Experiment, LabelingJob, Workspace
 from kiln.api.common import DatasetRef, ModelRef, ResourceRequest
+from kiln.api.kinds import ALL as API_KINDS
+from kiln.api.kinds import KindInfo
 from kiln.api.workspace import WorkspaceSpec
 from kiln.errors import SpecIssue
 from kiln.loader import LoadedSpec, SpecSet
@@ -36,9 +42,7 @@ class _Checker:
         self.workspaces = {n: s.obj.spec for (_, n), s in self.by_kind["Workspace"].items()}
         for s in self.specs.specs:
             self._workspace_exists(s)
-            check = getattr(self, f"_check_{s.kind}", None)
-            if check:
-                check(s)
+            SPEC_KINDS[s.kind].check(self, s)
         self._counts()
         self._cycles()
         return self.issues
@@ -73,8 +77,6 @@ class _Checker:
         ws = self.workspaces.get(s.workspace)
         period = ws.period if ws is not None else None
         if period is not None:
-            import datetime as dt
-
             today = dt.date.today()
             if period.end is not None and today > period.end:
                 self.add(s, ["metadata", "workspace"],
@@ -87,8 +89,6 @@ class _Checker:
 
     def _known(self, kind: str, name: str, fallback: str) -> str:
         names = sorted({n for (_, n) in self.by_kind[kind]})
-        import difflib
-
         close = difflib.get_close_matches(name, names, n=1)
         if close:
             return f"did you mean {close[0]!r}?"
@@ -137,10 +137,10 @@ class _Checker:
                      "lower the request or raise the Workspace quota")
 
     # -- per kind ---------------------------------------------------------------------------
-    def _check_Workspace(self, s: LoadedSpec) -> None:
+    def check_workspace(self, s: LoadedSpec) -> None:
         pass  # everything about a workspace alone is checked by its model
 
-    def _check_Dataset(self, s: LoadedSpec) -> None:
+    def check_dataset(self, s: LoadedSpec) -> None:
         spec = s.obj.spec
         self._owner(s, spec.owner)
         if spec.source.dataset is not None:
@@ -159,7 +159,7 @@ class _Checker:
                 self.add(s, ["spec", "sharing", "workspaces", i], f"unknown workspace {other!r}",
                          self._known("Workspace", other, "define it with a Workspace spec"))
 
-    def _check_LabelingJob(self, s: LoadedSpec) -> None:
+    def check_labelingjob(self, s: LoadedSpec) -> None:
         spec = s.obj.spec
         self._owner(s, spec.owner)
         ds = self._dataset(s, spec.dataset, ["spec", "dataset"])
@@ -193,7 +193,7 @@ class _Checker:
                                                    f"is not a member of workspace {s.workspace!r}"),
                              "reviewers must be developers or admins of the workspace")
 
-    def _check_Experiment(self, s: LoadedSpec) -> None:
+    def check_experiment(self, s: LoadedSpec) -> None:
         spec = s.obj.spec
         self._owner(s, spec.owner)
         ds = self._dataset(s, spec.dataset, ["spec", "dataset"])
@@ -210,7 +210,7 @@ class _Checker:
                 if ws.role_of(u) is None:
                     self.add(s, ["spec", "users", i], f"user {u!r} is not a member of workspace {s.workspace!r}")
 
-    def _check_Deployment(self, s: LoadedSpec) -> None:
+    def check_deployment(self, s: LoadedSpec) -> None:
         spec = s.obj.spec
         self._owner(s, spec.owner)
         self._model(s, spec.model, ["spec", "model"])
@@ -324,10 +324,34 @@ def dependencies(s: LoadedSpec) -> Iterator[str]:
 def _in_registry(s: LoadedSpec, model: str | None) -> bool:
     """``model`` has a version in the model store of the repository holding ``s``'s file
     (``.kiln/bentoml/models/<name>/v<N>/model.yaml``; no BentoML import)."""
-    from pathlib import Path
-
     here = Path(s.source.path).resolve().parent
     for p in (here, *here.parents):
         if (p / ".kiln").is_dir() or (p / ".git").exists():
-            return bool(model) and any((p / ".kiln" / "bentoml" / "models" / model).glob("v*/model.yaml"))
+            if not model:
+                return False
+            return any((p / ".kiln" / "bentoml" / "models" / model).glob("v*/model.yaml"))
     return False
+
+
+@dataclass(frozen=True)
+class SpecKind:
+    """A kind as the spec layer knows it: ``kiln.api.kinds`` (model, order, short name) plus its
+    cross-spec check. ``kiln.controller.handlers.KINDS`` extends it with what the controller does."""
+
+    info: KindInfo
+    check: Callable[[_Checker, LoadedSpec], None]
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+_CHECKS: dict[str, Callable[[_Checker, LoadedSpec], None]] = {
+    "Workspace": _Checker.check_workspace,
+    "Dataset": _Checker.check_dataset,
+    "LabelingJob": _Checker.check_labelingjob,
+    "Experiment": _Checker.check_experiment,
+    "Deployment": _Checker.check_deployment,
+}
+# kind -> SpecKind, in apply order
+SPEC_KINDS: dict[str, SpecKind] = {k.name: SpecKind(k, _CHECKS[k.name]) for k in API_KINDS}

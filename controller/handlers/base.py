@@ -14,22 +14,22 @@ is marked Stalled with the message until its spec changes or the user re-applies
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.errors import KilnError
+from kiln.errors import TemporaryError
+
+__all__ = ["Context", "Handler", "Step", "TemporaryError", "run_key"]
 
 if TYPE_CHECKING:
     from kiln.config import KilnConfig
     from kiln.loader import LoadedSpec
     from kiln.state import ObjectRecord, StateStore
-
-
-class TemporaryError(KilnError):
-    """Retry later: the object stays Reconciling."""
 
 
 @dataclass
@@ -73,9 +73,6 @@ class Step:
 def run_key(spec_hash: str, inputs: dict[str, str]) -> str:
     if not inputs:
         return spec_hash
-    import hashlib
-    import json
-
     return f"{spec_hash}-{hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
@@ -113,6 +110,34 @@ class Handler(ABC):
         apply should run the ``always`` steps again without it counting as a change (waiting for
         people to finish labelling), None when there is nothing to do. Read-only."""
         return None
+
+    # -- what plan asks (read-only, cheap: plan never runs DVC or a server) ------------------------
+
+    @classmethod
+    def followed(cls, spec: LoadedSpec) -> list[tuple[str, str]]:
+        """(workspace, name) of the datasets ``spec`` follows (``dataset: {version: latest}``):
+        their new versions re-run an unchanged spec (``plan.input_versions``)."""
+        ref = getattr(spec.obj.spec, "dataset", None)
+        if ref is None or getattr(ref, "version", None) != "latest":
+            return []
+        return [(ref.workspace or spec.workspace, ref.name)]
+
+    @classmethod
+    def source_inputs(cls, config: KilnConfig, spec: LoadedSpec) -> dict[str, str]:
+        """Inputs besides followed datasets, ``"source:<what>" -> fingerprint`` (a Dataset's files)."""
+        return {}
+
+    @classmethod
+    def own_output(cls, spec: LoadedSpec, lineage: dict[str, Any]) -> bool:
+        """Whether a followed dataset's new version (its ``lineage``) was made by ``spec`` itself,
+        and so is nothing new for it."""
+        return False
+
+    @classmethod
+    def on_new_inputs(cls, spec: LoadedSpec, note: str) -> tuple[str, str] | None:
+        """What plan makes of new inputs (``note`` says which): ``("update", why)`` by default,
+        ``("unchanged", why)`` to only note them, None to ignore them."""
+        return ("update", note)
 
     def health(self, ctx: Context) -> str:
         """Health of the applied object (Healthy, Progressing, Degraded, Missing, Unknown)."""

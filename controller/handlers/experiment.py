@@ -38,6 +38,16 @@ from kiln.controller.handlers.workflow import WorkflowHandler
 class ExperimentHandler(WorkflowHandler):
     kind = "Experiment"
 
+    @classmethod
+    def on_new_inputs(cls, spec: Any, note: str) -> tuple[str, str] | None:
+        """As ``trigger.onNewDatasetVersion`` says: retrain, only note it, or ignore it."""
+        policy = spec.obj.spec.trigger.onNewDatasetVersion
+        if policy == "ignore":
+            return None
+        if policy == "plan-only":
+            return ("unchanged", f"{note} (trigger onNewDatasetVersion: plan-only; not retrained)")
+        return ("update", f"{note}: retrain (trigger onNewDatasetVersion: retrain)")
+
     def steps(self, ctx: Context) -> list[Step]:
         steps = super().steps(ctx)
         handler = self

@@ -4,7 +4,8 @@ Why not a workflow, as Datasets are: a labelling job is mostly waiting for peopl
 a few Label Studio API calls each, idempotent and cheap when nothing changed, so every
 ``kiln apply`` runs all of them again (``Step.always``) instead of trusting a spec-hash memo:
 new dataset items get imported, a hand-edited project is restored, and completion is checked.
-(The same steps run as tasks of the Argo workflow ``render.PIPELINES["LabelingJob"]`` renders.)
+(The same steps, from the same pipeline ``pipelines.labeling``, run as tasks of the Argo
+workflow that ``render`` makes of it.)
 
 The lifecycle, as ``kiln status`` shows it:
 
@@ -30,34 +31,18 @@ Status kept in the record's ``extra`` (``kiln describe LabelingJob/NAME``)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kiln.controller import pipelines
 from kiln.controller.handlers.base import Context, Handler, Step
+from kiln.controller.steps import STEPS, StepContext
+from kiln.errors import KilnError
 
 if TYPE_CHECKING:
     from kiln.config import KilnConfig
     from kiln.loader import LoadedSpec
     from kiln.state import ObjectRecord
-
-# (step name, labeling_steps function, description)
-STEP_ORDER: list[tuple[str, str, str]] = [
-    ("project", "labeling_project", "ensure the Label Studio project and its label config"),
-    ("pre-annotate", "labeling_pre_annotate", "predict labels for new items with the registered model"),
-    ("import", "labeling_import", "import new dataset items (split among the annotators)"),
-    ("assign", "labeling_assign", "ensure annotator/reviewer users and per-annotator views"),
-    ("wait-complete", "labeling_wait_complete", "check the completion rule"),
-    ("export", "labeling_export", "on completion, write the labels as a new dataset version"),
-]
-
-
-def _step_context(ctx: Context) -> Any:
-    from kiln.controller.steps import StepContext
-
-    spec = ctx.spec
-    assert spec is not None
-    return StepContext(config=ctx.config, ref=f"{spec.kind}/{spec.workspace}/{spec.name}", spec=spec.doc,
-                       spec_hash=spec.spec_hash)
-
 
 class LabelingJobHandler(Handler):
     kind = "LabelingJob"
@@ -76,22 +61,22 @@ class LabelingJobHandler(Handler):
             return f"dataset {s.dataset.name!r} has no version yet: apply it (and feed it) first"
         return pre_annotation_unavailable(s)
 
+    @classmethod
+    def own_output(cls, spec: LoadedSpec, lineage: dict[str, Any]) -> bool:
+        return (lineage.get("labelingJob") or {}).get("job") == f"LabelingJob/{spec.workspace}/{spec.name}"
+
+    @classmethod
+    def on_new_inputs(cls, spec: LoadedSpec, note: str) -> tuple[str, str] | None:
+        return ("update", f"{note}: apply imports its new items")
+
     def steps(self, ctx: Context) -> list[Step]:
-        from kiln.controller import labeling_steps as ls
-
+        """The tasks of the kind's pipeline (``pipelines.labeling``, also what the Argo workflow
+        runs), each run here through ``kiln.controller.steps.STEPS``. Without the task's
+        arguments: in-process, wait-complete checks once instead of polling."""
         assert ctx.spec is not None
-        out = []
-        for name, fn_name, describe in STEP_ORDER:
-            if name == "pre-annotate" and ctx.spec.obj.spec.preAnnotation is None:
-                continue
-            fn = getattr(ls, fn_name)
-
-            def run(c: Context, fn: Any = fn) -> dict[str, Any]:
-                return fn(_step_context(c))
-
-            out.append(Step(name, describe, run, inventory=_inventory if name == "project" else None,
-                            always=True))
-        return out
+        return [Step(t.name, t.describe, _runner(t.step), inventory=_inventory if t.name == "project" else None,
+                     always=True)
+                for t in pipelines.labeling(ctx.spec)]
 
     def health(self, ctx: Context) -> str:
         exp = ctx.outputs.get("export") or {}
@@ -128,7 +113,6 @@ class LabelingJobHandler(Handler):
         """For plan: ("update", why) when the Label Studio project drifted from the spec, ("poll",
         why) while labelling is in progress; None when there is nothing to do."""
         from kiln.controller.labeling_steps import classes, connect, kiln_id
-        from kiln.errors import KilnError
 
         s = spec.obj.spec
         try:
@@ -153,7 +137,6 @@ class LabelingJobHandler(Handler):
     def delete(self, ctx: Context) -> list[str]:
         """Delete the Label Studio project, unless it holds annotations that were never exported."""
         from kiln.controller.labeling_steps import connect
-        from kiln.errors import KilnError
 
         assert ctx.record is not None
         done = []
@@ -173,6 +156,16 @@ class LabelingJobHandler(Handler):
                 client._call(client.ls.projects.delete, pid, what=f"delete project {pid}")
                 done.append(f"delete Label Studio project {pid}")
         return done
+
+
+def _runner(step: str) -> Callable[[Context], dict[str, Any]]:
+    def run(c: Context) -> dict[str, Any]:
+        spec = c.spec
+        assert spec is not None
+        return STEPS[step](StepContext(config=c.config, ref=f"{spec.kind}/{spec.workspace}/{spec.name}",
+                                       spec=spec.doc, spec_hash=spec.spec_hash))
+
+    return run
 
 
 def _exists(client: Any, pid: int) -> bool:

@@ -10,15 +10,20 @@ into the object's record so that ``kiln status`` shows progress.
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import replace
 from typing import Any
 
 from kiln.controller.handlers.base import Context, Handler, Step
+from kiln.controller.runner import make_runner, run_workflow
 from kiln.errors import WorkflowError
 
 
 class WorkflowHandler(Handler):
     def steps(self, ctx: Context) -> list[Step]:
+        # lazy: render looks pipelines up in this package's registry (handlers.KINDS), which
+        # imports this module; at module level the two would import each other
         from kiln.controller.render import render_workflow, workflow_name
 
         assert ctx.spec is not None
@@ -26,8 +31,6 @@ class WorkflowHandler(Handler):
         workspace = spec.obj.spec if spec.kind == "Workspace" else ctx.workspaces.get(spec.workspace)
 
         def run(ctx: Context) -> dict[str, Any]:
-            from kiln.controller.runner import run_workflow
-
             args = self.render_args(ctx)
             # a followed dataset's new version is a new run of the same spec (retraining trigger)
             args.setdefault("data_version", ctx.run_key[len(spec.spec_hash) + 1:])
@@ -64,8 +67,6 @@ class WorkflowHandler(Handler):
         return {}
 
     def delete(self, ctx: Context) -> list[str]:
-        from kiln.controller.runner import make_runner
-
         assert ctx.record is not None
         done = []
         runner = None
@@ -81,8 +82,6 @@ _LIVE_EVERY = 2.0
 
 
 def _mirror(ctx: Context, progress: dict[str, Any], live: Any = None) -> None:
-    import time
-
     if ctx.record is None:
         return
     extra = {**ctx.record.extra, "workflow": progress}
@@ -100,10 +99,6 @@ def _mirror(ctx: Context, progress: dict[str, Any], live: Any = None) -> None:
 def _failure_detail(config: Any, name: str) -> str | None:
     """``<task>: <the error line it printed>`` for the last failed task, so that the object's
     Stalled message says what is wrong (a corrupt file, a bad column), not just "exit code 4"."""
-    import re
-
-    from kiln.controller.runner import make_runner
-
     try:
         runner = make_runner(config)
         wf = runner.get(name) or {}
@@ -127,8 +122,6 @@ def _failure_detail(config: Any, name: str) -> str | None:
 
 
 def _task_outputs(wf: dict[str, Any]) -> dict[str, Any]:
-    import re
-
     out = {}
     for n in ((wf.get("status") or {}).get("nodes") or {}).values():
         if n.get("type") == "Pod" and n.get("phase") == "Succeeded":

@@ -10,17 +10,12 @@ from kiln.api.common import API_VERSION, DatasetRef, Metadata, ModelRef, Resourc
 from kiln.api.dataset import Dataset
 from kiln.api.deployment import Deployment
 from kiln.api.experiment import Experiment
+from kiln.api.kinds import ALL as _ALL_KINDS
 from kiln.api.labeling import LabelingJob
 from kiln.api.workspace import Workspace
 
-# kind -> model. The order is the order objects are applied in (what others refer to, first).
-KINDS: dict[str, type] = {
-    "Workspace": Workspace,
-    "Dataset": Dataset,
-    "LabelingJob": LabelingJob,
-    "Experiment": Experiment,
-    "Deployment": Deployment,
-}
+# kind -> model, in apply order (what others refer to, first); derived from kiln.api.kinds.
+KINDS: dict[str, type] = {k.name: k.model for k in _ALL_KINDS}
 
 Spec = Workspace | Dataset | LabelingJob | Experiment | Deployment
 
