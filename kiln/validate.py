@@ -11,13 +11,13 @@ import difflib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from kiln.api import Dataset, Deployment, Experiment, LabelingJob, Workspace
 from kiln.api.common import DatasetRef, ModelRef, ResourceRequest
 from kiln.api.kinds import ALL as API_KINDS
 from kiln.api.kinds import KindInfo
 from kiln.api.workspace import WorkspaceSpec
+from kiln.config import repo_root
 from kiln.errors import SpecIssue
 from kiln.loader import LoadedSpec, SpecSet
 
@@ -324,13 +324,10 @@ def dependencies(s: LoadedSpec) -> Iterator[str]:
 def _in_registry(s: LoadedSpec, model: str | None) -> bool:
     """``model`` has a version in the model store of the repository holding ``s``'s file
     (``.kiln/bentoml/models/<name>/v<N>/model.yaml``; no BentoML import)."""
-    here = Path(s.source.path).resolve().parent
-    for p in (here, *here.parents):
-        if (p / ".kiln").is_dir() or (p / ".git").exists():
-            if not model:
-                return False
-            return any((p / ".kiln" / "bentoml" / "models" / model).glob("v*/model.yaml"))
-    return False
+    repo = repo_root(s.source.path)
+    if repo is None or not model:
+        return False
+    return any((repo / ".kiln" / "bentoml" / "models" / model).glob("v*/model.yaml"))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln.config import repo_root
 from kiln.errors import TemporaryError
 
 __all__ = ["Context", "Handler", "Step", "TemporaryError", "run_key"]
@@ -90,11 +91,9 @@ class Handler(ABC):
 
     @staticmethod
     def repo_of(spec: LoadedSpec) -> Path:
-        """The repository a spec belongs to: the nearest folder above its file with ``kiln.yaml``
-        or ``.git`` (``unavailable`` has no config; every entry point also runs from there)."""
-        here = Path(spec.source.path).resolve().parent
-        return next((p for p in (here, *here.parents) if (p / "kiln.yaml").is_file() or (p / ".git").exists()),
-                    Path.cwd())
+        """The repository a spec belongs to (``kiln.config.repo_root``; ``unavailable`` has no
+        config, and every entry point also runs from the repository, hence the cwd fallback)."""
+        return repo_root(spec.source.path) or Path.cwd()
 
     @classmethod
     def unavailable(cls, spec: LoadedSpec) -> str | None:
