@@ -42,6 +42,7 @@ when it made none for ``--stuck-after`` (default 10 intervals); ``/metrics`` is 
 
 from __future__ import annotations
 
+import hmac
 import http.server
 import json
 import os
@@ -190,38 +191,72 @@ class Metrics:
 
 
 class Heartbeat:
-    """When the loop last made progress; /healthz compares it with ``stuck_after``."""
+    """When the loop last made progress, and whether its git source answers; /healthz reports
+    both (``stuck_after`` without progress, or a clone/fetch that fails, is unhealthy)."""
 
     def __init__(self, stuck_after: float) -> None:
         self.stuck_after = stuck_after
         self.last = time.monotonic()
+        self.failure: str | None = None   # why the last git clone/fetch failed, until one works
 
     def beat(self) -> None:
         self.last = time.monotonic()
 
     def healthy(self) -> tuple[bool, float]:
         idle = time.monotonic() - self.last
-        return idle <= self.stuck_after, idle
+        return idle <= self.stuck_after and self.failure is None, idle
+
+    def status(self, live: bool = False) -> tuple[int, dict[str, Any]]:
+        """/healthz (``live=False``): stuck or git failing is 503. /livez: only stuck is, since a
+        restart cures a stuck loop but not a git server that is down."""
+        ok, idle = self.healthy()
+        if live:
+            ok = idle <= self.stuck_after
+        word = "ok" if ok else ("stuck" if idle > self.stuck_after else "git-failing")
+        body: dict[str, Any] = {"status": word, "sinceProgressSeconds": round(idle, 3),
+                                "stuckAfterSeconds": self.stuck_after}
+        if self.failure is not None:
+            body["error"] = self.failure
+        return (200 if ok else 503), body
 
 
-def serve_http(port: int, metrics: Metrics, heartbeat: Heartbeat, host: str = "0.0.0.0"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+METRICS_TOKEN_ENV = "KILN_METRICS_TOKEN"
+
+
+def serve_http(port: int, metrics: Metrics, heartbeat: Heartbeat, host: str = "127.0.0.1",
+               metrics_token: str | None = None, metrics_public: bool = False,
                ) -> http.server.ThreadingHTTPServer:
-    """Start /healthz and /metrics on a daemon thread; ``server.server_address`` has the port."""
+    """Start /healthz and /metrics on a daemon thread; ``server.server_address`` has the port.
+
+    /metrics names the repository, its objects and their errors: with ``metrics_token`` it needs
+    ``Authorization: Bearer <token>``; without one it is served only on a loopback address or
+    when ``metrics_public`` says the network in front of it decides who may scrape (a cluster
+    scraping by pod annotation, which cannot send a token). /healthz is always open: probes
+    must reach it and it says nothing about the repository."""
+    open_metrics = metrics_token is None and (metrics_public or host in LOOPBACK)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
-            if path == "/healthz":
-                ok, idle = heartbeat.healthy()
-                body = json.dumps({"status": "ok" if ok else "stuck", "sinceProgressSeconds": round(idle, 3),
-                                   "stuckAfterSeconds": heartbeat.stuck_after}).encode()
-                self._send(200 if ok else 503, body, "application/json")
+            if path in ("/healthz", "/livez"):
+                code, body = heartbeat.status(live=path == "/livez")
+                self._send(code, json.dumps(body).encode(), "application/json")
             elif path == "/metrics":
+                if not (open_metrics or self._authorized()):
+                    self._send(401, b'{"error": "/metrics needs Authorization: Bearer <$KILN_METRICS_TOKEN>"}',
+                               "application/json")
+                    return
                 from prometheus_client import CONTENT_TYPE_LATEST
 
                 self._send(200, metrics.text(), CONTENT_TYPE_LATEST)
             else:
-                self._send(404, b'{"error": "not found; try /healthz or /metrics"}', "application/json")
+                self._send(404, b'{"error": "not found; try /healthz, /livez or /metrics"}', "application/json")
+
+        def _authorized(self) -> bool:
+            given = self.headers.get("Authorization", "")
+            return metrics_token is not None and hmac.compare_digest(
+                given.encode(), f"Bearer {metrics_token}".encode())
 
         def _send(self, code: int, body: bytes, ctype: str) -> None:
             self.send_response(code)
@@ -305,7 +340,8 @@ class Options:
     once: bool = False
     prune: bool = False
     stuck_after: float | None = None
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
+    metrics_public: bool = False
 
 
 class Controller:
@@ -333,7 +369,10 @@ class Controller:
             old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
             try:
                 if self.opts.port is not None:
-                    self.server = serve_http(self.opts.port, self.metrics, self.heartbeat, self.opts.host)
+                    # taken out of the environment: the apply's steps and user code never see it
+                    token = os.environ.pop(METRICS_TOKEN_ENV, None) or None
+                    self.server = serve_http(self.opts.port, self.metrics, self.heartbeat, self.opts.host,
+                                             token, self.opts.metrics_public)
                     self.log("listening", f"http on port {self.server.server_address[1]}",
                              port=self.server.server_address[1])
                 self.log("started", f"{self.repo_public} branch {self.opts.branch} every {self.opts.interval:g}s",
@@ -377,8 +416,10 @@ class Controller:
         except KilnError as exc:
             self.metrics.errors.labels(kind="git").inc()
             self.log("git-error", exc.message, level="error")
+            self.heartbeat.failure = f"git: {exc.message}"
             self._finish(t0, "error")
             return False
+        self.heartbeat.failure = None
         try:
             record = self._record()
             if record.get("lastSeen", {}).get("commit") != head:
@@ -399,6 +440,7 @@ class Controller:
                         self.metrics.errors.labels(kind="git").inc()
                         self.log("sync-failed", exc.message, level="error", commit=head)
                         record["lastError"] = {"commit": head, "kind": "sync", "message": exc.message, "at": _now()}
+                        self.heartbeat.failure = f"git: {exc.message}"
                         result = "error"
                     else:
                         target = head
@@ -640,14 +682,18 @@ class _Interval(click.ParamType):
               help="Where the clone and its state live.")
 @click.option("--port", type=int, default=8080, show_default=True,
               help="HTTP port of /healthz and /metrics (0: any free port, -1: none).")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address the HTTP server listens on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the HTTP server listens on (0.0.0.0 in a pod, for probes and scraping).")
+@click.option("--metrics-public", is_flag=True,
+              help="Serve /metrics without a token on a non-loopback --host (the network decides who "
+                   f"scrapes). Otherwise set ${METRICS_TOKEN_ENV} and scrape with that bearer token.")
 @click.option("--stuck-after", type=_Interval(), default=None,
               help="/healthz answers 503 after this long without progress (default: 10 intervals).")
 @click.option("--prune", is_flag=True, help="Delete what removed specs created (as `kiln apply --prune`).")
 @click.option("--once", is_flag=True, help="One pass, then exit (1 when the head is not applied cleanly).")
 @click.option("--log-level", type=click.Choice(list(JsonLog.LEVELS)), default="info", show_default=True)
 def controller(source: str, branch: str, interval: float, workdir: str, port: int, host: str,
-               stuck_after: float | None, prune: bool, once: bool, log_level: str) -> int:
+               metrics_public: bool, stuck_after: float | None, prune: bool, once: bool, log_level: str) -> int:
     """Reconcile a branch continuously: on each new commit validate, then apply; between commits
     re-plan to heal drift. JSON logs on stderr; /healthz and /metrics over HTTP."""
     if "://" not in source and not re.match(r"^[\w.-]+@[\w.-]+:", source):
@@ -656,5 +702,6 @@ def controller(source: str, branch: str, interval: float, workdir: str, port: in
             raise KilnError(f"--repo {source}: no such path", hint="give a git URL or a local repository path")
         source = str(path.resolve())  # the daemon chdirs into its clone
     opts = Options(source=source, branch=branch, interval=interval, workdir=Path(workdir).resolve(),
-                   port=None if port < 0 else port, once=once, prune=prune, stuck_after=stuck_after, host=host)
+                   port=None if port < 0 else port, once=once, prune=prune, stuck_after=stuck_after, host=host,
+                   metrics_public=metrics_public)
     return Controller(opts, JsonLog(level=log_level)).run()

@@ -82,11 +82,12 @@ def _scope(config: KilnConfig, path: str | os.PathLike[str] | None) -> str:
     return "" if str(rel) == "." else str(rel)
 
 
-def open_state(config: KilnConfig):  # -> StateStore
+def open_state(config: KilnConfig, *, read_only: bool = False):  # -> StateStore
+    """The repository's state store; ``read_only`` never creates one (see ``open_store``)."""
     # kiln.state.store imports SQLAlchemy (~150 ms): only the commands that open the store pay
     from kiln.state import open_store
 
-    return open_store(config.state_url(), config.repo, max_attempts=config.historyLimit)
+    return open_store(config.state_url(), config.repo, max_attempts=config.historyLimit, read_only=read_only)
 
 
 def select_targets(specs: SpecSet, targets: Sequence[str]) -> SpecSet:
@@ -141,7 +142,7 @@ def read_records(config: KilnConfig) -> list:
     records = read_objects(config.state_url(), config.repo)
     if records is not None:
         return records
-    store = open_state(config)
+    store = open_state(config, read_only=True)
     try:
         return store.all_objects()
     finally:

@@ -17,7 +17,7 @@ HEALTH_ORDER = ["Healthy", "Suspended", "Progressing", "Missing", "Degraded", "U
 
 
 def _store(config: KilnConfig):
-    return open_state(config)
+    return open_state(config, read_only=True)  # looking never creates a state database
 
 
 def _ago(ts: str) -> str:

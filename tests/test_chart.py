@@ -102,8 +102,9 @@ def test_default_values_render_valid_objects() -> None:
     assert c["image"] == "ghcr.io/kiln-dev/kiln:0.1.0"  # the chart's appVersion
     assert c["args"][:7] == ["controller", "--repo", "$(KILN_GIT_URL)", "--branch", "$(KILN_GIT_BRANCH)",
                              "--interval", "$(KILN_SYNC_INTERVAL)"]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["args"][c["args"].index("--host") + 1] == "0.0.0.0" and "--metrics-public" in c["args"]
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert c["resources"]["requests"] and c["resources"]["limits"]
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -75,6 +75,72 @@ def test_healthz_turns_503_when_the_loop_makes_no_progress_and_a_dead_webhook_is
     assert m.errors.labels(kind="notify")._value.get() == 1
 
 
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_metrics_are_private_unless_on_loopback_with_a_token_or_declared_public() -> None:
+    from kiln.controller.daemon import Heartbeat, Metrics, serve_http
+
+    cases = [  # (host, token, public) -> may an anonymous client read /metrics?
+        ("127.0.0.1", None, False, True),
+        ("0.0.0.0", None, False, False),
+        ("0.0.0.0", "s3cret-token", False, False),
+        ("0.0.0.0", None, True, True),
+    ]
+    for host, token, public, anonymous in cases:
+        server = serve_http(0, Metrics(), Heartbeat(60), host, token, public)
+        base = f"http://127.0.0.1:{server.server_address[1]}"  # 0.0.0.0 is reached on loopback here
+        try:
+            code, body = _get(f"{base}/metrics")
+            assert (code == 200) is anonymous, (host, token, public, code)
+            if code == 401:
+                assert b"KILN_METRICS_TOKEN" in body
+            if token:
+                assert _get(f"{base}/metrics", {"Authorization": "Bearer wrong"})[0] == 401
+                assert _get(f"{base}/metrics", {"Authorization": f"Bearer {token}"})[0] == 200
+            assert _get(f"{base}/healthz")[0] == 200  # probes need no token
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def test_healthz_reports_a_git_source_that_fails_and_livez_only_a_stuck_loop(tmp_path: Path) -> None:
+    from kiln.controller.daemon import Controller, JsonLog, Options, serve_http
+
+    not_a_repo = tmp_path / "not-a-repo"
+    not_a_repo.mkdir()
+    (tmp_path / "work").mkdir()  # run() makes it before the first tick
+    ctl = Controller(Options(source=str(not_a_repo), workdir=tmp_path / "work", port=None),
+                     JsonLog(io.StringIO()))
+    server = serve_http(0, ctl.metrics, ctl.heartbeat, "127.0.0.1")
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert _get(f"{base}/healthz")[0] == 200
+        assert ctl.tick() is False  # the clone fails
+        code, body = _get(f"{base}/healthz")
+        health = json.loads(body)
+        assert code == 503 and health["status"] == "git-failing" and health["error"].startswith("git: ")
+        assert _get(f"{base}/livez")[0] == 200  # a restart would not bring the git server back
+        ctl.heartbeat.failure = None  # what the next successful fetch does
+        assert _get(f"{base}/healthz")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_controller_listens_on_loopback_by_default() -> None:
+    from kiln.controller.daemon import Options
+
+    assert Options(source=".").host == "127.0.0.1"
+    p = kiln("controller", "--help", cwd=Path.cwd())
+    assert "[default: 127.0.0.1]" in p.stdout
+
+
 # -- the daemon as a subprocess ------------------------------------------------------------------
 
 def test_invalid_commit_is_reported_and_not_applied_until_a_fix(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A pull request cannot make kiln run code or read forged state through kiln's private files.
+"""A pull request cannot make kiln run code or read forged state through kiln's private files,
+and looking at a folder never writes kiln state into it.
 
 The parse cache of validated specs is a pickle (for speed). It used to live in the repository
 (``.kiln/cache/specs.pickle``), so a pull request that added that file ran code in ``kiln
@@ -126,3 +127,11 @@ def test_a_forged_or_tampered_cache_is_never_unpickled(repo: Path, tmp_path: Pat
     assert not marker.exists()
     specs = load_specs(repo / "specs", cache_dir=folder)  # still loads, from the files
     assert [s.key for s in specs.specs] == ["Workspace/default/team"]
+
+
+def test_read_only_verbs_never_create_state(tmp_path: Path) -> None:
+    """`kiln status` run in any folder used to leave a `.kiln/state.db` there."""
+    for args in (("status",), ("status", "-o", "json"), ("get", "datasets"), ("describe", "Dataset/wine")):
+        p = kiln(*args, cwd=tmp_path)
+        assert p.returncode in (0, 1) and "Traceback" not in p.stderr, (args, p.stderr)
+    assert list(tmp_path.iterdir()) == []

@@ -60,6 +60,7 @@ from sqlalchemy import exc as sa_exc
 from kiln._util.redact import redact, redact_text
 from kiln.errors import ConfigError, StateError
 from kiln.state.records import Attempt, ObjectRecord, StepProgress, record_from_row, utcnow
+from kiln.state.snapshot import sqlite_path
 
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "SUPPORTED_BACKENDS", "StateStore", "open_store",
            "default_url"]
@@ -150,15 +151,23 @@ def default_url(repo: Path) -> str:
 
 
 def open_store(url: str | None, repo: Path, *, max_attempts: int = 20,
-               busy_timeout: float = 10.0) -> StateStore:
+               busy_timeout: float = 10.0, read_only: bool = False) -> StateStore:
     """Open (creating or migrating the schema if needed) the state store of ``repo``.
 
     ``url`` None means the default SQLite file in ``<repo>/.kiln/``. A relative SQLite path
     (``sqlite:///state/kiln.db``) is taken relative to ``repo``, not to the current directory, so
     kiln behaves the same from anywhere. Raises ConfigError for a URL kiln cannot use and
     StateError for a database it cannot open.
+
+    ``read_only`` is for the verbs that only look (``kiln status``, ``get``, ``describe``): where
+    the SQLite file does not exist yet, nothing has been applied, and they get an empty store in
+    memory instead of a new ``.kiln/state.db`` in whatever folder they were run from.
     """
     repo = Path(repo)
+    if read_only:
+        path = sqlite_path(url, repo)
+        if path is not None and not path.exists():
+            return StateStore("sqlite://", max_attempts=max_attempts, busy_timeout=busy_timeout)
     if url is None:
         (repo / ".kiln").mkdir(parents=True, exist_ok=True)
         return StateStore(default_url(repo), max_attempts=max_attempts, busy_timeout=busy_timeout)
