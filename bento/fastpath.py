@@ -358,7 +358,12 @@ class FastPath:
                 raise _Reject(503, "the model is still loading; retry when /readyz is 200")
             instances = self._instances(body)
             n = len(instances)
-            xs, metas = _decode(eng, instances)
+            if eng.cfg.input == "image":
+                # decoding an image takes milliseconds: off the event loop, so that other requests
+                # (and /healthz) are not held up behind it
+                xs, metas = await asyncio.get_running_loop().run_in_executor(None, _decode, eng, instances)
+            else:
+                xs, metas = _decode(eng, instances)
             ys = await self._infer(eng, xs)
             preds = [eng.format(y, m) for y, m in zip(ys, metas)]
             if self.capture is not None and not skip_capture:

@@ -185,6 +185,8 @@ LOADERS: dict[str, Callable[[Path, int], Callable[[np.ndarray], Any]]] = {
 
 
 # ---------------------------------------------------------------------------------- engine ----
+DEFAULT_MIN_PIXELS = 4_000_000   # a phone photo: the smallest default limit, whatever the model's input
+
 @dataclass
 class Engine:
     """A loaded model version plus its serving config. Thread-compatible: ``predict`` runs in one
@@ -196,6 +198,16 @@ class Engine:
     pipeline: Any = None
     name: str = ""
     version: int = 0
+    max_pixels: int | None = None   # the deployment's limits.maxImagePixels (None: from the input size)
+
+    @property
+    def pixel_limit(self) -> int:
+        """The largest image a request may send, in pixels: a 100 KB PNG can declare 10,000 x
+        10,000 pixels and take a second and 400 MB to decode, so the header is checked first."""
+        if self.max_pixels:
+            return self.max_pixels
+        h, w = (self.cfg.image or {}).get("size", (0, 0))
+        return max(DEFAULT_MIN_PIXELS, 16 * int(h) * int(w))
 
     # -- decode ----------------------------------------------------------------------------------
     def decode(self, inst: Any, i: int) -> tuple[np.ndarray, Any]:
@@ -276,9 +288,16 @@ class Engine:
         except (binascii.Error, ValueError):
             raise InstanceError(i, "data", "not valid base64") from None
         try:
-            img = Image.open(io.BytesIO(raw))
-            img.load()
+            img = Image.open(io.BytesIO(raw))  # reads the header only
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            raise InstanceError(i, "data", f"not a decodable image ({str(e)[:120]})") from None
+        limit = self.pixel_limit
+        if img.size[0] * img.size[1] > limit:
+            raise InstanceError(i, "data", f"image is {img.size[0]} x {img.size[1]} pixels, more than the "
+                                f"{limit:,} this deployment accepts (limits.maxImagePixels); resize it first")
+        try:
+            img.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise InstanceError(i, "data", f"not a decodable image ({str(e)[:120]})") from None
         im = self.cfg.image
         w0, h0 = img.size

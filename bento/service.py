@@ -98,6 +98,7 @@ class KilnService:
             raise RuntimeError("KILN_SERVE_CONFIG is not set: start deployments with kiln (kiln.bento.server)")
         path = self.model_ref.path
         self.engine = load_engine(path, threads=CFG.threads, name=CFG.model, version=CFG.version)
+        self.engine.max_pixels = CFG.limits.maxImagePixels
         fastpath.STATE.engine = self.engine
         # objects loaded so far live as long as the process: keep them out of every GC pass
         # (measured: BentoML p99 about 240 ms -> 70 ms)

@@ -53,6 +53,9 @@ class Limits(Model):
     maxPayloadBytes: int = Field(10 * 2**20, ge=1024)
     maxInstances: int = Field(64, ge=1)
     timeoutSeconds: float = Field(30, gt=0)
+    maxImagePixels: int | None = Field(
+        None, ge=1, description="largest image (width x height) a request may send, checked from the "
+        "file's header before it is decoded; default: 16x the model's input, at least 4,000,000")
 
 
 class DeploymentSpec(Model):

@@ -144,7 +144,8 @@ def servers(serving_repo: Path) -> Iterator[dict]:
         "digits": ServeConfig(deployment="digits-api", model="digits", version=1, public=True),
         "boxes": ServeConfig(deployment="boxes-api", model="boxes", version=1, public=True,
                              batching={"enabled": True, "maxBatchSize": 8, "maxLatencyMs": 5}),
-        "masks": ServeConfig(deployment="masks-api", model="masks", version=1, public=True),
+        "masks": ServeConfig(deployment="masks-api", model="masks", version=1, public=True,
+                             limits={"maxImagePixels": 20_000}),
     }
     srv = {k: ManagedServer(c, serving_repo) for k, c in cfgs.items()}
     try:

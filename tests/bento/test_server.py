@@ -168,6 +168,34 @@ def test_segmentation_format(servers: dict) -> None:
     assert all(row[:7] == [1] * 7 and row[9:] == [0] * 7 for row in mask)
 
 
+def test_image_bombs_are_refused_from_the_header_before_decoding(servers: dict) -> None:
+    """A 10,000 x 10,000 PNG is ~100 KB on the wire and 100 MB+ once decoded: refused from its
+    header (the digits model takes 8 x 8, so its default limit is the 4,000,000-pixel floor)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 200_000
+    bomb = base64.b64encode(buf.getvalue()).decode()
+    d = _c(servers, "digits")
+    t = time.perf_counter()
+    r = d.post("/predict", json={"instances": [{"data": bomb}]})
+    took = time.perf_counter() - t
+    assert r.status_code == 400, r.text
+    assert "image is 10000 x 10000 pixels, more than the 4,000,000 this deployment accepts" in r.json()["error"]
+    print(f"bomb refused in {took * 1000:.0f} ms")
+    ok = d.post("/predict", json={"instances": [{"data": png_b64(np.zeros((1000, 1000)))}]})
+    assert ok.status_code == 200  # large but within the limit: resized to the model's input
+    # limits.maxImagePixels, set to 20,000 for the masks deployment
+    m = _c(servers, "masks")
+    r = m.post("/predict", json={"instances": [{"data": _rect_png(200, 200, (0, 0, 8, 8))}]})
+    assert r.status_code == 400 and "more than the 20,000 this deployment accepts" in r.json()["error"]
+    assert m.post("/predict", json={"instances": [{"data": _rect_png(100, 100, (0, 0, 8, 8))}]}).status_code == 200
+
+
 def test_openapi_and_test_page(servers: dict) -> None:
     c = _c(servers, "iris")
     doc = c.get("/openapi.json").json()
