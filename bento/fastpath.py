@@ -348,11 +348,16 @@ class FastPath:
         hdrs = [(b"x-request-id", rid.encode()), (b"x-kiln-path", b"fast")]
         tid = "-"
         status, n = 500, 0
-        self.inflight += 1
+        counted = False
         try:
             tid = self._token_id(scope)
-            self._check_load(clen)
-            body = await self._body(receive)
+            self._check_size(clen)
+            body = await self._read_body(receive)
+            # counted once the body is in: clients that send slowly must not fill the places of
+            # requests that are ready to run (they are bounded by the read timeout instead)
+            self.inflight += 1
+            counted = True
+            self._check_load()
             eng = STATE.engine
             if eng is None:
                 raise _Reject(503, "the model is still loading; retry when /readyz is 200")
@@ -385,7 +390,8 @@ class FastPath:
             await _send(send, 500, orjson.dumps({"error": "internal error; quote the request id to the operator",
                                                  "request_id": rid}), extra=hdrs)
         finally:
-            self.inflight -= 1
+            if counted:
+                self.inflight -= 1
             self._record(scope, rid, status, n, tid, time.perf_counter() - t0)
 
     def _token_id(self, scope: dict) -> str:
@@ -397,11 +403,22 @@ class FastPath:
             raise _Reject(401, "missing or invalid API token (send 'Authorization: Bearer <token>' or 'X-API-Key')")
         return tid
 
-    def _check_load(self, clen: bytes | None) -> None:
-        if self.inflight > self.max_conc:
-            raise _Reject(503, f"too many concurrent requests (limit {self.max_conc}); retry later")
+    def _check_size(self, clen: bytes | None) -> None:
         if clen is not None and int(clen) > self.max_payload:
             raise _Reject(413, f"payload of {int(clen)} bytes is over the limit of {self.max_payload} bytes")
+
+    def _check_load(self) -> None:
+        if self.inflight > self.max_conc:
+            raise _Reject(503, f"too many concurrent requests (limit {self.max_conc}); retry later")
+
+    async def _read_body(self, receive: Callable) -> bytes:
+        """The body, within the request timeout (limits.timeoutSeconds): a client that sends a
+        byte a second gets 408 instead of holding its connection and memory for ever."""
+        try:
+            async with asyncio.timeout(self.timeout):  # a timer, not a task per request (hot path)
+                return await self._body(receive)
+        except TimeoutError:
+            raise _Reject(408, f"the request body did not arrive within {self.timeout:g}s") from None
 
     async def _infer(self, eng: Engine, xs: list) -> list:
         if self.inline is None:

@@ -145,7 +145,7 @@ def servers(serving_repo: Path) -> Iterator[dict]:
         "boxes": ServeConfig(deployment="boxes-api", model="boxes", version=1, public=True,
                              batching={"enabled": True, "maxBatchSize": 8, "maxLatencyMs": 5}),
         "masks": ServeConfig(deployment="masks-api", model="masks", version=1, public=True,
-                             limits={"maxImagePixels": 20_000}),
+                             limits={"maxImagePixels": 20_000, "maxConcurrency": 4, "timeoutSeconds": 5}),
     }
     srv = {k: ManagedServer(c, serving_repo) for k, c in cfgs.items()}
     try:

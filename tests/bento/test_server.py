@@ -196,6 +196,39 @@ def test_image_bombs_are_refused_from_the_header_before_decoding(servers: dict) 
     assert m.post("/predict", json={"instances": [{"data": _rect_png(100, 100, (0, 0, 8, 8))}]}).status_code == 200
 
 
+def test_slow_bodies_time_out_and_do_not_lock_out_other_clients(servers: dict) -> None:
+    """The masks deployment allows 4 requests in flight and 5 s per request. Eight clients that
+    send their body a byte at a time must neither take those places (in-flight is counted once a
+    body is in) nor hold their connection past the timeout (408)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(servers["masks"].url)
+    slow = []
+    for _ in range(8):
+        s = socket.create_connection((u.hostname, u.port), timeout=30)
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{")
+        slow.append(s)
+    try:
+        m = _c(servers, "masks")
+        for _ in range(3):  # while all eight are still sending
+            r = m.post("/predict", json={"instances": [{"data": _rect_png(16, 16, (0, 0, 8, 16))}]})
+            assert r.status_code == 200, r.text
+        t = time.perf_counter()
+        replies = []
+        for s in slow:
+            s.settimeout(30)
+            replies.append(s.recv(4096))
+        waited = time.perf_counter() - t
+        assert all(b" 408 " in rep.split(b"\r\n", 1)[0] for rep in replies), replies[0][:200]
+        assert b"did not arrive within 5s" in replies[0]
+        assert waited < 20, waited
+    finally:
+        for s in slow:
+            s.close()
+
+
 def test_openapi_and_test_page(servers: dict) -> None:
     c = _c(servers, "iris")
     doc = c.get("/openapi.json").json()
