@@ -8,10 +8,14 @@ either way, and the hash is checked on every request, where scrypt's millisecond
 than the model. The comparison uses ``hmac.compare_digest``.
 
 Store file (``<repo>/.kiln/serving/tokens.json``, atomic replace, re-read by servers when its
-mtime changes so a revocation takes effect within about a second without a restart)::
+mtime changes, so a revocation takes effect at the next request without a restart)::
 
-    {"<deployment>": {"<id>": {"sha256": "<hex>", "created": "...Z", "who": "...",
-                               "revoked": null | "...Z"}}}
+    {"<workspace>/<deployment>": {"<id>": {"sha256": "<hex>", "created": "...Z", "who": "...",
+                                           "revoked": null | "...Z"}}}
+
+Tokens belong to one deployment of one workspace: ``team2/wine`` never accepts a token of
+``default/wine``. A bare name means the default workspace, as everywhere in kiln (``Kind/name``);
+files written before tokens were keyed by workspace are read that way.
 
 Tokens never reach a log: the server logs token ids at most, and only ``create`` returns a secret.
 """
@@ -25,7 +29,6 @@ import hmac
 import json
 import os
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from kiln._util.clock import utcnow_seconds
 from kiln._util.fs import write_json_atomic
 from kiln.errors import NotFound
 
-__all__ = ["TokenStore", "TokenChecker", "default_token_file", "hash_token", "ENV_PREFIX"]
+__all__ = ["TokenStore", "TokenChecker", "default_token_file", "deployment_key", "hash_token", "ENV_PREFIX"]
 
 # ids of tokens a Deployment spec takes from the environment (auth.tokens[].env): set by apply
 ENV_PREFIX = "env-"
@@ -42,6 +45,26 @@ ENV_PREFIX = "env-"
 
 def default_token_file(repo: str | os.PathLike[str] | None = None) -> Path:
     return Path(repo or os.getcwd()).resolve() / ".kiln" / "serving" / "tokens.json"
+
+
+def deployment_key(deployment: str, workspace: str | None = None) -> str:
+    """``workspace/name`` of a deployment: ``("wine", "team2")``, ``"team2/wine"`` and, for the
+    default workspace, a bare ``"wine"`` all name it."""
+    if "/" in deployment:
+        return deployment
+    return f"{workspace or 'default'}/{deployment}"
+
+
+def _normalized(data: dict[str, Any]) -> dict[str, Any]:
+    """The store keyed by ``workspace/name``; entries of files written before (bare names) belong
+    to the default workspace, merged under any newer entry of the same deployment."""
+    if all("/" in k for k in data):
+        return data
+    out: dict[str, Any] = {}
+    for k, recs in data.items():
+        out.setdefault(deployment_key(k), {}).update({t: r for t, r in recs.items()
+                                                      if t not in out.get(deployment_key(k), {})})
+    return out
 
 
 def hash_token(token: str) -> str:
@@ -66,7 +89,7 @@ class TokenStore:
 
     def read(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text())
+            return _normalized(json.loads(self.path.read_text()))
         except FileNotFoundError:
             return {}
 
@@ -74,17 +97,19 @@ class TokenStore:
         """A new token for ``deployment``; the plaintext is returned once and never stored."""
         tid = secrets.token_hex(4)
         token = f"kiln_{tid}_{secrets.token_urlsafe(32)}"
+        deployment = deployment_key(deployment)
         with self._locked() as data:
             data.setdefault(deployment, {})[tid] = {"sha256": hash_token(token), "created": utcnow_seconds(),
                                                     "who": who or os.environ.get("USER", "unknown"), "revoked": None}
         return token
 
     def list(self, deployment: str) -> list[dict[str, Any]]:
-        recs = self.read().get(deployment, {})
+        recs = self.read().get(deployment_key(deployment), {})
         return [{"id": k, "created": v["created"], "who": v.get("who"), "revoked": v.get("revoked")}
                 for k, v in sorted(recs.items(), key=lambda kv: kv[1]["created"])]
 
     def revoke(self, deployment: str, token_id: str) -> None:
+        deployment = deployment_key(deployment)
         with self._locked() as data:
             rec = data.get(deployment, {}).get(token_id)
             if rec is None:
@@ -96,6 +121,7 @@ class TokenStore:
     def set_env_tokens(self, deployment: str, hashes: dict[str, str]) -> None:
         """Replace ``deployment``'s environment tokens with ``hashes`` (``VAR`` -> sha256 hex):
         what a Deployment spec's ``auth.tokens[].env`` names, as of the latest apply."""
+        deployment = deployment_key(deployment)
         with self._locked() as data:
             recs = data.setdefault(deployment, {})
             for k in [k for k in recs if k.startswith(ENV_PREFIX)]:
@@ -108,25 +134,28 @@ class TokenStore:
     def forget(self, deployment: str, token_id: str) -> None:
         """Drop a token's record entirely (short-lived internal tokens, e.g. a smoke test's)."""
         with self._locked() as data:
-            data.get(deployment, {}).pop(token_id, None)
+            data.get(deployment_key(deployment), {}).pop(token_id, None)
+
+    def drop(self, deployment: str) -> int:
+        """Remove every token of ``deployment`` (it was deleted); how many there were. A
+        deployment created again under the same name starts without tokens."""
+        with self._locked() as data:
+            return len(data.pop(deployment_key(deployment), None) or {})
 
 
 class TokenChecker:
-    """Server side: ``check(token) -> token id or None``. Re-reads the store when it changes:
-    stat at most once a second (so a revocation takes up to a second), and at once for a token id
-    it does not know yet (so a new token works immediately)."""
+    """Server side: ``check(token) -> token id or None``. Every check stats the store (about a
+    microsecond) and re-reads it when it changed, so a new token works and a revoked one stops at
+    once. Every check does the same work whether or not the token's id exists (the stat, one hash,
+    a compare against each environment token and one against the id's hash or a dummy), so its
+    timing does not tell an attacker which ids exist."""
 
     def __init__(self, path: str | os.PathLike[str], deployment: str) -> None:
-        self.path, self.deployment = Path(path), deployment
+        self.path, self.deployment = Path(path), deployment_key(deployment)
         self._mtime: float | None = None
-        self._next_stat = 0.0
         self._hashes: dict[str, bytes] = {}
 
-    def _refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if now < self._next_stat and not force:
-            return
-        self._next_stat = now + 1.0
+    def _refresh(self) -> None:
         try:
             mtime = self.path.stat().st_mtime_ns
         except FileNotFoundError:
@@ -135,7 +164,7 @@ class TokenChecker:
         if mtime == self._mtime:
             return
         try:
-            recs = json.loads(self.path.read_text()).get(self.deployment, {})
+            recs = _normalized(json.loads(self.path.read_text())).get(self.deployment, {})
         except (OSError, json.JSONDecodeError):
             return  # keep the last good set; a writer replaces the file atomically
         self._hashes = {k: bytes.fromhex(v["sha256"]) for k, v in recs.items() if not v.get("revoked")}
@@ -147,17 +176,19 @@ class TokenChecker:
         self._refresh()
         parts = token.split("_", 2)
         tid = parts[1] if len(parts) == 3 and parts[0] == "kiln" else None
-        if tid is None or tid not in self._hashes:
-            # a token from the deployment spec's environment (auth.tokens[].env): any format,
-            # stored as ``env-<VAR>`` by the Deployment handler; compared against each of them
-            got = hashlib.sha256(token.encode()).digest()
-            for k, h in self._hashes.items():
-                if k.startswith(ENV_PREFIX) and hmac.compare_digest(got, h):
-                    return k
-        if tid is not None and tid not in self._hashes:
-            self._refresh(force=True)  # a token created a moment ago works at once (one stat)
-        want = self._hashes.get(tid) if tid is not None else None
         got = hashlib.sha256(token.encode()).digest()
+        # a token from the deployment spec's environment (auth.tokens[].env): any format, stored
+        # as ``env-<VAR>`` by the Deployment handler; compared against each of them, every time
+        env_match = None
+        for k, h in self._hashes.items():
+            if k.startswith(ENV_PREFIX) and hmac.compare_digest(got, h) and env_match is None:
+                env_match = k
+        want = self._hashes.get(tid) if tid is not None and not tid.startswith(ENV_PREFIX) else None
         # compare even when the id is unknown, so timing does not tell ids apart
-        ok = hmac.compare_digest(got, want if want is not None else b"\0" * 32)
-        return parts[1] if ok and want is not None else None
+        ok = hmac.compare_digest(got, want if want is not None else _DUMMY)
+        if env_match is not None:
+            return env_match
+        return tid if ok and want is not None else None
+
+
+_DUMMY = b"\0" * 32

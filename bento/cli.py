@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
-from kiln.bento.auth import TokenStore, default_token_file
+from kiln.bento.auth import TokenStore, default_token_file, deployment_key
 from kiln.bento.registry import Registry, default_home, who
+from kiln.errors import NotFound
 
 
 def _repo(ctx: click.Context) -> Path:
@@ -85,23 +86,50 @@ def _tokens(ctx: click.Context):
     return TokenStore(default_token_file(_repo(ctx)))
 
 
+def _applied_deployment(ctx: click.Context, name: str) -> str:
+    """``workspace/name`` of an applied Deployment that NAME (``name`` in the default workspace,
+    or ``workspace/name``) refers to; a clear error for one that does not exist, so that no
+    token is made for a deployment someone may create later."""
+    from kiln.config import load_config
+    from kiln.state import open_store
+    from kiln.state.snapshot import read_objects
+
+    key = deployment_key(name)
+    config = load_config(_repo(ctx))
+    records = read_objects(config.state_url(), config.repo)
+    if records is None:  # not the default SQLite file: the store itself (read-only, creates nothing)
+        store = open_store(config.state_url(), config.repo, read_only=True)
+        try:
+            records = store.all_objects()
+        finally:
+            store.close()
+    known = sorted(f"{r.workspace}/{r.name}" for r in records if r.kind == "Deployment")
+    if key not in known:
+        raise NotFound(f"no applied Deployment {key}",
+                       hint=(f"deployments: {', '.join(known)}" if known else "no deployment is applied yet")
+                       + "; write WORKSPACE/NAME for one outside the default workspace")
+    return key
+
+
 @token.command("create")
 @click.argument("name")
 @click.pass_context
 def token_create(ctx: click.Context, name: str) -> None:
-    """A new token for deployment NAME. It is printed once; only its hash is kept."""
+    """A new token for deployment NAME (or WORKSPACE/NAME). It is printed once; only its hash
+    is kept. The deployment must have been applied."""
 
-    tok = _tokens(ctx).create(name, who())
+    key = _applied_deployment(ctx, name)
+    tok = _tokens(ctx).create(key, who())
     click.echo(tok)
     click.echo("store it now: it cannot be shown again (revoke with `kiln deployments token revoke "
-               f"{name} {tok.split('_')[1]}`)", err=True)
+               f"{key} {tok.split('_')[1]}`)", err=True)
 
 
 @token.command("list")
 @click.argument("name")
 @click.pass_context
 def token_list(ctx: click.Context, name: str) -> None:
-    """Token ids of deployment NAME (never the tokens)."""
+    """Token ids of deployment NAME or WORKSPACE/NAME (never the tokens)."""
     rows = _tokens(ctx).list(name)
     if not rows:
         click.echo(f"deployment {name} has no tokens")
@@ -116,6 +144,7 @@ def token_list(ctx: click.Context, name: str) -> None:
 @click.argument("token_id")
 @click.pass_context
 def token_revoke(ctx: click.Context, name: str, token_id: str) -> None:
-    """Revoke token TOKEN_ID of deployment NAME (running servers notice within a second)."""
+    """Revoke token TOKEN_ID of deployment NAME or WORKSPACE/NAME (running servers notice at
+    their next request)."""
     _tokens(ctx).revoke(name, token_id)
     click.echo(f"revoked token {token_id} of deployment {name}")

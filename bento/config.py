@@ -55,6 +55,7 @@ class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     deployment: str = "kiln"
+    workspace: str = "default"   # with ``deployment``: whose tokens the server accepts
     model: str = ""
     version: int = 0
     threads: int = 1

@@ -250,7 +250,7 @@ class FastPath:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kiln-model")
         self.checker = None
         if not cfg.public:
-            self.checker = TokenChecker(cfg.token_file or "/nonexistent", cfg.deployment)
+            self.checker = TokenChecker(cfg.token_file or "/nonexistent", f"{cfg.workspace}/{cfg.deployment}")
         self._setup_logging()
         self._setup_metrics()
         b = cfg.batching

@@ -139,8 +139,8 @@ def serve_config(ctx: StepContext, spec: DeploymentSpec, model: str, version: in
     if spec.capture is not None:
         capture = ServeCapture(dir=str(capture_dir(ctx.config, ws, name)), sampleRate=spec.capture.sampleRate,
                                maxPerDay=spec.capture.maxPerDay)
-    # tokens are per deployment name, as `kiln deployments token create NAME` makes them
-    return ServeConfig(deployment=name, model=model, version=version, workers=spec.workers,
+    # tokens are per workspace and deployment (`kiln deployments token create WS/NAME`)
+    return ServeConfig(deployment=name, workspace=ws, model=model, version=version, workers=spec.workers,
                        public=spec.auth.public, token_file=str(default_token_file(ctx.config.repo)),
                        batching=spec.batching, limits=ServeLimits.model_validate(spec.limits.model_dump()),
                        capture=capture)
@@ -357,7 +357,7 @@ def deployment_smoke_test(ctx: StepContext) -> dict[str, Any]:
     token, tid = None, None
     store = TokenStore(default_token_file(ctx.config.repo))
     if not spec.auth.public:
-        token = store.create(ctx.name, "kiln smoke-test")
+        token = store.create(f"{ctx.workspace}/{ctx.name}", "kiln smoke-test")
         tid = token.split("_")[1]
     try:
         t0 = time.monotonic()
@@ -367,7 +367,7 @@ def deployment_smoke_test(ctx: StepContext) -> dict[str, Any]:
         ms = (time.monotonic() - t0) * 1000
     finally:
         if tid:
-            store.forget(ctx.name, tid)
+            store.forget(f"{ctx.workspace}/{ctx.name}", tid)
     if status != 200:
         raise TemporaryError(f"deployment {ctx.name}: smoke test got HTTP {status}: {json.dumps(body)[:300]}")
     # EasyMaker: classification answers one instance with its ranked list, others {"predictions": [..]}

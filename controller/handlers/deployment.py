@@ -74,7 +74,7 @@ def drift(config: Any, spec: Any, record: Any) -> list[str]:
         if (name, version) != (info.get("model"), info.get("version")):
             out.append(f"the model reference now resolves to {name} v{version} (serving {info.get('model')} "
                        f"v{info.get('version')}); apply rolls it out")
-    stored = TokenStore(default_token_file(config.repo)).read().get(spec.name, {})
+    stored = TokenStore(default_token_file(config.repo)).read().get(f"{spec.workspace}/{spec.name}", {})
     for ref in s.auth.tokens:
         value = os.environ.get(ref.env or "") if ref.env else None
         rec = stored.get(f"{ENV_PREFIX}{ref.env}")
@@ -123,7 +123,7 @@ class DeploymentHandler(WorkflowHandler):
             from kiln.bento.auth import TokenStore, default_token_file
 
             hashes = env_token_hashes(spec.obj.spec, spec.name)
-            TokenStore(default_token_file(ctx.repo)).set_env_tokens(spec.name, hashes)
+            TokenStore(default_token_file(ctx.repo)).set_env_tokens(f"{spec.workspace}/{spec.name}", hashes)
             return {"public": spec.obj.spec.auth.public, "envTokens": sorted(hashes)}  # names only
 
         # A server is live state: going back to an earlier spec must roll out again, so the
@@ -191,7 +191,10 @@ class DeploymentHandler(WorkflowHandler):
         info = _read_json(home / "server.json")
         if info and stop_pid(info.get("pid"), home, server_id=info.get("serverId")):
             done.append(f"stop server pid {info['pid']} ({info.get('url')})")
-        TokenStore(default_token_file(ctx.repo)).set_env_tokens(rec.name, {})
+        # every token of the deployment goes with it: one created again under the same name
+        # must not accept the old ones
+        if TokenStore(default_token_file(ctx.repo)).drop(f"{rec.workspace}/{rec.name}"):
+            done.append("revoke its API tokens")
         if home.exists():
             for p in home.iterdir():
                 if p.name == "capture":
