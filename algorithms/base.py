@@ -33,6 +33,9 @@ Class attributes
     rebuilds the model from ``meta.json`` and never unpickles torch files (``weights_only=True``).
 ``export_onnx(model, path, sample) -> Path | None``
     One self-contained ONNX file, or ``None`` where the model type has no exporter.
+``input_batch(model, inputs)`` (image algorithms) / ``features(meta, rows)`` (tabular)
+    The native model's input, preprocessed as in training: what the experiment steps (the
+    report's scores), ``kiln infer`` and the ONNX parity check feed ``model.native``.
 ``export_torchscript(model, path) -> dict | None`` (optional)
     Where a plain ``torch.jit.trace`` of the network is not what the server needs (detectors: the
     serving layer wants ``boxes``/``scores``/``labels``): writes a TorchScript file the serving

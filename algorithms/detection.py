@@ -240,13 +240,13 @@ class TorchvisionDetector(TorchAlgorithm):
             out.append(found)
         return out
 
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
         """The ONNX input: the first image as ``3 x H x W`` (0..1)."""
         return self._images(inputs)[0]
 
     def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
         net = model.native.eval().cpu()
-        o = self._detect(net, [self._batch(model, sample)])[0]
+        o = self._detect(net, [self.input_batch(model, sample)])[0]
         return [o["boxes"].numpy(), o["labels"].numpy(), o["scores"].numpy()]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
@@ -256,7 +256,7 @@ class TorchvisionDetector(TorchAlgorithm):
 
         import torch
 
-        x = self._batch(model, sample)
+        x = self.input_batch(model, sample)
         net = model.native.eval().cpu()
         outputs = ["boxes", "labels", "scores"] + (["masks"] if self.with_masks else [])
         path = Path(path)
@@ -465,7 +465,9 @@ class TorchvisionSegmenter(TorchAlgorithm):
         maps = self._class_maps(model.native, [_open_rgb(x) for x in inputs], model.meta["input_size"])
         return [ids[m] for m in maps]
 
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
+        """The network's input for image paths or PIL images: an ``N x 3 x S x S`` tensor (the
+        ONNX export's input and ``native_outputs``'s)."""
         import torch
 
         if not isinstance(inputs, (list, tuple)):
@@ -477,7 +479,7 @@ class TorchvisionSegmenter(TorchAlgorithm):
 
         net = model.native.eval().cpu()
         with torch.inference_mode():
-            return [net(self._batch(model, sample))["out"].numpy()]
+            return [net(self.input_batch(model, sample))["out"].numpy()]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
         """ONNX with input ``input`` (N x 3 x S x S, ImageNet-normalised) and output ``logits``
@@ -494,7 +496,7 @@ class TorchvisionSegmenter(TorchAlgorithm):
             def forward(self, x: Any) -> Any:
                 return self.net(x)["out"]
 
-        x = self._batch(model, sample)[:1]
+        x = self.input_batch(model, sample)[:1]
         net = _Out(model.native.eval().cpu()).eval()
         path = Path(path)
 

@@ -260,7 +260,7 @@ class StepAlgorithm(TorchModelIO, Algorithm):
             def forward(self, x: Any) -> Any:
                 return self.net(pixel_values=x).logits
 
-        x = self._batch(model, sample)[:1]
+        x = self.input_batch(model, sample)[:1]
         net = _Logits(model.native.eval().cpu()).eval()
         path = Path(path)
 
@@ -273,7 +273,9 @@ class StepAlgorithm(TorchModelIO, Algorithm):
         atomic_save(path, write)
         return path
 
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
+        """The network's ``pixel_values`` for image paths or PIL images: ``N x 3 x S x S``,
+        normalised as in training (what ``kiln report`` and the ONNX check feed it)."""
         import torch
 
         if not isinstance(inputs, (list, tuple)):
@@ -288,7 +290,7 @@ class StepAlgorithm(TorchModelIO, Algorithm):
 
         net = model.native.eval().cpu()
         with torch.inference_mode():
-            return [net(pixel_values=self._batch(model, sample)).logits.numpy()]
+            return [net(pixel_values=self.input_batch(model, sample)).logits.numpy()]
 
 
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
@@ -393,7 +395,7 @@ class EasyMakerImageClassification(StepAlgorithm):
         net = model.native.eval()
         device = next(net.parameters()).device
         with torch.inference_mode():
-            prob = torch.softmax(net(pixel_values=self._batch(model, inputs).to(device)).logits, 1).cpu()
+            prob = torch.softmax(net(pixel_values=self.input_batch(model, inputs).to(device)).logits, 1).cpu()
         score, idx = prob.max(1)
         return [{"label": model.meta["classes"][int(i)], "score": float(s)} for s, i in zip(score, idx)]
 

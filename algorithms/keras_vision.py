@@ -325,7 +325,9 @@ class KerasClassifier(Algorithm):
         return TrainedModel(self.name, self._load_keras(Path(path) / "model.keras"), hp, meta)
 
     # -- ONNX ------------------------------------------------------------------------------------
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
+        """The network's input for image paths or PIL images: ``N x S x S x 3``, preprocessed as
+        in training (what the ONNX check feeds it)."""
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
         return self.preprocess(_load_images(list(inputs), model.meta["input_size"]))
@@ -333,7 +335,7 @@ class KerasClassifier(Algorithm):
     def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
         import numpy as np
 
-        return [np.asarray(model.native(self._batch(model, sample), training=False))]
+        return [np.asarray(model.native(self.input_batch(model, sample), training=False))]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
         """tf2onnx: input ``input`` (N x S x S x 3, preprocessed), output ``probabilities``."""

@@ -346,7 +346,9 @@ class TorchvisionClassifier(TorchAlgorithm):
         m["loss"] = loss
         return Evaluation(M.prefixed(split, m), art)
 
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
+        """The network's input for image paths or PIL images: ``N x 3 x S x S``, normalised as in
+        training (what ``kiln infer``, ``kiln report`` and the ONNX check feed it)."""
         import torch
         from PIL import Image
 
@@ -370,7 +372,7 @@ class TorchvisionClassifier(TorchAlgorithm):
         net = model.native.eval()
         device = next(net.parameters()).device
         with torch.inference_mode():
-            prob = torch.softmax(net(self._batch(model, inputs).to(device)), 1).cpu()
+            prob = torch.softmax(net(self.input_batch(model, inputs).to(device)), 1).cpu()
         score, idx = prob.max(1)
         return [{"label": model.meta["classes"][int(i)], "score": float(s)} for s, i in zip(score, idx)]
 
@@ -378,7 +380,7 @@ class TorchvisionClassifier(TorchAlgorithm):
         """ONNX file with input ``input`` (N x 3 x S x S, normalised) and output ``logits``."""
         import torch
 
-        x = self._batch(model, sample)[:1].cpu()
+        x = self.input_batch(model, sample)[:1].cpu()
         net = model.native.eval().cpu()
         path = Path(path)
 
@@ -398,7 +400,7 @@ class TorchvisionClassifier(TorchAlgorithm):
 
         net = model.native.eval().cpu()
         with torch.inference_mode():
-            return [net(self._batch(model, sample)).numpy()]
+            return [net(self.input_batch(model, sample)).numpy()]
 
 
 class ResNet18(TorchvisionClassifier):

@@ -64,7 +64,7 @@ def _predict_batch(algo: Any, model: Any, batch: Any) -> list[Any]:
     """EasyMaker-shaped predictions for one batch (rows or image paths)."""
     if algo.data_type == "tabular":
         if algo.task == "classification" and hasattr(model.native[-1], "predict_proba"):
-            return _classification(model.native.predict_proba(algo._x(model.meta, batch)), model.meta["classes"])
+            return _classification(model.native.predict_proba(algo.features(model.meta, batch)), model.meta["classes"])
         preds = algo.predict(model, batch)
         if algo.task == "classification":
             return [[{"score": 1.0, "label": str(p)}] for p in preds]
@@ -74,7 +74,7 @@ def _predict_batch(algo: Any, model: Any, batch: Any) -> list[Any]:
 
         net = model.native.eval()
         with torch.inference_mode():
-            prob = torch.softmax(net(algo._batch(model, batch)), 1).numpy()
+            prob = torch.softmax(net(algo.input_batch(model, batch)), 1).numpy()
         return _classification(prob, model.meta["classes"])
     return algo.predict(model, batch)
 
@@ -94,7 +94,7 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
     from kiln.bento.registry import Registry, default_home
     from kiln.config import load_config
     from kiln.controller.dataset_steps import data_rel
-    from kiln.controller.experiment_steps import load_train_data
+    from kiln.controller.experiment.data import load_train_data
     from kiln.data.formats import detect_format
     from kiln.data.versioning import DatasetRepo
 
