@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from kiln._util.fs import write_json_atomic
+from kiln.data.splits import assign_splits
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -215,8 +218,6 @@ class TrainData:
 
     def __init__(self, content: DatasetContent, row_splits: dict[int, str] | None = None, *,
                  ratios: dict[str, float] | None = None, seed: int = 0) -> None:
-        from kiln.data.splits import assign_splits
-
         self.content = content
         self.row_splits = row_splits
         self._tables: dict[str | None, tuple[Any, Any]] = {}
@@ -344,8 +345,7 @@ class Algorithm:
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+    write_json_atomic(Path(folder) / "meta.json", meta, indent=2, sort_keys=True, default=str)
 
 
 def read_meta(folder: Path, expected: str | None = None) -> dict[str, Any]:
@@ -360,20 +360,10 @@ def read_meta(folder: Path, expected: str | None = None) -> dict[str, Any]:
     return meta
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save(path: Path, writer: Any) -> None:
-    """``writer(tmp_path)`` writes the file; it is moved into place only when complete."""
+    """``writer(tmp_path)`` writes the file; it is moved into place only when complete. For a
+    library's own save call (``torch.save``, ``joblib.dump``), which wants a path: bytes and JSON
+    go through ``kiln._util.fs``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -383,3 +373,24 @@ def atomic_save(path: Path, writer: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def latest_checkpoint_file(path: Path, pattern: re.Pattern[str], hint: str) -> Path:
+    """``path`` itself if a file, else the checkpoint in that folder whose name matches
+    ``pattern`` with the highest number (the pattern's first group). The lookup of every training
+    loop's ``resume_from``; ``hint`` says what the loop's checkpoints are called."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := pattern.match(p.name)))
+        if found:
+            return found[-1][1]
+    raise AlgorithmError(f"{path}: no checkpoint to resume from", hint=hint)
+
+
+def check_checkpoint_classes(checkpoint: Path, saved: Any, classes: Any) -> None:
+    """A checkpoint resumes only on a dataset with the classes it was trained on."""
+    if saved != classes:
+        raise AlgorithmError(f"{checkpoint}: checkpoint classes {saved} differ from the dataset's {classes}",
+                             hint="resume on the same dataset")

@@ -25,7 +25,6 @@ def train_candidate(ctx: StepContext) -> dict[str, Any]:
         raise KilnError(f"--arg candidate={name!r} is not in automl.candidates ({', '.join(names)})")
     idx = names.index(name)
     cand = spec.automl.candidates[idx]
-
     get_algorithm_class(cand.name)  # unknown names: the registry's error lists the valid ones
     run = run_folder(ctx)
     n = spec.automl.trialsPerCandidate

@@ -30,8 +30,34 @@ def _cli_value(v: Any) -> str:
 
 
 def train_command(ctx: StepContext, spec: ExperimentSpec, trial: Trial, params: dict[str, Any],
-                   optuna_trial: Any) -> str:
+                  optuna_trial: Any) -> str:
     """Run the user's command with ``--name value`` per hyperparameter; follow its metrics file."""
+    cmd = spec.command
+    assert cmd is not None
+    argv, cwd, env = _invocation(ctx, spec, trial, params)
+    follow = Path(env["KILN_METRICS_FILE"])
+    follow.unlink(missing_ok=True)  # a re-run reports afresh (its own checkpoints are the script's)
+    tensorboardx_without_torch()
+    rep = Reporter(trial, spec.objective, optuna_trial=optuna_trial, keep_checkpoints=spec.checkpoint.keep,
+                   tensorboard=True)
+    log(f"[{trial.id}] $ {shlex.join(argv)}  (in {cwd})")
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise ConfigError(f"command {cmd.run!r}: cannot start {argv[0]!r}: {exc.strerror}",
+                          hint="give a program on PATH or a path relative to command.workdir") from None
+    rc, tail = _follow(proc, follow, rep, trial.id)
+    if rc != 0:
+        last = next((t for t in reversed(tail) if t.strip()), "")
+        raise TrialFailed(f"command {cmd.run!r} exited with code {rc}" + (f": {last[-300:]}" if last else ""))
+    return detect_framework(Path(env["KILN_OUTPUT_DIR"]))
+
+
+def _invocation(ctx: StepContext, spec: ExperimentSpec, trial: Trial,
+                params: dict[str, Any]) -> tuple[list[str], Path, dict[str, str]]:
+    """The command line, working folder and environment of the trial's command (which makes
+    the trial's model and checkpoints folders it writes into)."""
     cmd = spec.command
     assert cmd is not None
     data = read_json(run_folder(ctx) / "data.json")
@@ -56,18 +82,13 @@ def train_command(ctx: StepContext, spec: ExperimentSpec, trial: Trial, params: 
            "KILN_METRICS_FILE": str(metrics_file if cmd.metricsFile else trial.dir / "reported.jsonl"),
            "KILN_CHECKPOINT_DIR": str(trial.dir / "checkpoints"), "KILN_TRIAL": trial.id,
            "KILN_PARAMS": json.dumps(params, sort_keys=True), "PYTHONUNBUFFERED": "1"}
-    follow = Path(env["KILN_METRICS_FILE"])
-    follow.unlink(missing_ok=True)  # a re-run reports afresh (its own checkpoints are the script's)
-    tensorboardx_without_torch()
-    rep = Reporter(trial, spec.objective, optuna_trial=optuna_trial, keep_checkpoints=spec.checkpoint.keep,
-                   tensorboard=True)
-    log(f"[{trial.id}] $ {shlex.join(argv)}  (in {cwd})")
-    try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    except OSError as exc:
-        raise ConfigError(f"command {cmd.run!r}: cannot start {argv[0]!r}: {exc.strerror}",
-                          hint="give a program on PATH or a path relative to command.workdir") from None
+    return argv, cwd, env
+
+
+def _follow(proc: subprocess.Popen[bytes], follow: Path, rep: Reporter, tid: str) -> tuple[int, list[str]]:
+    """Wait for the command, its output into the task log and its metrics file into ``rep``
+    (which closes). Returns the exit code and the output's last lines. A pruned trial's command
+    is stopped (SIGTERM, it may save) and ``Pruned`` propagates; on any other error it is killed."""
     tail: list[str] = []
 
     def pump() -> None:
@@ -76,13 +97,12 @@ def train_command(ctx: StepContext, spec: ExperimentSpec, trial: Trial, params: 
             text = raw.decode(errors="replace").rstrip()
             tail.append(text)
             del tail[:-20]
-            log(f"[{trial.id}] | {text}")
+            log(f"[{tid}] | {text}")
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     pos = 0
     pruned = None
-
     try:
         while True:
             rc = proc.poll()
@@ -104,10 +124,8 @@ def train_command(ctx: StepContext, spec: ExperimentSpec, trial: Trial, params: 
         rep.close()
     if pruned is not None:
         raise pruned
-    if rc != 0:
-        last = next((t for t in reversed(tail) if t.strip()), "")
-        raise TrialFailed(f"command {cmd.run!r} exited with code {rc}" + (f": {last[-300:]}" if last else ""))
-    return detect_framework(out)
+    assert rc is not None  # the loop ends only once the command has exited
+    return rc, tail
 
 
 def _read_metrics(path: Path, pos: int, rep: Reporter) -> int:

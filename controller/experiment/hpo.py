@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln._util.fs import read_json
-from kiln._util.proc import pid_alive as _pid_alive
+from kiln._util.proc import pid_alive
 from kiln.api import Experiment
 from kiln.api.experiment import Algorithm as AlgoSpec
 from kiln.api.experiment import ExperimentSpec
@@ -216,7 +216,7 @@ def _recover_orphans(study: Any, run: Path, worker: str) -> None:
         if t.user_attrs.get("worker") != worker or t.user_attrs.get("host") != os.uname().nodename:
             continue
         pid = int(t.user_attrs.get("pid", 0))
-        if pid and pid != os.getpid() and _pid_alive(pid):
+        if pid and pid != os.getpid() and pid_alive(pid):
             continue
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
@@ -254,37 +254,13 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
             ot.set_user_attr("host", os.uname().nodename)
             params = suggest(ot, space)
         mine += 1
-        tid = f"t{ot.number:04d}" if candidate is None else f"c-{candidate}-t{ot.number:03d}"
-        trial = Trial(run, tid, number_base + ot.number, candidate=candidate)
+        trial = Trial(run, _trial_id(candidate, ot.number), number_base + ot.number, candidate=candidate)
         prev = ot.user_attrs.get("resume_from")
         if prev is not None:  # continue the interrupted trial's training from its checkpoints
-            old = run / "trials" / (f"t{int(prev):04d}" if candidate is None else f"c-{candidate}-t{int(prev):03d}")
+            old = run / "trials" / _trial_id(candidate, int(prev))
             if (old / "checkpoints").is_dir() and not trial.dir.exists():
                 shutil.copytree(old / "checkpoints", trial.dir / "checkpoints")
-        try:
-            rec = run_trial(ctx, spec, trial, algo=algo, params=params, optuna_trial=ot)
-        except TrialFailed:
-            study.tell(ot, state=optuna.trial.TrialState.FAIL)
-            continue
-        if rec["state"] == "PRUNED":
-            study.tell(ot, state=optuna.trial.TrialState.PRUNED)
-            continue
-        value = rec.get("objective")
-        if value is None:
-            have = ", ".join(sorted(rec.get("metrics", {}))) or "none"
-            msg = (f"objective metric {spec.objective.metric!r} was never reported by trial {tid}; "
-                   f"reported: {have}")
-            trial.save(state="FAIL", error=msg)
-            study.tell(ot, state=optuna.trial.TrialState.FAIL)
-            study.set_user_attr("stop", "no-metric")
-            study.set_user_attr("stop_detail", msg)
-            continue
-        study.tell(ot, float(value))
-        if _goal_reached(spec, float(value)):
-            log(f"[{tid}] goal reached: {spec.objective.metric}={value:.4g} (goal {spec.objective.goal}); "
-                "no new trials start")
-            study.set_user_attr("stop", "goal")
-            study.set_user_attr("stop_detail", f"goal {spec.objective.goal} reached by trial {tid} ({value:.4g})")
+        _train_and_tell(ctx, spec, study, ot, trial, algo, params)
     c = _counts(_live(study))
     done = c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
     if reason == "failed":
@@ -298,6 +274,43 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
     log(f"worker {worker}: stopping ({reason}); study {done}/{max_trials} trials done: "
         f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
     return {"worker": worker, "ranTrials": mine, "stop": reason, **{k.lower(): v for k, v in c.items()}}
+
+
+def _trial_id(candidate: str | None, number: int) -> str:
+    return f"t{number:04d}" if candidate is None else f"c-{candidate}-t{number:03d}"
+
+
+def _train_and_tell(ctx: StepContext, spec: ExperimentSpec, study: Any, ot: Any, trial: Trial,
+                    algo: AlgoSpec | None, params: dict[str, Any]) -> None:
+    """Train the asked trial and tell the study its outcome; a trial that never reported the
+    objective, or one that reached the goal, tells the study to stop (``stop`` user attribute)."""
+    import optuna
+
+    tid = trial.id
+    try:
+        rec = run_trial(ctx, spec, trial, algo=algo, params=params, optuna_trial=ot)
+    except TrialFailed:
+        study.tell(ot, state=optuna.trial.TrialState.FAIL)
+        return
+    if rec["state"] == "PRUNED":
+        study.tell(ot, state=optuna.trial.TrialState.PRUNED)
+        return
+    value = rec.get("objective")
+    if value is None:
+        have = ", ".join(sorted(rec.get("metrics", {}))) or "none"
+        msg = (f"objective metric {spec.objective.metric!r} was never reported by trial {tid}; "
+               f"reported: {have}")
+        trial.save(state="FAIL", error=msg)
+        study.tell(ot, state=optuna.trial.TrialState.FAIL)
+        study.set_user_attr("stop", "no-metric")
+        study.set_user_attr("stop_detail", msg)
+        return
+    study.tell(ot, float(value))
+    if _goal_reached(spec, float(value)):
+        log(f"[{tid}] goal reached: {spec.objective.metric}={value:.4g} (goal {spec.objective.goal}); "
+            "no new trials start")
+        study.set_user_attr("stop", "goal")
+        study.set_user_attr("stop_detail", f"goal {spec.objective.goal} reached by trial {tid} ({value:.4g})")
 
 
 def _last_error(run: Path, candidate: str | None) -> str:
