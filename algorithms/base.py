@@ -58,7 +58,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kiln._util.fs import write_json_atomic
-from kiln.data.splits import assign_splits
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -218,6 +217,10 @@ class TrainData:
 
     def __init__(self, content: DatasetContent, row_splits: dict[int, str] | None = None, *,
                  ratios: dict[str, float] | None = None, seed: int = 0) -> None:
+        # kiln.data.splits imports the dataset models (0.3-0.4 s of pydantic on a 2-core machine):
+        # the steps that import this module for its callbacks and types do not pay for it
+        from kiln.data.splits import assign_splits
+
         self.content = content
         self.row_splits = row_splits
         self._tables: dict[str | None, tuple[Any, Any]] = {}

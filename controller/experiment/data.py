@@ -9,10 +9,13 @@ from typing import Any
 
 from kiln._util.fs import read_json
 from kiln.algorithms.base import TrainData
-from kiln.data.formats import load
 
 
 def load_train_data(repo: Path, data: dict[str, Any], split: dict[str, float] | None = None) -> Any:
+    # kiln.data.formats builds its pydantic models on import (0.3-0.4 s on a 2-core machine): the
+    # create-study, select and register steps import this module but seldom load data
+    from kiln.data.formats import load
+
     root = repo / data["path"]
     options = {"label": data["label"]} if data.get("type") == "tabular" and data.get("label") else {}
     content = load(root, data["format"], data["task"], verify=False, **options)
