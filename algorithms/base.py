@@ -33,6 +33,9 @@ Class attributes
     rebuilds the model from ``meta.json`` and never unpickles torch files (``weights_only=True``).
 ``export_onnx(model, path, sample) -> Path | None``
     One self-contained ONNX file, or ``None`` where the model type has no exporter.
+``input_batch(model, inputs)`` (image algorithms) / ``features(meta, rows)`` (tabular)
+    The native model's input, preprocessed as in training: what the experiment steps (the
+    report's scores), ``kiln infer`` and the ONNX parity check feed ``model.native``.
 ``export_torchscript(model, path) -> dict | None`` (optional)
     Where a plain ``torch.jit.trace`` of the network is not what the server needs (detectors: the
     serving layer wants ``boxes``/``scores``/``labels``): writes a TorchScript file the serving
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -53,6 +57,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from kiln._util.fs import write_json_atomic
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -212,6 +217,8 @@ class TrainData:
 
     def __init__(self, content: DatasetContent, row_splits: dict[int, str] | None = None, *,
                  ratios: dict[str, float] | None = None, seed: int = 0) -> None:
+        # kiln.data.splits imports the dataset models (0.3-0.4 s of pydantic on a 2-core machine):
+        # the steps that import this module for its callbacks and types do not pay for it
         from kiln.data.splits import assign_splits
 
         self.content = content
@@ -341,8 +348,7 @@ class Algorithm:
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+    write_json_atomic(Path(folder) / "meta.json", meta, indent=2, sort_keys=True, default=str)
 
 
 def read_meta(folder: Path, expected: str | None = None) -> dict[str, Any]:
@@ -357,20 +363,10 @@ def read_meta(folder: Path, expected: str | None = None) -> dict[str, Any]:
     return meta
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save(path: Path, writer: Any) -> None:
-    """``writer(tmp_path)`` writes the file; it is moved into place only when complete."""
+    """``writer(tmp_path)`` writes the file; it is moved into place only when complete. For a
+    library's own save call (``torch.save``, ``joblib.dump``), which wants a path: bytes and JSON
+    go through ``kiln._util.fs``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -380,3 +376,24 @@ def atomic_save(path: Path, writer: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def latest_checkpoint_file(path: Path, pattern: re.Pattern[str], hint: str) -> Path:
+    """``path`` itself if a file, else the checkpoint in that folder whose name matches
+    ``pattern`` with the highest number (the pattern's first group). The lookup of every training
+    loop's ``resume_from``; ``hint`` says what the loop's checkpoints are called."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := pattern.match(p.name)))
+        if found:
+            return found[-1][1]
+    raise AlgorithmError(f"{path}: no checkpoint to resume from", hint=hint)
+
+
+def check_checkpoint_classes(checkpoint: Path, saved: Any, classes: Any) -> None:
+    """A checkpoint resumes only on a dataset with the classes it was trained on."""
+    if saved != classes:
+        raise AlgorithmError(f"{checkpoint}: checkpoint classes {saved} differ from the dataset's {classes}",
+                             hint="resume on the same dataset")

@@ -28,6 +28,7 @@ no data augmentation (the image ops live in ``kiln.data.preprocess``); multi-GPU
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,13 @@ from pydantic import Field
 from kiln.algorithms import metrics as M
 from kiln.algorithms.base import AlgorithmError, Evaluation, TrainData, TrainedModel, atomic_save
 from kiln.algorithms.vision import TorchAlgorithm, TorchHyperparameters, to_tensor
+from kiln.data.formats import _masks
 
 IGNORE = 255
 
 
-def _open_rgb(path: Any) -> Any:
+def open_rgb(path: Any) -> Any:
+    """An image file (or a PIL image) as an RGB PIL image."""
     from PIL import Image
 
     if isinstance(path, (str, Path)):
@@ -57,7 +60,9 @@ def _image_tensor(im: Any) -> Any:
     return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def _categories(data: TrainData, name: str) -> tuple[list[int], list[str]]:
+def dataset_categories(data: TrainData, name: str) -> tuple[list[int], list[str]]:
+    """The dataset's category ids (sorted) and names; ids found in the annotations when the
+    dataset names none. Raises when there are none (algorithm ``name`` cannot train)."""
     cats = data.content.categories
     if not cats:
         ids = sorted({a.category_id for it in data.content.items for a in it.annotations})
@@ -81,6 +86,25 @@ class DetectionHyperparameters(TorchHyperparameters):
     threshold: float = Field(0.5, ge=0, le=1, description="score below which predict() drops a detection")
 
 
+def annotation_boxes(annotations: list[Any], label_of: dict[int, int], w: int,
+                     h: int) -> Iterator[tuple[Any, list[float], Any]]:
+    """The annotations a detector trains on, each with its pixel box ``[x0, y0, x1, y1]`` clipped
+    to the ``w x h`` image and its RLE mask (None without a shape): crowd regions, categories not
+    in ``label_of`` and degenerate boxes (torchvision rejects them) are left out."""
+    for a in annotations:
+        if a.iscrowd or a.category_id not in label_of:
+            continue
+        rle = a.rle or (_masks.polygons_to_rle(a.polygons, h, w) if a.polygons else None)
+        box = a.bbox if a.bbox is not None else (_masks.bbox(rle) if rle else None)
+        if box is None:
+            continue
+        x, y, bw, bh = box
+        x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            continue
+        yield a, [x0, y0, x1, y1], rle
+
+
 class DetectionDataset:
     """Images as 0..1 tensors with torchvision targets (xyxy boxes, labels 1..K, masks if asked)."""
 
@@ -94,29 +118,17 @@ class DetectionDataset:
         import numpy as np
         import torch
 
-        from kiln.data.formats import _masks
-
         it = self.items[i]
-        img = _image_tensor(_open_rgb(self.content.abspath(it.path)))
+        img = _image_tensor(open_rgb(self.content.abspath(it.path)))
         h, w = img.shape[1:]
         boxes, labels, masks = [], [], []
-        for a in it.annotations:
-            if a.iscrowd or a.category_id not in self.label_of:
-                continue
-            rle = a.rle or (_masks.polygons_to_rle(a.polygons, h, w) if a.polygons else None)
-            box = a.bbox if a.bbox is not None else (_masks.bbox(rle) if rle else None)
-            if box is None:
-                continue
-            x, y, bw, bh = box
-            x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)
-            if x1 - x0 < 1 or y1 - y0 < 1:  # torchvision rejects degenerate boxes
-                continue
+        for a, box, rle in annotation_boxes(it.annotations, self.label_of, w, h):
             if self.masks:
                 if rle is None:
                     raise AlgorithmError(f"{it.path}: an annotation has a box but no shape; instance "
                                          "segmentation needs polygons or RLE masks")
                 masks.append(_masks.decode(rle))
-            boxes.append([x0, y0, x1, y1])
+            boxes.append(box)
             labels.append(self.label_of[a.category_id])
         target: dict[str, Any] = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                                   "labels": torch.tensor(labels, dtype=torch.int64)}
@@ -139,7 +151,7 @@ class TorchvisionDetector(TorchAlgorithm):
     with_masks = False
 
     def make_meta(self, data: TrainData, hp: Any) -> dict[str, Any]:
-        ids, names = _categories(data, self.name)
+        ids, names = dataset_categories(data, self.name)
         return {"arch": self.arch, "category_ids": ids, "classes": names,
                 "min_size": hp.min_size, "max_size": hp.max_size}
 
@@ -175,8 +187,6 @@ class TorchvisionDetector(TorchAlgorithm):
             return [{k: v.cpu() for k, v in o.items()} for o in model([x.to(device) for x in images])]
 
     def evaluate_native(self, model: Any, data: TrainData, split: str, meta: dict[str, Any], hp: Any) -> Evaluation:
-        from kiln.data.formats import _masks
-
         ids = meta["category_ids"]
         items = data.items(split)
         gt: dict[str, Any] = {"images": [], "annotations": [],
@@ -218,12 +228,10 @@ class TorchvisionDetector(TorchAlgorithm):
     def _images(self, inputs: Any) -> list[Any]:
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        return [_image_tensor(_open_rgb(x)) for x in inputs]
+        return [_image_tensor(open_rgb(x)) for x in inputs]
 
     def predict(self, model: TrainedModel, inputs: Any) -> list:
         """Paths / PIL images -> per image a list of ``{"label", "category_id", "score", "box"}``."""
-        from kiln.data.formats import _masks
-
         thr = float(model.hyperparameters.get("threshold", 0.5))
         ids, names = model.meta["category_ids"], model.meta["classes"]
         out = []
@@ -240,13 +248,13 @@ class TorchvisionDetector(TorchAlgorithm):
             out.append(found)
         return out
 
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
         """The ONNX input: the first image as ``3 x H x W`` (0..1)."""
         return self._images(inputs)[0]
 
     def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
         net = model.native.eval().cpu()
-        o = self._detect(net, [self._batch(model, sample)])[0]
+        o = self._detect(net, [self.input_batch(model, sample)])[0]
         return [o["boxes"].numpy(), o["labels"].numpy(), o["scores"].numpy()]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
@@ -256,7 +264,7 @@ class TorchvisionDetector(TorchAlgorithm):
 
         import torch
 
-        x = self._batch(model, sample)
+        x = self.input_batch(model, sample)
         net = model.native.eval().cpu()
         outputs = ["boxes", "labels", "scores"] + (["masks"] if self.with_masks else [])
         path = Path(path)
@@ -370,11 +378,11 @@ class SegmentationDataset:
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         import torch
 
-        img = to_tensor(_open_rgb(self.content.abspath(self.items[i].path)), self.size)
+        img = to_tensor(open_rgb(self.content.abspath(self.items[i].path)), self.size)
         return img, torch.from_numpy(self.mask(i, self.size))
 
 
-def _lut(ids: list[int]) -> Any:
+def category_lut(ids: list[int]) -> Any:
     """Pixel value (category id, any uint16) -> class index; unknown ids -> IGNORE."""
     import numpy as np
 
@@ -382,6 +390,30 @@ def _lut(ids: list[int]) -> Any:
     for i, cid in enumerate(ids):
         lut[cid] = i
     return lut
+
+
+def segmentation_evaluation(class_maps: Callable[[list[Any]], list[Any]], data: TrainData, ds: Any, split: str,
+                            meta: dict[str, Any], batch_size: int) -> Evaluation:
+    """Segmentation metrics of a model on ``ds`` (a dataset with ``items`` and ``mask``), in
+    batches of ``batch_size`` images; ``class_maps(images)`` is the model's per-pixel class indices."""
+    preds, labels = [], []
+    for start in range(0, len(ds), batch_size):
+        idx = range(start, min(start + batch_size, len(ds)))
+        preds.extend(class_maps([open_rgb(data.content.abspath(ds.items[i].path)) for i in idx]))
+        labels.extend(ds.mask(i, None) for i in idx)
+    m, art = M.segmentation(preds, labels, len(meta["classes"]), ignore_index=IGNORE)
+    art["labels"] = list(meta["classes"])
+    return Evaluation(M.prefixed(split, m), art)
+
+
+def segmentation_predict(class_maps: Callable[[list[Any]], list[Any]], meta: dict[str, Any], inputs: Any) -> list:
+    """Paths / PIL images -> per image an ``(H, W)`` int array of category ids."""
+    import numpy as np
+
+    if not isinstance(inputs, (list, tuple)):
+        inputs = [inputs]
+    ids = np.asarray(meta["category_ids"], dtype=np.int64)
+    return [ids[m] for m in class_maps([open_rgb(x) for x in inputs])]
 
 
 class TorchvisionSegmenter(TorchAlgorithm):
@@ -393,7 +425,7 @@ class TorchvisionSegmenter(TorchAlgorithm):
     Hyperparameters = SegmentationHyperparameters
 
     def make_meta(self, data: TrainData, hp: Any) -> dict[str, Any]:
-        ids, names = _categories(data, self.name)
+        ids, names = dataset_categories(data, self.name)
         if len(ids) < 2:
             raise AlgorithmError(f"algorithm {self.name}: need at least 2 categories, found {names}")
         return {"arch": self.arch, "category_ids": ids, "classes": names, "input_size": hp.input_size,
@@ -406,7 +438,7 @@ class TorchvisionSegmenter(TorchAlgorithm):
                                             num_classes=len(meta["classes"]), aux_loss=meta["aux_loss"])
 
     def dataset(self, data: TrainData, split: str, meta: dict[str, Any]) -> SegmentationDataset:
-        return SegmentationDataset(data, split, _lut(meta["category_ids"]), meta["input_size"])
+        return SegmentationDataset(data, split, category_lut(meta["category_ids"]), meta["input_size"])
 
     def loader(self, data: TrainData, split: str, hp: Any, meta: dict[str, Any], *, shuffle: bool,
                generator: Any = None) -> Any:
@@ -444,40 +476,29 @@ class TorchvisionSegmenter(TorchAlgorithm):
         return out
 
     def evaluate_native(self, model: Any, data: TrainData, split: str, meta: dict[str, Any], hp: Any) -> Evaluation:
-        ds = self.dataset(data, split, meta)
-        preds, labels = [], []
-        for start in range(0, len(ds), hp.batch_size):
-            idx = range(start, min(start + hp.batch_size, len(ds)))
-            images = [_open_rgb(data.content.abspath(ds.items[i].path)) for i in idx]
-            preds.extend(self._class_maps(model, images, meta["input_size"]))
-            labels.extend(ds.mask(i, None) for i in idx)
-        m, art = M.segmentation(preds, labels, len(meta["classes"]), ignore_index=IGNORE)
-        art["labels"] = list(meta["classes"])
-        return Evaluation(M.prefixed(split, m), art)
+        return segmentation_evaluation(lambda images: self._class_maps(model, images, meta["input_size"]),
+                                       data, self.dataset(data, split, meta), split, meta, hp.batch_size)
 
     def predict(self, model: TrainedModel, inputs: Any) -> list:
         """Paths / PIL images -> per image an ``(H, W)`` int array of category ids."""
-        import numpy as np
+        return segmentation_predict(lambda images: self._class_maps(model.native, images, model.meta["input_size"]),
+                                    model.meta, inputs)
 
-        if not isinstance(inputs, (list, tuple)):
-            inputs = [inputs]
-        ids = np.asarray(model.meta["category_ids"], dtype=np.int64)
-        maps = self._class_maps(model.native, [_open_rgb(x) for x in inputs], model.meta["input_size"])
-        return [ids[m] for m in maps]
-
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
+        """The network's input for image paths or PIL images: an ``N x 3 x S x S`` tensor (the
+        ONNX export's input and ``native_outputs``'s)."""
         import torch
 
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        return torch.stack([to_tensor(_open_rgb(x), model.meta["input_size"]) for x in inputs])
+        return torch.stack([to_tensor(open_rgb(x), model.meta["input_size"]) for x in inputs])
 
     def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
         import torch
 
         net = model.native.eval().cpu()
         with torch.inference_mode():
-            return [net(self._batch(model, sample))["out"].numpy()]
+            return [net(self.input_batch(model, sample))["out"].numpy()]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
         """ONNX with input ``input`` (N x 3 x S x S, ImageNet-normalised) and output ``logits``
@@ -494,7 +515,7 @@ class TorchvisionSegmenter(TorchAlgorithm):
             def forward(self, x: Any) -> Any:
                 return self.net(x)["out"]
 
-        x = self._batch(model, sample)[:1]
+        x = self.input_batch(model, sample)[:1]
         net = _Out(model.native.eval().cpu()).eval()
         path = Path(path)
 

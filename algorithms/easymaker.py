@@ -65,9 +65,19 @@ from kiln.algorithms.base import (
     TrainedModel,
     atomic_save,
     checkpoint_due,
+    latest_checkpoint_file,
 )
-from kiln.algorithms.detection import IGNORE, _categories, _lut, _open_rgb
-from kiln.algorithms.vision import TorchModelIO, load_pretrained, to_tensor, torch_device
+from kiln.algorithms.detection import (
+    IGNORE,
+    SegmentationDataset,
+    annotation_boxes,
+    category_lut,
+    dataset_categories,
+    open_rgb,
+    segmentation_evaluation,
+    segmentation_predict,
+)
+from kiln.algorithms.vision import IMAGENET_MEAN, IMAGENET_STD, TorchModelIO, load_pretrained, optimiser_step, to_tensor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _CKPT = re.compile(r"^step-(\d+)\.pt$")
@@ -84,15 +94,8 @@ class StepHyperparameters(Hyperparameters):
 
 
 def latest_step_checkpoint(path: Path) -> Path:
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := _CKPT.match(p.name)))
-        if found:
-            return found[-1][1]
-    raise AlgorithmError(f"{path}: no checkpoint to resume from",
-                         hint="pass a checkpoint file or a folder holding step-NNNNNNN.pt files")
+    """``path`` itself if a file, else the highest ``step-NNNNNNN.pt`` in the folder."""
+    return latest_checkpoint_file(path, _CKPT, "pass a checkpoint file or a folder holding step-NNNNNNN.pt files")
 
 
 class StepAlgorithm(TorchModelIO, Algorithm):
@@ -160,19 +163,10 @@ class StepAlgorithm(TorchModelIO, Algorithm):
               pretrained: str | Path | None = None) -> TrainedModel:
         import torch
 
-        self._check_task(data, self.data_tasks)
-        hp = self.hyperparameters(hp)
-        if not data.items("train"):
-            raise AlgorithmError(f"algorithm {self.name}: the dataset has no train images")
-        device = torch_device(hp.device)
-        meta = self.make_meta(data, hp)
+        hp, device, meta = self.training_setup(data, hp)
         ckpt = None
         if resume_from is not None:
-            ckpt_path = latest_step_checkpoint(Path(resume_from))
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            if ckpt["meta"].get("classes") != meta.get("classes"):
-                raise AlgorithmError(f"{ckpt_path}: checkpoint classes {ckpt['meta'].get('classes')} differ from "
-                                     f"the dataset's {meta.get('classes')}", hint="resume on the same dataset")
+            ckpt = self.resume_state(latest_step_checkpoint(Path(resume_from)), meta, "cpu")
             meta = ckpt["meta"]
         torch.manual_seed(hp.seed)
         model = self.build_model(meta) if ckpt is not None else self._fresh(meta, pretrained)
@@ -182,16 +176,8 @@ class StepAlgorithm(TorchModelIO, Algorithm):
         bs = self.train_batch_size(hp)
         per_epoch = math.ceil(len(ds) / bs)
         max_steps = max(1, math.ceil(hp.num_train_epochs * per_epoch))
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate,
-                                weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, (max_steps - s) / max_steps))
-        step, history = 0, []
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            torch.set_rng_state(ckpt["rng"])
-            step, history = int(ckpt["step"]), [tuple(h) for h in ckpt.get("history", [])]
+        opt, sched = self._optimisation(model, hp, max_steps)
+        step, history = self._restore(ckpt, model, opt, sched) if ckpt is not None else (0, [])
         reporter, hist_cb = self._reporter(callbacks, workdir)
         hist_cb.history.extend(history)
         has_val = data.has_split("validation")
@@ -216,13 +202,7 @@ class StepAlgorithm(TorchModelIO, Algorithm):
                         break
                     batch = self.collate([ds[int(i)] for i in order[b * bs:(b + 1) * bs]])
                     out = model(**_to(batch, device))
-                    loss_value = float(out.loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise AlgorithmError(f"algorithm {self.name}: training diverged (loss {loss_value}) at "
-                                             f"step {step + 1}", hint="lower learning_rate")
-                    opt.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    opt.step()
+                    loss_value = optimiser_step(self.name, opt, out.loss, f"step {step + 1}")
                     sched.step()
                     step += 1
                     loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
@@ -246,6 +226,28 @@ class StepAlgorithm(TorchModelIO, Algorithm):
         model.eval()
         return TrainedModel(self.name, model, hp.model_dump(), meta, hist_cb.history)
 
+    @staticmethod
+    def _optimisation(model: Any, hp: Any, max_steps: int) -> tuple[Any, Any]:
+        """Hugging Face ``Trainer``'s defaults: AdamW without weight decay, the learning rate
+        decaying linearly to 0 over ``max_steps``."""
+        import torch
+
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate,
+                                weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, (max_steps - s) / max_steps))
+        return opt, sched
+
+    @staticmethod
+    def _restore(ckpt: dict[str, Any], model: Any, opt: Any, sched: Any) -> tuple[int, list[Any]]:
+        """Continue from a checkpoint (weights, optimiser, schedule, RNG); its step and history."""
+        import torch
+
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        return int(ckpt["step"]), [tuple(h) for h in ckpt.get("history", [])]
+
 
     def _export_logits(self, model: TrainedModel, path: Path, sample: Any) -> Path:
         import warnings
@@ -260,7 +262,7 @@ class StepAlgorithm(TorchModelIO, Algorithm):
             def forward(self, x: Any) -> Any:
                 return self.net(pixel_values=x).logits
 
-        x = self._batch(model, sample)[:1]
+        x = self.input_batch(model, sample)[:1]
         net = _Logits(model.native.eval().cpu()).eval()
         path = Path(path)
 
@@ -273,12 +275,14 @@ class StepAlgorithm(TorchModelIO, Algorithm):
         atomic_save(path, write)
         return path
 
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
+        """The network's ``pixel_values`` for image paths or PIL images: ``N x 3 x S x S``,
+        normalised as in training (what ``kiln report`` and the ONNX check feed it)."""
         import torch
 
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        return torch.stack([to_tensor(_open_rgb(x), self._size(model.meta)) for x in inputs])
+        return torch.stack([to_tensor(open_rgb(x), self._size(model.meta)) for x in inputs])
 
     def _size(self, meta: dict[str, Any]) -> int:
         return int(meta["image_size"])
@@ -288,7 +292,7 @@ class StepAlgorithm(TorchModelIO, Algorithm):
 
         net = model.native.eval().cpu()
         with torch.inference_mode():
-            return [net(pixel_values=self._batch(model, sample)).logits.numpy()]
+            return [net(pixel_values=self.input_batch(model, sample)).logits.numpy()]
 
 
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
@@ -324,7 +328,7 @@ class _ClassificationExamples:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        return to_tensor(_open_rgb(self.paths[i]), self.size), self.targets[i]
+        return to_tensor(open_rgb(self.paths[i]), self.size), self.targets[i]
 
 
 class EasyMakerImageClassification(StepAlgorithm):
@@ -393,7 +397,7 @@ class EasyMakerImageClassification(StepAlgorithm):
         net = model.native.eval()
         device = next(net.parameters()).device
         with torch.inference_mode():
-            prob = torch.softmax(net(pixel_values=self._batch(model, inputs).to(device)).logits, 1).cpu()
+            prob = torch.softmax(net(pixel_values=self.input_batch(model, inputs).to(device)).logits, 1).cpu()
         score, idx = prob.max(1)
         return [{"label": model.meta["classes"][int(i)], "score": float(s)} for s, i in zip(score, idx)]
 
@@ -412,8 +416,6 @@ class SegmentationStepHyperparameters(StepHyperparameters):
 
 class _SegmentationExamples:
     def __init__(self, data: TrainData, split: str, lut: Any, size: int) -> None:
-        from kiln.algorithms.detection import SegmentationDataset
-
         self.inner = SegmentationDataset(data, split, lut, size)
         self.items = self.inner.items
 
@@ -433,7 +435,7 @@ class EasyMakerSemanticSegmentation(StepAlgorithm):
     Hyperparameters = SegmentationStepHyperparameters
 
     def make_meta(self, data: TrainData, hp: Any) -> dict[str, Any]:
-        ids, names = _categories(data, self.name)
+        ids, names = dataset_categories(data, self.name)
         if len(ids) < 2:
             raise AlgorithmError(f"algorithm {self.name}: need at least 2 categories, found {names}")
         return {"category_ids": ids, "classes": names, "image_size": hp.image_size}
@@ -452,7 +454,7 @@ class EasyMakerSemanticSegmentation(StepAlgorithm):
                                semantic_loss_ignore_index=IGNORE)
 
     def example(self, data: TrainData, split: str, meta: dict[str, Any]) -> Any:
-        return _SegmentationExamples(data, split, _lut(meta["category_ids"]), meta["image_size"])
+        return _SegmentationExamples(data, split, category_lut(meta["category_ids"]), meta["image_size"])
 
     def collate(self, examples: list[Any]) -> dict[str, Any]:
         import torch
@@ -475,27 +477,14 @@ class EasyMakerSemanticSegmentation(StepAlgorithm):
         return out
 
     def evaluate_native(self, model: Any, data: TrainData, split: str, meta: dict[str, Any], hp: Any) -> Evaluation:
-        ds = self.example(data, split, meta).inner
-        preds, labels = [], []
-        bs = hp.per_device_eval_batch_size
-        for s in range(0, len(ds), bs):
-            idx = range(s, min(s + bs, len(ds)))
-            preds.extend(self._class_maps(model, [_open_rgb(data.content.abspath(ds.items[i].path)) for i in idx],
-                                          meta["image_size"]))
-            labels.extend(ds.mask(i, None) for i in idx)
-        m, art = M.segmentation(preds, labels, len(meta["classes"]), ignore_index=IGNORE)
-        art["labels"] = list(meta["classes"])
-        return Evaluation(M.prefixed(split, m), art)
+        return segmentation_evaluation(lambda images: self._class_maps(model, images, meta["image_size"]),
+                                       data, self.example(data, split, meta).inner, split, meta,
+                                       hp.per_device_eval_batch_size)
 
     def predict(self, model: TrainedModel, inputs: Any) -> list:
         """Paths / PIL images -> per image an ``(H, W)`` int array of category ids."""
-        import numpy as np
-
-        if not isinstance(inputs, (list, tuple)):
-            inputs = [inputs]
-        ids = np.asarray(model.meta["category_ids"], dtype=np.int64)
-        return [ids[m] for m in self._class_maps(model.native, [_open_rgb(x) for x in inputs],
-                                                   model.meta["image_size"])]
+        return segmentation_predict(lambda images: self._class_maps(model.native, images, model.meta["image_size"]),
+                                    model.meta, inputs)
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
         """Input ``input`` (N x 3 x S x S, ImageNet-normalised), output ``logits`` (N x K x S/4 x S/4)."""
@@ -523,27 +512,16 @@ class _DetectionExamples:
 
     def boxes(self, i: int, w: int, h: int) -> tuple[list[list[float]], list[int]]:
         """Pixel xyxy boxes and class indices of item ``i`` (crowd / degenerate boxes left out)."""
-        from kiln.data.formats import _masks
-
         boxes, labels = [], []
-        for a in self.items[i].annotations:
-            if a.iscrowd or a.category_id not in self.label_of:
-                continue
-            rle = a.rle or (_masks.polygons_to_rle(a.polygons, h, w) if a.polygons else None)
-            box = a.bbox if a.bbox is not None else (_masks.bbox(rle) if rle else None)
-            if box is None:
-                continue
-            x0, y0 = max(0.0, box[0]), max(0.0, box[1])
-            x1, y1 = min(float(w), box[0] + box[2]), min(float(h), box[1] + box[3])
-            if x1 - x0 >= 1 and y1 - y0 >= 1:
-                boxes.append([x0, y0, x1, y1])
-                labels.append(self.label_of[a.category_id])
+        for a, box, _ in annotation_boxes(self.items[i].annotations, self.label_of, w, h):
+            boxes.append(box)
+            labels.append(self.label_of[a.category_id])
         return boxes, labels
 
     def __getitem__(self, i: int) -> tuple[Any, dict[str, Any]]:
         import torch
 
-        im = _open_rgb(self.content.abspath(self.items[i].path))
+        im = open_rgb(self.content.abspath(self.items[i].path))
         w, h = im.size
         boxes, labels = self.boxes(i, w, h)
         norm = [[(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h] for x0, y0, x1, y1 in boxes]
@@ -582,7 +560,7 @@ class EasyMakerObjectDetection(StepAlgorithm):
     Hyperparameters = DetectionStepHyperparameters
 
     def make_meta(self, data: TrainData, hp: Any) -> dict[str, Any]:
-        ids, names = _categories(data, self.name)
+        ids, names = dataset_categories(data, self.name)
         return {"category_ids": ids, "classes": names, "image_size": hp.image_size}
 
     def model_class(self) -> Any:
@@ -635,7 +613,7 @@ class EasyMakerObjectDetection(StepAlgorithm):
         bs = hp.per_device_eval_batch_size
         for s in range(0, len(ds), bs):
             idx = list(range(s, min(s + bs, len(ds))))
-            images = [_open_rgb(data.content.abspath(ds.items[i].path)) for i in idx]
+            images = [open_rgb(data.content.abspath(ds.items[i].path)) for i in idx]
             for i, im, o in zip(idx, images, self._detect(model, images, meta["image_size"])):
                 w, h = im.size
                 gt["images"].append({"id": i + 1, "width": w, "height": h})
@@ -654,8 +632,6 @@ class EasyMakerObjectDetection(StepAlgorithm):
         drops those under ``threshold``). Returns the serving keys that differ from the defaults."""
         import torch
 
-        from kiln.algorithms.vision import IMAGENET_MEAN, IMAGENET_STD
-
         s = int(model.meta["image_size"])
         net = _detr_serving(model.native.eval().cpu(), s).eval()
         x = torch.zeros(2, 3, s, s)
@@ -673,7 +649,7 @@ class EasyMakerObjectDetection(StepAlgorithm):
         thr = float(model.hyperparameters.get("threshold", 0.5))
         ids, names = model.meta["category_ids"], model.meta["classes"]
         out = []
-        for o in self._detect(model.native, [_open_rgb(x) for x in inputs], model.meta["image_size"]):
+        for o in self._detect(model.native, [open_rgb(x) for x in inputs], model.meta["image_size"]):
             out.append([{"label": names[lab], "category_id": ids[lab], "score": float(sc), "box": [float(v) for v in box]}
                         for box, lab, sc in zip(o["boxes"].tolist(), o["labels"].tolist(), o["scores"].tolist())
                         if sc >= thr])

@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import Field
 
+from kiln._util.fs import write_json_atomic
 from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm,
@@ -46,8 +47,9 @@ from kiln.algorithms.base import (
     ReportCallback,
     TrainData,
     TrainedModel,
-    atomic_write_bytes,
+    check_checkpoint_classes,
     checkpoint_due,
+    latest_checkpoint_file,
     read_meta,
     write_meta,
 )
@@ -99,15 +101,8 @@ def _load_images(paths: list[Any], size: int) -> Any:
 
 
 def latest_keras_checkpoint(path: Path) -> Path:
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := _CKPT.match(p.name)))
-        if found:
-            return found[-1][1]
-    raise AlgorithmError(f"{path}: no checkpoint to resume from",
-                         hint="pass a .keras checkpoint or a folder holding epoch-NNNN.keras files")
+    """``path`` itself if a file, else the highest ``epoch-NNNN.keras`` in the folder."""
+    return latest_checkpoint_file(path, _CKPT, "pass a .keras checkpoint or a folder holding epoch-NNNN.keras files")
 
 
 def _atomic_keras_save(model: Any, path: Path) -> None:
@@ -203,9 +198,7 @@ class KerasClassifier(Algorithm):
             side = ckpt.with_suffix(".json")
             info = json.loads(side.read_text()) if side.is_file() else {}
             start = int(info.get("epoch", _CKPT.match(ckpt.name).group(1) if _CKPT.match(ckpt.name) else 0))
-            if info.get("classes", classes) != classes:
-                raise AlgorithmError(f"{ckpt}: checkpoint classes {info.get('classes')} differ from the dataset's "
-                                     f"{classes}", hint="resume on the same dataset")
+            check_checkpoint_classes(ckpt, info.get("classes", classes), classes)
             history = [tuple(h) for h in info.get("history", [])]
         else:
             model = self.build_model(meta, hp)
@@ -237,7 +230,7 @@ class KerasClassifier(Algorithm):
                     ck = Path(workdir) / "checkpoints" / f"epoch-{epoch + 1:04d}.keras"
                     info = {"epoch": epoch + 1, "classes": classes,
                             "history": [list(h) for h in hist_cb.history] + [[epoch + 1, scores]]}
-                    atomic_write_bytes(ck.with_suffix(".json"), json.dumps(info).encode())
+                    write_json_atomic(ck.with_suffix(".json"), info, indent=None, sort_keys=False)
                     _atomic_keras_save(self.model, ck)
                 reporter.report(epoch + 1, scores)
 
@@ -325,7 +318,9 @@ class KerasClassifier(Algorithm):
         return TrainedModel(self.name, self._load_keras(Path(path) / "model.keras"), hp, meta)
 
     # -- ONNX ------------------------------------------------------------------------------------
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
+        """The network's input for image paths or PIL images: ``N x S x S x 3``, preprocessed as
+        in training (what the ONNX check feeds it)."""
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
         return self.preprocess(_load_images(list(inputs), model.meta["input_size"]))
@@ -333,7 +328,7 @@ class KerasClassifier(Algorithm):
     def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
         import numpy as np
 
-        return [np.asarray(model.native(self._batch(model, sample), training=False))]
+        return [np.asarray(model.native(self.input_batch(model, sample), training=False))]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
         """tf2onnx: input ``input`` (N x S x S x 3, preprocessed), output ``probabilities``."""

@@ -103,12 +103,12 @@ def export_and_check(algorithm: Any, model: TrainedModel, path: str | Path, samp
     if out is None:
         return None
     onnx_samples = None
-    if hasattr(algorithm, "_batch"):  # image models: ONNX takes the preprocessed tensor / array
-        batch = algorithm._batch(model, sample)
+    if hasattr(algorithm, "input_batch"):  # image models: ONNX takes the preprocessed tensor / array
+        batch = algorithm.input_batch(model, sample)
         onnx_samples = batch.numpy() if hasattr(batch, "numpy") else batch
-    elif hasattr(algorithm, "_x"):
+    elif hasattr(algorithm, "features"):
         import numpy as np
 
-        onnx_samples = np.asarray(algorithm._x(model.meta, sample))  # cast to the input's type in check_parity
+        onnx_samples = np.asarray(algorithm.features(model.meta, sample))  # cast to the input's type in check_parity
     return check_parity(lambda s: algorithm.native_outputs(model, s), out, sample, tolerance,
                         onnx_samples=onnx_samples)

@@ -59,8 +59,9 @@ class SklearnAlgorithm(Algorithm):
                                   ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)])
 
     @staticmethod
-    def _x(model_meta: dict[str, Any], x: Any) -> Any:
-        """Rows in the fitted column order: a float array (all numeric) or a DataFrame."""
+    def features(model_meta: dict[str, Any], x: Any) -> Any:
+        """The model's input for rows (DataFrame, dicts or lists), in the fitted column order: a float
+        array (all numeric) or a DataFrame."""
         import numpy as np
         import pandas as pd
 
@@ -74,7 +75,7 @@ class SklearnAlgorithm(Algorithm):
             df = x if list(x.columns) == cols else x[cols]
         elif isinstance(x, list) and x and isinstance(x[0], dict):
             df = pd.DataFrame(x)
-            return SklearnAlgorithm._x(model_meta, df)
+            return SklearnAlgorithm.features(model_meta, df)
         else:
             arr = np.asarray(x, dtype=object if model_meta["categorical"] else np.float64)
             if arr.ndim == 1:
@@ -116,7 +117,7 @@ class SklearnAlgorithm(Algorithm):
                 yy = y.to_numpy(dtype=float)
         n_classes = len(meta.get("classes", [])) or None
         pipe = Pipeline([("pre", self._preprocessor(columns, categorical)), ("est", self.build(hp, n_classes))])
-        meta_x = self._x(meta, x)
+        meta_x = self.features(meta, x)
         pipe.fit(meta_x, yy) if yy is not None else pipe.fit(meta_x)
         model = TrainedModel(self.name, pipe, hp.model_dump(), meta)
         reporter, history = self._reporter(callbacks, workdir)
@@ -135,7 +136,7 @@ class SklearnAlgorithm(Algorithm):
         if len(x) == 0:
             raise AlgorithmError(f"dataset has no {split!r} rows to evaluate on")
         pipe = model.native
-        xx = self._x(model.meta, x)
+        xx = self.features(model.meta, x)
         if self.task == "classification":
             classes = model.meta["classes"]
             pred = [classes[i] for i in pipe.predict(xx)]
@@ -150,7 +151,7 @@ class SklearnAlgorithm(Algorithm):
         return Evaluation(M.prefixed(split, M.explained_variance(est.explained_variance_ratio_)))
 
     def predict(self, model: TrainedModel, inputs: Any) -> list:
-        xx = self._x(model.meta, inputs)
+        xx = self.features(model.meta, inputs)
         out = model.native.transform(xx) if self.task == "dimension-reduction" else model.native.predict(xx)
         if self.task == "classification":
             classes = model.meta["classes"]
@@ -183,7 +184,7 @@ class SklearnAlgorithm(Algorithm):
         if model.meta["categorical"]:
             return None  # per-column string inputs: not wired up yet
         _register_xgboost()
-        xx = np.asarray(self._x(model.meta, sample), dtype=np.float32)
+        xx = np.asarray(self.features(model.meta, sample), dtype=np.float32)
         options = {id(model.native[-1]): {"zipmap": False}} if self.task == "classification" else None
         if self.task == "clustering" or self.task == "dimension-reduction":
             options = None
@@ -196,7 +197,7 @@ class SklearnAlgorithm(Algorithm):
         """What the ONNX outputs should equal, in their order (for ``check_parity``)."""
         import numpy as np
 
-        xx = self._x(model.meta, sample)
+        xx = self.features(model.meta, sample)
         pipe = model.native
         if self.task == "classification":
             if not hasattr(pipe[-1], "predict_proba"):

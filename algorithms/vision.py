@@ -18,6 +18,7 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -37,7 +38,9 @@ from kiln.algorithms.base import (
     TrainData,
     TrainedModel,
     atomic_save,
+    check_checkpoint_classes,
     checkpoint_due,
+    latest_checkpoint_file,
     read_meta,
     write_meta,
 )
@@ -67,15 +70,20 @@ def torch_device(name: str) -> Any:
 
 def latest_checkpoint(path: Path) -> Path:
     """``path`` itself if a file, else the highest ``epoch-NNNN.pt`` in the folder."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := _CKPT.match(p.name)))
-        if found:
-            return found[-1][1]
-    raise AlgorithmError(f"{path}: no checkpoint to resume from",
-                         hint="pass a checkpoint file or a folder holding epoch-NNNN.pt files")
+    return latest_checkpoint_file(path, _CKPT, "pass a checkpoint file or a folder holding epoch-NNNN.pt files")
+
+
+def optimiser_step(name: str, opt: Any, loss: Any, where: str) -> float:
+    """One optimiser step on ``loss`` (a torch training loop's inner step); returns the loss, or
+    raises when training diverged (``where``: at which epoch or step, for the message)."""
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        raise AlgorithmError(f"algorithm {name}: training diverged (loss {loss_value}) at {where}",
+                             hint="lower learning_rate")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss_value
 
 
 def load_pretrained(model: Any, path: str | Path) -> list[str]:
@@ -104,8 +112,9 @@ def load_pretrained(model: Any, path: str | Path) -> list[str]:
 
 
 class TorchModelIO:
-    """evaluate/save/load shared by every torch algorithm (epoch- and step-based): a state dict in
-    ``model.pt`` plus ``meta.json``; loading rebuilds the model from the meta, never unpickles."""
+    """evaluate/save/load and the start of ``train`` shared by every torch algorithm (epoch- and
+    step-based): a state dict in ``model.pt`` plus ``meta.json``; loading rebuilds the model from
+    the meta, never unpickles."""
 
     def evaluate(self, model: TrainedModel, data: TrainData, split: str = "test") -> Evaluation:
         if not data.has_split(split):
@@ -132,6 +141,26 @@ class TorchModelIO:
         model.load_state_dict(torch.load(Path(path) / "model.pt", map_location="cpu", weights_only=True))
         model.eval()
         return TrainedModel(self.name, model, hp, meta)
+
+    # -- the start of a training loop (epoch- and step-based alike) ------------------------------
+    def training_setup(self, data: TrainData, hp: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """Validated hyperparameters, the device and the model's meta (``make_meta``) for ``train``;
+        raises for a dataset of another task or without train images."""
+        self._check_task(data, self.data_tasks)
+        hp = self.hyperparameters(hp)
+        if not data.items("train"):
+            raise AlgorithmError(f"algorithm {self.name}: the dataset has no train images")
+        return hp, torch_device(hp.device), self.make_meta(data, hp)
+
+    @staticmethod
+    def resume_state(checkpoint: Path, meta: dict[str, Any], map_location: Any) -> dict[str, Any]:
+        """A training checkpoint's contents (tensors and plain data only: ``weights_only``), which
+        must have been trained on the same classes."""
+        import torch
+
+        ckpt = torch.load(checkpoint, map_location=map_location, weights_only=True)
+        check_checkpoint_classes(checkpoint, ckpt["meta"].get("classes"), meta.get("classes"))
+        return ckpt
 
 
 class TorchAlgorithm(TorchModelIO, Algorithm):
@@ -172,12 +201,7 @@ class TorchAlgorithm(TorchModelIO, Algorithm):
               pretrained: str | Path | None = None) -> TrainedModel:
         import torch
 
-        self._check_task(data, self.data_tasks)
-        hp = self.hyperparameters(hp)
-        if not data.items("train"):
-            raise AlgorithmError(f"algorithm {self.name}: the dataset has no train images")
-        device = torch_device(hp.device)
-        meta = self.make_meta(data, hp)
+        hp, device, meta = self.training_setup(data, hp)
         torch.manual_seed(hp.seed)
         model = self.build_model(meta)
         if pretrained is not None and resume_from is None:
@@ -187,11 +211,7 @@ class TorchAlgorithm(TorchModelIO, Algorithm):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs)
         start, history = 1, []
         if resume_from is not None:
-            ckpt_path = latest_checkpoint(Path(resume_from))
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-            if ckpt["meta"].get("classes") != meta.get("classes"):
-                raise AlgorithmError(f"{ckpt_path}: checkpoint classes {ckpt['meta'].get('classes')} differ from "
-                                     f"the dataset's {meta.get('classes')}", hint="resume on the same dataset")
+            ckpt = self.resume_state(latest_checkpoint(Path(resume_from)), meta, device)
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
@@ -207,14 +227,7 @@ class TorchAlgorithm(TorchModelIO, Algorithm):
                 n_batches, loss_sum, t0 = 0, 0.0, time.perf_counter()
                 for batch in self.loader(data, "train", hp, meta, shuffle=True, generator=g):
                     loss, extra = self.batch_loss(model, batch, device)
-                    loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise AlgorithmError(f"algorithm {self.name}: training diverged (loss {loss_value}) at "
-                                             f"epoch {epoch}", hint="lower learning_rate")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    loss_sum += loss_value
+                    loss_sum += optimiser_step(self.name, opt, loss, f"epoch {epoch}")
                     n_batches += 1
                     for k, v in extra.items():
                         sums[k] = sums.get(k, 0.0) + v
@@ -231,7 +244,7 @@ class TorchAlgorithm(TorchModelIO, Algorithm):
                              "scheduler": sched.state_dict(), "meta": meta,
                              "history": [list(h) for h in hist_cb.history] + [[epoch, scores]]}
                     atomic_save(Path(workdir) / "checkpoints" / f"epoch-{epoch:04d}.pt",
-                                lambda tmp: torch.save(state, tmp))
+                                functools.partial(torch.save, state))
                 reporter.report(epoch, scores)
         finally:
             reporter.close()
@@ -346,7 +359,9 @@ class TorchvisionClassifier(TorchAlgorithm):
         m["loss"] = loss
         return Evaluation(M.prefixed(split, m), art)
 
-    def _batch(self, model: TrainedModel, inputs: Any) -> Any:
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
+        """The network's input for image paths or PIL images: ``N x 3 x S x S``, normalised as in
+        training (what ``kiln infer``, ``kiln report`` and the ONNX check feed it)."""
         import torch
         from PIL import Image
 
@@ -370,7 +385,7 @@ class TorchvisionClassifier(TorchAlgorithm):
         net = model.native.eval()
         device = next(net.parameters()).device
         with torch.inference_mode():
-            prob = torch.softmax(net(self._batch(model, inputs).to(device)), 1).cpu()
+            prob = torch.softmax(net(self.input_batch(model, inputs).to(device)), 1).cpu()
         score, idx = prob.max(1)
         return [{"label": model.meta["classes"][int(i)], "score": float(s)} for s, i in zip(score, idx)]
 
@@ -378,7 +393,7 @@ class TorchvisionClassifier(TorchAlgorithm):
         """ONNX file with input ``input`` (N x 3 x S x S, normalised) and output ``logits``."""
         import torch
 
-        x = self._batch(model, sample)[:1].cpu()
+        x = self.input_batch(model, sample)[:1].cpu()
         net = model.native.eval().cpu()
         path = Path(path)
 
@@ -398,7 +413,7 @@ class TorchvisionClassifier(TorchAlgorithm):
 
         net = model.native.eval().cpu()
         with torch.inference_mode():
-            return [net(self._batch(model, sample)).numpy()]
+            return [net(self.input_batch(model, sample)).numpy()]
 
 
 class ResNet18(TorchvisionClassifier):

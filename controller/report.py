@@ -5,7 +5,7 @@ Two sources, on purpose:
 
 - **git-tracked records** decide what is compared: each experiment's results file
   ``metrics/<ws>/<name>.json`` (written by its select/register steps, see
-  ``kiln.controller.experiment_steps``) and each dataset's ``data/<ws>/<name>.versions.json``.
+  ``kiln.controller.experiment``) and each dataset's ``data/<ws>/<name>.versions.json``.
   The base side is read with ``git show REF:path``, the current side from the working tree (so
   a CI job can report right after ``kiln apply``, before committing), like ``dvc metrics diff``.
 - **the run folders** under ``.kiln/`` (not in git) give the plots of the current side: training
@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln._util.fs import read_json
 from kiln.controller.dataset_steps import DATA_ROOT, data_rel
-from kiln.controller.experiment_steps import RESULTS_ROOT, read_json, run_dir
+from kiln.controller.experiment.home import RESULTS_ROOT, run_dir
 from kiln.controller.plots import render
 from kiln.data.versioning import DatasetRepo
 from kiln.errors import KilnError
@@ -251,7 +252,7 @@ def _hpo(rep: Report, key: str, run: Path, doc: dict[str, Any]) -> None:
         return
     import optuna
 
-    from kiln.controller.experiment_steps import STUDY
+    from kiln.controller.experiment.home import STUDY
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     obj = doc.get("objective") or {}
@@ -306,7 +307,7 @@ def _leaderboard(rep: Report, key: str, run: Path, doc: dict[str, Any]) -> None:
 
 
 def _candidates_plot(rep: Report, key: str, run: Path, doc: dict[str, Any], board: list[dict[str, Any]]) -> None:
-    from kiln.controller.experiment_steps import trials
+    from kiln.controller.experiment.results import trials
 
     values: dict[str, list[float]] = {}
     for r in trials(run):

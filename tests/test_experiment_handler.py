@@ -133,7 +133,7 @@ def test_automl_registers_best_with_onnx_parity_then_apply_again_does_nothing(wi
     model = algo.load(Path(mv["path"]) / "kiln-model")
     rows = load(repo / "data/default/wine", "csv", "tabular").table.frame.drop(columns=["target"]).iloc[:40]
     rep = check_parity(lambda s: algo.native_outputs(model, s), Path(mv["path"]) / "model.onnx", rows,
-                       onnx_samples=algo._x(model.meta, rows))
+                       onnx_samples=algo.features(model.meta, rows))
     assert rep.passed, (best_alg, rep.summary())
 
     # status and logs tell the story

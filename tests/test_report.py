@@ -240,7 +240,7 @@ def test_report_against_the_base_commit_shows_deltas_plots_and_dataset_diff(tmp_
     # removed the other trials' files): they are what select would compute from the saved model
     assert not list((run / "trials").glob("*/eval.json"))
     from kiln.api import Experiment
-    from kiln.controller.experiment_steps import evaluate_selected
+    from kiln.controller.experiment.evaluation import evaluate_selected
 
     exp_doc = next(d for d in yaml.safe_load_all((repo / "specs/exp.yaml").read_text()) if d["metadata"]["name"] == "iris-lr")
     meta = json.loads((run / "trials" / selected["trial"] / "model/meta.json").read_text())

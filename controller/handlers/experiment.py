@@ -1,6 +1,6 @@
 """Experiment handler: an Experiment's work is its workflow (prepare-data -> train | (prepare-data,
 create-study) -> hpo-worker x parallelTrials | train-candidate x candidates -> select -> export-onnx ->
-register; steps in ``kiln.controller.experiment_steps``); this class adds what the controller
+register; steps in ``kiln.controller.experiment``); this class adds what the controller
 keeps about it.
 
 The record's ``extra`` (``kiln status``/``describe``, mirrored while the workflow runs and kept
@@ -85,14 +85,14 @@ class ExperimentHandler(WorkflowHandler):
             return {}
 
     def _run_dir(self, ctx: Context):
-        from kiln.controller.experiment_steps import run_dir
+        from kiln.controller.experiment.home import run_dir
 
         spec = ctx.spec
         assert spec is not None
         return run_dir(ctx.config, spec.workspace, spec.name, spec.spec_hash)
 
     def live_extra(self, ctx: Context) -> dict[str, Any]:
-        from kiln.controller.experiment_steps import summarize
+        from kiln.controller.experiment.results import summarize
 
         d = self._run_dir(ctx)
         if not d.is_dir():
@@ -112,7 +112,7 @@ class ExperimentHandler(WorkflowHandler):
         return items
 
     def delete(self, ctx: Context) -> list[str]:
-        from kiln.controller.experiment_steps import experiment_home, results_rel
+        from kiln.controller.experiment.home import experiment_home, results_rel
 
         assert ctx.record is not None
         done = super().delete(ctx)

@@ -145,6 +145,6 @@ def test_parity_check_fails_loudly(breast_cancer: TrainData, tmp_path: Path) -> 
     path = algo.export_onnx(model, tmp_path / "m.onnx", x)
     import numpy as np
 
-    xs = np.asarray(algo._x(model.meta, x))
+    xs = np.asarray(algo.features(model.meta, x))
     with pytest.raises(ParityError, match="probabilities: max"):
         check_parity(lambda s: algo.native_outputs(other, s), path, x, 1e-4, onnx_samples=xs)

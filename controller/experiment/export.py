@@ -1,0 +1,128 @@
+"""The export-onnx step (export and parity check) and packaging the selected model for the
+registry: the serving file at the top, what ``Algorithm.load`` reads in ``kiln-model/``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kiln._util.fs import read_json
+from kiln.algorithms.onnx import export_and_check
+from kiln.algorithms.registry import get_algorithm
+from kiln.algorithms.vision import IMAGENET_MEAN, IMAGENET_STD
+from kiln.api import Experiment
+from kiln.controller.experiment.command import detect_framework
+from kiln.controller.experiment.data import load_train_data
+from kiln.controller.experiment.home import log, run_folder, write_json
+from kiln.controller.steps import StepContext
+from kiln.errors import KilnError
+
+
+def selected_trial(run: Path) -> dict[str, Any]:
+    sel = read_json(run / "selected.json")
+    if not sel:
+        raise KilnError("no trial has been selected for this spec yet", hint="the select task must run first")
+    return sel["selected"]
+
+
+def _sample(ctx: StepContext, run: Path, meta: dict[str, Any], n: int) -> Any:
+    data = read_json(run / "data.json")
+    td = load_train_data(ctx.config.repo, data)
+    split = next((s for s in ("test", "validation", "train") if td.has_split(s)), "train")
+    if td.task == "tabular":
+        x, _ = td.table(split)
+        return x.iloc[:n]
+    return [td.content.abspath(it.path) for it in td.items(split)[:n]]
+
+
+def export_onnx(ctx: StepContext) -> dict[str, Any]:
+    """Export the selected model to ONNX and check it against the native model (parity)."""
+    spec = ctx.model(Experiment).spec
+    run = run_folder(ctx)
+    sel = selected_trial(run)
+    tdir = run / "trials" / sel["trial"]
+    mdir = tdir / "model"
+    tol = spec.registration.onnxTolerance if spec.registration else 1e-4
+    meta = read_json(mdir / "meta.json") or {}
+    if not meta.get("algorithm"):
+        if (mdir / "model.onnx").is_file():  # the user's script exported it itself
+            rep = {"file": "model.onnx", "checked": False, "note": "exported by the training command"}
+            write_json(run / "onnx.json", rep)
+            return rep
+        raise KilnError(f"register.export [onnx]: trial {sel['trial']} was trained by a command and saved no "
+                        "model.onnx in $KILN_OUTPUT_DIR", hint="export ONNX in your script, or drop register.export")
+
+    algo = get_algorithm(meta["algorithm"])
+    model = algo.load(mdir)
+    sample = _sample(ctx, run, meta, 64 if algo.data_type == "tabular" else 8)
+    report = export_and_check(algo, model, tdir / "model.onnx", sample, tol)
+    if report is None:
+        raise KilnError(f"register.export [onnx]: algorithm {meta['algorithm']} has no ONNX exporter for this model",
+                        hint="drop register.export, or use another algorithm")
+    log(f"ONNX parity passed: {report.summary()}")
+    rep = {"file": "model.onnx", "checked": True, "samples": report.samples, "tolerance": report.tolerance,
+           "maxAbsDiff": max(report.max_abs_diff) if report.max_abs_diff else 0.0, "summary": report.summary()}
+    write_json(run / "onnx.json", rep)
+    return rep
+
+
+def _serving(algo: Any, meta: dict[str, Any], framework: str, file: str) -> dict[str, Any]:
+    task = {"classification": "classification", "regression": "regression"}.get(algo.task, algo.task)
+    if task in ("semantic-segmentation", "instance-segmentation"):
+        task = "segmentation"
+    cfg: dict[str, Any] = {"framework": framework, "file": file, "task": task}
+    if algo.data_type == "tabular":
+        cfg["input"] = "tabular"
+        cfg["features"] = list(meta.get("columns", []))
+        if meta.get("categorical"):
+            cfg["feature_types"] = {c: "string" for c in meta["categorical"]}
+    else:
+        s = int(meta.get("input_size", 224))
+        cfg["input"] = "image"
+        cfg["image"] = {"size": [s, s], "mode": "RGB", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    if meta.get("classes") is not None:
+        cfg["labels"] = [str(c) for c in meta["classes"]]
+    return cfg
+
+
+def package_model(ctx: StepContext, run: Path, sel: dict[str, Any], want_onnx: bool) -> tuple[Path, str, dict[str, Any] | None]:
+    """A folder to register: the serving file at the top (model.onnx | model.joblib | TorchScript
+    model.pt) plus ``kiln-model/`` (what ``Algorithm.load`` reads, for ``kiln infer``)."""
+    tdir = run / "trials" / sel["trial"]
+    mdir = tdir / "model"
+    pkg = tdir / ".package"
+    shutil.rmtree(pkg, ignore_errors=True)
+    meta = read_json(mdir / "meta.json") or {}
+    if not meta.get("algorithm"):  # the user's own model: registered as the script saved it
+        shutil.copytree(mdir, pkg)
+        serving = read_json(mdir / "kiln-serving.json")
+        fw = detect_framework(mdir)
+        if want_onnx and (mdir / "model.onnx").is_file():
+            fw = "onnx"
+            serving = {**(serving or {}), "framework": "onnx", "file": "model.onnx"}
+        if fw == "unknown":
+            raise KilnError(f"trial {sel['trial']}: the training command saved no model into $KILN_OUTPUT_DIR",
+                            hint="save model.joblib, model.pt (TorchScript) or model.onnx there")
+        if serving is not None:
+            (pkg / "kiln-serving.json").unlink(missing_ok=True)
+        return pkg, fw, serving
+
+    algo = get_algorithm(meta["algorithm"])
+    shutil.copytree(mdir, pkg / "kiln-model")
+    if want_onnx:
+        shutil.copy2(tdir / "model.onnx", pkg / "model.onnx")
+        return pkg, "onnx", _serving(algo, meta, "onnx", "model.onnx")
+    if algo.framework in ("sklearn", "xgboost"):
+        shutil.copy2(mdir / "model.joblib", pkg / "model.joblib")
+        return pkg, "sklearn", _serving(algo, meta, "sklearn", "model.joblib")
+    import torch
+
+    model = algo.load(mdir)
+    own = algo.export_torchscript(model, pkg / "model.pt")
+    if own is not None:  # detectors: post-processing folded in, their own image size and labels
+        return pkg, "torch", {**_serving(algo, meta, "torch", "model.pt"), **own}
+    s = int(meta.get("input_size", 224))
+    traced = torch.jit.trace(model.native.eval().cpu(), torch.zeros(1, 3, s, s))
+    traced.save(str(pkg / "model.pt"))
+    return pkg, "torch", _serving(algo, meta, "torch", "model.pt")

@@ -1,0 +1,82 @@
+"""The prepare-data step: resolve the dataset version an experiment trains on and materialise
+it read-only in the experiment's folder (a new dataset version starts a new run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kiln._util.fs import read_json
+from kiln.api import Experiment
+from kiln.controller.dataset_steps import data_rel
+from kiln.controller.experiment.home import experiment_home, file_lock, log, run_dir, run_folder, write_json
+from kiln.controller.steps import StepContext
+from kiln.data.formats import detect_format
+from kiln.data.versioning import DatasetRepo
+from kiln.errors import KilnError, NotFound
+
+
+def prepare_data(ctx: StepContext) -> dict[str, Any]:
+    """Resolve the dataset version (latest | vN | hash) and materialise it read-only."""
+    spec = ctx.model(Experiment).spec
+    ws, name = ctx.workspace, ctx.name
+    ref = spec.dataset
+    dws = ref.workspace or ws
+    rel = data_rel(dws, ref.name)
+    dr = DatasetRepo(ctx.config.repo, remote_url=ctx.config.dvc.remote)
+    if not (ctx.config.repo / f"{rel}.versions.json").is_file():
+        raise KilnError(f"experiment {ws}/{name}: dataset {dws}/{ref.name} has no versions yet",
+                        hint=f"apply the Dataset {ref.name!r} first (its spec must be in this repository)")
+    try:
+        v = dr.resolve(rel, ref.version)
+    except NotFound as exc:
+        raise KilnError(f"experiment {ws}/{name}: {exc}", hint=exc.hint or "see `kiln data versions`") from None
+    number = f"v{dr.number(rel, v.id)}"
+    home = experiment_home(ctx.config, ws, name)
+    dest = home / "data" / v.id
+    with file_lock(home / "data.lock"):
+        if not dest.is_dir():
+            dr.materialize(rel, v.id, dest)
+            for root, _, files in os.walk(dest):  # read-only: trials must not change the data
+                for f in files:
+                    os.chmod(os.path.join(root, f), 0o444)
+    ds = dataset_meta(ctx, dws, ref.name, dest)
+    info = {"dataset": f"{dws}/{ref.name}", "version": v.id, "number": number,
+            "path": str(dest.relative_to(ctx.config.repo)), **ds}
+    run = run_dir(ctx.config, ws, name, ctx.spec_hash)
+    prev = read_json(run / "data.json") or {}
+    if prev.get("version") and prev["version"] != v.id:
+        # same spec, new data: the old run's trials/selection/registration must not be reused
+        old = run.with_name(f"{run.name}-{prev['version'][:8]}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(run, old)
+        log(f"dataset moved from {prev.get('number', '?')} to {number}: a new run (the previous one is in {old.name})")
+    write_json(run_folder(ctx) / "data.json", info)
+    log(f"dataset {dws}/{ref.name} {number} ({v.id[:12]}, {v.files} files) -> {info['path']}")
+    return {"dataset": info["dataset"], "version": v.id, "number": number, "task": info["task"]}
+
+
+def dataset_meta(ctx: StepContext, ws: str, name: str, root: Path) -> dict[str, Any]:
+    """Type, task, format and label column of the dataset, from its applied spec when recorded,
+    else detected from the files."""
+    doc: dict[str, Any] = {}
+    try:
+        store = ctx.store()
+        try:
+            rec = store.get(f"Dataset/{ws}/{name}")
+        finally:
+            store.close()
+        if rec is not None:
+            doc = (rec.spec or {}).get("spec") or {}
+    except Exception:  # noqa: BLE001 - the record is a convenience; the files decide below
+        doc = {}
+
+    fmt = doc.get("format") or "auto"
+    if fmt in ("auto", "masks"):
+        fmt = detect_format(root)
+    tabular = doc.get("type") == "tabular" or fmt == "csv"
+    return {"format": fmt, "type": "tabular" if tabular else "image",
+            "task": "tabular" if tabular else (doc.get("task") or "classification"),
+            "label": doc.get("label"), "problem": doc.get("task")}

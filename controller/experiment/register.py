@@ -1,0 +1,103 @@
+"""The register step: the selected model as a new version in the model registry (once per run
+and data version, also across retries), its aliases, and pruning of old unused versions."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from kiln._util.fs import read_json
+from kiln.api import Experiment
+from kiln.api.experiment import experiment_label
+from kiln.bento.registry import Registry, default_home
+from kiln.controller.experiment.export import package_model, selected_trial
+from kiln.controller.experiment.home import file_lock, log, run_folder, write_json
+from kiln.controller.experiment.results import write_results, write_summary
+from kiln.controller.project import load_valid, read_records
+from kiln.controller.steps import StepContext
+from kiln.errors import KilnError
+
+
+def _deployment_versions(ctx: StepContext, model: str) -> set[int]:
+    """Versions of ``model`` that Deployment specs (in the repository, and applied) pin."""
+    used: set[int] = set()
+    docs: list[dict[str, Any]] = []
+    try:
+        docs += [s.doc for s in load_valid(ctx.config).specs if s.kind == "Deployment"]
+    except Exception:  # noqa: BLE001 - unreadable specs: fall back to what was applied
+        pass
+    try:
+        docs += [r.spec for r in read_records(ctx.config) if r.kind == "Deployment" and r.spec]
+    except Exception:  # noqa: BLE001
+        pass
+    for d in docs:
+        m = ((d or {}).get("spec") or {}).get("model") or {}
+        if m.get("name") == model and m.get("version"):
+            used.add(int(m["version"]))
+    return used
+
+
+def _no_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _no_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_no_none(x) for x in v if x is not None]
+    return v
+
+
+def register(ctx: StepContext) -> dict[str, Any]:
+    spec = ctx.model(Experiment).spec
+    reg_spec = spec.registration
+    if reg_spec is None:
+        raise KilnError("spec.register is not set; nothing to register")
+    ws, name = ctx.workspace, ctx.name
+    run = run_folder(ctx)
+    sel = selected_trial(run)
+    data = read_json(run / "data.json") or {}
+    reg = Registry(default_home(ctx.config.repo))
+    model = reg_spec.model
+    # the data version too: a retrain of the same spec on new data is another model version
+    run_label = f"{ctx.spec_hash[:16]}.{str(data.get('version', ''))[:8]}.{sel['trial']}"
+    with file_lock(run / "register.lock"):
+        done = read_json(run / "registered.json")
+        if done and done.get("run") == run_label:
+            return done
+        # a retried register after a crash between registering and recording: reuse that version
+        version = next((mv.version for mv in (reg.list(model) if model in reg.names() else [])
+                        if mv["labels"].get("kiln_run") == run_label), None)
+        if version is None:
+            want_onnx = "onnx" in reg_spec.export
+            pkg, framework, serving = package_model(ctx, run, sel, want_onnx)
+            ds_dir = ctx.config.repo / data.get("path", "")
+            pre = ds_dir if data.get("type") == "tabular" and (ds_dir / ".kiln" / "preprocess.joblib").is_file() else None
+            if pre is not None and serving is not None:
+                serving.pop("feature_types", None)
+            labels = {"experiment": experiment_label(ws, name), "dataset": data.get("dataset", "").replace("/", "."),
+                      "dataset_version": data.get("version", ""), "trial": sel["trial"], "kiln_run": run_label,
+                      "algorithm": sel.get("algorithm") or "command"}
+            metadata = {"metrics": sel.get("metrics", {}), "params": sel.get("params", {}),
+                        "objective": {"metric": sel["metric"], "value": sel["value"]},
+                        "spec_hash": ctx.spec_hash, "dataset_number": data.get("number"),
+                        "onnx": read_json(run / "onnx.json")}
+            metadata = _no_none(metadata)  # BentoML metadata takes no None values
+            version = reg.register(model, pkg, framework, labels=labels, metadata=metadata,
+                                   tags=[f"{k}={v}" for k, v in sorted(reg_spec.tags.items())],
+                                   description=reg_spec.description or "", serving=serving, preprocess_from=pre)
+            shutil.rmtree(pkg, ignore_errors=True)
+            log(f"registered {model} v{version} ({framework}) from trial {sel['trial']}")
+        for alias in reg_spec.aliases:
+            if reg.aliases(model).get(alias) != version:
+                reg.set_alias(model, alias, version)
+                log(f"alias {model}@{alias} -> v{version}")
+        deleted: list[int] = []
+        if reg_spec.keepVersions:
+            deleted = reg.keep_versions(model, reg_spec.keepVersions, in_use=_deployment_versions(ctx, model))
+            if deleted:
+                log(f"deleted old versions of {model} (keepVersions {reg_spec.keepVersions}): "
+                    + ", ".join(f"v{v}" for v in deleted))
+        out = {"model": model, "version": version, "aliases": list(reg_spec.aliases), "deleted": deleted,
+               "run": run_label, "trial": sel["trial"]}
+        write_json(run / "registered.json", out)
+    write_summary(ctx, spec, run)
+    write_results(ctx, spec, run)
+    return out

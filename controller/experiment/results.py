@@ -1,0 +1,110 @@
+"""What a run folder's trials add up to: the leaderboard, the record's summary (``summary.json``,
+mirrored by the handler while the workflow runs) and the git-tracked results file
+(``metrics/<ws>/<name>.json``, ``kiln report``). Reads files only: no training, no ML library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kiln._util.fs import read_json
+from kiln.api.experiment import ExperimentSpec
+from kiln.controller.experiment.home import TERMINAL, results_rel, write_json
+from kiln.controller.steps import StepContext
+
+
+def trials(run: Path) -> list[dict[str, Any]]:
+    recs = [r for p in sorted((run / "trials").glob("*/trial.json")) if (r := read_json(p))]
+    return sorted(recs, key=lambda r: (r.get("number", 0), r.get("id", "")))
+
+
+def leaderboard(spec: ExperimentSpec, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Completed trials, best first; for AutoML with several trials per candidate, each
+    candidate's best trial only."""
+    done = [r for r in recs if r.get("state") == "COMPLETE" and r.get("objective") is not None]
+    sign = -1 if spec.objective.direction == "maximize" else 1
+    done.sort(key=lambda r: (sign * float(r["objective"]), r.get("number", 0)))
+    if spec.mode == "automl":
+        best: dict[str | None, dict[str, Any]] = {}
+        for r in done:  # sorted best first: the first trial of each candidate is its best
+            best.setdefault(r.get("candidate"), r)
+        done = list(best.values())
+    keys = [spec.objective.metric, *spec.objective.additionalMetrics]
+    out = []
+    for rank, r in enumerate(done, 1):
+        m = r.get("metrics", {})
+        out.append({"rank": rank, "trial": r["id"], "number": r.get("number"), "candidate": r.get("candidate"),
+                    "algorithm": r.get("algorithm"), "params": r.get("params", {}),
+                    "objective": r["objective"], "metrics": {k: m[k] for k in keys if k in m}})
+    return out
+
+
+def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
+    """The record's ``extra`` for an experiment run folder (also used while it runs)."""
+    recs = trials(run)
+    metric = spec.objective.metric
+    if spec.mode == "hpo":
+        total = spec.hpo.maxTrials if spec.hpo else 0
+    elif spec.mode == "automl":
+        assert spec.automl is not None
+        per = spec.automl.trialsPerCandidate
+        total = sum(per if (per > 1 and c.searchSpace) else 1 for c in spec.automl.candidates)
+    else:
+        total = max(1, len(spec.parameterSets))
+    finished = [r for r in recs if r.get("state") in TERMINAL]
+    states: dict[str, int] = {}
+    for r in recs:
+        states[r.get("state", "?")] = states.get(r.get("state", "?"), 0) + 1
+    sel = read_json(run / "selected.json") or {}
+    board = sel.get("leaderboard") or leaderboard(spec, recs)
+    best = sel.get("selected") or (board[0] if board else None)
+    registered = read_json(run / "registered.json")
+    data = read_json(run / "data.json") or {}
+    compact = [{"id": r["id"], "number": r.get("number"), "candidate": r.get("candidate"),
+                "params": r.get("params", {}), "state": r.get("state"), "objective": r.get("objective"),
+                "metrics": {k: v for k, v in (r.get("metrics") or {}).items()
+                            if k in (metric, *spec.objective.additionalMetrics) or k.startswith(("validation_", "test_"))},
+                **({"error": r["error"][:200]} if r.get("error") else {})} for r in recs]
+    best_value = (best or {}).get("value", (best or {}).get("objective"))
+    info = f"{spec.mode} {len(finished)}/{total} trials"
+    if best:
+        info += f", best {metric}={best_value:.4g} ({best['trial']})" if best_value is not None else ""
+    if registered:
+        info += f" -> {registered['model']} v{registered['version']}"
+    return {"mode": spec.mode, "trialsDone": len(finished), "trialsTotal": total, "states": states,
+            "dataset": {k: data.get(k) for k in ("dataset", "number", "version")} if data else None,
+            "trials": compact[-50:], "leaderboard": board[:10],
+            "best": {"trial": best["trial"], "metric": metric, "value": best_value,
+                     "params": best.get("params", {})} if best else None,
+            "registered": registered, "info": info, "run": str(run)}
+
+
+def write_summary(ctx: StepContext, spec: ExperimentSpec, run: Path) -> None:
+    write_json(run / "summary.json", summarize(spec, run))
+
+
+def results_doc(ws: str, name: str, spec_hash: str, spec: ExperimentSpec, run: Path) -> dict[str, Any]:
+    sel = (read_json(run / "selected.json") or {}).get("selected") or {}
+    data = read_json(run / "data.json") or {}
+    reg = read_json(run / "registered.json")
+    metric = spec.objective.metric
+    keep = (metric, *spec.objective.additionalMetrics)
+    metrics = {k: v for k, v in (sel.get("metrics") or {}).items()
+               if isinstance(v, (int, float)) and (k in keep or k.startswith(("validation_", "test_")))}
+    states: dict[str, int] = {}
+    for r in trials(run):
+        states[r.get("state", "?")] = states.get(r.get("state", "?"), 0) + 1
+    return {"experiment": f"{ws}/{name}", "specHash": spec_hash, "mode": spec.mode,
+            "dataset": {"name": data.get("dataset"), "number": data.get("number"), "version": data.get("version")},
+            "objective": {"metric": metric, "direction": spec.objective.direction, "value": sel.get("value")},
+            "best": {"trial": sel.get("trial"), "algorithm": sel.get("algorithm"), "candidate": sel.get("candidate"),
+                     "params": sel.get("params", {})},
+            "metrics": metrics, "trials": states,
+            "registered": {"model": reg["model"], "version": reg["version"]} if reg else None}
+
+
+def write_results(ctx: StepContext, spec: ExperimentSpec, run: Path) -> None:
+    """Write ``metrics/<ws>/<name>.json`` (atomically) for the run that was just selected or
+    registered; the user commits it with the spec change."""
+    ws, name = ctx.workspace, ctx.name
+    write_json(ctx.config.repo / results_rel(ws, name), results_doc(ws, name, ctx.spec_hash, spec, run))

@@ -1,0 +1,159 @@
+"""Training one trial (a built-in algorithm or the user's command), resuming from its
+checkpoints, and the run-mode train step."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kiln._util.clock import utcnow
+from kiln._util.fs import read_json
+from kiln.algorithms.base import Pruned, ReportCallback
+from kiln.algorithms.registry import get_algorithm
+from kiln.api import Experiment
+from kiln.api.experiment import Algorithm as AlgoSpec
+from kiln.api.experiment import ExperimentSpec
+from kiln.controller.experiment.command import train_command
+from kiln.controller.experiment.data import load_train_data
+from kiln.controller.experiment.evaluation import eval_doc
+from kiln.controller.experiment.home import TrialFailed, file_lock, log, run_folder, write_json
+from kiln.controller.experiment.trial import Reporter, Trial, list_checkpoints, tensorboardx_without_torch
+from kiln.controller.steps import StepContext
+from kiln.errors import KilnError
+
+
+def run_trial(ctx: StepContext, spec: ExperimentSpec, trial: Trial, *, algo: AlgoSpec | None,
+              params: dict[str, Any], optuna_trial: Any = None) -> dict[str, Any]:
+    """Train one trial (resuming from its checkpoints), leaving ``trial.json`` COMPLETE, PRUNED
+    or FAIL. Returns the record. Raises ``TrialFailed`` when it failed."""
+    with file_lock(trial.dir.parent / f".{trial.id}.lock"):
+        trial.record = read_json(trial.dir / "trial.json") or {}
+        if trial.done:
+            log(f"[{trial.id}] already trained: {spec.objective.metric}={trial.record.get('objective')}")
+            return trial.record
+        trial.dir.mkdir(parents=True, exist_ok=True)
+        resume = bool(trial.record) and trial.record.get("state") == "RUNNING"
+        trial.save(params=params, state="RUNNING", started=trial.record.get("started") or utcnow(), error=None,
+                   pid=os.getpid(), algorithm=algo.name if algo else None,
+                   command=spec.command.run if spec.command else None)
+        log(f"[{trial.id}] {'resuming' if resume else 'starting'}"
+            f"{' ' + algo.name if algo else ''} with {json.dumps(params, sort_keys=True)}")
+        try:
+            if algo is not None:
+                framework = _train_builtin(ctx, spec, trial, algo, params, optuna_trial)
+            else:
+                framework = train_command(ctx, spec, trial, params, optuna_trial)
+        except Pruned as exc:
+            trial.save(state="PRUNED", finished=utcnow(), error=None, pruned_at=exc.step)
+            return trial.record
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a trial's failure is data for the study
+            msg = str(exc) if isinstance(exc, KilnError) else f"{type(exc).__name__}: {exc}"
+            trial.save(state="FAIL", finished=utcnow(), error=msg[:2000])
+            log(f"[{trial.id}] failed: {msg}")
+            raise TrialFailed(f"trial {trial.id} failed: {msg}") from None
+        obj = trial.record.get("metrics", {}).get(spec.objective.metric)
+        trial.save(state="COMPLETE", finished=utcnow(), framework=framework, objective=obj)
+        log(f"[{trial.id}] done: {spec.objective.metric}={obj}")
+        return trial.record
+
+
+def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_spec: AlgoSpec,
+                   params: dict[str, Any], optuna_trial: Any) -> str:
+    data = read_json(run_folder(ctx) / "data.json")
+    algo = get_algorithm(algo_spec.name)
+    if algo.framework != "pytorch":
+        tensorboardx_without_torch()
+    else:
+        import torch
+
+        # parallel trials share the machine: one torch thread pool each, not one per core each
+        parallel = spec.hpo.parallelTrials if spec.mode == "hpo" and spec.hpo else 1
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+    hp = {**algo_spec.hyperparameters, **params}
+    hp_model = algo.hyperparameters(hp)  # bad names/values: a clear error before any data is read
+    td = load_train_data(ctx.config.repo, data, algo_spec.split or spec.split)
+    rep = Reporter(trial, spec.objective, total=getattr(hp_model, "epochs", None), optuna_trial=optuna_trial,
+                   keep_checkpoints=spec.checkpoint.keep)
+    kwargs: dict[str, Any] = {}
+    if algo_spec.pretrained:
+        p = Path(algo_spec.pretrained)
+        kwargs["pretrained"] = p if p.is_absolute() else ctx.config.repo / p
+    ck = trial.dir / "checkpoints"
+    saved = list_checkpoints(ck)
+    resume_from = ck if saved else None
+    if saved:
+        log(f"[{trial.id}] resuming from checkpoint {saved[-1].name}")
+    try:
+        model = algo.train(td, hp_model, callbacks=_ReporterCallback(rep, spec.checkpoint), workdir=trial.dir,
+                           resume_from=resume_from, **kwargs)
+    finally:
+        rep.close()
+    final = dict(model.history[-1][1]) if model.history else dict(rep.last)
+    if td.has_split("test"):
+        final.update(algo.evaluate(model, td, "test"))
+    clean = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
+    out = trial.dir / "model"
+    tmp = trial.dir / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    algo.save(model, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    _trial_eval(trial, algo, model, td)
+    trial.save(metrics={**trial.record.get("metrics", {}), **clean})
+    return algo.framework
+
+
+class _ReporterCallback(ReportCallback):
+    """The algorithm's callback: reports go to the trial's ``Reporter``; ``checkpoint`` (the
+    spec's) says how often the training loop saves a resumable checkpoint."""
+
+    def __init__(self, rep: Reporter, checkpoint: Any = None) -> None:
+        self.rep = rep
+        if checkpoint is not None:
+            self.checkpoint_every, self.checkpoint_unit = checkpoint.every, checkpoint.unit
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        self.rep.report(step, metrics)
+
+
+def _trial_eval(trial: Trial, algo: Any, model: Any, td: Any) -> None:
+    """A tabular classifier's validation scores, written now while scikit-learn and the model
+    are loaded: the select step then copies the chosen trial's file instead of importing
+    scikit-learn and unpickling the model (about 1.8 s of every run's serial tail). Best effort;
+    select computes it itself when the file is missing (image models: another validation pass)."""
+    if algo.task != "classification" or algo.data_type != "tabular":
+        return
+    try:
+        classes = (model.meta or {}).get("classes")
+        # small files only: every trial keeps one until select (larger splits: select computes it)
+        doc = eval_doc(algo, model, td, classes, max_values=50_000) if classes else None
+        if doc is not None:
+            write_json(trial.dir / "eval.json", doc, indent=None)
+    except Exception as exc:  # noqa: BLE001 - report curves are a convenience
+        log(f"[{trial.id}] no validation scores saved for the report: {type(exc).__name__}: {exc}")
+
+
+def train(ctx: StepContext) -> dict[str, Any]:
+    spec = ctx.model(Experiment).spec
+    run = run_folder(ctx)
+    if "parameters" in ctx.args:
+        try:
+            params = json.loads(ctx.args["parameters"])
+        except ValueError:
+            raise KilnError(f"--arg parameters is not JSON: {ctx.args['parameters'][:80]}") from None
+        canon = [json.dumps(p, sort_keys=True) for p in spec.parameterSets]
+        key = json.dumps(params, sort_keys=True)
+        if key not in canon:
+            raise KilnError("--arg parameters is not one of spec.parameterSets")
+        number = canon.index(key)
+        trial = Trial(run, f"p{number}", number)
+    else:
+        params, number = {}, 0
+        trial = Trial(run, "run", 0)
+    rec = run_trial(ctx, spec, trial, algo=spec.algorithm, params=params)
+    return {"trial": trial.id, "state": rec["state"], "objective": rec.get("objective")}
