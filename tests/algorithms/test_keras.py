@@ -107,7 +107,9 @@ def test_small_cnn_reaches_95_percent_on_all_digits(digits_root: Path, tmp_path:
     data = digits_data(digits_root)
     algo = get_algorithm("keras_small_cnn")
     t0 = time.perf_counter()
-    model = algo.train(data, {"epochs": 10, "batch_size": 32})
+    # 12 epochs: with Keras 3.15 / TensorFlow 2.21 (2026-12) 10 epochs end at 0.944 on this split
+    # (seeded, the same every run), 12 at 0.989
+    model = algo.train(data, {"epochs": 12, "batch_size": 32})
     ev = algo.evaluate(model, data, "test")
-    print(f"\nkeras small cnn, all digits, 10 epochs: {dict(ev)} in {time.perf_counter() - t0:.0f}s")
+    print(f"\nkeras small cnn, all digits, 12 epochs: {dict(ev)} in {time.perf_counter() - t0:.0f}s")
     assert ev["test_accuracy"] >= 0.95
