@@ -22,7 +22,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kiln._util.yamlpos import _Loader, document_line, format_path, locate
+import kiln
+import kiln.api
+from kiln._util.fs import write_bytes_atomic
+from kiln._util.yamlpos import _is_tag, _Loader, document_line, format_path, locate
 from kiln.api import API_VERSION, KINDS
 from kiln.errors import SpecIssue
 
@@ -282,8 +285,6 @@ class _ParseCache:
         import hmac
         import pickle
 
-        from kiln._util.fs import write_bytes_atomic
-
         payload = pickle.dumps((self.stamp, self.new), protocol=pickle.HIGHEST_PROTOCOL)
         mac = hmac.new(self.key, payload, hashlib.sha256).digest()
         try:
@@ -319,9 +320,6 @@ def _cache_key(folder: Path) -> bytes | None:
 
 
 def _models_stamp() -> str:
-    import kiln
-    import kiln.api
-
     api = Path(kiln.api.__file__).parent
     parts = [kiln.__version__] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                                   for p in sorted(api.glob("*.py"))]
@@ -447,8 +445,6 @@ class _Recursive(Exception):
 
 
 def _strip_tags(loc: list[str | int]) -> list[str | int]:
-    from kiln._util.yamlpos import _is_tag
-
     return [p for p in loc if not (isinstance(p, str) and _is_tag(p))]
 
 
