@@ -371,6 +371,7 @@ joblib.dump(m, os.path.join(out, "model.joblib"))
 json.dump({"framework": "sklearn", "task": "classification", "input": "tabular", "features": list(x.columns),
            "labels": [str(c) for c in m.classes_]}, open(os.path.join(out, "kiln-serving.json"), "w"))
 json.dump(vars(a), open(os.path.join(out, "args.json"), "w"))
+json.dump(sorted(os.environ), open(os.path.join(out, "env.json"), "w"))
 """
 
 
@@ -384,7 +385,10 @@ parameterSets:
   - {C: 1.0, max_iter: 500}
 register: {model: wine-own, aliases: [staging]}
 """)})
-    res = kiln("apply", cwd=repo, timeout=300)
+    # platform settings and secrets in the applier's environment must not reach the user's code
+    secrets = {"KILN_STATE_URL": f"sqlite:///{repo}/.kiln/state.db", "KILN_LABELSTUDIO_TOKEN": "ls-admin-t0ken",
+               "KILN_WEBHOOK_URL": "http://127.0.0.1:9/hook", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    res = kiln("apply", cwd=repo, timeout=300, env=secrets)
     assert res.returncode == 0, res.stdout + res.stderr
     ex = record(repo, "jobs")["extra"]
     assert ex["mode"] == "run" and ex["trialsDone"] == ex["trialsTotal"] == 2
@@ -393,6 +397,12 @@ register: {model: wine-own, aliases: [staging]}
     for t, want in zip(ex["trials"], ({"C": 0.0001, "max_iter": 50}, {"C": 1.0, "max_iter": 500})):
         assert t["params"] == want
         assert json.loads((run / "trials" / t["id"] / "model/args.json").read_text()) == want
+        seen = set(json.loads((run / "trials" / t["id"] / "model/env.json").read_text()))
+        assert not seen & set(secrets), seen & set(secrets)
+        assert {"PATH", "KILN_DATA_DIR", "KILN_OUTPUT_DIR", "KILN_METRICS_FILE", "KILN_PARAMS"} <= seen
+        assert not any(k.startswith("KILN_") for k in seen - {"KILN_DATA_DIR", "KILN_OUTPUT_DIR", "KILN_METRICS_FILE",
+                                                             "KILN_CHECKPOINT_DIR", "KILN_TRIAL", "KILN_PARAMS",
+                                                             "KILN_RANDOM_SEED"}), seen
     assert ex["best"]["trial"] == "p1"  # the barely regularised one fits wine far better
     wf = json.loads((repo / ".kiln/runs/kiln-exp-jobs/workflow.json").read_text())
     train_pods = [n for n in wf["status"]["nodes"].values() if n["type"] == "Pod" and n["displayName"].startswith("train(")]

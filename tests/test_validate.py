@@ -176,3 +176,19 @@ def test_workspace_period_of_use(tmp_path: Path) -> None:
         """})
     lines = issues_of(tmp_path)
     assert len(lines) == 1 and "period of use ended on 2021-01-01" in lines[0], lines
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../state.db", "out/../../x.jsonl"])
+def test_metrics_file_must_stay_in_the_trials_output_folder(tmp_path: Path, path: str) -> None:
+    """kiln deletes the metrics file before a re-run: a path outside the run would delete that file."""
+    write(tmp_path, {"specs/e.yaml": f"""
+        apiVersion: kiln.dev/v1alpha1
+        kind: Experiment
+        metadata: {{name: own}}
+        spec:
+          dataset: {{name: wine}}
+          command: {{run: python train.py, metricsFile: "{path}"}}
+    """})
+    issues = [i.format() for i in load_specs(tmp_path / "specs").issues]
+    assert any("spec.command.metricsFile" in i and "must be a path inside the trial's output folder" in i
+               for i in issues), issues

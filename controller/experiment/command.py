@@ -12,10 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kiln._util.fs import read_json
+from kiln._util.redact import is_secret_key
 from kiln.algorithms.base import Pruned
 from kiln.algorithms.registry import get_algorithm_class
 from kiln.api.experiment import ExperimentSpec
@@ -23,6 +25,22 @@ from kiln.controller.experiment.home import TrialFailed, log, run_folder
 from kiln.controller.experiment.trial import Reporter, Trial, tensorboardx_without_torch
 from kiln.controller.steps import StepContext
 from kiln.errors import ConfigError
+
+# What a user's command inherits from the step's environment: what programs and ML libraries need
+# to run (paths, locale, threads, GPUs, caches), never kiln's own settings and secrets (the state
+# URL, the Label Studio admin token, webhook URLs) nor anything secret-named. It also gets its
+# dataset, run folders and parameters (KILN_DATA_DIR ...) and what the spec's command.env declares.
+_PASS_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                         "TEMP", "TMP", "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV", "SYSTEMROOT",
+                         "KILN_RANDOM_SEED"})
+_PASS_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "NCCL_", "HF_", "TRANSFORMERS_",
+                  "TORCH_", "TF_", "XDG_")
+
+
+def user_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``base`` that a user's command may see (see ``_PASS_NAMES``)."""
+    return {k: v for k, v in base.items()
+            if (k in _PASS_NAMES or k.startswith(_PASS_PREFIXES)) and not is_secret_key(k)}
 
 
 def _cli_value(v: Any) -> str:
@@ -69,15 +87,19 @@ def _invocation(ctx: StepContext, spec: ExperimentSpec, trial: Trial,
     out.mkdir(parents=True, exist_ok=True)
     metrics_file = trial.dir / "metrics.jsonl"
     if cmd.metricsFile:
-        mf = Path(cmd.metricsFile)
-        metrics_file = mf if mf.is_absolute() else out / mf
+        # relative to the trial's output folder (the spec refuses absolute paths and ".."); a
+        # symlink there must not lead kiln to delete or follow a file elsewhere either
+        metrics_file = (out / cmd.metricsFile).resolve()
+        if not metrics_file.is_relative_to(out.resolve()):
+            raise ConfigError(f"command.metricsFile {cmd.metricsFile!r} leads outside the trial's output folder",
+                              hint="name a file inside $KILN_OUTPUT_DIR")
     (trial.dir / "checkpoints").mkdir(exist_ok=True)
     argv = shlex.split(cmd.run)
     if argv and argv[0] in ("python", "python3"):
         argv[0] = sys.executable  # the environment kiln runs in (its venv / image)
     for k, v in params.items():
         argv += [f"--{k}", _cli_value(v)]
-    env = {**os.environ, **cmd.env,
+    env = {**user_environment(os.environ), **cmd.env,
            "KILN_DATA_DIR": str(repo / data["path"]), "KILN_OUTPUT_DIR": str(out),
            "KILN_METRICS_FILE": str(metrics_file if cmd.metricsFile else trial.dir / "reported.jsonl"),
            "KILN_CHECKPOINT_DIR": str(trial.dir / "checkpoints"), "KILN_TRIAL": trial.id,

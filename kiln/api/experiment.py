@@ -123,6 +123,14 @@ class Command(Model):
     metricsFile: str | None = Field(None, description="JSON lines the script writes, if not using kiln's API")
     searchSpace: dict[str, SearchParam] = Field(default_factory=dict)
 
+    @field_validator("metricsFile")
+    @classmethod
+    def _inside_output(cls, v: str | None) -> str | None:
+        if v is not None and (v.startswith(("/", "\\")) or ".." in v.replace("\\", "/").split("/")):
+            raise ValueError(f"metricsFile {v!r} must be a path inside the trial's output folder "
+                             "($KILN_OUTPUT_DIR), without '..'")
+        return v
+
     @field_validator("env")
     @classmethod
     def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
