@@ -62,8 +62,9 @@ def _normalized(data: dict[str, Any]) -> dict[str, Any]:
         return data
     out: dict[str, Any] = {}
     for k, recs in data.items():
-        out.setdefault(deployment_key(k), {}).update({t: r for t, r in recs.items()
-                                                      if t not in out.get(deployment_key(k), {})})
+        merged = out.setdefault(deployment_key(k), {})
+        for tid, rec in recs.items():
+            merged.setdefault(tid, rec)
     return out
 
 

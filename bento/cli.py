@@ -13,7 +13,9 @@ import click
 
 from kiln.bento.auth import TokenStore, default_token_file, deployment_key
 from kiln.bento.registry import Registry, default_home, who
+from kiln.config import load_config
 from kiln.errors import NotFound
+from kiln.state.snapshot import recorded_objects
 
 
 def _repo(ctx: click.Context) -> Path:
@@ -90,19 +92,9 @@ def _applied_deployment(ctx: click.Context, name: str) -> str:
     """``workspace/name`` of an applied Deployment that NAME (``name`` in the default workspace,
     or ``workspace/name``) refers to; a clear error for one that does not exist, so that no
     token is made for a deployment someone may create later."""
-    from kiln.config import load_config
-    from kiln.state import open_store
-    from kiln.state.snapshot import read_objects
-
     key = deployment_key(name)
     config = load_config(_repo(ctx))
-    records = read_objects(config.state_url(), config.repo)
-    if records is None:  # not the default SQLite file: the store itself (read-only, creates nothing)
-        store = open_store(config.state_url(), config.repo, read_only=True)
-        try:
-            records = store.all_objects()
-        finally:
-            store.close()
+    records = recorded_objects(config.state_url(), config.repo)
     known = sorted(f"{r.workspace}/{r.name}" for r in records if r.kind == "Deployment")
     if key not in known:
         raise NotFound(f"no applied Deployment {key}",

@@ -19,7 +19,7 @@ from kiln.controller.plan import Plan, make_plan
 from kiln.errors import ConfigError, NotFound, SpecErrors
 from kiln.loader import SpecSet, load_specs, spec_cache_dir
 from kiln.state import RepoLock
-from kiln.state.snapshot import read_objects
+from kiln.state.snapshot import recorded_objects
 from kiln.validate import dependencies, validate
 
 
@@ -139,14 +139,7 @@ def plan(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prun
 
 def read_records(config: KilnConfig) -> list:
     """Every recorded object, read-only (never creates a state database)."""
-    records = read_objects(config.state_url(), config.repo)
-    if records is not None:
-        return records
-    store = open_state(config, read_only=True)
-    try:
-        return store.all_objects()
-    finally:
-        store.close()
+    return recorded_objects(config.state_url(), config.repo)
 
 
 @dataclass

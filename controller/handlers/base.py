@@ -33,6 +33,13 @@ if TYPE_CHECKING:
     from kiln.state import ObjectRecord, StateStore
 
 
+# LAZY_STEP_IMPORTS: handlers import their kind's step modules (``kiln.controller.*_steps``,
+# ``kiln.controller.experiment``) and the serving/labelling clients inside the methods that use
+# them, on purpose: every ``kiln validate`` and ``kiln plan`` imports all handlers, and those
+# modules add 0.13-0.15 s to that (measured on 2 cores; bench/plan_1000.py's budget is 1 s), while
+# only an apply of that kind, or the drift check of an applied object, needs them.
+
+
 @dataclass
 class Context:
     """What a step may use. ``outputs`` holds the outputs of this object's earlier steps."""

@@ -22,11 +22,7 @@ With ``versioning.commit: auto`` the removal is committed.
 
 from __future__ import annotations
 
-# The kind's step modules (``kiln.controller.*_steps``, ``kiln.controller.experiment``) and the
-# serving/labelling clients are imported inside the methods that use them, on purpose: every
-# ``kiln validate`` and ``kiln plan`` imports all handlers, and those modules add 0.13-0.15 s to
-# that (measured on 2 cores; bench/plan_1000.py's budget is 1 s), while only an apply of this
-# kind, or the drift check of an applied object, needs them.
+# Step modules are imported inside the methods that use them: see LAZY_STEP_IMPORTS in base.py.
 import hashlib
 import os
 import shutil

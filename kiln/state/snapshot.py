@@ -51,3 +51,18 @@ def read_objects(url: str | None, repo: Path) -> list[ObjectRecord] | None:
         return None
     finally:
         conn.close()
+
+
+def recorded_objects(url: str | None, repo: Path) -> list[ObjectRecord]:
+    """Every recorded object, read-only: straight from the SQLite file where it can be read
+    (``read_objects``), else from the store opened read-only; never creates a database."""
+    records = read_objects(url, repo)
+    if records is not None:
+        return records
+    from kiln.state.store import open_store  # SQLAlchemy (~150 ms): only where the file cannot be read
+
+    store = open_store(url, repo, read_only=True)
+    try:
+        return store.all_objects()
+    finally:
+        store.close()
