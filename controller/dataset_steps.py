@@ -45,17 +45,19 @@ from typing import TYPE_CHECKING, Any
 
 from kiln._util.fs import write_json_atomic
 from kiln.api.dataset import Dataset, DatasetSpec
+from kiln.api.source_policy import OBJECT_STORES, spec_problems
 from kiln.controller.deployment_steps import capture_dir
 from kiln.controller.handlers.base import TemporaryError
 from kiln.controller.plan import source_fingerprint
 from kiln.controller.steps import StepContext, workspace_dir
 from kiln.data import load
-from kiln.data.archive import extract_archive
+from kiln.data.archive import ArchiveLimits, extract_archive
 from kiln.data.errors import DatasetFormatError
 from kiln.data.formats import export
 from kiln.data.formats._base import write_dataset_json
 from kiln.data.preprocess import Pipeline, apply_ops
 from kiln.data.samples import materialize_sample
+from kiln.data.sources import AddressRefused, check_links, inside, open_url
 from kiln.data.splits import assign_splits
 from kiln.data.versioning import DatasetRepo
 from kiln.errors import ConfigError, KilnError
@@ -174,16 +176,12 @@ def _shown_source(ctx: StepContext, spec: DatasetSpec) -> str:
 
 # -- fetch ---------------------------------------------------------------------------------------
 
-def _inside_repo(config: KilnConfig, given: str, what: str) -> Path:
-    p = Path(given)
-    p = (p if p.is_absolute() else config.repo / p).resolve()
-    if not p.is_relative_to(config.repo.resolve()):
-        raise ConfigError(f"source.{what} {given!r} is outside the repository {config.repo}",
-                          hint="use source.archive for a local file outside the repository, or source.url")
-    return p
+def _limits(config: KilnConfig) -> ArchiveLimits:
+    d = config.datasets
+    return ArchiveLimits(max_bytes=d.maxArchiveBytes, max_members=d.maxArchiveMembers, max_ratio=d.maxExpansionRatio)
 
 
-def _place_file_or_archive(path: Path, out: Path, shown: str) -> None:
+def _place_file_or_archive(path: Path, out: Path, shown: str, limits: ArchiveLimits) -> None:
     """A single file: archives are extracted (safely), anything else is copied into ``out``."""
     import tarfile
     import zipfile
@@ -191,7 +189,7 @@ def _place_file_or_archive(path: Path, out: Path, shown: str) -> None:
 
     if zipfile.is_zipfile(path) or tarfile.is_tarfile(path):
         try:
-            extract_archive(path, out)
+            extract_archive(path, out, limits)
         except Exception as exc:
             raise _user_path_error(exc, path, shown) from None
         return
@@ -199,9 +197,46 @@ def _place_file_or_archive(path: Path, out: Path, shown: str) -> None:
     shutil.copyfile(path, out / path.name)
 
 
-def _download(url: str, out: Path) -> None:
-    """http(s) with urllib (no extra dependency); other schemes through fsspec (file://, and
-    s3://, gs://, az:// when their fsspec package is installed)."""
+def _too_big(url: str, size: int | None, limit: int) -> DatasetFormatError:
+    said = f"is {size:,} bytes," if size is not None else "goes on"
+    return DatasetFormatError(url, f"download {said} past the limit of {limit:,} bytes",
+                              hint="raise datasets.maxDownloadBytes in kiln.yaml if this is a real dataset")
+
+
+def _http_get(url: str, dest: Path, config: KilnConfig) -> None:
+    """Download with every address of every hop checked (kiln.data.sources.open_url), at most
+    ``datasets.maxDownloadBytes``, counted as the bytes arrive (Content-Length may lie)."""
+    import urllib.error
+
+    limit = config.datasets.maxDownloadBytes
+    try:
+        with open_url(url, config.datasets) as r, open(dest, "wb") as f:
+            declared = r.headers.get("Content-Length") or ""
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_big(url, int(declared), limit)
+            got = 0
+            while chunk := r.read(1 << 20):
+                got += len(chunk)
+                if got > limit:
+                    raise _too_big(url, None, limit)
+                f.write(chunk)
+    except urllib.error.HTTPError as e:
+        raise DatasetFormatError(url, f"download failed: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, AddressRefused):
+            raise DatasetFormatError(url, f"refused: {reason}", hint=_PRIVATE_HINT) from None
+        raise TemporaryError(f"{url}: download failed ({reason})",
+                             hint="check the URL and the network; the step is retried") from None
+
+
+_PRIVATE_HINT = ("use a public URL, or set datasets.allowPrivateNetworks in kiln.yaml "
+                 "(env KILN_DATASETS_ALLOW_PRIVATE_NETWORKS) if the operator means it")
+
+
+def _download(url: str, out: Path, config: KilnConfig) -> None:
+    """http(s) with urllib (no extra dependency); object stores (and file:// where allowed)
+    through fsspec. ``kiln.data.sources`` decided at validate which URLs may be read at all."""
     from urllib.parse import urlparse
 
 
@@ -211,37 +246,29 @@ def _download(url: str, out: Path) -> None:
     dl.mkdir(parents=True)
     try:
         if scheme in ("http", "https"):
-            import urllib.error
-            import urllib.request
-
             name = Path(urlparse(url).path).name or "download"
-            try:
-                with urllib.request.urlopen(url, timeout=60) as r, open(dl / name, "wb") as f:
-                    shutil.copyfileobj(r, f, 1 << 20)
-            except urllib.error.HTTPError as e:
-                raise DatasetFormatError(url, f"download failed: HTTP {e.code} {e.reason}") from None
-            except (urllib.error.URLError, OSError) as e:
-                raise TemporaryError(f"{url}: download failed ({getattr(e, 'reason', e)})",
-                                     hint="check the URL and the network; the step is retried") from None
-            _place_file_or_archive(dl / name, out, url)
+            _http_get(url, dl / name, config)
+            _place_file_or_archive(dl / name, out, url, _limits(config))
             return
         try:
             import fsspec
 
             fs, path = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as e:
-            pkg = {"s3": "s3fs (or dvc-s3)", "gs": "gcsfs (or dvc-gs)", "gcs": "gcsfs (or dvc-gs)",
-                   "az": "adlfs (or dvc-azure)", "azure": "adlfs (or dvc-azure)"}.get(scheme, f"an fsspec filesystem for {scheme}://")
+            pkg = OBJECT_STORES.get(scheme, f"an fsspec filesystem for {scheme}://")
             raise ConfigError(f"source.url {url}: cannot read {scheme}:// URLs here ({e})",
                               hint=f"install {pkg} in kiln's environment") from None
         if not fs.exists(path):
             raise DatasetFormatError(url, "does not exist")
+        size = int(fs.du(path, total=True))
+        if size > config.datasets.maxDownloadBytes:
+            raise _too_big(url, size, config.datasets.maxDownloadBytes)
         if fs.isdir(path):
             fs.get(path.rstrip("/") + "/", str(out), recursive=True)
             return
         local = dl / Path(path).name
         fs.get(path, str(local))
-        _place_file_or_archive(local, out, url)
+        _place_file_or_archive(local, out, url, _limits(config))
     finally:
         shutil.rmtree(dl, ignore_errors=True)
 
@@ -249,32 +276,36 @@ def _download(url: str, out: Path) -> None:
 def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any]:
     src = spec.source
     extra: dict[str, Any] = {}
+    settings = ctx.config.datasets
+    # the same check as validate: a spec may reach the step without it (settings changed since)
+    for _field, value, problem, hint in spec_problems(src, settings):
+        raise DatasetFormatError(value, problem, hint=hint)
     if src.capture:
         return _fetch_capture(ctx, src.capture, out)
     if src.sample:
         materialize_sample(src.sample, out)
     elif src.path:
-        p = _inside_repo(ctx.config, src.path, "path")
+        p = inside(ctx.config.repo, src.path)
         if not p.exists():
             raise DatasetFormatError(src.path, "source path does not exist",
                                      hint="give a folder or file relative to the repository root")
         if p.is_dir():
+            check_links(p, src.path)
             # a copy, never links: DVC makes tracked files read-only, which must not reach the user's
             shutil.copytree(p, out, ignore=shutil.ignore_patterns(".git", ".dvc"))
         else:
-            _place_file_or_archive(p, out, src.path)
+            _place_file_or_archive(p, out, src.path, _limits(ctx.config))
     elif src.archive:
-        p = Path(src.archive)
-        p = p if p.is_absolute() else ctx.config.repo / p
+        p = inside(ctx.config.repo, src.archive, allow_outside=settings.allowFileUrls)
         if not p.is_file():
             raise DatasetFormatError(src.archive, "archive does not exist")
 
         try:
-            extract_archive(p, out)
+            extract_archive(p, out, _limits(ctx.config))
         except DatasetFormatError as exc:
             raise DatasetFormatError(src.archive, exc.problem, hint=exc.hint) from None
     elif src.url:
-        _download(src.url, out)
+        _download(src.url, out, ctx.config)
     else:
         ref = src.dataset
         assert ref is not None

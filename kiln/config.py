@@ -14,6 +14,7 @@ Example::
     argo: {namespace: argo, serviceAccount: kiln}
     labelStudio: {url: http://127.0.0.1:8080, tokenEnv: LABEL_STUDIO_TOKEN, documentRoot: /srv}
     notifications: {webhook: https://hooks.example.com/kiln}   # or {webhookEnv: KILN_WEBHOOK_URL}
+    datasets: {allowPrivateNetworks: false, maxArchiveBytes: 21474836480}   # what sources may reach
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "KILN_ARGO_NAMESPACE": ("argo", "namespace"),
     "KILN_ARGO_SERVICE_ACCOUNT": ("argo", "serviceAccount"),
     "KILN_ARGO_IN_CLUSTER": ("argo", "inCluster"),
+    "KILN_DATASETS_ALLOW_FILE_URLS": ("datasets", "allowFileUrls"),
+    "KILN_DATASETS_ALLOW_PRIVATE_NETWORKS": ("datasets", "allowPrivateNetworks"),
 }
+# settings whose environment value is read as a boolean (true/false, 1/0, yes/no)
+_BOOL_SETTINGS = {"inCluster", "allowFileUrls", "allowPrivateNetworks"}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -59,6 +64,22 @@ class LabelStudioConfig(_Section):
     documentRoot: str | None = Field(
         None, description="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT as this machine sees it "
                           "(default: the repository root); dataset folders must lie under it")
+
+
+class DatasetsConfig(_Section):
+    """What a Dataset's source may reach (docs/security.md, finding 3). A spec is written by
+    whoever can open a pull request; these settings belong to whoever runs kiln."""
+
+    allowFileUrls: bool = Field(
+        False, description="file:// URLs and source.archive paths outside the repository "
+                           "(any file the applying user can read)")
+    allowPrivateNetworks: bool = Field(
+        False, description="http(s) hosts on loopback or private networks (RFC 1918, fc00::/7); "
+                           "link-local, unspecified and multicast addresses are never fetched")
+    maxDownloadBytes: int = Field(20 << 30, ge=1, description="largest download (default 20 GiB)")
+    maxArchiveBytes: int = Field(20 << 30, ge=1, description="largest total extracted size (default 20 GiB)")
+    maxArchiveMembers: int = Field(1_000_000, ge=1, description="most members of an archive")
+    maxExpansionRatio: float = Field(200, gt=0, description="extracted size / archive size at most")
 
 
 class DvcConfig(_Section):
@@ -106,6 +127,7 @@ class KilnConfig(_Section):
     argo: dict[str, Any] = Field(default_factory=dict)
     labelStudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
     dvc: DvcConfig = Field(default_factory=DvcConfig)
+    datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
     historyLimit: int = Field(20, ge=1)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
@@ -143,7 +165,7 @@ def load_config(repo: str | os.PathLike[str]) -> KilnConfig:
         value: Any = os.environ.get(var)
         if not value:
             continue
-        if keys[-1] == "inCluster":
+        if keys[-1] in _BOOL_SETTINGS:
             if value.lower() not in _BOOLS:
                 raise ConfigError(f"{var}={value!r} is not a boolean", hint="use true or false")
             value = _BOOLS[value.lower()]

@@ -16,24 +16,27 @@ from kiln.api import Dataset, Deployment, Experiment, LabelingJob, Workspace
 from kiln.api.common import DatasetRef, ModelRef, ResourceRequest
 from kiln.api.kinds import ALL as API_KINDS
 from kiln.api.kinds import KindInfo
+from kiln.api.source_policy import spec_problems
 from kiln.api.workspace import WorkspaceSpec
-from kiln.config import repo_root
+from kiln.config import DatasetsConfig, repo_root
 from kiln.errors import SpecIssue
 from kiln.loader import LoadedSpec, SpecSet
 
 IMPLICIT_WORKSPACE = "default"
 
 
-def validate(specs: SpecSet) -> list[SpecIssue]:
-    """Append cross-spec problems to ``specs.issues`` and return all issues, sorted by place."""
-    specs.issues.extend(_Checker(specs).run())
+def validate(specs: SpecSet, datasets: DatasetsConfig | None = None) -> list[SpecIssue]:
+    """Append cross-spec problems to ``specs.issues`` and return all issues, sorted by place.
+    ``datasets``: the repository's settings of what dataset sources may reach (default: strict)."""
+    specs.issues.extend(_Checker(specs, datasets or DatasetsConfig()).run())
     specs.issues.sort(key=SpecIssue.sort_key)
     return specs.issues
 
 
 class _Checker:
-    def __init__(self, specs: SpecSet) -> None:
+    def __init__(self, specs: SpecSet, datasets: DatasetsConfig) -> None:
         self.specs = specs
+        self.datasets = datasets
         self.issues: list[SpecIssue] = []
         self.by_kind: dict[str, dict[tuple[str, str], LoadedSpec]] = defaultdict(dict)
 
@@ -143,6 +146,8 @@ class _Checker:
     def check_dataset(self, s: LoadedSpec) -> None:
         spec = s.obj.spec
         self._owner(s, spec.owner)
+        for field, value, problem, hint in spec_problems(spec.source, self.datasets):
+            self.add(s, ["spec", "source", field], f"source.{field} {value!r} {problem}", hint)
         if spec.source.dataset is not None:
             self._dataset(s, spec.source.dataset, ["spec", "source", "dataset"])
         if spec.source.capture is not None:

@@ -37,3 +37,19 @@ def test_bad_env_value_names_the_variable(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("KILN_RUNNER", "slurm")
     with pytest.raises(ConfigError, match="runner"):
         load_config(tmp_path)
+
+
+def test_dataset_source_settings_come_from_kiln_yaml_or_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ENV_OVERRIDES:
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "kiln.yaml").write_text("datasets: {allowFileUrls: true, maxArchiveMembers: 10}\n")
+    d = load_config(tmp_path).datasets
+    assert (d.allowFileUrls, d.allowPrivateNetworks, d.maxArchiveMembers, d.maxArchiveBytes) == (True, False, 10, 20 << 30)
+    monkeypatch.setenv("KILN_DATASETS_ALLOW_FILE_URLS", "no")
+    monkeypatch.setenv("KILN_DATASETS_ALLOW_PRIVATE_NETWORKS", "yes")
+    d = load_config(tmp_path).datasets
+    assert (d.allowFileUrls, d.allowPrivateNetworks, d.maxArchiveMembers) == (False, True, 10)
+    monkeypatch.setenv("KILN_DATASETS_ALLOW_PRIVATE_NETWORKS", "sure")
+    with pytest.raises(ConfigError, match="KILN_DATASETS_ALLOW_PRIVATE_NETWORKS='sure' is not a boolean"):
+        load_config(tmp_path)

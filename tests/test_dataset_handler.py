@@ -308,6 +308,8 @@ def test_sources_archive_url_file_url_and_derived_dataset(tmp_path: Path) -> Non
         url = f"http://127.0.0.1:{server.server_address[1]}/shapes.zip"
         base = "type: image\ntask: classification\n"
         write(repo, {
+            # an archive outside the repository, file:// and loopback HTTP need the operator's consent
+            "kiln.yaml": "datasets: {allowFileUrls: true, allowPrivateNetworks: true}\n",
             "specs/zip.yaml": ds("zipped", base + f"source: {{archive: {served / 'shapes.zip'}}}"),
             "specs/http.yaml": ds("http", base + f"source: {{url: '{url}'}}"),
             "specs/file.yaml": ds("fileurl", base + f"source: {{url: 'file://{src}'}}"),

@@ -45,9 +45,11 @@ SAMPLES = ("iris", "wine", "breast_cancer", "diabetes", "digits", "shapes")
 class Source(Model):
     """Exactly one of the fields: where the data of the first version comes from."""
 
-    path: str | None = Field(None, description="a folder or file in this repository")
-    archive: str | None = Field(None, description="a .zip in the repo or a local path; extracted safely")
-    url: str | None = Field(None, description="http(s):// or an object-store URL (s3://, gs://, azure://)")
+    path: str | None = Field(None, description="a folder or file in this repository (relative; links out of it are refused)")
+    archive: str | None = Field(None, description="a .zip or .tar.* in the repo (outside it only with datasets.allowFileUrls); "
+                                                 "extracted safely, within datasets.maxArchive* limits")
+    url: str | None = Field(None, description="a public http(s):// URL or an object store (s3://, gs://, az://, abfs://, hf://); "
+                                             "file:// and private networks only with kiln.yaml's datasets settings")
     sample: Literal["iris", "wine", "breast_cancer", "diabetes", "digits", "shapes"] | None = Field(
         None, description="a built-in sample (scikit-learn bundled data, or drawn shapes for detection), materialised as files")
     dataset: DatasetRef | None = Field(None, description="derive from another dataset's version")
