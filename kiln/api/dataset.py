@@ -6,7 +6,7 @@ version; the handler records versions and lineage in the state store, never in t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -115,6 +115,11 @@ class DatasetSpec(Model):
     source: Source
     label: str | None = Field(None, description="tabular: the label column (default: the last)")
     classes: list[str] | None = None
+    background: Annotated[int, Field(ge=0, le=65535)] | Literal["none"] | None = Field(
+        None,
+        description="semantic segmentation: the mask value that is the background class when the "
+                    "category list (meta.json, id2label.json) does not name it; default 0, 'none': every "
+                    "mask value must be listed")
     splits: Splits | None = None
     preprocessing: list[PreprocessOp] = Field(default_factory=list)
     sharing: Sharing = Field(default_factory=Sharing)
@@ -138,6 +143,8 @@ class DatasetSpec(Model):
             if PREPROCESSING_OPS[op.op] != self.type:
                 raise ValueError(f"preprocessing[{i}] {op.op!r} is a {PREPROCESSING_OPS[op.op]} op; "
                                  f"this dataset is {self.type}")
+        if self.background is not None and self.task not in (None, "semantic-segmentation"):
+            raise ValueError(f"background is for semantic-segmentation datasets; this one is {self.task}")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes has duplicates")
         return self
