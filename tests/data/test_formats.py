@@ -9,9 +9,7 @@ import pytest
 
 from kiln.data import DatasetFormatError, detect_format, export, load
 from kiln.data.archive import extract_archive
-from kiln.data.samples import materialize_sample
-
-from kiln.data.samples import COLORS
+from kiln.data.samples import COLORS, materialize_sample
 
 from .conftest import (
     SEED_LAYOUTS,
@@ -346,3 +344,14 @@ def test_unlabelled_images_beside_class_folders_are_items_not_a_class(tmp_path):
     assert c.format == "image-folder" and c.class_counts() == {"cat": 1}
     assert sorted((it.path, it.label) for it in c.items) == [("2026-12-07_a1.png", None), ("cat/c.png", "cat")]
     _roundtrip(root, tmp_path)
+
+
+def test_image_folder_to_studio_classification_keeps_hash(tmp_path):
+    c1 = load(make_image_folder(tmp_path / "src", n=1))
+    export(c1, tmp_path / "studio", "studio")
+    c2 = load(tmp_path / "studio")
+    assert (c2.format, c2.task) == ("studio", "classification") and c2.content_hash() == c1.content_hash()
+    assert c2.split_class_counts() == c1.split_class_counts()
+    c1.categories = {}  # labels the category list lacks still get ids
+    export(c1, tmp_path / "again", "studio")
+    assert load(tmp_path / "again").split_class_counts() == c2.split_class_counts()

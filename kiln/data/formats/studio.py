@@ -158,7 +158,10 @@ class Studio(DatasetFormat):
         cls._export_dir(content, out_dir, "studio layout holds classification/detection/segmentation")
         used: set[str] = set()
         splits: dict[str, str] = {}
-        ids = {n: i for i, n in content.categories.items()}
+        categories = dict(content.categories)
+        for label in sorted({it.label for it in content.items if it.label is not None} - set(categories.values())):
+            categories[max(categories, default=0) + 1] = label  # a label the category list lacks
+        ids = {n: i for i, n in categories.items()}
         for it in content.items:
             name = unique_name(used, it.path)
             stem = Path(name).stem
@@ -188,7 +191,7 @@ class Studio(DatasetFormat):
         else:
             (out_dir / "annotations").mkdir(exist_ok=True)
         meta: dict[str, Any] = {"task": content.task,
-                "categories": [{"id": k, "name": v} for k, v in sorted(content.categories.items())]}
+                "categories": [{"id": k, "name": v} for k, v in sorted(categories.items())]}
         if splits:
             meta["splits"] = splits
         write_dataset_json(out_dir / "meta.json", meta)
