@@ -4,6 +4,7 @@ runner (fetch -> validate -> preprocess -> split -> version) with real DVC; `kil
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -454,3 +455,15 @@ def test_captured_images_are_unlabelled_items_not_a_class_per_day(tmp_path: Path
     assert content.class_counts() == {} and content.categories == {}
     pre = [json.loads(ln) for ln in (out / ".kiln/pre-annotations.jsonl").read_text().splitlines()]
     assert sorted(p["file"] for p in pre) == sorted(it.path for it in content.items)
+
+
+def test_background_is_validated_at_its_line(tmp_path: Path) -> None:
+    from kiln.loader import load_specs
+    from kiln.validate import validate
+
+    write(tmp_path, {"specs/a.yaml": ds("a", "type: image\ntask: detection\nbackground: 0\nsource: {path: raw}"),
+                     "specs/b.yaml": ds("b", "type: image\ntask: semantic-segmentation\nbackground: none\n"
+                                        "source: {path: raw}")})
+    issues = [i.format() for i in validate(load_specs(tmp_path / "specs"))]
+    assert len(issues) == 1 and re.match(r"specs/a\.yaml:7:\d+ +spec\.background .*semantic-segmentation masks",
+                                         issues[0].replace(str(tmp_path) + "/", "")), issues

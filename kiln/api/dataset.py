@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kiln.api.common import DatasetRef, DataType, Metadata, Model, Name, Task
 
@@ -127,6 +127,15 @@ class DatasetSpec(Model):
     description: str | None = None
     versioning: Versioning = Field(default_factory=Versioning)
 
+    @field_validator("background")
+    @classmethod
+    def _masks_only(cls, v: Any, info: ValidationInfo) -> Any:
+        # a field validator (task and format come before it), so the error points at this line
+        task, fmt = info.data.get("task"), info.data.get("format")
+        if v is not None and (task not in (None, "semantic-segmentation") or fmt in ("image-folder", "coco", "csv")):
+            raise ValueError(f"background is for semantic-segmentation masks; this dataset is {task or fmt}")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
         if self.format != "auto" and self.task and self.task not in FORMAT_TASKS[self.format]:
@@ -143,8 +152,6 @@ class DatasetSpec(Model):
             if PREPROCESSING_OPS[op.op] != self.type:
                 raise ValueError(f"preprocessing[{i}] {op.op!r} is a {PREPROCESSING_OPS[op.op]} op; "
                                  f"this dataset is {self.type}")
-        if self.background is not None and self.task not in (None, "semantic-segmentation"):
-            raise ValueError(f"background is for semantic-segmentation datasets; this one is {self.task}")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes has duplicates")
         return self
