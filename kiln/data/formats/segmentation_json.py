@@ -10,8 +10,7 @@ EasyMaker's documents name the test list ``test/train.json``: a split folder wit
 folder's split (the folder says the split, not the file name). ``id2lable.json`` (the spelling in
 EasyMaker's documents) is accepted as well. Paths in a split file resolve against the split file's
 folder, then the root. A mask is a single-channel PNG whose pixel values are category ids; every id
-must be in id2label, except the background (``kiln.data.formats._masks.semantic_categories``: 0
-unless told otherwise). An unsplit dataset is ``root/data/data.json``.
+must be in id2label, except the background (``background_of``: 0 unless told otherwise). An unsplit dataset is ``root/data/data.json``.
 """
 
 from __future__ import annotations
@@ -74,13 +73,17 @@ def background_of(root: Path, options: dict[str, object]) -> int | None:
     ``background`` load option (a Dataset spec's ``background``), else what the dataset's
     ``.kiln/format.json`` records, else 0 (AI Studio's masks: 0 is background). None: no implicit
     background, every mask value must be listed."""
+    f = root / FORMAT_FILE
     if "background" in options:
         value = options["background"]
     else:
-        f = root / FORMAT_FILE
         data = read_json(f) if f.is_file() else {}
         value = data.get("background", 0) if isinstance(data, dict) else 0
-    return None if value is None or value == "none" else int(str(value))
+    if value is None or value == "none":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise DatasetFormatError(f, f"background must be a mask value (0, 255, ...) or none, not {value!r}")
+    return int(value)
 
 
 def with_background(categories: dict[int, str], background: int | None) -> dict[int, str]:
