@@ -74,19 +74,32 @@ def versions(ctx: click.Context, name: str, output: str) -> int:
     if output == "json":
         click.echo(json.dumps([{"number": f"v{i + 1}", "id": v.id, "current": v.id == current, "created": v.created,
                                 "files": v.files, "size": v.size, "classes": v.per_class_counts,
+                                "classesPerSplit": v.per_split_class_counts,
                                 "lineage": v.lineage} for i, v in enumerate(vs)], indent=2))
         return 0
     rows = [["", "VERSION", "ID", "CREATED", "FILES", "SIZE", "CLASSES", "OPS"]]
     for i, v in enumerate(vs):
         ops = ", ".join(o.get("op", "?") for o in (v.lineage or {}).get("ops") or []) or "-"
-        classes = " ".join(f"{k}:{c}" for k, c in v.per_class_counts.items())
         rows.append(["*" if v.id == current else "", f"v{i + 1}", v.id[:12], v.created, str(v.files),
-                     human_size(v.size), classes[:40] + ("..." if len(classes) > 40 else "") or "-", ops])
+                     human_size(v.size), _classes(v.per_class_counts), ops])
+        # one line per split under its version, when the version has splits
+        if set(v.per_split_class_counts) - {"unsplit"}:
+            rows += [["", "", "", "", "", "", f"{s}: {_classes(c)}", ""] for s, c in _in_order(v.per_split_class_counts)]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
     click.echo(f"dataset {ws}/{n}: {len(vs)} version(s) in {rel}.versions.json")
     return 0
+
+
+def _classes(counts: dict[str, int], width: int = 60) -> str:
+    text = " ".join(f"{k}:{c}" for k, c in counts.items())
+    return (text[:width] + "...") if len(text) > width else (text or "-")
+
+
+def _in_order(per_split: dict[str, dict[str, int]]) -> list[tuple[str, dict[str, int]]]:
+    order = ("train", "validation", "test")
+    return sorted(per_split.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
 
 
 @data.command()

@@ -55,6 +55,7 @@ from kiln.data.archive import ArchiveLimits, extract_archive
 from kiln.data.errors import DatasetFormatError
 from kiln.data.formats import export
 from kiln.data.formats._base import write_dataset_json
+from kiln.data.formats.segmentation_json import BACKGROUND, FORMAT_FILE
 from kiln.data.preprocess import Pipeline, apply_ops
 from kiln.data.samples import materialize_sample
 from kiln.data.sources import AddressRefused, check_links, inside, open_url
@@ -145,15 +146,19 @@ def _tree_size(root: Path) -> tuple[int, int]:
 
 
 def _user_path_error(exc: Exception, staged: Path, shown: str) -> Exception:
-    """Re-point a DatasetFormatError from the staging copy to the path the user knows."""
+    """Re-point a DatasetFormatError from the staging copy to the path the user knows: the file
+    it names, and any staging path inside its message."""
 
     if not isinstance(exc, DatasetFormatError):
         return exc
-    f = exc.file
     base = str(staged)
-    if f == base or f.startswith(base + os.sep):
-        rel = f[len(base):].lstrip(os.sep)
-        return DatasetFormatError(f"{shown}/{rel}" if rel else shown, exc.problem, hint=exc.hint)
+
+    def user(text: str) -> str:
+        return text.replace(base + os.sep, shown.rstrip("/") + "/").replace(base, shown)
+
+    f = exc.file
+    if f == base or f.startswith(base + os.sep) or base in exc.problem or base in (exc.hint or ""):
+        return DatasetFormatError(user(f), user(exc.problem), hint=user(exc.hint) if exc.hint else None)
     return exc
 
 
@@ -319,7 +324,8 @@ def _fetch_into(ctx: StepContext, spec: DatasetSpec, out: Path) -> dict[str, Any
 
 def _fetch_capture(ctx: StepContext, deployment: str, out: Path) -> dict[str, Any]:
     """Copy what Deployment ``deployment`` captured (kiln.bento.capture layout) into ``out``:
-    image instances as files (``<day>/<id>.<ext>``), tabular rows as ``captured.csv``; each
+    image instances as unlabelled files ``<day>_<id>.<ext>`` (flat: a ``<day>/`` folder would read
+    as a class of an image folder), tabular rows as ``captured.csv``; each
     instance's prediction goes to ``.kiln/pre-annotations.jsonl`` ({"id", "file", "row",
     "prediction", "model", "version", "time"}) for relabelling, not as a label."""
     import csv
@@ -344,9 +350,9 @@ def _fetch_capture(ctx: StepContext, deployment: str, out: Path) -> dict[str, An
             src_file = cap / rec["file"]
             if not src_file.is_file():
                 continue
-            (out / rec["file"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src_file, out / rec["file"])
-            item["file"] = rec["file"]
+            name = "_".join(Path(rec["file"]).parts)
+            shutil.copy2(src_file, out / name)
+            item["file"] = name
         elif isinstance(rec.get("input"), dict):
             item["row"] = len(rows)
             rows.append(rec["input"])
@@ -391,6 +397,13 @@ def _load(root: Path, spec: DatasetSpec, fmt: str, *, verify: bool) -> DatasetCo
     return load(root, fmt, data_task(spec), verify=verify, **options)
 
 
+def _record_background(root: Path, spec: DatasetSpec) -> None:
+    """The spec's ``background`` goes into the staged copy's ``.kiln/format.json``, so that every
+    later reader of the version (training, labelling, counts, export) reads the masks alike."""
+    if spec.background is not None:
+        write_dataset_json(root / FORMAT_FILE, {"background": None if spec.background == "none" else spec.background})
+
+
 def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
     f = _staging(ctx) / "validated.json"
     if f.is_file() and (_staging(ctx) / "source").is_dir():
@@ -401,6 +414,7 @@ def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
     fmt = spec.format
     if fmt == "masks":
         fmt = "segmentation-json"  # PNG masks beside images: the segmentation-json layout reads them
+    _record_background(root, spec)
     try:
         content = _load(root, spec, fmt, verify=True)
         if spec.type == "image" and content.task == "tabular":
@@ -409,7 +423,9 @@ def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
             raise DatasetFormatError(shown, f"holds {content.task} images, but the spec says type: tabular")
         counts = content.class_counts()
         if spec.classes is not None:
-            unknown = sorted(set(counts) - set(spec.classes))
+            # the implicit background of masks is no class a user lists
+            implicit = {BACKGROUND} if content.task == "semantic-segmentation" else set()
+            unknown = sorted(set(counts) - set(spec.classes) - implicit)
             if unknown:
                 raise DatasetFormatError(shown, f"class(es) {unknown} are not in spec.classes {spec.classes}",
                                          hint="add them to spec.classes or fix the labels")

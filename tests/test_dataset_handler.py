@@ -4,6 +4,7 @@ runner (fetch -> validate -> preprocess -> split -> version) with real DVC; `kil
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -392,3 +393,79 @@ def test_changed_source_files_plan_a_new_version_and_derived_datasets_follow(tmp
     derived = versions_log(repo, "derived")["versions"]
     assert derived[-1]["lineage"]["derivedFrom"]["version"] == log[1]["id"]
     assert kiln("plan", "--detailed-exitcode", cwd=repo).returncode == 0
+
+
+@pytest.mark.slow
+def test_seed_segmentation_layouts_apply_with_class_counts_per_split_and_user_paths(tmp_path: Path) -> None:
+    """EasyMaker's test/train.json and id2lable.json, AI Studio's implicit background 0, and a spec
+    that says there is none: versions count classes per split; the refusal names the user's files."""
+    from tests.data.conftest import seed_easymaker_segmentation, seed_studio
+
+    repo = git_repo(tmp_path / "repo")
+    em = seed_easymaker_segmentation(repo / "raw/em")
+    studio = seed_studio(repo / "raw/studio", "semantic")
+    seed_studio(repo / "raw/strict", "semantic")
+    seg = "type: image\ntask: semantic-segmentation\n"
+    write(repo, {"specs/em.yaml": ds("em", seg + "source: {path: raw/em}"),
+                 "specs/studio.yaml": ds("studio", seg + "format: studio\nsource: {path: raw/studio}\n"
+                                         "splits: {train: 0.6, validation: 0.2, test: 0.2, seed: 1}"),
+                 "specs/strict.yaml": ds("strict", seg + "background: none\nsource: {path: raw/strict}")})
+    p = kiln("apply", cwd=repo)
+    assert p.returncode == 1, p.stdout + p.stderr
+    msg = status(repo)["default/strict"]["message"]
+    assert msg.startswith("validate: raw/strict/labels/0001.png: mask contains class id 0 not in meta.json "
+                          "categories"), msg
+    assert "staging" not in msg and "id2label" not in msg and "\n" not in msg
+    v = versions_log(repo, "em")["versions"][0]
+    assert v["per_split_class_counts"] == em["classes"]  # the 2 test items are there, counted
+    out = kiln("data", "versions", "em", cwd=repo, check=True).stdout
+    test_line = next(ln for ln in out.splitlines() if ln.strip().startswith("test:"))
+    assert "unlabeled:2" in test_line, out
+    v = versions_log(repo, "studio")["versions"][0]
+    assert set(v["per_split_class_counts"]) == {"train", "validation", "test"}
+    assert v["per_class_counts"] == studio["classes"]["unsplit"] and v["per_class_counts"]["background"] == 5
+
+
+def test_captured_images_are_unlabelled_items_not_a_class_per_day(tmp_path: Path) -> None:
+    """A deployment's captured images (kiln.bento.capture's <day>/<id>.png) become a dataset
+    whose day folder is no class: no class counts until they are labelled."""
+    import base64
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from kiln.bento.capture import Capture
+    from kiln.config import load_config
+    from kiln.controller.dataset_steps import _fetch_capture
+    from kiln.controller.deployment_steps import capture_dir
+    from kiln.data import load
+
+    repo = git_repo(tmp_path / "repo")
+    config = load_config(repo)
+    cap = Capture(capture_dir(config, "default", "api"), sample_rate=1.0, max_per_day=10)
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(buf, "PNG")
+        cap.offer({"data": base64.b64encode(buf.getvalue()).decode()}, [{"label": "cat", "score": 0.9}])
+    cap.close()
+    out = tmp_path / "source"
+    summary = _fetch_capture(SimpleNamespace(workspace="default", config=config), "api", out)
+    assert summary["captured"] == 3
+    content = load(out, "image-folder", "classification")
+    assert len(content.items) == 3 and all(it.label is None for it in content.items)
+    assert content.class_counts() == {} and content.categories == {}
+    pre = [json.loads(ln) for ln in (out / ".kiln/pre-annotations.jsonl").read_text().splitlines()]
+    assert sorted(p["file"] for p in pre) == sorted(it.path for it in content.items)
+
+
+def test_background_is_validated_at_its_line(tmp_path: Path) -> None:
+    from kiln.loader import load_specs
+    from kiln.validate import validate
+
+    write(tmp_path, {"specs/a.yaml": ds("a", "type: image\ntask: detection\nbackground: 0\nsource: {path: raw}"),
+                     "specs/b.yaml": ds("b", "type: image\ntask: semantic-segmentation\nbackground: none\n"
+                                        "source: {path: raw}")})
+    issues = [i.format() for i in validate(load_specs(tmp_path / "specs"))]
+    assert len(issues) == 1 and re.match(r"specs/a\.yaml:7:\d+ +spec\.background .*semantic-segmentation masks",
+                                         issues[0].replace(str(tmp_path) + "/", "")), issues

@@ -127,7 +127,8 @@ class DatasetHandler(WorkflowHandler):
         n = next(i + 1 for i, v in enumerate(versions) if v.id == vid)
         v = versions[n - 1]
         return {"version": v.id, "number": f"v{n}", "versions": len(versions), "files": v.files,
-                "size": v.size, "classes": v.per_class_counts, "path": rel,
+                "size": v.size, "classes": v.per_class_counts, "classesPerSplit": v.per_split_class_counts,
+                "path": rel,
                 "info": f"v{n} {v.id[:12]} {v.files} files {human_size(v.size)}"}
 
     def delete(self, ctx: Context) -> list[str]:

@@ -6,9 +6,9 @@ version; the handler records versions and lineage in the state store, never in t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kiln.api.common import DatasetRef, DataType, Metadata, Model, Name, Task
 
@@ -117,12 +117,26 @@ class DatasetSpec(Model):
     source: Source
     label: str | None = Field(None, description="tabular: the label column (default: the last)")
     classes: list[str] | None = None
+    background: Annotated[int, Field(ge=0, le=65535)] | Literal["none"] | None = Field(
+        None,
+        description="semantic segmentation: the mask value that is the background class when the "
+                    "category list (meta.json, id2label.json) does not name it; default 0, 'none': every "
+                    "mask value must be listed")
     splits: Splits | None = None
     preprocessing: list[PreprocessOp] = Field(default_factory=list)
     sharing: Sharing = Field(default_factory=Sharing)
     owner: str | None = None
     description: str | None = None
     versioning: Versioning = Field(default_factory=Versioning)
+
+    @field_validator("background")
+    @classmethod
+    def _masks_only(cls, v: Any, info: ValidationInfo) -> Any:
+        # a field validator (task and format come before it), so the error points at this line
+        task, fmt = info.data.get("task"), info.data.get("format")
+        if v is not None and (task not in (None, "semantic-segmentation") or fmt in ("image-folder", "coco", "csv")):
+            raise ValueError(f"background is for semantic-segmentation masks; this dataset is {task or fmt}")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 TASKS = (
     "classification",
@@ -108,6 +108,7 @@ class DatasetContent(BaseModel):
     categories: dict[int, str] = Field(default_factory=dict)
     table: TabularData | None = None
     lineage: dict[str, Any] | None = None
+    _mask_ids: dict[str, list[int]] = PrivateAttr(default_factory=dict)  # decoded once per mask
 
     # -- helpers ---------------------------------------------------------------------------------
     def abspath(self, rel: str) -> Path:
@@ -122,20 +123,50 @@ class DatasetContent(BaseModel):
         """Per-class counts: images per label (classification), objects per category
         (detection / instance), images containing each class (semantic), rows per label (tabular)."""
         counts: dict[str, int] = {}
-        if self.task == "tabular":
-            if self.table is not None and self.table.label and self.table.frame is not None:
-                col = self.table.frame[self.table.label]
-                if self.table.columns.get(self.table.label) == "categorical" or col.dtype.kind in "iub":
-                    for k, v in col.value_counts().items():
-                        counts[str(k)] = int(v)
-            return dict(sorted(counts.items()))
-        for it in self.items:
-            if it.label is not None:
-                counts[it.label] = counts.get(it.label, 0) + 1
-            for a in it.annotations:
-                n = self.category_name(a.category_id)
-                counts[n] = counts.get(n, 0) + 1
+        for per_split in self.split_class_counts().values():
+            for k, v in per_split.items():
+                counts[k] = counts.get(k, 0) + v
         return dict(sorted(counts.items()))
+
+    def split_class_counts(self) -> dict[str, dict[str, int]]:
+        """``class_counts`` per split (``unsplit`` for items without one); a table's rows are split
+        by its ``.kiln/splits.json`` manifest when it has one."""
+        out: dict[str, dict[str, int]] = {}
+        if self.task == "tabular":
+            for split, label in self._table_labels():
+                c = out.setdefault(split, {})
+                c[label] = c.get(label, 0) + 1
+        for it in self.items:
+            c = out.setdefault(it.split or "unsplit", {})
+            for name in self._item_classes(it):
+                c[name] = c.get(name, 0) + 1
+        return {s: dict(sorted(c.items())) for s, c in out.items() if c}
+
+    def _table_labels(self) -> list[tuple[str, str]]:
+        t = self.table
+        if t is None or not t.label or t.frame is None:
+            return []
+        col = t.frame[t.label]
+        if not (t.columns.get(t.label) == "categorical" or col.dtype.kind in "iub"):
+            return []  # a regression target has no classes
+        splits: dict[str, str] = {}
+        manifest = self.root / ".kiln" / "splits.json" if self.root is not None else None
+        if manifest is not None and manifest.is_file():
+            splits = json.loads(manifest.read_text()).get("items") or {}
+        return [(splits.get(str(i), "unsplit"), str(v)) for i, v in enumerate(col.tolist())
+                if v is not None and v == v]  # v != v: NaN, a missing label
+
+    def _item_classes(self, it: Item) -> list[str]:
+        """The classes one item counts for: its label, one per object, or each class its mask shows."""
+        names = [it.label] if it.label is not None else []
+        names += [self.category_name(a.category_id) for a in it.annotations]
+        if it.mask is not None and self.root is not None:
+            if it.mask not in self._mask_ids:
+                from kiln.data.formats.segmentation_json import mask_ids
+
+                self._mask_ids[it.mask] = mask_ids(self.abspath(it.mask))
+            names += [self.category_name(i) for i in self._mask_ids[it.mask]]
+        return names
 
     def split_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

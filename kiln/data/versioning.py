@@ -17,7 +17,9 @@ same names give the same id, so re-adding unchanged content is no new version. T
 
     {"path": "data/pets", "current": "<id>",
      "versions": [{"id": "<md5>", "files": 1200, "size": 5242880,
-                   "per_class_counts": {"cat": 600, "dog": 600}, "created": "2025-01-01T00:00:00+00:00",
+                   "per_class_counts": {"cat": 600, "dog": 600},
+                   "per_split_class_counts": {"train": {"cat": 480, "dog": 480}, ...},
+                   "created": "2025-01-01T00:00:00+00:00",
                    "lineage": {"parent": "<content hash>", "ops": [...]} | null,
                    "out": {<the .dvc file's outs[0] entry>}, "pushed": ["kiln-local"]}]}
 
@@ -52,6 +54,8 @@ class Version:
     lineage: dict[str, Any] | None = None
     out: dict[str, Any] = field(default_factory=dict, repr=False)
     pushed: list[str] = field(default_factory=list)  # DVC remotes that hold all its objects
+    # logs written before kiln counted per split have none: empty, not an error
+    per_split_class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -188,8 +192,10 @@ class DatasetRepo:
                         v["pushed"] = sorted({*v.get("pushed", []), remote_name})
                     self._write_log(rel, log)
                 return Version(**v)
+        content = self._content(self.root / rel, content)
         v = Version(id=vid, path=rel, files=int(out.get("nfiles", 1)), size=int(out.get("size", 0)),
-                    per_class_counts=self._counts(self.root / rel, content),
+                    per_class_counts=dict(content.class_counts()) if content is not None else {},
+                    per_split_class_counts=content.split_class_counts() if content is not None else {},
                     created=datetime.now(UTC).isoformat(timespec="seconds"),
                     lineage=lineage if lineage is not None else getattr(content, "lineage", None), out=out,
                     pushed=[remote_name] if push else [])
@@ -228,13 +234,14 @@ class DatasetRepo:
         odb.add(cache.oid_to_path(f"{vid}.dir"), cache.fs, f"{vid}.dir")
 
     @staticmethod
-    def _counts(folder: Path, content: Any) -> dict[str, int]:
+    def _content(folder: Path, content: Any) -> Any:
+        """What the counts are taken from: ``content``, else the folder listed (None: no layout)."""
         if content is None:
             try:
                 content = load(folder, verify=False)
             except DatasetFormatError:
-                return {}
-        return dict(content.class_counts())
+                return None
+        return content
 
     def versions(self, path: str | os.PathLike[str]) -> list[Version]:
         return [Version(**v) for v in self._read_log(self._rel(path))["versions"]]

@@ -9,9 +9,20 @@ import pytest
 
 from kiln.data import DatasetFormatError, detect_format, export, load
 from kiln.data.archive import extract_archive
-from kiln.data.samples import materialize_sample
+from kiln.data.samples import COLORS, materialize_sample
 
-from .conftest import make_coco, make_image_folder, make_segmentation_json, make_studio, np, save
+from .conftest import (
+    SEED_LAYOUTS,
+    make_coco,
+    make_image_folder,
+    make_segmentation_json,
+    make_studio,
+    np,
+    save,
+    seed_easymaker_detection,
+    seed_easymaker_segmentation,
+    seed_studio,
+)
 
 
 def _roundtrip(src, tmp_path, fmt=None):
@@ -242,3 +253,105 @@ def test_import_kiln_data_is_light():
     code = "import sys, kiln.data; bad=[m for m in ('torch','torchvision','pandas','sklearn','PIL','dvc','pycocotools') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- the seed documents' layouts, quirks included ---------------------------------------------------
+
+@pytest.mark.parametrize("layout", sorted(SEED_LAYOUTS))
+def test_seed_layout_imports_with_item_and_class_counts_per_split(tmp_path, layout):
+    expected = SEED_LAYOUTS[layout](tmp_path / "src")
+    c = load(tmp_path / "src")
+    assert (c.format, c.task) == (expected["format"], expected["task"])
+    items = c.split_counts() if c.table is None else {"unsplit": len(c.table.frame)}
+    assert items == expected["items"]
+    assert c.split_class_counts() == expected["classes"]
+    totals: dict[str, int] = {}
+    for per_split in expected["classes"].values():
+        for k, v in per_split.items():
+            totals[k] = totals.get(k, 0) + v
+    assert c.class_counts() == dict(sorted(totals.items()))
+    if c.table is None:  # what kiln writes reads back the same (splits, labels, categories)
+        _roundtrip(tmp_path / "src", tmp_path)
+
+
+def test_segmentation_test_list_named_train_json_is_the_test_split(tmp_path):
+    """EasyMaker names the test list test/train.json: its items are the test split, none vanish."""
+    root = tmp_path / "src"
+    seed_easymaker_segmentation(root)
+    c = load(root)
+    assert c.split_counts() == {"train": 4, "validation": 2, "test": 2}
+    assert {it.path.split("/")[0] for it in c.items if it.split == "test"} == {"test"}
+    (root / "test" / "notes.json").write_text("[]")
+    with pytest.raises(DatasetFormatError) as e:
+        load(root)
+    _one_line(e.value, "test", "train.json", "notes.json", "test.json")
+
+
+def test_studio_semantic_implicit_background_and_the_option_that_says_otherwise(tmp_path):
+    root = tmp_path / "src"
+    seed_studio(root, "semantic")
+    c = load(root)
+    assert c.categories == {0: "background", 1: "red", 2: "green", 3: "blue"}
+    with pytest.raises(DatasetFormatError) as e:
+        load(root, background=None)  # a Dataset's background: none
+    text = _one_line(e.value, "labels/0001.png", "class id 0", "meta.json categories", "background:")
+    assert "id2label" not in text
+    assert load(root, background=255, verify=False).categories == {1: "red", 2: "green", 3: "blue", 255: "background"}
+    # named in meta.json: the listed name wins, nothing is added
+    (root / "meta.json").write_text(json.dumps({"categories": {"0": "sky", "1": "red", "2": "green", "3": "blue"}}))
+    assert load(root).categories == {0: "sky", 1: "red", 2: "green", 3: "blue"}
+
+
+def test_studio_classification_instances_with_category_id_only(tmp_path):
+    root = tmp_path / "src"
+    seed_studio(root, "classification")
+    c = load(root, task="classification")
+    assert all(it.label and not it.annotations for it in c.items)
+    inst = json.loads((root / "annotations" / "0001.json").read_text())["instances"]
+    other = {"category_id": inst[0]["category_id"] % 3 + 1}
+    (root / "annotations" / "0001.json").write_text(json.dumps({"instances": [*inst, other]}))
+    with pytest.raises(DatasetFormatError) as e:
+        load(root)
+    _one_line(e.value, "annotations/0001.json", "one category per image")
+    with pytest.raises(DatasetFormatError) as e:
+        load(root, task="detection")
+    _one_line(e.value, "neither bbox nor segmentation", "task to classification")
+
+
+def test_roboflow_category_0_is_no_class_in_counts_nor_model_labels(tmp_path):
+    from kiln.algorithms.base import TrainData
+    from kiln.algorithms.detection import dataset_categories
+
+    seed_easymaker_detection(tmp_path / "src")
+    c = load(tmp_path / "src")
+    assert "none" not in c.categories.values() and 0 not in c.categories
+    _, labels = dataset_categories(TrainData(c), "t")
+    assert sorted(labels) == sorted(c.class_counts()) == sorted(COLORS)
+    # a category 0 that annotations use is a class like any other
+    f = tmp_path / "src" / "train" / "_annotations.coco.json"
+    data = json.loads(f.read_text())
+    data["annotations"][0]["category_id"] = 0
+    f.write_text(json.dumps(data))
+    assert load(tmp_path / "src").categories[0] == "none"
+
+
+def test_unlabelled_images_beside_class_folders_are_items_not_a_class(tmp_path):
+    root = tmp_path / "src"
+    save(np.zeros((8, 8, 3), np.uint8), root / "2026-12-07_a1.png")
+    save(np.zeros((8, 8, 3), np.uint8), root / "cat" / "c.png")
+    (root / "README.txt").write_text("captured inputs")
+    c = load(root)
+    assert c.format == "image-folder" and c.class_counts() == {"cat": 1}
+    assert sorted((it.path, it.label) for it in c.items) == [("2026-12-07_a1.png", None), ("cat/c.png", "cat")]
+    _roundtrip(root, tmp_path)
+
+
+def test_image_folder_to_studio_classification_keeps_hash(tmp_path):
+    c1 = load(make_image_folder(tmp_path / "src", n=1))
+    export(c1, tmp_path / "studio", "studio")
+    c2 = load(tmp_path / "studio")
+    assert (c2.format, c2.task) == ("studio", "classification") and c2.content_hash() == c1.content_hash()
+    assert c2.split_class_counts() == c1.split_class_counts()
+    c1.categories = {}  # labels the category list lacks still get ids
+    export(c1, tmp_path / "again", "studio")
+    assert load(tmp_path / "again").split_class_counts() == c2.split_class_counts()

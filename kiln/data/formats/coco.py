@@ -10,6 +10,11 @@ or one COCO file at the root (``root/_annotations.coco.json`` or ``root/annotati
 ``root/annotations/instances_*.json``) whose ``file_name``s resolve against the file's folder, the
 root, or ``root/images/``. Segmentations may be polygons or RLE (compressed or not); they load as
 given, so the task is ``instance-segmentation`` when any annotation has one, else ``detection``.
+
+Roboflow's exports (EasyMaker's detection example) start ``categories`` with a placeholder,
+``{"id": 0, "name": "none", "supercategory": "none"}`` (or named after the dataset, as the other
+categories' supercategory), which no annotation uses. It is not a class: it is left out of the
+categories, so class counts and the labels a model is trained with agree.
 """
 
 from __future__ import annotations
@@ -51,6 +56,14 @@ def _coco_files(root: Path) -> list[tuple[str | None, Path]]:
     return out
 
 
+def _placeholder(categories: dict[int, str], supercategories: dict[int, str], used: set[int]) -> bool:
+    """Whether category 0 is Roboflow's placeholder (see the module doc)."""
+    if 0 not in categories or 0 in used or supercategories.get(0) != "none":
+        return False
+    name = categories[0]
+    return name == "none" or any(sc == name for cid, sc in supercategories.items() if cid != 0)
+
+
 class Coco(DatasetFormat):
     name = "coco"
     tasks = ("detection", "instance-segmentation")
@@ -66,6 +79,7 @@ class Coco(DatasetFormat):
             raise DatasetFormatError(root, f"no COCO annotation file found (expected {{split}}/{ANN_NAME})")
         items: list[Item] = []
         categories: dict[int, str] = {}
+        supercategories: dict[int, str] = {}
         any_seg = False
         for split, ann_file in files:
             data = read_json(ann_file)
@@ -78,6 +92,7 @@ class Coco(DatasetFormat):
                         ann_file, f"category id {cid} is {cname!r} here but {categories[cid]!r} in another split"
                     )
                 categories[cid] = cname
+                supercategories[cid] = str(c.get("supercategory", ""))
             by_id: dict[int, Item] = {}
             for img in data["images"]:
                 fname = str(img.get("file_name", ""))
@@ -111,6 +126,9 @@ class Coco(DatasetFormat):
                     any_seg = True
                 by_id[iid].annotations.append(ann)
         t = task or ("instance-segmentation" if any_seg else "detection")
+        used = {a.category_id for it in items for a in it.annotations}
+        if _placeholder(categories, supercategories, used):
+            del categories[0]
         return DatasetContent(task=t, root=root, format=cls.name, items=items, categories=categories)
 
     @classmethod
