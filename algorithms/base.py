@@ -239,6 +239,11 @@ class TrainData:
     def items(self, split: str) -> list[Item]:
         return [it for it in self.content.items if it.split == split]
 
+    def labelled_items(self, split: str) -> list[Item]:
+        """A classification split's items that carry a label: images beside the class folders and
+        captured inputs not labelled yet are items of the dataset, but nothing to train or score on."""
+        return [it for it in self.items(split) if it.label is not None]
+
     @property
     def classes(self) -> list[str]:
         """Classification labels, sorted (the index of a label is its class id)."""

@@ -135,7 +135,7 @@ class KerasClassifier(Algorithm):
     # -- data ------------------------------------------------------------------------------------
     def _split(self, data: TrainData, split: str, classes: list[str]) -> tuple[list[Path], list[int]]:
         index = {c: i for i, c in enumerate(classes)}
-        items = data.items(split)
+        items = data.labelled_items(split)
         unknown = sorted({str(it.label) for it in items if it.label not in index})
         if unknown:
             raise AlgorithmError(f"{split} images have labels the model was not trained on: {unknown}")

@@ -311,7 +311,7 @@ class TorchvisionClassifier(TorchAlgorithm):
 
     def dataset(self, data: TrainData, split: str, meta: dict[str, Any]) -> ImageClassificationDataset:
         index = {c: i for i, c in enumerate(meta["classes"])}
-        items = data.items(split)
+        items = data.labelled_items(split)
         unknown = sorted({it.label for it in items if it.label not in index})
         if unknown:
             raise AlgorithmError(f"{split} images have labels the model was not trained on: {unknown}")

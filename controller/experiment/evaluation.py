@@ -88,7 +88,7 @@ def eval_doc(algo: Any, model: Any, td: Any, classes_: list[Any], max_values: in
     else:
         import torch
 
-        items = td.items(split)
+        items = td.labelled_items(split)
         total = len(items)
         items = items[:cap]
         labels = [str(it.label) for it in items]
