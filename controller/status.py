@@ -9,7 +9,7 @@ from typing import Any
 from kiln.api import KINDS
 from kiln.config import KilnConfig
 from kiln.controller.project import canonical_kind, load_valid, open_state, parse_ref
-from kiln.errors import KilnError, NotFound
+from kiln.errors import KilnError, NotFound, SpecErrors
 
 __all__ = ["canonical_kind", "parse_ref"]  # (they moved to project; kept importable from here)
 
@@ -71,15 +71,15 @@ def status_rows(config: KilnConfig) -> list[dict[str, Any]]:
 def _with_pending(config: KilnConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Sync as ``kiln plan`` sees it: a record says what the last apply did, but after an apply
     that was refused (lock held, invalid specs) or killed, or a spec edited since, the object is
-    OutOfSync whenever plan has a change pending for it. Specs that do not validate leave the
-    recorded sync, with the reason in ``specs``."""
+    OutOfSync whenever plan has a change pending for it. When plan cannot run (specs that do not
+    validate) the recorded sync stays, with the reason in ``specs``."""
     from kiln.controller.project import plan  # lazy: loading specs imports the handlers
 
     try:
         pending = {c.key: c for c in plan(config).changes if c.pending}
-    except KilnError as exc:
-        first = str(exc).strip().splitlines()
-        note = f"specs not checked: {first[-1] if first else type(exc).__name__}"
+    except KilnError as exc:  # e.g. a spec that does not validate: status still shows the records
+        lines = str(exc.message).strip().splitlines() or [type(exc).__name__]
+        note = f"not compared with the specs: {lines[-1] if isinstance(exc, SpecErrors) else lines[0]}"
         return [{**r, "specs": note} for r in rows]
     out = []
     for r in rows:

@@ -164,3 +164,6 @@ def test_status_agrees_with_plan_after_a_refused_apply(repo: Path) -> None:
     assert (row["sync"], row["pending"]) == ("OutOfSync", "update pending (spec.quotas)")
     table = kiln("status", cwd=repo, check=True).stdout
     assert "OutOfSync" in table and "update pending (spec.quotas)" in table
+    write(repo, {"specs/ws.yaml": WS.replace("NAME", "team").replace("spec: {}", "spec: {nope: 1}")})
+    table = kiln("status", cwd=repo, check=True).stdout  # specs that do not validate: records still shown
+    assert "Sync as last recorded: not compared with the specs: 1 error in specs" in table, table
