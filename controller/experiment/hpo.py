@@ -210,7 +210,7 @@ def code_fingerprint(ctx: StepContext, spec: ExperimentSpec) -> str:
 def _begin(study: Any, run: Path, worker: str, code: str, candidate: str | None, max_failed: int) -> int:
     """Start (or join) a round of the study for ``worker``; returns the round number.
 
-    The rule (README, "Experiments"): a worker that finds the study stopped by failures
+    The rule (README, "Retrying a failed HPO search"): a worker that finds the study stopped by failures
     (maxFailedTrials, or the objective never reported) starts a new round when its own slot
     already ran in this round - that is a new apply, not a late worker of the same one - or when
     the training code changed: the failure budget is fresh, the stop is lifted. Completed and
