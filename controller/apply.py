@@ -157,7 +157,8 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.L
     res = ObjectResult(change.ref, "created" if change.action == "create" else "updated")
     if not change.poll:
         emit(ev.ObjectStarted(change.key, change.ref, change.action, spec.location()))
-    record = replace(record, source=_source(change)).with_condition(
+    # recorded first: a killed apply leaves the object OutOfSync (and Reconciling), as plan sees it
+    record = replace(record, source=_source(change), sync=record.sync if change.poll else "OutOfSync").with_condition(
         "Reconciling", "True", "Progressing", f"applying spec {spec.spec_hash}")
     store.put(record)
     ctx.record = record  # steps may record progress on it (e.g. a workflow's task phases)
@@ -165,8 +166,8 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.L
     error: BaseException | None = None
     try:
         inventory = _run_steps(handler, ctx, change, res, emit)
-    except (Exception, KeyboardInterrupt) as exc:
-        error = exc
+    except BaseException as exc:  # noqa: BLE001 - any way out of a step but a return is no success
+        error = exc  # (a step's sys.exit() included: it fails this object, not the whole apply)
     finally:
         finished = utcnow()
         record = ctx.record or record

@@ -640,11 +640,9 @@ def labeling_export(ctx: StepContext) -> dict[str, Any]:
 
 def _current_version(config: KilnConfig, ws: str, name: str) -> str | None:
     """The current version id of dataset ``ws/name`` when it has one checked out, else None."""
-    log = config.repo / "data" / ws / f"{name}.versions.json"
-    try:
-        current = json.loads(log.read_text()).get("current")
-    except (OSError, ValueError):
-        return None
+    from kiln.data.versions_log import read_versions_log
+
+    current = (read_versions_log(config.repo / "data" / ws / f"{name}.versions.json") or {}).get("current")
     return current if current and (config.repo / "data" / ws / name).is_dir() else None
 
 

@@ -20,12 +20,15 @@ An unchanged spec can still need an apply, for two reasons outside the spec (giv
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 from kiln.controller.diff import FieldChange, diff
 from kiln.controller.handlers import HANDLERS, KINDS
 from kiln.controller.handlers.dataset import source_fingerprint as source_fingerprint  # moved; dataset_steps uses it
+from kiln.data.versions_log import read_versions_log
 from kiln.validate import dependencies
 
 if TYPE_CHECKING:
@@ -188,20 +191,18 @@ def input_versions(config: KilnConfig | None, spec: LoadedSpec) -> dict[str, str
     handler = HANDLERS[spec.kind]
     out = handler.source_inputs(config, spec)
     for ws, name in handler.followed(spec):
-        log = config.repo / "data" / ws / f"{name}.versions.json"
-        if log.is_file():  # read the log directly: plan must stay cheap and never run DVC
-            try:
-                current = json.loads(log.read_text()).get("current")
-            except ValueError:
-                continue
-            if current:
-                out[f"{ws}/{name}"] = current
+        # read the log directly: plan must stay cheap and never run DVC; a damaged log is an
+        # error, never "no new version"
+        log = read_versions_log(config.repo / "data" / ws / f"{name}.versions.json")
+        current = (log or {}).get("current")
+        if current:
+            out[f"{ws}/{name}"] = current
     return out
 
 
 def _version_info(config: KilnConfig, dataset: str, vid: str) -> tuple[int, dict[str, Any]]:
     ws, name = dataset.split("/")
-    log = json.loads((config.repo / "data" / ws / f"{name}.versions.json").read_text())
+    log = read_versions_log(config.repo / "data" / ws / f"{name}.versions.json") or {}
     for i, v in enumerate(log.get("versions", []), start=1):
         if v.get("id") == vid:
             return i, v.get("lineage") or {}
@@ -254,7 +255,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
     rank = {k: i for i, k in enumerate(KINDS)}
     # Deletions in reverse kind order: what refers to others goes first.
     for rec in sorted(known.values(), key=lambda r: (-rank.get(r.kind, 0), r.key)):
-        if scope is not None and not rec.source.startswith(scope):
+        if scope is not None and not within(rec.source, scope):
             continue
         ref = f"{rec.kind}/{rec.name}" if rec.workspace == "default" else rec.key
         keep = (rec.spec.get("metadata", {}).get("annotations", {}) or {}).get(PRUNE_ANNOTATION) == "disabled"
@@ -267,6 +268,15 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
         else:
             changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
     return Plan(changes, prune=prune)
+
+
+def within(source: str, scope: str) -> bool:
+    """Whether a record's ``source`` (``path:line``) lies under the folder or file ``scope``,
+    compared by path components: ``specs/ab/x.yaml`` is not under ``specs/a``."""
+    if not scope:
+        return True
+    path = source.rsplit(":", 1)[0] if source.rsplit(":", 1)[-1].isdigit() else source
+    return PurePath(os.path.normpath(path)).is_relative_to(os.path.normpath(scope))
 
 
 def outside_spec(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord) -> Change:

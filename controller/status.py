@@ -9,7 +9,7 @@ from typing import Any
 from kiln.api import KINDS
 from kiln.config import KilnConfig
 from kiln.controller.project import canonical_kind, load_valid, open_state, parse_ref
-from kiln.errors import NotFound
+from kiln.errors import KilnError, NotFound, SpecErrors
 
 __all__ = ["canonical_kind", "parse_ref"]  # (they moved to project; kept importable from here)
 
@@ -64,7 +64,31 @@ def status_rows(config: KilnConfig) -> list[dict[str, Any]]:
     finally:
         store.close()
     rank = {k: i for i, k in enumerate(KINDS)}
-    return [row(r) for r in sorted(recs, key=lambda r: (rank.get(r.kind, 99), r.workspace, r.name))]
+    rows = [row(r) for r in sorted(recs, key=lambda r: (rank.get(r.kind, 99), r.workspace, r.name))]
+    return _with_pending(config, rows) if rows else rows
+
+
+def _with_pending(config: KilnConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sync as ``kiln plan`` sees it: a record says what the last apply did, but after an apply
+    that was refused (lock held, invalid specs) or killed, or a spec edited since, the object is
+    OutOfSync whenever plan has a change pending for it. When plan cannot run (specs that do not
+    validate) the recorded sync stays, with the reason in ``specs``."""
+    from kiln.controller.project import plan  # lazy: loading specs imports the handlers
+
+    try:
+        pending = {c.key: c for c in plan(config).changes if c.pending}
+    except KilnError as exc:  # e.g. a spec that does not validate: status still shows the records
+        lines = str(exc.message).strip().splitlines() or [type(exc).__name__]
+        note = f"not compared with the specs: {lines[-1] if isinstance(exc, SpecErrors) else lines[0]}"
+        return [{**r, "specs": note} for r in rows]
+    out = []
+    for r in rows:
+        c = pending.get(f"{r['kind']}/{r['workspace']}/{r['name']}")
+        if c is not None:
+            why = c.note or ", ".join(f.path for f in c.fields[:3]) or c.action
+            r = {**r, "sync": "OutOfSync", "pending": f"{c.action} pending ({why})"}
+        out.append(r)
+    return out
 
 
 def status_table(rows: list[dict[str, Any]]) -> str:
@@ -72,11 +96,14 @@ def status_table(rows: list[dict[str, Any]]) -> str:
         return "No objects recorded yet. Run `kiln apply` first."
     header = ["KIND", "WORKSPACE", "NAME", "SYNC", "HEALTH", "READY", "WORKFLOW", "LAST CHANGE", "MESSAGE"]
     table = [[r["kind"], "-" if r["kind"] == "Workspace" else r["workspace"], r["name"], r["sync"], r["health"], r["ready"],
-              r["progress"], _ago(r["lastChange"]), (r["message"] or r.get("info") or "")[:70]] for r in rows]
+              r["progress"], _ago(r["lastChange"]), (r["message"] or r.get("pending") or r.get("info") or "")[:70]]
+             for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *table]]
     worst = max((r["health"] for r in rows), key=lambda h: HEALTH_ORDER.index(h) if h in HEALTH_ORDER else 0)
     lines.append(f"{len(rows)} objects; overall health {worst}")
+    if rows[0].get("specs"):
+        lines.append(f"Sync as last recorded: {rows[0]['specs']}")
     return "\n".join(lines)
 
 

@@ -175,8 +175,75 @@ def _goal_reached(spec: ExperimentSpec, value: float | None) -> bool:
 
 
 def _live(study: Any) -> list[Any]:
-    """The study's trials, less those interrupted (each is queued again as a new trial)."""
-    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted")]
+    """The study's trials, less those interrupted (each is queued again as a new trial) and those
+    of training code that has changed since (``staleBefore``, see ``_begin``)."""
+    stale = int(study.user_attrs.get("staleBefore", 0))
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted") and t.number >= stale]
+
+
+def _budget(study: Any) -> list[Any]:
+    """The trials that count against maxTrials and maxFailedTrials: live ones, less the failures
+    of earlier rounds (each new apply after a failure stop gets a fresh failure budget)."""
+    rnd = int(study.user_attrs.get("round", 0))
+    return [t for t in _live(study) if t.state.name != "FAIL" or int(t.user_attrs.get("round", 0)) == rnd]
+
+
+def code_fingerprint(ctx: StepContext, spec: ExperimentSpec) -> str:
+    """What the trials' training code is: the command line and the files it names (the user's
+    script) for ``command``, kiln's version for the built-in algorithms."""
+    import hashlib
+    import shlex
+
+    import kiln
+
+    if spec.command is None:
+        return f"kiln {kiln.__version__}"
+    h = hashlib.sha256(f"{spec.command.run}\0{spec.command.workdir}".encode())
+    cwd = (ctx.config.repo / spec.command.workdir).resolve()
+    for tok in shlex.split(spec.command.run):
+        f = (cwd / tok).resolve()
+        if f.is_file() and f.is_relative_to(ctx.config.repo.resolve()):
+            h.update(tok.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _begin(study: Any, run: Path, worker: str, code: str, candidate: str | None, max_failed: int) -> int:
+    """Start (or join) a round of the study for ``worker``; returns the round number.
+
+    The rule (README, "Retrying a failed HPO search"): a worker that finds the study stopped by failures
+    (maxFailedTrials, or the objective never reported) starts a new round when its own slot
+    already ran in this round - that is a new apply, not a late worker of the same one - or when
+    the training code changed: the failure budget is fresh, the stop is lifted. Completed and
+    pruned trials are kept (the search goes on from them) unless the code changed: those of the
+    old code are then marked stale and count for nothing (not in the leaderboard either)."""
+    attrs = study.user_attrs
+    rnd, workers, then = int(attrs.get("round", 0)), list(attrs.get("roundWorkers") or []), attrs.get("roundCode")
+    changed = then is not None and then != code
+    failed = attrs.get("stop") == "no-metric" or \
+        sum(t.state.name == "FAIL" for t in _budget(study)) >= max_failed
+    if changed or (failed and worker in workers):
+        if changed:
+            _mark_stale(study, run, candidate)
+        rnd, workers = rnd + 1, []
+        if attrs.get("stop") in ("failed", "no-metric"):
+            study.set_user_attr("stop", None)
+        log(f"study round {rnd}: " + ("the training code changed; earlier trials no longer count" if changed
+                                      else "a fresh failure budget for this apply; completed trials are kept"))
+    study.set_user_attr("round", rnd)
+    study.set_user_attr("roundCode", code)
+    study.set_user_attr("roundWorkers", sorted({*workers, worker}))
+    return rnd
+
+
+def _mark_stale(study: Any, run: Path, candidate: str | None) -> None:
+    """Every trial so far is of the old code: in the study by number (a finished Optuna trial
+    cannot be changed), in its ``trial.json`` for the leaderboard and the summary."""
+    trials = study.get_trials(deepcopy=False)
+    study.set_user_attr("staleBefore", len(trials))
+    for t in trials:
+        tr = Trial(run, _trial_id(candidate, t.number), t.number, candidate=candidate)
+        if tr.record and not tr.record.get("stale"):
+            tr.save(stale=True)
 
 
 def _counts(trials: list[Any]) -> dict[str, int]:
@@ -191,16 +258,17 @@ def _stop_reason(study: Any, spec: ExperimentSpec, max_trials: int, max_failed: 
     reason = study.user_attrs.get("stop")
     if reason:
         return str(reason)
-    trials = _live(study)
+    trials = _budget(study)
     c = _counts(trials)
     if c["FAIL"] >= max_failed:
         return "failed"
     started = c["RUNNING"] + c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
     if started >= max_trials:
         return "max-trials"
-    # every grid point has a trial (running or finished)
+    # every grid point has a trial (running or finished; Optuna's grid sampler never proposes a
+    # point again, also after a failure in an earlier round)
     if grid_size is not None and not c["WAITING"] and \
-            len({t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs}) >= grid_size:
+            len({t.system_attrs["grid_id"] for t in _live(study) if "grid_id" in t.system_attrs}) >= grid_size:
         return "grid-done"
     if timeout and time.time() - float(study.user_attrs.get("started", time.time())) > timeout:
         return "timeout"
@@ -238,6 +306,7 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
     lock = run / "study.lock"
     mine = 0
     study = None
+    code = code_fingerprint(ctx, spec)
     while True:
         with file_lock(lock):
             if study is None:
@@ -245,6 +314,7 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
                                           sampler=make_sampler(spec, space, worker), pruner=make_pruner(spec))
             if mine == 0:
                 _recover_orphans(study, run, worker)
+                rnd = _begin(study, run, worker, code, candidate, max_failed)
             reason = _stop_reason(study, spec, max_trials, max_failed, timeout, grid_size)
             if reason is not None:
                 break
@@ -252,6 +322,7 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
             ot.set_user_attr("worker", worker)
             ot.set_user_attr("pid", os.getpid())
             ot.set_user_attr("host", os.uname().nodename)
+            ot.set_user_attr("round", rnd)
             params = suggest(ot, space)
         mine += 1
         trial = Trial(run, _trial_id(candidate, ot.number), number_base + ot.number, candidate=candidate)
@@ -261,13 +332,14 @@ def hpo_loop(ctx: StepContext, spec: ExperimentSpec, *, algo: AlgoSpec | None, s
             if (old / "checkpoints").is_dir() and not trial.dir.exists():
                 shutil.copytree(old / "checkpoints", trial.dir / "checkpoints")
         _train_and_tell(ctx, spec, study, ot, trial, algo, params)
-    c = _counts(_live(study))
+    c = _counts(_budget(study))
     done = c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
     if reason == "failed":
         last = _last_error(run, candidate)
         raise KilnError(f"stopped after {c['FAIL']} failed trial(s) (maxFailedTrials {spec.hpo.maxFailedTrials if spec.hpo else max_failed})"
                         + (f"; last error: {last}" if last else ""),
-                        hint="fix the training (see `kiln logs`), then apply again")
+                        hint="fix the training (see `kiln logs`), then apply again: a new apply gets a fresh "
+                             "failure budget and keeps the completed trials")
     if reason == "no-metric":
         raise KilnError(str(study.user_attrs.get("stop_detail")),
                         hint="set objective.metric to a reported metric, or report it from your script")

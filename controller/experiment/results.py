@@ -14,7 +14,8 @@ from kiln.controller.steps import StepContext
 
 
 def trials(run: Path) -> list[dict[str, Any]]:
-    recs = [r for p in sorted((run / "trials").glob("*/trial.json")) if (r := read_json(p))]
+    """The run's trials, less those of training code that has changed since (``stale``)."""
+    recs = [r for p in sorted((run / "trials").glob("*/trial.json")) if (r := read_json(p)) and not r.get("stale")]
     return sorted(recs, key=lambda r: (r.get("number", 0), r.get("id", "")))
 
 

@@ -38,6 +38,7 @@ from typing import Any
 from kiln._util.fs import write_json_atomic, write_text_atomic
 from kiln.data.errors import DatasetFormatError
 from kiln.data.formats import load
+from kiln.data.versions_log import read_versions_log
 from kiln.errors import ConfigError, NotFound
 
 DEFAULT_REMOTE = "kiln-local"
@@ -144,10 +145,8 @@ class DatasetRepo:
         return self.root / f"{rel}.versions.json"
 
     def _read_log(self, rel: str) -> dict[str, Any]:
-        f = self._log_file(rel)
-        if f.is_file():
-            return json.loads(f.read_text())
-        return {"path": rel, "current": None, "versions": []}
+        log = read_versions_log(self._log_file(rel))
+        return log if log is not None else {"path": rel, "current": None, "versions": []}
 
     def _write_log(self, rel: str, log: dict[str, Any]) -> None:
         write_json_atomic(self._log_file(rel), log)

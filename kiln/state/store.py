@@ -150,6 +150,10 @@ def default_url(repo: Path) -> str:
     return f"sqlite:///{Path(repo).resolve() / '.kiln' / 'state.db'}"
 
 
+_NO_SCHEMA_HINT = ("restore it from a backup; if nothing was ever applied here, delete the file and apply "
+                   "again (kiln never takes it as an empty store: every object would be made again)")
+
+
 def open_store(url: str | None, repo: Path, *, max_attempts: int = 20,
                busy_timeout: float = 10.0, read_only: bool = False) -> StateStore:
     """Open (creating or migrating the schema if needed) the state store of ``repo``.
@@ -164,13 +168,19 @@ def open_store(url: str | None, repo: Path, *, max_attempts: int = 20,
     memory instead of a new ``.kiln/state.db`` in whatever folder they were run from.
     """
     repo = Path(repo)
-    if read_only:
-        path = sqlite_path(url, repo)
-        if path is not None and not path.exists():
-            return StateStore("sqlite://", max_attempts=max_attempts, busy_timeout=busy_timeout)
+    path = sqlite_path(url, repo)
+    if read_only and path is not None and not path.exists():
+        return StateStore("sqlite://", max_attempts=max_attempts, busy_timeout=busy_timeout)
+    # A SQLite file that exists was made by kiln with its schema in one transaction: one without
+    # the schema (0 bytes, or another program's database) is damaged, never a new empty store,
+    # else every object would be planned as new and applied again.
+    existing = path is not None and path.exists()
+    if existing and path is not None and path.is_file() and path.stat().st_size == 0:
+        raise StateError(f"state database {path} is empty (0 bytes)", hint=_NO_SCHEMA_HINT)
     if url is None:
         (repo / ".kiln").mkdir(parents=True, exist_ok=True)
-        return StateStore(default_url(repo), max_attempts=max_attempts, busy_timeout=busy_timeout)
+        return StateStore(default_url(repo), max_attempts=max_attempts, busy_timeout=busy_timeout,
+                          create=not existing)
     try:
         parsed = sa.engine.make_url(url)
     except sa_exc.ArgumentError:
@@ -186,7 +196,7 @@ def open_store(url: str | None, repo: Path, *, max_attempts: int = 20,
             raise StateError(f"directory {db.parent} for the state database does not exist",
                              hint="create it, or fix the state URL")
         url = parsed.set(database=str(db)).render_as_string(hide_password=False)
-    return StateStore(url, max_attempts=max_attempts, busy_timeout=busy_timeout)
+    return StateStore(url, max_attempts=max_attempts, busy_timeout=busy_timeout, create=not existing)
 
 
 class StateStore:
@@ -196,7 +206,10 @@ class StateStore:
     Create with :func:`open_store`; ``StateStore(url)`` takes any SQLAlchemy URL as is.
     """
 
-    def __init__(self, url: str, *, max_attempts: int = 20, busy_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, max_attempts: int = 20, busy_timeout: float = 10.0,
+                 create: bool = True) -> None:
+        """``create``: make the schema in a database that has none (False: that is an error)."""
+        self._create = create
         if max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")
         self.max_attempts = max_attempts
@@ -285,6 +298,9 @@ class StateStore:
                 if has else None
             version = int(raw) if raw is not None else None
             self._check_version(version)
+            if version is None and not self._create:
+                raise StateError(f"state database {self.url} has no kiln tables (damaged, or not kiln's)",
+                                 hint=_NO_SCHEMA_HINT)
             if version is None:
                 _md.create_all(conn, checkfirst=True)
                 conn.execute(sa.insert(_meta).values(name="schema_version", value=str(SCHEMA_VERSION)))

@@ -6,10 +6,11 @@ to threads and not yet recorded. Whichever thread records a task schedules the t
 ready; plain pods among them wait in the runner's gate as callables (``admission.PodGate``), and
 the rest start at once.
 
-Argo's ``failFast`` (default true: no new task starts once one has failed) is not read: a
-failure omits only the tasks that depend on it, and independent branches run on, as with
-``failFast: false``. A known gap, kept as it was by the house refactor (no behaviour change);
-the failFast line of runners/CONFORMANCE.md overstates what happens.
+``failFast`` as Argo defines it (default true): once the DAG has failed - a target task's branch
+ended Failed or Error with no ``continueOn`` for it, the test Argo's ``assessDAGPhase`` makes -
+no new task starts (nor one still queued for a place); the running ones finish, then the DAG
+fails. A failure that a dependent handles (``depends: "A.Failed"``, ``continueOn``) fails no
+target and stops nothing. With ``failFast: false`` independent branches run to completion.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class DagRun:
             for p in self.parents[t]:
                 self.children_of[p].append(t)
         self.targets = (dag.get("target") or "").split() or [t for t in self.order if not self.children_of[t]]
+        self.fail_fast = str(dag.get("failFast", True)).lower() != "false"
+        self.halted = ""  # why no new task starts (failFast), once the DAG has failed
         self.needed = self._ancestry(self.targets)
         self.limit = int(tmpl["parallelism"]) if tmpl.get("parallelism") else None
         self.scope = dict(local)
@@ -152,7 +155,10 @@ class DagRun:
 
     # ------------------------------------------------------------------ scheduling (caller holds cv)
     def recorded(self, t: str) -> None:
-        """``t`` now has its node in tnodes (caller holds cv): release its children."""
+        """``t`` now has its node in tnodes (caller holds cv): release its children, or, when
+        it failed a target of a failFast DAG, stop starting tasks (module doc)."""
+        if self.fail_fast and not self.halted and t in self.targets and self.failed_target(t):
+            self.halted = f"failFast: task {t!r} failed"
         for c in self.children_of[t]:
             self.waiting[c] -= 1
             if not self.waiting[c] and c in self.needed:
@@ -163,7 +169,7 @@ class DagRun:
         in ``pending``; the caller starts them once it has released cv."""
         run, node = self.run, self.node
         starts: list[str] = []
-        while self.ready and not run.stop_event.is_set():
+        while self.ready and not run.stop_event.is_set() and not self.halted:
             _, t = heapq.heappop(self.ready)
             try:
                 ok = self.depends_ok(t)
@@ -222,6 +228,9 @@ class DagRun:
     def run_task(self, tname: str) -> None:
         run, node = self.run, self.node
         task = self.tasks[tname]
+        with self.cv:
+            if self.halted:  # queued for a place when the DAG failed: never starts (failFast)
+                return
         try:
             n, kids = self.start_task(tname)
         except (UnresolvedTag, WorkflowError, _expr.ExprError) as exc:
@@ -278,14 +287,19 @@ class DagRun:
         memo[tname] = ph
         return ph
 
+    def failed_target(self, t: str, memo: dict[str, str] | None = None) -> str:
+        """The phase (Failed, Error) of recorded target ``t``'s branch when it fails the DAG, else ""."""
+        ph = self.branch_phase(t, {} if memo is None else memo)
+        cont = self.tasks[t].get("continueOn") or {}
+        return ph if ph == "Failed" and not cont.get("failed") or ph == "Error" and not cont.get("error") else ""
+
     def assess(self) -> tuple[str, str]:
         memo: dict[str, str] = {}
         for t in self.targets:
             if t not in self.tnodes:
                 continue
-            ph = self.branch_phase(t, memo)
-            cont = self.tasks[t].get("continueOn") or {}
-            if ph == "Failed" and not cont.get("failed") or ph == "Error" and not cont.get("error"):
+            ph = self.failed_target(t, memo)
+            if ph:
                 n = self.tnodes[t]
                 return ph, f"child '{n['id']}' {ph.lower()}" if n["phase"] != "Omitted" else f"task {t!r} omitted after a failure"
         return "Succeeded", ""

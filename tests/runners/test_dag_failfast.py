@@ -1,0 +1,64 @@
+"""DAG ``failFast`` on the local runner, as Argo defines it: with true (the default) no new task
+starts once a target's branch has failed, the running ones finish; with false independent
+branches run to completion. Real runs of small workflows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kiln.runners.local import LocalRunner
+
+
+def _sh(name: str, script: str) -> dict:
+    return {"name": name, "container": {"image": "busybox", "command": ["sh", "-c"], "args": [script]}}
+
+
+def _run(tmp_path: Path, tasks: list[dict], templates: list[dict], **dag) -> tuple[str, dict[str, str]]:
+    manifest = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "ff"},
+                "spec": {"entrypoint": "main",
+                         "templates": [{"name": "main", "dag": {"tasks": tasks, **dag}}, *templates]}}
+    # own slots: pods of other test runs on this machine must not hold this run's places
+    out = LocalRunner(tmp_path / "runs", max_concurrency=4, slots_dir=tmp_path / "slots").submit(manifest)
+    phases = {n["displayName"]: n["phase"] for n in out["status"]["nodes"].values() if n["displayName"] != "ff"}
+    return out["status"]["phase"], phases
+
+
+def _independent_branch(tmp_path: Path) -> tuple[list[dict], list[dict]]:
+    """``bad`` fails at once; ``slow`` is running then, and ``after`` would start when it ends."""
+    failed = tmp_path / "bad-ran"
+    tasks = [{"name": "bad", "template": "bad"}, {"name": "slow", "template": "slow"},
+             {"name": "after", "template": "ok", "depends": "slow"}]
+    templates = [_sh("bad", f"touch {failed}; exit 1"),
+                 # ends well after bad's failure is recorded
+                 _sh("slow", f"while [ ! -f {failed} ]; do sleep 0.05; done; sleep 1.5"),
+                 _sh("ok", "echo ok")]
+    return tasks, templates
+
+
+@pytest.mark.parametrize("fail_fast", [None, True])
+def test_fail_fast_starts_no_new_task_once_a_target_failed(tmp_path: Path, fail_fast: bool | None) -> None:
+    tasks, templates = _independent_branch(tmp_path)
+    phase, nodes = _run(tmp_path, tasks, templates, **({} if fail_fast is None else {"failFast": fail_fast}))
+    assert phase == "Failed"
+    assert nodes["bad"] == "Failed"
+    assert nodes["slow"] == "Succeeded"   # running when bad failed: it finishes
+    assert "after" not in nodes           # became ready after the failure: never started
+
+
+def test_fail_fast_false_runs_independent_branches_on(tmp_path: Path) -> None:
+    tasks, templates = _independent_branch(tmp_path)
+    phase, nodes = _run(tmp_path, tasks, templates, failFast=False)
+    assert phase == "Failed"
+    assert (nodes["bad"], nodes["slow"], nodes["after"]) == ("Failed", "Succeeded", "Succeeded")
+
+
+def test_a_handled_failure_stops_nothing(tmp_path: Path) -> None:
+    """A failure a dependent handles fails no target: the DAG goes on and succeeds."""
+    tasks = [{"name": "bad", "template": "bad"}, {"name": "cleanup", "template": "ok", "depends": "bad.Failed"},
+             {"name": "slow", "template": "slow"}, {"name": "after", "template": "ok", "depends": "slow"}]
+    templates = [_sh("bad", "exit 1"), _sh("slow", "sleep 1"), _sh("ok", "echo ok")]
+    phase, nodes = _run(tmp_path, tasks, templates)
+    assert phase == "Succeeded"
+    assert (nodes["bad"], nodes["cleanup"], nodes["after"]) == ("Failed", "Succeeded", "Succeeded")
