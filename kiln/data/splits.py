@@ -19,7 +19,6 @@ from kiln.data.errors import DatasetFormatError
 from kiln.data.formats._base import write_dataset_json
 from kiln.data.model import DatasetContent
 
-
 # what a dataset without ``spec.splits`` is split into, by training (``TrainData``) and by a
 # preprocessed table's fit (which must learn from the same train rows); seed 0, stratified
 DEFAULT_RATIOS: dict[str, float] = {"train": 0.8, "validation": 0.1, "test": 0.1}
