@@ -589,13 +589,14 @@ def _apply_tabular(content: DatasetContent, ops: list[Op], stage: Path, split: d
     rows a scaler learnt from are exactly the train rows of the version, whatever the op order."""
     assert content.table is not None and content.table.frame is not None
     df, label = content.table.frame.reset_index(drop=True), content.table.label
-    manifest = None
+    manifest: dict[str, Any] | None = None
     if split is not None:
-        manifest = {k: split[k] for k in ("seed", "ratios") if k in split}
+        m: dict[str, Any] = {k: split[k] for k in ("seed", "ratios") if k in split}
+        manifest = m
         if split.get("items") is not None:
-            items, manifest["stratified"] = split["items"], split.get("stratified")
+            items, m["stratified"] = split["items"], split.get("stratified")
         else:
-            items, manifest["stratified"] = split_rows(df, label, split["ratios"], split.get("seed", 0),
+            items, m["stratified"] = split_rows(df, label, split["ratios"], split.get("seed", 0),
                                                        split.get("stratify", True), content.table.columns)
         if sorted(items, key=int) != [str(i) for i in range(len(df))]:
             raise DatasetFormatError("splits.json", f"assigns {len(items)} rows, the table has {len(df)}")
