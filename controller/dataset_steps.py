@@ -10,7 +10,8 @@ one versions the result with DVC at a fixed place in the user's repository::
             source.json        fetch summary
             validated.json     validate: detected format, counts, content hash
             op-<i>/ op-<i>.json  preprocess-<i>: output of ops 0..i (lineage and fitted
-                               transforms of all of them in op-<i>/.kiln/)
+                               transforms of all of them in op-<i>/.kiln/; tables: the
+                               rows' split, decided by op-0, in op-<i>/.kiln/splits.json)
             split/ split.json  split: the final layout, with .kiln/splits.json (the manifest)
         step.lock              held by every step of this dataset (a retried task may
                                overlap an orphan of a killed run)
@@ -640,11 +641,12 @@ def dataset_version(ctx: StepContext) -> dict[str, Any]:
     lineage = {
         "source": validated["from"],
         "sourceContentHash": validated["contentHash"],
-        "label": content.table.label if content.table is not None else None,
         "derivedFrom": validated.get("parentDataset"),
         "ops": [{"op": o.op, "columns": o.columns, "params": o.params} for o in spec.preprocessing],
         "splits": spec.splits.model_dump() if spec.splits else None,
     }
+    if content.table is not None:  # where the label is, for readers without the spec (dataset_label)
+        lineage["label"] = content.table.label
     fitted = (read_json(final / ".kiln" / "lineage.json") or {}).get("fittedOn")
     if fitted:  # which rows the version's fitted preprocessing learnt from
         lineage["fittedOn"] = fitted

@@ -11,6 +11,10 @@ Output (``--out``, default ``.kiln/predictions/<model>-v<N>/<dataset>-<version i
                                       | <cluster id / components>}
     summary.json        {"model", "version", "dataset", "datasetVersion", "items", "seconds"}
 
+Tables: the label column is the one ``dataset_label`` names (as for training and ``kiln data
+export``); raw rows get the model's own copy of its training data's fitted preprocessing, as
+serving applies it, so batch and online predictions agree.
+
 ``--as-version NEW`` also writes the items with their predicted labels as a new version of
 dataset ``NEW`` (``data/<ws>/NEW``, DVC-versioned like any dataset): images as class folders,
 tables as a CSV whose label column holds the predictions.
