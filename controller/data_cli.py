@@ -15,9 +15,8 @@ from typing import Any
 import click
 
 from kiln.config import KilnConfig, load_config
-from kiln.controller.dataset_steps import DATA_ROOT, data_rel
+from kiln.controller.dataset_steps import DATA_ROOT, data_rel, dataset_label
 from kiln.controller.handlers.dataset import human_size
-from kiln.controller.project import open_state
 from kiln.data import export as export_fmt
 from kiln.data import load
 from kiln.data.versioning import DatasetRepo
@@ -161,7 +160,7 @@ def export(ctx: click.Context, name: str, out: str, version: str, fmt: str | Non
     try:
         v = dr.materialize(rel, version, tmp / "v")
         options: dict[str, Any] = {}
-        label = _label(config, ws, n)
+        label = dataset_label(config, ws, n, v.lineage)
         if label:
             options["label"] = label
         content = load(tmp / "v", verify=False, **options)
@@ -172,14 +171,3 @@ def export(ctx: click.Context, name: str, out: str, version: str, fmt: str | Non
         shutil.rmtree(tmp, ignore_errors=True)
     click.echo(f"exported {ws}/{n} v{dr.number(rel, v.id)} ({v.id[:12]}) as {fmt or content.format} to {dest}")
     return 0
-
-
-def _label(config: Any, ws: str, name: str) -> str | None:
-    """The label column the dataset was applied with (tables whose label is not the last column)."""
-
-    store = open_state(config)
-    try:
-        rec = store.get(f"Dataset/{ws}/{name}")
-    finally:
-        store.close()
-    return ((rec.spec.get("spec") or {}).get("label")) if rec is not None else None

@@ -10,7 +10,8 @@ one versions the result with DVC at a fixed place in the user's repository::
             source.json        fetch summary
             validated.json     validate: detected format, counts, content hash
             op-<i>/ op-<i>.json  preprocess-<i>: output of ops 0..i (lineage and fitted
-                               transforms of all of them in op-<i>/.kiln/)
+                               transforms of all of them in op-<i>/.kiln/; tables: the
+                               rows' split, decided by op-0, in op-<i>/.kiln/splits.json)
             split/ split.json  split: the final layout, with .kiln/splits.json (the manifest)
         step.lock              held by every step of this dataset (a retried task may
                                overlap an orphan of a killed run)
@@ -43,7 +44,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln._util.fs import write_json_atomic
+from kiln._util.fs import read_json, write_json_atomic
 from kiln.api.dataset import Dataset, DatasetSpec
 from kiln.api.source_policy import OBJECT_STORES, spec_problems
 from kiln.controller.deployment_steps import capture_dir
@@ -59,7 +60,7 @@ from kiln.data.formats.segmentation_json import BACKGROUND, FORMAT_FILE
 from kiln.data.preprocess import Pipeline, apply_ops
 from kiln.data.samples import materialize_sample
 from kiln.data.sources import AddressRefused, check_links, inside, open_url
-from kiln.data.splits import assign_splits
+from kiln.data.splits import DEFAULT_RATIOS, assign_splits
 from kiln.data.versioning import DatasetRepo
 from kiln.errors import ConfigError, KilnError
 
@@ -83,6 +84,33 @@ def dataset_home(config: KilnConfig, workspace: str, name: str) -> Path:
 def data_rel(workspace: str, name: str) -> str:
     """Where a dataset's versioned folder lives, relative to the repository root."""
     return f"{DATA_ROOT}/{workspace}/{name}"
+
+
+def applied_dataset_spec(config: KilnConfig, workspace: str, name: str) -> dict[str, Any]:
+    """The ``spec`` of the Dataset as last applied (the state record), {} when none is recorded."""
+    from kiln.state import open_store
+
+    store = open_store(config.state_url(), config.repo, max_attempts=config.historyLimit, read_only=True)
+    try:
+        rec = store.get(f"Dataset/{workspace}/{name}")
+    finally:
+        store.close()
+    return dict((rec.spec or {}).get("spec") or {}) if rec is not None else {}
+
+
+def dataset_label(config: KilnConfig, workspace: str, name: str, lineage: dict[str, Any] | None = None, *,
+                  applied: dict[str, Any] | None = None) -> str | None:
+    """Which column of a tabular dataset is the label: the one place every reader of a versioned
+    table asks (training, ``kiln infer``, ``kiln data export``). A version records it in its
+    lineage (so a fresh clone knows it); older versions fall back to the applied spec. None: the
+    CSV reader's default, the last column. The pipeline's own stages write the label last, but a
+    version without ops or splits keeps the user's column order."""
+    if lineage and lineage.get("label"):
+        return str(lineage["label"])
+    if applied is None:  # the caller may have read the applied spec already
+        applied = applied_dataset_spec(config, workspace, name)
+    label = applied.get("label")
+    return str(label) if label else None
 
 
 def _staging(ctx: StepContext) -> Path:
@@ -452,7 +480,10 @@ def _merge_kiln_dir(prev: Path, new: Path, label: str | None) -> None:
         return
     plin = json.loads((pk / "lineage.json").read_text())
     nlin = json.loads((nk / "lineage.json").read_text())
-    write_dataset_json(nk / "lineage.json", {"parent": plin["parent"], "ops": plin["ops"] + nlin["ops"]})
+    merged = {"parent": plin["parent"], "ops": plin["ops"] + nlin["ops"]}
+    if "fittedOn" in nlin or "fittedOn" in plin:
+        merged["fittedOn"] = nlin.get("fittedOn") or plin["fittedOn"]
+    write_dataset_json(nk / "lineage.json", merged)
     if (pk / "preprocess.joblib").is_file() and (nk / "preprocess.joblib").is_file():
         import joblib
 
@@ -460,6 +491,22 @@ def _merge_kiln_dir(prev: Path, new: Path, label: str | None) -> None:
         a, b = joblib.load(pk / "preprocess.joblib"), joblib.load(nk / "preprocess.joblib")
         joblib.dump(Pipeline(a.ops + b.ops, label), nk / "preprocess.joblib")
         write_dataset_json(nk / "preprocess.json", {"ops": plin["ops"] + nlin["ops"]})
+
+
+def _op_split(spec: DatasetSpec, prev: Path, *, first: bool) -> dict[str, Any]:
+    """The split a table's op fits on: the spec's (or, without ``spec.splits``, the default that
+    training applies, ``kiln.data.splits.DEFAULT_RATIOS``); after the first op, the assignment the
+    first op decided, carried in the previous stage's manifest, so every op and the split stage
+    see one assignment however the ops reorder the rows."""
+    sp = spec.splits
+    split: dict[str, Any] = ({"ratios": {"train": sp.train, "validation": sp.validation, "test": sp.test},
+                              "seed": sp.seed, "stratify": sp.stratify} if sp is not None
+                             else {"ratios": dict(DEFAULT_RATIOS), "seed": 0, "stratify": True})
+    carried = prev / ".kiln" / "splits.json"
+    if not first and carried.is_file():
+        m = json.loads(carried.read_text())
+        split.update(items=m["items"], stratified=m.get("stratified"))
+    return split
 
 
 def _op_dict(op: Any) -> dict[str, Any]:
@@ -493,9 +540,7 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
             i = int(stage_name[3:])
             op = spec.preprocessing[i]
             try:
-                sp = spec.splits
-                split = ({"ratios": {"train": sp.train, "validation": sp.validation, "test": sp.test},
-                          "seed": sp.seed, "stratify": sp.stratify} if sp is not None else None)
+                split = _op_split(spec, prev, first=i == 0) if content.task == "tabular" else None
                 new = apply_ops(content, prev, [_op_dict(op)], tmp, seed=seed, format=fmt, split=split)
             except Exception as exc:
                 if isinstance(exc, DatasetFormatError) and exc.file.startswith("op "):
@@ -509,6 +554,9 @@ def _ensure_stage(ctx: StepContext, spec: DatasetSpec, stage_name: str) -> dict[
             assert sp is not None
             ratios = {"train": sp.train, "validation": sp.validation, "test": sp.test}
             new_content, manifest = assign_splits(content, ratios, sp.seed, stratify=sp.stratify)
+            carried = prev / ".kiln" / "splits.json"
+            if content.task == "tabular" and spec.preprocessing and carried.is_file():
+                manifest = json.loads(carried.read_text())  # decided before the ops fitted on it
             export(new_content, tmp, fmt)
             if (prev / ".kiln").is_dir():
                 shutil.copytree(prev / ".kiln", tmp / ".kiln", dirs_exist_ok=True)
@@ -644,6 +692,11 @@ def dataset_version(ctx: StepContext) -> dict[str, Any]:
         "ops": [{"op": o.op, "columns": o.columns, "params": o.params} for o in spec.preprocessing],
         "splits": spec.splits.model_dump() if spec.splits else None,
     }
+    if content.table is not None:  # where the label is, for readers without the spec (dataset_label)
+        lineage["label"] = content.table.label
+    fitted = (read_json(final / ".kiln" / "lineage.json") or {}).get("fittedOn")
+    if fitted:  # which rows the version's fitted preprocessing learnt from
+        lineage["fittedOn"] = fitted
     out = write_version(ctx.config, ws, name, final, content, lineage, push=spec.versioning.push,
                         remote=spec.versioning.remote, commit=spec.versioning.commit)
     # the staging copies are no longer needed; a later memoized run rebuilds what it lacks

@@ -11,6 +11,10 @@ Output (``--out``, default ``.kiln/predictions/<model>-v<N>/<dataset>-<version i
                                       | <cluster id / components>}
     summary.json        {"model", "version", "dataset", "datasetVersion", "items", "seconds"}
 
+Tables: the label column is the one ``dataset_label`` names (as for training and ``kiln data
+export``); raw rows get the model's own copy of its training data's fitted preprocessing, as
+serving applies it, so batch and online predictions agree.
+
 ``--as-version NEW`` also writes the items with their predicted labels as a new version of
 dataset ``NEW`` (``data/<ws>/NEW``, DVC-versioned like any dataset): images as class folders,
 tables as a CSV whose label column holds the predictions.
@@ -92,12 +96,12 @@ def _predict_batch(algo: Any, model: Any, batch: Any) -> list[Any]:
 def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None, as_version: str | None,
           split: str | None, batch_size: int) -> int:
     """Predict every item of a dataset version with a registered model."""
-    from kiln.controller.dataset_steps import data_rel
+    from kiln.controller.dataset_steps import data_rel, dataset_label
     from kiln.data.versioning import DatasetRepo
 
     cfg = load_config((ctx.find_root().obj or {}).get("repo") or ".")
     repo = cfg.repo
-    name, v, algo, model = _load_model(repo, model_ref)
+    name, v, algo, model, mdir = _load_model(repo, model_ref)
     ws, ds, dver = parse_dataset_ref(dataset_ref)
     rel = data_rel(ws, ds)
     if not (repo / f"{rel}.versions.json").is_file():
@@ -108,7 +112,8 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
     with tempfile.TemporaryDirectory(dir=cfg.kiln_dir()) as tmp:
         root = Path(tmp) / "data"
         dr.materialize(rel, dv.id, root)
-        td, tabular = _train_data(repo, root)
+        td, tabular = _train_data(repo, root, dataset_label(cfg, ws, ds, dv.lineage))
+        pipeline = _model_transform(mdir, root, f"{name} v{v}", f"{ws}/{ds} v{dr.number(rel, dv.id)}") if tabular else None
         keys, splits, batches = _batches(td, tabular, split, batch_size)
         if not keys:
             raise KilnError(f"dataset {ws}/{ds}@{dver} has no items" + (f" in split {split!r}" if split else ""))
@@ -116,7 +121,7 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
         with click.progressbar(batches, label=f"{name} v{v} on {ds} {dver}", file=sys.stderr,
                                item_show_func=lambda b: None) as bar:
             for b in bar:
-                preds.extend(_predict_batch(algo, model, b))
+                preds.extend(_predict_batch(algo, model, b if pipeline is None else pipeline.transform(b)))
         out_dir = Path(out) if out else cfg.kiln_dir() / "predictions" / f"{name}-v{v}" / f"{ds}-{dv.id[:12]}"
         _write_predictions(out_dir, keys, splits, preds)
         summary = {"model": name, "version": v, "dataset": f"{ws}/{ds}", "datasetVersion": dv.id,
@@ -129,8 +134,9 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
     return 0
 
 
-def _load_model(repo: Path, model_ref: str) -> tuple[str, int, Any, Any]:
-    """(name, version, algorithm, loaded model) of a registered model a kiln algorithm trained."""
+def _load_model(repo: Path, model_ref: str) -> tuple[str, int, Any, Any, Path]:
+    """(name, version, algorithm, loaded model, version folder) of a registered model a kiln
+    algorithm trained."""
     from kiln.algorithms.registry import get_algorithm
     from kiln.bento.registry import Registry, default_home
 
@@ -143,21 +149,40 @@ def _load_model(repo: Path, model_ref: str) -> tuple[str, int, Any, Any]:
                         hint="batch inference covers built-in algorithms; serve your own model with a Deployment")
     meta = json.loads((kdir / "meta.json").read_text())
     algo = get_algorithm(meta["algorithm"])
-    return name, v, algo, algo.load(kdir)
+    return name, v, algo, algo.load(kdir), reg.path(name, v)
 
 
-def _train_data(repo: Path, root: Path) -> tuple[Any, bool]:
-    """The materialised dataset at ``root`` as the algorithms read it, and whether it is a table."""
+def _model_transform(model_dir: Path, root: Path, model: str, dataset: str) -> Any:
+    """The fitted preprocessing to apply to the dataset's rows before the model, as serving does:
+    the model's copy of its training data's fit (``Registry.register(preprocess_from=...)``) for
+    raw rows; None for rows that carry that very fit already (the model's own training data) or
+    for a model without one. Rows transformed by another fit (another version's train rows)
+    cannot be used: they are an error, not silently wrong predictions."""
+    from kiln.bento.registry import SERVING_FILE
+    from kiln.data.preprocess import load_pipeline
+
+    pre = json.loads((model_dir / SERVING_FILE).read_text()).get("preprocess") if (model_dir / SERVING_FILE).is_file() else None
+    if not pre:
+        return None
+    fitted = model_dir / pre / ".kiln" / "preprocess.joblib"
+    own = root / ".kiln" / "preprocess.joblib"
+    if not own.is_file():
+        return load_pipeline(model_dir / pre)
+    if own.read_bytes() == fitted.read_bytes():
+        return None
+    raise KilnError(f"dataset {dataset} was preprocessed by another fit than the one model {model} was trained with",
+                    hint="infer on the dataset version the model was trained on (its dataset_version label), "
+                         "or on raw rows (a dataset without preprocessing): kiln applies the model's own fit to them")
+
+
+def _train_data(repo: Path, root: Path, label: str | None) -> tuple[Any, bool]:
+    """The materialised dataset at ``root`` as the algorithms read it, and whether it is a table
+    (``label``: its label column, ``dataset_label``; None: the CSV reader's default)."""
     from kiln.controller.experiment.data import load_train_data  # builds the dataset models (0.3 s)
     from kiln.data.formats import detect_format
 
     fmt = detect_format(root)
     tabular = fmt == "csv"
-    label = None
-    if tabular:
-        import pandas as pd
-
-        label = pd.read_csv(root / "data.csv", nrows=0).columns[-1]
     data_info = {"path": str(root.relative_to(repo)) if root.is_relative_to(repo) else str(root), "format": fmt,
                  "type": "tabular" if tabular else "image", "task": "tabular" if tabular else "classification",
                  "label": label}

@@ -176,6 +176,45 @@ def make_bad_sources(repo: Path) -> dict[str, str]:
     }
 
 
+def test_fitted_preprocessing_learns_from_the_versions_train_rows_only(tmp_path: Path) -> None:
+    """No statistic of validation/test rows in the features: the stored scaler is the one fitted
+    on the train rows alone, also when a later op reorders the rows and when the spec names no
+    split (training's default split is decided and recorded with the version)."""
+    import joblib
+
+    from kiln.data import load
+    from kiln.data.samples import materialize_sample
+    from kiln.data.splits import split_rows
+
+    repo = git_repo(tmp_path / "repo")
+    sorted_spec = WINE.replace("  - {op: StandardScaler}", "  - {op: StandardScaler}\n  - {op: sort_values, params: {by: [alcohol]}}")
+    write(repo, {"specs/sorted.yaml": ds("wine-sorted", sorted_spec),
+                 "specs/nosplit.yaml": ds("wine-nosplit", WINE.replace("splits: {train: 0.7, validation: 0.15, test: 0.15, seed: 7}\n", ""))})
+    out = kiln("apply", cwd=repo, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    raw = load(materialize_sample("wine", tmp_path / "raw"), label="target").table
+    feats = [c for c in raw.frame.columns if c != "target"]
+    for name, ratios, seed in (("wine-sorted", {"train": 0.7, "validation": 0.15, "test": 0.15}, 7),
+                               ("wine-nosplit", {"train": 0.8, "validation": 0.1, "test": 0.1}, 0)):
+        folder = repo / "data/default" / name
+        # the train rows of the source, as the split rule assigns them before any op
+        want, _ = split_rows(raw.frame, "target", ratios, seed, True, raw.columns)
+        raw_train = raw.frame.iloc[sorted(int(k) for k, s in want.items() if s == "train")][feats]
+        scaler = joblib.load(folder / ".kiln/preprocess.joblib").ops[0].est
+        assert np.allclose(scaler.mean_, raw_train.mean()) and np.allclose(scaler.scale_, raw_train.std(ddof=0))
+        assert not np.allclose(scaler.mean_, raw.frame[feats].mean())  # all rows' statistics differ
+        # the version's recorded split is that assignment: its train rows are the standardised ones
+        manifest = json.loads((folder / ".kiln/splits.json").read_text())
+        table = load(folder, label="target").table.frame
+        rows = {s: sorted(int(k) for k, v in manifest["items"].items() if v == s) for s in ("train", "test")}
+        assert len(rows["train"]) == len(raw_train)
+        assert np.allclose(table.iloc[rows["train"]][feats].mean(), 0, atol=1e-9)
+        assert np.abs(table.iloc[rows["test"]][feats].mean()).max() > 0.1  # held out: not centred on itself
+        v = versions_log(repo, name)["versions"][0]
+        assert v["lineage"]["fittedOn"] == {"split": "train", "rows": len(raw_train)}
+    assert load(repo / "data/default/wine-sorted", label="target").table.frame["alcohol"].is_monotonic_increasing
+
+
 def test_bad_data_fails_with_one_line_naming_the_file_and_no_version(tmp_path: Path) -> None:
     repo = git_repo(tmp_path / "repo")
     expected = make_bad_sources(repo)

@@ -190,6 +190,23 @@ def test_missing_model_and_env_token_are_clear_errors(repo: Path) -> None:
     assert not _server_pids(repo)
 
 
+@pytest.mark.timeout(300)
+def test_disabling_a_token_protected_deployment_needs_no_token(repo: Path) -> None:
+    """Turning a deployment off hashes no token: the variable may be unset (a CI job, another
+    shell) and the server still stops."""
+    register_iris(repo)
+    write(repo, {"specs/iris.yaml": deployment("iris-api", SPEC)})
+    assert kiln("apply", cwd=repo, env={"IRIS_TOKEN": ENV_TOKEN}, timeout=200).returncode == 0
+    pid = server(repo)["pid"]
+    assert alive(pid)
+    write(repo, {"specs/iris.yaml": deployment("iris-api", SPEC + "enabled: false\n")})
+    off = kiln("apply", cwd=repo, env={"IRIS_TOKEN": ""}, timeout=200)
+    assert off.returncode == 0, off.stdout + off.stderr
+    assert not alive(pid) and not _server_pids(repo)
+    rows = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
+    assert next(r for r in rows if r["kind"] == "Deployment")["health"] == "Suspended"
+
+
 @pytest.mark.slow  # three rollouts of a real server
 @pytest.mark.timeout(600)
 def test_drift_is_planned_and_healed(repo: Path) -> None:

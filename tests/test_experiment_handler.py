@@ -529,3 +529,53 @@ register: {model: wine-follow}
     # the first run is kept beside the new one
     run = Path(ex["run"])
     assert (run.parent / f"{run.name}-{first['dataset']['version'][:8]}" / "registered.json").is_file()
+
+
+def test_serving_and_infer_apply_the_train_fitted_transform_to_raw_rows(wine_repo: Path, tmp_path: Path) -> None:
+    """A model trained on a standardised table gets raw rows from `kiln infer` (a dataset whose
+    label column is in the middle) and from serving: both apply the model's copy of the fit and
+    predict what the model predicts on the training-time transform of the same rows. An
+    experiment that re-splits the fitted table is refused (its held-out rows were in the fit)."""
+    import numpy as np
+    import pandas as pd
+
+    from kiln.bento.runtime import load_engine
+    from kiln.data.samples import materialize_sample
+
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    raw = pd.read_csv(next(materialize_sample("wine", tmp_path / "raw").glob("*.csv")))
+    cols = [c for c in raw.columns if c != "target"]
+    middle = raw[cols[:6] + ["target"] + cols[6:]]  # the label neither first nor last
+    (repo / "raw").mkdir()
+    middle.to_csv(repo / "raw/wine.csv", index=False)
+    write(repo, {"specs/raw.yaml": """
+apiVersion: kiln.dev/v1alpha1
+kind: Dataset
+metadata: {name: wine-raw}
+spec: {type: tabular, task: classification, format: csv, source: {path: raw/wine.csv}, label: target}
+""", "specs/lr.yaml": exp("wine-lr", "dataset: {name: wine}\nalgorithm: {name: logistic_regression}\n"
+                                     "register: {model: wine-lr}"),
+        "specs/resplit.yaml": exp("resplit", "dataset: {name: wine}\nalgorithm: {name: naive_bayes}\n"
+                                             "split: {train: 0.5, validation: 0.25, test: 0.25}")})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr  # resplit fails, the rest is applied
+    msg = status_row(repo, "resplit")["message"]
+    assert "spec.split re-splits dataset default/wine v1, whose preprocessing was fitted" in msg, msg
+    assert "Dataset's spec.splits" in msg and "Traceback" not in res.stdout + res.stderr
+
+    def infer(ds: str) -> list[dict]:
+        out = tmp_path / f"pred-{ds}"
+        kiln("infer", "wine-lr", ds, "--out", str(out), cwd=repo, check=True, timeout=120)
+        return [json.loads(line)["prediction"][0] for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+    on_raw, on_trained = infer("wine-raw"), infer("wine")  # wine: the version's own (fitted) rows
+    assert len(on_raw) == len(on_trained) == 178
+    assert [p["label"] for p in on_raw] == [p["label"] for p in on_trained]
+    assert np.allclose([p["score"] for p in on_raw], [p["score"] for p in on_trained], atol=1e-6)
+    # serving: the registered model version takes the same raw rows
+    engine = load_engine(registry(repo).path("wine-lr", 1))
+    for i in (0, 70, 177):
+        x, meta = engine.decode({c: float(raw.at[i, c]) for c in cols}, 0)
+        served = engine.format(engine.predict([x])[0], meta)
+        assert served[0]["label"] == on_trained[i]["label"]
+        assert abs(served[0]["score"] - on_trained[i]["score"]) < 1e-5, (served, on_trained[i])

@@ -10,12 +10,12 @@ from typing import Any
 
 from kiln._util.fs import read_json
 from kiln.api import Experiment
-from kiln.controller.dataset_steps import data_rel
+from kiln.controller.dataset_steps import applied_dataset_spec, data_rel, dataset_label
 from kiln.controller.experiment.home import experiment_home, file_lock, log, run_dir, run_folder, write_json
 from kiln.controller.steps import StepContext
 from kiln.data.formats import detect_format
 from kiln.data.versioning import DatasetRepo
-from kiln.errors import KilnError, NotFound
+from kiln.errors import ConfigError, KilnError, NotFound
 
 
 def prepare_data(ctx: StepContext) -> dict[str, Any]:
@@ -42,7 +42,8 @@ def prepare_data(ctx: StepContext) -> dict[str, Any]:
             for root, _, files in os.walk(dest):  # read-only: trials must not change the data
                 for f in files:
                     os.chmod(os.path.join(root, f), 0o444)
-    ds = dataset_meta(ctx, dws, ref.name, dest)
+    ds = dataset_meta(ctx, dws, ref.name, dest, v.lineage)
+    _refuse_resplit_of_fitted_table(spec, dest, ds, f"{dws}/{ref.name} {number}")
     info = {"dataset": f"{dws}/{ref.name}", "version": v.id, "number": number,
             "path": str(dest.relative_to(ctx.config.repo)), **ds}
     run = run_dir(ctx.config, ws, name, ctx.spec_hash)
@@ -58,25 +59,36 @@ def prepare_data(ctx: StepContext) -> dict[str, Any]:
     return {"dataset": info["dataset"], "version": v.id, "number": number, "task": info["task"]}
 
 
-def dataset_meta(ctx: StepContext, ws: str, name: str, root: Path) -> dict[str, Any]:
+def _refuse_resplit_of_fitted_table(spec: Any, root: Path, ds: dict[str, Any], shown: str) -> None:
+    """A table's fitted preprocessing learnt from the version's own train rows: another split
+    would validate and test on rows the fit has seen (optimistic metrics), so it is an error."""
+    if ds["type"] != "tabular" or not (root / ".kiln" / "preprocess.joblib").is_file():
+        return
+    where = [("spec.split", spec.split)]
+    if spec.algorithm is not None:
+        where.append(("spec.algorithm.split", spec.algorithm.split))
+    if spec.automl is not None:
+        where += [(f"spec.automl.candidates[{i}].split", c.split) for i, c in enumerate(spec.automl.candidates)]
+    for field, split in where:
+        if split is not None:
+            raise ConfigError(f"{field} re-splits dataset {shown}, whose preprocessing was fitted on the "
+                              "dataset's own train split: validation and test rows would have been seen by the fit",
+                              hint="remove the split from the Experiment and set it in the Dataset's spec.splits")
+
+
+def dataset_meta(ctx: StepContext, ws: str, name: str, root: Path, lineage: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """Type, task, format and label column of the dataset, from its applied spec when recorded,
     else detected from the files."""
-    doc: dict[str, Any] = {}
     try:
-        store = ctx.store()
-        try:
-            rec = store.get(f"Dataset/{ws}/{name}")
-        finally:
-            store.close()
-        if rec is not None:
-            doc = (rec.spec or {}).get("spec") or {}
+        doc = applied_dataset_spec(ctx.config, ws, name)
     except Exception:  # noqa: BLE001 - the record is a convenience; the files decide below
         doc = {}
-
     fmt = doc.get("format") or "auto"
     if fmt in ("auto", "masks"):
         fmt = detect_format(root)
     tabular = doc.get("type") == "tabular" or fmt == "csv"
+    label = dataset_label(ctx.config, ws, name, lineage, applied=doc)
     return {"format": fmt, "type": "tabular" if tabular else "image",
             "task": "tabular" if tabular else (doc.get("task") or "classification"),
-            "label": doc.get("label"), "problem": doc.get("task")}
+            "label": label, "problem": doc.get("task")}

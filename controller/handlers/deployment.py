@@ -5,6 +5,7 @@ The work is the workflow ``resolve-model -> build -> rollout -> smoke-test`` (st
 ``auth.tokens[].env`` names from *this* process's environment (the workflow's tasks do not see
 the user's environment) into the serving layer's token store as ``env-<VAR>`` records: only the
 sha256 is kept, never the token, and nothing about it enters the state, logs or manifests.
+A deployment turned off (``enabled: false``) needs no token: the step does nothing.
 
 The record's ``extra`` (``kiln describe``)::
 
@@ -123,6 +124,10 @@ class DeploymentHandler(WorkflowHandler):
         def auth(ctx: Context) -> dict[str, Any]:
             from kiln.bento.auth import TokenStore, default_token_file
 
+            if not spec.obj.spec.enabled:
+                # a server being turned off checks no token: the rollout only stops it, and the
+                # variable need not be set where it is switched off (the next enable hashes again)
+                return {"skipped": "enabled: false"}
             hashes = env_token_hashes(spec.obj.spec, spec.name)
             TokenStore(default_token_file(ctx.repo)).set_env_tokens(f"{spec.workspace}/{spec.name}", hashes)
             return {"public": spec.obj.spec.auth.public, "envTokens": sorted(hashes)}  # names only

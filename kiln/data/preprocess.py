@@ -1,15 +1,18 @@
 """Preprocessing operations: one registry ``OPS`` (name -> op class with pydantic params).
 
-Tabular ops (sklearn / pandas) are *fitted* on the training rows only (when the dataset is split:
-the rows the split stage will put in ``train``, computed with the same seed and ratios, so no
-statistic of the validation or test rows leaks into the features), then transform every row; the
-fitted pipeline is saved beside the produced dataset so training and serving apply exactly the
-same transform::
+Tabular ops (sklearn / pandas) are *fitted* on the training rows only, then transform every row
+(validation and test included), so no statistic of the held-out rows leaks into the features.
+With a ``split``, the assignment of rows to train/validation/test is decided once, before the
+first op, and travels with the rows (a sort moves it along); it is written as the version's split
+manifest, which training, evaluation and ``kiln infer`` read, so the rows a scaler learnt from are
+the version's train rows. The fitted pipeline is saved beside the produced dataset and copied into
+every model trained on it, so training, serving and batch inference apply the same transform::
 
     <out_dir>/.kiln/preprocess.json     {"ops": [{"name": "MinMaxScaler", "params": {...}}, ...]}
     <out_dir>/.kiln/preprocess.joblib   the fitted op objects; ``load_pipeline(out_dir).transform(df)``
     <out_dir>/.kiln/lineage.json        {"parent": "<content hash of the input>", "ops": [...],
                                          "fittedOn": {"split": "train", "rows": 142} (split data)}
+    <out_dir>/.kiln/splits.json         the rows' split (``kiln.data.splits`` manifest; split data)
 
 Image ops run on torchvision ``transforms.v2`` functionals over tv_tensors, so an image, its
 ``BoundingBoxes`` and its ``Mask``s move together. They are deterministic (fixed parameters) so a
@@ -223,7 +226,8 @@ class SortValuesOp(TabularOp):
         ascending: bool = True
 
     def fit_transform(self, df, label):
-        return df.sort_values(self.params.by, ascending=self.params.ascending, kind="stable").reset_index(drop=True)
+        # the index is left as it was: apply_ops follows each row's split through it
+        return df.sort_values(self.params.by, ascending=self.params.ascending, kind="stable")
 
     def transform(self, df):
         return df
@@ -522,7 +526,9 @@ def apply_ops(content: DatasetContent, root: str | os.PathLike[str] | None, ops:
               split: dict[str, Any] | None = None) -> DatasetContent:
     """Apply ``ops`` to a dataset and write the result to ``out_dir`` (in ``format``, default the
     source format). Returns the new content with ``lineage`` = parent content hash + ops.
-    ``split`` ({"ratios", "seed", "stratify"}): fit tabular ops on the train rows only."""
+    ``split`` ({"ratios", "seed", "stratify"}, and "items": the input rows' assignment when an
+    earlier op decided it): fit tabular ops on the train rows only; the rows' assignment, moved
+    with them through any reordering, is written to ``<out_dir>/.kiln/splits.json``."""
 
     root = Path(root) if root is not None else content.root
     content = content.model_copy(update={"root": root})
@@ -540,17 +546,21 @@ def apply_ops(content: DatasetContent, root: str | os.PathLike[str] | None, ops:
         raise DatasetFormatError(out, "output folder is not empty")
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".kiln-ops-", dir=out.parent))
+    manifest = None
     try:
         if want == "tabular":
-            new, pipeline, fitted_rows = _apply_tabular(content, built, stage, split)
-            if fitted_rows is not None:
-                lineage["fittedOn"] = {"split": "train", "rows": fitted_rows}
+            new, pipeline, manifest = _apply_tabular(content, built, stage, split)
+            if manifest is not None:
+                lineage["fittedOn"] = {"split": "train",
+                                       "rows": sum(1 for v in manifest["items"].values() if v == "train")}
         else:
             new, pipeline = _apply_images(content, built, stage, seed), None
         new.lineage = lineage
         result = export_fmt(new, stage / "export", format or content.format)
         kdir = stage / "export" / ".kiln"
         write_dataset_json(kdir / "lineage.json", lineage)
+        if manifest is not None:
+            write_dataset_json(kdir / "splits.json", manifest)
         if pipeline is not None:
             import joblib
 
@@ -573,23 +583,39 @@ def _fits(op: Op) -> bool:
 
 
 def _apply_tabular(content: DatasetContent, ops: list[Op], stage: Path, split: dict[str, Any] | None = None):
+    """Run the ops; with ``split``, fitted ops learn from the rows assigned ``train``. The
+    assignment is decided once (by the first op, on the rows as they came in) and each row keeps
+    its split through reordering (the pandas index is the row's identity while an op runs), so the
+    rows a scaler learnt from are exactly the train rows of the version, whatever the op order."""
     assert content.table is not None and content.table.frame is not None
-    df, label = content.table.frame, content.table.label
-    fitted_rows = None
+    df, label = content.table.frame.reset_index(drop=True), content.table.label
+    manifest: dict[str, Any] | None = None
+    if split is not None:
+        m: dict[str, Any] = {k: split[k] for k in ("seed", "ratios") if k in split}
+        manifest = m
+        if split.get("items") is not None:
+            items, m["stratified"] = split["items"], split.get("stratified")
+        else:
+            items, m["stratified"] = split_rows(df, label, split["ratios"], split.get("seed", 0),
+                                                       split.get("stratify", True), content.table.columns)
+        if sorted(items, key=int) != [str(i) for i in range(len(df))]:
+            raise DatasetFormatError("splits.json", f"assigns {len(items)} rows, the table has {len(df)}")
+        rows = [items[str(i)] for i in range(len(df))]
     for op in ops:
-        if split is not None and _fits(op):
-            rows, _ = split_rows(df, label, split["ratios"], split.get("seed", 0), split.get("stratify", True),
-                                 content.table.columns)
-            train = df.iloc[sorted(int(k) for k, s in rows.items() if s == "train")]
-            op.fit(train, label)  # type: ignore[attr-defined]
+        if manifest is not None and _fits(op):
+            op.fit(df[[r == "train" for r in rows]], label)  # type: ignore[attr-defined]
             df = op.transform(df)  # type: ignore[attr-defined]
-            fitted_rows = len(train)
         else:
             df = op.fit_transform(df, label)  # type: ignore[attr-defined]
+        if manifest is not None:
+            rows = [rows[i] for i in df.index]
+        df = df.reset_index(drop=True)
+    if manifest is not None:
+        manifest["items"] = {str(i): r for i, r in enumerate(rows)}
     table = TabularData(columns=infer_schema(df, Path(content.table.source or "data.csv")),
                         label=label if label in df.columns else None, frame=df, source=content.table.source)
     new = content.model_copy(update={"table": table, "root": stage})
-    return new, Pipeline(ops, label), fitted_rows  # type: ignore[arg-type]
+    return new, Pipeline(ops, label), manifest  # type: ignore[arg-type]
 
 
 def _apply_images(content: DatasetContent, ops: list[Op], stage: Path, seed: int) -> DatasetContent:

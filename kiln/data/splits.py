@@ -19,6 +19,10 @@ from kiln.data.errors import DatasetFormatError
 from kiln.data.formats._base import write_dataset_json
 from kiln.data.model import DatasetContent
 
+# what a dataset without ``spec.splits`` is split into, by training (``TrainData``) and by a
+# preprocessed table's fit (which must learn from the same train rows); seed 0, stratified
+DEFAULT_RATIOS: dict[str, float] = {"train": 0.8, "validation": 0.1, "test": 0.1}
+
 
 def split_keys(keys: list[str], labels: list[str | None] | None, ratios: dict[str, float], seed: int = 0
                ) -> tuple[dict[str, str], bool]:
@@ -77,7 +81,7 @@ def assign_splits(content: DatasetContent, ratios: dict[str, float] | None = Non
                   stratify: bool = True) -> tuple[DatasetContent, dict[str, Any]]:
     """Return a copy of ``content`` with new splits, and the manifest describing them
     (``stratify=False``: a plain seeded shuffle even where the classes would allow stratifying)."""
-    ratios = ratios or {"train": 0.8, "validation": 0.1, "test": 0.1}
+    ratios = ratios or DEFAULT_RATIOS
     if content.task == "tabular":
         assert content.table is not None and content.table.frame is not None
         mapping, strat = split_rows(content.table.frame, content.table.label, ratios, seed, stratify,

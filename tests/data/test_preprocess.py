@@ -146,20 +146,23 @@ def test_image_op_on_table_is_refused(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_fitted_ops_learn_from_train_rows_only(tmp_path):
-    """With a split, a scaler's statistics come from the rows the split stage puts in train."""
-    from kiln.data.splits import assign_splits
+@pytest.mark.parametrize("sort_first", [True, False])
+def test_fitted_ops_learn_from_train_rows_only(tmp_path, sort_first):
+    """With a split, a scaler's statistics come from the rows the version records as train, also
+    when a sort after the scaler moves them (the assignment travels with the rows)."""
+    import json
 
     materialize_sample("wine", tmp_path / "src")
     src = load(tmp_path / "src")
     split = {"ratios": {"train": 0.6, "validation": 0.2, "test": 0.2}, "seed": 3, "stratify": True}
     ops = [{"name": "sort_values", "params": {"by": ["alcohol"]}}, {"name": "StandardScaler", "params": {"columns": ["proline"]}}]
-    out = apply_ops(src, None, ops, tmp_path / "v2", split=split)
-    _, manifest = assign_splits(out, split["ratios"], split["seed"])  # what the split stage records
+    out = apply_ops(src, None, ops if sort_first else ops[::-1], tmp_path / "v2", split=split)
+    manifest = json.loads((tmp_path / "v2/.kiln/splits.json").read_text())
     train = sorted(int(k) for k, s in manifest["items"].items() if s == "train")
     f = out.table.frame
     assert out.lineage["fittedOn"] == {"split": "train", "rows": len(train)} and len(train) < len(f)
     assert abs(f["proline"].iloc[train].mean()) < 1e-9 and abs(f["proline"].mean()) > 1e-3
+    assert f["alcohol"].is_monotonic_increasing  # the sort did reorder the rows
     # without a split the whole table is the training table
     whole = apply_ops(src, None, ops[1:], tmp_path / "v3")
     assert "fittedOn" not in whole.lineage and abs(whole.table.frame["proline"].mean()) < 1e-9
