@@ -6,8 +6,9 @@ controller can call it on every reconcile:
 - ``ensure_project``: one project per LabelingJob, found by the marker line ``kiln.dev/id: <id>`` in
   the project description (titles can be renamed in the UI, the marker survives); the label config is
   generated (``configs``) and restored when someone changed the classes by hand (``drift`` reports it).
-- ``ensure_local_storage``: a local-files import storage covering the dataset folder, so tasks point
-  at ``/data/local-files/?d=<path under the document root>`` and no image is copied.
+- ``ensure_local_storage``: a local-files import storage covering the items' export folder (hard
+  links under the server's document root, see ``labeling_steps.export_items``), so tasks point at
+  ``/data/local-files/?d=<path under the document root>``.
 - ``import_items``: only items whose stable key (``kiln_key`` in task data) is not in the project yet;
   predictions carry ``model_version`` and ``score``, and an item whose prediction scores below the
   threshold is imported without it (Flightbase's auto-labelling keeps only confident results).
@@ -275,12 +276,22 @@ class LabelingClient:
 
     def ensure_local_storage(self, project_id: int, folder: str | os.PathLike[str]) -> int:
         """A local-files import storage for ``folder`` (never synced: kiln creates the tasks itself,
-        the storage only allows the server to serve files under it)."""
+        the storage only allows the server to serve files under it). A storage kiln made for the
+        project outside the document root (the repository, before #20 moved the root) is
+        re-pointed at ``folder``: the tasks' URLs are relative to the root and stay as they are."""
         folder = Path(folder).resolve()
         self._doc_rel(folder)
+        stale = []
         for s in self._call(self.ls.import_storage.local.list, project=project_id, what="list storages"):
             if s.path and Path(s.path).resolve() == folder:
                 return s.id
+            if (s.title or "").startswith("kiln: ") and s.path and self.document_root is not None \
+                    and not Path(s.path).resolve().is_relative_to(self.document_root):
+                stale.append(s)
+        if stale:
+            self._call(self.ls.import_storage.local.update, stale[0].id, path=str(folder), title=f"kiln: {folder.name}",
+                       what=f"re-point local-files storage {stale[0].id} at {folder}")
+            return stale[0].id
         s = self._call(self.ls.import_storage.local.create, project=project_id, path=str(folder),
                        title=f"kiln: {folder.name}", use_blob_urls=False,
                        what=f"add local-files storage {folder}")

@@ -65,7 +65,7 @@ def spec(kind: str, name: str, body: str) -> str:
 
 
 def make_repo(fx, name: str, files: dict[str, str], url: str | None = None) -> Path:
-    repo = git_repo(fx.document_root / name)
+    repo = git_repo(fx.repos / name)
     (repo / "kiln.yaml").write_text(
         f"labelStudio: {{url: '{url or fx.url}', tokenEnv: {TOKEN_ENV}, documentRoot: '{fx.document_root}'}}\n")
     for rel, text in files.items():
