@@ -543,7 +543,8 @@ def labeling_import(ctx: StepContext) -> dict[str, Any]:
             "datasetNumber": f"v{items.number}", "items": len(batch), "new": rep.new,
             "existing": rep.existing, "withPredictions": rep.with_predictions,
             "belowThreshold": rep.below_threshold,
-            "assignment": {u: list(r) for u, r in rep.assignment.items()}, "changed": rep.new > 0}
+            "assignment": {u: list(r) for u, r in rep.assignment.items()}, "relinked": rep.relinked,
+            "changed": rep.new > 0 or rep.relinked > 0}
 
 
 # -- assign --------------------------------------------------------------------------------------

@@ -113,6 +113,7 @@ class ImportReport:
     below_threshold: int
     task_ids: list[int] = field(default_factory=list)
     assignment: dict[str, tuple[int, int]] = field(default_factory=dict)  # user -> 1-based range of the batch
+    relinked: int = 0  # existing tasks pointed at the items' current URL (the export folder moved)
 
 
 # -- prediction result builders (pixels in, Label Studio percent out) ----------------------------------
@@ -299,25 +300,46 @@ class LabelingClient:
 
     def existing_keys(self, project_id: int) -> dict[str, int]:
         """kiln_key -> task id of the project's tasks."""
+        return {k: tid for k, (tid, _) in self._existing(project_id).items()}
+
+    def _existing(self, project_id: int) -> dict[str, tuple[int, dict[str, Any]]]:
+        """kiln_key -> (task id, task data) of the project's tasks."""
         p = self._call(self.ls.projects.get, project_id, what=f"read project {project_id}")
         if not getattr(p, "task_number", None):
             return {}
-        out: dict[str, int] = {}
+        out: dict[str, tuple[int, dict[str, Any]]] = {}
         # include= trims the serializer to what is needed: several times faster on large projects
         pager = self._call(self.ls.tasks.list, project=project_id, fields="task_only", include="id,data",
                            page_size=5000, what="list tasks")
         for t in pager:
             key = (t.data or {}).get(KEY_FIELD)
             if key is not None:
-                out[key] = t.id
+                out[key] = (t.id, dict(t.data or {}))
         return out
+
+    def _relink(self, project_id: int, items: Sequence[ImportItem], have: dict[str, tuple[int, dict[str, Any]]]) -> int:
+        """Point existing tasks whose file URL differs from the item's current one at it (the
+        export folder moved, e.g. a shared server's root moved out of the repository, #20)."""
+        n = 0
+        for it in items:
+            if it.key not in have or it.path is None:
+                continue
+            tid, data = have[it.key]
+            url = self.file_url(it.path)
+            if data.get(configs.IMAGE_FIELD) not in (None, url):
+                self._call(self.ls.tasks.update, tid, data={**data, configs.IMAGE_FIELD: url},
+                           what=f"point task {tid} at {url}")
+                have[it.key] = (tid, {**data, configs.IMAGE_FIELD: url})
+                n += 1
+        return n
 
     def import_items(self, project_id: int, items: Sequence[ImportItem], *, annotators: Sequence[str] = (),
                      weights: Sequence[float] | None = None, threshold: float | None = None,
                      task: str = "detection") -> ImportReport:
         """Import the items not yet in the project; re-importing the same items is a no-op."""
         _, kind = configs.task_kind(task)
-        have = self.existing_keys(project_id)
+        have = self._existing(project_id)
+        relinked = self._relink(project_id, items, have) if kind.field == configs.IMAGE_FIELD else 0
         seen: set[str] = set()
         new = []
         for it in items:
@@ -356,7 +378,7 @@ class LabelingClient:
             ids.extend(getattr(res, "task_ids", None) or [])
         return ImportReport(new=len(new), existing=len(items) - len(new), with_predictions=with_pred,
                             below_threshold=below, task_ids=ids,
-                            assignment=assign.ranges(owners, [it.key for it in new]))
+                            assignment=assign.ranges(owners, [it.key for it in new]), relinked=relinked)
 
     def ensure_annotator_views(self, project_id: int, annotators: Sequence[str]) -> dict[str, int]:
         """One Data Manager tab per annotator, filtered on ``data.assignee`` (assignment module doc)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kiln.labeling import server
-from kiln.labeling.client import LabelingClient, LabelStudioRequestError
+from kiln.labeling.client import ImportItem, LabelingClient, LabelStudioRequestError
 from tests.labeling.conftest import PLANTED
 
 ANNOTATOR = "mallory@example.com"
@@ -132,3 +132,22 @@ def test_a_storage_kiln_made_outside_the_root_is_repointed(label_studio) -> None
     assert moved.ensure_local_storage(ref.id, new_root / "data") == sid
     (s,) = admin.ls.import_storage.local.list(project=ref.id)
     assert Path(s.path) == (new_root / "data").resolve()
+
+
+def test_tasks_follow_their_items_when_the_export_folder_moves(label_studio) -> None:
+    fx = label_studio
+    admin = LabelingClient(fx.url, fx.token, document_root=fx.document_root)
+    ref = admin.ensure_project("security/relink", title="relink", task="classification", classes=["a"])
+    old, new = fx.document_root / "relink-old", fx.document_root / "relink-new" / "ds"
+    for folder in (old, new):
+        folder.mkdir(parents=True)
+        (folder / "x.png").write_bytes(b"png")
+    admin.ensure_local_storage(ref.id, old)
+    admin.import_items(ref.id, [ImportItem(key="x.png", path=old / "x.png")], task="classification")
+    # e.g. a shared server's documentRoot moved out of the repository: the items are exported anew
+    rep = admin.import_items(ref.id, [ImportItem(key="x.png", path=new / "x.png")], task="classification")
+    assert (rep.new, rep.existing, rep.relinked) == (0, 1, 1)
+    (task,) = admin.export_tasks(ref.id)
+    assert task["data"]["image"] == "/data/local-files/?d=relink-new/ds/x.png"
+    again = admin.import_items(ref.id, [ImportItem(key="x.png", path=new / "x.png")], task="classification")
+    assert again.relinked == 0
