@@ -215,6 +215,7 @@ def export(items: list[tuple[Path, str]], dest: Path) -> int:
     or a source that is not a regular file is refused."""
     dest = Path(dest)
     n = 0
+    ready: set[Path] = set()
     for src, name in items:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise ConfigError(f"item {name!r}: a labelling item must be a relative path inside its dataset")
@@ -232,9 +233,11 @@ def export(items: list[tuple[Path, str]], dest: Path) -> int:
                 continue
         except FileNotFoundError:
             pass
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.parent.resolve() != out.parent.absolute():
-            raise ConfigError(f"{out.parent} leads through a symlink; remove it from the export folder {dest}")
+        if out.parent not in ready:  # once per folder: resolving costs a system call per component
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if out.parent.resolve() != out.parent.absolute():
+                raise ConfigError(f"{out.parent} leads through a symlink; remove it from the export folder {dest}")
+            ready.add(out.parent)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         try:
