@@ -340,6 +340,7 @@ def start(state_dir: Path, *, data_dir: Path | None = None, document_root: Path 
     cmd = [str(venv / "bin" / "label-studio"), "start", "--no-browser",
            "--internal-host", "127.0.0.1", "--port", str(port)]
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # a log from before this rule was 0644; Django's errors may quote requests
     with open(fd, "ab") as logf:
         # umask 077: the database, uploads and exports the server writes are its user's alone
         proc = subprocess.Popen(cmd, env=server_env(data_dir, document_root, token, password),
