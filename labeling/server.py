@@ -254,12 +254,10 @@ def _private(data_dir: Path) -> None:
     every user's API token in plain text; a server started before this rule left it 0644."""
     data_dir.chmod(0o700)
     for folder, dirs, files in os.walk(data_dir):
-        for d in dirs:
-            os.chmod(os.path.join(folder, d), 0o700, follow_symlinks=False)
-        for f in files:
-            path = os.path.join(folder, f)
-            if not os.path.islink(path):
-                os.chmod(path, 0o600)
+        for name, mode in [(d, 0o700) for d in dirs] + [(f, 0o600) for f in files]:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):  # a link's target is not the server's to change
+                os.chmod(path, mode)
 
 
 # -- start / stop -----------------------------------------------------------------------------------
