@@ -34,11 +34,11 @@ def main() -> None:
         docs = base / "docs" / "ds"
         docs.mkdir(parents=True)
         t0 = time.perf_counter()
-        info = server.start(base / ".kiln", data_dir=base / "data", document_root=base / "docs",
+        info = server.start(base / "repo" / ".kiln", data_dir=base / "data", document_root=base / "docs",
                             seed_from=ensure_template())
         print(f"server start from template: {time.perf_counter() - t0:.1f} s")
         try:
-            c = LabelingClient(info.url, server.read_token(base / ".kiln"), document_root=base / "docs")
+            c = LabelingClient(info.url, server.read_token(base / "repo" / ".kiln"), document_root=base / "docs")
             items = [ImportItem(key=f"{i:06d}.png", path=docs / f"{i:06d}.png", prediction=Prediction(
                 [box_region("a", 3, 4, 10, 12, 64, 48), box_region("b", 20, 10, 8, 8, 64, 48)],
                 score=0.5 + (i % 50) / 100, model_version="bench-v1")) for i in range(n)]
@@ -62,7 +62,7 @@ def main() -> None:
             t_again = time.perf_counter() - t
             assert rep.new == n and again.new == 0, (rep.new, again.new)
         finally:
-            server.stop(base / ".kiln")
+            server.stop(base / "repo" / ".kiln")
     print(f"bare SDK import of {n} tasks with predictions: {t_sdk:.1f} s")
     print(f"kiln import_items of {n} tasks ({rep.with_predictions} with predictions, split 3 ways): "
           f"{t_kiln:.1f} s  ({t_kiln / t_sdk:.2f}x the bare SDK; target <= 30 s: "

@@ -11,8 +11,10 @@ while people label: every apply of an unfinished job re-runs them.
   existing annotations and predictions, so no annotation is lost.
 - pre-annotate: predictions of a registered model for the items not yet in the project (cached
   per model version in the job's folder); an item scoring below ``threshold`` stays unlabelled.
-- import: a local-files storage over the dataset version's folder, then only the new items, split
-  among the annotators (``kiln.labeling.assignment``).
+- import: the dataset version's files exported (hard links) into the server's document root, a
+  local-files storage over them (a storage kiln made elsewhere, e.g. in the repository before
+  #20, is re-pointed), then only the new items, split among the annotators
+  (``kiln.labeling.assignment``).
 - assign: Label Studio users for annotators and reviewers (workspace members), one view each.
 - wait-complete: evaluates the completion rule (polling up to ``--arg timeout=SECONDS``, default
   one check). It *succeeds* whether or not the job is complete: an unfinished job is Progressing,
@@ -23,6 +25,7 @@ while people label: every apply of an unfinished job re-runs them.
 
 Connection (``connect``): ``kiln.yaml`` ``labelStudio: {url, tokenEnv, documentRoot}`` when that
 section is given, else the server ``kiln labelstudio start`` runs (``.kiln/labelstudio.json``).
+Either way the document root holds exported items only, never the repository (``connection``).
 An unreachable server is a ``TemporaryError`` (retried by the next apply); a refused token or a
 missing token variable is permanent (Stalled) until fixed. The token never leaves the process.
 
@@ -134,7 +137,8 @@ def output_dataset(spec: LabelingJobSpec, job_ws: str) -> tuple[str, str]:
 class Connection:
     url: str
     token: str
-    document_root: Path
+    document_root: Path | None  # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
+    export_root: Path | None    # where this repository's items are exported (under document_root)
     source: str  # where the settings came from, for messages
 
     def __repr__(self) -> str:  # never print the token
@@ -142,7 +146,11 @@ class Connection:
 
 
 def connection(config: KilnConfig) -> Connection:
-    """Where Label Studio is and the token to use (module doc); ConfigError when unknown."""
+    """Where Label Studio is and the token to use (module doc); ConfigError when unknown.
+
+    The document root never covers the repository (``server.unsafe_root``): every Label Studio
+    user can read any file under it. A shared server (``kiln.yaml``) gets each repository's items
+    in a folder of their own under it, named after the repository as every clone knows it."""
 
     ls = config.labelStudio
     if "labelStudio" in config.model_fields_set:
@@ -150,19 +158,44 @@ def connection(config: KilnConfig) -> Connection:
         if not token:
             raise ConfigError(f"Label Studio token variable {ls.tokenEnv} is not set (kiln.yaml labelStudio.tokenEnv)",
                               hint=f"export {ls.tokenEnv}=<the API token of a Label Studio admin>")
-        root = Path(ls.documentRoot) if ls.documentRoot else config.repo
-        return Connection(ls.url.rstrip("/"), token, root if root.is_absolute() else config.repo / root,
+        root = None
+        if ls.documentRoot:
+            root = Path(ls.documentRoot) if Path(ls.documentRoot).is_absolute() else config.repo / ls.documentRoot
+            root = root.resolve()
+            why = server.unsafe_root(root, config.repo, keep=(config.kiln_dir(),))
+            if why:
+                raise ConfigError(f"kiln.yaml labelStudio.documentRoot {why}: every Label Studio user could "
+                                  "read it through a local-files storage",
+                                  hint="point the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT and documentRoot "
+                                       "at an empty folder outside the repository; kiln exports the items there")
+        return Connection(ls.url.rstrip("/"), token, root, root / _namespace(config.repo) if root else None,
                           "kiln.yaml labelStudio")
     info = server.read_state(config.kiln_dir())
     if info is None:
         raise ConfigError("no Label Studio server: kiln.yaml has no labelStudio section and "
                           "`kiln labelstudio start` has not been run in this repository",
                           hint="run `kiln labelstudio start`, or set labelStudio: {url, tokenEnv} in kiln.yaml")
+    why = server.unsafe_root(Path(info.document_root), config.repo, keep=(Path(info.data_dir),),
+                             allowed=server.files_dir(config.kiln_dir()))
+    if why:
+        raise ConfigError(f"the Label Studio server at {info.url} has document root {why}: every Label Studio user "
+                          "could read kiln's secrets there",
+                          hint="run `kiln labelstudio start`: it restarts the server onto kiln's export folder")
     try:
         token = server.read_token(config.kiln_dir())
     except server.LabelStudioError as exc:
         raise ConfigError(exc.message, hint=exc.hint) from None
-    return Connection(info.url, token, Path(info.document_root), ".kiln/labelstudio.json")
+    root = Path(info.document_root)
+    return Connection(info.url, token, root, root, ".kiln/labelstudio.json")
+
+
+def _namespace(repo: Path) -> str:
+    """A folder name for the repository on a shared server: readable, and unique per repository."""
+    import re
+
+    ident = repo_identity(repo)
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", ident.rstrip("/").rsplit("/", 1)[-1]).strip(".-") or "repo"
+    return f"{base}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
 
 
 # one checked client per server and token in a process: the in-process handler runs six steps
@@ -194,7 +227,7 @@ class Items:
     dataset: str          # ws/name
     version: str          # DVC id
     number: int
-    folder: Path          # where the files are (served by Label Studio's local-files storage)
+    folder: Path          # where the files are (exported for Label Studio by ``export_items``)
     content: DatasetContent
 
 
@@ -219,6 +252,33 @@ def dataset_items(ctx: StepContext, spec: LabelingJobSpec) -> Items:
                           "tabular labelling is not available in this kiln version",
                           hint="label image datasets for now")
     return Items(f"{dws}/{spec.dataset.name}", v.id, dr.number(rel, v.id), folder, content)
+
+
+def export_items(config: KilnConfig, items: Items) -> Path:
+    """The items' folder as Label Studio serves it: hard links (copies across filesystems) under
+    the export root, at their path relative to the repository, so a task's URL
+    (``/data/local-files/?d=data/<ws>/<name>/0001.png``) reads as it did when the server's root was
+    the repository. A file that leaves the dataset folder (a ``..`` name, a symlink to elsewhere
+    than the DVC cache) is refused: the annotators would read it."""
+    conn = connection(config)
+    if conn.export_root is None:
+        raise ConfigError("kiln.yaml labelStudio.documentRoot is not set: kiln cannot export the items "
+                          "to the server's local-files folder",
+                          hint="set documentRoot to the folder the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT names")
+    folder = items.folder.resolve()
+    repo = config.repo.resolve()
+    rel = folder.relative_to(repo) if folder.is_relative_to(repo) else Path("external", items.version)
+    inside = (folder, (repo / ".dvc" / "cache").resolve())
+    pairs = []
+    for it in items.content.items:
+        src = (folder / it.path).resolve()
+        if not any(src.is_relative_to(d) for d in inside):
+            raise ConfigError(f"dataset {items.dataset}: item {it.path!r} leads outside the dataset folder "
+                              f"(to {src})", hint="replace the link by the file itself")
+        pairs.append((src, it.path))
+    dest = conn.export_root / rel
+    server.export(pairs, dest)
+    return dest
 
 
 # -- project -------------------------------------------------------------------------------------
@@ -468,11 +528,12 @@ def labeling_import(ctx: StepContext) -> dict[str, Any]:
         ws = ctx.workspace
         f = _pred_file(ctx, resolve_model(ctx.config, spec.preAnnotation.model, ws))
         preds = json.loads(f.read_text()) if f.is_file() else {}
-    client.ensure_local_storage(pid, items.folder)
+    served = export_items(ctx.config, items)
+    client.ensure_local_storage(pid, served)
     batch = []
     for it in items.content.items:
         p = preds.get(it.path)
-        batch.append(ImportItem(key=it.path, path=items.folder / it.path, split=it.split,
+        batch.append(ImportItem(key=it.path, path=served / it.path, split=it.split,
                                 prediction=Prediction(p["result"], p["score"], p["model_version"]) if p else None))
     weights = [a.weight for a in spec.annotators] if spec.assignment == "weighted" else None
     threshold = spec.preAnnotation.threshold if spec.preAnnotation else None
@@ -482,7 +543,8 @@ def labeling_import(ctx: StepContext) -> dict[str, Any]:
             "datasetNumber": f"v{items.number}", "items": len(batch), "new": rep.new,
             "existing": rep.existing, "withPredictions": rep.with_predictions,
             "belowThreshold": rep.below_threshold,
-            "assignment": {u: list(r) for u, r in rep.assignment.items()}, "changed": rep.new > 0}
+            "assignment": {u: list(r) for u, r in rep.assignment.items()}, "relinked": rep.relinked,
+            "changed": rep.new > 0 or rep.relinked > 0}
 
 
 # -- assign --------------------------------------------------------------------------------------

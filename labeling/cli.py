@@ -24,7 +24,8 @@ def labelstudio() -> None:
 @labelstudio.command()
 @click.option("--port", type=int, default=None, help="Port (default: a free one).")
 @click.option("--document-root", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Folder local-files storages may serve (default: the repository).")
+              help="Folder local-files storages may serve: exported items only, never the repository "
+                   "(default: .kiln/labelstudio/files, where the labeling steps export them).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Server data dir (default: .kiln/labelstudio/data).")
 @click.pass_context
@@ -35,7 +36,7 @@ def start(ctx: click.Context, port: int | None, document_root: str | None, data_
         click.echo(f"installing label-studio {server.LS_VERSION} into {server.venv_dir()} (a few minutes) ...")
     info = server.start(_state_dir(ctx), port=port,
                         document_root=Path(document_root) if document_root else None,
-                        data_dir=Path(data_dir) if data_dir else None)
+                        data_dir=Path(data_dir) if data_dir else None, echo=click.echo)
     click.echo(f"Label Studio {info.version} at {info.url} (pid {info.pid}); admin {info.admin}; "
                f"token: `kiln labelstudio token` or ${info.token_env}")
 

@@ -6,8 +6,9 @@ controller can call it on every reconcile:
 - ``ensure_project``: one project per LabelingJob, found by the marker line ``kiln.dev/id: <id>`` in
   the project description (titles can be renamed in the UI, the marker survives); the label config is
   generated (``configs``) and restored when someone changed the classes by hand (``drift`` reports it).
-- ``ensure_local_storage``: a local-files import storage covering the dataset folder, so tasks point
-  at ``/data/local-files/?d=<path under the document root>`` and no image is copied.
+- ``ensure_local_storage``: a local-files import storage covering the items' export folder (hard
+  links under the server's document root, see ``labeling_steps.export_items``), so tasks point at
+  ``/data/local-files/?d=<path under the document root>``.
 - ``import_items``: only items whose stable key (``kiln_key`` in task data) is not in the project yet;
   predictions carry ``model_version`` and ``score``, and an item whose prediction scores below the
   threshold is imported without it (Flightbase's auto-labelling keeps only confident results).
@@ -112,6 +113,7 @@ class ImportReport:
     below_threshold: int
     task_ids: list[int] = field(default_factory=list)
     assignment: dict[str, tuple[int, int]] = field(default_factory=dict)  # user -> 1-based range of the batch
+    relinked: int = 0  # existing tasks pointed at the items' current URL (the export folder moved)
 
 
 # -- prediction result builders (pixels in, Label Studio percent out) ----------------------------------
@@ -275,12 +277,22 @@ class LabelingClient:
 
     def ensure_local_storage(self, project_id: int, folder: str | os.PathLike[str]) -> int:
         """A local-files import storage for ``folder`` (never synced: kiln creates the tasks itself,
-        the storage only allows the server to serve files under it)."""
+        the storage only allows the server to serve files under it). A storage kiln made for the
+        project outside the document root (the repository, before #20 moved the root) is
+        re-pointed at ``folder``: the tasks' URLs are relative to the root and stay as they are."""
         folder = Path(folder).resolve()
         self._doc_rel(folder)
+        stale = []
         for s in self._call(self.ls.import_storage.local.list, project=project_id, what="list storages"):
             if s.path and Path(s.path).resolve() == folder:
                 return s.id
+            if (s.title or "").startswith("kiln: ") and s.path and self.document_root is not None \
+                    and not Path(s.path).resolve().is_relative_to(self.document_root):
+                stale.append(s)
+        if stale:
+            self._call(self.ls.import_storage.local.update, stale[0].id, path=str(folder), title=f"kiln: {folder.name}",
+                       what=f"re-point local-files storage {stale[0].id} at {folder}")
+            return stale[0].id
         s = self._call(self.ls.import_storage.local.create, project=project_id, path=str(folder),
                        title=f"kiln: {folder.name}", use_blob_urls=False,
                        what=f"add local-files storage {folder}")
@@ -288,25 +300,46 @@ class LabelingClient:
 
     def existing_keys(self, project_id: int) -> dict[str, int]:
         """kiln_key -> task id of the project's tasks."""
+        return {k: tid for k, (tid, _) in self._existing(project_id).items()}
+
+    def _existing(self, project_id: int) -> dict[str, tuple[int, dict[str, Any]]]:
+        """kiln_key -> (task id, task data) of the project's tasks."""
         p = self._call(self.ls.projects.get, project_id, what=f"read project {project_id}")
         if not getattr(p, "task_number", None):
             return {}
-        out: dict[str, int] = {}
+        out: dict[str, tuple[int, dict[str, Any]]] = {}
         # include= trims the serializer to what is needed: several times faster on large projects
         pager = self._call(self.ls.tasks.list, project=project_id, fields="task_only", include="id,data",
                            page_size=5000, what="list tasks")
         for t in pager:
             key = (t.data or {}).get(KEY_FIELD)
             if key is not None:
-                out[key] = t.id
+                out[key] = (t.id, dict(t.data or {}))
         return out
+
+    def _relink(self, project_id: int, items: Sequence[ImportItem], have: dict[str, tuple[int, dict[str, Any]]]) -> int:
+        """Point existing tasks whose file URL differs from the item's current one at it (the
+        export folder moved, e.g. a shared server's root moved out of the repository, #20)."""
+        n = 0
+        for it in items:
+            if it.key not in have or it.path is None:
+                continue
+            tid, data = have[it.key]
+            url = self.file_url(it.path)
+            if data.get(configs.IMAGE_FIELD) not in (None, url):
+                self._call(self.ls.tasks.update, tid, data={**data, configs.IMAGE_FIELD: url},
+                           what=f"point task {tid} at {url}")
+                have[it.key] = (tid, {**data, configs.IMAGE_FIELD: url})
+                n += 1
+        return n
 
     def import_items(self, project_id: int, items: Sequence[ImportItem], *, annotators: Sequence[str] = (),
                      weights: Sequence[float] | None = None, threshold: float | None = None,
                      task: str = "detection") -> ImportReport:
         """Import the items not yet in the project; re-importing the same items is a no-op."""
         _, kind = configs.task_kind(task)
-        have = self.existing_keys(project_id)
+        have = self._existing(project_id)
+        relinked = self._relink(project_id, items, have) if kind.field == configs.IMAGE_FIELD else 0
         seen: set[str] = set()
         new = []
         for it in items:
@@ -345,7 +378,7 @@ class LabelingClient:
             ids.extend(getattr(res, "task_ids", None) or [])
         return ImportReport(new=len(new), existing=len(items) - len(new), with_predictions=with_pred,
                             below_threshold=below, task_ids=ids,
-                            assignment=assign.ranges(owners, [it.key for it in new]))
+                            assignment=assign.ranges(owners, [it.key for it in new]), relinked=relinked)
 
     def ensure_annotator_views(self, project_id: int, annotators: Sequence[str]) -> dict[str, int]:
         """One Data Manager tab per annotator, filtered on ``data.assignee`` (assignment module doc)."""

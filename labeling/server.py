@@ -14,7 +14,9 @@ Persisted under the repository's ``.kiln/``::
     .kiln/labelstudio.token   the admin's API token, 0600, generated once; printed only by
                               ``kiln labelstudio token``
     .kiln/labelstudio.password  the admin's UI password, 0600
-    .kiln/labelstudio/data/   the server's data dir (SQLite database, uploads)
+    .kiln/labelstudio/data/   the server's data dir (SQLite database, uploads): 0700, files 0600
+    .kiln/labelstudio/files/  the document root: the exported items only (``export``), never the
+                              repository or ``.kiln`` (an annotator can read anything under it)
 
 Clients find the token in ``$KILN_LABELSTUDIO_TOKEN`` first, then in the token file
 (``read_token``), so the token never has to appear in a spec, a manifest or a log.
@@ -29,16 +31,19 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kiln._util.fs import write_text_atomic
 from kiln._util.proc import pid_alive
+from kiln._util.redact import is_secret_key
 from kiln.errors import ConfigError, KilnError
 
 LS_VERSION = "1.23.2"
@@ -47,9 +52,13 @@ ADMIN_EMAIL = "admin@kiln.local"
 STATE_FILE = "labelstudio.json"
 TOKEN_FILE = "labelstudio.token"
 PASSWORD_FILE = "labelstudio.password"
-# plain names Label Studio also reads (its settings fall back to them): a stray PORT or DEBUG in the
-# user's shell would otherwise change the server
-_UNSET = ("USERNAME", "PASSWORD", "PORT", "HOST", "DEBUG")
+# What the server inherits from kiln's environment: what Python, Django and the locale need, never
+# kiln's settings (KILN_*: the state URL, deployment tokens, webhooks) nor anything secret-named.
+# Label Studio runs code for every user of its UI; it gets only the LABEL_STUDIO_* settings kiln sets.
+# (Plain PORT, HOST, DEBUG, USERNAME, PASSWORD, which its settings fall back to, stay out too.)
+_PASS_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                         "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"})
+_PASS_PREFIXES = ("LC_",)
 
 
 class LabelStudioError(KilnError):
@@ -171,9 +180,91 @@ def _alive(pid: int) -> bool:
         return True
 
 
+# -- the document root --------------------------------------------------------------------------------
+def files_dir(state_dir: Path) -> Path:
+    """The default document root: kiln's export folder of labelling items (``export``)."""
+    return Path(state_dir).resolve() / "labelstudio" / "files"
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def unsafe_root(root: Path, repo: Path, *, keep: tuple[Path, ...] = (), allowed: Path | None = None) -> str | None:
+    """Why ``root`` must not be a document root (None when it may be). Label Studio serves any
+    file under it to any of its users who can add a storage (every user of the open-source edition),
+    so it must hold exported items only: not the repository (kiln's secrets, state and every file of
+    the checkout), not a folder inside or around it (``allowed``, kiln's own export folder, aside),
+    and not a folder around ``keep`` (the server's data dir: its database holds every token)."""
+    root, repo = Path(root).resolve(), Path(repo).resolve()
+    if allowed is not None and root.is_relative_to(allowed.resolve()):
+        return None
+    if _overlaps(root, repo):
+        where = "is" if root == repo else "contains" if repo.is_relative_to(root) else "is inside"
+        return f"{root} {where} the repository {repo}"
+    for k in keep:
+        if Path(k).resolve().is_relative_to(root):
+            return f"{root} contains {Path(k).resolve()}"
+    return None
+
+
+def export(items: list[tuple[Path, str]], dest: Path) -> int:
+    """Place each ``(source file, relative name)`` at ``dest/<name>`` as a hard link (a copy across
+    filesystems); returns how many were (re)placed. Never a symlink: Label Studio follows symlinks
+    under its document root, so one would serve whatever it points at. A name that leaves ``dest``
+    or a source that is not a regular file is refused."""
+    dest = Path(dest)
+    n = 0
+    ready: set[Path] = set()
+    for src, name in items:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ConfigError(f"item {name!r}: a labelling item must be a relative path inside its dataset")
+        out = dest / name
+        try:
+            st = os.stat(src)  # follows a DVC cache symlink to the object it stands for
+        except FileNotFoundError:
+            raise ConfigError(f"item {name!r}: {src} does not exist") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"item {name!r}: {src} is not a regular file")
+        try:
+            have = os.lstat(out)
+            if stat.S_ISREG(have.st_mode) and (have.st_ino == st.st_ino and have.st_dev == st.st_dev
+                                               or (have.st_size, have.st_mtime_ns) == (st.st_size, st.st_mtime_ns)):
+                continue
+        except FileNotFoundError:
+            pass
+        if out.parent not in ready:  # once per folder: resolving costs a system call per component
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if out.parent.resolve() != out.parent.absolute():
+                raise ConfigError(f"{out.parent} leads through a symlink; remove it from the export folder {dest}")
+            ready.add(out.parent)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)  # follow_symlinks: the link is to the file itself
+        except OSError:
+            shutil.copy2(src, tmp)  # another filesystem, or a file hard links may not reach
+        os.replace(tmp, out)
+        n += 1
+    return n
+
+
+def _private(data_dir: Path) -> None:
+    """The data dir 0700, everything in it 0600 (0700 for folders): the SQLite database holds
+    every user's API token in plain text; a server started before this rule left it 0644."""
+    data_dir.chmod(0o700)
+    for folder, dirs, files in os.walk(data_dir):
+        for name, mode in [(d, 0o700) for d in dirs] + [(f, 0o600) for f in files]:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):  # a link's target is not the server's to change
+                os.chmod(path, mode)
+
+
 # -- start / stop -----------------------------------------------------------------------------------
 def server_env(data_dir: Path, document_root: Path, token: str, password: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _UNSET}
+    """The server's whole environment: the allowlist above and kiln's settings, nothing else."""
+    env = {k: v for k, v in os.environ.items()
+           if (k in _PASS_NAMES or k.startswith(_PASS_PREFIXES)) and not is_secret_key(k)}
     env.update({
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "LABEL_STUDIO_USERNAME": ADMIN_EMAIL,
@@ -196,21 +287,35 @@ def server_env(data_dir: Path, document_root: Path, token: str, password: str) -
 
 def start(state_dir: Path, *, data_dir: Path | None = None, document_root: Path | None = None,
           port: int | None = None, seed_from: Path | None = None, venv: Path | None = None,
-          timeout: float = 300.0) -> ServerInfo:
+          timeout: float = 300.0, echo: Callable[[str], object] | None = None) -> ServerInfo:
     """Start the server (installing it first if needed) and return where it listens.
 
-    Idempotent: a server already recorded and healthy is returned as is. ``seed_from`` copies an
-    already-migrated data dir (with its ``labelstudio.token``/``.password`` beside the DB) when
-    ``data_dir`` does not exist yet: a start in ~5 s instead of ~1 min of migrations.
+    Idempotent: a server already recorded and healthy is returned as is, unless its document root
+    is one ``unsafe_root`` refuses (kiln before #20 served the repository): that one is restarted
+    onto the export folder, and ``echo`` says so. ``seed_from`` copies an already-migrated data dir
+    (with its ``labelstudio.token``/``.password`` beside the DB) when ``data_dir`` does not exist
+    yet: a start in ~5 s instead of ~1 min of migrations.
     """
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     current = read_state(state_dir)
+    data_dir = Path(data_dir or (current.data_dir if current else None) or state_dir / "labelstudio" / "data").resolve()
+    document_root = Path(document_root).resolve() if document_root else None
+    if document_root is not None:
+        _check_root(document_root, state_dir, data_dir)
     if current is not None and _alive(current.pid) and health(current.url):
-        return current
+        why = unsafe_root(Path(current.document_root), state_dir.parent, keep=(data_dir,),
+                          allowed=files_dir(state_dir))
+        if why is None:
+            return current
+        stop(state_dir)
+        if echo:
+            echo(f"Label Studio at {current.url} served {why}; restarting it onto "
+                 f"{document_root or files_dir(state_dir)} (kiln's export folder of labelling items)")
     venv = install(venv)
-    data_dir = Path(data_dir or state_dir / "labelstudio" / "data").resolve()
-    document_root = Path(document_root or state_dir.parent).resolve()
+    if document_root is None:
+        document_root = files_dir(state_dir)
+        document_root.mkdir(parents=True, exist_ok=True)
     if not document_root.is_dir():
         raise ConfigError(f"Label Studio document root {document_root} is not a folder")
     if seed_from is not None and not data_dir.exists():
@@ -225,16 +330,20 @@ def start(state_dir: Path, *, data_dir: Path | None = None, document_root: Path 
                                hint=f"restore the token file, or remove {data_dir} to start afresh")
     token = _secret(state_dir / TOKEN_FILE, lambda: secrets.token_hex(20))
     password = _secret(state_dir / PASSWORD_FILE, lambda: secrets.token_urlsafe(18))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private(data_dir)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log = data_dir.parent / "server.log"
     cmd = [str(venv / "bin" / "label-studio"), "start", "--no-browser",
            "--internal-host", "127.0.0.1", "--port", str(port)]
-    with open(log, "ab") as logf:
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # a log from before this rule was 0644; Django's errors may quote requests
+    with open(fd, "ab") as logf:
+        # umask 077: the database, uploads and exports the server writes are its user's alone
         proc = subprocess.Popen(cmd, env=server_env(data_dir, document_root, token, password),
                                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=str(data_dir))
+                                start_new_session=True, cwd=str(data_dir), umask=0o077)
     info = ServerInfo(url=url, pid=proc.pid, port=port, token_env=TOKEN_ENV, admin=ADMIN_EMAIL,
                       data_dir=str(data_dir), document_root=str(document_root), log=str(log))
     deadline = time.monotonic() + timeout
@@ -249,6 +358,15 @@ def start(state_dir: Path, *, data_dir: Path | None = None, document_root: Path 
     _kill_group(proc.pid)
     raise LabelStudioError(f"Label Studio did not answer {url}/health within {timeout:.0f} s",
                            hint=f"see {log}")
+
+
+def _check_root(root: Path, state_dir: Path, data_dir: Path) -> None:
+    why = unsafe_root(root, state_dir.parent, keep=(data_dir, state_dir), allowed=files_dir(state_dir))
+    if why is not None:
+        raise ConfigError(f"Label Studio document root {why}: every Label Studio user could read it "
+                          "through a local-files storage",
+                          hint=f"leave --document-root out (kiln exports the items to {files_dir(state_dir)}), "
+                               "or give a folder that holds exported data only")
 
 
 def _tail(log: Path, n: int = 3) -> str:

@@ -24,7 +24,8 @@ from kiln.labeling import server
 class LabelStudioFixture:
     info: server.ServerInfo
     state_dir: Path  # the test repository's .kiln
-    document_root: Path
+    document_root: Path  # the server's local-files root: exported items only
+    repos: Path  # where tests make their repositories: beside the document root, never in it
     token: str
 
     @property
@@ -45,9 +46,7 @@ def ensure_template() -> Path:
     tpl.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".template-", dir=tpl.parent))
     state, data = work / "state", work / "data"
-    docs = work / "docs"
-    docs.mkdir()
-    server.start(state, data_dir=data, document_root=docs, timeout=600)
+    server.start(state, data_dir=data, timeout=600)
     server.stop(state)
     for name in (server.TOKEN_FILE, server.PASSWORD_FILE):
         shutil.copy2(state / name, data / name)
@@ -60,16 +59,29 @@ def ensure_template() -> Path:
     return tpl
 
 
+# planted in kiln's environment while the session's server starts: it must see neither
+# (tests/labeling/test_security.py)
+PLANTED = {"KILN_STATE_URL": "postgresql://kiln:planted-db-password@db/kiln",
+           "WINE_DEPLOYMENT_TOKEN": "planted-deployment-token"}
+
+
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioFixture]:
     pytest.importorskip("label_studio_sdk")
     base = tmp_path_factory.mktemp("labelstudio")
-    state, docs = base / "repo" / ".kiln", base / "docs"
-    docs.mkdir(parents=True)
+    state = base / "repo" / ".kiln"
+    (base / "repos").mkdir()
     tpl = ensure_template()
-    info = server.start(state, data_dir=base / "data", document_root=docs, seed_from=tpl)
+    mp = pytest.MonkeyPatch()
+    for k, v in PLANTED.items():
+        mp.setenv(k, v)
     try:
-        yield LabelStudioFixture(info=info, state_dir=state, document_root=docs,
-                                 token=server.read_token(state))
+        # as `kiln labelstudio start` does it: the default document root
+        info = server.start(state, data_dir=base / "data", seed_from=tpl)
+    finally:
+        mp.undo()
+    try:
+        yield LabelStudioFixture(info=info, state_dir=state, document_root=Path(info.document_root),
+                                 repos=base / "repos", token=server.read_token(state))
     finally:
         server.stop(state)

@@ -42,6 +42,18 @@ def test_start_status_token_stop(tmp_path: Path) -> None:
         assert r.exit_code == 0 and f"at {state['url']}" in r.output and ": up;" in r.output
         r = run(cli, ["-C", str(repo), "labelstudio", "token"], env=env)
         assert r.output.strip() == token
+        # a server kiln started before #20 served the repository: start moves it onto the export folder
+        state["document_root"] = str(repo.resolve())
+        (repo / ".kiln" / server.STATE_FILE).write_text(json.dumps(state))
+        r = run(cli, ["-C", str(repo), "labelstudio", "start"], env=env)
+        assert r.exit_code == 0, r.output
+        files = repo.resolve() / ".kiln" / "labelstudio" / "files"
+        assert f"served {repo.resolve()} is the repository {repo.resolve()}; restarting it onto {files}" in r.output
+        assert not server._alive(state["pid"])
+        state = json.loads((repo / ".kiln" / server.STATE_FILE).read_text())
+        assert state["document_root"] == str(files) and server.health(state["url"])
+        environ = Path(f"/proc/{state['pid']}/environ").read_bytes()
+        assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={files}".encode() in environ.split(b"\0")
     finally:
         r = run(cli, ["-C", str(repo), "labelstudio", "stop"], env=env)
     assert r.exit_code == 0 and "stopped Label Studio" in r.output

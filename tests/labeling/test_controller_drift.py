@@ -35,7 +35,7 @@ def test_project_deleted_by_hand_is_recreated_by_the_daemon(label_studio) -> Non
     from kiln.labeling.client import LabelingClient
 
     fx = label_studio
-    root = fx.document_root / "daemon-drift"  # the clone's dataset folders must lie under documentRoot
+    root = fx.repos / "daemon-drift"  # outside documentRoot: kiln exports the items there
     root.mkdir()
     remote = Remote(root)
     draw(remote.work / "raw" / "shapes", 6)

@@ -6,6 +6,7 @@ writes a new dataset version whose COCO content is exactly the annotations."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def spec(kind: str, name: str, body: str) -> str:
 
 
 def make_repo(fx, name: str, files: dict[str, str], url: str | None = None) -> Path:
-    repo = git_repo(fx.document_root / name)
+    repo = git_repo(fx.repos / name)
     (repo / "kiln.yaml").write_text(
         f"labelStudio: {{url: '{url or fx.url}', tokenEnv: {TOKEN_ENV}, documentRoot: '{fx.document_root}'}}\n")
     for rel, text in files.items():
@@ -189,6 +190,19 @@ def test_project_tasks_predictions_and_even_split(det) -> None:
                      for r in pred.result)
         for (gc, gb), (wc, wb) in zip(got, sorted(boxes)):
             assert gc == wc and gb == pytest.approx(wb, abs=1e-9)
+    # the images are served from the export folder under the document root: hard links of the
+    # repository's files (the repository itself is outside the root)
+    import urllib.parse
+    import urllib.request
+
+    fx = det["fx"]
+    url = tasks["0001.png"]["data"]["image"]
+    served = fx.document_root / urllib.parse.unquote(url.split("?d=", 1)[1])
+    assert not repo.resolve().is_relative_to(fx.document_root)
+    assert os.path.samefile(served, repo / "data" / "default" / "shapes" / "0001.png")
+    req = urllib.request.Request(fx.url + url, headers={"Authorization": f"Token {fx.token}"})
+    with urllib.request.urlopen(req) as r:
+        assert r.read() == (repo / "data" / "default" / "shapes" / "0001.png").read_bytes()
     # describe shows the project, URL and per-annotator progress
     from kiln.config import load_config
     from kiln.controller.status import describe, status_rows

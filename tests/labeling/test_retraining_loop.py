@@ -129,7 +129,7 @@ def test_retraining_loop_from_specs(label_studio) -> None:
     from kiln.labeling.client import LabelingClient, choice_region
 
     fx = label_studio
-    repo = git_repo(fx.document_root / "loop")
+    repo = git_repo(fx.repos / "loop")
     env = {TOKEN_ENV: fx.token}
     (repo / "kiln.yaml").write_text(
         f"labelStudio: {{url: '{fx.url}', tokenEnv: {TOKEN_ENV}, documentRoot: '{fx.document_root}'}}\n")
