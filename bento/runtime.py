@@ -185,6 +185,15 @@ LOADERS: dict[str, Callable[[Path, int], Callable[[np.ndarray], Any]]] = {
 
 
 # ---------------------------------------------------------------------------------- engine ----
+def _shown(v: Any) -> str:
+    """A client's value in an error message: a scalar's type and its first 40 characters, a list
+    or object by its type only. Why: ``str()`` of a list nested 1,000 deep (orjson parses up to
+    1,023 levels) raises RecursionError, which was a 500 instead of the 400 naming the field."""
+    if v is None or isinstance(v, (str, int, float)):
+        return f"{type(v).__name__} {str(v)[:40]!r}"
+    return type(v).__name__
+
+
 DEFAULT_MIN_PIXELS = 4_000_000   # a phone photo: the smallest default limit, whatever the model's input
 
 @dataclass
@@ -236,7 +245,7 @@ class Engine:
                 raise InstanceError(i, f, f"missing; the model needs {', '.join(self.cfg.features or ())}")
             v = inst[f]
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise InstanceError(i, f, f"expected a number, got {type(v).__name__} {str(v)[:40]!r}")
+                raise InstanceError(i, f, f"expected a number, got {_shown(v)}")
             if not math.isfinite(v):
                 raise InstanceError(i, f, "expected a finite number")
             with np.errstate(over="ignore"):
@@ -253,7 +262,7 @@ class Engine:
             v = inst[f]
             want = types.get(f, "any")
             if want == "number" and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise InstanceError(i, f, f"expected a number, got {type(v).__name__} {str(v)[:40]!r}")
+                raise InstanceError(i, f, f"expected a number, got {_shown(v)}")
             if want == "string" and not isinstance(v, str):
                 raise InstanceError(i, f, f"expected a string, got {type(v).__name__}")
             if v is not None and not isinstance(v, (int, float, str, bool)):

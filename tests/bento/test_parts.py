@@ -264,6 +264,26 @@ def test_plain_tabular_decode_fast_path_and_its_errors(tmp_path: Path) -> None:
     assert eng.decode({**row, "sl": 3.4e38}, 0)[0][0] == np.float32(3.4e38)  # the float32 range itself is fine
 
 
+def test_a_deeply_nested_field_is_a_400_naming_it_not_a_recursion_error() -> None:
+    """orjson parses JSON nested up to 1,023 levels; the error message for such a field used to
+    ``str()`` it, which raised RecursionError at 1,000 levels (a 500 from the server)."""
+    import orjson
+
+    from kiln.bento.runtime import Engine, InstanceError, ServingConfig
+
+    deep = orjson.loads(b"[" * 1000 + b"]" * 1000)
+    eng = Engine(ServingConfig(framework="onnx", task="classification", input="tabular", features=["x"]),
+                 run=lambda x: x, model_dir=Path("."))
+    with pytest.raises(InstanceError, match=r"instances\[0\]\.x: expected a number, got list$"):
+        eng.decode({"x": deep}, 0)
+    eng.cfg.feature_types = {"x": "number"}
+    eng.pipeline = object()  # the preprocessing path checks its fields before it transforms
+    with pytest.raises(InstanceError, match=r"instances\[1\]\.x: expected a number, got list$"):
+        eng.decode({"x": deep}, 1)
+    with pytest.raises(InstanceError, match=r"expected a number, got str 'wide'"):
+        eng.decode({"x": "wide"}, 0)
+
+
 def test_classification_scores_match_the_numpy_reference() -> None:
     """The plain-Python path for probability rows gives what numpy's stable argsort gives (ties
     by index, top_k); logits and single outputs still go through softmax/sigmoid."""
