@@ -284,6 +284,20 @@ def test_a_deeply_nested_field_is_a_400_naming_it_not_a_recursion_error() -> Non
         eng.decode({"x": "wide"}, 0)
 
 
+def test_predict_bodies_must_be_declared_json_or_undeclared() -> None:
+    """A web page can make a browser POST a form or text/plain anywhere without a CORS preflight:
+    those types are a 415 naming the fix; JSON (with a charset, or ``+json``) and no type pass."""
+    from kiln.bento.fastpath import _check_content_type, _Reject
+
+    for ok in (None, b"application/json", b"Application/JSON; charset=utf-8", b"application/vnd.api+json"):
+        _check_content_type(ok)
+    for bad in (b"text/plain", b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x", b"",
+                b"application/jsonx", b"text/json"):
+        with pytest.raises(_Reject) as e:
+            _check_content_type(bad)
+        assert e.value.status == 415 and "send 'Content-Type: application/json'" in e.value.message
+
+
 def test_classification_scores_match_the_numpy_reference() -> None:
     """The plain-Python path for probability rows gives what numpy's stable argsort gives (ties
     by index, top_k); logits and single outputs still go through softmax/sigmoid."""
