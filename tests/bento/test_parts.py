@@ -264,6 +264,26 @@ def test_plain_tabular_decode_fast_path_and_its_errors(tmp_path: Path) -> None:
     assert eng.decode({**row, "sl": 3.4e38}, 0)[0][0] == np.float32(3.4e38)  # the float32 range itself is fine
 
 
+def test_png_text_bombs_are_refused_before_they_inflate(serving_repo: Path) -> None:
+    """62 zTXt chunks of 1 MiB each in a 64 KB PNG of 8 x 8 pixels: Pillow's defaults inflate
+    them all (63 MB, 0.4 s) when the file is opened; an image model's engine caps them at 1 MiB."""
+    import base64
+    import time
+
+    from kiln.bento.hostile import _png_text_bomb
+    from kiln.bento.registry import Registry, default_home
+    from kiln.bento.runtime import InstanceError, load_engine
+
+    img = load_engine(Registry(default_home(serving_repo)).path("digits", 1))
+    bomb = _png_text_bomb()
+    assert len(bomb) < 70_000
+    t = time.process_time()
+    with pytest.raises(InstanceError, match=r"instances\[0\]\.data: not a decodable image \(Too much memory used in text"):
+        img.decode({"data": base64.b64encode(bomb).decode()}, 0)
+    assert time.process_time() - t < 0.1  # one chunk inflated, not 62
+    img.decode({"data": base64.b64encode(_png_text_bomb(1)).decode()}, 0)  # 1 MiB of text is still an image
+
+
 def test_a_deeply_nested_field_is_a_400_naming_it_not_a_recursion_error() -> None:
     """orjson parses JSON nested up to 1,023 levels; the error message for such a field used to
     ``str()`` it, which raised RecursionError at 1,000 levels (a 500 from the server)."""
