@@ -13,6 +13,8 @@ Every attack has one right answer, asserted by the caller from :attr:`Phase.bad`
 ``pixel-bomb``            a ~100 KB PNG of 10,000 x 10,000 pixels: 400, from its header
 ``text-bomb``             a 64 KB PNG of 8 x 8 pixels with 62 compressed text chunks of 1 MiB
                           each (Pillow reads them all before the pixels): 400
+``icc-bomb``              the same with as many iCCP chunks (colour profiles) as fit in the body
+                          limit, inflated one after the other: 400
 ``deep-json``             100,000 ``[``: 400 (orjson stops at 1,024 levels)
 ``deep-field``            an instance whose every field is nested 1,000 deep: 400
 ``malformed``             a truncated JSON document: 400
@@ -50,7 +52,7 @@ from urllib.parse import urlsplit
 
 __all__ = ["ATTACKS", "EXPECTED", "Phase", "Target", "run", "interleaved", "tree_peak_rss", "reset_peak_rss", "loadavg"]
 
-EXPECTED = {"pixel-bomb": 400, "text-bomb": 400, "deep-json": 400, "deep-field": 400, "malformed": 400, "wrong-type": 415,
+EXPECTED = {"pixel-bomb": 400, "text-bomb": 400, "icc-bomb": 400, "deep-json": 400, "deep-field": 400, "malformed": 400, "wrong-type": 415,
             "bad-token": 401, "too-many": 413, "huge-declared": 413, "huge-chunked": 413, "slow-body": 408}
 ATTACKS = tuple(EXPECTED)
 
@@ -114,9 +116,10 @@ def _png_bomb() -> bytes:
     return buf.getvalue()
 
 
-def _png_text_bomb(chunks: int = 62) -> bytes:
-    """An 8 x 8 PNG whose zTXt chunks inflate to ~1 MiB each: Pillow's defaults allow 1 MiB a
-    chunk and 64 MiB in all, decompressed when the file is opened."""
+def _png_text_bomb(chunks: int = 62, kind: bytes = b"zTXt") -> bytes:
+    """An 8 x 8 PNG with ``chunks`` compressed chunks that inflate to ~1 MiB each (~1 KB on the
+    wire), all inflated by Pillow when the file is opened: zTXt (text; Pillow's defaults allow 1
+    MiB a chunk and 64 MiB in all) or iCCP (a colour profile: the PNG standard allows one)."""
     import struct
     import zlib
 
@@ -128,9 +131,9 @@ def _png_text_bomb(chunks: int = 62) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (8, 8)).save(buf, format="PNG")
     png = buf.getvalue()
-    text = zlib.compress(b"a" * (2**20 - 100), 9)
+    payload = zlib.compress(b"a" * (2**20 - 100), 9)
     ihdr_end = 8 + 25  # signature, IHDR
-    return png[:ihdr_end] + b"".join(chunk(b"zTXt", b"k%d\0\0" % i + text) for i in range(chunks)) + png[ihdr_end:]
+    return png[:ihdr_end] + b"".join(chunk(kind, b"k%d\0\0" % i + payload) for i in range(chunks)) + png[ihdr_end:]
 
 
 class _Attacks:
@@ -144,6 +147,9 @@ class _Attacks:
         self.bodies = {
             "pixel-bomb": orjson.dumps({"instances": [{"data": base64.b64encode(_png_bomb()).decode()}]}),
             "text-bomb": orjson.dumps({"instances": [{"data": base64.b64encode(_png_text_bomb()).decode()}]}),
+            # as many colour profiles as fit in the body limit (base64: 4/3 of the bytes)
+            "icc-bomb": orjson.dumps({"instances": [{"data": base64.b64encode(
+                _png_text_bomb(int(t.max_payload * 0.7) // 1100, b"iCCP")).decode()}]}),
             "deep-json": b'{"instances": ' + b"[" * 100_000,
             # every field of a valid instance nested 1,000 deep (written by hand: orjson writes
             # at most 255 levels, and reads 1,023)

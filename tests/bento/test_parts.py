@@ -266,7 +266,8 @@ def test_plain_tabular_decode_fast_path_and_its_errors(tmp_path: Path) -> None:
 
 def test_png_text_bombs_are_refused_before_they_inflate(serving_repo: Path) -> None:
     """62 zTXt chunks of 1 MiB each in a 64 KB PNG of 8 x 8 pixels: Pillow's defaults inflate
-    them all (63 MB, 0.4 s) when the file is opened; an image model's engine caps them at 1 MiB."""
+    them all (63 MB, 0.4 s) when the file is opened; an image model's engine caps them at 1 MiB.
+    166 iCCP chunks likewise: refused from the chunk headers."""
     import base64
     import time
 
@@ -282,6 +283,12 @@ def test_png_text_bombs_are_refused_before_they_inflate(serving_repo: Path) -> N
         img.decode({"data": base64.b64encode(bomb).decode()}, 0)
     assert time.process_time() - t < 0.1  # one chunk inflated, not 62
     img.decode({"data": base64.b64encode(_png_text_bomb(1)).decode()}, 0)  # 1 MiB of text is still an image
+    # colour profiles: Pillow inflates every iCCP chunk (no limit on their number); the standard allows one
+    t = time.process_time()
+    with pytest.raises(InstanceError, match=r"instances\[1\]\.data: not a decodable image \(a PNG holds at most one colour"):
+        img.decode({"data": base64.b64encode(_png_text_bomb(166, b"iCCP")).decode()}, 1)
+    assert time.process_time() - t < 0.05
+    img.decode({"data": base64.b64encode(_png_text_bomb(1, b"iCCP")).decode()}, 0)
 
 
 def test_a_deeply_nested_field_is_a_400_naming_it_not_a_recursion_error() -> None:
