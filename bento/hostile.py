@@ -251,14 +251,90 @@ def interleaved(baseline_s: float = 10, attack_s: float = 20, pairs: int = 4, wa
                                      (("baseline", baseline_s), ("attack", attack_s))]
 
 
-class _Clock:
-    """The block now running, read by every client before each request."""
+class _Load:
+    """The clients of one :func:`run` and what they share: the block now running (read before
+    each request), the attacks in flight, the phases' records."""
 
-    def __init__(self) -> None:
+    def __init__(self, t: Target, clients: int, rate: float, attack_every: int) -> None:
+        import orjson
+
+        self.t, self.clients, self.step, self.every = t, clients, 1.0 / rate, attack_every
+        self.attacks = _Attacks(t)
+        self.body = orjson.dumps({"instances": [t.instance]})
+        self.phases = {"baseline": Phase(0.0), "attack": Phase(0.0)}
         self.mode = "warmup"
         self.stop = False
         self.inflight = 0
         self.cv = threading.Condition()
+        self.pool = concurrent.futures.ThreadPoolExecutor(4 * clients, thread_name_prefix="hostile-attack")
+        self.t0 = time.monotonic()
+
+    def attack(self, kind: str) -> None:
+        got = self.attacks.send(kind)
+        with self.cv:
+            self.phases["attack"].bad.setdefault(kind, Counter())[got] += 1
+            self.inflight -= 1
+            self.cv.notify_all()
+
+    def valid(self, conn: http.client.HTTPConnection, mode: str) -> None:
+        s = time.perf_counter()
+        code: int | str
+        try:
+            conn.request("POST", self.t.path, body=self.body, headers=self.t.headers())
+            r = conn.getresponse()
+            r.read()
+            code = r.status
+        except (OSError, http.client.HTTPException):
+            conn.close()  # http.client reconnects on the next request
+            code = "closed"
+        dt = time.perf_counter() - s
+        ph = self.phases.get(mode)  # warm-up and drain: not recorded
+        if ph is not None:
+            with self.cv:
+                ph.valid_codes[code] += 1
+                if code == 200:
+                    ph.valid_s.append(dt)
+
+    def client(self, k: int) -> None:
+        conn = http.client.HTTPConnection(self.t.host, self.t.port, timeout=30)
+        due = self.t0 + self.step * k / self.clients  # spread the clients over one interval
+        n = k  # the clients' attacks fall on different ticks
+        j = k  # and each client starts at another kind, so a short run still sends every kind
+        while not self.stop:
+            if (wait := due - time.monotonic()) > 0:
+                time.sleep(wait)
+            due = max(due + self.step, time.monotonic() - self.step)  # late: no burst to catch up
+            n += 1
+            if n % self.every == 0:
+                with self.cv:  # checked and counted together: a drain sees every attack it waits for
+                    go = self.mode == "attack"
+                    self.inflight += go
+                if go:
+                    self.pool.submit(self.attack, ATTACKS[j % len(ATTACKS)])
+                    j += 1
+                    continue
+            self.valid(conn, self.mode)
+        conn.close()
+
+    def drive(self, blocks: list[tuple[str, float]], procs: list[int]) -> None:
+        attacked = False
+        for kind, seconds in blocks:
+            if kind == "attack" and not attacked:
+                self.phases["baseline"].peak_rss = tree_peak_rss(procs)
+                reset_peak_rss(procs)
+                attacked = True
+            elif kind == "baseline" and not attacked and self.mode == "warmup":
+                reset_peak_rss(procs)
+            with self.cv:
+                self.mode = kind
+            time.sleep(seconds)
+            if kind in self.phases:
+                self.phases[kind].seconds += seconds
+            if kind == "attack":
+                with self.cv:
+                    self.mode = "drain"
+                    self.cv.wait_for(lambda: self.inflight == 0, timeout=60)
+        self.phases["attack" if attacked else "baseline"].peak_rss = tree_peak_rss(procs)
 
 
 def run(t: Target, blocks: list[tuple[str, float]], *, clients: int = 8, rate: float = 20.0,
@@ -273,91 +349,18 @@ def run(t: Target, blocks: list[tuple[str, float]], *, clients: int = 8, rate: f
     Returns a :class:`Phase` for "baseline" and "attack". Memory: the baseline's peak is that of
     the blocks before the first attack; the attack's is the peak from the first attack to the end
     (memory an attack leaves behind counts against it, whatever block comes next)."""
-    import orjson
-
-    attacks = _Attacks(t)
-    body = orjson.dumps({"instances": [t.instance]})
-    phases = {"baseline": Phase(0.0), "attack": Phase(0.0)}
-    clock = _Clock()
-    pool = concurrent.futures.ThreadPoolExecutor(4 * clients, thread_name_prefix="hostile-attack")
-    t0 = time.monotonic()
-
-    def attack(kind: str) -> None:
-        got = attacks.send(kind)
-        with clock.cv:
-            phases["attack"].bad.setdefault(kind, Counter())[got] += 1
-            clock.inflight -= 1
-            clock.cv.notify_all()
-
-    def valid(conn: http.client.HTTPConnection) -> tuple[int | str, float]:
-        s = time.perf_counter()
-        try:
-            conn.request("POST", t.path, body=body, headers=t.headers())
-            r = conn.getresponse()
-            r.read()
-            return r.status, time.perf_counter() - s
-        except (OSError, http.client.HTTPException):
-            conn.close()  # http.client reconnects on the next request
-            return "closed", time.perf_counter() - s
-
-    def client(k: int) -> None:
-        conn = http.client.HTTPConnection(t.host, t.port, timeout=30)
-        step = 1.0 / rate
-        due = t0 + step * k / clients  # spread the clients over one interval
-        n = k  # the clients' attacks fall on different ticks
-        j = k  # and each client starts at another kind, so a short run still sends every kind
-        while not clock.stop:
-            if (wait := due - time.monotonic()) > 0:
-                time.sleep(wait)
-            due = max(due + step, time.monotonic() - step)  # late: no burst to catch up
-            n += 1
-            if n % attack_every == 0:
-                with clock.cv:  # checked and counted together: a drain sees every attack it waits for
-                    go = clock.mode == "attack"
-                    clock.inflight += go
-                if go:
-                    pool.submit(attack, ATTACKS[j % len(ATTACKS)])
-                    j += 1
-                    continue
-            mode = clock.mode
-            code, dt = valid(conn)
-            ph = phases.get(mode)
-            if ph is not None:
-                with clock.cv:
-                    ph.valid_codes[code] += 1
-                    if code == 200:
-                        ph.valid_s.append(dt)
-        conn.close()
-
-    procs = pids() if pids else []
-    threads = [threading.Thread(target=client, args=(k,), name=f"hostile-{k}") for k in range(clients)]
+    load = _Load(t, clients, rate, attack_every)
+    threads = [threading.Thread(target=load.client, args=(k,), name=f"hostile-{k}") for k in range(clients)]
     for th in threads:
         th.start()
-    attacked = False
     try:
-        for kind, seconds in blocks:
-            if kind == "attack" and not attacked:
-                phases["baseline"].peak_rss = tree_peak_rss(procs)
-                reset_peak_rss(procs)
-                attacked = True
-            elif kind == "baseline" and not attacked and clock.mode == "warmup":
-                reset_peak_rss(procs)
-            with clock.cv:
-                clock.mode = kind
-            time.sleep(seconds)
-            if kind in phases:
-                phases[kind].seconds += seconds
-            if kind == "attack":
-                with clock.cv:
-                    clock.mode = "drain"
-                    clock.cv.wait_for(lambda: clock.inflight == 0, timeout=60)
+        load.drive(blocks, pids() if pids else [])
     finally:
-        clock.stop = True
+        load.stop = True
         for th in threads:
             th.join()
-        pool.shutdown(wait=True)
-    phases["attack" if attacked else "baseline"].peak_rss = tree_peak_rss(procs)
-    return phases
+        load.pool.shutdown(wait=True)
+    return load.phases
 
 
 def loadavg() -> str:
