@@ -344,13 +344,14 @@ class FastPath:
         """One predict request: admit -> read -> decode -> run the model -> reply, then count it
         and log it (``finally``: every request, whatever its outcome)."""
         t0 = time.perf_counter()
-        rid, clen, skip_capture = _request_headers(scope["headers"])
+        rid, clen, ctype, skip_capture = _request_headers(scope["headers"])
         hdrs = [(b"x-request-id", rid.encode()), (b"x-kiln-path", b"fast")]
         tid = "-"
         status, n = 500, 0
         counted = False
         try:
             tid = self._token_id(scope)
+            _check_content_type(ctype)
             self._check_size(clen)
             body = await self._read_body(receive)
             # counted once the body is in: clients that send slowly must not fill the places of
@@ -490,10 +491,10 @@ class FastPath:
         return openapi(self.cfg, STATE.engine)
 
 
-def _request_headers(headers: list) -> tuple[str, bytes | None, bool]:
-    """(request id, content-length, skip capture?) from one pass over the request headers. A
-    client's ``x-request-id`` is kept when sane, else one is made."""
-    rid = clen = None
+def _request_headers(headers: list) -> tuple[str, bytes | None, bytes | None, bool]:
+    """(request id, content-length, content-type, skip capture?) from one pass over the request
+    headers. A client's ``x-request-id`` is kept when sane, else one is made."""
+    rid = clen = ctype = None
     skip_capture = False
     for k, v in headers:
         if k == b"x-request-id":
@@ -501,9 +502,27 @@ def _request_headers(headers: list) -> tuple[str, bytes | None, bool]:
             rid = s if _RID_RE.match(s) else None
         elif k == b"content-length":
             clen = v
+        elif k == b"content-type":
+            ctype = v
         elif k == _NO_CAPTURE and v == b"1":
             skip_capture = True  # kiln's smoke test: not user traffic
-    return rid or f"{_RID_PREFIX}{next(_RID_SEQ):08x}", clen, skip_capture
+    return rid or f"{_RID_PREFIX}{next(_RID_SEQ):08x}", clen, ctype, skip_capture
+
+
+def _check_content_type(ctype: bytes | None) -> None:
+    """415 unless the body is declared JSON (``application/json``, ``application/*+json``) or
+    not declared at all. Why: a web page can make a visitor's browser POST a form or
+    ``text/plain`` to a public deployment on their network without asking the server first (no
+    CORS preflight for those types); a JSON body declared as such needs the preflight, which this
+    server never grants. A client that sends no type (a bare ``urllib`` request) is not a
+    browser form, so it is accepted."""
+    if ctype is None:
+        return
+    media = ctype.split(b";", 1)[0].strip().lower()
+    if media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json")):
+        return
+    shown = media.decode("latin-1")[:60] or "(empty)"
+    raise _Reject(415, f"Content-Type {shown} is not JSON; send 'Content-Type: application/json'")
 
 
 def _decode(eng: Engine, instances: list) -> tuple[list, list]:

@@ -37,6 +37,7 @@ import binascii
 import io
 import json
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,15 @@ LOADERS: dict[str, Callable[[Path, int], Callable[[np.ndarray], Any]]] = {
 
 
 # ---------------------------------------------------------------------------------- engine ----
+def _shown(v: Any) -> str:
+    """A client's value in an error message: a scalar's type and its first 40 characters, a list
+    or object by its type only. Why: ``str()`` of a list nested 1,000 deep (orjson parses up to
+    1,023 levels) raises RecursionError, which was a 500 instead of the 400 naming the field."""
+    if v is None or isinstance(v, (str, int, float)):
+        return f"{type(v).__name__} {str(v)[:40]!r}"
+    return type(v).__name__
+
+
 DEFAULT_MIN_PIXELS = 4_000_000   # a phone photo: the smallest default limit, whatever the model's input
 
 @dataclass
@@ -236,7 +246,7 @@ class Engine:
                 raise InstanceError(i, f, f"missing; the model needs {', '.join(self.cfg.features or ())}")
             v = inst[f]
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise InstanceError(i, f, f"expected a number, got {type(v).__name__} {str(v)[:40]!r}")
+                raise InstanceError(i, f, f"expected a number, got {_shown(v)}")
             if not math.isfinite(v):
                 raise InstanceError(i, f, "expected a finite number")
             with np.errstate(over="ignore"):
@@ -253,7 +263,7 @@ class Engine:
             v = inst[f]
             want = types.get(f, "any")
             if want == "number" and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise InstanceError(i, f, f"expected a number, got {type(v).__name__} {str(v)[:40]!r}")
+                raise InstanceError(i, f, f"expected a number, got {_shown(v)}")
             if want == "string" and not isinstance(v, str):
                 raise InstanceError(i, f, f"expected a string, got {type(v).__name__}")
             if v is not None and not isinstance(v, (int, float, str, bool)):
@@ -287,6 +297,9 @@ class Engine:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise InstanceError(i, "data", "not valid base64") from None
+        if raw.startswith(_PNG_SIGNATURE) and _png_profiles(raw) > 1:
+            raise InstanceError(i, "data", "not a decodable image (a PNG holds at most one colour profile, "
+                                "iCCP chunk; this one has more)")
         try:
             img = Image.open(io.BytesIO(raw))  # reads the header only
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
@@ -375,6 +388,40 @@ class Engine:
         return ids.astype(int).tolist()
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_profiles(raw: bytes) -> int:
+    """How many iCCP chunks (colour profiles) a PNG has before its pixels, counted up to two.
+    Why: Pillow inflates each one when it opens the file (up to 1 MiB a chunk from ~1 KB on the
+    wire, and it has no limit on their number), before the pixel count is checked; a 230 KB
+    PNG of 8 x 8 pixels with 150 of them raised valid p99 4.5x at 10 % of requests
+    (bench/security_load.py). The PNG standard allows one. Walks the chunk headers only."""
+    n, pos = 0, len(_PNG_SIGNATURE)
+    while pos + 8 <= len(raw) and n < 2:
+        length, kind = struct.unpack_from(">I4s", raw, pos)
+        if kind == b"IDAT":
+            break
+        n += kind == b"iCCP"
+        pos += 12 + length  # length, type, data, CRC
+    return n
+
+
+PNG_TEXT_LIMIT = 2**20
+
+
+def limit_png_text() -> None:
+    """At most 1 MiB of PNG text chunks in all (Pillow's default: 64 MiB). Why: Pillow inflates
+    every text chunk when it opens a file, before the pixel count can be checked; a 64 KB PNG of
+    8 x 8 pixels with 62 compressed chunks took 0.4 s of CPU and 63 MB, and at 10 % of requests
+    raised valid p99 4.8x and peak memory 1.4x (bench/security_load.py). A model reads no text;
+    1 MiB still admits an image's XMP metadata. Over it, the image is a 400 ("not a decodable
+    image"). Process-wide: Pillow keeps the limit in a module variable."""
+    from PIL import PngImagePlugin
+
+    PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, PNG_TEXT_LIMIT)
+
+
 def load_engine(model_dir: str | Path, *, threads: int = 1, name: str = "", version: int = 0) -> Engine:
     """Load a model version directory (a BentoML model dir from the registry)."""
     d = Path(model_dir)
@@ -388,4 +435,6 @@ def load_engine(model_dir: str | Path, *, threads: int = 1, name: str = "", vers
     pipeline = None
     if cfg.preprocess:
         pipeline = load_pipeline(d / cfg.preprocess)
+    if cfg.input == "image":
+        limit_png_text()
     return Engine(cfg=cfg, run=run, model_dir=d, pipeline=pipeline, name=name, version=version)

@@ -264,6 +264,67 @@ def test_plain_tabular_decode_fast_path_and_its_errors(tmp_path: Path) -> None:
     assert eng.decode({**row, "sl": 3.4e38}, 0)[0][0] == np.float32(3.4e38)  # the float32 range itself is fine
 
 
+def test_png_text_bombs_are_refused_before_they_inflate(serving_repo: Path) -> None:
+    """62 zTXt chunks of 1 MiB each in a 64 KB PNG of 8 x 8 pixels: Pillow's defaults inflate
+    them all (63 MB, 0.4 s) when the file is opened; an image model's engine caps them at 1 MiB.
+    166 iCCP chunks likewise: refused from the chunk headers."""
+    import base64
+    import time
+
+    from kiln.bento.hostile import _png_text_bomb
+    from kiln.bento.registry import Registry, default_home
+    from kiln.bento.runtime import InstanceError, load_engine
+
+    img = load_engine(Registry(default_home(serving_repo)).path("digits", 1))
+    bomb = _png_text_bomb()
+    assert len(bomb) < 70_000
+    t = time.process_time()
+    with pytest.raises(InstanceError, match=r"instances\[0\]\.data: not a decodable image \(Too much memory used in text"):
+        img.decode({"data": base64.b64encode(bomb).decode()}, 0)
+    assert time.process_time() - t < 0.1  # one chunk inflated, not 62
+    img.decode({"data": base64.b64encode(_png_text_bomb(1)).decode()}, 0)  # 1 MiB of text is still an image
+    # colour profiles: Pillow inflates every iCCP chunk (no limit on their number); the standard allows one
+    t = time.process_time()
+    with pytest.raises(InstanceError, match=r"instances\[1\]\.data: not a decodable image \(a PNG holds at most one colour"):
+        img.decode({"data": base64.b64encode(_png_text_bomb(166, b"iCCP")).decode()}, 1)
+    assert time.process_time() - t < 0.05
+    img.decode({"data": base64.b64encode(_png_text_bomb(1, b"iCCP")).decode()}, 0)
+
+
+def test_a_deeply_nested_field_is_a_400_naming_it_not_a_recursion_error() -> None:
+    """orjson parses JSON nested up to 1,023 levels; the error message for such a field used to
+    ``str()`` it, which raised RecursionError at 1,000 levels (a 500 from the server)."""
+    import orjson
+
+    from kiln.bento.runtime import Engine, InstanceError, ServingConfig
+
+    deep = orjson.loads(b"[" * 1000 + b"]" * 1000)
+    eng = Engine(ServingConfig(framework="onnx", task="classification", input="tabular", features=["x"]),
+                 run=lambda x: x, model_dir=Path("."))
+    with pytest.raises(InstanceError, match=r"instances\[0\]\.x: expected a number, got list$"):
+        eng.decode({"x": deep}, 0)
+    eng.cfg.feature_types = {"x": "number"}
+    eng.pipeline = object()  # the preprocessing path checks its fields before it transforms
+    with pytest.raises(InstanceError, match=r"instances\[1\]\.x: expected a number, got list$"):
+        eng.decode({"x": deep}, 1)
+    with pytest.raises(InstanceError, match=r"expected a number, got str 'wide'"):
+        eng.decode({"x": "wide"}, 0)
+
+
+def test_predict_bodies_must_be_declared_json_or_undeclared() -> None:
+    """A web page can make a browser POST a form or text/plain anywhere without a CORS preflight:
+    those types are a 415 naming the fix; JSON (with a charset, or ``+json``) and no type pass."""
+    from kiln.bento.fastpath import _check_content_type, _Reject
+
+    for ok in (None, b"application/json", b"Application/JSON; charset=utf-8", b"application/vnd.api+json"):
+        _check_content_type(ok)
+    for bad in (b"text/plain", b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x", b"",
+                b"application/jsonx", b"text/json"):
+        with pytest.raises(_Reject) as e:
+            _check_content_type(bad)
+        assert e.value.status == 415 and "send 'Content-Type: application/json'" in e.value.message
+
+
 def test_classification_scores_match_the_numpy_reference() -> None:
     """The plain-Python path for probability rows gives what numpy's stable argsort gives (ties
     by index, top_k); logits and single outputs still go through softmax/sigmoid."""
