@@ -297,9 +297,9 @@ class Engine:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise InstanceError(i, "data", "not valid base64") from None
-        if raw.startswith(_PNG_SIGNATURE) and _png_profiles(raw) > 1:
-            raise InstanceError(i, "data", "not a decodable image (a PNG holds at most one colour profile, "
-                                "iCCP chunk; this one has more)")
+        problem = _png_chunk_problem(raw) if raw.startswith(_PNG_SIGNATURE) else None
+        if problem:
+            raise InstanceError(i, "data", f"not a decodable image ({problem})")
         try:
             img = Image.open(io.BytesIO(raw))  # reads the header only
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
@@ -391,20 +391,32 @@ class Engine:
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _png_profiles(raw: bytes) -> int:
-    """How many iCCP chunks (colour profiles) a PNG has before its pixels, counted up to two.
-    Why: Pillow inflates each one when it opens the file (up to 1 MiB a chunk from ~1 KB on the
-    wire, and it has no limit on their number), before the pixel count is checked; a 230 KB
-    PNG of 8 x 8 pixels with 150 of them raised valid p99 4.5x at 10 % of requests
-    (bench/security_load.py). The PNG standard allows one. Walks the chunk headers only."""
-    n, pos = 0, len(_PNG_SIGNATURE)
-    while pos + 8 <= len(raw) and n < 2:
+def _png_chunk_problem(raw: bytes) -> str | None:
+    """What makes a PNG too costly to open, read from its chunk headers only, or None.
+
+    - More than one iCCP chunk (colour profile): Pillow inflates each one when it opens the file
+      (up to 1 MiB a chunk from ~1 KB on the wire, no limit on their number), before the pixel
+      count is checked; a 230 KB PNG of 8 x 8 pixels with 150 of them raised valid p99 4.5x at
+      10 % of requests (bench/security_load.py). The PNG standard allows one.
+    - Too many chunks: Pillow walks chunks in Python (~2.3 us each, holding the GIL), so 655,360
+      empty chunks in a 7.5 MB body took 1.5 s of CPU. Encoders write IDAT in 8-64 KiB chunks, so
+      a real PNG averages several KiB a chunk; the limit allows one chunk per 2 KiB (at least
+      1,024), which stops the walk after a few ms."""
+    limit = max(1024, len(raw) // 2048)
+    count = profiles = 0
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(raw):
         length, kind = struct.unpack_from(">I4s", raw, pos)
-        if kind == b"IDAT":
+        count += 1
+        profiles += kind == b"iCCP"
+        if profiles > 1:
+            return "a PNG holds at most one colour profile, iCCP chunk; this one has more"
+        if count > limit:
+            return f"a PNG of {len(raw):,} bytes with more than {limit:,} chunks; re-encode it"
+        if kind == b"IEND":
             break
-        n += kind == b"iCCP"
         pos += 12 + length  # length, type, data, CRC
-    return n
+    return None
 
 
 PNG_TEXT_LIMIT = 2**20

@@ -269,7 +269,9 @@ def test_png_text_bombs_are_refused_before_they_inflate(serving_repo: Path) -> N
     them all (63 MB, 0.4 s) when the file is opened; an image model's engine caps them at 1 MiB.
     166 iCCP chunks likewise: refused from the chunk headers."""
     import base64
+    import struct
     import time
+    import zlib
 
     from kiln.bento.hostile import _png_text_bomb
     from kiln.bento.registry import Registry, default_home
@@ -289,6 +291,15 @@ def test_png_text_bombs_are_refused_before_they_inflate(serving_repo: Path) -> N
         img.decode({"data": base64.b64encode(_png_text_bomb(166, b"iCCP")).decode()}, 1)
     assert time.process_time() - t < 0.05
     img.decode({"data": base64.b64encode(_png_text_bomb(1, b"iCCP")).decode()}, 0)
+    # many empty chunks: Pillow walks each in Python; refused from the chunk headers after the limit
+    png = _png_text_bomb(0)
+    empty = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    chunky = png[:33] + empty * 200_000 + png[33:]
+    t = time.process_time()
+    with pytest.raises(InstanceError, match=r"instances\[2\]\.data: not a decodable image \(a PNG of 2,400,\d+ bytes with more than 1,171 chunks"):
+        img.decode({"data": base64.b64encode(chunky).decode()}, 2)
+    assert time.process_time() - t < 0.1
+    img.decode({"data": base64.b64encode(png[:33] + empty * 1000 + png[33:]).decode()}, 0)  # a few ancillary chunks are fine
 
 
 def test_a_deeply_nested_field_is_a_400_naming_it_not_a_recursion_error() -> None:
