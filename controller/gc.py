@@ -10,6 +10,7 @@ What goes (each only when its object is not being worked on, see ``_busy``):
 - the experiment's materialised dataset versions (``data/<version>``) that no kept run trains on;
 - dataset staging folders (``staging/<spec-hash>``), left behind by failed or interrupted runs;
 - local runner workflow folders (``.kiln/runs/<workflow>``) that no record names;
+- a deployment's Bento builds of model versions other than the one it serves now;
 - memoized step results of the objects above (a memo of a step whose files are gone would skip
   the step the next time that spec is applied).
 
@@ -230,6 +231,12 @@ def collect(config: KilnConfig, *, dry_run: bool = False) -> GcReport:
             continue
         out.removed.append(Removal(staging, freed_bytes(staging), "dataset staging left by an unfinished run"))
         touched.add(key)
+    for dep in sorted((kiln_dir / "deployments").glob("*/*")):
+        key = f"Deployment/{dep.parent.name}/{dep.name}"
+        current = f"home-build-v{(read_json(dep / 'build.json') or {}).get('version')}"
+        for build in sorted(dep.glob("home-build-v*")) if key not in busy else []:
+            if build.name != current:  # servers run from home-v<N>; these Bentos are only for shipping
+                out.removed.append(Removal(build, freed_bytes(build), "Bento of a model version no longer served"))
     named = {str(i.get("id")) for r in records.values() for i in r.inventory if i.get("kind") == "workflow"}
     named |= {str(((r.extra or {}).get("workflow") or {}).get("name")) for r in records.values()}
     for name, doc in workflows.items():
@@ -270,7 +277,7 @@ def _share_models(kiln_dir: Path, going: set[Path], dry_run: bool) -> int:
     store = kiln_dir / "bentoml" / "models"
     if not store.is_dir():
         return 0
-    globs = ("workspaces/*/experiments/*/runs/*/trials", "serving/*/home-build-*/bentos")
+    globs = ("workspaces/*/experiments/*/runs/*/trials", "deployments/*/*/home-build-*/bentos")
     roots = [d for g in globs for d in kiln_dir.glob(g) if not any(d.is_relative_to(p) for p in going)]
     files = [f for d in roots for f in d.rglob("*") if f.is_file() and not f.is_symlink()
              and f.stat().st_size >= 64 * 1024]
