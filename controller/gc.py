@@ -8,6 +8,7 @@ What goes (each only when its object is not being worked on, see ``_busy``):
   run registered a model version the registry still holds (its lineage); every run of an
   experiment that has no record (pruned) and registered nothing still held;
 - the experiment's materialised dataset versions (``data/<version>``) that no kept run trains on;
+- checkpoints of finished trials in the runs that stay (only an unfinished trial resumes);
 - dataset staging folders (``staging/<spec-hash>``), left behind by failed or interrupted runs;
 - local runner workflow folders (``.kiln/runs/<workflow>``) that no record names;
 - a deployment's Bento builds of model versions other than the one it serves now;
@@ -170,6 +171,16 @@ def _registered_versions(config: KilnConfig) -> dict[str, set[int]]:
     return {n: set(reg.versions(n)) for n in reg.names()}
 
 
+def _finished_checkpoints(run: Path, out: GcReport) -> None:
+    """Checkpoints exist to resume a trial that did not finish; a COMPLETE or PRUNED trial is
+    never trained again (``training.run_trial`` returns its record), so its checkpoints (model
+    plus optimizer state, twice a ResNet's size each) are dead weight."""
+    for ck in sorted(run.glob("trials/*/checkpoints")):
+        state = (read_json(ck.parent / "trial.json") or {}).get("state")
+        if state in ("COMPLETE", "PRUNED") and ck.is_dir() and any(ck.iterdir()):
+            out.removed.append(Removal(ck, freed_bytes(ck), f"checkpoints of a {state.lower()} trial"))
+
+
 def _experiment(home: Path, record_run: str | None, keep: int, held: dict[str, set[int]],
                 out: GcReport) -> list[str] | None:
     """Runs and data copies of one experiment; the spec hashes of the runs that go (a run folder
@@ -191,6 +202,8 @@ def _experiment(home: Path, record_run: str | None, keep: int, held: dict[str, s
             why = "beyond gc.keepRuns" if record_run is not None else "experiment has no record"
             out.removed.append(Removal(run, freed_bytes(run), why))
             gone.append(run.name.split("-")[0])
+    for run in kept:
+        _finished_checkpoints(run, out)
     used = {(read_json(r / "data.json") or {}).get("version") for r in kept}
     for d in sorted((home / "data").glob("*")) if (home / "data").is_dir() else []:
         if d.is_dir() and d.name not in used:

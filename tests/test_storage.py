@@ -141,19 +141,27 @@ def test_gc_shrinks_a_repo_with_stale_runs_and_keeps_what_is_referenced(repo: Pa
     current = Path(record["extra"]["run"]).name
     runs = _runs(repo)
     assert len(runs) == 2 and current in runs
+    # what a torch trial leaves behind: checkpoints, only ever read to resume an unfinished trial
+    trial = repo / ".kiln/workspaces/default/experiments/wine-rf/runs" / current / "trials/run"
+    assert json.loads((trial / "trial.json").read_text())["state"] == "COMPLETE"
+    (trial / "checkpoints").mkdir(exist_ok=True)
+    (trial / "checkpoints/epoch-0001.pt").write_bytes(os.urandom(256 * 1024))
     before = tree_bytes(repo / ".kiln")
 
     dry = kiln("gc", "--dry-run", cwd=repo, check=True)
     would = [ln for ln in dry.stdout.splitlines() if ln.startswith("would remove")]
-    assert len(would) == 1 and all("beyond gc.keepRuns" in ln for ln in would), dry.stdout
-    assert current not in dry.stdout and "would free" in dry.stdout
+    assert len(would) == 2, dry.stdout
+    assert "beyond gc.keepRuns" in would[0] and current not in would[0], dry.stdout
+    assert f"{current}/trials/run/checkpoints" in would[1] and "checkpoints of a complete trial" in would[1]
+    assert "would free" in dry.stdout
     assert _runs(repo) == runs and tree_bytes(repo / ".kiln") <= before + 64 * 1024  # nothing removed
 
     done = kiln("gc", cwd=repo, check=True)
     after = tree_bytes(repo / ".kiln")
     assert _runs(repo) == [current], done.stdout
     freed = int(done.stdout.splitlines()[-1].split("(")[1].split()[0])
-    assert freed > 0 and after < before, (before, after, done.stdout)
+    assert freed > 256 * 1024 and after < before - 256 * 1024, (before, after, done.stdout)
+    assert not (trial / "checkpoints").exists() and (trial / "model").is_dir()
     print(f".kiln/ before gc: {before} bytes, after: {after} bytes, reported freed: {freed}")
 
     # what is referenced still works: the registered version, kiln infer, and the recorded run
