@@ -170,8 +170,11 @@ def test_gc_shrinks_a_repo_with_stale_runs_and_keeps_what_is_referenced(repo: Pa
     assert (repo / ".kiln/workspaces/default/experiments/wine-rf/runs" / current / "registered.json").is_file()
     assert kiln("gc", cwd=repo, check=True).stdout.strip().splitlines()[-1].startswith("freed 0 B")
 
-    # a spec reverted to a collected run's variant trains again (its memoized steps went with it)
-    write(repo, {"specs/exp.yaml": experiment(3)})
+    # a spec reverted to a collected run's variant trains again (its memoized steps and step
+    # progress went with it); gc.afterApply collects the run it replaced right after
+    write(repo, {"specs/exp.yaml": experiment(3), "kiln.yaml": "gc: {keepRuns: 1, afterApply: true}\n"})
     again = kiln("apply", cwd=repo, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert len(_runs(repo)) == 2, (_runs(repo), current, again.stdout, again.stderr)
+    assert "workflow: run workflow kiln-exp-wine-rf" in again.stdout, again.stdout
+    assert "freed" in again.stdout and len(_runs(repo)) == 1 and current not in _runs(repo), \
+        (_runs(repo), current, again.stdout)
