@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln._util.clock import utcnow
-from kiln._util.fs import read_json, write_json_atomic
+from kiln._util.fs import read_json, share_identical, write_json_atomic
 from kiln._util.proc import has_env
 from kiln.api.deployment import Deployment, DeploymentSpec
 from kiln.api.experiment import from_experiment
@@ -168,6 +168,11 @@ def deployment_build(ctx: StepContext) -> dict[str, Any]:
     t0 = time.monotonic()
     srv = _server(ctx, cfg)
     tag = build_bento(cfg, ctx.config.repo, server=srv)
+    # `bentoml build` copies the model into the Bento: share its files with the registry's copy
+    # (hard links; neither is written again), so a deployment does not store the model twice
+    bento = bento_store / tag.replace(":", "/")
+    if bento.is_dir():
+        share_identical(sorted(bento.rglob("*")), Registry(default_home(ctx.config.repo)).path(r["model"], r["version"]))
     write_json_atomic(home / "build.json", {"key": key, "bento": tag, "model": r["model"], "version": r["version"]}, mkdir=False)
     return {"bento": tag, "reused": False, "seconds": round(time.monotonic() - t0, 1)}
 

@@ -161,13 +161,26 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
     specs = load_valid(config, path)  # nothing is touched when the specs are invalid
     if targets:
         specs = select_targets(specs, targets)  # unknown targets fail before the lock is taken
+    first = not config.kiln_dir().exists()
     with RepoLock(config.repo, command, wait=wait_lock):
+        if first:  # the first apply makes .kiln/: keep it out of `git add -A` from the start
+            from kiln.controller.scaffold import GITIGNORE_ENTRY, ensure_gitignore
+
+            if ensure_gitignore(config.repo) and on_event is None:
+                echo(f"added {GITIGNORE_ENTRY} to .gitignore: kiln's private files stay out of git")
         store = open_state(config)
         try:
             specs, records = _targeted(specs, store.all_objects(), targets)
             p = make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
             if review is not None and not review(p, store):
                 return Applied(p, ApplyResult())
-            return Applied(p, apply_plan(p, config, store, on_event or printing(echo)))
+            done = Applied(p, apply_plan(p, config, store, on_event or printing(echo)))
         finally:
             store.close()
+        if config.gc.afterApply:  # retention, under the same lock (re-entrant)
+            from kiln.controller.gc import collect
+
+            report = collect(config)
+            if report.removed or report.shared_bytes:
+                echo(list(report.lines(config.repo))[-1])
+        return done

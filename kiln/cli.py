@@ -287,6 +287,35 @@ def stop(ctx: click.Context, name: str, message: str, timeout: float) -> int:
 
 
 @cli.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False), default=".")
+def init(directory: str) -> int:
+    """Scaffold a kiln repository in DIRECTORY (default: here): a .gitignore entry that keeps
+    kiln's private folder .kiln/ out of git, and a specs/ folder. Never overwrites a file."""
+    from kiln.controller.scaffold import init as scaffold
+
+    for line in scaffold(Path(directory)):
+        click.echo(line)
+    return 0
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print what would go and the bytes; remove nothing.")
+@click.option("--wait-lock", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for a running kiln apply to finish.")
+@click.pass_context
+def gc(ctx: click.Context, dry_run: bool, wait_lock: float) -> int:
+    """Remove experiment runs beyond gc.keepRuns (kiln.yaml), staging folders and workflow
+    folders that nothing refers to; share model files with the registry (one copy on disk).
+    Runs a record or a registered model version refers to, and objects still running, stay."""
+    from kiln.controller.gc import gc as collect
+
+    cfg = _config(ctx)
+    for line in collect(cfg, dry_run=dry_run, wait_lock=wait_lock).lines(cfg.repo):
+        click.echo(line)
+    return 0
+
+
+@cli.command()
 @click.option("--out", "out", type=click.Path(file_okay=False), default="schemas", show_default=True)
 @click.pass_context
 def schema(ctx: click.Context, out: str) -> int:

@@ -15,6 +15,7 @@ Example::
     labelStudio: {url: http://127.0.0.1:8080, tokenEnv: LABEL_STUDIO_TOKEN, documentRoot: /srv}
     notifications: {webhook: https://hooks.example.com/kiln}   # or {webhookEnv: KILN_WEBHOOK_URL}
     datasets: {allowPrivateNetworks: false, maxArchiveBytes: 21474836480}   # what sources may reach
+    gc: {keepRuns: 3, afterApply: false}   # kiln gc: newest runs kept per experiment
 """
 
 from __future__ import annotations
@@ -117,6 +118,14 @@ class NotificationsConfig(_Section):
         return _check_http_url(os.environ.get(self.webhookEnv) or None) if self.webhookEnv else None
 
 
+class GcConfig(_Section):
+    """What ``kiln gc`` keeps (see controller/gc.py). Runs a record or a registered model version
+    refers to are kept whatever the number."""
+
+    keepRuns: int = Field(3, ge=1, description="newest runs kept per experiment (the recorded one always)")
+    afterApply: bool = Field(False, description="collect after every kiln apply, under its lock")
+
+
 class KilnConfig(_Section):
     specs: str | None = None
     templates: str | None = None
@@ -130,6 +139,7 @@ class KilnConfig(_Section):
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
     historyLimit: int = Field(20, ge=1)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    gc: GcConfig = Field(default_factory=GcConfig)
 
     # Resolved paths (not read from the file).
     repo: Path = Field(default=Path("."), exclude=True)

@@ -3,11 +3,12 @@ registry: the serving file at the top, what ``Algorithm.load`` reads in ``kiln-m
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from kiln._util.fs import read_json
+from kiln._util.fs import link_or_copy, read_json
 from kiln.algorithms.onnx import export_and_check
 from kiln.algorithms.registry import get_algorithm
 from kiln.algorithms.vision import IMAGENET_MEAN, IMAGENET_STD
@@ -56,10 +57,19 @@ def export_onnx(ctx: StepContext) -> dict[str, Any]:
     algo = get_algorithm(meta["algorithm"])
     model = algo.load(mdir)
     sample = _sample(ctx, run, meta, 64 if algo.data_type == "tabular" else 8)
-    report = export_and_check(algo, model, tdir / "model.onnx", sample, tol)
-    if report is None:
-        raise KilnError(f"register.export [onnx]: algorithm {meta['algorithm']} has no ONNX exporter for this model",
-                        hint="drop register.export, or use another algorithm")
+    # written in a folder beside and renamed into place: after registration model.onnx is a hard
+    # link to the registry's copy, and an export re-run must not rewrite that shared file in place
+    tmpdir = tdir / ".onnx-export"
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    tmpdir.mkdir()
+    try:
+        report = export_and_check(algo, model, tmpdir / "model.onnx", sample, tol)
+        if report is None:
+            raise KilnError(f"register.export [onnx]: algorithm {meta['algorithm']} has no ONNX exporter for this model",
+                            hint="drop register.export, or use another algorithm")
+        os.replace(tmpdir / "model.onnx", tdir / "model.onnx")
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
     log(f"ONNX parity passed: {report.summary()}")
     rep = {"file": "model.onnx", "checked": True, "samples": report.samples, "tolerance": report.tolerance,
            "maxAbsDiff": max(report.max_abs_diff) if report.max_abs_diff else 0.0, "summary": report.summary()}
@@ -95,7 +105,7 @@ def package_model(ctx: StepContext, run: Path, sel: dict[str, Any], want_onnx: b
     shutil.rmtree(pkg, ignore_errors=True)
     meta = read_json(mdir / "meta.json") or {}
     if not meta.get("algorithm"):  # the user's own model: registered as the script saved it
-        shutil.copytree(mdir, pkg)
+        shutil.copytree(mdir, pkg, copy_function=link_or_copy)  # a transient folder: links, no copy
         serving = read_json(mdir / "kiln-serving.json")
         fw = detect_framework(mdir)
         if want_onnx and (mdir / "model.onnx").is_file():
@@ -109,12 +119,12 @@ def package_model(ctx: StepContext, run: Path, sel: dict[str, Any], want_onnx: b
         return pkg, fw, serving
 
     algo = get_algorithm(meta["algorithm"])
-    shutil.copytree(mdir, pkg / "kiln-model")
+    shutil.copytree(mdir, pkg / "kiln-model", copy_function=link_or_copy)  # transient: links, no copy
     if want_onnx:
-        shutil.copy2(tdir / "model.onnx", pkg / "model.onnx")
+        link_or_copy(tdir / "model.onnx", pkg / "model.onnx")
         return pkg, "onnx", _serving(algo, meta, "onnx", "model.onnx")
     if algo.framework in ("sklearn", "xgboost"):
-        shutil.copy2(mdir / "model.joblib", pkg / "model.joblib")
+        link_or_copy(mdir / "model.joblib", pkg / "model.joblib")
         return pkg, "sklearn", _serving(algo, meta, "sklearn", "model.joblib")
     import torch
 

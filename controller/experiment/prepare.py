@@ -38,7 +38,8 @@ def prepare_data(ctx: StepContext) -> dict[str, Any]:
     dest = home / "data" / v.id
     with file_lock(home / "data.lock"):
         if not dest.is_dir():
-            dr.materialize(rel, v.id, dest)
+            # hard links to DVC's cache objects (read-only already): the data is on disk once
+            dr.materialize(rel, v.id, dest, link=True)
             for root, _, files in os.walk(dest):  # read-only: trials must not change the data
                 for f in files:
                     os.chmod(os.path.join(root, f), 0o444)

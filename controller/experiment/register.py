@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from kiln._util.fs import read_json
+from kiln._util.fs import read_json, share_identical
 from kiln.api import Experiment
 from kiln.api.experiment import experiment_label
 from kiln.bento.registry import Registry, default_home
@@ -85,6 +85,14 @@ def register(ctx: StepContext) -> dict[str, Any]:
                                    description=reg_spec.description or "", serving=serving, preprocess_from=pre)
             shutil.rmtree(pkg, ignore_errors=True)
             log(f"registered {model} v{version} ({framework}) from trial {sel['trial']}")
+        # one copy of the model on disk: the trial's files that the registry now holds become
+        # hard links to the registry's (BentoML writes its store through a temporary folder, so
+        # links cannot be made on the way in); the run keeps its full lineage, and deleting
+        # either the run (kiln gc) or the version (keepVersions) leaves the other whole
+        tdir = run / "trials" / sel["trial"]
+        freed = share_identical(sorted(tdir.rglob("*")), reg.path(model, version))
+        if freed:
+            log(f"trial {sel['trial']}: {freed} bytes now shared with {model} v{version} (one copy on disk)")
         for alias in reg_spec.aliases:
             if reg.aliases(model).get(alias) != version:
                 reg.set_alias(model, alias, version)

@@ -83,3 +83,52 @@ def read_json(path: Path, default: Any = None) -> Any:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return default
+
+
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """``dst`` as a hard link to ``src`` (one copy on disk), or a copy where a link cannot be made
+    (another file system). Made for ``shutil.copytree(copy_function=...)``. Only for files that
+    are never rewritten in place afterwards: a link shares every later write."""
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def share_identical(files: Iterator[Path] | list[Path], reference: Path, *, min_size: int = 4096,
+                    dry_run: bool = False) -> int:
+    """Replace each of ``files`` that has the same bytes as a file under ``reference`` by a hard
+    link to that file, so both paths keep working and the bytes are on disk once. Returns the
+    bytes freed (or, with ``dry_run``, that would be). The swap is atomic (a link under a
+    temporary name, then ``os.replace``): a reader sees the old file or the linked one.
+
+    Why content and not names: the registry lays a model out differently from a trial folder
+    (``kiln-model/``, a serving file at the top), and equal bytes are the only safe test."""
+    import filecmp
+
+    by_size: dict[int, list[Path]] = {}
+    for p in reference.rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size >= min_size:
+            by_size.setdefault(p.stat().st_size, []).append(p)
+    freed = 0
+    for f in files:
+        if not f.is_file() or f.is_symlink():
+            continue
+        st = f.stat()
+        for ref in by_size.get(st.st_size, []):
+            rst = ref.stat()
+            if (rst.st_dev, rst.st_ino) == (st.st_dev, st.st_ino):
+                break  # already one copy
+            if rst.st_dev != st.st_dev or not filecmp.cmp(f, ref, shallow=False):
+                continue
+            if not dry_run:
+                tmp = f.with_name(f".{f.name}.link.tmp")
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                os.link(ref, tmp)
+                os.replace(tmp, f)
+            freed += st.st_size if st.st_nlink == 1 else 0
+            break
+    return freed

@@ -316,11 +316,17 @@ class DatasetRepo:
                 return i + 1
         raise NotFound(f"dataset {self._rel(path)} has no version {vid!r}")
 
-    def materialize(self, path: str | os.PathLike[str], version: str, dest: str | os.PathLike[str]) -> Version:
+    def materialize(self, path: str | os.PathLike[str], version: str, dest: str | os.PathLike[str],
+                    *, link: bool = False) -> Version:
         """Copy the files of a logged version into ``dest`` (which must not exist) from the DVC
         cache or a local remote, without touching the tracked folder: deriving one dataset from
-        another, or exporting an old version, must not change what the other one has checked out."""
+        another, or exporting an old version, must not change what the other one has checked out.
+
+        ``link``: hard links instead of copies, for a reader that never writes (an experiment's
+        training data): one copy on disk, as DVC's own checkout (``cache.type = hardlink``)."""
         import shutil
+
+        from kiln._util.fs import link_or_copy
 
         self.ensure()
         rel = self._rel(path)
@@ -345,7 +351,10 @@ class DatasetRepo:
                                    "the local remote", hint=f"dvc pull {rel}.dvc with that version checked out")
                 out = tmp / relpath
                 out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, out)  # a copy: cache objects are read-only and shared
+                if link:
+                    link_or_copy(src, out)
+                else:
+                    shutil.copyfile(src, out)  # a copy: cache objects are read-only and shared
             os.replace(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

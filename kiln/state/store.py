@@ -543,6 +543,15 @@ class StateStore:
             self._upsert(conn, _steps, ("key", "spec_hash", "step"), self._step_values(sp))
         return sp
 
+    def forget_steps(self, key: str, spec_hashes: list[str]) -> int:
+        """Forget the step progress of ``key`` for these spec hashes (run keys), so applying that
+        spec again runs its steps again: ``kiln gc`` removed what they produced. Returns rows."""
+        if not spec_hashes:
+            return 0
+        with self._guard("write"), self._writing() as conn:
+            return int(conn.execute(sa.delete(_steps).where(
+                _steps.c.key == key, _steps.c.spec_hash.in_(spec_hashes))).rowcount)
+
     @staticmethod
     def _step_values(sp: StepProgress) -> dict[str, Any]:
         d = sp.to_dict()

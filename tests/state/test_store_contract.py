@@ -180,6 +180,17 @@ class TestStateStoreContract:
         assert {(p.spec_hash, p.step) for p in store.steps(KEY)} == {("h1", "train"), ("h2", "train"),
                                                                     ("h2", "export")}
 
+    def test_forget_steps_of_some_spec_hashes(self, store: StateStore) -> None:
+        """What `kiln gc` does once it removed a run: that spec's steps run again when applied."""
+        for h in ("h1", "h1-aaaa", "h2"):
+            store.start_step(KEY, h, "workflow")
+            store.finish_step(KEY, h, "workflow", "succeeded")
+        store.start_step("Experiment/vision/other", "h1", "workflow")
+        assert store.forget_steps(KEY, ["h1", "h1-aaaa"]) == 2 and store.forget_steps(KEY, []) == 0
+        assert store.step(KEY, "h1", "workflow") is None and store.step(KEY, "h2", "workflow").succeeded
+        assert store.step("Experiment/vision/other", "h1", "workflow") is not None
+        store.start_step(KEY, "h1", "workflow")  # no longer "already succeeded"
+
     def test_transaction_rollback_writes_nothing(self, store: StateStore) -> None:
         store.put(ObjectRecord(KEY).applied({"v": "old"}, "h-old"))
         with pytest.raises(RuntimeError, match="boom"):
