@@ -13,7 +13,7 @@ from typing import Any
 
 from kiln.api import KINDS
 from kiln.config import KilnConfig
-from kiln.controller.apply import ApplyResult, apply_plan
+from kiln.controller.apply import ApplyResult, Locking, apply_plan
 from kiln.controller.events import Listener, printing
 from kiln.controller.plan import Plan, make_plan
 from kiln.errors import ConfigError, NotFound, SpecErrors
@@ -21,6 +21,9 @@ from kiln.loader import SpecSet, load_specs, spec_cache_dir
 from kiln.state import RepoLock
 from kiln.state.snapshot import recorded_objects
 from kiln.validate import dependencies, validate
+
+# seconds any command waits for the repository lock, which others hold only while they plan
+PLAN_LOCK_WAIT = 30.0
 
 
 def load_valid(config: KilnConfig, path: str | os.PathLike[str] | None = None) -> SpecSet:
@@ -161,13 +164,21 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
     specs = load_valid(config, path)  # nothing is touched when the specs are invalid
     if targets:
         specs = select_targets(specs, targets)  # unknown targets fail before the lock is taken
-    with RepoLock(config.repo, command, wait=wait_lock):
+    # The repository lock covers planning only (and `review`'s marks): a few seconds at most, so
+    # it is waited for; the objects' work runs under their own locks (kiln.controller.apply).
+    with RepoLock(config.repo, command, wait=max(wait_lock, PLAN_LOCK_WAIT)):
         store = open_state(config)
         try:
             specs, records = _targeted(specs, store.all_objects(), targets)
             p = make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
-            if review is not None and not review(p, store):
-                return Applied(p, ApplyResult())
-            return Applied(p, apply_plan(p, config, store, on_event or printing(echo)))
-        finally:
+            go = review is None or review(p, store)
+        except BaseException:
             store.close()
+            raise
+    try:
+        if not go:
+            return Applied(p, ApplyResult())
+        locking = Locking(config.repo, command, wait=wait_lock)
+        return Applied(p, apply_plan(p, config, store, on_event or printing(echo), locking))
+    finally:
+        store.close()

@@ -130,7 +130,8 @@ def plan(ctx: click.Context, path: str | None, fmt: str, prune: bool, detailed_e
 @click.option("--prune", is_flag=True, help="Delete what removed specs created (per-object opt-out: "
               "annotation kiln.dev/prune: disabled).")
 @click.option("--wait-lock", type=float, default=0.0, show_default=True,
-              help="Seconds to wait for another kiln apply to finish.")
+              help="Seconds to wait for another kiln process applying the same object (or one it "
+              "depends on); without it such an object is reported busy (exit 3).")
 @click.option("--target", "targets", multiple=True, metavar="KIND/NAME",
               help="Only this object and what it depends on (workspace, datasets it reads); repeatable.")
 @click.pass_context
@@ -145,7 +146,7 @@ def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, t
     from kiln.controller.project import apply as run
 
     done = run(_config(ctx), path, prune=prune, echo=click.echo, wait_lock=wait_lock,
-               command="kiln apply " + " ".join(sys.argv[2:]), targets=targets)
+               command=" ".join(["kiln apply", *sys.argv[2:]]), targets=targets)
     click.echo(done.result.summary())
     return done.result.exit_code
 
