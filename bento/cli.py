@@ -11,11 +11,11 @@ from pathlib import Path
 
 import click
 
+from kiln.api.refs import parse_ref
 from kiln.bento.auth import TokenStore, default_token_file, deployment_key
 from kiln.bento.registry import Registry, default_home, who
 from kiln.config import load_config
 from kiln.errors import NotFound
-from kiln.refs import parse_ref
 from kiln.state.snapshot import recorded_objects
 
 
@@ -91,7 +91,7 @@ def _tokens(ctx: click.Context):
 
 def _key(name: str, workspace: str | None) -> str:
     """``workspace/name`` of the tokens' deployment: NAME, WORKSPACE/NAME, Deployment/WORKSPACE/NAME
-    or ``-w`` (``kiln.refs``). A bare name is the default workspace's deployment, never looked
+    or ``-w`` (``kiln.api.refs``). A bare name is the default workspace's deployment, never looked
     up in the others: a token's deployment is an identity (docs/security.md, finding 6)."""
     ref = parse_ref(name, kind="Deployment", workspace=workspace)
     return deployment_key(ref.name, ref.workspace)

@@ -1,7 +1,7 @@
 """``kiln data``: read a dataset's versions (``versions``, ``diff``) and write one out (``export``).
 
 A dataset is named ``NAME``, ``WORKSPACE/NAME``, ``Dataset/WORKSPACE/NAME`` or ``-w WORKSPACE NAME``
-(``kiln.refs``: without a workspace, the default one's or the only one's). Versions are
+(``kiln.api.refs``: without a workspace, the default one's or the only one's). Versions are
 ``vN`` (1-based, in the order they were created), ``latest``, or an id prefix of at least 6
 hex digits. Everything is read from the repository (``data/<ws>/<name>.versions.json`` and
 DVC's cache/remote), so the commands also work in a fresh clone after ``dvc pull``.
@@ -31,7 +31,7 @@ def _config(ctx: click.Context) -> KilnConfig:
 
 
 def _resolve(config: Any, name: str, workspace: str | None = None) -> tuple[str, str, str]:
-    """NAME, WS/NAME or Dataset/WS/NAME (``-w``: ``kiln.refs``) -> (workspace, name, rel path
+    """NAME, WS/NAME or Dataset/WS/NAME (``-w``: ``kiln.api.refs``) -> (workspace, name, rel path
     of the versioned folder), among the datasets that have versions."""
     keys = [f"Dataset/{p.parent.name}/{p.name.removesuffix('.versions.json')}"
             for p in (config.repo / DATA_ROOT).glob("*/*.versions.json")]

@@ -10,10 +10,10 @@ import sys
 
 import click
 
+from kiln.api.refs import find_key
 from kiln.config import load_config
 from kiln.controller.deployment_steps import _read_json, post
 from kiln.errors import ConfigError, KilnError
-from kiln.refs import find_key
 
 
 @click.command()

@@ -45,10 +45,10 @@ def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
 
 
 def parse_dataset_ref(ref: str, repo: Path, workspace: str | None = None) -> tuple[str, str, str]:
-    """``[WS/]NAME[@VERSION]`` (or ``Dataset/WS/NAME``, ``-w WS``: ``kiln.refs``) -> (workspace,
+    """``[WS/]NAME[@VERSION]`` (or ``Dataset/WS/NAME``, ``-w WS``: ``kiln.api.refs``) -> (workspace,
     name, version), among the datasets of ``repo`` that have versions."""
+    from kiln.api.refs import find_key
     from kiln.controller.dataset_steps import DATA_ROOT
-    from kiln.refs import find_key
 
     name, _, version = ref.partition("@")
     keys = [f"Dataset/{p.parent.name}/{p.name.removesuffix('.versions.json')}"

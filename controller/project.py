@@ -11,15 +11,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln import refs
-from kiln.api import KINDS
+from kiln.api import KINDS, refs
+from kiln.api.refs import find_key
 from kiln.config import KilnConfig
 from kiln.controller.apply import ApplyResult, Locking, apply_plan
 from kiln.controller.events import Listener, printing
 from kiln.controller.plan import Plan, make_plan
 from kiln.errors import ConfigError, NotFound, SpecErrors
 from kiln.loader import SpecSet, load_specs, spec_cache_dir
-from kiln.refs import find_key
 from kiln.state import RepoLock
 from kiln.state.snapshot import recorded_objects
 from kiln.validate import dependencies, validate
@@ -69,7 +68,7 @@ def canonical_kind(kind: str) -> str:
 
 
 def parse_ref(ref: str, workspace: str | None = None) -> tuple[str, str, str]:
-    """KIND/NAME or KIND/WORKSPACE/NAME (``kiln.refs``) -> (kind, workspace, name); a missing
+    """KIND/NAME or KIND/WORKSPACE/NAME (``kiln.api.refs``) -> (kind, workspace, name); a missing
     workspace is the default one (``find_key`` also looks in the others)."""
     r = refs.parse_ref(ref, workspace=workspace)
     return r.kind, r.workspace or refs.DEFAULT_WORKSPACE, r.name
@@ -93,7 +92,7 @@ def open_state(config: KilnConfig, *, read_only: bool = False):  # -> StateStore
 
 
 def target_keys(specs: SpecSet, records: list, targets: Sequence[str], workspace: str | None = None) -> set[str]:
-    """The objects named in ``targets`` (``kiln.refs``: ``Kind/name``, ``Kind/workspace/name``,
+    """The objects named in ``targets`` (``kiln.api.refs``: ``Kind/name``, ``Kind/workspace/name``,
     ``-w``) and what they need first, transitively (``kiln.validate.dependencies``: their
     workspace, the datasets they read, the experiment a deployment serves). This is how CI trains
     only what a pull request changed without applying the rest of the repository. A target may

@@ -107,7 +107,7 @@ def controller_rows(records: dict[str, Any]) -> list[str]:
 
 
 def get_records(config: KilnConfig, kind: str, name: str | None, workspace: str | None = None) -> list[Any]:
-    """Records of KIND (in ``workspace``), or the one that ``name`` names (``kiln.refs``)."""
+    """Records of KIND (in ``workspace``), or the one that ``name`` names (``kiln.api.refs``)."""
     k = canonical_kind(kind)
     store = _store(config)
     try:

@@ -89,7 +89,7 @@ def _config(ctx: click.Context) -> KilnConfig:
     return load_config(ctx.obj["repo"])
 
 
-# -w on every verb that names objects: a shorthand for KIND/WORKSPACE/NAME (kiln.refs)
+# -w on every verb that names objects: a shorthand for KIND/WORKSPACE/NAME (kiln.api.refs)
 workspace_option = click.option("-w", "--workspace", default=None, metavar="WORKSPACE",
                                 help="The objects' workspace (instead of writing KIND/WORKSPACE/NAME).")
 

@@ -1,4 +1,4 @@
-"""One way to name an object on every verb (``kiln.refs``): KIND/WORKSPACE/NAME, WORKSPACE/NAME and
+"""One way to name an object on every verb (``kiln.api.refs``): KIND/WORKSPACE/NAME, WORKSPACE/NAME and
 NAME where the verb implies the kind, ``-w WORKSPACE`` everywhere; clear errors for an ambiguous or
 malformed name. The verbs run in-process (``kiln.cli.main``) on one small applied repository with
 a dataset ``iris`` in two workspaces and ``wine`` in the default one."""
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from kiln.api.refs import Ref, find_key, parse_ref
 from kiln.cli import main
 from kiln.errors import ConfigError, NotFound
-from kiln.refs import Ref, find_key, parse_ref
 from tests.helpers import kiln, write
 from tests.test_experiment_handler import git_repo
 
