@@ -118,6 +118,7 @@ def test_other_objects_apply_while_one_trains_and_the_same_one_is_refused_or_wai
         assert waiter.returncode == 0, rest
         assert "Experiment/slow: unchanged, skipping" in rest and "0 action(s)" in rest
     finally:
+        go.touch()  # a training left behind (its step runs in its own session) ends too
         for p in (first, waiter):
             if p is not None and p.poll() is None:
                 p.kill()
