@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from kiln.api.refs import parse_ref
 from kiln.bento.auth import TokenStore, default_token_file, deployment_key
 from kiln.bento.registry import Registry, default_home, who
 from kiln.config import load_config
@@ -88,29 +89,40 @@ def _tokens(ctx: click.Context):
     return TokenStore(default_token_file(_repo(ctx)))
 
 
-def _applied_deployment(ctx: click.Context, name: str) -> str:
-    """``workspace/name`` of an applied Deployment that NAME (``name`` in the default workspace,
-    or ``workspace/name``) refers to; a clear error for one that does not exist, so that no
-    token is made for a deployment someone may create later."""
-    key = deployment_key(name)
+def _key(name: str, workspace: str | None) -> str:
+    """``workspace/name`` of the tokens' deployment: NAME, WORKSPACE/NAME, Deployment/WORKSPACE/NAME
+    or ``-w`` (``kiln.api.refs``). A bare name is the default workspace's deployment, never looked
+    up in the others: a token's deployment is an identity (docs/security.md, finding 6)."""
+    ref = parse_ref(name, kind="Deployment", workspace=workspace)
+    return deployment_key(ref.name, ref.workspace)
+
+
+def _applied_deployment(ctx: click.Context, name: str, workspace: str | None) -> str:
+    """``workspace/name`` of an applied Deployment that NAME names (``_key``); a clear error for
+    one that does not exist, so that no token is made for a deployment someone may create later."""
+    key = _key(name, workspace)
     config = load_config(_repo(ctx))
     records = recorded_objects(config.state_url(), config.repo)
     known = sorted(f"{r.workspace}/{r.name}" for r in records if r.kind == "Deployment")
     if key not in known:
         raise NotFound(f"no applied Deployment {key}",
                        hint=(f"deployments: {', '.join(known)}" if known else "no deployment is applied yet")
-                       + "; write WORKSPACE/NAME for one outside the default workspace")
+                       + "; write WORKSPACE/NAME (or -w WORKSPACE) for one outside the default workspace")
     return key
 
 
+_workspace = click.option("-w", "--workspace", default=None, help="The deployment's workspace.")
+
+
 @token.command("create")
-@click.argument("name")
+@click.argument("name", metavar="[WORKSPACE/]NAME")
+@_workspace
 @click.pass_context
-def token_create(ctx: click.Context, name: str) -> None:
+def token_create(ctx: click.Context, name: str, workspace: str | None) -> None:
     """A new token for deployment NAME (or WORKSPACE/NAME). It is printed once; only its hash
     is kept. The deployment must have been applied."""
 
-    key = _applied_deployment(ctx, name)
+    key = _applied_deployment(ctx, name, workspace)
     tok = _tokens(ctx).create(key, who())
     click.echo(tok)
     click.echo("store it now: it cannot be shown again (revoke with `kiln deployments token revoke "
@@ -118,13 +130,15 @@ def token_create(ctx: click.Context, name: str) -> None:
 
 
 @token.command("list")
-@click.argument("name")
+@click.argument("name", metavar="[WORKSPACE/]NAME")
+@_workspace
 @click.pass_context
-def token_list(ctx: click.Context, name: str) -> None:
+def token_list(ctx: click.Context, name: str, workspace: str | None) -> None:
     """Token ids of deployment NAME or WORKSPACE/NAME (never the tokens)."""
-    rows = _tokens(ctx).list(name)
+    key = _key(name, workspace)
+    rows = _tokens(ctx).list(key)
     if not rows:
-        click.echo(f"deployment {name} has no tokens")
+        click.echo(f"deployment {key} has no tokens")
         return
     click.echo(f"{'ID':10} {'CREATED':21} {'BY':28} REVOKED")
     for r in rows:
@@ -132,11 +146,13 @@ def token_list(ctx: click.Context, name: str) -> None:
 
 
 @token.command("revoke")
-@click.argument("name")
+@click.argument("name", metavar="[WORKSPACE/]NAME")
 @click.argument("token_id")
+@_workspace
 @click.pass_context
-def token_revoke(ctx: click.Context, name: str, token_id: str) -> None:
+def token_revoke(ctx: click.Context, name: str, token_id: str, workspace: str | None) -> None:
     """Revoke token TOKEN_ID of deployment NAME or WORKSPACE/NAME (running servers notice at
     their next request)."""
-    _tokens(ctx).revoke(name, token_id)
-    click.echo(f"revoked token {token_id} of deployment {name}")
+    key = _key(name, workspace)
+    _tokens(ctx).revoke(key, token_id)
+    click.echo(f"revoked token {token_id} of deployment {key}")

@@ -7,6 +7,16 @@ object's record (spec, hash, generation, conditions, inventory) and an ``Attempt
 together in one transaction when the object finishes, in a ``finally``: a crash leaves the record
 of the last completed apply, never half of a new one.
 
+Locks (``kiln.state.lock``): the repository lock is held only while planning (``project.apply``);
+each object is applied holding its own ``ObjectLock``, so applies of other objects, and the
+controller, go on while one object trains for hours. Under its lock the object's record is read
+again: what another process recorded since this plan was made is planned anew (applied twice in
+a row, the second apply finds it unchanged). An object whose lock another process holds, or that
+depends on an object another process is applying, is left alone and reported ``busy`` (exit 3),
+after waiting ``--wait-lock`` seconds for it. Records are written in one store transaction each
+(SQLite ``BEGIN IMMEDIATE``, PostgreSQL), which serialises concurrent applies' writes without
+the repository lock: a finished training never waits for, or fails on, another process's plan.
+
 Deletions (``--prune``) remove what the inventory lists; an item whose delete failed stays in the
 inventory so that it is not leaked.
 
@@ -17,15 +27,19 @@ prints them, ``kiln controller`` logs them.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.controller import events as ev
 from kiln.controller.handlers import HANDLERS, Context, Handler, TemporaryError
-from kiln.controller.plan import Change, Plan, input_versions, outside_spec
-from kiln.errors import KilnError
-from kiln.state import Attempt, ObjectRecord, utcnow
+from kiln.controller.plan import Change, Plan, change_for, input_versions, outside_spec
+from kiln.errors import KilnError, LockHeld
+from kiln.state import Attempt, ObjectLock, ObjectRecord, current_holder, utcnow
+from kiln.state.lock import object_lock_path
+from kiln.validate import dependencies
 
 if TYPE_CHECKING:
     from kiln.config import KilnConfig
@@ -35,7 +49,7 @@ if TYPE_CHECKING:
 @dataclass
 class ObjectResult:
     ref: str
-    outcome: str                 # created | updated | deleted | unchanged | failed | not-applied | retrying
+    outcome: str  # created | updated | deleted | unchanged | failed | not-applied | retrying | busy
     actions: list[str] = field(default_factory=list)
     skipped_steps: list[str] = field(default_factory=list)
     message: str = ""
@@ -54,28 +68,57 @@ class ApplyResult:
 
     @property
     def ok(self) -> bool:
-        return not any(r.outcome in ("failed", "not-applied", "retrying") for r in self.results)
+        return not any(r.outcome in ("failed", "not-applied", "retrying", "busy") for r in self.results)
 
     @property
     def exit_code(self) -> int:
-        """0: everything reconciled; 1: something failed or must retry; 2: nothing failed, but
-        some objects cannot be applied by this kiln version yet (their source is not there)."""
+        """0: everything reconciled; 1: something failed or must retry; 3: nothing failed, but
+        another kiln process is applying some objects (busy); 2: nothing failed, but some objects
+        cannot be applied by this kiln version yet (their source is not there)."""
         if any(r.outcome in ("failed", "retrying") for r in self.results):
             return 1
+        if self.count("busy"):
+            return LockHeld.exit_code
         return 2 if self.count("not-applied") else 0
 
     def summary(self) -> str:
         parts = [f"{self.count(o)} {o}" for o in ("created", "updated", "deleted", "unchanged")]
         text = f"Apply: {', '.join(parts)}; {self.actions} action(s)."
-        for o, label in (("failed", "failed"), ("retrying", "will retry"), ("not-applied", "not applied (not available yet)")):
+        for o, label in (("failed", "failed"), ("retrying", "will retry"),
+                         ("busy", "busy (another kiln process is applying it)"),
+                         ("not-applied", "not applied (not available yet)")):
             if self.count(o):
                 text += f" {self.count(o)} {label}."
         return text
 
 
-def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Listener) -> ApplyResult:
+@dataclass
+class Locking:
+    """The object locks an apply takes (module doc). ``wait``: seconds to wait for another process
+    that applies the same object, or one it depends on, before reporting it busy."""
+
+    repo: Path
+    command: str = "kiln apply"
+    wait: float = 0.0
+
+    def busy_dependency(self, change: Change) -> tuple[str, dict[str, Any]] | None:
+        """A dependency of ``change`` that another process is applying (key, holder), after
+        waiting up to ``wait`` seconds for it to finish; None when there is none."""
+        if change.spec is None:
+            return None
+        deadline = time.monotonic() + self.wait
+        for dep in sorted(dependencies(change.spec)):
+            while (holder := current_holder(object_lock_path(self.repo, dep))) is not None:
+                if time.monotonic() >= deadline:
+                    return dep, holder
+                time.sleep(0.05)
+        return None
+
+
+def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Listener,
+               locking: Locking | None = None) -> ApplyResult:
     """Apply every change of ``plan`` in order, reporting to ``emit`` (``events.printing(print)``
-    prints what ``kiln apply`` shows)."""
+    prints what ``kiln apply`` shows); with ``locking``, each under its object lock."""
     result = ApplyResult()
     # Workspaces as the specs define them (validated together with everything else), so presets
     # and quotas resolve the same way on every runner.
@@ -91,8 +134,52 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Liste
             if again.action == "update":
                 change = again
                 emit(ev.Noted(change.key, change.ref, change.note))
-        result.results.append(_apply_change(change, config, store, emit, workspaces))
+        if locking is None or (change.action == "unchanged" and not change.poll):
+            result.results.append(_apply_change(change, config, store, emit, workspaces))
+        else:
+            result.results.append(_apply_locked(change, config, store, emit, workspaces, locking))
     return result
+
+
+def _apply_locked(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener,
+                  workspaces: dict[str, Any], locking: Locking) -> ObjectResult:
+    """``_apply_change`` holding the object's lock, on the object's record as it is now."""
+    busy = locking.busy_dependency(change)
+    if busy is not None:
+        dep, holder = busy
+        who = f"{holder.get('command', 'another kiln process')} (pid {holder.get('pid', '?')})"
+        return _busy(change, emit, f"it depends on {dep}, which {who} is applying now; apply it again "
+                                   "when that finishes, or wait for it with --wait-lock SECONDS")
+    lock = ObjectLock(locking.repo, change.key, locking.command)
+    try:
+        try:
+            lock.acquire()
+        except LockHeld as exc:
+            if not locking.wait:
+                raise
+            emit(ev.Noted(change.key, change.ref, f"waiting up to {locking.wait:g}s: {exc.message}"))
+            lock.wait = locking.wait
+            lock.acquire()
+    except LockHeld as exc:
+        return _busy(change, emit, f"{exc.message} (--wait-lock SECONDS waits for it)")
+    try:
+        now = store.get(change.key)
+        if now != change.record:  # another process recorded it since this plan was made
+            if change.spec is not None:
+                change = change_for(config, change.spec, now)
+            elif now is None:
+                change = replace(change, action="unchanged", record=None, note="deleted by another kiln process")
+            else:
+                change = replace(change, record=now)
+        return _apply_change(change, config, store, emit, workspaces)
+    finally:
+        lock.release()
+
+
+def _busy(change: Change, emit: ev.Listener, message: str) -> ObjectResult:
+    # nothing is written: the object's record belongs to the process that applies it
+    emit(ev.Busy(change.key, change.ref, message))
+    return ObjectResult(change.ref, "busy", message=message)
 
 
 def _apply_change(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener,

@@ -12,7 +12,9 @@ Every interval it fetches the branch of the GitOps repository and reconciles:
   marked OutOfSync on the object, and healed by the same apply. Unfinished applies are retried.
 
 Why one process that calls apply (and not ``kiln apply`` in a subprocess): apply is already
-resumable per step (state store) and serialised by the repository lock, so a daemon killed
+resumable per step (state store) and serialised per object by the object locks (the repository
+lock only while planning; an object another process is applying is reported busy and retried on
+the next interval, while the others are reconciled), so a daemon killed
 mid-apply and restarted resumes where the dead one stopped; SIGTERM/SIGINT interrupt it the
 same way Ctrl-C interrupts ``kiln apply`` (the attempt is recorded as interrupted), then it exits.
 
@@ -565,7 +567,7 @@ class Controller:
         try:
             if self.stop.is_set():
                 raise KeyboardInterrupt
-            done = apply(config, prune=self.opts.prune, on_event=on_event, wait_lock=self.opts.interval,
+            done = apply(config, prune=self.opts.prune, on_event=on_event, wait_lock=0,
                          command="kiln controller", review=lambda plan, st: self._review(plan, st, commit))
         finally:
             self.applying = False

@@ -1,6 +1,7 @@
 """``kiln data``: read a dataset's versions (``versions``, ``diff``) and write one out (``export``).
 
-A dataset is named ``NAME`` (when one workspace has it) or ``WORKSPACE/NAME``. Versions are
+A dataset is named ``NAME``, ``WORKSPACE/NAME``, ``Dataset/WORKSPACE/NAME`` or ``-w WORKSPACE NAME``
+(``kiln.api.refs``: without a workspace, the default one's or the only one's). Versions are
 ``vN`` (1-based, in the order they were created), ``latest``, or an id prefix of at least 6
 hex digits. Everything is read from the repository (``data/<ws>/<name>.versions.json`` and
 DVC's cache/remote), so the commands also work in a fresh clone after ``dvc pull``.
@@ -17,10 +18,11 @@ import click
 from kiln.config import KilnConfig, load_config
 from kiln.controller.dataset_steps import DATA_ROOT, data_rel, dataset_label
 from kiln.controller.handlers.dataset import human_size
+from kiln.controller.project import find_key
 from kiln.data import export as export_fmt
 from kiln.data import load
 from kiln.data.versioning import DatasetRepo
-from kiln.errors import KilnError, NotFound
+from kiln.errors import KilnError
 
 
 def _config(ctx: click.Context) -> KilnConfig:
@@ -28,24 +30,15 @@ def _config(ctx: click.Context) -> KilnConfig:
     return load_config((root.obj or {}).get("repo") or ".")
 
 
-def _resolve(config: Any, name: str) -> tuple[str, str, str]:
-    """NAME or WS/NAME -> (workspace, name, rel path of the versioned folder)."""
-
-    if "/" in name:
-        ws, _, n = name.partition("/")
-        rel = data_rel(ws, n)
-        if not (config.repo / f"{rel}.versions.json").is_file():
-            raise NotFound(f"dataset {name} has no versions", hint="apply its Dataset spec first (kiln apply)")
-        return ws, n, rel
-    found = sorted(p for p in (config.repo / DATA_ROOT).glob(f"*/{name}.versions.json"))
-    if not found:
-        raise NotFound(f"dataset {name!r} has no versions in {config.repo / DATA_ROOT}",
-                       hint="apply its Dataset spec first (kiln apply), or name it WORKSPACE/NAME")
-    if len(found) > 1:
-        options = ", ".join(f"{p.parent.name}/{name}" for p in found)
-        raise KilnError(f"dataset {name!r} exists in several workspaces: {options}", hint="name it WORKSPACE/NAME")
-    ws = found[0].parent.name
-    return ws, name, data_rel(ws, name)
+def _resolve(config: Any, name: str, workspace: str | None = None) -> tuple[str, str, str]:
+    """NAME, WS/NAME or Dataset/WS/NAME (``-w``: ``kiln.api.refs``) -> (workspace, name, rel path
+    of the versioned folder), among the datasets that have versions."""
+    keys = [f"Dataset/{p.parent.name}/{p.name.removesuffix('.versions.json')}"
+            for p in (config.repo / DATA_ROOT).glob("*/*.versions.json")]
+    key = find_key(name, keys, kind="Dataset", workspace=workspace,
+                   absent="{} has no versions (apply its Dataset spec first: kiln apply)")
+    _, ws, n = key.split("/")
+    return ws, n, data_rel(ws, n)
 
 
 def _repo(config: Any):
@@ -58,15 +51,20 @@ def data() -> None:
     """Dataset versions: list, diff, export."""
 
 
+_NAME = "[WORKSPACE/]NAME"
+_workspace = click.option("-w", "--workspace", default=None, help="The dataset's workspace.")
+
+
 @data.command()
-@click.argument("name")
+@click.argument("name", metavar=_NAME)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_workspace
 @click.pass_context
-def versions(ctx: click.Context, name: str, output: str) -> int:
+def versions(ctx: click.Context, name: str, output: str, workspace: str | None) -> int:
     """List the versions of dataset NAME (current one marked *)."""
 
     config = _config(ctx)
-    ws, n, rel = _resolve(config, name)
+    ws, n, rel = _resolve(config, name, workspace)
     dr = _repo(config)
     current = dr.current(rel)
     vs = dr.versions(rel)
@@ -102,16 +100,17 @@ def _in_order(per_split: dict[str, dict[str, int]]) -> list[tuple[str, dict[str,
 
 
 @data.command()
-@click.argument("name")
+@click.argument("name", metavar=_NAME)
 @click.argument("v1")
 @click.argument("v2")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--limit", type=int, default=20, show_default=True, help="Files listed per group (text output).")
+@_workspace
 @click.pass_context
-def diff(ctx: click.Context, name: str, v1: str, v2: str, output: str, limit: int) -> int:
+def diff(ctx: click.Context, name: str, v1: str, v2: str, output: str, limit: int, workspace: str | None) -> int:
     """Files added/removed/changed and class count changes from V1 to V2."""
     config = _config(ctx)
-    _, _, rel = _resolve(config, name)
+    _, _, rel = _resolve(config, name, workspace)
     dr = _repo(config)
     a, b = dr.resolve(rel, v1), dr.resolve(rel, v2)
     d = dr.diff(rel, a.id, b.id)
@@ -138,20 +137,21 @@ def diff(ctx: click.Context, name: str, v1: str, v2: str, output: str, limit: in
 
 
 @data.command()
-@click.argument("name")
+@click.argument("name", metavar=_NAME)
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--version", "version", default="latest", show_default=True, help="vN, latest or an id prefix.")
 @click.option("--format", "fmt", type=click.Choice(["coco", "image-folder", "csv", "studio", "segmentation-json"]),
               default=None, help="Default: the dataset's own format.")
+@_workspace
 @click.pass_context
-def export(ctx: click.Context, name: str, out: str, version: str, fmt: str | None) -> int:
+def export(ctx: click.Context, name: str, out: str, version: str, fmt: str | None, workspace: str | None) -> int:
     """Write a version of dataset NAME to folder OUT (which must not exist or be empty)."""
     import shutil
     import tempfile
 
 
     config = _config(ctx)
-    ws, n, rel = _resolve(config, name)
+    ws, n, rel = _resolve(config, name, workspace)
     dest = Path(out)
     if dest.exists() and any(dest.iterdir()):
         raise KilnError(f"{dest} is not empty", hint="export into a new folder")

@@ -10,16 +10,18 @@ import sys
 
 import click
 
+from kiln.api.refs import find_key
 from kiln.config import load_config
 from kiln.controller.deployment_steps import _read_json, post
-from kiln.errors import ConfigError, KilnError, NotFound
+from kiln.errors import ConfigError, KilnError
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", metavar="[WORKSPACE/]NAME")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False), help="An image to send.")
 @click.option("--json", "json_", help="One instance (a JSON object) or a full request {'instances': [...]}.")
-@click.option("-w", "--workspace", default=None, help="The deployment's workspace (default: found by name).")
+@click.option("-w", "--workspace", default=None,
+              help="The deployment's workspace (default: the default workspace's, or the only one).")
 @click.option("--token", envvar="KILN_TOKEN", default=None, help="API token (default: $KILN_TOKEN).")
 @click.pass_context
 def predict(ctx: click.Context, name: str, file_: str | None, json_: str | None, workspace: str | None,
@@ -29,13 +31,10 @@ def predict(ctx: click.Context, name: str, file_: str | None, json_: str | None,
     if bool(file_) == bool(json_):
         raise ConfigError("give exactly one of --file or --json")
     root = load_config(ctx.obj["repo"] if ctx.obj else ".").kiln_dir() / "deployments"
-    found = sorted(root.glob(f"{workspace or '*'}/{name}/server.json"))
-    if not found:
-        raise NotFound(f"deployment {name} is not running here", hint="kiln apply it (kiln status shows deployments)")
-    if len(found) > 1:
-        raise ConfigError(f"deployment {name} exists in several workspaces",
-                          hint="pick one with -w: " + ", ".join(p.parent.parent.name for p in found))
-    info = _read_json(found[0]) or {}
+    running = {f"Deployment/{p.parent.parent.name}/{p.parent.name}": p for p in root.glob("*/*/server.json")}
+    key = find_key(name, running, kind="Deployment", workspace=workspace,
+                   absent="{} is not running here (kiln apply it; kiln status shows deployments)")
+    info = _read_json(running[key]) or {}
     if file_:
         with open(file_, "rb") as f:
             body: object = {"instances": [{"data": base64.b64encode(f.read()).decode()}]}

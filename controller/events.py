@@ -7,6 +7,7 @@ them)::
       Dataset/iris: unchanged, skipping                 Unchanged
       LabelingJob/shapes: labelling in progress ...     Noted
     ! Deployment/api: not applied: ...                  NotApplied
+    ! Experiment/a: busy: kiln apply (pid 7 ...) ...    Busy (another process applies it)
     ~ Dataset/iris: create (specs/d.yaml:1)             ObjectStarted
         = workflow: done before, skipping               StepSkipped
         + workflow: run workflow kiln-data-iris ...     StepDone
@@ -46,6 +47,14 @@ class Noted(ApplyEvent):
 
 @dataclass(frozen=True)
 class NotApplied(ApplyEvent):
+    message: str
+    news = True
+
+
+@dataclass(frozen=True)
+class Busy(ApplyEvent):
+    """Another kiln process applies this object (or one it depends on): left to that process."""
+
     message: str
     news = True
 
@@ -111,6 +120,8 @@ def render(ev: ApplyEvent) -> str:
         return f"  {ev.ref}: {ev.note}"
     if isinstance(ev, NotApplied):
         return f"! {ev.ref}: not applied: {ev.message}"
+    if isinstance(ev, Busy):
+        return f"! {ev.ref}: busy: {ev.message}"
     if isinstance(ev, ObjectStarted):
         return f"~ {ev.ref}: {ev.action} ({ev.source})"
     if isinstance(ev, StepSkipped):

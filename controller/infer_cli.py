@@ -48,11 +48,18 @@ def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
     return m.group(1), int(m.group(2)) if m.group(2) else None, m.group(3)
 
 
-def parse_dataset_ref(ref: str) -> tuple[str, str, str]:
-    """``[ws/]name[@version]`` -> (workspace, name, version)."""
+def parse_dataset_ref(ref: str, repo: Path, workspace: str | None = None) -> tuple[str, str, str]:
+    """``[WS/]NAME[@VERSION]`` (or ``Dataset/WS/NAME``, ``-w WS``: ``kiln.api.refs``) -> (workspace,
+    name, version), among the datasets of ``repo`` that have versions."""
+    from kiln.api.refs import find_key
+    from kiln.controller.dataset_steps import DATA_ROOT
+
     name, _, version = ref.partition("@")
-    ws, _, nm = name.rpartition("/")
-    return ws or "default", nm, version or "latest"
+    keys = [f"Dataset/{p.parent.name}/{p.name.removesuffix('.versions.json')}"
+            for p in (repo / DATA_ROOT).glob("*/*.versions.json")]
+    _, ws, nm = find_key(name, keys, kind="Dataset", workspace=workspace,
+                         absent="{} has no versions (apply its Dataset spec first)").split("/")
+    return ws, nm, version or "latest"
 
 
 def _classification(probs: Any, classes: list[Any]) -> list[list[dict[str, Any]]]:
@@ -92,20 +99,19 @@ def _predict_batch(algo: Any, model: Any, batch: Any) -> list[Any]:
               help="Also write the predicted labels as a new version of dataset NEW_DATASET.")
 @click.option("--split", default=None, help="Only items of this split (train, validation, test).")
 @click.option("--batch-size", default=64, show_default=True)
+@click.option("-w", "--workspace", default=None, help="The dataset's workspace.")
 @click.pass_context
 def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None, as_version: str | None,
-          split: str | None, batch_size: int) -> int:
+          split: str | None, batch_size: int, workspace: str | None) -> int:
     """Predict every item of a dataset version with a registered model."""
     from kiln.controller.dataset_steps import data_rel, dataset_label
     from kiln.data.versioning import DatasetRepo
 
     cfg = load_config((ctx.find_root().obj or {}).get("repo") or ".")
     repo = cfg.repo
+    ws, ds, dver = parse_dataset_ref(dataset_ref, repo, workspace)
     name, v, algo, model, mdir = _load_model(repo, model_ref)
-    ws, ds, dver = parse_dataset_ref(dataset_ref)
     rel = data_rel(ws, ds)
-    if not (repo / f"{rel}.versions.json").is_file():
-        raise KilnError(f"dataset {ws}/{ds} has no versions", hint="apply its Dataset spec first")
     dr = DatasetRepo(repo, remote_url=cfg.dvc.remote)
     dv = dr.resolve(rel, dver)
     t0 = time.perf_counter()

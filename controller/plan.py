@@ -239,19 +239,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
     what the rest of the repository defines. Records of specs that exist are always compared.
     ``config``: also look outside the spec (followed datasets, ``Handler.observe``)."""
     known = {r.key: r for r in records}
-    changes: list[Change] = []
-    for s in apply_order(specs.specs):
-        rec = known.pop(s.key, None)
-        if rec is None or rec.generation == 0:
-            changes.append(Change("create", s.key, s.kind, s.ref, spec=s, record=rec))
-        elif rec.spec_hash != s.spec_hash:
-            changes.append(Change("update", s.key, s.kind, s.ref, spec=s, record=rec,
-                                  fields=diff(rec.spec, s.doc)))
-        elif rec.observed_generation != rec.generation or _not_ready(rec):
-            changes.append(Change("update", s.key, s.kind, s.ref, spec=s, record=rec,
-                                  note="retry: the last apply did not finish"))
-        else:
-            changes.append(outside_spec(config, s, rec))
+    changes = [change_for(config, s, known.pop(s.key, None)) for s in apply_order(specs.specs)]
     rank = {k: i for i, k in enumerate(KINDS)}
     # Deletions in reverse kind order: what refers to others goes first.
     for rec in sorted(known.values(), key=lambda r: (-rank.get(r.kind, 0), r.key)):
@@ -277,6 +265,19 @@ def within(source: str, scope: str) -> bool:
         return True
     path = source.rsplit(":", 1)[0] if source.rsplit(":", 1)[-1].isdigit() else source
     return PurePath(os.path.normpath(path)).is_relative_to(os.path.normpath(scope))
+
+
+def change_for(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord | None) -> Change:
+    """The change that makes ``rec`` (None: never applied) match spec ``s``. Apply asks again,
+    under the object's lock, when another process recorded the object after this plan was made."""
+    if rec is None or rec.generation == 0:
+        return Change("create", s.key, s.kind, s.ref, spec=s, record=rec)
+    if rec.spec_hash != s.spec_hash:
+        return Change("update", s.key, s.kind, s.ref, spec=s, record=rec, fields=diff(rec.spec, s.doc))
+    if rec.observed_generation != rec.generation or _not_ready(rec):
+        return Change("update", s.key, s.kind, s.ref, spec=s, record=rec,
+                      note="retry: the last apply did not finish")
+    return outside_spec(config, s, rec)
 
 
 def outside_spec(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord) -> Change:

@@ -11,9 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln.api import KINDS
+from kiln.api import KINDS, refs
+from kiln.api.refs import find_key
 from kiln.config import KilnConfig
-from kiln.controller.apply import ApplyResult, apply_plan
+from kiln.controller.apply import ApplyResult, Locking, apply_plan
 from kiln.controller.events import Listener, printing
 from kiln.controller.plan import Plan, make_plan
 from kiln.errors import ConfigError, NotFound, SpecErrors
@@ -21,6 +22,9 @@ from kiln.loader import SpecSet, load_specs, spec_cache_dir
 from kiln.state import RepoLock
 from kiln.state.snapshot import recorded_objects
 from kiln.validate import dependencies, validate
+
+# seconds any command waits for the repository lock, which others hold only while they plan
+PLAN_LOCK_WAIT = 30.0
 
 
 def load_valid(config: KilnConfig, path: str | os.PathLike[str] | None = None) -> SpecSet:
@@ -57,20 +61,17 @@ def refuse_committed_private_files(config: KilnConfig) -> None:
 
 
 def canonical_kind(kind: str) -> str:
-    for k in KINDS:
-        if kind.lower() in (k.lower(), k.lower() + "s"):
-            return k
-    raise NotFound(f"unknown kind {kind!r}", hint=f"one of {', '.join(KINDS)}")
+    k = refs.canonical_kind(kind)
+    if k is None:
+        raise NotFound(f"unknown kind {kind!r}", hint=f"one of {', '.join(KINDS)}")
+    return k
 
 
-def parse_ref(ref: str) -> tuple[str, str, str]:
-    """KIND/NAME or KIND/WORKSPACE/NAME -> (kind, workspace, name)."""
-    parts = ref.split("/")
-    if len(parts) == 2:
-        return canonical_kind(parts[0]), "default", parts[1]
-    if len(parts) == 3:
-        return canonical_kind(parts[0]), parts[1], parts[2]
-    raise NotFound(f"cannot read {ref!r} as an object reference", hint="write KIND/NAME or KIND/WORKSPACE/NAME")
+def parse_ref(ref: str, workspace: str | None = None) -> tuple[str, str, str]:
+    """KIND/NAME or KIND/WORKSPACE/NAME (``kiln.api.refs``) -> (kind, workspace, name); a missing
+    workspace is the default one (``find_key`` also looks in the others)."""
+    r = refs.parse_ref(ref, workspace=workspace)
+    return r.kind, r.workspace or refs.DEFAULT_WORKSPACE, r.name
 
 
 def _scope(config: KilnConfig, path: str | os.PathLike[str] | None) -> str:
@@ -90,50 +91,42 @@ def open_state(config: KilnConfig, *, read_only: bool = False):  # -> StateStore
     return open_store(config.state_url(), config.repo, max_attempts=config.historyLimit, read_only=read_only)
 
 
-def select_targets(specs: SpecSet, targets: Sequence[str]) -> SpecSet:
-    """Only the objects named in ``targets`` (``Kind/name`` or ``Kind/workspace/name``) and what
-    they need first, transitively (``kiln.validate.dependencies``: their workspace, the datasets
-    they read, the experiment a deployment serves). This is how CI trains only what a pull request
-    changed without applying the rest of the repository.
+def target_keys(specs: SpecSet, records: list, targets: Sequence[str], workspace: str | None = None) -> set[str]:
+    """The objects named in ``targets`` (``kiln.api.refs``: ``Kind/name``, ``Kind/workspace/name``,
+    ``-w``) and what they need first, transitively (``kiln.validate.dependencies``: their
+    workspace, the datasets they read, the experiment a deployment serves). This is how CI trains
+    only what a pull request changed without applying the rest of the repository. A target may
+    name a recorded object whose spec was removed: ``--prune`` deletes it, and nothing else.
 
     An unknown target is an error that lists the objects that exist."""
     by_key = specs.by_key()
-    wanted: list[str] = []
-    for t in targets:
-        kind, ws, name = parse_ref(t)
-        hits = [s.key for s in specs.specs if (s.kind, s.workspace, s.name) == (kind, ws, name)
-                or (t.count("/") == 1 and (s.kind, s.name) == (kind, name))]
-        if not hits:
-            known = ", ".join(sorted(s.ref for s in specs.specs)) or "none"
-            raise NotFound(f"--target {t}: no spec defines {kind}/{ws}/{name}",
-                           hint=f"objects defined: {known}")
-        if len(hits) > 1:
-            raise NotFound(f"--target {t}: matches {', '.join(sorted(hits))}",
-                           hint="name the workspace: KIND/WORKSPACE/NAME")
-        wanted += hits
+    known = set(by_key) | {r.key for r in records}
+    wanted = [find_key(t, known, workspace=workspace, what=f"--target {t}: ", absent="no spec defines {}")
+              for t in targets]
     keep: set[str] = set()
     while wanted:
         key = wanted.pop()
-        if key in keep or key not in by_key:  # a missing dependency was already reported by validate
+        if key in keep:
             continue
         keep.add(key)
-        wanted += list(dependencies(by_key[key]))
-    return replace(specs, specs=[s for s in specs.specs if s.key in keep])
+        if key in by_key:  # a missing dependency was already reported by validate
+            wanted += list(dependencies(by_key[key]))
+    return keep
 
 
-def _targeted(specs: SpecSet, records: list, targets: Sequence[str] | None) -> tuple[SpecSet, list]:
+def _targeted(specs: SpecSet, records: list, keys: set[str] | None) -> tuple[SpecSet, list]:
     """With targets, the records of other objects are left out too, so the plan neither deletes
     nor notes objects that merely were not selected."""
-    if not targets:
+    if keys is None:
         return specs, records
-    chosen = select_targets(specs, targets)
-    keys = {s.key for s in chosen.specs}
-    return chosen, [r for r in records if r.key in keys]
+    return replace(specs, specs=[s for s in specs.specs if s.key in keys]), [r for r in records if r.key in keys]
 
 
 def plan(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
-         targets: Sequence[str] | None = None) -> Plan:
-    specs, records = _targeted(load_valid(config, path), read_records(config), targets)
+         targets: Sequence[str] | None = None, workspace: str | None = None) -> Plan:
+    specs, records = load_valid(config, path), read_records(config)
+    keys = target_keys(specs, records, targets, workspace) if targets else None
+    specs, records = _targeted(specs, records, keys)
     return make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
 
 
@@ -151,18 +144,20 @@ class Applied:
 def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
           echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply",
           targets: Sequence[str] | None = None, review: Callable[[Any, Any], bool] | None = None,
-          on_event: Listener | None = None) -> Applied:
+          on_event: Listener | None = None, workspace: str | None = None) -> Applied:
     """Reconcile the specs under ``path`` (default: all); with ``targets``, only those objects and
-    their dependencies (``select_targets``). ``review(plan, store)``, called under the lock
+    their dependencies (``target_keys``; ``workspace``: ``-w``). ``review(plan, store)``, called under the lock
     between planning and applying, may look at (and mark) what is about to change; returning
     False applies nothing (``kiln controller`` uses it to log drift and skip quiet intervals).
     What apply does goes to ``on_event`` as typed events (``kiln.controller.events``), or, without
     it, to ``echo`` as the lines ``kiln apply`` prints."""
     specs = load_valid(config, path)  # nothing is touched when the specs are invalid
-    if targets:
-        specs = select_targets(specs, targets)  # unknown targets fail before the lock is taken
+    # unknown targets fail before the lock is taken
+    keys = target_keys(specs, read_records(config), targets, workspace) if targets else None
     first = not config.kiln_dir().exists()
-    with RepoLock(config.repo, command, wait=wait_lock):
+    # The repository lock covers planning only (and `review`'s marks): a few seconds at most, so
+    # it is waited for; the objects' work runs under their own locks (kiln.controller.apply).
+    with RepoLock(config.repo, command, wait=max(wait_lock, PLAN_LOCK_WAIT)):
         if first:  # the first apply makes .kiln/: keep it out of `git add -A` from the start
             from kiln.controller.scaffold import GITIGNORE_ENTRY, ensure_gitignore
 
@@ -170,17 +165,35 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
                 echo(f"added {GITIGNORE_ENTRY} to .gitignore: kiln's private files stay out of git")
         store = open_state(config)
         try:
-            specs, records = _targeted(specs, store.all_objects(), targets)
+            specs, records = _targeted(specs, store.all_objects(), keys)
             p = make_plan(specs, records, scope=_scope(config, path), prune=prune, config=config)
-            if review is not None and not review(p, store):
-                return Applied(p, ApplyResult())
-            done = Applied(p, apply_plan(p, config, store, on_event or printing(echo)))
-        finally:
+            go = review is None or review(p, store)
+        except BaseException:
             store.close()
-        if config.gc.afterApply:  # retention, under the same lock (re-entrant)
-            from kiln.controller.gc import collect
+            raise
+    try:
+        if not go:
+            return Applied(p, ApplyResult())
+        locking = Locking(config.repo, command, wait=wait_lock)
+        done = Applied(p, apply_plan(p, config, store, on_event or printing(echo), locking))
+    finally:
+        store.close()
+    if config.gc.afterApply:
+        _collect_after_apply(config, echo)
+    return done
 
-            report = collect(config)
-            if report.removed or report.shared_bytes:
-                echo(list(report.lines(config.repo))[-1])
-        return done
+
+def _collect_after_apply(config: KilnConfig, echo: Callable[[str], None]) -> None:
+    """``gc.afterApply``: retention after the objects' work, under the repository lock like
+    `kiln gc` (objects another apply is working on are skipped by their locks). A lock held
+    past the wait only postpones collection to the next apply or `kiln gc`."""
+    from kiln.controller.gc import gc
+    from kiln.errors import LockHeld
+
+    try:
+        report = gc(config, wait_lock=PLAN_LOCK_WAIT)
+    except LockHeld as e:
+        echo(f"gc.afterApply skipped: {e}")
+        return
+    if report.removed or report.shared_bytes:
+        echo(list(report.lines(config.repo))[-1])

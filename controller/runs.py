@@ -7,18 +7,21 @@ import time
 from collections.abc import Iterator
 
 from kiln.config import KilnConfig
-from kiln.controller.project import parse_ref, read_records
+from kiln.controller.project import find_key, read_records
 from kiln.controller.render import KIND_SHORT
 from kiln.controller.runner import make_runner
 from kiln.errors import NotFound
 
 
-def resolve_run(config: KilnConfig, name: str) -> str:
-    """A workflow name from KIND/NAME (via the object's record) or a workflow name as is."""
+def resolve_run(config: KilnConfig, name: str, workspace: str | None = None) -> str:
+    """A workflow name from KIND/[WORKSPACE/]NAME (via the object's record) or a workflow name
+    as is."""
     if "/" not in name:
         return name
-    kind, ws, obj = parse_ref(name)
-    rec = next((r for r in read_records(config) if r.key == f"{kind}/{ws}/{obj}"), None)
+    records = read_records(config)
+    key = find_key(name, [r.key for r in records], workspace=workspace, absent="{} has not been applied")
+    kind = key.split("/")[0]
+    rec = next((r for r in records if r.key == key), None)
     if rec is not None:
         for item in rec.inventory:
             if item.get("kind") == "workflow":
@@ -29,8 +32,9 @@ def resolve_run(config: KilnConfig, name: str) -> str:
     raise NotFound(f"{name} has no workflow run yet", hint=f"apply it first; runs are named kiln-{KIND_SHORT[kind]}-…")
 
 
-def logs(config: KilnConfig, name: str, node: str | None = None, follow: bool = False) -> Iterator[str]:
-    run = resolve_run(config, name)
+def logs(config: KilnConfig, name: str, node: str | None = None, follow: bool = False,
+         workspace: str | None = None) -> Iterator[str]:
+    run = resolve_run(config, name, workspace)
     runner = make_runner(config)
     if runner.get(run) is None:
         raise NotFound(f"no workflow run named {run!r} on the {config.runner} runner")
@@ -45,8 +49,9 @@ def logs(config: KilnConfig, name: str, node: str | None = None, follow: bool = 
         time.sleep(0.5)
 
 
-def stop(config: KilnConfig, name: str, message: str, timeout: float = 30.0) -> str:
-    run = resolve_run(config, name)
+def stop(config: KilnConfig, name: str, message: str, timeout: float = 30.0,
+         workspace: str | None = None) -> str:
+    run = resolve_run(config, name, workspace)
     runner = make_runner(config)
     if runner.get(run) is None:
         raise NotFound(f"no workflow run named {run!r} on the {config.runner} runner")

@@ -8,8 +8,8 @@ from typing import Any
 
 from kiln.api import KINDS
 from kiln.config import KilnConfig
-from kiln.controller.project import canonical_kind, load_valid, open_state, parse_ref
-from kiln.errors import KilnError, NotFound, SpecErrors
+from kiln.controller.project import canonical_kind, find_key, load_valid, open_state, parse_ref
+from kiln.errors import KilnError, SpecErrors
 
 __all__ = ["canonical_kind", "parse_ref"]  # (they moved to project; kept importable from here)
 
@@ -133,27 +133,26 @@ def controller_rows(records: dict[str, Any]) -> list[str]:
     return out
 
 
-
-def get_records(config: KilnConfig, kind: str, name: str | None) -> list[Any]:
+def get_records(config: KilnConfig, kind: str, name: str | None, workspace: str | None = None) -> list[Any]:
+    """Records of KIND (in ``workspace``), or the one that ``name`` names (``kiln.api.refs``)."""
     k = canonical_kind(kind)
     store = _store(config)
     try:
-        recs = [r for r in store.all_objects(kind=k) if name is None or r.name == name or r.key == name]
+        recs = store.all_objects(kind=k)
     finally:
         store.close()
-    if name is not None and not recs:
-        raise NotFound(f"no {k} named {name!r} has been applied", hint="see `kiln status`")
-    return recs
+    if name is None:
+        return [r for r in recs if workspace is None or r.workspace == workspace]
+    key = find_key(name, [r.key for r in recs], kind=k, workspace=workspace, absent="{} has not been applied")
+    return [r for r in recs if r.key == key]
 
 
-def describe(config: KilnConfig, ref: str) -> str:
-    kind, ws, name = parse_ref(ref)
-    key = f"{kind}/{ws}/{name}"
+def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
     store = _store(config)
     try:
+        key = find_key(ref, [r.key for r in store.all_objects()], workspace=workspace, absent="{} has not been applied")
         rec = store.get(key)
-        if rec is None:
-            raise NotFound(f"{ref} has not been applied", hint="run `kiln plan` to see what apply would do")
+        assert rec is not None
         attempts = store.attempts(key)
         steps = store.steps(key, rec.extra.get("runKey") or rec.spec_hash or None)
     finally:
@@ -182,11 +181,7 @@ def describe(config: KilnConfig, ref: str) -> str:
     return "\n".join(out)
 
 
-def find_spec(config: KilnConfig, ref: str, path: str | None = None):
-    kind, ws, name = parse_ref(ref)
+def find_spec(config: KilnConfig, ref: str, path: str | None = None, workspace: str | None = None):
     specs = load_valid(config, path)
-    for s in specs.specs:
-        if (s.kind, s.workspace, s.name) == (kind, ws, name) or (
-                len(ref.split("/")) == 2 and (s.kind, s.name) == (kind, name)):
-            return s
-    raise NotFound(f"no spec defines {ref}", hint="see `kiln validate` for the specs that exist")
+    key = find_key(ref, [s.key for s in specs.specs], workspace=workspace, absent="no spec defines {}")
+    return specs.by_key()[key]

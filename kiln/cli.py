@@ -89,6 +89,11 @@ def _config(ctx: click.Context) -> KilnConfig:
     return load_config(ctx.obj["repo"])
 
 
+# -w on every verb that names objects: a shorthand for KIND/WORKSPACE/NAME (kiln.api.refs)
+workspace_option = click.option("-w", "--workspace", default=None, metavar="WORKSPACE",
+                                help="The objects' workspace (instead of writing KIND/WORKSPACE/NAME).")
+
+
 @cli.command()
 @click.argument("path", required=False, type=click.Path())
 @click.pass_context
@@ -112,15 +117,16 @@ def validate(ctx: click.Context, path: str | None) -> int:
 @click.option("--prune", is_flag=True, help="Plan deletions for specs that were removed.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: no changes, 2: changes, 1: error.")
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
-@click.option("--target", "targets", multiple=True, metavar="KIND/NAME",
+@click.option("--target", "targets", multiple=True, metavar="KIND/[WORKSPACE/]NAME",
               help="Only this object and what it depends on (workspace, datasets it reads); repeatable.")
+@workspace_option
 @click.pass_context
 def plan(ctx: click.Context, path: str | None, fmt: str, prune: bool, detailed_exitcode: bool,
-         verbose: bool, targets: tuple[str, ...]) -> int:
+         verbose: bool, targets: tuple[str, ...], workspace: str | None) -> int:
     """Show what `kiln apply` would create, update or delete (the pull-request check)."""
     from kiln.controller.project import plan as make
 
-    p = make(_config(ctx), path, prune=prune, targets=targets)
+    p = make(_config(ctx), path, prune=prune, targets=targets, workspace=workspace)
     click.echo(p.to_json() if fmt == "json" else p.to_markdown() if fmt == "markdown" else p.to_text(verbose))
     return 2 if detailed_exitcode and p.has_changes else 0
 
@@ -130,22 +136,26 @@ def plan(ctx: click.Context, path: str | None, fmt: str, prune: bool, detailed_e
 @click.option("--prune", is_flag=True, help="Delete what removed specs created (per-object opt-out: "
               "annotation kiln.dev/prune: disabled).")
 @click.option("--wait-lock", type=float, default=0.0, show_default=True,
-              help="Seconds to wait for another kiln apply to finish.")
-@click.option("--target", "targets", multiple=True, metavar="KIND/NAME",
+              help="Seconds to wait for another kiln process applying the same object (or one it "
+              "depends on); without it such an object is reported busy (exit 3).")
+@click.option("--target", "targets", multiple=True, metavar="KIND/[WORKSPACE/]NAME",
               help="Only this object and what it depends on (workspace, datasets it reads); repeatable.")
+@workspace_option
 @click.pass_context
-def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, targets: tuple[str, ...]) -> int:
+def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, targets: tuple[str, ...],
+          workspace: str | None) -> int:
     """Make it so: reconcile every spec. Safe to re-run; unchanged objects are skipped.
 
     Exit 0: all reconciled; 1: something failed; 2: nothing failed but some kinds have no
     handler in this kiln version yet (they are listed, never reported as applied).
 
     With --target (repeatable) only the named objects and their dependencies are applied, e.g.
-    the experiments a pull request changed; nothing else is planned, noted or pruned."""
+    the experiments a pull request changed; nothing else is planned, noted or pruned (with
+    --prune, a target whose spec was removed is deleted)."""
     from kiln.controller.project import apply as run
 
     done = run(_config(ctx), path, prune=prune, echo=click.echo, wait_lock=wait_lock,
-               command="kiln apply " + " ".join(sys.argv[2:]), targets=targets)
+               command=" ".join(["kiln apply", *sys.argv[2:]]), targets=targets, workspace=workspace)
     click.echo(done.result.summary())
     return done.result.exit_code
 
@@ -167,14 +177,15 @@ def status(ctx: click.Context, output: str) -> int:
 
 @cli.command()
 @click.argument("kind")
-@click.argument("name", required=False)
+@click.argument("name", required=False, metavar="[[WORKSPACE/]NAME]")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
+@workspace_option
 @click.pass_context
-def get(ctx: click.Context, kind: str, name: str | None, output: str) -> int:
-    """Recorded state of objects of KIND (or one object)."""
+def get(ctx: click.Context, kind: str, name: str | None, output: str, workspace: str | None) -> int:
+    """Recorded state of objects of KIND (of one workspace with -w), or of one object."""
     from kiln.controller.status import get_records, status_table
 
-    recs = get_records(_config(ctx), kind, name)
+    recs = get_records(_config(ctx), kind, name, workspace)
     if output == "table":
         from kiln.controller.status import row
 
@@ -193,31 +204,33 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str) -> int:
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND/NAME")
+@click.argument("ref", metavar="KIND/[WORKSPACE/]NAME")
+@workspace_option
 @click.pass_context
-def describe(ctx: click.Context, ref: str) -> int:
+def describe(ctx: click.Context, ref: str, workspace: str | None) -> int:
     """Conditions, history and inventory of one object."""
     from kiln.controller.status import describe as text
 
-    click.echo(text(_config(ctx), ref))
+    click.echo(text(_config(ctx), ref, workspace))
     return 0
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND/NAME")
+@click.argument("ref", metavar="KIND/[WORKSPACE/]NAME")
 @click.option("--what", type=click.Choice(["all", "spec", "workflow", "k8s"]), default="all",
               help="The composed spec (templates applied), its Argo Workflow, or both; k8s: a "
                    "Deployment's Kubernetes manifests (Deployment, Service, HPA).")
 @click.option("--path", type=click.Path(), default=None, help="Specs folder (default: from kiln.yaml).")
+@workspace_option
 @click.pass_context
-def render(ctx: click.Context, ref: str, what: str, path: str | None) -> int:
+def render(ctx: click.Context, ref: str, what: str, path: str | None, workspace: str | None) -> int:
     """Print KIND/NAME as composed from its templates and the workflow it runs as."""
     import yaml
 
     from kiln.controller.status import find_spec
 
     cfg = _config(ctx)
-    spec = find_spec(cfg, ref, path)
+    spec = find_spec(cfg, ref, path, workspace)
     docs = []
     if what in ("all", "spec"):
         docs.append(spec.doc)
@@ -260,29 +273,31 @@ def step(ctx: click.Context, name: str, ref: str, spec_json: str, spec_hash: str
 
 
 @cli.command()
-@click.argument("name", metavar="KIND/NAME|WORKFLOW")
+@click.argument("name", metavar="KIND/[WORKSPACE/]NAME|WORKFLOW")
 @click.option("--node", default=None, help="Only this task (name or node id).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run finishes.")
+@workspace_option
 @click.pass_context
-def logs(ctx: click.Context, name: str, node: str | None, follow: bool) -> int:
+def logs(ctx: click.Context, name: str, node: str | None, follow: bool, workspace: str | None) -> int:
     """Logs of an object's workflow run (or of a run by name), on the configured runner."""
     from kiln.controller.runs import logs as lines
 
-    for line in lines(_config(ctx), name, node, follow):
+    for line in lines(_config(ctx), name, node, follow, workspace):
         click.echo(line)
     return 0
 
 
 @cli.command()
-@click.argument("name", metavar="KIND/NAME|WORKFLOW")
+@click.argument("name", metavar="KIND/[WORKSPACE/]NAME|WORKFLOW")
 @click.option("-m", "--message", default="stopped by user", help="Recorded as the run's message.")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for it to end.")
+@workspace_option
 @click.pass_context
-def stop(ctx: click.Context, name: str, message: str, timeout: float) -> int:
+def stop(ctx: click.Context, name: str, message: str, timeout: float, workspace: str | None) -> int:
     """Cancel a running workflow: its steps are killed and it ends Failed with MESSAGE."""
     from kiln.controller.runs import stop as do_stop
 
-    click.echo(do_stop(_config(ctx), name, message, timeout))
+    click.echo(do_stop(_config(ctx), name, message, timeout, workspace))
     return 0
 
 

@@ -235,7 +235,7 @@ def test_kill_9_mid_apply_then_apply_again(tmp_path: Path) -> None:
     assert (marks / "fetch").read_text() == "start\ndone\n"
 
 
-def test_concurrent_apply_is_refused_naming_the_holder(tmp_path: Path) -> None:
+def test_concurrent_apply_of_the_same_object_is_refused_naming_the_holder(tmp_path: Path) -> None:
     write(tmp_path, {"specs/d.yaml": """
         apiVersion: kiln.dev/v1alpha1
         kind: Dataset
@@ -255,14 +255,17 @@ def test_concurrent_apply_is_refused_naming_the_holder(tmp_path: Path) -> None:
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.05)
         p = kiln("apply", cwd=tmp_path)
-        assert p.returncode == 3
-        assert f"pid {proc.pid}" in p.stderr and "holds the lock" in p.stderr
+        assert p.returncode == 3, p.stdout + p.stderr
+        # the second apply plans (the repository lock is free) and leaves the object to its holder
+        assert f"! Dataset/iris: busy: kiln apply (pid {proc.pid} on " in p.stdout
+        assert "holds the lock on Dataset/default/iris; wait for it or stop it (--wait-lock SECONDS waits for it)" in p.stdout
+        assert "1 busy" in p.stdout
     finally:
         proc.kill()
         proc.wait()
     # The holder died: its lock is gone with it.
     p = kiln("apply", cwd=tmp_path)
-    assert "holds the lock" not in p.stderr
+    assert "holds the lock" not in p.stdout + p.stderr
 
 
 def test_render_composes_templates() -> None:

@@ -71,3 +71,25 @@ def test_apply_target_applies_only_the_selection(tmp_path: Path) -> None:
     out = kiln("apply", "--prune", "--target", "Workspace/other", cwd=tmp_path, check=True).stdout
     assert "Workspace/other: create" in out and "team" not in out
     assert (tmp_path / ".kiln/workspaces/team").is_dir()
+
+
+def test_prune_with_target_prunes_only_within_the_targets(tmp_path: Path) -> None:
+    names = ("team", "other", "third")
+    write(tmp_path, {f"specs/{n}.yaml": WS.replace("NAME", n) for n in names})
+    kiln("apply", cwd=tmp_path, check=True)
+    for n in ("team", "other"):
+        (tmp_path / f"specs/{n}.yaml").unlink()
+    # a target may name an object whose spec was removed: planned for deletion with --prune only
+    kept = kiln("plan", "--target", "Workspace/team", cwd=tmp_path, check=True).stdout
+    assert "Workspace/team  [spec removed; kept until you apply with --prune]" in kept
+    planned = json.loads(kiln("plan", "--prune", "--format", "json", "--target", "Workspace/team",
+                              cwd=tmp_path, check=True).stdout)
+    assert [(c["action"], c["ref"]) for c in planned["changes"]] == [("delete", "Workspace/team")]
+    out = kiln("apply", "--prune", "--target", "Workspace/team", cwd=tmp_path, check=True).stdout
+    assert "- Workspace/team: delete" in out and "1 deleted" in out and "other" not in out
+    assert not (tmp_path / ".kiln/workspaces/team").exists()
+    assert (tmp_path / ".kiln/workspaces/other").is_dir()  # removed too, but not targeted: kept
+    assert _planned(tmp_path) == {"Workspace/other": "unchanged", "Workspace/third": "unchanged"}
+    # the name of an object that neither a spec nor the state knows is still an error
+    p = kiln("apply", "--prune", "--target", "Workspace/team", cwd=tmp_path)
+    assert p.returncode == 1 and "--target Workspace/team: no spec defines Workspace/default/team" in p.stderr
