@@ -27,12 +27,13 @@ def _run(tmp_path: Path, tasks: list[dict], templates: list[dict], **dag) -> tup
 
 def _independent_branch(tmp_path: Path) -> tuple[list[dict], list[dict]]:
     """``bad`` fails at once; ``slow`` is running then, and ``after`` would start when it ends."""
-    failed = tmp_path / "bad-ran"
+    failed, started = tmp_path / "bad-ran", tmp_path / "slow-started"
     tasks = [{"name": "bad", "template": "bad"}, {"name": "slow", "template": "slow"},
              {"name": "after", "template": "ok", "depends": "slow"}]
-    templates = [_sh("bad", f"touch {failed}; exit 1"),
-                 # ends well after bad's failure is recorded
-                 _sh("slow", f"while [ ! -f {failed} ]; do sleep 0.05; done; sleep 1.5"),
+    # bad fails only once slow runs (on a loaded machine slow may start late), and slow ends well
+    # after bad's failure is recorded
+    templates = [_sh("bad", f"while [ ! -f {started} ]; do sleep 0.05; done; touch {failed}; exit 1"),
+                 _sh("slow", f"touch {started}; while [ ! -f {failed} ]; do sleep 0.05; done; sleep 1.5"),
                  _sh("ok", "echo ok")]
     return tasks, templates
 
