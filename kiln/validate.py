@@ -168,9 +168,10 @@ class _Checker:
             self._dataset(s, spec.source.dataset, ["spec", "source", "dataset"])
         if spec.source.capture is not None:
             dep = self.by_kind["Deployment"].get((s.workspace, spec.source.capture))
-            if dep is None and not self._invalid("Deployment", s.workspace, spec.source.capture):
-                self.add(s, ["spec", "source", "capture"], f"unknown deployment {spec.source.capture!r}",
-                         self._known("Deployment", spec.source.capture, "define it with a Deployment spec"))
+            if dep is None:
+                if not self._invalid("Deployment", s.workspace, spec.source.capture):
+                    self.add(s, ["spec", "source", "capture"], f"unknown deployment {spec.source.capture!r}",
+                             self._known("Deployment", spec.source.capture, "define it with a Deployment spec"))
             elif dep.obj.spec.capture is None or dep.obj.spec.capture.dataset != s.name:
                 self.add(s, ["spec", "source", "capture"],
                          f"deployment {spec.source.capture!r} does not capture into dataset {s.name!r}",
@@ -261,8 +262,10 @@ class _Checker:
                          self._known("Experiment", ref.experiment, "define it with an Experiment spec"))
             return
         registering = [e for e in experiments if e.obj.spec.registration and e.obj.spec.registration.model == ref.name]
-        if not registering and (_in_registry(s, ref.name) or self._invalid_registers(s.workspace, ref.name)):
-            return  # registered outside specs (kiln.bento.registry): the deployment step checks version/alias
+        if not registering and (_in_registry(s, ref.name) or self._invalid_registers(s.workspace, ref.name or "")):
+            # registered outside specs (kiln.bento.registry: the deployment step checks version/alias),
+            # or by an experiment whose own error is reported
+            return
         if not registering:
             names = sorted({e.obj.spec.registration.model for e in experiments if e.obj.spec.registration})
             self.add(s, path + ["name"], f"dangling model reference: no experiment registers model {ref.name!r}",

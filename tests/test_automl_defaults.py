@@ -119,3 +119,16 @@ def test_validate_without_candidates_has_no_cascade(tmp_path: Path) -> None:
     text = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "timeBudget" in text
     assert "dangling" not in text and "Traceback" not in text
+
+
+def test_validate_capture_of_an_invalid_deployment_has_no_cascade(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
+    write(repo, {
+        "specs/d.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Deployment\nmetadata: {name: d}\n"
+                        "spec: {model: {name: m}, replicas: -1, capture: {dataset: c}}\n",
+        "specs/c.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {name: c}\n"
+                        "spec: {type: tabular, task: classification, source: {capture: d}, label: y}\n"})
+    bad = kiln("validate", cwd=repo)
+    text = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "replicas" in text
+    assert "unknown deployment" not in text and "Traceback" not in text
