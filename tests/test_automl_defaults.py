@@ -62,12 +62,18 @@ def test_automl_without_candidates_uses_catalogue_and_lists_failures(tmp_path: P
     assert set(failed) == {linear}
     assert failed[linear]["state"] == "FAIL" and "NaN" in failed[linear]["error"]
     assert "\n" not in failed[linear]["error"]  # one line: scikit-learn's paragraphs of advice left out
-    assert f"1 candidate(s) failed ({linear})" in ex["info"]
+    assert f"1 candidate(s) failed ({linear})" in ex["info"] and "skipped" not in ex["info"]
     # apply's output and describe show the failure and its reason
     text = out.stdout + out.stderr
     assert linear in text and "Input X contains NaN" in text
     desc = kiln("describe", "experiment/e", cwd=repo, check=True).stdout
     assert linear in desc and "Input X contains NaN" in desc
+    logs = kiln("logs", "Experiment/e", cwd=repo, check=True).stdout
+    assert f"FAIL    {linear}: ValueError: Input X contains NaN." in logs
+    if task == "classification":  # the report's leaderboard lists it, unranked, with its reason
+        kiln("report", "--out", "out/pr", cwd=repo, check=True, timeout=120)
+        md = (repo / "out/pr/report.md").read_text()
+        assert f"| - | c-{linear} | {linear} |  | fail: ValueError: Input X contains NaN. |" in md
 
 
 def test_every_candidate_failing_fails_the_experiment_with_each_reason(tmp_path: Path) -> None:
@@ -101,6 +107,7 @@ automl: {timeBudget: 1}
     assert "hist_gradient_boosting" in started and all(t - start <= 1.0 for t in started.values()), started
     skipped = [f for f in ex["failed"] if f["state"] == "SKIPPED"]
     assert skipped and all("time budget (1 s) was spent" in f["error"] for f in skipped)
+    assert "skipped by the time budget" in ex["info"]
     assert ex["best"] is not None and ex["registered"] is None
 
 
@@ -132,3 +139,28 @@ def test_validate_capture_of_an_invalid_deployment_has_no_cascade(tmp_path: Path
     text = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "replicas" in text
     assert "unknown deployment" not in text and "Traceback" not in text
+
+
+def test_render_defaults_as_one_task_and_max_candidates_cuts_the_list(tmp_path: Path) -> None:
+    from kiln.config import load_config
+    from kiln.controller.project import load_valid
+    from kiln.controller.render import render_workflow
+    from kiln.runners.schema import validate_workflow
+
+    repo = repo_with(tmp_path, "classification", "mode: automl\ndataset: {name: t}\nautoml: {maxCandidates: 2}")
+    write(repo, {"specs/e2.yaml": exp("e2", """
+mode: automl
+dataset: {name: t}
+automl: {maxCandidates: 2, candidates: [{name: svm}, {name: naive_bayes}, {name: decision_tree}]}
+""")})
+    specs = {s.name: s for s in load_valid(load_config(repo)).specs}
+
+    def dag(name: str) -> dict:
+        manifest = render_workflow(load_config(repo), specs[name])
+        assert validate_workflow(manifest) == []
+        tmpl = next(t for t in manifest["spec"]["templates"] if "dag" in t)
+        return next(t for t in tmpl["dag"]["tasks"] if t["name"] == "candidates")
+
+    auto = dag("e")
+    assert "withItems" not in auto and {"name": "candidate", "value": "auto"} in auto["arguments"]["parameters"]
+    assert dag("e2")["withItems"] == ["svm", "naive_bayes"]

@@ -117,8 +117,10 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
     best_value = (best or {}).get("value", (best or {}).get("objective"))
     bad = failed(spec, recs)
     info = f"{spec.mode} {len(finished)}/{total} trials"
-    if bad and spec.mode == "automl":
-        info += f", {len(bad)} candidate(s) failed ({', '.join(str(b['candidate']) for b in bad)})"
+    if spec.mode == "automl":
+        for state, word in (("FAIL", "failed"), ("SKIPPED", "skipped by the time budget")):
+            names = [str(b["candidate"]) for b in bad if b["state"] == state]
+            info += f", {len(names)} candidate(s) {word} ({', '.join(names)})" if names else ""
     if best:
         info += f", best {metric}={best_value:.4g} ({best['trial']})" if best_value is not None else ""
     if registered:
