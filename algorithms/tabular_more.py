@@ -5,12 +5,41 @@ Same pipeline, save layout and ONNX export as ``kiln.algorithms.tabular``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from kiln.algorithms.base import Hyperparameters
 from kiln.algorithms.tabular import RandomForest, SklearnAlgorithm
+
+
+@contextmanager
+def _int_missing_flags() -> Iterator[None]:
+    """skl2onnx 1.20's HistGradientBoosting converter passes each node's NaN direction as a bool
+    (a Python one at leaves), which onnx >= 1.23 refuses in an int list ("Expected an int, got a
+    boolean"): the conversion fails for every model. The flags are given to ONNX as 0/1 during the
+    conversion only; the NaN routing is kept (the parity check compares rows with NaN)."""
+    from skl2onnx.common import tree_ensemble
+
+    original = tree_ensemble.add_node
+
+    def add_node(*args: Any, nodes_missing_value_tracks_true: Any = False, **kwargs: Any) -> Any:
+        return original(*args, nodes_missing_value_tracks_true=int(bool(nodes_missing_value_tracks_true)), **kwargs)
+
+    tree_ensemble.add_node = add_node
+    try:
+        yield
+    finally:
+        tree_ensemble.add_node = original
+
+
+class _HistGBExport(SklearnAlgorithm):
+    def export_onnx(self, model: Any, path: Path, sample: Any) -> Path | None:
+        with _int_missing_flags():
+            return super().export_onnx(model, path, sample)
 
 
 class _HistGB(Hyperparameters):
@@ -30,7 +59,7 @@ def _hgb_kwargs(hp: _HistGB) -> dict[str, Any]:
                 l2_regularization=hp.l2_regularization, early_stopping=stop, random_state=hp.seed)
 
 
-class HistGradientBoosting(SklearnAlgorithm):
+class HistGradientBoosting(_HistGBExport):
     """Histogram gradient-boosted trees classifier (LightGBM-style; missing values native)."""
     scale_numeric = False
 
@@ -43,7 +72,7 @@ class HistGradientBoosting(SklearnAlgorithm):
         return HistGradientBoostingClassifier(**_hgb_kwargs(hp))
 
 
-class HistGradientBoostingRegressor(SklearnAlgorithm):
+class HistGradientBoostingRegressor(_HistGBExport):
     """Histogram gradient-boosted trees regressor (LightGBM-style; missing values native)."""
     scale_numeric = False
 
