@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from kiln.algorithms.base import Algorithm
 
 _T = "kiln.algorithms.tabular"
+_T2 = "kiln.algorithms.tabular_more"
 _V = "kiln.algorithms.vision"
 _D = "kiln.algorithms.detection"
 _E = "kiln.algorithms.easymaker"
@@ -31,12 +32,15 @@ ALGORITHMS: dict[str, str] = {
     "random_forest": f"{_T}:RandomForest",
     "gradient_boosting": f"{_T}:GradientBoosting",
     "xgboost": f"{_T}:XGBoostClassifier",
+    "hist_gradient_boosting": f"{_T2}:HistGradientBoosting",
     # tabular regression
     "linear_regression": f"{_T}:LinearRegression",
     "svr": f"{_T}:LinearSVR",
     "mlp_regressor": f"{_T}:MLPRegressor",
     "decision_tree_regressor": f"{_T}:DecisionTreeRegressor",
     "xgboost_regressor": f"{_T}:XGBoostRegressor",
+    "hist_gradient_boosting_regressor": f"{_T2}:HistGradientBoostingRegressor",
+    "random_forest_regressor": f"{_T2}:RandomForestRegressor",
     # unsupervised
     "kmeans": f"{_T}:KMeans",
     "gaussian_mixture": f"{_T}:GaussianMixture",
@@ -65,6 +69,26 @@ ALGORITHMS: dict[str, str] = {
     "easymaker-semantic-segmentation": f"{_E}:EasyMakerSemanticSegmentation",
     "easymaker-object-detection": f"{_E}:EasyMakerObjectDetection",
 }
+
+
+# AutoML without a candidate list: the task's tabular algorithms, in the order they start (the
+# time budget may stop the later ones): missing-value-native boosting first, then a forest, a
+# linear baseline and XGBoost where installed (the catalogue has no LightGBM yet).
+AUTOML_DEFAULTS: dict[str, list[tuple[str, str | None]]] = {
+    "classification": [("hist_gradient_boosting", None), ("random_forest", None),
+                       ("logistic_regression", None), ("xgboost", "xgboost")],
+    "regression": [("hist_gradient_boosting_regressor", None), ("random_forest_regressor", None),
+                   ("linear_regression", None), ("xgboost_regressor", "xgboost")],
+}
+
+
+def automl_defaults(task: str | None) -> list[str]:
+    """The catalogue's AutoML candidates for a tabular ``task`` (classification | regression):
+    those registered whose optional package is installed (found, not imported)."""
+    from importlib.util import find_spec
+
+    return [name for name, package in AUTOML_DEFAULTS.get(task or "", [])
+            if name in ALGORITHMS and (package is None or find_spec(package) is not None)]
 
 
 def _unknown(name: str) -> KilnError:

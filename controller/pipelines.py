@@ -93,10 +93,16 @@ def experiment(s: LoadedSpec) -> list[Task]:
         tasks.append(Task("trials", "experiment.hpo-worker", depends=["prepare-data", "create-study"], compute=True,
                           retries=retries, with_sequence=spec.hpo.parallelTrials, args={"worker": "{{item}}"},
                           timeout=spec.timeoutSeconds))
-    else:
+    elif spec.automl.candidates:
+        names = [c.name for c in spec.automl.candidates][:spec.automl.maxCandidates]
         tasks.append(Task("candidates", "experiment.train-candidate", depends=["prepare-data"], compute=True,
-                          retries=retries, with_items=[c.name for c in spec.automl.candidates],
-                          args={"candidate": "{{item}}"}, timeout=spec.timeoutSeconds))
+                          retries=retries, with_items=names, args={"candidate": "{{item}}"},
+                          timeout=spec.timeoutSeconds))
+    else:
+        # the catalogue's defaults depend on the dataset's task, known once the data is prepared:
+        # one task trains them in turn (which is also what keeps the time budget exact)
+        tasks.append(Task("candidates", "experiment.train-candidate", depends=["prepare-data"], compute=True,
+                          retries=retries, args={"candidate": "auto"}, timeout=spec.timeoutSeconds))
     tasks.append(Task("select", "experiment.select", depends=[tasks[-1].name]))
     if spec.registration is not None:
         # export (and its parity check) before register: a model whose ONNX file computes

@@ -288,8 +288,10 @@ def _hpo(rep: Report, key: str, run: Path, doc: dict[str, Any]) -> None:
 
 
 def _leaderboard(rep: Report, key: str, run: Path, doc: dict[str, Any]) -> None:
-    board = (read_json(run / "selected.json") or {}).get("leaderboard") or []
-    if len(board) < 2:
+    sel = read_json(run / "selected.json") or {}
+    board = sel.get("leaderboard") or []
+    failed = sel.get("failed") or []  # AutoML candidates without a model: listed with why, unranked
+    if len(board) + len(failed) < 2:
         return
     title = "AutoML leaderboard" if doc.get("mode") == "automl" else "Leaderboard"
     metric = (doc.get("objective") or {}).get("metric", "objective")
@@ -297,6 +299,8 @@ def _leaderboard(rep: Report, key: str, run: Path, doc: dict[str, Any]) -> None:
     rows = [[str(r.get("rank")), r.get("trial", ""), r.get("candidate") or r.get("algorithm") or "",
              json.dumps(r.get("params") or {}, sort_keys=True), _num(r.get("objective")),
              *(_num((r.get("metrics") or {}).get(m)) for m in extra)] for r in board[:10]]
+    rows += [["-", f.get("trial", ""), f.get("candidate") or f.get("algorithm") or "", "",
+              f"{str(f.get('state', '')).lower()}: {f.get('error', '')}", *("" for _ in extra)] for f in failed[:10]]
     rep.lines += [f"### {title}", "",
                   *_table(["#", "trial", "model", "params", metric, *extra], rows)]
     if len(board) > 10:

@@ -95,6 +95,10 @@ class SpecSet:
     root: Path
     specs: list[LoadedSpec] = field(default_factory=list)
     issues: list[SpecIssue] = field(default_factory=list)
+    # documents of a known kind that failed validation, as written (kind, workspace, name, doc):
+    # cross-spec checks treat them as present so that one spec's error does not cascade into a
+    # second, misleading one (a deployment's model reference "dangling")
+    invalid: list[tuple[str, str, str, dict]] = field(default_factory=list)
     files: int = 0
     ignored: int = 0
 
@@ -369,6 +373,9 @@ def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
     try:
         obj = model.model_validate(doc)
     except ValidationError as exc:
+        md_doc = doc.get("metadata")
+        if isinstance(md_doc, dict) and isinstance(md_doc.get("name"), str):
+            result.invalid.append((kind, str(md_doc.get("workspace") or "default"), md_doc["name"], doc))
         for err in exc.errors(include_url=False):
             loc = list(err["loc"])
             msg, hint = _explain(model, dict(err))

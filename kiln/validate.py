@@ -90,6 +90,20 @@ class _Checker:
                          f"workspace {s.workspace!r}'s period of use starts on {period.start}",
                          "wait, or move spec.period.start of the Workspace")
 
+    def _invalid(self, kind: str, ws: str, name: str) -> bool:
+        """Whether ``kind`` ``ws/name`` is defined by a spec that failed its own validation: its
+        error is reported there, and a reference to it is not dangling."""
+        return any(k == kind and w == ws and n == name for k, w, n, _ in self.specs.invalid)
+
+    def _invalid_registers(self, ws: str, model: str) -> bool:
+        """Whether an Experiment of ``ws`` that failed validation registers ``model`` (as written)."""
+        for k, w, _, doc in self.specs.invalid:
+            spec = doc.get("spec") if k == "Experiment" and w == ws else None
+            reg = spec.get("register") if isinstance(spec, dict) else None
+            if isinstance(reg, dict) and reg.get("model") == model:
+                return True
+        return False
+
     def _known(self, kind: str, name: str, fallback: str) -> str:
         names = sorted({n for (_, n) in self.by_kind[kind]})
         close = difflib.get_close_matches(name, names, n=1)
@@ -100,6 +114,8 @@ class _Checker:
     def _dataset(self, s: LoadedSpec, ref: DatasetRef, path: list) -> LoadedSpec | None:
         ws = ref.workspace or s.workspace
         target = self.by_kind["Dataset"].get((ws, ref.name))
+        if target is None and self._invalid("Dataset", ws, ref.name):
+            return None
         if target is None:
             self.add(s, path + ["name"], f"unknown dataset {ref.name!r}" + (f" in workspace {ws!r}" if ref.workspace else ""),
                      self._known("Dataset", ref.name, "define it with a Dataset spec"))
@@ -153,8 +169,9 @@ class _Checker:
         if spec.source.capture is not None:
             dep = self.by_kind["Deployment"].get((s.workspace, spec.source.capture))
             if dep is None:
-                self.add(s, ["spec", "source", "capture"], f"unknown deployment {spec.source.capture!r}",
-                         self._known("Deployment", spec.source.capture, "define it with a Deployment spec"))
+                if not self._invalid("Deployment", s.workspace, spec.source.capture):
+                    self.add(s, ["spec", "source", "capture"], f"unknown deployment {spec.source.capture!r}",
+                             self._known("Deployment", spec.source.capture, "define it with a Deployment spec"))
             elif dep.obj.spec.capture is None or dep.obj.spec.capture.dataset != s.name:
                 self.add(s, ["spec", "source", "capture"],
                          f"deployment {spec.source.capture!r} does not capture into dataset {s.name!r}",
@@ -174,14 +191,16 @@ class _Checker:
                 self.add(s, ["spec", "task"], f"dataset {ds.name!r} is tabular; use tabular-classification or tabular-regression")
             if dspec.type == "image" and spec.task.startswith("tabular-"):
                 self.add(s, ["spec", "task"], f"dataset {ds.name!r} holds images; {spec.task} is for tables")
-        if spec.output.dataset and (s.workspace, spec.output.dataset) not in self.by_kind["Dataset"]:
+        if (spec.output.dataset and (s.workspace, spec.output.dataset) not in self.by_kind["Dataset"]
+                and not self._invalid("Dataset", s.workspace, spec.output.dataset)):
             self.add(s, ["spec", "output", "dataset"], f"unknown dataset {spec.output.dataset!r}",
                      self._known("Dataset", spec.output.dataset, "define it with a Dataset spec"))
         if spec.preAnnotation is not None:
             pa = spec.preAnnotation
             if pa.model is not None:
                 self._model(s, pa.model, ["spec", "preAnnotation", "model"])
-            if pa.deployment and (s.workspace, pa.deployment) not in self.by_kind["Deployment"]:
+            if (pa.deployment and (s.workspace, pa.deployment) not in self.by_kind["Deployment"]
+                    and not self._invalid("Deployment", s.workspace, pa.deployment)):
                 self.add(s, ["spec", "preAnnotation", "deployment"], f"unknown deployment {pa.deployment!r}",
                          self._known("Deployment", pa.deployment, "define it with a Deployment spec"))
         ws = self.ws(s)
@@ -224,7 +243,9 @@ class _Checker:
                         f"{replicas} replica(s)", deployment=True)
         if spec.capture is not None:
             ds = self.by_kind["Dataset"].get((s.workspace, spec.capture.dataset))
-            if ds is None:
+            if ds is None and self._invalid("Dataset", s.workspace, spec.capture.dataset):
+                pass
+            elif ds is None:
                 self.add(s, ["spec", "capture", "dataset"], f"unknown dataset {spec.capture.dataset!r}",
                          f"define a Dataset with `source: {{capture: {s.name}}}`")
             elif ds.obj.spec.source.capture != s.name:
@@ -236,13 +257,15 @@ class _Checker:
         experiments = [e for (ws, _), e in self.by_kind["Experiment"].items() if ws == s.workspace]
         if ref.experiment:
             exp = self.by_kind["Experiment"].get((s.workspace, ref.experiment))
-            if exp is None:
+            if exp is None and not self._invalid("Experiment", s.workspace, ref.experiment):
                 self.add(s, path + ["experiment"], f"dangling model reference: unknown experiment {ref.experiment!r}",
                          self._known("Experiment", ref.experiment, "define it with an Experiment spec"))
             return
         registering = [e for e in experiments if e.obj.spec.registration and e.obj.spec.registration.model == ref.name]
-        if not registering and _in_registry(s, ref.name):
-            return  # registered outside specs (kiln.bento.registry): the deployment step checks version/alias
+        if not registering and (_in_registry(s, ref.name) or self._invalid_registers(s.workspace, ref.name or "")):
+            # registered outside specs (kiln.bento.registry: the deployment step checks version/alias),
+            # or by an experiment whose own error is reported
+            return
         if not registering:
             names = sorted({e.obj.spec.registration.model for e in experiments if e.obj.spec.registration})
             self.add(s, path + ["name"], f"dangling model reference: no experiment registers model {ref.name!r}",

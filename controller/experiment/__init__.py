@@ -17,7 +17,7 @@ trials, selection and registration are never the old data's::
             trials/<id>/            one per trial: t0003 (HPO), run (run mode), p1 (parameter
                                     set 1), c-<candidate>[-t002] (AutoML)
                 trial.json          {"id", "number", "candidate", "algorithm" | "command",
-                                     "params", "state": RUNNING|COMPLETE|PRUNED|FAIL, "metrics",
+                                     "params", "state": RUNNING|COMPLETE|PRUNED|FAIL|SKIPPED (automl: not started, budget spent), "metrics",
                                      "objective", "steps", "error", "framework", "started", "finished"}
                 metrics.jsonl       one line per report: {"step", "time", <metric>: value, ...}
                 tensorboard/        event files (``tensorboard --logdir .../trials``)
@@ -26,7 +26,9 @@ trials, selection and registration are never the old data's::
                 model/              the trained model (Algorithm.save, or the script's output)
                 trial.lock          held while the trial trains (an orphan of a killed run and its
                                     retry never train into the same folder at once)
-            selected.json           select: best trial + leaderboard
+            automl-start.json       automl with timeBudget: when the first candidate started
+            selected.json           select: best trial + leaderboard + failed (automl candidates
+                                    without a model, with why)
             eval.json               select: the selected model's validation labels and class
                                     scores (built-in classifiers only; ``kiln report``'s curves):
                                     {"split", "classes", "y_true": [class index, ...],

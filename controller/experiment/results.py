@@ -8,9 +8,33 @@ from pathlib import Path
 from typing import Any
 
 from kiln._util.fs import read_json
+from kiln.algorithms.registry import automl_defaults
+from kiln.api.experiment import Algorithm as AlgoSpec
 from kiln.api.experiment import ExperimentSpec
 from kiln.controller.experiment.home import TERMINAL, results_rel, write_json
 from kiln.controller.steps import StepContext
+from kiln.errors import KilnError
+
+# a trial that ended without a model: shown with its reason beside the leaderboard
+NOT_COMPLETED = ("FAIL", "SKIPPED")
+
+
+def automl_candidates(spec: ExperimentSpec, data: dict[str, Any] | None) -> list[AlgoSpec]:
+    """The candidates compared: the spec's list, or the catalogue's defaults for the task (the
+    spec's, else the dataset's from ``data.json``), cut to ``maxCandidates``. Reads no data."""
+    assert spec.automl is not None
+    cands = list(spec.automl.candidates)
+    if not cands:
+        data = data or {}
+        task = spec.task or data.get("problem")
+        if data.get("type", "tabular") != "tabular" or task not in ("classification", "regression"):
+            raise KilnError(f"automl without candidates picks tabular classification or regression algorithms; "
+                            f"dataset {data.get('dataset', spec.dataset.name)} is {data.get('type', '?')} "
+                            f"({task or 'no task'})",
+                            hint="list automl.candidates (see `kiln algorithms list`), or set the "
+                                 "Dataset's task: classification | regression")
+        cands = [AlgoSpec(name=n) for n in automl_defaults(task)]
+    return cands[:spec.automl.maxCandidates]
 
 
 def trials(run: Path) -> list[dict[str, Any]]:
@@ -40,6 +64,26 @@ def leaderboard(spec: ExperimentSpec, recs: list[dict[str, Any]]) -> list[dict[s
     return out
 
 
+def failed(spec: ExperimentSpec, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials that failed or did not start, with why (AutoML: each candidate that has no
+    completed trial, with its last reason)."""
+    bad = [r for r in recs if r.get("state") in NOT_COMPLETED]
+    if spec.mode == "automl":
+        ok = {r.get("candidate") for r in recs if r.get("state") == "COMPLETE"}
+        last: dict[str | None, dict[str, Any]] = {}
+        for r in bad:
+            if r.get("candidate") not in ok:
+                last[r.get("candidate")] = r
+        bad = list(last.values())
+    return [{"trial": r["id"], "candidate": r.get("candidate"), "algorithm": r.get("algorithm"),
+             "state": r.get("state"), "error": _first_line(r.get("error") or r.get("state") or "?")} for r in bad]
+
+
+def _first_line(error: str) -> str:
+    """An error's first line (scikit-learn appends paragraphs of advice), at most 300 characters."""
+    return error.strip().splitlines()[0][:300] if error.strip() else "?"
+
+
 def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
     """The record's ``extra`` for an experiment run folder (also used while it runs)."""
     recs = trials(run)
@@ -49,10 +93,14 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
     elif spec.mode == "automl":
         assert spec.automl is not None
         per = spec.automl.trialsPerCandidate
-        total = sum(per if (per > 1 and c.searchSpace) else 1 for c in spec.automl.candidates)
+        try:
+            cands = automl_candidates(spec, read_json(run / "data.json"))
+        except KilnError:  # the train step reports it
+            cands = []
+        total = sum(per if (per > 1 and c.searchSpace) else 1 for c in cands)
     else:
         total = max(1, len(spec.parameterSets))
-    finished = [r for r in recs if r.get("state") in TERMINAL]
+    finished = [r for r in recs if r.get("state") in (*TERMINAL, "SKIPPED")]
     states: dict[str, int] = {}
     for r in recs:
         states[r.get("state", "?")] = states.get(r.get("state", "?"), 0) + 1
@@ -67,14 +115,19 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
                             if k in (metric, *spec.objective.additionalMetrics) or k.startswith(("validation_", "test_"))},
                 **({"error": r["error"][:200]} if r.get("error") else {})} for r in recs]
     best_value = (best or {}).get("value", (best or {}).get("objective"))
+    bad = failed(spec, recs)
     info = f"{spec.mode} {len(finished)}/{total} trials"
+    if spec.mode == "automl":
+        for state, word in (("FAIL", "failed"), ("SKIPPED", "skipped by the time budget")):
+            names = [str(b["candidate"]) for b in bad if b["state"] == state]
+            info += f", {len(names)} candidate(s) {word} ({', '.join(names)})" if names else ""
     if best:
         info += f", best {metric}={best_value:.4g} ({best['trial']})" if best_value is not None else ""
     if registered:
         info += f" -> {registered['model']} v{registered['version']}"
     return {"mode": spec.mode, "trialsDone": len(finished), "trialsTotal": total, "states": states,
             "dataset": {k: data.get(k) for k in ("dataset", "number", "version")} if data else None,
-            "trials": compact[-50:], "leaderboard": board[:10],
+            "trials": compact[-50:], "leaderboard": board[:10], "failed": bad[:20],
             "best": {"trial": best["trial"], "metric": metric, "value": best_value,
                      "params": best.get("params", {})} if best else None,
             "registered": registered, "info": info, "run": str(run)}

@@ -9,7 +9,7 @@ from typing import Any
 from kiln.api import Experiment
 from kiln.controller.experiment.evaluation import save_eval
 from kiln.controller.experiment.home import log, run_folder, write_json
-from kiln.controller.experiment.results import leaderboard, trials, write_results, write_summary
+from kiln.controller.experiment.results import failed, leaderboard, trials, write_results, write_summary
 from kiln.controller.steps import StepContext
 from kiln.errors import KilnError
 
@@ -21,6 +21,7 @@ def select(ctx: StepContext) -> dict[str, Any]:
     if not recs:
         raise KilnError("no trial ran", hint="see `kiln logs` for why the training tasks did not start")
     board = leaderboard(spec, recs)
+    bad = failed(spec, recs)
     metric = spec.objective.metric
     if isinstance(spec.selectTrial, int):
         chosen = next((r for r in recs if r.get("number") == spec.selectTrial), None)
@@ -38,6 +39,11 @@ def select(ctx: StepContext) -> dict[str, Any]:
                 have = ", ".join(sorted(complete[0].get("metrics", {})))
                 raise KilnError(f"objective metric {metric!r} was not reported by any trial; reported: {have}",
                                 hint="set objective.metric to one of those")
+            if spec.mode == "automl":
+                raise KilnError(f"every automl candidate failed ({len(bad)}): "
+                                + "; ".join(f"{b['candidate']}: {_reason(b['error'])}" for b in bad),
+                                hint="fix the data or list automl.candidates that fit it; `kiln logs` has each "
+                                     "candidate's output")
             errors = sorted({r.get("error") or r.get("state", "?") for r in recs})
             raise KilnError(f"no trial completed ({len(recs)} ran): {errors[0][:300]}",
                             hint="see `kiln logs` for each trial's output")
@@ -47,13 +53,22 @@ def select(ctx: StepContext) -> dict[str, Any]:
            "algorithm": chosen.get("algorithm"), "params": chosen.get("params", {}),
            "metric": metric, "value": chosen.get("objective"), "metrics": chosen.get("metrics", {}),
            "framework": chosen.get("framework"), "how": how}
-    write_json(run / "selected.json", {"selected": sel, "leaderboard": board})
+    write_json(run / "selected.json", {"selected": sel, "leaderboard": board, "failed": bad})
     log(f"leaderboard ({metric}, {spec.objective.direction}):")
     for row in board[:10]:
         label = row["candidate"] or json.dumps(row["params"], sort_keys=True)
         log(f"  {row['rank']:>2}. {row['trial']:<22} {row['objective']:.4f}  {label}")
+    for b in bad[:20]:
+        log(f"   -. {b['trial']:<22} {b['state']:<8}{b['candidate'] or ''}: {_reason(b['error'])}")
     log(f"selected {sel['trial']}: {metric}={sel['value']} ({how})")
     save_eval(ctx, spec, run, sel)
     write_summary(ctx, spec, run)
     write_results(ctx, spec, run)
-    return {"trial": sel["trial"], "metric": metric, "value": sel["value"], "candidates": len(board)}
+    return {"trial": sel["trial"], "metric": metric, "value": sel["value"], "candidates": len(board),
+            **({"failed": [f"{b['candidate']}: {_reason(b['error'])}" for b in bad]} if bad else {})}
+
+
+def _reason(error: str) -> str:
+    """A failed trial's error, without the "trial X failed: " prefix its record may carry."""
+    head, sep, rest = error.partition(" failed: ")
+    return rest if sep and head.startswith("trial ") else error

@@ -62,7 +62,9 @@ class ExperimentHandler(WorkflowHandler):
                 finally:  # also when the workflow failed: the trials and why they stopped stay visible
                     if c.record is not None:
                         try:
-                            c.record = replace(c.record, extra={**c.record.extra, **handler.live_extra(c)})
+                            extra = handler.live_extra(c)
+                            c.record = replace(c.record, extra={**c.record.extra, **extra})
+                            _log_failed(c, extra)
                         except Exception:  # noqa: BLE001 - status only
                             pass
 
@@ -134,3 +136,13 @@ class ExperimentHandler(WorkflowHandler):
             if item.get("kind") == "model-version":
                 done.append(f"kept registered model {item['id']}")
         return done
+
+
+def _log_failed(ctx: Context, extra: dict[str, Any]) -> None:
+    """Apply's output names each AutoML candidate that failed or was skipped, with why: the
+    leaderboard alone would show only the ones that trained."""
+    if extra.get("mode") != "automl" or not extra.get("failed"):
+        return
+    ctx.log(f"  {extra.get('info', '')}")
+    for f in extra["failed"]:
+        ctx.log(f"  candidate {f['candidate']} {f['state'].lower()}: {f['error']}")

@@ -142,11 +142,21 @@ class Command(Model):
 
 
 class AutoML(Model):
-    candidates: list[Algorithm] = Field(..., min_length=2)
+    """Compare algorithms. Without candidates: the catalogue's defaults for the task (tabular
+    classification or regression; ``kiln.algorithms.registry.automl_defaults``)."""
+
+    candidates: list[Algorithm] = Field(default_factory=list,
+                                        description="empty: the task's tabular algorithms from the catalogue")
     trialsPerCandidate: int = Field(1, ge=1, description="> 1 runs a small HPO per candidate")
+    timeBudget: int | None = Field(None, ge=1, description="seconds for the whole search: no new candidate "
+                                   "or trial starts after it; the best so far is kept")
+    maxCandidates: int | None = Field(None, ge=1, description="compare at most the first N candidates")
 
     @model_validator(mode="after")
     def _unique(self) -> AutoML:
+        if len(self.candidates) == 1:
+            raise ValueError("candidates needs at least 2 items to compare (or none: the catalogue's defaults "
+                             "for the task); for one algorithm use mode 'run' or 'hpo'")
         names = [c.name for c in self.candidates]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -211,7 +221,7 @@ class ExperimentSpec(Model):
     def _mode(self) -> ExperimentSpec:
         if self.mode == "automl":
             if self.automl is None:
-                raise ValueError("mode 'automl' needs an 'automl' section with candidates")
+                self.automl = AutoML()  # the catalogue's defaults for the task
             if self.algorithm or self.command:
                 raise ValueError("mode 'automl' takes its algorithms from automl.candidates, not 'algorithm'/'command'")
         else:

@@ -1,0 +1,166 @@
+"""AutoML without a candidate list (the catalogue's defaults for the dataset's task), its time
+budget, and failed candidates shown with their reasons: `kiln apply` for real in temp git repos
+(DVC, the local runner, scikit-learn) on tiny generated tables with NaN in a feature."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import kiln, write
+from tests.test_experiment_handler import exp, git_repo, record
+
+pytest.importorskip("dvc")
+pytest.importorskip("sklearn")
+
+
+def table(rows: int, regression: bool, seed: int = 0) -> str:
+    """x1 has NaN every 7th row (linear models refuse it; HistGradientBoosting handles it)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 4))
+    y = x[:, 0] * 2 + x[:, 1] + rng.normal(scale=0.1, size=rows)
+    x[::7, 0] = np.nan
+    lines = ["x1,x2,x3,x4,y"]
+    for r, v in zip(x, y):
+        cells = ["" if np.isnan(c) else f"{c:.4f}" for c in r]
+        lines.append(",".join([*cells, f"{v:.4f}" if regression else ("yes" if v > 0 else "no")]))
+    return "\n".join(lines) + "\n"
+
+
+def dataset(task: str) -> str:
+    return ("apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {name: t}\nspec:\n"
+            f"  type: tabular\n  task: {task}\n  source: {{path: raw/t.csv}}\n  label: y\n"
+            "  splits: {train: 0.7, validation: 0.15, test: 0.15, seed: 3}\n")
+
+
+def repo_with(tmp: Path, task: str, experiment: str, rows: int = 140) -> Path:
+    repo = git_repo(tmp / "repo")
+    write(repo, {"raw/t.csv": table(rows, task == "regression"), "specs/t.yaml": dataset(task),
+                 "specs/e.yaml": exp("e", experiment)})
+    return repo
+
+
+@pytest.mark.parametrize("task,metric,hgb,linear", [
+    ("classification", "validation_accuracy", "hist_gradient_boosting", "logistic_regression"),
+    ("regression", "validation_r2", "hist_gradient_boosting_regressor", "linear_regression"),
+])
+def test_automl_without_candidates_uses_catalogue_and_lists_failures(tmp_path: Path, task: str, metric: str,
+                                                                     hgb: str, linear: str) -> None:
+    repo = repo_with(tmp_path, task, f"mode: automl\ndataset: {{name: t}}\nobjective: {{metric: {metric}}}")
+    assert kiln("validate", cwd=repo).returncode == 0
+    out = kiln("apply", cwd=repo, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ex = record(repo, "e")["extra"]
+    board = {r["candidate"] for r in ex["leaderboard"]}
+    assert hgb in board and linear not in board
+    failed = {f["candidate"]: f for f in ex["failed"]}
+    assert set(failed) == {linear}
+    assert failed[linear]["state"] == "FAIL" and "NaN" in failed[linear]["error"]
+    assert "\n" not in failed[linear]["error"]  # one line: scikit-learn's paragraphs of advice left out
+    assert f"1 candidate(s) failed ({linear})" in ex["info"] and "skipped" not in ex["info"]
+    # apply's output and describe show the failure and its reason
+    text = out.stdout + out.stderr
+    assert linear in text and "Input X contains NaN" in text
+    desc = kiln("describe", "experiment/e", cwd=repo, check=True).stdout
+    assert linear in desc and "Input X contains NaN" in desc
+    logs = kiln("logs", "Experiment/e", cwd=repo, check=True).stdout
+    assert f"FAIL    {linear}: ValueError: Input X contains NaN." in logs
+    if task == "classification":  # the report's leaderboard lists it, unranked, with its reason
+        kiln("report", "--out", "out/pr", cwd=repo, check=True, timeout=120)
+        md = (repo / "out/pr/report.md").read_text()
+        assert f"| - | c-{linear} | {linear} |  | fail: ValueError: Input X contains NaN. |" in md
+
+
+def test_every_candidate_failing_fails_the_experiment_with_each_reason(tmp_path: Path) -> None:
+    repo = repo_with(tmp_path, "classification", """
+mode: automl
+dataset: {name: t}
+automl: {candidates: [{name: logistic_regression}, {name: svm}]}
+""")
+    out = kiln("apply", cwd=repo, timeout=300)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "every automl candidate failed (2): logistic_regression: ValueError: Input X contains NaN" in text
+    assert "svm: ValueError: Input X contains NaN" in text
+    assert "Traceback" not in text
+
+
+def test_time_budget_stops_starting_candidates(tmp_path: Path) -> None:
+    # 6,000 rows: the first two candidates take over a second, the budget
+    repo = repo_with(tmp_path, "classification", """
+mode: automl
+dataset: {name: t}
+automl: {timeBudget: 1}
+""", rows=6000)
+    out = kiln("apply", cwd=repo, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ex = record(repo, "e")["extra"]
+    run = Path(ex["run"])
+    start = json.loads((run / "automl-start.json").read_text())["started"]
+    recs = [json.loads(p.read_text()) for p in (run / "trials").glob("*/trial.json")]
+    started = {r["candidate"]: datetime.fromisoformat(r["started"]).timestamp() for r in recs if "started" in r}
+    assert "hist_gradient_boosting" in started and all(t - start <= 1.0 for t in started.values()), started
+    skipped = [f for f in ex["failed"] if f["state"] == "SKIPPED"]
+    assert skipped and all("time budget (1 s) was spent" in f["error"] for f in skipped)
+    assert "skipped by the time budget" in ex["info"]
+    assert ex["best"] is not None and ex["registered"] is None
+
+
+def test_validate_without_candidates_has_no_cascade(tmp_path: Path) -> None:
+    """A spec that fails its own validation is not also reported as dangling from a deployment."""
+    repo = repo_with(tmp_path, "classification", "mode: automl\ndataset: {name: t}\nregister: {model: m}")
+    dep = ("apiVersion: kiln.dev/v1alpha1\nkind: Deployment\nmetadata: {name: d}\n"
+           "spec: {model: {name: m, alias: production}}\n")
+    write(repo, {"specs/d.yaml": dep})
+    ok = kiln("validate", cwd=repo)
+    assert "automl" not in ok.stdout + ok.stderr
+    # now break the experiment: its own error only, no "dangling model reference" for the deployment
+    write(repo, {"specs/e.yaml": exp("e", "mode: automl\ndataset: {name: t}\nautoml: {timeBudget: 0}\n"
+                                          "register: {model: m, aliases: [production]}")})
+    bad = kiln("validate", cwd=repo)
+    text = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "timeBudget" in text
+    assert "dangling" not in text and "Traceback" not in text
+
+
+def test_validate_capture_of_an_invalid_deployment_has_no_cascade(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
+    write(repo, {
+        "specs/d.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Deployment\nmetadata: {name: d}\n"
+                        "spec: {model: {name: m}, replicas: -1, capture: {dataset: c}}\n",
+        "specs/c.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {name: c}\n"
+                        "spec: {type: tabular, task: classification, source: {capture: d}, label: y}\n"})
+    bad = kiln("validate", cwd=repo)
+    text = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "replicas" in text
+    assert "unknown deployment" not in text and "Traceback" not in text
+
+
+def test_render_defaults_as_one_task_and_max_candidates_cuts_the_list(tmp_path: Path) -> None:
+    from kiln.config import load_config
+    from kiln.controller.project import load_valid
+    from kiln.controller.render import render_workflow
+    from kiln.runners.schema import validate_workflow
+
+    repo = repo_with(tmp_path, "classification", "mode: automl\ndataset: {name: t}\nautoml: {maxCandidates: 2}")
+    write(repo, {"specs/e2.yaml": exp("e2", """
+mode: automl
+dataset: {name: t}
+automl: {maxCandidates: 2, candidates: [{name: svm}, {name: naive_bayes}, {name: decision_tree}]}
+""")})
+    specs = {s.name: s for s in load_valid(load_config(repo)).specs}
+
+    def dag(name: str) -> dict:
+        manifest = render_workflow(load_config(repo), specs[name])
+        assert validate_workflow(manifest) == []
+        tmpl = next(t for t in manifest["spec"]["templates"] if "dag" in t)
+        return next(t for t in tmpl["dag"]["tasks"] if t["name"] == "candidates")
+
+    auto = dag("e")
+    assert "withItems" not in auto and {"name": "candidate", "value": "auto"} in auto["arguments"]["parameters"]
+    assert dag("e2")["withItems"] == ["svm", "naive_bayes"]
