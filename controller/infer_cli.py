@@ -194,7 +194,7 @@ def _train_data(repo: Path, root: Path, label: str | None) -> tuple[Any, bool]:
 def _batches(td: Any, tabular: bool, split: str | None, batch_size: int) -> tuple[list[Any], list[Any], list[Any]]:
     """(item keys, their splits, batches of rows or image paths) in dataset order."""
     if tabular:
-        x, _ = td.table(split)
+        x, _ = td.table(split, labelled=False)  # rows without a label are what one predicts
         keys: list[Any] = [int(i) for i in x.index]
         splits = [td.row_splits.get(k) if td.row_splits else None for k in keys]
         return keys, splits, [x.iloc[i:i + batch_size] for i in range(0, len(x), batch_size)]
