@@ -19,6 +19,7 @@ from kiln.controller.dataset_steps import DATA_ROOT, data_rel, dataset_label
 from kiln.controller.handlers.dataset import human_size
 from kiln.data import export as export_fmt
 from kiln.data import load
+from kiln.data.schema import summary as schema_summary
 from kiln.data.versioning import DatasetRepo
 from kiln.errors import KilnError, NotFound
 
@@ -73,7 +74,7 @@ def versions(ctx: click.Context, name: str, output: str) -> int:
     if output == "json":
         click.echo(json.dumps([{"number": f"v{i + 1}", "id": v.id, "current": v.id == current, "created": v.created,
                                 "files": v.files, "size": v.size, "classes": v.per_class_counts,
-                                "classesPerSplit": v.per_split_class_counts,
+                                "classesPerSplit": v.per_split_class_counts, "schema": v.schema,
                                 "lineage": v.lineage} for i, v in enumerate(vs)], indent=2))
         return 0
     rows = [["", "VERSION", "ID", "CREATED", "FILES", "SIZE", "CLASSES", "OPS"]]
@@ -87,6 +88,9 @@ def versions(ctx: click.Context, name: str, output: str) -> int:
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
+    for i, v in enumerate(vs):
+        if v.schema:  # a table: its column types (kiln.data.schema), too long for a table cell
+            click.echo(f"v{i + 1} columns: {schema_summary(v.schema)}")
     click.echo(f"dataset {ws}/{n}: {len(vs)} version(s) in {rel}.versions.json")
     return 0
 

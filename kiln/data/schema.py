@@ -91,9 +91,10 @@ def summary(schema: dict[str, Any]) -> str:
     parts = [f"{len(v)} {k}" for k, v in sorted(by_type.items()) if k != "identifier"]
     if by_type.get("identifier"):
         parts.append(f"identifier (not a feature): {', '.join(by_type['identifier'])}")
-    missing = sum(1 for c in cols.values() if c.get("missing"))
+    label = schema.get("label")
+    missing = [f"{n} {c['missing']}" for n, c in cols.items() if c.get("missing") and n != label]
     if missing:
-        parts.append(f"{missing} column(s) with missing values")
+        parts.append(f"missing values: {', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     if schema.get("labelMissing"):
         parts.append(f"{schema['labelMissing']} row(s) without a label (left out of training)")
     return "; ".join(parts) or "-"

@@ -54,6 +54,7 @@ def test_stored_schema_has_types_categories_and_missing_counts(tmp_path):
     line = summary(s)
     assert "identifier (not a feature): row, customer" in line
     assert "1 row(s) without a label (left out of training)" in line
+    assert "missing values: seat 1, price 1" in line  # features only: the label's are the line above
 
 
 def test_training_rows_leave_out_identifiers_and_rows_without_a_label(tmp_path):
