@@ -88,3 +88,13 @@ def test_a_regression_target_has_no_classes_and_is_not_stratified(tmp_path):
     assert manifest["stratified"] is False
     # without the Dataset saying so, an integer label still counts as classes (classification)
     assert len(load(f).class_counts()) == 40
+
+
+def test_training_data_of_a_regression_dataset_knows_its_target(tmp_path):
+    from kiln.controller.experiment.data import load_train_data
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "r.csv").write_text("size,price\n" + "\n".join(f"{i},{100 + i}" for i in range(40)) + "\n")
+    info = {"path": "d", "format": "csv", "type": "tabular", "task": "tabular", "label": "price", "problem": "regression"}
+    td = load_train_data(tmp_path, info, split={"train": 0.8, "validation": 0.1, "test": 0.1})
+    assert td.content.table.target == "regression" and td.content.class_counts() == {}
