@@ -239,5 +239,14 @@ def _as_version(dr: Any, repo: Path, ws: str, new: str, root: Path, td: Any, key
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
         _replace_tree(stage, repo / rel)
-    v = dr.add_version(rel, lineage={"predictedBy": f"{algo.name}", "items": len(keys)})
+    lineage: dict[str, Any] = {"predictedBy": f"{algo.name}", "items": len(keys)}
+    content = None
+    if tabular:
+        from kiln.data.formats import load
+
+        # the label stays where the source had it: say which column it is (dataset_label), and
+        # count classes and type columns on it rather than on the last column
+        lineage["label"] = label
+        content = load(repo / rel, "csv", label=label)
+    v = dr.add_version(rel, content=content, lineage=lineage)
     return f"v{dr.number(rel, v.id)} ({v.id[:12]})"

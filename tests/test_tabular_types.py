@@ -123,8 +123,13 @@ def test_plan_flags_a_classification_label_with_too_many_values(repo: Path) -> N
 def test_infer_reads_a_table_file_with_its_own_name(repo: Path, tmp_path: Path) -> None:
     assert (repo / "data/default/penguins/penguins.csv").is_file()
     assert status(repo)["pg"]["ready"] == "True"
-    p = kiln("infer", "pg@production", "penguins", "--out", str(tmp_path / "pred"), cwd=repo, timeout=120)
+    p = kiln("infer", "pg@production", "penguins", "--out", str(tmp_path / "pred"), "--as-version", "predicted",
+             cwd=repo, timeout=120)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
     preds = [json.loads(line) for line in (tmp_path / "pred/predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 60  # the row without a label is predicted too
     assert {p["prediction"][0]["label"] for p in preds} <= {"Adelie", "Gentoo"}
+    # the predictions as a dataset version: the label is the source's first column, not the last
+    v = json.loads(kiln("data", "versions", "predicted", "-o", "json", cwd=repo, check=True).stdout)[0]
+    assert v["lineage"]["label"] == "species" and set(v["classes"]) <= {"Adelie", "Gentoo"}
+    assert sum(v["classes"].values()) == 60 and v["schema"]["columns"]["tag"]["type"] == "identifier"
