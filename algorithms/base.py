@@ -357,6 +357,14 @@ class Algorithm:
         if data.task not in allowed:
             raise AlgorithmError(f"algorithm {self.name} ({self.task}) cannot train on a {data.task} dataset",
                                  hint=f"use a dataset with task {' or '.join(allowed)}")
+        table = data.content.table
+        target = table.target if table is not None else None
+        # the Dataset says what its label is: a regression target is never fitted as classes
+        # (nor class names as numbers)
+        if target is not None and self.task in ("classification", "regression") and target != self.task:
+            raise AlgorithmError(f"algorithm {self.name} is for {self.task}, but the dataset's label "
+                                 f"{table.label!r} is a {target} target (its task)",
+                                 hint=f"choose a {target} algorithm, or set the Dataset's task: {self.task}")
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ number or an id per row, dates. Every column gets one type:
 
 - ``numeric``: int or float;
 - ``categorical``: any string value (``'Very Good'``, ``'Driver & Passenger'``), booleans, yes/no;
-- ``identifier``: unique per row (string ids; integers counting rows): kept in the file, not a
+- ``identifier``: unique per row (string ids; integers counting the rows in file order): kept in the file, not a
   feature (it tells nothing about unseen rows), noted in the schema;
 - ``datetime``: dates or times; a version refuses them (``kiln.controller.dataset_steps``) with the
   fix: drop or convert the column with a preprocessing op.
@@ -44,8 +44,8 @@ def column_type(s: Any, *, is_label: bool = False) -> str | None:
     unique_per_row = (not is_label and len(values) == len(s) >= MIN_ROWS_FOR_IDENTIFIER
                       and values.is_unique)
     if kind in "iu":
-        # an integer unique per row that counts the rows (1..n, 0..n-1, any step-1 run) is a row number
-        if unique_per_row and int(values.max()) - int(values.min()) == len(values) - 1:
+        # an integer that counts the rows in file order (0.., 1.., any start, step 1) is a row number
+        if unique_per_row and bool((values.diff().iloc[1:] == 1).all()):
             return "identifier"
         return "numeric"
     if kind == "f":

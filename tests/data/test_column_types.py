@@ -72,9 +72,9 @@ def test_small_tables_and_measurements_are_no_identifiers(tmp_path):
     # 3 rows, all distinct: too few to call it an id; unique floats are measurements
     f.write_text("name,w,y\na,1.5,0\nb,2.5,1\nc,3.5,0\n")
     assert load(f).table.columns == {"name": "categorical", "w": "numeric", "y": "numeric"}
-    rows = "\n".join(f"{i * 3},{i % 2}" for i in range(30))  # unique ints, not counting rows
-    (tmp_path / "u.csv").write_text("units,y\n" + rows + "\n")
-    assert load(tmp_path / "u.csv").table.columns["units"] == "numeric"
+    rows = "\n".join(f"{i * 3},{(i * 7) % 30},{i % 2}" for i in range(30))  # unique ints, not counting rows
+    (tmp_path / "u.csv").write_text("units,shuffled,y\n" + rows + "\n")
+    assert load(tmp_path / "u.csv").table.columns == {"units": "numeric", "shuffled": "numeric", "y": "numeric"}
 
 
 def test_a_regression_target_has_no_classes_and_is_not_stratified(tmp_path):
@@ -98,3 +98,16 @@ def test_training_data_of_a_regression_dataset_knows_its_target(tmp_path):
     info = {"path": "d", "format": "csv", "type": "tabular", "task": "tabular", "label": "price", "problem": "regression"}
     td = load_train_data(tmp_path, info, split={"train": 0.8, "validation": 0.1, "test": 0.1})
     assert td.content.table.target == "regression" and td.content.class_counts() == {}
+
+
+def test_a_classifier_refuses_a_regression_target(tmp_path):
+    from kiln.algorithms.base import AlgorithmError
+    from kiln.algorithms.registry import get_algorithm
+
+    f = tmp_path / "r.csv"
+    f.write_text("size,price\n" + "\n".join(f"{i * 0.5},{100 + i % 9}" for i in range(40)) + "\n")
+    with pytest.raises(AlgorithmError) as e:
+        get_algorithm("decision_tree").train(TrainData(load(f, target="regression")))
+    assert "label 'price' is a regression target" in str(e.value) and "regression algorithm" in e.value.hint
+    model = get_algorithm("decision_tree_regressor").train(TrainData(load(f, target="regression")))
+    assert "classes" not in model.meta
