@@ -223,7 +223,7 @@ class TrainData:
 
         self.content = content
         self.row_splits = row_splits
-        self._tables: dict[str | None, tuple[Any, Any]] = {}
+        self._tables: dict[tuple[str | None, bool], tuple[Any, Any]] = {}
         if content.task == "tabular":
             if row_splits is None:
                 _, manifest = assign_splits(content, ratios, seed)
@@ -250,10 +250,13 @@ class TrainData:
         return sorted({it.label for it in self.content.items if it.label is not None})
 
     # -- tables ----------------------------------------------------------------------------------
-    def table(self, split: str | None) -> tuple[Any, Any]:
-        """``(X, y)`` DataFrame/Series for ``split`` (None: all rows); ``y`` is None if unlabelled."""
-        if split in self._tables:
-            return self._tables[split]
+    def table(self, split: str | None, *, labelled: bool = True) -> tuple[Any, Any]:
+        """``(X, y)`` DataFrame/Series for ``split`` (None: all rows); ``y`` is None if unlabelled.
+        Identifier columns (``kiln.data.schema``) are no features; rows without a label are left
+        out unless ``labelled=False`` (batch inference predicts them)."""
+        key = (split, labelled)
+        if key in self._tables:
+            return self._tables[key]
         t = self.content.table
         if t is None or t.frame is None:
             raise AlgorithmError(f"dataset task {self.content.task!r} has no table; this algorithm needs tabular data")
@@ -262,8 +265,12 @@ class TrainData:
             assert self.row_splits is not None
             rows = [i for i in range(len(df)) if self.row_splits.get(i) == split]
             df = df.iloc[rows]
-        out = (df.drop(columns=[t.label]), df[t.label]) if t.label else (df, None)
-        self._tables[split] = out
+        if t.label and labelled:
+            df = df[df[t.label].notna()]
+        ids = [c for c, typ in t.columns.items() if typ == "identifier" and c != t.label]
+        x = df.drop(columns=[*ids, *([t.label] if t.label else [])])
+        out = (x, df[t.label] if t.label else None)
+        self._tables[key] = out
         return out
 
     def has_split(self, split: str) -> bool:
@@ -350,6 +357,14 @@ class Algorithm:
         if data.task not in allowed:
             raise AlgorithmError(f"algorithm {self.name} ({self.task}) cannot train on a {data.task} dataset",
                                  hint=f"use a dataset with task {' or '.join(allowed)}")
+        table = data.content.table
+        target = table.target if table is not None else None
+        # the Dataset says what its label is: a regression target is never fitted as classes
+        # (nor class names as numbers)
+        if target is not None and self.task in ("classification", "regression") and target != self.task:
+            raise AlgorithmError(f"algorithm {self.name} is for {self.task}, but the dataset's label "
+                                 f"{table.label!r} is a {target} target (its task)",
+                                 hint=f"choose a {target} algorithm, or set the Dataset's task: {self.task}")
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from kiln.controller.handlers.dataset import human_size
 from kiln.controller.project import find_key
 from kiln.data import export as export_fmt
 from kiln.data import load
+from kiln.data.schema import summary as schema_summary
 from kiln.data.versioning import DatasetRepo
 from kiln.errors import KilnError
 
@@ -71,7 +72,7 @@ def versions(ctx: click.Context, name: str, output: str, workspace: str | None) 
     if output == "json":
         click.echo(json.dumps([{"number": f"v{i + 1}", "id": v.id, "current": v.id == current, "created": v.created,
                                 "files": v.files, "size": v.size, "classes": v.per_class_counts,
-                                "classesPerSplit": v.per_split_class_counts,
+                                "classesPerSplit": v.per_split_class_counts, "schema": v.schema,
                                 "lineage": v.lineage} for i, v in enumerate(vs)], indent=2))
         return 0
     rows = [["", "VERSION", "ID", "CREATED", "FILES", "SIZE", "CLASSES", "OPS"]]
@@ -85,6 +86,9 @@ def versions(ctx: click.Context, name: str, output: str, workspace: str | None) 
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
+    for i, v in enumerate(vs):
+        if v.schema:  # a table: its column types (kiln.data.schema), too long for a table cell
+            click.echo(f"v{i + 1} columns: {schema_summary(v.schema)}")
     click.echo(f"dataset {ws}/{n}: {len(vs)} version(s) in {rel}.versions.json")
     return 0
 

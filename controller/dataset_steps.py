@@ -422,6 +422,8 @@ def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
 
 def _load(root: Path, spec: DatasetSpec, fmt: str, *, verify: bool) -> DatasetContent:
     options: dict[str, Any] = {"label": spec.label} if spec.type == "tabular" and spec.label else {}
+    if spec.type == "tabular" and spec.task in ("classification", "regression"):
+        options["target"] = spec.task
     return load(root, fmt, data_task(spec), verify=verify, **options)
 
 
@@ -458,6 +460,8 @@ def _ensure_validated(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
                 raise DatasetFormatError(shown, f"class(es) {unknown} are not in spec.classes {spec.classes}",
                                          hint="add them to spec.classes or fix the labels")
         n = len(content.items) if content.table is None else len(content.table.frame)
+        if content.table is not None and not spec.preprocessing:  # ops may still drop or convert a column
+            check_table(content.table, spec, str(root / (content.table.source or "")))
         if n == 0:
             raise DatasetFormatError(shown, "the dataset is empty")
     except Exception as exc:
@@ -685,6 +689,8 @@ def dataset_version(ctx: StepContext) -> dict[str, Any]:
     validated = _ensure_validated(ctx, spec)
     final = _staging(ctx) / final_name
     content = _load(final, spec, validated["format"], verify=False)
+    if content.table is not None and spec.preprocessing:
+        check_table(content.table, spec, f"{_shown_source(ctx, spec)} after spec.preprocessing")
     lineage = {
         "source": validated["from"],
         "sourceContentHash": validated["contentHash"],
@@ -702,6 +708,23 @@ def dataset_version(ctx: StepContext) -> dict[str, Any]:
     # the staging copies are no longer needed; a later memoized run rebuilds what it lacks
     shutil.rmtree(dataset_home(ctx.config, ws, name) / "staging", ignore_errors=True)
     return out
+
+
+def check_table(table: Any, spec: DatasetSpec, shown: str) -> None:
+    """What a version of a table may not hold (``kiln.data.schema``): a date column (no feature as
+    it is), and, when the spec says ``missingLabels: error``, rows without a label."""
+    for col, typ in table.columns.items():
+        if typ == "datetime" and col != table.label:
+            example = table.frame[col].dropna().iloc[0]
+            raise DatasetFormatError(
+                shown, f"column {col!r} holds dates/times (e.g. {str(example)!r}), which are no feature as they are",
+                hint=f"drop it with `{{op: drop_columns, columns: [{col}]}}` in spec.preprocessing, "
+                     "or convert it to numbers (e.g. days since a date) in the CSV")
+    if table.label and spec.missingLabels == "error":
+        n = int(table.frame[table.label].isna().sum())
+        if n:
+            raise DatasetFormatError(shown, f"{n} row(s) have no value in label column {table.label!r}",
+                                     hint="fill or remove them, or set spec.missingLabels: skip to leave them out of training")
 
 
 def write_version(config: KilnConfig, ws: str, name: str, folder: Path, content: DatasetContent,

@@ -200,7 +200,7 @@ def _train_data(repo: Path, root: Path, label: str | None) -> tuple[Any, bool]:
 def _batches(td: Any, tabular: bool, split: str | None, batch_size: int) -> tuple[list[Any], list[Any], list[Any]]:
     """(item keys, their splits, batches of rows or image paths) in dataset order."""
     if tabular:
-        x, _ = td.table(split)
+        x, _ = td.table(split, labelled=False)  # rows without a label are what one predicts
         keys: list[Any] = [int(i) for i in x.index]
         splits = [td.row_splits.get(k) if td.row_splits else None for k in keys]
         return keys, splits, [x.iloc[i:i + batch_size] for i in range(0, len(x), batch_size)]
@@ -245,5 +245,14 @@ def _as_version(dr: Any, repo: Path, ws: str, new: str, root: Path, td: Any, key
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
         _replace_tree(stage, repo / rel)
-    v = dr.add_version(rel, lineage={"predictedBy": f"{algo.name}", "items": len(keys)})
+    lineage: dict[str, Any] = {"predictedBy": f"{algo.name}", "items": len(keys)}
+    content = None
+    if tabular:
+        from kiln.data.formats import load
+
+        # the label stays where the source had it: say which column it is (dataset_label), and
+        # count classes and type columns on it rather than on the last column
+        lineage["label"] = label
+        content = load(repo / rel, "csv", label=label)
+    v = dr.add_version(rel, content=content, lineage=lineage)
     return f"v{dr.number(rel, v.id)} ({v.id[:12]})"

@@ -92,6 +92,7 @@ class Change:
 class Plan:
     changes: list[Change]
     prune: bool = False
+    warnings: list[str] = field(default_factory=list)  # what apply would not refuse but likely gets wrong
 
     def count(self, action: str) -> int:
         return sum(c.action == action for c in self.changes)
@@ -115,6 +116,7 @@ class Plan:
         return json.dumps({
             "summary": {a: self.count(a) for a in ("create", "update", "delete", "unchanged")},
             "changes": [c.to_dict() for c in self.changes],
+            **({"warnings": self.warnings} if self.warnings else {}),
         }, indent=2, default=str)
 
     def to_text(self, verbose: bool = False) -> str:
@@ -132,12 +134,14 @@ class Plan:
                 line += f"  [{c.note}]"
             lines.append(line)
             lines += [f"      {f.format()}" for f in c.fields]
+        lines += [f"warning: {w}" for w in self.warnings]
         lines.append(self.summary())
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
         icon = {"create": "🟢 create", "update": "🟡 update", "delete": "🔴 delete", "unchanged": "⚪ unchanged"}
         out = ["### kiln plan", "", self.summary(), ""]
+        out += [f"> **warning:** {w}" for w in self.warnings] + ([""] if self.warnings else [])
         pending = [c for c in self.changes if c.pending]
         if pending:
             out += ["| action | object | source | details |", "|---|---|---|---|"]
@@ -255,7 +259,32 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
                                   note="spec removed; kept until you apply with --prune"))
         else:
             changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
-    return Plan(changes, prune=prune)
+    return Plan(changes, prune=prune, warnings=label_warnings(config, specs.specs))
+
+
+def label_warnings(config: KilnConfig | None, specs: list[LoadedSpec]) -> list[str]:
+    """A tabular classification Dataset whose current version's label has more distinct values
+    than a classifier can learn from (``kiln.data.schema.MANY_CLASSES``): most likely a quantity
+    that should be a regression target. Read from the versions log: plan never loads data."""
+    from kiln.data.schema import MANY_CLASSES
+
+    if config is None:
+        return []
+    out = []
+    for s in specs:
+        spec = s.obj.spec if s.kind == "Dataset" else None
+        if spec is None or spec.type != "tabular" or spec.task != "classification":
+            continue
+        log = read_versions_log(config.repo / "data" / s.workspace / f"{s.name}.versions.json") or {}
+        v = next((v for v in log.get("versions", []) if v.get("id") == log.get("current")), None)
+        schema = (v or {}).get("schema") or {}
+        label = schema.get("label")
+        distinct = ((schema.get("columns") or {}).get(label) or {}).get("distinct", 0)
+        if distinct > MANY_CLASSES:
+            out.append(f"{s.ref} ({s.location()}): label column {label!r} has {distinct} distinct values, too many "
+                       f"classes for task classification; if it is a quantity, set task: regression, "
+                       f"otherwise group its values (e.g. a qcut op) into at most {MANY_CLASSES} classes")
+    return out
 
 
 def within(source: str, scope: str) -> bool:

@@ -17,7 +17,9 @@ def load_train_data(repo: Path, data: dict[str, Any], split: dict[str, float] | 
     from kiln.data.formats import load
 
     root = repo / data["path"]
-    options = {"label": data["label"]} if data.get("type") == "tabular" and data.get("label") else {}
+    options: dict[str, Any] = {"label": data["label"]} if data.get("type") == "tabular" and data.get("label") else {}
+    if data.get("type") == "tabular" and data.get("problem") in ("classification", "regression"):
+        options["target"] = data["problem"]  # a regression target is never split on as if it were classes
     content = load(root, data["format"], data["task"], verify=False, **options)
     manifest = read_json(root / ".kiln" / "splits.json")
     row_splits = None

@@ -8,6 +8,7 @@ the current one for ``kiln status``/``describe``::
 
     {"version": "<dvc md5>", "number": "v2", "versions": 2, "files": 1797, "size": 1437600,
      "classes": {"0": 178, ...}, "path": "data/vision/digits",
+     "schema": {...}  (tables: column types, categories, missing counts; kiln.data.schema)
      "info": "v2 3f2a9c1b0d4e 1797 files 1.4 MB"}
 
 Re-applying an unchanged spec does nothing (plan: unchanged). A changed spec runs the workflow
@@ -128,7 +129,7 @@ class DatasetHandler(WorkflowHandler):
         v = versions[n - 1]
         return {"version": v.id, "number": f"v{n}", "versions": len(versions), "files": v.files,
                 "size": v.size, "classes": v.per_class_counts, "classesPerSplit": v.per_split_class_counts,
-                "path": rel,
+                "path": rel, **({"schema": v.schema} if v.schema else {}),
                 "info": f"v{n} {v.id[:12]} {v.files} files {human_size(v.size)}"}
 
     def delete(self, ctx: Context) -> list[str]:

@@ -116,6 +116,9 @@ class DatasetSpec(Model):
     format: Format = "auto"
     source: Source
     label: str | None = Field(None, description="tabular: the label column (default: the last)")
+    missingLabels: Literal["skip", "error"] = Field(
+        "skip", description="tabular: rows without a label are left out of training (skip, counted in the "
+                            "version's schema) or refuse the version (error)")
     classes: list[str] | None = None
     background: Annotated[int, Field(ge=0, le=65535)] | Literal["none"] | None = Field(
         None,

@@ -85,15 +85,23 @@ class Item(BaseModel):
 
 
 class TabularData(BaseModel):
-    """A table: ``frame`` is a pandas DataFrame (not serialised), ``schema`` maps every column
-    to ``numeric`` or ``categorical``, ``label`` names the target column (None: unlabelled)."""
+    """A table: ``frame`` is a pandas DataFrame (not serialised), ``columns`` maps every column
+    to its type (``kiln.data.schema``), ``label`` names the target column (None: unlabelled),
+    ``target`` says what the label is when the Dataset says so: a regression target has no classes."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    columns: dict[str, Literal["numeric", "categorical"]]
+    columns: dict[str, Literal["numeric", "categorical", "identifier", "datetime"]]
     label: str | None
     frame: Any = Field(default=None, exclude=True)
     source: str | None = None  # file name the table was read from, relative to root
+    target: Literal["classification", "regression"] | None = None
+
+    def column_schema(self) -> dict[str, Any]:
+        """Types, categories and missing counts per column (``kiln.data.schema.table_schema``)."""
+        from kiln.data.schema import table_schema
+
+        return table_schema(self.frame, dict(self.columns), self.label, self.target)
 
 
 class DatasetContent(BaseModel):
@@ -147,7 +155,7 @@ class DatasetContent(BaseModel):
         if t is None or not t.label or t.frame is None:
             return []
         col = t.frame[t.label]
-        if not (t.columns.get(t.label) == "categorical" or col.dtype.kind in "iub"):
+        if t.target == "regression" or not (t.columns.get(t.label) == "categorical" or col.dtype.kind in "iub"):
             return []  # a regression target has no classes
         splits: dict[str, str] = {}
         manifest = self.root / ".kiln" / "splits.json" if self.root is not None else None

@@ -597,7 +597,8 @@ def _apply_tabular(content: DatasetContent, ops: list[Op], stage: Path, split: d
             items, m["stratified"] = split["items"], split.get("stratified")
         else:
             items, m["stratified"] = split_rows(df, label, split["ratios"], split.get("seed", 0),
-                                                       split.get("stratify", True), content.table.columns)
+                                                split.get("stratify", True), content.table.columns,
+                                                target=content.table.target)
         if sorted(items, key=int) != [str(i) for i in range(len(df))]:
             raise DatasetFormatError("splits.json", f"assigns {len(items)} rows, the table has {len(df)}")
         rows = [items[str(i)] for i in range(len(df))]
@@ -612,8 +613,9 @@ def _apply_tabular(content: DatasetContent, ops: list[Op], stage: Path, split: d
         df = df.reset_index(drop=True)
     if manifest is not None:
         manifest["items"] = {str(i): r for i, r in enumerate(rows)}
-    table = TabularData(columns=infer_schema(df, Path(content.table.source or "data.csv")),
-                        label=label if label in df.columns else None, frame=df, source=content.table.source)
+    table = TabularData(columns=infer_schema(df, Path(content.table.source or "data.csv"), label),
+                        label=label if label in df.columns else None, frame=df, source=content.table.source,
+                        target=content.table.target)
     new = content.model_copy(update={"table": table, "root": stage})
     return new, Pipeline(ops, label), manifest  # type: ignore[arg-type]
 

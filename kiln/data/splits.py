@@ -67,12 +67,15 @@ def _item_label(it: Any, content: DatasetContent) -> str | None:
 
 
 def split_rows(df: Any, label: str | None, ratios: dict[str, float], seed: int = 0, stratify: bool = True,
-               columns: Mapping[str, str] | None = None) -> tuple[dict[str, str], bool]:
+               columns: Mapping[str, str] | None = None, *, target: str | None = None) -> tuple[dict[str, str], bool]:
     """A table's split assignment (row number as a string -> split). Preprocessing fits its
-    transforms on the rows this gives as ``train``, the split stage records the same rows."""
+    transforms on the rows this gives as ``train``, the split stage records the same rows.
+    A regression target (``target``) is never stratified on as if its values were classes."""
     keys = [str(i) for i in range(len(df))]
     labels: list[str | None] | None = None
-    if label and label in df.columns and ((columns or {}).get(label) == "categorical" or df[label].dtype.kind in "iubO"):
+    if target == "regression":
+        pass
+    elif label and label in df.columns and ((columns or {}).get(label) == "categorical" or df[label].dtype.kind in "iubO"):
         labels = [str(v) for v in df[label].tolist()]
     return split_keys(keys, labels if stratify else None, ratios, seed)
 
@@ -85,7 +88,7 @@ def assign_splits(content: DatasetContent, ratios: dict[str, float] | None = Non
     if content.task == "tabular":
         assert content.table is not None and content.table.frame is not None
         mapping, strat = split_rows(content.table.frame, content.table.label, ratios, seed, stratify,
-                                    content.table.columns)
+                                    content.table.columns, target=content.table.target)
         new = content
     else:
         keys = [it.path for it in content.items]

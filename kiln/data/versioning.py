@@ -19,6 +19,7 @@ same names give the same id, so re-adding unchanged content is no new version. T
      "versions": [{"id": "<md5>", "files": 1200, "size": 5242880,
                    "per_class_counts": {"cat": 600, "dog": 600},
                    "per_split_class_counts": {"train": {"cat": 480, "dog": 480}, ...},
+                   "schema": {"rows": ..., "columns": {...}} (tables: kiln.data.schema),
                    "created": "2025-01-01T00:00:00+00:00",
                    "lineage": {"parent": "<content hash>", "ops": [...]} | null,
                    "out": {<the .dvc file's outs[0] entry>}, "pushed": ["kiln-local"]}]}
@@ -57,6 +58,8 @@ class Version:
     pushed: list[str] = field(default_factory=list)  # DVC remotes that hold all its objects
     # logs written before kiln counted per split have none: empty, not an error
     per_split_class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # a table's column types, categories and missing counts (kiln.data.schema); {} for images
+    schema: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class DatasetRepo:
         v = Version(id=vid, path=rel, files=int(out.get("nfiles", 1)), size=int(out.get("size", 0)),
                     per_class_counts=dict(content.class_counts()) if content is not None else {},
                     per_split_class_counts=content.split_class_counts() if content is not None else {},
+                    schema=content.table.column_schema() if content is not None and content.table is not None else {},
                     created=datetime.now(UTC).isoformat(timespec="seconds"),
                     lineage=lineage if lineage is not None else getattr(content, "lineage", None), out=out,
                     pushed=[remote_name] if push else [])

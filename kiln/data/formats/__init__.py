@@ -78,7 +78,7 @@ def export(content: DatasetContent, out_dir: str | os.PathLike[str], format: str
     cls = get_format(name)
     out = Path(out_dir)
     cls.export(content, out)
-    options = {"label": content.table.label} if content.table is not None else {}
+    options = {"label": content.table.label, "target": content.table.target} if content.table is not None else {}
     result = cls.load(out, content.task, verify=False, **options)
     result.lineage = content.lineage
     return result

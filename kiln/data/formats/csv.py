@@ -4,25 +4,21 @@
 The label is the last column unless ``label=`` names another. Every column is typed:
 
 - numeric: pandas int64 / float64;
-- categorical: object or bool whose values are letters/digits plus ``-`` and ``_``;
-- anything else (dates, times, free text with spaces or symbols) is an error naming the column.
+- categorical: any string (spaces and symbols included) or bool;
+- identifier (unique per row) and datetime: see ``kiln.data.schema``, which decides the types.
+
+``NA`` and empty cells are missing values (pandas' defaults).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from kiln._util.fs import replacing
 from kiln.data.errors import DatasetFormatError
 from kiln.data.formats._base import DatasetFormat, ignored
 from kiln.data.model import DatasetContent, TabularData
-
-_CATEGORICAL = re.compile(r"^[\w\-]+$")  # \w: unicode letters, digits, underscore
-_DATE = re.compile(
-    r"^(\d{4}[-/.]\d{1,2}([-/.]\d{1,2})?|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"
-    r"|^\d{1,2}:\d{2}(:\d{2})?$"
-)
+from kiln.data.schema import column_type
 
 
 def _csv_file(root: Path) -> Path | None:
@@ -35,35 +31,16 @@ def _csv_file(root: Path) -> Path | None:
     return None
 
 
-def infer_schema(frame, file: Path) -> dict[str, str]:
-    """Column -> numeric | categorical; raise naming the first column of another type."""
+def infer_schema(frame, file: Path, label: str | None = None) -> dict[str, str]:
+    """Column -> numeric | categorical | identifier | datetime (``kiln.data.schema``); a column
+    of any other dtype is an error naming it."""
     schema: dict[str, str] = {}
     for col in frame.columns:
-        s = frame[col]
-        kind = s.dtype.kind
-        if kind in "iuf":
-            schema[str(col)] = "numeric"
-            continue
-        if kind == "b":
-            schema[str(col)] = "categorical"
-            continue
-        if kind != "O":
-            raise DatasetFormatError(file, f"column {col!r} has unsupported type {s.dtype}",
-                                     hint="only numeric and categorical columns are supported")
-        values = s.dropna()
-        svals = values.astype(str)
-        if len(svals) and svals.str.match(_DATE).all():
-            raise DatasetFormatError(
-                file, f"column {col!r} holds dates/times (e.g. {svals.iloc[0]!r}), which are not supported",
-                hint="drop the column or convert it to numbers (e.g. days since a reference date)",
-            )
-        bad = svals[~svals.str.match(_CATEGORICAL)]
-        if len(bad):
-            raise DatasetFormatError(
-                file, f"column {col!r} has value {bad.iloc[0]!r}; categorical values may only hold letters, digits, '-' and '_'",
-                hint="clean the values or drop the column",
-            )
-        schema[str(col)] = "categorical"
+        typ = column_type(frame[col], is_label=str(col) == label)
+        if typ is None:
+            raise DatasetFormatError(file, f"column {col!r} has unsupported type {frame[col].dtype}",
+                                     hint="only numeric, categorical and date columns are supported")
+        schema[str(col)] = typ
     return schema
 
 
@@ -77,8 +54,9 @@ class Csv(DatasetFormat):
 
     @classmethod
     def load(cls, root: Path, task: str | None = None, *, verify: bool = True,  # type: ignore[override]
-             label: str | None = None, **options: object) -> DatasetContent:
-        # label: CSV's own option (which column is the target), passed by name through **options
+             label: str | None = None, target: str | None = None, **options: object) -> DatasetContent:
+        # label: CSV's own option (which column is the target), passed by name through **options;
+        # target: the Dataset's task (classification | regression), so a number label is typed right
         import pandas as pd
 
         f = _csv_file(root)
@@ -90,13 +68,14 @@ class Csv(DatasetFormat):
             raise DatasetFormatError(f, f"cannot parse CSV: {str(e).splitlines()[0]}") from None
         if frame.shape[1] == 0:
             raise DatasetFormatError(f, "CSV has no columns")
-        schema = infer_schema(frame, f)
         if label is None:
             label = str(frame.columns[-1])
-        elif label not in schema:
-            raise DatasetFormatError(f, f"label column {label!r} does not exist; columns: {', '.join(schema)}")
+        elif label not in frame.columns:
+            raise DatasetFormatError(f, f"label column {label!r} does not exist; columns: {', '.join(map(str, frame.columns))}")
+        schema = infer_schema(frame, f, label)
         base = root if root.is_dir() else root.parent
-        table = TabularData(columns=schema, label=label, frame=frame, source=f.relative_to(base).as_posix())
+        table = TabularData(columns=schema, label=label, frame=frame, source=f.relative_to(base).as_posix(),
+                            target=target if target in ("classification", "regression") else None)
         return DatasetContent(task="tabular", root=base, format=cls.name, table=table)
 
     @classmethod

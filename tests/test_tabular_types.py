@@ -1,0 +1,135 @@
+"""Tables as people have them, applied for real (issue #24): a Dataset naming only its file and
+label gets a typed schema with its version (`kiln data versions`, `kiln describe`), a date
+column is refused with the fix (and the fix works), `missingLabels: error` refuses unlabelled
+rows, plan flags a classification label with too many values, and `kiln infer` reads a version
+whose table file has its own name (`penguins.csv`, not `data.csv`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import kiln, write
+
+pytest.importorskip("dvc")
+pytest.importorskip("sklearn")
+pytest.importorskip("bentoml")
+
+ISLANDS = ["Biscoe Island", "Dream", "Torgersen & Co"]
+
+
+def penguins_csv(n: int = 60) -> str:
+    """label first, strings with spaces and symbols, a tag unique per row, one row without a label."""
+    rows = ["species,island,tag,bill_mm"]
+    for i in range(n):
+        species = "" if i == 4 else ("Gentoo" if i % 2 else "Adelie")
+        rows.append(f"{species},{ISLANDS[i % 3]},P-{7000 + i * 11},{38 + (i % 2) * 9 + (i % 5) * 0.3:.1f}")
+    return "\n".join(rows) + "\n"
+
+
+def spec(kind: str, name: str, body: str) -> str:
+    return (f"apiVersion: kiln.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec:\n"
+            + "".join(f"  {line}\n" for line in body.strip().splitlines()))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tables") / "repo"
+    root.mkdir()
+    for args in (["init", "-q"], ["config", "user.email", "kiln@example.com"], ["config", "user.name", "kiln test"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    sales = "day,units,y\n" + "".join(f"2024-01-{1 + i % 28:02d},{i % 7},{i % 2}\n" for i in range(30))
+    prices = "size,price\n" + "".join(f"{i * 0.5},{1000 + i * 3}\n" for i in range(250))
+    write(root, {
+        "data/penguins.csv": penguins_csv(),
+        "raw/sales.csv": sales,
+        "raw/prices.csv": prices,
+        "specs/penguins.yaml": spec("Dataset", "penguins", """
+type: tabular
+task: classification
+source: {path: data/penguins.csv}
+label: species
+"""),
+        "specs/strict.yaml": spec("Dataset", "strict", """
+type: tabular
+task: classification
+source: {path: data/penguins.csv}
+label: species
+missingLabels: error
+"""),
+        "specs/sales.yaml": spec("Dataset", "sales", "type: tabular\ntask: classification\nsource: {path: raw/sales.csv}"),
+        "specs/sales-fixed.yaml": spec("Dataset", "sales-fixed", """
+type: tabular
+task: classification
+source: {path: raw/sales.csv}
+preprocessing:
+  - {op: drop_columns, columns: [day]}
+"""),
+        "specs/prices.yaml": spec("Dataset", "prices", "type: tabular\ntask: classification\nsource: {path: raw/prices.csv}"),
+        "specs/pg.yaml": spec("Experiment", "pg", """
+mode: run
+dataset: {name: penguins}
+algorithm: {name: random_forest, hyperparameters: {n_estimators: 10}}
+register: {model: pg, aliases: [production]}
+"""),
+    })
+    p = kiln("apply", cwd=root, timeout=400)
+    assert p.returncode == 1, p.stdout + p.stderr  # sales and strict are refused, the rest applies
+    assert "Traceback" not in p.stdout + p.stderr
+    root.joinpath("apply.out").write_text(p.stdout)
+    return root
+
+
+def status(repo: Path) -> dict[str, dict]:
+    rows = json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
+    return {r["name"]: r for r in rows}
+
+
+def test_refusals_name_the_column_and_the_fix(repo: Path) -> None:
+    st = status(repo)
+    sales = st["sales"]["message"]
+    assert sales.startswith("validate: raw/sales.csv: column 'day' holds dates/times (e.g. '2024-01-01')"), sales
+    assert "{op: drop_columns, columns: [day]}" in sales and "\n" not in sales
+    strict = st["strict"]["message"]
+    assert "1 row(s) have no value in label column 'species'" in strict and "missingLabels: skip" in strict
+    assert st["sales-fixed"]["ready"] == "True"  # the fix the message gives works
+
+
+def test_versions_and_describe_show_the_schema(repo: Path) -> None:
+    text = kiln("data", "versions", "penguins", cwd=repo, check=True).stdout
+    assert ("v1 columns: 2 categorical; 1 numeric; identifier (not a feature): tag; "
+            "1 row(s) without a label (left out of training)") in text.splitlines()
+    v = json.loads(kiln("data", "versions", "penguins", "-o", "json", cwd=repo, check=True).stdout)[0]
+    cols = v["schema"]["columns"]
+    assert cols["island"]["categories"] == {"Biscoe Island": 20, "Dream": 20, "Torgersen & Co": 20}
+    assert cols["species"]["missing"] == 1 and cols["tag"]["type"] == "identifier"
+    assert cols["bill_mm"] == {"type": "numeric", "missing": 0}
+    assert v["classes"] == {"Adelie": 29, "Gentoo": 30}
+    desc = kiln("describe", "Dataset/penguins", cwd=repo, check=True).stdout
+    assert '"Torgersen & Co": 20' in desc and '"labelMissing": 1' in desc
+
+
+def test_plan_flags_a_classification_label_with_too_many_values(repo: Path) -> None:
+    out = kiln("plan", cwd=repo).stdout
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, out
+    assert "Dataset/prices" in warnings[0] and "label column 'price' has 250 distinct values" in warnings[0]
+    assert "set task: regression" in warnings[0]
+
+
+def test_infer_reads_a_table_file_with_its_own_name(repo: Path, tmp_path: Path) -> None:
+    assert (repo / "data/default/penguins/penguins.csv").is_file()
+    assert status(repo)["pg"]["ready"] == "True"
+    p = kiln("infer", "pg@production", "penguins", "--out", str(tmp_path / "pred"), "--as-version", "predicted",
+             cwd=repo, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    preds = [json.loads(line) for line in (tmp_path / "pred/predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 60  # the row without a label is predicted too
+    assert {p["prediction"][0]["label"] for p in preds} <= {"Adelie", "Gentoo"}
+    # the predictions as a dataset version: the label is the source's first column, not the last
+    v = json.loads(kiln("data", "versions", "predicted", "-o", "json", cwd=repo, check=True).stdout)[0]
+    assert v["lineage"]["label"] == "species" and set(v["classes"]) <= {"Adelie", "Gentoo"}
+    assert sum(v["classes"].values()) == 60 and v["schema"]["columns"]["tag"]["type"] == "identifier"
