@@ -10,28 +10,9 @@ import pytest
 
 from kiln.algorithms.base import AlgorithmError, TrainData
 from kiln.algorithms.registry import get_algorithm
+from tests.tables import penguins
 
 pd = pytest.importorskip("pandas")
-
-
-def penguins(n: int = 240, *, regression: bool = False, seed: int = 0) -> TrainData:
-    """A penguins-like table: a string column whose values hold spaces and symbols, a many-valued
-    string column (ordinal), a boolean, NaN in numbers and strings, the label first."""
-    from kiln.data.model import DatasetContent, TabularData
-
-    rng = np.random.default_rng(seed)
-    island = rng.choice(["Biscoe", "Dream Island", "Torgersen & Co"], n).astype(object)
-    bill = rng.normal(44, 5, n) + np.where(island == "Biscoe", 6.0, 0.0)
-    site = np.array([f"site {i}" for i in rng.integers(0, 30, n)], dtype=object)
-    flag = rng.random(n) > 0.5
-    label = (bill + np.where(island == "Biscoe", 5.0, 0.0) + rng.normal(0, 1, n)) if regression else \
-        np.where(island == "Biscoe", "Adelie penguin", "Gentoo")
-    bill[::9] = np.nan
-    island[3::11] = None
-    df = pd.DataFrame({"species": label, "island": island, "bill length": bill, "site": site, "male": flag})
-    cols = {"species": "numeric" if regression else "categorical", "island": "categorical",
-            "bill length": "numeric", "site": "categorical", "male": "categorical"}
-    return TrainData(DatasetContent(task="tabular", table=TabularData(columns=cols, label="species", frame=df)))
 
 
 @pytest.fixture(scope="module")
