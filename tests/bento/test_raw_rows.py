@@ -109,3 +109,34 @@ def test_served_raw_rows_over_http_and_schema_published(tmp_path: Path) -> None:
             assert item["properties"]["instances"]["items"]["properties"]["island"]["type"] == ["string", "null"]
     finally:
         srv.stop()
+
+
+def test_numeric_model_keeps_one_float_row_and_takes_nulls(tmp_path: Path) -> None:
+    """A table of numbers only: the fast path for plain numbers, null imputed by the model,
+    numbers written as strings parsed, and an extra field a 400 naming it."""
+    import numpy as np
+
+    from kiln.algorithms.onnx import export_and_check
+    from kiln.algorithms.registry import get_algorithm
+    from kiln.bento.registry import Registry, default_home
+    from kiln.controller.experiment.export import _serving
+    from tests.tables import penguins
+
+    data = penguins()
+    frame = data.content.table.frame[["species", "bill length"]]
+    data = type(data)(data.content.model_copy(update={"table": data.content.table.model_copy(
+        update={"frame": frame, "columns": {"species": "categorical", "bill length": "numeric"}})}))
+    algo = get_algorithm("logistic_regression")
+    model = algo.train(data, {})
+    pkg = tmp_path / "pkg"
+    assert export_and_check(algo, model, pkg / "model.onnx", data.table("test")[0]).passed
+    reg = Registry(default_home(tmp_path / "repo"))
+    eng = load_engine(reg.path("num", reg.register("num", pkg, "onnx",
+                                                   serving=_serving(algo, model.meta, "onnx", "model.onnx"))))
+    assert not eng.cfg.typed
+    for v in (55.0, None, "55.0", ""):
+        x, _ = eng.decode({"bill length": v}, 0)
+        assert x.dtype == np.float32 and x.shape == (1,)
+        assert eng.format(eng.predict([x])[0], None)[0]["label"] in ("Adelie penguin", "Gentoo")
+    with pytest.raises(InstanceError, match=r"instances\[0\]\.island: not a column of the model; it takes bill length"):
+        eng.decode({"bill length": 40.0, "island": "Biscoe"}, 0)
