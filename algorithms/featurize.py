@@ -105,7 +105,7 @@ def normalise(df: Any, schema: dict[str, Any], columns: list[str]) -> Any:
         if types[c]["type"] == "number":
             out[c] = pd.to_numeric(s, errors="coerce").astype(np.float64)
         else:
-            out[c] = s.map(lambda v: MISSING if v is None or (isinstance(v, float) and v != v) else str(v)).astype(object)
+            out[c] = s.map(lambda v: v if isinstance(v, str) else MISSING if pd.isna(v) else str(v)).astype(object)
     return pd.DataFrame(out, index=df.index, columns=columns)
 
 

@@ -1,14 +1,15 @@
 """Tabular algorithms (AI Studio's list) on scikit-learn and XGBoost.
 
-Every model is a scikit-learn ``Pipeline``: a preprocessor (numeric columns standardised,
-categorical columns one-hot encoded; unknown categories at predict time encode as all zeros)
-followed by the estimator, so the saved model takes raw rows and ONNX export covers the whole
-pipeline. Classification labels are encoded to ``0..n-1`` for fitting (XGBoost needs that) and
+Every model is a scikit-learn ``Pipeline``: the featuriser fitted on the train split
+(``kiln.algorithms.featurize``: imputation, missing indicators, one-hot/ordinal encoding, scaling
+where the estimator needs it; ``featurization: off`` passes the columns through) followed by the
+estimator, so the saved model takes raw rows and ONNX export covers the whole pipeline. Classification labels are encoded to ``0..n-1`` for fitting (XGBoost needs that) and
 decoded on predict; ``meta["classes"]`` keeps the original values.
 
 Saved layout (``save(model, folder)``)::
 
-    folder/meta.json      {"algorithm", "hyperparameters", "columns", "categorical", "classes"}
+    folder/meta.json      {"algorithm", "hyperparameters", "columns", "categorical", "classes",
+                           "schema" (the input schema, featurize), "featurization": "auto|off"}
     folder/model.joblib   the fitted Pipeline
 """
 
