@@ -89,3 +89,17 @@ def test_featurization_off_passes_columns_through(cls_data: TrainData) -> None:
     algo = get_algorithm("random_forest")
     with pytest.raises(AlgorithmError, match="featurization is off and column 'island' is not numeric"):
         algo.train(cls_data, {}, featurization=False)
+
+
+def test_spec_featurization_reads_yaml_off_as_the_word() -> None:
+    import yaml
+    from pydantic import ValidationError
+
+    from kiln.api.experiment import ExperimentSpec
+
+    doc = yaml.safe_load("dataset: {name: t}\nfeaturization: off\nalgorithm: {name: svm, featurization: on}")
+    spec = ExperimentSpec.model_validate(doc)
+    assert spec.featurization == "off" and spec.algorithm is not None and spec.algorithm.featurization == "auto"
+    assert ExperimentSpec.model_validate({"dataset": {"name": "t"}, "algorithm": {"name": "svm"}}).featurization == "auto"
+    with pytest.raises(ValidationError, match="'auto' or 'off'"):
+        ExperimentSpec.model_validate({**doc, "featurization": "maybe"})
