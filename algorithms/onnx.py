@@ -44,7 +44,8 @@ def _onnx_inputs(session: Any, samples: Any) -> dict[str, Any]:
 
     inputs = session.get_inputs()
     if isinstance(samples, dict):
-        return samples
+        # per-column inputs by position: skl2onnx renames columns it cannot use as input names
+        return {i.name: v for i, v in zip(inputs, samples.values())}
     arr = samples.numpy() if hasattr(samples, "numpy") else np.asarray(samples)
     kind = inputs[0].type
     if "float" in kind and "double" not in kind:
@@ -102,8 +103,12 @@ def export_and_check(algorithm: Any, model: TrainedModel, path: str | Path, samp
     out = algorithm.export_onnx(model, Path(path), sample)
     if out is None:
         return None
+    if hasattr(algorithm, "parity_sample"):  # tables: plus missing values and unseen categories
+        sample = algorithm.parity_sample(model, sample)
     onnx_samples = None
-    if hasattr(algorithm, "input_batch"):  # image models: ONNX takes the preprocessed tensor / array
+    if hasattr(algorithm, "onnx_feed"):
+        onnx_samples = algorithm.onnx_feed(model, sample)
+    elif hasattr(algorithm, "input_batch"):  # image models: ONNX takes the preprocessed tensor / array
         batch = algorithm.input_batch(model, sample)
         onnx_samples = batch.numpy() if hasattr(batch, "numpy") else batch
     elif hasattr(algorithm, "features"):

@@ -1,14 +1,15 @@
 """Tabular algorithms (AI Studio's list) on scikit-learn and XGBoost.
 
-Every model is a scikit-learn ``Pipeline``: a preprocessor (numeric columns standardised,
-categorical columns one-hot encoded; unknown categories at predict time encode as all zeros)
-followed by the estimator, so the saved model takes raw rows and ONNX export covers the whole
-pipeline. Classification labels are encoded to ``0..n-1`` for fitting (XGBoost needs that) and
+Every model is a scikit-learn ``Pipeline``: the featuriser fitted on the train split
+(``kiln.algorithms.featurize``: imputation, missing indicators, one-hot/ordinal encoding, scaling
+where the estimator needs it; ``featurization: off`` passes the columns through) followed by the
+estimator, so the saved model takes raw rows and ONNX export covers the whole pipeline. Classification labels are encoded to ``0..n-1`` for fitting (XGBoost needs that) and
 decoded on predict; ``meta["classes"]`` keeps the original values.
 
 Saved layout (``save(model, folder)``)::
 
-    folder/meta.json      {"algorithm", "hyperparameters", "columns", "categorical", "classes"}
+    folder/meta.json      {"algorithm", "hyperparameters", "columns", "categorical", "classes",
+                           "schema" (the input schema, featurize), "featurization": "auto|off"}
     folder/model.joblib   the fitted Pipeline
 """
 
@@ -47,25 +48,30 @@ class SklearnAlgorithm(Algorithm):
         raise NotImplementedError
 
     # -- data ------------------------------------------------------------------------------------
-    def _preprocessor(self, columns: list[str], categorical: list[str]) -> Any:
-        from sklearn.compose import ColumnTransformer
-        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    def _preprocessor(self, x: Any, featurize: bool) -> tuple[Any, dict[str, Any] | None]:
+        """(transformer, input schema): the automatic featurisation (``kiln.algorithms.featurize``)
+        or, with ``featurization: off``, the columns as the dataset version has them."""
+        from kiln.algorithms import featurize as F
 
-        scaler = StandardScaler(with_mean=self.scale_numeric, with_std=self.scale_numeric)
-        if not categorical:
-            return scaler  # plain arrays in: ONNX export gets one float input
-        numeric = [c for c in columns if c not in categorical]
-        return ColumnTransformer([("num", scaler, numeric),
-                                  ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)])
+        if featurize:
+            return F.build(x, scale=self.scale_numeric)
+        strings = [str(c) for c in x.columns if not F.is_numeric(x[c])]
+        if strings:
+            raise AlgorithmError(f"algorithm {self.name}: featurization is off and column {strings[0]!r} is not numeric",
+                                 hint="encode it with a preprocessing op of the Dataset (factorize), "
+                                      "or drop 'featurization: off'")
+        return "passthrough", None
 
     @staticmethod
     def features(model_meta: dict[str, Any], x: Any) -> Any:
         """The model's input for rows (DataFrame, dicts or lists), in the fitted column order: a float
-        array (all numeric) or a DataFrame."""
+        array (all numeric) or a DataFrame. Models with an input schema get their values normalised
+        as the featuriser was fitted on them (``featurize.normalise``)."""
         import numpy as np
         import pandas as pd
 
         cols = model_meta["columns"]
+        schema = model_meta.get("schema")
         if isinstance(x, pd.DataFrame):
             missing = [c for c in cols if c not in x.columns]
             if missing:
@@ -77,32 +83,37 @@ class SklearnAlgorithm(Algorithm):
             df = pd.DataFrame(x)
             return SklearnAlgorithm.features(model_meta, df)
         else:
-            arr = np.asarray(x, dtype=object if model_meta["categorical"] else np.float64)
+            arr = np.asarray(x, dtype=object if model_meta["categorical"] or schema else np.float64)
             if arr.ndim == 1:
                 arr = arr.reshape(1, -1)
             if arr.shape[1] != len(cols):
                 raise AlgorithmError(f"input rows have {arr.shape[1]} values, the model expects {len(cols)}",
                                      hint=f"columns in order: {', '.join(cols)}")
             df = pd.DataFrame(arr, columns=cols)
+        if schema:
+            from kiln.algorithms.featurize import normalise
+
+            return normalise(df, schema, cols)
         if model_meta["categorical"]:
             return df
         return df.to_numpy(dtype=np.float64)
 
     # -- contract --------------------------------------------------------------------------------
     def train(self, data: TrainData, hp: Any = None, *, callbacks: ReportCallback | None = None,
-              workdir: Path | None = None, resume_from: Path | None = None) -> TrainedModel:
+              workdir: Path | None = None, resume_from: Path | None = None,
+              featurization: bool = True) -> TrainedModel:
         from sklearn.pipeline import Pipeline
 
         self._check_task(data, ("tabular",))
         hp = self.hyperparameters(hp)
-        table = data.content.table
-        assert table is not None
         x, y = data.table("train")
         if len(x) == 0:
             raise AlgorithmError(f"algorithm {self.name}: the train split is empty")
-        columns = list(x.columns)
-        categorical = [c for c in columns if table.columns.get(c) == "categorical"]
-        meta: dict[str, Any] = {"columns": columns, "categorical": categorical}
+        pre, schema = self._preprocessor(x, featurization)
+        columns = [str(c) for c in x.columns]
+        categorical = [c for c in columns if schema and schema["columns"][c]["type"] == "string"]
+        meta: dict[str, Any] = {"columns": columns, "categorical": categorical, "schema": schema,
+                                "featurization": "auto" if featurization else "off"}
         yy = None
         if self.task in ("classification", "regression"):
             if y is None:
@@ -116,7 +127,7 @@ class SklearnAlgorithm(Algorithm):
             else:
                 yy = y.to_numpy(dtype=float)
         n_classes = len(meta.get("classes", [])) or None
-        pipe = Pipeline([("pre", self._preprocessor(columns, categorical)), ("est", self.build(hp, n_classes))])
+        pipe = Pipeline([("pre", pre), ("est", self.build(hp, n_classes))])
         meta_x = self.features(meta, x)
         pipe.fit(meta_x, yy) if yy is not None else pipe.fit(meta_x)
         model = TrainedModel(self.name, pipe, hp.model_dump(), meta)
@@ -176,22 +187,56 @@ class SklearnAlgorithm(Algorithm):
         return TrainedModel(self.name, pipe, hp, meta)
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
-        """Whole pipeline to ONNX. Numeric tables: one float input ``X`` (rows x columns);
-        classifiers output ``label`` (encoded index) and ``probabilities`` (no ZipMap)."""
+        """Whole pipeline, featurisation included, to ONNX. All-numeric tables: one float input
+        ``X`` (rows x columns); mixed tables: one ``N x 1`` input per column, float or string, in
+        column order (``onnx_feed``). Classifiers output ``label`` (encoded index) and
+        ``probabilities`` (no ZipMap)."""
         import numpy as np
         from skl2onnx import to_onnx
 
-        if model.meta["categorical"]:
-            return None  # per-column string inputs: not wired up yet
+        from kiln.algorithms import featurize as F
+
+        meta = model.meta
+        if meta["categorical"] and not meta.get("schema"):
+            return None  # saved before featurisation: raw categorical columns, no typed inputs
         _register_xgboost()
-        xx = np.asarray(self.features(model.meta, sample), dtype=np.float32)
+        F.register_missing_indicator()
         options = {id(model.native[-1]): {"zipmap": False}} if self.task == "classification" else None
         if self.task == "clustering" or self.task == "dimension-reduction":
             options = None
-        onx = to_onnx(model.native, xx[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
+        opset = {"": 17, "ai.onnx.ml": 3}
+        if meta["categorical"]:
+            onx = to_onnx(model.native, initial_types=F.onnx_initial_types(meta["schema"], meta["columns"]),
+                          options=options, target_opset=opset)
+        else:
+            xx = np.asarray(self.features(meta, sample), dtype=np.float32)
+            onx = to_onnx(model.native, xx[:1], options=options, target_opset=opset)
         path = Path(path)
         atomic_save(path, lambda tmp: Path(tmp).write_bytes(onx.SerializeToString()))
         return path
+
+    def onnx_feed(self, model: TrainedModel, sample: Any) -> Any:
+        """What the exported ONNX model is fed for ``sample`` rows: a float32 array or a dict of
+        per-column tensors (names as the exporter wrote them: ``onnx_feed`` of featurize)."""
+        import numpy as np
+
+        from kiln.algorithms import featurize as F
+
+        xx = self.features(model.meta, sample)
+        if not model.meta["categorical"]:
+            return np.asarray(xx, dtype=np.float32)
+        return F.onnx_feed(xx, model.meta["schema"], model.meta["columns"])
+
+    def parity_sample(self, model: TrainedModel, sample: Any) -> Any:
+        """``sample`` plus an all-missing row and an unseen-categories row (models with an input
+        schema), so the parity check compares imputation and unknown handling too."""
+        import pandas as pd
+
+        from kiln.algorithms import featurize as F
+
+        if not model.meta.get("schema") or not isinstance(sample, pd.DataFrame):
+            return sample
+        return F.parity_rows(sample, model.meta["schema"], model.meta["columns"])
 
     def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
         """What the ONNX outputs should equal, in their order (for ``check_parity``)."""

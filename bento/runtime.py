@@ -18,6 +18,12 @@ How to serve a model is in ``kiln-serving.json`` inside the model version (writt
                                                # default "number" ("any" with a preprocess)
      "labels": ["setosa", ...],                # class names (index -> name)
      "preprocess": "preprocess",               # tabular: fitted kiln.data pipeline dir, if any
+     "schema": {"columns": {"island": {"type": "string", "categories": [..], "encoding": "onehot",
+                "missing": 0}, "bill": {"type": "number", "missing": 3}}},
+                                               # tabular models with their featurisation: raw rows
+                                               # (strings, null for missing, any order; an extra
+                                               # or missing field is a 400 naming it); a model with
+                                               # a string column takes one ONNX input per column
      "image": {"size": [H, W], "mode": "RGB|L", "mean": [..], "std": [..]},
      "threshold": 0.5,                         # detection: minimum score
      "output_size": [512, 512],                # segmentation: label map size (default image size)
@@ -79,6 +85,13 @@ class ServingConfig:
     threshold: float = 0.5
     output_size: list[int] | None = None
     top_k: int | None = None
+    schema: dict[str, Any] | None = None
+
+    @property
+    def typed(self) -> bool:
+        """Rows go to the model column by column (string columns), not as one float matrix."""
+        cols = (self.schema or {}).get("columns") or {}
+        return any(c.get("type") == "string" for c in cols.values())
 
     @classmethod
     def load(cls, model_dir: Path) -> ServingConfig:
@@ -102,6 +115,8 @@ class ServingConfig:
         bad_types = {k: v for k, v in cfg.feature_types.items() if v not in FEATURE_TYPES}
         if bad_types:
             raise ConfigError(f"{p}: unknown feature_types {bad_types}", hint=f"valid: {', '.join(FEATURE_TYPES)}")
+        if cfg.schema is not None and set(cfg.schema.get("columns") or {}) != set(cfg.features or ()):
+            raise ConfigError(f"{p}: schema.columns must name exactly the features")
         if cfg.input == "image" and not cfg.image.get("size"):
             raise ConfigError(f"{p}: an image model needs image.size [H, W]")
         cfg.file = cfg.file or FRAMEWORKS[cfg.framework]
@@ -119,8 +134,10 @@ def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
+    inputs = sess.get_inputs()
+    inp = inputs[0]
     name = inp.name
+    as_float = [("string" not in i.type) for i in inputs]
     outs = [o.name for o in sess.get_outputs()]
     # skl2onnx classifiers have (label, probabilities): keep the 2-D float output
     pick = next((o.name for o in sess.get_outputs() if "prob" in o.name.lower()), outs[-1] if len(outs) > 1 else outs[0])
@@ -128,10 +145,15 @@ def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
     # a model over flat pixel rows (sklearn on 8x8 digits) serving image input: rows of N x C x H x W
     flat = len(inp.shape or ()) == 2
 
-    def run(x: np.ndarray) -> Any:
-        if flat and x.ndim > 2:
-            x = x.reshape(len(x), -1)
-        out = sess.run([pick], {name: x.astype(np.int64 if want_int else np.float32, copy=False)})[0]
+    def run(x: Any) -> Any:
+        if isinstance(x, dict):  # one N x 1 input per column, by position (skl2onnx renames some)
+            feed = {i.name: np.asarray(v, dtype=np.float32 if f else object).reshape(-1, 1)
+                    for i, f, v in zip(inputs, as_float, x.values())}
+            out = sess.run([pick], feed)[0]
+        else:
+            if flat and x.ndim > 2:
+                x = x.reshape(len(x), -1)
+            out = sess.run([pick], {name: x.astype(np.int64 if want_int else np.float32, copy=False)})[0]
         if isinstance(out, list) and out and isinstance(out[0], dict):  # ZipMap output
             keys = sorted(out[0])
             out = np.array([[row[k] for k in keys] for row in out], dtype=np.float32)
@@ -172,7 +194,11 @@ def _load_sklearn(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
     model = joblib.load(path)
     fn = getattr(model, "predict_proba", None)
 
-    def run(x: np.ndarray) -> Any:
+    def run(x: Any) -> Any:
+        if isinstance(x, dict):  # a mixed table: the model's featuriser takes a DataFrame
+            import pandas as pd
+
+            x = pd.DataFrame(x)
         return fn(x) if fn is not None else model.predict(x)
 
     run.classes = getattr(model, "classes_", None)  # type: ignore[attr-defined]
@@ -193,6 +219,44 @@ def _shown(v: Any) -> str:
     if v is None or isinstance(v, (str, int, float)):
         return f"{type(v).__name__} {str(v)[:40]!r}"
     return type(v).__name__
+
+
+def _number(v: Any, i: int, f: str) -> float:
+    """A raw value of a number column: JSON numbers, numbers written as strings (a CSV row read
+    as text), null or an empty string for missing (the model imputes)."""
+    if v is None:
+        return math.nan
+    if isinstance(v, str):
+        t = v.strip()
+        if not t:
+            return math.nan
+        try:
+            x = float(t)
+        except ValueError:
+            raise InstanceError(i, f, f"expected a number, got {_shown(v)}") from None
+    elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise InstanceError(i, f, f"expected a number or null, got {_shown(v)}")
+    else:
+        x = float(v)
+    if math.isnan(x):
+        return x
+    if not math.isfinite(x) or abs(x) > _F32_MAX:
+        raise InstanceError(i, f, f"{str(v)[:40]} is out of range for the model's 32-bit floats")
+    return x
+
+
+def _category(v: Any, i: int, f: str) -> str:
+    """A raw value of a string column: any string (an unseen one is the encoder's to handle),
+    null for missing, booleans and numbers as pandas reads them from a CSV ('True', '3')."""
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+        return ""  # kiln.algorithms.featurize.MISSING: the serving layer does not import sklearn code
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return str(v)
+    raise InstanceError(i, f, f"expected a string, a number or null, got {_shown(v)}")
 
 
 DEFAULT_MIN_PIXELS = 4_000_000   # a phone photo: the smallest default limit, whatever the model's input
@@ -229,6 +293,8 @@ class Engine:
         if self.pipeline is not None:
             return self._decode_raw_row(inst, i), None
         feats = self.cfg.features or ()
+        if self.cfg.schema is not None and (self.cfg.typed or len(inst) != len(feats)):
+            return self._decode_typed(inst, i), None
         # the common case in one pass (plain JSON numbers, all finite); anything else takes the
         # loop below, which names the first bad field. type() is exact: bool is not accepted.
         try:
@@ -240,6 +306,8 @@ class Engine:
             # each on a 64-value row (sum() is NaN or inf when any value is)
             if vals and math.isfinite(sum(vals)) and -_F32_MAX <= min(vals) and max(vals) <= _F32_MAX:
                 return np.array(vals, dtype=np.float32), None
+        if self.cfg.schema is not None:  # nulls, numbers as strings: the model imputes and parses
+            return self._decode_typed(inst, i), None
         row = np.empty(len(feats), dtype=np.float32)
         for j, f in enumerate(feats):
             if f not in inst:
@@ -255,8 +323,35 @@ class Engine:
                 raise InstanceError(i, f, f"{str(v)[:40]} is out of range for the model's 32-bit floats")
         return row, None
 
+    def _decode_typed(self, inst: dict, i: int) -> Any:
+        """A raw row of a model with an input schema: every column by name, no other field."""
+        feats = self.cfg.features or ()
+        self._no_extra_field(inst, i)
+        for f in feats:
+            if f not in inst:
+                raise InstanceError(i, f, f"missing; the model needs {', '.join(feats)} (null for an unknown value)")
+        return self._typed_row(inst, i)
+
+    def _no_extra_field(self, inst: dict, i: int) -> None:
+        known = set(self.cfg.features or ())
+        extra = next((k for k in inst if k not in known), None)
+        if extra is not None:
+            raise InstanceError(i, str(extra)[:60], "not a column of the model; it takes "
+                                + ", ".join(self.cfg.features or ()))
+
+    def _typed_row(self, row: Any, i: int) -> Any:
+        """Values in model order as the featuriser was fitted on them: a float32 row when every
+        column is a number (NaN: missing), else a tuple of floats and strings ('' for missing)."""
+        cols = (self.cfg.schema or {})["columns"]
+        vals = [(_number if cols[f]["type"] == "number" else _category)(row[f], i, f) for f in self.cfg.features or ()]
+        if self.cfg.typed:
+            return tuple(vals)
+        return np.array(vals, dtype=np.float32)
+
     def _decode_raw_row(self, inst: dict, i: int) -> Any:
         types = self.cfg.feature_types
+        if self.cfg.schema is not None:
+            self._no_extra_field(inst, i)
         for f in self.cfg.features or ():
             if f not in inst:
                 raise InstanceError(i, f, f"missing; the model needs {', '.join(self.cfg.features or ())}")
@@ -270,20 +365,23 @@ class Engine:
                 raise InstanceError(i, f, f"expected a number or string, got {type(v).__name__}")
         row = {f: inst[f] for f in self.cfg.features or ()}
         try:  # transform row by row, so an error names its instance
-            return self._transform([row])[0]
+            df = self._transform([row])
+            if self.cfg.schema is None:
+                return df.to_numpy(dtype=np.float32)[0]
         except Exception as e:  # noqa: BLE001 - pipeline ops raise many kinds
             strings = [f for f, v in row.items() if isinstance(v, str)]
             hint = f" (string fields: {', '.join(strings)})" if strings else ""
             raise InstanceError(i, None, f"preprocessing failed: {str(e)[:200]}{hint}") from None
+        return self._typed_row(df.iloc[0], i)
 
-    def _transform(self, rows: list[dict]) -> np.ndarray:
+    def _transform(self, rows: list[dict]) -> Any:
         import pandas as pd
 
         df = self.pipeline.transform(pd.DataFrame(rows, columns=self.cfg.features))
         label = getattr(self.pipeline, "label", None)
         if label and label in df.columns:
             df = df.drop(columns=[label])
-        return df.to_numpy(dtype=np.float32)
+        return df
 
     def _decode_image(self, inst: dict, i: int) -> tuple[np.ndarray, Any]:
         from PIL import Image, UnidentifiedImageError
@@ -327,7 +425,13 @@ class Engine:
     # -- predict / format --------------------------------------------------------------------
     def predict(self, xs: list[np.ndarray]) -> list[Any]:
         """Stacked batch -> per-instance raw outputs."""
-        out = self.run(np.stack(xs))
+        if self.cfg.typed:  # rows of floats and strings: one array per column
+            cols = (self.cfg.schema or {})["columns"]
+            feed = {f: np.array([x[j] for x in xs], dtype=np.float64 if cols[f]["type"] == "number" else object)
+                    for j, f in enumerate(self.cfg.features or ())}
+            out = self.run(feed)
+        else:
+            out = self.run(np.stack(xs))
         if isinstance(out, list):
             return out
         return list(out)
@@ -338,7 +442,7 @@ class Engine:
             return self._classes(np.asarray(y))
         if task == "regression":
             a = np.asarray(y, dtype=np.float64)
-            return float(a) if a.ndim == 0 or a.size == 1 else a.tolist()
+            return float(a.reshape(-1)[0]) if a.size == 1 else a.tolist()
         if task == "detection":
             return self._boxes(y, meta)
         return self._mask(np.asarray(y), meta)

@@ -13,11 +13,27 @@ from typing import Any
 __all__ = ["openapi", "page"]
 
 
+def _column(name: str, col: dict[str, Any]) -> dict[str, Any]:
+    """One raw-row field: its JSON type, and the categories seen in training (others are accepted
+    and encoded as unknown, so they are not an ``enum``)."""
+    if col.get("type") == "string":
+        cats = col.get("categories") or []
+        return {"type": ["string", "null"], "examples": cats[:20],
+                "description": f"{len(cats)} categories seen in training; any other value is accepted as unknown"}
+    return {"type": ["number", "null"], "description": "null: missing (the model imputes it)"}
+
+
 def openapi(cfg: Any, engine: Any) -> dict[str, Any]:
     sc = engine.cfg if engine is not None else None
     if sc is not None and sc.input == "tabular":
-        item = {"type": "object", "required": list(sc.features or []),
-                "properties": {f: {"type": ["number", "string"] if sc.preprocess else "number"} for f in sc.features or []}}
+        cols = (sc.schema or {}).get("columns") or {}
+        if cols:  # a featurised model: raw rows, null for missing, no other field
+            item = {"type": "object", "required": list(sc.features or []), "additionalProperties": False,
+                    "properties": {f: _column(f, cols[f]) for f in sc.features or []}}
+        else:
+            item = {"type": "object", "required": list(sc.features or []),
+                    "properties": {f: {"type": ["number", "string"] if sc.preprocess else "number"}
+                                   for f in sc.features or []}}
     else:
         item = {"type": "object", "required": ["data"],
                 "properties": {"data": {"type": "string", "format": "byte", "description": "the image file, base64"}}}
@@ -52,6 +68,7 @@ def openapi(cfg: Any, engine: Any) -> dict[str, Any]:
         "paths": {"/predict": {"post": op}, "/inference": {"post": {**op, "summary": "EasyMaker-compatible alias of /predict"}}},
         "x-kiln": {"deployment": cfg.deployment, "model": cfg.model, "version": cfg.version, "task": task,
                    "input": sc.input if sc else None, "features": (sc.features if sc else None) or [],
+                   "schema": sc.schema if sc else None,
                    "public": cfg.public},
     }
     if not cfg.public:

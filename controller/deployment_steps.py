@@ -327,7 +327,15 @@ def sample_instance(serving: dict[str, Any]) -> Any:
         Image.new(img.get("mode", "RGB"), (int(w), int(h))).save(buf, format="PNG")
         return {"data": base64.b64encode(buf.getvalue()).decode()}
     types = serving.get("feature_types") or {}
-    return {f: ("" if types.get(f) == "string" else 0.0) for f in serving.get("features") or []}
+    cols = (serving.get("schema") or {}).get("columns") or {}
+
+    def value(f: str) -> Any:
+        if types.get(f) != "string":
+            return 0.0
+        cats = (cols.get(f) or {}).get("categories") or [""]  # a category seen in training
+        return cats[0]
+
+    return {f: value(f) for f in serving.get("features") or []}
 
 
 def post(url: str, body: Any, token: str | None = None, timeout: float = 30.0,

@@ -579,3 +579,45 @@ spec: {type: tabular, task: classification, format: csv, source: {path: raw/wine
         served = engine.format(engine.predict([x])[0], meta)
         assert served[0]["label"] == on_trained[i]["label"]
         assert abs(served[0]["score"] - on_trained[i]["score"]) < 1e-5, (served, on_trained[i])
+
+
+def test_strings_and_missing_values_from_the_csv_to_onnx_serving_and_infer(tmp_path: Path) -> None:
+    """A table as people have it (string columns, empty cells, the label first): the Experiment
+    featurises it inside the model, registers ONNX with its parity check, the served version takes
+    raw rows with strings and nulls, and `kiln infer` predicts on the dataset's raw rows.
+    ``featurization: off`` (YAML's bare off) is refused with the column and the fix."""
+    from kiln.bento.runtime import load_engine
+    from tests.tables import penguins_frame
+
+    repo = git_repo(tmp_path / "repo")
+    df = penguins_frame(160)
+    df["island"] = df["island"].str.replace(" ", "-").str.replace("&", "and")  # the CSV rule of today
+    df["site"] = df["site"].str.replace(" ", "_")
+    df["species"] = df["species"].str.replace(" ", "-")
+    (repo / "raw").mkdir()
+    df.to_csv(repo / "raw/penguins.csv", index=False)
+    write(repo, {"specs/ds.yaml": """
+apiVersion: kiln.dev/v1alpha1
+kind: Dataset
+metadata: {name: penguins}
+spec: {type: tabular, task: classification, format: csv, source: {path: raw/penguins.csv}, label: species}
+""", "specs/lr.yaml": exp("pen-lr", "dataset: {name: penguins}\nalgorithm: {name: logistic_regression}\n"
+                                    "register: {model: pen-lr, export: [onnx]}"),
+        "specs/off.yaml": exp("pen-off", "dataset: {name: penguins}\nfeaturization: off\n"
+                                         "algorithm: {name: random_forest}")})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr  # pen-off fails, the rest is applied
+    msg = status_row(repo, "pen-off")["message"]
+    assert "featurization is off and column 'island' is not numeric" in msg and "factorize" in msg, msg
+    assert "Traceback" not in res.stdout + res.stderr
+    engine = load_engine(registry(repo).path("pen-lr", 1))
+    assert engine.cfg.framework == "onnx" and engine.cfg.typed
+    rows = [{"island": "Biscoe", "bill length": None, "site": "site_3", "male": True},
+            {"male": None, "site": None, "bill length": 38.0, "island": "Dream-Island"},
+            {"island": "Atlantis", "bill length": 45.0, "site": "site_x", "male": False}]
+    out = [engine.format(y, None) for y in engine.predict([engine.decode(r, i)[0] for i, r in enumerate(rows)])]
+    assert out[0][0]["label"] == "Adelie-penguin" and out[1][0]["label"] == "Gentoo"
+    pred = tmp_path / "pred"
+    kiln("infer", "pen-lr", "penguins", "--out", str(pred), cwd=repo, check=True, timeout=120)
+    labels = [json.loads(line)["prediction"][0]["label"] for line in (pred / "predictions.jsonl").read_text().splitlines()]
+    assert len(labels) == 160 and sum(a == b for a, b in zip(labels, df["species"])) >= 150

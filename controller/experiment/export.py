@@ -85,7 +85,10 @@ def _serving(algo: Any, meta: dict[str, Any], framework: str, file: str) -> dict
     if algo.data_type == "tabular":
         cfg["input"] = "tabular"
         cfg["features"] = list(meta.get("columns", []))
-        if meta.get("categorical"):
+        if meta.get("schema"):  # featurised in the model: raw rows, the schema published
+            cfg["schema"] = meta["schema"]
+            cfg["feature_types"] = {c: t["type"] for c, t in meta["schema"]["columns"].items()}
+        elif meta.get("categorical"):
             cfg["feature_types"] = {c: "string" for c in meta["categorical"]}
     else:
         s = int(meta.get("input_size", 224))

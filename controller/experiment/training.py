@@ -80,6 +80,8 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
     rep = Reporter(trial, spec.objective, total=getattr(hp_model, "epochs", None), optuna_trial=optuna_trial,
                    keep_checkpoints=spec.checkpoint.keep)
     kwargs: dict[str, Any] = {}
+    if algo.data_type == "tabular":
+        kwargs["featurization"] = (algo_spec.featurization or spec.featurization) != "off"
     if algo_spec.pretrained:
         p = Path(algo_spec.pretrained)
         kwargs["pretrained"] = p if p.is_absolute() else ctx.config.repo / p

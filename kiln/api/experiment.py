@@ -100,6 +100,14 @@ class HPO(Model):
         return self
 
 
+Featurization = Literal["auto", "off"]
+
+
+def _featurization_word(v: Any) -> Any:
+    """YAML 1.1 reads a bare ``off`` as false (and ``on`` as true): both mean the word."""
+    return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
+
 class Algorithm(Model):
     """A built-in algorithm by registry name, with fixed values and (hpo/automl) a search space."""
 
@@ -110,6 +118,12 @@ class Algorithm(Model):
     searchSpace: dict[str, SearchParam] = Field(default_factory=dict)
     pretrained: str | None = Field(None, description="local path or cache key of weights; never downloaded")
     split: dict[str, float] | None = Field(None, description="per-algorithm split override (automl)")
+    featurization: Featurization | None = Field(None, description="tabular: 'auto' or 'off'; default: the experiment's")
+
+    @field_validator("featurization", mode="before")
+    @classmethod
+    def _featurization(cls, v: Any) -> Any:
+        return _featurization_word(v)
 
 
 
@@ -200,6 +214,9 @@ class ExperimentSpec(Model):
     automl: AutoML | None = None
     resources: ResourceRequest = Field(default_factory=ResourceRequest)
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    featurization: Featurization = Field(
+        "auto", description="tabular: impute, encode and scale inside the model, fitted on the train split ('auto'), "
+                            "or give the model the columns as the dataset version has them ('off')")
     selectTrial: Literal["auto"] | int = Field("auto", description="'auto' (best by objective) or a trial number")
     # `register` would shadow a class attribute of pydantic's model metaclass; keep it as alias.
     registration: Registration | None = Field(None, alias="register")
@@ -209,6 +226,11 @@ class ExperimentSpec(Model):
     owner: str | None = None
     access: Literal["public", "private"] = "public"
     users: list[str] = Field(default_factory=list, description="private: who besides the owner may see it")
+
+    @field_validator("featurization", mode="before")
+    @classmethod
+    def _featurization(cls, v: Any) -> Any:
+        return _featurization_word(v)
 
     @field_validator("selectTrial")
     @classmethod

@@ -97,7 +97,10 @@ def test_categorical_columns_are_one_hot_encoded(tmp_path: Path) -> None:
     model = algo.train(data, {})
     assert algo.evaluate(model, data, "test")["test_accuracy"] >= 0.9
     assert algo.predict(model, [{"colour": "red", "size": -2.0}, {"colour": "purple", "size": -2.0}]) == [1, 0]
-    assert algo.export_onnx(model, tmp_path / "m.onnx", data.table("test")[0]) is None
+    from kiln.algorithms.onnx import export_and_check  # string columns: per-column typed ONNX inputs
+
+    report = export_and_check(algo, model, tmp_path / "m.onnx", data.table("test")[0])
+    assert report is not None and report.passed
 
 
 def test_classifier_rejects_unlabelled_and_image_data(wine: TrainData, digits_root: Path) -> None:
@@ -130,7 +133,7 @@ def test_onnx_parity(name: str, breast_cancer: TrainData, tmp_path: Path) -> Non
     model = algo.train(breast_cancer, {})
     x, _ = breast_cancer.table("test")
     report = export_and_check(algo, model, tmp_path / "m.onnx", x, tolerance=1e-4)
-    assert report is not None and report.passed and report.samples == len(x)
+    assert report is not None and report.passed and report.samples == len(x) + 2  # + all-missing, unseen rows
     assert report.outputs == ["label", "probabilities"]
 
 
