@@ -112,6 +112,12 @@ class SklearnAlgorithm(Algorithm):
         pre, schema = self._preprocessor(x, featurization)
         columns = [str(c) for c in x.columns]
         categorical = [c for c in columns if schema and schema["columns"][c]["type"] == "string"]
+        t = data.content.table
+        if schema is not None and t is not None:
+            # a row copied from the CSV also holds the label and identifier columns: the model
+            # accepts and ignores those (any other unknown column is still an error naming it)
+            schema["ignored"] = [c for c, typ in t.columns.items()
+                                 if c not in columns and (c == t.label or typ == "identifier")]
         meta: dict[str, Any] = {"columns": columns, "categorical": categorical, "schema": schema,
                                 "featurization": "auto" if featurization else "off"}
         yy = None

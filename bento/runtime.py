@@ -333,7 +333,8 @@ class Engine:
         return self._typed_row(inst, i)
 
     def _no_extra_field(self, inst: dict, i: int) -> None:
-        known = set(self.cfg.features or ())
+        # the dataset's label and identifier columns (a row as in the CSV) are accepted and ignored
+        known = {*(self.cfg.features or ()), *(self.cfg.schema or {}).get("ignored", ())}
         extra = next((k for k in inst if k not in known), None)
         if extra is not None:
             raise InstanceError(i, str(extra)[:60], "not a column of the model; it takes "

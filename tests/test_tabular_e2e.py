@@ -39,7 +39,7 @@ def _csv(path: Path, n: int, regression: bool) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("task,metric", [("classification", "validation_accuracy"), ("regression", "validation_r2")])
 def test_a_raw_table_reaches_a_served_onnx_model_through_default_automl(tmp_path: Path, task: str, metric: str) -> None:
-    from kiln.bento.runtime import load_engine
+    from kiln.bento.runtime import InstanceError, load_engine
 
     repo = git_repo(tmp_path / "repo")
     (repo / "raw").mkdir()
@@ -67,13 +67,12 @@ spec: {{type: tabular, task: {task}, format: csv, source: {{path: raw/penguins.c
     raw = [{"island": "Dream Island", "bill length": None, "sex": "female", "penguin id": "P-1"},
            {"sex": None, "bill length": "51.5", "island": "Biscoe", "penguin id": "P-2"},
            {"island": "Atlantis", "bill length": 40.0, "sex": "male", "penguin id": "P-3"}]  # unseen category
-    xs = []
-    for i, r in enumerate(raw):
-        try:
-            xs.append(engine.decode(r, i)[0])
-        except Exception:  # the identifier column is not an input of the model: sent without it
-            xs.append(engine.decode({k: v for k, v in r.items() if k != "penguin id"}, i)[0])
-    out = [engine.format(y, None) for y in engine.predict(xs)]
+    # rows as in the CSV: the identifier (and the label) are accepted and ignored, any other
+    # unknown column is an error naming it
+    raw[0]["target"] = None
+    out = [engine.format(y, None) for y in engine.predict([engine.decode(r, i)[0] for i, r in enumerate(raw)])]
+    with pytest.raises(InstanceError, match=r"instances\[0\]\.colour: not a column of the model"):
+        engine.decode({**raw[0], "colour": "red"}, 0)
     assert len(out) == 3
     if task == "classification":
         assert out[1][0]["label"] == "yes" and out[0][0]["label"] == "no", out
