@@ -187,4 +187,4 @@ def test_retry_visible_and_kill_9_mid_workflow_resumes(plugin_repo: tuple[Path, 
     logs = kiln("logs", "Dataset/iris", cwd=repo, env=env, check=True).stdout
     assert '{"ok": 3}' in logs and '{"ok": 1}' in logs
     missing = kiln("logs", "Dataset/nope", cwd=repo, env=env)
-    assert missing.returncode == 1 and "no workflow run yet" in missing.stderr
+    assert missing.returncode == 1 and "Dataset/default/nope has not been applied" in missing.stderr

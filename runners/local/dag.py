@@ -6,11 +6,13 @@ to threads and not yet recorded. Whichever thread records a task schedules the t
 ready; plain pods among them wait in the runner's gate as callables (``admission.PodGate``), and
 the rest start at once.
 
-``failFast`` as Argo defines it (default true): once the DAG has failed - a target task's branch
-ended Failed or Error with no ``continueOn`` for it, the test Argo's ``assessDAGPhase`` makes -
-no new task starts (nor one still queued for a place); the running ones finish, then the DAG
-fails. A failure that a dependent handles (``depends: "A.Failed"``, ``continueOn``) fails no
-target and stops nothing. With ``failFast: false`` independent branches run to completion.
+``failFast`` as Argo's controller applies it (default true), for a DAG template with
+``parallelism`` (Argo checks it with the parallelism limit): once the DAG has failed - a target
+task's branch ended Failed or Error with no ``continueOn`` for it, the test Argo's
+``assessDAGPhase`` makes - no new task starts (nor one still queued for a place); the running ones
+finish, then the DAG fails. A failure that a dependent handles (``depends: "A.Failed"``,
+``continueOn``) fails no target and stops nothing. With ``failFast: false``, or without
+``parallelism``, every task whose dependencies are met starts (Argo schedules before it assesses).
 """
 
 from __future__ import annotations
@@ -52,10 +54,14 @@ class DagRun:
             for p in self.parents[t]:
                 self.children_of[p].append(t)
         self.targets = (dag.get("target") or "").split() or [t for t in self.order if not self.children_of[t]]
-        self.fail_fast = str(dag.get("failFast", True)).lower() != "false"
-        self.halted = ""  # why no new task starts (failFast), once the DAG has failed
         self.needed = self._ancestry(self.targets)
         self.limit = int(tmpl["parallelism"]) if tmpl.get("parallelism") else None
+        # Argo checks failFast where it checks the template's parallelism (checkParallelism:
+        # "template has failed or errored children and failFast enabled"); without parallelism
+        # every task whose dependencies are met starts, as Argo's reconcile schedules before it
+        # assesses (dag-continue-on-fail's D runs after E failed)
+        self.fail_fast = self.limit is not None and str(dag.get("failFast", True)).lower() != "false"
+        self.halted = ""  # why no new task starts (failFast), once the DAG has failed
         self.scope = dict(local)
         self.cv = threading.Condition()
         self.tnodes: dict[str, dict] = {}

@@ -1,6 +1,7 @@
-"""DAG ``failFast`` on the local runner, as Argo defines it: with true (the default) no new task
-starts once a target's branch has failed, the running ones finish; with false independent
-branches run to completion. Real runs of small workflows."""
+"""DAG ``failFast`` on the local runner, as Argo's controller applies it: in a DAG template with
+``parallelism``, with true (the default) no new task starts once a target's branch has failed, the
+running ones finish; with false, or without ``parallelism``, independent branches run to
+completion. Real runs of small workflows."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ def _sh(name: str, script: str) -> dict:
     return {"name": name, "container": {"image": "busybox", "command": ["sh", "-c"], "args": [script]}}
 
 
-def _run(tmp_path: Path, tasks: list[dict], templates: list[dict], **dag) -> tuple[str, dict[str, str]]:
+def _run(tmp_path: Path, tasks: list[dict], templates: list[dict], parallelism: int | None = 2,
+         **dag) -> tuple[str, dict[str, str]]:
+    main = {"name": "main", "dag": {"tasks": tasks, **dag}, **({"parallelism": parallelism} if parallelism else {})}
     manifest = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "ff"},
-                "spec": {"entrypoint": "main",
-                         "templates": [{"name": "main", "dag": {"tasks": tasks, **dag}}, *templates]}}
+                "spec": {"entrypoint": "main", "templates": [main, *templates]}}
     # own slots: pods of other test runs on this machine must not hold this run's places
     out = LocalRunner(tmp_path / "runs", max_concurrency=4, slots_dir=tmp_path / "slots").submit(manifest)
     phases = {n["displayName"]: n["phase"] for n in out["status"]["nodes"].values() if n["displayName"] != "ff"}
@@ -63,3 +65,13 @@ def test_a_handled_failure_stops_nothing(tmp_path: Path) -> None:
     phase, nodes = _run(tmp_path, tasks, templates)
     assert phase == "Succeeded"
     assert (nodes["bad"], nodes["cleanup"], nodes["after"]) == ("Failed", "Succeeded", "Succeeded")
+
+
+def test_without_parallelism_fail_fast_starts_what_is_ready(tmp_path: Path) -> None:
+    """Argo schedules the tasks whose dependencies are met before it assesses the DAG, and checks
+    failFast only with a parallelism limit: ``after`` starts although ``bad`` failed (as D does in
+    Argo's dag-continue-on-fail example)."""
+    tasks, templates = _independent_branch(tmp_path)
+    phase, nodes = _run(tmp_path, tasks, templates, parallelism=None)
+    assert phase == "Failed"
+    assert (nodes["bad"], nodes["slow"], nodes["after"]) == ("Failed", "Succeeded", "Succeeded")
