@@ -150,7 +150,7 @@ def test_resnet18_from_scratch_reaches_95_percent_on_digits(digits_root: Path, t
     data = digits_data(digits_root)
     algo = get_algorithm("resnet18")
     t0 = time.perf_counter()
-    model = algo.train(data, {"epochs": 6, "input_size": 32, "batch_size": 64, "learning_rate": 0.1,
+    model = algo.train(data, {"epochs": 8, "input_size": 32, "batch_size": 64, "learning_rate": 0.1,
                               "weight_decay": 5e-4, "num_workers": 0}, workdir=tmp_path)
     ev = algo.evaluate(model, data, "test")
     elapsed = time.perf_counter() - t0
