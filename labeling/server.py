@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kiln._util.fs import write_text_atomic
+from kiln._util.fs import private_dir, write_text_atomic
 from kiln._util.proc import pid_alive
 from kiln._util.redact import is_secret_key
 from kiln.errors import ConfigError, KilnError
@@ -296,8 +296,7 @@ def start(state_dir: Path, *, data_dir: Path | None = None, document_root: Path 
     (with its ``labelstudio.token``/``.password`` beside the DB) when ``data_dir`` does not exist
     yet: a start in ~5 s instead of ~1 min of migrations.
     """
-    state_dir = Path(state_dir).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = private_dir(Path(state_dir).resolve())
     current = read_state(state_dir)
     data_dir = Path(data_dir or (current.data_dir if current else None) or state_dir / "labelstudio" / "data").resolve()
     document_root = Path(document_root).resolve() if document_root else None

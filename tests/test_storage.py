@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import kiln, write
+from tests.test_experiment_handler import git_repo
 
 pytest.importorskip("dvc")
 pytest.importorskip("bentoml")
@@ -178,3 +179,20 @@ def test_gc_shrinks_a_repo_with_stale_runs_and_keeps_what_is_referenced(repo: Pa
     assert "workflow: run workflow kiln-exp-wine-rf" in again.stdout, again.stdout
     assert "freed" in again.stdout and len(_runs(repo)) == 1 and current not in _runs(repo), \
         (_runs(repo), current, again.stdout)
+
+
+def test_a_kiln_folder_made_before_the_first_apply_is_never_staged(tmp_path: Path) -> None:
+    """The quickstart starts Label Studio (which makes .kiln/) before its first apply, so the
+    repository's .gitignore was never written and `git add -A` staged 4,248 files of .kiln/.
+    kiln's folder ignores itself (a .gitignore of `*` inside it), whoever made it first."""
+    repo = git_repo(tmp_path / "repo")
+    (repo / ".kiln").mkdir()
+    (repo / ".kiln" / "labelstudio.json").write_text("{}\n")  # as `kiln labelstudio start` leaves it
+    write(repo, {"specs/ws.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Workspace\nmetadata: {name: team}\n"
+                                  "spec: {members: [{user: a@example.com, role: admin}]}\n"})
+    out = kiln("apply", cwd=repo, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (repo / ".kiln" / "state.db").is_file()
+    _git(repo, "add", "-A")
+    staged = _git(repo, "diff", "--cached", "--name-only").split()
+    assert "specs/ws.yaml" in staged and not [f for f in staged if f.startswith(".kiln")], staged

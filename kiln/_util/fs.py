@@ -132,3 +132,19 @@ def share_identical(files: Iterator[Path] | list[Path], reference: Path, *, min_
             freed += st.st_size if st.st_nlink == 1 else 0
             break
     return freed
+
+
+PRIVATE_IGNORE = "# kiln's private files (state, runs, models, locks): never committed. Written by kiln.\n*\n"
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (kiln's ``.kiln/``) with a ``.gitignore`` of ``*`` inside it, as .venv,
+    .pytest_cache and .mypy_cache do: `git add -A` then never stages it, whichever command made
+    it first (`kiln labelstudio start` before any apply did, and the repository's own .gitignore
+    is only written by `kiln init` and a first apply), and no tracked file changes."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    ignore = path / ".gitignore"
+    if not ignore.exists():
+        write_text_atomic(ignore, PRIVATE_IGNORE, mkdir=False)
+    return path

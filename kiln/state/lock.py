@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from kiln._util.fs import private_dir
 from kiln.errors import LockHeld, StateError
 from kiln.state.records import utcnow
 
@@ -104,6 +105,8 @@ class _FileLock:
 
     def __init__(self, path: Path, subject: str, command: str, wait: float = 0.0) -> None:
         self.path = Path(path)
+        # the repository's .kiln/ (locks live in it or in its locks/ folder)
+        self.private_root = next((p for p in self.path.parents if p.name == ".kiln"), None)
         self.subject = subject
         self.command = command if command.startswith("kiln") else f"kiln {command}"
         self.wait = max(0.0, float(wait))
@@ -168,6 +171,8 @@ class _FileLock:
                     return None
                 return _read_info(h.fd) or {}
             try:
+                if self.private_root is not None:
+                    private_dir(self.private_root)
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as e:

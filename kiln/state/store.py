@@ -57,6 +57,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from kiln._util.fs import private_dir
 from kiln._util.redact import redact, redact_text
 from kiln.errors import ConfigError, StateError
 from kiln.state.records import Attempt, ObjectRecord, StepProgress, record_from_row, utcnow
@@ -178,7 +179,7 @@ def open_store(url: str | None, repo: Path, *, max_attempts: int = 20,
     if existing and path is not None and path.is_file() and path.stat().st_size == 0:
         raise StateError(f"state database {path} is empty (0 bytes)", hint=_NO_SCHEMA_HINT)
     if url is None:
-        (repo / ".kiln").mkdir(parents=True, exist_ok=True)
+        private_dir(repo / ".kiln")
         return StateStore(default_url(repo), max_attempts=max_attempts, busy_timeout=busy_timeout,
                           create=not existing)
     try:
