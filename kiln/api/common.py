@@ -17,6 +17,11 @@ API_VERSION = "kiln.dev/v1alpha1"
 NAME_RE = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_RE, description="lower-case letters, digits and '-', at most 63")]
 
+# Every kind's ``spec.description`` (Workspace and Dataset had it first, in spec; the others follow
+# them there rather than in metadata, so one path holds it for every kind).
+Description = Annotated[str | None, Field(description="free text on what the object is for; shown by "
+                                                      "`kiln describe` and `kiln get -o json`")]
+
 # Kubernetes quantities: "500m", "2", "4Gi", "512Mi".
 _CPU_RE = re.compile(r"^\d+(\.\d+)?m?$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")

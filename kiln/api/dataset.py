@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from kiln.api.common import DatasetRef, DataType, Metadata, Model, Name, Task
+from kiln.api.common import DatasetRef, DataType, Description, Metadata, Model, Name, Task
 
 Format = Literal["auto", "image-folder", "coco", "segmentation-json", "studio", "masks", "csv"]
 
@@ -129,7 +129,7 @@ class DatasetSpec(Model):
     preprocessing: list[PreprocessOp] = Field(default_factory=list)
     sharing: Sharing = Field(default_factory=Sharing)
     owner: str | None = None
-    description: str | None = None
+    description: Description = None
     versioning: Versioning = Field(default_factory=Versioning)
 
     @field_validator("background")

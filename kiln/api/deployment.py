@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from kiln.api.common import Metadata, Model, ModelRef, Name, ResourceRequest, SecretRef
+from kiln.api.common import Description, Metadata, Model, ModelRef, Name, ResourceRequest, SecretRef
 
 
 class Autoscaling(Model):
@@ -72,6 +72,7 @@ class DeploymentSpec(Model):
     port: int | None = Field(None, ge=1024, le=65535, description="local runtime: fixed port (default: free one)")
     enabled: bool = Field(True, description="false keeps the spec but stops serving (Flightbase's switch)")
     owner: str | None = None
+    description: Description = None
 
 
 class Deployment(Model):

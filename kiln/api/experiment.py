@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kiln.api.common import DatasetRef, Metadata, Model, Name, ResourceRequest, Task
+from kiln.api.common import DatasetRef, Description, Metadata, Model, Name, ResourceRequest, Task
 
 HyperValue = bool | int | float | str
 
@@ -224,6 +224,7 @@ class ExperimentSpec(Model):
     retries: int = Field(0, ge=0, le=10)
     timeoutSeconds: int | None = Field(None, ge=1)
     owner: str | None = None
+    description: Description = None
     access: Literal["public", "private"] = "public"
     users: list[str] = Field(default_factory=list, description="private: who besides the owner may see it")
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kiln.api.common import DatasetRef, Metadata, Model, ModelRef, Name
+from kiln.api.common import DatasetRef, Description, Metadata, Model, ModelRef, Name
 
 LabelTask = Literal["classification", "detection", "instance-segmentation", "semantic-segmentation",
                     "tabular-classification", "tabular-regression"]
@@ -81,6 +81,7 @@ class LabelingJobSpec(Model):
     completion: Completion = Field(default_factory=Completion)
     output: Output = Field(default_factory=Output)
     owner: str | None = None
+    description: Description = None
 
     @field_validator("labels", mode="before", json_schema_input_type=list[Label | str])
     @classmethod

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from kiln.api.common import Metadata, Model, Name, ResourceRequest, cpu_cores, memory_bytes
+from kiln.api.common import Description, Metadata, Model, Name, ResourceRequest, cpu_cores, memory_bytes
 
 Role = Literal["admin", "developer", "annotator"]
 
@@ -74,7 +74,7 @@ class Period(Model):
 
 
 class WorkspaceSpec(Model):
-    description: str | None = None
+    description: Description = None
     members: list[Member] = Field(default_factory=list)
     quotas: Quotas = Field(default_factory=Quotas)
     presets: list[Preset] = Field(default_factory=list)
