@@ -30,12 +30,15 @@ def summarize(wf: Workflow) -> dict[str, Any]:
     nodes = st.get("nodes") or {}
     # A task with a retryStrategy is a Retry node whose attempts are Pods named "task(0)", "task(1)"…
     retried = {n.get("displayName") for n in nodes.values() if n.get("type") == "Retry"}
-    tasks = {n.get("displayName") or n.get("name"): n.get("phase") for n in nodes.values()
-             if n.get("type") in ("Retry", "Skipped")
-             or (n.get("type") == "Pod" and re.sub(r"\(\d+\)$", "", n.get("displayName") or "") not in retried)}
+    shown = [n for n in nodes.values() if n.get("type") in ("Retry", "Skipped")
+             or (n.get("type") == "Pod" and re.sub(r"\(\d+\)$", "", n.get("displayName") or "") not in retried)]
+    tasks = {n.get("displayName") or n.get("name"): n.get("phase") for n in shown}
     retries = sum(1 for n in nodes.values() if n.get("type") == "Pod" and n.get("phase") in ("Failed", "Error"))
+    # when each task ran, for `kiln describe` and `kiln get -o json` (#25); a separate map so that
+    # readers of ``tasks`` (task -> phase) stay as they are
+    times = {n.get("displayName") or n.get("name"): [n.get("startedAt"), n.get("finishedAt")] for n in shown}
     return {"name": wf["metadata"]["name"], "phase": st.get("phase", "Pending"),
-            "message": st.get("message", ""), "tasks": tasks, "failedAttempts": retries,
+            "message": st.get("message", ""), "tasks": tasks, "taskTimes": times, "failedAttempts": retries,
             "startedAt": st.get("startedAt"), "finishedAt": st.get("finishedAt")}
 
 

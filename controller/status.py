@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from kiln._util.suggest import did_you_mean
 from kiln.api import KINDS
 from kiln.config import KilnConfig
 from kiln.controller.project import canonical_kind, find_key, load_valid, open_state, parse_ref
@@ -45,6 +46,9 @@ def row(rec: Any) -> dict[str, Any]:
         "info": rec.extra.get("info", ""),  # kind-specific one-liner (a dataset's current version)
         "generation": rec.generation, "lastChange": rec.last_change, "source": rec.source,
         "progress": _progress(rec.extra.get("workflow")),
+        # who answers for it (spec.owner; a Workspace has members instead) and since when kiln has it
+        "owner": spec_field(rec, "owner") or "", "created": rec.created_at,
+        "labels": dict(((rec.spec or {}).get("metadata") or {}).get("labels") or {}),
     }
 
 
@@ -91,11 +95,14 @@ def _with_pending(config: KilnConfig, rows: list[dict[str, Any]]) -> list[dict[s
     return out
 
 
-def status_table(rows: list[dict[str, Any]]) -> str:
+def status_table(rows: list[dict[str, Any]], *, owners: bool = False) -> str:
+    """The table of ``kiln status``; ``owners`` adds the OWNER and CREATED columns (``kiln get``)."""
     if not rows:
         return "No objects recorded yet. Run `kiln apply` first."
-    header = ["KIND", "WORKSPACE", "NAME", "SYNC", "HEALTH", "READY", "WORKFLOW", "LAST CHANGE", "MESSAGE"]
-    table = [[r["kind"], "-" if r["kind"] == "Workspace" else r["workspace"], r["name"], r["sync"], r["health"], r["ready"],
+    header = ["KIND", "WORKSPACE", "NAME", *(["OWNER", "CREATED"] if owners else []),
+              "SYNC", "HEALTH", "READY", "WORKFLOW", "LAST CHANGE", "MESSAGE"]
+    table = [[r["kind"], "-" if r["kind"] == "Workspace" else r["workspace"], r["name"],
+              *([r["owner"] or "-", _ago(r["created"])] if owners else []), r["sync"], r["health"], r["ready"],
               r["progress"], _ago(r["lastChange"]), (r["message"] or r.get("pending") or r.get("info") or "")[:70]]
              for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
@@ -133,18 +140,167 @@ def controller_rows(records: dict[str, Any]) -> list[str]:
     return out
 
 
-def get_records(config: KilnConfig, kind: str, name: str | None, workspace: str | None = None) -> list[Any]:
-    """Records of KIND (in ``workspace``), or the one that ``name`` names (``kiln.api.refs``)."""
+def _parse_ts(ts: str | None) -> dt.datetime | None:
+    if not ts:
+        return None
+    try:
+        return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def span(started: str | None, finished: str | None) -> dict[str, Any]:
+    """``{"startedAt", "finishedAt", "seconds"}``: seconds is None until it has finished (or when
+    a time is unreadable), never a guess."""
+    t0, t1 = _parse_ts(started), _parse_ts(finished)
+    secs = round((t1 - t0).total_seconds(), 3) if t0 is not None and t1 is not None else None
+    return {"startedAt": started or None, "finishedAt": finished or None, "seconds": secs}
+
+
+def timings(rec: Any, attempts: list[Any], steps: list[Any]) -> dict[str, Any]:
+    """When each part of an object's work started and ended, from what is recorded anyway: the
+    apply attempts (state store), the handler steps of the current spec (state store), the
+    workflow run and its tasks (the runner's node times, mirrored into the record) and an
+    experiment's trials (``trial.json``, summarised into the record)."""
+    out: dict[str, Any] = {
+        "applies": [{"result": a.result, "generation": a.generation, **span(a.started_at, a.finished_at)}
+                    for a in attempts],
+        "steps": [{"step": s.step, "state": s.state, **span(s.started_at, s.stopped_at)} for s in steps],
+    }
+    wf = rec.extra.get("workflow")
+    if isinstance(wf, dict):
+        times = wf.get("taskTimes") or {}
+        out["run"] = {"workflow": wf.get("name"), "phase": wf.get("phase"),
+                      **span(wf.get("startedAt"), wf.get("finishedAt")),
+                      "tasks": [{"task": t, "phase": ph, **span(*(times.get(t) or [None, None]))}
+                                for t, ph in (wf.get("tasks") or {}).items()]}
+    trials = rec.extra.get("trials")
+    if isinstance(trials, list):
+        out["trials"] = [{"id": t.get("id"), "state": t.get("state"), **span(t.get("started"), t.get("finished"))}
+                         for t in trials if isinstance(t, dict)]
+    return out
+
+
+def _dur(secs: float | None) -> str:
+    if secs is None:
+        return "-"
+    if secs < 60:
+        return f"{secs:.1f}s"
+    m, s = divmod(int(round(secs)), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
+
+
+def _span_text(sp: dict[str, Any]) -> str:
+    end = sp["finishedAt"] or ("running" if sp["startedAt"] else "-")
+    return f"{sp['startedAt'] or '-'} -> {end}  ({_dur(sp['seconds'])})"
+
+
+def spec_field(rec: Any, name: str) -> Any:
+    """A field of the applied spec's ``spec:`` (None when the record has no spec yet)."""
+    return ((rec.spec or {}).get("spec") or {}).get(name)
+
+
+def _health_rank(r: dict[str, Any]) -> int:
+    return HEALTH_ORDER.index(r["health"]) if r["health"] in HEALTH_ORDER else len(HEALTH_ORDER)
+
+
+# `kiln get --sort-by FIELD`: field -> sort key of a ``row``. Times are ISO 8601 text, which
+# sorts as time; ``status`` puts the healthiest first, worst last (HEALTH_ORDER), then not ready.
+SORT_FIELDS: dict[str, Any] = {
+    "name": lambda r: (r["name"], r["workspace"]),
+    "workspace": lambda r: (r["workspace"], r["name"]),
+    "owner": lambda r: (r["owner"] == "", r["owner"], r["name"]),  # objects without an owner last
+    "created": lambda r: (r["created"], r["name"]),
+    "lastChange": lambda r: (r["lastChange"], r["name"]),
+    "status": lambda r: (_health_rank(r), r["ready"] != "True", r["name"]),
+    "health": lambda r: (_health_rank(r), r["name"]),
+    "sync": lambda r: (r["sync"], r["name"]),
+    "ready": lambda r: (r["ready"], r["name"]),
+    "generation": lambda r: (r["generation"], r["name"]),
+}
+_SORT_ALIASES = {"last-change": "lastChange", "lastchange": "lastChange", "updated": "lastChange"}
+
+
+def sort_key(field: str) -> Any:
+    """The sort key of ``--sort-by field``; an unknown field is an error that suggests one."""
+    key = SORT_FIELDS.get(field) or SORT_FIELDS.get(_SORT_ALIASES.get(field.lower(), field.lower()))
+    if key is None:
+        hint = did_you_mean(field, [*SORT_FIELDS, *_SORT_ALIASES])
+        raise KilnError(f"--sort-by {field!r} is not a field kiln get sorts by" + (f"; {hint}" if hint else ""),
+                        hint=f"one of: {', '.join(SORT_FIELDS)}")
+    return key
+
+
+def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
+    """``-l`` as kubectl writes it: ``key=value``, ``key!=value`` or ``key`` (has the label),
+    several joined by commas (all must hold) -> ``[(key, op, value)]``."""
+    out: list[tuple[str, str, str | None]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        for op in ("!=", "==", "="):
+            if op in part:
+                key, _, value = part.partition(op)
+                out.append((key.strip(), "!=" if op == "!=" else "=", value.strip()))
+                break
+        else:
+            out.append((part, "exists", None))
+        if not out[-1][0] or any(c in out[-1][0] for c in " =!"):
+            raise KilnError(f"-l {text!r}: {part!r} is not a label selector",
+                            hint="write key=value, key!=value or key (several: a=b,c=d)")
+    return out
+
+
+def _selected(labels: dict[str, str], selector: list[tuple[str, str, str | None]]) -> bool:
+    for key, op, value in selector:
+        if op == "exists" and key not in labels:
+            return False
+        if op == "=" and labels.get(key) != value:
+            return False
+        if op == "!=" and labels.get(key) == value:
+            return False
+    return True
+
+
+def get_records(config: KilnConfig, kind: str, name: str | None, workspace: str | None = None,
+                selectors: tuple[str, ...] = (), sort_by: str | None = None) -> list[Any]:
+    """Records of KIND (in ``workspace``), or the one that ``name`` names (``kiln.api.refs``);
+    only those whose ``metadata.labels`` match every ``-l`` selector, sorted by ``sort_by``
+    (``SORT_FIELDS``; default: by key)."""
     k = canonical_kind(kind)
+    order = sort_key(sort_by) if sort_by else None  # a bad field fails before the store is read
+    selector = [c for text in selectors for c in parse_selector(text)]
     store = _store(config)
     try:
         recs = store.all_objects(kind=k)
     finally:
         store.close()
     if name is None:
-        return [r for r in recs if workspace is None or r.workspace == workspace]
-    key = find_key(name, [r.key for r in recs], kind=k, workspace=workspace, absent="{} has not been applied")
-    return [r for r in recs if r.key == key]
+        recs = [r for r in recs if workspace is None or r.workspace == workspace]
+    else:
+        key = find_key(name, [r.key for r in recs], kind=k, workspace=workspace, absent="{} has not been applied")
+        recs = [r for r in recs if r.key == key]
+    if selector:
+        recs = [r for r in recs if _selected(row(r)["labels"], selector)]
+    if order is not None:
+        recs.sort(key=lambda r: order(row(r)))
+    return recs
+
+
+def record_json(config: KilnConfig, recs: list[Any]) -> list[dict[str, Any]]:
+    """``kiln get -o json``: each record as stored, with its owner, labels and the start, end
+    and duration of its applies, steps, workflow tasks and trials (``times``)."""
+    store = _store(config)
+    try:
+        out = []
+        for r in recs:
+            steps = store.steps(r.key, r.extra.get("runKey") or r.spec_hash or None)
+            row_ = row(r)
+            out.append({**r.to_dict(), "owner": row_["owner"] or None, "labels": row_["labels"],
+                        "times": timings(r, store.attempts(r.key), steps)})
+        return out
+    finally:
+        store.close()
 
 
 def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
@@ -157,8 +313,11 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
         steps = store.steps(key, rec.extra.get("runKey") or rec.spec_hash or None)
     finally:
         store.close()
-    out = [f"Name:         {rec.name}", f"Kind:         {rec.kind}", f"Workspace:    {rec.workspace}",
-           f"Source:       {rec.source}", f"Spec hash:    {rec.spec_hash or '-'}",
+    out = [f"Name:         {rec.name}", f"Kind:         {rec.kind}", f"Workspace:    {rec.workspace}"]
+    desc = spec_field(rec, "description")
+    if desc:  # free text may span lines: keep them aligned under the label
+        out.append("Description:  " + str(desc).strip().replace("\n", "\n              "))
+    out += [f"Source:       {rec.source}", f"Spec hash:    {rec.spec_hash or '-'}",
            f"Generation:   {rec.generation} (observed {rec.observed_generation})",
            f"Sync:         {rec.sync}", f"Health:       {rec.health}",
            f"Last change:  {rec.last_change or '-'}", "Conditions:"]
@@ -166,15 +325,27 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
         out.append(f"  {c.type:<12} {c.status:<7} {c.reason:<20} {c.message}  ({c.last_transition})")
     out.append("Inventory:")
     out += [f"  {i.get('kind')}: {i.get('id')}" for i in rec.inventory] or ["  (nothing)"]
+    times = timings(rec, attempts, steps)
     if steps:
         out.append("Steps (current spec):")
-        out += [f"  {s.step:<20} {s.state:<10} retries={s.retries}  {s.message}" for s in steps]
+        out += [f"  {s.step:<20} {s.state:<10} retries={s.retries}  {_span_text(t)}  {s.message}".rstrip()
+                for s, t in zip(steps, times["steps"])]
+    run = times.get("run")
+    if run:
+        out.append(f"Run:          {run['workflow']} {run['phase']}  {_span_text(run)}")
+        width = max((len(t["task"]) for t in run["tasks"]), default=0)
+        out += [f"  {t['task']:<{width}}  {t['phase'] or '?':<10} {_span_text(t)}" for t in run["tasks"]]
+    if times.get("trials"):
+        out.append("Trials:")
+        out += [f"  {t['id']:<10} {t['state'] or '?':<9} {_span_text(t)}" for t in times["trials"]]
     if rec.extra:
         out.append("Status:")
-        out += [f"  {k}: {json.dumps(v, default=str)}" for k, v in rec.extra.items()]
+        # the workflow's tasks and the trials are shown above, with their times
+        out += [f"  {k}: {json.dumps(v, default=str)}" for k, v in rec.extra.items()
+                if not (k == "workflow" and run) and not (k == "trials" and times.get("trials"))]
     out.append("History (newest first):")
-    for a in attempts:
-        line = f"  {a.started_at}  gen {a.generation}  {a.result:<11} {len(a.actions)} action(s)"
+    for a, t in zip(attempts, times["applies"]):
+        line = f"  {a.started_at}  gen {a.generation}  {a.result:<11} {len(a.actions)} action(s)  took {_dur(t['seconds'])}"
         out.append(line + (f"  {a.message}" if a.message else ""))
     if not attempts:
         out.append("  (none)")

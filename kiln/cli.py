@@ -179,19 +179,24 @@ def status(ctx: click.Context, output: str) -> int:
 @click.argument("kind")
 @click.argument("name", required=False, metavar="[[WORKSPACE/]NAME]")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
+@click.option("-l", "--selector", "selectors", multiple=True, metavar="KEY=VALUE",
+              help="Only objects whose metadata.labels match (key=value, key!=value, key; a=b,c=d: all).")
+@click.option("--sort-by", default=None, metavar="FIELD",
+              help="name, workspace, owner, created, lastChange, status, health, sync, ready or generation.")
 @workspace_option
 @click.pass_context
-def get(ctx: click.Context, kind: str, name: str | None, output: str, workspace: str | None) -> int:
+def get(ctx: click.Context, kind: str, name: str | None, output: str, selectors: tuple[str, ...],
+        sort_by: str | None, workspace: str | None) -> int:
     """Recorded state of objects of KIND (of one workspace with -w), or of one object."""
-    from kiln.controller.status import get_records, status_table
+    from kiln.controller.status import get_records, record_json, row, status_table
 
-    recs = get_records(_config(ctx), kind, name, workspace)
+    cfg = _config(ctx)
+    recs = get_records(cfg, kind, name, workspace, selectors, sort_by)
     if output == "table":
-        from kiln.controller.status import row
-
-        click.echo(status_table([row(r) for r in recs]))
+        click.echo(status_table([row(r) for r in recs], owners=True)
+                   if recs or not selectors else "No objects match the selector.")
     else:
-        data = [r.to_dict() for r in recs]
+        data = record_json(cfg, recs)
         if name is not None:
             data = data[0]  # type: ignore[assignment]
         if output == "json":

@@ -113,6 +113,7 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
                 "params": r.get("params", {}), "state": r.get("state"), "objective": r.get("objective"),
                 "metrics": {k: v for k, v in (r.get("metrics") or {}).items()
                             if k in (metric, *spec.objective.additionalMetrics) or k.startswith(("validation_", "test_"))},
+                "started": r.get("started"), "finished": r.get("finished"),  # shown by describe (#25)
                 **({"error": r["error"][:200]} if r.get("error") else {})} for r in recs]
     best_value = (best or {}).get("value", (best or {}).get("objective"))
     bad = failed(spec, recs)
