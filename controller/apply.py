@@ -92,6 +92,16 @@ class ApplyResult:
         return text
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where the applied specs came from, recorded with each attempt (``kiln events``): the git
+    commit (``<sha>-dirty`` when the specs differed from it) and that commit's author. Empty
+    outside git. Never a secret: a sha and a name as git shows them."""
+
+    commit: str = ""
+    author: str = ""
+
+
 @dataclass
 class Locking:
     """The object locks an apply takes (module doc). ``wait``: seconds to wait for another process
@@ -116,9 +126,10 @@ class Locking:
 
 
 def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Listener,
-               locking: Locking | None = None) -> ApplyResult:
+               locking: Locking | None = None, origin: Origin = Origin()) -> ApplyResult:
     """Apply every change of ``plan`` in order, reporting to ``emit`` (``events.printing(print)``
-    prints what ``kiln apply`` shows); with ``locking``, each under its object lock."""
+    prints what ``kiln apply`` shows); with ``locking``, each under its object lock. ``origin``
+    goes into every attempt recorded."""
     result = ApplyResult()
     # Workspaces as the specs define them (validated together with everything else), so presets
     # and quotas resolve the same way on every runner.
@@ -135,14 +146,14 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Liste
                 change = again
                 emit(ev.Noted(change.key, change.ref, change.note))
         if locking is None or (change.action == "unchanged" and not change.poll):
-            result.results.append(_apply_change(change, config, store, emit, workspaces))
+            result.results.append(_apply_change(change, config, store, emit, workspaces, origin))
         else:
-            result.results.append(_apply_locked(change, config, store, emit, workspaces, locking))
+            result.results.append(_apply_locked(change, config, store, emit, workspaces, locking, origin))
     return result
 
 
 def _apply_locked(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener,
-                  workspaces: dict[str, Any], locking: Locking) -> ObjectResult:
+                  workspaces: dict[str, Any], locking: Locking, origin: Origin) -> ObjectResult:
     """``_apply_change`` holding the object's lock, on the object's record as it is now."""
     busy = locking.busy_dependency(change)
     if busy is not None:
@@ -171,7 +182,7 @@ def _apply_locked(change: Change, config: KilnConfig, store: StateStore, emit: e
                 change = replace(change, action="unchanged", record=None, note="deleted by another kiln process")
             else:
                 change = replace(change, record=now)
-        return _apply_change(change, config, store, emit, workspaces)
+        return _apply_change(change, config, store, emit, workspaces, origin)
     finally:
         lock.release()
 
@@ -183,11 +194,11 @@ def _busy(change: Change, emit: ev.Listener, message: str) -> ObjectResult:
 
 
 def _apply_change(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener,
-                  workspaces: dict[str, Any]) -> ObjectResult:
+                  workspaces: dict[str, Any], origin: Origin) -> ObjectResult:
     if change.action == "unchanged" and change.poll and change.kind in HANDLERS and change.spec is not None:
         # nothing changed, but the handler observes something in progress (labelling)
         emit(ev.Noted(change.key, change.ref, change.note))
-        res = _reconcile(change, config, store, emit, workspaces)
+        res = _reconcile(change, config, store, emit, workspaces, origin)
         if res.outcome == "updated" and not res.actions:
             res.outcome = "unchanged"
         return res
@@ -202,8 +213,8 @@ def _apply_change(change: Change, config: KilnConfig, store: StateStore, emit: e
         emit(ev.NotApplied(change.key, change.ref, res.message))
         return res
     if change.action == "delete":
-        return _delete(change, config, store, emit)
-    return _reconcile(change, config, store, emit, workspaces)
+        return _delete(change, config, store, emit, origin)
+    return _reconcile(change, config, store, emit, workspaces, origin)
 
 
 def _new_record(change: Change) -> ObjectRecord:
@@ -231,7 +242,7 @@ def _not_applicable(change: Change, store: StateStore) -> ObjectResult:
 
 
 def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener,
-               workspaces: dict[str, Any]) -> ObjectResult:
+               workspaces: dict[str, Any], origin: Origin) -> ObjectResult:
     """Run the handler's steps for ``change`` and record the outcome (module doc)."""
     spec = change.spec
     assert spec is not None
@@ -266,7 +277,8 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.L
             store.put(record)
             store.record_attempt(Attempt(key=change.key, generation=record.generation, spec_hash=spec.spec_hash,
                                          started_at=started, finished_at=finished, result=result_word,
-                                         message=message, actions=res.actions))
+                                         message=message, actions=res.actions,
+                                         **_attempt_origin(change, origin)))
     if isinstance(error, KeyboardInterrupt):
         raise error
     return res
@@ -338,7 +350,15 @@ def _failed(change: Change, record: ObjectRecord, error: BaseException, res: Obj
     return record, "interrupted" if interrupted else "failed", message
 
 
-def _delete(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener) -> ObjectResult:
+def _attempt_origin(change: Change, origin: Origin) -> dict[str, Any]:
+    """The fields of an Attempt that say what it was for and where it came from."""
+    return {"action": "poll" if change.poll and change.action == "unchanged" else change.action,
+            # the fields that changed, else why it was planned (e.g. a followed dataset's new version)
+            "changes": [f.path for f in change.fields] or ([change.note] if change.note else []), "commit": origin.commit, "author": origin.author}
+
+
+def _delete(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener,
+            origin: Origin) -> ObjectResult:
     record = change.record
     assert record is not None
     handler = HANDLERS[change.kind]()
@@ -354,13 +374,16 @@ def _delete(change: Change, config: KilnConfig, store: StateStore, emit: ev.List
             store.put(rec)
             store.record_attempt(Attempt(key=change.key, generation=record.generation, spec_hash=record.spec_hash,
                                          started_at=started, finished_at=utcnow(), result="failed",
-                                         message=f"delete failed: {exc}"))
+                                         message=f"delete failed: {exc}", **_attempt_origin(change, origin)))
         emit(ev.ObjectFailed(change.key, change.ref, f"delete failed: {exc}"))
         return ObjectResult(change.ref, "failed", message=str(exc))
     for a in actions:
         emit(ev.DeleteAction(change.key, change.ref, a))
-    with store.transaction():
+    with store.transaction():  # the history keeps the delete (attempts outlive their object)
         store.delete(change.key)
+        store.record_attempt(Attempt(key=change.key, generation=record.generation, spec_hash=record.spec_hash,
+                                     started_at=started, finished_at=utcnow(), result="succeeded",
+                                     actions=actions or ["delete"], **_attempt_origin(change, origin)))
     return ObjectResult(change.ref, "deleted", actions=actions or ["delete"])
 
 

@@ -1,5 +1,12 @@
-"""What apply reports, as typed events: the CLI renders them as text, ``kiln controller`` logs
-and counts them from their fields. No consumer parses the text, so its format is free to change.
+"""What apply reports, as typed events, and (``history``) what it recorded of them: ``kiln events``.
+
+Live: the CLI renders the typed events as text, ``kiln controller`` logs and counts them from
+their fields. No consumer parses the text, so its format is free to change.
+
+Recorded: every create, update, delete and observed poll of an object is an attempt in the state
+store (``kiln.state.records.Attempt``), with its result, the changed fields, and the git commit
+and author the specs were applied from. ``history`` reads them across objects, the deleted ones
+included, for the workspace activity log (Flightbase's) that ``kiln events`` prints.
 
 ``render(event)`` is the one place the lines ``kiln apply`` prints are written (tests compare
 them)::
@@ -18,8 +25,16 @@ them)::
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kiln.errors import KilnError, NotFound
+
+if TYPE_CHECKING:
+    from kiln.config import KilnConfig
 
 
 @dataclass(frozen=True)
@@ -142,3 +157,86 @@ def render(ev: ApplyEvent) -> str:
 def printing(echo: Callable[[str], None]) -> Listener:
     """A listener that prints every event's line with ``echo``."""
     return lambda ev: echo(render(ev))
+
+
+# -- the recorded history (`kiln events`) --------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: dt.datetime | None = None) -> str:
+    """``--since``: a duration back from now (``30m``, ``2h``, ``3d``, ``1w``) or an ISO date or
+    time (``2026-12-01``, ``2026-12-01T10:00``, UTC unless it names a zone) -> the store's UTC
+    timestamp text (``2026-12-01T10:00:00.000000Z``), which compares as time."""
+    raw = text.strip()
+    m = re.fullmatch(r"(\d+)\s*([smhdw])", raw)
+    if m:
+        when = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    else:
+        try:
+            when = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise KilnError(f"--since {text!r} is neither a duration nor a date",
+                            hint="write a duration back from now (30m, 2h, 3d, 1w) or an ISO date or time "
+                                 "(2026-12-01, 2026-12-01T10:00, UTC unless it names a zone)") from None
+        when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond:06d}Z"
+
+
+def _seconds(started: str, finished: str) -> float | None:
+    try:
+        t0, t1 = (dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (started, finished))
+    except ValueError:
+        return None
+    return round((t1 - t0).total_seconds(), 3)
+
+
+def history(config: KilnConfig, workspace: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
+    """What changed, newest first: one dict per recorded attempt (``kiln events -o json``).
+    ``workspace``: only its objects and the Workspace itself; ``since``: ``parse_since``'s text."""
+    from kiln._util.suggest import did_you_mean
+    from kiln.api.refs import short
+    from kiln.controller.project import open_state
+    from kiln.state.records import split_key
+
+    store = open_state(config, read_only=True)  # looking never creates a state database
+    try:
+        attempts = store.history(since=since)
+        if workspace is not None:
+            known = {r.name if r.kind == "Workspace" else r.workspace for r in store.all_objects()}
+            known |= {k if kind == "Workspace" else ws
+                      for kind, ws, k in (split_key(a.key) for a in store.history())}
+            if workspace not in known:
+                hint = did_you_mean(workspace, known)
+                raise NotFound(f"--workspace {workspace!r}: no workspace of that name was ever applied"
+                               + (f"; {hint}" if hint else ""), hint=f"known: {', '.join(sorted(known)) or 'none'}")
+    finally:
+        store.close()
+    out = []
+    for a in attempts:
+        kind, ws, name = split_key(a.key)
+        if workspace is not None and (name if kind == "Workspace" else ws) != workspace:
+            continue
+        out.append({"time": a.started_at, "finishedAt": a.finished_at or None,
+                    "seconds": _seconds(a.started_at, a.finished_at) if a.finished_at else None,
+                    "object": short(a.key), "kind": kind, "workspace": ws, "name": name,
+                    "action": a.action or "-", "changes": a.changes, "generation": a.generation,
+                    "result": a.result, "message": a.message, "actions": a.actions,
+                    "commit": a.commit or None, "author": a.author or None})
+    return out
+
+
+def history_table(events: list[dict[str, Any]]) -> str:
+    """The ``kiln events`` table: when, what, which change, the result, the commit and author."""
+    if not events:
+        return "No events recorded (in this window)."
+    header = ["TIME", "OBJECT", "ACTION", "RESULT", "TOOK", "COMMIT", "AUTHOR", "WHAT"]
+    rows = []
+    for e in events:
+        took = "-" if e["seconds"] is None else f"{e['seconds']:.1f}s"
+        what = e["message"] if e["result"] != "succeeded" and e["message"] else ", ".join(e["changes"])
+        rows.append([e["time"][:19].replace("T", " ") + "Z", e["object"], e["action"], e["result"], took,
+                     (e["commit"] or "-")[:12] + ("-dirty" if (e["commit"] or "").endswith("-dirty") else ""),
+                     e["author"] or "-", (what or "-").splitlines()[0][:80]])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *rows])

@@ -14,7 +14,7 @@ from typing import Any
 from kiln.api import KINDS, refs
 from kiln.api.refs import find_key
 from kiln.config import KilnConfig
-from kiln.controller.apply import ApplyResult, Locking, apply_plan
+from kiln.controller.apply import ApplyResult, Locking, Origin, apply_plan
 from kiln.controller.events import Listener, printing
 from kiln.controller.plan import Plan, make_plan
 from kiln.errors import ConfigError, NotFound, SpecErrors
@@ -58,6 +58,31 @@ def refuse_committed_private_files(config: KilnConfig) -> None:
         raise ConfigError(f"kiln's private folder .kiln/ is committed to git ({shown}); kiln never "
                           "reads its state from a commit",
                           hint="git rm -r --cached .kiln && echo .kiln/ >> .gitignore, then commit")
+
+
+def applied_from(config: KilnConfig) -> Origin:
+    """The git HEAD the specs are applied from and its author (``kiln events``); the sha gets
+    ``-dirty`` when the specs or templates differ from it (uncommitted edits). Empty outside git
+    or before the first commit: history then says so rather than guess."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            p = subprocess.run(["git", "-C", str(config.repo), *args], capture_output=True, text=True,
+                               timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return p.stdout.strip() if p.returncode == 0 else ""
+
+    if not (config.repo / ".git").exists():
+        return Origin()
+    head = git("log", "-1", "--format=%H%x00%an <%ae>")
+    if not head:
+        return Origin()
+    sha, _, author = head.partition("\0")
+    dirty = git("status", "--porcelain", "--", *(str(p) for p in (config.specs_dir(), config.templates_dir())
+                                                  if p.exists()))
+    return Origin(commit=sha + ("-dirty" if dirty else ""), author=author)
 
 
 def canonical_kind(kind: str) -> str:
@@ -175,7 +200,7 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
         if not go:
             return Applied(p, ApplyResult())
         locking = Locking(config.repo, command, wait=wait_lock)
-        done = Applied(p, apply_plan(p, config, store, on_event or printing(echo), locking))
+        done = Applied(p, apply_plan(p, config, store, on_event or printing(echo), locking, applied_from(config)))
     finally:
         store.close()
     if config.gc.afterApply:

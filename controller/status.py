@@ -346,6 +346,9 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
     out.append("History (newest first):")
     for a, t in zip(attempts, times["applies"]):
         line = f"  {a.started_at}  gen {a.generation}  {a.result:<11} {len(a.actions)} action(s)  took {_dur(t['seconds'])}"
+        if a.action:  # recorded since state schema 2 (`kiln events` has them all)
+            line += f"  {a.action}" + (f" from {a.commit[:12]}" + ("-dirty" if a.commit.endswith("-dirty") else "")
+                                       if a.commit else "") + (f" by {a.author}" if a.author else "")
         out.append(line + (f"  {a.message}" if a.message else ""))
     if not attempts:
         out.append("  (none)")

@@ -209,6 +209,24 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, selectors:
 
 
 @cli.command()
+@click.option("-w", "--workspace", default=None, metavar="WORKSPACE",
+              help="Only this workspace's objects (and the Workspace itself).")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only what started since: a duration (30m, 2h, 3d, 1w) or an ISO date or time (UTC).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def events(ctx: click.Context, workspace: str | None, since: str | None, output: str) -> int:
+    """What changed, newest first: each create, update and delete that apply made, when, with
+    what result, from which git commit and by whom (the state store's history; each object
+    keeps its newest historyLimit entries)."""
+    from kiln.controller.events import history, history_table, parse_since
+
+    rows = history(_config(ctx), workspace, parse_since(since) if since else None)
+    click.echo(json.dumps(rows, indent=2) if output == "json" else history_table(rows))
+    return 0
+
+
+@cli.command()
 @click.argument("ref", metavar="KIND/[WORKSPACE/]NAME")
 @workspace_option
 @click.pass_context

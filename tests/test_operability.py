@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,75 @@ def test_get_filters_by_label_and_sorts_with_owner_and_created(applied: Path) ->
     created = [r["created_at"] for r in by_created]
     assert created == sorted(created) and len(set(created)) == 2
     assert names("-l", "tier", "--sort-by", "status") == ["iris", "wine"]  # both healthy: by name
+
+
+WS = """
+apiVersion: kiln.dev/v1alpha1
+kind: Workspace
+metadata: {name: team}
+spec:
+  quotas: {cpu: "4"}
+"""
+# a header and no rows: the dataset fails to apply, with a message saying why
+BROKEN = """
+apiVersion: kiln.dev/v1alpha1
+kind: Dataset
+metadata: {name: broken, workspace: team}
+spec: {type: tabular, task: classification, source: {path: data/empty.csv}}
+"""
+
+
+def _event(events: list[dict[str, Any]], obj: str, action: str) -> dict[str, Any]:
+    (e,) = [e for e in events if e["object"] == obj and e["action"] == action]
+    return e
+
+
+@pytest.mark.slow
+def test_events_say_what_changed_when_from_which_commit_by_whom_with_what_result(tmp_path: Path) -> None:
+    repo = tmp_path
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "ada@example.com")
+    _git(repo, "config", "user.name", "Ada Lovelace")
+    write(repo, {"specs/ws.yaml": WS, "specs/broken.yaml": BROKEN, "data/empty.csv": "a,b\n"})
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "workspace and a dataset")
+    first = _git(repo, "rev-parse", "HEAD")
+    assert kiln("apply", cwd=repo).returncode == 1  # the dataset fails
+    (repo / "specs/ws.yaml").write_text(WS.replace('"4"', '"8"'))
+    _git(repo, "-c", "user.name=Bob", "-c", "user.email=bob@example.com", "commit", "-qam", "more cpu")
+    second = _git(repo, "rev-parse", "HEAD")
+    kiln("apply", "--target", "Workspace/team", cwd=repo, check=True)  # the dataset would fail again
+    (repo / "specs/ws.yaml").write_text(WS.replace('"4"', '"16"'))  # applied before it is committed
+    (repo / "specs/broken.yaml").unlink()
+    kiln("apply", "--prune", cwd=repo, check=True)
+
+    events = json.loads(kiln("events", "-o", "json", cwd=repo, check=True).stdout)
+    times = [e["time"] for e in events]
+    assert times == sorted(times, reverse=True) and len(events) == 5
+    created = _event(events, "Workspace/team", "create")
+    assert (created["result"], created["commit"], created["author"]) == ("succeeded", first, "Ada Lovelace <ada@example.com>")
+    failed = _event(events, "Dataset/team/broken", "create")
+    assert failed["result"] == "failed" and "the dataset is empty" in failed["message"] and failed["commit"] == first
+    updates = [e for e in events if e["object"] == "Workspace/team" and e["action"] == "update"]
+    assert [(u["changes"], u["commit"], u["author"]) for u in updates] == [
+        (["spec.quotas.cpu"], f"{second}-dirty", "Bob <bob@example.com>"),
+        (["spec.quotas.cpu"], second, "Bob <bob@example.com>")]
+    deleted = _event(events, "Dataset/team/broken", "delete")  # the history outlives the object
+    assert deleted["result"] == "succeeded" and deleted["commit"] == f"{second}-dirty"
+    for e in events:
+        assert e["seconds"] == pytest.approx((_ts(e["finishedAt"]) - _ts(e["time"])).total_seconds(), abs=1e-3)
+
+    table = kiln("events", "-w", "team", "--since", "1h", cwd=repo, check=True).stdout.splitlines()
+    assert table[0].split() == ["TIME", "OBJECT", "ACTION", "RESULT", "TOOK", "COMMIT", "AUTHOR", "WHAT"]
+    assert len(table) == 6 and f"{second[:12]}-dirty" in table[1] and "Bob <bob@example.com>" in table[1]
+    assert "validate: data: the dataset is empty" in next(ln for ln in table if "failed" in ln)
+    since = (_ts(updates[1]["time"])).strftime("%Y-%m-%dT%H:%M:%S.%f")  # ISO, no zone: UTC
+    assert [e["action"] for e in json.loads(kiln("events", "--since", since, "-o", "json", cwd=repo).stdout)] \
+        == ["delete", "update", "update"]
+    assert "No events recorded" in kiln("events", "--since", "2099-01-01", cwd=repo, check=True).stdout
+    bad = kiln("events", "-w", "tem", cwd=repo)
+    assert bad.returncode == 1 and "did you mean 'team'?" in bad.stderr and "Traceback" not in bad.stderr
+    bad = kiln("events", "--since", "yesterday", cwd=repo)
+    assert bad.returncode == 1 and "neither a duration nor a date" in bad.stderr and "2h" in bad.stderr
+    describe = kiln("describe", "Workspace/team", cwd=repo, check=True).stdout
+    assert f"update from {second[:12]} by Bob <bob@example.com>" in describe

@@ -160,7 +160,12 @@ class ObjectRecord(_Record):
 
 @dataclass(frozen=True)
 class Attempt(_Record):
-    """One reconcile attempt of one object (bounded history, newest kept)."""
+    """One reconcile attempt of one object (bounded history, newest kept): what ``kiln events``
+    lists. ``action`` is what the plan decided (create, update, delete; poll: an unchanged object
+    that was observed, e.g. labelling in progress), ``changes`` the spec fields it saw changed (or
+    why it was planned without one, e.g. a followed dataset's new version),
+    ``commit``/``author`` the git HEAD the specs were applied from (``-dirty`` when the specs
+    differed from it) and its author; all empty in attempts recorded before schema version 2."""
 
     key: str
     generation: int
@@ -170,6 +175,10 @@ class Attempt(_Record):
     result: str = "succeeded"
     message: str = ""
     actions: list[str] = field(default_factory=list)
+    action: str = ""
+    changes: list[str] = field(default_factory=list)
+    commit: str = ""
+    author: str = ""
 
     def __post_init__(self) -> None:
         split_key(self.key)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kiln.state.records import ObjectRecord, record_from_row
 
-READS_SCHEMA = 1  # must match kiln.state.store.SCHEMA_VERSION (a test checks)
+READS_SCHEMA = 2  # must match kiln.state.store.SCHEMA_VERSION (a test checks)
 
 
 def sqlite_path(url: str | None, repo: Path) -> Path | None:

@@ -17,7 +17,8 @@ backend)::
                    inventory JSON, source, created_at, updated_at, last_change, extra JSON
                    index (kind, workspace)
     kiln_attempts  id PK autoincrement, key, generation, spec_hash, started_at, finished_at,
-                   result, message, actions JSON              index (key, id)
+                   result, message, actions JSON, action, changes JSON, commit, author
+                   index (key, id), index (started_at)    -- action..author: version 2
     kiln_steps     (key, spec_hash, step) PK, state, retries, started_at, stopped_at,
                    message, output JSON
     kiln_kv        (namespace, key) PK, value JSON, updated_at
@@ -66,10 +67,7 @@ from kiln.state.snapshot import sqlite_path
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "SUPPORTED_BACKENDS", "StateStore", "open_store",
            "default_url"]
 
-SCHEMA_VERSION = 1
-# from_version -> function(connection) that brings the schema to from_version + 1, run inside the
-# schema transaction. Empty until the schema first changes.
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {}
+SCHEMA_VERSION = 2
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 _PG_SCHEMA_LOCK = 0x6B696C6E  # "kiln": advisory lock so concurrent first opens don't race DDL
 
@@ -111,7 +109,13 @@ _attempts = sa.Table(
     sa.Column("result", sa.String(16), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("actions", sa.Text, nullable=False),
+    # version 2: what the attempt was for and where it came from (`kiln events`)
+    sa.Column("action", sa.String(16), nullable=False, server_default=""),
+    sa.Column("changes", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("commit", sa.String(64), nullable=False, server_default=""),
+    sa.Column("author", sa.Text, nullable=False, server_default=""),
     sa.Index("ix_kiln_attempts_key_id", "key", "id"),
+    sa.Index("ix_kiln_attempts_started", "started_at"),
 )
 _steps = sa.Table(
     "kiln_steps", _md,
@@ -132,6 +136,24 @@ _kv = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("updated_at", sa.String(32), nullable=False),
 )
+
+
+
+def _v1_to_v2(conn: sa.Connection) -> None:
+    """Version 2 adds the attempts' action, changes, commit and author (empty for the attempts
+    recorded before), and an index for reading the history of every object by time."""
+    q = conn.dialect.identifier_preparer.quote  # "commit" is an SQL keyword
+    for col in ("action", "changes", "commit", "author"):
+        c = _attempts.c[col]
+        kind = c.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {q(_attempts.name)} ADD COLUMN {q(col)} {kind} NOT NULL "
+                             f"DEFAULT '{c.server_default.arg}'"))  # type: ignore[union-attr]
+    conn.execute(sa.text(f"CREATE INDEX {q('ix_kiln_attempts_started')} ON {q(_attempts.name)} (started_at)"))
+
+
+# from_version -> function(connection) that brings the schema to from_version + 1, run inside the
+# schema transaction.
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _v1_to_v2}
 
 _OBJ_COLS = [c.name for c in _objects.columns]
 _STEP_COLS = [c.name for c in _steps.columns]
@@ -460,6 +482,8 @@ class StateStore:
         values = attempt.to_dict()
         values["message"] = redact_text(values["message"])
         values["actions"] = _dumps(values["actions"], f"{attempt.key}: attempt actions")
+        values["changes"] = _dumps(values["changes"], f"{attempt.key}: attempt changes")
+        values["author"] = redact_text(values["author"])
         with self._guard("write"), self._writing() as conn:
             conn.execute(sa.insert(_attempts).values(**values))
             # The id of the oldest attempt to keep; everything older goes (portable, no LIMIT in IN).
@@ -478,12 +502,28 @@ class StateStore:
             q = q.limit(limit)
         with self._guard("read"), self._reading() as conn:
             rows = conn.execute(q).all()
-        out = []
-        for r in rows:
-            d = dict(r._mapping)
-            d["actions"] = json.loads(d["actions"])
-            out.append(Attempt(**d))
-        return out
+        return [self._to_attempt(r) for r in rows]
+
+    def history(self, since: str | None = None, limit: int | None = None) -> list[Attempt]:
+        """The attempts of every object, deleted ones' included, newest first; ``since``: only
+        those started at or after it (ISO 8601 UTC text, as the store writes times). Each
+        object keeps its newest ``max_attempts``, so this is the recent history, not all of it."""
+        q = sa.select(*(_attempts.c[c] for c in _ATTEMPT_COLS)) \
+            .order_by(_attempts.c.started_at.desc(), _attempts.c.id.desc())
+        if since is not None:
+            q = q.where(_attempts.c.started_at >= since)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._guard("read"), self._reading() as conn:
+            rows = conn.execute(q).all()
+        return [self._to_attempt(r) for r in rows]
+
+    @staticmethod
+    def _to_attempt(row: Any) -> Attempt:
+        d = dict(row._mapping)
+        d["actions"] = json.loads(d["actions"])
+        d["changes"] = json.loads(d["changes"])
+        return Attempt(**d)
 
     # -- step progress -----------------------------------------------------------------------
 

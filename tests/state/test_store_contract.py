@@ -282,6 +282,44 @@ class TestStateStoreContract:
         with open_store(store_url, tmp_path) as again:  # data untouched by the refusals
             assert again.get(KEY) is not None
 
+    def test_history_across_objects_newest_first_with_origin(self, store: StateStore) -> None:
+        """``kiln events`` reads every object's attempts by time, deleted objects' included."""
+        store.record_attempt(Attempt(KEY, 1, "h1", "2026-12-01T10:00:00.000000Z", action="create",
+                                     commit="a" * 40, author="Ada <ada@example.com>"))
+        store.record_attempt(Attempt("Dataset/x/y", 1, "h", "2026-12-02T10:00:00.000000Z", action="create"))
+        store.record_attempt(Attempt(KEY, 2, "h2", "2026-12-03T10:00:00.000000Z", result="failed",
+                                     action="update", changes=["spec.hpo.maxTrials"], message="boom"))
+        store.delete(KEY)
+        got = store.history()
+        assert [(a.key, a.generation) for a in got] == [(KEY, 2), ("Dataset/x/y", 1), (KEY, 1)]
+        assert got[0].changes == ["spec.hpo.maxTrials"] and got[0].action == "update" and got[0].result == "failed"
+        assert (got[2].commit, got[2].author) == ("a" * 40, "Ada <ada@example.com>")
+        assert [a.generation for a in store.history(since="2026-12-02T10:00:00.000000Z")] == [2, 1]
+
+    def test_version_1_store_is_migrated_keeping_its_history(self, store: StateStore, store_url: str,
+                                                            tmp_path: Path) -> None:
+        """A store written before attempts had action/changes/commit/author (schema version 1)
+        opens with them empty, and new attempts record them."""
+        store.put(ObjectRecord(KEY))
+        store.record_attempt(Attempt(KEY, 1, "h1", utcnow(), utcnow(), "succeeded", "", ["workflow: run"]))
+        store.close()
+        eng = sa.create_engine(store_url, poolclass=sa.pool.NullPool)
+        with eng.begin() as c:  # back to the version 1 table, as older kiln made it
+            c.execute(sa.text("DROP INDEX ix_kiln_attempts_started"))
+            for col in ("action", "changes", '"commit"', "author"):
+                c.execute(sa.text(f"ALTER TABLE kiln_attempts DROP COLUMN {col}"))
+        eng.dispose()
+        _set_schema_version(store_url, "1")
+        with open_store(store_url, tmp_path) as again:
+            (old,) = again.attempts(KEY)
+            assert (old.actions, old.action, old.changes, old.commit, old.author) == (["workflow: run"], "", [], "", "")
+            again.record_attempt(Attempt(KEY, 2, "h2", utcnow(), action="update", changes=["spec.x"], commit="b" * 40))
+            assert [(a.action, a.commit) for a in again.history()] == [("update", "b" * 40), ("", "")]
+        eng = sa.create_engine(store_url, poolclass=sa.pool.NullPool)
+        with eng.connect() as c:
+            assert c.execute(sa.text("SELECT value FROM kiln_meta")).scalar() == str(SCHEMA_VERSION)
+        eng.dispose()
+
     def test_schema_created_once_and_reopen_keeps_data(self, store: StateStore, store_url: str,
                                                        tmp_path: Path) -> None:
         store.put(ObjectRecord(KEY))
