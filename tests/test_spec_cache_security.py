@@ -131,7 +131,8 @@ def test_a_forged_or_tampered_cache_is_never_unpickled(repo: Path, tmp_path: Pat
 
 def test_read_only_verbs_never_create_state(tmp_path: Path) -> None:
     """`kiln status` run in any folder used to leave a `.kiln/state.db` there."""
-    for args in (("status",), ("status", "-o", "json"), ("get", "datasets"), ("describe", "Dataset/wine")):
+    for args in (("status",), ("status", "-o", "json"), ("get", "datasets"), ("describe", "Dataset/wine"),
+                 ("get", "datasets", "-o", "json"), ("events",), ("events", "-w", "team")):
         p = kiln(*args, cwd=tmp_path)
         assert p.returncode in (0, 1) and "Traceback" not in p.stderr, (args, p.stderr)
     assert list(tmp_path.iterdir()) == []
