@@ -96,6 +96,10 @@ def test_get_refuses_an_unknown_sort_field_and_a_bad_selector(tmp_path: Path) ->
     assert "one of: name, workspace, owner, created" in p.stderr
     p = kiln("get", "dataset", "-l", "tier gold", cwd=tmp_path)
     assert p.returncode == 1 and "'tier gold' is not a label selector" in p.stderr and "key=value" in p.stderr
+    from kiln.controller.status import SORT_FIELDS
+
+    helptext = " ".join(kiln("get", "--help", cwd=tmp_path, check=True).stdout.split())
+    assert all(f in helptext for f in SORT_FIELDS)  # the help names every field it may sort by
 
 
 @pytest.mark.slow
