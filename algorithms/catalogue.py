@@ -443,6 +443,18 @@ _CATALOGUE: tuple[AlgorithmInfo, ...] = (
 # name -> description, in the registry's order (the one lookup table of this module)
 CATALOGUE: dict[str, AlgorithmInfo] = {a.name: a for a in _CATALOGUE}
 
+# AutoML without a candidate list: the task's tabular algorithms, in the order they start (the
+# time budget may stop the later ones): missing-value-native boosting first, then a forest, a
+# linear baseline and XGBoost where installed (the catalogue has no LightGBM yet). Each entry is
+# (name, the optional package it needs or None); ``registry.automl_defaults`` drops those whose
+# package is not installed.
+AUTOML_DEFAULTS: dict[str, list[tuple[str, str | None]]] = {
+    "classification": [("hist_gradient_boosting", None), ("random_forest", None),
+                       ("logistic_regression", None), ("xgboost", "xgboost")],
+    "regression": [("hist_gradient_boosting_regressor", None), ("random_forest_regressor", None),
+                   ("linear_regression", None), ("xgboost_regressor", "xgboost")],
+}
+
 TASKS = ("classification", "regression", "clustering", "dimension-reduction", "detection",
          "instance-segmentation", "semantic-segmentation")
 
