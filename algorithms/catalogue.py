@@ -154,7 +154,7 @@ _TORCH_SEG = (*_EPOCH, *_SEG)
 _STEPS = ("train_loss", "learning_rate", "epoch", "train_seconds_per_step")
 _EM_CLS = (*_STEPS, *(f"validation_{m}" for m in ("loss", *_CLS)))
 _EM_SEG = (*_STEPS, *_SEG)
-_EM_DET = (*_STEPS, "validation_loss", *_COCO)
+_EM_DET = (*_STEPS, *_COCO)
 
 # The range a metric lives in, for a goal that could never be reached (a percentage for a
 # fraction). Metrics not listed are unbounded.

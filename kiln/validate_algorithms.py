@@ -130,6 +130,10 @@ class _Experiment:
             info = self._algorithm(spec.algorithm, ["spec", "algorithm"])
             if info is not None:
                 used.append((info, ["spec", "algorithm"]))
+                # each set is merged over algorithm.hyperparameters for one job (Flightbase)
+                for i, values in enumerate(spec.parameterSets):
+                    for name, value in values.items():
+                        self._hyperparameter(info, name, value, ["spec", "parameterSets", i, name])
         elif spec.automl is not None:
             used = self._automl()
         if not used:

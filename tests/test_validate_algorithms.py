@@ -107,6 +107,13 @@ CASES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             per_device_train_batch_size: 1
         """, [("per_device_train_batch_size", "spec.algorithm.hyperparameters.per_device_train_batch_size",
                "expected an int >= 2")]),
+    "parameter-set-typo": ("""
+        dataset: {name: wine}
+        algorithm: {name: random_forest}
+        parameterSets:
+          - {n_estimators: 50}
+          - {n_estimators: 100, max_dept: 4}
+        """, [("max_dept", "spec.parameterSets[1].max_dept", "has no hyperparameter 'max_dept'")]),
     "search-typo": ("""
         mode: hpo
         dataset: {name: wine}
