@@ -101,7 +101,9 @@ class AlgorithmInfo:
     data_tasks: tuple[str, ...]
     onnx: bool
     runtimes: tuple[str, ...]
-    package: str = field(default="")  # optional pip package it needs beyond kiln[ml] ('' = none)
+    # an optional package it imports ('' = none beyond scikit-learn and torch): xgboost and
+    # transformers come with kiln[ml], tensorflow with kiln[tf]
+    package: str = field(default="")
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.hyperparameters if p.name == name), None)
