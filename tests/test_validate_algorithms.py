@@ -114,6 +114,21 @@ CASES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
           - {n_estimators: 50}
           - {n_estimators: 100, max_dept: 4}
         """, [("max_dept", "spec.parameterSets[1].max_dept", "has no hyperparameter 'max_dept'")]),
+    "hyperparameter-word-for-bool": ("""
+        dataset: {name: diabetes}
+        algorithm:
+          name: linear_regression
+          hyperparameters: {fit_intercept: maybe}
+        objective: {metric: validation_r2}
+        """, [("maybe", "spec.algorithm.hyperparameters.fit_intercept", "expected a bool, got 'maybe'")]),
+    "search-high-out-of-range": ("""
+        mode: hpo
+        dataset: {name: digits}
+        algorithm:
+          name: resnet18
+          searchSpace:
+            momentum: {type: float, low: 0.5, high: 1.5}
+        """, [("momentum", "spec.algorithm.searchSpace.momentum.high", "high 1.5 is out of range")]),
     "search-typo": ("""
         mode: hpo
         dataset: {name: wine}
@@ -184,6 +199,10 @@ CASES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
           metric: validation_rmse
           direction: maximize
         """, [("direction", "spec.objective.direction", "would select the worst trial")]),
+    "objective-default-for-clustering": ("""
+        dataset: {name: wine}
+        algorithm: {name: kmeans, hyperparameters: {n_clusters: 3}}
+        """, [("spec:", "spec", "the default objective.metric 'validation_accuracy' is not reported by kmeans")]),
     "image-algorithm-on-table": ("""
         dataset: {name: wine}
         algorithm: {name: resnet18}
@@ -261,6 +280,23 @@ spec:
   runtime: onnx
 """
 
+BY_EXPERIMENT = """
+apiVersion: kiln.dev/v1alpha1
+kind: Experiment
+metadata: {name: digits-cnn}
+spec:
+  dataset: {name: digits}
+  algorithm: {name: resnet18}
+  register: {model: digits-cnn}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Deployment
+metadata: {name: digits-cnn}
+spec:
+  model: {experiment: digits-cnn}
+  runtime: onnx
+"""
+
 SEVERAL = """
 apiVersion: kiln.dev/v1alpha1
 kind: Experiment
@@ -295,7 +331,8 @@ def _case_text(name: str, body: str) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("broken-algorithms")
-    files = {"specs/datasets.yaml": DATASETS, "specs/deployment.yaml": DEPLOYMENT, "specs/several.yaml": SEVERAL}
+    files = {"specs/datasets.yaml": DATASETS, "specs/deployment.yaml": DEPLOYMENT, "specs/several.yaml": SEVERAL,
+             "specs/by-experiment.yaml": BY_EXPERIMENT}
     files.update({f"specs/{n}.yaml": _case_text(n, body) for n, (body, _) in CASES.items()})
     write(root, files)
     return root
@@ -356,6 +393,13 @@ def test_deployment_runtime_onnx_for_a_model_registered_without_it(repo: Path, r
     assert (line, path) == (_line(text, "runtime: onnx"), "spec.runtime")
     assert "registers model 'wine-rf' without ONNX" in message and "export: [onnx]" in (hint or "")
     assert "at specs/deployment.yaml:1," in (hint or "")  # where the registering Experiment is
+
+
+def test_deployment_of_an_experiment_runtime_onnx(repo: Path, reported: dict) -> None:
+    text = (repo / "specs" / "by-experiment.yaml").read_text()
+    ((line, path, message, _),) = reported["by-experiment"]
+    assert (line, path) == (_line(text, "runtime: onnx"), "spec.runtime")
+    assert "Experiment 'digits-cnn' registers model 'digits-cnn' without ONNX" in message
 
 
 def test_several_mistakes_in_one_spec_all_reported(repo: Path, reported: dict) -> None:
