@@ -274,15 +274,19 @@ class _Experiment:
 
 def _examples(data_type: str | None, task: str | None, n: int = 3) -> str:
     names = [a.name for a in CATALOGUE.values()
-             if (data_type is None or a.data_type == data_type) and (task is None or task in a.data_tasks)]
+             if data_type is None and (task is None or task in a.data_tasks) or
+             data_type is not None and a.accepts(data_type, task)]
     return ", ".join(names[:n]) if names else "none"
 
 
 def _choose(data_type: str, task: str | None) -> str:
-    names = _examples(data_type, task)
+    """The hint for an algorithm that does not fit the dataset: ones that do, never a wrong kind."""
     what = f"{data_type} {task}" if task else data_type
-    return (f"choose a {what} algorithm: {names} ... (`kiln algorithms list --task {task}`)" if task and names != "none"
-            else f"no built-in algorithm trains on {what} data; use command: to run your own")
+    names = _examples(data_type, task)
+    if names == "none":
+        return f"no built-in algorithm trains on {what} data; use command: to run your own"
+    return f"choose one that trains on {what} data: {names} ... (`kiln algorithms list" + (
+        f" --task {task}`)" if task else "`)")
 
 
 # -- Deployment ------------------------------------------------------------------------------------

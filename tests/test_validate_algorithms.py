@@ -382,7 +382,9 @@ def test_did_you_mean_where_a_name_is_close(reported: dict) -> None:
     # far from any name: the valid ones instead
     assert "validation_accuracy" in hints["objective-not-reported"]
     # a misleading hint would name an image algorithm for a table
-    assert "tabular classification algorithm" in hints["image-algorithm-on-table"]
+    assert hints["image-algorithm-on-table"].startswith("choose one that trains on tabular classification data: "
+                                                          "naive_bayes, mlp, logistic_regression")
+    assert "fasterrcnn" not in hints["table-algorithm-on-images"] and "resnet18" in hints["table-algorithm-on-images"]
     assert "quote it" in hints["hyperparameter-yaml-off"]
     assert "searchSpace" in hints["hyperparameter-list"]
 
