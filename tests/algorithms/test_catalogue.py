@@ -78,6 +78,10 @@ def test_declared_hyperparameters_are_the_implemented_ones(name: str) -> None:
 TINY_TORCH_CLS = {"epochs": 1, "batch_size": 10, "input_size": 32}
 TINY: dict[str, dict[str, Any]] = {
     "gaussian_mixture": {"n_components": 3},  # one component scores no silhouette
+    # few trees: the ONNX export of a 100-round boosted model took 85 s on a loaded 2-core machine
+    **{n: {"max_iter": 5} for n in ("hist_gradient_boosting", "hist_gradient_boosting_regressor")},
+    **{n: {"n_estimators": 5} for n in ("random_forest", "random_forest_regressor", "gradient_boosting",
+                                         "xgboost", "xgboost_regressor")},
     **{n: TINY_TORCH_CLS for n, a in CATALOGUE.items() if a.framework in ("pytorch", "tensorflow")
        and a.task == "classification"},
     **{n: {"epochs": 1, "batch_size": 4, "min_size": 64, "max_size": 64} for n, a in CATALOGUE.items()
