@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from kiln.algorithms.catalogue import AUTOML_DEFAULTS
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -71,15 +72,9 @@ ALGORITHMS: dict[str, str] = {
 }
 
 
-# AutoML without a candidate list: the task's tabular algorithms, in the order they start (the
-# time budget may stop the later ones): missing-value-native boosting first, then a forest, a
-# linear baseline and XGBoost where installed (the catalogue has no LightGBM yet).
-AUTOML_DEFAULTS: dict[str, list[tuple[str, str | None]]] = {
-    "classification": [("hist_gradient_boosting", None), ("random_forest", None),
-                       ("logistic_regression", None), ("xgboost", "xgboost")],
-    "regression": [("hist_gradient_boosting_regressor", None), ("random_forest_regressor", None),
-                   ("linear_regression", None), ("xgboost_regressor", "xgboost")],
-}
+# AUTOML_DEFAULTS (the candidates AutoML starts without a list) is plain data of the catalogue,
+# where validation reads it without this module; re-exported here beside automl_defaults.
+__all__ = ["ALGORITHMS", "AUTOML_DEFAULTS", "automl_defaults", "describe", "get_algorithm", "get_algorithm_class"]
 
 
 def automl_defaults(task: str | None) -> list[str]:
@@ -92,8 +87,10 @@ def automl_defaults(task: str | None) -> list[str]:
 
 
 def _unknown(name: str) -> KilnError:
+    from kiln._util.suggest import did_you_mean
+
     return KilnError(f"unknown algorithm {name!r}; valid: {', '.join(sorted(ALGORITHMS))}",
-                     hint="set spec.algorithm.name to one of these")
+                     hint=did_you_mean(name, ALGORITHMS) or "set spec.algorithm.name to one of these")
 
 
 def get_algorithm_class(name: str) -> type[Algorithm]:

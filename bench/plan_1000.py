@@ -47,7 +47,7 @@ spec:
   hpo: {{maxTrials: 20, parallelTrials: 2}}
   objective: {{metric: validation_accuracy, direction: maximize, goal: 0.95}}
   resources: {{preset: small}}
-  register: {{model: model-{i}, aliases: [production], keepVersions: 3}}
+  register: {{model: model-{i}, aliases: [production], keepVersions: 3, export: [onnx]}}
 """
 DEPLOYMENT = """\
 apiVersion: kiln.dev/v1alpha1

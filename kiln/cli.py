@@ -49,6 +49,7 @@ class _LazyGroup(click.Group):
 class KilnGroup(_LazyGroup):
     # command name -> "module:attribute" of a click.Command
     lazy = {
+        "algorithms": "kiln.algorithms.cli:algorithms",
         "run-workflow": "kiln.runners.cli:run_workflow",
         "data": "kiln.controller.data_cli:data",
         "labelstudio": "kiln.labeling.cli:labelstudio",

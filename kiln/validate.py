@@ -21,6 +21,7 @@ from kiln.api.workspace import WorkspaceSpec
 from kiln.config import DatasetsConfig, repo_root
 from kiln.errors import SpecIssue
 from kiln.loader import LoadedSpec, SpecSet
+from kiln.validate_algorithms import check_algorithms
 
 IMPLICIT_WORKSPACE = "default"
 
@@ -225,6 +226,7 @@ class _Checker:
             self.add(s, ["spec", "task"], f"task {spec.task!r} does not match dataset {ds.name!r} ({ds.obj.spec.task})")
         if ds is not None and ds.obj.spec.task is None and spec.mode != "run" and spec.command is None:
             pass  # unlabelled data: only clustering / dimension reduction algorithms apply (issue: algorithms)
+        check_algorithms(self, s)
         parallel = spec.hpo.parallelTrials if spec.hpo else 1
         self._resources(s, spec.resources, ["spec", "resources"], parallel,
                         f"{parallel} parallel trial(s)" if parallel > 1 else "the training job")
@@ -238,6 +240,7 @@ class _Checker:
         spec = s.obj.spec
         self._owner(s, spec.owner)
         self._model(s, spec.model, ["spec", "model"])
+        check_algorithms(self, s)
         replicas = spec.autoscaling.maxReplicas if spec.autoscaling else spec.replicas
         self._resources(s, spec.resources, ["spec", "resources"], max(replicas, 1),
                         f"{replicas} replica(s)", deployment=True)

@@ -21,8 +21,10 @@ LAYERS = [
     {"kiln.cli"},
     {"kiln.controller"},
     {"kiln.runners", "kiln.algorithms", "kiln.labeling", "kiln.bento", "kiln.data"},
-    {"kiln.state", "kiln.validate", "kiln.loader", "kiln.templates"},
-    {"kiln.api", "kiln.config"},
+    {"kiln.state", "kiln.validate", "kiln.validate_algorithms", "kiln.loader", "kiln.templates"},
+    # the algorithm catalogue is plain data about the algorithms (no training code), read by
+    # validation and the schemas: it sits with the spec models
+    {"kiln.api", "kiln.config", "kiln.algorithms.catalogue"},
     {"kiln._util", "kiln.errors", "kiln"},
 ]
 HEAVY = ("torch", "torchvision", "sklearn", "bentoml", "label_studio_sdk", "tensorflow", "transformers",

@@ -111,8 +111,10 @@ def _featurization_word(v: Any) -> Any:
 class Algorithm(Model):
     """A built-in algorithm by registry name, with fixed values and (hpo/automl) a search space."""
 
-    name: str = Field(..., min_length=1, description="an algorithm of `kiln algorithms list`")
-    hyperparameters: dict[str, HyperValue] = Field(default_factory=dict)
+    name: str = Field(..., min_length=1, description="an algorithm of `kiln algorithms list` (docs/algorithms.md)")
+    # Any value here: the algorithm's own type and range decide (kiln.validate_algorithms, from the
+    # catalogue), in one line per mistake; a union of scalars would report `[3]` four times over.
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
     # A parameter both fixed and searched is searched; its fixed value is tried first (so a
     # template's values are the starting point of the tuning).
     searchSpace: dict[str, SearchParam] = Field(default_factory=dict)
