@@ -240,10 +240,13 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.L
     started = utcnow()
     ctx = Context(config=config, store=store, spec=spec, record=record, workspaces=workspaces,
                   log=lambda line: emit(ev.Log(change.key, change.ref, line)),
-                  inputs=input_versions(config, spec))
+                  inputs=input_versions(config, spec),
+                  update=change.update if change.action == "update" else "re-run",
+                  changed=[f.path for f in change.fields])
     res = ObjectResult(change.ref, "created" if change.action == "create" else "updated")
     if not change.poll:
-        emit(ev.ObjectStarted(change.key, change.ref, change.action, spec.location()))
+        emit(ev.ObjectStarted(change.key, change.ref, change.action, spec.location(),
+                              change.work() if change.action == "update" and change.fields else ""))
     # recorded first: a killed apply leaves the object OutOfSync (and Reconciling), as plan sees it
     record = replace(record, source=_source(change), sync=record.sync if change.poll else "OutOfSync").with_condition(
         "Reconciling", "True", "Progressing", f"applying spec {spec.spec_hash}")
@@ -277,7 +280,7 @@ def _run_steps(handler: Handler, ctx: Context, change: Change, res: ObjectResult
     """Run (or skip as done) each step, persisting its progress; return the inventory."""
     store, key = ctx.store, ctx.run_key
     inventory: list[dict[str, Any]] = []
-    for step in handler.steps(ctx):
+    for step in handler.steps_for(ctx):
         done = store.step(change.key, key, step.name)
         if done is not None and done.succeeded and not step.always:
             ctx.outputs[step.name] = done.output
@@ -307,9 +310,12 @@ def _succeeded(handler: Handler, ctx: Context, record: ObjectRecord, inventory: 
     assert spec is not None
     record = record.applied(spec.doc, spec.spec_hash, now=now)
     extra = {**record.extra, **handler.extra(ctx)}
-    if ctx.inputs:  # what plan compares against to see a followed dataset's new version
+    if ctx.inputs and ctx.update == "re-run":  # what plan compares against to see a followed dataset's new version
         extra["inputVersions"] = ctx.inputs
         extra["runKey"] = ctx.run_key
+    if ctx.changed:  # what the last update did, by its class, for `kiln describe`
+        extra["lastUpdate"] = {"class": ctx.update, "fields": ctx.changed, "at": now,
+                               "steps": [n for n in ctx.outputs]}
     record = replace(record, inventory=inventory, health=handler.health(ctx), extra=extra)
     record = record.with_condition("Ready", "True", "Succeeded", "applied", now=now)
     record = record.with_condition("Reconciling", "False", "Succeeded", "", now=now)

@@ -118,7 +118,8 @@ def test_plan_update_lists_changed_fields_and_exit_codes(tmp_path: Path) -> None
     assert "| 🟡 update | `Workspace/team` |" in md
     js = json.loads(kiln("plan", "--format", "json", cwd=tmp_path, check=True).stdout)
     assert js["summary"]["update"] == 1
-    assert js["changes"][0]["fields"] == [{"path": "spec.quotas.cpu", "op": "~", "old": "4", "new": "8"}]
+    assert js["changes"][0]["fields"] == [{"path": "spec.quotas.cpu", "op": "~", "old": "4", "new": "8", "update": "re-run"}]
+    assert js["changes"][0]["update"] == "re-run" and js["changes"][0]["work"] == "re-run: quotas.cpu"
     out = kiln("apply", cwd=tmp_path, check=True).stdout
     assert "Workspace/team: update" in out
     rec = json.loads(kiln("get", "workspace", "team", "-o", "json", cwd=tmp_path, check=True).stdout)
