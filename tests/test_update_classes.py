@@ -165,3 +165,39 @@ def test_dataset_and_workspace_metadata_changes_do_no_work(wine_repo: Path, tmp_
     assert kiln("plan", "--detailed-exitcode", cwd=repo).returncode == 0
     got = json.loads(kiln("get", "dataset", "wine", "-o", "json", cwd=repo, check=True).stdout)
     assert got["extra"]["lastUpdate"]["fields"] == ["metadata.labels", "spec.description"]
+
+
+@pytest.mark.slow  # two real server starts
+@pytest.mark.timeout(600)
+def test_deployment_workers_and_resources_restart_the_server_only(tmp_path: Path) -> None:
+    from tests.helpers import kill_deployment_servers
+    from tests.test_deployment_handler import deployment, predict, register_iris, server
+    from tests.test_experiment_handler import git_repo
+
+    repo = git_repo(tmp_path / "repo")
+    try:
+        register_iris(repo)
+        spec = "model: {name: iris}\nauth: {public: true}\nbatching: {enabled: false}\n"
+        write(repo, {"specs/iris.yaml": deployment("iris-api", spec)})
+        kiln("apply", cwd=repo, check=True, timeout=400)
+        before, runs = server(repo), workflow_runs(repo)
+        build = (repo / ".kiln/deployments/default/iris-api/build.json").read_bytes()
+
+        (repo / "specs/iris.yaml").write_text(deployment("iris-api", spec.replace(
+            "batching: {enabled: false}", "batching: {enabled: true, maxBatchSize: 8}\nworkers: 2\n"
+                                          "resources: {cpu: 500m}")))
+        change = plan_json(repo)["Deployment/iris-api"]
+        assert change["update"] == "restart"
+        assert change["work"] == "restart only: batching.enabled, batching.maxBatchSize, resources, workers"
+        out = kiln("apply", cwd=repo, check=True, timeout=300)
+        assert "+ rollout: restart the server" in out.stdout and "+ build:" not in out.stdout, out.stdout
+        after = server(repo)
+        assert after["pid"] != before["pid"] and (after["model"], after["version"]) == ("iris", 1)
+        assert workflow_runs(repo) == runs  # no workflow: resolve-model and build were not redone
+        assert (repo / ".kiln/deployments/default/iris-api/build.json").read_bytes() == build
+        code, body = predict(after["url"])
+        assert code == 200 and body[0]["label"] == "setosa", body
+        cfg = json.loads(kiln("get", "deployment", "iris-api", "-o", "json", cwd=repo, check=True).stdout)
+        assert cfg["extra"]["lastUpdate"]["class"] == "restart" and cfg["health"] == "Healthy"
+    finally:
+        kill_deployment_servers(repo)
