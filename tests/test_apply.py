@@ -126,6 +126,26 @@ def test_plan_update_lists_changed_fields_and_exit_codes(tmp_path: Path) -> None
     assert rec["generation"] == 2 and rec["spec"]["spec"]["quotas"]["cpu"] == "8"
 
 
+def test_workspace_period_with_unquoted_yaml_dates_applies(tmp_path: Path) -> None:
+    """YAML reads an unquoted 2026-01-01 as a date, which the state store (JSON) could not hold:
+    "Object of type date is not JSON serializable" (#25). A spec date stays the text written."""
+    period = "  period: {start: 2020-01-01, end: 2099-12-31}\n"
+    write(tmp_path, {"specs/ws.yaml": WS + period})
+    out = kiln("apply", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = json.loads(kiln("get", "workspace", "team", "-o", "json", cwd=tmp_path, check=True).stdout)
+    assert rec["spec"]["spec"]["period"] == {"start": "2020-01-01", "end": "2099-12-31"}
+    # quoting the dates makes the same document: nothing to apply
+    (tmp_path / "specs/ws.yaml").write_text(WS + "  period: {start: '2020-01-01', end: \"2099-12-31\"}\n")
+    assert kiln("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+    # and the dates are still dates where the model needs them: a period that ended is refused
+    write(tmp_path, {"specs/ws.yaml": WS + "  period: {start: 2020-01-01, end: 2021-06-30}\n",
+                     "specs/data.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {name: d, workspace: team}\n"
+                                        "spec: {type: tabular, format: csv, source: {sample: iris}}\n"})
+    bad = kiln("validate", cwd=tmp_path)
+    assert bad.returncode != 0 and "period of use ended on 2021-06-30" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+
+
 def test_prune_only_when_asked_and_opt_out(tmp_path: Path) -> None:
     write(tmp_path, {"specs/ws.yaml": WS,
                      "specs/keep.yaml": WS.replace("team", "keeper").replace(
