@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from kiln.controller import events as ev
 from kiln.controller.handlers import HANDLERS, Context, Handler, TemporaryError
 from kiln.controller.plan import Change, Plan, change_for, input_versions, outside_spec
+from kiln.controller.render import workspaces_of
 from kiln.errors import KilnError, LockHeld
 from kiln.state import Attempt, ObjectLock, ObjectRecord, current_holder, utcnow
 from kiln.state.lock import object_lock_path
@@ -122,8 +123,7 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Liste
     result = ApplyResult()
     # Workspaces as the specs define them (validated together with everything else), so presets
     # and quotas resolve the same way on every runner.
-    workspaces = {c.spec.name: c.spec.obj.spec for c in plan.changes
-                  if c.spec is not None and c.kind == "Workspace"}
+    workspaces = workspaces_of(c.spec for c in plan.changes if c.spec is not None)
     for change in plan.changes:
         if change.action == "unchanged" and change.spec is not None and change.record is not None \
                 and any(r.outcome in ("created", "updated") for r in result.results):

@@ -146,6 +146,30 @@ def test_workspace_period_with_unquoted_yaml_dates_applies(tmp_path: Path) -> No
     assert bad.returncode != 0 and "period of use ended on 2021-06-30" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
 
 
+@pytest.mark.slow  # versions iris and trains one logistic regression (~40 s)
+def test_render_shows_the_resources_apply_runs_with(tmp_path: Path) -> None:
+    """`kiln render` printed the default resources where apply used the workspace's preset (#25):
+    both now resolve the workspace from the specs in one place (``render.workspaces_of``)."""
+    import yaml
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    write(tmp_path, {"specs/ws.yaml": WS + "  presets: [{name: small, cpu: 500m, memory: 1Gi}]\n",
+                     "specs/data.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {name: d, workspace: team}\n"
+                                        "spec: {type: tabular, task: classification, format: csv, source: {sample: iris}}\n",
+                     "specs/exp.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Experiment\nmetadata: {name: e, workspace: team}\n"
+                                       "spec: {dataset: {name: d}, algorithm: {name: logistic_regression}, "
+                                       "resources: {preset: small}}\n"})
+    rendered = yaml.safe_load(kiln("render", "Experiment/team/e", "--what", "workflow", cwd=tmp_path, check=True).stdout)
+
+    def sizes(manifest: dict) -> dict[str, dict]:
+        return {t["name"]: t["container"]["resources"] for t in manifest["spec"]["templates"] if "container" in t}
+
+    assert sizes(rendered)["train"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+    kiln("apply", cwd=tmp_path, check=True, timeout=300)
+    [ran] = [json.loads(p.read_text()) for p in (tmp_path / ".kiln/runs").glob("kiln-exp-team-e*/workflow.json")]
+    assert sizes(ran) == sizes(rendered)
+
+
 def test_prune_only_when_asked_and_opt_out(tmp_path: Path) -> None:
     write(tmp_path, {"specs/ws.yaml": WS,
                      "specs/keep.yaml": WS.replace("team", "keeper").replace(
