@@ -39,10 +39,9 @@ from kiln.api.workspace import Workspace
 UpdateClass = Literal["metadata", "re-register", "re-select", "restart", "re-run"]
 UPDATE_CLASSES: tuple[UpdateClass, ...] = ("metadata", "re-register", "re-select", "restart", "re-run")
 
-# every kind: what describes and shares an object changes no result
+# every kind: what describes an object changes no result
 _METADATA: dict[str, UpdateClass] = {
     "metadata.labels": "metadata", "metadata.annotations": "metadata", "metadata.description": "metadata",
-    "spec.description": "metadata", "spec.owner": "metadata",
 }
 
 
@@ -70,12 +69,13 @@ def _updates(**by_path: UpdateClass) -> tuple[tuple[str, UpdateClass], ...]:
 
 
 ALL: tuple[KindInfo, ...] = (
-    KindInfo("Workspace", Workspace, "ws", _updates()),
+    KindInfo("Workspace", Workspace, "ws", _updates(spec__description="metadata")),
     # sharing (Flightbase's read-only datasets) is who may change it, not what it holds
-    KindInfo("Dataset", Dataset, "data", _updates(spec__access="metadata")),
-    KindInfo("LabelingJob", LabelingJob, "label", _updates()),
+    KindInfo("Dataset", Dataset, "data", _updates(
+        spec__description="metadata", spec__owner="metadata", spec__sharing="metadata")),
+    KindInfo("LabelingJob", LabelingJob, "label", _updates(spec__owner="metadata")),
     KindInfo("Experiment", Experiment, "exp", _updates(
-        spec__access="metadata", spec__users="metadata",
+        spec__owner="metadata", spec__access="metadata", spec__users="metadata",
         # the trigger says what a future dataset version does; this run's result stays
         spec__trigger="metadata",
         spec__register="re-select", spec__register__model="re-select", spec__selectTrial="re-select",
@@ -84,7 +84,7 @@ ALL: tuple[KindInfo, ...] = (
         spec__register__export="re-register", spec__register__onnxTolerance="re-register",
     )),
     KindInfo("Deployment", Deployment, "deploy", _updates(
-        spec__resources="restart", spec__workers="restart", spec__batching="restart",
+        spec__owner="metadata", spec__resources="restart", spec__workers="restart", spec__batching="restart",
         spec__limits="restart", spec__replicas="restart", spec__autoscaling="restart",
         spec__port="restart", spec__capture="restart", spec__enabled="restart",
     )),
