@@ -105,6 +105,18 @@ def test_experiment_register_fields_update_in_place_and_a_hyperparameter_retrain
     assert "run workflow" in out.stdout
     assert reg.versions("wine-lr") == [1, 2] and len(trial_files(repo, "wine-lr")) == 2
 
+    # in place only when nothing outside the spec asks for a run: with the retraining trigger on,
+    # a new version of the dataset turns even a tag change into a retraining
+    spec.write_text(spec.read_text() + "  trigger: {onNewDatasetVersion: retrain}\n")
+    assert plan_json(repo)["Experiment/wine-lr"]["update"] == "metadata"
+    kiln("apply", cwd=repo, check=True)
+    wine = repo / "specs/wine.yaml"
+    wine.write_text(wine.read_text().replace("seed: 7", "seed: 8"))
+    kiln("apply", "--target", "Dataset/wine", cwd=repo, check=True, timeout=120)
+    spec.write_text(spec.read_text().replace("team: b", "team: c"))
+    change = plan_json(repo)["Experiment/wine-lr"]
+    assert change["update"] == "re-run" and "dataset wine has a new version v2" in change["note"], change
+
 
 AUTOML = """
 mode: automl
