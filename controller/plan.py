@@ -12,15 +12,15 @@ An unchanged spec can still need an apply, for two reasons outside the spec (giv
   noted, ``ignore`` is silent. A LabelingJob imports the new items (not when the new version is
   its own output). The run is then keyed on spec hash *and* input versions (``Context.run_key``),
   so the steps run again instead of being skipped as done for this spec.
+- the handler observes drift or work in progress (``Handler.observe``): a Label Studio project
+  edited by hand is an update; labelling in progress is a ``poll`` (listed as unchanged with a
+  note; apply runs the handler's ``always`` steps to check completion).
 
 A changed spec is classified by what its changed fields cost (``kiln.controller.diff.classify``,
 declared per kind in ``kiln.api.kinds``): ``metadata``, ``re-register``, ``re-select``,
 ``restart`` or ``re-run``. Anything but ``re-run`` is applied in place (``Handler.in_place_steps``)
 only when the last apply succeeded and nothing outside the spec asks for a run (a new dataset
 version, drift); the handler may escalate a class it cannot do in place (``Handler.update_class``).
-- the handler observes drift or work in progress (``Handler.observe``): a Label Studio project
-  edited by hand is an update; labelling in progress is a ``poll`` (listed as unchanged with a
-  note; apply runs the handler's ``always`` steps to check completion).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
-from kiln.api.kinds import UpdateClass
+from kiln.api.kinds import UPDATE_CLASSES, UpdateClass
 from kiln.controller.diff import FieldChange, announce, classify, diff, update_word
 from kiln.controller.handlers import HANDLERS, KINDS
 from kiln.controller.handlers.dataset import source_fingerprint as source_fingerprint  # moved; dataset_steps uses it
@@ -333,6 +334,9 @@ def change_for(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord | Non
             outside = outside_spec(config, s, rec)
             if outside.action != "unchanged":  # a new dataset version or drift asks for the whole run
                 update, why = "re-run", f"{outside.note}: re-run"
+        # escalated: that costlier work is what apply does about each field too
+        rank = UPDATE_CLASSES.index
+        fields = [f if rank(f.update) >= rank(update) else dc_replace(f, update=update) for f in fields]
         return Change("update", s.key, s.kind, s.ref, spec=s, record=rec, fields=fields, update=update, note=why)
     if unfinished:
         return Change("update", s.key, s.kind, s.ref, spec=s, record=rec,

@@ -116,6 +116,7 @@ def test_experiment_register_fields_update_in_place_and_a_hyperparameter_retrain
     spec.write_text(spec.read_text().replace("team: b", "team: c"))
     change = plan_json(repo)["Experiment/wine-lr"]
     assert change["update"] == "re-run" and "dataset wine has a new version v2" in change["note"], change
+    assert change["work"] == "retrain: register.tags.team" and change["fields"][0]["update"] == "re-run"
 
 
 AUTOML = """
