@@ -158,6 +158,25 @@ def test_automl_select_trial_registers_the_chosen_trial_without_rerunning_candid
     assert results["best"]["trial"] == other["id"] and results["registered"]["version"] == 2
 
 
+def test_adding_register_to_a_finished_run_registers_its_trial_without_training(
+        wine_repo: Path, tmp_path: Path) -> None:  # noqa: F811
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    body = "dataset: {name: wine}\nalgorithm: {name: naive_bayes}\n"
+    write(repo, {"specs/nb.yaml": exp("wine-nb", body)})
+    kiln("apply", cwd=repo, check=True, timeout=300)
+    trials, runs = trial_files(repo, "wine-nb"), workflow_runs(repo)
+    assert record(repo, "wine-nb")["extra"]["registered"] is None  # no register: nothing registered
+
+    (repo / "specs/nb.yaml").write_text(exp("wine-nb", body + "register: {model: wine-nb, tags: {stage: late}}\n"))
+    change = plan_json(repo)["Experiment/wine-nb"]
+    assert change["update"] == "re-select" and change["work"] == "re-select a finished trial: register"
+    out = kiln("apply", cwd=repo, check=True, timeout=180)
+    assert "+ register: register the selected trial as wine-nb" in out.stdout and "run workflow" not in out.stdout
+    reg = registry(repo)
+    assert reg.versions("wine-nb") == [1] and reg.describe("wine-nb", 1)["metadata"]["tags"] == ["stage=late"]
+    assert trial_files(repo, "wine-nb") == trials and workflow_runs(repo) == runs
+
+
 def test_dataset_and_workspace_metadata_changes_do_no_work(wine_repo: Path, tmp_path: Path) -> None:  # noqa: F811
     repo = copy_repo(wine_repo, tmp_path / "repo")
     write(repo, {"specs/ws.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Workspace\nmetadata: {name: default}\n"
