@@ -3,7 +3,9 @@
 ``Algorithm.export_onnx`` writes the file; ``check_parity`` is the gate before a model is
 registered as ONNX (AI Studio's "format conversion"): every output the native model gives must
 match the ONNX output at the same position within ``tolerance`` (absolute, on float outputs;
-integer/label outputs must match exactly). A mismatch raises ``ParityError`` with the numbers.
+integer/label outputs must match exactly). A mismatch raises ``ParityError`` with the numbers,
+and so does a check that compared nothing (no samples, or a detector that found no object in
+them: Faster R-CNN's check once "passed on 0 samples", #25): parity is shown, never assumed.
 """
 
 from __future__ import annotations
@@ -23,20 +25,22 @@ class ParityError(AlgorithmError):
 @dataclass
 class ParityReport:
     onnx_path: Path
-    samples: int
+    samples: int                 # inputs fed to both models (rows, images)
     outputs: list[str]
     max_abs_diff: list[float] = field(default_factory=list)
     mismatches: list[int] = field(default_factory=list)  # elements outside tolerance, per output
     tolerance: float = 1e-4
+    compared: int = 0            # output values compared, all outputs together
 
     @property
     def passed(self) -> bool:
-        return not any(self.mismatches)
+        return self.samples > 0 and self.compared > 0 and not any(self.mismatches)
 
     def summary(self) -> str:
         parts = [f"{n}: max |diff| {d:.3g}, {m} mismatched" for n, d, m in
                  zip(self.outputs, self.max_abs_diff, self.mismatches)]
-        return f"{self.onnx_path.name} on {self.samples} samples (tol {self.tolerance}): " + "; ".join(parts)
+        return (f"{self.onnx_path.name} on {self.samples} samples, {self.compared} values compared "
+                f"(tol {self.tolerance}): " + "; ".join(parts))
 
 
 def _onnx_inputs(session: Any, samples: Any) -> dict[str, Any]:
@@ -65,6 +69,14 @@ def check_parity(native_fn: Callable[[Any], Any], onnx_path: str | Path, samples
     path = Path(onnx_path)
     if not path.is_file():
         raise ParityError(f"{path}: ONNX file does not exist", hint="export the model first")
+    # the inputs as the native model takes them (rows, image paths); the ONNX feed may be one
+    # image's tensor, whose first axis is its channels
+    n = len(samples) if hasattr(samples, "__len__") else 1
+    if n == 0:
+        if raise_on_failure:
+            raise ParityError(f"{path}: ONNX parity on 0 samples shows nothing",
+                              hint="check it on the dataset's rows or images (its test or validation split)")
+        return ParityReport(path, 0, [], tolerance=tolerance)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, _onnx_inputs(sess, samples if onnx_samples is None else onnx_samples))
     native = native_fn(samples)
@@ -73,13 +85,13 @@ def check_parity(native_fn: Callable[[Any], Any], onnx_path: str | Path, samples
     names = [o.name for o in sess.get_outputs()]
     if len(native) > len(got):
         raise ParityError(f"{path}: native model gives {len(native)} outputs, ONNX only {len(got)}")
-    report = ParityReport(path, len(got[0]) if hasattr(got[0], "__len__") else 1, names[: len(native)],
-                          tolerance=tolerance)
+    report = ParityReport(path, n, names[: len(native)], tolerance=tolerance)
     for want, have in zip(native, got):
         want = np.asarray(want.detach().cpu().numpy() if hasattr(want, "detach") else want)
         have = np.asarray(have)
         if want.size == have.size and want.shape != have.shape:
             have = have.reshape(want.shape)
+        report.compared += int(want.size)
         if want.shape != have.shape:
             report.max_abs_diff.append(float("inf"))
             report.mismatches.append(max(want.size, have.size))
@@ -91,6 +103,11 @@ def check_parity(native_fn: Callable[[Any], Any], onnx_path: str | Path, samples
             diff = np.abs(want.astype(np.float64) - have.astype(np.float64))
             report.mismatches.append(int((diff > tolerance + tolerance * np.abs(want)).sum()))
         report.max_abs_diff.append(float(diff.max()) if diff.size else 0.0)
+    if raise_on_failure and not report.compared:
+        raise ParityError(f"ONNX parity compared nothing: {report.summary()}; the native model gave no output "
+                          f"values on {report.samples} samples, so the file is not shown to compute the same",
+                          hint="check on samples the model answers (a detector that finds no object in them: "
+                               "train it further or lower its score threshold), or drop the ONNX export")
     if raise_on_failure and not report.passed:
         raise ParityError(f"ONNX output differs from the native model: {report.summary()}",
                           hint="do not register this ONNX file; report the model type as not exportable")

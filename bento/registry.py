@@ -13,7 +13,7 @@ Layout, under ``<repo>/.kiln/bentoml`` (the ``BENTOML_HOME`` of the repository):
                                   are never reused, even after the newest version is deleted)
     kiln-audit.jsonl              one line per change:
                                   {"time": "...Z", "who": "<git user.email or $USER>",
-                                   "action": "register|set_alias|delete_alias|delete|export",
+                                   "action": "register|annotate|add_file|set_alias|delete_alias|delete|export",
                                    "model": "<name>", "version": N, ...}
     kiln-registry.lock            fcntl lock: version numbering and alias edits are serialised
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import re
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln._util.clock import utcnow
-from kiln._util.fs import write_json_atomic
+from kiln._util.fs import write_bytes_atomic, write_json_atomic, write_text_atomic
 from kiln.errors import ConfigError, KilnError, NotFound
 
 __all__ = ["FRAMEWORKS", "Registry", "ModelVersion", "default_home", "SERVING_FILE"]
@@ -280,6 +281,40 @@ class Registry:
             raise KilnError(f"model {name} version {version} is in use by {why}", hint="move the alias or deployment first")
         self._store.delete(f"{name}:v{version}")
         self._audit("delete", name, version)
+
+    def annotate(self, name: str, version: int, *, tags: Iterable[str] | None = None,
+                 description: str | None = None, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Change a version's tags, description or other metadata in place (the model files stay
+        as they are; ``None`` leaves a field alone). Returns what changed, ``{field: [old, new]}``."""
+        new: dict[str, Any] = dict(metadata or {})
+        if tags is not None:
+            new["tags"] = sorted(tags)
+        if description is not None:
+            new["description"] = description
+        with self._lock():
+            v = self.resolve(name, version)
+            m = self._store.get(f"{name}:v{v}")
+            changed = {k: [m.info.metadata.get(k), x] for k, x in new.items() if m.info.metadata.get(k) != x}
+            if not changed:
+                return {}
+            m.info.metadata.update({k: x for k, (_, x) in changed.items()})
+            # a new file renamed into place: a built Bento's copy of model.yaml is a hard link to
+            # this one (deployment build shares identical files), and must keep what it shipped
+            buf = io.StringIO()
+            m.info.dump(buf)
+            write_text_atomic(Path(m.path) / "model.yaml", buf.getvalue(), mkdir=False)
+            self._audit("annotate", name, v, changed=sorted(changed))
+        return changed
+
+    def add_file(self, name: str, version: int, src: str | os.PathLike[str], dest: str) -> Path:
+        """Add an artefact (an ONNX export of the version's model) to an existing version, by a
+        new file renamed into place; the files the version is served from stay as they are."""
+        with self._lock():
+            v = self.resolve(name, version)
+            target = self.home / "models" / name / f"v{v}" / dest
+            write_bytes_atomic(target, Path(src).read_bytes(), mkdir=False)
+            self._audit("add_file", name, v, file=dest)
+        return target
 
     def keep_versions(self, name: str, n: int, *, in_use: Iterable[int] = ()) -> list[int]:
         """Keep the newest ``n`` versions; delete older ones except those an alias or a deployment

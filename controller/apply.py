@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from kiln.controller import events as ev
 from kiln.controller.handlers import HANDLERS, Context, Handler, TemporaryError
 from kiln.controller.plan import Change, Plan, change_for, input_versions, outside_spec
+from kiln.controller.render import workspaces_of
 from kiln.errors import KilnError, LockHeld
 from kiln.state import Attempt, ObjectLock, ObjectRecord, current_holder, utcnow
 from kiln.state.lock import object_lock_path
@@ -133,8 +134,7 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Liste
     result = ApplyResult()
     # Workspaces as the specs define them (validated together with everything else), so presets
     # and quotas resolve the same way on every runner.
-    workspaces = {c.spec.name: c.spec.obj.spec for c in plan.changes
-                  if c.spec is not None and c.kind == "Workspace"}
+    workspaces = workspaces_of(c.spec for c in plan.changes if c.spec is not None)
     for change in plan.changes:
         if change.action == "unchanged" and change.spec is not None and change.record is not None \
                 and any(r.outcome in ("created", "updated") for r in result.results):
@@ -251,10 +251,13 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.L
     started = utcnow()
     ctx = Context(config=config, store=store, spec=spec, record=record, workspaces=workspaces,
                   log=lambda line: emit(ev.Log(change.key, change.ref, line)),
-                  inputs=input_versions(config, spec))
+                  inputs=input_versions(config, spec),
+                  update=change.update if change.action == "update" else "re-run",
+                  changed=[f.path for f in change.fields])
     res = ObjectResult(change.ref, "created" if change.action == "create" else "updated")
     if not change.poll:
-        emit(ev.ObjectStarted(change.key, change.ref, change.action, spec.location()))
+        emit(ev.ObjectStarted(change.key, change.ref, change.action, spec.location(),
+                              change.work() if change.action == "update" and change.fields else ""))
     # recorded first: a killed apply leaves the object OutOfSync (and Reconciling), as plan sees it
     record = replace(record, source=_source(change), sync=record.sync if change.poll else "OutOfSync").with_condition(
         "Reconciling", "True", "Progressing", f"applying spec {spec.spec_hash}")
@@ -289,7 +292,7 @@ def _run_steps(handler: Handler, ctx: Context, change: Change, res: ObjectResult
     """Run (or skip as done) each step, persisting its progress; return the inventory."""
     store, key = ctx.store, ctx.run_key
     inventory: list[dict[str, Any]] = []
-    for step in handler.steps(ctx):
+    for step in handler.steps_for(ctx):
         done = store.step(change.key, key, step.name)
         if done is not None and done.succeeded and not step.always:
             ctx.outputs[step.name] = done.output
@@ -319,9 +322,12 @@ def _succeeded(handler: Handler, ctx: Context, record: ObjectRecord, inventory: 
     assert spec is not None
     record = record.applied(spec.doc, spec.spec_hash, now=now)
     extra = {**record.extra, **handler.extra(ctx)}
-    if ctx.inputs:  # what plan compares against to see a followed dataset's new version
+    if ctx.inputs and ctx.update == "re-run":  # what plan compares against to see a followed dataset's new version
         extra["inputVersions"] = ctx.inputs
         extra["runKey"] = ctx.run_key
+    if ctx.changed:  # what the last update did, by its class, for `kiln describe`
+        extra["lastUpdate"] = {"class": ctx.update, "fields": ctx.changed, "at": now,
+                               "steps": [n for n in ctx.outputs]}
     record = replace(record, inventory=inventory, health=handler.health(ctx), extra=extra)
     record = record.with_condition("Ready", "True", "Succeeded", "applied", now=now)
     record = record.with_condition("Reconciling", "False", "Succeeded", "", now=now)

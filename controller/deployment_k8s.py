@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 PORT = 3000  # bentoml serve's default
 
 
-def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | None = None,
+def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | None,
                model: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
 
     spec = s.obj.spec

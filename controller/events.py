@@ -78,6 +78,7 @@ class Busy(ApplyEvent):
 class ObjectStarted(ApplyEvent):
     action: str          # create | update
     source: str          # file:line of the spec
+    work: str = ""       # an update's class and fields: what apply does (``plan.Change.work``)
     news = True
 
 
@@ -138,7 +139,7 @@ def render(ev: ApplyEvent) -> str:
     if isinstance(ev, Busy):
         return f"! {ev.ref}: busy: {ev.message}"
     if isinstance(ev, ObjectStarted):
-        return f"~ {ev.ref}: {ev.action} ({ev.source})"
+        return f"~ {ev.ref}: {ev.action}{', ' + ev.work if ev.work else ''} ({ev.source})"
     if isinstance(ev, StepSkipped):
         return f"    = {ev.step}: done before, skipping"
     if isinstance(ev, StepDone):

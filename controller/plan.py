@@ -15,6 +15,12 @@ An unchanged spec can still need an apply, for two reasons outside the spec (giv
 - the handler observes drift or work in progress (``Handler.observe``): a Label Studio project
   edited by hand is an update; labelling in progress is a ``poll`` (listed as unchanged with a
   note; apply runs the handler's ``always`` steps to check completion).
+
+A changed spec is classified by what its changed fields cost (``kiln.controller.diff.classify``,
+declared per kind in ``kiln.api.kinds``): ``metadata``, ``re-register``, ``re-select``,
+``restart`` or ``re-run``. Anything but ``re-run`` is applied in place (``Handler.in_place_steps``)
+only when the last apply succeeded and nothing outside the spec asks for a run (a new dataset
+version, drift); the handler may escalate a class it cannot do in place (``Handler.update_class``).
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
-from kiln.controller.diff import FieldChange, diff
+from kiln.api.kinds import UPDATE_CLASSES, UpdateClass
+from kiln.controller.diff import FieldChange, announce, classify, diff, update_word
 from kiln.controller.handlers import HANDLERS, KINDS
 from kiln.controller.handlers.dataset import source_fingerprint as source_fingerprint  # moved; dataset_steps uses it
 from kiln.data.versions_log import read_versions_log
@@ -51,6 +59,7 @@ class Change:
     fields: list[FieldChange] = field(default_factory=list)
     note: str = ""
     poll: bool = False   # unchanged, but apply should run the handler's `always` steps (see module doc)
+    update: UpdateClass = "re-run"   # an update's class: what apply does (module doc)
 
     @property
     def handled(self) -> bool:
@@ -73,6 +82,11 @@ class Change:
     def pending(self) -> bool:
         return self.action != "unchanged"
 
+    def work(self) -> str:
+        """What apply will do, by class: ``in place: register.tags; retrain: algorithm.lr``."""
+        # the costliest class comes first; its work covers the cheaper fields
+        return announce(self.kind, self.fields) if self.fields else update_word(self.update, self.kind)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"action": self.action, "kind": self.kind, "ref": self.ref, "key": self.key}
         if self.spec is not None:
@@ -80,6 +94,9 @@ class Change:
             d["specHash"] = self.spec.spec_hash
         if self.fields:
             d["fields"] = [f.to_dict() for f in self.fields]
+        if self.action == "update":
+            d["update"] = self.update
+            d["work"] = self.work()
         if not self.handled:
             d["handler"] = "not available yet"
             d["reason"] = self.why_not()
@@ -133,7 +150,9 @@ class Plan:
             if c.note:
                 line += f"  [{c.note}]"
             lines.append(line)
-            lines += [f"      {f.format()}" for f in c.fields]
+            if c.action == "update" and c.fields:
+                lines.append(f"      => {c.work()}")
+            lines += [f"      {f.format(c.kind)}" for f in c.fields]
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(self.summary())
         return "\n".join(lines)
@@ -146,7 +165,9 @@ class Plan:
         if pending:
             out += ["| action | object | source | details |", "|---|---|---|---|"]
             for c in pending:
-                details = "<br>".join(f"`{f.format()}`" for f in c.fields[:20])
+                details = "<br>".join(f"`{f.format(c.kind)}`" for f in c.fields[:20])
+                if c.action == "update" and c.fields:
+                    details = f"**{c.work()}**<br>" + details
                 if len(c.fields) > 20:
                     details += f"<br>… {len(c.fields) - 20} more"
                 if not c.handled:
@@ -301,9 +322,23 @@ def change_for(config: KilnConfig | None, s: LoadedSpec, rec: ObjectRecord | Non
     under the object's lock, when another process recorded the object after this plan was made."""
     if rec is None or rec.generation == 0:
         return Change("create", s.key, s.kind, s.ref, spec=s, record=rec)
+    unfinished = rec.observed_generation != rec.generation or _not_ready(rec)
     if rec.spec_hash != s.spec_hash:
-        return Change("update", s.key, s.kind, s.ref, spec=s, record=rec, fields=diff(rec.spec, s.doc))
-    if rec.observed_generation != rec.generation or _not_ready(rec):
+        update, fields = classify(s.kind, diff(rec.spec, s.doc))
+        if update != "re-run":
+            update = HANDLERS[s.kind].update_class(s, rec, update)
+        why = ""
+        if update != "re-run" and unfinished:
+            update, why = "re-run", "the last apply did not finish: re-run"
+        elif update != "re-run" and config is not None:
+            outside = outside_spec(config, s, rec)
+            if outside.action != "unchanged":  # a new dataset version or drift asks for the whole run
+                update, why = "re-run", f"{outside.note}: re-run"
+        # escalated: that costlier work is what apply does about each field too
+        rank = UPDATE_CLASSES.index
+        fields = [f if rank(f.update) >= rank(update) else dc_replace(f, update=update) for f in fields]
+        return Change("update", s.key, s.kind, s.ref, spec=s, record=rec, fields=fields, update=update, note=why)
+    if unfinished:
         return Change("update", s.key, s.kind, s.ref, spec=s, record=rec,
                       note="retry: the last apply did not finish")
     return outside_spec(config, s, rec)

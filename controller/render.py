@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import kiln
@@ -62,15 +63,24 @@ def _resources(size: Preset) -> dict[str, Any]:
     return res
 
 
+def workspaces_of(specs: Iterable[LoadedSpec]) -> dict[str, WorkspaceSpec]:
+    """Each workspace as the specs define it (validated with everything else): what resource
+    presets and quotas resolve against. Apply and ``kiln render`` both take it from here, so a
+    rendered workflow is the one apply runs (render once printed the default resources where
+    apply used the workspace's preset, #25)."""
+    return {s.name: s.obj.spec for s in specs if s.kind == "Workspace"}
+
+
 def _size(s: LoadedSpec, workspace: WorkspaceSpec | None) -> Preset:
     req = getattr(s.obj.spec, "resources", None)
     return (workspace or WorkspaceSpec()).resolve(req)
 
 
-def render_workflow(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | None = None,
+def render_workflow(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | None,
                     data_version: str = "", code_version: str = "") -> dict[str, Any]:
-    """The Argo Workflow for ``s``. ``workspace`` resolves resource presets and the concurrency
-    quota; ``data_version``/``code_version`` enter the memoization keys."""
+    """The Argo Workflow for ``s``. ``workspace`` (``workspaces_of(specs).get(s.workspace)``;
+    required, so that no caller renders with the defaults by forgetting it) resolves resource
+    presets and the concurrency quota; ``data_version``/``code_version`` enter the memoization keys."""
     tasks = PIPELINES[s.kind](s)
     ref = f"{s.kind}/{s.workspace}/{s.name}"
     size = _size(s, workspace)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln._util.suggest import did_you_mean
 from kiln.api import KINDS
 from kiln.config import KilnConfig
 from kiln.controller.project import canonical_kind, find_key, load_valid, open_state, parse_ref
 from kiln.errors import KilnError, SpecErrors
+
+if TYPE_CHECKING:
+    from kiln.loader import SpecSet
 
 __all__ = ["canonical_kind", "parse_ref"]  # (they moved to project; kept importable from here)
 
@@ -355,7 +358,8 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
     return "\n".join(out)
 
 
-def find_spec(config: KilnConfig, ref: str, path: str | None = None, workspace: str | None = None):
-    specs = load_valid(config, path)
+def find_spec(config: KilnConfig, ref: str, path: str | None = None, workspace: str | None = None,
+              specs: SpecSet | None = None):
+    specs = specs if specs is not None else load_valid(config, path)
     key = find_key(ref, [s.key for s in specs.specs], workspace=workspace, absent="no spec defines {}")
     return specs.by_key()[key]

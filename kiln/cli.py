@@ -251,23 +251,28 @@ def render(ctx: click.Context, ref: str, what: str, path: str | None, workspace:
     """Print KIND/NAME as composed from its templates and the workflow it runs as."""
     import yaml
 
+    from kiln.controller.project import load_valid
+    from kiln.controller.render import workspaces_of
     from kiln.controller.status import find_spec
 
     cfg = _config(ctx)
-    spec = find_spec(cfg, ref, path, workspace)
+    specs = load_valid(cfg, path)
+    spec = find_spec(cfg, ref, path, workspace, specs=specs)
+    # the workspace as apply resolves it: its presets and quotas (one resolution, render.workspaces_of)
+    ws = workspaces_of(specs.specs).get(spec.workspace)
     docs = []
     if what in ("all", "spec"):
         docs.append(spec.doc)
     if what in ("all", "workflow"):
         from kiln.controller.render import render_workflow
 
-        docs.append(render_workflow(cfg, spec))
+        docs.append(render_workflow(cfg, spec, workspace=ws))
     if what == "k8s":
         if spec.kind != "Deployment":
             raise KilnError(f"--what k8s renders Deployments, not {spec.kind}", hint="use --what spec|workflow")
         from kiln.controller.deployment_k8s import render_k8s
 
-        docs += render_k8s(cfg, spec)
+        docs += render_k8s(cfg, spec, workspace=ws)
     click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
     return 0
 

@@ -118,11 +118,56 @@ def test_plan_update_lists_changed_fields_and_exit_codes(tmp_path: Path) -> None
     assert "| 🟡 update | `Workspace/team` |" in md
     js = json.loads(kiln("plan", "--format", "json", cwd=tmp_path, check=True).stdout)
     assert js["summary"]["update"] == 1
-    assert js["changes"][0]["fields"] == [{"path": "spec.quotas.cpu", "op": "~", "old": "4", "new": "8"}]
+    assert js["changes"][0]["fields"] == [{"path": "spec.quotas.cpu", "op": "~", "old": "4", "new": "8", "update": "re-run"}]
+    assert js["changes"][0]["update"] == "re-run" and js["changes"][0]["work"] == "re-run: quotas.cpu"
     out = kiln("apply", cwd=tmp_path, check=True).stdout
     assert "Workspace/team: update" in out
     rec = json.loads(kiln("get", "workspace", "team", "-o", "json", cwd=tmp_path, check=True).stdout)
     assert rec["generation"] == 2 and rec["spec"]["spec"]["quotas"]["cpu"] == "8"
+
+
+def test_workspace_period_with_unquoted_yaml_dates_applies(tmp_path: Path) -> None:
+    """YAML reads an unquoted 2026-01-01 as a date, which the state store (JSON) could not hold:
+    "Object of type date is not JSON serializable" (#25). A spec date stays the text written."""
+    period = "  period: {start: 2020-01-01, end: 2099-12-31}\n"
+    write(tmp_path, {"specs/ws.yaml": WS + period})
+    out = kiln("apply", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = json.loads(kiln("get", "workspace", "team", "-o", "json", cwd=tmp_path, check=True).stdout)
+    assert rec["spec"]["spec"]["period"] == {"start": "2020-01-01", "end": "2099-12-31"}
+    # quoting the dates makes the same document: nothing to apply
+    (tmp_path / "specs/ws.yaml").write_text(WS + "  period: {start: '2020-01-01', end: \"2099-12-31\"}\n")
+    assert kiln("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+    # and the dates are still dates where the model needs them: a period that ended is refused
+    write(tmp_path, {"specs/ws.yaml": WS + "  period: {start: 2020-01-01, end: 2021-06-30}\n",
+                     "specs/data.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {name: d, workspace: team}\n"
+                                        "spec: {type: tabular, format: csv, source: {sample: iris}}\n"})
+    bad = kiln("validate", cwd=tmp_path)
+    assert bad.returncode != 0 and "period of use ended on 2021-06-30" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+
+
+@pytest.mark.slow  # versions iris and trains one logistic regression (~40 s)
+def test_render_shows_the_resources_apply_runs_with(tmp_path: Path) -> None:
+    """`kiln render` printed the default resources where apply used the workspace's preset (#25):
+    both now resolve the workspace from the specs in one place (``render.workspaces_of``)."""
+    import yaml
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    write(tmp_path, {"specs/ws.yaml": WS + "  presets: [{name: small, cpu: 500m, memory: 1Gi}]\n",
+                     "specs/data.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {name: d, workspace: team}\n"
+                                        "spec: {type: tabular, task: classification, format: csv, source: {sample: iris}}\n",
+                     "specs/exp.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Experiment\nmetadata: {name: e, workspace: team}\n"
+                                       "spec: {dataset: {name: d}, algorithm: {name: logistic_regression}, "
+                                       "resources: {preset: small}}\n"})
+    rendered = yaml.safe_load(kiln("render", "Experiment/team/e", "--what", "workflow", cwd=tmp_path, check=True).stdout)
+
+    def sizes(manifest: dict) -> dict[str, dict]:
+        return {t["name"]: t["container"]["resources"] for t in manifest["spec"]["templates"] if "container" in t}
+
+    assert sizes(rendered)["train"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+    kiln("apply", cwd=tmp_path, check=True, timeout=300)
+    [ran] = [json.loads(p.read_text()) for p in (tmp_path / ".kiln/runs").glob("kiln-exp-team-e*/workflow.json")]
+    assert sizes(ran) == sizes(rendered)
 
 
 def test_prune_only_when_asked_and_opt_out(tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ automl: {maxCandidates: 2, candidates: [{name: svm}, {name: naive_bayes}, {name:
     specs = {s.name: s for s in load_valid(load_config(repo)).specs}
 
     def dag(name: str) -> dict:
-        manifest = render_workflow(load_config(repo), specs[name])
+        manifest = render_workflow(load_config(repo), specs[name], workspace=None)
         assert validate_workflow(manifest) == []
         tmpl = next(t for t in manifest["spec"]["templates"] if "dag" in t)
         return next(t for t in tmpl["dag"]["tasks"] if t["name"] == "candidates")

@@ -43,3 +43,52 @@ def test_a_field_view_writes_through_to_the_registry() -> None:
         assert KINDS["Dataset"].handler is HANDLERS["Workspace"] and KINDS["Dataset"].pipeline is before.pipeline
     finally:
         KINDS["Dataset"] = before
+
+
+def _field(model: type, name: str):
+    """The pydantic field a spec document calls ``name`` (its alias, e.g. ``register``)."""
+    return next((f for n, f in model.model_fields.items() if (f.alias or n) == name), None)
+
+
+def test_every_declared_update_class_names_a_real_field() -> None:
+    """A typo in a kind's update table would leave that field on the safe default (re-run) and
+    the cheap path silently unused: each declared prefix must be a field of the kind's model."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from kiln.api.kinds import UPDATE_CLASSES
+
+    for info in ALL:
+        for path, update in info.updates:
+            assert update in UPDATE_CLASSES, (info.name, path)
+            model: typing.Any = info.model
+            for part in path.split("."):
+                f = _field(model, part)
+                if f is None and part == "description" and path.startswith("metadata."):
+                    break  # metadata.description: declared for every kind, as the ops work adds it
+                assert f is not None, f"{info.name}: {path}: no field {part!r} in {model.__name__}"
+                model = next((a for a in typing.get_args(f.annotation) or (f.annotation,)
+                              if isinstance(a, type) and issubclass(a, BaseModel)), None)
+                if model is None:
+                    break
+
+
+def test_update_class_is_the_longest_declared_prefix_and_unknown_fields_re_run() -> None:
+    from kiln.controller.diff import FieldChange, classify
+
+    exp = {k.name: k for k in ALL}["Experiment"]
+    assert exp.update_class("spec.register.tags.team") == "re-register"
+    assert exp.update_class("spec.register.aliases[0]") == "re-register"
+    assert exp.update_class("spec.register") == "re-select"  # the whole block: register the chosen trial
+    assert exp.update_class("spec.registerX") == "re-run"  # a prefix of the name is not a parent
+    assert exp.update_class("spec.algorithm.hyperparameters.lr") == "re-run"
+    assert exp.update_class("spec.someFutureField") == "re-run"
+    worst, fields = classify("Experiment", [FieldChange("spec.register.tags.team", "a", "b"),
+                                            FieldChange("metadata.labels.x", None, "y")])
+    assert worst == "re-register" and [f.update for f in fields] == ["re-register", "metadata"]
+    assert classify("Experiment", [FieldChange("spec.selectTrial", 1, 2),
+                                   FieldChange("spec.objective.metric", "a", "b")])[0] == "re-run"
+    assert classify("Experiment", [])[0] == "re-run"  # only the hash moved: nothing says cheaper
+    assert classify("Deployment", [FieldChange("spec.workers", 1, 2)])[0] == "restart"
+    assert classify("Deployment", [FieldChange("spec.model.version", 1, 2)])[0] == "re-run"

@@ -97,7 +97,7 @@ def test_followed_dataset_new_version_plans_retrain(tmp_path: Path) -> None:
     s = specs["wine-retrain"]
     k1, k2 = run_key(s.spec_hash, {"default/wine": v1}), run_key(s.spec_hash, {"default/wine": v2})
     assert k1 != k2 and k1.startswith(s.spec_hash)
-    m1 = render_workflow(config, s, data_version=k1[len(s.spec_hash) + 1:])
-    m2 = render_workflow(config, s, data_version=k2[len(s.spec_hash) + 1:])
+    m1 = render_workflow(config, s, workspace=None, data_version=k1[len(s.spec_hash) + 1:])
+    m2 = render_workflow(config, s, workspace=None, data_version=k2[len(s.spec_hash) + 1:])
     assert m1["metadata"]["labels"]["kiln.dev/spec-hash"] != m2["metadata"]["labels"]["kiln.dev/spec-hash"]
-    assert render_workflow(config, s)["metadata"]["labels"]["kiln.dev/spec-hash"] == s.spec_hash
+    assert render_workflow(config, s, workspace=None)["metadata"]["labels"]["kiln.dev/spec-hash"] == s.spec_hash

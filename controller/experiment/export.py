@@ -71,7 +71,8 @@ def export_onnx(ctx: StepContext) -> dict[str, Any]:
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     log(f"ONNX parity passed: {report.summary()}")
-    rep = {"file": "model.onnx", "checked": True, "samples": report.samples, "tolerance": report.tolerance,
+    rep = {"file": "model.onnx", "checked": True, "samples": report.samples, "compared": report.compared,
+           "tolerance": report.tolerance,
            "maxAbsDiff": max(report.max_abs_diff) if report.max_abs_diff else 0.0, "summary": report.summary()}
     write_json(run / "onnx.json", rep)
     return rep

@@ -1,5 +1,6 @@
 """The register step: the selected model as a new version in the model registry (once per run
-and data version, also across retries), its aliases, and pruning of old unused versions."""
+and data version, also across retries), its aliases, and pruning of old unused versions; and the
+in-place update of a registered version when only how it is registered changed (#25)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
     run_label = f"{ctx.spec_hash[:16]}.{str(data.get('version', ''))[:8]}.{sel['trial']}"
     with file_lock(run / "register.lock"):
         done = read_json(run / "registered.json")
-        if done and done.get("run") == run_label:
+        if done and done.get("run") == run_label and done.get("model") == model:
             return done
         # a retried register after a crash between registering and recording: reuse that version
         version = next((mv.version for mv in (reg.list(model) if model in reg.names() else [])
@@ -109,3 +110,55 @@ def register(ctx: StepContext) -> dict[str, Any]:
     write_summary(ctx, spec, run)
     write_results(ctx, spec, run)
     return out
+
+
+def update_registration(ctx: StepContext) -> dict[str, Any]:
+    """Make the run's registered version match ``spec.register`` without training or registering
+    anew (update class ``re-register``, ``kiln.api.kinds``): its tags and description, the
+    aliases (an alias the spec no longer lists is removed if it still points here), retention,
+    and an ONNX export of the same model, parity-checked, added to the version as ``model.onnx``.
+    The version keeps serving as it was registered. ``ctx.spec_hash`` names the run folder."""
+    from kiln.controller.experiment.export import export_onnx
+
+    spec = ctx.model(Experiment).spec
+    reg_spec = spec.registration
+    run = run_folder(ctx)
+    done = read_json(run / "registered.json")
+    if reg_spec is None or not done:
+        return {"changed": False}
+    reg = Registry(default_home(ctx.config.repo))
+    model, version = done["model"], int(done["version"])
+    actions: list[str] = []
+    with file_lock(run / "register.lock"):
+        changed = reg.annotate(model, version, tags=[f"{k}={v}" for k, v in sorted(reg_spec.tags.items())],
+                               description=reg_spec.description or "")
+        actions += [f"{k} updated" for k in sorted(changed)]
+        for alias in reg_spec.aliases:
+            if reg.aliases(model).get(alias) != version:
+                reg.set_alias(model, alias, version)
+                actions.append(f"alias {alias} -> v{version}")
+        for alias in sorted(set(done.get("aliases") or []) - set(reg_spec.aliases)):
+            if reg.aliases(model).get(alias) == version:
+                reg.delete_alias(model, alias)
+                actions.append(f"alias {alias} removed")
+        if "onnx" in reg_spec.export:
+            have = (read_json(run / "onnx.json") or {})
+            info = reg.describe(model, version)
+            if "model.onnx" not in info["files"] or have.get("tolerance") != reg_spec.onnxTolerance:
+                rep = export_onnx(ctx)  # the selected trial's model: the one this version holds
+                reg.add_file(model, version, run / "trials" / done.get("trial", selected_trial(run)["trial"]) / "model.onnx",
+                             "model.onnx")
+                reg.annotate(model, version, metadata={"onnx": _no_none(rep)})
+                actions.append(f"ONNX export added ({rep.get('summary', 'parity checked')})")
+        deleted: list[int] = []
+        if reg_spec.keepVersions:
+            deleted = reg.keep_versions(model, reg_spec.keepVersions, in_use=_deployment_versions(ctx, model))
+            actions += [f"deleted v{v} (keepVersions {reg_spec.keepVersions})" for v in deleted]
+        out = {**done, "aliases": list(reg_spec.aliases), "deleted": sorted({*done.get("deleted", []), *deleted}),
+               "updated": actions}
+        write_json(run / "registered.json", out)
+    for a in actions:
+        log(f"{model} v{version}: {a}")
+    write_summary(ctx, spec, run)
+    write_results(ctx, spec, run)
+    return {"model": model, "version": version, "updated": actions, "changed": bool(actions)}

@@ -53,6 +53,10 @@ class Context:
     workspaces: dict[str, Any] = field(default_factory=dict)   # name -> WorkspaceSpec, from the specs
     # followed inputs as resolved for this apply ("<ws>/<dataset>" -> version id, see plan.input_versions)
     inputs: dict[str, str] = field(default_factory=dict)
+    # an update's class and changed fields (``kiln.controller.diff.classify``): anything but
+    # "re-run" is applied by ``Handler.in_place_steps``
+    update: str = "re-run"
+    changed: list[str] = field(default_factory=list)
 
     @property
     def run_key(self) -> str:
@@ -144,6 +148,25 @@ class Handler(ABC):
         """What plan makes of new inputs (``note`` says which): ``("update", why)`` by default,
         ``("unchanged", why)`` to only note them, None to ignore them."""
         return ("update", note)
+
+    @classmethod
+    def update_class(cls, spec: LoadedSpec, record: ObjectRecord, update: str) -> str:
+        """The class ``update`` (``kiln.api.kinds``) as this handler can apply it to ``record``:
+        a costlier one when what the cheap path needs is not there (no registered version to
+        re-tag). Read-only and cheap: plan asks it."""
+        return update
+
+    def in_place_steps(self, ctx: Context) -> list[Step]:
+        """The steps of an update of class ``ctx.update`` (not ``re-run``): a metadata change is
+        recorded and runs nothing; a handler that declares a cheaper class in ``kiln.api.kinds``
+        overrides this for it."""
+        if ctx.update == "metadata":
+            return []
+        raise NotImplementedError(f"{self.kind}: no in-place path for update class {ctx.update!r}")
+
+    def steps_for(self, ctx: Context) -> list[Step]:
+        """What apply runs: the whole ``steps`` for a new object or a re-run, else the in-place path."""
+        return self.steps(ctx) if ctx.update == "re-run" else self.in_place_steps(ctx)
 
     def health(self, ctx: Context) -> str:
         """Health of the applied object (Healthy, Progressing, Degraded, Missing, Unknown)."""

@@ -21,6 +21,9 @@ model); a token that ``auth.tokens[].env`` names has a new value in this environ
 runs the steps again under a rollout key derived from what drifted (``g3.<hash>``), so a crash
 while healing resumes, and the same drift is healed once.
 
+A change of only how the server runs (resources, workers, batching, limits: update class
+``restart``, ``kiln.api.kinds``) runs rollout and smoke-test in place: same model, no rebuild.
+
 Delete (``apply --prune``) stops the server and drops the env tokens; the capture folder stays
 (it is data a Dataset versions).
 """
@@ -158,6 +161,28 @@ class DeploymentHandler(WorkflowHandler):
 
             steps.append(Step(f"{st.name}@g{gen}", st.describe, run, inventory=st.inventory))
         return [Step(f"auth@g{gen}", "register the tokens auth.tokens names (hashes only)", auth), *steps]
+
+    def in_place_steps(self, ctx: Context) -> list[Step]:
+        """``restart`` (resources, workers, batching, limits, ...): the same model version, served
+        again with the new settings by the workflow's own rollout and smoke-test steps, in this
+        process; resolve-model and the Bento build are not redone."""
+        if ctx.update != "restart":
+            return super().in_place_steps(ctx)
+        from kiln.controller.deployment_steps import deployment_rollout, deployment_smoke_test
+        from kiln.controller.steps import StepContext
+
+        spec = ctx.spec
+        assert spec is not None
+
+        def sctx(c: Context) -> StepContext:
+            return StepContext(c.config, f"Deployment/{spec.workspace}/{spec.name}", spec.doc, spec.spec_hash)
+
+        def inventory(out: dict[str, Any]) -> list[dict[str, Any]]:
+            return self.inventory_from(spec, {"rollout": out})
+
+        return [Step("rollout", "restart the server with the new settings (same model, no rebuild)",
+                     lambda c: deployment_rollout(sctx(c)), inventory=inventory),
+                Step("smoke-test", "check that it answers", lambda c: deployment_smoke_test(sctx(c)))]
 
     def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:
         out = outputs.get("rollout")

@@ -15,7 +15,9 @@ when it fails) is the run folder's summary::
      "registered": {"model": "digits-classifier", "version": 3, "aliases": ["production"], ...},
      "info": "hpo 7/10 trials, best validation_accuracy=0.98 (t0004) -> digits-classifier v3"}
 
-Re-applying an unchanged spec does nothing (plan: unchanged). The dataset version an experiment
+Re-applying an unchanged spec does nothing (plan: unchanged). A change of only how the model is
+registered (``re-register``) or of which finished trial is (``re-select``, ``kiln.api.kinds``)
+works in place on the run the record points at (``extra.run``): no workflow, no training. The dataset version an experiment
 trains on is part of its memo keys, so ``version: latest`` never reuses a prepare-data of an
 older version.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 # Step modules are imported inside the methods that use them: see LAZY_STEP_IMPORTS in base.py.
 import shutil
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from kiln.controller.handlers.base import Context, Step
@@ -48,6 +51,55 @@ class ExperimentHandler(WorkflowHandler):
         if policy == "plan-only":
             return ("unchanged", f"{note} (trigger onNewDatasetVersion: plan-only; not retrained)")
         return ("update", f"{note}: retrain (trigger onNewDatasetVersion: retrain)")
+
+    @classmethod
+    def update_class(cls, spec: Any, record: Any, update: str) -> str:
+        """In place needs the finished run the record points at (``kiln gc`` may have removed an
+        older one); re-tagging needs a registered version, else the chosen trial is registered."""
+        run = (record.extra or {}).get("run")
+        if update in ("re-register", "re-select") and not (run and (Path(run) / "selected.json").is_file()):
+            return "re-run"
+        if update == "re-register" and not (record.extra or {}).get("registered"):
+            return "re-select"
+        return update
+
+    def in_place_steps(self, ctx: Context) -> list[Step]:
+        """``re-register``: the registered version is re-tagged, re-aliased or converted to ONNX;
+        ``re-select``: the chosen finished trial is selected and registered. Both in the run
+        folder the record points at, by the step functions a workflow runs, in this process:
+        bookkeeping on files and the registry, seconds long, no training (module doc)."""
+        if ctx.update not in ("re-register", "re-select"):
+            return super().in_place_steps(ctx)
+        from kiln.controller.steps import StepContext
+
+        spec, run = ctx.spec, self._run_dir(ctx)
+        assert spec is not None
+        reg = spec.obj.spec.registration
+
+        def step(name: str, target: str, describe: str) -> Step:
+            def run_it(c: Context) -> dict[str, Any]:
+                import importlib
+
+                module, _, attr = target.partition(":")
+                # the run folder is named by the spec hash that trained it: the steps find it by that
+                sctx = StepContext(c.config, f"Experiment/{spec.workspace}/{spec.name}", spec.doc, run.name)
+                return getattr(importlib.import_module(module), attr)(sctx)
+
+            return Step(name, describe, run_it)
+
+        update = step("re-register", "kiln.controller.experiment.register:update_registration",
+                      "update the registered version in place (tags, description, aliases, ONNX export): no training")
+        if ctx.update == "re-register":
+            return [update]
+        steps = [step("select", "kiln.controller.experiment.selection:select",
+                      "select the chosen finished trial (selectTrial): no training")]
+        if reg is not None:
+            if "onnx" in reg.export:
+                steps.append(step("export-onnx", "kiln.controller.experiment.export:export_onnx",
+                                  "export the selected trial's model to ONNX (parity checked)"))
+            steps += [step("register", "kiln.controller.experiment.register:register",
+                           f"register the selected trial as {reg.model}"), update]
+        return steps
 
     def steps(self, ctx: Context) -> list[Step]:
         steps = super().steps(ctx)
@@ -87,11 +139,14 @@ class ExperimentHandler(WorkflowHandler):
         except Exception:  # noqa: BLE001 - prepare-data reports a missing version with its own message
             return {}
 
-    def _run_dir(self, ctx: Context):
+    def _run_dir(self, ctx: Context) -> Path:
         from kiln.controller.experiment.home import run_dir
 
         spec = ctx.spec
         assert spec is not None
+        recorded = ctx.record.extra.get("run") if ctx.record is not None else None
+        if ctx.update != "re-run" and recorded:  # an in-place update works on the run it updates
+            return Path(recorded)
         return run_dir(ctx.config, spec.workspace, spec.name, spec.spec_hash)
 
     def live_extra(self, ctx: Context) -> dict[str, Any]:

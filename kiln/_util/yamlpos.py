@@ -13,7 +13,17 @@ from functools import lru_cache
 import yaml
 
 # libyaml's C loader when PyYAML was built with it (the usual wheels are)
-_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):  # type: ignore[misc, valid-type]
+    """The spec loader. YAML 1.1 reads an unquoted ``2026-01-01`` as a date object, which JSON (the
+    state store, the spec hash, the workflow's ``--spec``) cannot hold, while the quoted one is
+    text: a spec date stays the text written, and the models parse it where a date is allowed
+    (``Workspace.spec.period``), so quoting it or not makes the same document and hash (#25)."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
 
 
 @lru_cache(maxsize=256)

@@ -233,6 +233,32 @@ def test_unchanged_reapply_changes_nothing(det) -> None:
     assert len([q for q in admin.ls.projects.list() if marker in (q.description or "").splitlines()]) == 1
 
 
+def test_metadata_change_is_recorded_without_touching_the_project(det) -> None:
+    """Labels and the owner are metadata (``kiln.api.kinds``): plan says "in place", apply records
+    the spec and does no work in Label Studio (#25)."""
+    repo, admin = det["repo"], det["admin"]
+    pid = record(repo, "LabelingJob/default/boxes").extra["project"]
+    before, project = admin.export_tasks(pid), admin.ls.projects.get(pid)
+    original = (repo / "specs/boxes.yaml").read_text()
+    (repo / "specs/boxes.yaml").write_text(original.replace("metadata: {name: boxes}",
+                                                            "metadata: {name: boxes, labels: {team: vision}}")
+                                           + "  owner: cy@example.com\n")
+    ch = next(c for c in plan(repo).changes if c.ref == "LabelingJob/boxes")
+    assert ch.action == "update" and ch.update == "metadata"
+    assert ch.work() == "in place: metadata.labels, owner"
+    result, log = apply(repo)
+    assert outcome(result, "LabelingJob/boxes") == "updated" and result.actions == 0, log
+    assert admin.export_tasks(pid) == before
+    after = admin.ls.projects.get(pid)
+    assert (after.title, after.description, after.label_config) == (project.title, project.description,
+                                                                    project.label_config)
+    rec = record(repo, "LabelingJob/default/boxes")
+    assert rec.extra["lastUpdate"]["class"] == "metadata" and rec.spec["metadata"]["labels"] == {"team": "vision"}
+    (repo / "specs/boxes.yaml").write_text(original)
+    result, log = apply(repo)
+    assert outcome(result, "LabelingJob/boxes") == "updated" and result.actions == 0, log
+
+
 def test_annotate_complete_new_dataset_version(det) -> None:
     repo, truth, admin = det["repo"], det["truth"], det["admin"]
     pid = record(repo, "LabelingJob/default/boxes").extra["project"]
