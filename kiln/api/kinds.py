@@ -42,6 +42,7 @@ UPDATE_CLASSES: tuple[UpdateClass, ...] = ("metadata", "re-register", "re-select
 # every kind: what describes an object changes no result
 _METADATA: dict[str, UpdateClass] = {
     "metadata.labels": "metadata", "metadata.annotations": "metadata", "metadata.description": "metadata",
+    "spec.description": "metadata",
 }
 
 
@@ -69,10 +70,10 @@ def _updates(**by_path: UpdateClass) -> tuple[tuple[str, UpdateClass], ...]:
 
 
 ALL: tuple[KindInfo, ...] = (
-    KindInfo("Workspace", Workspace, "ws", _updates(spec__description="metadata")),
+    KindInfo("Workspace", Workspace, "ws", _updates()),
     # sharing (Flightbase's read-only datasets) is who may change it, not what it holds
     KindInfo("Dataset", Dataset, "data", _updates(
-        spec__description="metadata", spec__owner="metadata", spec__sharing="metadata")),
+        spec__owner="metadata", spec__sharing="metadata")),
     KindInfo("LabelingJob", LabelingJob, "label", _updates(spec__owner="metadata")),
     KindInfo("Experiment", Experiment, "exp", _updates(
         spec__owner="metadata", spec__access="metadata", spec__users="metadata",
