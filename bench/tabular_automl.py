@@ -156,15 +156,23 @@ def serve(repo: Path, extra: dict, row: dict, args: argparse.Namespace) -> dict[
     env = dict(os.environ, MODEL=str(model_file), LABELS=json.dumps(labels), OMP_NUM_THREADS="1")
     bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1", "--port",
                              str(port), "--no-access-log", "--log-level", "warning"], cwd=repo, env=env)
-    server = ManagedServer(ServeConfig(deployment="bench-tab", model=model, version=version), repo)
+    # batching on is a Deployment's default; off is one request per model call, as the bare app
+    servers = {name: ManagedServer(ServeConfig(deployment=f"bench-tab-{i}", model=model, version=version,
+                                               batching=b), repo)
+               for i, (name, b) in enumerate((("kiln (batching off)", {"enabled": False}),
+                                              ("kiln (batching on)", {"enabled": True, "maxBatchSize": 32,
+                                                                      "maxLatencyMs": 5})))}
     runs: dict[str, list[dict]] = {}
     try:
         _wait_port(port)
-        server.start()
-        server.wait_ready()
-        token = TokenStore(repo / ".kiln/serving/tokens.json").create("bench-tab")
-        targets = {"bare starlette+uvicorn": (f"http://127.0.0.1:{port}/predict", []),
-                   "kiln (batching off)": (f"{server.url}/predict", [f"Authorization: Bearer {token}"])}
+        for s in servers.values():
+            s.start()
+        for s in servers.values():
+            s.wait_ready()
+        tokens = TokenStore(repo / ".kiln/serving/tokens.json")
+        targets = {"bare starlette+uvicorn": (f"http://127.0.0.1:{port}/predict", [])}
+        targets.update({name: (f"{s.url}/predict", [f"Authorization: Bearer {tokens.create(s.cfg.deployment)}"])
+                        for name, s in servers.items()})
         import httpx
 
         for name, (url, hdrs) in targets.items():  # both answer the raw row, alike
@@ -180,7 +188,8 @@ def serve(repo: Path, extra: dict, row: dict, args: argparse.Namespace) -> dict[
     finally:
         bare.terminate()
         bare.wait(10)
-        server.stop()
+        for s in servers.values():
+            s.stop()
     return runs
 
 
@@ -195,6 +204,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=6000)
     ap.add_argument("--loadgen", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
+    ap.add_argument("--keep", action="store_true", help="keep the temp repo (its path is printed)")
     args = ap.parse_args()
 
     repo = Path(tempfile.mkdtemp(prefix="kiln-bench-tabular-"))
@@ -222,7 +232,10 @@ def main() -> int:
         print(f"    {name:24} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
               f"x{ratios[len(ratios) // 2]:.2f} of bare (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
               f"{'  non-200: ' + str(r['codes']) if r['codes'] else ''}")
-    shutil.rmtree(repo, ignore_errors=True)
+    if args.keep:
+        print(f"  repo kept: {repo}")
+    else:
+        shutil.rmtree(repo, ignore_errors=True)
     return 0
 
 

@@ -184,3 +184,28 @@ def test_infer_reads_a_table_file_with_its_own_name(repo: Path, tmp_path: Path) 
     v = json.loads(kiln("data", "versions", "predicted", "-o", "json", cwd=repo, check=True).stdout)[0]
     assert v["lineage"]["label"] == "species" and set(v["classes"]) <= {"Adelie", "Gentoo"}
     assert sum(v["classes"].values()) == 60 and v["schema"]["columns"]["tag"]["type"] == "identifier"
+
+
+def test_plan_flags_an_algorithm_of_the_other_task_naming_the_label(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    write(root, {
+        "raw/prices.csv": "size,price\n" + "".join(f"{i * 0.5},{1000 + i * 3.5}\n" for i in range(30)),
+        "specs/prices.yaml": spec("Dataset", "prices", "type: tabular\ntask: regression\nsource: {path: raw/prices.csv}\n"
+                                                       "label: price"),
+        "specs/fit.yaml": spec("Experiment", "fit", "mode: run\ndataset: {name: prices}\nalgorithm: {name: random_forest}"),
+        "specs/auto.yaml": spec("Experiment", "auto", """
+mode: automl
+dataset: {name: prices}
+automl: {candidates: [{name: linear_regression}, {name: logistic_regression}]}
+"""),
+        "specs/ok.yaml": spec("Experiment", "ok", "mode: run\ndataset: {name: prices}\nalgorithm: {name: linear_regression}"),
+    })
+    out = kiln("plan", cwd=root)
+    warnings = sorted(line for line in out.stdout.splitlines() if line.startswith("warning:"))
+    assert len(warnings) == 2, out.stdout + out.stderr
+    assert "Experiment/auto (specs/auto.yaml:1): algorithm 'logistic_regression' is for classification" in warnings[0]
+    assert ("Experiment/fit (specs/fit.yaml:1): algorithm 'random_forest' is for classification, but the label "
+            "'price' of dataset 'prices' is a regression target (its task)") in warnings[1]
+    assert "set the Dataset's task: classification" in warnings[1] and "Traceback" not in out.stderr
