@@ -62,9 +62,10 @@ BARE_APP = textwrap.dedent('''
         if LABELS:
             p = res[OUT.index("probabilities")] if "probabilities" in OUT else res[-1]
             out = [[{"score": float(r[k]), "label": LABELS[k]} for k in np.argsort(-r)] for r in p]
+            doc = out[0] if len(out) == 1 else out
         else:
-            out = [float(v) for v in np.asarray(res[0]).reshape(-1)]
-        return Response(orjson.dumps(out[0] if len(out) == 1 else out), media_type="application/json")
+            doc = {"predictions": [float(v) for v in np.asarray(res[0]).reshape(-1)]}  # kiln's shape
+        return Response(orjson.dumps(doc), media_type="application/json")
     app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
 ''')
 

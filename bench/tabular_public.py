@@ -56,7 +56,7 @@ def baseline(csv: Path, label: str, task: str) -> tuple[float, float, int]:
     df = df[df[label].notna()]
     y = df.pop(label)
     for c in df.columns:
-        if df[c].dtype == object:
+        if not pd.api.types.is_numeric_dtype(df[c]):  # strings (pandas 3: the str dtype), booleans
             df[c] = df[c].astype("category")
     if task == "classification":
         est = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
