@@ -220,3 +220,24 @@ automl:
     assert "no automl candidate finished within the time budget (2 s): hist_gradient_boosting: the time budget" in text
     assert "random_forest: " in text
     assert "raise automl.timeBudget" in text and "Traceback" not in text
+
+
+def test_a_candidates_study_runs_in_the_budgets_child_process(tmp_path: Path) -> None:
+    # trialsPerCandidate: each candidate's Optuna study (SQLite) runs in the forked child too
+    repo = repo_with(tmp_path, "classification", """
+mode: automl
+dataset: {name: t}
+automl:
+  timeBudget: 120
+  trialsPerCandidate: 2
+  candidates:
+  - {name: decision_tree, searchSpace: {max_depth: {type: int, low: 1, high: 4}}}
+  - {name: logistic_regression}
+register: {model: m}
+""")
+    out = kiln("apply", cwd=repo, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ex = record(repo, "e")["extra"]
+    trees = [t for t in ex["trials"] if t["candidate"] == "decision_tree"]
+    assert len(trees) == 2 and all(t["state"] == "COMPLETE" for t in trees), ex["trials"]
+    assert ex["registered"]["model"] == "m" and not ex["failed"]
