@@ -174,6 +174,7 @@ automl: {maxCandidates: 2, candidates: [{name: svm}, {name: naive_bayes}, {name:
     assert dag("e2")["withItems"] == ["svm", "naive_bayes"]
 
 
+@pytest.mark.slow
 def test_time_budget_stops_a_fit_in_progress_and_registers_the_finished_candidate(tmp_path: Path) -> None:
     # a 10,000-tree forest on 6,000 rows fits for minutes: killed when the 15 s budget runs out
     # (15 s: on a loaded machine the logistic regression's child takes seconds to import and load)
@@ -204,6 +205,7 @@ register: {model: m}
     assert "random_forest" in desc and "ran out while it was fitting" in desc
 
 
+@pytest.mark.slow
 def test_no_candidate_finishing_within_the_budget_fails_with_why(tmp_path: Path) -> None:
     repo = repo_with(tmp_path, "classification", """
 mode: automl
@@ -222,6 +224,7 @@ automl:
     assert "raise automl.timeBudget" in text and "Traceback" not in text
 
 
+@pytest.mark.slow
 def test_a_candidates_study_runs_in_the_budgets_child_process(tmp_path: Path) -> None:
     # trialsPerCandidate: each candidate's Optuna study (SQLite) runs in the forked child too
     repo = repo_with(tmp_path, "classification", """
