@@ -446,15 +446,17 @@ _CATALOGUE: tuple[AlgorithmInfo, ...] = (
 CATALOGUE: dict[str, AlgorithmInfo] = {a.name: a for a in _CATALOGUE}
 
 # AutoML without a candidate list: the task's tabular algorithms, in the order they start (the
-# time budget may stop the later ones): missing-value-native boosting first, then a forest, a
-# linear baseline and XGBoost where installed (the catalogue has no LightGBM yet). Each entry is
+# time budget may stop the later ones): missing-value-native boosting first, then the quick linear
+# baseline, XGBoost where installed, and the forest last: one core per fit, it is the slowest
+# (bench/tabular_automl.py, 35,000 train rows at load 9: boosting 12 s, the forest stopped at the
+# 60 s budget after 48 s). The catalogue has no LightGBM yet. Each entry is
 # (name, the optional package it needs or None); ``registry.automl_defaults`` drops those whose
 # package is not installed.
 AUTOML_DEFAULTS: dict[str, list[tuple[str, str | None]]] = {
-    "classification": [("hist_gradient_boosting", None), ("random_forest", None),
-                       ("logistic_regression", None), ("xgboost", "xgboost")],
-    "regression": [("hist_gradient_boosting_regressor", None), ("random_forest_regressor", None),
-                   ("linear_regression", None), ("xgboost_regressor", "xgboost")],
+    "classification": [("hist_gradient_boosting", None), ("logistic_regression", None),
+                       ("xgboost", "xgboost"), ("random_forest", None)],
+    "regression": [("hist_gradient_boosting_regressor", None), ("linear_regression", None),
+                   ("xgboost_regressor", "xgboost"), ("random_forest_regressor", None)],
 }
 
 TASKS = ("classification", "regression", "clustering", "dimension-reduction", "detection",

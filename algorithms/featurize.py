@@ -14,16 +14,21 @@ Chosen from the train rows' column types (no data is read here; purely data-mani
 - categorical (string, object, bool, category): a missing value is a category of its own (the
   empty string: a string input in ONNX cannot hold null, and a CSV's empty cell reads as missing,
   so "" is never a real value); one-hot (``handle_unknown='ignore'``) up to ``MAX_ONEHOT``
-  categories, else ordinal with unseen values as -1 (scaled where the algorithm needs it).
+  categories, else ordinal with unseen values as -1 (scaled where the algorithm needs it);
+- datetime (the dataset version's ``datetime`` columns, strings as in the CSV): year, month, day,
+  weekday and hour as numbers (``featurize_dates.DateParts``), then imputed and scaled as numbers.
+  No ONNX export for these (skl2onnx cannot parse dates): the native model serves them.
 
 The input schema kept in the model's ``meta.json`` (and its ``kiln-serving.json``)::
 
     {"columns": {"<name>": {"type": "number", "missing": 3}
-                 | {"type": "string", "encoding": "onehot|ordinal", "categories": [...], "missing": 0}}}
+                 | {"type": "string", "encoding": "onehot|ordinal", "categories": [...], "missing": 0}
+                 | {"type": "datetime", "example": "2024-01-31", "missing": 0}}}
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 MAX_ONEHOT = 20       # more categories than this: ordinal, not a column each
@@ -37,10 +42,11 @@ def is_numeric(series: Any) -> bool:
     return bool(pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series))
 
 
-def build(x: Any, *, scale: bool) -> tuple[Any, dict[str, Any]]:
-    """(unfitted transformer, input schema) for the train rows ``x`` (a DataFrame). All-numeric
-    tables get a transformer over a plain float array (one ONNX input, the fast serving path);
-    mixed tables one over a DataFrame (one ONNX input per column)."""
+def build(x: Any, *, scale: bool, dates: Collection[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """(unfitted transformer, input schema) for the train rows ``x`` (a DataFrame); ``dates``: the
+    columns the dataset version typed ``datetime``. All-numeric tables get a transformer over a
+    plain float array (one ONNX input, the fast serving path); mixed tables one over a DataFrame
+    (one ONNX input per column)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import MissingIndicator, SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -48,10 +54,15 @@ def build(x: Any, *, scale: bool) -> tuple[Any, dict[str, Any]]:
 
     columns = [str(c) for c in x.columns]
     schema: dict[str, Any] = {}
-    numeric, onehot, ordinal, missing = [], [], [], []
+    numeric, onehot, ordinal, missing, when = [], [], [], [], []
     for c in columns:
         s = x[c]
         n_missing = int(s.isna().sum())
+        if c in dates and not is_numeric(s):
+            schema[c] = {"type": "datetime", "example": str(s.dropna().iloc[0]) if n_missing < len(s) else "",
+                         "missing": n_missing}
+            when.append(c)
+            continue
         if is_numeric(s):
             schema[c] = {"type": "number", "missing": n_missing}
             numeric.append(c)
@@ -65,7 +76,7 @@ def build(x: Any, *, scale: bool) -> tuple[Any, dict[str, Any]]:
     num_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
     if scale:
         num_steps.append(("scale", StandardScaler()))
-    all_numeric = not onehot and not ordinal
+    all_numeric = not onehot and not ordinal and not when
     # an all-numeric table is fitted on a float array: columns by position
     ref = (lambda cs: [columns.index(c) for c in cs]) if all_numeric else (lambda cs: list(cs))
     parts: list[tuple[str, Any, list[Any]]] = []
@@ -83,6 +94,13 @@ def build(x: Any, *, scale: bool) -> tuple[Any, dict[str, Any]]:
         if scale:
             enc_steps.append(("scale", StandardScaler()))
         parts.append(("ordinal", Pipeline(enc_steps), ref(ordinal)))
+    if when:
+        from kiln.algorithms.featurize_dates import DateParts
+
+        date_steps: list[tuple[str, Any]] = [("parts", DateParts()), ("impute", SimpleImputer(strategy="median"))]
+        if scale:
+            date_steps.append(("scale", StandardScaler()))
+        parts.append(("datetime", Pipeline(date_steps), ref(when)))
     if all_numeric and not missing:
         return Pipeline(num_steps), {"columns": schema}
     return ColumnTransformer(parts, sparse_threshold=0.0), {"columns": schema}

@@ -15,6 +15,9 @@ Saved layout (``save(model, folder)``)::
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +38,28 @@ from kiln.algorithms.base import (
 )
 
 
+def idle_cpus() -> int:
+    """The CPUs of this process not busy now (1-minute load average), at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        busy = 0.0
+    return max(1, min(cpus, round(cpus - busy)))
+
+
+@contextmanager
+def openmp_threads() -> Iterator[None]:
+    """OpenMP threads (HistGradientBoosting's fit and predict) limited to the idle CPUs. OpenMP
+    workers busy-wait at each barrier, so on a machine whose CPUs others use (parallel trials,
+    other jobs) one thread per core is far slower than one thread: a 35,000-row fit took over
+    120 s with 2 threads on 2 CPUs at load 12, 2.3 s with 1 (bench/tabular_automl.py)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=idle_cpus(), user_api="openmp"):
+        yield
+
+
 class SklearnAlgorithm(Algorithm):
     """Shared fit/evaluate/predict/save/ONNX for pipelines of (preprocessor, estimator)."""
 
@@ -48,13 +73,13 @@ class SklearnAlgorithm(Algorithm):
         raise NotImplementedError
 
     # -- data ------------------------------------------------------------------------------------
-    def _preprocessor(self, x: Any, featurize: bool) -> tuple[Any, dict[str, Any] | None]:
+    def _preprocessor(self, x: Any, featurize: bool, dates: list[str]) -> tuple[Any, dict[str, Any] | None]:
         """(transformer, input schema): the automatic featurisation (``kiln.algorithms.featurize``)
         or, with ``featurization: off``, the columns as the dataset version has them."""
         from kiln.algorithms import featurize as F
 
         if featurize:
-            return F.build(x, scale=self.scale_numeric)
+            return F.build(x, scale=self.scale_numeric, dates=dates)
         strings = [str(c) for c in x.columns if not F.is_numeric(x[c])]
         if strings:
             raise AlgorithmError(f"algorithm {self.name}: featurization is off and column {strings[0]!r} is not numeric",
@@ -109,10 +134,12 @@ class SklearnAlgorithm(Algorithm):
         x, y = data.table("train")
         if len(x) == 0:
             raise AlgorithmError(f"algorithm {self.name}: the train split is empty")
-        pre, schema = self._preprocessor(x, featurization)
-        columns = [str(c) for c in x.columns]
-        categorical = [c for c in columns if schema and schema["columns"][c]["type"] == "string"]
         t = data.content.table
+        dates = [c for c, typ in (t.columns.items() if t is not None else ()) if typ == "datetime"]
+        pre, schema = self._preprocessor(x, featurization, dates)
+        columns = [str(c) for c in x.columns]
+        # columns given to the model as strings (typed inputs): categories, and dates as in the CSV
+        categorical = [c for c in columns if schema and schema["columns"][c]["type"] in ("string", "datetime")]
         if schema is not None and t is not None:
             # a row copied from the CSV also holds the label and identifier columns: the model
             # accepts and ignores those (any other unknown column is still an error naming it)
@@ -135,7 +162,8 @@ class SklearnAlgorithm(Algorithm):
         n_classes = len(meta.get("classes", [])) or None
         pipe = Pipeline([("pre", pre), ("est", self.build(hp, n_classes))])
         meta_x = self.features(meta, x)
-        pipe.fit(meta_x, yy) if yy is not None else pipe.fit(meta_x)
+        with openmp_threads():
+            pipe.fit(meta_x, yy) if yy is not None else pipe.fit(meta_x)
         model = TrainedModel(self.name, pipe, hp.model_dump(), meta)
         reporter, history = self._reporter(callbacks, workdir)
         try:
@@ -149,6 +177,10 @@ class SklearnAlgorithm(Algorithm):
         return model
 
     def evaluate(self, model: TrainedModel, data: TrainData, split: str = "test") -> Evaluation:
+        with openmp_threads():
+            return self._evaluate(model, data, split)
+
+    def _evaluate(self, model: TrainedModel, data: TrainData, split: str) -> Evaluation:
         x, y = data.table(split)
         if len(x) == 0:
             raise AlgorithmError(f"dataset has no {split!r} rows to evaluate on")
@@ -205,6 +237,13 @@ class SklearnAlgorithm(Algorithm):
         meta = model.meta
         if meta["categorical"] and not meta.get("schema"):
             return None  # saved before featurisation: raw categorical columns, no typed inputs
+        dates = [c for c, col in (meta.get("schema") or {}).get("columns", {}).items() if col["type"] == "datetime"]
+        if dates:  # featurize_dates: ONNX has no operator that parses a date string
+            raise AlgorithmError(f"column {dates[0]!r} holds dates, which the model turns into numbers in Python: "
+                                 "ONNX cannot parse date strings, so this model has no ONNX export",
+                                 hint=f"drop register.export (the model is served as it is, dates included), or "
+                                      f"convert {dates[0]!r} to numbers in the CSV (e.g. days since a date) or drop it "
+                                      f"with `{{op: drop_columns, columns: [{dates[0]}]}}` in the Dataset's preprocessing")
         _register_xgboost()
         F.register_missing_indicator()
         options = {id(model.native[-1]): {"zipmap": False}} if self.task == "classification" else None

@@ -91,7 +91,7 @@ class ServingConfig:
     def typed(self) -> bool:
         """Rows go to the model column by column (string columns), not as one float matrix."""
         cols = (self.schema or {}).get("columns") or {}
-        return any(c.get("type") == "string" for c in cols.values())
+        return any(c.get("type") in ("string", "datetime") for c in cols.values())  # dates: as strings
 
     @classmethod
     def load(cls, model_dir: Path) -> ServingConfig:

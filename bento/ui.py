@@ -20,6 +20,9 @@ def _column(name: str, col: dict[str, Any]) -> dict[str, Any]:
         cats = col.get("categories") or []
         return {"type": ["string", "null"], "examples": cats[:20],
                 "description": f"{len(cats)} categories seen in training; any other value is accepted as unknown"}
+    if col.get("type") == "datetime":
+        return {"type": ["string", "null"], "examples": [col["example"]] if col.get("example") else [],
+                "description": "a date or time as in the CSV; null: missing (the model imputes it)"}
     return {"type": ["number", "null"], "description": "null: missing (the model imputes it)"}
 
 

@@ -711,15 +711,16 @@ def dataset_version(ctx: StepContext) -> dict[str, Any]:
 
 
 def check_table(table: Any, spec: DatasetSpec, shown: str) -> None:
-    """What a version of a table may not hold (``kiln.data.schema``): a date column (no feature as
-    it is), and, when the spec says ``missingLabels: error``, rows without a label."""
+    """What a version of a table may not hold (``kiln.data.schema``): free text (no feature as it
+    is), and, when the spec says ``missingLabels: error``, rows without a label. Date columns are
+    kept: the models featurise them (``kiln.algorithms.featurize``)."""
     for col, typ in table.columns.items():
-        if typ == "datetime" and col != table.label:
-            example = table.frame[col].dropna().iloc[0]
+        if typ == "text" and col != table.label:
+            example = str(table.frame[col].dropna().iloc[0])
             raise DatasetFormatError(
-                shown, f"column {col!r} holds dates/times (e.g. {str(example)!r}), which are no feature as they are",
-                hint=f"drop it with `{{op: drop_columns, columns: [{col}]}}` in spec.preprocessing, "
-                     "or convert it to numbers (e.g. days since a date) in the CSV")
+                shown, f"column {col!r} holds free text (e.g. {example[:60]!r}), which kiln does not featurise",
+                hint=f"drop it with `{{op: drop_columns, columns: [{col}]}}` in spec.preprocessing, or turn it into "
+                     "categories or numbers (e.g. its length, a keyword flag) in the CSV")
     if table.label and spec.missingLabels == "error":
         n = int(table.frame[table.label].isna().sum())
         if n:

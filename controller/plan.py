@@ -280,7 +280,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
                                   note="spec removed; kept until you apply with --prune"))
         else:
             changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
-    return Plan(changes, prune=prune, warnings=label_warnings(config, specs.specs))
+    return Plan(changes, prune=prune, warnings=[*label_warnings(config, specs.specs), *task_warnings(specs.specs)])
 
 
 def label_warnings(config: KilnConfig | None, specs: list[LoadedSpec]) -> list[str]:
@@ -305,6 +305,34 @@ def label_warnings(config: KilnConfig | None, specs: list[LoadedSpec]) -> list[s
             out.append(f"{s.ref} ({s.location()}): label column {label!r} has {distinct} distinct values, too many "
                        f"classes for task classification; if it is a quantity, set task: regression, "
                        f"otherwise group its values (e.g. a qcut op) into at most {MANY_CLASSES} classes")
+    return out
+
+
+def task_warnings(specs: list[LoadedSpec]) -> list[str]:
+    """An Experiment whose built-in algorithm (or AutoML candidate) is for the other task than its
+    tabular Dataset's label: a regression target is never fitted as classes (nor classes as
+    numbers); the train step refuses it too (``Algorithm._check_task``), this says so before any
+    data is prepared. Reads specs only; unknown algorithm names are the train step's to report."""
+    from kiln.algorithms.registry import ALGORITHMS, get_algorithm_class
+
+    datasets = {(s.workspace, s.name): s.obj.spec for s in specs if s.kind == "Dataset"}
+    out = []
+    for s in specs:
+        if s.kind != "Experiment":
+            continue
+        spec = s.obj.spec
+        ds = datasets.get((spec.dataset.workspace or s.workspace, spec.dataset.name))
+        if ds is None or ds.type != "tabular" or ds.task not in ("classification", "regression"):
+            continue
+        names = [spec.algorithm.name] if spec.algorithm else []
+        names += [c.name for c in spec.automl.candidates] if spec.automl else []
+        for name in names:
+            task = get_algorithm_class(name).task if name in ALGORITHMS else None
+            if task in ("classification", "regression") and task != ds.task:
+                label = f"label {ds.label!r}" if ds.label else "label (the last column)"
+                out.append(f"{s.ref} ({s.location()}): algorithm {name!r} is for {task}, but the {label} of "
+                           f"dataset {spec.dataset.name!r} is a {ds.task} target (its task); choose a "
+                           f"{ds.task} algorithm (`kiln algorithms list`), or set the Dataset's task: {task}")
     return out
 
 

@@ -94,24 +94,29 @@ automl: {candidates: [{name: logistic_regression}, {name: svm}]}
 
 
 def test_time_budget_stops_starting_candidates(tmp_path: Path) -> None:
-    # 6,000 rows: the first two candidates take over a second, the budget
+    # 6,000 rows: the first candidate takes about the budget (finishing or stopped), the rest never start
     repo = repo_with(tmp_path, "classification", """
 mode: automl
 dataset: {name: t}
 automl: {timeBudget: 1}
 """, rows=6000)
     out = kiln("apply", cwd=repo, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
     ex = record(repo, "e")["extra"]
     run = Path(ex["run"])
     start = json.loads((run / "automl-start.json").read_text())["started"]
-    recs = [json.loads(p.read_text()) for p in (run / "trials").glob("*/trial.json")]
-    started = {r["candidate"]: datetime.fromisoformat(r["started"]).timestamp() for r in recs if "started" in r}
+    recs = {r["candidate"]: r for p in (run / "trials").glob("*/trial.json") if (r := json.loads(p.read_text()))}
+    started = {c: datetime.fromisoformat(r["started"]).timestamp() for c, r in recs.items() if "started" in r}
     assert "hist_gradient_boosting" in started and all(t - start <= 1.0 for t in started.values()), started
     skipped = [f for f in ex["failed"] if f["state"] == "SKIPPED"]
     assert skipped and all("time budget (1 s) was spent" in f["error"] for f in skipped)
     assert "skipped by the time budget" in ex["info"]
-    assert ex["best"] is not None and ex["registered"] is None
+    hgb = recs["hist_gradient_boosting"]
+    assert hgb["state"] in ("COMPLETE", "STOPPED"), hgb
+    assert datetime.fromisoformat(hgb["finished"]).timestamp() - start <= 1.3 or hgb["state"] == "COMPLETE"
+    # registered only when a candidate finished; else a clear failure with each reason
+    assert (out.returncode == 0) == (hgb["state"] == "COMPLETE"), out.stdout + out.stderr
+    if out.returncode:
+        assert "no automl candidate finished within the time budget (1 s)" in out.stdout + out.stderr
 
 
 def test_validate_without_candidates_has_no_cascade(tmp_path: Path) -> None:
@@ -167,3 +172,75 @@ automl: {maxCandidates: 2, candidates: [{name: svm}, {name: naive_bayes}, {name:
     auto = dag("e")
     assert "withItems" not in auto and {"name": "candidate", "value": "auto"} in auto["arguments"]["parameters"]
     assert dag("e2")["withItems"] == ["svm", "naive_bayes"]
+
+
+@pytest.mark.slow
+def test_time_budget_stops_a_fit_in_progress_and_registers_the_finished_candidate(tmp_path: Path) -> None:
+    # a 10,000-tree forest on 6,000 rows fits for minutes: killed when the 15 s budget runs out
+    # (15 s: on a loaded machine the logistic regression's child takes seconds to import and load)
+    repo = repo_with(tmp_path, "classification", """
+mode: automl
+dataset: {name: t}
+automl:
+  timeBudget: 15
+  candidates: [{name: logistic_regression}, {name: random_forest, hyperparameters: {n_estimators: 10000}}]
+register: {model: m}
+""", rows=6000)
+    out = kiln("apply", cwd=repo, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ex = record(repo, "e")["extra"]
+    run = Path(ex["run"])
+    start = json.loads((run / "automl-start.json").read_text())["started"]
+    forest = json.loads((run / "trials/c-random_forest/trial.json").read_text())
+    assert forest["state"] == "STOPPED", forest
+    assert forest["error"].startswith("the time budget (15 s) ran out while it was fitting")
+    ended = datetime.fromisoformat(forest["finished"]).timestamp()
+    assert 15 - 0.5 <= ended - start <= 15 * 1.3, ended - start
+    assert not (run / "trials/c-random_forest/model").exists()
+    assert ex["best"]["trial"] == "c-logistic_regression" and ex["registered"]["model"] == "m"
+    assert "1 candidate(s) stopped by the time budget (random_forest)" in ex["info"]
+    text = out.stdout + out.stderr
+    assert "candidate random_forest stopped: the time budget (15 s) ran out" in text
+    desc = kiln("describe", "experiment/e", cwd=repo, check=True).stdout
+    assert "random_forest" in desc and "ran out while it was fitting" in desc
+
+
+@pytest.mark.slow
+def test_no_candidate_finishing_within_the_budget_fails_with_why(tmp_path: Path) -> None:
+    repo = repo_with(tmp_path, "classification", """
+mode: automl
+dataset: {name: t}
+automl:
+  timeBudget: 2
+  candidates:
+  - {name: hist_gradient_boosting, hyperparameters: {max_iter: 100000, early_stopping: "off"}}
+  - {name: random_forest, hyperparameters: {n_estimators: 10000}}
+""", rows=3000)
+    out = kiln("apply", cwd=repo, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "no automl candidate finished within the time budget (2 s): hist_gradient_boosting: the time budget" in text
+    assert "random_forest: " in text
+    assert "raise automl.timeBudget" in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_a_candidates_study_runs_in_the_budgets_child_process(tmp_path: Path) -> None:
+    # trialsPerCandidate: each candidate's Optuna study (SQLite) runs in the forked child too
+    repo = repo_with(tmp_path, "classification", """
+mode: automl
+dataset: {name: t}
+automl:
+  timeBudget: 120
+  trialsPerCandidate: 2
+  candidates:
+  - {name: decision_tree, searchSpace: {max_depth: {type: int, low: 1, high: 4}}}
+  - {name: logistic_regression}
+register: {model: m}
+""")
+    out = kiln("apply", cwd=repo, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ex = record(repo, "e")["extra"]
+    trees = [t for t in ex["trials"] if t["candidate"] == "decision_tree"]
+    assert len(trees) == 2 and all(t["state"] == "COMPLETE" for t in trees), ex["trials"]
+    assert ex["registered"]["model"] == "m" and not ex["failed"]

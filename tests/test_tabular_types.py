@@ -1,6 +1,7 @@
 """Tables as people have them, applied for real (issue #24): a Dataset naming only its file and
 label gets a typed schema with its version (`kiln data versions`, `kiln describe`), a date
-column is refused with the fix (and the fix works), `missingLabels: error` refuses unlabelled
+column is featurised (year, month, day, weekday, hour) and served natively (ONNX refused with the
+fix), a free-text column is refused with the fix (and the fix works), `missingLabels: error` refuses unlabelled
 rows, plan flags a classification label with too many values, and `kiln infer` reads a version
 whose table file has its own name (`penguins.csv`, not `data.csv`)."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -41,11 +43,18 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root.mkdir()
     for args in (["init", "-q"], ["config", "user.email", "kiln@example.com"], ["config", "user.name", "kiln test"]):
         subprocess.run(["git", *args], cwd=root, check=True)
-    sales = "day,units,y\n" + "".join(f"2024-01-{1 + i % 28:02d},{i % 7},{i % 2}\n" for i in range(30))
+    # y is 1 on weekends, 200 days from a Monday: only the date's weekday tells it
+    days = [date(2023, 1, 2) + timedelta(days=i) for i in range(200)]
+    sales = "day,units,y\n" + "".join(f"{d.isoformat()}{' 10:30' if i % 3 else ''},{i % 4},{int(d.weekday() >= 5)}\n"
+                                      for i, d in enumerate(days))
+    words = ["great", "slow", "delivery", "broken", "box", "love", "it", "would", "buy", "again"]
+    reviews = "review,stars\n" + "".join(f"{' '.join(words[(i + k) % 10] for k in range(6 + i % 3))} #{i},{i % 5}\n"
+                                         for i in range(40))
     prices = "size,price\n" + "".join(f"{i * 0.5},{1000 + i * 3}\n" for i in range(250))
     write(root, {
         "data/penguins.csv": penguins_csv(),
         "raw/sales.csv": sales,
+        "raw/reviews.csv": reviews,
         "raw/prices.csv": prices,
         "specs/penguins.yaml": spec("Dataset", "penguins", """
 type: tabular
@@ -60,13 +69,31 @@ source: {path: data/penguins.csv}
 label: species
 missingLabels: error
 """),
-        "specs/sales.yaml": spec("Dataset", "sales", "type: tabular\ntask: classification\nsource: {path: raw/sales.csv}"),
-        "specs/sales-fixed.yaml": spec("Dataset", "sales-fixed", """
+        "specs/sales.yaml": spec("Dataset", "sales", """
 type: tabular
 task: classification
 source: {path: raw/sales.csv}
+splits: {train: 0.6, validation: 0.2, test: 0.2, seed: 1}
+"""),
+        "specs/reviews.yaml": spec("Dataset", "reviews", "type: tabular\ntask: regression\nsource: {path: raw/reviews.csv}"),
+        "specs/reviews-fixed.yaml": spec("Dataset", "reviews-fixed", """
+type: tabular
+task: regression
+source: {path: raw/reviews.csv}
 preprocessing:
-  - {op: drop_columns, columns: [day]}
+  - {op: drop_columns, columns: [review]}
+"""),
+        "specs/sales-model.yaml": spec("Experiment", "sales-model", """
+mode: run
+dataset: {name: sales}
+algorithm: {name: random_forest, hyperparameters: {n_estimators: 20}}
+register: {model: sales}
+"""),
+        "specs/sales-onnx.yaml": spec("Experiment", "sales-onnx", """
+mode: run
+dataset: {name: sales}
+algorithm: {name: random_forest, hyperparameters: {n_estimators: 5}}
+register: {model: sales-onnx, export: [onnx]}
 """),
         "specs/prices.yaml": spec("Dataset", "prices", "type: tabular\ntask: classification\nsource: {path: raw/prices.csv}"),
         "specs/pg.yaml": spec("Experiment", "pg", """
@@ -77,7 +104,7 @@ register: {model: pg, aliases: [production]}
 """),
     })
     p = kiln("apply", cwd=root, timeout=400)
-    assert p.returncode == 1, p.stdout + p.stderr  # sales and strict are refused, the rest applies
+    assert p.returncode == 1, p.stdout + p.stderr  # reviews, strict and sales-onnx are refused, the rest applies
     assert "Traceback" not in p.stdout + p.stderr
     root.joinpath("apply.out").write_text(p.stdout)
     return root
@@ -90,12 +117,36 @@ def status(repo: Path) -> dict[str, dict]:
 
 def test_refusals_name_the_column_and_the_fix(repo: Path) -> None:
     st = status(repo)
-    sales = st["sales"]["message"]
-    assert sales.startswith("validate: raw/sales.csv: column 'day' holds dates/times (e.g. '2024-01-01')"), sales
-    assert "{op: drop_columns, columns: [day]}" in sales and "\n" not in sales
+    reviews = st["reviews"]["message"]
+    assert reviews.startswith("validate: raw/reviews.csv: column 'review' holds free text (e.g. 'great slow"), reviews
+    assert "{op: drop_columns, columns: [review]}" in reviews and "\n" not in reviews
     strict = st["strict"]["message"]
     assert "1 row(s) have no value in label column 'species'" in strict and "missingLabels: skip" in strict
-    assert st["sales-fixed"]["ready"] == "True"  # the fix the message gives works
+    assert st["reviews-fixed"]["ready"] == "True"  # the fix the message gives works
+
+
+def test_a_date_column_is_featurised_and_served_natively_and_onnx_refused_with_the_fix(repo: Path) -> None:
+    from kiln.bento.runtime import load_engine
+    from tests.test_experiment_handler import registry
+
+    v = json.loads(kiln("data", "versions", "sales", "-o", "json", cwd=repo, check=True).stdout)[0]
+    assert v["schema"]["columns"]["day"]["type"] == "datetime"
+    st = status(repo)
+    assert st["sales-model"]["ready"] == "True", st["sales-model"]
+    # the label is the weekday's: a forest on (year, month, day, weekday, hour, units) learns it
+    res = json.loads(kiln("get", "experiment", "sales-model", "-o", "json", cwd=repo, check=True).stdout)
+    assert res["extra"]["best"]["value"] >= 0.9, res["extra"]["best"]
+    reg = registry(repo)
+    d = reg.describe("sales", 1)
+    assert d["serving"]["schema"]["columns"]["day"] == {"type": "datetime", "example": d["serving"]["schema"]
+                                                         ["columns"]["day"]["example"], "missing": 0}
+    engine = load_engine(d.path)
+    rows = [{"day": "2024-02-03", "units": 1}, {"day": "2024-02-05 09:00", "units": 1}, {"day": None, "units": 2}]
+    out = [engine.format(y, None) for y in engine.predict([engine.decode(r, i)[0] for i, r in enumerate(rows)])]
+    assert [o[0]["label"] for o in out[:2]] == ["1", "0"], out  # a Saturday, a Monday
+    onnx = st["sales-onnx"]["message"]
+    assert "column 'day' holds dates" in onnx and "ONNX cannot parse date strings" in onnx, onnx
+    assert "drop register.export" in onnx and "drop_columns" in onnx
 
 
 def test_versions_and_describe_show_the_schema(repo: Path) -> None:
@@ -133,3 +184,28 @@ def test_infer_reads_a_table_file_with_its_own_name(repo: Path, tmp_path: Path) 
     v = json.loads(kiln("data", "versions", "predicted", "-o", "json", cwd=repo, check=True).stdout)[0]
     assert v["lineage"]["label"] == "species" and set(v["classes"]) <= {"Adelie", "Gentoo"}
     assert sum(v["classes"].values()) == 60 and v["schema"]["columns"]["tag"]["type"] == "identifier"
+
+
+def test_plan_flags_an_algorithm_of_the_other_task_naming_the_label(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    write(root, {
+        "raw/prices.csv": "size,price\n" + "".join(f"{i * 0.5},{1000 + i * 3.5}\n" for i in range(30)),
+        "specs/prices.yaml": spec("Dataset", "prices", "type: tabular\ntask: regression\nsource: {path: raw/prices.csv}\n"
+                                                       "label: price"),
+        "specs/fit.yaml": spec("Experiment", "fit", "mode: run\ndataset: {name: prices}\nalgorithm: {name: random_forest}"),
+        "specs/auto.yaml": spec("Experiment", "auto", """
+mode: automl
+dataset: {name: prices}
+automl: {candidates: [{name: linear_regression}, {name: logistic_regression}]}
+"""),
+        "specs/ok.yaml": spec("Experiment", "ok", "mode: run\ndataset: {name: prices}\nalgorithm: {name: linear_regression}"),
+    })
+    out = kiln("plan", cwd=root)
+    warnings = sorted(line for line in out.stdout.splitlines() if line.startswith("warning:"))
+    assert len(warnings) == 2, out.stdout + out.stderr
+    assert "Experiment/auto (specs/auto.yaml:1): algorithm 'logistic_regression' is for classification" in warnings[0]
+    assert ("Experiment/fit (specs/fit.yaml:1): algorithm 'random_forest' is for classification, but the label "
+            "'price' of dataset 'prices' is a regression target (its task)") in warnings[1]
+    assert "set the Dataset's task: classification" in warnings[1] and "Traceback" not in out.stderr

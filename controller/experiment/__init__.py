@@ -17,7 +17,8 @@ trials, selection and registration are never the old data's::
             trials/<id>/            one per trial: t0003 (HPO), run (run mode), p1 (parameter
                                     set 1), c-<candidate>[-t002] (AutoML)
                 trial.json          {"id", "number", "candidate", "algorithm" | "command",
-                                     "params", "state": RUNNING|COMPLETE|PRUNED|FAIL|SKIPPED (automl: not started, budget spent), "metrics",
+                                     "params", "state": RUNNING|COMPLETE|PRUNED|FAIL|SKIPPED|STOPPED (automl: not started,
+                                     budget spent | killed fitting when it ran out), "metrics",
                                      "objective", "steps", "error", "framework", "started", "finished"}
                 metrics.jsonl       one line per report: {"step", "time", <metric>: value, ...}
                 tensorboard/        event files (``tensorboard --logdir .../trials``)

@@ -4,13 +4,20 @@ own study; or (no candidate list) the catalogue's defaults for the dataset's tas
 The time budget (``automl.timeBudget``) is the whole search's: it runs from the first candidate
 to start (``automl-start.json`` in the run folder, shared by parallel candidate tasks). A
 candidate starts only while budget is left, and its HPO (``trialsPerCandidate``) stops starting
-trials when the budget is spent; a fit that has started is not interrupted. Candidates start in
-the listed order (defaults: HistGradientBoosting first), so a small budget keeps the first ones.
-A candidate that did not start is recorded as SKIPPED with the reason, like a failed one."""
+trials when the budget is spent. With a budget, each candidate trains in a forked child process
+that is killed when the budget runs out, so a fit in progress at the deadline (a big forest,
+boosting in OpenMP threads) cannot overrun it: its trial is recorded as STOPPED with the reason.
+A child, not a thread or a callback: scikit-learn's fits cannot be interrupted from inside, and
+the built-in tabular algorithms fit in that one process (n_jobs=1, OpenMP threads), so killing it
+frees everything. Candidates start in the listed order (defaults: HistGradientBoosting first),
+so a small budget keeps the first ones. A candidate that did not start is recorded as SKIPPED
+with the reason, like a failed one."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
 from kiln._util.clock import utcnow
@@ -21,7 +28,7 @@ from kiln.api.experiment import HPO, ExperimentSpec
 from kiln.api.experiment import Algorithm as AlgoSpec
 from kiln.controller.experiment.home import TrialFailed, file_lock, log, run_folder, write_json
 from kiln.controller.experiment.hpo import candidate_study, ensure_study, hpo_loop
-from kiln.controller.experiment.results import automl_candidates
+from kiln.controller.experiment.results import automl_candidates, trials
 from kiln.controller.experiment.training import run_trial
 from kiln.controller.experiment.trial import Trial
 from kiln.controller.steps import StepContext
@@ -66,7 +73,6 @@ def _one(ctx: StepContext, spec: ExperimentSpec, idx: int, cand: AlgoSpec) -> di
     name = cand.name
     get_algorithm_class(name)  # unknown names: the registry's error lists the valid ones
     run = run_folder(ctx)
-    n = spec.automl.trialsPerCandidate
     left = budget_left(ctx, spec)
     if left is not None and left <= 0:
         trial = Trial(run, f"c-{name}", idx, candidate=name)
@@ -75,6 +81,15 @@ def _one(ctx: StepContext, spec: ExperimentSpec, idx: int, cand: AlgoSpec) -> di
             trial.save(params={}, state="SKIPPED", algorithm=name, finished=utcnow(), error=why)
             log(f"[{trial.id}] {why}")
         return {"candidate": name, "state": trial.record.get("state"), "error": trial.record.get("error")}
+    if left is None:
+        return _train(ctx, spec, idx, cand)
+    return _train_until(ctx, spec, idx, cand, left)
+
+
+def _train(ctx: StepContext, spec: ExperimentSpec, idx: int, cand: AlgoSpec) -> dict[str, Any]:
+    """Train the candidate: one trial, or its own HPO study (``trialsPerCandidate``)."""
+    assert spec.automl is not None
+    name, run, n = cand.name, run_folder(ctx), spec.automl.trialsPerCandidate
     if n <= 1 or not cand.searchSpace:
         trial = Trial(run, f"c-{name}", idx, candidate=name)
         try:
@@ -84,6 +99,7 @@ def _one(ctx: StepContext, spec: ExperimentSpec, idx: int, cand: AlgoSpec) -> di
         return {"candidate": name, "state": rec["state"], "objective": rec.get("objective")}
 
     hpo = spec.hpo or HPO(maxTrials=n)
+    left = budget_left(ctx, spec)
     if left is not None:  # the candidate's study stops starting trials when the budget is spent
         hpo = hpo.model_copy(update={"timeoutSeconds": max(1, int(min(left, hpo.timeoutSeconds or left)))})
     spec = spec.model_copy(update={"hpo": hpo})
@@ -96,3 +112,65 @@ def _one(ctx: StepContext, spec: ExperimentSpec, idx: int, cand: AlgoSpec) -> di
     except KilnError as exc:
         return {"candidate": name, "state": "FAIL", "error": str(exc)[:300]}
     return {"candidate": name, **out}
+
+
+def _train_until(ctx: StepContext, spec: ExperimentSpec, idx: int, cand: AlgoSpec, left: float) -> dict[str, Any]:
+    """``_train`` in a forked child, killed when the budget's ``left`` seconds run out; its
+    trials still RUNNING then are recorded as STOPPED. The child stays in the task's process
+    group, so cancelling the task (the runner signals the group) ends it too."""
+    try:
+        mp = multiprocessing.get_context("fork")
+    except ValueError:  # no fork on this platform: in this process, a started fit runs to its end
+        return _train(ctx, spec, idx, cand)
+    recv, send = mp.Pipe(duplex=False)
+    child = mp.Process(target=_child, args=(send, ctx, spec, idx, cand), name=f"automl-{cand.name}")
+    started = time.time()
+    child.start()
+    send.close()  # the child holds the only writer: its death reads as end of file here
+    try:
+        if recv.poll(max(0.0, left)):
+            try:
+                kind, value = recv.recv()
+            except EOFError:
+                kind, value = "died", None
+            child.join()
+            if kind == "ok":
+                return value  # type: ignore[no-any-return]
+            if kind == "error":
+                raise KilnError(value[0], hint=value[1])
+            why = f"its training process ended without a result (exit code {child.exitcode})"
+            return _end_running(ctx, cand.name, "FAIL", why)
+        child.kill()  # SIGKILL: a fit in C/OpenMP code does not run Python signal handlers
+        child.join()
+    finally:
+        recv.close()
+        if child.is_alive():  # the parent itself was interrupted while waiting
+            child.kill()
+            child.join()
+    assert spec.automl is not None
+    why = (f"the time budget ({spec.automl.timeBudget} s) ran out while it was fitting "
+           f"({time.time() - started:.1f} s in)")
+    return _end_running(ctx, cand.name, "STOPPED", why)
+
+
+def _child(conn: Connection, ctx: StepContext, spec: ExperimentSpec, idx: int, cand: AlgoSpec) -> None:
+    """The forked child: train, send ("ok", result) or ("error", (message, hint)) to the parent."""
+    try:
+        conn.send(("ok", _train(ctx, spec, idx, cand)))
+    except KilnError as exc:
+        conn.send(("error", (exc.message, exc.hint)))
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent, as in-process it would raise
+        conn.send(("error", (f"{type(exc).__name__}: {exc}", None)))
+    finally:
+        conn.close()
+
+
+def _end_running(ctx: StepContext, name: str, state: str, why: str) -> dict[str, Any]:
+    """Record the candidate's trials left RUNNING by its killed (or dead) child as ``state``."""
+    run = run_folder(ctx)
+    for rec in trials(run):
+        if rec.get("candidate") == name and rec.get("state") == "RUNNING":
+            trial = Trial(run, rec["id"], rec.get("number", 0), candidate=name)
+            trial.save(state=state, finished=utcnow(), error=why)
+            log(f"[{trial.id}] {why}")
+    return {"candidate": name, "state": state, "error": why}

@@ -88,7 +88,9 @@ def _serving(algo: Any, meta: dict[str, Any], framework: str, file: str) -> dict
         cfg["features"] = list(meta.get("columns", []))
         if meta.get("schema"):  # featurised in the model: raw rows, the schema published
             cfg["schema"] = meta["schema"]
-            cfg["feature_types"] = {c: t["type"] for c, t in meta["schema"]["columns"].items()}
+            # a date column is a string field of the raw row (the model parses it)
+            cfg["feature_types"] = {c: "string" if t["type"] == "datetime" else t["type"]
+                                    for c, t in meta["schema"]["columns"].items()}
         elif meta.get("categorical"):
             cfg["feature_types"] = {c: "string" for c in meta["categorical"]}
     else:

@@ -15,8 +15,9 @@ from kiln.controller.experiment.home import TERMINAL, results_rel, write_json
 from kiln.controller.steps import StepContext
 from kiln.errors import KilnError
 
-# a trial that ended without a model: shown with its reason beside the leaderboard
-NOT_COMPLETED = ("FAIL", "SKIPPED")
+# a trial that ended without a model: shown with its reason beside the leaderboard (AutoML:
+# SKIPPED never started, the budget was spent; STOPPED was killed fitting when it ran out)
+NOT_COMPLETED = ("FAIL", "SKIPPED", "STOPPED")
 
 
 def automl_candidates(spec: ExperimentSpec, data: dict[str, Any] | None) -> list[AlgoSpec]:
@@ -100,7 +101,7 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
         total = sum(per if (per > 1 and c.searchSpace) else 1 for c in cands)
     else:
         total = max(1, len(spec.parameterSets))
-    finished = [r for r in recs if r.get("state") in (*TERMINAL, "SKIPPED")]
+    finished = [r for r in recs if r.get("state") in (*TERMINAL, *NOT_COMPLETED)]
     states: dict[str, int] = {}
     for r in recs:
         states[r.get("state", "?")] = states.get(r.get("state", "?"), 0) + 1
@@ -119,7 +120,8 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
     bad = failed(spec, recs)
     info = f"{spec.mode} {len(finished)}/{total} trials"
     if spec.mode == "automl":
-        for state, word in (("FAIL", "failed"), ("SKIPPED", "skipped by the time budget")):
+        for state, word in (("FAIL", "failed"), ("STOPPED", "stopped by the time budget"),
+                            ("SKIPPED", "skipped by the time budget")):
             names = [str(b["candidate"]) for b in bad if b["state"] == state]
             info += f", {len(names)} candidate(s) {word} ({', '.join(names)})" if names else ""
     if best:

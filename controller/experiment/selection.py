@@ -40,10 +40,15 @@ def select(ctx: StepContext) -> dict[str, Any]:
                 raise KilnError(f"objective metric {metric!r} was not reported by any trial; reported: {have}",
                                 hint="set objective.metric to one of those")
             if spec.mode == "automl":
-                raise KilnError(f"every automl candidate failed ({len(bad)}): "
-                                + "; ".join(f"{b['candidate']}: {_reason(b['error'])}" for b in bad),
-                                hint="fix the data or list automl.candidates that fit it; `kiln logs` has each "
-                                     "candidate's output")
+                reasons = "; ".join(f"{b['candidate']}: {_reason(b['error'])}" for b in bad)
+                if all(b["state"] == "FAIL" for b in bad):
+                    raise KilnError(f"every automl candidate failed ({len(bad)}): {reasons}",
+                                    hint="fix the data or list automl.candidates that fit it; `kiln logs` has "
+                                         "each candidate's output")
+                assert spec.automl is not None
+                raise KilnError(f"no automl candidate finished within the time budget "
+                                f"({spec.automl.timeBudget} s): {reasons}",
+                                hint="raise automl.timeBudget, or list faster automl.candidates first")
             errors = sorted({r.get("error") or r.get("state", "?") for r in recs})
             raise KilnError(f"no trial completed ({len(recs)} ran): {errors[0][:300]}",
                             hint="see `kiln logs` for each trial's output")

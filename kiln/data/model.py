@@ -91,7 +91,7 @@ class TabularData(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    columns: dict[str, Literal["numeric", "categorical", "identifier", "datetime"]]
+    columns: dict[str, Literal["numeric", "categorical", "identifier", "datetime", "text"]]
     label: str | None
     frame: Any = Field(default=None, exclude=True)
     source: str | None = None  # file name the table was read from, relative to root

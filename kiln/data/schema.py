@@ -7,8 +7,10 @@ number or an id per row, dates. Every column gets one type:
 - ``categorical``: any string value (``'Very Good'``, ``'Driver & Passenger'``), booleans, yes/no;
 - ``identifier``: unique per row (string ids; integers counting the rows in file order): kept in the file, not a
   feature (it tells nothing about unseen rows), noted in the schema;
-- ``datetime``: dates or times; a version refuses them (``kiln.controller.dataset_steps``) with the
-  fix: drop or convert the column with a preprocessing op.
+- ``datetime``: dates or times; the models featurise them (year, month, day, weekday, hour:
+  ``kiln.algorithms.featurize``);
+- ``text``: free text (many distinct values of several words each, e.g. a review); a version
+  refuses it (``kiln.controller.dataset_steps``) with the fix: drop or convert the column.
 
 The label is never an identifier. The stored schema (``table_schema``), kept with each version in
 the versions log (``kiln.data.versioning``)::
@@ -30,6 +32,10 @@ MIN_ROWS_FOR_IDENTIFIER = 20
 CATEGORIES_KEPT = 20
 # a classification label with more distinct values than this is most likely a regression target
 MANY_CLASSES = 200
+# free text: values of at least this many words on average, and mostly distinct (not the few
+# long category names of 'Driver & Passenger' or 'Premium Plus Family')
+TEXT_WORDS = 5
+TEXT_DISTINCT = 0.5
 
 _DATE = re.compile(
     r"^(\d{4}[-/.]\d{1,2}([-/.]\d{1,2})?|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"
@@ -38,7 +44,7 @@ _DATE = re.compile(
 
 
 def column_type(s: Any, *, is_label: bool = False) -> str | None:
-    """numeric | categorical | identifier | datetime for a pandas Series; None: another dtype."""
+    """numeric | categorical | identifier | datetime | text for a pandas Series; None: another dtype."""
     kind = s.dtype.kind
     values = s.dropna()
     unique_per_row = (not is_label and len(values) == len(s) >= MIN_ROWS_FOR_IDENTIFIER
@@ -57,6 +63,9 @@ def column_type(s: Any, *, is_label: bool = False) -> str | None:
     svals = values.astype(str)
     if len(svals) and svals.str.match(_DATE).all():
         return "datetime"
+    if (not is_label and len(svals) >= MIN_ROWS_FOR_IDENTIFIER and svals.nunique() >= TEXT_DISTINCT * len(svals)
+            and svals.str.split().str.len().mean() >= TEXT_WORDS):
+        return "text"
     if unique_per_row:
         return "identifier"
     return "categorical"

@@ -32,7 +32,7 @@ def _csv_file(root: Path) -> Path | None:
 
 
 def infer_schema(frame, file: Path, label: str | None = None) -> dict[str, str]:
-    """Column -> numeric | categorical | identifier | datetime (``kiln.data.schema``); a column
+    """Column -> numeric | categorical | identifier | datetime | text (``kiln.data.schema``); a column
     of any other dtype is an error naming it."""
     schema: dict[str, str] = {}
     for col in frame.columns:
