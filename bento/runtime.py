@@ -29,7 +29,10 @@ How to serve a model is in ``kiln-serving.json`` inside the model version (writt
      "output_size": [512, 512],                # segmentation: label map size (default image size)
      "top_k": null}                            # classification: keep the k best
 
-Responses (EasyMaker): classification ``[{"score", "label"}, ...]`` per instance, best first;
+Responses: ``{"predictions": [P_1, ..., P_n]}``, one entry per instance whatever the batch size
+(``kiln.bento.fastpath``). Per instance (EasyMaker's formats for images): image classification
+``[{"score", "label"}, ...]`` best first; tabular classification ``{"label", "score"}`` (the best
+class; no score from an sklearn model without probabilities);
 detection ``[{"<label>": {"xmin", "ymin", "xmax", "ymax"}, "score": s}, ...]`` per instance (a torch
 detector returns per image ``{"boxes", "scores", "labels"}``: a list of dicts, or one dict of batched
 ``N x Q`` tensors; boxes are pixel xyxy in the model's input frame, labels index ``labels``);
@@ -52,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from kiln.bento.registry import FRAMEWORKS, SERVING_FILE
+from kiln.bento.rowprep import compile_rows
 from kiln.data.preprocess import load_pipeline
 from kiln.errors import ConfigError
 
@@ -237,7 +241,10 @@ def _number(v: Any, i: int, f: str) -> float:
     elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise InstanceError(i, f, f"expected a number or null, got {_shown(v)}")
     else:
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:  # an integer of 400 digits: JSON allows it, a float does not
+            x = math.inf
     if math.isnan(x):
         return x
     if not math.isfinite(x) or abs(x) > _F32_MAX:
@@ -270,9 +277,11 @@ class Engine:
     run: Callable[[np.ndarray], Any]
     model_dir: Path
     pipeline: Any = None
+    rowprep: Any = None   # the pipeline in numpy (kiln.bento.rowprep.Compiled); None: pandas per row
     name: str = ""
     version: int = 0
     max_pixels: int | None = None   # the deployment's limits.maxImagePixels (None: from the input size)
+    _known: set[str] | None = None  # the fields a raw row may carry (features and ignored columns)
 
     @property
     def pixel_limit(self) -> int:
@@ -286,10 +295,15 @@ class Engine:
     # -- decode ----------------------------------------------------------------------------------
     def decode(self, inst: Any, i: int) -> tuple[np.ndarray, Any]:
         """One instance -> (model input row, meta used by ``format``)."""
+        if isinstance(inst, list) and self.cfg.input == "tabular":
+            inst = self._row_object(inst, i)
         if not isinstance(inst, dict):
-            raise InstanceError(i, None, f"expected an object, got {type(inst).__name__}")
+            want = "an object keyed by column or a list in feature order" if self.cfg.input == "tabular" else "an object"
+            raise InstanceError(i, None, f"expected {want}, got {type(inst).__name__}")
         if self.cfg.input == "image":
             return self._decode_image(inst, i)
+        if self.rowprep is not None:
+            return self._decode_compiled(inst, i), None
         if self.pipeline is not None:
             return self._decode_raw_row(inst, i), None
         feats = self.cfg.features or ()
@@ -323,6 +337,56 @@ class Engine:
                 raise InstanceError(i, f, f"{str(v)[:40]} is out of range for the model's 32-bit floats")
         return row, None
 
+    def _row_object(self, row: list, i: int) -> dict:
+        """A row sent as a list: its values in feature order, as the CSV has them."""
+        feats = self.cfg.features or []
+        if len(row) != len(feats):
+            raise InstanceError(i, None, f"a row as a list has {len(feats)} values, in this order: "
+                                f"{', '.join(feats)}; got {len(row)} (or send an object keyed by column)")
+        return dict(zip(feats, row))
+
+    def _decode_compiled(self, inst: dict, i: int) -> Any:
+        """A raw row through the fitted preprocessing in numpy (kiln.bento.rowprep): values are
+        checked per column as the schema types them, so a bad one is a 400 naming its field."""
+        c = self.rowprep
+        assert c is not None
+        feats = c.features
+        if self.cfg.schema is not None:
+            self._no_extra_field(inst, i)
+        try:
+            vals = [inst[f] for f in feats]
+        except KeyError:
+            f = next(f for f in feats if f not in inst)
+            raise InstanceError(i, f, f"missing; the model needs {', '.join(feats)} (null for an unknown value)") from None
+        # the common case in one pass: plain JSON numbers within float32 (exact comparisons: a
+        # 400-digit integer is refused by the loop below, not an OverflowError here)
+        if (c.plain and all(type(v) is float or type(v) is int for v in vals)
+                and -_F32_MAX <= min(vals) and max(vals) <= _F32_MAX):
+            x = np.array(vals, dtype=np.float64)
+        else:
+            x = np.empty(len(feats), dtype=np.float64)
+            for j, (f, v) in enumerate(zip(feats, vals)):
+                if c.text[j]:
+                    x[j] = math.nan  # the string goes to the model as it came (below)
+                    _category(v, i, f)
+                elif c.codes[j] is not None:
+                    x[j] = c.code(j, v)
+                else:
+                    x[j] = _number(v, i, f)
+        try:
+            for step in c.steps:
+                step(x)
+        except ValueError as e:
+            raise InstanceError(i, None, f"preprocessing failed: {str(e)[:200]}") from None
+        if np.fmax.reduce(np.abs(x)) > _F32_MAX:  # NaN (missing) goes on to the model's imputer
+            f = feats[int(np.flatnonzero(np.abs(x) > _F32_MAX)[0])]
+            raise InstanceError(i, f, "out of range for the model's 32-bit floats after preprocessing")
+        y = x.astype(np.float32)
+        if self.cfg.typed:
+            return tuple(_category(v, i, f) if t else float(y[j])
+                         for j, (f, v, t) in enumerate(zip(feats, vals, c.text)))
+        return y
+
     def _decode_typed(self, inst: dict, i: int) -> Any:
         """A raw row of a model with an input schema: every column by name, no other field."""
         feats = self.cfg.features or ()
@@ -334,7 +398,9 @@ class Engine:
 
     def _no_extra_field(self, inst: dict, i: int) -> None:
         # the dataset's label and identifier columns (a row as in the CSV) are accepted and ignored
-        known = {*(self.cfg.features or ()), *(self.cfg.schema or {}).get("ignored", ())}
+        known = self._known
+        if known is None:
+            known = self._known = {*(self.cfg.features or ()), *(self.cfg.schema or {}).get("ignored", ())}
         extra = next((k for k in inst if k not in known), None)
         if extra is not None:
             raise InstanceError(i, str(extra)[:60], "not a column of the model; it takes "
@@ -440,6 +506,10 @@ class Engine:
     def format(self, y: Any, meta: Any) -> Any:
         task = self.cfg.task
         if task == "classification":
+            if self.cfg.input == "tabular":  # the label and its score; all scores ranked for images
+                if getattr(self.run, "predicts_proba", True) is False:  # an sklearn model without scores
+                    return {"label": str(np.asarray(y).reshape(-1)[0])}
+                return self._classes(np.asarray(y))[0]
             return self._classes(np.asarray(y))
         if task == "regression":
             a = np.asarray(y, dtype=np.float64)
@@ -549,9 +619,13 @@ def load_engine(model_dir: str | Path, *, threads: int = 1, name: str = "", vers
     run = LOADERS[cfg.framework](f, threads)
     if cfg.framework == "sklearn" and cfg.labels is None and getattr(run, "classes", None) is not None:
         cfg.labels = [str(c) for c in run.classes]  # type: ignore[attr-defined]
-    pipeline = None
+    pipeline = rowprep = None
     if cfg.preprocess:
         pipeline = load_pipeline(d / cfg.preprocess)
+        cols = (cfg.schema or {}).get("columns") or {}
+        strings = {f for f in cfg.features or () if (cols.get(f) or {}).get("type") == "string"
+                   or cfg.feature_types.get(f) == "string"}
+        rowprep = compile_rows(pipeline, list(cfg.features or ()), strings)
     if cfg.input == "image":
         limit_png_text()
-    return Engine(cfg=cfg, run=run, model_dir=d, pipeline=pipeline, name=name, version=version)
+    return Engine(cfg=cfg, run=run, model_dir=d, pipeline=pipeline, rowprep=rowprep, name=name, version=version)
