@@ -128,6 +128,7 @@ class ServingConfig:
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
+_PLAIN = {int, float}  # JSON numbers as orjson gives them (bool is not one)
 
 
 # ---------------------------------------------------------------------------------- loaders --
@@ -358,12 +359,13 @@ class Engine:
         except KeyError:
             f = next(f for f in feats if f not in inst)
             raise InstanceError(i, f, f"missing; the model needs {', '.join(feats)} (null for an unknown value)") from None
-        # the common case in one pass: plain JSON numbers within float32 (exact comparisons: a
-        # 400-digit integer is refused by the loop below, not an OverflowError here)
-        if (c.plain and all(type(v) is float or type(v) is int for v in vals)
-                and -_F32_MAX <= min(vals) and max(vals) <= _F32_MAX):
-            x = np.array(vals, dtype=np.float64)
-        else:
+        x = None
+        if c.plain and set(map(type, vals)) <= _PLAIN:  # the common case: plain JSON numbers, one pass
+            try:
+                x = np.array(vals, dtype=np.float64)
+            except OverflowError:  # a 400-digit integer: the loop below names it
+                x = None
+        if x is None:
             x = np.empty(len(feats), dtype=np.float64)
             for j, (f, v) in enumerate(zip(feats, vals)):
                 if c.text[j]:
@@ -378,9 +380,11 @@ class Engine:
                 step(x)
         except ValueError as e:
             raise InstanceError(i, None, f"preprocessing failed: {str(e)[:200]}") from None
-        if np.fmax.reduce(np.abs(x)) > _F32_MAX:  # NaN (missing) goes on to the model's imputer
-            f = feats[int(np.flatnonzero(np.abs(x) > _F32_MAX)[0])]
-            raise InstanceError(i, f, "out of range for the model's 32-bit floats after preprocessing")
+        a = np.abs(x)
+        if not a.max() <= _F32_MAX and np.fmax.reduce(a) > _F32_MAX:  # NaN (missing) is for the model's imputer
+            f = feats[int(np.flatnonzero(a > _F32_MAX)[0])]
+            raise InstanceError(i, f, f"{str(inst[f])[:40]} is out of range for the model's 32-bit floats "
+                                "after preprocessing")
         y = x.astype(np.float32)
         if self.cfg.typed:
             return tuple(_category(v, i, f) if t else float(y[j])
@@ -509,7 +513,7 @@ class Engine:
             if self.cfg.input == "tabular":  # the label and its score; all scores ranked for images
                 if getattr(self.run, "predicts_proba", True) is False:  # an sklearn model without scores
                     return {"label": str(np.asarray(y).reshape(-1)[0])}
-                return self._classes(np.asarray(y))[0]
+                return self._best(np.asarray(y))
             return self._classes(np.asarray(y))
         if task == "regression":
             a = np.asarray(y, dtype=np.float64)
@@ -522,9 +526,8 @@ class Engine:
         labels = self.cfg.labels
         return labels[k] if labels and 0 <= k < len(labels) else str(k)
 
-    def _classes(self, p: np.ndarray) -> list[dict[str, Any]]:
-        # plain Python lists: numpy's min/sum/argsort on ten scores cost more than the model run
-        # (bench/serving.py); numpy only to turn logits into probabilities
+    @staticmethod
+    def _probabilities(p: np.ndarray) -> list[float]:
         q = p.reshape(-1).tolist()
         if len(q) == 1:  # a single-output binary model: a probability, or a logit
             s = q[0] if 0.0 <= q[0] <= 1.0 else float(1.0 / (1.0 + np.exp(-q[0])))
@@ -533,6 +536,18 @@ class Engine:
             # logits (torch/ONNX classifiers): EasyMaker's scores are probabilities
             e = np.exp(np.asarray(q) - max(q))
             q = (e / e.sum()).tolist()
+        return q
+
+    def _best(self, p: np.ndarray) -> dict[str, Any]:
+        """A table row's answer: the first class of ``_classes``' order, without sorting them all."""
+        q = self._probabilities(p)
+        k = q.index(max(q))
+        return {"label": self._label(k), "score": q[k]}
+
+    def _classes(self, p: np.ndarray) -> list[dict[str, Any]]:
+        # plain Python lists: numpy's min/sum/argsort on ten scores cost more than the model run
+        # (bench/serving.py); numpy only to turn logits into probabilities
+        q = self._probabilities(p)
         order = sorted(range(len(q)), key=q.__getitem__, reverse=True)  # stable: ties by index
         if self.cfg.top_k:
             order = order[: self.cfg.top_k]

@@ -356,12 +356,15 @@ def test_classification_scores_match_the_numpy_reference() -> None:
         eng = Engine(ServingConfig(framework="onnx", task="classification", input="image", image={"size": [2, 2]},
                                    labels=labels, top_k=top_k),
                      run=lambda x: x, model_dir=Path("."))
+        row = Engine(ServingConfig(framework="onnx", task="classification", input="tabular", features=["x"], labels=labels),
+                     run=lambda x: x, model_dir=Path("."))
         for _ in range(50):
             p = rng.dirichlet(np.ones(10)).astype(np.float32)
             if rng.random() < 0.3:  # ties
                 p[[1, 4, 7]] = p[4]
                 p = p / p.sum()
             assert eng.format(p, None) == ref(p, top_k, labels)
+            assert row.format(p, None) == ref(p, None, labels)[0]  # a table row: the first of them
         logits = np.array([2.0, -1.0, 0.5], np.float32)
         soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         got = eng.format(logits, None)

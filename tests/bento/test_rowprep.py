@@ -90,6 +90,9 @@ def test_bad_values_are_400s_naming_the_field() -> None:
         eng.decode({**row, "d": None}, 0)
     with pytest.raises(InstanceError, match=r"instances\[0\]\.a: .* out of range"):
         eng.decode({**row, "a": 10 ** 400}, 0)
+    mm = _engine(_fit(_table(), [("MinMaxScaler", {"columns": ["c"], "feature_range": (-2.0, 2.0)})]), ["c"])
+    with pytest.raises(InstanceError, match=r"instances\[0\]\.c: 3e\+38 is out of range for the model's 32-bit floats after"):
+        mm.decode({"c": 3e38}, 0)  # a float32 itself, doubled by the fitted scaler
     assert eng.decode([1.0, 2.0, 0.5, 3, "red"], 0)[0].tolist() == eng.decode(row, 0)[0].tolist()
     with pytest.raises(InstanceError, match=r"instances\[1\]: a row as a list has 5 values, in this order: a, b, c, d, s; got 4"):
         eng.decode([1.0, 2.0, 0.5, 3], 1)
