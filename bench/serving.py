@@ -19,7 +19,8 @@ neighbour on this shared machine hits each alike; kiln with batching off and on.
 
     .venv/bin/python bench/serving.py [--case digits|wine] [--seconds 10] [--rounds 3] [--image] [--loadgen httpx]
 
-Prints one line per server (req/s, p50, p99) and ratios vs bare. Targets: kiln >= 0.8x bare req/s;
+Prints one line per server (req/s, p50, p99, server CPU microseconds per request, the median
+round) and ratios vs bare. Targets: kiln >= 0.8x bare req/s;
 with preprocessing (wine) also p99 <= 2x bare.
 """
 
@@ -111,6 +112,24 @@ def _wrk(url: str, body: Path, seconds: float, headers: list[str]) -> dict:
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%"), "requests": n,
             "codes": {"non-2xx": int(non2xx.group(1))} if non2xx else {}}
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of a server: the process and every child (BentoML serves from a worker)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
 
 
 def _load(url: str, body: Path, args, headers: list[str]) -> dict:
@@ -232,6 +251,7 @@ def main() -> int:
         for s in kilns.values():
             s.wait_ready()
         targets = {"bare starlette+uvicorn": (f"http://127.0.0.1:{port}/predict", [])}
+        pids = {"bare starlette+uvicorn": bare.pid, **{label: s.proc.pid for label, s in kilns.items() if s.proc}}
         tokens = TokenStore(repo / ".kiln/serving/tokens.json")
         targets.update({label: (f"{s.url}/predict", [f"Authorization: Bearer {tokens.create(s.cfg.deployment)}"])
                         for label, s in kilns.items()})
@@ -239,7 +259,12 @@ def main() -> int:
             _load(url, body, argparse.Namespace(**{**vars(args), "seconds": 2, "requests": 500}), hdrs)
         for _ in range(args.rounds):  # interleaved: a busy neighbour hits every server alike
             for label, (url, hdrs) in targets.items():
-                runs.setdefault(label, []).append(_load(url, body, args, hdrs))
+                # CPU time per request too: on a shared machine req/s is the share of the CPUs a
+                # server got; its CPU microseconds per answer are the work it did
+                cpu0 = _cpu_s(pids[label])
+                r = _load(url, body, args, hdrs)
+                r["cpu_us"] = (_cpu_s(pids[label]) - cpu0) / max(r["requests"], 1) * 1e6
+                runs.setdefault(label, []).append(r)
     finally:
         bare.terminate()
         bare.wait(10)
@@ -258,7 +283,9 @@ def main() -> int:
         # ratios per round (same minute, same neighbours), then the median and the range
         ratios = sorted(k["rps"] / b["rps"] for k, b in zip(runs[label], runs[base]))
         p99s = sorted(k["p99_ms"] / b["p99_ms"] for k, b in zip(runs[label], runs[base]))
+        cpu = sorted(k["cpu_us"] for k in runs[label])[len(runs[label]) // 2]
         print(f"  {label:24} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+              f"CPU {cpu:5.0f} us/req  "
               f"x{ratios[len(ratios) // 2]:.2f} req/s of bare (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})  "
               f"p99 x{p99s[len(p99s) // 2]:.2f} of bare  n={r['requests']}"
               f"{'  non-200: ' + str(bad) if bad else ''}")
