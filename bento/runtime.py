@@ -4,7 +4,9 @@ Why its own module: the fast path, BentoML's fallback API and the batcher all ca
 steps, so a request behaves the same whichever way it arrives:
 
 1. ``decode(instance, index)``: one instance -> an input array (or :class:`InstanceError` naming
-   ``instances[i].field``), so one bad instance is rejected before it can join a batch;
+   ``instances[i].field``), so one bad instance is rejected before it can join a batch; a table
+   row is an object keyed by column or a list in feature order, and a model registered with its
+   dataset's fitted preprocessing gets it applied here in numpy (``kiln.bento.rowprep``);
 2. ``predict(arrays)``: the stacked batch through the model (onnxruntime, TorchScript, sklearn);
 3. ``format(output, meta)``: one instance's result in the EasyMaker response shape.
 
