@@ -15,6 +15,11 @@ taken from the client when sane), Prometheus metrics (``kiln_requests_total{code
 BentoML's multiprocess registry so ``/metrics`` shows them), an access log line per request
 (token *ids* only), a timeout (504), a concurrency limit (503), a payload limit (413), auth (401).
 
+Responses: ``{"predictions": [P_1, ..., P_n]}``, one entry per instance, for every task and
+batch size (what each P_i is: ``kiln.bento.runtime``). Why one shape: EasyMaker answers one
+classification instance with a bare list and detection with an object, so a client had to know
+both the task and the batch size to read an answer (#14).
+
 Errors: 400/413 with ``{"error": ..., "request_id": ..., "errors": [{"instance", "field",
 "message"}]}`` naming each bad instance; an unexpected error is 500 with only the request id, and
 the traceback goes to the server log under that id.
@@ -375,9 +380,8 @@ class FastPath:
             if self.capture is not None and not skip_capture:
                 for inst, p in zip(instances, preds):
                     self.capture.offer(inst, p)
-            out = (preds[0] if len(preds) == 1 else preds) if eng.cfg.task == "classification" else {"predictions": preds}
             status = 200
-            await _send(send, 200, orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), extra=hdrs)
+            await _send(send, 200, orjson.dumps({"predictions": preds}, option=orjson.OPT_SERIALIZE_NUMPY), extra=hdrs)
         except _Reject as r:
             status = r.status
             extra = hdrs + ([(b"www-authenticate", b"Bearer")] if r.status == 401 else [])

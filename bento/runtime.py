@@ -4,7 +4,9 @@ Why its own module: the fast path, BentoML's fallback API and the batcher all ca
 steps, so a request behaves the same whichever way it arrives:
 
 1. ``decode(instance, index)``: one instance -> an input array (or :class:`InstanceError` naming
-   ``instances[i].field``), so one bad instance is rejected before it can join a batch;
+   ``instances[i].field``), so one bad instance is rejected before it can join a batch; a table
+   row is an object keyed by column or a list in feature order, and a model registered with its
+   dataset's fitted preprocessing gets it applied here in numpy (``kiln.bento.rowprep``);
 2. ``predict(arrays)``: the stacked batch through the model (onnxruntime, TorchScript, sklearn);
 3. ``format(output, meta)``: one instance's result in the EasyMaker response shape.
 
@@ -29,7 +31,10 @@ How to serve a model is in ``kiln-serving.json`` inside the model version (writt
      "output_size": [512, 512],                # segmentation: label map size (default image size)
      "top_k": null}                            # classification: keep the k best
 
-Responses (EasyMaker): classification ``[{"score", "label"}, ...]`` per instance, best first;
+Responses: ``{"predictions": [P_1, ..., P_n]}``, one entry per instance whatever the batch size
+(``kiln.bento.fastpath``). Per instance (EasyMaker's formats for images): image classification
+``[{"score", "label"}, ...]`` best first; tabular classification ``{"label", "score"}`` (the best
+class; no score from an sklearn model without probabilities);
 detection ``[{"<label>": {"xmin", "ymin", "xmax", "ymax"}, "score": s}, ...]`` per instance (a torch
 detector returns per image ``{"boxes", "scores", "labels"}``: a list of dicts, or one dict of batched
 ``N x Q`` tensors; boxes are pixel xyxy in the model's input frame, labels index ``labels``);
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import math
@@ -52,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from kiln.bento.registry import FRAMEWORKS, SERVING_FILE
+from kiln.bento.rowprep import compile_rows
 from kiln.data.preprocess import load_pipeline
 from kiln.errors import ConfigError
 
@@ -87,9 +94,10 @@ class ServingConfig:
     top_k: int | None = None
     schema: dict[str, Any] | None = None
 
-    @property
+    @functools.cached_property
     def typed(self) -> bool:
-        """Rows go to the model column by column (string columns), not as one float matrix."""
+        """Rows go to the model column by column (string columns), not as one float matrix.
+        Cached: asked twice a request, it walked every column each time (5 % of a wine request)."""
         cols = (self.schema or {}).get("columns") or {}
         return any(c.get("type") in ("string", "datetime") for c in cols.values())  # dates: as strings
 
@@ -124,6 +132,7 @@ class ServingConfig:
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
+_PLAIN = {int, float}  # JSON numbers as orjson gives them (bool is not one)
 
 
 # ---------------------------------------------------------------------------------- loaders --
@@ -237,7 +246,10 @@ def _number(v: Any, i: int, f: str) -> float:
     elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise InstanceError(i, f, f"expected a number or null, got {_shown(v)}")
     else:
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:  # an integer of 400 digits: JSON allows it, a float does not
+            x = math.inf
     if math.isnan(x):
         return x
     if not math.isfinite(x) or abs(x) > _F32_MAX:
@@ -270,9 +282,11 @@ class Engine:
     run: Callable[[np.ndarray], Any]
     model_dir: Path
     pipeline: Any = None
+    rowprep: Any = None   # the pipeline in numpy (kiln.bento.rowprep.Compiled); None: pandas per row
     name: str = ""
     version: int = 0
     max_pixels: int | None = None   # the deployment's limits.maxImagePixels (None: from the input size)
+    _known: set[str] | None = None  # the fields a raw row may carry (features and ignored columns)
 
     @property
     def pixel_limit(self) -> int:
@@ -286,10 +300,15 @@ class Engine:
     # -- decode ----------------------------------------------------------------------------------
     def decode(self, inst: Any, i: int) -> tuple[np.ndarray, Any]:
         """One instance -> (model input row, meta used by ``format``)."""
+        if isinstance(inst, list) and self.cfg.input == "tabular":
+            inst = self._row_object(inst, i)
         if not isinstance(inst, dict):
-            raise InstanceError(i, None, f"expected an object, got {type(inst).__name__}")
+            want = "an object keyed by column or a list in feature order" if self.cfg.input == "tabular" else "an object"
+            raise InstanceError(i, None, f"expected {want}, got {type(inst).__name__}")
         if self.cfg.input == "image":
             return self._decode_image(inst, i)
+        if self.rowprep is not None:
+            return self._decode_compiled(inst, i), None
         if self.pipeline is not None:
             return self._decode_raw_row(inst, i), None
         feats = self.cfg.features or ()
@@ -323,6 +342,59 @@ class Engine:
                 raise InstanceError(i, f, f"{str(v)[:40]} is out of range for the model's 32-bit floats")
         return row, None
 
+    def _row_object(self, row: list, i: int) -> dict:
+        """A row sent as a list: its values in feature order, as the CSV has them."""
+        feats = self.cfg.features or []
+        if len(row) != len(feats):
+            raise InstanceError(i, None, f"a row as a list has {len(feats)} values, in this order: "
+                                f"{', '.join(feats)}; got {len(row)} (or send an object keyed by column)")
+        return dict(zip(feats, row))
+
+    def _decode_compiled(self, inst: dict, i: int) -> Any:
+        """A raw row through the fitted preprocessing in numpy (kiln.bento.rowprep): values are
+        checked per column as the schema types them, so a bad one is a 400 naming its field."""
+        c = self.rowprep
+        assert c is not None
+        feats = c.features
+        if self.cfg.schema is not None:
+            self._no_extra_field(inst, i)
+        try:
+            vals = [inst[f] for f in feats]
+        except KeyError:
+            f = next(f for f in feats if f not in inst)
+            raise InstanceError(i, f, f"missing; the model needs {', '.join(feats)} (null for an unknown value)") from None
+        x = None
+        if c.plain and set(map(type, vals)) <= _PLAIN:  # the common case: plain JSON numbers, one pass
+            try:
+                x = np.array(vals, dtype=np.float64)
+            except OverflowError:  # a 400-digit integer: the loop below names it
+                x = None
+        if x is None:
+            x = np.empty(len(feats), dtype=np.float64)
+            for j, (f, v) in enumerate(zip(feats, vals)):
+                if c.text[j]:
+                    x[j] = math.nan  # the string goes to the model as it came (below)
+                    _category(v, i, f)
+                elif c.codes[j] is not None:
+                    x[j] = c.code(j, v)
+                else:
+                    x[j] = _number(v, i, f)
+        try:
+            for step in c.steps:
+                step(x)
+        except ValueError as e:
+            raise InstanceError(i, None, f"preprocessing failed: {str(e)[:200]}") from None
+        a = np.abs(x)
+        if not a.max() <= _F32_MAX and np.fmax.reduce(a) > _F32_MAX:  # NaN (missing) is for the model's imputer
+            f = feats[int(np.flatnonzero(a > _F32_MAX)[0])]
+            raise InstanceError(i, f, f"{str(inst[f])[:40]} is out of range for the model's 32-bit floats "
+                                "after preprocessing")
+        y = x.astype(np.float32)
+        if self.cfg.typed:
+            return tuple(_category(v, i, f) if t else float(y[j])
+                         for j, (f, v, t) in enumerate(zip(feats, vals, c.text)))
+        return y
+
     def _decode_typed(self, inst: dict, i: int) -> Any:
         """A raw row of a model with an input schema: every column by name, no other field."""
         feats = self.cfg.features or ()
@@ -334,7 +406,9 @@ class Engine:
 
     def _no_extra_field(self, inst: dict, i: int) -> None:
         # the dataset's label and identifier columns (a row as in the CSV) are accepted and ignored
-        known = {*(self.cfg.features or ()), *(self.cfg.schema or {}).get("ignored", ())}
+        known = self._known
+        if known is None:
+            known = self._known = {*(self.cfg.features or ()), *(self.cfg.schema or {}).get("ignored", ())}
         extra = next((k for k in inst if k not in known), None)
         if extra is not None:
             raise InstanceError(i, str(extra)[:60], "not a column of the model; it takes "
@@ -432,7 +506,7 @@ class Engine:
                     for j, f in enumerate(self.cfg.features or ())}
             out = self.run(feed)
         else:
-            out = self.run(np.stack(xs))
+            out = self.run(np.stack(xs) if len(xs) > 1 else xs[0][None])  # a view: np.stack copies
         if isinstance(out, list):
             return out
         return list(out)
@@ -440,6 +514,10 @@ class Engine:
     def format(self, y: Any, meta: Any) -> Any:
         task = self.cfg.task
         if task == "classification":
+            if self.cfg.input == "tabular":  # the label and its score; all scores ranked for images
+                if getattr(self.run, "predicts_proba", True) is False:  # an sklearn model without scores
+                    return {"label": str(np.asarray(y).reshape(-1)[0])}
+                return self._best(np.asarray(y))
             return self._classes(np.asarray(y))
         if task == "regression":
             a = np.asarray(y, dtype=np.float64)
@@ -452,9 +530,8 @@ class Engine:
         labels = self.cfg.labels
         return labels[k] if labels and 0 <= k < len(labels) else str(k)
 
-    def _classes(self, p: np.ndarray) -> list[dict[str, Any]]:
-        # plain Python lists: numpy's min/sum/argsort on ten scores cost more than the model run
-        # (bench/serving.py); numpy only to turn logits into probabilities
+    @staticmethod
+    def _probabilities(p: np.ndarray) -> list[float]:
         q = p.reshape(-1).tolist()
         if len(q) == 1:  # a single-output binary model: a probability, or a logit
             s = q[0] if 0.0 <= q[0] <= 1.0 else float(1.0 / (1.0 + np.exp(-q[0])))
@@ -463,6 +540,18 @@ class Engine:
             # logits (torch/ONNX classifiers): EasyMaker's scores are probabilities
             e = np.exp(np.asarray(q) - max(q))
             q = (e / e.sum()).tolist()
+        return q
+
+    def _best(self, p: np.ndarray) -> dict[str, Any]:
+        """A table row's answer: the first class of ``_classes``' order, without sorting them all."""
+        q = self._probabilities(p)
+        k = q.index(max(q))
+        return {"label": self._label(k), "score": q[k]}
+
+    def _classes(self, p: np.ndarray) -> list[dict[str, Any]]:
+        # plain Python lists: numpy's min/sum/argsort on ten scores cost more than the model run
+        # (bench/serving.py); numpy only to turn logits into probabilities
+        q = self._probabilities(p)
         order = sorted(range(len(q)), key=q.__getitem__, reverse=True)  # stable: ties by index
         if self.cfg.top_k:
             order = order[: self.cfg.top_k]
@@ -549,9 +638,13 @@ def load_engine(model_dir: str | Path, *, threads: int = 1, name: str = "", vers
     run = LOADERS[cfg.framework](f, threads)
     if cfg.framework == "sklearn" and cfg.labels is None and getattr(run, "classes", None) is not None:
         cfg.labels = [str(c) for c in run.classes]  # type: ignore[attr-defined]
-    pipeline = None
+    pipeline = rowprep = None
     if cfg.preprocess:
         pipeline = load_pipeline(d / cfg.preprocess)
+        cols = (cfg.schema or {}).get("columns") or {}
+        strings = {f for f in cfg.features or () if (cols.get(f) or {}).get("type") == "string"
+                   or cfg.feature_types.get(f) == "string"}
+        rowprep = compile_rows(pipeline, list(cfg.features or ()), strings)
     if cfg.input == "image":
         limit_png_text()
-    return Engine(cfg=cfg, run=run, model_dir=d, pipeline=pipeline, name=name, version=version)
+    return Engine(cfg=cfg, run=run, model_dir=d, pipeline=pipeline, rowprep=rowprep, name=name, version=version)

@@ -108,7 +108,7 @@ class KilnService:
                  self.engine.cfg.task, self.engine.cfg.input)
 
     @bentoml.api(route="/predict")
-    def predict(self, instances: list[dict[str, Any]]) -> Any:
+    def predict(self, instances: list[Any]) -> Any:
         """BentoML's route for the same prediction (used only if the fast path is not active)."""
         eng = self.engine
         try:
@@ -116,10 +116,7 @@ class KilnService:
         except InstanceError as e:
             raise bentoml.exceptions.InvalidArgument(str(e)) from None
         ys = eng.predict([x for x, _ in decoded])
-        preds = [eng.format(y, m) for y, (_, m) in zip(ys, decoded)]
-        if eng.cfg.task == "classification":
-            return preds[0] if len(preds) == 1 else preds
-        return {"predictions": preds}
+        return {"predictions": [eng.format(y, m) for y, (_, m) in zip(ys, decoded)]}
 
 
 svc = KilnService

@@ -40,16 +40,23 @@ def openapi(cfg: Any, engine: Any) -> dict[str, Any]:
     else:
         item = {"type": "object", "required": ["data"],
                 "properties": {"data": {"type": "string", "format": "byte", "description": "the image file, base64"}}}
+    if sc is not None and sc.input == "tabular":  # or the row's values in feature order, as in the CSV
+        item = {"oneOf": [item, {"type": "array", "minItems": len(sc.features or []), "maxItems": len(sc.features or []),
+                                 "description": "values in feature order: " + ", ".join(sc.features or [])}]}
     task = sc.task if sc else "classification"
-    scored = {"type": "array", "items": {"type": "object", "properties": {"score": {"type": "number"}, "label": {"type": "string"}}}}
-    responses = {
-        "classification": {"oneOf": [scored, {"type": "array", "items": scored}],
-                           "description": "one instance: [{score, label}] best first; several: one such list per instance"},
-        "regression": {"type": "object", "properties": {"predictions": {"type": "array", "items": {}}}},
-        "detection": {"type": "object", "properties": {"predictions": {"type": "array", "items": {"type": "array", "items": {
-            "type": "object", "description": "{<label>: {xmin, ymin, xmax, ymax}, score}"}}}}},
-        "segmentation": {"type": "object", "properties": {"predictions": {"type": "array", "description": "a label id per pixel"}}},
-    }[task]
+    scored = {"type": "object", "required": ["score", "label"],
+              "properties": {"score": {"type": "number"}, "label": {"type": "string"}}}
+    per_instance = {  # one entry of "predictions" per instance, whatever the batch size
+        "classification": {"type": "array", "items": scored, "description": "every class, best first"},
+        "tabular-classification": {"type": "object", "required": ["label"], "properties": {
+            "label": {"type": "string"}, "score": {"type": "number"}}, "description": "the best class"},
+        "regression": {"type": ["number", "array"], "description": "the predicted value"},
+        "detection": {"type": "array", "items": {"type": "object", "description": "{<label>: {xmin, ymin, xmax, ymax}, score}"}},
+        "segmentation": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}},
+                         "description": "a label id per pixel, row by row"},
+    }["tabular-classification" if task == "classification" and sc is not None and sc.input == "tabular" else task]
+    responses = {"type": "object", "required": ["predictions"],
+                 "properties": {"predictions": {"type": "array", "items": per_instance}}}
     err = {"type": "object", "properties": {"error": {"type": "string"}, "request_id": {"type": "string"},
                                             "errors": {"type": "array", "items": {"type": "object"}}}}
     op = {
@@ -119,10 +126,10 @@ function b64(file){return new Promise((ok, bad)=>{const r=new FileReader();
   r.onload=()=>ok(r.result.split(',')[1]); r.onerror=bad; r.readAsDataURL(file);});}
 function table(res){
   const t = $('table'); let rows = [];
-  if (info.task === 'classification') {
-    const lists = Array.isArray(res[0]) ? res : [res];
+  if (info.task === 'classification') {  // images: every class ranked; rows: the best class
     rows = ['<tr><th>instance</th><th>label</th><th>score</th></tr>'];
-    lists.forEach((l,i)=>l.forEach(p=>rows.push(`<tr><td>${i}</td><td>${esc(p.label)}</td><td>${p.score.toFixed(4)}</td></tr>`)));
+    res.predictions.forEach((l,i)=>(Array.isArray(l) ? l : [l]).forEach(p=>rows.push(
+      `<tr><td>${i}</td><td>${esc(p.label)}</td><td>${p.score === undefined ? '' : p.score.toFixed(4)}</td></tr>`)));
   } else if (info.task === 'detection') {
     rows = ['<tr><th>instance</th><th>label</th><th>box</th><th>score</th></tr>'];
     res.predictions.forEach((l,i)=>l.forEach(p=>{const k=Object.keys(p).find(k=>k!=='score'); const b=p[k];

@@ -19,7 +19,7 @@ from kiln.errors import ConfigError, KilnError
 @click.command()
 @click.argument("name", metavar="[WORKSPACE/]NAME")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False), help="An image to send.")
-@click.option("--json", "json_", help="One instance (a JSON object) or a full request {'instances': [...]}.")
+@click.option("--json", "json_", help="One instance (a JSON object; a table row may also be a list in feature order) or a full request {'instances': [...]}.")
 @click.option("-w", "--workspace", default=None,
               help="The deployment's workspace (default: the default workspace's, or the only one).")
 @click.option("--token", envvar="KILN_TOKEN", default=None, help="API token (default: $KILN_TOKEN).")

@@ -383,9 +383,9 @@ def deployment_smoke_test(ctx: StepContext) -> dict[str, Any]:
             store.forget(f"{ctx.workspace}/{ctx.name}", tid)
     if status != 200:
         raise TemporaryError(f"deployment {ctx.name}: smoke test got HTTP {status}: {json.dumps(body)[:300]}")
-    # EasyMaker: classification answers one instance with its ranked list, others {"predictions": [..]}
-    pred = body.get("predictions", [None])[0] if isinstance(body, dict) and isinstance(body.get("predictions"), list) \
-        else body if isinstance(body, list) else None
+    # every task answers {"predictions": [one entry per instance]} (kiln.bento.fastpath)
+    preds = body.get("predictions") if isinstance(body, dict) else None
+    pred = preds[0] if isinstance(preds, list) and len(preds) == 1 else None
     if pred is None:
         raise KilnError(f"deployment {ctx.name}: smoke test answer is not in the EasyMaker format: "
                         f"{json.dumps(body)[:300]}")

@@ -108,13 +108,13 @@ def test_apply_serves_tokens_restart_prune(repo: Path) -> None:
     code, body = predict(url)
     assert code == 401
     code, body = predict(url, ENV_TOKEN)
-    assert code == 200 and body[0]["label"] == "setosa" and body[0]["score"] > 0.5, body
+    assert code == 200 and body["predictions"][0]["label"] == "setosa" and body["predictions"][0]["score"] > 0.5, body
     tok = kiln("deployments", "token", "create", "iris-api", cwd=repo, check=True).stdout.strip().splitlines()[0]
     assert predict(url, tok)[0] == 200
     out = kiln("predict", "iris-api", "--json", json.dumps(dict(zip(FEATURES, [6.7, 3.0, 5.2, 2.3]))),
                cwd=repo, env={"KILN_TOKEN": tok})
     assert out.returncode == 0, out.stdout + out.stderr
-    assert json.loads(out.stdout)[0]["label"] == "virginica"
+    assert json.loads(out.stdout)["predictions"][0]["label"] == "virginica"
     assert kiln("predict", "iris-api", "--json", "{}", cwd=repo).returncode != 0  # no token: 401
     kiln("deployments", "token", "revoke", "iris-api", tok.split("_")[1], cwd=repo, check=True)
     deadline = time.monotonic() + 5

@@ -579,8 +579,8 @@ spec: {type: tabular, task: classification, format: csv, source: {path: raw/wine
     for i in (0, 70, 177):
         x, meta = engine.decode({c: float(raw.at[i, c]) for c in cols}, 0)
         served = engine.format(engine.predict([x])[0], meta)
-        assert served[0]["label"] == on_trained[i]["label"]
-        assert abs(served[0]["score"] - on_trained[i]["score"]) < 1e-5, (served, on_trained[i])
+        assert served["label"] == on_trained[i]["label"]
+        assert abs(served["score"] - on_trained[i]["score"]) < 1e-5, (served, on_trained[i])
 
 
 def test_strings_and_missing_values_from_the_csv_to_onnx_serving_and_infer(tmp_path: Path) -> None:
@@ -618,7 +618,7 @@ spec: {type: tabular, task: classification, format: csv, source: {path: raw/peng
             {"male": None, "site": None, "bill length": 38.0, "island": "Dream-Island"},
             {"island": "Atlantis", "bill length": 45.0, "site": "site_x", "male": False}]
     out = [engine.format(y, None) for y in engine.predict([engine.decode(r, i)[0] for i, r in enumerate(rows)])]
-    assert out[0][0]["label"] == "Adelie-penguin" and out[1][0]["label"] == "Gentoo"
+    assert out[0]["label"] == "Adelie-penguin" and out[1]["label"] == "Gentoo"
     pred = tmp_path / "pred"
     kiln("infer", "pen-lr", "penguins", "--out", str(pred), cwd=repo, check=True, timeout=120)
     labels = [json.loads(line)["prediction"][0]["label"] for line in (pred / "predictions.jsonl").read_text().splitlines()]

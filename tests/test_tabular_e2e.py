@@ -75,7 +75,7 @@ spec: {{type: tabular, task: {task}, format: csv, source: {{path: raw/penguins.c
         engine.decode({**raw[0], "colour": "red"}, 0)
     assert len(out) == 3
     if task == "classification":
-        assert out[1][0]["label"] == "yes" and out[0][0]["label"] == "no", out
+        assert out[1]["label"] == "yes" and out[0]["label"] == "no", out
 
     pred = tmp_path / "pred"
     kiln("infer", "pen", "penguins", "--out", str(pred), cwd=repo, check=True, timeout=300)

@@ -209,13 +209,17 @@ def test_engine_decode_errors_name_instance_and_field(serving_repo: Path) -> Non
     eng = load_engine(reg.path("iris", 1))
     row = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
     x, _ = eng.decode(row, 0)
-    out = eng.format(eng.predict([x])[0], None)
-    assert out[0]["label"] == "setosa" and out[0]["score"] > out[1]["score"] >= out[2]["score"]
-    assert abs(sum(p["score"] for p in out) - 1) < 1e-4
+    y = eng.predict([x])[0]
+    out = eng.format(y, None)  # a row's answer: the best class and its probability
+    assert out == {"label": "setosa", "score": float(np.max(y))} and out["score"] > 0.5
+    assert eng.format(eng.predict([eng.decode(list(row.values()), 0)[0]])[0], None) == out  # the row as a list
     with pytest.raises(InstanceError, match=r"instances\[3\]\.petal_width: missing"):
         eng.decode({k: v for k, v in row.items() if k != "petal_width"}, 3)
-    with pytest.raises(InstanceError, match=r"instances\[1\]: expected an object"):
+    with pytest.raises(InstanceError, match=r"instances\[1\]: a row as a list has 4 values, in this order: "
+                                            r"sepal_length, sepal_width, petal_length, petal_width; got 2"):
         eng.decode([1, 2], 1)
+    with pytest.raises(InstanceError, match=r"instances\[1\]: expected an object keyed by column or a list"):
+        eng.decode("5.1,3.5", 1)
     img = load_engine(reg.path("digits", 1))
     with pytest.raises(InstanceError, match=r"instances\[0\]\.data: not valid base64"):
         img.decode({"data": "%%%"}, 0)
@@ -248,7 +252,7 @@ def test_plain_tabular_decode_fast_path_and_its_errors(tmp_path: Path) -> None:
     row = dict(zip(feats, X[0].tolist()))
     x, _ = eng.decode(row, 0)
     assert x.dtype == np.float32 and np.array_equal(x, X[0])
-    assert eng.format(eng.predict([x])[0], None)[0]["label"] == "a"
+    assert eng.format(eng.predict([x])[0], None)["label"] == "a"
     x_int, _ = eng.decode({**row, "sl": 5}, 0)  # a JSON integer is a number
     assert x_int[0] == 5.0
     for bad, why in ((True, "expected a number, got bool"), ("5", "expected a number, got str"),
@@ -349,7 +353,10 @@ def test_classification_scores_match_the_numpy_reference() -> None:
     rng = np.random.default_rng(0)
     labels = [f"c{i}" for i in range(8)]  # fewer labels than classes: the rest are named by index
     for top_k in (None, 3):
-        eng = Engine(ServingConfig(framework="onnx", task="classification", input="tabular", features=["x"], labels=labels, top_k=top_k),
+        eng = Engine(ServingConfig(framework="onnx", task="classification", input="image", image={"size": [2, 2]},
+                                   labels=labels, top_k=top_k),
+                     run=lambda x: x, model_dir=Path("."))
+        row = Engine(ServingConfig(framework="onnx", task="classification", input="tabular", features=["x"], labels=labels),
                      run=lambda x: x, model_dir=Path("."))
         for _ in range(50):
             p = rng.dirichlet(np.ones(10)).astype(np.float32)
@@ -357,6 +364,7 @@ def test_classification_scores_match_the_numpy_reference() -> None:
                 p[[1, 4, 7]] = p[4]
                 p = p / p.sum()
             assert eng.format(p, None) == ref(p, top_k, labels)
+            assert row.format(p, None) == ref(p, None, labels)[0]  # a table row: the first of them
         logits = np.array([2.0, -1.0, 0.5], np.float32)
         soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         got = eng.format(logits, None)
