@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from kiln.api.common import DatasetRef, DataType, Metadata, Model, Name, Task
+from kiln.api.common import DatasetRef, DataType, FieldProblem, Metadata, Model, Name, Task
 
 Format = Literal["auto", "image-folder", "coco", "segmentation-json", "studio", "masks", "csv"]
 
@@ -59,9 +59,9 @@ class Source(Model):
     def _exactly_one(self) -> Source:
         given = [k for k in ("path", "archive", "url", "sample", "dataset", "capture") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(
+            raise FieldProblem(
                 "give exactly one of path, archive, url, sample, dataset, capture"
-                + (f" (got {', '.join(given)})" if given else ""))
+                + (f" (got {', '.join(given)})" if given else ""), *given[1:2])
         return self
 
 
@@ -92,7 +92,10 @@ class PreprocessOp(Model):
     @model_validator(mode="after")
     def _known(self) -> PreprocessOp:
         if self.op not in PREPROCESSING_OPS:
-            raise ValueError(f"unknown preprocessing op {self.op!r}; valid: {', '.join(PREPROCESSING_OPS)}")
+            from kiln._util.suggest import did_you_mean
+
+            raise FieldProblem(f"unknown preprocessing op {self.op!r}", "op",
+                               hint=did_you_mean(self.op, PREPROCESSING_OPS) or f"valid: {', '.join(PREPROCESSING_OPS)}")
         return self
 
 
@@ -144,21 +147,22 @@ class DatasetSpec(Model):
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
         if self.format != "auto" and self.task and self.task not in FORMAT_TASKS[self.format]:
-            raise ValueError(
+            raise FieldProblem(
                 f"format {self.format!r} cannot hold a {self.task} dataset; "
-                f"it holds {', '.join(sorted(FORMAT_TASKS[self.format]))}")
+                f"it holds {', '.join(sorted(FORMAT_TASKS[self.format]))}", "format")
         if self.type == "tabular" and self.format not in ("auto", "csv"):
-            raise ValueError(f"a tabular dataset is CSV, not {self.format!r}")
+            raise FieldProblem(f"a tabular dataset is CSV, not {self.format!r}", "format")
         if self.type == "image" and self.format == "csv":
-            raise ValueError("an image dataset cannot have format 'csv'")
+            raise FieldProblem("an image dataset cannot have format 'csv'", "format")
         if self.type == "image" and self.task in ("regression", "clustering", "dimension-reduction"):
-            raise ValueError(f"task {self.task!r} is for tabular data")
+            raise FieldProblem(f"task {self.task!r} is for tabular data", "task")
         for i, op in enumerate(self.preprocessing):
             if PREPROCESSING_OPS[op.op] != self.type:
-                raise ValueError(f"preprocessing[{i}] {op.op!r} is a {PREPROCESSING_OPS[op.op]} op; "
-                                 f"this dataset is {self.type}")
+                raise FieldProblem(f"preprocessing[{i}] {op.op!r} is a {PREPROCESSING_OPS[op.op]} op; "
+                                   f"this dataset is {self.type}", "preprocessing", i, "op")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            raise ValueError("classes has duplicates")
+            dup = next(i for i, c in enumerate(self.classes) if c in self.classes[:i])
+            raise FieldProblem(f"classes has duplicates ({self.classes[dup]!r})", "classes", dup)
         return self
 
 

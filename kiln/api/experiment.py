@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kiln.api.common import DatasetRef, Metadata, Model, Name, ResourceRequest, Task
+from kiln.api.common import DatasetRef, FieldProblem, Metadata, Model, Name, ResourceRequest, Task
 
 HyperValue = bool | int | float | str
 
@@ -96,7 +96,8 @@ class HPO(Model):
     @model_validator(mode="after")
     def _parallel(self) -> HPO:
         if self.parallelTrials > self.maxTrials:
-            raise ValueError(f"parallelTrials ({self.parallelTrials}) exceeds maxTrials ({self.maxTrials})")
+            raise FieldProblem(f"parallelTrials ({self.parallelTrials}) exceeds maxTrials ({self.maxTrials})",
+                               "parallelTrials")
         return self
 
 
@@ -174,7 +175,8 @@ class AutoML(Model):
         names = [c.name for c in self.candidates]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"candidate {sorted(dup)[0]!r} is listed twice")
+            again = next(i for i, n in enumerate(names) if n in names[:i])
+            raise FieldProblem(f"candidate {names[again]!r} is listed twice", "candidates", again, "name")
         return self
 
 
@@ -245,11 +247,14 @@ class ExperimentSpec(Model):
             if self.automl is None:
                 self.automl = AutoML()  # the catalogue's defaults for the task
             if self.algorithm or self.command:
-                raise ValueError("mode 'automl' takes its algorithms from automl.candidates, not 'algorithm'/'command'")
+                raise FieldProblem("mode 'automl' takes its algorithms from automl.candidates, not 'algorithm'/'command'",
+                                   "algorithm" if self.algorithm else "command")
         else:
             if self.automl is not None:
-                raise ValueError(f"'automl' is only for mode 'automl' (mode is {self.mode!r})")
-            if (self.algorithm is None) == (self.command is None):
+                raise FieldProblem(f"'automl' is only for mode 'automl' (mode is {self.mode!r})", "automl")
+            if self.algorithm is not None and self.command is not None:
+                raise FieldProblem("give exactly one of 'algorithm' or 'command'", "command")
+            if self.algorithm is None and self.command is None:
                 raise ValueError("give exactly one of 'algorithm' or 'command'")
         searched = bool(self.algorithm and self.algorithm.searchSpace) or bool(
             self.command and self.command.searchSpace) or (
@@ -258,15 +263,16 @@ class ExperimentSpec(Model):
             if self.hpo is None:
                 self.hpo = HPO()
             if not searched:
-                raise ValueError("mode 'hpo' needs a searchSpace (what to tune) in algorithm or command")
+                raise FieldProblem("mode 'hpo' needs a searchSpace (what to tune) in algorithm or command", "mode")
         elif self.mode == "run" and self.hpo is not None:
-            raise ValueError("'hpo' settings need mode 'hpo'")
+            raise FieldProblem("'hpo' settings need mode 'hpo'", "hpo")
         elif self.mode == "run" and searched:
-            raise ValueError("searchSpace needs mode 'hpo' or 'automl'")
+            raise FieldProblem("searchSpace needs mode 'hpo' or 'automl'",
+                               *(("algorithm", "searchSpace") if self.algorithm else ("command", "searchSpace")))
         if self.parameterSets and self.mode != "run":
-            raise ValueError("parameterSets are for mode 'run' (one job per set)")
+            raise FieldProblem("parameterSets are for mode 'run' (one job per set)", "parameterSets")
         if isinstance(self.selectTrial, int) and self.mode == "run" and not self.parameterSets:
-            raise ValueError("selectTrial needs trials (mode hpo/automl or parameterSets)")
+            raise FieldProblem("selectTrial needs trials (mode hpo/automl or parameterSets)", "selectTrial")
         return self
 
 
