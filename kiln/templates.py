@@ -31,7 +31,16 @@ class TemplateError(KilnError):
     pass
 
 
+def template_file(templates_dir: Path | None, name: str) -> Path | None:
+    """The file of template ``name`` (a ``defaults`` entry), or None when there is none."""
+    if templates_dir is None or not name or ".." in Path(name).parts or Path(name).is_absolute():
+        return None
+    f = templates_dir / f"{name}.yaml"  # hydra's name: a path below the folder, without .yaml
+    return f if f.is_file() else None
+
+
 def compose(doc: dict[str, Any], templates_dir: Path | None) -> dict[str, Any]:
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
@@ -59,7 +68,7 @@ def compose(doc: dict[str, Any], templates_dir: Path | None) -> dict[str, Any]:
             with initialize_config_dir(config_dir=str(Path(templates_dir or ".").resolve()),
                                        version_base=None):
                 cfg = hydra_compose(config_name="__kiln_spec__", overrides=overrides)
-        except (HydraException, OmegaConfBaseException) as exc:
+        except (HydraException, OmegaConfBaseException, yaml.YAMLError) as exc:  # hydra lets a template's YAML error through
             first = str(exc).strip().splitlines()[0]
             names = sorted(p.stem for p in Path(templates_dir).glob("*.yaml")) if templates_dir else []
             raise TemplateError(f"cannot compose templates: {first}",

@@ -64,6 +64,27 @@ def locate(text: str, index: int, path: Sequence[str | int]) -> tuple[int, int, 
     return mark.line + 1, mark.column + 1, matched
 
 
+def find(text: str, index: int, path: Sequence[str | int]) -> tuple[int, int] | None:
+    """(line, column) of ``path`` in document ``index`` when the document has all of it, else
+    None (``locate`` would point at the nearest parent instead)."""
+    path = [p for p in path if not (isinstance(p, str) and _is_tag(p))]
+    line, col, matched = locate(text, index, path)
+    try:
+        node = _nodes(text)[index]
+    except (IndexError, yaml.YAMLError):
+        return None
+    for part in path:  # locate reports a missing tail as matched: walk it for real
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            return None
+        node = child
+    return line, col
+
+
 def _is_tag(part: str) -> bool:
     # pydantic union members in error locations: "literal['auto']", "int", "FloatParam", "function-after[...]"
     return part[:1].isupper() or "[" in part or part in {"int", "float", "str", "bool", "list", "dict", "none"}
