@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,8 @@ def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] |
             context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
             if context and cmark is not None and cmark is not mark:
                 problem += f" ({context} at line {cmark.line + 1})"
-            result.issues.append(SpecIssue(str(src.path), line, col, "", f"YAML syntax error: {problem}"))
+            result.issues.append(SpecIssue(str(src.path), line, col, "", f"YAML syntax error: {problem}",
+                                           "check the brackets, quotes and indentation up to this line"))
             continue
         for index, doc in enumerate(docs):
             if doc is None:
@@ -619,7 +621,7 @@ def _explain(model: type[BaseModel], err: dict[str, Any]) -> tuple[str, str | No
             f"valid fields: {', '.join(fields)}" if fields else None)
         return f"unknown field {loc[-1]!r}", hint
     if typ == "missing":
-        return "required field is missing", None
+        return "required field is missing", f"add `{loc[-1]}:`" if loc else None
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     elif msg.startswith("Assertion failed, "):
@@ -627,7 +629,39 @@ def _explain(model: type[BaseModel], err: dict[str, Any]) -> tuple[str, str | No
     given = err.get("input")
     if typ not in ("value_error", "assertion_error") and not isinstance(given, (dict, list)):
         msg = f"{msg[0].lower()}{msg[1:]}, got {given!r}"
-    return msg, getattr((err.get("ctx") or {}).get("error"), "hint", None)
+    return msg, getattr((err.get("ctx") or {}).get("error"), "hint", None) or _type_hint(typ, err.get("ctx") or {}, given)
+
+
+# pydantic error type -> the fix, for the mistakes of hand-written YAML
+_TYPE_HINTS = {
+    "int_parsing": "write a whole number, without quotes", "int_type": "write a whole number, without quotes",
+    "int_from_float": "write a whole number", "float_parsing": "write a number, e.g. 0.5",
+    "float_type": "write a number, e.g. 0.5", "bool_parsing": "write true or false",
+    "bool_type": "write true or false", "string_type": "write text; quote it if YAML reads it as a number or date",
+    "list_type": "write a list: [a, b] or one '- item' per line", "dict_type": "write a mapping: {key: value}",
+    "model_type": "write a mapping of its fields: {field: value}", "model_attributes_type": "write a mapping: {field: value}",
+    "date_from_datetime_parsing": "write a date as YYYY-MM-DD",
+}
+
+
+def _type_hint(typ: str, ctx: dict[str, Any], given: Any) -> str | None:
+    if typ == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return did_you_mean(given, choices) if isinstance(given, str) else None
+    if typ == "string_pattern_mismatch":
+        from kiln.api.common import NAME_RE
+
+        if ctx.get("pattern") == NAME_RE:
+            return "a name is lower-case letters, digits and '-' (at most 63), e.g. " + (
+                re.sub(r"[^a-z0-9-]+", "-", str(given).lower()).strip("-")[:63] or "my-name")
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+              "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+    if typ in bounds:
+        op, key = bounds[typ]
+        return f"use a value {op} {ctx.get(key)}"
+    if typ == "too_short":
+        return f"give at least {ctx.get('min_length')}"
+    return _TYPE_HINTS.get(typ)
 
 
 def _fields_at(model: type[BaseModel], loc: list[str | int]) -> list[str]:

@@ -25,9 +25,9 @@ def from_experiment(labels: dict, workspace: str, name: str) -> bool:
 
 def _check_range(low: float, high: float, log: bool, fmt: str = "") -> None:
     if low >= high:
-        raise ValueError(f"low ({low:{fmt}}) must be < high ({high:{fmt}})")
+        raise FieldProblem(f"low ({low:{fmt}}) must be < high ({high:{fmt}})", hint="swap them, or widen the range")
     if log and low <= 0:
-        raise ValueError("a log-scale range needs low > 0")
+        raise FieldProblem("a log-scale range needs low > 0", "low", hint="raise low above 0, or drop log: true")
 
 
 class FloatParam(Model):
