@@ -267,7 +267,8 @@ class _Checker:
                          f"dataset {ds.name!r} is a table; tabular labelling is not available in this kiln version",
                          "label image datasets for now")
             if dspec.type == "image" and spec.task.startswith("tabular-"):
-                self.add(s, ["spec", "task"], f"dataset {ds.name!r} holds images; {spec.task} is for tables")
+                self.add(s, ["spec", "task"], f"dataset {ds.name!r} holds images; {spec.task} is for tables",
+                         f"use task {spec.task.removeprefix('tabular-')}")
         if (spec.output.dataset and (s.workspace, spec.output.dataset) not in self.by_kind["Dataset"]
                 and not self._invalid("Dataset", s.workspace, spec.output.dataset)):
             self.add(s, ["spec", "output", "dataset"], f"unknown dataset {spec.output.dataset!r}",
@@ -299,7 +300,8 @@ class _Checker:
         self._owner(s, spec.owner)
         ds = self._dataset(s, spec.dataset, ["spec", "dataset"])
         if ds is not None and spec.task and ds.obj.spec.task and spec.task != ds.obj.spec.task:
-            self.add(s, ["spec", "task"], f"task {spec.task!r} does not match dataset {ds.name!r} ({ds.obj.spec.task})")
+            self.add(s, ["spec", "task"], f"task {spec.task!r} does not match dataset {ds.name!r} ({ds.obj.spec.task})",
+                     "remove spec.task: it defaults to the dataset's")
         if ds is not None and ds.obj.spec.task is None and spec.mode != "run" and spec.command is None:
             pass  # unlabelled data: only clustering / dimension reduction algorithms apply (issue: algorithms)
         self._experiment_apply_rules(s, ds)
@@ -310,7 +312,8 @@ class _Checker:
         if ws is not None and ws.members:
             for i, u in enumerate(spec.users):
                 if ws.role_of(u) is None:
-                    self.add(s, ["spec", "users", i], f"user {u!r} is not a member of workspace {s.workspace!r}")
+                    self.add(s, ["spec", "users", i], f"user {u!r} is not a member of workspace {s.workspace!r}",
+                             "add them to the Workspace's members")
 
     def _experiment_apply_rules(self, s: LoadedSpec, ds: LoadedSpec | None) -> None:
         """What the experiment's steps refuse for a reason in the spec (``kiln.controller.experiment``),

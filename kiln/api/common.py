@@ -102,7 +102,8 @@ class DatasetRef(Model):
     def _version(cls, v: str) -> str:
         if v == "latest" or re.fullmatch(r"v\d+", v) or re.fullmatch(r"[0-9a-f]{6,32}(\.dir)?", v):
             return v
-        raise ValueError(f"expected 'latest', 'vN' or a content hash, got {v!r}")
+        raise FieldProblem(f"expected 'latest', 'vN' or a content hash, got {v!r}",
+                           hint="`kiln data versions DATASET` lists the versions")
 
 
 class ModelRef(Model):
@@ -116,11 +117,12 @@ class ModelRef(Model):
     @model_validator(mode="after")
     def _one(self) -> ModelRef:
         if self.experiment and (self.name or self.version or self.alias):
-            raise FieldProblem("give either 'experiment' or 'name' (with 'version' or 'alias'), not both", "experiment")
+            raise FieldProblem("give either 'experiment' or 'name' (with 'version' or 'alias'), not both", "experiment",
+                               hint="`{experiment: E}` serves what E registers; `{name: M, alias: A}` a registered model")
         if not self.experiment and not self.name:
             raise ValueError("give 'name' (with 'version' or 'alias') or 'experiment'")
         if self.version is not None and self.alias is not None:
-            raise FieldProblem("give 'version' or 'alias', not both", "alias")
+            raise FieldProblem("give 'version' or 'alias', not both", "alias", hint="remove one")
         return self
 
 

@@ -61,7 +61,9 @@ class Source(Model):
         if len(given) != 1:
             raise FieldProblem(
                 "give exactly one of path, archive, url, sample, dataset, capture"
-                + (f" (got {', '.join(given)})" if given else ""), *given[1:2])
+                + (f" (got {', '.join(given)})" if given else ""), *given[1:2],
+                hint="keep one source; derive a second version with `source: {dataset: ...}`" if given else
+                "e.g. `source: {path: data/train}` (a folder or file in this repository)")
         return self
 
 
@@ -76,9 +78,10 @@ class Splits(Model):
     def _sum(self) -> Splits:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+            raise FieldProblem(f"train + validation + test must be 1.0, got {total:g}",
+                               hint="e.g. {train: 0.8, validation: 0.1, test: 0.1}")
         if self.train == 0:
-            raise ValueError("train must be > 0")
+            raise FieldProblem("train must be > 0", "train", hint="give the train split most of the data")
         return self
 
 
@@ -141,7 +144,8 @@ class DatasetSpec(Model):
         # a field validator (task and format come before it), so the error points at this line
         task, fmt = info.data.get("task"), info.data.get("format")
         if v is not None and (task not in (None, "semantic-segmentation") or fmt in ("image-folder", "coco", "csv")):
-            raise ValueError(f"background is for semantic-segmentation masks; this dataset is {task or fmt}")
+            raise FieldProblem(f"background is for semantic-segmentation masks; this dataset is {task or fmt}",
+                               hint="remove background")
         return v
 
     @model_validator(mode="after")
@@ -149,20 +153,25 @@ class DatasetSpec(Model):
         if self.format != "auto" and self.task and self.task not in FORMAT_TASKS[self.format]:
             raise FieldProblem(
                 f"format {self.format!r} cannot hold a {self.task} dataset; "
-                f"it holds {', '.join(sorted(FORMAT_TASKS[self.format]))}", "format")
+                f"it holds {', '.join(sorted(FORMAT_TASKS[self.format]))}", "format",
+                hint=f"formats for {self.task}: " + ", ".join(["auto", *(f for f, ts in FORMAT_TASKS.items() if self.task in ts)]))
         if self.type == "tabular" and self.format not in ("auto", "csv"):
-            raise FieldProblem(f"a tabular dataset is CSV, not {self.format!r}", "format")
+            raise FieldProblem(f"a tabular dataset is CSV, not {self.format!r}", "format",
+                               hint="use format: csv (or auto), or type: image for pictures")
         if self.type == "image" and self.format == "csv":
-            raise FieldProblem("an image dataset cannot have format 'csv'", "format")
+            raise FieldProblem("an image dataset cannot have format 'csv'", "format",
+                               hint="use type: tabular for a table, or an image format (auto finds it)")
         if self.type == "image" and self.task in ("regression", "clustering", "dimension-reduction"):
-            raise FieldProblem(f"task {self.task!r} is for tabular data", "task")
+            raise FieldProblem(f"task {self.task!r} is for tabular data", "task",
+                               hint="use type: tabular, or an image task (classification, detection, ...)")
         for i, op in enumerate(self.preprocessing):
             if PREPROCESSING_OPS[op.op] != self.type:
                 raise FieldProblem(f"preprocessing[{i}] {op.op!r} is a {PREPROCESSING_OPS[op.op]} op; "
-                                   f"this dataset is {self.type}", "preprocessing", i, "op")
+                                   f"this dataset is {self.type}", "preprocessing", i, "op",
+                                   hint=f"{self.type} ops: " + ", ".join(n for n, t in PREPROCESSING_OPS.items() if t == self.type))
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             dup = next(i for i, c in enumerate(self.classes) if c in self.classes[:i])
-            raise FieldProblem(f"classes has duplicates ({self.classes[dup]!r})", "classes", dup)
+            raise FieldProblem(f"classes has duplicates ({self.classes[dup]!r})", "classes", dup, hint="remove one")
         return self
 
 

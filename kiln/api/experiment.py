@@ -97,7 +97,7 @@ class HPO(Model):
     def _parallel(self) -> HPO:
         if self.parallelTrials > self.maxTrials:
             raise FieldProblem(f"parallelTrials ({self.parallelTrials}) exceeds maxTrials ({self.maxTrials})",
-                               "parallelTrials")
+                               "parallelTrials", hint=f"lower parallelTrials to at most {self.maxTrials}, or raise maxTrials")
         return self
 
 
@@ -151,8 +151,9 @@ class Command(Model):
     def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
         for k in v:
             if any(s in k.lower() for s in ("token", "password", "secret", "apikey", "api_key")):
-                raise ValueError(f"env {k!r} looks like a secret; reference it from the environment "
-                                 "or a secret instead of writing it in the spec")
+                raise FieldProblem(f"env {k!r} looks like a secret; reference it from the environment "
+                                   "or a secret instead of writing it in the spec", k,
+                                   hint="remove it: your program reads the variable from kiln's environment")
         return v
 
 
@@ -176,7 +177,8 @@ class AutoML(Model):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             again = next(i for i, n in enumerate(names) if n in names[:i])
-            raise FieldProblem(f"candidate {names[again]!r} is listed twice", "candidates", again, "name")
+            raise FieldProblem(f"candidate {names[again]!r} is listed twice", "candidates", again, "name",
+                               hint="list each algorithm once; trialsPerCandidate tunes one")
         return self
 
 
@@ -248,14 +250,18 @@ class ExperimentSpec(Model):
                 self.automl = AutoML()  # the catalogue's defaults for the task
             if self.algorithm or self.command:
                 raise FieldProblem("mode 'automl' takes its algorithms from automl.candidates, not 'algorithm'/'command'",
-                                   "algorithm" if self.algorithm else "command")
+                                   "algorithm" if self.algorithm else "command",
+                                   hint="move it into automl.candidates, or use mode run/hpo")
         else:
             if self.automl is not None:
-                raise FieldProblem(f"'automl' is only for mode 'automl' (mode is {self.mode!r})", "automl")
+                raise FieldProblem(f"'automl' is only for mode 'automl' (mode is {self.mode!r})", "automl",
+                                   hint="set mode: automl, or remove the automl section")
             if self.algorithm is not None and self.command is not None:
-                raise FieldProblem("give exactly one of 'algorithm' or 'command'", "command")
+                raise FieldProblem("give exactly one of 'algorithm' or 'command'", "command",
+                                   hint="a built-in algorithm, or your own training command: remove the other")
             if self.algorithm is None and self.command is None:
-                raise ValueError("give exactly one of 'algorithm' or 'command'")
+                raise FieldProblem("give exactly one of 'algorithm' or 'command'",
+                                   hint="add `algorithm: {name: ...}` (`kiln algorithms list`) or `command: {run: ...}`")
         searched = bool(self.algorithm and self.algorithm.searchSpace) or bool(
             self.command and self.command.searchSpace) or (
             self.automl is not None and any(c.searchSpace for c in self.automl.candidates))
@@ -263,16 +269,20 @@ class ExperimentSpec(Model):
             if self.hpo is None:
                 self.hpo = HPO()
             if not searched:
-                raise FieldProblem("mode 'hpo' needs a searchSpace (what to tune) in algorithm or command", "mode")
+                raise FieldProblem("mode 'hpo' needs a searchSpace (what to tune) in algorithm or command", "mode",
+                                   hint="add e.g. `searchSpace: {learning_rate: {type: float, low: 0.0001, high: 0.1, log: true}}`")
         elif self.mode == "run" and self.hpo is not None:
-            raise FieldProblem("'hpo' settings need mode 'hpo'", "hpo")
+            raise FieldProblem("'hpo' settings need mode 'hpo'", "hpo", hint="set mode: hpo, or remove the hpo section")
         elif self.mode == "run" and searched:
             raise FieldProblem("searchSpace needs mode 'hpo' or 'automl'",
-                               *(("algorithm", "searchSpace") if self.algorithm else ("command", "searchSpace")))
+                               *(("algorithm", "searchSpace") if self.algorithm else ("command", "searchSpace")),
+                               hint="set mode: hpo to tune it, or fix the values in hyperparameters")
         if self.parameterSets and self.mode != "run":
-            raise FieldProblem("parameterSets are for mode 'run' (one job per set)", "parameterSets")
+            raise FieldProblem("parameterSets are for mode 'run' (one job per set)", "parameterSets",
+                               hint="set mode: run, or express the sets as a searchSpace")
         if isinstance(self.selectTrial, int) and self.mode == "run" and not self.parameterSets:
-            raise FieldProblem("selectTrial needs trials (mode hpo/automl or parameterSets)", "selectTrial")
+            raise FieldProblem("selectTrial needs trials (mode hpo/automl or parameterSets)", "selectTrial",
+                               hint="remove selectTrial: a run has one trial")
         return self
 
 
