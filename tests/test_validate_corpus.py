@@ -354,3 +354,42 @@ def test_validate_imports_no_ml_library_and_the_examples_validate() -> None:
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "IMPORTED []" in p.stdout, p.stdout
+
+
+def test_plan_says_what_each_experiment_will_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """One line per Experiment to run: mode, algorithm(s), trials x parallel, dataset version,
+    resources (the workspace's preset resolved)."""
+    repo = repo_with(tmp_path, {"specs/case.yaml": "---\n".join([
+        doc("Experiment", "mode: hpo\ndataset: {name: pets, version: v2}\ncommand:\n  run: python train.py\n"
+                          "  searchSpace: {lr: {type: float, low: 0.001, high: 0.1}}\nhpo: {maxTrials: 6, parallelTrials: 2}\n"
+                          "resources: {preset: large, cpu: \"3\"}", name="tune", ws="team"),
+        doc("Experiment", "mode: automl\ndataset: {name: wine}\nautoml:\n  candidates: [{name: svm}, {name: naive_bayes}]\n"
+                          "  timeBudget: 60", name="compare"),
+    ])})
+    monkeypatch.chdir(repo)
+    capsys.readouterr()
+    assert main(["plan"]) == 0
+    out = capsys.readouterr().out
+    assert ("runs: hpo command 'python train.py', 6 trials x 2 parallel, dataset pets v2, "
+            "3 CPU 8Gi (preset large) per trial") in out, out
+    assert ("runs: automl 2 candidates (svm, naive_bayes), 1 trial(s) per candidate, one at a time, within 60 s, "
+            "dataset wine latest (no version yet), 1 CPU 2Gi per trial") in out, out
+    assert "runs: run random_forest, 1 trial, dataset wine latest (no version yet)" in out, out  # the base's wine-rf
+    assert out.count("runs: ") == 3, out  # experiments only
+
+
+def test_the_spec_layers_names_agree_with_the_data_layers() -> None:
+    """What the spec admits is what apply can do: the preprocessing ops and the format x task
+    pairs of kiln.api.dataset against the implementations in kiln.data."""
+    from kiln.api.dataset import FORMAT_TASKS, PREPROCESSING_OPS
+    from kiln.data.formats import FORMATS
+    from kiln.data.preprocess import IMGAUG_ALIASES, IMGAUG_PARAMS, OPS
+
+    assert set(PREPROCESSING_OPS) == set(OPS) | set(IMGAUG_ALIASES)
+    assert {n: PREPROCESSING_OPS[n] for n in OPS} == {n: op.kind for n, op in OPS.items()}
+    assert set(IMGAUG_PARAMS) == set(IMGAUG_ALIASES)
+    for fmt, tasks in FORMAT_TASKS.items():
+        impl = FORMATS["segmentation-json" if fmt == "masks" else fmt].tasks  # masks are read by segmentation-json
+        held = {"classification", "regression", "clustering", "dimension-reduction"} if impl == ("tabular",) else set(impl)
+        assert tasks == held, (fmt, tasks, impl)

@@ -33,7 +33,7 @@ PREPROCESSING_OPS: dict[str, DataType] = {
         "MinMaxScaler", "StandardScaler", "qcut", "cut", "KBinsDiscretizer", "factorize",
         "SimpleImputer", "KNNImputer", "sort_values", "drop_columns")},
     **{n: "image" for n in (
-        "flip", "rotate", "brightness", "contrast", "shift", "grayscale", "crop", "resize", "equalize",
+        "flip", "rotate", "brightness", "contrast", "gamma", "shift", "grayscale", "crop", "resize", "equalize",
         # imgaug names, as the source platforms write them
         "Fliplr", "Flipud", "Rotate", "Multiply", "GammaContrast", "Affine", "Grayscale", "Crop",
         "Resize", "pillike.Equalize")},
