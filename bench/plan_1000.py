@@ -79,8 +79,11 @@ def generate(root: Path, n: int) -> None:
         (specs / f"ws-{w}.yaml").write_text(WORKSPACE.format(w=w))
     rest = n - w_count
     per = rest // 3
+    data = root / "data"  # the datasets' source files: validate checks that they exist
+    data.mkdir()
     for i in range(per):
         w = i % w_count
+        (data / f"{i}.csv").write_text("x1,x2,label\n0.5,1,a\n0.7,2,b\n")
         (specs / f"data-{i}.yaml").write_text(DATASET.format(i=i, w=w))
         (specs / f"exp-{i}.yaml").write_text(EXPERIMENT.format(i=i, w=w, d=i))
     for i in range(rest - 2 * per):
