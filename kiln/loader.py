@@ -185,8 +185,10 @@ def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] |
             context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
             if context and cmark is not None and cmark is not mark:
                 problem += f" ({context} at line {cmark.line + 1})"
-            result.issues.append(SpecIssue(str(src.path), line, col, "", f"YAML syntax error: {problem}",
-                                           "check the brackets, quotes and indentation up to this line"))
+            result.issues.append(SpecIssue(
+                str(src.path), line, col, "", f"YAML syntax error: {problem}",
+                "merge the two, or remove one (YAML would silently keep only the last)" if "duplicate key" in problem
+                else "check the brackets, quotes and indentation up to this line"))
             continue
         for index, doc in enumerate(docs):
             if doc is None:

@@ -141,12 +141,11 @@ def compose_plain(doc: dict[str, Any], templates_dir: Path | None) -> dict[str, 
             raise _NotPlain
         text = f.read_text(encoding="utf-8")
         try:
-            data = yaml.load(text, Loader=_Loader)
-            nodes = yaml.compose(text, Loader=_Loader)
+            data = yaml.load(text, Loader=_Loader)  # refuses duplicate keys, as OmegaConf does
         except yaml.YAMLError:
             raise _NotPlain from None
         data = {} if data is None else data
-        if not isinstance(data, dict) or "defaults" in data or _duplicate_keys(nodes):
+        if not isinstance(data, dict) or "defaults" in data:
             raise _NotPlain
         _plain(data, read=True)
         out = _merge(out, data)
@@ -170,17 +169,6 @@ def compose_plain(doc: dict[str, Any], templates_dir: Path | None) -> dict[str, 
         else:
             node[leaf] = _override_value(value)
     return out
-
-
-def _duplicate_keys(node: Any) -> bool:
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-        return len(keys) != len(set(keys)) or any(_duplicate_keys(v) for _, v in node.value)
-    if isinstance(node, yaml.SequenceNode):
-        return any(_duplicate_keys(v) for v in node.value)
-    return False
 
 
 def compose_hydra(doc: dict[str, Any], templates_dir: Path | None) -> dict[str, Any]:

@@ -98,6 +98,8 @@ EXP = "dataset: {name: wine}\nalgorithm: {name: random_forest}\n"
 CASES = [
     # -- the document ------------------------------------------------------------------------
     Case("yaml-syntax", doc("Dataset", "type: tabular\nsource: {sample: wine"), 7, "<document>", "YAML syntax error"),
+    Case("duplicate-key", doc("Dataset", "type: tabular\nsource: {sample: wine}\ntype: image"), 7, "<document>",
+         "found duplicate key 'type'"),
     Case("no-api-version", "kind: Dataset\nmetadata: {name: x}\nspec: {}\n", 1, "<document>", "missing apiVersion"),
     Case("api-version", doc("Dataset", "type: tabular").replace("v1alpha1", "v1"), 1, "apiVersion",
          "unsupported apiVersion"),

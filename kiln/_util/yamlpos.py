@@ -13,7 +13,24 @@ from functools import lru_cache
 import yaml
 
 # libyaml's C loader when PyYAML was built with it (the usual wheels are)
-_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing a key given twice in one mapping: YAML would keep the last one
+    silently (a second `spec:` or `hyperparameters:` drops the first without a word)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if (key.tag, key.value) in seen:
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping", node.start_mark,
+                            f"found duplicate key {key.value!r}", key.start_mark)
+                    seen.add((key.tag, key.value))
+        return super().construct_mapping(node, deep=deep)
 
 
 @lru_cache(maxsize=256)
