@@ -11,7 +11,6 @@ Skipped: folders whose name starts with ``.`` or ``_``, the templates folder, an
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 import kiln
 import kiln.api
 from kiln._util.fs import write_bytes_atomic
-from kiln._util.suggest import did_you_mean
+from kiln._util.suggest import closest, did_you_mean
 from kiln._util.yamlpos import _is_tag, _Loader, document_line, find, format_path, locate
 from kiln.api import API_VERSION, KINDS
 from kiln.errors import SpecIssue
@@ -367,9 +366,9 @@ def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
         return None
     kind = doc.get("kind")
     if kind not in KINDS:
-        close = difflib.get_close_matches(str(kind), KINDS, n=1)
+        close = closest(kind, KINDS)
         issue(["kind"], f"unknown kind {kind!r}",
-              f"did you mean {close[0]}?" if close else f"one of {', '.join(KINDS)}")
+              f"did you mean {close}?" if close else f"one of {', '.join(KINDS)}")
         return None
     composed = False
     if "defaults" in doc or "overrides" in doc:
@@ -618,9 +617,7 @@ def _explain(model: type[BaseModel], err: dict[str, Any]) -> tuple[str, str | No
     typ, msg, loc = err["type"], err["msg"], err["loc"]
     if typ == "extra_forbidden":
         fields = _fields_at(model, list(loc[:-1]))
-        close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else (
-            f"valid fields: {', '.join(fields)}" if fields else None)
+        hint = did_you_mean(loc[-1], fields) or (f"valid fields: {', '.join(fields)}" if fields else None)
         return f"unknown field {loc[-1]!r}", hint
     if typ == "missing":
         return "required field is missing", f"add `{loc[-1]}:`" if loc else None

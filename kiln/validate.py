@@ -234,6 +234,8 @@ class _Checker:
     def _preprocessing(self, s: LoadedSpec, header: list[str] | None) -> None:
         """Each op's parameters as the op would take them (``kiln.data.preprocess.op_problems``:
         pydantic models, nothing run), and the columns it names against the CSV's header."""
+        if not s.obj.spec.preprocessing:
+            return
         from kiln.data.preprocess import op_problems
 
         columns = list(header) if header is not None else None
