@@ -397,3 +397,16 @@ def test_the_spec_layers_names_agree_with_the_data_layers() -> None:
         impl = FORMATS["segmentation-json" if fmt == "masks" else fmt].tasks  # masks are read by segmentation-json
         held = {"classification", "regression", "clustering", "dimension-reduction"} if impl == ("tabular",) else set(impl)
         assert tasks == held, (fmt, tasks, impl)
+
+
+def test_an_imgaug_parameter_kiln_would_ignore_is_refused_by_apply_too() -> None:
+    """`Affine: {translate_percent: ...}` was accepted and silently ignored (kiln's Affine reads
+    translate_px, rotate, scale): validate and the dataset step now both refuse it."""
+    from kiln.data.errors import DatasetFormatError
+    from kiln.data.preprocess import make_op, op_problems
+
+    with pytest.raises(DatasetFormatError, match=r"unknown parameter\(s\) \['translate_percent'\]"):
+        make_op("Affine", {"translate_percent": 0.1})
+    assert [(p, m) for p, m, _ in op_problems("Affine", {"translate_percent": 0.1})] == [
+        (["translate_percent"], "Affine takes no parameter 'translate_percent'")]
+    assert op_problems("Affine", {"translate_px": {"x": 3}, "rotate": 5}) == []
