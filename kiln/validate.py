@@ -191,10 +191,13 @@ class _Checker:
             if other not in self.workspaces:
                 self.add(s, ["spec", "sharing", "workspaces", i], f"unknown workspace {other!r}",
                          self._known("Workspace", other, "define it with a Workspace spec"))
-        header = self._source_files(s)
+        # the header is read only when a column is named: plan runs this on every spec, every time
+        named = spec.label is not None or any(op.columns or {"columns", "column", "by"} & set(op.params)
+                                              for op in spec.preprocessing)
+        header = self._source_files(s, named)
         self._preprocessing(s, header)
 
-    def _source_files(self, s: LoadedSpec) -> list[str] | None:
+    def _source_files(self, s: LoadedSpec, read_header: bool) -> list[str] | None:
         """What apply's first step would refuse about files in the repository: a source path or
         archive that is not there, a label column the CSV does not have. Returns the CSV's
         header (read, never the rows) when the source is one table, for the ops' columns."""
@@ -214,7 +217,7 @@ class _Checker:
                      did_you_mean(p.name, siblings) or f"give a {'file' if field == 'archive' else 'folder or file'} "
                      f"relative to the repository root ({repo})")
             return None
-        if src.path is None or spec.type != "tabular":
+        if src.path is None or spec.type != "tabular" or not read_header:
             return None
         from kiln.data.formats.csv import csv_file  # no pandas: the header is read with csv
 
