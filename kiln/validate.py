@@ -368,8 +368,16 @@ class _Checker:
                          f"dataset {ds.name!r} does not take its data from this deployment's capture",
                          f"set `source: {{capture: {s.name}}}` at {ds.location()}")
 
+    def _experiments_of(self, ws: str) -> list[LoadedSpec]:
+        # once per workspace, not per reference: plan validates thousands of specs on every run
+        if not hasattr(self, "_by_ws"):
+            self._by_ws: dict[str, list[LoadedSpec]] = defaultdict(list)
+            for (w, _), e in self.by_kind["Experiment"].items():
+                self._by_ws[w].append(e)
+        return self._by_ws[ws]
+
     def _model(self, s: LoadedSpec, ref: ModelRef, path: list) -> None:
-        experiments = [e for (ws, _), e in self.by_kind["Experiment"].items() if ws == s.workspace]
+        experiments = self._experiments_of(s.workspace)
         if ref.experiment:
             exp = self.by_kind["Experiment"].get((s.workspace, ref.experiment))
             if exp is None and not self._invalid("Experiment", s.workspace, ref.experiment):
