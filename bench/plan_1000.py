@@ -79,8 +79,11 @@ def generate(root: Path, n: int) -> None:
         (specs / f"ws-{w}.yaml").write_text(WORKSPACE.format(w=w))
     rest = n - w_count
     per = rest // 3
+    data = root / "data"  # the datasets' source files: validate checks that they exist
+    data.mkdir()
     for i in range(per):
         w = i % w_count
+        (data / f"{i}.csv").write_text("x1,x2,label\n0.5,1,a\n0.7,2,b\n")
         (specs / f"data-{i}.yaml").write_text(DATASET.format(i=i, w=w))
         (specs / f"exp-{i}.yaml").write_text(EXPERIMENT.format(i=i, w=w, d=i))
     for i in range(rest - 2 * per):
@@ -91,7 +94,10 @@ def generate(root: Path, n: int) -> None:
 def record_as_applied(root: Path) -> None:
     """Write the state an apply would leave, so that the plan has nothing to do."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import dataclasses
+
     from kiln.config import load_config
+    from kiln.controller.plan import input_versions
     from kiln.controller.project import load_valid, open_state
     from kiln.state import ObjectRecord
 
@@ -102,6 +108,8 @@ def record_as_applied(root: Path) -> None:
         for s in specs.specs:
             rec = ObjectRecord(key=s.key, source=s.location()).applied(s.doc, s.spec_hash)
             rec = rec.with_condition("Ready", "True", "Succeeded", "applied")
+            # what apply records besides the spec: the source files' fingerprint it read
+            rec = dataclasses.replace(rec, extra={**rec.extra, "inputVersions": input_versions(cfg, s)})
             store.put(rec)
     store.close()
 

@@ -60,6 +60,7 @@ class Change:
     note: str = ""
     poll: bool = False   # unchanged, but apply should run the handler's `always` steps (see module doc)
     update: UpdateClass = "re-run"   # an update's class: what apply does (module doc)
+    runs: str = ""       # an Experiment's training, in one line (``run_summary``)
 
     @property
     def handled(self) -> bool:
@@ -102,6 +103,8 @@ class Change:
             d["reason"] = self.why_not()
         if self.note:
             d["note"] = self.note
+        if self.runs:
+            d["runs"] = self.runs
         return d
 
 
@@ -150,6 +153,7 @@ class Plan:
             if c.note:
                 line += f"  [{c.note}]"
             lines.append(line)
+            lines += [f"      runs: {c.runs}"] if c.runs and c.pending else []
             if c.action == "update" and c.fields:
                 lines.append(f"      => {c.work()}")
             lines += [f"      {f.format(c.kind)}" for f in c.fields]
@@ -174,6 +178,8 @@ class Plan:
                     details = (details + "<br>" if details else "") + f"_{c.why_not()}_"
                 if c.note:
                     details = (details + "<br>" if details else "") + c.note
+                if c.runs:
+                    details = f"runs: {c.runs}" + ("<br>" + details if details else "")
                 src = c.spec.location() if c.spec else ""
                 out.append(f"| {icon[c.action]} | `{c.ref}` | {src} | {details} |")
         kept = [c for c in self.changes if not c.pending and c.note]
@@ -265,6 +271,10 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
     ``config``: also look outside the spec (followed datasets, ``Handler.observe``)."""
     known = {r.key: r for r in records}
     changes = [change_for(config, s, known.pop(s.key, None)) for s in apply_order(specs.specs)]
+    workspaces = {s.name: s.obj.spec for s in specs.specs if s.kind == "Workspace"}
+    for c in changes:
+        if c.kind == "Experiment" and c.pending and c.spec is not None:
+            c.runs = run_summary(c.spec, workspaces.get(c.spec.workspace), config)
     rank = {k: i for i, k in enumerate(KINDS)}
     # Deletions in reverse kind order: what refers to others goes first.
     for rec in sorted(known.values(), key=lambda r: (-rank.get(r.kind, 0), r.key)):
@@ -281,6 +291,44 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
         else:
             changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
     return Plan(changes, prune=prune, warnings=[*label_warnings(config, specs.specs), *task_warnings(specs.specs)])
+
+
+def run_summary(s: LoadedSpec, workspace: Any, config: KilnConfig | None) -> str:
+    """What applying Experiment ``s`` trains, in one line: mode, algorithm(s), trials x parallel,
+    dataset version (the current one for ``latest``, from the versions log) and resources (the
+    workspace's preset resolved), e.g. ``hpo resnet18, 6 trials x 2 parallel, dataset vision/digits
+    latest (v2), 2 CPU 8Gi (preset cpu-large) per trial``."""
+    from kiln.api.workspace import WorkspaceSpec
+
+    spec = s.obj.spec
+    if spec.mode == "automl":
+        auto = spec.automl
+        names = [c.name for c in auto.candidates][:auto.maxCandidates] if auto.candidates else []
+        what = (f"{len(names)} candidates ({', '.join(names)})" if names else
+                "the catalogue's default candidates" + (f" (first {auto.maxCandidates})" if auto.maxCandidates else ""))
+        trials = f"{auto.trialsPerCandidate} trial(s) per candidate, one at a time"
+        if auto.timeBudget:
+            trials += f", within {auto.timeBudget} s"
+    else:
+        what = spec.algorithm.name if spec.algorithm else f"command {spec.command.run!r}"
+        if spec.mode == "hpo":
+            trials = f"{spec.hpo.maxTrials} trials x {spec.hpo.parallelTrials} parallel"
+        else:
+            n = len(spec.parameterSets) or 1
+            trials = f"{n} trial{'s' if n > 1 else ''}"
+    ref = spec.dataset
+    dws = ref.workspace or s.workspace
+    version = ref.version
+    if ref.version == "latest" and config is not None:
+        log = read_versions_log(config.repo / "data" / dws / f"{ref.name}.versions.json") or {}
+        ids = [v.get("id") for v in log.get("versions", [])]
+        version += f" (v{ids.index(log['current']) + 1})" if log.get("current") in ids else " (no version yet)"
+    size = (workspace or WorkspaceSpec()).resolve(spec.resources)
+    preset = spec.resources.preset or (workspace.defaultPreset if workspace is not None else None)
+    res = f"{size.cpu} CPU {size.memory}" + (f" {size.gpu} GPU" + (f" {size.gpuModel}" if size.gpuModel else "")
+                                             if size.gpu else "") + (f" (preset {preset})" if preset else "")
+    return (f"{spec.mode} {what}, {trials}, dataset {ref.name if dws == s.workspace else f'{dws}/{ref.name}'} "
+            f"{version}, {res} per trial")
 
 
 def label_warnings(config: KilnConfig | None, specs: list[LoadedSpec]) -> list[str]:

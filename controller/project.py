@@ -33,7 +33,7 @@ def load_valid(config: KilnConfig, path: str | os.PathLike[str] | None = None) -
     # the parse cache lives in the user's cache folder, and only once the repo has been used
     specs = load_specs(Path(path) if path else config.specs_dir(), config.templates_dir(),
                        cache_dir=spec_cache_dir(config.repo) if config.kiln_dir().is_dir() else None)
-    issues = validate(specs, config.datasets)
+    issues = validate(specs, config.datasets, config.repo)
     if issues:
         raise SpecErrors(issues=issues)
     return specs

@@ -11,10 +11,10 @@ Skipped: folders whose name starts with ``.`` or ``_``, the templates folder, an
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,11 @@ from pydantic import BaseModel, ValidationError
 import kiln
 import kiln.api
 from kiln._util.fs import write_bytes_atomic
-from kiln._util.yamlpos import _is_tag, _Loader, document_line, format_path, locate
+from kiln._util.suggest import closest, did_you_mean
+from kiln._util.yamlpos import _is_tag, _Loader, document_line, find, format_path, locate
 from kiln.api import API_VERSION, KINDS
 from kiln.errors import SpecIssue
+from kiln.templates import template_file
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -59,6 +61,9 @@ class LoadedSpec:
     source: SourceFile
     index: int                     # document index within the file
     composed: bool = False         # came from templates
+    # a document that failed its own validation, kept without the values at these paths (see
+    # ``_partial``): checked across specs, never planned or applied
+    pruned: list[list[str | int]] | None = None
     _hash: str | None = field(default=None, repr=False)
 
     @property
@@ -77,8 +82,8 @@ class LoadedSpec:
         return self._hash
 
     def where(self, path: list[str | int] | tuple = ()) -> tuple[int, int]:
-        if self.composed:  # positions inside a composed doc map to the document start
-            return document_line(self.source.text, self.index), 1
+        if self.composed:  # a value from a template: at the document's start
+            return find(self.source.text, self.index, list(path)) or (document_line(self.source.text, self.index), 1)
         line, col, _ = locate(self.source.text, self.index, list(path))
         return line, col
 
@@ -99,6 +104,9 @@ class SpecSet:
     # cross-spec checks treat them as present so that one spec's error does not cascade into a
     # second, misleading one (a deployment's model reference "dangling")
     invalid: list[tuple[str, str, str, dict]] = field(default_factory=list)
+    # the invalid documents that still validate without their bad values (``LoadedSpec.pruned``):
+    # ``kiln.validate`` checks their references too, so one run reports every problem at once
+    partial: list[LoadedSpec] = field(default_factory=list)
     files: int = 0
     ignored: int = 0
 
@@ -176,7 +184,10 @@ def load_specs(root: str | os.PathLike[str], templates: str | os.PathLike[str] |
             context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
             if context and cmark is not None and cmark is not mark:
                 problem += f" ({context} at line {cmark.line + 1})"
-            result.issues.append(SpecIssue(str(src.path), line, col, "", f"YAML syntax error: {problem}"))
+            result.issues.append(SpecIssue(
+                str(src.path), line, col, "", f"YAML syntax error: {problem}",
+                "merge the two, or remove one (YAML would silently keep only the last)" if "duplicate key" in problem
+                else "check the brackets, quotes and indentation up to this line"))
             continue
         for index, doc in enumerate(docs):
             if doc is None:
@@ -355,19 +366,20 @@ def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
         return None
     kind = doc.get("kind")
     if kind not in KINDS:
-        close = difflib.get_close_matches(str(kind), KINDS, n=1)
+        close = closest(kind, KINDS)
         issue(["kind"], f"unknown kind {kind!r}",
-              f"did you mean {close[0]}?" if close else f"one of {', '.join(KINDS)}")
+              f"did you mean {close}?" if close else f"one of {', '.join(KINDS)}")
         return None
     composed = False
     if "defaults" in doc or "overrides" in doc:
         from kiln.templates import TemplateError, compose  # hydra only when templates are used
 
+        raw = doc
         try:
             doc = compose(doc, tdir)
             composed = True
         except TemplateError as exc:
-            issue(["defaults"], str(exc.message), exc.hint)
+            result.issues += _template_issues(raw, src, index, tdir, exc)
             return None
     model: type[BaseModel] = KINDS[kind]
     try:
@@ -376,16 +388,21 @@ def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
         md_doc = doc.get("metadata")
         if isinstance(md_doc, dict) and isinstance(md_doc.get("name"), str):
             result.invalid.append((kind, str(md_doc.get("workspace") or "default"), md_doc["name"], doc))
-        for err in exc.errors(include_url=False):
-            loc = list(err["loc"])
+        errors = exc.errors(include_url=False)
+        for err in errors:
+            loc = _error_loc(err)
             msg, hint = _explain(model, dict(err))
             if composed:
-                line = document_line(src.text, index)
-                result.issues.append(SpecIssue(str(src.path), line, 1, format_path(_strip_tags(loc)),
-                                               msg + " (after applying templates)", hint))
+                result.issues.append(_composed_issue(raw, src, index, tdir, _strip_tags(loc), msg, hint))
             else:
                 line, col, matched = locate(src.text, index, loc)
                 result.issues.append(SpecIssue(str(src.path), line, col, format_path(matched), msg, hint))
+        partial = _partial(model, doc, [_error_loc(e) for e in errors])
+        if partial is not None:
+            obj, pruned = partial
+            result.partial.append(LoadedSpec(kind=kind, name=obj.metadata.name, workspace=obj.metadata.workspace,
+                                             obj=obj, doc=doc, source=src, index=index, composed=composed,
+                                             pruned=pruned))
         return None
     md = obj.metadata  # type: ignore[attr-defined]  # every kind has metadata
     spec = LoadedSpec(kind=kind, name=md.name, workspace=md.workspace, obj=obj, doc=doc,
@@ -398,6 +415,146 @@ def _load_document(doc: Any, src: SourceFile, index: int, tdir: Path | None,
         return None
     spec._hash = hashlib.sha256(canon.encode()).hexdigest()[:16]
     return spec
+
+
+def _composed_issue(raw: dict[str, Any], src: SourceFile, index: int, tdir: Path | None,
+                    loc: list[str | int], msg: str, hint: str | None) -> SpecIssue:
+    """An error in a document composed from templates, placed where its value was written:
+    an override that sets it, the document itself, or the last template (hydra's order) that
+    has it, in that template's file. Only when none has it, at the document's first line."""
+    where = format_path(loc)
+    dotted = ".".join(map(str, loc))
+    for i, o in enumerate(raw.get("overrides") or []):
+        key = str(o).lstrip("+~").split("=", 1)[0]
+        if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+            line, col, _ = locate(src.text, index, ["overrides", i])
+            return SpecIssue(str(src.path), line, col, where, f"{msg} (set by override {o!r})", hint)
+    found = find(src.text, index, loc)
+    if found is not None:
+        return SpecIssue(str(src.path), *found, where, msg, hint)
+    used_at = f"{src.path}:{document_line(src.text, index)}"
+    names = [d for d in (raw.get("defaults") or []) if isinstance(d, str) and d != "_self_"]
+    for name in reversed(names):  # the last template listed wins
+        f = template_file(tdir, name)
+        try:
+            text = f.read_text(encoding="utf-8") if f is not None else None
+        except (OSError, UnicodeDecodeError):
+            text = None
+        found = find(text, 0, loc) if text is not None else None
+        if f is not None and found is not None:
+            return SpecIssue(str(_display(f)), *found, where, f"{msg} (in template {name!r}, used by {used_at})", hint)
+    return SpecIssue(str(src.path), document_line(src.text, index), 1, where, msg + " (after applying templates)", hint)
+
+
+def _template_issues(raw: dict[str, Any], src: SourceFile, index: int, tdir: Path | None,
+                     exc: Any) -> list[SpecIssue]:
+    """Why composition failed, located in the file that caused it: a ``defaults`` entry naming
+    no template (did you mean), a template that is no YAML mapping (its own file and line), or
+    the override that hydra refuses; hydra's own message otherwise."""
+    from kiln.templates import TemplateError, compose
+
+    def at(path: list[str | int], message: str, hint: str | None) -> SpecIssue:
+        line, col, matched = locate(src.text, index, path)
+        return SpecIssue(str(src.path), line, col, format_path(matched), message, hint)
+
+    defaults = raw.get("defaults")
+    names = sorted(p.stem for p in tdir.glob("*.yaml")) if tdir is not None and tdir.is_dir() else []
+    out: list[SpecIssue] = []
+    for i, d in enumerate(defaults if isinstance(defaults, list) else []):
+        if not isinstance(d, str) or d == "_self_":
+            continue
+        f = template_file(tdir, d)
+        if f is None:
+            out.append(at(["defaults", i], f"unknown template {d!r}" + (f" in {_display(tdir)}" if tdir else ""),
+                          did_you_mean(d, names) or (f"templates: {', '.join(names)}" if names else
+                                                     "create it in the templates folder (kiln.yaml `templates:`)")))
+            continue
+        try:
+            tdoc = yaml.load(f.read_text(encoding="utf-8"), Loader=_Loader)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            out.append(SpecIssue(str(_display(f)), mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, "",
+                                 f"YAML syntax error in template {d!r}: {getattr(e, 'problem', None) or e} "
+                                 f"(used by {src.path}:{document_line(src.text, index)})", "fix the template's YAML"))
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            out.append(at(["defaults", i], f"cannot read template {d!r}: {e}", "check the file's permissions and encoding"))
+            continue
+        if tdoc is not None and not isinstance(tdoc, dict):
+            out.append(SpecIssue(str(_display(f)), 1, 1, "", f"template {d!r} is a {type(tdoc).__name__}, not a mapping "
+                                 f"(used by {src.path}:{document_line(src.text, index)})",
+                                 "a template is part of a spec: `spec: {...}` and the like"))
+    if out:
+        return out
+    overrides = raw.get("overrides")
+    if isinstance(overrides, list) and overrides:
+        bad = []
+        for i, o in enumerate(overrides):
+            try:
+                compose({**raw, "overrides": [o]}, tdir)
+            except TemplateError as e:
+                bad.append(at(["overrides", i], f"override {o!r}: {e.message.removeprefix('cannot compose templates: ')}",
+                              "write it as KEY=VALUE with a dotted key, e.g. spec.hpo.maxTrials=20 "
+                              "(+KEY=VALUE adds a key the templates do not have)"))
+        if bad:
+            return bad
+    return [at(["defaults"], str(exc.message), exc.hint)]
+
+
+def _error_loc(err: Any) -> list[str | int]:
+    """Where a pydantic error is: its location, and below it the field a model validator named
+    (``kiln.api.common.FieldProblem``)."""
+    from kiln.api.common import FieldProblem
+
+    cause = (err.get("ctx") or {}).get("error")
+    return list(err["loc"]) + (list(cause.at) if isinstance(cause, FieldProblem) else [])
+
+
+# Values that identify a document: without them it is not worth checking further.
+_KEEP = (["apiVersion"], ["kind"], ["metadata"], ["metadata", "name"], ["metadata", "workspace"], ["spec"])
+
+
+def _partial(model: type[BaseModel], doc: dict[str, Any],
+             locs: list[list[str | int]]) -> tuple[Any, list[list[str | int]]] | None:
+    """The document without the values its errors are about, validated; None when what is left
+    is not a document (its name, or its whole spec, had to go).
+
+    This is how ``kiln validate`` reports every problem in one run: the errors of a document
+    hide nothing else in it, its references and roles are checked from what remains. A value
+    whose removal leaves a required field missing takes its parent with it (the next round's
+    errors say so); an item of a list takes the whole list, so that the positions of the other
+    items still name their lines. Defaults that fill the gaps are never reported
+    (``kiln.validate`` drops findings under a pruned path)."""
+    import copy
+
+    work = copy.deepcopy(doc)
+    pruned: list[list[str | int]] = []
+    for _ in range(8):
+        for loc in locs:
+            path = _strip_tags(loc)
+            cut = next((i for i, p in enumerate(path) if isinstance(p, int)), len(path))
+            path = path[:cut]
+            node: Any = work
+            found: list[str | int] = []
+            for p in path:
+                if not (isinstance(node, dict) and p in node):
+                    break
+                found.append(p)
+                node = node[p]
+            if found != path or not path:  # absent (a required field): its parent goes
+                path = found
+            if path in _KEEP or not path:
+                return None
+            parent: Any = work
+            for p in path[:-1]:
+                parent = parent[p]
+            parent.pop(path[-1], None)
+            pruned.append(path)
+        try:
+            return model.model_validate(work), pruned
+        except ValidationError as exc:
+            locs = [_error_loc(e) for e in exc.errors(include_url=False)]
+    return None
 
 
 def _canonical(doc: dict[str, Any]) -> str:
@@ -460,12 +617,10 @@ def _explain(model: type[BaseModel], err: dict[str, Any]) -> tuple[str, str | No
     typ, msg, loc = err["type"], err["msg"], err["loc"]
     if typ == "extra_forbidden":
         fields = _fields_at(model, list(loc[:-1]))
-        close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else (
-            f"valid fields: {', '.join(fields)}" if fields else None)
+        hint = did_you_mean(loc[-1], fields) or (f"valid fields: {', '.join(fields)}" if fields else None)
         return f"unknown field {loc[-1]!r}", hint
     if typ == "missing":
-        return "required field is missing", None
+        return "required field is missing", f"add `{loc[-1]}:`" if loc else None
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     elif msg.startswith("Assertion failed, "):
@@ -473,7 +628,39 @@ def _explain(model: type[BaseModel], err: dict[str, Any]) -> tuple[str, str | No
     given = err.get("input")
     if typ not in ("value_error", "assertion_error") and not isinstance(given, (dict, list)):
         msg = f"{msg[0].lower()}{msg[1:]}, got {given!r}"
-    return msg, None
+    return msg, getattr((err.get("ctx") or {}).get("error"), "hint", None) or _type_hint(typ, err.get("ctx") or {}, given)
+
+
+# pydantic error type -> the fix, for the mistakes of hand-written YAML
+_TYPE_HINTS = {
+    "int_parsing": "write a whole number, without quotes", "int_type": "write a whole number, without quotes",
+    "int_from_float": "write a whole number", "float_parsing": "write a number, e.g. 0.5",
+    "float_type": "write a number, e.g. 0.5", "bool_parsing": "write true or false",
+    "bool_type": "write true or false", "string_type": "write text; quote it if YAML reads it as a number or date",
+    "list_type": "write a list: [a, b] or one '- item' per line", "dict_type": "write a mapping: {key: value}",
+    "model_type": "write a mapping of its fields: {field: value}", "model_attributes_type": "write a mapping: {field: value}",
+    "date_from_datetime_parsing": "write a date as YYYY-MM-DD",
+}
+
+
+def _type_hint(typ: str, ctx: dict[str, Any], given: Any) -> str | None:
+    if typ == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return did_you_mean(given, choices) if isinstance(given, str) else None
+    if typ == "string_pattern_mismatch":
+        from kiln.api.common import NAME_RE
+
+        if ctx.get("pattern") == NAME_RE:
+            return "a name is lower-case letters, digits and '-' (at most 63), e.g. " + (
+                re.sub(r"[^a-z0-9-]+", "-", str(given).lower()).strip("-")[:63] or "my-name")
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+              "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+    if typ in bounds:
+        op, key = bounds[typ]
+        return f"use a value {op} {ctx.get(key)}"
+    if typ == "too_short":
+        return f"give at least {ctx.get('min_length')}"
+    return _TYPE_HINTS.get(typ)
 
 
 def _fields_at(model: type[BaseModel], loc: list[str | int]) -> list[str]:

@@ -6,12 +6,15 @@ the whole set. Every problem becomes a ``SpecIssue`` located at the offending fi
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
-import difflib
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+from kiln._util.suggest import did_you_mean
 from kiln.api import Dataset, Deployment, Experiment, LabelingJob, Workspace
 from kiln.api.common import DatasetRef, ModelRef, ResourceRequest
 from kiln.api.kinds import ALL as API_KINDS
@@ -26,25 +29,31 @@ from kiln.validate_algorithms import check_algorithms
 IMPLICIT_WORKSPACE = "default"
 
 
-def validate(specs: SpecSet, datasets: DatasetsConfig | None = None) -> list[SpecIssue]:
+def validate(specs: SpecSet, datasets: DatasetsConfig | None = None, repo: Path | None = None) -> list[SpecIssue]:
     """Append cross-spec problems to ``specs.issues`` and return all issues, sorted by place.
-    ``datasets``: the repository's settings of what dataset sources may reach (default: strict)."""
-    specs.issues.extend(_Checker(specs, datasets or DatasetsConfig()).run())
+    ``datasets``: the repository's settings of what dataset sources may reach (default: strict);
+    ``repo``: the repository that sources and command folders are relative to (default: the one
+    holding each spec file)."""
+    specs.issues.extend(_Checker(specs, datasets or DatasetsConfig(), repo).run())
     specs.issues.sort(key=SpecIssue.sort_key)
     return specs.issues
 
 
 class _Checker:
-    def __init__(self, specs: SpecSet, datasets: DatasetsConfig) -> None:
+    def __init__(self, specs: SpecSet, datasets: DatasetsConfig, repo: Path | None = None) -> None:
         self.specs = specs
         self.datasets = datasets
+        self._repo = repo
         self.issues: list[SpecIssue] = []
         self.by_kind: dict[str, dict[tuple[str, str], LoadedSpec]] = defaultdict(dict)
 
     def run(self) -> list[SpecIssue]:
+        # documents that failed their own validation are checked from what did validate
+        # (``kiln.loader._partial``): every problem of a run at once, not schema errors first
+        self.all = self.specs.specs + self.specs.partial
         self._names()
         self.workspaces = {n: s.obj.spec for (_, n), s in self.by_kind["Workspace"].items()}
-        for s in self.specs.specs:
+        for s in self.all:
             self._workspace_exists(s)
             SPEC_KINDS[s.kind].check(self, s)
         self._counts()
@@ -53,13 +62,15 @@ class _Checker:
 
     # -- helpers ---------------------------------------------------------------------------
     def add(self, s: LoadedSpec, path: list, message: str, hint: str | None = None) -> None:
+        if s.pruned and any(path[:len(p)] == p for p in s.pruned):
+            return  # a default standing in for a value whose own error is reported
         self.issues.append(s.issue(path, f"{s.ref}: {message}", hint))
 
     def ws(self, s: LoadedSpec) -> WorkspaceSpec | None:
         return self.workspaces.get(s.workspace)
 
     def _names(self) -> None:
-        for s in self.specs.specs:
+        for s in self.all:
             ident = (s.workspace, s.name)
             first = self.by_kind[s.kind].get(ident)
             if first is not None:
@@ -107,10 +118,10 @@ class _Checker:
 
     def _known(self, kind: str, name: str, fallback: str) -> str:
         names = sorted({n for (_, n) in self.by_kind[kind]})
-        close = difflib.get_close_matches(name, names, n=1)
-        if close:
-            return f"did you mean {close[0]!r}?"
-        return f"known: {', '.join(names)}" if names else fallback
+        return did_you_mean(name, names) or (f"known: {', '.join(names)}" if names else fallback)
+
+    def repo(self, s: LoadedSpec) -> Path | None:
+        return self._repo or repo_root(s.source.path)
 
     def _dataset(self, s: LoadedSpec, ref: DatasetRef, path: list) -> LoadedSpec | None:
         ws = ref.workspace or s.workspace
@@ -181,6 +192,75 @@ class _Checker:
             if other not in self.workspaces:
                 self.add(s, ["spec", "sharing", "workspaces", i], f"unknown workspace {other!r}",
                          self._known("Workspace", other, "define it with a Workspace spec"))
+        # the header is read only when a column is named: plan runs this on every spec, every time
+        named = spec.label is not None or any(op.columns or {"columns", "column", "by"} & set(op.params)
+                                              for op in spec.preprocessing)
+        header = self._source_files(s, named)
+        self._preprocessing(s, header)
+
+    def _source_files(self, s: LoadedSpec, read_header: bool) -> list[str] | None:
+        """What apply's first step would refuse about files in the repository: a source path or
+        archive that is not there, a label column the CSV does not have. Returns the CSV's
+        header (read, never the rows) when the source is one table, for the ops' columns."""
+        spec, repo = s.obj.spec, self.repo(s)
+        src = spec.source
+        if repo is None:
+            return None
+        for field in ("path", "archive"):
+            given = getattr(src, field)
+            if given is None or os.path.isabs(given) or ".." in Path(given).parts:
+                continue  # outside the repository: refused above (spec_problems), or allowed by settings
+            p = repo / given
+            if field == "archive" and p.is_file() or field == "path" and p.exists():
+                continue
+            siblings = [c.name for c in p.parent.iterdir()] if p.parent.is_dir() else []
+            self.add(s, ["spec", "source", field], f"source.{field} {given!r} does not exist in the repository",
+                     did_you_mean(p.name, siblings) or f"give a {'file' if field == 'archive' else 'folder or file'} "
+                     f"relative to the repository root ({repo})")
+            return None
+        if src.path is None or spec.type != "tabular" or not read_header:
+            return None
+        from kiln.data.formats.csv import csv_file  # no pandas: the header is read with csv
+
+        found = csv_file(repo / src.path)
+        if found is None:
+            return None
+        try:
+            with found.open(newline="", encoding="utf-8-sig") as fh:
+                header = next(csv.reader(fh), [])
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return None  # unreadable: apply's reader says why, with the file
+        if spec.label is not None and spec.label not in header:
+            self.add(s, ["spec", "label"], f"label column {spec.label!r} is not in {found.name}'s header",
+                     did_you_mean(spec.label, header) or f"columns: {', '.join(header)}")
+        return header
+
+    def _preprocessing(self, s: LoadedSpec, header: list[str] | None) -> None:
+        """Each op's parameters as the op would take them (``kiln.data.preprocess.op_problems``:
+        pydantic models, nothing run), and the columns it names against the CSV's header."""
+        if not s.obj.spec.preprocessing:
+            return
+        from kiln.data.preprocess import op_problems
+
+        columns = list(header) if header is not None else None
+        for i, op in enumerate(s.obj.spec.preprocessing):
+            params = dict(op.params, **({"columns": op.columns} if op.columns else {}))
+            at = ["spec", "preprocessing", i]
+            for sub, message, hint in op_problems(op.op, params):
+                where = at + (["columns"] if sub[:1] == ["columns"] and op.columns else ["params", *sub])
+                self.add(s, where, message, hint)
+            if columns is None:
+                continue
+            named = [("columns", c) for c in (params.get("columns") or []) if isinstance(c, str)]
+            named += [("column", params["column"])] if isinstance(params.get("column"), str) else []
+            named += [("by", c) for c in (params.get("by") or []) if isinstance(c, str)]
+            for key, col in named:
+                if col not in columns and op.op != "drop_columns":  # dropping an absent column is a no-op
+                    where = at + ([key] if key == "columns" and op.columns else ["params", key])
+                    self.add(s, where, f"{op.op}: column {col!r} is not in the table",
+                             did_you_mean(col, columns) or f"columns: {', '.join(columns)}")
+            if op.op == "drop_columns":
+                columns = [c for c in columns if c not in set(params.get("columns") or [])]
 
     def check_labelingjob(self, s: LoadedSpec) -> None:
         spec = s.obj.spec
@@ -188,10 +268,13 @@ class _Checker:
         ds = self._dataset(s, spec.dataset, ["spec", "dataset"])
         if ds is not None:
             dspec = ds.obj.spec
-            if dspec.type == "tabular" and not spec.task.startswith("tabular-"):
-                self.add(s, ["spec", "task"], f"dataset {ds.name!r} is tabular; use tabular-classification or tabular-regression")
+            if dspec.type == "tabular":  # apply's export step refuses tables (kiln.controller.labeling_steps)
+                self.add(s, ["spec", "dataset", "name"],
+                         f"dataset {ds.name!r} is a table; tabular labelling is not available in this kiln version",
+                         "label image datasets for now")
             if dspec.type == "image" and spec.task.startswith("tabular-"):
-                self.add(s, ["spec", "task"], f"dataset {ds.name!r} holds images; {spec.task} is for tables")
+                self.add(s, ["spec", "task"], f"dataset {ds.name!r} holds images; {spec.task} is for tables",
+                         f"use task {spec.task.removeprefix('tabular-')}")
         if (spec.output.dataset and (s.workspace, spec.output.dataset) not in self.by_kind["Dataset"]
                 and not self._invalid("Dataset", s.workspace, spec.output.dataset)):
             self.add(s, ["spec", "output", "dataset"], f"unknown dataset {spec.output.dataset!r}",
@@ -223,10 +306,12 @@ class _Checker:
         self._owner(s, spec.owner)
         ds = self._dataset(s, spec.dataset, ["spec", "dataset"])
         if ds is not None and spec.task and ds.obj.spec.task and spec.task != ds.obj.spec.task:
-            self.add(s, ["spec", "task"], f"task {spec.task!r} does not match dataset {ds.name!r} ({ds.obj.spec.task})")
+            self.add(s, ["spec", "task"], f"task {spec.task!r} does not match dataset {ds.name!r} ({ds.obj.spec.task})",
+                     "remove spec.task: it defaults to the dataset's")
         if ds is not None and ds.obj.spec.task is None and spec.mode != "run" and spec.command is None:
             pass  # unlabelled data: only clustering / dimension reduction algorithms apply (issue: algorithms)
         check_algorithms(self, s)
+        self._experiment_apply_rules(s, ds)
         parallel = spec.hpo.parallelTrials if spec.hpo else 1
         self._resources(s, spec.resources, ["spec", "resources"], parallel,
                         f"{parallel} parallel trial(s)" if parallel > 1 else "the training job")
@@ -234,7 +319,37 @@ class _Checker:
         if ws is not None and ws.members:
             for i, u in enumerate(spec.users):
                 if ws.role_of(u) is None:
-                    self.add(s, ["spec", "users", i], f"user {u!r} is not a member of workspace {s.workspace!r}")
+                    self.add(s, ["spec", "users", i], f"user {u!r} is not a member of workspace {s.workspace!r}",
+                             "add them to the Workspace's members")
+
+    def _experiment_apply_rules(self, s: LoadedSpec, ds: LoadedSpec | None) -> None:
+        """What the experiment's steps refuse for a reason in the spec (``kiln.controller.experiment``),
+        apart from the algorithms' own rules (``kiln.validate_algorithms``)."""
+        spec = s.obj.spec
+        if spec.hpo is not None and spec.hpo.sampler.type == "grid":  # hpo.grid_space
+            where: list = ["spec", "command"] if spec.command else ["spec", "algorithm"]
+            space = spec.command.searchSpace if spec.command else spec.algorithm.searchSpace if spec.algorithm else {}
+            for k, p in space.items():
+                if p.type == "float" and not p.step:
+                    self.add(s, where + ["searchSpace", k], f"sampler grid cannot search the continuous float range {k!r}",
+                             "give it a step, make it a choice, or use sampler tpe/random")
+        repo = self.repo(s)
+        if spec.command is not None and repo is not None and not (repo / spec.command.workdir).is_dir():
+            self.add(s, ["spec", "command", "workdir"], f"command.workdir {spec.command.workdir!r} is not a folder "
+                     "of the repository", f"give a folder relative to the repository root ({repo})")
+        if ds is not None and ds.obj.spec.type == "tabular":  # prepare._refuse_resplit_of_fitted_table
+            from kiln.data.preprocess import learns
+
+            fitted = [op.op for op in ds.obj.spec.preprocessing if learns(op.op)]
+            splits: list[tuple[list, dict | None]] = [(["spec", "split"], spec.split)]
+            splits += [(["spec", "algorithm", "split"], spec.algorithm.split)] if spec.algorithm else []
+            splits += [(["spec", "automl", "candidates", i, "split"], c.split)
+                       for i, c in enumerate(spec.automl.candidates if spec.automl else [])]
+            for where, split in splits:
+                if split is not None and fitted:
+                    self.add(s, where, f"re-splits dataset {ds.name!r}, whose preprocessing ({', '.join(fitted)}) is "
+                             "fitted on its own train split: validation and test rows would have been seen by the fit",
+                             f"remove it and set the split in the Dataset's spec.splits ({ds.location()})")
 
     def check_deployment(self, s: LoadedSpec) -> None:
         spec = s.obj.spec
@@ -256,8 +371,16 @@ class _Checker:
                          f"dataset {ds.name!r} does not take its data from this deployment's capture",
                          f"set `source: {{capture: {s.name}}}` at {ds.location()}")
 
+    def _experiments_of(self, ws: str) -> list[LoadedSpec]:
+        # once per workspace, not per reference: plan validates thousands of specs on every run
+        if not hasattr(self, "_by_ws"):
+            self._by_ws: dict[str, list[LoadedSpec]] = defaultdict(list)
+            for (w, _), e in self.by_kind["Experiment"].items():
+                self._by_ws[w].append(e)
+        return self._by_ws[ws]
+
     def _model(self, s: LoadedSpec, ref: ModelRef, path: list) -> None:
-        experiments = [e for (ws, _), e in self.by_kind["Experiment"].items() if ws == s.workspace]
+        experiments = self._experiments_of(s.workspace)
         if ref.experiment:
             exp = self.by_kind["Experiment"].get((s.workspace, ref.experiment))
             if exp is None and not self._invalid("Experiment", s.workspace, ref.experiment):
@@ -301,10 +424,10 @@ class _Checker:
     def _cycles(self) -> None:
         """Hard dependencies must form a DAG. A capture loop (deployment -> capture dataset ->
         labelling -> retrain -> deployment) is not a cycle: versions separate its turns."""
-        graph = {s.key: list(dependencies(s)) for s in self.specs.specs}
+        graph = {s.key: list(dependencies(s)) for s in self.all}
         state: dict[str, int] = {}
         stack: list[str] = []
-        by_key = {s.key: s for s in self.specs.specs}
+        by_key = {s.key: s for s in self.all}
 
         def visit(k: str) -> None:
             state[k] = 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -537,7 +538,8 @@ def test_serving_and_infer_apply_the_train_fitted_transform_to_raw_rows(wine_rep
     """A model trained on a standardised table gets raw rows from `kiln infer` (a dataset whose
     label column is in the middle) and from serving: both apply the model's copy of the fit and
     predict what the model predicts on the training-time transform of the same rows. An
-    experiment that re-splits the fitted table is refused (its held-out rows were in the fit)."""
+    experiment that re-splits the fitted table is refused by validate, before anything runs
+    (its held-out rows would have been in the fit)."""
     import numpy as np
     import pandas as pd
 
@@ -559,11 +561,13 @@ spec: {type: tabular, task: classification, format: csv, source: {path: raw/wine
                                      "register: {model: wine-lr}"),
         "specs/resplit.yaml": exp("resplit", "dataset: {name: wine}\nalgorithm: {name: naive_bayes}\n"
                                              "split: {train: 0.5, validation: 0.25, test: 0.25}")})
-    res = kiln("apply", cwd=repo, timeout=300)
-    assert res.returncode == 1, res.stdout + res.stderr  # resplit fails, the rest is applied
-    msg = status_row(repo, "resplit")["message"]
-    assert "spec.split re-splits dataset default/wine v1, whose preprocessing was fitted" in msg, msg
-    assert "Dataset's spec.splits" in msg and "Traceback" not in res.stdout + res.stderr
+    res = kiln("validate", cwd=repo)
+    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr, res.stdout + res.stderr
+    assert re.search(r"specs/resplit.yaml:\d+:\d+  spec.split  Experiment/resplit: re-splits dataset 'wine', "
+                     r"whose preprocessing \(StandardScaler\) is fitted", res.stderr), res.stderr
+    assert "Dataset's spec.splits" in res.stderr
+    (repo / "specs/resplit.yaml").unlink()
+    kiln("apply", cwd=repo, timeout=300, check=True)
 
     def infer(ds: str) -> list[dict]:
         out = tmp_path / f"pred-{ds}"

@@ -20,8 +20,11 @@ FOLDERS = {"kiln": "kiln", "controller": "kiln.controller", "runners": "kiln.run
 LAYERS = [
     {"kiln.cli"},
     {"kiln.controller"},
-    {"kiln.runners", "kiln.algorithms", "kiln.labeling", "kiln.bento", "kiln.data"},
+    {"kiln.runners", "kiln.algorithms", "kiln.labeling", "kiln.bento"},
     {"kiln.state", "kiln.validate", "kiln.validate_algorithms", "kiln.loader", "kiln.templates"},
+    # data formats and preprocessing ops read specs, never the layers above: validate reads their
+    # rules (op parameters, a CSV's header) so that the PR check refuses what apply would (#13)
+    {"kiln.data"},
     # the algorithm catalogue is plain data about the algorithms (no training code), read by
     # validation and the schemas: it sits with the spec models
     {"kiln.api", "kiln.config", "kiln.algorithms.catalogue"},

@@ -32,6 +32,7 @@ EXPECTED = [
     ("refs.yaml", 6, "spec.model.name", "dangling model reference"),
     ("refs.yaml", 13, "spec.dataset.name", "unknown dataset 'wien'"),
     ("refs.yaml", 31, "spec", "reference cycle: Dataset/loop-a -> Dataset/loop-b -> Dataset/loop-a"),
+    ("roles.yaml", 21, "spec.source.path", "source.path 'data/cells' does not exist in the repository"),
     ("roles.yaml", 22, "spec.owner", "annotator of workspace 'lab' and may not own a Dataset"),
     ("roles.yaml", 32, "spec.resources", "needs 16 CPU at once, quota is 8"),
     ("roles.yaml", 32, "spec.resources", "needs 4 GPU at once, quota trainingGpus is 2"),

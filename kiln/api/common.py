@@ -50,6 +50,18 @@ def _quantity(v: Any, pattern: re.Pattern[str], expected: str) -> Any:
     return str(v)
 
 
+class FieldProblem(ValueError):
+    """A model validator's finding about particular field(s) of its model: ``at`` is that field's
+    path below the model (``("format",)``, ``("preprocessing", 2, "op")``), ``hint`` the fix. pydantic places a model
+    validator's error at the model itself; the loader appends ``at``, so the message points at the
+    line a user must change, and the rest of the document can still be checked without it."""
+
+    def __init__(self, message: str, *at: str | int, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.at = at
+        self.hint = hint
+
+
 class Model(BaseModel):
     """Base for every spec model: strict about unknown fields, camelCase as users write it."""
 
@@ -95,7 +107,8 @@ class DatasetRef(Model):
     def _version(cls, v: str) -> str:
         if v == "latest" or re.fullmatch(r"v\d+", v) or re.fullmatch(r"[0-9a-f]{6,32}(\.dir)?", v):
             return v
-        raise ValueError(f"expected 'latest', 'vN' or a content hash, got {v!r}")
+        raise FieldProblem(f"expected 'latest', 'vN' or a content hash, got {v!r}",
+                           hint="`kiln data versions DATASET` lists the versions")
 
 
 class ModelRef(Model):
@@ -109,11 +122,12 @@ class ModelRef(Model):
     @model_validator(mode="after")
     def _one(self) -> ModelRef:
         if self.experiment and (self.name or self.version or self.alias):
-            raise ValueError("give either 'experiment' or 'name' (with 'version' or 'alias'), not both")
+            raise FieldProblem("give either 'experiment' or 'name' (with 'version' or 'alias'), not both", "experiment",
+                               hint="`{experiment: E}` serves what E registers; `{name: M, alias: A}` a registered model")
         if not self.experiment and not self.name:
             raise ValueError("give 'name' (with 'version' or 'alias') or 'experiment'")
         if self.version is not None and self.alias is not None:
-            raise ValueError("give 'version' or 'alias', not both")
+            raise FieldProblem("give 'version' or 'alias', not both", "alias", hint="remove one")
         return self
 
 

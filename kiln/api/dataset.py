@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from kiln.api.common import DatasetRef, DataType, Description, Metadata, Model, Name, Task
+from kiln.api.common import DatasetRef, DataType, Description, FieldProblem, Metadata, Model, Name, Task
 
 Format = Literal["auto", "image-folder", "coco", "segmentation-json", "studio", "masks", "csv"]
 
@@ -33,7 +33,7 @@ PREPROCESSING_OPS: dict[str, DataType] = {
         "MinMaxScaler", "StandardScaler", "qcut", "cut", "KBinsDiscretizer", "factorize",
         "SimpleImputer", "KNNImputer", "sort_values", "drop_columns")},
     **{n: "image" for n in (
-        "flip", "rotate", "brightness", "contrast", "shift", "grayscale", "crop", "resize", "equalize",
+        "flip", "rotate", "brightness", "contrast", "gamma", "shift", "grayscale", "crop", "resize", "equalize",
         # imgaug names, as the source platforms write them
         "Fliplr", "Flipud", "Rotate", "Multiply", "GammaContrast", "Affine", "Grayscale", "Crop",
         "Resize", "pillike.Equalize")},
@@ -59,9 +59,11 @@ class Source(Model):
     def _exactly_one(self) -> Source:
         given = [k for k in ("path", "archive", "url", "sample", "dataset", "capture") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(
+            raise FieldProblem(
                 "give exactly one of path, archive, url, sample, dataset, capture"
-                + (f" (got {', '.join(given)})" if given else ""))
+                + (f" (got {', '.join(given)})" if given else ""), *given[1:2],
+                hint="keep one source; derive a second version with `source: {dataset: ...}`" if given else
+                "e.g. `source: {path: data/train}` (a folder or file in this repository)")
         return self
 
 
@@ -76,9 +78,10 @@ class Splits(Model):
     def _sum(self) -> Splits:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+            raise FieldProblem(f"train + validation + test must be 1.0, got {total:g}",
+                               hint="e.g. {train: 0.8, validation: 0.1, test: 0.1}")
         if self.train == 0:
-            raise ValueError("train must be > 0")
+            raise FieldProblem("train must be > 0", "train", hint="give the train split most of the data")
         return self
 
 
@@ -92,7 +95,10 @@ class PreprocessOp(Model):
     @model_validator(mode="after")
     def _known(self) -> PreprocessOp:
         if self.op not in PREPROCESSING_OPS:
-            raise ValueError(f"unknown preprocessing op {self.op!r}; valid: {', '.join(PREPROCESSING_OPS)}")
+            from kiln._util.suggest import did_you_mean
+
+            raise FieldProblem(f"unknown preprocessing op {self.op!r}", "op",
+                               hint=did_you_mean(self.op, PREPROCESSING_OPS) or f"valid: {', '.join(PREPROCESSING_OPS)}")
         return self
 
 
@@ -138,27 +144,34 @@ class DatasetSpec(Model):
         # a field validator (task and format come before it), so the error points at this line
         task, fmt = info.data.get("task"), info.data.get("format")
         if v is not None and (task not in (None, "semantic-segmentation") or fmt in ("image-folder", "coco", "csv")):
-            raise ValueError(f"background is for semantic-segmentation masks; this dataset is {task or fmt}")
+            raise FieldProblem(f"background is for semantic-segmentation masks; this dataset is {task or fmt}",
+                               hint="remove background")
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
         if self.format != "auto" and self.task and self.task not in FORMAT_TASKS[self.format]:
-            raise ValueError(
+            raise FieldProblem(
                 f"format {self.format!r} cannot hold a {self.task} dataset; "
-                f"it holds {', '.join(sorted(FORMAT_TASKS[self.format]))}")
+                f"it holds {', '.join(sorted(FORMAT_TASKS[self.format]))}", "format",
+                hint=f"formats for {self.task}: " + ", ".join(["auto", *(f for f, ts in FORMAT_TASKS.items() if self.task in ts)]))
         if self.type == "tabular" and self.format not in ("auto", "csv"):
-            raise ValueError(f"a tabular dataset is CSV, not {self.format!r}")
+            raise FieldProblem(f"a tabular dataset is CSV, not {self.format!r}", "format",
+                               hint="use format: csv (or auto), or type: image for pictures")
         if self.type == "image" and self.format == "csv":
-            raise ValueError("an image dataset cannot have format 'csv'")
+            raise FieldProblem("an image dataset cannot have format 'csv'", "format",
+                               hint="use type: tabular for a table, or an image format (auto finds it)")
         if self.type == "image" and self.task in ("regression", "clustering", "dimension-reduction"):
-            raise ValueError(f"task {self.task!r} is for tabular data")
+            raise FieldProblem(f"task {self.task!r} is for tabular data", "task",
+                               hint="use type: tabular, or an image task (classification, detection, ...)")
         for i, op in enumerate(self.preprocessing):
             if PREPROCESSING_OPS[op.op] != self.type:
-                raise ValueError(f"preprocessing[{i}] {op.op!r} is a {PREPROCESSING_OPS[op.op]} op; "
-                                 f"this dataset is {self.type}")
+                raise FieldProblem(f"preprocessing[{i}] {op.op!r} is a {PREPROCESSING_OPS[op.op]} op; "
+                                   f"this dataset is {self.type}", "preprocessing", i, "op",
+                                   hint=f"{self.type} ops: " + ", ".join(n for n, t in PREPROCESSING_OPS.items() if t == self.type))
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            raise ValueError("classes has duplicates")
+            dup = next(i for i, c in enumerate(self.classes) if c in self.classes[:i])
+            raise FieldProblem(f"classes has duplicates ({self.classes[dup]!r})", "classes", dup, hint="remove one")
         return self
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kiln.api.common import DatasetRef, Description, Metadata, Model, Name, ResourceRequest, Task
+from kiln.api.common import DatasetRef, Description, FieldProblem, Metadata, Model, Name, ResourceRequest, Task
 
 HyperValue = bool | int | float | str
 
@@ -25,9 +25,9 @@ def from_experiment(labels: dict, workspace: str, name: str) -> bool:
 
 def _check_range(low: float, high: float, log: bool, fmt: str = "") -> None:
     if low >= high:
-        raise ValueError(f"low ({low:{fmt}}) must be < high ({high:{fmt}})")
+        raise FieldProblem(f"low ({low:{fmt}}) must be < high ({high:{fmt}})", hint="swap them, or widen the range")
     if log and low <= 0:
-        raise ValueError("a log-scale range needs low > 0")
+        raise FieldProblem("a log-scale range needs low > 0", "low", hint="raise low above 0, or drop log: true")
 
 
 class FloatParam(Model):
@@ -96,7 +96,8 @@ class HPO(Model):
     @model_validator(mode="after")
     def _parallel(self) -> HPO:
         if self.parallelTrials > self.maxTrials:
-            raise ValueError(f"parallelTrials ({self.parallelTrials}) exceeds maxTrials ({self.maxTrials})")
+            raise FieldProblem(f"parallelTrials ({self.parallelTrials}) exceeds maxTrials ({self.maxTrials})",
+                               "parallelTrials", hint=f"lower parallelTrials to at most {self.maxTrials}, or raise maxTrials")
         return self
 
 
@@ -152,8 +153,9 @@ class Command(Model):
     def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
         for k in v:
             if any(s in k.lower() for s in ("token", "password", "secret", "apikey", "api_key")):
-                raise ValueError(f"env {k!r} looks like a secret; reference it from the environment "
-                                 "or a secret instead of writing it in the spec")
+                raise FieldProblem(f"env {k!r} looks like a secret; reference it from the environment "
+                                   "or a secret instead of writing it in the spec", k,
+                                   hint="remove it: your program reads the variable from kiln's environment")
         return v
 
 
@@ -176,7 +178,9 @@ class AutoML(Model):
         names = [c.name for c in self.candidates]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"candidate {sorted(dup)[0]!r} is listed twice")
+            again = next(i for i, n in enumerate(names) if n in names[:i])
+            raise FieldProblem(f"candidate {names[again]!r} is listed twice", "candidates", again, "name",
+                               hint="list each algorithm once; trialsPerCandidate tunes one")
         return self
 
 
@@ -248,12 +252,19 @@ class ExperimentSpec(Model):
             if self.automl is None:
                 self.automl = AutoML()  # the catalogue's defaults for the task
             if self.algorithm or self.command:
-                raise ValueError("mode 'automl' takes its algorithms from automl.candidates, not 'algorithm'/'command'")
+                raise FieldProblem("mode 'automl' takes its algorithms from automl.candidates, not 'algorithm'/'command'",
+                                   "algorithm" if self.algorithm else "command",
+                                   hint="move it into automl.candidates, or use mode run/hpo")
         else:
             if self.automl is not None:
-                raise ValueError(f"'automl' is only for mode 'automl' (mode is {self.mode!r})")
-            if (self.algorithm is None) == (self.command is None):
-                raise ValueError("give exactly one of 'algorithm' or 'command'")
+                raise FieldProblem(f"'automl' is only for mode 'automl' (mode is {self.mode!r})", "automl",
+                                   hint="set mode: automl, or remove the automl section")
+            if self.algorithm is not None and self.command is not None:
+                raise FieldProblem("give exactly one of 'algorithm' or 'command'", "command",
+                                   hint="a built-in algorithm, or your own training command: remove the other")
+            if self.algorithm is None and self.command is None:
+                raise FieldProblem("give exactly one of 'algorithm' or 'command'",
+                                   hint="add `algorithm: {name: ...}` (`kiln algorithms list`) or `command: {run: ...}`")
         searched = bool(self.algorithm and self.algorithm.searchSpace) or bool(
             self.command and self.command.searchSpace) or (
             self.automl is not None and any(c.searchSpace for c in self.automl.candidates))
@@ -261,15 +272,20 @@ class ExperimentSpec(Model):
             if self.hpo is None:
                 self.hpo = HPO()
             if not searched:
-                raise ValueError("mode 'hpo' needs a searchSpace (what to tune) in algorithm or command")
+                raise FieldProblem("mode 'hpo' needs a searchSpace (what to tune) in algorithm or command", "mode",
+                                   hint="add e.g. `searchSpace: {learning_rate: {type: float, low: 0.0001, high: 0.1, log: true}}`")
         elif self.mode == "run" and self.hpo is not None:
-            raise ValueError("'hpo' settings need mode 'hpo'")
+            raise FieldProblem("'hpo' settings need mode 'hpo'", "hpo", hint="set mode: hpo, or remove the hpo section")
         elif self.mode == "run" and searched:
-            raise ValueError("searchSpace needs mode 'hpo' or 'automl'")
+            raise FieldProblem("searchSpace needs mode 'hpo' or 'automl'",
+                               *(("algorithm", "searchSpace") if self.algorithm else ("command", "searchSpace")),
+                               hint="set mode: hpo to tune it, or fix the values in hyperparameters")
         if self.parameterSets and self.mode != "run":
-            raise ValueError("parameterSets are for mode 'run' (one job per set)")
+            raise FieldProblem("parameterSets are for mode 'run' (one job per set)", "parameterSets",
+                               hint="set mode: run, or express the sets as a searchSpace")
         if isinstance(self.selectTrial, int) and self.mode == "run" and not self.parameterSets:
-            raise ValueError("selectTrial needs trials (mode hpo/automl or parameterSets)")
+            raise FieldProblem("selectTrial needs trials (mode hpo/automl or parameterSets)", "selectTrial",
+                               hint="remove selectTrial: a run has one trial")
         return self
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kiln.api.common import DatasetRef, Description, Metadata, Model, ModelRef, Name
+from kiln.api.common import DatasetRef, Description, FieldProblem, Metadata, Model, ModelRef, Name
 
 LabelTask = Literal["classification", "detection", "instance-segmentation", "semantic-segmentation",
                     "tabular-classification", "tabular-regression"]
@@ -49,7 +49,8 @@ class PreAnnotation(Model):
     @model_validator(mode="after")
     def _one(self) -> PreAnnotation:
         if sum(x is not None for x in (self.model, self.deployment, self.default)) != 1:
-            raise ValueError("give exactly one of model, deployment, default")
+            raise FieldProblem("give exactly one of model, deployment, default",
+                               hint="e.g. `preAnnotation: {model: {experiment: NAME}}` or `{default: imagenet}`")
         return self
 
 
@@ -60,7 +61,8 @@ class Completion(Model):
     @model_validator(mode="after")
     def _min(self) -> Completion:
         if (self.rule == "min-count") != (self.minCount is not None):
-            raise ValueError("minCount goes with rule 'min-count' (and only with it)")
+            raise FieldProblem("minCount goes with rule 'min-count' (and only with it)", "minCount" if self.minCount else "rule",
+                               hint="`completion: {rule: min-count, minCount: N}`")
         return self
 
 
@@ -98,14 +100,19 @@ class LabelingJobSpec(Model):
     def _consistent(self) -> LabelingJobSpec:
         names = [lb.name for lb in self.labels]
         if len(set(names)) != len(names):
-            raise ValueError("labels has duplicates")
+            again = next(i for i, n in enumerate(names) if n in names[:i])
+            raise FieldProblem(f"label {names[again]!r} is listed twice", "labels", again, hint="remove one")
         users = [a.user for a in self.annotators]
         if len(set(users)) != len(users):
-            raise ValueError("an annotator is listed twice")
+            again = next(i for i, u in enumerate(users) if u in users[:i])
+            raise FieldProblem(f"annotator {users[again]!r} is listed twice", "annotators", again,
+                               hint="list each once; `{user: U, weight: W}` gives one more work")
         if self.completion.rule == "reviewed" and not self.reviewers:
-            raise ValueError("completion rule 'reviewed' needs at least one reviewer")
+            raise FieldProblem("completion rule 'reviewed' needs at least one reviewer", "completion",
+                               hint="add `reviewers: [USER]` (a developer or admin), or use rule all-annotated")
         if self.overlap > len(self.annotators):
-            raise ValueError(f"overlap {self.overlap} needs at least {self.overlap} annotators")
+            raise FieldProblem(f"overlap {self.overlap} needs at least {self.overlap} annotators", "overlap",
+                               hint=f"lower overlap to {len(self.annotators)} or add annotators")
         return self
 
 

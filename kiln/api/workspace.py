@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from kiln.api.common import Description, Metadata, Model, Name, ResourceRequest, cpu_cores, memory_bytes
+from kiln.api.common import Description, FieldProblem, Metadata, Model, Name, ResourceRequest, cpu_cores, memory_bytes
 
 Role = Literal["admin", "developer", "annotator"]
 
@@ -69,7 +69,7 @@ class Period(Model):
     @model_validator(mode="after")
     def _order(self) -> Period:
         if self.start and self.end and self.end < self.start:
-            raise ValueError("end is before start")
+            raise FieldProblem("end is before start", "end", hint=f"give an end after {self.start}")
         return self
 
 
@@ -84,16 +84,22 @@ class WorkspaceSpec(Model):
     @model_validator(mode="after")
     def _consistent(self) -> WorkspaceSpec:
         seen: set[str] = set()
-        for m in self.members:
+        for i, m in enumerate(self.members):
             if m.user in seen:
-                raise ValueError(f"member {m.user!r} is listed twice")
+                raise FieldProblem(f"member {m.user!r} is listed twice", "members", i,
+                                   hint="keep one entry per user, with one role")
             seen.add(m.user)
         names = [p.name for p in self.presets]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"preset {sorted(dup)[0]!r} is defined twice")
+            again = next(i for i, n in enumerate(names) if n in names[:i])
+            raise FieldProblem(f"preset {names[again]!r} is defined twice", "presets", again, "name",
+                               hint="rename or remove one")
         if self.defaultPreset and self.defaultPreset not in names:
-            raise ValueError(f"defaultPreset {self.defaultPreset!r} is not one of the presets {names}")
+            from kiln._util.suggest import did_you_mean
+
+            raise FieldProblem(f"defaultPreset {self.defaultPreset!r} is not one of the presets", "defaultPreset",
+                               hint=did_you_mean(self.defaultPreset, names) or f"presets: {', '.join(names) or 'none'}")
         return self
 
     def role_of(self, user: str) -> str | None:

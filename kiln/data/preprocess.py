@@ -454,11 +454,77 @@ IMGAUG_ALIASES: dict[str, tuple[str, Any]] = {
 }
 
 
+# The parameters each imgaug name takes (those its adapter above reads): any other is refused,
+# since imgaug's others (translate_percent, shear, alpha ...) would be silently ignored here.
+IMGAUG_PARAMS: dict[str, tuple[str, ...]] = {
+    "Fliplr": ("p",), "Flipud": ("p",), "Rotate": ("rotate",), "Multiply": ("mul",),
+    "GammaContrast": ("gamma",), "Affine": ("translate_px", "rotate", "scale"), "Grayscale": (),
+    "Crop": ("px",), "Resize": ("size",), "pillike.Equalize": (),
+}
+IMGAUG_REQUIRED = {"Rotate": "rotate", "Multiply": "mul", "GammaContrast": "gamma", "Crop": "px", "Resize": "size"}
+
+
+def op_problems(name: str, params: dict[str, Any] | None) -> list[tuple[list[str | int], str, str | None]]:
+    """Every problem of one op's parameters, as (path below ``params``, message, hint), without
+    building or running anything: what ``make_op`` would refuse, for ``kiln validate``."""
+    from kiln._util.suggest import did_you_mean
+
+    params = dict(params or {})
+    if name in IMGAUG_ALIASES:
+        known = IMGAUG_PARAMS[name]
+        out: list[tuple[list[str | int], str, str | None]] = [
+            ([k], f"{name} takes no parameter {k!r}",
+             did_you_mean(k, known) or (f"{name} takes {', '.join(known)}" if known else f"{name} takes none"))
+            for k in params if k not in known]
+        if name in IMGAUG_REQUIRED and IMGAUG_REQUIRED[name] not in params and not out:
+            out.append(([IMGAUG_REQUIRED[name]], f"{name} needs parameter {IMGAUG_REQUIRED[name]!r}",
+                        f"add it to params; {name} takes {', '.join(known)}"))
+        if out:
+            return out
+        try:
+            make_op(name, params)
+        except DatasetFormatError as exc:
+            return [([], exc.problem, f"{name} takes {', '.join(known)}" if known else None)]
+        return []
+    cls = OPS.get(name)
+    if cls is None or cls.Params is _P and not params:
+        return []  # unknown names are the spec's own error (kiln.api.dataset)
+    try:
+        cls.Params(**params)
+    except ValidationError as e:
+        model_fields = cls.Params.model_fields
+        takes = f"{name} takes " + (", ".join(
+            k + ("" if f.is_required() else f" (default {f.default!r})") for k, f in model_fields.items()) or "none")
+        errors = e.errors(include_url=False)
+        missing = [str(err["loc"][0]) for err in errors if err["type"] == "missing"]
+        extra = [err for err in errors if err["type"] == "extra_forbidden"]
+        out = []
+        for err in errors:
+            loc: list[str | int] = list(err["loc"])
+            if err["type"] == "extra_forbidden":
+                # one unknown name beside one missing one: surely that one, misspelt
+                guess = did_you_mean(loc[-1], model_fields) or (
+                    f"did you mean {missing[0]!r}?" if len(missing) == 1 and len(extra) == 1 else None)
+                out.append((loc, f"{name} takes no parameter {loc[-1]!r}", guess or takes))
+            elif err["type"] == "missing":
+                if len(missing) == 1 and len(extra) == 1:
+                    continue  # said by the misspelt one's hint
+                out.append((loc, f"{name} needs parameter {loc[0]!r}", f"add it to params; {takes}"))
+            else:
+                out.append((loc, f"{err['msg'][0].lower()}{err['msg'][1:]}, got {err.get('input')!r}", takes))
+        return out
+    return []
+
+
 def make_op(name: str, params: dict[str, Any] | None = None) -> Op:
     """Build an op by kiln or imgaug name; unknown names and bad params are one-line errors."""
     params = dict(params or {})
     if name in IMGAUG_ALIASES:
         target, adapt = IMGAUG_ALIASES[name]
+        unknown = sorted(set(params) - set(IMGAUG_PARAMS[name]))
+        if unknown:
+            raise DatasetFormatError(f"op {name}", f"unknown parameter(s) {unknown}; {name} takes "
+                                     f"{', '.join(IMGAUG_PARAMS[name]) or 'none'}")
         try:
             params = adapt(params)
         except (KeyError, TypeError, ValueError) as e:
@@ -574,6 +640,13 @@ def apply_ops(content: DatasetContent, root: str | os.PathLike[str] | None, ops:
     result.root = out
     result.lineage = lineage
     return result
+
+
+def learns(name: str) -> bool:
+    """Whether the op named ``name`` (a table's) is fitted on the train rows, so that the
+    version's split is part of what it learnt."""
+    cls = OPS.get(name)
+    return cls is not None and issubclass(cls, TabularOp) and _fits(cls.__new__(cls))
 
 
 def _fits(op: Op) -> bool:

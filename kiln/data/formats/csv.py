@@ -21,7 +21,8 @@ from kiln.data.model import DatasetContent, TabularData
 from kiln.data.schema import column_type
 
 
-def _csv_file(root: Path) -> Path | None:
+def csv_file(root: Path) -> Path | None:
+    """The CSV a source holds: the file itself, or the one .csv of a folder (None: no single one)."""
     if root.is_file() and root.suffix.lower() == ".csv":
         return root
     if root.is_dir():
@@ -50,7 +51,7 @@ class Csv(DatasetFormat):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return _csv_file(root) is not None
+        return csv_file(root) is not None
 
     @classmethod
     def load(cls, root: Path, task: str | None = None, *, verify: bool = True,  # type: ignore[override]
@@ -59,7 +60,7 @@ class Csv(DatasetFormat):
         # target: the Dataset's task (classification | regression), so a number label is typed right
         import pandas as pd
 
-        f = _csv_file(root)
+        f = csv_file(root)
         if f is None:
             raise DatasetFormatError(root, "expected a .csv file or a folder with exactly one .csv")
         try:
