@@ -169,13 +169,15 @@ class Applied:
 def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
           echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply",
           targets: Sequence[str] | None = None, review: Callable[[Any, Any], bool] | None = None,
-          on_event: Listener | None = None, workspace: str | None = None) -> Applied:
+          on_event: Listener | None = None, workspace: str | None = None,
+          write: Callable[[str], None] | None = None) -> Applied:
     """Reconcile the specs under ``path`` (default: all); with ``targets``, only those objects and
     their dependencies (``target_keys``; ``workspace``: ``-w``). ``review(plan, store)``, called under the lock
     between planning and applying, may look at (and mark) what is about to change; returning
     False applies nothing (``kiln controller`` uses it to log drift and skip quiet intervals).
     What apply does goes to ``on_event`` as typed events (``kiln.controller.events``), or, without
-    it, to ``echo`` as the lines ``kiln apply`` prints."""
+    it, to ``echo`` as the lines ``kiln apply`` prints; ``write`` (text without a newline, on a
+    terminal) shows progress as a line rewritten in place (``events.Console``)."""
     specs = load_valid(config, path)  # nothing is touched when the specs are invalid
     # unknown targets fail before the lock is taken
     keys = target_keys(specs, read_records(config), targets, workspace) if targets else None
@@ -200,7 +202,9 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
         if not go:
             return Applied(p, ApplyResult())
         locking = Locking(config.repo, command, wait=wait_lock)
-        done = Applied(p, apply_plan(p, config, store, on_event or printing(echo), locking, applied_from(config)))
+        done = Applied(p, apply_plan(p, config, store,
+                                       on_event or printing(echo, terminal=write is not None, write=write),
+                                       locking, applied_from(config)))
     finally:
         store.close()
     if config.gc.afterApply:

@@ -154,8 +154,10 @@ def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, t
     --prune, a target whose spec was removed is deleted)."""
     from kiln.controller.project import apply as run
 
+    # on a terminal, progress is one line rewritten in place; piped (CI), plain lines
+    write = (lambda text: click.echo(text, nl=False)) if sys.stdout.isatty() else None
     done = run(_config(ctx), path, prune=prune, echo=click.echo, wait_lock=wait_lock,
-               command=" ".join(["kiln apply", *sys.argv[2:]]), targets=targets, workspace=workspace)
+               command=" ".join(["kiln apply", *sys.argv[2:]]), targets=targets, workspace=workspace, write=write)
     click.echo(done.result.summary())
     return done.result.exit_code
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kiln.controller.deployment_cli import summarize_answer
 
 
@@ -24,3 +26,137 @@ def test_other_answers_stay_short() -> None:
     assert summarize_answer({"predictions": [3.25]}) == ["3.25"]
     long = summarize_answer({"predictions": [{"x": "y" * 500}]})[0]
     assert len(long) == 200 and long.endswith("...")
+
+
+# -- apply's progress ---------------------------------------------------------------------------
+
+def _console(terminal: bool = False, every: float = 10.0):
+    from kiln.controller.events import Console
+
+    lines: list[str] = []
+    written: list[str] = []
+    clock = [0.0]
+    con = Console(lines.append, terminal=terminal, write=written.append if terminal else None, every=every,
+                  clock=lambda: clock[0], width=120)
+    return con, lines, written, clock
+
+
+def test_plain_progress_shows_each_stage_at_once_then_at_most_every_few_seconds() -> None:
+    from kiln.controller import events as ev
+
+    con, lines, _, clock = _console(every=10.0)
+    key, ref = "Experiment/default/a", "Experiment/a"
+    for t, text, stage in [(0, "running prepare-data", "tasks"), (2, "running train", "tasks"),
+                           (4, "epoch 1/6 validation_accuracy=0.6", "metrics"),
+                           (6, "epoch 2/6 validation_accuracy=0.7", "metrics"),
+                           (14, "epoch 5/6 validation_accuracy=0.9", "metrics")]:
+        clock[0] = t
+        con(ev.Progress(key, ref, text, None, float(t), stage))
+    con(ev.ObjectFinished(key, ref, "created", 15.25))
+    assert lines == ["    > 0.0s running prepare-data", "    > 4.0s epoch 1/6 validation_accuracy=0.6",
+                     "    > 14.0s epoch 5/6 validation_accuracy=0.9", "  Experiment/a: created in 15.2s"]
+
+
+def test_terminal_progress_is_one_line_rewritten_in_place_with_a_bar() -> None:
+    from kiln.controller import events as ev
+
+    con, lines, written, _ = _console(terminal=True)
+    con(ev.Progress("k", "Experiment/a", "epoch 3/6", 0.5, 3.0, "metrics"))
+    con(ev.Progress("k", "Experiment/a", "epoch 4/6", 4 / 6, 4.0, "metrics"))
+    assert written == ["\r\033[K  Experiment/a [##########..........] 3.0s epoch 3/6",
+                       "\r\033[K  Experiment/a [#############.......] 4.0s epoch 4/6"]
+    con(ev.ObjectFinished("k", "Experiment/a", "failed", 75.0))
+    assert written[-1] == "\r\033[K" and lines == ["  Experiment/a: failed after 1m15s"]
+
+
+def test_experiment_progress_reads_the_trials_and_estimates_the_time_left(tmp_path) -> None:
+    """Two of four trials done in 40 s, the third half way: 2.5/4 done, so about 24 s left."""
+    import json
+
+    from kiln._util.clock import parse_utc
+    from kiln.api.experiment import ExperimentSpec
+    from kiln.controller.experiment.progress import progress
+
+    spec = ExperimentSpec.model_validate({"mode": "hpo", "dataset": {"name": "d"},
+                                          "algorithm": {"name": "resnet18", "searchSpace": {"lr": {
+                                              "type": "float", "low": 0.001, "high": 0.1}}},
+                                          "hpo": {"maxTrials": 4},
+                                          "objective": {"metric": "validation_accuracy", "direction": "maximize"}})
+    start = "2026-12-07T10:00:00.000000Z"
+    trials = {"t0000": {"state": "COMPLETE", "started": start, "metrics": {"validation_accuracy": 0.8}},
+              "t0001": {"state": "PRUNED", "started": "2026-12-07T10:00:20.000000Z"},
+              "t0002": {"state": "RUNNING", "started": "2026-12-07T10:00:40.000000Z", "epoch": 3, "epochs": 6,
+                        "metrics": {"validation_accuracy": 0.85, "train_loss": 0.3}}}
+    for tid, rec in trials.items():
+        (tmp_path / "trials" / tid).mkdir(parents=True)
+        (tmp_path / "trials" / tid / "trial.json").write_text(json.dumps({"id": tid, "number": int(tid[1:]), **rec}))
+    live = {"trialsTotal": 4, "best": {"value": 0.8}}
+    now = parse_utc(start) + 40.0
+    text, fraction, stage = progress(spec, tmp_path, live, now=now)
+    assert text == ("trial 2/4 done, t0002 epoch 3/6 validation_accuracy=0.85, best validation_accuracy=0.8, "
+                    "about 24.0s left")
+    assert fraction == 2.5 / 4 and stage == "metrics"
+    assert progress(spec, tmp_path / "nothing", live) is None
+
+
+EPOCHS_SCRIPT = """
+import argparse, time
+import kiln
+
+p = argparse.ArgumentParser()
+p.add_argument("--epochs", type=int, required=True)
+a = p.parse_args()
+for epoch in range(1, a.epochs + 1):
+    time.sleep(1.0)  # an epoch's work; apply polls every 2 s
+    kiln.report(step=epoch, validation_accuracy=0.5 + epoch / 20)
+"""
+
+
+@pytest.mark.slow
+def test_apply_shows_a_trainings_progress_in_plain_lines(tmp_path) -> None:
+    """`kiln apply` piped (not a terminal): a line when the experiment starts, progress lines with
+    the epoch, the metric and the time left while it trains, and one when it ends with how long
+    it took (#23)."""
+    import re
+    import subprocess
+
+    from tests.helpers import kiln, write
+
+    pytest.importorskip("dvc")
+    pytest.importorskip("optuna")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    write(repo, {"train.py": EPOCHS_SCRIPT, "specs/wine.yaml": """
+apiVersion: kiln.dev/v1alpha1
+kind: Dataset
+metadata: {name: wine}
+spec:
+  type: tabular
+  task: classification
+  format: csv
+  source: {sample: wine}
+  label: target
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Experiment
+metadata: {name: epochs}
+spec:
+  dataset: {name: wine}
+  command: {run: python train.py}
+  parameterSets: [{epochs: 6}]
+  objective: {metric: validation_accuracy, direction: maximize}
+"""})
+    res = kiln("apply", cwd=repo, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    start = lines.index(next(ln for ln in lines if ln.startswith("~ Experiment/epochs: create")))
+    end = lines.index(next(ln for ln in lines if ln.startswith("  Experiment/epochs: created in ")))
+    assert re.fullmatch(r"  Experiment/epochs: created in \d+\.\ds", lines[end])
+    progress = [ln for ln in lines[start:end] if ln.startswith("    > ")]
+    trained = [ln for ln in progress if re.search(r"epoch [1-6]/6 validation_accuracy=0\.\d+", ln)]
+    assert trained, res.stdout
+    assert re.search(r", about \d+\.\ds left$", trained[0]), trained[0]
+    assert any(re.match(r"  Dataset/wine: created in \d+\.\ds$", ln) for ln in lines), res.stdout
+    # plain output stays short: a new stage at once, else at most every 10 s (6 s of training)
+    assert len(progress) <= 4, progress

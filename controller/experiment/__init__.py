@@ -18,7 +18,9 @@ trials, selection and registration are never the old data's::
                                     set 1), c-<candidate>[-t002] (AutoML)
                 trial.json          {"id", "number", "candidate", "algorithm" | "command",
                                      "params", "state": RUNNING|COMPLETE|PRUNED|FAIL|SKIPPED (automl: not started, budget spent), "metrics",
-                                     "objective", "steps", "error", "framework", "started", "finished"}
+                                     "objective", "steps", "epoch", "epochs" (of the last
+                                     report; epochs: None where unknown), "error", "framework",
+                                     "started", "finished"}
                 metrics.jsonl       one line per report: {"step", "time", <metric>: value, ...}
                 tensorboard/        event files (``tensorboard --logdir .../trials``)
                 checkpoints/        epoch-NNNN.pt (built-ins) or the script's own; a killed trial

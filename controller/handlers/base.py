@@ -50,6 +50,9 @@ class Context:
     record: ObjectRecord | None
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    # how far the work has got, while it runs (text, share done or None, stage): apply turns it
+    # into ``events.Progress``; the default drops it (a handler used outside apply)
+    progress: Callable[[str, float | None, str], None] = lambda text, fraction, stage: None
     workspaces: dict[str, Any] = field(default_factory=dict)   # name -> WorkspaceSpec, from the specs
     # followed inputs as resolved for this apply ("<ws>/<dataset>" -> version id, see plan.input_versions)
     inputs: dict[str, str] = field(default_factory=dict)

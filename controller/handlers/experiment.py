@@ -105,6 +105,18 @@ class ExperimentHandler(WorkflowHandler):
     def extra(self, ctx: Context) -> dict[str, Any]:
         return self.live_extra(ctx)
 
+    def progress(self, ctx: Context, workflow: dict[str, Any],
+                 live: dict[str, Any]) -> tuple[str, float | None, str] | None:
+        from kiln.controller.experiment.progress import progress
+
+        spec = ctx.spec
+        assert spec is not None
+        d = self._run_dir(ctx)
+        shown = progress(spec.obj.spec, d, live) if d.is_dir() else None
+        if shown is None or shown[1] == 1.0:  # before the first trial, after the last: the tasks say more
+            return super().progress(ctx, workflow, live)
+        return shown
+
     def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:
 
         items: list[dict[str, Any]] = []
