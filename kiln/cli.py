@@ -159,6 +159,11 @@ def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, t
     done = run(_config(ctx), path, prune=prune, echo=click.echo, wait_lock=wait_lock,
                command=" ".join(["kiln apply", *sys.argv[2:]]), targets=targets, workspace=workspace, write=write)
     click.echo(done.result.summary())
+    if done.result.actions:  # what runs where now, and what to try (an apply that changed nothing stays short)
+        from kiln.controller.summary import next_steps
+
+        for line in next_steps(_config(ctx)):
+            click.echo(line)
     return done.result.exit_code
 
 

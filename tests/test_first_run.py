@@ -160,3 +160,54 @@ spec:
     assert any(re.match(r"  Dataset/wine: created in \d+\.\ds$", ln) for ln in lines), res.stdout
     # plain output stays short: a new stage at once, else at most every 10 s (6 s of training)
     assert len(progress) <= 4, progress
+
+
+# -- the summary at the end of an apply --------------------------------------------------------
+
+def test_the_summary_gives_each_deployment_a_curl_and_three_commands_to_try(tmp_path) -> None:
+    """Records as apply writes them and the registered models' kiln-serving.json: a token-protected
+    image deployment gets a curl with its token's variable and base64 of an image; a public
+    tabular one a curl with a row of its features; never a token's value."""
+    import json
+    import shlex
+
+    from kiln.config import load_config
+    from kiln.controller.summary import next_steps
+    from kiln.state import ObjectRecord
+
+    config = load_config(tmp_path)
+    models = config.kiln_dir() / "bentoml" / "models"
+    for name, serving in (("digits", {"input": "image", "task": "classification"}),
+                          ("wine", {"input": "tabular", "task": "classification", "features": ["alcohol", "ash"]})):
+        (models / name / "v2").mkdir(parents=True)
+        (models / name / "v2" / "kiln-serving.json").write_text(json.dumps(serving))
+    dep = {"apiVersion": "kiln.dev/v1alpha1", "kind": "Deployment"}
+    records = [
+        ObjectRecord(key="Deployment/vision/digits", health="Healthy",
+                     spec={**dep, "spec": {"auth": {"tokens": [{"env": "DIGITS_TOKEN"}]}}},
+                     extra={"url": "http://127.0.0.1:4001", "model": "digits", "version": 2}),
+        ObjectRecord(key="Deployment/default/wine", health="Healthy", spec={**dep, "spec": {"auth": {"public": True}}},
+                     extra={"url": "http://127.0.0.1:4002", "model": "wine", "version": 2}),
+        ObjectRecord(key="Deployment/default/down", health="Degraded", spec=dep, extra={"url": None}),
+        ObjectRecord(key="Experiment/vision/digits-resnet", health="Healthy"),
+    ]
+    lines = next_steps(config, records)
+    assert lines == [
+        "What runs where:",
+        "  Deployment/wine  http://127.0.0.1:4002  test page http://127.0.0.1:4002/ui",
+        "    curl -s http://127.0.0.1:4002/predict -H 'Content-Type: application/json' -d "
+        + shlex.quote('{"instances": [{"alcohol": 0, "ash": 0}]}'),
+        "  Deployment/vision/digits  http://127.0.0.1:4001  (token: $DIGITS_TOKEN)  test page http://127.0.0.1:4001/ui",
+        "    curl -s http://127.0.0.1:4001/predict -H 'Content-Type: application/json' -H \"Authorization: Bearer "
+        "$DIGITS_TOKEN\" -d \"{\\\"instances\\\": [{\\\"data\\\": \\\"$(base64 -w0 IMAGE.png)\\\"}]}\"",
+        "Try next:",
+        "  kiln status",
+        "  kiln describe Experiment/vision/digits-resnet      # its trials, leaderboard and registered model",
+        "  kiln predict Deployment/wine -o summary --json " + shlex.quote('{"alcohol": 0, "ash": 0}'),
+    ]
+    # the curl is valid shell: bash reads the image deployment's body as one JSON argument
+    import subprocess
+
+    body = subprocess.run(["bash", "-c", "base64() { echo QUJD; }; printf %s " + lines[4].split(" -d ", 1)[1]],
+                          capture_output=True, text=True, check=True).stdout
+    assert json.loads(body) == {"instances": [{"data": "QUJD"}]}
