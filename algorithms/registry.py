@@ -71,6 +71,30 @@ ALGORITHMS: dict[str, str] = {
 }
 
 
+# What each algorithm needs beyond kiln's core, as (the package to find, the extra that installs it):
+# by module, and by name where one class of a module needs more (XGBoost). Found, never imported,
+# so that asking costs no torch import; ``kiln[all]`` has every extra.
+NEEDS_BY_MODULE: dict[str, tuple[str, str]] = {
+    _T: ("sklearn", "data"), _T2: ("sklearn", "data"), _V: ("torchvision", "data"), _D: ("torchvision", "data"),
+    _E: ("transformers", "ml"), _K: ("tensorflow", "tf"),
+}
+NEEDS_BY_NAME: dict[str, tuple[str, str]] = {"xgboost": ("xgboost", "ml"), "xgboost_regressor": ("xgboost", "ml")}
+
+
+def missing_extra(name: str) -> tuple[str, str] | None:
+    """(package, extra) when the package algorithm ``name`` needs is not installed; None when it
+    is, or for a name the registry does not know."""
+    from importlib.util import find_spec
+
+    target = ALGORITHMS.get(name)
+    if target is None:
+        return None
+    for need in (NEEDS_BY_MODULE.get(target.partition(":")[0]), NEEDS_BY_NAME.get(name)):
+        if need is not None and find_spec(need[0]) is None:
+            return need
+    return None
+
+
 # AutoML without a candidate list: the task's tabular algorithms, in the order they start (the
 # time budget may stop the later ones): missing-value-native boosting first, then a forest, a
 # linear baseline and XGBoost where installed (the catalogue has no LightGBM yet).
@@ -104,8 +128,9 @@ def get_algorithm_class(name: str) -> type[Algorithm]:
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
+        need = missing_extra(name)
         raise KilnError(f"algorithm {name!r} needs a package that is not installed: {e.name}",
-                        hint="pip install 'kiln[ml]'") from None
+                        hint=f"pip install 'kiln[{need[1] if need else 'all'}]'") from None
     return getattr(mod, cls)
 
 

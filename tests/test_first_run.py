@@ -211,3 +211,15 @@ def test_the_summary_gives_each_deployment_a_curl_and_three_commands_to_try(tmp_
     body = subprocess.run(["bash", "-c", "base64() { echo QUJD; }; printf %s " + lines[4].split(" -d ", 1)[1]],
                           capture_output=True, text=True, check=True).stdout
     assert json.loads(body) == {"instances": [{"data": "QUJD"}]}
+
+
+def test_an_algorithm_whose_package_is_missing_names_the_extra_to_install(monkeypatch) -> None:
+    """Found, not imported: a package that is not installed names its extra (here a made-up one
+    stands in for TensorFlow on a machine installed without kiln[tf])."""
+    from kiln.algorithms import registry
+
+    assert registry.missing_extra("svm") is None and registry.missing_extra("no-such-algorithm") is None
+    monkeypatch.setitem(registry.NEEDS_BY_MODULE, "kiln.algorithms.keras_vision", ("kiln_absent_tensorflow", "tf"))
+    assert registry.missing_extra("keras_small_cnn") == ("kiln_absent_tensorflow", "tf")
+    monkeypatch.setitem(registry.NEEDS_BY_NAME, "xgboost", ("kiln_absent_xgboost", "ml"))
+    assert registry.missing_extra("xgboost") == ("kiln_absent_xgboost", "ml")
