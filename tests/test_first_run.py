@@ -223,3 +223,36 @@ def test_an_algorithm_whose_package_is_missing_names_the_extra_to_install(monkey
     assert registry.missing_extra("keras_small_cnn") == ("kiln_absent_tensorflow", "tf")
     monkeypatch.setitem(registry.NEEDS_BY_NAME, "xgboost", ("kiln_absent_xgboost", "ml"))
     assert registry.missing_extra("xgboost") == ("kiln_absent_xgboost", "ml")
+
+
+def test_validate_names_the_extra_an_experiments_algorithm_needs(tmp_path, monkeypatch) -> None:
+    """On the local runner, an Experiment whose algorithm's package is missing fails validation at
+    its spec's line, naming the extra; on a cluster (runner: argo) kiln's image trains, so no issue."""
+    from kiln.algorithms import registry
+    from kiln.config import load_config
+    from kiln.controller.project import load_valid
+    from kiln.errors import SpecErrors
+    from tests.helpers import write
+
+    write(tmp_path, {"specs/exp.yaml": """
+apiVersion: kiln.dev/v1alpha1
+kind: Dataset
+metadata: {name: pics}
+spec: {type: image, task: classification, source: {path: pics}}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Experiment
+metadata: {name: cnn}
+spec:
+  dataset: {name: pics}
+  algorithm: {name: keras_small_cnn}
+"""})
+    load_valid(load_config(tmp_path))  # everything installed here
+    monkeypatch.setitem(registry.NEEDS_BY_MODULE, "kiln.algorithms.keras_vision", ("kiln_absent_tensorflow", "tf"))
+    with pytest.raises(SpecErrors) as err:
+        load_valid(load_config(tmp_path))
+    text = str(err.value)
+    assert "exp.yaml:11:15" in text and "algorithm 'keras_small_cnn' needs kiln_absent_tensorflow" in text, text
+    assert "pip install 'kiln[tf]'" in text, text
+    (tmp_path / "kiln.yaml").write_text("runner: argo\n")
+    load_valid(load_config(tmp_path))
