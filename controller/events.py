@@ -195,7 +195,8 @@ def printing(echo: Callable[[str], None], *, terminal: bool = False,
 
 
 # plain (non-terminal) output shows an object's progress at most this often: a CI log of a
-# ten-minute training gets sixty lines, not three hundred
+# ten-minute training gets sixty lines, not three hundred; progress that is only the running
+# tasks (no share done) three times less often, and only when it says something new
 PLAIN_EVERY = 10.0
 
 
@@ -204,7 +205,8 @@ class Console:
     on a terminal (``terminal`` and a ``write`` that prints without a newline), is one line
     rewritten in place with a bar where the share done is known, cleared before the next line;
     elsewhere it is a plain line: the first of each object's and of each new stage, otherwise at
-    most every ``every`` seconds, so that CI logs stay short."""
+    most every ``every`` seconds (``3 * every`` without a share done) and only when its text
+    changed, so that CI logs stay short."""
 
     def __init__(self, echo: Callable[[str], None], *, terminal: bool = False,
                  write: Callable[[str], None] | None = None, every: float = PLAIN_EVERY,
@@ -213,7 +215,7 @@ class Console:
         self.width = width or shutil.get_terminal_size().columns
         self.live = terminal and write is not None
         self.shown = False          # a progress line is on the terminal now
-        self.last: dict[str, tuple[float, str]] = {}  # key -> when and at which stage it was shown
+        self.last: dict[str, tuple[float, str, str]] = {}  # key -> when, at which stage, what was shown
 
     def __call__(self, ev: ApplyEvent) -> None:
         if isinstance(ev, Progress):
@@ -223,10 +225,12 @@ class Console:
                 self.shown = True
                 return
             now = self.clock()
-            when, stage = self.last.get(ev.key, (None, None))
-            if when is not None and stage == ev.stage and now - when < self.every:
-                return
-            self.last[ev.key] = (now, ev.stage)
+            shown = self.last.get(ev.key)
+            if shown is not None and shown[1] == ev.stage:
+                wait = self.every if ev.fraction is not None else 3 * self.every
+                if now - shown[0] < wait or ev.text == shown[2]:
+                    return
+            self.last[ev.key] = (now, ev.stage, ev.text)
         elif self.shown:
             assert self.write is not None
             self.write("\r\033[K")

@@ -46,15 +46,19 @@ def test_plain_progress_shows_each_stage_at_once_then_at_most_every_few_seconds(
 
     con, lines, _, clock = _console(every=10.0)
     key, ref = "Experiment/default/a", "Experiment/a"
-    for t, text, stage in [(0, "running prepare-data", "tasks"), (2, "running train", "tasks"),
-                           (4, "epoch 1/6 validation_accuracy=0.6", "metrics"),
-                           (6, "epoch 2/6 validation_accuracy=0.7", "metrics"),
-                           (14, "epoch 5/6 validation_accuracy=0.9", "metrics")]:
+    for t, text, fraction, stage in [(0, "running prepare-data", None, "tasks"), (2, "running train", None, "tasks"),
+                                     (4, "epoch 1/6 validation_accuracy=0.6", 1 / 6, "metrics"),
+                                     (6, "epoch 2/6 validation_accuracy=0.7", 2 / 6, "metrics"),
+                                     (14, "epoch 5/6 validation_accuracy=0.9", 5 / 6, "metrics"),
+                                     (30, "running register", None, "tasks"), (45, "running register", None, "tasks"),
+                                     (70, "running register", None, "tasks"), (71, "running select", None, "tasks")]:
         clock[0] = t
-        con(ev.Progress(key, ref, text, None, float(t), stage))
-    con(ev.ObjectFinished(key, ref, "created", 15.25))
+        con(ev.Progress(key, ref, text, fraction, float(t), stage))
+    con(ev.ObjectFinished(key, ref, "created", 75.25))
+    # tasks alone: at most every 30 s and only when they changed; a new stage at once
     assert lines == ["    > 0.0s running prepare-data", "    > 4.0s epoch 1/6 validation_accuracy=0.6",
-                     "    > 14.0s epoch 5/6 validation_accuracy=0.9", "  Experiment/a: created in 15.2s"]
+                     "    > 14.0s epoch 5/6 validation_accuracy=0.9", "    > 30.0s running register",
+                     "    > 1m11s running select", "  Experiment/a: created in 1m15s"]
 
 
 def test_terminal_progress_is_one_line_rewritten_in_place_with_a_bar() -> None:
@@ -86,15 +90,16 @@ def test_experiment_progress_reads_the_trials_and_estimates_the_time_left(tmp_pa
     trials = {"t0000": {"state": "COMPLETE", "started": start, "metrics": {"validation_accuracy": 0.8}},
               "t0001": {"state": "PRUNED", "started": "2026-12-07T10:00:20.000000Z"},
               "t0002": {"state": "RUNNING", "started": "2026-12-07T10:00:40.000000Z", "epoch": 3, "epochs": 6,
-                        "metrics": {"validation_accuracy": 0.85, "train_loss": 0.3}}}
+                        "metrics": {"validation_accuracy": 0.85, "train_loss": 0.3}},
+              "t0003": {"state": "RUNNING", "started": "2026-12-07T10:00:45.000000Z"}}
     for tid, rec in trials.items():
         (tmp_path / "trials" / tid).mkdir(parents=True)
         (tmp_path / "trials" / tid / "trial.json").write_text(json.dumps({"id": tid, "number": int(tid[1:]), **rec}))
     live = {"trialsTotal": 4, "best": {"value": 0.8}}
     now = parse_utc(start) + 40.0
     text, fraction, stage = progress(spec, tmp_path, live, now=now)
-    assert text == ("trial 2/4 done, t0002 epoch 3/6 validation_accuracy=0.85, best validation_accuracy=0.8, "
-                    "about 24.0s left")
+    assert text == ("trial 2/4 done (2 running), t0002 epoch 3/6 validation_accuracy=0.85, "
+                    "best validation_accuracy=0.8, about 24.0s left")
     assert fraction == 2.5 / 4 and stage == "metrics"
     assert progress(spec, tmp_path / "nothing", live) is None
 

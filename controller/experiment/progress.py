@@ -31,9 +31,11 @@ def progress(spec: ExperimentSpec, run: Path, live: dict[str, Any],
     finished = [r for r in recs if r.get("state") in (*TERMINAL, "SKIPPED")]
     running = [r for r in recs if r.get("state") == "RUNNING"]
     metric = spec.objective.metric
-    parts = [f"trial {len(finished)}/{total} done" if total > 1 else ""]
+    parts = [f"trial {len(finished)}/{total} done" + (f" ({len(running)} running)" if len(running) > 1 else "")
+             if total > 1 else ""]
     share = float(len(finished))
-    for r in running[:2]:  # parallel trials: the first two say enough
+    # parallel trials: the one furthest on speaks for them (one line stays readable)
+    for r in sorted(running, key=lambda r: -(r.get("epoch") or 0))[:1]:
         epoch, epochs = r.get("epoch"), r.get("epochs")
         where = f"epoch {epoch}/{epochs}" if epoch and epochs else (f"step {epoch}" if epoch else "no metrics yet")
         value = (r.get("metrics") or {}).get(metric)
