@@ -251,8 +251,8 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.L
     started, t0 = utcnow(), time.monotonic()
     ctx = Context(config=config, store=store, spec=spec, record=record, workspaces=workspaces,
                   log=lambda line: emit(ev.Log(change.key, change.ref, line)),
-                  progress=lambda text, fraction, stage: emit(ev.Progress(change.key, change.ref, text, fraction,
-                                                                          time.monotonic() - t0, stage)),
+                  progress=lambda s: emit(ev.Progress(change.key, change.ref, s.text, s.fraction,
+                                                      time.monotonic() - t0, s.stage, s.left)),
                   inputs=input_versions(config, spec))
     res = ObjectResult(change.ref, "created" if change.action == "create" else "updated")
     if not change.poll:

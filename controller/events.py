@@ -33,7 +33,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kiln._util.clock import duration, parse_utc
 from kiln.errors import KilnError, NotFound
@@ -131,6 +131,17 @@ class ObjectFinished(ApplyEvent):
     news = True
 
 
+class Shown(NamedTuple):
+    """What a handler reports of its running work (``Context.progress``): ``text`` says what
+    happened last (the running tasks; the trial, epoch and metric), ``fraction`` the share done
+    where known, ``stage`` the kind of work, ``left`` the estimated seconds to go."""
+
+    text: str
+    fraction: float | None = None
+    stage: str = ""
+    left: float | None = None
+
+
 @dataclass(frozen=True)
 class Progress(ApplyEvent):
     """How far an object's work has got, while it runs: sent at most every couple of seconds
@@ -138,12 +149,14 @@ class Progress(ApplyEvent):
     ``text`` says what runs (the epoch or trial, the current metric, the time left); ``fraction``
     is the share done where it is known; ``seconds`` how long the object has been running;
     ``stage``: what kind of work it is (plain output shows a new stage at once: the first
-    metrics of a training are not held back behind the data preparation's line)."""
+    metrics of a training are not held back behind the data preparation's line); ``left``: the
+    estimated seconds to go."""
 
     text: str
     fraction: float | None = None
     seconds: float = 0.0
     stage: str = ""
+    left: float | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +191,7 @@ def render(ev: ApplyEvent) -> str:
         word = "in" if ev.outcome in ("created", "updated") else "after"
         return f"  {ev.ref}: {ev.outcome} {word} {duration(ev.seconds)}"
     if isinstance(ev, Progress):
-        return f"    > {duration(ev.seconds)} {ev.text}"
+        return f"    > {duration(ev.seconds)} {ev.text}{_left(ev)}"
     if isinstance(ev, DeleteStarted):
         return f"- {ev.ref}: delete"
     if isinstance(ev, DeleteAction):
@@ -186,6 +199,10 @@ def render(ev: ApplyEvent) -> str:
     if isinstance(ev, (Traceback, Log)):
         return ev.text
     raise TypeError(f"no rendering for {type(ev).__name__}")
+
+
+def _left(ev: Progress) -> str:
+    return f", about {duration(ev.left)} left" if ev.left is not None else ""
 
 
 def printing(echo: Callable[[str], None], *, terminal: bool = False,
@@ -206,7 +223,8 @@ class Console:
     rewritten in place with a bar where the share done is known, cleared before the next line;
     elsewhere it is a plain line: the first of each object's and of each new stage, otherwise at
     most every ``every`` seconds (``3 * every`` without a share done) and only when its text
-    changed, so that CI logs stay short."""
+    changed (a new epoch, trial or task; the estimate alone is no news), so that CI logs stay
+    short."""
 
     def __init__(self, echo: Callable[[str], None], *, terminal: bool = False,
                  write: Callable[[str], None] | None = None, every: float = PLAIN_EVERY,
@@ -240,9 +258,9 @@ class Console:
     @staticmethod
     def bar(ev: Progress, cells: int = 20) -> str:
         if ev.fraction is None:
-            return f"  {ev.ref} {duration(ev.seconds)} {ev.text}"
+            return f"  {ev.ref} {duration(ev.seconds)} {ev.text}{_left(ev)}"
         done = round(max(0.0, min(1.0, ev.fraction)) * cells)
-        return f"  {ev.ref} [{'#' * done}{'.' * (cells - done)}] {duration(ev.seconds)} {ev.text}"
+        return f"  {ev.ref} [{'#' * done}{'.' * (cells - done)}] {duration(ev.seconds)} {ev.text}{_left(ev)}"
 
 
 # -- the recorded history (`kiln events`) --------------------------------------------------------

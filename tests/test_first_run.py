@@ -50,14 +50,16 @@ def test_plain_progress_shows_each_stage_at_once_then_at_most_every_few_seconds(
                                      (4, "epoch 1/6 validation_accuracy=0.6", 1 / 6, "metrics"),
                                      (6, "epoch 2/6 validation_accuracy=0.7", 2 / 6, "metrics"),
                                      (14, "epoch 5/6 validation_accuracy=0.9", 5 / 6, "metrics"),
+                                     (25, "epoch 5/6 validation_accuracy=0.9", 5 / 6, "metrics"),
                                      (30, "running register", None, "tasks"), (45, "running register", None, "tasks"),
                                      (70, "running register", None, "tasks"), (71, "running select", None, "tasks")]:
         clock[0] = t
-        con(ev.Progress(key, ref, text, fraction, float(t), stage))
+        con(ev.Progress(key, ref, text, fraction, float(t), stage, left=60.0 - t if stage == "metrics" else None))
     con(ev.ObjectFinished(key, ref, "created", 75.25))
     # tasks alone: at most every 30 s and only when they changed; a new stage at once
-    assert lines == ["    > 0.0s running prepare-data", "    > 4.0s epoch 1/6 validation_accuracy=0.6",
-                     "    > 14.0s epoch 5/6 validation_accuracy=0.9", "    > 30.0s running register",
+    # the estimate alone (t=25) is no news
+    assert lines == ["    > 0.0s running prepare-data", "    > 4.0s epoch 1/6 validation_accuracy=0.6, about 56.0s left",
+                     "    > 14.0s epoch 5/6 validation_accuracy=0.9, about 46.0s left", "    > 30.0s running register",
                      "    > 1m11s running select", "  Experiment/a: created in 1m15s"]
 
 
@@ -97,11 +99,15 @@ def test_experiment_progress_reads_the_trials_and_estimates_the_time_left(tmp_pa
         (tmp_path / "trials" / tid / "trial.json").write_text(json.dumps({"id": tid, "number": int(tid[1:]), **rec}))
     live = {"trialsTotal": 4, "best": {"value": 0.8}}
     now = parse_utc(start) + 40.0
-    text, fraction, stage = progress(spec, tmp_path, live, now=now)
-    assert text == ("trial 2/4 done (2 running), t0002 epoch 3/6 validation_accuracy=0.85, "
-                    "best validation_accuracy=0.8, about 24.0s left")
-    assert fraction == 2.5 / 4 and stage == "metrics"
+    shown = progress(spec, tmp_path, live, now=now)
+    assert shown is not None
+    assert shown.text == ("trial 2/4 done (2 running), t0002 epoch 3/6 validation_accuracy=0.85, "
+                          "best validation_accuracy=0.8")
+    assert shown.fraction == 2.5 / 4 and shown.stage == "metrics" and shown.left == 24.0
     assert progress(spec, tmp_path / "nothing", live) is None
+    for tid in ("t0002", "t0003"):  # no trial runs: selection, export, registration (the tasks say so)
+        (tmp_path / "trials" / tid / "trial.json").write_text(json.dumps({"id": tid, "state": "COMPLETE"}))
+    assert progress(spec, tmp_path, live) is None
 
 
 EPOCHS_SCRIPT = """

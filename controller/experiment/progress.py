@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiln._util.clock import duration, parse_utc
+from kiln._util.clock import parse_utc
 from kiln.api.experiment import ExperimentSpec
+from kiln.controller.events import Shown
 from kiln.controller.experiment.home import TERMINAL
 from kiln.controller.experiment.results import trials
 
@@ -20,12 +21,13 @@ MIN_FRACTION = 0.05
 
 
 def progress(spec: ExperimentSpec, run: Path, live: dict[str, Any],
-             now: float | None = None) -> tuple[str, float | None, str] | None:
-    """(text, share done, stage) for the run folder ``run``; ``live``: ``results.summarize``'s
-    output (trials done and in all, the best so far). None before the first trial starts. The
-    stage is ``metrics`` once a trial has reported, else ``training``."""
+             now: float | None = None) -> Shown | None:
+    """What to show of the run folder ``run``; ``live``: ``results.summarize``'s output (trials
+    done and in all, the best so far). None while no trial runs (before the first, after the
+    last: selection, export and registration). The stage is ``metrics`` once a trial has
+    reported, else ``training``."""
     recs = trials(run)
-    if not recs:
+    if not any(r.get("state") == "RUNNING" for r in recs):
         return None
     total = max(int(live.get("trialsTotal") or 0), len(recs), 1)
     finished = [r for r in recs if r.get("state") in (*TERMINAL, "SKIPPED")]
@@ -50,9 +52,10 @@ def progress(spec: ExperimentSpec, run: Path, live: dict[str, Any],
         parts.append(f"best {metric}={best:.4g}")
     fraction = min(1.0, share / total)
     starts = [t for r in recs if (t := parse_utc(r.get("started"))) is not None]
+    left = None
     if starts and MIN_FRACTION <= fraction < 1.0:
         elapsed = (now if now is not None else time.time()) - min(starts)
-        parts.append(f"about {duration(elapsed * (1 - fraction) / fraction)} left")
+        left = elapsed * (1 - fraction) / fraction
     text = ", ".join(p for p in parts if p)
     reported = any((r.get("metrics") or {}) for r in recs)  # stays so: one stage change per training
-    return (text, fraction, "metrics" if reported else "training") if text else None
+    return Shown(text, fraction, "metrics" if reported else "training", left) if text else None

@@ -32,6 +32,7 @@ import shutil
 from dataclasses import replace
 from typing import Any
 
+from kiln.controller.events import Shown
 from kiln.controller.handlers.base import Context, Step
 from kiln.controller.handlers.workflow import WorkflowHandler
 
@@ -106,14 +107,14 @@ class ExperimentHandler(WorkflowHandler):
         return self.live_extra(ctx)
 
     def progress(self, ctx: Context, workflow: dict[str, Any],
-                 live: dict[str, Any]) -> tuple[str, float | None, str] | None:
+                 live: dict[str, Any]) -> Shown | None:
         from kiln.controller.experiment.progress import progress
 
         spec = ctx.spec
         assert spec is not None
         d = self._run_dir(ctx)
         shown = progress(spec.obj.spec, d, live) if d.is_dir() else None
-        if shown is None or shown[1] == 1.0:  # before the first trial, after the last: the tasks say more
+        if shown is None:  # before the first trial, after the last: the tasks say more
             return super().progress(ctx, workflow, live)
         return shown
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from kiln.controller.events import Shown
 from kiln.controller.handlers.base import Context, Handler, Step
 from kiln.controller.runner import make_runner, run_workflow
 from kiln.errors import WorkflowError
@@ -68,16 +69,15 @@ class WorkflowHandler(Handler):
         return {}
 
     def progress(self, ctx: Context, workflow: dict[str, Any],
-                 live: dict[str, Any]) -> tuple[str, float | None, str] | None:
-        """What apply shows while the workflow runs (``Context.progress``: text, share done,
-        stage): by default the tasks running and how many are done, from the workflow's summary
+                 live: dict[str, Any]) -> Shown | None:
+        """What apply shows while the workflow runs (``Context.progress``): by default the tasks running and how many are done, from the workflow's summary
         (``runner.summarize``); ``live``: what ``live_extra`` just returned. None: nothing to show."""
         tasks = workflow.get("tasks") or {}
         running = sorted(t for t, phase in tasks.items() if phase == "Running")
         if not running:
             return None
         done = sum(phase in ("Succeeded", "Skipped", "Omitted") for phase in tasks.values())
-        return f"running {', '.join(running)} ({done} task{'s' if done != 1 else ''} done)", None, "tasks"
+        return Shown(f"running {', '.join(running)} ({done} task{'s' if done != 1 else ''} done)", stage="tasks")
 
     def delete(self, ctx: Context) -> list[str]:
         assert ctx.record is not None
@@ -108,7 +108,7 @@ def _mirror(ctx: Context, progress: dict[str, Any], live: Any = None, report: An
             extra.update(status)
             shown = report(ctx, progress, status) if report is not None and progress.get("phase") == "Running" else None
             if shown is not None:
-                ctx.progress(*shown)
+                ctx.progress(shown)
         except Exception:  # noqa: BLE001 - live status is a courtesy; never fail the run for it
             pass
     ctx.record = replace(ctx.record, extra=extra)
