@@ -257,10 +257,12 @@ class Console:
 
     @staticmethod
     def bar(ev: Progress, cells: int = 20) -> str:
+        # the time left first: a narrow terminal cuts the end of the line
+        left = f" ({duration(ev.left)} left)" if ev.left is not None else ""
         if ev.fraction is None:
-            return f"  {ev.ref} {duration(ev.seconds)} {ev.text}{_left(ev)}"
+            return f"  {ev.ref} {duration(ev.seconds)}{left} {ev.text}"
         done = round(max(0.0, min(1.0, ev.fraction)) * cells)
-        return f"  {ev.ref} [{'#' * done}{'.' * (cells - done)}] {duration(ev.seconds)} {ev.text}{_left(ev)}"
+        return f"  {ev.ref} [{'#' * done}{'.' * (cells - done)}] {duration(ev.seconds)}{left} {ev.text}"
 
 
 # -- the recorded history (`kiln events`) --------------------------------------------------------

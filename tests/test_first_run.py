@@ -68,9 +68,9 @@ def test_terminal_progress_is_one_line_rewritten_in_place_with_a_bar() -> None:
 
     con, lines, written, _ = _console(terminal=True)
     con(ev.Progress("k", "Experiment/a", "epoch 3/6", 0.5, 3.0, "metrics"))
-    con(ev.Progress("k", "Experiment/a", "epoch 4/6", 4 / 6, 4.0, "metrics"))
+    con(ev.Progress("k", "Experiment/a", "epoch 4/6", 4 / 6, 4.0, "metrics", left=2.0))
     assert written == ["\r\033[K  Experiment/a [##########..........] 3.0s epoch 3/6",
-                       "\r\033[K  Experiment/a [#############.......] 4.0s epoch 4/6"]
+                       "\r\033[K  Experiment/a [#############.......] 4.0s (2.0s left) epoch 4/6"]
     con(ev.ObjectFinished("k", "Experiment/a", "failed", 75.0))
     assert written[-1] == "\r\033[K" and lines == ["  Experiment/a: failed after 1m15s"]
 
