@@ -149,4 +149,4 @@ elapsed=$((SECONDS - started))
 echo
 echo "Done in $((elapsed / 60))m$(printf %02d $((elapsed % 60)))s. To use kiln in the demo repository:"
 echo "  source $here/.venv/bin/activate && cd $demo && export DIGITS_API_TOKEN=\$(cat .kiln-demo-token)"
-echo "  an image to send: $(cd "$demo" && ls data/vision/digits/*/*.png | head -n 1); what the tools printed: quickstart.log"
+echo "  an image to send (IMAGE.png below): $(cd "$demo" && find data/vision/digits -name '*.png' | sort | head -n 1); what the tools printed: quickstart.log"
