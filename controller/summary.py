@@ -114,8 +114,10 @@ def _tries(config: KilnConfig, records: list[ObjectRecord]) -> list[str]:
     exp = next((r for r in ordered if r.kind == "Experiment" and r.health == "Healthy"), None)
     if exp is not None:
         out.append(f"kiln describe {short(exp.key)}      # its trials, leaderboard and registered model")
-    dep = next((r for r in ordered if r.kind == "Deployment" and r.extra.get("url") and r.health == "Healthy"), None)
-    if dep is not None:
+    serving = [r for r in ordered if r.kind == "Deployment" and r.extra.get("url") and r.health == "Healthy"]
+    if serving:
+        # an image deployment's command is short; a table's lists every feature
+        dep = min(serving, key=lambda r: ("IMAGE.png" not in _instance(config, r), r.key))
         env = _token_env(dep.spec)
         body = _instance(config, dep)
         what = "--file IMAGE.png" if "IMAGE.png" in body else f"--json {shlex.quote(json.dumps(_row(config, dep)))}"

@@ -214,8 +214,11 @@ def test_the_summary_gives_each_deployment_a_curl_and_three_commands_to_try(tmp_
         "Try next:",
         "  kiln status",
         "  kiln describe Experiment/vision/digits-resnet      # its trials, leaderboard and registered model",
-        "  kiln predict Deployment/wine -o summary --json " + shlex.quote('{"alcohol": 0, "ash": 0}'),
+        "  kiln predict Deployment/vision/digits -o summary --file IMAGE.png --token $DIGITS_TOKEN",
     ]
+    # a table's deployment alone: its command sends a row of the features
+    assert next_steps(config, records[1:2])[-1] == "  kiln predict Deployment/wine -o summary --json " + shlex.quote(
+        '{"alcohol": 0, "ash": 0}')
     # the curl is valid shell: bash reads the image deployment's body as one JSON argument
     import subprocess
 
