@@ -72,6 +72,30 @@ ALGORITHMS: dict[str, str] = {
 }
 
 
+# What each algorithm needs beyond kiln's core, as (the package to find, the extra that installs it):
+# by module, and by name where one class of a module needs more (XGBoost). Found, never imported,
+# so that asking costs no torch import; ``kiln[all]`` has every extra.
+NEEDS_BY_MODULE: dict[str, tuple[str, str]] = {
+    _T: ("sklearn", "data"), _T2: ("sklearn", "data"), _V: ("torchvision", "data"), _D: ("torchvision", "data"),
+    _E: ("transformers", "ml"), _K: ("tensorflow", "tf"),
+}
+NEEDS_BY_NAME: dict[str, tuple[str, str]] = {"xgboost": ("xgboost", "ml"), "xgboost_regressor": ("xgboost", "ml")}
+
+
+def missing_extra(name: str) -> tuple[str, str] | None:
+    """(package, extra) when the package algorithm ``name`` needs is not installed; None when it
+    is, or for a name the registry does not know."""
+    from importlib.util import find_spec
+
+    target = ALGORITHMS.get(name)
+    if target is None:
+        return None
+    for need in (NEEDS_BY_MODULE.get(target.partition(":")[0]), NEEDS_BY_NAME.get(name)):
+        if need is not None and find_spec(need[0]) is None:
+            return need
+    return None
+
+
 # AUTOML_DEFAULTS (the candidates AutoML starts without a list) is plain data of the catalogue,
 # where validation reads it without this module; re-exported here beside automl_defaults.
 __all__ = ["ALGORITHMS", "AUTOML_DEFAULTS", "automl_defaults", "describe", "get_algorithm", "get_algorithm_class"]
@@ -101,8 +125,9 @@ def get_algorithm_class(name: str) -> type[Algorithm]:
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
+        need = missing_extra(name)
         raise KilnError(f"algorithm {name!r} needs a package that is not installed: {e.name}",
-                        hint="pip install 'kiln[ml]'") from None
+                        hint=f"pip install 'kiln[{need[1] if need else 'all'}]'") from None
     return getattr(mod, cls)
 
 

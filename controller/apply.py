@@ -248,9 +248,11 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.L
     assert spec is not None
     handler = HANDLERS[change.kind]()
     record = change.record or _new_record(change)
-    started = utcnow()
+    started, t0 = utcnow(), time.monotonic()
     ctx = Context(config=config, store=store, spec=spec, record=record, workspaces=workspaces,
                   log=lambda line: emit(ev.Log(change.key, change.ref, line)),
+                  progress=lambda s: emit(ev.Progress(change.key, change.ref, s.text, s.fraction,
+                                                      time.monotonic() - t0, s.stage, s.left)),
                   inputs=input_versions(config, spec),
                   update=change.update if change.action == "update" else "re-run",
                   changed=[f.path for f in change.fields])
@@ -282,6 +284,8 @@ def _reconcile(change: Change, config: KilnConfig, store: StateStore, emit: ev.L
                                          started_at=started, finished_at=finished, result=result_word,
                                          message=message, actions=res.actions,
                                          **_attempt_origin(change, origin)))
+    if not change.poll or res.actions or error is not None:  # a poll that found nothing stays one line
+        emit(ev.ObjectFinished(change.key, change.ref, res.outcome, time.monotonic() - t0))
     if isinstance(error, KeyboardInterrupt):
         raise error
     return res

@@ -19,6 +19,8 @@ them)::
         = workflow: done before, skipping               StepSkipped
         + workflow: run workflow kiln-data-iris ...     StepDone
     x Dataset/iris: fetch: no such file                 ObjectFailed (+ Traceback with KILN_DEBUG)
+      Dataset/iris: created in 4.2s                     ObjectFinished (also after a failure)
+        > 12.0s trial 2/4 epoch 3/8 ..., about 40s left Progress (while it runs; see Console)
     - Dataset/iris: delete                              DeleteStarted
         - delete workflow kiln-data-iris                DeleteAction
 """
@@ -27,10 +29,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from kiln._util.clock import duration, parse_utc
 from kiln.errors import KilnError, NotFound
 
 if TYPE_CHECKING:
@@ -119,6 +124,43 @@ class DeleteAction(ApplyEvent):
 
 
 @dataclass(frozen=True)
+class ObjectFinished(ApplyEvent):
+    """The end of an object's reconcile (after its ObjectFailed, if it failed), with how long it took."""
+
+    outcome: str         # created | updated | failed | retrying
+    seconds: float
+    news = True
+
+
+class Shown(NamedTuple):
+    """What a handler reports of its running work (``Context.progress``): ``text`` says what
+    happened last (the running tasks; the trial, epoch and metric), ``fraction`` the share done
+    where known, ``stage`` the kind of work, ``left`` the estimated seconds to go."""
+
+    text: str
+    fraction: float | None = None
+    stage: str = ""
+    left: float | None = None
+
+
+@dataclass(frozen=True)
+class Progress(ApplyEvent):
+    """How far an object's work has got, while it runs: sent at most every couple of seconds
+    (``handlers.workflow``), shown by ``Console`` as a bar on a terminal, as plain lines elsewhere.
+    ``text`` says what runs (the epoch or trial, the current metric, the time left); ``fraction``
+    is the share done where it is known; ``seconds`` how long the object has been running;
+    ``stage``: what kind of work it is (plain output shows a new stage at once: the first
+    metrics of a training are not held back behind the data preparation's line); ``left``: the
+    estimated seconds to go."""
+
+    text: str
+    fraction: float | None = None
+    seconds: float = 0.0
+    stage: str = ""
+    left: float | None = None
+
+
+@dataclass(frozen=True)
 class Log(ApplyEvent):
     """A line a handler step logs through ``Context.log``, printed as is."""
 
@@ -146,6 +188,11 @@ def render(ev: ApplyEvent) -> str:
         return f"    + {ev.step}: {ev.describe}"
     if isinstance(ev, ObjectFailed):
         return f"x {ev.ref}: {ev.message}"
+    if isinstance(ev, ObjectFinished):
+        word = "in" if ev.outcome in ("created", "updated") else "after"
+        return f"  {ev.ref}: {ev.outcome} {word} {duration(ev.seconds)}"
+    if isinstance(ev, Progress):
+        return f"    > {duration(ev.seconds)} {ev.text}{_left(ev)}"
     if isinstance(ev, DeleteStarted):
         return f"- {ev.ref}: delete"
     if isinstance(ev, DeleteAction):
@@ -155,9 +202,68 @@ def render(ev: ApplyEvent) -> str:
     raise TypeError(f"no rendering for {type(ev).__name__}")
 
 
-def printing(echo: Callable[[str], None]) -> Listener:
-    """A listener that prints every event's line with ``echo``."""
-    return lambda ev: echo(render(ev))
+def _left(ev: Progress) -> str:
+    return f", about {duration(ev.left)} left" if ev.left is not None else ""
+
+
+def printing(echo: Callable[[str], None], *, terminal: bool = False,
+             write: Callable[[str], None] | None = None) -> Listener:
+    """A listener that prints every event's line with ``echo`` (progress as ``Console`` says)."""
+    return Console(echo, terminal=terminal, write=write)
+
+
+# plain (non-terminal) output shows an object's progress at most this often: a CI log of a
+# ten-minute training gets sixty lines, not three hundred; progress that is only the running
+# tasks (no share done) three times less often, and only when it says something new
+PLAIN_EVERY = 10.0
+
+
+class Console:
+    """What ``kiln apply`` prints. Every event but ``Progress`` is one line (``render``). Progress,
+    on a terminal (``terminal`` and a ``write`` that prints without a newline), is one line
+    rewritten in place with a bar where the share done is known, cleared before the next line;
+    elsewhere it is a plain line: the first of each object's and of each new stage, otherwise at
+    most every ``every`` seconds (``3 * every`` without a share done) and only when its text
+    changed (a new epoch, trial or task; the estimate alone is no news), so that CI logs stay
+    short."""
+
+    def __init__(self, echo: Callable[[str], None], *, terminal: bool = False,
+                 write: Callable[[str], None] | None = None, every: float = PLAIN_EVERY,
+                 clock: Callable[[], float] = time.monotonic, width: int | None = None) -> None:
+        self.echo, self.write, self.every, self.clock = echo, write, every, clock
+        self.width = width or shutil.get_terminal_size().columns
+        self.live = terminal and write is not None
+        self.shown = False          # a progress line is on the terminal now
+        self.last: dict[str, tuple[float, str, str]] = {}  # key -> when, at which stage, what was shown
+
+    def __call__(self, ev: ApplyEvent) -> None:
+        if isinstance(ev, Progress):
+            if self.live:
+                assert self.write is not None
+                self.write("\r\033[K" + self.bar(ev)[: self.width - 1])
+                self.shown = True
+                return
+            now = self.clock()
+            shown = self.last.get(ev.key)
+            if shown is not None and shown[1] == ev.stage:
+                wait = self.every if ev.fraction is not None else 3 * self.every
+                if now - shown[0] < wait or ev.text == shown[2]:
+                    return
+            self.last[ev.key] = (now, ev.stage, ev.text)
+        elif self.shown:
+            assert self.write is not None
+            self.write("\r\033[K")
+            self.shown = False
+        self.echo(render(ev))
+
+    @staticmethod
+    def bar(ev: Progress, cells: int = 20) -> str:
+        # the time left first: a narrow terminal cuts the end of the line
+        left = f" ({duration(ev.left)} left)" if ev.left is not None else ""
+        if ev.fraction is None:
+            return f"  {ev.ref} {duration(ev.seconds)}{left} {ev.text}"
+        done = round(max(0.0, min(1.0, ev.fraction)) * cells)
+        return f"  {ev.ref} [{'#' * done}{'.' * (cells - done)}] {duration(ev.seconds)}{left} {ev.text}"
 
 
 # -- the recorded history (`kiln events`) --------------------------------------------------------
@@ -185,11 +291,8 @@ def parse_since(text: str, now: dt.datetime | None = None) -> str:
 
 
 def _seconds(started: str, finished: str) -> float | None:
-    try:
-        t0, t1 = (dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (started, finished))
-    except ValueError:
-        return None
-    return round((t1 - t0).total_seconds(), 3)
+    t0, t1 = parse_utc(started), parse_utc(finished)
+    return None if t0 is None or t1 is None else round(t1 - t0, 3)
 
 
 def history(config: KilnConfig, workspace: str | None = None, since: str | None = None) -> list[dict[str, Any]]:

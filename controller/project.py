@@ -17,7 +17,7 @@ from kiln.config import KilnConfig
 from kiln.controller.apply import ApplyResult, Locking, Origin, apply_plan
 from kiln.controller.events import Listener, printing
 from kiln.controller.plan import Plan, make_plan
-from kiln.errors import ConfigError, NotFound, SpecErrors
+from kiln.errors import ConfigError, NotFound, SpecErrors, SpecIssue
 from kiln.loader import SpecSet, load_specs, spec_cache_dir
 from kiln.state import RepoLock
 from kiln.state.snapshot import recorded_objects
@@ -34,9 +34,35 @@ def load_valid(config: KilnConfig, path: str | os.PathLike[str] | None = None) -
     specs = load_specs(Path(path) if path else config.specs_dir(), config.templates_dir(),
                        cache_dir=spec_cache_dir(config.repo) if config.kiln_dir().is_dir() else None)
     issues = validate(specs, config.datasets, config.repo)
+    if config.runner == "local":  # on a cluster, kiln's image trains and has every extra
+        issues = sorted([*issues, *missing_extras(specs)], key=SpecIssue.sort_key)
     if issues:
         raise SpecErrors(issues=issues)
     return specs
+
+
+def missing_extras(specs: SpecSet) -> list[SpecIssue]:
+    """An Experiment whose algorithm (or AutoML candidate) needs a package this machine lacks, as
+    an issue naming the extra to install: at validate, not minutes later in the training task
+    (the quickstart installs only the extras the example repo uses)."""
+    from kiln.algorithms.registry import missing_extra
+
+    out = []
+    for s in specs.specs:
+        if s.kind != "Experiment":
+            continue
+        spec = s.obj.spec
+        named: list[tuple[list[str | int], str]] = []
+        if spec.algorithm is not None:
+            named.append((["spec", "algorithm", "name"], spec.algorithm.name))
+        if spec.automl is not None:
+            named += [(["spec", "automl", "candidates", i, "name"], c.name) for i, c in enumerate(spec.automl.candidates)]
+        for path, name in named:
+            need = missing_extra(name)
+            if need is not None:
+                out.append(s.issue(path, f"{s.ref}: algorithm {name!r} needs {need[0]}, which is not installed here",
+                                   f"pip install 'kiln[{need[1]}]', or kiln[all] for every algorithm"))
+    return out
 
 
 def refuse_committed_private_files(config: KilnConfig) -> None:
@@ -169,13 +195,15 @@ class Applied:
 def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, prune: bool = False,
           echo: Callable[[str], None] = print, wait_lock: float = 0.0, command: str = "kiln apply",
           targets: Sequence[str] | None = None, review: Callable[[Any, Any], bool] | None = None,
-          on_event: Listener | None = None, workspace: str | None = None) -> Applied:
+          on_event: Listener | None = None, workspace: str | None = None,
+          write: Callable[[str], None] | None = None) -> Applied:
     """Reconcile the specs under ``path`` (default: all); with ``targets``, only those objects and
     their dependencies (``target_keys``; ``workspace``: ``-w``). ``review(plan, store)``, called under the lock
     between planning and applying, may look at (and mark) what is about to change; returning
     False applies nothing (``kiln controller`` uses it to log drift and skip quiet intervals).
     What apply does goes to ``on_event`` as typed events (``kiln.controller.events``), or, without
-    it, to ``echo`` as the lines ``kiln apply`` prints."""
+    it, to ``echo`` as the lines ``kiln apply`` prints; ``write`` (text without a newline, on a
+    terminal) shows progress as a line rewritten in place (``events.Console``)."""
     specs = load_valid(config, path)  # nothing is touched when the specs are invalid
     # unknown targets fail before the lock is taken
     keys = target_keys(specs, read_records(config), targets, workspace) if targets else None
@@ -200,7 +228,9 @@ def apply(config: KilnConfig, path: str | os.PathLike[str] | None = None, *, pru
         if not go:
             return Applied(p, ApplyResult())
         locking = Locking(config.repo, command, wait=wait_lock)
-        done = Applied(p, apply_plan(p, config, store, on_event or printing(echo), locking, applied_from(config)))
+        done = Applied(p, apply_plan(p, config, store,
+                                       on_event or printing(echo, terminal=write is not None, write=write),
+                                       locking, applied_from(config)))
     finally:
         store.close()
     if config.gc.afterApply:

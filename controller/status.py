@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
 
+from kiln._util.clock import duration
 from kiln._util.suggest import did_you_mean
 from kiln.api import KINDS
 from kiln.config import KilnConfig
@@ -184,13 +185,7 @@ def timings(rec: Any, attempts: list[Any], steps: list[Any]) -> dict[str, Any]:
     return out
 
 
-def _dur(secs: float | None) -> str:
-    if secs is None:
-        return "-"
-    if secs < 60:
-        return f"{secs:.1f}s"
-    m, s = divmod(int(round(secs)), 60)
-    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
+_dur = duration  # one way to write a duration: apply's progress lines use it too
 
 
 def _span_text(sp: dict[str, Any]) -> str:

@@ -141,10 +141,13 @@ def plan(ctx: click.Context, path: str | None, fmt: str, prune: bool, detailed_e
               "depends on); without it such an object is reported busy (exit 3).")
 @click.option("--target", "targets", multiple=True, metavar="KIND/[WORKSPACE/]NAME",
               help="Only this object and what it depends on (workspace, datasets it reads); repeatable.")
+@click.option("--summary/--no-summary", default=True, show_default=True,
+              help="After an apply that did something: what runs where (deployment URLs with a curl, Label "
+              "Studio) and commands to try next.")
 @workspace_option
 @click.pass_context
 def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, targets: tuple[str, ...],
-          workspace: str | None) -> int:
+          summary: bool, workspace: str | None) -> int:
     """Make it so: reconcile every spec. Safe to re-run; unchanged objects are skipped.
 
     Exit 0: all reconciled; 1: something failed; 2: nothing failed but some kinds have no
@@ -155,9 +158,16 @@ def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, t
     --prune, a target whose spec was removed is deleted)."""
     from kiln.controller.project import apply as run
 
+    # on a terminal, progress is one line rewritten in place; piped (CI), plain lines
+    write = (lambda text: click.echo(text, nl=False)) if sys.stdout.isatty() else None
     done = run(_config(ctx), path, prune=prune, echo=click.echo, wait_lock=wait_lock,
-               command=" ".join(["kiln apply", *sys.argv[2:]]), targets=targets, workspace=workspace)
+               command=" ".join(["kiln apply", *sys.argv[2:]]), targets=targets, workspace=workspace, write=write)
     click.echo(done.result.summary())
+    if summary and done.result.actions:  # what runs where now, and what to try (an apply that changed nothing stays short)
+        from kiln.controller.summary import next_steps
+
+        for line in next_steps(_config(ctx)):
+            click.echo(line)
     return done.result.exit_code
 
 

@@ -19,7 +19,9 @@ trials, selection and registration are never the old data's::
                 trial.json          {"id", "number", "candidate", "algorithm" | "command",
                                      "params", "state": RUNNING|COMPLETE|PRUNED|FAIL|SKIPPED|STOPPED (automl: not started,
                                      budget spent | killed fitting when it ran out), "metrics",
-                                     "objective", "steps", "error", "framework", "started", "finished"}
+                                     "objective", "steps", "epoch", "epochs" (of the last
+                                     report; epochs: None where unknown), "error", "framework",
+                                     "started", "finished"}
                 metrics.jsonl       one line per report: {"step", "time", <metric>: value, ...}
                 tensorboard/        event files (``tensorboard --logdir .../trials``)
                 checkpoints/        epoch-NNNN.pt (built-ins) or the script's own; a killed trial

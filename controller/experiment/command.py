@@ -56,8 +56,10 @@ def train_command(ctx: StepContext, spec: ExperimentSpec, trial: Trial, params: 
     follow = Path(env["KILN_METRICS_FILE"])
     follow.unlink(missing_ok=True)  # a re-run reports afresh (its own checkpoints are the script's)
     tensorboardx_without_torch()
-    rep = Reporter(trial, spec.objective, optuna_trial=optuna_trial, keep_checkpoints=spec.checkpoint.keep,
-                   tensorboard=True)
+    # a parameter named epochs is taken for the number of epochs the script reports (time left)
+    epochs = params.get("epochs")
+    rep = Reporter(trial, spec.objective, total=epochs if isinstance(epochs, int) and epochs > 0 else None,
+                   optuna_trial=optuna_trial, keep_checkpoints=spec.checkpoint.keep, tensorboard=True)
     log(f"[{trial.id}] $ {shlex.join(argv)}  (in {cwd})")
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -58,8 +58,9 @@ class Reporter:
         where = f"epoch {step}/{self.total}" if self.total and step else (f"step {step}" if step else "fit")
         obj = self.objective.metric
         log(f"[{self.trial.id}] {where}: {_fmt_metrics(clean, [obj, *self.objective.additionalMetrics])}")
-        self.trial.save(metrics=dict(self.last), steps=self.steps,
-                        objective=self.last.get(obj))
+        # the epoch and how many there are: apply's progress line estimates the time left from them
+        self.trial.save(metrics=dict(self.last), steps=self.steps, objective=self.last.get(obj),
+                        epoch=step or None, epochs=self.total)
         self._prune_checkpoints()
         if self.ot is not None and obj in clean:
             self.ot.report(clean[obj], step or 0)

@@ -29,6 +29,7 @@ __all__ = ["Context", "Handler", "Step", "TemporaryError", "run_key"]
 
 if TYPE_CHECKING:
     from kiln.config import KilnConfig
+    from kiln.controller.events import Shown
     from kiln.loader import LoadedSpec
     from kiln.state import ObjectRecord, StateStore
 
@@ -50,6 +51,9 @@ class Context:
     record: ObjectRecord | None
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    # how far the work has got, while it runs (``events.Shown``): apply turns it into
+    # ``events.Progress``; the default drops it (a handler used outside apply)
+    progress: Callable[[Shown], None] = lambda shown: None
     workspaces: dict[str, Any] = field(default_factory=dict)   # name -> WorkspaceSpec, from the specs
     # followed inputs as resolved for this apply ("<ws>/<dataset>" -> version id, see plan.input_versions)
     inputs: dict[str, str] = field(default_factory=dict)

@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kiln.controller.events import Shown
 from kiln.controller.handlers.base import Context, Step
 from kiln.controller.handlers.workflow import WorkflowHandler
 
@@ -159,6 +160,18 @@ class ExperimentHandler(WorkflowHandler):
 
     def extra(self, ctx: Context) -> dict[str, Any]:
         return self.live_extra(ctx)
+
+    def progress(self, ctx: Context, workflow: dict[str, Any],
+                 live: dict[str, Any]) -> Shown | None:
+        from kiln.controller.experiment.progress import progress
+
+        spec = ctx.spec
+        assert spec is not None
+        d = self._run_dir(ctx)
+        shown = progress(spec.obj.spec, d, live) if d.is_dir() else None
+        if shown is None:  # before the first trial, after the last: the tasks say more
+            return super().progress(ctx, workflow, live)
+        return shown
 
     def inventory_from(self, spec: Any, outputs: dict[str, Any]) -> list[dict[str, Any]]:
 

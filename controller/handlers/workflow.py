@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from kiln.controller.events import Shown
 from kiln.controller.handlers.base import Context, Handler, Step
 from kiln.controller.runner import make_runner, run_workflow
 from kiln.errors import WorkflowError
@@ -36,7 +37,8 @@ class WorkflowHandler(Handler):
             args.setdefault("data_version", ctx.run_key[len(spec.spec_hash) + 1:])
             manifest = render_workflow(ctx.config, spec, workspace=workspace, **args)
             try:
-                wf = run_workflow(ctx.config, manifest, on_progress=lambda p: _mirror(ctx, p, self.live_extra))
+                wf = run_workflow(ctx.config, manifest,
+                                  on_progress=lambda p: _mirror(ctx, p, self.live_extra, self.progress))
             except WorkflowError:
                 detail = _failure_detail(ctx.config, manifest["metadata"]["name"])
                 if detail is None:
@@ -66,6 +68,17 @@ class WorkflowHandler(Handler):
         on progress at most every couple of seconds)."""
         return {}
 
+    def progress(self, ctx: Context, workflow: dict[str, Any],
+                 live: dict[str, Any]) -> Shown | None:
+        """What apply shows while the workflow runs (``Context.progress``): by default the tasks running and how many are done, from the workflow's summary
+        (``runner.summarize``); ``live``: what ``live_extra`` just returned. None: nothing to show."""
+        tasks = workflow.get("tasks") or {}
+        running = sorted(t for t, phase in tasks.items() if phase == "Running")
+        if not running:
+            return None
+        done = sum(phase in ("Succeeded", "Skipped", "Omitted") for phase in tasks.values())
+        return Shown(f"running {', '.join(running)} ({done} task{'s' if done != 1 else ''} done)", stage="tasks")
+
     def delete(self, ctx: Context) -> list[str]:
         assert ctx.record is not None
         done = []
@@ -81,7 +94,9 @@ class WorkflowHandler(Handler):
 _LIVE_EVERY = 2.0
 
 
-def _mirror(ctx: Context, progress: dict[str, Any], live: Any = None) -> None:
+def _mirror(ctx: Context, progress: dict[str, Any], live: Any = None, report: Any = None) -> None:
+    """Mirror the workflow's progress into the record; every ``_LIVE_EVERY`` seconds also the
+    kind's live status (``live``) and what apply shows of it (``report``: ``progress``)."""
     if ctx.record is None:
         return
     extra = {**ctx.record.extra, "workflow": progress}
@@ -89,7 +104,11 @@ def _mirror(ctx: Context, progress: dict[str, Any], live: Any = None) -> None:
     if live is not None and now - getattr(ctx, "_live_at", 0.0) >= _LIVE_EVERY:
         ctx._live_at = now  # type: ignore[attr-defined]
         try:
-            extra.update(live(ctx))
+            status = live(ctx)
+            extra.update(status)
+            shown = report(ctx, progress, status) if report is not None and progress.get("phase") == "Running" else None
+            if shown is not None:
+                ctx.progress(shown)
         except Exception:  # noqa: BLE001 - live status is a courtesy; never fail the run for it
             pass
     ctx.record = replace(ctx.record, extra=extra)

@@ -30,3 +30,25 @@ def utcnow_seconds() -> str:
     if cached[0] != sec:
         cached = _SECONDS_CACHE = (sec, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec)))
     return cached[1]
+
+
+def parse_utc(text: str | None) -> float | None:
+    """A timestamp as kiln or Argo writes it (either precision, ``Z`` or an offset) -> seconds since
+    the epoch; None for an empty or unreadable one (a record written by hand, a missing field)."""
+    if not text:
+        return None
+    try:
+        when = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=_dt.UTC)).timestamp()
+
+
+def duration(secs: float | None) -> str:
+    """``4.2s``, ``2m10s``, ``1h05m``: how long something took or is left, for people."""
+    if secs is None:
+        return "-"
+    if secs < 60:
+        return f"{secs:.1f}s"
+    m, s = divmod(int(round(secs)), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"

@@ -4,6 +4,8 @@
 housekeeper at most every ``flush_interval`` seconds while nodes change, and at the end; every
 node that reaches a final phase is first appended to the journal (:mod:`.journal`). Stop
 requests go through the run folder's ``stop`` file, polled every 0.1 s by the housekeeper.
+The listener (``on_update``) hears of every write, and every ``HEARTBEAT`` seconds while nothing
+changes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from kiln.runners.local.admission import Tokens
 from kiln.runners.local.common import DONE, FAILED, Stopped, fnv32a, parse_duration
 from kiln.runners.local.journal import POD_MARKER, Journal, PodList
 from kiln.runners.local.pod import SITECUSTOMIZE, kill_group
+
+# a quiet run (one long task) still reports to its listener this often (``on_update``), without
+# writing workflow.json: apply's progress lines read the training's own files meanwhile
+HEARTBEAT = 2.0
 
 if TYPE_CHECKING:
     from kiln.runners.local.runner import LocalRunner
@@ -229,6 +235,14 @@ class RunState:
                 try:
                     self.flush()
                 except Exception:  # pragma: no cover - a full disk must not kill the run
+                    pass
+                last_flush = time.monotonic()
+            elif not dirty and self.on_update is not None and now >= last_flush + HEARTBEAT:
+                # nothing changed for a while (one long training task): the listener still hears
+                # from the run, so that apply can show how far the training has got
+                try:
+                    self.on_update(json.loads(self.snapshot()))
+                except Exception:  # pragma: no cover - a listener's error must not kill the run
                     pass
                 last_flush = time.monotonic()
             until = min(next_check, last_flush + interval) if dirty else next_check
