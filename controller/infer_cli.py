@@ -202,12 +202,15 @@ def _train_data(repo: Path, root: Path, label: str | None, task: str) -> tuple[A
     (``label``: its label column, ``dataset_label``; None: the CSV reader's default; ``task``:
     the model's, which picks the reading of a layout that holds several, e.g. COCO)."""
     from kiln.controller.experiment.data import load_train_data  # builds the dataset models (0.3 s)
-    from kiln.data.formats import detect_format
+    from kiln.data.formats import FORMATS, detect_format
 
     fmt = detect_format(root)
     tabular = fmt == "csv"
+    # a layout that cannot hold the model's task (captured images in a folder, for a detector)
+    # is read as it reads itself: predicting needs its images, not its labels
+    image_task = task if task in FORMATS[fmt].tasks else None
     data_info = {"path": str(root.relative_to(repo)) if root.is_relative_to(repo) else str(root), "format": fmt,
-                 "type": "tabular" if tabular else "image", "task": "tabular" if tabular else task,
+                 "type": "tabular" if tabular else "image", "task": "tabular" if tabular else image_task,
                  "label": label}
     if not root.is_relative_to(repo):
         data_info["path"] = str(root)
@@ -291,16 +294,6 @@ def prediction_content(task: str, root: Path, keys: list[Any], preds: list[Any],
     return DatasetContent(task=task, root=root, format=None, items=items, categories=dict(zip(ids, names)))
 
 
-def _current_content(folder: Path, task: str | None) -> Any:
-    """The dataset's checked-out version, read as ``task`` where its format holds it (a COCO folder
-    holds boxes and instance masks alike); otherwise as its format reads it, so a mismatch is
-    reported by ``merge_contents`` with the two tasks named."""
-    from kiln.data.formats import FORMATS, detect_format, load
-
-    fmt = detect_format(folder)
-    return load(folder, fmt, task if task in FORMATS[fmt].tasks else None, verify=False)
-
-
 def _as_version(cfg: Any, ws: str, new: str, root: Path, td: Any, keys: list[Any], preds: list[Any],
                 tabular: bool, algo: Any, meta: dict[str, Any], *, replace: bool, split: str | None,
                 source: dict[str, str]) -> str:
@@ -309,7 +302,7 @@ def _as_version(cfg: Any, ws: str, new: str, root: Path, td: Any, keys: list[Any
     from kiln.controller.dataset_steps import data_rel, write_version
     from kiln.data.formats import export as export_format
     from kiln.data.formats import load
-    from kiln.data.merge import merge_contents, merge_tables, output_format
+    from kiln.data.merge import load_as, merge_contents, merge_tables, output_format
     from kiln.data.versioning import DatasetRepo
 
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", new):
@@ -322,7 +315,7 @@ def _as_version(cfg: Any, ws: str, new: str, root: Path, td: Any, keys: list[Any
                                "derivedFrom": source, "items": len(keys)}
     with tempfile.TemporaryDirectory(dir=cfg.kiln_dir()) as tmp:
         stage = Path(tmp) / new
-        base = _current_content(repo / rel, None if tabular else algo.task) if current and not replace else None
+        base = load_as(repo / rel, None if tabular else algo.task) if current and not replace else None
         if tabular:
             frame = td.content.table.frame.loc[keys].copy()
             label = td.content.table.label or "prediction"

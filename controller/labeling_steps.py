@@ -67,7 +67,7 @@ from kiln.controller.handlers.base import TemporaryError
 from kiln.controller.steps import StepContext, workspace_dir
 from kiln.data import load
 from kiln.data.formats import export as export_format
-from kiln.data.merge import merge_contents, output_format
+from kiln.data.merge import load_as, merge_contents, output_format
 from kiln.data.versioning import DatasetRepo
 from kiln.errors import ConfigError, KilnError, NotFound
 from kiln.labeling import assignment, server
@@ -419,7 +419,7 @@ def load_predictor(model: ResolvedModel) -> Predictor:
 
 
 def deployment_predictor(config: KilnConfig, ws: str, name: str, task: str) -> tuple[ResolvedModel, Predictor]:
-    """The model a running Deployment serves, and a predictor that asks the deployment: images
+    """The model a Deployment serves (its ``server.json``), and a predictor that asks it: images
     as EasyMaker instances (base64), 16 per request, under a token made for the run and dropped
     after it (never written anywhere), marked so that capture skips them (they are no user
     input). The answers, in the serving contract, are brought back to the algorithms' shape."""
@@ -430,8 +430,8 @@ def deployment_predictor(config: KilnConfig, ws: str, name: str, task: str) -> t
     from kiln.controller.deployment_steps import deployment_home, post, ready
 
     info = read_json(deployment_home(config, ws, name) / "server.json")
-    if not info or not ready(info["url"]):
-        raise TemporaryError(f"preAnnotation.deployment {name!r}: Deployment {ws}/{name} is not serving",
+    if not info:
+        raise TemporaryError(f"preAnnotation.deployment {name!r}: Deployment {ws}/{name} has no server",
                              hint="apply the Deployment (kiln apply); the job pre-annotates once it answers")
     reg = Registry(default_home(config.repo))
     model = ResolvedModel(str(info["model"]), int(info["version"]), reg.path(str(info["model"]), int(info["version"])))
@@ -441,6 +441,9 @@ def deployment_predictor(config: KilnConfig, ws: str, name: str, task: str) -> t
     def predict(paths: list[Path]) -> list[Any]:
         import base64
 
+        if not ready(info["url"]):
+            raise TemporaryError(f"preAnnotation.deployment {name!r}: Deployment {ws}/{name} does not answer "
+                                 f"at {info['url']}", hint="check it with `kiln status`; the next apply retries")
         store = TokenStore(default_token_file(config.repo))
         token = store.create(f"{ws}/{name}", "kiln pre-annotation")
         out: list[Any] = []
@@ -820,7 +823,7 @@ def labeling_export(ctx: StepContext) -> dict[str, Any]:
     shutil.rmtree(union, ignore_errors=True)
     if added_to is not None:  # labels for another dataset: its next version adds them (kiln.data.merge)
 
-        current = load(ctx.config.repo / "data" / out_ws / out_name, verify=False)
+        current = load_as(ctx.config.repo / "data" / out_ws / out_name, spec.task)
         fmt = current.format or fmt
         content = merge_contents(current, content, union)
     # a staging folder: a crash leaves a partial one, which the next try removes first

@@ -75,6 +75,18 @@ DEFAULT_FORMATS: dict[str, str] = {"classification": "image-folder", "detection"
                                    "tabular": "csv"}
 
 
+def load_as(folder: Path, task: str | None) -> DatasetContent:
+    """The dataset at ``folder``, read as ``task`` where its format holds it: a COCO folder with
+    polygons reads as instance segmentation unless told, and labelled boxes are added to it as
+    detection. Otherwise as its format reads it, so that ``merge_contents`` names both tasks in
+    its refusal."""
+    from kiln.data.formats import FORMATS, detect_format, load
+    from kiln.data.model import normalize_task
+
+    fmt, t = detect_format(folder), normalize_task(task)
+    return load(folder, fmt, t if t in FORMATS[fmt].tasks else None, verify=False)
+
+
 def output_format(task: str, input_format: str | None) -> str:
     """The source's format when it can hold ``task`` (a COCO source stays COCO), else the task's default."""
     from kiln.data.formats import FORMATS
