@@ -3,8 +3,9 @@
 A real repository (git + DVC, the local runner): Dataset ``imgs`` (drawn circles and squares)
 gets a v2 of 24 images, an Experiment trains resnet18 one tiny epoch on Dataset ``fresh`` and
 registers ``shapes``, and ``kiln infer shapes fresh --as-version imgs`` writes imgs v3 = v2's 24
-images + the 12 predicted ones; ``kiln data diff`` shows additions only. ``--replace`` is the explicit way
-to make a version of the predictions alone.
+images + the 12 predicted ones; ``kiln data diff`` shows additions only; a later version made
+from the source keeps them. ``--replace`` is the explicit way to make a version of the
+predictions alone.
 """
 
 from __future__ import annotations
@@ -101,16 +102,25 @@ def test_as_version_onto_an_existing_dataset_adds_the_items(repo: Path, tmp_path
     assert len(diff["added"]) == 12 and diff["removed"] == [] and diff["changed"] == [], diff
     assert all(d["to"] >= d["from"] for d in diff["classes"].values()), diff
 
+    # the source gets 6 more images: the next version from the source keeps the 12 added ones
+    draw(repo / "raw/imgs", 3, seed=4)
+    kiln("apply", cwd=repo, check=True, timeout=300)
+    v4 = versions(repo, "imgs")["versions"][3]
+    assert v4["files"] == 42 and v4["lineage"]["carried"]["from"] == v3["id"], v4["lineage"]
+    assert v4["lineage"]["carried"]["items"] == 12
+    diff = json.loads(kiln("data", "diff", "imgs", "v3", "v4", "-o", "json", cwd=repo, check=True).stdout)
+    assert len(diff["added"]) == 6 and diff["removed"] == [] and diff["changed"] == [], diff
+
     # --replace: the explicit way to drop the current items
     p = kiln("infer", "shapes", "fresh", "--out", str(tmp_path / "pred2"), "--as-version", "imgs", "--replace",
              cwd=repo, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "12 item(s), replacing v3" in p.stdout, p.stdout
-    v4 = versions(repo, "imgs")["versions"][-1]
-    assert v4["files"] == 12 and v4["lineage"]["replaced"] == v3["id"]
-    diff = json.loads(kiln("data", "diff", "imgs", "v3", "v4", "-o", "json", cwd=repo, check=True).stdout)
-    assert not [f for f in diff["added"] if "/s1-" in f or "/s2-" in f], diff  # no imgs v2 item is left
-    assert len(diff["removed"]) >= 24, diff
+    assert "12 item(s), replacing v4" in p.stdout, p.stdout
+    v5 = versions(repo, "imgs")["versions"][-1]
+    assert v5["files"] == 12 and v5["lineage"]["replaced"] == v4["id"]
+    diff = json.loads(kiln("data", "diff", "imgs", "v4", "v5", "-o", "json", cwd=repo, check=True).stdout)
+    assert not [f for f in diff["added"] if "/s1-" in f or "/s2-" in f or "/s4-" in f], diff  # no source item left
+    assert len(diff["removed"]) >= 30, diff
 
 
 def test_replace_without_as_version_is_refused(tmp_path: Path) -> None:

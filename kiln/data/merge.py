@@ -126,3 +126,32 @@ def merge_tables(base: DatasetContent, new_frame: Any, stage: Path, *, split: st
         items = dict(manifest["items"])
         items.update({str(i): split for i in range(len(old), len(union))})
         write_dataset_json(stage / ".kiln" / "splits.json", {**manifest, "items": items})
+
+
+def added_paths(dr: Any, rel: str, vid: str | None) -> list[str]:
+    """The item files of version ``vid`` that no version made from the dataset's source holds:
+    what additive versions (lineage ``addedTo``: a LabelingJob's labels, ``kiln infer
+    --as-version``) put in, and what a source version carried over (lineage ``carried.paths``).
+    Additions keep their names in later versions (the exporters name the current items first)."""
+    if vid is None:
+        return []
+    by_id = {v.id: v for v in dr.versions(rel)}
+    v = by_id.get(vid)
+    lineage = (v.lineage or {}) if v is not None else {}
+    if lineage.get("addedTo") and lineage.get("parent") in by_id:
+        parent = lineage["parent"]
+        return sorted(set(added_paths(dr, rel, parent)) | set(dr.diff(rel, parent, vid).added))
+    return list((lineage.get("carried") or {}).get("paths") or [])
+
+
+def carry_additions(source: DatasetContent, current: DatasetContent, paths: list[str],
+                    union_root: Path) -> DatasetContent | None:
+    """``source`` (a new version made from the dataset's source) plus the items of ``current``
+    at ``paths`` (``added_paths``) that the source does not hold itself; None when there are none.
+    Why: a new source version must not drop what labelling or inference added to the dataset."""
+    have = {it.path for it in source.items}
+    wanted = set(paths)
+    extra = [it for it in current.items if it.path in wanted and it.path not in have]
+    if not extra:
+        return None
+    return merge_contents(source, current.model_copy(update={"items": extra}), union_root)
