@@ -703,11 +703,46 @@ def dataset_version(ctx: StepContext) -> dict[str, Any]:
     fitted = (read_json(final / ".kiln" / "lineage.json") or {}).get("fittedOn")
     if fitted:  # which rows the version's fitted preprocessing learnt from
         lineage["fittedOn"] = fitted
+    carried = _carry_additions(ctx, spec, content)
+    if carried is not None:  # what labelling or inference added stays in the dataset
+        final, content, lineage["carried"] = carried
     out = write_version(ctx.config, ws, name, final, content, lineage, push=spec.versioning.push,
                         remote=spec.versioning.remote, commit=spec.versioning.commit)
     # the staging copies are no longer needed; a later memoized run rebuilds what it lacks
     shutil.rmtree(dataset_home(ctx.config, ws, name) / "staging", ignore_errors=True)
+    shutil.rmtree(dataset_home(ctx.config, ws, name) / "carry", ignore_errors=True)
     return out
+
+
+def _carry_additions(ctx: StepContext, spec: DatasetSpec,
+                     content: DatasetContent) -> tuple[Path, DatasetContent, dict[str, Any]] | None:
+    """The new source version plus the items the current version holds that labelling or
+    ``kiln infer --as-version`` added (``kiln.data.merge.added_paths``), written to a staging
+    folder: (folder, its content, the lineage's ``carried`` entry); None when there are none.
+    Tables are not carried: added rows would bypass the version's fitted preprocessing."""
+    from kiln.data.merge import added_paths, carry_additions, load_as
+
+    if content.table is not None:
+        return None
+    rel = data_rel(ctx.workspace, ctx.name)
+    folder = ctx.config.repo / rel
+    dr = DatasetRepo(ctx.config.repo, remote_url=ctx.config.dvc.remote)
+    current = dr.current(rel) if folder.is_dir() else None
+    paths = added_paths(dr, rel, current)
+    if not paths:
+        return None
+    home = dataset_home(ctx.config, ctx.workspace, ctx.name)
+    union, stage = home / "carry-union", home / "carry"
+    for d in (union, stage):
+        shutil.rmtree(d, ignore_errors=True)
+    merged = carry_additions(content, load_as(folder, content.task), paths, union)
+    if merged is None:
+        return None
+    written = export(merged, stage, content.format)
+    shutil.rmtree(union, ignore_errors=True)
+    mine = {it.path for it in content.items}
+    kept = sorted(it.path for it in written.items if it.path not in mine)
+    return stage, written, {"from": current, "items": len(kept), "paths": kept}
 
 
 def check_table(table: Any, spec: DatasetSpec, shown: str) -> None:

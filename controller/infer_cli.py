@@ -8,6 +8,10 @@ Output (``--out``, default ``.kiln/predictions/<model>-v<N>/<dataset>-<version i
                          "prediction": [{"score": 0.98, "label": "3"}, ...]   (classification,
                                                                               best first, top 5)
                                       | 12.7                                 (regression)
+                                      | [{"label", "category_id", "score",    (detection; instance
+                                          "box": [x1, y1, x2, y2],             segmentation adds
+                                          "mask": <COCO RLE>}, ...]            "mask")
+                                      | [[<category id per pixel>, ...], ...] (semantic segmentation)
                                       | <cluster id / components>}
     summary.json        {"model", "version", "dataset", "datasetVersion", "items", "seconds"}
 
@@ -15,9 +19,13 @@ Tables: the label column is the one ``dataset_label`` names (as for training and
 export``); raw rows get the model's own copy of its training data's fitted preprocessing, as
 serving applies it, so batch and online predictions agree.
 
-``--as-version NEW`` also writes the items with their predicted labels as a new version of
-dataset ``NEW`` (``data/<ws>/NEW``, DVC-versioned like any dataset): images as class folders,
-tables as a CSV whose label column holds the predictions.
+``--as-version NEW`` also writes the items with their predictions as a new version of dataset
+``NEW`` (``data/<ws>/NEW``, DVC-versioned like any dataset, through ``dataset_steps.write_version``)
+in the model's task: classification as labels, detection as boxes, instance segmentation as
+boxes with masks, semantic segmentation as mask PNGs, tables as a CSV whose label column holds
+the predictions. Onto an existing dataset the new version *adds* them to its current items
+(``kiln.data.merge``; to ``train``, or the ``--split`` given, when it is split); ``--replace``
+makes a version of the predictions alone.
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -97,16 +104,23 @@ def _predict_batch(algo: Any, model: Any, batch: Any) -> list[Any]:
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Output folder.")
 @click.option("--as-version", "as_version", default=None, metavar="NEW_DATASET",
               help="Also write the predicted labels as a new version of dataset NEW_DATASET.")
-@click.option("--split", default=None, help="Only items of this split (train, validation, test).")
+@click.option("--split", default=None,
+              help="Only items of this split (train, validation, test); with --as-version onto a split dataset, "
+                   "the split the new items join (default train).")
+@click.option("--replace", is_flag=True, default=False,
+              help="With --as-version onto an existing dataset: the new version holds the predictions only "
+                   "(default: they are added to its current items).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("-w", "--workspace", default=None, help="The dataset's workspace.")
 @click.pass_context
 def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None, as_version: str | None,
-          split: str | None, batch_size: int, workspace: str | None) -> int:
+          split: str | None, replace: bool, batch_size: int, workspace: str | None) -> int:
     """Predict every item of a dataset version with a registered model."""
     from kiln.controller.dataset_steps import data_rel, dataset_label
     from kiln.data.versioning import DatasetRepo
 
+    if replace and not as_version:
+        raise ConfigError("--replace applies to --as-version only", hint="add --as-version NEW_DATASET")
     cfg = load_config((ctx.find_root().obj or {}).get("repo") or ".")
     repo = cfg.repo
     ws, ds, dver = parse_dataset_ref(dataset_ref, repo, workspace)
@@ -118,7 +132,7 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
     with tempfile.TemporaryDirectory(dir=cfg.kiln_dir()) as tmp:
         root = Path(tmp) / "data"
         dr.materialize(rel, dv.id, root)
-        td, tabular = _train_data(repo, root, dataset_label(cfg, ws, ds, dv.lineage))
+        td, tabular = _train_data(repo, root, dataset_label(cfg, ws, ds, dv.lineage), algo.task)
         pipeline = _model_transform(mdir, root, f"{name} v{v}", f"{ws}/{ds} v{dr.number(rel, dv.id)}") if tabular else None
         keys, splits, batches = _batches(td, tabular, split, batch_size)
         if not keys:
@@ -135,8 +149,10 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         click.echo(f"{len(keys)} predictions -> {out_dir / 'predictions.jsonl'}")
         if as_version:
-            nv = _as_version(dr, repo, ws, as_version, root, td, keys, preds, tabular, algo)
+            nv = _as_version(cfg, ws, as_version, root, td, keys, preds, tabular, algo, model.meta, replace=replace,
+                             split=split, source={"dataset": f"{ws}/{ds}", "version": dv.id})
             click.echo(f"dataset {ws}/{as_version} {nv}")
+
     return 0
 
 
@@ -181,16 +197,20 @@ def _model_transform(model_dir: Path, root: Path, model: str, dataset: str) -> A
                          "or on raw rows (a dataset without preprocessing): kiln applies the model's own fit to them")
 
 
-def _train_data(repo: Path, root: Path, label: str | None) -> tuple[Any, bool]:
+def _train_data(repo: Path, root: Path, label: str | None, task: str) -> tuple[Any, bool]:
     """The materialised dataset at ``root`` as the algorithms read it, and whether it is a table
-    (``label``: its label column, ``dataset_label``; None: the CSV reader's default)."""
+    (``label``: its label column, ``dataset_label``; None: the CSV reader's default; ``task``:
+    the model's, which picks the reading of a layout that holds several, e.g. COCO)."""
     from kiln.controller.experiment.data import load_train_data  # builds the dataset models (0.3 s)
-    from kiln.data.formats import detect_format
+    from kiln.data.formats import FORMATS, detect_format
 
     fmt = detect_format(root)
     tabular = fmt == "csv"
+    # a layout that cannot hold the model's task (captured images in a folder, for a detector)
+    # is read as it reads itself: predicting needs its images, not its labels
+    image_task = task if task in FORMATS[fmt].tasks else None
     data_info = {"path": str(root.relative_to(repo)) if root.is_relative_to(repo) else str(root), "format": fmt,
-                 "type": "tabular" if tabular else "image", "task": "tabular" if tabular else "classification",
+                 "type": "tabular" if tabular else "image", "task": "tabular" if tabular else image_task,
                  "label": label}
     if not root.is_relative_to(repo):
         data_info["path"] = str(root)
@@ -215,7 +235,7 @@ def _write_predictions(out_dir: Path, keys: list[Any], splits: list[Any], preds:
     tmp_out = out_dir / ".predictions.jsonl.tmp"
     with open(tmp_out, "w") as f:
         for k, s, p in zip(keys, splits, preds):
-            f.write(json.dumps({"item": k, "split": s, "prediction": p}) + "\n")
+            f.write(json.dumps({"item": k, "split": s, "prediction": jsonable(p)}) + "\n")
     os.replace(tmp_out, out_dir / "predictions.jsonl")
 
 
@@ -223,36 +243,108 @@ def _top_label(p: Any) -> Any:
     return p[0]["label"] if isinstance(p, list) and p and isinstance(p[0], dict) else p
 
 
-def _as_version(dr: Any, repo: Path, ws: str, new: str, root: Path, td: Any, keys: list[Any], preds: list[Any],
-                tabular: bool, algo: Any) -> str:
-    from kiln.controller.dataset_steps import _replace_tree, data_rel
+def jsonable(p: Any) -> Any:
+    """A prediction as JSON holds it: numpy arrays (a semantic mask of category ids) and numpy
+    scalars become lists and numbers, the shape EasyMaker's responses use."""
+    if hasattr(p, "tolist"):
+        return p.tolist()
+    if isinstance(p, dict):
+        return {k: jsonable(v) for k, v in p.items()}
+    if isinstance(p, (list, tuple)):
+        return [jsonable(v) for v in p]
+    return p
+
+
+def prediction_content(task: str, root: Path, keys: list[Any], preds: list[Any], meta: dict[str, Any],
+                       mask_dir: Path, split: str | None) -> Any:
+    """The predictions as a dataset of the model's task (``kiln.data.model``), item paths under
+    ``root``: classification -> labels, detection -> boxes, instance segmentation -> boxes with
+    their RLE masks, semantic segmentation -> a mask PNG of category ids per image (written to
+    ``mask_dir``). Categories are the model's, so merging onto its training data matches them."""
+    import numpy as np
+    from PIL import Image
+
+    from kiln.data.model import Annotation, DatasetContent, Item
+
+    names = [str(c) for c in meta["classes"]]
+    ids = [int(i) for i in meta.get("category_ids") or range(len(names))]
+    by_name = dict(zip(names, ids))
+    items = []
+    for k, p in zip(keys, preds):
+        it = Item(path=str(k), split=split)
+        if task == "classification":
+            it.label = str(_top_label(p))
+        elif task in ("detection", "instance-segmentation"):
+            for d in p:
+                x1, y1, x2, y2 = (float(v) for v in d["box"])
+                cid = int(d["category_id"]) if "category_id" in d else by_name[str(d["label"])]
+                it.annotations.append(Annotation(category_id=cid, bbox=[x1, y1, x2 - x1, y2 - y1],
+                                                 rle=d.get("mask") if task == "instance-segmentation" else None))
+        elif task == "semantic-segmentation":
+            arr = np.asarray(p)
+            out = mask_dir / (Path(str(k)).with_suffix("").as_posix().replace("/", "__") + ".png")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            # category ids as pixel values: 8 bits when they fit, as the segmentation formats read them
+            Image.fromarray(arr.astype(np.uint8 if arr.max(initial=0) < 256 else np.int32)).save(out, format="PNG")
+            it.mask = os.path.relpath(out, root)
+        else:
+            raise KilnError(f"--as-version: {task} predictions cannot become a dataset version",
+                            hint="--as-version writes classification, detection, segmentation and tabular datasets")
+        items.append(it)
+    return DatasetContent(task=task, root=root, format=None, items=items, categories=dict(zip(ids, names)))
+
+
+def _as_version(cfg: Any, ws: str, new: str, root: Path, td: Any, keys: list[Any], preds: list[Any],
+                tabular: bool, algo: Any, meta: dict[str, Any], *, replace: bool, split: str | None,
+                source: dict[str, str]) -> str:
+    """Write the predictions as the next version of dataset ``new``: added to its current items
+    (to ``split``, default ``train``, when it is split), or, with ``replace``, instead of them."""
+    from kiln.controller.dataset_steps import data_rel, write_version
+    from kiln.data.formats import export as export_format
+    from kiln.data.formats import load
+    from kiln.data.merge import load_as, merge_contents, merge_tables, output_format
+    from kiln.data.versioning import DatasetRepo
 
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", new):
         raise ConfigError(f"--as-version {new!r} is not a valid dataset name", hint="lower-case letters, digits, '-'")
+    repo = cfg.repo
     rel = data_rel(ws, new)
-    with tempfile.TemporaryDirectory(dir=repo / ".kiln") as tmp:
+    dr = DatasetRepo(repo, remote_url=cfg.dvc.remote)
+    current = dr.current(rel) if (repo / rel).is_dir() else None
+    lineage: dict[str, Any] = {"source": f"kiln infer ({algo.name})", "predictedBy": algo.name,
+                               "derivedFrom": source, "items": len(keys)}
+    with tempfile.TemporaryDirectory(dir=cfg.kiln_dir()) as tmp:
         stage = Path(tmp) / new
+        base = load_as(repo / rel, None if tabular else algo.task) if current and not replace else None
         if tabular:
             frame = td.content.table.frame.loc[keys].copy()
             label = td.content.table.label or "prediction"
             frame[label] = [_top_label(p) for p in preds]
-            stage.mkdir(parents=True)
-            frame.to_csv(stage / "data.csv", index=False)
+            if base is not None:
+                if base.table is None:
+                    raise KilnError(f"--as-version {new}: dataset {ws}/{new} holds {base.task} items, not table rows",
+                                    hint="name another dataset, or replace this one with --replace")
+                merge_tables(base, frame, stage, split=split or "train")
+            else:
+                stage.mkdir(parents=True)
+                frame.to_csv(stage / "data.csv", index=False)
+            # the label stays where the source had it: say which column it is (dataset_label), and
+            # count classes and type columns on it rather than on the last column
+            lineage["label"] = label
+            written = load(stage, "csv", label=label)
         else:
-            for k, p in zip(keys, preds):
-                src = td.content.abspath(k)
-                dst = stage / str(_top_label(p)) / Path(k).name
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
-        _replace_tree(stage, repo / rel)
-    lineage: dict[str, Any] = {"predictedBy": f"{algo.name}", "items": len(keys)}
-    content = None
-    if tabular:
-        from kiln.data.formats import load
-
-        # the label stays where the source had it: say which column it is (dataset_label), and
-        # count classes and type columns on it rather than on the last column
-        lineage["label"] = label
-        content = load(repo / rel, "csv", label=label)
-    v = dr.add_version(rel, content=content, lineage=lineage)
-    return f"v{dr.number(rel, v.id)} ({v.id[:12]})"
+            content = prediction_content(algo.task, root, keys, preds, meta, Path(tmp) / "masks", None)
+            fmt = output_format(content.task, td.content.format)
+            if base is not None:
+                fmt = base.format or fmt
+                content = merge_contents(base, content, Path(tmp) / "union", split=split or "train")
+            written = export_format(content, stage, fmt)
+        if base is not None:
+            lineage["addedTo"] = {"dataset": f"{ws}/{new}", "version": current, "items": len(keys)}
+        elif current:
+            lineage["replaced"] = current
+        out = write_version(cfg, ws, new, stage, written, lineage,
+                            message=f"kiln: dataset {ws}/{new} from kiln infer")
+    how = "added to" if base is not None else "replacing" if current else "new dataset"
+    prev = f" v{dr.number(rel, current)}" if current else ""
+    return f"v{out['number']} ({out['version'][:12]}): {len(keys)} item(s), {how}{prev}"

@@ -9,8 +9,11 @@ while people label: every apply of an unfinished job re-runs them.
   ``kiln.dev/id`` marker, label config from ``spec.labels``); classes renamed in the spec
   (``renamedFrom``) or by hand in Label Studio (drift, restored to the spec) are rewritten in the
   existing annotations and predictions, so no annotation is lost.
-- pre-annotate: predictions of a registered model for the items not yet in the project (cached
-  per model version in the job's folder); an item scoring below ``threshold`` stays unlabelled.
+- pre-annotate: predictions of a registered model, or of the running Deployment named by
+  ``preAnnotation.deployment`` (asked over HTTP), for the items not yet in the project (cached per
+  model version in the job's folder), for every image task (``PREDICTION_MAPPERS``): choices,
+  boxes, polygons (instance masks traced), brush masks; an item scoring below ``threshold`` stays
+  unlabelled.
 - import: the dataset version's files exported (hard links) into the server's document root, a
   local-files storage over them (a storage kiln made elsewhere, e.g. in the repository before
   #20, is re-pointed), then only the new items, split among the annotators
@@ -57,7 +60,6 @@ from typing import TYPE_CHECKING, Any
 from kiln._util.fs import write_json_atomic
 from kiln.algorithms.base import read_meta
 from kiln.algorithms.registry import get_algorithm
-from kiln.api.dataset import FORMAT_TASKS
 from kiln.api.experiment import from_experiment
 from kiln.api.labeling import LabelingJob, LabelingJobSpec
 from kiln.controller.dataset_steps import data_rel, write_version
@@ -65,11 +67,20 @@ from kiln.controller.handlers.base import TemporaryError
 from kiln.controller.steps import StepContext, workspace_dir
 from kiln.data import load
 from kiln.data.formats import export as export_format
-from kiln.data.merge import merge_contents
+from kiln.data.merge import load_as, merge_contents, output_format
 from kiln.data.versioning import DatasetRepo
 from kiln.errors import ConfigError, KilnError, NotFound
 from kiln.labeling import assignment, server
-from kiln.labeling.client import ImportItem, LabelingClient, LabelStudioUnavailable, Prediction, box_region, choice_region
+from kiln.labeling.client import (
+    ImportItem,
+    LabelingClient,
+    LabelStudioUnavailable,
+    Prediction,
+    box_region,
+    brush_region,
+    choice_region,
+    polygon_region,
+)
 from kiln.labeling.export import DELETED_FIELD, KEY_FIELD, completion, to_content
 
 if TYPE_CHECKING:
@@ -378,16 +389,102 @@ def resolve_model(config: KilnConfig, ref: Any, job_ws: str) -> ResolvedModel:
                                         hint="pip install 'kiln[serve]'") from None
 
 
-def load_predictor(model: ResolvedModel) -> Callable[[list[Path]], list[Any]]:
-    """``paths -> outputs`` of the model's ``kiln.algorithms`` predict (the saved model folder's
-    ``meta.json`` names the algorithm)."""
+@dataclass
+class Predictor:
+    """``predict(paths)`` gives one output per image in the shape ``kiln.algorithms`` predict
+    gives it (module doc of ``kiln.algorithms.detection``), whatever answers: a registered model
+    loaded here, or a running Deployment whose answers are brought back to that shape
+    (``deployment_predictor``). ``categories`` (category id -> class name) reads the ids of a
+    semantic mask."""
+
+    predict: Callable[[list[Path]], list[Any]]
+    categories: dict[int, str]
+
+
+def _categories(meta: dict[str, Any]) -> dict[int, str]:
+    names = [str(c) for c in meta.get("classes") or []]
+    return dict(zip([int(i) for i in meta.get("category_ids") or range(len(names))], names))
+
+
+def load_predictor(model: ResolvedModel) -> Predictor:
+    """The model's ``kiln.algorithms`` predict (the saved model folder's ``meta.json`` names the
+    algorithm)."""
 
     # an experiment registers the serving package (e.g. ONNX) with the native model beside it
     path = model.path if (model.path / "meta.json").is_file() else model.path / "kiln-model"
     meta = read_meta(path)
     algo = get_algorithm(meta["algorithm"])
     trained = algo.load(path)
-    return lambda paths: algo.predict(trained, [str(p) for p in paths])
+    return Predictor(lambda paths: algo.predict(trained, [str(p) for p in paths]), _categories(meta))
+
+
+def deployment_predictor(config: KilnConfig, ws: str, name: str, task: str) -> tuple[ResolvedModel, Predictor]:
+    """The model a Deployment serves (its ``server.json``), and a predictor that asks it: images
+    as EasyMaker instances (base64), 16 per request, under a token made for the run and dropped
+    after it (never written anywhere), marked so that capture skips them (they are no user
+    input). The answers, in the serving contract, are brought back to the algorithms' shape."""
+    from kiln._util.fs import read_json
+    from kiln.bento.auth import TokenStore, default_token_file
+    from kiln.bento.capture import NO_CAPTURE_HEADER
+    from kiln.bento.registry import Registry, default_home
+    from kiln.controller.deployment_steps import deployment_home, post, ready
+
+    info = read_json(deployment_home(config, ws, name) / "server.json")
+    if not info:
+        raise TemporaryError(f"preAnnotation.deployment {name!r}: Deployment {ws}/{name} has no server",
+                             hint="apply the Deployment (kiln apply); the job pre-annotates once it answers")
+    reg = Registry(default_home(config.repo))
+    model = ResolvedModel(str(info["model"]), int(info["version"]), reg.path(str(info["model"]), int(info["version"])))
+    path = model.path if (model.path / "meta.json").is_file() else model.path / "kiln-model"
+    classes = [str(c) for c in read_meta(path).get("classes") or []]
+
+    def predict(paths: list[Path]) -> list[Any]:
+        import base64
+
+        if not ready(info["url"]):
+            raise TemporaryError(f"preAnnotation.deployment {name!r}: Deployment {ws}/{name} does not answer "
+                                 f"at {info['url']}", hint="check it with `kiln status`; the next apply retries")
+        store = TokenStore(default_token_file(config.repo))
+        token = store.create(f"{ws}/{name}", "kiln pre-annotation")
+        out: list[Any] = []
+        try:
+            for i in range(0, len(paths), 16):
+                batch = paths[i:i + 16]
+                body = {"instances": [{"data": base64.b64encode(p.read_bytes()).decode()} for p in batch]}
+                status, answer = post(info["url"], body, token, timeout=120, headers={NO_CAPTURE_HEADER: "1"})
+                if status != 200:
+                    raise TemporaryError(f"preAnnotation.deployment {name!r}: HTTP {status}: "
+                                         f"{json.dumps(answer)[:300]}")
+                out.extend(served_outputs(task, answer, len(batch)))
+        finally:
+            store.forget(f"{ws}/{name}", token.split("_")[1])
+        return out
+
+    # served masks hold class indices (the argmax over the model's classes), not category ids
+    cats = dict(enumerate(classes)) if task == "semantic-segmentation" else {}
+    return model, Predictor(predict, cats)
+
+
+def served_outputs(task: str, answer: Any, n: int) -> list[Any]:
+    """A deployment's answer to ``n`` instances -> one output per image in the algorithms' shape.
+    Serving answers EasyMaker's formats: a classification of one instance is its ranked list,
+    other answers ``{"predictions": [...]}``; a box is ``{"<label>": {xmin, ymin, xmax, ymax},
+    "score"}``; a semantic mask a list of rows of class indices."""
+    preds = answer.get("predictions") if isinstance(answer, dict) else answer
+    if task == "classification" and n == 1 and isinstance(preds, list) and preds and isinstance(preds[0], dict):
+        preds = [preds]
+    if not isinstance(preds, list) or len(preds) != n:
+        raise KilnError(f"the deployment answered {n} instance(s) with {json.dumps(answer)[:200]}",
+                        hint="pre-annotate from a Deployment of a kiln image model of the job's task")
+    if task in ("detection", "instance-segmentation"):
+        return [[d if "box" in d else _served_box(d) for d in p] for p in preds]
+    return preds
+
+
+def _served_box(d: dict[str, Any]) -> dict[str, Any]:
+    (label, b), = ((k, v) for k, v in d.items() if k != "score")
+    return {"label": label, "score": float(d.get("score", 1.0)),
+            "box": [float(b["xmin"]), float(b["ymin"]), float(b["xmax"]), float(b["ymax"])]}
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -397,7 +494,8 @@ def _image_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-def classification_prediction(out: Any, path: Path, classes: Sequence[str], version: str) -> Prediction | None:
+def classification_prediction(out: Any, path: Path, classes: Sequence[str], version: str,
+                              **_: Any) -> Prediction | None:
     """``{"label", "score"}`` (kiln.algorithms' classification predict) -> a Choices prediction."""
 
     if isinstance(out, list):  # top-k lists: the best first
@@ -410,55 +508,118 @@ def classification_prediction(out: Any, path: Path, classes: Sequence[str], vers
     return Prediction([choice_region(label)], float(out.get("score", 0.0)), version)
 
 
-def detection_prediction(out: Any, path: Path, classes: Sequence[str], version: str,
-                         threshold: float = 0.0) -> Prediction | None:
-    """A detection predict output for one image -> a RectangleLabels prediction.
+def _kept(out: Any, classes: Sequence[str], threshold: float) -> list[dict[str, Any]]:
+    """The objects of one image's detection output (``[{"label", "score", "box": [x1, y1, x2, y2]
+    (pixels), "mask"?}]``, the one shape every detector's predict gives) of classes the job
+    labels, scoring at least ``threshold``."""
+    return [d for d in out or [] if str(d["label"]) in classes and float(d.get("score", 1.0)) >= threshold]
 
-    Accepted outputs: torchvision's ``{"boxes": [[x1, y1, x2, y2], ...] (pixels), "labels": [name
-    or class index], "scores": [...]}`` or a list of ``{"label", "bbox": [x, y, w, h], "score"}``.
-    Boxes below ``threshold`` and of classes the job does not label are dropped; the item's score
-    is the mean of the kept boxes' scores; no box kept -> None (the item stays unlabelled).
-    """
 
-    boxes: list[tuple[str, list[float], float]] = []
-    if isinstance(out, dict):
-        for box, lab, score in zip(out.get("boxes", []), out.get("labels", []), out.get("scores", [])):
-            x1, y1, x2, y2 = (float(c) for c in box)
-            name = classes[int(lab)] if isinstance(lab, int) and not isinstance(lab, bool) else str(lab)
-            boxes.append((name, [x1, y1, x2 - x1, y2 - y1], float(score)))
-    else:
-        for d in out or []:
-            boxes.append((str(d["label"]), [float(c) for c in d["bbox"]], float(d.get("score", 1.0))))
-    kept = [b for b in boxes if b[0] in classes and b[2] >= threshold]
+def detection_prediction(out: Any, path: Path, classes: Sequence[str], version: str, threshold: float = 0.0,
+                         **_: Any) -> Prediction | None:
+    """A detection output for one image -> a RectangleLabels prediction; the item's score is the
+    mean of the kept boxes' scores; no box kept -> None (the item stays unlabelled)."""
+
+    kept = _kept(out, classes, threshold)
     if not kept:
         return None
     w, h = _image_size(path)
-    result = [box_region(c, *bb, w, h) for c, bb, _ in kept]
-    return Prediction(result, sum(s for *_, s in kept) / len(kept), version)
+    result = []
+    for d in kept:
+        x1, y1, x2, y2 = (float(c) for c in d["box"])
+        result.append(box_region(str(d["label"]), x1, y1, x2 - x1, y2 - y1, w, h))
+    return Prediction(result, sum(float(d.get("score", 1.0)) for d in kept) / len(kept), version)
+
+
+def mask_polygons(mask: Any, min_points: int = 3) -> list[list[tuple[float, float]]]:
+    """The outlines of a binary ``(h, w)`` mask as pixel polygons (one per connected part, holes
+    left out: Label Studio's PolygonLabels has none), traced at the 0.5 level between pixel
+    centres and shifted to pixel edges, so a filled square of pixels 2..5 gives corners near 2 and 6."""
+    import numpy as np
+    from contourpy import contour_generator
+
+    m = np.pad(np.asarray(mask, dtype=np.float64) > 0, 1).astype(np.float64)
+    lines = contour_generator(z=m).lines(0.5)
+    polys = []
+    for ln in lines:
+        pts = [(float(x) - 0.5, float(y) - 0.5) for x, y in np.asarray(ln)[:-1]]  # closed: last == first
+        if len(pts) >= min_points:
+            polys.append(pts)
+    return polys
+
+
+def instance_prediction(out: Any, path: Path, classes: Sequence[str], version: str, threshold: float = 0.0,
+                        **_: Any) -> Prediction | None:
+    """An instance segmentation output (detection's shape with ``mask``, COCO RLE) -> one
+    PolygonLabels region per object part (``mask_polygons``); an object without a mask gets
+    its box as a four-point polygon."""
+    from kiln.data.formats import _masks
+
+    kept = _kept(out, classes, threshold)
+    w, h = _image_size(path)
+    result = []
+    for d in kept:
+        x1, y1, x2, y2 = (float(c) for c in d["box"])
+        polys = mask_polygons(_masks.decode(d["mask"])) if d.get("mask") else []
+        for pts in polys or [[(x1, y1), (x2, y1), (x2, y2), (x1, y2)]]:
+            result.append(polygon_region(str(d["label"]), pts, w, h))
+    if not result:
+        return None
+    return Prediction(result, sum(float(d.get("score", 1.0)) for d in kept) / len(kept), version)
+
+
+def semantic_prediction(out: Any, path: Path, classes: Sequence[str], version: str,
+                        categories: dict[int, str] | None = None, **_: Any) -> Prediction | None:
+    """A semantic mask (``(h, w)`` category ids) -> one BrushLabels region per class the job
+    labels. A class map carries no confidence: its score is 1.0, so ``threshold`` keeps it."""
+    import numpy as np
+
+    arr = np.asarray(out)
+    names = categories or {}
+    h, w = arr.shape[:2]
+    result = [brush_region(names[int(cid)], arr == cid, w, h) for cid in np.unique(arr).tolist()
+              if names.get(int(cid)) in classes]
+    return Prediction(result, 1.0, version) if result else None
 
 
 # task -> how one predict output becomes a Label Studio prediction
 PREDICTION_MAPPERS: dict[str, Callable[..., Any]] = {
     "classification": classification_prediction,
     "detection": detection_prediction,
+    "instance-segmentation": instance_prediction,
+    "semantic-segmentation": semantic_prediction,
 }
 
 
 def predictions_for(task: str, outputs: Sequence[Any], paths: Sequence[Path], classes: Sequence[str],
-                    version: str, threshold: float) -> list[Prediction | None]:
+                    version: str, threshold: float, categories: dict[int, str] | None = None
+                    ) -> list[Prediction | None]:
     try:
         mapper = PREDICTION_MAPPERS[task]
     except KeyError:
         raise PreAnnotationNotAvailable(
             f"pre-annotation of {task} jobs is not available in this kiln version",
             hint=f"pre-annotation works for: {', '.join(PREDICTION_MAPPERS)}") from None
-    extra = {"threshold": threshold} if task == "detection" else {}
-    return [mapper(o, p, classes, version, **extra) for o, p in zip(outputs, paths)]
+    return [mapper(o, p, classes, version, threshold=threshold, categories=categories)
+            for o, p in zip(outputs, paths)]
 
 
 def _pred_file(ctx: StepContext, model: ResolvedModel) -> Path:
     ws, name = ctx.workspace, ctx.name
     return job_home(ctx.config, ws, name) / "predictions" / f"{model.name}-v{model.version}.json"
+
+
+def pre_annotation_source(ctx: StepContext, spec: LabelingJobSpec) -> tuple[ResolvedModel, Callable[[], Predictor]]:
+    """The model whose predictions pre-annotate the job (its predictions are cached per model
+    version) and how to get its predictor: the registered model loaded here, or the Deployment
+    that serves it (``deployment_predictor``)."""
+    pa = spec.preAnnotation
+    assert pa is not None
+    if pa.deployment:
+        model, predictor = deployment_predictor(ctx.config, ctx.workspace, pa.deployment, spec.task)
+        return model, lambda: predictor
+    model = resolve_model(ctx.config, pa.model, ctx.workspace)
+    return model, lambda: load_predictor(model)
 
 
 def labeling_pre_annotate(ctx: StepContext) -> dict[str, Any]:
@@ -469,8 +630,7 @@ def labeling_pre_annotate(ctx: StepContext) -> dict[str, Any]:
     reason = pre_annotation_unavailable(spec)
     if reason:
         raise PreAnnotationNotAvailable(reason)
-    ws = ctx.workspace
-    model = resolve_model(ctx.config, pa.model, ws)
+    model, get_predictor = pre_annotation_source(ctx, spec)
     items = dataset_items(ctx, spec)
     f = _pred_file(ctx, model)
     cache: dict[str, Any] = json.loads(f.read_text()) if f.is_file() else {}
@@ -478,17 +638,19 @@ def labeling_pre_annotate(ctx: StepContext) -> dict[str, Any]:
     have = client.existing_keys(project_id(ctx, client)) if ctx.args.get("skip-existing", "1") == "1" else {}
     todo = [it for it in items.content.items if it.path not in cache and it.path not in have]
     if todo:
-        predict = load_predictor(model)
+        predictor = get_predictor()
         for i in range(0, len(todo), PREDICT_BATCH):
             batch = todo[i:i + PREDICT_BATCH]
             paths = [items.folder / it.path for it in batch]
-            preds = predictions_for(spec.task, predict(paths), paths, classes(spec), model.tag, pa.threshold)
+            preds = predictions_for(spec.task, predictor.predict(paths), paths, classes(spec), model.tag,
+                                    pa.threshold, predictor.categories)
             for it, p in zip(batch, preds):
                 cache[it.path] = None if p is None else {"result": p.result, "score": p.score,
                                                          "model_version": p.model_version}
         write_json_atomic(f, cache, indent=None)
     scored = [c for c in cache.values() if c is not None]
-    return {"model": model.tag, "predicted": len(todo), "cached": len(cache), "changed": bool(todo),
+    return {"model": model.tag, "via": f"deployment {pa.deployment}" if pa.deployment else "registry",
+            "predicted": len(todo), "cached": len(cache), "changed": bool(todo),
             "aboveThreshold": sum(c["score"] >= pa.threshold for c in scored)}
 
 
@@ -496,9 +658,6 @@ def pre_annotation_unavailable(spec: LabelingJobSpec) -> str | None:
     pa = spec.preAnnotation
     if pa is None:
         return None
-    if pa.deployment:
-        return (f"preAnnotation.deployment {pa.deployment!r}: pre-annotation from a deployment is not "
-                "available until deployments are (no Deployment handler in this kiln version)")
     if pa.default:
         return (f"preAnnotation.default {pa.default!r}: default pretrained models are not available in "
                 "this kiln version; register one and use preAnnotation.model")
@@ -524,9 +683,8 @@ def labeling_import(ctx: StepContext) -> dict[str, Any]:
     pid = project_id(ctx, client)
     items = dataset_items(ctx, spec)
     preds: dict[str, Any] = {}
-    if spec.preAnnotation is not None and spec.preAnnotation.model is not None:
-        ws = ctx.workspace
-        f = _pred_file(ctx, resolve_model(ctx.config, spec.preAnnotation.model, ws))
+    if spec.preAnnotation is not None and not pre_annotation_unavailable(spec):
+        f = _pred_file(ctx, pre_annotation_source(ctx, spec)[0])
         preds = json.loads(f.read_text()) if f.is_file() else {}
     served = export_items(ctx.config, items)
     client.ensure_local_storage(pid, served)
@@ -619,17 +777,6 @@ def labeling_wait_complete(ctx: StepContext) -> dict[str, Any]:
 
 # -- export --------------------------------------------------------------------------------------
 
-# the format a labelled version is written in when the input's format cannot hold the task
-DEFAULT_FORMATS: dict[str, str] = {"classification": "image-folder", "detection": "coco",
-                                   "instance-segmentation": "coco", "semantic-segmentation": "segmentation-json"}
-
-
-def _output_format(task: str, input_format: str | None) -> str:
-    if input_format and task in FORMAT_TASKS.get(input_format, set()):
-        return input_format
-    return DEFAULT_FORMATS[task]
-
-
 def _annotations_hash(tasks: list[dict[str, Any]]) -> str:
     slim = sorted([(t.get("data", {}).get(KEY_FIELD), bool(t.get("data", {}).get(DELETED_FIELD)),
                     sorted(json.dumps([a.get("id"), a.get("result"), a.get("was_cancelled"),
@@ -663,18 +810,20 @@ def labeling_export(ctx: StepContext) -> dict[str, Any]:
     items = dataset_items(ctx, spec)
     stage = home / "export"
     shutil.rmtree(stage, ignore_errors=True)
-    conv = to_content(tasks, task=spec.task, classes=classes(spec), root=items.folder,
-                      reviewer_ids=_reviewer_ids(client, spec), mask_dir=home / "masks",
-                      include_unlabelled=spec.task != "classification")
-    content = conv.content
-    fmt = _output_format(spec.task, items.content.format)
     out_ws, out_name = output_dataset(spec, ws)
     added_to = _current_version(ctx.config, out_ws, out_name) if f"{out_ws}/{out_name}" != items.dataset else None
+    # the job's own dataset keeps the items nobody labelled (a min-count rule completes before
+    # every item is): a version without them would lose data; another dataset gets labelled ones only
+    conv = to_content(tasks, task=spec.task, classes=classes(spec), root=items.folder,
+                      reviewer_ids=_reviewer_ids(client, spec), mask_dir=home / "masks",
+                      include_unlabelled=added_to is None)
+    content = conv.content
+    fmt = output_format(spec.task, items.content.format)
     union = home / "union"
     shutil.rmtree(union, ignore_errors=True)
     if added_to is not None:  # labels for another dataset: its next version adds them (kiln.data.merge)
 
-        current = load(ctx.config.repo / "data" / out_ws / out_name, verify=False)
+        current = load_as(ctx.config.repo / "data" / out_ws / out_name, spec.task)
         fmt = current.format or fmt
         content = merge_contents(current, content, union)
     # a staging folder: a crash leaves a partial one, which the next try removes first

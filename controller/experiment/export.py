@@ -139,6 +139,8 @@ def package_model(ctx: StepContext, run: Path, sel: dict[str, Any], want_onnx: b
     if own is not None:  # detectors: post-processing folded in, their own image size and labels
         return pkg, "torch", {**_serving(algo, meta, "torch", "model.pt"), **own}
     s = int(meta.get("input_size", 224))
-    traced = torch.jit.trace(model.native.eval().cpu(), torch.zeros(1, 3, s, s))
+    # strict=False: torchvision segmenters answer {"out": logits}, which the serving layer's torch
+    # runtime unwraps; a strict trace refuses any dict output and the registration failed
+    traced = torch.jit.trace(model.native.eval().cpu(), torch.zeros(1, 3, s, s), strict=False)
     traced.save(str(pkg / "model.pt"))
     return pkg, "torch", _serving(algo, meta, "torch", "model.pt")

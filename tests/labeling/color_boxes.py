@@ -1,7 +1,7 @@
 """A deterministic detection "model" for tests: finds the axis-aligned rectangles of known pure
 colours in an image (connected pixels of one colour -> their bounding box). Its predict output has
-the torchvision shape ``{"boxes": [[x1, y1, x2, y2]], "labels": [...], "scores": [...]}`` that
-kiln.algorithms' detection models produce, which is what the LabelingJob's mapping consumes.
+the one shape every kiln.algorithms detector's predict gives, ``[{"label", "category_id", "score",
+"box": [x1, y1, x2, y2]}]`` per image, which is what the LabelingJob's mapping consumes.
 
 Scores are deterministic: 0.9 for a box at least 8 px wide, else 0.3 (below the usual threshold).
 """
@@ -33,16 +33,15 @@ class ColorBoxes(Algorithm):
         out = []
         for path in inputs:
             img = np.asarray(Image.open(path).convert("RGB")).astype(int)
-            res: dict[str, list] = {"boxes": [], "labels": [], "scores": []}
-            for name, rgb in model.meta["colors"].items():
+            res: list[dict[str, Any]] = []
+            for cid, (name, rgb) in enumerate(model.meta["colors"].items(), start=1):
                 mask = np.all(img == np.array(rgb), axis=2)
                 if not mask.any():
                     continue
                 ys, xs = np.nonzero(mask)
                 x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-                res["boxes"].append([x1, y1, x2, y2])
-                res["labels"].append(name)
-                res["scores"].append(0.9 if x2 - x1 >= 8 else 0.3)
+                res.append({"label": name, "category_id": cid, "score": 0.9 if x2 - x1 >= 8 else 0.3,
+                            "box": [float(x1), float(y1), float(x2), float(y2)]})
             out.append(res)
         return out
 

@@ -2,10 +2,10 @@
 
 A Dataset ``base`` (scikit-learn digits 0-2 as PNGs) -> an Experiment following it (resnet18, one
 tiny epoch) registers a model -> a Deployment serves it with input capture -> real HTTP predict
-requests are captured -> Dataset ``captured`` versions them -> a LabelingJob, pre-annotated by the
-experiment's model, is annotated through the Label Studio API and completes -> a new version of
-``base`` with lineage to the job -> the Experiment retrains on it, registers a new model version,
-and the Deployment rolls it out. Everything goes through ``kiln apply``/``kiln plan`` (the CLI)
+requests are captured -> Dataset ``captured`` versions them -> a LabelingJob, pre-annotated by
+asking that Deployment (``preAnnotation.deployment``), is annotated through the Label Studio API
+and completes -> a new version of ``base`` with lineage to the job -> the Experiment retrains on
+it, registers a new model version, and the Deployment rolls it out. Everything goes through ``kiln apply``/``kiln plan`` (the CLI)
 in a temp git repo with DVC, the local runner, the real Label Studio (session fixture) and a real
 BentoML server; the servers the test starts are killed at the end.
 """
@@ -73,7 +73,7 @@ task: classification
 labels: ["0", "1", "2"]
 annotators: [cy@example.com, di@example.com]
 completion: {rule: all-annotated}
-preAnnotation: {model: {experiment: digits-exp}, threshold: 0.0}
+preAnnotation: {deployment: digits-api, threshold: 0.0}
 output: {dataset: base}
 """),
 }
@@ -186,6 +186,8 @@ def test_retraining_loop_from_specs(label_studio) -> None:
         job = get(repo, "labelingjob", "relabel")["extra"]
         assert job["dataset"] == "default/captured@v1" and job["items"] == len(queries), job
         assert job["preAnnotation"]["withPredictions"] == len(queries)
+        # the deployment answered them (its model v1), and its capture skipped those requests
+        assert len(index.read_text().splitlines()) == len(queries)
         assert not job["completion"]["complete"]
 
         # 5: annotate every task through the API as its annotator
