@@ -134,8 +134,10 @@ class KBinsDiscretizerOp(_SklearnColumns):
     def _make(self):
         from sklearn.preprocessing import KBinsDiscretizer
 
-        return KBinsDiscretizer(n_bins=self.params.n_bins, strategy=self.params.strategy, encode="ordinal",
-                                quantile_method="averaged_inverted_cdf" if self.params.strategy == "quantile" else "warn")
+        # quantile_method only matters for the quantile strategy; scikit-learn 1.9 refuses the old
+        # "warn" placeholder for the others, so it is passed only where it means something
+        extra = {"quantile_method": "averaged_inverted_cdf"} if self.params.strategy == "quantile" else {}
+        return KBinsDiscretizer(n_bins=self.params.n_bins, strategy=self.params.strategy, encode="ordinal", **extra)
 
 
 class SimpleImputerOp(_SklearnColumns):
