@@ -297,11 +297,15 @@ class KerasClassifier(Algorithm):
         art["labels"] = list(model.meta["classes"])
         return Evaluation(M.prefixed(split, m), art)
 
-    def predict(self, model: TrainedModel, inputs: Any) -> list:
-        """Paths / PIL images -> ``[{"label", "score"}]`` (top-1 probability)."""
+    def probabilities(self, model: TrainedModel, inputs: Any) -> Any:
+        """Paths / PIL images -> ``N x K`` class probabilities (numpy)."""
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        prob = self._probabilities(model.native, list(inputs), model.meta["input_size"], 64)
+        return self._probabilities(model.native, list(inputs), model.meta["input_size"], 64)
+
+    def predict(self, model: TrainedModel, inputs: Any) -> list:
+        """Paths / PIL images -> ``[{"label", "score"}]`` (top-1 probability)."""
+        prob = self.probabilities(model, inputs)
         return [{"label": model.meta["classes"][int(p.argmax())], "score": float(p.max())} for p in prob]
 
     # -- persistence -----------------------------------------------------------------------------

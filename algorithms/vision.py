@@ -378,16 +378,21 @@ class TorchvisionClassifier(TorchAlgorithm):
                 tensors.append(to_tensor(x, model.meta["input_size"]))
         return torch.stack(tensors)
 
-    def predict(self, model: TrainedModel, inputs: Any) -> list:
-        """Image paths / PIL images -> ``[{"label", "score"}]`` (top-1, softmax score)."""
+    def probabilities(self, model: TrainedModel, inputs: Any) -> Any:
+        """Image paths / PIL images -> ``N x K`` class probabilities (numpy), K = ``meta["classes"]``:
+        what every image classifier offers ``kiln infer`` and the report's curves, whatever its
+        framework returns."""
         import torch
 
         net = model.native.eval()
         device = next(net.parameters()).device
         with torch.inference_mode():
-            prob = torch.softmax(net(self.input_batch(model, inputs).to(device)), 1).cpu()
-        score, idx = prob.max(1)
-        return [{"label": model.meta["classes"][int(i)], "score": float(s)} for s, i in zip(score, idx)]
+            return torch.softmax(net(self.input_batch(model, inputs).to(device)), 1).cpu().numpy()
+
+    def predict(self, model: TrainedModel, inputs: Any) -> list:
+        """Image paths / PIL images -> ``[{"label", "score"}]`` (top-1, softmax score)."""
+        prob = self.probabilities(model, inputs)
+        return [{"label": model.meta["classes"][int(p.argmax())], "score": float(p.max())} for p in prob]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
         """ONNX file with input ``input`` (N x 3 x S x S, normalised) and output ``logits``."""
