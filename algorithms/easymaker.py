@@ -58,6 +58,7 @@ from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm,
     AlgorithmError,
+    BestWeights,
     Evaluation,
     Hyperparameters,
     ReportCallback,
@@ -66,6 +67,7 @@ from kiln.algorithms.base import (
     atomic_save,
     checkpoint_due,
     latest_checkpoint_file,
+    torch_snapshot,
 )
 from kiln.algorithms.detection import (
     IGNORE,
@@ -182,6 +184,7 @@ class StepAlgorithm(TorchModelIO, Algorithm):
         hist_cb.history.extend(history)
         has_val = data.has_split("validation")
         saved = step
+        best = BestWeights(callbacks, torch_snapshot(model))
 
         def checkpoint(pending: list[tuple[int, dict[str, float]]]) -> None:
             if workdir is None:
@@ -219,10 +222,12 @@ class StepAlgorithm(TorchModelIO, Algorithm):
                         saved = step
                     if logs:
                         reporter.report(step, logs)
+                        best.offer(step, logs)
             if saved != step:
                 checkpoint([])
         finally:
             reporter.close()
+        meta["checkpoint"] = best.finish(step, model.load_state_dict)
         model.eval()
         return TrainedModel(self.name, model, hp.model_dump(), meta, hist_cb.history)
 

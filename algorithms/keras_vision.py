@@ -42,6 +42,7 @@ from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm,
     AlgorithmError,
+    BestWeights,
     Evaluation,
     Hyperparameters,
     ReportCallback,
@@ -211,6 +212,7 @@ class KerasClassifier(Algorithm):
         has_val = data.has_split("validation")
         val = self._split(data, "validation", classes) if has_val else None
         algo = self
+        best = BestWeights(callbacks, model.get_weights)  # numpy copies
 
         class Report(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -233,6 +235,7 @@ class KerasClassifier(Algorithm):
                     write_json_atomic(ck.with_suffix(".json"), info, indent=None, sort_keys=False)
                     _atomic_keras_save(self.model, ck)
                 reporter.report(epoch + 1, scores)
+                best.offer(epoch + 1, scores)
 
         try:
             if start < hp.epochs:
@@ -240,6 +243,7 @@ class KerasClassifier(Algorithm):
                           epochs=hp.epochs, initial_epoch=start, callbacks=[Report()], verbose=0)
         finally:
             reporter.close()
+        meta["checkpoint"] = best.finish(hp.epochs, model.set_weights)
         return TrainedModel(self.name, model, hp.model_dump(), meta, hist_cb.history)
 
     def _load_pretrained(self, model: Any, path: Path) -> None:

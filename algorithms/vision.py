@@ -32,6 +32,7 @@ from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm,
     AlgorithmError,
+    BestWeights,
     Evaluation,
     Hyperparameters,
     ReportCallback,
@@ -42,6 +43,7 @@ from kiln.algorithms.base import (
     checkpoint_due,
     latest_checkpoint_file,
     read_meta,
+    torch_snapshot,
     write_meta,
 )
 
@@ -219,6 +221,7 @@ class TorchAlgorithm(TorchModelIO, Algorithm):
         reporter, hist_cb = self._reporter(callbacks, workdir)
         hist_cb.history.extend(history)
         has_val = data.has_split("validation")
+        best = BestWeights(callbacks, torch_snapshot(model))
         try:
             for epoch in range(start, hp.epochs + 1):
                 model.train()
@@ -246,8 +249,10 @@ class TorchAlgorithm(TorchModelIO, Algorithm):
                     atomic_save(Path(workdir) / "checkpoints" / f"epoch-{epoch:04d}.pt",
                                 functools.partial(torch.save, state))
                 reporter.report(epoch, scores)
+                best.offer(epoch, scores)
         finally:
             reporter.close()
+        meta["checkpoint"] = best.finish(hp.epochs, model.load_state_dict)
         model.eval()
         return TrainedModel(self.name, model, hp.model_dump(), meta, hist_cb.history)
 
