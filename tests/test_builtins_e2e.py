@@ -8,10 +8,10 @@ data in the seeds' layouts (EasyMaker's folders, its segmentation JSON lists, CO
    images or 60 rows, 1 epoch, the smallest sizes the hyperparameters allow);
 2. register: ONNX with its parity check wherever the algorithm has an exporter, else native
    (``NATIVE`` says why); the record, the registry and ``kiln describe`` are checked;
-3. deploy: a real BentoML server (``ManagedServer``, what a Deployment's rollout starts) per model;
-4. one request in EasyMaker's format (``{"instances": [{"data": <base64>}]}`` / rows);
-5. ``kiln infer`` on the test split (the CLI command, run in this process: a subprocess per
-   algorithm would import torch 36 times).
+3. ``kiln infer`` on the test split (the CLI command, run in this process: a subprocess per
+   algorithm would import torch 36 times);
+4. deploy: a real BentoML server (``ManagedServer``, what a Deployment's rollout starts) per model;
+5. one request in EasyMaker's format (``{"instances": [{"data": <base64>}]}`` / rows).
 
 Every prediction, served or batch, goes through ``check_predictions``: the response contract lives
 in that one function. Times: ``E2E`` lines on stdout (``-s``) per stage and algorithm.
@@ -37,16 +37,22 @@ np = pytest.importorskip("numpy")
 
 from kiln.algorithms.registry import ALGORITHMS, describe  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
-# an algorithm whose registration is native on purpose, and why (every other one is ONNX)
+# the algorithms registered native, and why (every other one is ONNX with its parity check;
+# test_every_native_registration_has_a_reason keeps this list true)
+_TV = "torchvision detector: its ONNX graph takes one unbatched image, a Deployment sends batches; TorchScript"
 NATIVE = {
     "easymaker-object-detection": "DETR's post-processing (100 queries, argmax, box decode) has no ONNX exporter; "
                                   "served as TorchScript with it folded in",
+    "fasterrcnn_resnet50_fpn": _TV, "fasterrcnn_mobilenet_v3_large_fpn": _TV, "ssd300_vgg16": _TV,
+    "maskrcnn_resnet50_fpn": _TV,
 }
 
 # algorithms that cannot run here, each with the reason (an xfail, never a silent skip)
 CANNOT_RUN: dict[str, str] = {}
+
+# tasks whose models train, register and batch-infer but have no serving path yet: the stages
+# before serving are asserted, then the test is an explicit xfail with the reason
+SERVE_GAP: dict[str, str] = {}
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 
@@ -278,10 +284,17 @@ def slug(name: str) -> str:
 
 
 def exporter(name: str) -> bool:
+    """Whether ``name`` registers as ONNX: it has an exporter whose graph the serving layer runs."""
     from kiln.algorithms.base import Algorithm
     from kiln.algorithms.registry import get_algorithm_class
 
-    return get_algorithm_class(name).export_onnx is not Algorithm.export_onnx and name not in NATIVE
+    cls = get_algorithm_class(name)
+    return cls.export_onnx is not Algorithm.export_onnx and getattr(cls, "onnx_servable", True)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_native_registration_has_a_reason(name: str) -> None:
+    assert exporter(name) == (name not in NATIVE), (name, "ONNX" if exporter(name) else "native", NATIVE.get(name))
 
 
 # ---------------------------------------------------------------------------------- repos ---------
@@ -371,6 +384,7 @@ def _infer(repo: Path, name: str, out: Path) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------- the suite -----
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ALGORITHMS, key=lambda n: (suite_task(n), n)))
 def test_builtin_end_to_end(name: str, repos: Any, tmp_path: Path) -> None:
     from tests.test_experiment_handler import record, registry
@@ -407,18 +421,20 @@ def test_builtin_end_to_end(name: str, repos: Any, tmp_path: Path) -> None:
         assert cats["split"] == "test" and len(cats["iou"]) == len(cats["labels"]) == len(cats["accuracy"]) == 4
         assert "Per category (test split):" in desc and "unlabeled" in desc, desc
 
-    # 3-4. a real server, one request of two instances in EasyMaker's format
+    # 3. kiln infer over the test split
+    t0 = time.perf_counter()
+    lines = _infer(repo, exp, tmp_path / "pred")
+    times["infer"] = time.perf_counter() - t0
+    assert lines and all(line["split"] == "test" for line in lines)
+    check_predictions(task, [line["prediction"] for line in lines], len(lines), labels)
+
+    # 4-5. a real server, one request of two instances in EasyMaker's format
+    if task in SERVE_GAP:
+        pytest.xfail(SERVE_GAP[task])
     t0 = time.perf_counter()
     served = _serve(repo, exp, _instances(repo, task, 2))
     times["serve"] = time.perf_counter() - t0
     preds = check_predictions(task, served, 2, labels)
     if task == "semantic-segmentation":
         assert len(preds[0]) == len(preds[0][0]) == 32  # the model's input size, as EasyMaker resizes to 512
-
-    # 5. kiln infer over the test split
-    t0 = time.perf_counter()
-    lines = _infer(repo, exp, tmp_path / "pred")
-    times["infer"] = time.perf_counter() - t0
-    assert lines and all(line["split"] == "test" for line in lines)
-    check_predictions(task, [line["prediction"] for line in lines], len(lines), labels)
     print(f"\nE2E {name}: serve {times['serve']:.1f} s, infer {times['infer']:.1f} s, framework {fw}")
