@@ -114,7 +114,7 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
     with tempfile.TemporaryDirectory(dir=cfg.kiln_dir()) as tmp:
         root = Path(tmp) / "data"
         dr.materialize(rel, dv.id, root)
-        td, tabular = _train_data(repo, root, dataset_label(cfg, ws, ds, dv.lineage))
+        td, tabular = _train_data(repo, root, dataset_label(cfg, ws, ds, dv.lineage), algo)
         pipeline = _model_transform(mdir, root, f"{name} v{v}", f"{ws}/{ds} v{dr.number(rel, dv.id)}") if tabular else None
         keys, splits, batches = _batches(td, tabular, split, batch_size)
         if not keys:
@@ -177,17 +177,23 @@ def _model_transform(model_dir: Path, root: Path, model: str, dataset: str) -> A
                          "or on raw rows (a dataset without preprocessing): kiln applies the model's own fit to them")
 
 
-def _train_data(repo: Path, root: Path, label: str | None) -> tuple[Any, bool]:
+def _train_data(repo: Path, root: Path, label: str | None, algo: Any = None) -> tuple[Any, bool]:
     """The materialised dataset at ``root`` as the algorithms read it, and whether it is a table
-    (``label``: its label column, ``dataset_label``; None: the CSV reader's default)."""
+    (``label``: its label column, ``dataset_label``; None: the CSV reader's default). Images are
+    read as the first task the model trains on that their format holds (a COCO folder is no
+    classification dataset: a detector's inference read it as one and failed)."""
+    from kiln.api.dataset import FORMAT_TASKS
     from kiln.controller.experiment.data import load_train_data  # builds the dataset models (0.3 s)
     from kiln.data.formats import detect_format
 
     fmt = detect_format(root)
     tabular = fmt == "csv"
+    task = "tabular"
+    if not tabular:
+        wanted = [*getattr(algo, "data_tasks", ()), getattr(algo, "task", "classification")]
+        task = next((t for t in wanted if t in FORMAT_TASKS.get(fmt, ())), wanted[-1])
     data_info = {"path": str(root.relative_to(repo)) if root.is_relative_to(repo) else str(root), "format": fmt,
-                 "type": "tabular" if tabular else "image", "task": "tabular" if tabular else "classification",
-                 "label": label}
+                 "type": "tabular" if tabular else "image", "task": task, "label": label}
     if not root.is_relative_to(repo):
         data_info["path"] = str(root)
     return load_train_data(repo, data_info), tabular

@@ -385,6 +385,7 @@ def _infer(repo: Path, name: str, out: Path) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------- the suite -----
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the first test of a task applies all of the task's experiments
 @pytest.mark.parametrize("name", sorted(ALGORITHMS, key=lambda n: (suite_task(n), n)))
 def test_builtin_end_to_end(name: str, repos: Any, tmp_path: Path) -> None:
     from tests.test_experiment_handler import record, registry
