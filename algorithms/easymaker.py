@@ -10,7 +10,8 @@
 Hyperparameter names, types, defaults and ranges are EasyMaker's (``learning_rate``,
 ``per_device_train_batch_size``, ``num_train_epochs``, ``save_steps``, ``logging_steps`` ...);
 kiln adds ``seed``, ``device`` and the image size the CPU tests shrink (``image_size``;
-classification has EasyMaker's own ``input_size``). Training follows Hugging Face ``Trainer``'s
+classification has EasyMaker's own ``input_size``); whichever it is, the model's meta stores it as
+``input_size``, the one name registration and serving read. Training follows Hugging Face ``Trainer``'s
 defaults: AdamW without weight decay, the learning rate decaying linearly to 0 over
 ``ceil(num_train_epochs * steps_per_epoch)`` optimiser steps (a fractional epoch count stops
 mid-epoch).
@@ -38,8 +39,9 @@ COCO map/ap50/ap75 (all 100 queries, no threshold). Predictions: classification
 ``[{"label", "score"}]`` (top-1); segmentation an ``(H, W)`` array of category ids; detection per
 image ``[{"label", "category_id", "score", "box": [xmin, ymin, xmax, ymax]}]`` above ``threshold``.
 
-ONNX: classification and segmentation export their logits; DETR returns None (not attempted).
-Serving DETR: ``export_torchscript`` traces DETR plus its post-processing (batched boxes, scores,
+ONNX and TorchScript: classification and segmentation export ``logits_net`` (the logits tensor;
+SegFormer's resized to the input), which the parity check runs as the native side too; DETR has
+no ONNX exporter (returns None). Serving DETR: ``export_torchscript`` traces DETR plus its post-processing (batched boxes, scores,
 labels) for the serving layer's torch runtime (``runtime: native`` Deployments).
 """
 
