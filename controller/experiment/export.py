@@ -83,8 +83,11 @@ def export_onnx(ctx: StepContext) -> dict[str, Any]:
 
 def _serving(algo: Any, meta: dict[str, Any], framework: str, file: str) -> dict[str, Any]:
     # the serving layer's tasks: an instance segmenter answers as a detector (boxes, labels and
-    # scores per instance; EasyMaker's formats have no instance masks), a semantic one with masks
-    task = {"semantic-segmentation": "segmentation", "instance-segmentation": "detection"}.get(algo.task, algo.task)
+    # scores per instance; EasyMaker's formats have no instance masks), a semantic one with masks;
+    # a dimension reduction's components come back as the numbers they are (the regression path
+    # answers an instance's outputs as a list)
+    task = {"semantic-segmentation": "segmentation", "instance-segmentation": "detection",
+            "dimension-reduction": "regression"}.get(algo.task, algo.task)
     cfg: dict[str, Any] = {"framework": framework, "file": file, "task": task}
     if algo.data_type == "tabular":
         cfg["input"] = "tabular"
