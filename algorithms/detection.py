@@ -149,6 +149,9 @@ class TorchvisionDetector(TorchAlgorithm):
     arch: str
     Hyperparameters = DetectionHyperparameters
     with_masks = False
+    # the ONNX graph takes one unbatched image (torchvision's exportable form), the serving layer
+    # sends N x 3 x S x S batches: a Deployment serves the TorchScript export instead
+    onnx_servable = False
 
     def make_meta(self, data: TrainData, hp: Any) -> dict[str, Any]:
         ids, names = dataset_categories(data, self.name)

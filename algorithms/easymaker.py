@@ -10,7 +10,8 @@
 Hyperparameter names, types, defaults and ranges are EasyMaker's (``learning_rate``,
 ``per_device_train_batch_size``, ``num_train_epochs``, ``save_steps``, ``logging_steps`` ...);
 kiln adds ``seed``, ``device`` and the image size the CPU tests shrink (``image_size``;
-classification has EasyMaker's own ``input_size``). Training follows Hugging Face ``Trainer``'s
+classification has EasyMaker's own ``input_size``); whichever it is, the model's meta stores it as
+``input_size``, the one name registration and serving read. Training follows Hugging Face ``Trainer``'s
 defaults: AdamW without weight decay, the learning rate decaying linearly to 0 over
 ``ceil(num_train_epochs * steps_per_epoch)`` optimiser steps (a fractional epoch count stops
 mid-epoch).
@@ -38,8 +39,9 @@ COCO map/ap50/ap75 (all 100 queries, no threshold). Predictions: classification
 ``[{"label", "score"}]`` (top-1); segmentation an ``(H, W)`` array of category ids; detection per
 image ``[{"label", "category_id", "score", "box": [xmin, ymin, xmax, ymax]}]`` above ``threshold``.
 
-ONNX: classification and segmentation export their logits; DETR returns None (not attempted).
-Serving DETR: ``export_torchscript`` traces DETR plus its post-processing (batched boxes, scores,
+ONNX and TorchScript: classification and segmentation export ``logits_net`` (the logits tensor;
+SegFormer's resized to the input), which the parity check runs as the native side too; DETR has
+no ONNX exporter (returns None). Serving DETR: ``export_torchscript`` traces DETR plus its post-processing (batched boxes, scores,
 labels) for the serving layer's torch runtime (``runtime: native`` Deployments).
 """
 
@@ -58,6 +60,7 @@ from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm,
     AlgorithmError,
+    BestWeights,
     Evaluation,
     Hyperparameters,
     ReportCallback,
@@ -66,6 +69,7 @@ from kiln.algorithms.base import (
     atomic_save,
     checkpoint_due,
     latest_checkpoint_file,
+    torch_snapshot,
 )
 from kiln.algorithms.detection import (
     IGNORE,
@@ -182,6 +186,7 @@ class StepAlgorithm(TorchModelIO, Algorithm):
         hist_cb.history.extend(history)
         has_val = data.has_split("validation")
         saved = step
+        best = BestWeights(callbacks, torch_snapshot(model))
 
         def checkpoint(pending: list[tuple[int, dict[str, float]]]) -> None:
             if workdir is None:
@@ -219,10 +224,12 @@ class StepAlgorithm(TorchModelIO, Algorithm):
                         saved = step
                     if logs:
                         reporter.report(step, logs)
+                        best.offer(step, logs)
             if saved != step:
                 checkpoint([])
         finally:
             reporter.close()
+        meta["checkpoint"] = best.finish(step, model.load_state_dict)
         model.eval()
         return TrainedModel(self.name, model, hp.model_dump(), meta, hist_cb.history)
 
@@ -249,21 +256,23 @@ class StepAlgorithm(TorchModelIO, Algorithm):
         return int(ckpt["step"]), [tuple(h) for h in ckpt.get("history", [])]
 
 
+    # -- export: the network as served ---------------------------------------------------------
+    upsample_logits = False  # segmentation: logits at the input size, as predict() takes them
+
+    def logits_net(self, model: TrainedModel) -> Any:
+        """``pixel_values -> logits`` as one tensor: transformers models return a ``ModelOutput``
+        (a dict), which ``torch.jit.trace`` refuses ("Encountering a dict at the output of the
+        tracer") and the serving layer cannot read. The ONNX file, the TorchScript file and the
+        parity check's native side all run this module, so they compute the same thing."""
+        return _logits_module(model.native.eval().cpu(), self._size(model.meta) if self.upsample_logits else None)
+
     def _export_logits(self, model: TrainedModel, path: Path, sample: Any) -> Path:
         import warnings
 
         import torch
 
-        class _Logits(torch.nn.Module):
-            def __init__(self, net: Any) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: Any) -> Any:
-                return self.net(pixel_values=x).logits
-
         x = self.input_batch(model, sample)[:1]
-        net = _Logits(model.native.eval().cpu()).eval()
+        net = self.logits_net(model)
         path = Path(path)
 
         def write(tmp: str) -> None:
@@ -275,6 +284,21 @@ class StepAlgorithm(TorchModelIO, Algorithm):
         atomic_save(path, write)
         return path
 
+    def _trace_logits(self, model: TrainedModel, path: Path) -> dict[str, Any]:
+        """TorchScript of ``logits_net`` for ``runtime: native`` serving; the serving config's
+        image size and labels come from ``meta`` (``input_size``, ``classes``)."""
+        import warnings
+
+        import torch
+
+        s = self._size(model.meta)
+        net = self.logits_net(model)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarning: shape arithmetic traced as constants
+            traced = torch.jit.trace(net, torch.zeros(2, 3, s, s))
+        atomic_save(Path(path), lambda tmp: traced.save(tmp))
+        return {}
+
     def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
         """The network's ``pixel_values`` for image paths or PIL images: ``N x 3 x S x S``,
         normalised as in training (what ``kiln report`` and the ONNX check feed it)."""
@@ -284,15 +308,38 @@ class StepAlgorithm(TorchModelIO, Algorithm):
             inputs = [inputs]
         return torch.stack([to_tensor(open_rgb(x), self._size(model.meta)) for x in inputs])
 
-    def _size(self, meta: dict[str, Any]) -> int:
-        return int(meta["image_size"])
+    @staticmethod
+    def _size(meta: dict[str, Any]) -> int:
+        # ``input_size`` is the one name the rest of kiln reads (registration's serving config,
+        # kiln infer); models saved before it was renamed carry ``image_size``
+        return int(meta["input_size"] if "input_size" in meta else meta["image_size"])
 
     def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
         import torch
 
-        net = model.native.eval().cpu()
+        net = self.logits_net(model)
         with torch.inference_mode():
-            return [net(pixel_values=self.input_batch(model, sample)).logits.numpy()]
+            return [net(self.input_batch(model, sample)).numpy()]
+
+
+def _logits_module(net: Any, size: int | None) -> Any:
+    """``net`` returning its ``logits`` tensor, bilinearly resized to ``size`` x ``size`` when
+    given (a class built here so that importing this module needs no torch)."""
+    import torch
+    import torch.nn.functional as F
+
+    class Logits(torch.nn.Module):
+        def __init__(self, net: Any, size: int | None) -> None:
+            super().__init__()
+            self.net, self.size = net, size
+
+        def forward(self, x: Any) -> Any:
+            logits = self.net(pixel_values=x).logits
+            if self.size is not None:
+                logits = F.interpolate(logits, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            return logits
+
+    return Logits(net, size).eval()
 
 
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
@@ -343,7 +390,7 @@ class EasyMakerImageClassification(StepAlgorithm):
         classes = data.classes
         if len(classes) < 2:
             raise AlgorithmError(f"algorithm {self.name}: need at least 2 classes, found {classes}")
-        return {"classes": classes, "image_size": hp.input_size}
+        return {"classes": classes, "input_size": hp.input_size}
 
     def model_class(self) -> Any:
         from transformers import ResNetForImageClassification
@@ -363,7 +410,7 @@ class EasyMakerImageClassification(StepAlgorithm):
         if unknown:
             raise AlgorithmError(f"{split} images have labels the model was not trained on: {unknown}")
         return _ClassificationExamples([data.content.abspath(it.path) for it in items],
-                                       [index[str(it.label)] for it in items], meta["image_size"])
+                                       [index[str(it.label)] for it in items], self._size(meta))
 
     def collate(self, examples: list[Any]) -> dict[str, Any]:
         import torch
@@ -390,20 +437,27 @@ class EasyMakerImageClassification(StepAlgorithm):
         m["loss"] = loss_sum / max(len(ds), 1)
         return Evaluation(M.prefixed(split, m), art)
 
-    def predict(self, model: TrainedModel, inputs: Any) -> list:
-        """Paths / PIL images -> ``[{"label", "score"}]`` (top-1 softmax), EasyMaker's response shape."""
+    def probabilities(self, model: TrainedModel, inputs: Any) -> Any:
+        """Paths / PIL images -> ``N x K`` softmax probabilities (numpy)."""
         import torch
 
         net = model.native.eval()
         device = next(net.parameters()).device
         with torch.inference_mode():
-            prob = torch.softmax(net(pixel_values=self.input_batch(model, inputs).to(device)).logits, 1).cpu()
-        score, idx = prob.max(1)
-        return [{"label": model.meta["classes"][int(i)], "score": float(s)} for s, i in zip(score, idx)]
+            return torch.softmax(net(pixel_values=self.input_batch(model, inputs).to(device)).logits, 1).cpu().numpy()
+
+    def predict(self, model: TrainedModel, inputs: Any) -> list:
+        """Paths / PIL images -> ``[{"label", "score"}]`` (top-1 softmax), EasyMaker's response shape."""
+        prob = self.probabilities(model, inputs)
+        return [{"label": model.meta["classes"][int(p.argmax())], "score": float(p.max())} for p in prob]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
         """Input ``input`` (N x 3 x S x S, ImageNet-normalised), output ``logits``."""
         return self._export_logits(model, path, sample)
+
+    def export_torchscript(self, model: TrainedModel, path: Path) -> dict[str, Any]:
+        """The logits network traced (``N x 3 x S x S`` -> ``N x K``)."""
+        return self._trace_logits(model, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,12 +487,13 @@ class EasyMakerSemanticSegmentation(StepAlgorithm):
     task = "semantic-segmentation"
     data_tasks = ("semantic-segmentation",)
     Hyperparameters = SegmentationStepHyperparameters
+    upsample_logits = True
 
     def make_meta(self, data: TrainData, hp: Any) -> dict[str, Any]:
         ids, names = dataset_categories(data, self.name)
         if len(ids) < 2:
             raise AlgorithmError(f"algorithm {self.name}: need at least 2 categories, found {names}")
-        return {"category_ids": ids, "classes": names, "image_size": hp.image_size}
+        return {"category_ids": ids, "classes": names, "input_size": hp.image_size}
 
     def model_class(self) -> Any:
         from transformers import SegformerForSemanticSegmentation
@@ -454,7 +509,7 @@ class EasyMakerSemanticSegmentation(StepAlgorithm):
                                semantic_loss_ignore_index=IGNORE)
 
     def example(self, data: TrainData, split: str, meta: dict[str, Any]) -> Any:
-        return _SegmentationExamples(data, split, category_lut(meta["category_ids"]), meta["image_size"])
+        return _SegmentationExamples(data, split, category_lut(meta["category_ids"]), self._size(meta))
 
     def collate(self, examples: list[Any]) -> dict[str, Any]:
         import torch
@@ -477,18 +532,23 @@ class EasyMakerSemanticSegmentation(StepAlgorithm):
         return out
 
     def evaluate_native(self, model: Any, data: TrainData, split: str, meta: dict[str, Any], hp: Any) -> Evaluation:
-        return segmentation_evaluation(lambda images: self._class_maps(model, images, meta["image_size"]),
+        return segmentation_evaluation(lambda images: self._class_maps(model, images, self._size(meta)),
                                        data, self.example(data, split, meta).inner, split, meta,
                                        hp.per_device_eval_batch_size)
 
     def predict(self, model: TrainedModel, inputs: Any) -> list:
         """Paths / PIL images -> per image an ``(H, W)`` int array of category ids."""
-        return segmentation_predict(lambda images: self._class_maps(model.native, images, model.meta["image_size"]),
+        return segmentation_predict(lambda images: self._class_maps(model.native, images, self._size(model.meta)),
                                     model.meta, inputs)
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
-        """Input ``input`` (N x 3 x S x S, ImageNet-normalised), output ``logits`` (N x K x S/4 x S/4)."""
+        """Input ``input`` (N x 3 x S x S, ImageNet-normalised), output ``logits`` (N x K x S x S:
+        SegFormer's S/4 logits resized as ``predict`` resizes them, so a served mask is its argmax)."""
         return self._export_logits(model, path, sample)
+
+    def export_torchscript(self, model: TrainedModel, path: Path) -> dict[str, Any]:
+        """The logits network traced (``N x 3 x S x S`` -> ``N x K x S x S``)."""
+        return self._trace_logits(model, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +565,7 @@ class _DetectionExamples:
     def __init__(self, data: TrainData, split: str, meta: dict[str, Any]) -> None:
         self.content, self.items = data.content, data.items(split)
         self.label_of = {cid: i for i, cid in enumerate(meta["category_ids"])}
-        self.size = meta["image_size"]
+        self.size = StepAlgorithm._size(meta)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -561,7 +621,7 @@ class EasyMakerObjectDetection(StepAlgorithm):
 
     def make_meta(self, data: TrainData, hp: Any) -> dict[str, Any]:
         ids, names = dataset_categories(data, self.name)
-        return {"category_ids": ids, "classes": names, "image_size": hp.image_size}
+        return {"category_ids": ids, "classes": names, "input_size": hp.image_size}
 
     def model_class(self) -> Any:
         from transformers import DetrForObjectDetection
@@ -614,7 +674,7 @@ class EasyMakerObjectDetection(StepAlgorithm):
         for s in range(0, len(ds), bs):
             idx = list(range(s, min(s + bs, len(ds))))
             images = [open_rgb(data.content.abspath(ds.items[i].path)) for i in idx]
-            for i, im, o in zip(idx, images, self._detect(model, images, meta["image_size"])):
+            for i, im, o in zip(idx, images, self._detect(model, images, self._size(meta))):
                 w, h = im.size
                 gt["images"].append({"id": i + 1, "width": w, "height": h})
                 for (x0, y0, x1, y1), lab in zip(*ds.boxes(i, w, h)):
@@ -632,7 +692,7 @@ class EasyMakerObjectDetection(StepAlgorithm):
         drops those under ``threshold``). Returns the serving keys that differ from the defaults."""
         import torch
 
-        s = int(model.meta["image_size"])
+        s = self._size(model.meta)
         net = _detr_serving(model.native.eval().cpu(), s).eval()
         x = torch.zeros(2, 3, s, s)
         with torch.inference_mode(False), torch.no_grad():
@@ -649,7 +709,7 @@ class EasyMakerObjectDetection(StepAlgorithm):
         thr = float(model.hyperparameters.get("threshold", 0.5))
         ids, names = model.meta["category_ids"], model.meta["classes"]
         out = []
-        for o in self._detect(model.native, [open_rgb(x) for x in inputs], model.meta["image_size"]):
+        for o in self._detect(model.native, [open_rgb(x) for x in inputs], self._size(model.meta)):
             out.append([{"label": names[lab], "category_id": ids[lab], "score": float(sc), "box": [float(v) for v in box]}
                         for box, lab, sc in zip(o["boxes"].tolist(), o["labels"].tolist(), o["scores"].tolist())
                         if sc >= thr])

@@ -42,6 +42,7 @@ from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm,
     AlgorithmError,
+    BestWeights,
     Evaluation,
     Hyperparameters,
     ReportCallback,
@@ -53,6 +54,7 @@ from kiln.algorithms.base import (
     read_meta,
     write_meta,
 )
+from kiln.algorithms.vision import IMAGENET_MEAN, IMAGENET_STD
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 _CKPT = re.compile(r"^epoch-(\d+)\.keras$")
@@ -211,6 +213,7 @@ class KerasClassifier(Algorithm):
         has_val = data.has_split("validation")
         val = self._split(data, "validation", classes) if has_val else None
         algo = self
+        best = BestWeights(callbacks, model.get_weights)  # numpy copies
 
         class Report(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -233,6 +236,7 @@ class KerasClassifier(Algorithm):
                     write_json_atomic(ck.with_suffix(".json"), info, indent=None, sort_keys=False)
                     _atomic_keras_save(self.model, ck)
                 reporter.report(epoch + 1, scores)
+                best.offer(epoch + 1, scores)
 
         try:
             if start < hp.epochs:
@@ -240,6 +244,7 @@ class KerasClassifier(Algorithm):
                           epochs=hp.epochs, initial_epoch=start, callbacks=[Report()], verbose=0)
         finally:
             reporter.close()
+        meta["checkpoint"] = best.finish(hp.epochs, model.set_weights)
         return TrainedModel(self.name, model, hp.model_dump(), meta, hist_cb.history)
 
     def _load_pretrained(self, model: Any, path: Path) -> None:
@@ -297,11 +302,15 @@ class KerasClassifier(Algorithm):
         art["labels"] = list(model.meta["classes"])
         return Evaluation(M.prefixed(split, m), art)
 
-    def predict(self, model: TrainedModel, inputs: Any) -> list:
-        """Paths / PIL images -> ``[{"label", "score"}]`` (top-1 probability)."""
+    def probabilities(self, model: TrainedModel, inputs: Any) -> Any:
+        """Paths / PIL images -> ``N x K`` class probabilities (numpy)."""
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        prob = self._probabilities(model.native, list(inputs), model.meta["input_size"], 64)
+        return self._probabilities(model.native, list(inputs), model.meta["input_size"], 64)
+
+    def predict(self, model: TrainedModel, inputs: Any) -> list:
+        """Paths / PIL images -> ``[{"label", "score"}]`` (top-1 probability)."""
+        prob = self.probabilities(model, inputs)
         return [{"label": model.meta["classes"][int(p.argmax())], "score": float(p.max())} for p in prob]
 
     # -- persistence -----------------------------------------------------------------------------
@@ -319,19 +328,30 @@ class KerasClassifier(Algorithm):
 
     # -- ONNX ------------------------------------------------------------------------------------
     def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
-        """The network's input for image paths or PIL images: ``N x S x S x 3``, preprocessed as
-        in training (what the ONNX check feeds it)."""
+        """The ONNX file's input for image paths or PIL images: what the serving layer sends every
+        image model, ``N x 3 x S x S`` pixels / 255 normalised by the ImageNet mean and std (the
+        exported graph turns it back into this network's own input)."""
+        import numpy as np
+
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        return self.preprocess(_load_images(list(inputs), model.meta["input_size"]))
+        x = _load_images(list(inputs), model.meta["input_size"]) / 255.0
+        x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
     def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
         import numpy as np
 
-        return [np.asarray(model.native(self.input_batch(model, sample), training=False))]
+        if not isinstance(sample, (list, tuple)):
+            sample = [sample]
+        x = self.preprocess(_load_images(list(sample), model.meta["input_size"]))
+        return [np.asarray(model.native(x, training=False))]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
-        """tf2onnx: input ``input`` (N x S x S x 3, preprocessed), output ``probabilities``."""
+        """tf2onnx: input ``input`` (N x 3 x S x S, ImageNet-normalised, as the serving layer sends
+        every image model: ``input_batch``), output ``probabilities``. The graph turns the input
+        back into pixels, NHWC, and applies this network's own preprocessing: a Keras network's
+        NHWC input served the NCHW batches and failed every request."""
         _before_tensorflow()
         import tensorflow as tf
         import tf2onnx
@@ -339,9 +359,13 @@ class KerasClassifier(Algorithm):
         s = model.meta["input_size"]
         net = model.native
 
-        @tf.function(input_signature=[tf.TensorSpec((None, s, s, 3), tf.float32, name="input")])
+        @tf.function(input_signature=[tf.TensorSpec((None, 3, s, s), tf.float32, name="input")])
         def serve(x: Any) -> Any:
-            return {"probabilities": net(x, training=False)}
+            # constants made inside the function: captured ones become graph inputs in tf2onnx
+            mean = tf.constant(IMAGENET_MEAN, tf.float32, shape=(1, 3, 1, 1))
+            std = tf.constant(IMAGENET_STD, tf.float32, shape=(1, 3, 1, 1))
+            pixels = tf.transpose((x * std + mean) * 255.0, [0, 2, 3, 1])
+            return {"probabilities": net(self.preprocess(pixels), training=False)}
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -372,7 +396,8 @@ class KerasResNet50(KerasClassifier):
         _before_tensorflow()
         import keras
 
-        return keras.applications.resnet50.preprocess_input(x.copy())
+        # numpy batches are copied (preprocess_input works in place); graph tensors are not arrays
+        return keras.applications.resnet50.preprocess_input(x.copy() if hasattr(x, "copy") else x)
 
 
 class KerasSmallCNN(KerasClassifier):

@@ -32,6 +32,7 @@ from kiln.algorithms import metrics as M
 from kiln.algorithms.base import (
     Algorithm,
     AlgorithmError,
+    BestWeights,
     Evaluation,
     Hyperparameters,
     ReportCallback,
@@ -42,6 +43,7 @@ from kiln.algorithms.base import (
     checkpoint_due,
     latest_checkpoint_file,
     read_meta,
+    torch_snapshot,
     write_meta,
 )
 
@@ -219,6 +221,7 @@ class TorchAlgorithm(TorchModelIO, Algorithm):
         reporter, hist_cb = self._reporter(callbacks, workdir)
         hist_cb.history.extend(history)
         has_val = data.has_split("validation")
+        best = BestWeights(callbacks, torch_snapshot(model))
         try:
             for epoch in range(start, hp.epochs + 1):
                 model.train()
@@ -246,8 +249,10 @@ class TorchAlgorithm(TorchModelIO, Algorithm):
                     atomic_save(Path(workdir) / "checkpoints" / f"epoch-{epoch:04d}.pt",
                                 functools.partial(torch.save, state))
                 reporter.report(epoch, scores)
+                best.offer(epoch, scores)
         finally:
             reporter.close()
+        meta["checkpoint"] = best.finish(hp.epochs, model.load_state_dict)
         model.eval()
         return TrainedModel(self.name, model, hp.model_dump(), meta, hist_cb.history)
 
@@ -378,16 +383,21 @@ class TorchvisionClassifier(TorchAlgorithm):
                 tensors.append(to_tensor(x, model.meta["input_size"]))
         return torch.stack(tensors)
 
-    def predict(self, model: TrainedModel, inputs: Any) -> list:
-        """Image paths / PIL images -> ``[{"label", "score"}]`` (top-1, softmax score)."""
+    def probabilities(self, model: TrainedModel, inputs: Any) -> Any:
+        """Image paths / PIL images -> ``N x K`` class probabilities (numpy), K = ``meta["classes"]``:
+        what every image classifier offers ``kiln infer`` and the report's curves, whatever its
+        framework returns."""
         import torch
 
         net = model.native.eval()
         device = next(net.parameters()).device
         with torch.inference_mode():
-            prob = torch.softmax(net(self.input_batch(model, inputs).to(device)), 1).cpu()
-        score, idx = prob.max(1)
-        return [{"label": model.meta["classes"][int(i)], "score": float(s)} for s, i in zip(score, idx)]
+            return torch.softmax(net(self.input_batch(model, inputs).to(device)), 1).cpu().numpy()
+
+    def predict(self, model: TrainedModel, inputs: Any) -> list:
+        """Image paths / PIL images -> ``[{"label", "score"}]`` (top-1, softmax score)."""
+        prob = self.probabilities(model, inputs)
+        return [{"label": model.meta["classes"][int(p.argmax())], "score": float(p.max())} for p in prob]
 
     def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
         """ONNX file with input ``input`` (N x 3 x S x S, normalised) and output ``logits``."""

@@ -175,6 +175,10 @@ def _load_torch(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
     import torch
 
     torch.set_num_threads(threads)
+    try:  # a scripted torchvision detector calls torchvision's C++ ops (nms, box_iou_rotated ...),
+        import torchvision  # noqa: F401 - registered on import; without it torch.jit.load fails
+    except ImportError:  # a model without torchvision ops loads without it
+        pass
     try:
         model = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError:  # a pickled nn.Module rather than TorchScript

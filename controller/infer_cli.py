@@ -88,14 +88,10 @@ def _predict_batch(algo: Any, model: Any, batch: Any) -> list[Any]:
         if algo.task == "classification":
             return [[{"score": 1.0, "label": str(p)}] for p in preds]
         return preds
-    if algo.task == "classification":
-        import torch
-
-        net = model.native.eval()
-        with torch.inference_mode():
-            prob = torch.softmax(net(algo.input_batch(model, batch)), 1).numpy()
-        return _classification(prob, model.meta["classes"])
-    return algo.predict(model, batch)
+    if algo.task == "classification":  # every image classifier, whatever its framework returns
+        return _classification(algo.probabilities(model, batch), model.meta["classes"])
+    # masks come as numpy arrays: lists, as JSON and the served response have them
+    return [p.tolist() if hasattr(p, "tolist") else p for p in algo.predict(model, batch)]
 
 
 @click.command("infer")

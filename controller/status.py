@@ -341,6 +341,7 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
         # the workflow's tasks and the trials are shown above, with their times
         out += [f"  {k}: {json.dumps(v, default=str)}" for k, v in rec.extra.items()
                 if not (k == "workflow" and run) and not (k == "trials" and times.get("trials"))]
+        out += _weights_lines((rec.extra.get("best") or {}) if isinstance(rec.extra.get("best"), dict) else {})
     out.append("History (newest first):")
     for a, t in zip(attempts, times["applies"]):
         line = f"  {a.started_at}  gen {a.generation}  {a.result:<11} {len(a.actions)} action(s)  took {_dur(t['seconds'])}"
@@ -351,6 +352,26 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
     if not attempts:
         out.append("  (none)")
     return "\n".join(out)
+
+
+def _weights_lines(best: dict[str, Any]) -> list[str]:
+    """An Experiment's chosen weights in words, and its per-category metrics as a table."""
+    out = []
+    ck = best.get("checkpoint")
+    if ck:
+        if ck.get("kind") == "best":
+            said = f"best by {ck.get('metric')} ({ck.get('value'):.4g}) at step {ck.get('step')}"
+        else:
+            said = f"last (step {ck.get('step')})" + (f"; {ck['note']}" if ck.get("note") else "")
+        out.append(f"Registered weights: {said}; the reported metrics are theirs (register.checkpoint: best|last)")
+    cats = best.get("perCategory")
+    if cats:
+        out.append(f"Per category ({cats.get('split')} split):")
+        out.append(f"  {'label':<24} {'iou':>8} {'accuracy':>9}")
+        num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731 - None: absent from prediction and label
+        for lab, iou, acc in zip(cats.get("labels", []), cats.get("iou", []), cats.get("accuracy", [])):
+            out.append(f"  {lab:<24} {num(iou):>8} {num(acc):>9}")
+    return out
 
 
 def find_spec(config: KilnConfig, ref: str, path: str | None = None, workspace: str | None = None,

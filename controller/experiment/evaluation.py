@@ -86,18 +86,12 @@ def eval_doc(algo: Any, model: Any, td: Any, classes_: list[Any], max_values: in
             if scores.ndim == 1:
                 scores = np.stack([-scores, scores], axis=1)
     else:
-        import torch
-
         items = td.labelled_items(split)
         total = len(items)
         items = items[:cap]
         labels = [str(it.label) for it in items]
-        net = model.native.eval()
-        parts = []
-        with torch.inference_mode():
-            for i in range(0, len(items), 64):
-                paths = [td.content.abspath(it.path) for it in items[i:i + 64]]
-                parts.append(torch.softmax(net(algo.input_batch(model, paths)), 1).numpy())
+        parts = [algo.probabilities(model, [td.content.abspath(it.path) for it in items[i:i + 64]])
+                 for i in range(0, len(items), 64)]
         scores = np.concatenate(parts) if parts else np.zeros((0, len(classes)))
     keep = [i for i, lab in enumerate(labels) if lab in index]
     return {"split": split, "classes": classes, "kind": kind, "items": len(keep), "truncated": total > len(labels),

@@ -55,6 +55,10 @@ def export_onnx(ctx: StepContext) -> dict[str, Any]:
                         "model.onnx in $KILN_OUTPUT_DIR", hint="export ONNX in your script, or drop register.export")
 
     algo = get_algorithm(meta["algorithm"])
+    if not getattr(algo, "onnx_servable", True):
+        raise KilnError(f"register.export [onnx]: algorithm {meta['algorithm']}'s ONNX graph takes one unbatched "
+                        "image, and a Deployment sends batches", hint="drop register.export: the model is registered "
+                        "as TorchScript, which serves batches")
     model = algo.load(mdir)
     sample = _sample(ctx, run, meta, 64 if algo.data_type == "tabular" else 8)
     # written in a folder beside and renamed into place: after registration model.onnx is a hard
@@ -79,9 +83,12 @@ def export_onnx(ctx: StepContext) -> dict[str, Any]:
 
 
 def _serving(algo: Any, meta: dict[str, Any], framework: str, file: str) -> dict[str, Any]:
-    task = {"classification": "classification", "regression": "regression"}.get(algo.task, algo.task)
-    if task in ("semantic-segmentation", "instance-segmentation"):
-        task = "segmentation"
+    # the serving layer's tasks: an instance segmenter answers as a detector (boxes, labels and
+    # scores per instance; EasyMaker's formats have no instance masks), a semantic one with masks;
+    # a dimension reduction's components come back as the numbers they are (the regression path
+    # answers an instance's outputs as a list)
+    task = {"semantic-segmentation": "segmentation", "instance-segmentation": "detection",
+            "dimension-reduction": "regression"}.get(algo.task, algo.task)
     cfg: dict[str, Any] = {"framework": framework, "file": file, "task": task}
     if algo.data_type == "tabular":
         cfg["input"] = "tabular"

@@ -132,8 +132,15 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
             "dataset": {k: data.get(k) for k in ("dataset", "number", "version")} if data else None,
             "trials": compact[-50:], "leaderboard": board[:10], "failed": bad[:20],
             "best": {"trial": best["trial"], "metric": metric, "value": best_value,
-                     "params": best.get("params", {})} if best else None,
+                     "params": best.get("params", {}), **_weights(recs, best["trial"])} if best else None,
             "registered": registered, "info": info, "run": str(run)}
+
+
+def _weights(recs: list[dict[str, Any]], trial: str) -> dict[str, Any]:
+    """Which weights of ``trial`` are registered and reported (``checkpoint``: best by the
+    objective or last, at which step) and its per-category metrics, as its record holds them."""
+    rec = next((r for r in recs if r.get("id") == trial), {})
+    return {k: rec[k] for k in ("checkpoint", "perCategory") if rec.get(k)}
 
 
 def write_summary(ctx: StepContext, spec: ExperimentSpec, run: Path) -> None:
@@ -156,7 +163,7 @@ def results_doc(ws: str, name: str, spec_hash: str, spec: ExperimentSpec, run: P
             "objective": {"metric": metric, "direction": spec.objective.direction, "value": sel.get("value")},
             "best": {"trial": sel.get("trial"), "algorithm": sel.get("algorithm"), "candidate": sel.get("candidate"),
                      "params": sel.get("params", {})},
-            "metrics": metrics, "trials": states,
+            "metrics": metrics, **_weights(trials(run), sel.get("trial", "")), "trials": states,
             "registered": {"model": reg["model"], "version": reg["version"]} if reg else None}
 
 

@@ -90,14 +90,22 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
     resume_from = ck if saved else None
     if saved:
         log(f"[{trial.id}] resuming from checkpoint {saved[-1].name}")
+    which = spec.registration.checkpoint if spec.registration else "best"
+    keep_best = (spec.objective.metric, spec.objective.direction) if which == "best" else None
     try:
-        model = algo.train(td, hp_model, callbacks=_ReporterCallback(rep, spec.checkpoint), workdir=trial.dir,
-                           resume_from=resume_from, **kwargs)
+        model = algo.train(td, hp_model, callbacks=_ReporterCallback(rep, spec.checkpoint, keep_best),
+                           workdir=trial.dir, resume_from=resume_from, **kwargs)
     finally:
         rep.close()
-    final = dict(model.history[-1][1]) if model.history else dict(rep.last)
+    chosen = (model.meta or {}).get("checkpoint")
+    final = _reported(model.history, chosen) if model.history else dict(rep.last)
+    categories = None
     if td.has_split("test"):
-        final.update(algo.evaluate(model, td, "test"))
+        ev = algo.evaluate(model, td, "test")
+        final.update(ev)
+        categories = per_category("test", ev.artifacts)
+    if categories is None and algo.task == "semantic-segmentation" and td.has_split("validation"):
+        categories = per_category("validation", algo.evaluate(model, td, "validation").artifacts)
     clean = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
     out = trial.dir / "model"
     tmp = trial.dir / ".model.tmp"
@@ -106,16 +114,47 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     _trial_eval(trial, algo, model, td)
-    trial.save(metrics={**trial.record.get("metrics", {}), **clean})
+    # the metrics of the weights registered, not of the last report: the chosen report's values
+    # replace the reporter's running ones
+    trial.save(metrics={**trial.record.get("metrics", {}), **clean}, checkpoint=chosen, perCategory=categories)
     return algo.framework
+
+
+def _reported(history: list[tuple[int, dict[str, float]]], chosen: dict[str, Any] | None) -> dict[str, Any]:
+    """The metrics of the report whose weights the model holds (``meta["checkpoint"]["step"]``),
+    merged over the earlier reports' (a steps-based loop reports train_loss and validation
+    metrics at different steps); the last report when the algorithm states no choice."""
+    step = (chosen or {}).get("step")
+    out: dict[str, Any] = {}
+    for s, m in history:
+        if step is not None and s > step:
+            break
+        out.update(m)
+    return out
+
+
+def per_category(split: str, artifacts: dict[str, Any]) -> dict[str, Any] | None:
+    """EasyMaker's per-category segmentation metrics from an evaluation's artifacts, by label:
+    ``{"split", "labels", "iou": [...], "accuracy": [...]}`` (None for a category absent from both
+    prediction and label, where the value is undefined); None when the evaluation has none."""
+    if "per_category_iou" not in artifacts:
+        return None
+
+    def clean(vs: list[Any]) -> list[float | None]:
+        return [None if v is None or v != v else round(float(v), 6) for v in vs]
+
+    return {"split": split, "labels": [str(x) for x in artifacts.get("labels", [])],
+            "iou": clean(artifacts["per_category_iou"]), "accuracy": clean(artifacts.get("per_category_accuracy", []))}
 
 
 class _ReporterCallback(ReportCallback):
     """The algorithm's callback: reports go to the trial's ``Reporter``; ``checkpoint`` (the
-    spec's) says how often the training loop saves a resumable checkpoint."""
+    spec's) says how often the training loop saves a resumable checkpoint; ``keep_best`` (the
+    objective, unless ``register.checkpoint: last``) which weights the loop returns."""
 
-    def __init__(self, rep: Reporter, checkpoint: Any = None) -> None:
+    def __init__(self, rep: Reporter, checkpoint: Any = None, keep_best: tuple[str, str] | None = None) -> None:
         self.rep = rep
+        self.keep_best = keep_best
         if checkpoint is not None:
             self.checkpoint_every, self.checkpoint_unit = checkpoint.every, checkpoint.unit
 

@@ -198,6 +198,9 @@ class Registration(Model):
     keepVersions: int | None = Field(None, ge=1, description="delete the oldest beyond N (never an aliased or deployed one)")
     export: list[Literal["onnx"]] = Field(default_factory=list)
     onnxTolerance: float = Field(1e-4, gt=0)
+    checkpoint: Literal["best", "last"] = Field(
+        "best", description="which weights of a trial are registered and reported: the epoch best by the objective, "
+                            "or the last one")
 
 
 class Trigger(Model):

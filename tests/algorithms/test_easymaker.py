@@ -188,3 +188,74 @@ def test_detr_serves_through_torchscript_like_predict(shapes_coco, tmp_path: Pat
         box = per[0][label]
         assert [box["xmin"], box["ymin"], box["xmax"], box["ymax"]] == [round(v) for v in want_box] or \
             max(abs(a - b) for a, b in zip(box.values(), want_box)) <= 1
+
+
+def _served(folder: Path, paths: list[Path]) -> list:
+    """The serving layer's engine on a registered-style folder: decode, predict, format."""
+    import base64
+
+    from kiln.bento.runtime import load_engine
+
+    eng = load_engine(folder)
+    decoded = [eng.decode({"data": base64.b64encode(Path(p).read_bytes()).decode()}, i) for i, p in enumerate(paths)]
+    return [eng.format(y, m) for y, (_, m) in zip(eng.predict([x for x, _ in decoded]), decoded)]
+
+
+def _package(algo, model, folder: Path, framework: str, sample: list[Path]) -> None:
+    """What registration writes for a built-in: the serving file plus kiln-serving.json, built by
+    the controller's own code (ONNX after its parity check, else TorchScript)."""
+    import json
+
+    from kiln.algorithms.onnx import export_and_check
+    from kiln.controller.experiment.export import _serving
+
+    folder.mkdir(parents=True)
+    if framework == "onnx":
+        report = export_and_check(algo, model, folder / "model.onnx", sample, tolerance=1e-3)
+        assert report is not None and report.passed, report and report.summary()
+        cfg = _serving(algo, model.meta, "onnx", "model.onnx")
+    else:
+        own = algo.export_torchscript(model, folder / "model.pt")
+        assert own is not None
+        cfg = {**_serving(algo, model.meta, "torch", "model.pt"), **own}
+    (folder / "kiln-serving.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("framework", ["onnx", "torch"])
+def test_resnet50_registers_and_serves_at_its_input_size(digits_root: Path, tmp_path: Path, framework: str) -> None:
+    """#14: the served model resized requests to 224 while the network was trained at input_size
+    (28): meta now says ``input_size``, the one name serving reads; TorchScript traced the
+    ModelOutput dict and failed."""
+    pytest.importorskip("onnxruntime")
+    data = digits_data(digits_root, {"train": 16, "validation": 4, "test": 4})
+    algo = get_algorithm("easymaker-image-classification")
+    model = algo.train(data, {**CLS, "input_size": 20})
+    assert model.meta["input_size"] == 20
+    paths = [data.content.abspath(it.path) for it in data.items("test")]
+    _package(algo, model, tmp_path / "m", framework, paths)
+    served = _served(tmp_path / "m", paths)
+    prob = algo.probabilities(model, paths)
+    for per, p in zip(served, prob):
+        assert [d["label"] for d in per][:1] == [model.meta["classes"][int(p.argmax())]]
+        assert abs(per[0]["score"] - float(p.max())) < 1e-3 and len(per) == len(model.meta["classes"])
+
+
+@pytest.mark.parametrize("framework", ["onnx", "torch"])
+def test_segformer_registers_and_serves_its_masks(shapes_segmentation, tmp_path: Path, framework: str) -> None:
+    """#14: SegFormer's registration failed ("Encountering a dict at the output of the tracer"):
+    the logits network is exported (ONNX with parity, or traced), and the served mask is
+    predict()'s at the model's input size."""
+    pytest.importorskip("onnxruntime")
+    algo = get_algorithm("easymaker-semantic-segmentation")
+    model = algo.train(shapes_segmentation, {"num_train_epochs": 0.5, "image_size": 32, "learning_rate": 6e-4})
+    paths = [shapes_segmentation.content.abspath(it.path) for it in shapes_segmentation.items("test")[:2]]
+    _package(algo, model, tmp_path / "m", framework, paths)
+    served = _served(tmp_path / "m", paths)
+    from PIL import Image
+
+    for mask, path in zip(served, paths):
+        assert len(mask) == 32 and all(len(r) == 32 for r in mask)
+        with Image.open(path) as im:
+            native = algo.predict(model, [im.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)])[0]
+        agree = (torch.tensor(mask) == torch.from_numpy(native)).float().mean().item()
+        assert agree > 0.98, agree  # the same argmax but at pixels where two logits tie within float error

@@ -55,6 +55,23 @@ def test_small_cnn_trains_on_digits_saves_and_exports(digits_root: Path, tmp_pat
     report = export_and_check(algo, model, tmp_path / "cnn.onnx", paths, tolerance=1e-4)
     assert report is not None and report.passed and report.samples == 6
 
+    # #14: served as registration writes it, the ONNX file takes the serving layer's NCHW batches
+    # (a Keras network's NHWC input failed every request) and answers predict()'s labels
+    import base64
+    import json
+
+    from kiln.bento.runtime import load_engine
+    from kiln.controller.experiment.export import _serving
+
+    (tmp_path / "served").mkdir()
+    (tmp_path / "cnn.onnx").rename(tmp_path / "served" / "model.onnx")
+    (tmp_path / "served" / "kiln-serving.json").write_text(json.dumps(_serving(algo, model.meta, "onnx", "model.onnx")))
+    eng = load_engine(tmp_path / "served")
+    decoded = [eng.decode({"data": base64.b64encode(Path(p).read_bytes()).decode()}, i)[0] for i, p in enumerate(paths)]
+    served = [eng.format(y, None) for y in eng.predict(decoded)]
+    assert [s[0]["label"] for s in served] == [p["label"] for p in preds]
+    assert all(abs(s[0]["score"] - p["score"]) < 1e-3 for s, p in zip(served, preds))
+
 
 def test_pruning_pretrained_weights_and_bad_input(digits_root: Path, tmp_path: Path) -> None:
     import numpy as np
