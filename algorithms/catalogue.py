@@ -459,6 +459,24 @@ AUTOML_DEFAULTS: dict[str, list[tuple[str, str | None]]] = {
                    ("xgboost_regressor", "xgboost"), ("random_forest_regressor", None)],
 }
 
+# The objective an Experiment ranks its trials by when the spec names none: one that every
+# algorithm of the task reports and that is better when larger (Objective's default direction).
+# Without it a detector or a regressor would be ranked by validation_accuracy, which it never reports.
+TASK_OBJECTIVE: dict[str, str] = {
+    "classification": "validation_accuracy", "regression": "validation_r2",
+    "clustering": "validation_silhouette", "dimension-reduction": "validation_explained_variance",
+    "detection": "validation_map", "instance-segmentation": "validation_map",
+    "semantic-segmentation": "validation_mean_iou",
+}
+
+
+def default_objective(name: str | None) -> str | None:
+    """The objective metric for algorithm ``name`` when the spec gives none (None: unknown name)."""
+    info = CATALOGUE.get(name or "")
+    metric = TASK_OBJECTIVE.get(info.task) if info else None
+    return metric if info and metric in info.metrics else None
+
+
 TASKS = ("classification", "regression", "clustering", "dimension-reduction", "detection",
          "instance-segmentation", "semantic-segmentation")
 

@@ -41,6 +41,7 @@ EXPECTED = [
     ("types.yaml", 11, "spec.algorithm.searchSpace.n_estimators", "low (10) must be < high (5)"),
     ("types.yaml", 13, "spec.hpo.maxTrials", "got 'ten'"),
     ("types.yaml", 14, "spec.hpo.parallelTrials", "greater than or equal to 1, got 0"),
+    ("types.yaml", 15, "spec.objective.metric", "'accuracy' is not reported by random_forest"),
     ("types.yaml", 15, "spec.objective.direction", "'maximize' or 'minimize', got 'up'"),
     ("unknown.yaml", 9, "spec.preprocesing", "unknown field 'preprocesing'"),
     ("unknown.yaml", 13, "kind", "unknown kind 'Datset'"),

@@ -250,6 +250,18 @@ class ExperimentSpec(Model):
         return v
 
     @model_validator(mode="after")
+    def _task_objective(self) -> ExperimentSpec:
+        # no objective written: rank by the algorithm's task's metric (a detector by validation_map),
+        # not by classification's validation_accuracy, which the others never report
+        if "objective" not in self.model_fields_set and self.algorithm is not None:
+            from kiln.algorithms.catalogue import default_objective
+
+            metric = default_objective(self.algorithm.name)
+            if metric is not None and metric != self.objective.metric:
+                self.objective = Objective(metric=metric)
+        return self
+
+    @model_validator(mode="after")
     def _mode(self) -> ExperimentSpec:
         if self.mode == "automl":
             if self.automl is None:

@@ -143,6 +143,12 @@ def det(label_studio, tmp_path_factory):
     mp.setenv(TOKEN_ENV, label_studio.token)
     mp.setitem(__import__("kiln.algorithms.registry", fromlist=["ALGORITHMS"]).ALGORITHMS,
                "test_color_boxes", "tests.labeling.color_boxes:ColorBoxes")
+    # validation reads the catalogue, not the registry: the oracle is declared there as a detector
+    from dataclasses import replace
+
+    from kiln.algorithms.catalogue import CATALOGUE
+    mp.setitem(CATALOGUE, "test_color_boxes",
+               replace(CATALOGUE["fasterrcnn_resnet50_fpn"], name="test_color_boxes", hyperparameters=()))
     repo = make_repo(label_studio, "det", {
         "specs/shapes.yaml": spec("Dataset", "shapes", "type: image\ntask: detection\nformat: coco\n"
                                                        "source: {path: raw/shapes}"),
