@@ -64,15 +64,19 @@ def summarize_answer(answer: object, best: int = 3) -> list[str]:
     a classification's ``best`` labels with their scores, a detection's number of boxes and the
     ``best`` ones, a mask's size and classes. A detection answer is hundreds of lines of JSON; the
     quickstart prints this instead. Anything else is shown as compact JSON, cut at 200 characters."""
-    preds = answer.get("predictions") if isinstance(answer, dict) and "predictions" in answer else answer
+    wrapped = isinstance(answer, dict) and "predictions" in answer
+    preds = answer["predictions"] if isinstance(answer, dict) and wrapped else answer
     if not isinstance(preds, list) or not preds:
         return [_short(answer)]
-    # one classification instance comes unwrapped: [{score, label}, ...]
-    instances = [preds] if all(isinstance(p, dict) for p in preds) else preds
+    # {"predictions": [one entry per instance]}; a server from before that contract answered one
+    # classified instance unwrapped: [{score, label}, ...]
+    instances = [preds] if not wrapped and all(isinstance(p, dict) for p in preds) else preds
     lines = []
     for i, inst in enumerate(instances):
         head = f"[{i}] " if len(instances) > 1 else ""
-        if isinstance(inst, list) and inst and all(isinstance(p, dict) and "label" in p for p in inst):
+        if isinstance(inst, dict) and "label" in inst:  # a table row: {label, score?}
+            lines.append(head + str(inst["label"]) + (f" ({float(inst['score']):.3f})" if "score" in inst else ""))
+        elif isinstance(inst, list) and inst and all(isinstance(p, dict) and "label" in p for p in inst):
             lines.append(head + ", ".join(f"{p['label']} ({float(p['score']):.3f})" for p in inst[:best]))
         elif isinstance(inst, list) and all(isinstance(p, dict) and "score" in p for p in inst):
             shown = [f"{k} {float(p['score']):.2f} at ({b['xmin']},{b['ymin']})-({b['xmax']},{b['ymax']})"

@@ -467,9 +467,10 @@ def deployment_predictor(config: KilnConfig, ws: str, name: str, task: str) -> t
 
 def served_outputs(task: str, answer: Any, n: int) -> list[Any]:
     """A deployment's answer to ``n`` instances -> one output per image in the algorithms' shape.
-    Serving answers EasyMaker's formats: a classification of one instance is its ranked list,
-    other answers ``{"predictions": [...]}``; a box is ``{"<label>": {xmin, ymin, xmax, ymax},
-    "score"}``; a semantic mask a list of rows of class indices."""
+    Serving answers ``{"predictions": [one entry per instance]}`` in EasyMaker's formats (a
+    deployment built before that contract answered one classified instance with its bare ranked
+    list, still read); a box is ``{"<label>": {xmin, ymin, xmax, ymax}, "score"}``; a semantic
+    mask a list of rows of class indices."""
     preds = answer.get("predictions") if isinstance(answer, dict) else answer
     if task == "classification" and n == 1 and isinstance(preds, list) and preds and isinstance(preds[0], dict):
         preds = [preds]

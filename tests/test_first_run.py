@@ -261,6 +261,7 @@ spec:
   dataset: {name: pics}
   algorithm: {name: keras_small_cnn}
 """})
+    (tmp_path / "pics").mkdir()  # validate checks that a source inside the repository exists
     load_valid(load_config(tmp_path))  # everything installed here
     monkeypatch.setitem(registry.NEEDS_BY_MODULE, "kiln.algorithms.keras_vision", ("kiln_absent_tensorflow", "tf"))
     with pytest.raises(SpecErrors) as err:
@@ -270,3 +271,12 @@ spec:
     assert "pip install 'kiln[tf]'" in text, text
     (tmp_path / "kiln.yaml").write_text("runner: argo\n")
     load_valid(load_config(tmp_path))
+
+
+def test_summary_of_table_rows_is_one_line_per_row() -> None:
+    # the serving contract: one entry per instance; a table row answers {label, score} (or a value)
+    assert summarize_answer({"predictions": [{"label": "yes", "score": 0.91}, {"label": "no"}]}) == [
+        "[0] yes (0.910)", "[1] no"]
+    assert summarize_answer({"predictions": [[{"label": "7", "score": 0.99}, {"label": "1", "score": 0.01}]]}) == [
+        "7 (0.990), 1 (0.010)"]
+    assert summarize_answer({"predictions": [3.25, 4.5]}) == ["[0] 3.25", "[1] 4.5"]

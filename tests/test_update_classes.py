@@ -228,7 +228,7 @@ def test_deployment_workers_and_resources_restart_the_server_only(tmp_path: Path
         assert workflow_runs(repo) == runs  # no workflow: resolve-model and build were not redone
         assert (repo / ".kiln/deployments/default/iris-api/build.json").read_bytes() == build
         code, body = predict(after["url"])
-        assert code == 200 and body[0]["label"] == "setosa", body
+        assert code == 200 and body["predictions"][0]["label"] == "setosa", body
         cfg = json.loads(kiln("get", "deployment", "iris-api", "-o", "json", cwd=repo, check=True).stdout)
         assert cfg["extra"]["lastUpdate"]["class"] == "restart" and cfg["health"] == "Healthy"
     finally:
