@@ -65,8 +65,9 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 def check_predictions(task: str, body: Any, n: int, labels: list[str] | None = None) -> list[Any]:
     """The response contract, in one place: ``body`` (a server's JSON or the list of ``kiln
     infer``'s predictions) holds one prediction per instance, each of the task's shape. Returns
-    them. Today's servers answer a bare list for classification and ``{"predictions": ...}``
-    elsewhere; the unified contract is ``{"predictions": [P_1..P_n]}`` for every task."""
+    them. Servers answer ``{"predictions": [P_1..P_n]}`` for every task (one entry per instance);
+    ``kiln infer`` writes an image classification as EasyMaker's ranked list and a table row's
+    classification as that list too."""
     preds = body["predictions"] if isinstance(body, dict) and "predictions" in body else body
     if task == "classification" and n == 1 and preds and isinstance(preds[0], dict):
         preds = [preds]  # one instance answered without its list
@@ -79,8 +80,10 @@ def check_predictions(task: str, body: Any, n: int, labels: list[str] | None = N
                 scores = [d["score"] for d in p]
                 assert all(0.0 <= s <= 1.0 + 1e-6 for s in scores) and scores == sorted(scores, reverse=True), p
                 assert not valid or {str(d["label"]) for d in p} <= valid, (p, valid)
-            else:  # a tabular label
-                assert not valid or str(p) in valid, (p, valid)
+            else:  # a table row: {"label", "score"} (no score from a model without probabilities)
+                assert isinstance(p, dict) and "label" in p and set(p) <= {"label", "score"}, p
+                assert "score" not in p or 0.0 <= p["score"] <= 1.0 + 1e-6, p
+                assert not valid or str(p["label"]) in valid, (p, valid)
         elif task == "regression":
             assert isinstance(p, (int, float)) and math.isfinite(p), p
         elif task == "clustering":
