@@ -110,8 +110,18 @@ def test_version_lifecycle_apply_twice_same_data_one_op_change(tmp_path: Path) -
     assert run_started(repo, "kiln-data-wine") == started
     assert len(versions_log(repo, "wine")["versions"]) == 1
 
-    # a spec change with identical data: the workflow runs, DVC's hash says: same version
+    # a description is metadata (#25): recorded, nothing runs
     (repo / "specs/wine.yaml").write_text(ds("wine", WINE + "description: the wine sample\n"))
+    kiln("apply", cwd=repo, check=True)
+    assert run_started(repo, "kiln-data-wine") == started
+    # a re-run change with identical data (the same bytes, copied to another path): the
+    # workflow runs, DVC's hash says: same version
+    from kiln.data.samples import materialize_sample
+    materialize_sample("wine", repo / "raw/wine-copy")
+    csvs = [p.relative_to(repo).as_posix() for p in (repo / "raw/wine-copy").rglob("*.csv")]
+    assert len(csvs) == 1, csvs
+    (repo / "specs/wine.yaml").write_text(ds("wine", WINE.replace("source: {sample: wine}", f"source: {{path: {csvs[0]}}}")
+                                         + "description: the wine sample\n"))
     kiln("apply", cwd=repo, check=True)
     assert run_started(repo, "kiln-data-wine") != started
     log = versions_log(repo, "wine")
@@ -155,8 +165,11 @@ def make_bad_sources(repo: Path) -> dict[str, str]:
     mask = np.zeros((32, 32), np.uint8)
     mask[0, 0] = 7
     save(mask, seg / "train/annotations/0001.png")
+    # free text (a date column is featurised since #24): many distinct values of several words
+    words = ["great", "slow", "delivery", "broken", "box", "love", "it", "would", "buy", "again"]
     (repo / "raw/sales").mkdir(parents=True)
-    (repo / "raw/sales/sales.csv").write_text("day,units,y\n2024-01-03,5,1\n2024-01-04,7,0\n")
+    (repo / "raw/sales/sales.csv").write_text("review,y\n" + "".join(
+        f"{' '.join(words[(i + k) % 10] for k in range(6 + i % 3))} #{i},{i % 2}\n" for i in range(40)))
     with zipfile.ZipFile(repo / "raw/evil.zip", "w") as zf:
         zf.writestr("../../escape.txt", "x")
     specs = {
@@ -171,7 +184,7 @@ def make_bad_sources(repo: Path) -> dict[str, str]:
         "corrupt": "validate: raw/corrupt/train/red/train_red_0.png: corrupt or undecodable image",
         "coco": "validate: raw/coco/validation/_annotations.coco.json:",
         "seg": "validate: raw/seg/train/annotations/0001.png:",
-        "sales": "validate: raw/sales/sales.csv: column 'day' holds dates",
+        "sales": "validate: raw/sales/sales.csv: column 'review' holds free text",
         "evil": "fetch: raw/evil.zip: member '../../escape.txt' would be written outside the target folder",
     }
 
