@@ -186,7 +186,7 @@ def test_infer_reads_a_table_file_with_its_own_name(repo: Path, tmp_path: Path) 
     assert sum(v["classes"].values()) == 60 and v["schema"]["columns"]["tag"]["type"] == "identifier"
 
 
-def test_plan_flags_an_algorithm_of_the_other_task_naming_the_label(tmp_path: Path) -> None:
+def test_validate_refuses_an_algorithm_of_the_other_task(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     root.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -202,10 +202,13 @@ automl: {candidates: [{name: linear_regression}, {name: logistic_regression}]}
 """),
         "specs/ok.yaml": spec("Experiment", "ok", "mode: run\ndataset: {name: prices}\nalgorithm: {name: linear_regression}"),
     })
+    # the PR check refuses both at their lines (#13); the regression experiments without an
+    # objective are ranked by validation_r2, their task's metric, so they pass
     out = kiln("plan", cwd=root)
-    warnings = sorted(line for line in out.stdout.splitlines() if line.startswith("warning:"))
-    assert len(warnings) == 2, out.stdout + out.stderr
-    assert "Experiment/auto (specs/auto.yaml:1): algorithm 'logistic_regression' is for classification" in warnings[0]
-    assert ("Experiment/fit (specs/fit.yaml:1): algorithm 'random_forest' is for classification, but the label "
-            "'price' of dataset 'prices' is a regression target (its task)") in warnings[1]
-    assert "set the Dataset's task: classification" in warnings[1] and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    errors = [line for line in out.stderr.splitlines() + out.stdout.splitlines() if " is for classification; " in line]
+    assert len(errors) == 2, out.stdout + out.stderr
+    assert errors[0].startswith("specs/auto.yaml:7:") and "algorithm logistic_regression is for classification; " \
+        "dataset 'prices' is a regression dataset" in errors[0]
+    assert errors[1].startswith("specs/fit.yaml:7:") and "algorithm random_forest is for classification" in errors[1]
+    assert "Experiment/ok" not in out.stdout + out.stderr

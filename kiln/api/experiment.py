@@ -253,10 +253,14 @@ class ExperimentSpec(Model):
     def _task_objective(self) -> ExperimentSpec:
         # no objective written: rank by the algorithm's task's metric (a detector by validation_map),
         # not by classification's validation_accuracy, which the others never report
-        if "objective" not in self.model_fields_set and self.algorithm is not None:
-            from kiln.algorithms.catalogue import default_objective
+        if "objective" not in self.model_fields_set and (self.algorithm is not None or self.automl is not None):
+            from kiln.algorithms.catalogue import TASK_OBJECTIVE, default_objective
 
-            metric = default_objective(self.algorithm.name)
+            if self.algorithm is not None:
+                metric = default_objective(self.algorithm.name)
+            else:  # automl: the candidates' task (all of one task, or validate says which is not)
+                found = {default_objective(c.name) for c in self.automl.candidates} if self.automl else set()  # type: ignore[union-attr]
+                metric = found.pop() if len(found) == 1 else TASK_OBJECTIVE.get(self.task or "")
             if metric is not None and metric != self.objective.metric:
                 self.objective = Objective(metric=metric)
         return self
