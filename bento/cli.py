@@ -36,10 +36,14 @@ def models() -> None:
 @models.command("list")
 @click.argument("name", required=False)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("--as", "as_user", default=None, envvar="KILN_USER", metavar="USER",
+              help="Only the models of experiments USER may see (platform admins: all). Env: KILN_USER.")
 @click.pass_context
-def list_models(ctx: click.Context, name: str | None, output: str) -> None:
+def list_models(ctx: click.Context, name: str | None, output: str, as_user: str | None) -> None:
     """Every registered model version (or NAME's)."""
     rows = _registry(ctx).list(name)
+    if as_user:
+        rows = _visible_models(ctx, rows, as_user)
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -50,6 +54,21 @@ def list_models(ctx: click.Context, name: str | None, output: str) -> None:
     for r in rows:
         click.echo(f"{r['name']:24} {r['version']:>7}  {r['labels'].get('framework', ''):9} "
                    f"{','.join(r['aliases']):16} {r['labels'].get('experiment', ''):16} {r['created'][:19]}")
+
+
+def _visible_models(ctx: click.Context, rows: list, user: str) -> list:
+    """The versions registered by an Experiment ``user`` may see (kiln.controller.policy.Viewer);
+    a model registered by hand (no experiment label) only for platform admins."""
+    from kiln.api.experiment import experiment_label
+    from kiln.controller.policy import Viewer
+
+    config = load_config(_repo(ctx))
+    records = recorded_objects(config.state_url(), config.repo)
+    view = Viewer.of(config, user, records)
+    if view.admin:
+        return rows
+    seen = {experiment_label(r.workspace, r.name) for r in view.filter(records) if r.kind == "Experiment"}
+    return [r for r in rows if r["labels"].get("experiment") in seen]
 
 
 @models.command()

@@ -4,7 +4,10 @@ Every interval it fetches the branch of the GitOps repository and reconciles:
 
 - a **new commit** is validated first, in a separate checkout, exactly as ``kiln validate`` does.
   Invalid: it is reported (log, webhook, the controller line of ``kiln status``) and *nothing* is
-  applied; the clone stays at the last good commit, whose objects keep being reconciled. Valid: the
+  applied; the clone stays at the last good commit, whose objects keep being reconciled. With a
+  ``policy`` section in kiln.yaml, the range from the applied commit is checked too
+  (``kiln.controller.policy``): a refused commit is reported the same way (``refused-commit``,
+  lastError kind ``policy``) and the clone moves only up to the commit before it. Valid: the
   clone moves to it and ``kiln.controller.project.apply`` (the function behind ``kiln apply``)
   plans and applies exactly what the plan says.
 - **without a new commit** it plans again: ``Handler.observe`` reports drift (a Label Studio
@@ -167,7 +170,7 @@ class Metrics:
         self.duration = Histogram("kiln_controller_reconcile_duration_seconds", "Duration of one reconcile loop",
                                   buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
                                   registry=r)
-        self.errors = Counter("kiln_controller_errors", "Errors, by kind (invalid, git, apply, lock, notify)",
+        self.errors = Counter("kiln_controller_errors", "Errors, by kind (invalid, policy, git, apply, lock, notify)",
                               ["kind"], registry=r)
         self.drift = Counter("kiln_controller_drift", "Objects found drifted from their applied spec", registry=r)
         self.objects = Gauge("kiln_controller_objects", "Recorded objects by kind and health",
@@ -430,24 +433,31 @@ class Controller:
             applied = record.get("lastApplied", {}).get("commit")
             target = None
             err = record.get("lastError") or {}
-            if head != applied and not (err.get("kind") == "invalid" and err.get("commit") == head):
+            if head != applied and not (err.get("kind") in ("invalid", "policy") and err.get("commit") == head):
                 problem = self._validate(head)
                 if problem:
                     result = "invalid"
                     self._invalid(record, head, problem)
                 else:
+                    goal = self._allowed(record, applied, head)  # head, or the last allowed commit
+                    if goal != head:
+                        result = "refused"
+                        if goal != applied and self._validate(goal):
+                            goal = applied  # the allowed part alone is invalid: stay until a fix
                     try:
-                        self._sync_to(head)
+                        if goal != applied:
+                            self._sync_to(goal)
                     except KilnError as exc:
                         self.metrics.errors.labels(kind="git").inc()
-                        self.log("sync-failed", exc.message, level="error", commit=head)
-                        record["lastError"] = {"commit": head, "kind": "sync", "message": exc.message, "at": _now()}
+                        self.log("sync-failed", exc.message, level="error", commit=goal)
+                        record["lastError"] = {"commit": goal, "kind": "sync", "message": exc.message, "at": _now()}
                         self.heartbeat.failure = f"git: {exc.message}"
                         result = "error"
                     else:
-                        target = head
+                        target = goal if goal != applied else None
             elif head != applied:
-                result = "invalid"  # reported before; keep reconciling the last good commit
+                # reported before; keep reconciling the last good (allowed) commit
+                result = "refused" if err.get("kind") == "policy" else "invalid"
             if target is None and not applied:
                 self._save(record, sync=False, count=True)
                 self._finish(t0, result)
@@ -515,6 +525,37 @@ class Controller:
         except KilnError as exc:
             return exc.message.replace(str(self.check) + os.sep, "")
         return ""
+
+    def _allowed(self, record: dict[str, Any], applied: str | None, head: str) -> str:
+        """The newest commit of ``applied..head`` up to which every commit is allowed by the policy
+        (``kiln.controller.policy``), when kiln.yaml at ``applied`` has a ``policy`` section: ``head``
+        when all are, else the one before the first refused commit (``applied``: none). The first
+        apply (nothing applied yet) is the operator's bootstrap and is not checked."""
+        from kiln.controller.policy import check_range, config_at
+
+        if not applied:
+            return head
+        policy = config_at(self.clone, applied)
+        if policy is None:
+            return head
+        config = load_config(self.clone)
+        report = check_range(config, f"{applied}..{head}", policy=policy)
+        if not report.ok:
+            self._refused(record, head, report.text())
+        while not report.ok:
+            goal = report.allowed_until()
+            if goal == applied:
+                return applied
+            report = check_range(config, f"{applied}..{goal}", policy=policy)
+        return report.head
+
+    def _refused(self, record: dict[str, Any], head: str, problem: str) -> None:
+        """Like ``_invalid``, for a range the policy refuses (kind ``policy``)."""
+        self.metrics.errors.labels(kind="policy").inc()
+        self.log("refused-commit", f"not applied: {problem}", level="error", commit=head)
+        record["lastError"] = {"commit": head, "kind": "policy", "message": problem, "at": _now()}
+        self._save(record, sync=False)
+        self._notify({"event": "refused-commit", "commit": head, "message": problem})
 
     def _sync_to(self, commit: str) -> None:
         """Move the clone to ``commit``, keeping kiln's own local commits and changes on top."""
@@ -625,8 +666,10 @@ class Controller:
         if new or record.get("lastApplied", {}).get("commit") != commit:
             record["lastApplied"] = {"commit": commit, "at": _now(), "result": "ok" if ok else "failed"}
             self.metrics.applied_ts.set(time.time())
-            if (record.get("lastError") or {}).get("kind") == "invalid":
-                record["lastError"] = None  # a good commit replaced the invalid one
+            err = record.get("lastError") or {}
+            if err.get("kind") == "invalid" or (err.get("kind") == "policy" and
+                                                commit == record.get("lastSeen", {}).get("commit")):
+                record["lastError"] = None  # a good commit replaced the invalid (or refused) one
         elif res.results and (record["lastApplied"].get("result") == "ok") != ok:
             record["lastApplied"] = {**record["lastApplied"], "result": "ok" if ok else "failed"}
 

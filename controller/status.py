@@ -65,10 +65,19 @@ def _progress(wf: dict[str, Any] | None) -> str:
     return f"{done}/{len(tasks)} {wf.get('phase', '?')}" if tasks else str(wf.get("phase", "-"))
 
 
-def status_rows(config: KilnConfig) -> list[dict[str, Any]]:
+def _visible(config: KilnConfig, recs: list[Any], user: str | None, everything: list[Any] | None = None) -> list[Any]:
+    """Only what ``user`` may see (``--as``; ``kiln.controller.policy.Viewer``); all without one."""
+    if not user:
+        return recs
+    from kiln.controller.policy import Viewer
+
+    return Viewer.of(config, user, recs if everything is None else everything).filter(recs)
+
+
+def status_rows(config: KilnConfig, user: str | None = None) -> list[dict[str, Any]]:
     store = _store(config)
     try:
-        recs = store.all_objects()
+        recs = _visible(config, store.all_objects(), user)
     finally:
         store.close()
     rank = {k: i for i, k in enumerate(KINDS)}
@@ -261,7 +270,7 @@ def _selected(labels: dict[str, str], selector: list[tuple[str, str, str | None]
 
 
 def get_records(config: KilnConfig, kind: str, name: str | None, workspace: str | None = None,
-                selectors: tuple[str, ...] = (), sort_by: str | None = None) -> list[Any]:
+                selectors: tuple[str, ...] = (), sort_by: str | None = None, user: str | None = None) -> list[Any]:
     """Records of KIND (in ``workspace``), or the one that ``name`` names (``kiln.api.refs``);
     only those whose ``metadata.labels`` match every ``-l`` selector, sorted by ``sort_by``
     (``SORT_FIELDS``; default: by key)."""
@@ -271,6 +280,8 @@ def get_records(config: KilnConfig, kind: str, name: str | None, workspace: str 
     store = _store(config)
     try:
         recs = store.all_objects(kind=k)
+        if user:  # an object the user may not see is as absent as one never applied
+            recs = _visible(config, recs, user, store.all_objects(kind="Workspace"))
     finally:
         store.close()
     if name is None:

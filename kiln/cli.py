@@ -59,6 +59,7 @@ class KilnGroup(_LazyGroup):
         "predict": "kiln.controller.deployment_cli:predict",
         "report": "kiln.controller.report_cli:report",
         "controller": "kiln.controller.daemon:controller",
+        "policy": "kiln.controller.policy_cli:policy",
     }
 
 
@@ -120,15 +121,42 @@ def validate(ctx: click.Context, path: str | None) -> int:
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @click.option("--target", "targets", multiple=True, metavar="KIND/[WORKSPACE/]NAME",
               help="Only this object and what it depends on (workspace, datasets it reads); repeatable.")
+@click.option("--policy", "policy_range", default=None, metavar="BASE..HEAD",
+              help="Also check who may change what: each commit's author against the Workspaces' roles "
+              "(docs/security.md); a change not allowed is a line with its file:line, exit 1.")
+@click.option("--actor", default=None, metavar="EMAIL",
+              help="With --policy: judge every commit as this user (the CI actor) instead of its author.")
 @workspace_option
 @click.pass_context
 def plan(ctx: click.Context, path: str | None, fmt: str, prune: bool, detailed_exitcode: bool,
-         verbose: bool, targets: tuple[str, ...], workspace: str | None) -> int:
+         verbose: bool, targets: tuple[str, ...], policy_range: str | None, actor: str | None,
+         workspace: str | None) -> int:
     """Show what `kiln apply` would create, update or delete (the pull-request check)."""
     from kiln.controller.project import plan as make
 
-    p = make(_config(ctx), path, prune=prune, targets=targets, workspace=workspace)
-    click.echo(p.to_json() if fmt == "json" else p.to_markdown() if fmt == "markdown" else p.to_text(verbose))
+    cfg = _config(ctx)
+    if actor and not policy_range:
+        raise click.UsageError("--actor needs --policy BASE..HEAD")
+    p = make(cfg, path, prune=prune, targets=targets, workspace=workspace)
+    report = None
+    if policy_range:
+        from kiln.controller.policy import check_range
+
+        report = check_range(cfg, policy_range, actor=actor)
+    if fmt == "json":
+        data = json.loads(p.to_json())
+        if report is not None:
+            data["policy"] = {"base": report.base, "head": report.head, "commits": len(report.commits),
+                              "violations": [str(v) for v in report.violations]}
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(p.to_markdown() if fmt == "markdown" else p.to_text(verbose))
+        if report is not None:
+            lines = report.text().splitlines()
+            click.echo("\n".join(["### kiln policy", "", *[f"- `{x}`" for x in lines]]) + "\n"
+                       if fmt == "markdown" else "\n".join(lines))
+    if report is not None and not report.ok:
+        return 1
     return 2 if detailed_exitcode and p.has_changes else 0
 
 
@@ -171,14 +199,21 @@ def apply(ctx: click.Context, path: str | None, prune: bool, wait_lock: float, t
     return done.result.exit_code
 
 
+# who is looking (kiln.controller.policy.Viewer): without it, every object is shown
+as_option = click.option("--as", "as_user", default=None, envvar="KILN_USER", metavar="USER",
+                         help="Show only what USER (an e-mail) may see: their workspaces and the datasets "
+                         "shared with them (platform admins: everything). Env: KILN_USER.")
+
+
 @cli.command()
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@as_option
 @click.pass_context
-def status(ctx: click.Context, output: str) -> int:
+def status(ctx: click.Context, output: str, as_user: str | None) -> int:
     """Every object: kind, name, sync, health, last change."""
     from kiln.controller.status import controller_lines, status_rows, status_table
 
-    rows = status_rows(_config(ctx))
+    rows = status_rows(_config(ctx), as_user)
     click.echo(json.dumps(rows, indent=2) if output == "json" else status_table(rows))
     if output == "table":
         for line in controller_lines(_config(ctx)):  # written by `kiln controller`
@@ -195,14 +230,15 @@ def status(ctx: click.Context, output: str) -> int:
 @click.option("--sort-by", default=None, metavar="FIELD",
               help="name, workspace, owner, created, lastChange, status, health, sync, ready or generation.")
 @workspace_option
+@as_option
 @click.pass_context
 def get(ctx: click.Context, kind: str, name: str | None, output: str, selectors: tuple[str, ...],
-        sort_by: str | None, workspace: str | None) -> int:
+        sort_by: str | None, workspace: str | None, as_user: str | None) -> int:
     """Recorded state of objects of KIND (of one workspace with -w), or of one object."""
     from kiln.controller.status import get_records, record_json, row, status_table
 
     cfg = _config(ctx)
-    recs = get_records(cfg, kind, name, workspace, selectors, sort_by)
+    recs = get_records(cfg, kind, name, workspace, selectors, sort_by, as_user)
     if output == "table":
         click.echo(status_table([row(r) for r in recs], owners=True)
                    if recs or not selectors else "No objects match the selector.")

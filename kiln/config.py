@@ -16,6 +16,7 @@ Example::
     notifications: {webhook: https://hooks.example.com/kiln}   # or {webhookEnv: KILN_WEBHOOK_URL}
     datasets: {allowPrivateNetworks: false, maxArchiveBytes: 21474836480}   # what sources may reach
     gc: {keepRuns: 3, afterApply: false}   # kiln gc: newest runs kept per experiment
+    policy: {admins: [ops@example.com], requireSignedCommits: false}   # who may change what (docs/security.md)
 """
 
 from __future__ import annotations
@@ -126,6 +127,21 @@ class GcConfig(_Section):
     afterApply: bool = Field(False, description="collect after every kiln apply, under its lock")
 
 
+class PolicyConfig(_Section):
+    """Who may change what (``kiln.controller.policy``, docs/security.md). With this section in
+    kiln.yaml, ``kiln controller`` checks every commit range before applying it; ``kiln plan
+    --policy`` checks whether the section is there or not. Read from the range's base commit,
+    never from the change under check, so a commit cannot make its author an admin."""
+
+    admins: list[str] = Field(default_factory=list, description="platform admins (git author e-mails): "
+                              "create Workspaces, change kiln.yaml and CODEOWNERS, and see everything")
+    requireSignedCommits: bool = Field(False, description="every commit of a range must pass `git verify-commit` "
+                                       "(signed by its author's key, as the git configuration trusts it)")
+
+    def is_admin(self, user: str | None) -> bool:
+        return user is not None and user.strip().lower() in {a.strip().lower() for a in self.admins}
+
+
 class KilnConfig(_Section):
     specs: str | None = None
     templates: str | None = None
@@ -140,6 +156,7 @@ class KilnConfig(_Section):
     historyLimit: int = Field(20, ge=1)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     gc: GcConfig = Field(default_factory=GcConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
     # Resolved paths (not read from the file).
     repo: Path = Field(default=Path("."), exclude=True)
@@ -158,6 +175,10 @@ class KilnConfig(_Section):
 
     def kiln_dir(self) -> Path:
         return self.repo / ".kiln"
+
+    def policy_enforced(self) -> bool:
+        """Whether kiln.yaml has a ``policy`` section (then ``kiln controller`` enforces it)."""
+        return "policy" in self.model_fields_set
 
 
 def load_config(repo: str | os.PathLike[str]) -> KilnConfig:

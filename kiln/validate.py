@@ -315,9 +315,13 @@ class _Checker:
         parallel = spec.hpo.parallelTrials if spec.hpo else 1
         self._resources(s, spec.resources, ["spec", "resources"], parallel,
                         f"{parallel} parallel trial(s)" if parallel > 1 else "the training job")
+        self._users(s, spec.users)
+
+    def _users(self, s: LoadedSpec, users: list[str]) -> None:
+        """A private Experiment's or Deployment's ``users`` are members of its workspace."""
         ws = self.ws(s)
         if ws is not None and ws.members:
-            for i, u in enumerate(spec.users):
+            for i, u in enumerate(users):
                 if ws.role_of(u) is None:
                     self.add(s, ["spec", "users", i], f"user {u!r} is not a member of workspace {s.workspace!r}",
                              "add them to the Workspace's members")
@@ -354,6 +358,7 @@ class _Checker:
     def check_deployment(self, s: LoadedSpec) -> None:
         spec = s.obj.spec
         self._owner(s, spec.owner)
+        self._users(s, spec.users)
         self._model(s, spec.model, ["spec", "model"])
         check_algorithms(self, s)
         replicas = spec.autoscaling.maxReplicas if spec.autoscaling else spec.replicas

@@ -72,6 +72,10 @@ class DeploymentSpec(Model):
     port: int | None = Field(None, ge=1024, le=65535, description="local runtime: fixed port (default: free one)")
     enabled: bool = Field(True, description="false keeps the spec but stops serving (Flightbase's switch)")
     owner: str | None = None
+    # who may change it (kiln.controller.policy), as an Experiment's; serving access is `auth`
+    access: Literal["public", "private"] = Field(
+        "public", description="private: only the owner, `users` and workspace admins change or see it")
+    users: list[str] = Field(default_factory=list, description="private: who besides the owner may change or see it")
     description: Description = None
 
 
