@@ -62,6 +62,7 @@ from kiln.algorithms.base import read_meta
 from kiln.algorithms.registry import get_algorithm
 from kiln.api.experiment import from_experiment
 from kiln.api.labeling import LabelingJob, LabelingJobSpec
+from kiln.api.workspace import ROLE_PERMISSIONS
 from kiln.controller.dataset_steps import data_rel, write_version
 from kiln.controller.handlers.base import TemporaryError
 from kiln.controller.steps import StepContext, workspace_dir
@@ -724,12 +725,25 @@ def labeling_assign(ctx: StepContext) -> dict[str, Any]:
     ws, name = ctx.workspace, ctx.name
     members = _members(ctx, ws)
     people = [a.user for a in spec.annotators] + [r for r in spec.reviewers if r not in {a.user for a in spec.annotators}]
+    if members is None and ctx.config.policy_enforced():
+        # with a policy, a Label Studio account is a workspace member's only (#26)
+        raise ConfigError(f"LabelingJob {ws}/{name}: workspace {ws} has no applied Workspace spec, so none of "
+                          f"{', '.join(people)} is known to be a member of it and no Label Studio account is made",
+                          hint=f"add a Workspace {ws} with these users as members (role annotator, or developer "
+                               "for reviewers) and apply it first")
     if members is not None:
         missing = [u for u in people if u not in members]
         if missing:
             raise ConfigError(f"LabelingJob {ws}/{name}: {', '.join(missing)} "
                               f"{'is' if len(missing) == 1 else 'are'} not a member of workspace {ws}",
                               hint=f"members: {', '.join(sorted(members)) or 'none'}; add them to the Workspace spec")
+        # the roles as applied now (validate checked the spec's): annotate / review permissions
+        wrong = [f"{u} ({members[u]}) may not {what}" for what, users in
+                 (("annotate", [a.user for a in spec.annotators]), ("review", spec.reviewers))
+                 for u in users if what not in ROLE_PERMISSIONS.get(members[u], frozenset())]
+        if wrong:
+            raise ConfigError(f"LabelingJob {ws}/{name}: {'; '.join(wrong)} in workspace {ws}",
+                              hint="reviewers must be developers or admins of the workspace")
     client = connect(ctx.config)
     pid = project_id(ctx, client)
     before = set(client.users())

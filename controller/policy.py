@@ -23,7 +23,9 @@ included, is the platform admins'); a read-only Dataset by its owner or a worksp
 private Experiment or Deployment by its owner, its listed users and workspace admins. The owner,
 access and users come from the object's version before the change (so nobody takes an object over
 by renaming its owner), from the new version for a created one. kiln.yaml and CODEOWNERS are the
-platform admins'. Deleting follows the same rules.
+platform admins'; ``data/<ws>/`` and ``metrics/<ws>/`` that workspace's developers and admins';
+any other file (code a training runs, templates) a developer's or admin's of some workspace
+(``file_rule``). Deleting follows the same rules.
 
 Visibility (``visible``) applies the same roles to what ``kiln get``, ``status`` and ``models
 list`` show a user (``--as``/``KILN_USER``), from the recorded (applied) Workspaces.
@@ -273,13 +275,13 @@ def _changed_files(repo: Path, old: str, new: str, merge: bool = False) -> list[
 
 
 def commit_changes(specs: Specs, c: Commit) -> tuple[list[Change], list[str]]:
-    """The objects commit ``c`` changes against its first parent, and the platform files it changes."""
+    """The objects commit ``c`` changes against its first parent, and the other files it changes."""
     parent = c.parents[0] if c.parents else EMPTY_TREE
     files = _changed_files(specs.repo, parent, c.sha, merge=len(c.parents) > 1)
     spec_files = [f for f in files if specs.is_spec(f)]
     old = [v for f in spec_files for v in specs.at(parent, f)]
     new = [v for f in spec_files for v in specs.at(c.sha, f)]
-    return diff_objects(old, new), [f for f in files if f in PLATFORM_FILES]
+    return diff_objects(old, new), [f for f in files if not specs.is_spec(f)]
 
 
 # -- the rules -------------------------------------------------------------------------------------
@@ -374,6 +376,32 @@ RULES: dict[str, Rule] = {
     "Deployment": private_rule,
     "LabelingJob": member_rule,
 }
+
+
+# folders whose second component is a workspace: data/<ws>/ (dataset pointers, versions logs) and
+# metrics/<ws>/ (experiments' results); kiln writes them, a workspace's developers commit them
+WORKSPACE_FOLDERS = ("data", "metrics")
+
+
+def file_rule(path: str, user: str, roles: Roles) -> tuple[str, str] | None:
+    """(the user's role, why not) for a changed file that is not a spec; None: allowed. Code and
+    other files (a script that ``command.run`` runs, templates) belong to the workspaces'
+    developers and admins, never annotators."""
+    if roles.policy.is_admin(user):
+        return None
+    if path in PLATFORM_FILES:
+        return "not a platform admin", "only platform admins (kiln.yaml policy.admins at the base commit) change it"
+    parts = PurePosixPath(path).parts
+    if len(parts) > 2 and parts[0] in WORKSPACE_FOLDERS:
+        role = roles.role(user, parts[1])
+        if role in ("developer", "admin"):
+            return None
+        return roles.describe(user, parts[1]), f"{parts[0]}/{parts[1]}/ is changed by developers and admins of {parts[1]}"
+    mine = {ws: m[user] for ws, m in roles.members.items() if user in m}
+    if any(r in ("developer", "admin") for r in mine.values()):
+        return None
+    role = ", ".join(f"{r} in {ws}" for ws, r in sorted(mine.items())) or "not a member of any workspace"
+    return role, "files outside the specs (code, templates) are changed by a workspace's developers and admins"
 
 
 def judge(ch: Change, user: str, roles: Roles) -> str | None:
@@ -498,7 +526,7 @@ def _check(specs: Specs, base: str, head: str, actor: str | None, policy: Policy
             [v for f in spec_files for v in specs.at(mb, f)], [v for f in spec_files for v in specs.at(head, f)]
         )
     }
-    platform = {f for f in files if f in PLATFORM_FILES}
+    other = {f for f in files if not specs.is_spec(f)}
     out: list[Violation] = []
     for c in found:
         changes, touched = commit_changes(specs, c)
@@ -527,19 +555,15 @@ def _check(specs: Specs, base: str, head: str, actor: str | None, policy: Policy
                     )
                 )
         for f in touched:
-            if f in platform and (not c.verified or not policy.is_admin(c.email)):
-                out.append(
-                    Violation(
-                        c.sha,
-                        f,
-                        1,
-                        c.email,
-                        "unsigned" if not c.verified else "not a platform admin",
-                        "change",
-                        f,
-                        "only platform admins (kiln.yaml policy.admins at the base commit) change it",
-                    )
-                )
+            if f not in other:
+                continue  # undone later in the range
+            refused = (
+                ("unsigned", "the commit has no trusted signature of its author (policy.requireSignedCommits)")
+                if not c.verified
+                else file_rule(f, c.email, roles)
+            )
+            if refused:
+                out.append(Violation(c.sha, f, 1, c.email, refused[0], "change", f, refused[1]))
     unique = list(dict.fromkeys(out))
     return Report(base, head, found, unique)
 

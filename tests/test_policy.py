@@ -133,6 +133,8 @@ MOVE_EXPS = move("specs/exps.yaml", "specs/experiments/all.yaml")
 SERVE = edit("specs/serve.yaml", "access: private", "access: private\n  replicas: 2")
 KILN_YAML = put("kiln.yaml", f"policy: {{admins: [{OPS}, {ADM}]}}\n")
 CODEOWNERS = put(".github/CODEOWNERS", f"* {DEV}\n")
+SCRIPT = put("train.py", "print('trained')\n")
+METRICS = put("metrics/vision/open.json", "{}\n")
 
 # (author, change, refused: the ref and words of the rule, or None when allowed)
 MATRIX = [
@@ -181,6 +183,11 @@ MATRIX = [
     (OPS, KILN_YAML, None),
     (DEV, CODEOWNERS, (".github/CODEOWNERS", "not a platform admin", "only platform admins")),
     (OPS, SECRET_C, None),
+    # other files: code for developers and admins; data/<ws>/ and metrics/<ws>/ for that workspace's
+    (DEV, SCRIPT, None),
+    (ANN, SCRIPT, ("train.py", "annotator in vision", "files outside the specs")),
+    (NDEV, METRICS, ("metrics/vision/open.json", "not a member of vision", "developers and admins of vision")),
+    (DEV3, METRICS, None),
 ]
 
 
@@ -324,7 +331,9 @@ def test_codeowners_matches_the_specs(repo: Repo) -> None:
     (repo.root / ".github/CODEOWNERS").unlink()
 
 
-def test_kiln_get_as_shows_only_the_users_workspaces(tmp_path: Path) -> None:
+def test_kiln_get_as_shows_only_the_users_workspaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Recorded objects of two workspaces (written to the state store as apply does), seen by
     each role: members see their workspace and the datasets shared with it, not a private
     experiment they are not listed on; platform admins and no identity see everything."""
@@ -355,9 +364,25 @@ def test_kiln_get_as_shows_only_the_users_workspaces(tmp_path: Path) -> None:
     finally:
         store.close()
 
+    from kiln.cli import main
+
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("KILN_USER", raising=False)
+
+    def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+        """The kiln CLI in-process (eleven subprocesses took 20 s on a loaded machine)."""
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
+            code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
     def names(*args: str, env: dict[str, str] | None = None) -> set[str]:
-        p = kiln(*args, "-o", "json", cwd=root, env=env, check=True)
-        return {f"{o['kind']}/{o['workspace']}/{o['name']}" for o in json.loads(p.stdout)}
+        code, out = run(*args, "-o", "json", env=env)
+        assert code == 0, out
+        return {f"{o['kind']}/{o['workspace']}/{o['name']}" for o in json.loads(out)}
 
     ws_all = names("get", "workspaces")
     assert ws_all == {"Workspace/default/vision", "Workspace/default/nlp"}
@@ -372,16 +397,18 @@ def test_kiln_get_as_shows_only_the_users_workspaces(tmp_path: Path) -> None:
     assert names("get", "experiments", "--as", DEV3) == {"Experiment/vision/open"}
     assert names("get", "experiments", "--as", DEV2) == {"Experiment/vision/open", "Experiment/vision/secret"}
     assert names("get", "experiments", "--as", ADM) == {"Experiment/vision/open", "Experiment/vision/secret"}
-    hidden = kiln("get", "experiment", "vision/secret", "--as", DEV3, cwd=root)
-    assert hidden.returncode == 1 and "has not been applied" in (hidden.stderr + hidden.stdout)
-    st = kiln("status", "-o", "json", "--as", NDEV, cwd=root, check=True)
-    rows = json.loads(st.stdout)
+    code, out = run("get", "experiment", "vision/secret", "--as", DEV3)
+    assert code == 1 and "has not been applied" in out
+    code, out = run("status", "-o", "json", "--as", NDEV)
+    assert code == 0, out
+    rows = json.loads(out)
     assert {(r["kind"], r["name"]) for r in rows} == {("Workspace", "nlp"), ("Dataset", "texts"), ("Dataset", "notes")}
 
 
 # -- the controller --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~8 s: three applies of a Workspace
 def test_the_controller_applies_allowed_commits_and_stays_on_the_last_allowed_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -425,3 +452,42 @@ def test_the_controller_applies_allowed_commits_and_stays_on_the_last_allowed_on
     assert ctl.tick() is True
     _, ctl_rec = state(clone)
     assert ctl_rec["lastApplied"]["commit"] == fixed and ctl_rec["lastError"] is None and ctl_rec["sync"] == "Synced"
+
+
+def test_label_studio_accounts_only_for_members_with_the_role(tmp_path: Path) -> None:
+    """The assign step creates a Label Studio account per annotator and reviewer: with a policy it
+    refuses people of a workspace kiln does not manage, and a member whose applied role may not
+    annotate or review; both before it reaches any server."""
+    from kiln.config import load_config
+    from kiln.controller.labeling_steps import labeling_assign
+    from kiln.controller.steps import StepContext
+    from kiln.errors import ConfigError
+    from kiln.state import open_store
+
+    (tmp_path / "kiln.yaml").write_text(
+        f"policy: {{admins: [{OPS}]}}\nlabelStudio: {{url: 'http://127.0.0.1:9', tokenEnv: KILN_TEST_NO_TOKEN}}\n"
+    )
+    cfg = load_config(tmp_path)
+    job = {
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "LabelingJob",
+        "metadata": {"name": "boxes", "workspace": "vision"},
+        "spec": {
+            "dataset": {"name": "digits"},
+            "task": "classification",
+            "labels": ["a", "b"],
+            "annotators": [{"user": ANN}],
+            "reviewers": [DEV],
+        },
+    }
+    ctx = StepContext(cfg, "LabelingJob/vision/boxes", job, "h")
+    with pytest.raises(ConfigError, match="no applied Workspace spec") as exc:
+        labeling_assign(ctx)
+    assert ANN in exc.value.message and DEV in exc.value.message
+    store = open_store(cfg.state_url(), tmp_path)
+    try:
+        store.put_kv("workspace", "vision", {"members": {ANN: "annotator", DEV: "annotator"}})
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match=r"dev@x.com \(annotator\) may not review"):
+        labeling_assign(ctx)
