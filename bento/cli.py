@@ -59,8 +59,8 @@ def list_models(ctx: click.Context, name: str | None, output: str, as_user: str 
 def _visible_models(ctx: click.Context, rows: list, user: str) -> list:
     """The versions registered by an Experiment ``user`` may see (kiln.controller.policy.Viewer);
     a model registered by hand (no experiment label) only for platform admins."""
+    from kiln.api.access import Viewer
     from kiln.api.experiment import experiment_label
-    from kiln.controller.policy import Viewer
 
     config = load_config(_repo(ctx))
     records = recorded_objects(config.state_url(), config.repo)

@@ -27,8 +27,8 @@ platform admins'; ``data/<ws>/`` and ``metrics/<ws>/`` that workspace's develope
 any other file (code a training runs, templates) a developer's or admin's of some workspace
 (``file_rule``). Deleting follows the same rules.
 
-Visibility (``visible``) applies the same roles to what ``kiln get``, ``status`` and ``models
-list`` show a user (``--as``/``KILN_USER``), from the recorded (applied) Workspaces.
+Visibility (``kiln.api.access.Viewer``) applies the same roles to what ``kiln get``, ``status``
+and ``models list`` show a user (``--as``/``KILN_USER``), from the recorded (applied) Workspaces.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ from typing import Any
 
 import yaml
 
+from kiln.api.access import lower as _lower
+from kiln.api.access import members_of, private_to
+from kiln.api.access import spec_of as _spec
 from kiln.config import CONFIG_FILE, KilnConfig, PolicyConfig
 from kiln.errors import ConfigError, KilnError
 
@@ -305,24 +308,6 @@ class Roles:
         return f"{role} in {ws}" if role else f"not a member of {ws}"
 
 
-def members_of(doc: dict[str, Any]) -> dict[str, str]:
-    spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
-    out: dict[str, str] = {}
-    for m in (spec or {}).get("members") or []:
-        if isinstance(m, dict) and isinstance(m.get("user"), str):
-            out[m["user"].strip().lower()] = str(m.get("role") or "developer")
-    return out
-
-
-def _spec(doc: dict[str, Any]) -> dict[str, Any]:
-    spec = doc.get("spec")
-    return spec if isinstance(spec, dict) else {}
-
-
-def _lower(value: Any) -> str:
-    return value.strip().lower() if isinstance(value, str) else ""
-
-
 Rule = Callable[[Change, str, Roles], "str | None"]
 
 
@@ -361,9 +346,8 @@ def private_rule(ch: Change, user: str, roles: Roles) -> str | None:
     refused = member_rule(ch, user, roles)
     if refused:
         return refused
-    spec = _spec(ch.before)
-    allowed = {_lower(spec.get("owner"))} | {_lower(u) for u in spec.get("users") or []}
-    if spec.get("access") == "private" and user not in allowed and roles.role(user, ch.workspace) != "admin":
+    allowed = private_to(ch.before)
+    if allowed is not None and user not in allowed and roles.role(user, ch.workspace) != "admin":
         return f"it is private: only its owner, its listed users and admins of {ch.workspace} change it"
     return None
 
@@ -566,62 +550,6 @@ def _check(specs: Specs, base: str, head: str, actor: str | None, policy: Policy
                 out.append(Violation(c.sha, f, 1, c.email, refused[0], "change", f, refused[1]))
     unique = list(dict.fromkeys(out))
     return Report(base, head, found, unique)
-
-
-# -- visibility ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Viewer:
-    """What one user may see of the recorded objects (module doc)."""
-
-    user: str
-    admin: bool
-    roles: dict[str, str]  # workspace -> role
-
-    @classmethod
-    def of(cls, config: KilnConfig, user: str, records: Iterable[Any]) -> Viewer:
-        user = user.strip().lower()
-        roles = {}
-        for r in records:
-            if r.kind == "Workspace":
-                role = members_of(r.spec or {}).get(user)
-                if role:
-                    roles[r.name] = role
-        return cls(user, config.policy.is_admin(user), roles)
-
-    def sees(self, kind: str, workspace: str, name: str, doc: dict[str, Any]) -> bool:
-        if self.admin:
-            return True
-        if kind == "Workspace":
-            return name in self.roles
-        spec = _spec(doc)
-        if workspace in self.roles:
-            if kind in ("Experiment", "Deployment") and spec.get("access") == "private":
-                allowed = {_lower(spec.get("owner"))} | {_lower(u) for u in spec.get("users") or []}
-                return self.user in allowed or self.roles[workspace] == "admin"
-            return True
-        if kind == "Dataset":  # shared with one of the user's workspaces (empty list: with all)
-            sharing = spec.get("sharing") if isinstance(spec.get("sharing"), dict) else {}
-            targets = (sharing or {}).get("workspaces") or []
-            return (
-                (sharing or {}).get("visibility") == "shared"
-                and bool(self.roles)
-                and (not targets or bool(set(targets) & set(self.roles)))
-            )
-        return False
-
-    def filter(self, records: Iterable[Any]) -> list[Any]:
-        return [r for r in records if self.sees(r.kind, r.workspace, r.name, r.spec or {})]
-
-
-def viewer(config: KilnConfig, user: str | None) -> Viewer | None:
-    """The viewer for ``--as``/``KILN_USER`` (None: no identity, everything is shown)."""
-    if not user:
-        return None
-    from kiln.state.snapshot import recorded_objects
-
-    return Viewer.of(config, user, recorded_objects(config.state_url(), config.repo))
 
 
 # -- CODEOWNERS ------------------------------------------------------------------------------------

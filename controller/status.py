@@ -69,7 +69,7 @@ def _visible(config: KilnConfig, recs: list[Any], user: str | None, everything: 
     """Only what ``user`` may see (``--as``; ``kiln.controller.policy.Viewer``); all without one."""
     if not user:
         return recs
-    from kiln.controller.policy import Viewer
+    from kiln.api.access import Viewer
 
     return Viewer.of(config, user, recs if everything is None else everything).filter(recs)
 
