@@ -399,6 +399,19 @@ def test_kiln_get_as_shows_only_the_users_workspaces(
     assert names("get", "experiments", "--as", ADM) == {"Experiment/vision/open", "Experiment/vision/secret"}
     code, out = run("get", "experiment", "vision/secret", "--as", DEV3)
     assert code == 1 and "has not been applied" in out
+    # models list: the versions registered by experiments the user sees (hand-registered: admins)
+    import click
+
+    from kiln.bento.cli import _visible_models, models
+
+    rows = [
+        {"name": n, "labels": {"experiment": e} if e else {}}
+        for n, e in (("o", "vision.open"), ("s", "vision.secret"), ("t", "nlp.texts"), ("h", ""))
+    ]
+    mctx = click.Context(models, obj={"repo": str(root)})
+    assert [r["name"] for r in _visible_models(mctx, rows, DEV3)] == ["o"]
+    assert [r["name"] for r in _visible_models(mctx, rows, DEV2)] == ["o", "s"]
+    assert [r["name"] for r in _visible_models(mctx, rows, OPS)] == ["o", "s", "t", "h"]
     code, out = run("status", "-o", "json", "--as", NDEV)
     assert code == 0, out
     rows = json.loads(out)
