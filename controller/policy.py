@@ -52,6 +52,7 @@ from kiln.errors import ConfigError, KilnError
 # files only platform admins change: the trusted configuration and the forge's review rules
 PLATFORM_FILES = (CONFIG_FILE, "CODEOWNERS", ".github/CODEOWNERS", "docs/CODEOWNERS", ".gitlab/CODEOWNERS")
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's well-known empty tree
+UNSIGNED = "the commit has no trusted signature of its author (policy.requireSignedCommits)"
 
 
 # -- git -------------------------------------------------------------------------------------------
@@ -519,11 +520,7 @@ def _check(specs: Specs, base: str, head: str, actor: str | None, policy: Policy
                 roles.members[ch.name] = members_of(ch.at.doc)  # lends its members to later commits
             if not _overlap(ch.fields(), net.get((ch.kind, ch.workspace, ch.name), set())):
                 continue  # undone later in the range: no change to judge
-            rule = (
-                "the commit has no trusted signature of its author (policy.requireSignedCommits)"
-                if not c.verified
-                else judge(ch, c.email, roles)
-            )
+            rule = UNSIGNED if not c.verified else judge(ch, c.email, roles)
             if rule:
                 ws = ch.name if ch.kind == "Workspace" else ch.workspace
                 out.append(
@@ -541,11 +538,7 @@ def _check(specs: Specs, base: str, head: str, actor: str | None, policy: Policy
         for f in touched:
             if f not in other:
                 continue  # undone later in the range
-            refused = (
-                ("unsigned", "the commit has no trusted signature of its author (policy.requireSignedCommits)")
-                if not c.verified
-                else file_rule(f, c.email, roles)
-            )
+            refused = ("unsigned", UNSIGNED) if not c.verified else file_rule(f, c.email, roles)
             if refused:
                 out.append(Violation(c.sha, f, 1, c.email, refused[0], "change", f, refused[1]))
     unique = list(dict.fromkeys(out))
