@@ -157,8 +157,14 @@ class Specs:
             self._cache[(rev, path)] = self._load(_show(self.repo, rev, path), path)
         return self._cache[(rev, path)]
 
-    def all_at(self, rev: str) -> list[Version]:
-        names = _git(self.repo, "ls-tree", "-r", "--name-only", rev).stdout.splitlines()
+    def all_at(self, rev: str, word: str | None = None) -> list[Version]:
+        """Every object at ``rev``; with ``word``, only of the files that contain it (one ``git
+        grep`` instead of loading every file: the roles need only the Workspaces)."""
+        if word is None:
+            names = _git(self.repo, "ls-tree", "-r", "--name-only", rev).stdout.splitlines()
+        else:
+            found = _git(self.repo, "grep", "-l", "-F", word, rev, "--", ".", check=False).stdout
+            names = [line.split(":", 1)[1] for line in found.splitlines() if ":" in line]
         return [v for n in names if self.is_spec(n) for v in self.at(rev, n)]
 
     def _load(self, text: str | None, path: str) -> list[Version]:
@@ -465,7 +471,7 @@ def config_at(repo: Path, rev: str) -> PolicyConfig | None:
 
 def roles_at(specs: Specs, rev: str, policy: PolicyConfig) -> Roles:
     roles = Roles(policy)
-    for v in specs.all_at(rev) if rev != EMPTY_TREE else []:
+    for v in specs.all_at(rev, "Workspace") if rev != EMPTY_TREE else []:
         if v.kind == "Workspace":
             roles.existing.add(v.name)
             roles.members[v.name] = members_of(v.doc)
