@@ -504,3 +504,24 @@ def test_label_studio_accounts_only_for_members_with_the_role(tmp_path: Path) ->
         store.close()
     with pytest.raises(ConfigError, match=r"dev@x.com \(annotator\) may not review"):
         labeling_assign(ctx)
+
+
+def test_a_merge_is_judged_by_what_it_resolves_its_branches_by_their_commits(repo: Repo) -> None:
+    repo.reset()
+    git(repo.root, "checkout", "-q", "-b", "side")
+    dev = repo.commit(DEV, DIGITS(repo.root), "developer on a branch")
+    git(repo.root, "checkout", "-q", "main")
+    repo.commit(DEV2, OPEN_C(repo.root), "developer on main")
+    git(repo.root, "-c", f"user.email={ANN}", "merge", "-q", "--no-edit", "side")
+    report = repo.check()
+    assert len(report.commits) == 3 and report.ok, report.text()  # a clean merge decides nothing itself
+    # a merge that changes something itself (an "evil merge") is its author's change
+    git(repo.root, "reset", "-q", "--hard", "HEAD~1")
+    git(repo.root, "-c", f"user.email={ANN}", "merge", "-q", "--no-commit", "side")
+    (repo.root / "specs/data/gold.yaml").write_text(dataset("gold", extra="  sharing: {access: read-write}\n"))
+    git(repo.root, "add", "-A")
+    git(repo.root, "-c", f"user.email={ANN}", "commit", "-q", "--no-edit")
+    refused = repo.check()
+    assert [(v.user, v.what) for v in refused.violations] == [(ANN, "Dataset/vision/gold")], refused.text()
+    assert dev not in {v.commit for v in refused.violations}
+    git(repo.root, "branch", "-q", "-D", "side")
