@@ -104,7 +104,7 @@ class Evaluator:
             raise KilnError(f"dataset {self.data.get('dataset')} {self.data.get('number')} has no {split} split")
         algo = get_algorithm(name)
         try:
-            found = algo.evaluate(algo.load(folder), self._td, split).metrics
+            found = dict(algo.evaluate(algo.load(folder), self._td, split))
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot compare", said in the reason
             raise KilnError(f"v{version} could not be evaluated on the {split} split: {type(exc).__name__}: {exc}") from None
         return {k: float(v) for k, v in found.items() if isinstance(v, (int, float))}
