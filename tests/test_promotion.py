@@ -99,7 +99,6 @@ def test_worse_retrain_keeps_production_better_moves_and_rolls_out_pin_rolls_bac
 
     # a Dataset change lists its dependants: the experiment retrains (its trigger), then the model
     # version, the alias under its rule and the deployment that serves it
-    wine = repo / "specs/wine.yaml"
     write(repo, {"specs/wine.yaml": WINE.replace("seed: 7", "seed: 8")})
     ds = plan_json(repo)["Dataset/wine"]["cascade"]
     assert [(e["step"], e["depth"]) for e in ds] == [("retrains", 1), ("registers", 2), ("alias", 3), ("rollout", 4)]
@@ -130,7 +129,11 @@ def test_worse_retrain_keeps_production_better_moves_and_rolls_out_pin_rolls_bac
     row = next(r for r in json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
                if r["name"] == "wine-tree")
     assert "-> wine-clf v2 (production kept at v1 (not better))" in row["info"]
-    assert "is not better than v1's" in kiln("describe", "Experiment/wine-tree", cwd=repo, check=True).stdout
+    described = kiln("describe", "Experiment/wine-tree", cwd=repo, check=True).stdout
+    assert "Aliases (for wine-clf v2):" in described and "  production   kept at v1" in described
+    kiln("report", "--out", "out/pr", cwd=repo, check=True, timeout=120)
+    assert "- alias `production` (better on test_accuracy): **kept at v1**: v2 test_accuracy" in \
+        (repo / "out/pr/report.md").read_text()
 
     # a better model: it moves production, and the same apply rolls it out
     (repo / "specs/tree.yaml").write_text(logistic())
