@@ -34,28 +34,33 @@ spec:
 
 
 def tree(depth: int, aliases: str = "[production]") -> str:
-    return exp("wine-tree", f"""
+    return exp(
+        "wine-tree",
+        f"""
 dataset: {{name: wine}}
 algorithm: {{name: decision_tree, hyperparameters: {{max_depth: {depth}, seed: 3}}}}
 trigger: {{onNewDatasetVersion: retrain}}
 register: {{model: wine-clf, aliases: {aliases}}}
-""")
+""",
+    )
 
 
 def logistic() -> str:
-    return exp("wine-tree", """
+    return exp(
+        "wine-tree",
+        """
 dataset: {name: wine}
 algorithm: {name: logistic_regression}
 trigger: {onNewDatasetVersion: retrain}
 register: {model: wine-clf, aliases: [production]}
-""")
+""",
+    )
 
 
 def commit(repo: Path, message: str) -> str:
     subprocess.run(["git", "add", "-A", "specs"], cwd=repo, check=True)
     subprocess.run(["git", "commit", "-qm", message], cwd=repo, check=True)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture
@@ -109,14 +114,17 @@ def test_worse_retrain_keeps_production_better_moves_and_rolls_out_pin_rolls_bac
     (repo / "specs/tree.yaml").write_text(tree(1))
     commit(repo, "v2: a stump")
     md = kiln("plan", "--format", "markdown", cwd=repo, check=True).stdout
-    follows = md[md.index("#### What follows in this apply"):]
+    follows = md[md.index("#### What follows in this apply") :]
     assert "- `Experiment/wine-tree` (update)" in follows
     assert "  - registers model wine-clf v2" in follows
     assert "    - alias production: may move to v2 (better on test_accuracy; now v1)" in follows
     assert "      - Deployment/wine-api rolls out wine-clf v2 if production moves (serves wine-clf@production)" in follows
     cascade = plan_json(repo)["Experiment/wine-tree"]["cascade"]
     assert [(e["step"], e["ref"]) for e in cascade] == [
-        ("registers", "model wine-clf"), ("alias", "model wine-clf@production"), ("rollout", "Deployment/wine-api")]
+        ("registers", "model wine-clf"),
+        ("alias", "model wine-clf@production"),
+        ("rollout", "Deployment/wine-api"),
+    ]
     pid = serving(repo)["pid"]
     kiln("apply", cwd=repo, check=True, timeout=300)
     reg = registered(repo)
@@ -126,14 +134,15 @@ def test_worse_retrain_keeps_production_better_moves_and_rolls_out_pin_rolls_bac
     assert decision["reason"].startswith("v2 test_accuracy") and "is not better than v1's" in decision["reason"]
     assert aliases(repo) == {"production": 1}
     assert serving(repo)["version"] == 1 and serving(repo)["pid"] == pid  # not even restarted
-    row = next(r for r in json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout)
-               if r["name"] == "wine-tree")
+    row = next(r for r in json.loads(kiln("status", "-o", "json", cwd=repo, check=True).stdout) if r["name"] == "wine-tree")
     assert "-> wine-clf v2 (production kept at v1 (not better))" in row["info"]
     described = kiln("describe", "Experiment/wine-tree", cwd=repo, check=True).stdout
     assert "Aliases (for wine-clf v2):" in described and "  production   kept at v1" in described
     kiln("report", "--out", "out/pr", cwd=repo, check=True, timeout=120)
-    assert "- alias `production` (better on test_accuracy): **kept at v1**: v2 test_accuracy" in \
-        (repo / "out/pr/report.md").read_text()
+    assert (
+        "- alias `production` (better on test_accuracy): **kept at v1**: v2 test_accuracy"
+        in (repo / "out/pr/report.md").read_text()
+    )
 
     # a better model: it moves production, and the same apply rolls it out
     (repo / "specs/tree.yaml").write_text(logistic())
@@ -144,13 +153,15 @@ def test_worse_retrain_keeps_production_better_moves_and_rolls_out_pin_rolls_bac
     assert aliases(repo) == {"production": 3} and serving(repo)["version"] == 3
 
     # pinned in the spec: a rollback through a pull request; plan says so, apply rolls v1 out
-    (repo / "specs/tree.yaml").write_text(logistic().replace("aliases: [production]",
-                                                             "aliases: [{name: production, version: 1}]"))
+    (repo / "specs/tree.yaml").write_text(
+        logistic().replace("aliases: [production]", "aliases: [{name: production, version: 1}]")
+    )
     c4 = commit(repo, "roll production back to v1")
     cascade = plan_json(repo)["Experiment/wine-tree"]["cascade"]
     assert [e["text"] for e in cascade] == [
         "alias production: moves to v1 (pinned; now v3)",
-        "Deployment/wine-api rolls out wine-clf v1 (serves wine-clf@production)"]
+        "Deployment/wine-api rolls out wine-clf v1 (serves wine-clf@production)",
+    ]
     kiln("apply", cwd=repo, check=True, timeout=300)
     assert aliases(repo) == {"production": 1} and serving(repo)["version"] == 1
 
