@@ -54,9 +54,16 @@ class _Store:
             except (OSError, ValueError):
                 state = {}  # the registry itself reports a damaged file; a plan only loses detail
         self.state = state
+        self.warnings: list[str] = []  # what the register step will refuse, said by the plan already
 
     def alias(self, model: str, alias: str) -> int | None:
         return (self.state.get("aliases") or {}).get(model, {}).get(alias)
+
+    def versions(self, model: str) -> list[int]:
+        if self.home is None:
+            return []
+        found = self.home / "models" / model
+        return sorted(int(p.parent.name[1:]) for p in found.glob("v*/model.yaml") if p.parent.name[1:].isdigit())
 
     def next_version(self, model: str) -> int:
         dirs = (
@@ -95,6 +102,14 @@ def _model_effects(exp: LoadedSpec, specs: list[LoadedSpec], store: _Store, dept
         now = store.alias(model, p.name)
         was = f"now v{now}" if now is not None else "new alias"
         if p.version is not None:
+            have = store.versions(model)
+            if have and p.version not in have and p.version != v:
+                store.warnings.append(
+                    f"{exp.ref} ({exp.location()}): register.aliases: {p.name} is pinned to v{p.version}, but model "
+                    f"{model} has no version {p.version} (versions: {', '.join(f'v{x}' for x in have)}); the register "
+                    "step will refuse it: pin an existing version"
+                )
+                continue
             if now != p.version:
                 moving[p.name] = ("moves", p.version)
                 out.append(
@@ -219,12 +234,14 @@ def cascade(change: Change, specs: list[LoadedSpec], store: _Store, planned: dic
     return []
 
 
-def attach(changes: list[Change], specs: list[LoadedSpec], config: KilnConfig | None) -> None:
-    """Set each pending change's ``cascade``."""
+def attach(changes: list[Change], specs: list[LoadedSpec], config: KilnConfig | None) -> list[str]:
+    """Set each pending change's ``cascade``; returns warnings for the plan (a pinned version that
+    does not exist)."""
     store = _Store(config)
     planned = {c.key: c for c in changes if c.pending}
     for c in changes:
         c.cascade = cascade(c, specs, store, planned)
+    return store.warnings
 
 
 # -- rendering, for Plan's text and markdown -------------------------------------------------------

@@ -282,7 +282,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
     for c in changes:
         if c.kind == "Experiment" and c.pending and c.spec is not None:
             c.runs = run_summary(c.spec, workspaces.get(c.spec.workspace), config)
-    cascade.attach(changes, specs.specs, config)
+    pinned = cascade.attach(changes, specs.specs, config)
     rank = {k: i for i, k in enumerate(KINDS)}
     # Deletions in reverse kind order: what refers to others goes first.
     for rec in sorted(known.values(), key=lambda r: (-rank.get(r.kind, 0), r.key)):
@@ -298,7 +298,8 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
                                   note="spec removed; kept until you apply with --prune"))
         else:
             changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
-    return Plan(changes, prune=prune, warnings=[*label_warnings(config, specs.specs), *task_warnings(specs.specs)])
+    return Plan(changes, prune=prune, warnings=[*label_warnings(config, specs.specs), *task_warnings(specs.specs),
+                                                *pinned])
 
 
 def run_summary(s: LoadedSpec, workspace: Any, config: KilnConfig | None) -> str:

@@ -152,6 +152,16 @@ def test_worse_retrain_keeps_production_better_moves_and_rolls_out_pin_rolls_bac
     assert decision["moved"] and decision["to"] == 3 and decision["challenger"] > decision["champion"]
     assert aliases(repo) == {"production": 3} and serving(repo)["version"] == 3
 
+    # pinned to a version that does not exist: the plan warns before apply would refuse it
+    (repo / "specs/tree.yaml").write_text(
+        logistic().replace("aliases: [production]", "aliases: [{name: production, version: 9}]")
+    )
+    warned = kiln("plan", cwd=repo, check=True).stdout
+    assert (
+        "warning: Experiment/wine-tree (specs/tree.yaml:1): register.aliases: production is pinned to v9, but "
+        "model wine-clf has no version 9 (versions: v1, v2, v3)" in warned
+    )
+
     # pinned in the spec: a rollback through a pull request; plan says so, apply rolls v1 out
     (repo / "specs/tree.yaml").write_text(
         logistic().replace("aliases: [production]", "aliases: [{name: production, version: 1}]")

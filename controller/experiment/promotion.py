@@ -17,6 +17,12 @@ Each decision is a dict (``registered.json`` ``promotion``, the record's ``extra
      "metric": "test_accuracy", "champion": 1.0, "challenger": 0.96,
      "reason": "v2 test_accuracy 0.96 is not better than v1's 1 (same rows: wine v1 test split)"}
 
+A limit: tabular rows are compared as the current dataset version holds them, transformed by its
+fitted preprocessing ``ops``, while a version serves raw rows through the ops fitted for its own
+dataset version (``preprocess/`` in the version). A champion of an older version whose ops were
+refitted is so scored on slightly other features than it serves with; when the ops themselves
+changed, promote by a pinned version rather than by the rule.
+
 A version that cannot be compared (a model trained by your own command without the metric, a
 metric the task does not report) does not take a ``better`` alias: the reason says so and how
 to promote it anyway (``when: always``, or pin the version).
@@ -99,7 +105,10 @@ class Evaluator:
         if name not in ALGORITHMS:
             raise KilnError(f"v{version}'s algorithm {name!r} is not in this kiln version")
         if self._td is None:
-            self._td = load_train_data(self.repo, self.data, self.spec.split)
+            try:
+                self._td = load_train_data(self.repo, self.data, self.spec.split)
+            except Exception as exc:  # noqa: BLE001 - no data to compare on is "cannot compare", never a failed run
+                raise KilnError(f"the run's dataset version could not be loaded: {type(exc).__name__}: {exc}") from None
         if not self._td.has_split(split):
             raise KilnError(f"dataset {self.data.get('dataset')} {self.data.get('number')} has no {split} split")
         algo = get_algorithm(name)
