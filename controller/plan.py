@@ -21,6 +21,9 @@ declared per kind in ``kiln.api.kinds``): ``metadata``, ``re-register``, ``re-se
 ``restart`` or ``re-run``. Anything but ``re-run`` is applied in place (``Handler.in_place_steps``)
 only when the last apply succeeded and nothing outside the spec asks for a run (a new dataset
 version, drift); the handler may escalate a class it cannot do in place (``Handler.update_class``).
+
+Each pending change also carries its cascade (``kiln.controller.cascade``): what follows from it in
+the same apply (model version, aliases by rule, rollouts, pre-annotation, retrains).
 """
 
 from __future__ import annotations
