@@ -1,4 +1,4 @@
-"""``kiln models list|describe|export`` and ``kiln deployments token create|list|revoke``.
+"""``kiln models list|describe|history|export`` and ``kiln deployments token create|list|revoke``.
 
 Both groups are registered lazily in kiln.cli (``KilnGroup.lazy``); BentoML is imported only by
 the commands that touch the model store. The repository is ``kiln -C``, else the current dir.
@@ -81,6 +81,31 @@ def describe(ctx: click.Context, name: str, version: int | None, alias: str | No
     reg = _registry(ctx)
     v = reg.resolve(name, version, alias)
     click.echo(json.dumps(reg.describe(name, v), indent=2))
+
+
+@models.command()
+@click.argument("name")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def history(ctx: click.Context, name: str, output: str) -> None:
+    """Every alias move of model NAME, oldest first: when, which alias, from and to which version,
+    the commit the specs were applied from, and why (the register.aliases rule's reason)."""
+    reg = _registry(ctx)
+    if name not in reg.names():
+        raise NotFound(f"model {name} is not registered", hint=f"registered: {', '.join(reg.names()) or 'none'}")
+    rows = reg.history(name)
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no alias of {name} has moved yet")
+        return
+    click.echo(f"{'TIME':20} {'ALIAS':14} {'MOVE':12} {'COMMIT':14} WHY")
+    for r in rows:
+        was = f"v{r['previous']}" if r.get("previous") else "-"
+        move = f"{was} -> v{r['version']}" if r["action"] == "set_alias" else f"v{r['version']} -> -"
+        why = r.get("reason") or ("removed" if r["action"] == "delete_alias" else f"set by {r.get('who', '?')}")
+        click.echo(f"{r['time'][:19]:20} {r.get('alias', ''):14} {move:12} {(r.get('commit') or '-')[:12]:14} {why}")
 
 
 @models.command()

@@ -14,7 +14,8 @@ Layout, under ``<repo>/.kiln/bentoml`` (the ``BENTOML_HOME`` of the repository):
     kiln-audit.jsonl              one line per change:
                                   {"time": "...Z", "who": "<git user.email or $USER>",
                                    "action": "register|annotate|add_file|set_alias|delete_alias|delete|export",
-                                   "model": "<name>", "version": N, ...}
+                                   "model": "<name>", "version": N, ...}   set_alias by the
+                                  register step adds "reason", "previous", "commit", "experiment"
     kiln-registry.lock            fcntl lock: version numbering and alias edits are serialised
 
 BentoML labels carry ``experiment``, ``dataset_version``, ``framework``; metadata carries
@@ -250,14 +251,16 @@ class Registry:
     def aliases(self, name: str) -> dict[str, int]:
         return dict(self._state()["aliases"].get(name, {}))
 
-    def set_alias(self, name: str, alias: str, version: int) -> None:
+    def set_alias(self, name: str, alias: str, version: int, **why: Any) -> None:
+        """Point ``alias`` at ``version``. ``why`` goes into the audit line (``history``): the
+        register step records the rule's reason, the previous version and the commit."""
         self._check_name(alias)
         with self._lock():
             self.resolve(name, version)
             st = self._state()
             st["aliases"].setdefault(name, {})[alias] = version
             self._save_state(st)
-            self._audit("set_alias", name, version, alias=alias)
+            self._audit("set_alias", name, version, alias=alias, **{k: v for k, v in why.items() if v not in (None, "")})
 
     def delete_alias(self, name: str, alias: str) -> None:
         with self._lock():
@@ -365,6 +368,11 @@ class Registry:
         bentoml.models.export_model(f"{name}:v{v}", str(out), _model_store=self._store)
         self._audit("export", name, v, path=str(out))
         return out
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Every alias move of ``name``, oldest first: the audit log's set_alias and delete_alias
+        lines (with the reason and commit the register step recorded)."""
+        return [r for r in self.audit_log() if r.get("model") == name and r.get("action") in ("set_alias", "delete_alias")]
 
     def audit_log(self) -> list[dict[str, Any]]:
         p = self.home / "kiln-audit.jsonl"

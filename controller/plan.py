@@ -21,6 +21,9 @@ declared per kind in ``kiln.api.kinds``): ``metadata``, ``re-register``, ``re-se
 ``restart`` or ``re-run``. Anything but ``re-run`` is applied in place (``Handler.in_place_steps``)
 only when the last apply succeeded and nothing outside the spec asks for a run (a new dataset
 version, drift); the handler may escalate a class it cannot do in place (``Handler.update_class``).
+
+Each pending change also carries its cascade (``kiln.controller.cascade``): what follows from it in
+the same apply (model version, aliases by rule, rollouts, pre-annotation, retrains).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 from kiln.api.kinds import UPDATE_CLASSES, UpdateClass
+from kiln.controller import cascade
 from kiln.controller.diff import FieldChange, announce, classify, diff, update_word
 from kiln.controller.handlers import HANDLERS, KINDS
 from kiln.controller.handlers.dataset import source_fingerprint as source_fingerprint  # moved; dataset_steps uses it
@@ -41,6 +45,7 @@ from kiln.validate import dependencies
 
 if TYPE_CHECKING:
     from kiln.config import KilnConfig
+    from kiln.controller.cascade import Effect
     from kiln.loader import LoadedSpec, SpecSet
     from kiln.state import ObjectRecord
 
@@ -61,6 +66,7 @@ class Change:
     poll: bool = False   # unchanged, but apply should run the handler's `always` steps (see module doc)
     update: UpdateClass = "re-run"   # an update's class: what apply does (module doc)
     runs: str = ""       # an Experiment's training, in one line (``run_summary``)
+    cascade: list[Effect] = field(default_factory=list)   # what follows in this apply (kiln.controller.cascade)
 
     @property
     def handled(self) -> bool:
@@ -105,6 +111,8 @@ class Change:
             d["note"] = self.note
         if self.runs:
             d["runs"] = self.runs
+        if self.cascade:
+            d["cascade"] = [e.to_dict() for e in self.cascade]
         return d
 
 
@@ -157,6 +165,7 @@ class Plan:
             if c.action == "update" and c.fields:
                 lines.append(f"      => {c.work()}")
             lines += [f"      {f.format(c.kind)}" for f in c.fields]
+            lines += cascade.text_lines(c.cascade)
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(self.summary())
         return "\n".join(lines)
@@ -182,6 +191,7 @@ class Plan:
                     details = f"runs: {c.runs}" + ("<br>" + details if details else "")
                 src = c.spec.location() if c.spec else ""
                 out.append(f"| {icon[c.action]} | `{c.ref}` | {src} | {details} |")
+        out += cascade.markdown_lines(pending)
         kept = [c for c in self.changes if not c.pending and c.note]
         if kept:
             out += ["", *[f"- `{c.ref}`: {c.note}" for c in kept]]
@@ -275,6 +285,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
     for c in changes:
         if c.kind == "Experiment" and c.pending and c.spec is not None:
             c.runs = run_summary(c.spec, workspaces.get(c.spec.workspace), config)
+    pinned = cascade.attach(changes, specs.specs, config)
     rank = {k: i for i, k in enumerate(KINDS)}
     # Deletions in reverse kind order: what refers to others goes first.
     for rec in sorted(known.values(), key=lambda r: (-rank.get(r.kind, 0), r.key)):
@@ -290,7 +301,8 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
                                   note="spec removed; kept until you apply with --prune"))
         else:
             changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
-    return Plan(changes, prune=prune, warnings=[*label_warnings(config, specs.specs), *task_warnings(specs.specs)])
+    return Plan(changes, prune=prune, warnings=[*label_warnings(config, specs.specs), *task_warnings(specs.specs),
+                                                *pinned])
 
 
 def run_summary(s: LoadedSpec, workspace: Any, config: KilnConfig | None) -> str:

@@ -345,6 +345,13 @@ def _experiment(rep: Report, config: KilnConfig, key: str, base: Records | None,
     if reg:
         facts.append(f"registered {reg['model']} v{reg['version']}")
     rep.lines += ["; ".join(facts) + ".", ""]
+    # where each alias went and why (#21): a worse model registered is not a worse model served
+    for d in (reg or {}).get("promotion") or []:
+        where = f"moved v{d['from']} → v{d['to']}" if d.get("moved") and d.get("from") else \
+            f"moved to v{d['to']}" if d.get("moved") else f"**kept at v{d['to']}**"
+        rep.lines.append(f"- alias `{d['alias']}` ({d.get('rule', '')}): {where}: {d.get('reason', '')}")
+    if (reg or {}).get("promotion"):
+        rep.lines.append("")
     if best.get("params"):
         bp = ((b or {}).get("best") or {}).get("params") or {}
         changed = {k for k in set(bp) | set(best["params"]) if bp.get(k) != best["params"].get(k)} if b else set()

@@ -353,6 +353,7 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
         out += [f"  {k}: {json.dumps(v, default=str)}" for k, v in rec.extra.items()
                 if not (k == "workflow" and run) and not (k == "trials" and times.get("trials"))]
         out += _weights_lines((rec.extra.get("best") or {}) if isinstance(rec.extra.get("best"), dict) else {})
+        out += _promotion_lines(rec.extra.get("registered"))
     out.append("History (newest first):")
     for a, t in zip(attempts, times["applies"]):
         line = f"  {a.started_at}  gen {a.generation}  {a.result:<11} {len(a.actions)} action(s)  took {_dur(t['seconds'])}"
@@ -363,6 +364,18 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
     if not attempts:
         out.append("  (none)")
     return "\n".join(out)
+
+
+def _promotion_lines(registered: Any) -> list[str]:
+    """Where each ``register.aliases`` alias went for the registered version, and why (#21)."""
+    decisions = (registered or {}).get("promotion") if isinstance(registered, dict) else None
+    if not decisions:
+        return []
+    out = [f"Aliases (for {registered.get('model')} v{registered.get('version')}):"]
+    for d in decisions:
+        where = f"-> v{d['to']}" if d.get("moved") else f"kept at v{d['to']}"
+        out.append(f"  {d['alias']:<12} {where:<12} ({d.get('rule', '')}) {d.get('reason', '')}")
+    return out
 
 
 def _weights_lines(best: dict[str, Any]) -> list[str]:

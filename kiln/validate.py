@@ -404,7 +404,7 @@ class _Checker:
                      "add `register: {model: NAME}` to an Experiment")
             return
         if ref.alias:
-            aliases = {a for e in registering for a in e.obj.spec.registration.aliases}
+            aliases = {a for e in registering for a in e.obj.spec.registration.alias_names}
             if ref.alias not in aliases:
                 self.add(s, path + ["alias"], f"model {ref.name!r} has no alias {ref.alias!r}",
                          f"aliases set by experiments: {', '.join(sorted(aliases))}" if aliases else

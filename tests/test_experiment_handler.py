@@ -91,7 +91,7 @@ automl:
     - {name: svm}
     - {name: random_forest, hyperparameters: {n_estimators: 50}}
 objective: {metric: validation_accuracy, direction: maximize, additionalMetrics: [validation_f1]}
-register: {model: wine-clf, aliases: [production], keepVersions: 1, export: [onnx]}
+register: {model: wine-clf, aliases: [{name: production, when: always}], keepVersions: 1, export: [onnx]}
 """
 
 
@@ -113,7 +113,7 @@ def test_automl_registers_best_with_onnx_parity_then_apply_again_does_nothing(wi
     chosen = next(t for t in ex["trials"] if t["id"] == best["trial"])
     assert chosen["metrics"]["test_accuracy"] >= 0.95  # held-out split, not only the one it was picked on
     assert ex["registered"]["model"] == "wine-clf" and ex["registered"]["version"] == 1
-    assert ex["info"].startswith("automl 5/5 trials") and ex["info"].endswith("-> wine-clf v1")
+    assert ex["info"].startswith("automl 5/5 trials") and ex["info"].endswith("-> wine-clf v1 (production -> v1)")
     assert {"kind": "model-version", "id": "wine-clf:v1"} in rec["inventory"]
 
     reg = registry(repo)
@@ -166,7 +166,8 @@ def test_automl_registers_best_with_onnx_parity_then_apply_again_does_nothing(wi
     first_pred = preds[0]["prediction"]
     assert {"score", "label"} == set(first_pred[0]) and first_pred[0]["score"] >= first_pred[-1]["score"]
 
-    # a changed spec: a new version gets the alias; keepVersions 1 deletes the old one
+    # a changed spec: a new version takes the alias (when: always; a plain name would move only if
+    # it were better, #21); keepVersions 1 deletes the old one, which nothing holds any more
     (repo / "specs/automl.yaml").write_text(exp("wine-automl", AUTOML.replace("n_estimators: 50", "n_estimators: 40")))
     kiln("apply", cwd=repo, check=True, timeout=300)
     assert reg.versions("wine-clf") == [2] and reg.aliases("wine-clf") == {"production": 2}

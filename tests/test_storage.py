@@ -35,6 +35,8 @@ spec:
 
 
 def experiment(depth: int) -> str:
+    # when: always: each variant's version takes production, so keepVersions deletes the older
+    # one and gc finds its run stale (a plain name moves only when better, #21)
     return f"""
 apiVersion: kiln.dev/v1alpha1
 kind: Experiment
@@ -44,7 +46,7 @@ spec:
   dataset: {{name: wine}}
   algorithm: {{name: random_forest, hyperparameters: {{n_estimators: 40, max_depth: {depth}}}}}
   objective: {{metric: validation_accuracy, direction: maximize}}
-  register: {{model: wine-rf, aliases: [production], keepVersions: 1, export: [onnx]}}
+  register: {{model: wine-rf, aliases: [{{name: production, when: always}}], keepVersions: 1, export: [onnx]}}
 """
 
 

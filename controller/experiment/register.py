@@ -46,6 +46,21 @@ def _no_none(v: Any) -> Any:
     return v
 
 
+def _promote(ctx: StepContext, reg: Registry, model: str, version: int, spec: Any,
+             data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each ``register.aliases`` rule decided for ``version`` and applied (``promotion``); the
+    task log says where each alias points and why."""
+    from kiln.controller.experiment.promotion import promote
+    from kiln.controller.project import applied_from
+
+    decisions = promote(reg, model, version, spec, data, ctx.config.repo, commit=applied_from(ctx.config).commit,
+                        experiment=f"{ctx.workspace}/{ctx.name}")
+    for d in decisions:
+        where = f"-> v{d['to']}" if d["moved"] else f"stays at v{d['to']}"
+        log(f"alias {model}@{d['alias']} {where} ({d['rule']}): {d['reason']}")
+    return [{**d, "version": version} for d in decisions]
+
+
 def register(ctx: StepContext) -> dict[str, Any]:
     spec = ctx.model(Experiment).spec
     reg_spec = spec.registration
@@ -94,18 +109,16 @@ def register(ctx: StepContext) -> dict[str, Any]:
         freed = share_identical(sorted(tdir.rglob("*")), reg.path(model, version))
         if freed:
             log(f"trial {sel['trial']}: {freed} bytes now shared with {model} v{version} (one copy on disk)")
-        for alias in reg_spec.aliases:
-            if reg.aliases(model).get(alias) != version:
-                reg.set_alias(model, alias, version)
-                log(f"alias {model}@{alias} -> v{version}")
+        decisions = _promote(ctx, reg, model, version, spec, data)
         deleted: list[int] = []
         if reg_spec.keepVersions:
             deleted = reg.keep_versions(model, reg_spec.keepVersions, in_use=_deployment_versions(ctx, model))
             if deleted:
                 log(f"deleted old versions of {model} (keepVersions {reg_spec.keepVersions}): "
                     + ", ".join(f"v{v}" for v in deleted))
-        out = {"model": model, "version": version, "aliases": list(reg_spec.aliases), "deleted": deleted,
-               "run": run_label, "trial": sel["trial"]}
+        # "aliases": those that point at this version now; "promotion": each rule's decision
+        out = {"model": model, "version": version, "aliases": [d["alias"] for d in decisions if d["to"] == version],
+               "promotion": decisions, "deleted": deleted, "run": run_label, "trial": sel["trial"]}
         write_json(run / "registered.json", out)
     write_summary(ctx, spec, run)
     write_results(ctx, spec, run)
@@ -133,11 +146,9 @@ def update_registration(ctx: StepContext) -> dict[str, Any]:
         changed = reg.annotate(model, version, tags=[f"{k}={v}" for k, v in sorted(reg_spec.tags.items())],
                                description=reg_spec.description or "")
         actions += [f"{k} updated" for k in sorted(changed)]
-        for alias in reg_spec.aliases:
-            if reg.aliases(model).get(alias) != version:
-                reg.set_alias(model, alias, version)
-                actions.append(f"alias {alias} -> v{version}")
-        for alias in sorted(set(done.get("aliases") or []) - set(reg_spec.aliases)):
+        decisions = _promote(ctx, reg, model, version, spec, read_json(run / "data.json") or {})
+        actions += [f"alias {d['alias']} -> v{d['to']} ({d['reason']})" for d in decisions if d["moved"]]
+        for alias in sorted(set(done.get("aliases") or []) - set(reg_spec.alias_names)):
             if reg.aliases(model).get(alias) == version:
                 reg.delete_alias(model, alias)
                 actions.append(f"alias {alias} removed")
@@ -154,7 +165,8 @@ def update_registration(ctx: StepContext) -> dict[str, Any]:
         if reg_spec.keepVersions:
             deleted = reg.keep_versions(model, reg_spec.keepVersions, in_use=_deployment_versions(ctx, model))
             actions += [f"deleted v{v} (keepVersions {reg_spec.keepVersions})" for v in deleted]
-        out = {**done, "aliases": list(reg_spec.aliases), "deleted": sorted({*done.get("deleted", []), *deleted}),
+        out = {**done, "aliases": [d["alias"] for d in decisions if d["to"] == version], "promotion": decisions,
+               "deleted": sorted({*done.get("deleted", []), *deleted}),
                "updated": actions}
         write_json(run / "registered.json", out)
     for a in actions:

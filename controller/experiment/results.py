@@ -128,6 +128,10 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
         info += f", best {metric}={best_value:.4g} ({best['trial']})" if best_value is not None else ""
     if registered:
         info += f" -> {registered['model']} v{registered['version']}"
+        if registered.get("promotion"):  # where the aliases went, and why one stayed (#21)
+            from kiln.controller.experiment.promotion import summary
+
+            info += f" ({summary(registered['promotion'])})"
     return {"mode": spec.mode, "trialsDone": len(finished), "trialsTotal": total, "states": states,
             "dataset": {k: data.get(k) for k in ("dataset", "number", "version")} if data else None,
             "trials": compact[-50:], "leaderboard": board[:10], "failed": bad[:20],
@@ -164,7 +168,8 @@ def results_doc(ws: str, name: str, spec_hash: str, spec: ExperimentSpec, run: P
             "best": {"trial": sel.get("trial"), "algorithm": sel.get("algorithm"), "candidate": sel.get("candidate"),
                      "params": sel.get("params", {})},
             "metrics": metrics, **_weights(trials(run), sel.get("trial", "")), "trials": states,
-            "registered": {"model": reg["model"], "version": reg["version"]} if reg else None}
+            "registered": {"model": reg["model"], "version": reg["version"],
+                           **({"promotion": reg["promotion"]} if reg.get("promotion") else {})} if reg else None}
 
 
 def write_results(ctx: StepContext, spec: ExperimentSpec, run: Path) -> None:

@@ -12,8 +12,12 @@ when it fails) is the run folder's summary::
                  "objective": 0.96, "metrics": {...}}, ...],
      "leaderboard": [{"rank": 1, "trial": "t0004", "objective": 0.98, ...}, ...],
      "best": {"trial": "t0004", "metric": "validation_accuracy", "value": 0.98, "params": {...}},
-     "registered": {"model": "digits-classifier", "version": 3, "aliases": ["production"], ...},
-     "info": "hpo 7/10 trials, best validation_accuracy=0.98 (t0004) -> digits-classifier v3"}
+     "registered": {"model": "digits-classifier", "version": 3, "aliases": ["production"],
+                    "promotion": [{"alias": "production", "moved": true, "to": 3, "reason": ...}], ...},
+     "info": "hpo 7/10 trials, best validation_accuracy=0.98 (t0004) -> digits-classifier v3 (production -> v3)"}
+
+``registered.aliases`` are the aliases that point at this version; ``promotion`` each
+``register.aliases`` rule's decision (``kiln.controller.experiment.promotion``).
 
 Re-applying an unchanged spec does nothing (plan: unchanged). A change of only how the model is
 registered (``re-register``) or of which finished trial is (``re-select``, ``kiln.api.kinds``)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from kiln.api.common import DatasetRef, Description, FieldProblem, Metadata, Model, Name, ResourceRequest, Task
 
@@ -190,17 +190,62 @@ class Checkpoint(Model):
     keep: int = Field(2, ge=1)
 
 
+class AliasPolicy(Model):
+    """When a registered version takes an alias (#21). ``better`` (the default): only when it beats
+    the alias's current version on ``metric`` by more than ``minDelta``, both evaluated on the same
+    rows (the current dataset version's ``split``); ``always``: every new version takes it;
+    ``version``: pinned to that version (a promotion or rollback made by a pull request)."""
+
+    name: Name
+    when: Literal["better", "always"] = "better"
+    metric: str | None = Field(None, min_length=1, description="default: the objective's metric")
+    minDelta: float = Field(0.0, ge=0, description="the improvement needed, in the metric's units")
+    split: Literal["test", "validation"] = Field("test", description="the rows both versions are evaluated on")
+    version: int | None = Field(None, ge=1, description="pin the alias to this version")
+
+    @model_validator(mode="after")
+    def _pinned(self) -> AliasPolicy:
+        rule = sorted(self.model_fields_set & {"when", "metric", "minDelta", "split"})
+        if self.version is not None and rule:
+            raise FieldProblem(f"alias {self.name!r} is pinned to version {self.version}; {', '.join(rule)} "
+                               "would never apply", rule[0], hint="remove them, or remove version to promote by rule")
+        return self
+
+
+def _alias_item(v: Any) -> Any:
+    # a plain name is the default policy: the spec stays as it was written, its meaning is `better`
+    return {"name": v} if isinstance(v, str) else v
+
+
+# what the editor schema offers (a name or a policy); what the code sees (always a policy)
+AliasItem = Annotated[AliasPolicy, BeforeValidator(_alias_item, json_schema_input_type=Name | AliasPolicy)]
+
+
 class Registration(Model):
     model: Name = Field(..., description="registered model name; same name -> new version")
     description: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
-    aliases: list[Name] = Field(default_factory=list, description="e.g. production, staging")
+    aliases: list[AliasItem] = Field(
+        default_factory=list, description="e.g. [production] or [{name: production, when: always}, "
+                                          "{name: stable, version: 3}]; a plain name moves when better")
     keepVersions: int | None = Field(None, ge=1, description="delete the oldest beyond N (never an aliased or deployed one)")
     export: list[Literal["onnx"]] = Field(default_factory=list)
     onnxTolerance: float = Field(1e-4, gt=0)
     checkpoint: Literal["best", "last"] = Field(
         "best", description="which weights of a trial are registered and reported: the epoch best by the objective, "
                             "or the last one")
+
+    @model_validator(mode="after")
+    def _unique_aliases(self) -> Registration:
+        names = [a.name for a in self.aliases]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise FieldProblem(f"alias {n!r} is listed twice", "aliases", i, hint="list each alias once")
+        return self
+
+    @property
+    def alias_names(self) -> list[str]:
+        return [a.name for a in self.aliases]
 
 
 class Trigger(Model):
