@@ -35,7 +35,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.api import KINDS
 from kiln.controller import events as ev
 from kiln.controller.handlers import HANDLERS, Context, Handler, TemporaryError
 from kiln.controller.plan import Change, Plan, change_for, input_versions, outside_spec
@@ -205,25 +204,26 @@ def _waits_for(changes: list[Change]) -> list[set[int] | None]:
     """For each change, the indices of the earlier changes it must wait for (None: all of them).
 
     A create or update waits for its hard dependencies (``kiln.validate.dependencies``: its
-    workspace, the dataset it reads, the experiment it serves) and, conservatively, for every
-    earlier change of a kind that comes before its own in its workspace: a deployment that names
-    a registered model rather than an experiment, or a labelling job pre-annotating with one,
-    may serve what an Experiment of this apply registers. Objects of one kind (the example
-    repo's three trainings, a thousand workspaces) wait for nothing but their hard dependencies.
-    A deletion waits for everything before it: deletions come last, dependants first."""
-    rank = {k: i for i, k in enumerate(KINDS)}
+    workspace, the dataset it reads, the experiment it serves) and for the earlier objects that
+    make what it uses without naming them (``Handler.makes``/``uses``: a deployment serving a
+    registered model by name waits for the Experiment of this apply that registers it; an
+    experiment following a dataset waits for a labelling job exporting a version of it). The
+    example repo's three trainings, or a thousand workspaces, wait for nothing else. A deletion
+    waits for everything before it: deletions come last, dependants first."""
     index = {c.key: i for i, c in enumerate(changes)}
-    by_workspace: dict[str, list[int]] = {}
+    made: dict[str, list[int]] = {}  # what earlier changes make -> their indices
     out: list[set[int] | None] = []
     for i, c in enumerate(changes):
         if c.action == "delete" or c.spec is None:
             out.append(None)
             continue
-        mine = rank.get(c.kind, 0)
         wait = {index[d] for d in dependencies(c.spec) if index.get(d, i) < i}
-        earlier = by_workspace.setdefault(c.spec.workspace, [])
-        wait.update(j for j in earlier if rank.get(changes[j].kind, 0) < mine)
-        earlier.append(i)
+        handler = HANDLERS.get(c.kind)
+        if handler is not None:
+            for thing in handler.uses(c.spec):
+                wait.update(made.get(thing, ()))
+            for thing in handler.makes(c.spec):
+                made.setdefault(thing, []).append(i)
         out.append(wait)
     return out
 

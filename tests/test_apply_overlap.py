@@ -184,3 +184,26 @@ def test_workspaces_are_reconciled_in_process_without_a_workflow(tmp_path: Path)
     finally:
         store.close()
     assert (tmp_path / ".kiln/workspaces/ws-199").is_dir()
+
+
+def test_the_example_repos_trainings_wait_only_for_their_data(tmp_path: Path) -> None:
+    """What one apply of the example repo runs side by side: each training waits for its own
+    dataset (and workspace) only, so the three overlap where cores allow; a deployment waits
+    for the experiment it serves; the relabelling job for the model that pre-annotates."""
+    import shutil
+
+    from kiln.config import load_config
+    from kiln.controller.apply import _waits_for
+    from kiln.controller.plan import make_plan
+    from kiln.controller.project import load_valid
+
+    shutil.copytree(ROOT / "specs", tmp_path / "specs")
+    config = load_config(tmp_path)
+    changes = make_plan(load_valid(config), [], config=config).changes
+    waits = _waits_for(changes)
+    after = {c.key.split("/", 1)[1]: {changes[j].key.split("/", 1)[1] for j in waits[i] or ()} for i, c in enumerate(changes)}
+    assert after["vision/digits-resnet"] == {"default/vision", "vision/digits"}
+    assert after["vision/shapes-detr"] == {"default/vision", "vision/shapes"}
+    assert after["default/wine-automl"] == {"default/wine"}
+    assert after["vision/digits-classifier"] == {"default/vision", "vision/digits-resnet"}
+    assert "vision/digits-resnet" in after["vision/digits-relabel"]

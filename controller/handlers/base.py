@@ -162,6 +162,21 @@ class Handler(ABC):
             return []
         return [(ref.workspace or spec.workspace, ref.name)]
 
+    # -- what apply orders by, besides hard dependencies (``apply._waits_for``) --------------------
+
+    @classmethod
+    def makes(cls, spec: LoadedSpec) -> set[str]:
+        """What applying ``spec`` produces that another object may use without a hard dependency
+        on it: ``model:<ws>/<name>`` (a registered model), ``dataset:<ws>/<name>`` (a new version
+        of a dataset). Objects of one apply that use it wait for it to finish."""
+        return set()
+
+    @classmethod
+    def uses(cls, spec: LoadedSpec) -> set[str]:
+        """What ``spec`` uses that another object of the same apply may make (``makes``): by
+        default the datasets it follows, whose new versions it trains on."""
+        return {f"dataset:{ws}/{name}" for ws, name in cls.followed(spec)}
+
     @classmethod
     def source_inputs(cls, config: KilnConfig, spec: LoadedSpec) -> dict[str, str]:
         """Inputs besides followed datasets, ``"source:<what>" -> fingerprint`` (a Dataset's files)."""

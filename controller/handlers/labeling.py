@@ -61,6 +61,17 @@ class LabelingJobHandler(Handler):
         return pre_annotation_unavailable(s)
 
     @classmethod
+    def makes(cls, spec: LoadedSpec) -> set[str]:
+        s = spec.obj.spec  # the labels become a new version of the output dataset
+        return {f"dataset:{s.dataset.workspace or spec.workspace}/{s.output.dataset or s.dataset.name}"}
+
+    @classmethod
+    def uses(cls, spec: LoadedSpec) -> set[str]:
+        pa = spec.obj.spec.preAnnotation
+        named = pa.model.name if pa is not None and pa.model is not None else None
+        return super().uses(spec) | ({f"model:{spec.workspace}/{named}"} if named else set())
+
+    @classmethod
     def own_output(cls, spec: LoadedSpec, lineage: dict[str, Any]) -> bool:
         return (lineage.get("labelingJob") or {}).get("job") == f"LabelingJob/{spec.workspace}/{spec.name}"
 
