@@ -176,7 +176,10 @@ def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Liste
         for i in range(len(changes)):  # nothing to overlap: in turn, in this thread
             one(i)
     else:
-        _run_concurrently(changes, _waits_for(changes), one, workers, lambda i: _interrupt(config, changes[i]))
+        # an unchanged object is only a line, unless something was applied before it: then it
+        # may have new inputs to apply (above), on a worker like any other
+        _run_concurrently(changes, _waits_for(changes), one, workers, lambda i: _interrupt(config, changes[i]),
+                          quick=lambda i: _quick(changes[i]) and not applied[0])
     return ApplyResult([r for r in results if r is not None])
 
 
@@ -229,9 +232,10 @@ def _waits_for(changes: list[Change]) -> list[set[int] | None]:
 
 
 def _run_concurrently(changes: list[Change], waits: list[set[int] | None], one: Callable[[int], ObjectResult],
-                      workers: int, interrupt: Callable[[int], None]) -> None:
-    """Run ``one(i)`` for every change once what it waits for has finished, on ``workers`` threads;
-    on Ctrl-C, ``interrupt(i)`` each running one and wait for them."""
+                      workers: int, interrupt: Callable[[int], None], quick: Callable[[int], bool]) -> None:
+    """Run ``one(i)`` for every change once what it waits for has finished, on ``workers`` threads
+    (in this thread, in plan order, where ``quick(i)``); on Ctrl-C, ``interrupt(i)`` each running
+    one and wait for them."""
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     n = len(changes)
@@ -254,9 +258,9 @@ def _run_concurrently(changes: list[Change], waits: list[set[int] | None], one: 
         try:
             while finished < n:
                 ready.sort(reverse=True)  # plan order: pop() takes the earliest
-                while ready and (len(running) < workers or _quick(changes[ready[-1]])):
+                while ready and (len(running) < workers or quick(ready[-1])):
                     i = ready.pop()
-                    if _quick(changes[i]):
+                    if quick(i):
                         one(i)
                         finished += 1
                         done(i)
