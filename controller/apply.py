@@ -27,8 +27,10 @@ prints them, ``kiln controller`` logs them.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,28 +130,202 @@ class Locking:
 
 def apply_plan(plan: Plan, config: KilnConfig, store: StateStore, emit: ev.Listener,
                locking: Locking | None = None, origin: Origin = Origin()) -> ApplyResult:
-    """Apply every change of ``plan`` in order, reporting to ``emit`` (``events.printing(print)``
-    prints what ``kiln apply`` shows); with ``locking``, each under its object lock. ``origin``
-    goes into every attempt recorded."""
-    result = ApplyResult()
+    """Apply every change of ``plan``, reporting to ``emit`` (``events.printing(print)`` prints what
+    ``kiln apply`` shows); with ``locking``, each under its object lock. ``origin`` goes into
+    every attempt recorded.
+
+    Changes that do not wait for each other (``_waits_for``) run at the same time, on up to the
+    runner's limit of threads (``concurrency``, else the CPU count): three trainings of one
+    apply overlap instead of queueing, while their pods still share the runner's machine-wide
+    slots. A change starts once everything it waits for has finished, whatever its outcome (as
+    when they ran in turn: a failed dataset's experiment fails on its own terms), and a failure
+    stops nothing else. The results keep the plan's order."""
     # Workspaces as the specs define them (validated together with everything else), so presets
     # and quotas resolve the same way on every runner.
     workspaces = workspaces_of(c.spec for c in plan.changes if c.spec is not None)
-    for change in plan.changes:
-        if change.action == "unchanged" and change.spec is not None and change.record is not None \
-                and any(r.outcome in ("created", "updated") for r in result.results):
+    changes = plan.changes
+    results: list[ObjectResult | None] = [None] * len(changes)
+    lines = _Lines(emit)
+    applied = [False]  # whether an object of this run was created or updated (set, never reset)
+
+    def one(i: int) -> ObjectResult:
+        change = changes[i]
+        if change.action == "unchanged" and change.spec is not None and change.record is not None and applied[0]:
             # an object applied earlier in this run may have made what this one follows (a dataset
             # version an experiment trains on, a model version a deployment serves): apply it now
             # rather than on the next apply
             again = outside_spec(config, change.spec, change.record)
             if again.action == "update":
                 change = again
-                emit(ev.Noted(change.key, change.ref, change.note))
-        if locking is None or (change.action == "unchanged" and not change.poll):
-            result.results.append(_apply_change(change, config, store, emit, workspaces, origin))
-        else:
-            result.results.append(_apply_locked(change, config, store, emit, workspaces, locking, origin))
-    return result
+                lines(ev.Noted(change.key, change.ref, change.note))
+        lines.begin(change.key)
+        try:
+            if locking is None or (change.action == "unchanged" and not change.poll):
+                res = _apply_change(change, config, store, lines, workspaces, origin)
+            else:
+                res = _apply_locked(change, config, store, lines, workspaces, locking, origin)
+        finally:
+            lines.end(change.key)
+        if res.outcome in ("created", "updated"):
+            applied[0] = True
+        results[i] = res
+        return res
+
+    workers = config.concurrency or os.cpu_count() or 1
+    if workers <= 1 or sum(not _quick(c) for c in changes) < 2:
+        for i in range(len(changes)):  # nothing to overlap: in turn, in this thread
+            one(i)
+    else:
+        # an unchanged object is only a line, unless something was applied before it: then it
+        # may have new inputs to apply (above), on a worker like any other
+        _run_concurrently(changes, _waits_for(changes), one, workers, lambda i: _interrupt(config, changes[i]),
+                          quick=lambda i: _quick(changes[i]) and not applied[0])
+    return ApplyResult([r for r in results if r is not None])
+
+
+def _interrupt(config: KilnConfig, change: Change) -> None:
+    """Ctrl-C reaches only the main thread: stop the local run of an object that a worker thread
+    is applying (its pods run in sessions of their own), so that the worker ends now, its
+    object recorded as failed, rather than when its training would have finished."""
+    if config.runner != "local" or change.spec is None:
+        return
+    from kiln.controller.render import workflow_name
+    from kiln.controller.runner import make_runner
+
+    try:
+        make_runner(config).stop(workflow_name(change.spec), "interrupted (Ctrl-C)")
+    except Exception:  # noqa: BLE001 - nothing runs for it (an in-process kind, or done already)
+        pass
+
+
+def _quick(change: Change) -> bool:
+    """A change that only prints a line (nothing to apply): run in the scheduling thread, in order."""
+    return change.action == "unchanged" and not change.poll
+
+
+def _waits_for(changes: list[Change]) -> list[set[int] | None]:
+    """For each change, the indices of the earlier changes it must wait for (None: all of them).
+
+    A create or update waits for its hard dependencies (``kiln.validate.dependencies``: its
+    workspace, the dataset it reads, the experiment it serves) and for the earlier objects that
+    make what it uses without naming them (``Handler.makes``/``uses``: a deployment serving a
+    registered model by name waits for the Experiment of this apply that registers it; an
+    experiment following a dataset waits for a labelling job exporting a version of it). The
+    example repo's three trainings, or a thousand workspaces, wait for nothing else. A deletion
+    waits for everything before it: deletions come last, dependants first."""
+    index = {c.key: i for i, c in enumerate(changes)}
+    made: dict[str, list[int]] = {}  # what earlier changes make -> their indices
+    out: list[set[int] | None] = []
+    for i, c in enumerate(changes):
+        if c.action == "delete" or c.spec is None:
+            out.append(None)
+            continue
+        wait = {index[d] for d in dependencies(c.spec) if index.get(d, i) < i}
+        handler = HANDLERS.get(c.kind)
+        if handler is not None:
+            for thing in handler.uses(c.spec):
+                wait.update(made.get(thing, ()))
+            for thing in handler.makes(c.spec):
+                made.setdefault(thing, []).append(i)
+        out.append(wait)
+    return out
+
+
+def _run_concurrently(changes: list[Change], waits: list[set[int] | None], one: Callable[[int], ObjectResult],
+                      workers: int, interrupt: Callable[[int], None], quick: Callable[[int], bool]) -> None:
+    """Run ``one(i)`` for every change once what it waits for has finished, on ``workers`` threads
+    (in this thread, in plan order, where ``quick(i)``); on Ctrl-C, ``interrupt(i)`` each running
+    one and wait for them."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    n = len(changes)
+    blockers = [set(range(i)) if w is None else set(w) for i, w in enumerate(waits)]
+    dependants: list[list[int]] = [[] for _ in range(n)]
+    for i, b in enumerate(blockers):
+        for j in b:
+            dependants[j].append(i)
+    ready = [i for i in range(n) if not blockers[i]]
+    running: dict[Future[ObjectResult], int] = {}
+    finished = 0
+
+    def done(i: int) -> None:
+        for k in dependants[i]:
+            blockers[k].discard(i)
+            if not blockers[k]:
+                ready.append(k)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-apply") as pool:
+        try:
+            while finished < n:
+                ready.sort(reverse=True)  # plan order: pop() takes the earliest
+                while ready and (len(running) < workers or quick(ready[-1])):
+                    i = ready.pop()
+                    if quick(i):
+                        one(i)
+                        finished += 1
+                        done(i)
+                    else:
+                        running[pool.submit(one, i)] = i
+                if not running:
+                    continue
+                for fut in wait(running, return_when=FIRST_COMPLETED).done:
+                    i = running.pop(fut)
+                    fut.result()  # an error of apply itself (not of the object's work) ends the apply
+                    finished += 1
+                    done(i)
+        except BaseException as exc:
+            for fut, i in running.items():  # Ctrl-C or an error: start nothing more; what runs ends
+                if not fut.cancel() and isinstance(exc, KeyboardInterrupt):
+                    interrupt(i)
+            raise
+
+
+# Events about an object's inner work: without its object's name on the line, they are shown
+# together with the object's end line when other objects ran meanwhile (``_Lines``).
+_DETAIL = (ev.StepSkipped, ev.StepDone, ev.Log, ev.Traceback, ev.DeleteAction)
+
+
+class _Lines:
+    """The listener that apply's threads share: one event at a time, and readable output when
+    objects overlap. Lines that name their object (start, end, failure, notes) go out at once;
+    an object's step lines go out at once while it runs alone, else they are held and shown
+    just before its end line. Progress lines get the object's name while others run."""
+
+    def __init__(self, emit: ev.Listener) -> None:
+        self.emit = emit
+        self.lock = threading.RLock()
+        self.held: dict[str, list[ev.ApplyEvent] | None] = {}  # running object -> held lines (None: live)
+
+    def begin(self, key: str) -> None:
+        with self.lock:
+            if self.held:  # someone else runs: from now on, both hold their step lines
+                for k, v in self.held.items():
+                    if v is None:
+                        self.held[k] = []
+            self.held[key] = [] if self.held else None
+
+    def end(self, key: str) -> None:
+        with self.lock:
+            self._flush(key)
+            self.held.pop(key, None)
+
+    def _flush(self, key: str) -> None:
+        for e in self.held.get(key) or []:
+            self.emit(e)
+        if self.held.get(key):
+            self.held[key] = []
+
+    def __call__(self, e: ev.ApplyEvent) -> None:
+        with self.lock:
+            held = self.held.get(e.key)
+            if held is not None and isinstance(e, _DETAIL):
+                held.append(e)
+                return
+            if isinstance(e, (ev.ObjectFailed, ev.ObjectFinished)):
+                self._flush(e.key)
+            elif isinstance(e, ev.Progress) and len(self.held) > 1 and not getattr(self.emit, "live", False):
+                e = replace(e, text=f"{e.ref}: {e.text}")  # a plain line without a name would be anyone's
+            self.emit(e)
 
 
 def _apply_locked(change: Change, config: KilnConfig, store: StateStore, emit: ev.Listener,

@@ -664,11 +664,17 @@ def git_commit(repo: Path, paths: list[str], message: str) -> str | None:
     paths = [p for p in paths if (repo / p).exists() or _git(repo, "ls-files", "--", p).strip()]
     if not paths:
         return None
-    _git(repo, "add", "--", *paths)
-    if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], cwd=repo).returncode == 0:
-        return None
-    _git(repo, "commit", "-q", "-m", message, "--", *paths)
-    return _git(repo, "rev-parse", "HEAD").strip()
+    # one commit at a time: datasets of one apply version side by side (#16), and git refuses a
+    # second `git add` or `git commit` while another holds .git/index.lock
+    fd = _lock(repo / ".kiln" / "locks" / "git-commit.lock")
+    try:
+        _git(repo, "add", "--", *paths)
+        if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], cwd=repo).returncode == 0:
+            return None
+        _git(repo, "commit", "-q", "-m", message, "--", *paths)
+        return _git(repo, "rev-parse", "HEAD").strip()
+    finally:
+        os.close(fd)
 
 
 def _git(repo: Path, *args: str) -> str:

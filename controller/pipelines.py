@@ -30,8 +30,9 @@ class Task:
 
 
 def workspace(s: LoadedSpec) -> list[Task]:
-    return [Task("storage", "workspace.storage"),
-            Task("members", "workspace.members", depends=["storage"])]
+    return [Task("storage", "workspace.storage", describe="ensure the workspace's storage folder"),
+            Task("members", "workspace.members", depends=["storage"],
+                 describe="record members, roles, quotas and presets")]
 
 
 def dataset(s: LoadedSpec) -> list[Task]:

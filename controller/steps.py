@@ -9,7 +9,8 @@ resumed task must be able to run again over what an earlier try left.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,9 @@ class StepContext:
     spec_hash: str
     args: dict[str, str] = field(default_factory=dict)
     _models: dict[type, Any] = field(default_factory=dict, repr=False)
+    # the caller's open store, when the step runs in the controller's process (``in_process``):
+    # opening one per step is an engine and a schema check, most of a bookkeeping step's cost
+    shared_store: Any = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -56,6 +60,19 @@ class StepContext:
 
         return open_store(self.config.state_url(), self.config.repo, max_attempts=self.config.historyLimit)
 
+    @contextmanager
+    def state(self) -> Iterator[Any]:  # -> StateStore
+        """The state store for the length of a ``with``: the shared one in-process, else one of
+        this step's own, closed at the end."""
+        if self.shared_store is not None:
+            yield self.shared_store
+            return
+        store = self.store()
+        try:
+            yield store
+        finally:
+            store.close()
+
 
 class StepNotAvailable(KilnError):
     pass
@@ -80,11 +97,8 @@ def workspace_members(ctx: StepContext) -> dict[str, Any]:
         "defaultPreset": spec.defaultPreset,
         "specHash": ctx.spec_hash,
     }
-    store = ctx.store()
-    try:
+    with ctx.state() as store:
         store.put_kv("workspace", ctx.name, value)
-    finally:
-        store.close()
     return {"members": len(spec.members), "presets": len(spec.presets)}
 
 

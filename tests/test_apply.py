@@ -34,8 +34,9 @@ def test_apply_twice_second_does_nothing(tmp_path: Path) -> None:
     try:
         first = kiln("apply", cwd=repo, env=env, timeout=1500)
         assert "Workspace/vision: create" in first.stdout
-        # Each object's work runs as its rendered workflow, through the local runner.
-        assert "+ workflow: run workflow kiln-ws-vision (local runner)" in first.stdout
+        # Each object's work runs as its rendered workflow, through the local runner; a
+        # Workspace's is bookkeeping, done in-process (#16).
+        assert "+ members: record members, roles, quotas and presets" in first.stdout
         assert "+ workflow: run workflow kiln-data-wine (local runner)" in first.stdout
         # What cannot be applied yet is reported, never pretended applied: exit 2.
         assert first.returncode == 2, first.stdout + first.stderr
@@ -196,8 +197,8 @@ def test_describe_shows_conditions_history_inventory(tmp_path: Path) -> None:
     d = kiln("describe", "Workspace/team", cwd=tmp_path, check=True).stdout
     assert "Ready        True" in d
     assert "directory: .kiln/workspaces/team" in d
-    assert "gen 1  succeeded   1 action(s)" in d
-    assert "workflow: kiln-ws-team" in d
+    assert "gen 1  succeeded   2 action(s)" in d
+    assert "storage              succeeded" in d and "members              succeeded" in d
     missing = kiln("describe", "Workspace/nope", cwd=tmp_path)
     assert missing.returncode == 1 and "has not been applied" in missing.stderr and "Traceback" not in missing.stderr
 

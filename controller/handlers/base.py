@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 from kiln.config import repo_root
 from kiln.errors import TemporaryError
 
-__all__ = ["Context", "Handler", "Step", "TemporaryError", "run_key"]
+__all__ = ["Context", "Handler", "Step", "TemporaryError", "in_process", "run_key"]
 
 if TYPE_CHECKING:
     from kiln.config import KilnConfig
     from kiln.controller.events import Shown
+    from kiln.controller.pipelines import Task
     from kiln.loader import LoadedSpec
     from kiln.state import ObjectRecord, StateStore
 
@@ -86,6 +87,31 @@ class Step:
     always: bool = False
 
 
+def in_process(tasks: list[Task], *, always: bool = False, args: bool = True,
+               inventory: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] | None = None) -> list[Step]:
+    """The tasks of a kind's pipeline (``kiln.controller.pipelines``) as handler steps that run in
+    this process, through the step functions a workflow's ``kiln step`` runs (``steps.STEPS``), in
+    the pipeline's order. For work that is bookkeeping (a Workspace's records, a labelling job's
+    API calls): a workflow would spend a second of subprocesses on milliseconds of work. The
+    steps share apply's open state store. ``args=False`` leaves out the tasks' arguments (the
+    workflow's polling settings); ``inventory``: task name -> its output's inventory items."""
+    from kiln.controller.steps import STEPS, StepContext
+
+    def runner(task: Task) -> Callable[[Context], dict[str, Any]]:
+        def run(c: Context) -> dict[str, Any]:
+            spec = c.spec
+            assert spec is not None
+            return STEPS[task.step](StepContext(config=c.config, ref=f"{spec.kind}/{spec.workspace}/{spec.name}",
+                                                spec=spec.doc, spec_hash=spec.spec_hash,
+                                                args=dict(task.args) if args else {}, shared_store=c.store))
+
+        return run
+
+    inventory = inventory or {}
+    return [Step(t.name, t.describe or t.step, runner(t), inventory=inventory.get(t.name), always=always)
+            for t in tasks]
+
+
 def run_key(spec_hash: str, inputs: dict[str, str]) -> str:
     if not inputs:
         return spec_hash
@@ -135,6 +161,21 @@ class Handler(ABC):
         if ref is None or getattr(ref, "version", None) != "latest":
             return []
         return [(ref.workspace or spec.workspace, ref.name)]
+
+    # -- what apply orders by, besides hard dependencies (``apply._waits_for``) --------------------
+
+    @classmethod
+    def makes(cls, spec: LoadedSpec) -> set[str]:
+        """What applying ``spec`` produces that another object may use without a hard dependency
+        on it: ``model:<ws>/<name>`` (a registered model), ``dataset:<ws>/<name>`` (a new version
+        of a dataset). Objects of one apply that use it wait for it to finish."""
+        return set()
+
+    @classmethod
+    def uses(cls, spec: LoadedSpec) -> set[str]:
+        """What ``spec`` uses that another object of the same apply may make (``makes``): by
+        default the datasets it follows, whose new versions it trains on."""
+        return {f"dataset:{ws}/{name}" for ws, name in cls.followed(spec)}
 
     @classmethod
     def source_inputs(cls, config: KilnConfig, spec: LoadedSpec) -> dict[str, str]:

@@ -92,6 +92,11 @@ class DeploymentHandler(WorkflowHandler):
     kind = "Deployment"
 
     @classmethod
+    def uses(cls, spec: Any) -> set[str]:
+        named = spec.obj.spec.model.name  # a registered model by name (by experiment: a hard dependency)
+        return super().uses(spec) | ({f"model:{spec.workspace}/{named}"} if named else set())
+
+    @classmethod
     def observe(cls, config: Any, spec: Any, record: Any) -> tuple[str, str] | None:
         found = drift(config, spec, record)
         return ("update", "drift: " + "; ".join(found)) if found else None

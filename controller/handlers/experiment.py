@@ -58,6 +58,11 @@ class ExperimentHandler(WorkflowHandler):
         return ("update", f"{note}: retrain (trigger onNewDatasetVersion: retrain)")
 
     @classmethod
+    def makes(cls, spec: Any) -> set[str]:
+        reg = spec.obj.spec.registration
+        return {f"model:{spec.workspace}/{reg.model}"} if reg is not None else set()
+
+    @classmethod
     def update_class(cls, spec: Any, record: Any, update: str) -> str:
         """In place needs the finished run the record points at (``kiln gc`` may have removed an
         older one); re-tagging needs a registered version, else the chosen trial is registered."""

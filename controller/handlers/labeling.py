@@ -32,12 +32,10 @@ Status kept in the record's ``extra`` (``kiln describe LabelingJob/NAME``)::
 from __future__ import annotations
 
 # Step modules are imported inside the methods that use them: see LAZY_STEP_IMPORTS in base.py.
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kiln.controller import pipelines
-from kiln.controller.handlers.base import Context, Handler, Step
-from kiln.controller.steps import STEPS, StepContext
+from kiln.controller.handlers.base import Context, Handler, Step, in_process
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
@@ -63,6 +61,17 @@ class LabelingJobHandler(Handler):
         return pre_annotation_unavailable(s)
 
     @classmethod
+    def makes(cls, spec: LoadedSpec) -> set[str]:
+        s = spec.obj.spec  # the labels become a new version of the output dataset
+        return {f"dataset:{s.dataset.workspace or spec.workspace}/{s.output.dataset or s.dataset.name}"}
+
+    @classmethod
+    def uses(cls, spec: LoadedSpec) -> set[str]:
+        pa = spec.obj.spec.preAnnotation
+        named = pa.model.name if pa is not None and pa.model is not None else None
+        return super().uses(spec) | ({f"model:{spec.workspace}/{named}"} if named else set())
+
+    @classmethod
     def own_output(cls, spec: LoadedSpec, lineage: dict[str, Any]) -> bool:
         return (lineage.get("labelingJob") or {}).get("job") == f"LabelingJob/{spec.workspace}/{spec.name}"
 
@@ -75,9 +84,7 @@ class LabelingJobHandler(Handler):
         runs), each run here through ``kiln.controller.steps.STEPS``. Without the task's
         arguments: in-process, wait-complete checks once instead of polling."""
         assert ctx.spec is not None
-        return [Step(t.name, t.describe, _runner(t.step), inventory=_inventory if t.name == "project" else None,
-                     always=True)
-                for t in pipelines.labeling(ctx.spec)]
+        return in_process(pipelines.labeling(ctx.spec), always=True, args=False, inventory={"project": _inventory})
 
     def health(self, ctx: Context) -> str:
         exp = ctx.outputs.get("export") or {}
@@ -157,16 +164,6 @@ class LabelingJobHandler(Handler):
                 client._call(client.ls.projects.delete, pid, what=f"delete project {pid}")
                 done.append(f"delete Label Studio project {pid}")
         return done
-
-
-def _runner(step: str) -> Callable[[Context], dict[str, Any]]:
-    def run(c: Context) -> dict[str, Any]:
-        spec = c.spec
-        assert spec is not None
-        return STEPS[step](StepContext(config=c.config, ref=f"{spec.kind}/{spec.workspace}/{spec.name}",
-                                       spec=spec.doc, spec_hash=spec.spec_hash))
-
-    return run
 
 
 def _exists(client: Any, pid: int) -> bool:

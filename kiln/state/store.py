@@ -47,6 +47,7 @@ functions in :data:`MIGRATIONS`.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -642,18 +643,26 @@ class StateStore:
                 values: dict[str, Any]) -> None:
         update_cols = {c: v for c, v in values.items() if c not in pk}
         if self.backend in SUPPORTED_BACKENDS:
-            from sqlalchemy.dialects import postgresql, sqlite
-
-            # both dialects spell "insert … on conflict do update" the same way
-            dialect: Any = sqlite if self.backend == "sqlite" else postgresql
-            stmt = dialect.insert(table).values(**values)
-            conn.execute(stmt.on_conflict_do_update(
-                index_elements=list(pk), set_={c: stmt.excluded[c] for c in update_cols}))
+            conn.execute(_upsert_statement(self.backend, table, pk, tuple(values)), values)
             return
         # Other SQLAlchemy backends: update-then-insert inside the caller's transaction.
         where = [table.c[c] == values[c] for c in pk]
         if conn.execute(sa.update(table).where(*where).values(**update_cols)).rowcount == 0:
             conn.execute(sa.insert(table).values(**values))
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_statement(backend: str, table: sa.Table, pk: tuple[str, ...], columns: tuple[str, ...]) -> Any:
+    """"insert ... on conflict do update" of ``columns``, values bound at execution. Built once per
+    table and column set: building it (the ``excluded`` alias's column proxies) cost more than
+    running it, a third of a bookkeeping object's apply (#16)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    # both dialects spell "insert … on conflict do update" the same way
+    dialect: Any = sqlite if backend == "sqlite" else postgresql
+    stmt = dialect.insert(table)
+    return stmt.on_conflict_do_update(index_elements=list(pk),
+                                      set_={c: stmt.excluded[c] for c in columns if c not in pk})
 
 
 class _Row:
