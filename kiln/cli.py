@@ -59,6 +59,8 @@ class KilnGroup(_LazyGroup):
         "predict": "kiln.controller.deployment_cli:predict",
         "report": "kiln.controller.report_cli:report",
         "controller": "kiln.controller.daemon:controller",
+        "ui": "kiln.controller.console.cli:ui",
+        "tensorboard": "kiln.controller.console.cli:tensorboard",
     }
 
 
