@@ -261,7 +261,7 @@ def shots(repo: Path, out: Path) -> None:
     while not server.started:
         time.sleep(0.05)
     opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000", "--hide-scrollbars"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1500", "--hide-scrollbars"):
         opts.add_argument(arg)
     opts.binary_location = "/usr/bin/chromium"
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)

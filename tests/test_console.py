@@ -113,6 +113,15 @@ def test_the_console_only_reads_and_never_shows_a_secret(tmp_path: Path) -> None
     assert client.get("/files/default/wine/a/0.png").content == b"\x89PNG"
 
 
+def test_kiln_tensorboard_names_an_experiment_without_event_files(tmp_path: Path) -> None:
+    config = _store_repo(tmp_path)
+    res = kiln("tensorboard", "exp", cwd=config.repo)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "Experiment/default/exp: no TensorBoard event files in its run folder" in res.stderr
+    res = kiln("tensorboard", "nope", cwd=config.repo)
+    assert res.returncode == 1 and "Experiment/default/nope has not been applied" in res.stderr
+
+
 def test_beyond_loopback_the_console_needs_a_hashed_token(tmp_path: Path) -> None:
     from starlette.testclient import TestClient
 
@@ -342,6 +351,12 @@ def test_each_page_loads_without_errors_and_shows_what_kiln_reports(
         assert t["id"] in text and f"{t['objective']:.4g}" in text
     assert browser.find_element(By.ID, "history").get_attribute("data-points") == str(2 * len(hpo["extra"]["trials"]))
     assert "kiln tensorboard Experiment/default/wine-hpo" in text and "Step logs" in text
+    # `kiln tensorboard` serves one run per trial: the event files kiln.report wrote while it trained
+    from kiln.config import load_config
+    from kiln.controller.console.read import one, tensorboard_runs
+
+    rec = one(load_config(repo), "Experiment/default/epochs")[0]
+    assert rec is not None and sorted(tensorboard_runs(load_config(repo), rec)) == ["p0", "p1"]
 
     epochs = _get_json(repo, "Experiment", "epochs")
     text = _load(browser, f"{url}/experiments/default/epochs", tmp_path / "experiment-curves.png")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 
 import click
@@ -79,16 +78,19 @@ def tensorboard(ctx: click.Context, experiment: str, port: int, host: str, works
 
     config = _config(ctx)
     ref = experiment if experiment.split("/")[0] == "Experiment" else f"Experiment/{experiment}"
-    recs = read.records(config)
+    recs = read.records(config, "Experiment")
     key = find_key(ref, [r.key for r in recs], workspace=workspace, absent="{} has not been applied")
     rec = next(r for r in recs if r.key == key)
-    logdir = read.tensorboard_dir(config, rec)
-    if logdir is None or not any(logdir.glob("*/tensorboard/events.out.tfevents.*")):
+    runs = read.tensorboard_runs(config, rec)
+    if not runs:
         raise KilnError(
             f"{key}: no TensorBoard event files in its run folder",
             hint="its trials write them while they train (kiln.report); apply it first",
         )
     _need("tensorboard", "ml", "kiln tensorboard")
-    click.echo(f"TensorBoard on http://{host}:{port}/ for {key} ({logdir})", err=True)
-    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host, "--port", str(port)]
-    return subprocess.run(cmd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}).returncode
+    click.echo(f"TensorBoard on http://{host}:{port}/ for {key}: {len(runs)} trial(s)", err=True)
+    spec = ",".join(f"{tid}:{path}" for tid, path in runs.items())
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec, "--host", host, "--port", str(port)]
+    # TensorBoard replaces this process: Ctrl-C and a service manager's signals reach it, no child is left
+    os.execve(sys.executable, cmd, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return 0  # not reached

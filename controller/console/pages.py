@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -177,10 +176,11 @@ def overview_page(config: KilnConfig, query: dict[str, str], root: str) -> Reply
         wss.append([esc(w["name"]), badge(w["health"]), str(w["objects"]), members, when, quotas])
     body = (
         f'<div class="cards"><div class="card"><b>{len(objs)}</b> objects</div>{cards}</div>'
-        "<h2>Objects</h2>"
-        + table(["kind", "workspace", "name", "sync", "health", "workflow", "last change", "message"], rows, "objects")
-        + "<h2>Workspaces</h2>"
+        # the few workspaces first: the objects' table runs to a thousand rows
+        "<h2>Workspaces</h2>"
         + table(["workspace", "health", "objects", "members", "period", "quotas (used/limit)"], wss, "workspaces")
+        + "<h2>Objects</h2>"
+        + table(["kind", "workspace", "name", "sync", "health", "workflow", "last change", "message"], rows, "objects")
     )
     return layout(root, "Overview", body)
 
@@ -227,10 +227,10 @@ def dataset_page(config: KilnConfig, query: dict[str, str], root: str, ws: str, 
         body += f"<h2>Items per class ({esc(shown['number'])})</h2>" + chart(
             "bars", {"labels": [str(c) for c, _ in classes], "values": [n for _, n in classes]}, "class-counts"
         )
-    body += _diff_section(config, query, root, ws, name, versions)
     thumbs = read.samples(config, ws, name)
     if thumbs:
         body += "<h2>Samples</h2>" + _thumbnails(root, ws, name, thumbs)
+    body += _diff_section(config, query, root, ws, name, versions)
     body += _history(data["attempts"])
     return layout(root, f"Dataset {ws}/{name}", body)
 
@@ -370,12 +370,12 @@ def experiment_page(config: KilnConfig, query: dict[str, str], root: str, ws: st
         body += f"<h2>Confusion matrix ({esc(cm['split'])} split; rows: true, columns: predicted)</h2>" + table(
             ["", *cm["classes"]], cells, f"confusion k{k}"
         )
-    tb = read.tensorboard_dir(config, rec)
-    if tb is not None:
+    runs = read.tensorboard_runs(config, rec)
+    if runs:
         body += (
             f"<h2>TensorBoard</h2><p>Run <code>kiln tensorboard Experiment/{esc(ws)}/{esc(name)}</code>, then "
-            f'<a href="http://127.0.0.1:6006/" target="_blank" rel="noopener">open TensorBoard</a> '
-            f"(event files under <code>{esc(_rel(config, tb))}</code>).</p>"
+            '<a href="http://127.0.0.1:6006/" target="_blank" rel="noopener">open TensorBoard</a> '
+            f"({len(runs)} trial(s) with event files).</p>"
         )
     if data["logs"]:
         body += "<h2>Step logs</h2>" + "".join(
@@ -543,10 +543,3 @@ def _history(attempts: list[Any]) -> str:
         for a in attempts
     ]
     return "<h2>History</h2>" + table(["started", "gen", "result", "action", "commit", "author", "message"], rows, "history")
-
-
-def _rel(config: KilnConfig, p: Path) -> str:
-    try:
-        return str(p.relative_to(config.repo))
-    except ValueError:
-        return str(p)

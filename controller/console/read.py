@@ -320,11 +320,17 @@ def step_logs(config: KilnConfig, rec: ObjectRecord) -> list[dict[str, Any]]:
     return out
 
 
-def tensorboard_dir(config: KilnConfig, rec: ObjectRecord) -> Path | None:
-    """Where the experiment's trials write their TensorBoard event files (``trials/<id>/
-    tensorboard``): TensorBoard is pointed at ``trials`` so each trial is one run."""
+def tensorboard_runs(config: KilnConfig, rec: ObjectRecord) -> dict[str, Path]:
+    """Trial id -> the folder of its TensorBoard event files (``trials/<id>/tensorboard``,
+    written by ``kiln.report`` as it trains): one TensorBoard run per trial."""
     run = live_run(config, rec)
-    return run / "trials" if run is not None and (run / "trials").is_dir() else None
+    if run is None:
+        return {}
+    return {
+        d.parent.name: d
+        for d in sorted((run / "trials").glob("*/tensorboard"))
+        if re.fullmatch(r"[\w.-]+", d.parent.name) and any(d.glob("events.out.tfevents.*"))
+    }
 
 
 # -- models ---------------------------------------------------------------------------------------
