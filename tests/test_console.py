@@ -303,7 +303,7 @@ def _load(driver: Any, url: str, shot: Path) -> str:
     from selenium.webdriver.common.by import By
 
     driver.get(url)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # the parameter importance is computed on first request (optuna)
     while time.monotonic() < deadline:
         figs = driver.find_elements(By.CSS_SELECTOR, "figure[data-chart]")
         if all(f.get_attribute("data-points") is not None for f in figs):
@@ -350,6 +350,10 @@ def test_each_page_loads_without_errors_and_shows_what_kiln_reports(
     for t in hpo["extra"]["trials"]:
         assert t["id"] in text and f"{t['objective']:.4g}" in text
     assert browser.find_element(By.ID, "history").get_attribute("data-points") == str(2 * len(hpo["extra"]["trials"]))
+    # the one searched parameter has all the importance; the chosen model's PR curve per class
+    assert browser.find_element(By.ID, "importance").get_attribute("data-points") == "1" and "max_depth" in text
+    assert browser.find_element(By.ID, "pr-curve").get_attribute("data-points") not in (None, "0")
+    assert "average precision" in text and "Confusion matrix" in text
     assert "kiln tensorboard Experiment/default/wine-hpo" in text and "Step logs" in text
     # `kiln tensorboard` serves one run per trial: the event files kiln.report wrote while it trained
     from kiln.config import load_config

@@ -341,6 +341,11 @@ def experiment_page(config: KilnConfig, query: dict[str, str], root: str, ws: st
         body += "<h2>Optimisation history</h2>" + chart(
             "history", {"points": data["history"], "metric": obj["metric"], "direction": obj["direction"]}, "history"
         )
+    if data["mode"] == "hpo":  # fANOVA takes a second or more: fetched after the page has loaded
+        body += (
+            '<h2>Parameter importance</h2><figure class="chart" id="importance" data-chart="importance" '
+            f'data-src="{root}/experiments/{quote(ws)}/{quote(name)}/importance.json"></figure>'
+        )
     board = data["leaderboard"]
     if board:
         title = "AutoML leaderboard" if data["mode"] == "automl" else "Leaderboard"
@@ -364,11 +369,17 @@ def experiment_page(config: KilnConfig, query: dict[str, str], root: str, ws: st
         k = len(cm["classes"])
         peak = max((max(r) for r in cm["matrix"]), default=1) or 1
         cells = [
-            [f"<th>{esc(c)}</th>", *(f'<span class="cm a{round(9 * n / peak)}">{n}</span>' for n in cm["matrix"][i])]
+            [f"<b>{esc(c)}</b>", *(f'<span class="cm a{round(9 * n / peak)}">{n}</span>' for n in cm["matrix"][i])]
             for i, c in enumerate(cm["classes"])
         ]
         body += f"<h2>Confusion matrix ({esc(cm['split'])} split; rows: true, columns: predicted)</h2>" + table(
             ["", *cm["classes"]], cells, f"confusion k{k}"
+        )
+    pr = data["pr"]
+    if pr:
+        ap = ", ".join(f"{c} {v:.3f}" for c, v in pr["ap"].items())
+        body += f"<h2>Precision-recall ({esc(pr['split'])} split; average precision: {esc(ap)})</h2>" + chart(
+            "pr", pr["series"], "pr-curve"
         )
     runs = read.tensorboard_runs(config, rec)
     if runs:
@@ -393,6 +404,11 @@ def curves_json(config: KilnConfig, query: dict[str, str], root: str, ws: str, n
     if data is None:
         return Reply(404, json.dumps({"error": f"Experiment/{ws}/{name} has not been applied"}).encode(), "application/json")
     return Reply(200, json.dumps(data).encode(), "application/json")
+
+
+@route(rf"/experiments/(?P<ws>{NAME})/(?P<name>{NAME})/importance\.json")
+def importance_json(config: KilnConfig, query: dict[str, str], root: str, ws: str, name: str) -> Reply:
+    return Reply(200, json.dumps(read.importance(config, ws, name)).encode(), "application/json")
 
 
 @route(r"/models")

@@ -281,6 +281,7 @@ def experiment(config: KilnConfig, ws: str, name: str) -> dict[str, Any] | None:
         },
         "history": [[n, v] for n, v in sorted(done)],
         "confusion": confusion(run) if run is not None else None,
+        "pr": pr_curves(run) if run is not None else None,
         "best": redact(rec.extra.get("best") or {}),
         "registered": rec.extra.get("registered"),
         "logs": step_logs(config, rec),
@@ -300,6 +301,66 @@ def confusion(run: Path) -> dict[str, Any] | None:
         if isinstance(y, int) and 0 <= y < k and scores:
             matrix[y][max(range(len(scores)), key=lambda j: scores[j])] += 1
     return {"classes": [str(c) for c in ev["classes"]], "matrix": matrix, "split": ev.get("split", "validation")}
+
+
+def pr_curves(run: Path, points: int = 100) -> dict[str, Any] | None:
+    """One-vs-rest precision-recall curves of the chosen model on its validation split
+    (``eval.json``): per class ``[[recall, precision], ...]`` (at most ``points``) and its
+    average precision. At most 10 classes: beyond that a chart is unreadable."""
+    ev = read_json(run / "eval.json")
+    if not isinstance(ev, dict) or not ev.get("y_true") or not ev.get("scores"):
+        return None
+    classes = [str(c) for c in ev.get("classes") or []][:10]
+    series: dict[str, list[list[float]]] = {}
+    ap: dict[str, float] = {}
+    for k, name in enumerate(classes):
+        ranked = sorted(((row[k], y == k) for y, row in zip(ev["y_true"], ev["scores"]) if len(row) > k), key=lambda p: -p[0])
+        positives = sum(1 for _, hit in ranked if hit)
+        if not positives:
+            continue
+        tp, curve, area, last_recall = 0, [], 0.0, 0.0
+        for i, (_, hit) in enumerate(ranked, 1):
+            if hit:
+                tp += 1
+                recall, precision = tp / positives, tp / i
+                area += (recall - last_recall) * precision  # average precision: precision at each recall step
+                last_recall = recall
+            curve.append([tp / positives, tp / i])
+        step = max(1, len(curve) // points)
+        series[name] = [[round(r, 4), round(p, 4)] for r, p in curve[::step]] + [[round(x, 4) for x in curve[-1]]]
+        ap[name] = area
+    return {"series": series, "ap": ap, "split": ev.get("split", "validation")} if series else None
+
+
+# study.db -> (its mtime, importances): optuna's fANOVA takes a second or more, and a finished
+# study does not change
+_IMPORTANCE: dict[Path, tuple[float, dict[str, float]]] = {}
+
+
+def importance(config: KilnConfig, ws: str, name: str) -> dict[str, Any]:
+    """Each hyperparameter's importance for the objective (optuna's fANOVA over the HPO study),
+    or why there is none. Served as its own JSON, fetched after the page has loaded."""
+    from kiln.controller.experiment.home import STUDY
+
+    rec, _ = one(config, f"Experiment/{ws}/{name}")
+    run = live_run(config, rec) if rec is not None else None
+    db = run / "study.db" if run is not None else None
+    if db is None or not db.is_file():
+        return {"error": "no hyperparameter study (only mode: hpo keeps one)"}
+    mtime = db.stat().st_mtime
+    cached = _IMPORTANCE.get(db)
+    if cached is not None and cached[0] == mtime:
+        return {"importances": cached[1]}
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+        imp = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except Exception as exc:  # noqa: BLE001 - e.g. too few completed trials, or optuna not installed
+        return {"error": f"not computable: {type(exc).__name__}: {str(exc)[:200]}"}
+    _IMPORTANCE[db] = (mtime, imp)
+    return {"importances": imp}
 
 
 def step_logs(config: KilnConfig, rec: ObjectRecord) -> list[dict[str, Any]]:

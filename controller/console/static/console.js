@@ -96,6 +96,25 @@
       for (const [x, y] of d.points) { b = b === null ? y : (max ? Math.max(b, y) : Math.min(b, y)); best.push([x, b]); }
       lines(fig, [{name: "trial", points: d.points, color: "#64748b"}, {name: "best so far", points: best, color: "#16a34a"}], "trial", d.metric);
     },
+    pr(fig) {
+      const d = data(fig);
+      lines(fig, Object.entries(d).map(([c, pts]) => ({name: c, points: pts})), "recall", "precision");
+    },
+    importance(fig) {
+      fetch(fig.dataset.src, {cache: "no-store"}).then((r) => r.json()).then((d) => {
+        if (!d.importances) { fig.textContent = d.error || "not available"; fig.dataset.points = "0"; return; }
+        const items = Object.entries(d.importances).sort((a, b) => b[1] - a[1]);
+        const s = svg(fig), hi = Math.max(...items.map((x) => x[1]), 1e-9);
+        const fx = scale(0, hi, 140, W - PAD.r - 40), bh = Math.min(28, (H - 10) / Math.max(items.length, 1));
+        items.forEach(([k, v], i) => {
+          const y = 5 + i * bh;
+          text(s, 134, y + bh * 0.65, k, "end");
+          el("rect", {x: 140, y: y + bh * 0.15, width: Math.max(1, fx(v) - 140), height: bh * 0.7, class: "bar"}, s);
+          text(s, fx(v) + 4, y + bh * 0.65, v.toFixed(3), "start");
+        });
+        fig.dataset.points = String(items.length);
+      }).catch((e) => { fig.textContent = "not available: " + e; fig.dataset.points = "0"; });
+    },
     curves(fig) {
       const state = document.getElementById("curves-state");
       let timer = null;
