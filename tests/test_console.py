@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import KILN, kiln, write
+from tests.helpers import KILN, kill_deployment_servers, kiln, write
 
 pytest.importorskip("starlette")
 
@@ -237,6 +237,13 @@ spec:
   hpo: {maxTrials: 3, parallelTrials: 1, sampler: {type: random, seed: 1}, pruner: {type: none}}
   objective: {metric: validation_accuracy}
   register: {model: wine-tree, aliases: [production]}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Deployment
+metadata: {name: wine-api}
+spec:
+  model: {name: wine-tree, alias: production}
+  auth: {public: true}
 """
 
 
@@ -275,6 +282,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, st
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        kill_deployment_servers(repo)
 
 
 @pytest.fixture(scope="module")
@@ -371,9 +379,24 @@ def test_each_page_loads_without_errors_and_shows_what_kiln_reports(
 
     text = _load(browser, f"{url}/models", tmp_path / "models.png")
     assert "wine-tree" in text and "v1" in text and "production" in text and "register" in text and "set_alias" in text
-    for page in ("labeling", "deployments"):
-        text = _load(browser, f"{url}/{page}", tmp_path / f"{page}.png")
-        assert page.capitalize() in text
+    assert "default/wine-api" in text  # the version the deployment serves
+
+    # the deployment's requests, rate and latency, from its server's /metrics
+    dep = _get_json(repo, "Deployment", "wine-api")["extra"]
+    features = json.loads((repo / ".kiln/bentoml/models/wine-tree/v1/kiln-serving.json").read_text())["features"]
+    body = json.dumps({"instances": [{f: 1.0 for f in features}]}).encode()
+    text = _load(browser, f"{url}/deployments", tmp_path / "deployments-before.png")
+    assert dep["url"] in text and "wine-tree v1" in text and "test page" in text
+    for _ in range(5):
+        req = urllib.request.Request(f"{dep['url']}/predict", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+    text = _load(browser, f"{url}/deployments", tmp_path / "deployments.png")
+    cells = browser.find_element(By.CSS_SELECTOR, "table.deployments tbody tr").find_elements(By.TAG_NAME, "td")
+    requests, rate, latency = (c.text for c in cells[4:7])
+    assert int(requests) >= 5 and rate.endswith("/s") and float(rate[:-2]) > 0 and latency.endswith(" ms"), text
+    text = _load(browser, f"{url}/labeling", tmp_path / "labeling.png")
+    assert "Labeling" in text and "No labeling job has been applied" in text
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
         [
             "overview.png",
@@ -383,6 +406,7 @@ def test_each_page_loads_without_errors_and_shows_what_kiln_reports(
             "models.png",
             "labeling.png",
             "deployments.png",
+            "deployments-before.png",
         ]
     )
     # a request that would change state is refused, on every page
