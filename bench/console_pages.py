@@ -223,7 +223,7 @@ def main() -> None:
             f"wrote {a.objects} objects, an experiment of {a.trials} trials in {time.perf_counter() - t0:.1f}s "
             f"(load average {os.getloadavg()[0]:.1f})"
         )
-        client = TestClient(create_app(load_config(repo)))
+        client = TestClient(create_app(load_config(repo)), base_url="http://127.0.0.1")
         print(f"{'page':<46} {'median':>9} {'worst':>9} {'bytes':>9}")
         worst_all = 0.0
         for page in PAGES:

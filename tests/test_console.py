@@ -14,6 +14,7 @@ trains. Screenshots of each page land in the test's tmp folder.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -84,7 +85,7 @@ def test_the_console_only_reads_and_never_shows_a_secret(tmp_path: Path) -> None
     from kiln.controller.console.read import sample_file
 
     config = _store_repo(tmp_path)
-    client = TestClient(create_app(config))
+    client = TestClient(create_app(config), base_url="http://127.0.0.1")
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     for name in ("wine", "api", "exp", "Degraded"):
@@ -111,6 +112,51 @@ def test_the_console_only_reads_and_never_shows_a_secret(tmp_path: Path) -> None
     for rel in ("../../../.kiln/state.db", "../../../.kiln/runs/kiln-exp-exp/logs/train.log", "a/../../x.png"):
         assert sample_file(config, "default", "wine", rel) is None, rel
     assert client.get("/files/default/wine/a/0.png").content == b"\x89PNG"
+    # on loopback, a name rebound to 127.0.0.1 by another site is not answered
+    assert TestClient(create_app(config), base_url="http://evil.example").get("/").status_code == 400
+
+
+def test_the_labeling_page_shows_progress_per_annotator_and_class(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from kiln.controller.console.app import create_app
+    from kiln.state import ObjectRecord, open_store
+
+    config = _store_repo(tmp_path)
+    progress = {
+        "per_annotator": {
+            "cy@example.com": {"assigned": 20, "annotated": 12, "skipped": 1},
+            "di@example.com": {"assigned": 22, "annotated": 3, "skipped": 0},
+        },
+        "per_class": {"circle": 7, "square": 5, "triangle": 3},
+    }
+    store = open_store(None, config.repo)
+    store.put(
+        ObjectRecord(
+            key="LabelingJob/vision/shapes",
+            sync="Synced",
+            health="Progressing",
+            extra={
+                "project": 3,
+                "url": "http://127.0.0.1:8080/projects/3",
+                "progress": progress,
+                "completion": {"complete": False, "rule": "all items", "done": 16, "total": 42, "reason": "26 left"},
+                "info": "project 3: 16/42 items annotated or skipped",
+            },
+        )
+    )
+    store.close()
+    client = TestClient(create_app(config), base_url="http://127.0.0.1")
+    page = client.get("/labeling/vision/shapes")
+    assert page.status_code == 200
+    text = page.text
+    assert "16/42" in text and 'href="http://127.0.0.1:8080/projects/3"' in text
+    for who, p in progress["per_annotator"].items():
+        row = text[text.index(f"<td>{who}</td>") :].split("</tr>")[0]
+        assert [int(x) for x in re.findall(r"<td>(\d+)</td>", row)] == [p["annotated"], p["assigned"], p["skipped"]]
+    data = json.loads(text.split('id="perclass-vision-shapes-data">')[1].split("</script>")[0])
+    assert dict(zip(data["labels"], data["values"])) == progress["per_class"]
+    assert client.get("/").text.count('href="/labeling/vision/shapes"') == 1  # linked from the overview
 
 
 def test_kiln_tensorboard_names_an_experiment_without_event_files(tmp_path: Path) -> None:

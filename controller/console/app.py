@@ -98,7 +98,15 @@ def create_app(config: KilnConfig, host: str = "127.0.0.1", env_token: str | Non
         )
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # the others reach the 405 above
-    return Starlette(routes=[Route(root + "/{path:path}", endpoint, methods=methods)])
+    middleware = []
+    if access.open:
+        # on loopback without a token, a web page elsewhere could still reach the console through a
+        # DNS name rebound to 127.0.0.1: only the loopback names are answered
+        from starlette.middleware import Middleware
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"]))
+    return Starlette(routes=[Route(root + "/{path:path}", endpoint, methods=methods)], middleware=middleware)
 
 
 async def _run(config: KilnConfig, path: str, query: dict[str, str], root: str) -> Reply:
