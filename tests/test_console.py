@@ -116,6 +116,80 @@ def test_the_console_only_reads_and_never_shows_a_secret(tmp_path: Path) -> None
     assert TestClient(create_app(config), base_url="http://evil.example").get("/").status_code == 400
 
 
+def test_the_dataset_page_shows_versions_class_counts_their_diff_and_boxed_samples(tmp_path: Path) -> None:
+    """A detection dataset as the data layer leaves it (the shapes sample's COCO file and PNGs, a
+    version log of two versions): counts per class and their change, thumbnails with their boxes."""
+    pytest.importorskip("PIL")
+    from starlette.testclient import TestClient
+
+    from kiln.controller.console.app import create_app
+    from kiln.data.samples import materialize_sample
+    from kiln.state import ObjectRecord, open_store
+
+    config = _store_repo(tmp_path)
+    data = config.repo / "data/default/shapes"
+    materialize_sample("shapes", data)
+    coco = json.loads((data / "_annotations.coco.json").read_text())
+    counts = {"v1": {"circle": 20, "square": 25}, "v2": {"circle": 22, "square": 25, "triangle": 9}}
+    log = {
+        "current": "b" * 32,
+        "versions": [
+            {
+                "id": "a" * 32,
+                "files": 40,
+                "out": {"size": 50_000},
+                "per_class_counts": counts["v1"],
+                "lineage": {"source": "sample:shapes", "parent": None, "ops": []},
+            },
+            {
+                "id": "b" * 32,
+                "files": 61,
+                "out": {"size": 80_000},
+                "per_class_counts": counts["v2"],
+                "lineage": {"source": "sample:shapes", "parent": "a" * 32, "ops": [{"op": "Resize"}]},
+            },
+        ],
+    }
+    (config.repo / "data/default/shapes.versions.json").write_text(json.dumps(log))
+    store = open_store(None, config.repo)
+    store.put(
+        ObjectRecord(
+            key="Dataset/default/shapes",
+            sync="Synced",
+            health="Healthy",
+            spec={"spec": {"type": "image", "task": "detection"}},
+            extra={"number": "v2"},
+        )
+    )
+    store.close()
+    client = TestClient(create_app(config), base_url="http://127.0.0.1")
+    text = client.get("/datasets/default/shapes").text
+    assert "v2 (current)" in text and "78.1 KB" in text and "Resize" in text
+    bars = json.loads(text.split('id="class-counts-data">')[1].split("</script>")[0])
+    assert dict(zip(bars["labels"], bars["values"])) == counts["v2"]
+    # v1 -> v2 per class, from the version log (no DVC needed)
+    diff = text.split('<table class="diff">')[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td><td>(\d+)</td><td>([+-]\d+)</td></tr>", diff) == [
+        ("circle", "20", "22", "+2"),
+        ("square", "25", "25", "+0"),
+        ("triangle", "0", "9", "+9"),
+    ]
+    # the first thumbnails: each image's boxes as the COCO file has them, with their category
+    first = sorted(coco["images"], key=lambda im: im["file_name"])[0]
+    cats = {c["id"]: c["name"] for c in coco["categories"]}
+    boxes = [a for a in coco["annotations"] if a["image_id"] == first["id"]]
+    thumb = text.split(f'alt="{first["file_name"]}"')[1].split('<div class="thumb">')[0]
+    assert thumb.count("<rect ") == len(boxes) > 0
+    for a in boxes:
+        x, y, w, h = a["bbox"]
+        assert f'<rect x="{float(x):g}" y="{float(y):g}" width="{float(w):g}" height="{float(h):g}"/>' in thumb
+        assert cats[a["category_id"]] in thumb
+    img = client.get(f"/files/default/shapes/{first['file_name']}")
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+    assert img.content == (data / first["file_name"]).read_bytes()
+    assert text.count('<div class="thumb">') == 24  # a grid's worth of the 60 images
+
+
 def test_the_labeling_page_shows_progress_per_annotator_and_class(tmp_path: Path) -> None:
     from starlette.testclient import TestClient
 
