@@ -190,6 +190,43 @@ def test_the_dataset_page_shows_versions_class_counts_their_diff_and_boxed_sampl
     assert text.count('<div class="thumb">') == 24  # a grid's worth of the 60 images
 
 
+def test_a_segmentation_datasets_thumbnails_carry_their_masks(tmp_path: Path) -> None:
+    """A semantic segmentation pair list (images and mask PNGs of category ids): each image gets
+    its mask (coloured in the browser), the masks are not shown as images, the names come along."""
+    Image = pytest.importorskip("PIL.Image")
+    from starlette.testclient import TestClient
+
+    from kiln.controller.console.app import create_app
+    from kiln.state import ObjectRecord, open_store
+
+    config = _store_repo(tmp_path)
+    root = config.repo / "data/default/roads"
+    for d in ("data/images", "data/annotations", "resources"):
+        (root / d).mkdir(parents=True)
+    pairs = []
+    for i in range(3):
+        Image.new("RGB", (8, 8), (40 * i, 90, 90)).save(root / f"data/images/{i}.png")
+        mask = Image.new("L", (8, 8), 0)
+        mask.paste(1 + i % 2, (0, 0, 4, 8))
+        mask.save(root / f"data/annotations/{i}.png")
+        pairs.append({"image": f"images/{i}.png", "seg_map": f"annotations/{i}.png"})
+    (root / "data/data.json").write_text(json.dumps(pairs))
+    (root / "resources/id2label.json").write_text(json.dumps({"0": "unlabeled", "1": "road", "2": "car"}))
+    store = open_store(None, config.repo)
+    store.put(ObjectRecord(key="Dataset/default/roads", sync="Synced", health="Healthy", extra={"number": "v1"}))
+    store.close()
+    client = TestClient(create_app(config), base_url="http://127.0.0.1")
+    text = client.get("/datasets/default/roads").text
+    assert text.count('<div class="thumb">') == 3
+    for i in range(3):
+        assert f'alt="data/images/{i}.png"' in text and f'alt="data/annotations/{i}.png"' not in text
+        assert f'data-mask="/files/default/roads/data/annotations/{i}.png"' in text
+        got = client.get(f"/files/default/roads/data/annotations/{i}.png")
+        assert got.status_code == 200 and got.content == (root / f"data/annotations/{i}.png").read_bytes()
+    names = json.loads(text.split('id="masks-data">')[1].split("</script>")[0])
+    assert names == {"0": "unlabeled", "1": "road", "2": "car"}
+
+
 def test_the_labeling_page_shows_progress_per_annotator_and_class(tmp_path: Path) -> None:
     from starlette.testclient import TestClient
 

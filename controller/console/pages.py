@@ -228,8 +228,10 @@ def dataset_page(config: KilnConfig, query: dict[str, str], root: str, ws: str, 
             "bars", {"labels": [str(c) for c, _ in classes], "values": [n for _, n in classes]}, "class-counts"
         )
     thumbs = read.samples(config, ws, name)
-    if thumbs:
-        body += "<h2>Samples</h2>" + _thumbnails(root, ws, name, thumbs)
+    if thumbs["items"]:
+        body += "<h2>Samples</h2>" + _thumbnails(root, ws, name, thumbs["items"])
+        if any(t["mask"] for t in thumbs["items"]):  # the masks' category names, for console.js
+            body += chart("masks", thumbs["id2label"], "masks")
     body += _diff_section(config, query, root, ws, name, versions)
     body += _history(data["attempts"])
     return layout(root, f"Dataset {ws}/{name}", body)
@@ -280,6 +282,8 @@ def _thumbnails(root: str, ws: str, name: str, thumbs: list[dict[str, Any]]) -> 
                 for b in t["boxes"]
             )
             overlay = f'<svg class="boxes" viewBox="0 0 {w} {h}" preserveAspectRatio="none">{rects}</svg>'
+        if t["mask"]:  # coloured by console.js from the mask's pixels (category ids)
+            overlay = f'<canvas class="mask" data-mask="{root}/files/{quote(ws)}/{quote(name)}/{quote(t["mask"])}"></canvas>'
         label = t["label"] or ", ".join(sorted({str(b[4]) for b in t["boxes"]}))
         cells.append(
             f'<div class="thumb"><div class="img"><img src="{src}" alt="{esc(t["path"])}" '

@@ -167,39 +167,66 @@ def file_diff(config: KilnConfig, ws: str, name: str, v1: str, v2: str) -> dict[
     return {"added": d.added, "removed": d.removed, "changed": d.changed}
 
 
-def samples(config: KilnConfig, ws: str, name: str) -> list[dict[str, Any]]:
+def _inside(root: Path, base: Path, rel: Any) -> str | None:
+    """``rel`` (a path an annotation file names, relative to ``base``) relative to the dataset's
+    folder, or None when it is not a plain path inside it."""
+    try:
+        out = (base / str(rel)).relative_to(root).as_posix()
+    except ValueError:
+        return None
+    return None if out.startswith("..") or "/../" in out else out
+
+
+def samples(config: KilnConfig, ws: str, name: str) -> dict[str, Any]:
     """Up to ``THUMBNAILS`` images of the current version as checked out, each with its label
-    (an image folder's class folder) or its boxes (a COCO file beside the images):
-    ``{"path": relative to the dataset folder, "label", "boxes": [[x, y, w, h, label]], "size"}``."""
+    (an image folder's class folder), its boxes (a COCO file beside the images) or its mask (a
+    segmentation pair list): ``{"items": [{"path": relative to the dataset folder, "label",
+    "boxes": [[x, y, w, h, label]], "size", "mask"}], "id2label": {...}}``. The browser colours a
+    mask's category ids (it reads the PNG's pixels); the masks are not thumbnails themselves."""
     root = config.repo / data_rel(ws, name)
     if not root.is_dir():
-        return []
+        return {"items": [], "id2label": {}}
     boxes: dict[str, list[list[Any]]] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for coco_file in sorted(root.rglob("*.json"))[:4]:
-        doc = read_json(coco_file)
+    masks: dict[str, str] = {}
+    id2label: dict[str, Any] = {}
+    for f in sorted(root.rglob("*.json"))[:8]:
+        doc = read_json(f)
+        if isinstance(doc, list):  # a segmentation pair list: [{"image", "seg_map"}]
+            for pair in doc:
+                if isinstance(pair, dict) and "image" in pair and "seg_map" in pair:
+                    base = f.parent if (f.parent / str(pair["image"])).is_file() else root
+                    img, mask = _inside(root, base, pair["image"]), _inside(root, base, pair["seg_map"])
+                    if img and mask:
+                        masks[img] = mask
+            continue
+        if f.name in ("id2label.json", "id2lable.json") and isinstance(doc, dict):
+            id2label = {str(k): v for k, v in doc.items()}
+            continue
         if not (isinstance(doc, dict) and isinstance(doc.get("images"), list) and "annotations" in doc):
             continue
         cats = {c.get("id"): c.get("name") for c in doc.get("categories") or [] if isinstance(c, dict)}
         by_id = {}
         for im in doc["images"]:
-            if isinstance(im, dict):
-                rel = (coco_file.parent / str(im.get("file_name"))).relative_to(root).as_posix()
+            if isinstance(im, dict) and (rel := _inside(root, f.parent, im.get("file_name"))) is not None:
                 by_id[im.get("id")] = rel
                 sizes[rel] = (int(im.get("width") or 0), int(im.get("height") or 0))
         for a in doc.get("annotations") or []:
             if isinstance(a, dict) and a.get("image_id") in by_id and isinstance(a.get("bbox"), list):
                 boxes.setdefault(by_id[a["image_id"]], []).append([*a["bbox"][:4], cats.get(a.get("category_id"), "?")])
+    mask_files = set(masks.values())
     out = []
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
             continue
         rel = p.relative_to(root).as_posix()
-        label = p.parent.name if p.parent != root and rel not in boxes else ""
-        out.append({"path": rel, "label": label, "boxes": boxes.get(rel, []), "size": sizes.get(rel)})
+        if rel in mask_files:
+            continue
+        label = p.parent.name if p.parent != root and rel not in boxes and rel not in masks else ""
+        out.append({"path": rel, "label": label, "boxes": boxes.get(rel, []), "size": sizes.get(rel), "mask": masks.get(rel)})
         if len(out) >= THUMBNAILS:
             break
-    return out
+    return {"items": out, "id2label": id2label}
 
 
 def sample_file(config: KilnConfig, ws: str, name: str, rel: str) -> Path | None:

@@ -115,6 +115,35 @@
         fig.dataset.points = String(items.length);
       }).catch((e) => { fig.textContent = "not available: " + e; fig.dataset.points = "0"; });
     },
+    masks(fig) {
+      // each thumbnail's mask: category ids as pixel values, drawn in a colour per id over the image
+      // (0 is the background) and the names of the categories it shows written under it
+      const names = data(fig);
+      let drawn = 0;
+      for (const c of document.querySelectorAll("canvas[data-mask]")) {
+        const img = new Image();
+        img.onload = () => {
+          const w = img.naturalWidth, h = img.naturalHeight;
+          c.width = w; c.height = h;
+          const ctx = c.getContext("2d");
+          ctx.drawImage(img, 0, 0);
+          const px = ctx.getImageData(0, 0, w, h), seen = new Set();
+          for (let i = 0; i < px.data.length; i += 4) {
+            const id = px.data[i];
+            if (id === 0) { px.data[i + 3] = 0; continue; }
+            seen.add(id);
+            const rgb = COLORS[id % COLORS.length].match(/\w\w/g).map((x) => parseInt(x, 16));
+            px.data[i] = rgb[0]; px.data[i + 1] = rgb[1]; px.data[i + 2] = rgb[2]; px.data[i + 3] = 140;
+          }
+          ctx.putImageData(px, 0, 0);
+          const label = c.closest(".thumb").querySelector("span");
+          label.textContent = [...seen].sort((a, b) => a - b).map((id) => names[String(id)] || String(id)).join(", ");
+          fig.dataset.points = String(++drawn);
+        };
+        img.src = c.dataset.mask;
+      }
+      if (!document.querySelector("canvas[data-mask]")) fig.dataset.points = "0";
+    },
     curves(fig) {
       const state = document.getElementById("curves-state");
       let timer = null;
