@@ -520,6 +520,8 @@ def test_each_page_loads_without_errors_and_shows_what_kiln_reports(
     assert browser.find_element(By.ID, "pr-curve").get_attribute("data-points") not in (None, "0")
     assert "average precision" in text and "Confusion matrix" in text
     assert "kiln tensorboard Experiment/default/wine-hpo" in text and "Step logs" in text
+    link = browser.find_element(By.LINK_TEXT, "default/wine")  # the dataset it trained on
+    assert link.get_attribute("href") == f"{url}/datasets/default/wine"
     # `kiln tensorboard` serves one run per trial: the event files kiln.report wrote while it trained
     from kiln.config import load_config
     from kiln.controller.console.read import one, tensorboard_runs

@@ -313,10 +313,13 @@ def experiment_page(config: KilnConfig, query: dict[str, str], root: str, ws: st
         ("health", rec.health),
         ("sync", rec.sync),
         ("objective", f"{obj['metric']} ({obj['direction']})"),
-        ("dataset", f"{ds.get('dataset', '-')} {ds.get('number', '')}"),
+        ("dataset", _dataset_link(root, ds)),
         ("best trial", best.get("trial")),
         ("best value", num(best.get("value"))),
-        ("registered", f"{reg['model']} v{reg['version']}" if isinstance(reg, dict) else "-"),
+        (
+            "registered",
+            Markup(f'<a href="{root}/models">{esc(reg["model"])} v{esc(reg["version"])}</a>') if isinstance(reg, dict) else "-",
+        ),
     ]
     body = _facts(facts)
     body += (
@@ -544,8 +547,23 @@ def static(config: KilnConfig, query: dict[str, str], root: str, file: str) -> R
 # -- parts ----------------------------------------------------------------------------------------
 
 
+def _dataset_link(root: str, ds: dict[str, Any]) -> Any:
+    """The experiment's dataset (``ws/name``) and version, linked to its page."""
+    ref = str(ds.get("dataset") or "")
+    ws, _, name = ref.partition("/")
+    if not (re.fullmatch(NAME, ws) and re.fullmatch(NAME, name)):
+        return f"{ref or '-'} {ds.get('number', '')}"
+    return Markup(f'<a href="{root}/datasets/{quote(ws)}/{quote(name)}">{esc(ref)}</a> {esc(ds.get("number", ""))}')
+
+
+class Markup(str):
+    """Already-escaped HTML (a link built here): ``_facts`` shows it as it is."""
+
+
 def _facts(pairs: list[tuple[str, Any]]) -> str:
-    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v) if v not in (None, '') else '-'}</dd>" for k, v in pairs)
+    items = "".join(
+        f"<dt>{esc(k)}</dt><dd>{v if isinstance(v, Markup) else esc(v) if v not in (None, '') else '-'}</dd>" for k, v in pairs
+    )
     return f'<dl class="facts">{items}</dl>'
 
 
