@@ -112,6 +112,7 @@
           el("rect", {x: 140, y: y + bh * 0.15, width: Math.max(1, fx(v) - 140), height: bh * 0.7, class: "bar"}, s);
           text(s, fx(v) + 4, y + bh * 0.65, v.toFixed(3), "start");
         });
+        s.setAttribute("viewBox", `0 0 ${W} ${10 + items.length * bh}`);  // as tall as its bars
         fig.dataset.points = String(items.length);
       }).catch((e) => { fig.textContent = "not available: " + e; fig.dataset.points = "0"; });
     },
