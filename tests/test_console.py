@@ -287,6 +287,9 @@ def test_beyond_loopback_the_console_needs_a_hashed_token(tmp_path: Path) -> Non
     from kiln.errors import KilnError
 
     config = _store_repo(tmp_path)
+    res = kiln("ui", "--host", "0.0.0.0", "--port", str(_free_port()), cwd=config.repo, timeout=60)
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "kiln console on" not in res.stderr
+    assert "kiln ui --host 0.0.0.0 would show the repository's state to the network without a token" in res.stderr
     with pytest.raises(KilnError) as err:
         create_app(config, host="0.0.0.0")
     assert "without a token" in err.value.message and "KILN_UI_TOKEN" in str(err.value.hint)

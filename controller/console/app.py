@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from typing import Any
 
 from kiln.config import KilnConfig
@@ -116,9 +117,11 @@ async def _run(config: KilnConfig, path: str, query: dict[str, str], root: str) 
     return await run_in_threadpool(dispatch, config, path, query, root)
 
 
-def serve(config: KilnConfig, host: str, port: int) -> None:
+def serve(config: KilnConfig, host: str, port: int, announce: Callable[[str], None] = print) -> None:
     import uvicorn
 
     env_token = os.environ.pop(TOKEN_ENV, None) or None  # out of the environment: nothing below sees it
-    app = create_app(config, host, env_token)
+    app = create_app(config, host, env_token)  # refuses a --host without a token before anything listens
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    announce(f"kiln console on http://{shown}:{port}/ (read-only; Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

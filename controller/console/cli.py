@@ -41,10 +41,7 @@ def ui(ctx: click.Context, port: int, host: str) -> int:
         _need(module, "serve", "kiln ui")
     from kiln.controller.console.app import serve
 
-    config = _config(ctx)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    click.echo(f"kiln console on http://{shown}:{port}/ (read-only; Ctrl-C stops it)", err=True)
-    serve(config, host, port)
+    serve(_config(ctx), host, port, lambda line: click.echo(line, err=True))
     return 0
 
 
