@@ -2,6 +2,7 @@
 
 Layers, top down:
 
+- ``cli``: ``kiln ui``, ``kiln ui token`` and ``kiln tensorboard EXPERIMENT``;
 - ``app``: the Starlette application ``kiln ui`` serves (uvicorn), with the access rules: only
   GET and HEAD (anything else is 405), and a token when it listens beyond loopback;
 - ``pages``: the pages, one handler per route in ``ROUTES`` (path pattern -> handler), each
