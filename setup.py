@@ -16,7 +16,7 @@ from setuptools import find_namespace_packages, find_packages, setup
 from setuptools.warnings import InformationOnly
 
 LAYERS = ("controller", "runners", "algorithms", "labeling", "bento")
-DATA_PACKAGES = ("kiln._data",)
+DATA_PACKAGES = ("kiln._data", "kiln.controller.console.static")
 
 packages = find_packages(include=["kiln", "kiln.*"]) + list(DATA_PACKAGES)
 package_dir = {"kiln": "kiln"}
@@ -42,5 +42,6 @@ warnings.filterwarnings("ignore", message="Editable installation", category=Info
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"kiln._data": ["*.json", "*.yaml"]},
+    # the console's script and style sheet: served from the package, no build step, no CDN
+    package_data={"kiln._data": ["*.json", "*.yaml"], "kiln.controller.console.static": ["*.js", "*.css"]},
 )

@@ -58,6 +58,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -231,14 +232,18 @@ METRICS_TOKEN_ENV = "KILN_METRICS_TOKEN"
 
 def serve_http(port: int, metrics: Metrics, heartbeat: Heartbeat, host: str = "127.0.0.1",
                metrics_token: str | None = None, metrics_public: bool = False,
-               ) -> http.server.ThreadingHTTPServer:
+               console: Callable[[], Any] | None = None) -> http.server.ThreadingHTTPServer:
     """Start /healthz and /metrics on a daemon thread; ``server.server_address`` has the port.
 
     /metrics names the repository, its objects and their errors: with ``metrics_token`` it needs
     ``Authorization: Bearer <token>``; without one it is served only on a loopback address or
     when ``metrics_public`` says the network in front of it decides who may scrape (a cluster
     scraping by pod annotation, which cannot send a token). /healthz is always open: probes
-    must reach it and it says nothing about the repository."""
+    must reach it and it says nothing about the repository.
+
+    /ui is the read-only console (``kiln.controller.console``) over the repository the daemon
+    applies (``console()`` gives its config, None before the first clone). It shows what /metrics
+    shows and more, so the same rule decides who sees it; any method but GET and HEAD is 405."""
     open_metrics = metrics_token is None and (metrics_public or host in LOOPBACK)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -247,6 +252,8 @@ def serve_http(port: int, metrics: Metrics, heartbeat: Heartbeat, host: str = "1
             if path in ("/healthz", "/livez"):
                 code, body = heartbeat.status(live=path == "/livez")
                 self._send(code, json.dumps(body).encode(), "application/json")
+            elif console is not None and (path == "/ui" or path.startswith("/ui/")):
+                self._console(path)
             elif path == "/metrics":
                 if not (open_metrics or self._authorized()):
                     self._send(401, b'{"error": "/metrics needs Authorization: Bearer <$KILN_METRICS_TOKEN>"}',
@@ -257,6 +264,28 @@ def serve_http(port: int, metrics: Metrics, heartbeat: Heartbeat, host: str = "1
                 self._send(200, metrics.text(), CONTENT_TYPE_LATEST)
             else:
                 self._send(404, b'{"error": "not found; try /healthz, /livez or /metrics"}', "application/json")
+
+        def _console(self, path: str) -> None:
+            if not (open_metrics or self._authorized()):
+                self._send(401, b'{"error": "/ui needs Authorization: Bearer <$KILN_METRICS_TOKEN>"}',
+                           "application/json")
+                return
+            config = console() if console is not None else None
+            if config is None:
+                self._send(503, b'{"error": "the repository is not cloned yet"}', "application/json")
+                return
+            from urllib.parse import parse_qsl, urlsplit
+
+            from kiln.controller.console.pages import dispatch
+
+            parts = urlsplit(self.path)
+            reply = dispatch(config, path[len("/ui"):] or "/", dict(parse_qsl(parts.query)), "/ui")
+            self._send(reply.status, reply.body, reply.ctype)
+
+        def _refuse(self) -> None:  # the console and the probes are read-only
+            self._send(405, b'{"error": "read-only: change the specs in git"}', "application/json")
+
+        do_POST = do_PUT = do_PATCH = do_DELETE = _refuse  # noqa: N815 (http.server's naming)
 
         def _authorized(self) -> bool:
             given = self.headers.get("Authorization", "")
@@ -377,7 +406,7 @@ class Controller:
                     # taken out of the environment: the apply's steps and user code never see it
                     token = os.environ.pop(METRICS_TOKEN_ENV, None) or None
                     self.server = serve_http(self.opts.port, self.metrics, self.heartbeat, self.opts.host,
-                                             token, self.opts.metrics_public)
+                                             token, self.opts.metrics_public, console=self._console_config)
                     self.log("listening", f"http on port {self.server.server_address[1]}",
                              port=self.server.server_address[1])
                 self.log("started", f"{self.repo_public} branch {self.opts.branch} every {self.opts.interval:g}s",
@@ -680,6 +709,10 @@ class Controller:
             return store.all_objects()
         finally:
             store.close()
+
+    def _console_config(self) -> Any:
+        """The config of the clone the console under /ui shows (None until it is cloned)."""
+        return load_config(self.clone) if (self.clone / ".git").exists() else None
 
     # -- the durable record ------------------------------------------------------------------------
 

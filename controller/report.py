@@ -202,23 +202,11 @@ def _metrics_table(b: dict[str, Any] | None, n: dict[str, Any]) -> list[str]:
 def _curves(run: Path, objective: str) -> dict[str, Any] | None:
     """Per trial: objective and (if reported) one loss metric per step; None when no trial
     reported more than once (a single fit is a point, not a curve)."""
-    series: dict[str, dict[str, list[list[float]]]] = {}
-    loss = None
-    for f in sorted((run / "trials").glob("*/metrics.jsonl")):
-        per: dict[str, list[list[float]]] = {}
-        for line in f.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line being written while we read
-            step = rec.get("step") or 0
-            for k, v in rec.items():
-                if k in ("step", "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
-                    continue
-                if loss is None and "loss" in k:
-                    loss = k
-                per.setdefault(k, []).append([step, v])
-        series[f.parent.name] = per
+    from kiln.controller.experiment.results import metric_series
+
+    series = metric_series(run)
+    # one loss metric besides the objective: the first one reported
+    loss = next((k for per in series.values() for k in per if "loss" in k), None)
     if not any(len(p.get(objective, [])) > 1 for p in series.values()):
         return None
     return {"metrics": [objective] + ([loss] if loss else []), "series": series}

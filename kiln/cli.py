@@ -60,6 +60,8 @@ class KilnGroup(_LazyGroup):
         "report": "kiln.controller.report_cli:report",
         "controller": "kiln.controller.daemon:controller",
         "policy": "kiln.controller.policy_cli:policy",
+        "ui": "kiln.controller.console.cli:ui",
+        "tensorboard": "kiln.controller.console.cli:tensorboard",
     }
 
 

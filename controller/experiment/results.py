@@ -4,6 +4,7 @@ mirrored by the handler while the workflow runs) and the git-tracked results fil
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,33 @@ def trials(run: Path) -> list[dict[str, Any]]:
     """The run's trials, less those of training code that has changed since (``stale``)."""
     recs = [r for p in sorted((run / "trials").glob("*/trial.json")) if (r := read_json(p)) and not r.get("stale")]
     return sorted(recs, key=lambda r: (r.get("number", 0), r.get("id", "")))
+
+
+def metric_series(run: Path) -> dict[str, dict[str, list[list[float]]]]:
+    """Per trial id, each numeric metric it reported as ``[[step, value], ...]``, from the
+    trials' ``metrics.jsonl`` as they stand (a trial still training included): what ``kiln
+    report`` plots after the fact and the console's live curves poll."""
+    series: dict[str, dict[str, list[list[float]]]] = {}
+    for f in sorted((run / "trials").glob("*/metrics.jsonl")):
+        per: dict[str, list[list[float]]] = {}
+        try:
+            lines = f.read_text().splitlines()
+        except OSError:
+            continue  # removed by select while we read: the trial was not chosen
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line being written while we read
+            if not isinstance(rec, dict):
+                continue
+            step = rec.get("step") or 0
+            for k, v in rec.items():
+                if k in ("step", "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                per.setdefault(k, []).append([step, v])
+        series[f.parent.name] = per
+    return series
 
 
 def leaderboard(spec: ExperimentSpec, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,93 @@
+"""``kiln ui`` (the read-only console), ``kiln ui token`` and ``kiln tensorboard EXPERIMENT``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import click
+
+from kiln.config import KilnConfig, load_config
+from kiln.errors import KilnError
+
+
+def _config(ctx: click.Context) -> KilnConfig:
+    return load_config((ctx.find_root().obj or {}).get("repo") or ".")
+
+
+def _need(module: str, extra: str, what: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise KilnError(
+            f"{what} needs the Python package {module!r}, which is not installed", hint=f"pip install 'kiln[{extra}]'"
+        )
+
+
+@click.group("ui", invoke_without_command=True)
+@click.option("--port", default=8090, show_default=True, help="Port to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback needs a token ($KILN_UI_TOKEN or `kiln ui token`).",
+)
+@click.pass_context
+def ui(ctx: click.Context, port: int, host: str) -> int:
+    """Serve the read-only web console: objects, datasets, experiments (live curves), models,
+    labeling and deployments."""
+    if ctx.invoked_subcommand is not None:
+        return 0
+    for module in ("starlette", "uvicorn"):
+        _need(module, "serve", "kiln ui")
+    from kiln.controller.console.app import serve
+
+    serve(_config(ctx), host, port, lambda line: click.echo(line, err=True))
+    return 0
+
+
+@ui.command("token")
+@click.option("--revoke", "revoke", default=None, metavar="ID", help="Revoke the console token with this id.")
+@click.pass_context
+def token(ctx: click.Context, revoke: str | None) -> int:
+    """Create a token for `kiln ui --host ...` (printed once, stored hashed), or revoke one."""
+    from kiln.bento.auth import TokenStore, default_token_file
+    from kiln.controller.console.app import CONSOLE_KEY
+
+    store = TokenStore(default_token_file(_config(ctx).repo))
+    if revoke:
+        store.revoke(CONSOLE_KEY, revoke)
+        click.echo(f"revoked console token {revoke}")
+        return 0
+    click.echo(store.create(CONSOLE_KEY))
+    return 0
+
+
+@click.command("tensorboard")
+@click.argument("experiment", metavar="[Experiment/][WORKSPACE/]NAME")
+@click.option("--port", default=6006, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("-w", "--workspace", default=None, metavar="WORKSPACE")
+@click.pass_context
+def tensorboard(ctx: click.Context, experiment: str, port: int, host: str, workspace: str | None) -> int:
+    """Serve TensorBoard on the event files of an experiment's trials (one run per trial)."""
+    from kiln.controller.console import read
+    from kiln.controller.project import find_key
+
+    config = _config(ctx)
+    ref = experiment if experiment.split("/")[0] == "Experiment" else f"Experiment/{experiment}"
+    recs = read.records(config, "Experiment")
+    key = find_key(ref, [r.key for r in recs], workspace=workspace, absent="{} has not been applied")
+    rec = next(r for r in recs if r.key == key)
+    runs = read.tensorboard_runs(config, rec)
+    if not runs:
+        raise KilnError(
+            f"{key}: no TensorBoard event files in its run folder",
+            hint="its trials write them while they train (kiln.report); apply it first",
+        )
+    _need("tensorboard", "ml", "kiln tensorboard")
+    click.echo(f"TensorBoard on http://{host}:{port}/ for {key}: {len(runs)} trial(s)", err=True)
+    spec = ",".join(f"{tid}:{path}" for tid, path in runs.items())
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec, "--host", host, "--port", str(port)]
+    # TensorBoard replaces this process: Ctrl-C and a service manager's signals reach it, no child is left
+    os.execve(sys.executable, cmd, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return 0  # not reached
