@@ -157,7 +157,10 @@ def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
 
     def run(x: Any) -> Any:
         if isinstance(x, dict):  # one N x 1 input per column, by position (skl2onnx renames some)
-            feed = {n: np.asarray(v, dtype=t).reshape(-1, 1) for n, t, v in zip(names, dtypes, x.values())}
+            if x and isinstance(next(iter(x.values())), np.ndarray):
+                feed = {n: np.asarray(v, dtype=t).reshape(-1, 1) for n, t, v in zip(names, dtypes, x.values())}
+            else:  # columns as Python sequences (Engine.predict): each N x 1 array made in one call
+                feed = {n: np.array([[v] for v in col], dtype=t) for n, t, col in zip(names, dtypes, x.values())}
             out = sess.run([pick], feed)[0]
         else:
             if flat and x.ndim > 2:
@@ -168,6 +171,7 @@ def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
             out = np.array([[row[k] for k in keys] for row in out], dtype=np.float32)
         return out
 
+    run.takes_columns = True  # type: ignore[attr-defined]
     return run
 
 
@@ -527,7 +531,11 @@ class Engine:
     # -- predict / format --------------------------------------------------------------------
     def predict(self, xs: list[np.ndarray]) -> list[Any]:
         """Stacked batch -> per-instance raw outputs."""
-        if self.cfg.typed:  # rows of floats and strings: one array per column
+        if self.cfg.typed and getattr(self.run, "takes_columns", False):
+            # the runtime makes each column's array itself, in its input's type: one numpy call
+            # a column instead of a float64 array converted again (a quarter of a row's time)
+            out = self.run(dict(zip(self.cfg.features or (), zip(*xs))))
+        elif self.cfg.typed:  # rows of floats and strings: one array per column
             cols = (self.cfg.schema or {})["columns"]
             feed = {f: np.array([x[j] for x in xs], dtype=np.float64 if cols[f]["type"] == "number" else object)
                     for j, f in enumerate(self.cfg.features or ())}
