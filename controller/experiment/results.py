@@ -140,7 +140,7 @@ def _weights(recs: list[dict[str, Any]], trial: str) -> dict[str, Any]:
     """Which weights of ``trial`` are registered and reported (``checkpoint``: best by the
     objective or last, at which step) and its per-category metrics, as its record holds them."""
     rec = next((r for r in recs if r.get("id") == trial), {})
-    return {k: rec[k] for k in ("checkpoint", "perCategory") if rec.get(k)}
+    return {k: rec[k] for k in ("checkpoint", "perCategory", "validation") if rec.get(k)}
 
 
 def write_summary(ctx: StepContext, spec: ExperimentSpec, run: Path) -> None:
