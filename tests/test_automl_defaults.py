@@ -242,6 +242,10 @@ register: {model: m, export: [onnx]}
     # the reserve was an honest estimate: export (parity included) and registration took about that
     registered = (run / "registered.json").stat().st_mtime
     assert registered - ended <= 1.5 * reserve + 2, (registered - ended, reserve)
+    # the candidate task that finished last exported the leader; export-onnx did not again
+    logs = kiln("logs", "Experiment/e", cwd=repo, check=True).stdout
+    assert "[c-logistic_regression] exported to ONNX (parity checked)" in logs
+    assert "ONNX parity passed (exported by the candidates task)" in logs
     assert not (run / "trials/c-random_forest/model").exists()
     assert ex["best"]["trial"] == "c-logistic_regression" and ex["registered"]["model"] == "m"
     assert "1 candidate(s) stopped by the time budget (random_forest)" in ex["info"]

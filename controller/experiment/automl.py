@@ -23,7 +23,8 @@ Without a candidate list, one task trains the defaults in turn; it loads the tab
 imports scikit-learn before the first fork (each candidate's child inherits both), and after
 the search exports the leading candidate to ONNX in this process (``export.export_trial``), so
 the export-onnx task that follows finds it done instead of importing scikit-learn and skl2onnx
-and reading the table again."""
+and reading the table again. With a candidate list (one task each, in parallel), the task that
+finishes last does that export."""
 
 from __future__ import annotations
 
@@ -132,7 +133,18 @@ def train_candidate(ctx: StepContext) -> dict[str, Any]:
     idx = names.index(name)
     startup, load = _warm_up(ctx, spec)
     reserve = tail_reserve(startup, load, _leader_fit_s(ctx, spec), onnx, exported_here=False)
-    return _one(ctx, spec, idx, cands[idx], reserve)
+    out = _one(ctx, spec, idx, cands[idx], reserve)
+    if onnx and not isinstance(spec.selectTrial, int) and _search_over(ctx, names):
+        # the last candidate task to finish exports the leader while its libraries are loaded
+        with file_lock(run_folder(ctx) / "export.lock"):
+            _export_leader(ctx, spec)
+    return out
+
+
+def _search_over(ctx: StepContext, names: list[str]) -> bool:
+    """Every candidate has a trial and none is still running (parallel candidate tasks)."""
+    recs = trials(run_folder(ctx))
+    return {r.get("candidate") for r in recs} >= set(names) and all(r.get("state") != "RUNNING" for r in recs)
 
 
 def _warm_up(ctx: StepContext, spec: ExperimentSpec) -> tuple[float, float]:
@@ -170,11 +182,11 @@ def _export_leader(ctx: StepContext, spec: ExperimentSpec) -> None:
     """Export the leading candidate to ONNX here, where scikit-learn and the table are loaded;
     the export-onnx task then only checks it is the selected trial's. Best effort: a failure is
     left for that task to report (it exports again and fails with its message)."""
-    from kiln.controller.experiment.export import export_trial
+    from kiln.controller.experiment.export import current_export, export_trial
 
     rec = _leader(ctx, spec)
-    if rec is None:
-        return
+    if rec is None or current_export(spec, run_folder(ctx) / "trials" / rec["id"]):
+        return  # none finished, or another candidate task exported it already
     t0 = time.time()
     try:
         export_trial(ctx, spec, run_folder(ctx), rec["id"])

@@ -45,15 +45,24 @@ def export_onnx(ctx: StepContext) -> dict[str, Any]:
     run = run_folder(ctx)
     sel = selected_trial(run)
     tdir = run / "trials" / sel["trial"]
-    rep = read_json(tdir / "onnx.json")
-    if rep and (tdir / "model.onnx").is_file() and rep.get("tolerance") == _tolerance(spec) \
-            and rep.get("modelStamp") == _model_stamp(tdir / "model"):
+    rep = current_export(spec, tdir)
+    if rep:
         log(f"ONNX parity passed (exported by the candidates task): {rep['summary']}")
     else:
         rep = export_trial(ctx, spec, run, sel["trial"])
     rep = {k: v for k, v in rep.items() if k != "modelStamp"}  # the trial's bookkeeping only
     write_json(run / "onnx.json", rep)
     return rep
+
+
+def current_export(spec: Any, tdir: Path) -> dict[str, Any] | None:
+    """The parity report of the trial's ``model.onnx`` when it is of the model the trial holds
+    now, at the spec's tolerance; else None (export it)."""
+    rep = read_json(tdir / "onnx.json")
+    if rep and (tdir / "model.onnx").is_file() and rep.get("tolerance") == _tolerance(spec) \
+            and rep.get("modelStamp") == _model_stamp(tdir / "model"):
+        return rep
+    return None
 
 
 def _tolerance(spec: Any) -> float:
