@@ -293,9 +293,6 @@ class SklearnAlgorithm(Algorithm):
         ``X`` (rows x columns); mixed tables: one ``N x 1`` input per column, float or string, in
         column order (``onnx_feed``). Classifiers output ``label`` (encoded index) and
         ``probabilities`` (no ZipMap)."""
-        import numpy as np
-        from skl2onnx import to_onnx
-
         from kiln.algorithms import featurize as F
 
         meta = model.meta
@@ -311,8 +308,20 @@ class SklearnAlgorithm(Algorithm):
         _register_xgboost()
         F.register_missing_indicator()
         options = {id(model.native[-1]): {"zipmap": False}} if self.task == "classification" else None
-        if self.task == "clustering" or self.task == "dimension-reduction":
-            options = None
+        if meta.get("ensemble"):  # AutoML's ensemble: its members may be HistGradientBoosting's
+            from kiln.algorithms.tabular_more import _int_missing_flags
+
+            with _int_missing_flags():
+                return self._to_onnx(model, path, sample, options)
+        return self._to_onnx(model, path, sample, options)
+
+    def _to_onnx(self, model: TrainedModel, path: Path, sample: Any, options: Any) -> Path:
+        import numpy as np
+        from skl2onnx import to_onnx
+
+        from kiln.algorithms import featurize as F
+
+        meta = model.meta
         opset = {"": 17, "ai.onnx.ml": 3}
         if meta["categorical"]:
             onx = to_onnx(model.native, initial_types=F.onnx_initial_types(meta["schema"], meta["columns"]),

@@ -9,6 +9,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import kiln, write
@@ -294,3 +295,48 @@ register: {model: m}
     trees = [t for t in ex["trials"] if t["candidate"] == "decision_tree"]
     assert len(trees) == 2 and all(t["state"] == "COMPLETE" for t in trees), ex["trials"]
     assert ex["registered"]["model"] == "m" and not ex["failed"]
+
+
+@pytest.mark.slow
+def test_the_ensemble_of_the_top_candidates_competes_registers_with_onnx_and_serves_raw_rows(tmp_path: Path) -> None:
+    from kiln.algorithms.registry import get_algorithm
+    from kiln.bento.runtime import load_engine
+    from kiln.controller.experiment.ensemble import ENSEMBLE_NUMBER
+    from tests.test_experiment_handler import registry
+
+    body = "mode: automl\ndataset: {name: t}\n"
+    reg = "register: {model: m, export: [onnx]}\n"
+    repo = repo_with(tmp_path, "classification", body + reg)
+    out = kiln("apply", cwd=repo, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ex = record(repo, "e")["extra"]
+    ens = next(t for t in ex["trials"] if t["candidate"] == "ensemble")
+    assert ens["state"] == "COMPLETE" and ens["number"] == ENSEMBLE_NUMBER, ens
+    # ranked with the candidates on validation (cross-validated here, as they were: 140 rows),
+    # so it is selected only when it beats the best single candidate
+    board = ex["leaderboard"]
+    singles = [b for b in board if b["candidate"] != "ensemble"]
+    assert any(b["candidate"] == "ensemble" for b in board) and len(singles) >= 2
+    assert (ex["best"]["trial"] == "c-ensemble") == (ens["objective"] > singles[0]["objective"]), board
+    assert ex["trialsDone"] == ex["trialsTotal"] == len(singles) + 1
+    assert "ensemble (" in kiln("describe", "experiment/e", cwd=repo, check=True).stdout
+
+    # pinned (selectTrial: no training again): registered as ONNX with its parity check, and it
+    # answers raw rows (a null, a number as a string) as the native ensemble does
+    write(repo, {"specs/e.yaml": exp("e", f"{body}selectTrial: {ENSEMBLE_NUMBER}\n{reg}")})
+    out = kiln("apply", cwd=repo, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ex = record(repo, "e")["extra"]
+    assert ex["registered"]["trial"] == "c-ensemble", ex["registered"]
+    path = registry(repo).path("m", ex["registered"]["version"])
+    engine = load_engine(path)
+    assert engine.cfg.framework == "onnx"
+    rows = [{"x1": None, "x2": "0.5", "x3": 1.25, "x4": -1.0}, {"x1": 2.0, "x2": -1.5, "x3": None, "x4": 0.3},
+            {"x1": -2.5, "x2": 0.1, "x3": 0.0, "x4": 2.0}]
+    served = [engine.format(y, None) for y in engine.predict([engine.decode(r, i)[0] for i, r in enumerate(rows)])]
+    meta = json.loads((path / "kiln-model" / "meta.json").read_text())
+    assert len(meta["ensemble"]) >= 2
+    algo = get_algorithm(meta["algorithm"])
+    native = algo.predict(algo.load(path / "kiln-model"), [{k: (np.nan if v is None else float(v)) for k, v in r.items()}
+                                                            for r in rows])
+    assert [s["label"] for s in served] == [str(n) for n in native]

@@ -125,6 +125,8 @@ def train_candidate(ctx: StepContext) -> dict[str, Any]:
         for i, c in enumerate(cands):
             reserve = tail_reserve(startup, load, _leader_fit_s(ctx, spec), onnx, exported_here=True)
             results.append(_one(ctx, spec, i, c, reserve))
+        if spec.automl.ensemble:
+            _ensemble(ctx, spec, tail_reserve(startup, load, _leader_fit_s(ctx, spec), onnx, exported_here=True))
         if onnx and not isinstance(spec.selectTrial, int):
             _export_leader(ctx, spec)
         return {"candidates": results}
@@ -139,6 +141,22 @@ def train_candidate(ctx: StepContext) -> dict[str, Any]:
         with file_lock(run_folder(ctx) / "export.lock"):
             _export_leader(ctx, spec)
     return out
+
+
+def _ensemble(ctx: StepContext, spec: ExperimentSpec, reserve: float) -> None:
+    """The top candidates' ensemble as one more trial (``ensemble``), while search time is left:
+    it costs a prediction pass (a cross-validation on a small table). Best effort: a failure
+    is logged and the single candidates compete alone."""
+    from kiln.controller.experiment.ensemble import build_ensemble
+
+    left = budget_left(ctx, spec, reserve)
+    if left is not None and left <= 0:
+        log("no ensemble of the top candidates: the time budget was spent")
+        return
+    try:
+        build_ensemble(ctx, spec)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log(f"no ensemble of the top candidates: {type(exc).__name__}: {exc}")
 
 
 def _search_over(ctx: StepContext, names: list[str]) -> bool:

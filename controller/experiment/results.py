@@ -99,6 +99,7 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
         except KilnError:  # the train step reports it
             cands = []
         total = sum(per if (per > 1 and c.searchSpace) else 1 for c in cands)
+        total += any(r.get("candidate") == "ensemble" for r in recs)  # the top candidates' average
     else:
         total = max(1, len(spec.parameterSets))
     finished = [r for r in recs if r.get("state") in (*TERMINAL, *NOT_COMPLETED)]

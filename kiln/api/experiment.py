@@ -172,6 +172,9 @@ class AutoML(Model):
                                    "candidate or trial starts after it, a fit still running is stopped, the best "
                                    "finished candidate is kept")
     maxCandidates: int | None = Field(None, ge=1, description="compare at most the first N candidates")
+    ensemble: bool = Field(True, description="without a candidate list: also compare the average of the top 3 "
+                           "candidates (soft voting, or the mean for regression); selected only when it beats the "
+                           "best single one on validation")
 
     @model_validator(mode="after")
     def _unique(self) -> AutoML:
