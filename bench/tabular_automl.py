@@ -10,8 +10,9 @@
 2. The registered ONNX model served by kiln (BentoML + fast path, batching off, as
    ``bench/serving.py``) and by a bare Starlette + uvicorn + onnxruntime app with the same raw-row
    handling (columns by name, null -> NaN or '' per the model's typed inputs), one raw row with
-   strings and a null per request, 16 connections, interleaved rounds (median): req/s, p50, p99
-   and kiln/bare (target >= 0.8).
+   strings and a null per request, 16 connections, interleaved rounds (median): req/s, p50, p99,
+   each server's CPU microseconds per request (its processes and children: on a shared machine
+   the steadier measure of its work) and kiln/bare (target >= 0.8).
 
     .venv/bin/python bench/tabular_automl.py [--task classification|regression] [--rows 50000]
         [--budget 60] [--seconds 10] [--rounds 3]
@@ -34,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from serving import _load, _wait_port  # noqa: E402 - the serving bench's load generator and port wait
+from serving import _cpu_s, _load, _wait_port  # noqa: E402 - the serving bench's load generator, CPU, port wait
 
 KILN = [sys.executable, "-m", "kiln.cli"]
 
@@ -174,6 +175,8 @@ def serve(repo: Path, extra: dict, row: dict, args: argparse.Namespace) -> dict[
         targets = {"bare starlette+uvicorn": (f"http://127.0.0.1:{port}/predict", [])}
         targets.update({name: (f"{s.url}/predict", [f"Authorization: Bearer {tokens.create(s.cfg.deployment)}"])
                         for name, s in servers.items()})
+        pids = {"bare starlette+uvicorn": bare.pid}
+        pids.update({name: s.proc.pid for name, s in servers.items() if s.proc is not None})
         import httpx
 
         for name, (url, hdrs) in targets.items():  # both answer the raw row, alike
@@ -185,7 +188,12 @@ def serve(repo: Path, extra: dict, row: dict, args: argparse.Namespace) -> dict[
             _load(url, body, argparse.Namespace(**{**vars(args), "seconds": 2, "requests": 500}), hdrs)
         for _ in range(args.rounds):
             for name, (url, hdrs) in targets.items():
-                runs.setdefault(name, []).append(_load(url, body, args, hdrs))
+                # CPU time per request too: on a shared machine req/s is the share of the CPUs a
+                # server got; its CPU microseconds per answer are the work it did
+                cpu0 = _cpu_s(pids[name])
+                r = _load(url, body, args, hdrs)
+                r["cpu_us"] = (_cpu_s(pids[name]) - cpu0) / max(r["requests"], 1) * 1e6
+                runs.setdefault(name, []).append(r)
     finally:
         bare.terminate()
         bare.wait(10)
@@ -230,7 +238,10 @@ def main() -> int:
           f"(median), {args.loadgen}; load average {os.getloadavg()[0]:.1f}")
     for name, r in med.items():
         ratios = sorted(k["rps"] / b["rps"] for k, b in zip(runs[name], runs["bare starlette+uvicorn"]))
+        cpu = sorted(k["cpu_us"] for k in runs[name])[len(runs[name]) // 2]
+        cpu_ratio = sorted(b["cpu_us"] / k["cpu_us"] for k, b in zip(runs[name], runs["bare starlette+uvicorn"]))
         print(f"    {name:24} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+              f"CPU {cpu:5.0f} us/req (bare's CPU/req over this: {cpu_ratio[len(cpu_ratio) // 2]:.2f})  "
               f"x{ratios[len(ratios) // 2]:.2f} of bare (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
               f"{'  non-200: ' + str(r['codes']) if r['codes'] else ''}")
     if args.keep:

@@ -146,7 +146,8 @@ def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
     inputs = sess.get_inputs()
     inp = inputs[0]
     name = inp.name
-    as_float = [("string" not in i.type) for i in inputs]
+    names = [i.name for i in inputs]
+    dtypes = [np.dtype(object) if "string" in i.type else np.dtype(np.float32) for i in inputs]
     outs = [o.name for o in sess.get_outputs()]
     # skl2onnx classifiers have (label, probabilities): keep the 2-D float output
     pick = next((o.name for o in sess.get_outputs() if "prob" in o.name.lower()), outs[-1] if len(outs) > 1 else outs[0])
@@ -156,8 +157,10 @@ def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
 
     def run(x: Any) -> Any:
         if isinstance(x, dict):  # one N x 1 input per column, by position (skl2onnx renames some)
-            feed = {i.name: np.asarray(v, dtype=np.float32 if f else object).reshape(-1, 1)
-                    for i, f, v in zip(inputs, as_float, x.values())}
+            if x and isinstance(next(iter(x.values())), np.ndarray):
+                feed = {n: np.asarray(v, dtype=t).reshape(-1, 1) for n, t, v in zip(names, dtypes, x.values())}
+            else:  # columns as Python sequences (Engine.predict): each N x 1 array made in one call
+                feed = {n: np.array([[v] for v in col], dtype=t) for n, t, col in zip(names, dtypes, x.values())}
             out = sess.run([pick], feed)[0]
         else:
             if flat and x.ndim > 2:
@@ -168,6 +171,7 @@ def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
             out = np.array([[row[k] for k in keys] for row in out], dtype=np.float32)
         return out
 
+    run.takes_columns = True  # type: ignore[attr-defined]
     return run
 
 
@@ -291,6 +295,9 @@ class Engine:
     version: int = 0
     max_pixels: int | None = None   # the deployment's limits.maxImagePixels (None: from the input size)
     _known: set[str] | None = None  # the fields a raw row may carry (features and ignored columns)
+    # a raw row's columns in model order, each with whether it is a number (else a string): the
+    # schema walked once at the first request instead of twice per row
+    _plan: list[tuple[str, bool]] | None = None
 
     @property
     def pixel_limit(self) -> int:
@@ -400,13 +407,33 @@ class Engine:
         return y
 
     def _decode_typed(self, inst: dict, i: int) -> Any:
-        """A raw row of a model with an input schema: every column by name, no other field."""
-        feats = self.cfg.features or ()
-        self._no_extra_field(inst, i)
-        for f in feats:
-            if f not in inst:
-                raise InstanceError(i, f, f"missing; the model needs {', '.join(feats)} (null for an unknown value)")
-        return self._typed_row(inst, i)
+        """A raw row of a model with an input schema: every column by name, no other field (a
+        row with as many fields as the model has columns, all found, has none). One pass over
+        the columns; plain JSON numbers and strings are taken as they are, anything else goes
+        through ``_number``/``_category``, which parse it or name the field."""
+        plan = self._plan
+        if plan is None:
+            cols = (self.cfg.schema or {})["columns"]
+            plan = self._plan = [(f, cols[f]["type"] == "number") for f in self.cfg.features or ()]
+        if len(inst) != len(plan):
+            self._no_extra_field(inst, i)
+        vals: list[Any] = []
+        for f, num in plan:
+            try:
+                v = inst[f]
+            except KeyError:
+                self._no_extra_field(inst, i)  # an unknown field is named before a missing one
+                raise InstanceError(i, f, f"missing; the model needs {', '.join(self.cfg.features or ())} "
+                                          "(null for an unknown value)") from None
+            if num:
+                # NaN and out-of-range values fail the comparison: _number says what they are
+                vals.append(float(v) if (type(v) is float or type(v) is int) and -_F32_MAX <= v <= _F32_MAX
+                            else _number(v, i, f))
+            else:
+                vals.append(v if type(v) is str else _category(v, i, f))
+        if self.cfg.typed:
+            return tuple(vals)
+        return np.array(vals, dtype=np.float32)
 
     def _no_extra_field(self, inst: dict, i: int) -> None:
         # the dataset's label and identifier columns (a row as in the CSV) are accepted and ignored
@@ -504,7 +531,11 @@ class Engine:
     # -- predict / format --------------------------------------------------------------------
     def predict(self, xs: list[np.ndarray]) -> list[Any]:
         """Stacked batch -> per-instance raw outputs."""
-        if self.cfg.typed:  # rows of floats and strings: one array per column
+        if self.cfg.typed and getattr(self.run, "takes_columns", False):
+            # the runtime makes each column's array itself, in its input's type: one numpy call
+            # a column instead of a float64 array converted again (a quarter of a row's time)
+            out = self.run(dict(zip(self.cfg.features or (), zip(*xs))))
+        elif self.cfg.typed:  # rows of floats and strings: one array per column
             cols = (self.cfg.schema or {})["columns"]
             feed = {f: np.array([x[j] for x in xs], dtype=np.float64 if cols[f]["type"] == "number" else object)
                     for j, f in enumerate(self.cfg.features or ())}

@@ -83,6 +83,20 @@ def _tcp_nodelay() -> None:
 _tcp_nodelay()
 
 
+def _no_uvicorn_access_log() -> None:
+    """Turn off uvicorn's access logger in the worker. BentoML configures the root logger, so
+    uvicorn's HTTP protocol finds a handler (``hasHandlers()``) and builds and filters a log
+    record for every response, which BentoML's settings then drop: about 70 us of the worker's
+    CPU a request (bench/tabular_automl.py: 275 vs 190 us; the same app under plain uvicorn
+    with --no-access-log costs what the bare app does). The fast path writes its own access log."""
+    access = logging.getLogger("uvicorn.access")
+    access.handlers = []
+    access.propagate = False
+
+
+_no_uvicorn_access_log()
+
+
 @bentoml.service(
     name="kiln-deployment",
     workers=CFG.workers if CFG else 1,

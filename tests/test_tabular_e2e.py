@@ -62,6 +62,11 @@ spec: {{type: tabular, task: {task}, format: csv, source: {{path: raw/penguins.c
 
     ex = record(repo, "pen")["extra"]
     assert ex["leaderboard"], ex
+    # a small table: candidates compared by cross-validation, the kept one refitted on train +
+    # validation before its test score; describe says so
+    assert ex["best"]["validation"] == {"method": "5-fold cross-validation on train + validation",
+                                        "rows": ex["best"]["validation"]["rows"], "refit": "train + validation"}
+    assert "5-fold cross-validation" in kiln("describe", "experiment/pen", cwd=repo, check=True).stdout
     engine = load_engine(registry(repo).path("pen", 1))
     assert engine.cfg.framework == "onnx"  # registered with its parity check passed
     raw = [{"island": "Dream Island", "bill length": None, "sex": "female", "penguin id": "P-1"},

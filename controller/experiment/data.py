@@ -10,8 +10,28 @@ from typing import Any
 from kiln._util.fs import read_json
 from kiln.algorithms.base import TrainData
 
+# tables loaded by ``preload_train_data``: the AutoML candidates task reads and splits the table
+# once, and each candidate's forked child inherits it instead of parsing the CSV again
+_PRELOADED: dict[tuple[str, str, str], TrainData] = {}
+
+
+def _key(repo: Path, data: dict[str, Any], split: dict[str, float] | None) -> tuple[str, str, str]:
+    return (str(repo / data["path"]), str(data.get("version")), repr(sorted((split or {}).items())))
+
+
+def preload_train_data(repo: Path, data: dict[str, Any], split: dict[str, float] | None = None) -> TrainData:
+    """Load the dataset version and keep it for this process's later ``load_train_data`` calls
+    (and its forked children's). Only a process that trains several models on one table asks
+    for this: a TrainData is shared, so a caller must not modify its frames."""
+    key = _key(repo, data, split)
+    if key not in _PRELOADED:
+        _PRELOADED[key] = load_train_data(repo, data, split)
+    return _PRELOADED[key]
+
 
 def load_train_data(repo: Path, data: dict[str, Any], split: dict[str, float] | None = None) -> Any:
+    if _PRELOADED and (td := _PRELOADED.get(_key(repo, data, split))) is not None:
+        return td
     # kiln.data.formats builds its pydantic models on import (0.3-0.4 s on a 2-core machine): the
     # create-study, select and register steps import this module but seldom load data
     from kiln.data.formats import load

@@ -38,20 +38,56 @@ def _sample(ctx: StepContext, run: Path, meta: dict[str, Any], n: int) -> Any:
 
 
 def export_onnx(ctx: StepContext) -> dict[str, Any]:
-    """Export the selected model to ONNX and check it against the native model (parity)."""
+    """Export the selected model to ONNX and check it against the native model (parity); a
+    trial the AutoML candidates task exported already (``onnx.json`` in its folder, for the
+    model it holds now, at this tolerance) is not exported again."""
     spec = ctx.model(Experiment).spec
     run = run_folder(ctx)
     sel = selected_trial(run)
     tdir = run / "trials" / sel["trial"]
+    rep = current_export(spec, tdir)
+    if rep:
+        log(f"ONNX parity passed (exported by the candidates task): {rep['summary']}")
+    else:
+        rep = export_trial(ctx, spec, run, sel["trial"])
+    rep = {k: v for k, v in rep.items() if k != "modelStamp"}  # the trial's bookkeeping only
+    write_json(run / "onnx.json", rep)
+    return rep
+
+
+def current_export(spec: Any, tdir: Path) -> dict[str, Any] | None:
+    """The parity report of the trial's ``model.onnx`` when it is of the model the trial holds
+    now, at the spec's tolerance; else None (export it)."""
+    rep = read_json(tdir / "onnx.json")
+    if rep and (tdir / "model.onnx").is_file() and rep.get("tolerance") == _tolerance(spec) \
+            and rep.get("modelStamp") == _model_stamp(tdir / "model"):
+        return rep
+    return None
+
+
+def _tolerance(spec: Any) -> float:
+    return spec.registration.onnxTolerance if spec.registration else 1e-4
+
+
+def _model_stamp(mdir: Path) -> int | None:
+    """Which trained model an export is of: its meta file's mtime (a retrained trial rewrites it)."""
+    try:
+        return (mdir / "meta.json").stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def export_trial(ctx: StepContext, spec: Any, run: Path, trial: str) -> dict[str, Any]:
+    """Export one trial's model to ``trials/<trial>/model.onnx``, checked against the native
+    model; the report is written beside it (``onnx.json``) and returned."""
+    tdir = run / "trials" / trial
     mdir = tdir / "model"
-    tol = spec.registration.onnxTolerance if spec.registration else 1e-4
+    tol = _tolerance(spec)
     meta = read_json(mdir / "meta.json") or {}
     if not meta.get("algorithm"):
         if (mdir / "model.onnx").is_file():  # the user's script exported it itself
-            rep = {"file": "model.onnx", "checked": False, "note": "exported by the training command"}
-            write_json(run / "onnx.json", rep)
-            return rep
-        raise KilnError(f"register.export [onnx]: trial {sel['trial']} was trained by a command and saved no "
+            return {"file": "model.onnx", "checked": False, "note": "exported by the training command"}
+        raise KilnError(f"register.export [onnx]: trial {trial} was trained by a command and saved no "
                         "model.onnx in $KILN_OUTPUT_DIR", hint="export ONNX in your script, or drop register.export")
 
     algo = get_algorithm(meta["algorithm"])
@@ -77,8 +113,9 @@ def export_onnx(ctx: StepContext) -> dict[str, Any]:
     log(f"ONNX parity passed: {report.summary()}")
     rep = {"file": "model.onnx", "checked": True, "samples": report.samples, "compared": report.compared,
            "tolerance": report.tolerance,
-           "maxAbsDiff": max(report.max_abs_diff) if report.max_abs_diff else 0.0, "summary": report.summary()}
-    write_json(run / "onnx.json", rep)
+           "maxAbsDiff": max(report.max_abs_diff) if report.max_abs_diff else 0.0, "summary": report.summary(),
+           "modelStamp": _model_stamp(mdir)}
+    write_json(tdir / "onnx.json", rep)
     return rep
 
 

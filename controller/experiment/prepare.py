@@ -20,6 +20,8 @@ from kiln.errors import ConfigError, KilnError, NotFound
 
 def prepare_data(ctx: StepContext) -> dict[str, Any]:
     """Resolve the dataset version (latest | vN | hash) and materialise it read-only."""
+    from kiln.controller.experiment.automl import mark_experiment_start
+
     spec = ctx.model(Experiment).spec
     ws, name = ctx.workspace, ctx.name
     ref = spec.dataset
@@ -56,6 +58,7 @@ def prepare_data(ctx: StepContext) -> dict[str, Any]:
         os.replace(run, old)
         log(f"dataset moved from {prev.get('number', '?')} to {number}: a new run (the previous one is in {old.name})")
     write_json(run_folder(ctx) / "data.json", info)
+    mark_experiment_start(ctx, spec)  # an AutoML time budget counts from here (imports included)
     log(f"dataset {dws}/{ref.name} {number} ({v.id[:12]}, {v.files} files) -> {info['path']}")
     return {"dataset": info["dataset"], "version": v.id, "number": number, "task": info["task"]}
 

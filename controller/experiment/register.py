@@ -14,13 +14,16 @@ from kiln.bento.registry import Registry, default_home
 from kiln.controller.experiment.export import package_model, selected_trial
 from kiln.controller.experiment.home import file_lock, log, run_folder, write_json
 from kiln.controller.experiment.results import write_results, write_summary
-from kiln.controller.project import load_valid, read_records
 from kiln.controller.steps import StepContext
 from kiln.errors import KilnError
 
 
 def _deployment_versions(ctx: StepContext, model: str) -> set[int]:
     """Versions of ``model`` that Deployment specs (in the repository, and applied) pin."""
+    # imported here: the project loader pulls in apply and planning (a third of the register
+    # step's start-up), and only keepVersions needs it
+    from kiln.controller.project import load_valid, read_records
+
     used: set[int] = set()
     docs: list[dict[str, Any]] = []
     try:

@@ -127,6 +127,7 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
         except KilnError:  # the train step reports it
             cands = []
         total = sum(per if (per > 1 and c.searchSpace) else 1 for c in cands)
+        total += any(r.get("candidate") == "ensemble" for r in recs)  # the top candidates' average
     else:
         total = max(1, len(spec.parameterSets))
     finished = [r for r in recs if r.get("state") in (*TERMINAL, *NOT_COMPLETED)]
@@ -172,7 +173,7 @@ def _weights(recs: list[dict[str, Any]], trial: str) -> dict[str, Any]:
     """Which weights of ``trial`` are registered and reported (``checkpoint``: best by the
     objective or last, at which step) and its per-category metrics, as its record holds them."""
     rec = next((r for r in recs if r.get("id") == trial), {})
-    return {k: rec[k] for k in ("checkpoint", "perCategory") if rec.get(k)}
+    return {k: rec[k] for k in ("checkpoint", "perCategory", "validation") if rec.get(k)}
 
 
 def write_summary(ctx: StepContext, spec: ExperimentSpec, run: Path) -> None:

@@ -82,6 +82,10 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
     kwargs: dict[str, Any] = {}
     if algo.data_type == "tabular":
         kwargs["featurization"] = (algo_spec.featurization or spec.featurization) != "off"
+        from kiln.algorithms.tabular import CV_MAX_ROWS, SklearnAlgorithm
+
+        if spec.mode == "automl" and isinstance(algo, SklearnAlgorithm):
+            kwargs["cv_max_rows"] = CV_MAX_ROWS  # a small table: compared by cross-validation, refitted
     if algo_spec.pretrained:
         p = Path(algo_spec.pretrained)
         kwargs["pretrained"] = p if p.is_absolute() else ctx.config.repo / p
@@ -116,7 +120,8 @@ def _train_builtin(ctx: StepContext, spec: ExperimentSpec, trial: Trial, algo_sp
     _trial_eval(trial, algo, model, td)
     # the metrics of the weights registered, not of the last report: the chosen report's values
     # replace the reporter's running ones
-    trial.save(metrics={**trial.record.get("metrics", {}), **clean}, checkpoint=chosen, perCategory=categories)
+    trial.save(metrics={**trial.record.get("metrics", {}), **clean}, checkpoint=chosen, perCategory=categories,
+               validation=(model.meta or {}).get("validation"))
     return algo.framework
 
 

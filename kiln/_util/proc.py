@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 
 def pid_alive(pid: int) -> bool:
@@ -35,3 +36,17 @@ def pids_with_env(name: str, value: str) -> list[int]:
         return []
     me = os.getpid()
     return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != me and has_env(int(e), name, value)]
+
+
+def started_at(pid: int | None = None) -> float | None:
+    """When a process started (epoch seconds; this one by default), from /proc; None where there
+    is no /proc. A step that counts its own interpreter start-up and imports (an AutoML time
+    budget) needs the process's start, not the moment its code first ran."""
+    try:
+        with open(f"/proc/{pid or os.getpid()}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime, after comm
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+        return time.time() - up + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

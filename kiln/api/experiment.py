@@ -166,9 +166,15 @@ class AutoML(Model):
     candidates: list[Algorithm] = Field(default_factory=list,
                                         description="empty: the task's tabular algorithms from the catalogue")
     trialsPerCandidate: int = Field(1, ge=1, description="> 1 runs a small HPO per candidate")
-    timeBudget: int | None = Field(None, ge=1, description="seconds for the whole search: no new candidate "
-                                   "or trial starts after it; the best so far is kept")
+    timeBudget: int | None = Field(None, ge=1, description="seconds for the whole experiment, from its start to "
+                                   "the registered model: the search stops early enough to leave the estimated "
+                                   "time of export and registration (the search keeps at least a quarter of it); no new "
+                                   "candidate or trial starts after it, a fit still running is stopped, the best "
+                                   "finished candidate is kept")
     maxCandidates: int | None = Field(None, ge=1, description="compare at most the first N candidates")
+    ensemble: bool = Field(True, description="without a candidate list: also compare the average of the top 3 "
+                           "candidates (soft voting, or the mean for regression); selected only when it beats the "
+                           "best single one on validation")
 
     @model_validator(mode="after")
     def _unique(self) -> AutoML:

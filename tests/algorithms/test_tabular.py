@@ -151,3 +151,51 @@ def test_parity_check_fails_loudly(breast_cancer: TrainData, tmp_path: Path) -> 
     xs = np.asarray(algo.features(model.meta, x))
     with pytest.raises(ParityError, match="probabilities: max"):
         check_parity(lambda s: algo.native_outputs(other, s), path, x, 1e-4, onnx_samples=xs)
+
+
+@pytest.mark.parametrize("dataset", ["wine", "diabetes"])
+def test_automl_on_a_small_table_cross_validates_and_refits_on_train_and_validation(
+        dataset: str, request: pytest.FixtureRequest) -> None:
+    """With ``cv_max_rows`` (AutoML) a small table's validation metrics are k-fold out-of-fold
+    scores over train + validation (scikit-learn's cross_val_predict on the same folds is the
+    oracle) and the kept model is fitted on all those rows; over the limit, the holdout split."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.base import clone
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+
+    from kiln.algorithms import metrics as M
+    from kiln.algorithms.tabular import CV_FOLDS
+
+    td: TrainData = request.getfixturevalue(dataset)
+    regression = dataset == "diabetes"
+    algo = get_algorithm("decision_tree_regressor" if regression else "decision_tree")
+    (xt, yt), (xv, yv) = td.table("train"), td.table("validation")
+    rows = len(xt) + len(xv)
+
+    model = algo.train(td, {"seed": 0}, cv_max_rows=rows)
+    assert model.meta["validation"] == {"method": f"{CV_FOLDS}-fold cross-validation on train + validation",
+                                        "rows": rows, "refit": "train + validation"}
+    assert model.native[-1].tree_.n_node_samples[0] == rows  # refitted on train + validation
+    x, y = pd.concat([xt, xv]), pd.concat([yt, yv])
+    xx = algo.features(model.meta, x)
+    if regression:
+        folds = KFold(CV_FOLDS, shuffle=True, random_state=0)
+        oof = cross_val_predict(clone(model.native), xx, y.to_numpy(float), cv=folds)
+        want = M.regression(y.to_numpy(float), oof)["r2"]
+        got = dict(model.history[-1][1])["validation_r2"]
+    else:
+        classes = model.meta["classes"]
+        yy = y.map({c: i for i, c in enumerate(classes)}).to_numpy()
+        folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=0)
+        oof = cross_val_predict(clone(model.native), xx, yy, cv=folds)
+        want = float(np.mean(oof == yy))
+        got = dict(model.history[-1][1])["validation_accuracy"]
+    assert got == pytest.approx(want)
+
+    # over the limit (and without cv_max_rows: run and hpo modes) the holdout split, as before
+    for kw in ({"cv_max_rows": rows - 1}, {}):
+        held = algo.train(td, {"seed": 0}, **kw)
+        assert "validation" not in held.meta and held.native[-1].tree_.n_node_samples[0] == len(xt)
+        metric = "validation_r2" if regression else "validation_accuracy"
+        assert dict(held.history[-1][1])[metric] == pytest.approx(algo.evaluate(held, td, "validation")[metric])
