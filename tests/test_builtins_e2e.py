@@ -463,6 +463,12 @@ def test_builtin_end_to_end(name: str, repos: Any, tmp_path: Path) -> None:
         cats = best["perCategory"]
         assert cats["split"] == "test" and len(cats["iou"]) == len(cats["labels"]) == len(cats["accuracy"]) == 4
         assert "Per category (test split):" in desc and "unlabeled" in desc, desc
+        from kiln.config import load_config
+        from kiln.controller.report import build
+
+        md = "\n".join(build(load_config(repo)).lines)  # kiln report, from the recorded results
+        sec = md[md.index(f"## Experiment default/{exp}"):]
+        assert "### Per category (test split)" in sec and "| unlabeled |" in sec, sec[:2000]
 
     # 3. kiln infer over the test split
     t0 = time.perf_counter()
