@@ -10,8 +10,15 @@ data in the seeds' layouts (EasyMaker's folders, its segmentation JSON lists, CO
    (``NATIVE`` says why); the record, the registry and ``kiln describe`` are checked;
 3. ``kiln infer`` on the test split (the CLI command, run in this process: a subprocess per
    algorithm would import torch 36 times);
-4. deploy: a real BentoML server (``ManagedServer``, what a Deployment's rollout starts) per model;
-5. one request in EasyMaker's format (``{"instances": [{"data": <base64>}]}`` / rows).
+4. deploy: a real BentoML server (``ManagedServer``, what a Deployment's rollout starts) for the
+   first model of each serving family (task, ONNX or native, algorithm module: what decides how a
+   server process loads and answers it); the family's other models answer through the same
+   serving engine in this process (``load_engine`` -> decode -> predict -> format, the calls the
+   server makes), since a server start costs 8-11 s (14 servers instead of 37);
+5. one request in EasyMaker's format (``{"instances": [{"data": <base64>}]}`` / rows);
+6. ``kiln infer --as-version`` once per task (the first algorithm of each): the new dataset
+   version holds the predictions as the task's labels, boxes, masks or label column;
+   ``kiln report`` shows a segmenter's per-category metrics.
 
 Every prediction, served or batch, goes through ``check_predictions``: the response contract lives
 in that one function. Times: ``E2E`` lines on stdout (``-s``) per stage and algorithm.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -317,7 +325,8 @@ def _build(root: Path, key: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = kiln("apply", cwd=repo, timeout=1800)
     took = time.perf_counter() - t0
-    print(f"\nE2E apply {key}: {len(names)} experiments in {took:.1f} s")
+    done = re.findall(r"^  (Experiment/\S+): (.+)$", res.stdout, re.M)
+    print(f"\nE2E apply {key}: {len(names)} experiments in {took:.1f} s; " + "; ".join(f"{k} {v}" for k, v in done))
     return {"repo": repo, "labels": labels, "apply": res, "seconds": took, "count": len(names)}
 
 
@@ -352,6 +361,27 @@ def _instances(repo: Path, task: str, n: int) -> list[dict[str, Any]]:
     return [{"data": base64.b64encode(p.read_bytes()).decode()} for p in paths]
 
 
+def family(name: str) -> tuple[str, bool, str]:
+    from kiln.algorithms.registry import get_algorithm_class
+
+    return suite_task(name), exporter(name), get_algorithm_class(name).__module__
+
+
+def served_by_a_server(name: str) -> bool:
+    """The first algorithm of its serving family gets a real server process."""
+    return name == min(n for n in ALGORITHMS if family(n) == family(name) and n not in CANNOT_RUN)
+
+
+def _engine(repo: Path, name: str, instances: list[dict[str, Any]]) -> Any:
+    """What the server answers, through its serving engine in this process."""
+    from kiln.bento.runtime import load_engine
+    from tests.test_experiment_handler import registry
+
+    eng = load_engine(registry(repo).path(name, 1), name=name, version=1)
+    xs, metas = zip(*(eng.decode(inst, i) for i, inst in enumerate(instances)))
+    return {"predictions": [eng.format(y, m) for y, m in zip(eng.predict(list(xs)), metas)]}
+
+
 def _serve(repo: Path, name: str, instances: list[dict[str, Any]]) -> Any:
     import httpx
 
@@ -367,6 +397,17 @@ def _serve(repo: Path, name: str, instances: list[dict[str, Any]]) -> Any:
         return r.json()
     finally:
         srv.stop()
+
+
+def _cli(repo: Path, *args: str) -> str:
+    """A kiln command in this process (a subprocess imports kiln again: 2-3 s each)."""
+    from click.testing import CliRunner
+
+    from kiln.cli import cli
+
+    res = CliRunner().invoke(cli, ["-C", str(repo), *args])
+    assert res.exit_code == 0, (args, res.output, repr(res.exception))
+    return res.output
 
 
 def _infer(repo: Path, name: str, out: Path, as_version: str | None = None) -> list[dict[str, Any]]:
@@ -402,9 +443,10 @@ def check_as_version(repo: Path, task: str, new: str, lines: list[dict[str, Any]
 
         with open(folder / "data.csv") as f:
             rows = list(csv.DictReader(f))
-        col = {"classification": "kind", "regression": "value", "clustering": "prediction"}[task]
+        col = {"classification": "kind", "regression": "value", "clustering": "cluster"}[task]
         want = [p["label"] if task == "classification" else p["cluster"] if task == "clustering" else p for p in preds]
         got = [r[col] for r in rows]
+        assert set(rows[0]) >= {"a", "b", "c"}, rows[0]  # every feature kept beside the predictions
         assert len(got) == len(want) and all(
             float(g) == pytest.approx(w) if task == "regression" else g == str(w) for g, w in zip(got, want)), (got, want)
         return
@@ -456,7 +498,7 @@ def test_builtin_end_to_end(name: str, repos: Any, tmp_path: Path) -> None:
     metric = TASKS[key]["metric"]
     best = rec["extra"]["best"]
     assert best["metric"] == metric
-    desc = kiln("describe", f"Experiment/{exp}", cwd=repo, check=True).stdout
+    desc = _cli(repo, "describe", f"Experiment/{exp}")
     if describe(name)["data_type"] == "image":  # epoch/step loops state which weights they return
         assert best["checkpoint"]["kind"] in ("best", "last") and "Registered weights:" in desc, desc
     if task == "semantic-segmentation":
@@ -486,9 +528,10 @@ def test_builtin_end_to_end(name: str, repos: Any, tmp_path: Path) -> None:
 
     # 4-5. a real server, one request of two instances in EasyMaker's format
     t0 = time.perf_counter()
-    served = _serve(repo, exp, _instances(repo, task, 2))
+    served = (_serve if served_by_a_server(name) else _engine)(repo, exp, _instances(repo, task, 2))
     times["serve"] = time.perf_counter() - t0
     preds = check_predictions(task, served, 2, labels)
     if task == "semantic-segmentation":
         assert len(preds[0]) == len(preds[0][0]) == 32  # the model's input size, as EasyMaker resizes to 512
-    print(f"\nE2E {name}: serve {times['serve']:.1f} s, infer {times['infer']:.1f} s, framework {fw}")
+    how = "server" if served_by_a_server(name) else "engine"
+    print(f"\nE2E {name}: serve ({how}) {times['serve']:.1f} s, infer {times['infer']:.1f} s, framework {fw}")
