@@ -368,7 +368,11 @@ class SklearnAlgorithm(Algorithm):
             return [pipe.predict(xx), pipe.predict_proba(xx)]
         if self.task == "regression":
             return [np.asarray(pipe.predict(xx)).reshape(-1, 1)]
-        if self.task == "clustering":
+        if self.task == "clustering":  # the id, and what serving reads the cluster's measure from
+            if hasattr(pipe[-1], "predict_proba"):
+                return [pipe.predict(xx), pipe.predict_proba(xx)]  # a mixture: 'probabilities'
+            if hasattr(pipe[-1], "transform"):
+                return [pipe.predict(xx), pipe.transform(xx)]  # k-means: 'scores', the distances
             return [pipe.predict(xx)]
         return [pipe.transform(xx)]
 

@@ -13,7 +13,7 @@ steps, so a request behaves the same whichever way it arrives:
 How to serve a model is in ``kiln-serving.json`` inside the model version (written at register)::
 
     {"framework": "onnx|torch|sklearn", "file": "model.onnx",          # default by framework
-     "task": "classification|regression|detection|segmentation",
+     "task": "classification|regression|clustering|detection|segmentation",
      "input": "tabular|image",
      "features": ["sepal_length", ...],        # tabular: the request fields, in model order
      "feature_types": {"sepal_length": "number", "color": "string"},  # checked per field;
@@ -38,7 +38,9 @@ class; no score from an sklearn model without probabilities);
 detection ``[{"<label>": {"xmin", "ymin", "xmax", "ymax"}, "score": s}, ...]`` per instance (a torch
 detector returns per image ``{"boxes", "scores", "labels"}``: a list of dicts, or one dict of batched
 ``N x Q`` tensors; boxes are pixel xyxy in the model's input frame, labels index ``labels``);
-segmentation a label id per pixel (rows of ints); regression a number (or list) per instance.
+segmentation a label id per pixel (rows of ints); regression a number (or list) per instance;
+clustering ``{"cluster", "distance"}`` (k-means) or ``{"cluster", "score"}`` (a mixture). The shapes
+are built by ``kiln.bento.predictions``, which ``kiln infer`` calls too.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln.bento import predictions as P
 from kiln.bento.registry import FRAMEWORKS, SERVING_FILE
 from kiln.bento.rowprep import compile_rows
 from kiln.data.preprocess import load_pipeline
@@ -64,7 +67,7 @@ from kiln.errors import ConfigError
 
 __all__ = ["InstanceError", "ServingConfig", "Engine", "load_engine", "TASKS", "INPUTS", "LOADERS"]
 
-TASKS = ("classification", "regression", "detection", "segmentation")
+TASKS = ("classification", "regression", "clustering", "detection", "segmentation")
 INPUTS = ("tabular", "image")
 FEATURE_TYPES = ("number", "string", "any")
 
@@ -172,6 +175,9 @@ def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
         return out
 
     run.takes_columns = True  # type: ignore[attr-defined]
+    # what the picked output holds, for a clustering model: k-means' 'scores' are the distances
+    # to each centre, a mixture's 'probabilities' its components' (kiln.bento.predictions)
+    run.measure = {"scores": "distances", "probabilities": "probabilities"}.get(pick)  # type: ignore[attr-defined]
     return run
 
 
@@ -207,9 +213,14 @@ def _load_torch(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
 
 def _load_sklearn(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
     import joblib
+    from sklearn.base import is_clusterer
 
     model = joblib.load(path)
-    fn = getattr(model, "predict_proba", None)
+    proba = fn = getattr(model, "predict_proba", None)
+    measure = "probabilities" if fn is not None else None
+    if fn is None and is_clusterer(model) and hasattr(model, "transform"):
+        # k-means: the distance to every centre (what its ONNX graph outputs), not the id alone
+        fn, measure = model.transform, "distances"
 
     def run(x: Any) -> Any:
         if isinstance(x, dict):  # a mixed table: the model's featuriser takes a DataFrame
@@ -219,7 +230,8 @@ def _load_sklearn(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
         return fn(x) if fn is not None else model.predict(x)
 
     run.classes = getattr(model, "classes_", None)  # type: ignore[attr-defined]
-    run.predicts_proba = fn is not None  # type: ignore[attr-defined]
+    run.predicts_proba = proba is not None  # type: ignore[attr-defined]
+    run.measure = measure  # type: ignore[attr-defined]
     return run
 
 
@@ -547,74 +559,33 @@ class Engine:
         return list(out)
 
     def format(self, y: Any, meta: Any) -> Any:
+        """One instance's raw output -> its prediction (``kiln.bento.predictions``' shapes)."""
         task = self.cfg.task
         if task == "classification":
             if self.cfg.input == "tabular":  # the label and its score; all scores ranked for images
                 if getattr(self.run, "predicts_proba", True) is False:  # an sklearn model without scores
                     return {"label": str(np.asarray(y).reshape(-1)[0])}
-                return self._best(np.asarray(y))
-            return self._classes(np.asarray(y))
+                return P.best(y, self._label)
+            return P.ranked(y, self._label, self.cfg.top_k)
         if task == "regression":
             a = np.asarray(y, dtype=np.float64)
             return float(a.reshape(-1)[0]) if a.size == 1 else a.tolist()
+        if task == "clustering":
+            return P.clustered(y, getattr(self.run, "measure", None))
         if task == "detection":
             return self._boxes(y, meta)
-        return self._mask(np.asarray(y), meta)
+        return P.mask(y, self.cfg.output_size or self.cfg.image["size"])
 
     def _label(self, k: int) -> str:
         labels = self.cfg.labels
         return labels[k] if labels and 0 <= k < len(labels) else str(k)
 
-    @staticmethod
-    def _probabilities(p: np.ndarray) -> list[float]:
-        q = p.reshape(-1).tolist()
-        if len(q) == 1:  # a single-output binary model: a probability, or a logit
-            s = q[0] if 0.0 <= q[0] <= 1.0 else float(1.0 / (1.0 + np.exp(-q[0])))
-            q = [1.0 - s, s]
-        elif min(q) < 0.0 or abs(sum(q) - 1.0) > 1e-3:
-            # logits (torch/ONNX classifiers): EasyMaker's scores are probabilities
-            e = np.exp(np.asarray(q) - max(q))
-            q = (e / e.sum()).tolist()
-        return q
-
-    def _best(self, p: np.ndarray) -> dict[str, Any]:
-        """A table row's answer: the first class of ``_classes``' order, without sorting them all."""
-        q = self._probabilities(p)
-        k = q.index(max(q))
-        return {"label": self._label(k), "score": q[k]}
-
-    def _classes(self, p: np.ndarray) -> list[dict[str, Any]]:
-        # plain Python lists: numpy's min/sum/argsort on ten scores cost more than the model run
-        # (bench/serving.py); numpy only to turn logits into probabilities
-        q = self._probabilities(p)
-        order = sorted(range(len(q)), key=q.__getitem__, reverse=True)  # stable: ties by index
-        if self.cfg.top_k:
-            order = order[: self.cfg.top_k]
-        return [{"score": q[k], "label": self._label(k)} for k in order]
-
     def _boxes(self, d: dict[str, np.ndarray], meta: Any) -> list[dict[str, Any]]:
+        """Boxes in the model's input frame, scaled to the sent image's pixels."""
         h, w = self.cfg.image["size"]
         w0, h0 = meta
-        sx, sy = w0 / w, h0 / h
-        out = []
-        boxes, scores, labels = d["boxes"], d["scores"], d["labels"]
-        for b, s, lab in sorted(zip(boxes, scores, labels), key=lambda t: -float(t[1])):
-            if float(s) < self.cfg.threshold:
-                continue
-            x0, y0, x1, y1 = (float(v) for v in b)
-            out.append({self._label(int(lab)): {"xmin": round(x0 * sx), "ymin": round(y0 * sy),
-                                                "xmax": round(x1 * sx), "ymax": round(y1 * sy)},
-                        "score": float(s)})
-        return out
-
-    def _mask(self, y: np.ndarray, meta: Any) -> list[list[int]]:
-        ids = y.argmax(axis=0) if y.ndim == 3 else y.astype(np.int64)
-        size = self.cfg.output_size or self.cfg.image["size"]
-        if list(ids.shape) != list(size):
-            from PIL import Image
-
-            ids = np.asarray(Image.fromarray(ids.astype(np.int32)).resize((size[1], size[0]), Image.NEAREST))
-        return ids.astype(int).tolist()
+        found = ((self._label(int(lab)), b, s) for b, s, lab in zip(d["boxes"], d["scores"], d["labels"]))
+        return P.boxes(found, self.cfg.threshold, (w0 / w, h0 / h))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

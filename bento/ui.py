@@ -51,6 +51,9 @@ def openapi(cfg: Any, engine: Any) -> dict[str, Any]:
         "tabular-classification": {"type": "object", "required": ["label"], "properties": {
             "label": {"type": "string"}, "score": {"type": "number"}}, "description": "the best class"},
         "regression": {"type": ["number", "array"], "description": "the predicted value"},
+        "clustering": {"type": "object", "required": ["cluster"], "properties": {
+            "cluster": {"type": "integer"}, "distance": {"type": "number"}, "score": {"type": "number"}},
+            "description": "the row's cluster; k-means: its distance to the centre, a mixture: its probability"},
         "detection": {"type": "array", "items": {"type": "object", "description": "{<label>: {xmin, ymin, xmax, ymax}, score}"}},
         "segmentation": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}},
                          "description": "a label id per pixel, row by row"},

@@ -76,6 +76,9 @@ def summarize_answer(answer: object, best: int = 3) -> list[str]:
         head = f"[{i}] " if len(instances) > 1 else ""
         if isinstance(inst, dict) and "label" in inst:  # a table row: {label, score?}
             lines.append(head + str(inst["label"]) + (f" ({float(inst['score']):.3f})" if "score" in inst else ""))
+        elif isinstance(inst, dict) and "cluster" in inst:  # a row's cluster: {cluster, distance | score}
+            lines.append(head + f"cluster {inst['cluster']}" + "".join(f" ({k} {float(inst[k]):.3f})"
+                                                                       for k in ("distance", "score") if k in inst))
         elif isinstance(inst, list) and inst and all(isinstance(p, dict) and "label" in p for p in inst):
             lines.append(head + ", ".join(f"{p['label']} ({float(p['score']):.3f})" for p in inst[:best]))
         elif isinstance(inst, list) and all(isinstance(p, dict) and "score" in p for p in inst):

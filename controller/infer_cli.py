@@ -5,14 +5,15 @@ Output (``--out``, default ``.kiln/predictions/<model>-v<N>/<dataset>-<version i
 
     predictions.jsonl   one line per item, in dataset order:
                         {"item": "test/3/0042.png" | <row number>, "split": "test",
-                         "prediction": [{"score": 0.98, "label": "3"}, ...]   (classification,
-                                                                              best first, top 5)
-                                      | 12.7                                 (regression)
-                                      | [{"label", "category_id", "score",    (detection; instance
-                                          "box": [x1, y1, x2, y2],             segmentation adds
-                                          "mask": <COCO RLE>}, ...]            "mask")
-                                      | [[<category id per pixel>, ...], ...] (semantic segmentation)
-                                      | <cluster id / components>}
+                         "prediction": <what a Deployment of the model answers for the item>}
+
+The prediction has the served shape (``kiln.bento.predictions`` builds both), so a script reads
+batch and online results alike: ``[{"score", "label"}, ...]`` for an image's classes (best first,
+the top 5), ``{"label", "score"}`` for a table row's class, a number for regression, a list for
+dimension reduction, ``{"cluster", "distance" | "score"}`` for clustering, ``[{"<label>": {"xmin",
+"ymin", "xmax", "ymax"}, "score"}, ...]`` for detection and instance segmentation (in the image's
+pixels), a category id per pixel for semantic segmentation.
+
     summary.json        {"model", "version", "dataset", "datasetVersion", "items", "seconds"}
 
 Tables: the label column is the one ``dataset_label`` names (as for training and ``kiln data
@@ -45,6 +46,10 @@ from kiln.config import load_config
 from kiln.errors import ConfigError, KilnError
 
 TOP_K = 5
+# what a prediction is filed as: labels, a table's label column, boxes, instance masks, mask PNGs
+# (a dimension reduction's components are no label)
+AS_VERSION_TASKS = ("classification", "regression", "clustering", "detection", "instance-segmentation",
+                    "semantic-segmentation")
 
 
 def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
@@ -69,29 +74,44 @@ def parse_dataset_ref(ref: str, repo: Path, workspace: str | None = None) -> tup
     return ws, nm, version or "latest"
 
 
-def _classification(probs: Any, classes: list[Any]) -> list[list[dict[str, Any]]]:
+def _predict_batch(algo: Any, model: Any, batch: Any) -> tuple[list[Any], list[Any]]:
+    """(the served predictions, what ``--as-version`` files) for one batch (rows or image paths).
+    The two differ for detectors only: a served box has no category id or instance mask, which a
+    new dataset version keeps."""
     import numpy as np
 
-    out = []
-    for row in np.asarray(probs):
-        order = np.argsort(-row)[:TOP_K]
-        out.append([{"score": round(float(row[i]), 6), "label": str(classes[i])} for i in order])
-    return out
+    from kiln.bento import predictions as P
 
+    classes = [str(c) for c in model.meta.get("classes") or ()]
 
-def _predict_batch(algo: Any, model: Any, batch: Any) -> list[Any]:
-    """EasyMaker-shaped predictions for one batch (rows or image paths)."""
+    def label(k: int) -> str:
+        return classes[k] if 0 <= k < len(classes) else str(k)
+
     if algo.data_type == "tabular":
-        if algo.task == "classification" and hasattr(model.native[-1], "predict_proba"):
-            return _classification(model.native.predict_proba(algo.features(model.meta, batch)), model.meta["classes"])
-        preds = algo.predict(model, batch)
-        if algo.task == "classification":
-            return [[{"score": 1.0, "label": str(p)}] for p in preds]
-        return preds
+        xx = algo.features(model.meta, batch) if algo.task in ("classification", "clustering") else None
+        pipe = model.native
+        if algo.task == "classification" and hasattr(pipe[-1], "predict_proba"):
+            out = [P.best(p, label) for p in pipe.predict_proba(xx)]
+        elif algo.task == "classification":
+            out = [{"label": str(p)} for p in algo.predict(model, batch)]
+        elif algo.task == "clustering" and hasattr(pipe[-1], "predict_proba"):  # a mixture
+            out = [P.clustered(p, "probabilities") for p in pipe.predict_proba(xx)]
+        elif algo.task == "clustering" and hasattr(pipe[-1], "transform"):  # k-means
+            out = [P.clustered(p, "distances") for p in pipe.transform(xx)]
+        elif algo.task == "clustering":
+            out = [P.clustered(p, None) for p in algo.predict(model, batch)]
+        else:  # regression: a number; dimension reduction: the components, as the server answers
+            out = [float(np.reshape(p, -1)[0]) if np.size(p) == 1 else np.asarray(p, dtype=np.float64).tolist()
+                   for p in algo.predict(model, batch)]
+        return out, out
     if algo.task == "classification":  # every image classifier, whatever its framework returns
-        return _classification(algo.probabilities(model, batch), model.meta["classes"])
-    # masks come as numpy arrays: lists, as JSON and the served response have them
-    return [p.tolist() if hasattr(p, "tolist") else p for p in algo.predict(model, batch)]
+        out = [P.ranked(p, label, TOP_K) for p in algo.probabilities(model, batch)]
+        return out, out
+    raw = algo.predict(model, batch)
+    if algo.task in ("detection", "instance-segmentation"):
+        return [P.boxes((d["label"], d["box"], d["score"]) for d in found) for found in raw], raw
+    out = [P.mask(m) for m in raw]  # a mask of category ids, as lists
+    return out, out
 
 
 @click.command("infer")
@@ -121,6 +141,11 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
     repo = cfg.repo
     ws, ds, dver = parse_dataset_ref(dataset_ref, repo, workspace)
     name, v, algo, model, mdir = _load_model(repo, model_ref)
+    if as_version and algo.task not in AS_VERSION_TASKS:  # before predicting: nothing to file them as
+        raise KilnError(f"--as-version: model {name} v{v} is a {algo.task} model; its predictions cannot become "
+                        "a dataset version",
+                        hint=f"--as-version files {', '.join(AS_VERSION_TASKS)} predictions; "
+                             "drop it to write predictions.jsonl only")
     rel = data_rel(ws, ds)
     dr = DatasetRepo(repo, remote_url=cfg.dvc.remote)
     dv = dr.resolve(rel, dver)
@@ -133,11 +158,14 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
         keys, splits, batches = _batches(td, tabular, split, batch_size)
         if not keys:
             raise KilnError(f"dataset {ws}/{ds}@{dver} has no items" + (f" in split {split!r}" if split else ""))
-        preds: list[Any] = []
+        preds: list[Any] = []  # served shape, written
+        filed: list[Any] = []  # what --as-version files (a detector's boxes with category ids, masks)
         with click.progressbar(batches, label=f"{name} v{v} on {ds} {dver}", file=sys.stderr,
                                item_show_func=lambda b: None) as bar:
             for b in bar:
-                preds.extend(_predict_batch(algo, model, b if pipeline is None else pipeline.transform(b)))
+                shown, kept = _predict_batch(algo, model, b if pipeline is None else pipeline.transform(b))
+                preds.extend(shown)
+                filed.extend(kept)
         out_dir = Path(out) if out else cfg.kiln_dir() / "predictions" / f"{name}-v{v}" / f"{ds}-{dv.id[:12]}"
         _write_predictions(out_dir, keys, splits, preds)
         summary = {"model": name, "version": v, "dataset": f"{ws}/{ds}", "datasetVersion": dv.id,
@@ -145,7 +173,7 @@ def infer(ctx: click.Context, model_ref: str, dataset_ref: str, out: str | None,
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         click.echo(f"{len(keys)} predictions -> {out_dir / 'predictions.jsonl'}")
         if as_version:
-            nv = _as_version(cfg, ws, as_version, root, td, keys, preds, tabular, algo, model.meta, replace=replace,
+            nv = _as_version(cfg, ws, as_version, root, td, keys, filed, tabular, algo, model.meta, replace=replace,
                              split=split, source={"dataset": f"{ws}/{ds}", "version": dv.id})
             click.echo(f"dataset {ws}/{as_version} {nv}")
 
@@ -236,7 +264,12 @@ def _write_predictions(out_dir: Path, keys: list[Any], splits: list[Any], preds:
 
 
 def _top_label(p: Any) -> Any:
-    return p[0]["label"] if isinstance(p, list) and p and isinstance(p[0], dict) else p
+    """The label a prediction files in a dataset: an image's best class, a row's class or cluster."""
+    if isinstance(p, list) and p and isinstance(p[0], dict):
+        return p[0]["label"]
+    if isinstance(p, dict):
+        return p["label"] if "label" in p else p.get("cluster")
+    return p
 
 
 def jsonable(p: Any) -> Any:
@@ -315,6 +348,9 @@ def _as_version(cfg: Any, ws: str, new: str, root: Path, td: Any, keys: list[Any
         if tabular:
             frame = td.content.table.frame.loc[keys].copy()
             label = td.content.table.label or "prediction"
+            if algo.task == "clustering":  # a column of its own: the table's label column (by default
+                # its last) is one of the features the model clustered on, never to be overwritten
+                label = next(c for c in ("cluster", "predicted_cluster", "kiln_cluster") if c not in frame.columns)
             frame[label] = [_top_label(p) for p in preds]
             if base is not None:
                 if base.table is None:

@@ -17,6 +17,8 @@ One function per plot kind in ``PLOTS``; each draws onto a fresh figure from a p
     class-counts      {"classes": [...], "base": [count, ...], "now": [count, ...]}
     candidates        {"metric": name, "direction": "maximize" | "minimize", "chosen": candidate,
                        "candidates": {candidate: [value of each completed trial, ...]}}
+    per-category      {"labels": [...], "iou": [value | None, ...], "accuracy": [value | None, ...],
+                       "split": "test"}   (None: the category is in neither prediction nor label)
 """
 
 from __future__ import annotations
@@ -197,6 +199,29 @@ def candidates(fig: Figure, data: dict[str, Any]) -> None:
     ax.grid(axis="x", alpha=0.3)
 
 
+def per_category(fig: Figure, data: dict[str, Any]) -> None:
+    """A segmenter's IoU and pixel accuracy per category, side by side; an undefined value (the
+    category in neither prediction nor label) is marked "n/a" rather than drawn as 0."""
+    import numpy as np
+
+    labels = [str(c) for c in data["labels"]]
+    x = np.arange(len(labels))
+    ax = fig.subplots()
+    for off, key, name in ((-0.2, "iou", "IoU"), (0.2, "accuracy", "accuracy")):
+        vals = list(data.get(key) or [])
+        vals += [None] * (len(labels) - len(vals))
+        ax.bar(x + off, [np.nan if v is None else v for v in vals], width=0.4, label=name)
+        for i, v in enumerate(vals):
+            if v is None:
+                ax.annotate("n/a", (x[i] + off, 0.0), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center",
+                  fontsize=8)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_title(f"per category ({data.get('split', 'test')} split)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 PLOTS: dict[str, Callable[[Figure, dict[str, Any]], None]] = {
     "training-curves": training_curves,
     "confusion-matrix": confusion_matrix,
@@ -206,6 +231,7 @@ PLOTS: dict[str, Callable[[Figure, dict[str, Any]], None]] = {
     "param-importance": param_importance,
     "class-counts": class_counts,
     "candidates": candidates,
+    "per-category": per_category,
 }
 
 

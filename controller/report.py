@@ -199,6 +199,33 @@ def _metrics_table(b: dict[str, Any] | None, n: dict[str, Any]) -> list[str]:
                   [[m, _num(bm.get(m)) if b else "—", _num(nm.get(m)), _delta(bm.get(m), nm.get(m))] for m in names])
 
 
+def _per_category(rep: Report, key: str, b: dict[str, Any] | None, n: dict[str, Any]) -> None:
+    """A segmenter's IoU and accuracy per category (EasyMaker's metrics, recorded with the run by
+    ``training.per_category``), from the results file, so on any machine; the base's IoU beside
+    it when the base recorded them on the same split. A category absent from both prediction and
+    label has no value (—)."""
+    cats = n.get("perCategory")
+    if not cats or not cats.get("labels"):
+        return
+    labels = [str(x) for x in cats["labels"]]
+    iou, acc = list(cats.get("iou") or []), list(cats.get("accuracy") or [])
+    iou += [None] * (len(labels) - len(iou))
+    acc += [None] * (len(labels) - len(acc))
+    old = (b or {}).get("perCategory") or {}
+    base_iou = dict(zip(old.get("labels") or [], old.get("iou") or [])) if old.get("split") == cats.get("split") else {}
+    split = cats.get("split", "test")
+    rep.lines += [f"### Per category ({split} split)", ""]
+    if base_iou:
+        rows = [[lab, _num(base_iou.get(lab)), _num(i), _delta(base_iou.get(lab), i), _num(a)]
+                for lab, i, a in zip(labels, iou, acc)]
+        rep.lines += _table(["category", "IoU base", "IoU now", "delta", "accuracy"], rows)
+    else:
+        rep.lines += _table(["category", "IoU", "accuracy"], [[lab, _num(i), _num(a)] for lab, i, a in zip(labels, iou, acc)])
+    rep.lines.append("")
+    rep.plot(_slug(key, "per-category.png"), "per-category",
+             {"labels": labels, "iou": iou, "accuracy": acc, "split": split}, "IoU and accuracy per category")
+
+
 def _curves(run: Path, objective: str) -> dict[str, Any] | None:
     """Per trial: objective and (if reported) one loss metric per step; None when no trial
     reported more than once (a single fit is a point, not a curve)."""
@@ -349,6 +376,7 @@ def _experiment(rep: Report, config: KilnConfig, key: str, base: Records | None,
     if b is None and base is not None:
         rep.lines += [f"_New: no results recorded at {base.label}._", ""]
     rep.lines += [*_metrics_table(b, n), ""]
+    _per_category(rep, key, b, n)
 
     ws, _, name = key.partition("/")
     run = run_dir(config, ws, name, str(n.get("specHash", "")))

@@ -10,8 +10,15 @@ data in the seeds' layouts (EasyMaker's folders, its segmentation JSON lists, CO
    (``NATIVE`` says why); the record, the registry and ``kiln describe`` are checked;
 3. ``kiln infer`` on the test split (the CLI command, run in this process: a subprocess per
    algorithm would import torch 36 times);
-4. deploy: a real BentoML server (``ManagedServer``, what a Deployment's rollout starts) per model;
-5. one request in EasyMaker's format (``{"instances": [{"data": <base64>}]}`` / rows).
+4. deploy: a real BentoML server (``ManagedServer``, what a Deployment's rollout starts) for the
+   first model of each serving family (task, ONNX or native, algorithm module: what decides how a
+   server process loads and answers it); the family's other models answer through the same
+   serving engine in this process (``load_engine`` -> decode -> predict -> format, the calls the
+   server makes), since a server start costs 8-11 s (14 servers instead of 37);
+5. one request in EasyMaker's format (``{"instances": [{"data": <base64>}]}`` / rows);
+6. ``kiln infer --as-version`` once per task (the first algorithm of each): the new dataset
+   version holds the predictions as the task's labels, boxes, masks or label column;
+   ``kiln report`` shows a segmenter's per-category metrics.
 
 Every prediction, served or batch, goes through ``check_predictions``: the response contract lives
 in that one function. Times: ``E2E`` lines on stdout (``-s``) per stage and algorithm.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -50,14 +58,6 @@ NATIVE = {
 # algorithms that cannot run here, each with the reason (an xfail, never a silent skip)
 CANNOT_RUN: dict[str, str] = {}
 
-# tasks whose models train, register and batch-infer but have no serving path yet: the stages
-# before serving are asserted, then the test is an explicit xfail with the reason
-SERVE_GAP: dict[str, str] = {
-    "clustering": "the serving layer has no clustering task (bento/runtime.py TASKS refuses kiln-serving.json's "
-                  "'clustering'), and k-means' ONNX outputs distances, not scores: a cluster id per instance "
-                  "needs the unified response contract's tabular 'label' path",
-}
-
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 
 
@@ -66,11 +66,8 @@ def check_predictions(task: str, body: Any, n: int, labels: list[str] | None = N
     """The response contract, in one place: ``body`` (a server's JSON or the list of ``kiln
     infer``'s predictions) holds one prediction per instance, each of the task's shape. Returns
     them. Servers answer ``{"predictions": [P_1..P_n]}`` for every task (one entry per instance);
-    ``kiln infer`` writes an image classification as EasyMaker's ranked list and a table row's
-    classification as that list too."""
+    ``kiln infer`` writes each prediction in the same shape (``kiln.bento.predictions``)."""
     preds = body["predictions"] if isinstance(body, dict) and "predictions" in body else body
-    if task == "classification" and n == 1 and preds and isinstance(preds[0], dict):
-        preds = [preds]  # one instance answered without its list
     assert isinstance(preds, list) and len(preds) == n, (task, n, str(body)[:300])
     valid = set(labels or [])
     for p in preds:
@@ -86,8 +83,10 @@ def check_predictions(task: str, body: Any, n: int, labels: list[str] | None = N
                 assert not valid or str(p["label"]) in valid, (p, valid)
         elif task == "regression":
             assert isinstance(p, (int, float)) and math.isfinite(p), p
-        elif task == "clustering":
-            assert isinstance(p, int) or (isinstance(p, float) and p.is_integer()), p
+        elif task == "clustering":  # k-means: the distance to the centre; a mixture: its probability
+            assert isinstance(p, dict) and isinstance(p["cluster"], int) and p["cluster"] >= 0, p
+            assert set(p) in ({"cluster", "distance"}, {"cluster", "score"}), p
+            assert p.get("distance", 0.0) >= 0.0 and 0.0 <= p.get("score", 1.0) <= 1.0 + 1e-6, p
         elif task == "dimension-reduction":
             assert isinstance(p, list) and p and all(isinstance(v, (int, float)) for v in p), p
         elif task in ("detection", "instance-segmentation"):
@@ -106,10 +105,8 @@ def check_predictions(task: str, body: Any, n: int, labels: list[str] | None = N
 
 
 def _box(d: dict) -> tuple[str, list[float], float]:
-    """A detection as (label, [xmin, ymin, xmax, ymax], score), in either of today's shapes:
-    EasyMaker's ``{label: {xmin..}, "score"}`` (served) or ``{"label", "box", "score"}`` (infer)."""
-    if "box" in d:
-        return str(d["label"]), list(d["box"]), float(d["score"])
+    """A detection as (label, [xmin, ymin, xmax, ymax], score), from EasyMaker's
+    ``{label: {xmin..}, "score"}``."""
     (label,) = set(d) - {"score"}
     b = d[label]
     return label, [b["xmin"], b["ymin"], b["xmax"], b["ymax"]], float(d["score"])
@@ -328,7 +325,8 @@ def _build(root: Path, key: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = kiln("apply", cwd=repo, timeout=1800)
     took = time.perf_counter() - t0
-    print(f"\nE2E apply {key}: {len(names)} experiments in {took:.1f} s")
+    done = re.findall(r"^  (Experiment/\S+): (.+)$", res.stdout, re.M)
+    print(f"\nE2E apply {key}: {len(names)} experiments in {took:.1f} s; " + "; ".join(f"{k} {v}" for k, v in done))
     return {"repo": repo, "labels": labels, "apply": res, "seconds": took, "count": len(names)}
 
 
@@ -363,6 +361,27 @@ def _instances(repo: Path, task: str, n: int) -> list[dict[str, Any]]:
     return [{"data": base64.b64encode(p.read_bytes()).decode()} for p in paths]
 
 
+def family(name: str) -> tuple[str, bool, str]:
+    from kiln.algorithms.registry import get_algorithm_class
+
+    return suite_task(name), exporter(name), get_algorithm_class(name).__module__
+
+
+def served_by_a_server(name: str) -> bool:
+    """The first algorithm of its serving family gets a real server process."""
+    return name == min(n for n in ALGORITHMS if family(n) == family(name) and n not in CANNOT_RUN)
+
+
+def _engine(repo: Path, name: str, instances: list[dict[str, Any]]) -> Any:
+    """What the server answers, through its serving engine in this process."""
+    from kiln.bento.runtime import load_engine
+    from tests.test_experiment_handler import registry
+
+    eng = load_engine(registry(repo).path(name, 1), name=name, version=1)
+    xs, metas = zip(*(eng.decode(inst, i) for i, inst in enumerate(instances)))
+    return {"predictions": [eng.format(y, m) for y, m in zip(eng.predict(list(xs)), metas)]}
+
+
 def _serve(repo: Path, name: str, instances: list[dict[str, Any]]) -> Any:
     import httpx
 
@@ -380,14 +399,72 @@ def _serve(repo: Path, name: str, instances: list[dict[str, Any]]) -> Any:
         srv.stop()
 
 
-def _infer(repo: Path, name: str, out: Path) -> list[dict[str, Any]]:
+def _cli(repo: Path, *args: str) -> str:
+    """A kiln command in this process (a subprocess imports kiln again: 2-3 s each)."""
     from click.testing import CliRunner
 
     from kiln.cli import cli
 
-    res = CliRunner().invoke(cli, ["-C", str(repo), "infer", name, "data", "--split", "test", "--out", str(out)])
+    res = CliRunner().invoke(cli, ["-C", str(repo), *args])
+    assert res.exit_code == 0, (args, res.output, repr(res.exception))
+    return res.output
+
+
+def _infer(repo: Path, name: str, out: Path, as_version: str | None = None) -> list[dict[str, Any]]:
+    from click.testing import CliRunner
+
+    from kiln.cli import cli
+
+    extra = ["--as-version", as_version] if as_version else []
+    res = CliRunner().invoke(cli, ["-C", str(repo), "infer", name, "data", "--split", "test", "--out", str(out), *extra])
     assert res.exit_code == 0, (res.output, repr(res.exception))
+    if as_version:
+        assert f"dataset default/{as_version} v1" in res.output, res.output
     return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def first_of_task(name: str) -> bool:
+    """One algorithm per task files its predictions as a dataset (``--as-version``): the writer is
+    the task's, not the algorithm's, so once is enough."""
+    return name == min(n for n in ALGORITHMS if suite_task(n) == suite_task(name) and n not in CANNOT_RUN)
+
+
+def check_as_version(repo: Path, task: str, new: str, lines: list[dict[str, Any]]) -> None:
+    """The new dataset version holds the test split's items with the predictions as the task's
+    annotations: labels, a table's label column, boxes (and instance masks), mask PNGs."""
+    from collections import Counter
+
+    from kiln.data.merge import load_as
+
+    folder = repo / "data" / "default" / new
+    preds = [line["prediction"] for line in lines]
+    if (folder / "data.csv").is_file():
+        import csv
+
+        with open(folder / "data.csv") as f:
+            rows = list(csv.DictReader(f))
+        col = {"classification": "kind", "regression": "value", "clustering": "cluster"}[task]
+        want = [p["label"] if task == "classification" else p["cluster"] if task == "clustering" else p for p in preds]
+        got = [r[col] for r in rows]
+        assert set(rows[0]) >= {"a", "b", "c"}, rows[0]  # every feature kept beside the predictions
+        assert len(got) == len(want) and all(
+            float(g) == pytest.approx(w) if task == "regression" else g == str(w) for g, w in zip(got, want)), (got, want)
+        return
+    content = load_as(folder, task)
+    assert len(content.items) == len(lines), (len(content.items), len(lines))
+    if task == "classification":
+        assert Counter(it.label for it in content.items) == Counter(p[0]["label"] for p in preds)
+    elif task in ("detection", "instance-segmentation"):
+        filed = Counter(content.categories[a.category_id] for it in content.items for a in it.annotations)
+        assert filed == Counter(_box(d)[0] for p in preds for d in p), (filed, preds)
+        if task == "instance-segmentation":
+            assert all(a.rle or a.polygons for it in content.items for a in it.annotations)
+    else:  # a mask PNG of category ids per image, the prediction's
+        from PIL import Image
+
+        masks = {Path(it.path).name: np.asarray(Image.open(content.abspath(it.mask))) for it in content.items}
+        for line in lines:
+            assert masks[Path(line["item"]).name].tolist() == line["prediction"], line["item"]
 
 
 # ---------------------------------------------------------------------------------- the suite -----
@@ -421,28 +498,40 @@ def test_builtin_end_to_end(name: str, repos: Any, tmp_path: Path) -> None:
     metric = TASKS[key]["metric"]
     best = rec["extra"]["best"]
     assert best["metric"] == metric
-    desc = kiln("describe", f"Experiment/{exp}", cwd=repo, check=True).stdout
+    desc = _cli(repo, "describe", f"Experiment/{exp}")
     if describe(name)["data_type"] == "image":  # epoch/step loops state which weights they return
         assert best["checkpoint"]["kind"] in ("best", "last") and "Registered weights:" in desc, desc
     if task == "semantic-segmentation":
         cats = best["perCategory"]
         assert cats["split"] == "test" and len(cats["iou"]) == len(cats["labels"]) == len(cats["accuracy"]) == 4
         assert "Per category (test split):" in desc and "unlabeled" in desc, desc
+        from kiln.config import load_config
+        from kiln.controller.report import build
+
+        md = "\n".join(build(load_config(repo)).lines)  # kiln report, from the recorded results
+        sec = md[md.index(f"## Experiment default/{exp}"):]
+        assert "### Per category (test split)" in sec and "| unlabeled |" in sec, sec[:2000]
 
     # 3. kiln infer over the test split
     t0 = time.perf_counter()
-    lines = _infer(repo, exp, tmp_path / "pred")
+    new = f"pred-{exp}" if first_of_task(name) and task != "dimension-reduction" else None
+    lines = _infer(repo, exp, tmp_path / "pred", as_version=new)
     times["infer"] = time.perf_counter() - t0
     assert lines and all(line["split"] == "test" for line in lines)
     check_predictions(task, [line["prediction"] for line in lines], len(lines), labels)
+    if new:
+        check_as_version(repo, task, new, lines)
+    elif task == "dimension-reduction" and first_of_task(name):  # components are no label: refused, clearly
+        res = kiln("infer", exp, "data", "--as-version", "nope", cwd=repo)
+        assert res.returncode == 1 and "cannot become a dataset version" in res.stderr, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr and not (repo / "data/default/nope").exists()
 
     # 4-5. a real server, one request of two instances in EasyMaker's format
-    if task in SERVE_GAP:
-        pytest.xfail(SERVE_GAP[task])
     t0 = time.perf_counter()
-    served = _serve(repo, exp, _instances(repo, task, 2))
+    served = (_serve if served_by_a_server(name) else _engine)(repo, exp, _instances(repo, task, 2))
     times["serve"] = time.perf_counter() - t0
     preds = check_predictions(task, served, 2, labels)
     if task == "semantic-segmentation":
         assert len(preds[0]) == len(preds[0][0]) == 32  # the model's input size, as EasyMaker resizes to 512
-    print(f"\nE2E {name}: serve {times['serve']:.1f} s, infer {times['infer']:.1f} s, framework {fw}")
+    how = "server" if served_by_a_server(name) else "engine"
+    print(f"\nE2E {name}: serve ({how}) {times['serve']:.1f} s, infer {times['infer']:.1f} s, framework {fw}")

@@ -163,8 +163,8 @@ def test_automl_registers_best_with_onnx_parity_then_apply_again_does_nothing(wi
     assert "predictions ->" in inf.stdout
     preds = [json.loads(line) for line in (tmp_path / "pred/predictions.jsonl").read_text().splitlines()]
     assert preds and all(p["split"] == "test" for p in preds)
-    first_pred = preds[0]["prediction"]
-    assert {"score", "label"} == set(first_pred[0]) and first_pred[0]["score"] >= first_pred[-1]["score"]
+    first_pred = preds[0]["prediction"]  # the served shape: a row's best class and its probability
+    assert {"score", "label"} == set(first_pred) and 0.0 <= first_pred["score"] <= 1.0
 
     # a changed spec: a new version takes the alias (when: always; a plain name would move only if
     # it were better, #21); keepVersions 1 deletes the old one, which nothing holds any more
@@ -573,7 +573,7 @@ spec: {type: tabular, task: classification, format: csv, source: {path: raw/wine
     def infer(ds: str) -> list[dict]:
         out = tmp_path / f"pred-{ds}"
         kiln("infer", "wine-lr", ds, "--out", str(out), cwd=repo, check=True, timeout=120)
-        return [json.loads(line)["prediction"][0] for line in (out / "predictions.jsonl").read_text().splitlines()]
+        return [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
 
     on_raw, on_trained = infer("wine-raw"), infer("wine")  # wine: the version's own (fitted) rows
     assert len(on_raw) == len(on_trained) == 178
@@ -626,5 +626,5 @@ spec: {type: tabular, task: classification, format: csv, source: {path: raw/peng
     assert out[0]["label"] == "Adelie-penguin" and out[1]["label"] == "Gentoo"
     pred = tmp_path / "pred"
     kiln("infer", "pen-lr", "penguins", "--out", str(pred), cwd=repo, check=True, timeout=120)
-    labels = [json.loads(line)["prediction"][0]["label"] for line in (pred / "predictions.jsonl").read_text().splitlines()]
+    labels = [json.loads(line)["prediction"]["label"] for line in (pred / "predictions.jsonl").read_text().splitlines()]
     assert len(labels) == 160 and sum(a == b for a, b in zip(labels, df["species"])) >= 150

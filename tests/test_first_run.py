@@ -24,6 +24,8 @@ def test_a_classification_answer_is_summarised_as_its_best_labels() -> None:
 def test_other_answers_stay_short() -> None:
     assert summarize_answer({"predictions": [[[0, 1], [2, 2]]]}) == ["mask 2x2, classes [0, 1, 2]"]
     assert summarize_answer({"predictions": [3.25]}) == ["3.25"]
+    assert summarize_answer({"predictions": [{"cluster": 2, "distance": 0.31}, {"cluster": 0, "score": 0.9}]}) == [
+        "[0] cluster 2 (distance 0.310)", "[1] cluster 0 (score 0.900)"]
     long = summarize_answer({"predictions": [{"x": "y" * 500}]})[0]
     assert len(long) == 200 and long.endswith("...")
 

@@ -60,6 +60,8 @@ def plot_data() -> dict[str, dict]:
         "candidates": {"metric": "validation_accuracy", "direction": "maximize", "chosen": "svm",
                        "candidates": {"svm": [0.97], "naive_bayes": [0.93],
                                       "random_forest": [float(v) for v in values[:4]]}},
+        "per-category": {"labels": ["unlabeled", *classes], "iou": [0.91, 0.42, None, 0.3],
+                         "accuracy": [0.95, 0.6, None, 0.5], "split": "test"},
     }
 
 
@@ -349,3 +351,33 @@ def test_image_classifier_report_has_epoch_curves_and_softmax_based_curves(tmp_p
         assert png_size(repo / "rep" / p) == (800, 500)
     assert {p.split("shapes-run-")[1] for p in images(md)} == {"training-curves.png", "confusion-matrix.png",
                                                               "pr-curve.png", "roc-curve.png"}
+
+
+def test_per_category_metrics_get_a_table_with_the_base_and_a_plot(tmp_path: Path) -> None:
+    """A segmenter's per-category IoU and accuracy, as its results file records them (the
+    built-ins suite checks a real run writes them): a table per experiment, the base's IoU and
+    the delta beside them, an undefined value as —, and the plot."""
+    from kiln.controller.experiment.home import results_rel
+
+    repo = git_repo(tmp_path / "repo")
+    labels = ["unlabeled", "red", "green", "blue"]
+
+    def doc(iou: list) -> str:
+        return json.dumps({"experiment": "default/seg", "mode": "run", "objective": {
+            "metric": "validation_mean_iou", "direction": "maximize", "value": 0.5},
+            "metrics": {"validation_mean_iou": 0.5},
+            "perCategory": {"split": "test", "labels": labels, "iou": iou, "accuracy": [0.9, 0.5, None, 0.25]}})
+
+    write(repo, {results_rel("default", "seg"): doc([0.8, 0.4, None, 0.2])})
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    write(repo, {results_rel("default", "seg"): doc([0.85, 0.3, None, 0.2])})
+    out = kiln("report", "--base", "HEAD", "--out", "rep", cwd=repo, check=True)
+    assert "1 plot(s)" in out.stdout, out.stdout
+    md = (repo / "rep/report.md").read_text()
+    sec = md[md.index("### Per category (test split)"):]
+    assert "| category | IoU base | IoU now | delta | accuracy |" in sec
+    assert "| red | 0.4 | 0.3 | -0.1 | 0.5 |" in sec and "| green | — | — | — | — |" in sec, sec
+    assert "| unlabeled | 0.8 | 0.85 | +0.05 | 0.9 |" in sec, sec
+    assert images(md) == ["default-seg-per-category.png"]
+    assert png_size(repo / "rep/default-seg-per-category.png") == (800, 500)

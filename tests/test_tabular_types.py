@@ -179,7 +179,7 @@ def test_infer_reads_a_table_file_with_its_own_name(repo: Path, tmp_path: Path) 
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
     preds = [json.loads(line) for line in (tmp_path / "pred/predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 60  # the row without a label is predicted too
-    assert {p["prediction"][0]["label"] for p in preds} <= {"Adelie", "Gentoo"}
+    assert {p["prediction"]["label"] for p in preds} <= {"Adelie", "Gentoo"}
     # the predictions as a dataset version: the label is the source's first column, not the last
     v = json.loads(kiln("data", "versions", "predicted", "-o", "json", cwd=repo, check=True).stdout)[0]
     assert v["lineage"]["label"] == "species" and set(v["classes"]) <= {"Adelie", "Gentoo"}
