@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 PERMANENT_EXIT = 4  # kiln.controller.steps.PERMANENT_EXIT (not imported: render stays light)
 CACHE_CONFIGMAP = "kiln-step-cache"
 MEMO_MAX_AGE = "720h"  # keys are content hashes: an entry is only ever replaced, never wrong
+QUOTA_ANNOTATION = "kiln.dev/quotas"  # kiln.runners._resources.QUOTA_ANNOTATION (render stays light)
+# the quotas that bound what runs at once (the others count objects, checked at validate time)
+RUN_TIME_QUOTAS = {"cpu", "memory", "trainingGpus", "deploymentGpus", "maxConcurrentJobs"}
 KIND_SHORT = {name: kind.short for name, kind in KINDS.items()}
 
 __all__ = ["KIND_SHORT", "PIPELINES", "Task", "render_workflow", "workflow_name"]
@@ -110,15 +113,17 @@ def render_workflow(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSp
     }
     if workspace is not None and workspace.quotas.maxConcurrentJobs:
         spec["parallelism"] = workspace.quotas.maxConcurrentJobs
+    annotations = {"kiln.dev/object": ref, "kiln.dev/source": s.location(), "kiln.dev/version": kiln.__version__}
+    quotas = workspace.quotas.model_dump(include=RUN_TIME_QUOTAS, exclude_none=True) if workspace is not None else {}
+    if quotas:  # the local runner's resource queue holds them across all the workspace's runs
+        annotations[QUOTA_ANNOTATION] = json.dumps(quotas, sort_keys=True)
     timeout = getattr(s.obj.spec, "timeoutSeconds", None)
     if timeout:
         spec["activeDeadlineSeconds"] = timeout * 2 if s.kind == "Experiment" else timeout
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Workflow",
-        "metadata": {"name": workflow_name(s), "labels": labels,
-                     "annotations": {"kiln.dev/object": ref, "kiln.dev/source": s.location(),
-                                     "kiln.dev/version": kiln.__version__}},
+        "metadata": {"name": workflow_name(s), "labels": labels, "annotations": annotations},
         "spec": spec,
     }
 

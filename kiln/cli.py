@@ -406,6 +406,20 @@ def gc(ctx: click.Context, dry_run: bool, wait_lock: float) -> int:
 
 
 @cli.command()
+@click.option("-w", "--workspace", default=None, metavar="WORKSPACE", help="Only this workspace's jobs.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def queue(ctx: click.Context, workspace: str | None, output: str) -> int:
+    """Jobs running and waiting for resources on this machine (every kiln process's), with their
+    workspace, resources, position and why they wait."""
+    from kiln.controller.compute import queue_rows, queue_table
+
+    rows = queue_rows(_config(ctx), workspace)
+    click.echo(json.dumps(rows, indent=2) if output == "json" else queue_table(rows))
+    return 0
+
+
+@cli.command()
 @click.option("--out", "out", type=click.Path(file_okay=False), default="schemas", show_default=True)
 @click.pass_context
 def schema(ctx: click.Context, out: str) -> int:
