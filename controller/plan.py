@@ -302,7 +302,7 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
         else:
             changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
     return Plan(changes, prune=prune, warnings=[*label_warnings(config, specs.specs), *task_warnings(specs.specs),
-                                                *pinned])
+                                                *quota_warnings(specs.specs), *pinned])
 
 
 def run_summary(s: LoadedSpec, workspace: Any, config: KilnConfig | None) -> str:
@@ -393,6 +393,49 @@ def task_warnings(specs: list[LoadedSpec]) -> list[str]:
                 out.append(f"{s.ref} ({s.location()}): algorithm {name!r} is for {task}, but the {label} of "
                            f"dataset {spec.dataset.name!r} is a {ds.task} target (its task); choose a "
                            f"{ds.task} algorithm (`kiln algorithms list`), or set the Dataset's task: {task}")
+    return out
+
+
+def quota_warnings(specs: list[LoadedSpec]) -> list[str]:
+    """A workspace whose experiments (trials in parallel) or deployments (replicas) together ask
+    for more than its run-time quotas: each fits alone (validate checks that), but not all at
+    once, so the work will queue (the local runner's resource queue, ``kiln queue``)."""
+    from kiln.api.common import cpu_cores, memory_bytes
+
+    workspaces = {s.name: s.obj.spec for s in specs if s.kind == "Workspace"}
+    need: dict[tuple[str, bool], list[float]] = {}  # (workspace, deployment) -> [cpu, memory, gpu, jobs]
+    for s in specs:
+        ws = workspaces.get(s.workspace)
+        if ws is None or s.kind not in ("Experiment", "Deployment"):
+            continue
+        spec = s.obj.spec
+        if s.kind == "Experiment":
+            count = spec.hpo.parallelTrials if spec.hpo else 1
+        else:
+            count = max(spec.autoscaling.maxReplicas if spec.autoscaling else spec.replicas, 1)
+        size = ws.resolve(spec.resources)
+        acc = need.setdefault((s.workspace, s.kind == "Deployment"), [0.0, 0.0, 0.0, 0.0])
+        acc[0] += cpu_cores(size.cpu) * count
+        acc[1] += memory_bytes(size.memory) * count
+        acc[2] += size.gpu * count
+        acc[3] += count
+    out = []
+    for (name, deployment), (cpu, mem, gpu, jobs) in sorted(need.items()):
+        q = workspaces[name].quotas
+        what = "deployments' replicas" if deployment else "experiments' jobs"
+        over = []
+        if q.cpu is not None and cpu > cpu_cores(q.cpu):
+            over.append(f"{cpu:g} CPU (quota cpu {q.cpu})")
+        if q.memory is not None and mem > memory_bytes(q.memory):
+            over.append(f"{mem / 2**30:.3g}Gi memory (quota memory {q.memory})")
+        gq = q.deploymentGpus if deployment else q.trainingGpus
+        if gq is not None and gpu > gq:
+            over.append(f"{gpu:g} GPU (quota {'deploymentGpus' if deployment else 'trainingGpus'} {gq})")
+        if not deployment and q.maxConcurrentJobs is not None and jobs > q.maxConcurrentJobs:
+            over.append(f"{jobs:g} jobs (quota maxConcurrentJobs {q.maxConcurrentJobs})")
+        if over:
+            out.append(f"workspace {name}: its {what} together ask for {', '.join(over)}: they will queue and run "
+                       f"as the quota frees (see `kiln queue`); raise the Workspace's quotas to run them at once")
     return out
 
 
