@@ -82,3 +82,62 @@ def queue_table(rows: list[dict[str, Any]]) -> str:
             for r in rows
         ],
     )
+
+
+def usage_rows(config: KilnConfig, workspace: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
+    """CPU-, GPU- and memory-hours per workspace and object, from the local runner's run records
+    (each pod node's startedAt..finishedAt times its template's resources.requests). ``since``:
+    the UTC timestamp text of ``events.parse_since``; pods that started before it are left out."""
+    from kiln.api.common import cpu_cores, memory_bytes
+    from kiln.controller.events import _seconds
+
+    if config.runner != "local":
+        raise KilnError("kiln usage reads the local runner's run records",
+                        hint="on a cluster, use the cluster's metrics (e.g. Prometheus' container_cpu_usage_seconds_total)")
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    runs = config.kiln_dir() / "runs"
+    for path in sorted(runs.glob("*/workflow.json")) if runs.is_dir() else []:
+        from kiln.runners.local import LocalRunner
+
+        wf = LocalRunner(runs).get(path.parent.name)  # with its journal replayed
+        if wf is None:
+            continue
+        labels = (wf.get("metadata") or {}).get("labels") or {}
+        ws = labels.get("kiln.dev/workspace", "default")
+        if workspace is not None and ws != workspace:
+            continue
+        requests = {t["name"]: ((t.get("container") or t.get("script") or {}).get("resources") or {}).get("requests") or {}
+                    for t in (wf.get("spec") or {}).get("templates") or []}
+        key = (ws, labels.get("kiln.dev/kind", "Workflow"), labels.get("kiln.dev/name", wf["metadata"]["name"]))
+        for n in ((wf.get("status") or {}).get("nodes") or {}).values():
+            if n.get("type") != "Pod" or not n.get("startedAt") or not n.get("finishedAt"):
+                continue
+            if since is not None and n["startedAt"] < since[:19]:
+                continue
+            req = requests.get(n.get("templateName") or "", {})
+            secs = _seconds(n["startedAt"], n["finishedAt"]) or 0.0
+            row = rows.setdefault(key, {"workspace": key[0], "kind": key[1], "name": key[2], "pods": 0, "seconds": 0.0,
+                                        "cpuHours": 0.0, "memoryGiBHours": 0.0, "gpuHours": 0.0})
+            row["pods"] += 1
+            row["seconds"] += secs
+            row["cpuHours"] += cpu_cores(req.get("cpu", 0)) * secs / 3600
+            row["memoryGiBHours"] += memory_bytes(str(req.get("memory", 0))) / 2**30 * secs / 3600
+            row["gpuHours"] += int(req.get("nvidia.com/gpu", 0)) * secs / 3600
+    return [rows[k] for k in sorted(rows)]
+
+
+def usage_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No runs recorded (in this window)."
+    header = ["WORKSPACE", "OBJECT", "PODS", "RUN", "CPU-H", "MEM-GIB-H", "GPU-H"]
+    lines: list[list[str]] = []
+    totals: dict[str, list[float]] = {}
+    for r in rows:
+        lines.append([r["workspace"], f"{r['kind']}/{r['name']}", str(r["pods"]), f"{r['seconds']:.0f}s",
+                      f"{r['cpuHours']:.4f}", f"{r['memoryGiBHours']:.4f}", f"{r['gpuHours']:.4f}"])
+        t = totals.setdefault(r["workspace"], [0.0] * 5)
+        for i, k in enumerate(("pods", "seconds", "cpuHours", "memoryGiBHours", "gpuHours")):
+            t[i] += r[k]
+    for ws, t in sorted(totals.items()):
+        lines.append([ws, "(total)", f"{t[0]:.0f}", f"{t[1]:.0f}s", f"{t[2]:.4f}", f"{t[3]:.4f}", f"{t[4]:.4f}"])
+    return _table(header, lines)

@@ -420,6 +420,23 @@ def queue(ctx: click.Context, workspace: str | None, output: str) -> int:
 
 
 @cli.command()
+@click.option("-w", "--workspace", default=None, metavar="WORKSPACE", help="Only this workspace's usage.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only pods that started since: a duration (30m, 2h, 3d, 1w) or an ISO date or time (UTC).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def usage(ctx: click.Context, workspace: str | None, since: str | None, output: str) -> int:
+    """CPU-, GPU- and memory-hours per workspace and object (experiment, deployment, dataset...),
+    from the run records: each step's run time times the resources it asked for."""
+    from kiln.controller.compute import usage_rows, usage_table
+    from kiln.controller.events import parse_since
+
+    rows = usage_rows(_config(ctx), workspace, parse_since(since) if since else None)
+    click.echo(json.dumps(rows, indent=2) if output == "json" else usage_table(rows))
+    return 0
+
+
+@cli.command()
 @click.option("--out", "out", type=click.Path(file_okay=False), default="schemas", show_default=True)
 @click.pass_context
 def schema(ctx: click.Context, out: str) -> int:

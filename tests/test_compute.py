@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from kiln.config import load_config
 from kiln.controller.plan import make_plan
 from kiln.controller.project import load_valid
@@ -52,3 +54,49 @@ def test_plan_warns_when_a_workspaces_jobs_together_exceed_its_quota_and_render_
     wf = render_workflow(config, s, workspace=workspaces_of(specs.specs)["team"])
     assert json.loads(wf["metadata"]["annotations"]["kiln.dev/quotas"]) == {"cpu": "3", "trainingGpus": 1}
     assert wf["metadata"]["labels"]["kiln.dev/workspace"] == "team"
+
+
+def _pod_wf(name: str, ws: str, kind: str, requests: dict, seconds: float) -> dict:
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name, "labels": {"kiln.dev/workspace": ws, "kiln.dev/kind": kind, "kiln.dev/name": name}},
+        "spec": {
+            "entrypoint": "main",
+            "templates": [
+                {"name": "main", "steps": [[{"name": "a", "template": "work"}], [{"name": "b", "template": "work"}]]},
+                {
+                    "name": "work",
+                    "container": {"image": "busybox", "command": ["sleep", str(seconds)], "resources": {"requests": requests}},
+                },
+            ],
+        },
+    }
+
+
+@pytest.mark.slow  # two runs of two 0.6 s pods and three `kiln usage` processes (~7 s)
+def test_kiln_usage_adds_up_the_run_records(tmp_path: Path) -> None:
+    from kiln.controller.events import _seconds
+    from kiln.runners.local import LocalRunner
+    from tests.helpers import kiln
+
+    write(tmp_path, {"kiln.yaml": "capacity: {cpu: '8', memory: 16Gi, gpus: 1}\n"})
+    runner = LocalRunner(tmp_path / ".kiln/runs", slots_dir=tmp_path / "slots", capacity={"gpus": 1})
+    jobs = {
+        "train": ("team", "Experiment", {"cpu": "2", "memory": "1Gi", "nvidia.com/gpu": "1"}),
+        "serve": ("lab", "Deployment", {"cpu": "500m", "memory": "512Mi"}),
+    }
+    ran = {n: runner.submit(_pod_wf(n, ws, kind, req, 0.6)) for n, (ws, kind, req) in jobs.items()}
+    rows = {r["name"]: r for r in json.loads(kiln("usage", "-o", "json", cwd=tmp_path, check=True).stdout)}
+    for n, (ws, kind, _req) in jobs.items():
+        pods = [x for x in ran[n]["status"]["nodes"].values() if x["type"] == "Pod"]
+        secs = sum(_seconds(x["startedAt"], x["finishedAt"]) or 0 for x in pods)
+        r = rows[n]
+        assert (r["workspace"], r["kind"], r["pods"], r["seconds"]) == (ws, kind, 2, secs)
+        cpu, mem, gpu = {"train": (2, 1, 1), "serve": (0.5, 0.5, 0)}[n]
+        expected = (cpu * secs / 3600, mem * secs / 3600, gpu * secs / 3600)
+        assert (r["cpuHours"], r["memoryGiBHours"], r["gpuHours"]) == pytest.approx(expected)
+    only = json.loads(kiln("usage", "-o", "json", "-w", "lab", "--since", "1h", cwd=tmp_path, check=True).stdout)
+    assert [r["name"] for r in only] == ["serve"]
+    table = kiln("usage", cwd=tmp_path, check=True).stdout
+    assert "Experiment/train" in table and "(total)" in table
