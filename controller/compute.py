@@ -85,11 +85,13 @@ def queue_table(rows: list[dict[str, Any]]) -> str:
 
 
 def usage_rows(config: KilnConfig, workspace: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
-    """CPU-, GPU- and memory-hours per workspace and object, from the local runner's run records
-    (each pod node's startedAt..finishedAt times its template's resources.requests). ``since``:
+    """CPU-, GPU- and memory-hours per workspace and object, from the local runner's run records:
+    each pod node's ``resourcesDuration`` (Argo's field: what it requested, for as long as its
+    process ran, not while it queued). ``since``:
     the UTC timestamp text of ``events.parse_since``; pods that started before it are left out."""
     from kiln.api.common import cpu_cores, memory_bytes
     from kiln.controller.events import _seconds
+    from kiln.runners._resources import MEMORY_UNIT
 
     if config.runner != "local":
         raise KilnError("kiln usage reads the local runner's run records",
@@ -114,15 +116,20 @@ def usage_rows(config: KilnConfig, workspace: str | None = None, since: str | No
                 continue
             if since is not None and n["startedAt"] < since[:19]:
                 continue
-            req = requests.get(n.get("templateName") or "", {})
             secs = _seconds(n["startedAt"], n["finishedAt"]) or 0.0
+            rd = n.get("resourcesDuration")
+            if rd is None:  # a run from before the resource queue: its requests times the node's span
+                req = requests.get(n.get("templateName") or "", {})
+                rd = {"cpu": cpu_cores(req.get("cpu", 0)) * secs,
+                      "memory": memory_bytes(str(req.get("memory", 0))) / MEMORY_UNIT * secs,
+                      "nvidia.com/gpu": int(req.get("nvidia.com/gpu", 0)) * secs}
             row = rows.setdefault(key, {"workspace": key[0], "kind": key[1], "name": key[2], "pods": 0, "seconds": 0.0,
                                         "cpuHours": 0.0, "memoryGiBHours": 0.0, "gpuHours": 0.0})
             row["pods"] += 1
             row["seconds"] += secs
-            row["cpuHours"] += cpu_cores(req.get("cpu", 0)) * secs / 3600
-            row["memoryGiBHours"] += memory_bytes(str(req.get("memory", 0))) / 2**30 * secs / 3600
-            row["gpuHours"] += int(req.get("nvidia.com/gpu", 0)) * secs / 3600
+            row["cpuHours"] += rd.get("cpu", 0) / 3600
+            row["memoryGiBHours"] += rd.get("memory", 0) * MEMORY_UNIT / 2**30 / 3600
+            row["gpuHours"] += rd.get("nvidia.com/gpu", 0) / 3600
     return [rows[k] for k in sorted(rows)]
 
 

@@ -125,6 +125,16 @@ def request_of(wf: dict, node_name: str, container: dict) -> Request | None:
         ) from None
 
 
+def resources_duration(req: Request, seconds: float) -> dict[str, int]:
+    """Argo's ``node.resourcesDuration`` of a pod that held ``req`` for ``seconds``: CPU in
+    core-seconds, memory in 100Mi-seconds, GPUs in GPU-seconds (Argo's units)."""
+    out = {"cpu": round(req.cpu * seconds), "memory": round(req.memory / MEMORY_UNIT * seconds)}
+    if req.gpu:
+        out["nvidia.com/gpu"] = round(req.gpu * seconds)
+    return out
+
+
+MEMORY_UNIT = 100 * 2**20  # Argo counts memory in 100Mi units in resourcesDuration
 _SEQ = itertools.count()
 
 
@@ -318,4 +328,4 @@ def queue_for(directory: Path, capacity: Capacity) -> ResourceQueue:
     return q
 
 
-__all__ = ["Capacity", "QUOTA_ANNOTATION", "Request", "ResourceQueue", "nvml_gpu_count", "queue_for", "request_of"]
+__all__ = ["MEMORY_UNIT", "Capacity", "QUOTA_ANNOTATION", "Request", "ResourceQueue", "nvml_gpu_count", "queue_for", "request_of", "resources_duration"]

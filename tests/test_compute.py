@@ -93,8 +93,16 @@ def test_kiln_usage_adds_up_the_run_records(tmp_path: Path) -> None:
         secs = sum(_seconds(x["startedAt"], x["finishedAt"]) or 0 for x in pods)
         r = rows[n]
         assert (r["workspace"], r["kind"], r["pods"], r["seconds"]) == (ws, kind, 2, secs)
-        cpu, mem, gpu = {"train": (2, 1, 1), "serve": (0.5, 0.5, 0)}[n]
-        expected = (cpu * secs / 3600, mem * secs / 3600, gpu * secs / 3600)
+        # each pod's record holds what it requested for as long as it ran (0.6 s and a process start)
+        cpu, mem_100mi, gpu = {"train": (2, 10.24, 1), "serve": (0.5, 5.12, 0)}[n]
+        for x in pods:
+            rd = x["resourcesDuration"]
+            assert round(cpu * 0.6) <= rd["cpu"] <= round(cpu * 3) and round(mem_100mi * 0.6) <= rd["memory"] <= round(
+                mem_100mi * 3
+            )
+            assert (1 <= rd["nvidia.com/gpu"] <= 3) if gpu else "nvidia.com/gpu" not in rd
+        total = {k: sum(x["resourcesDuration"].get(k, 0) for x in pods) for k in ("cpu", "memory", "nvidia.com/gpu")}
+        expected = (total["cpu"] / 3600, total["memory"] * 100 / 1024 / 3600, total["nvidia.com/gpu"] / 3600)
         assert (r["cpuHours"], r["memoryGiBHours"], r["gpuHours"]) == pytest.approx(expected)
     only = json.loads(kiln("usage", "-o", "json", "-w", "lab", "--since", "1h", cwd=tmp_path, check=True).stdout)
     assert [r["name"] for r in only] == ["serve"]

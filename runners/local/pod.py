@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.errors import WorkflowError
 from kiln.runners import _expr
-from kiln.runners._resources import request_of
+from kiln.runners._resources import Request, request_of, resources_duration
 from kiln.runners._template import nested_env, render
 from kiln.runners.local.admission import HANDOFF, hand
 from kiln.runners.local.common import image_base, parse_duration
@@ -65,6 +65,7 @@ class Pod:
         # what admit() took, for leave()
         self.gated = self.placed = self.wf_held = False
         self.slot = -1
+        self.req: Request | None = None
         self.res_id = ""  # the resource queue entry held (kiln.runners._resources), "" when none
         self.log_fd = -1  # the log file is created on the first byte: most `true`s print nothing
 
@@ -83,7 +84,13 @@ class Pod:
             self.admit()
             if self.gpus is not None:  # GPUs by index, never shared; a pod that asked for none sees none
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
+            t0 = time.monotonic()
             ended = self.spawn_and_wait(argv, executable, cwd, env, deadline_s)
+            if self.req is not None:
+                # what it held while it ran (not while it queued), in Argo's units and field, so
+                # that `kiln usage` reads the same from both runners
+                with self.run.lock:
+                    self.node["resourcesDuration"] = resources_duration(self.req, time.monotonic() - t0)
         finally:
             self.leave()
         if ended is not None:
@@ -207,7 +214,7 @@ class Pod:
         # the resource queue before the runner's own places: a pod waiting for its workspace's
         # quota must not hold a place that a pod of another workspace could use
         self.gpus: list[int] | None = None
-        req = request_of(run.wf, self.node["name"], self.c)
+        self.req = req = request_of(run.wf, self.node["name"], self.c)
         if req is not None:
             queue = run.runner.resources
             entry = queue.acquire(req, run.check_stop)  # why it waits: the queue's entry (`kiln queue`)
