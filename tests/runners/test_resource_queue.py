@@ -193,3 +193,47 @@ def test_three_jobs_over_the_quota_run_one_at_a_time_and_kiln_queue_says_why(tmp
     # GPU 0 by index when the machine has one; none when a pod asked for none
     assert all(s[2] == (["0"] if case == "gpu" else []) for s in spans), spans
     assert runner.resources.snapshot() == {"running": [], "waiting": []}
+
+
+def test_capacity_is_detected_and_kiln_yaml_overrides_it(tmp_path: Path) -> None:
+    import os
+
+    from kiln.config import load_config
+    from kiln.runners._resources import nvml_gpu_count
+
+    found = Capacity.detect()
+    assert found.cpu == len(os.sched_getaffinity(0)) and found.gpus == nvml_gpu_count() and found.memory > 0
+    write(tmp_path, {"kiln.yaml": "capacity: {cpu: 500m, gpus: 2}\n"})
+    over = Capacity.detect(load_config(tmp_path).capacity.model_dump(exclude_none=True))
+    assert (over.cpu, over.gpus, over.memory) == (0.5, 2, found.memory)
+    write(tmp_path, {"kiln.yaml": "capacity: {cpu: lots}\n"})
+    bad = kiln("queue", cwd=tmp_path)
+    assert bad.returncode != 0 and "capacity" in bad.stdout + bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.skipif(not __import__("kiln.runners._resources", fromlist=["x"]).nvml_gpu_count(), reason="no GPU here")
+def test_a_pod_on_a_real_gpu_sees_only_its_own(tmp_path: Path) -> None:
+    runner = LocalRunner(tmp_path / "runs", slots_dir=tmp_path / "slots")  # capacity detected through NVML
+    script = "echo $CUDA_VISIBLE_DEVICES; nvidia-smi -L | wc -l"
+    wf = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "gpu"},
+        "spec": {
+            "entrypoint": "g",
+            "templates": [
+                {
+                    "name": "g",
+                    "container": {
+                        "image": "busybox",
+                        "command": ["sh", "-c"],
+                        "args": [script],
+                        "resources": {"requests": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}},
+                    },
+                }
+            ],
+        },
+    }
+    out = runner.submit(wf)
+    [pod] = [n for n in out["status"]["nodes"].values() if n["type"] == "Pod"]
+    assert pod["phase"] == "Succeeded" and pod["outputs"]["result"].split()[0] == "0", pod
