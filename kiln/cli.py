@@ -366,13 +366,16 @@ def logs(ctx: click.Context, name: str, node: str | None, follow: bool, workspac
 @click.argument("name", metavar="KIND/[WORKSPACE/]NAME|WORKFLOW")
 @click.option("-m", "--message", default="stopped by user", help="Recorded as the run's message.")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for it to end.")
+@click.option("--job", default=None, metavar="NODE",
+              help="Stop only this job (a node as `kiln queue` lists it, e.g. one trial): the rest go on.")
 @workspace_option
 @click.pass_context
-def stop(ctx: click.Context, name: str, message: str, timeout: float, workspace: str | None) -> int:
-    """Cancel a running workflow: its steps are killed and it ends Failed with MESSAGE."""
+def stop(ctx: click.Context, name: str, message: str, timeout: float, job: str | None, workspace: str | None) -> int:
+    """Cancel a running workflow: its steps are killed and it ends Failed with MESSAGE. With
+    --job, only that job: the next one waiting for its resources starts."""
     from kiln.controller.runs import stop as do_stop
 
-    click.echo(do_stop(_config(ctx), name, message, timeout, workspace))
+    click.echo(do_stop(_config(ctx), name, message, timeout, workspace, job=job))
     return 0
 
 

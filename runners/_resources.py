@@ -24,6 +24,7 @@ import fcntl
 import itertools
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -212,6 +213,9 @@ class ResourceQueue:
                 fd = self._locked()
                 try:
                     data = self._read()
+                    mine = next((e for e in data["waiting"] if e["id"] == entry["id"]), None)
+                    if mine is not None and mine.get("stop"):
+                        raise WorkflowError(mine["stop"])
                     granted = self._decide(data, entry["id"])
                     if granted is not None:
                         self._write(data)
@@ -221,6 +225,42 @@ class ResourceQueue:
             self.release(entry["id"])
             raise
         return granted
+
+    def started(self, entry_id: str, pid: int) -> None:
+        """Note the pod's process (the leader of its process group), so that ``stop`` can end it."""
+        self._update(lambda data: [e.update(pgid=pid) for e in data["running"] if e["id"] == entry_id])
+
+    def stop(self, workflow: str, job: str, message: str) -> list[str]:
+        """Stop one job (``kiln stop RUN --job NODE``): a running one's process group gets SIGTERM,
+        a waiting one leaves the queue failing with ``message``; what frees goes to the next job.
+        The jobs it matched, as ``workflow/node``."""
+        hit: list[str] = []
+
+        def mark(data: dict[str, Any]) -> None:
+            host = socket.gethostname()
+            for state in ("running", "waiting"):
+                for e in data[state]:
+                    if e["workflow"] != workflow or job not in (e["node"], e["node"].split(".", 1)[-1]):
+                        continue
+                    hit.append(f"{e['workflow']}/{e['node']}")
+                    e["stop"] = message
+                    if state == "running" and e.get("pgid") and e.get("host") == host:
+                        try:
+                            os.killpg(int(e["pgid"]), signal.SIGTERM)
+                        except (ProcessLookupError, PermissionError):
+                            pass
+
+        self._update(mark)
+        return hit
+
+    def _update(self, fn: Callable[[dict[str, Any]], Any]) -> None:
+        fd = self._locked()
+        try:
+            data = self._read()
+            fn(data)
+            self._write(data)
+        finally:
+            os.close(fd)
 
     def release(self, entry_id: str) -> None:
         fd = self._locked()

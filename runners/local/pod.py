@@ -282,6 +282,8 @@ class Pod:
             os.close(out_w)
             os.close(err_w)
         run.pods.add(proc.pid)
+        if self.res_id:  # `kiln stop RUN --job NODE` ends this process group through the queue
+            run.runner.resources.started(self.res_id, proc.pid)
         dl = time.monotonic() + deadline_s if deadline_s is not None else None
         with run.lock:
             run.procs[self.nid] = (proc, dl)  # the housekeeper kills it past dl (run.watch)

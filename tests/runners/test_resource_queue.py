@@ -237,3 +237,76 @@ def test_a_pod_on_a_real_gpu_sees_only_its_own(tmp_path: Path) -> None:
     out = runner.submit(wf)
     [pod] = [n for n in out["status"]["nodes"].values() if n["type"] == "Pod"]
     assert pod["phase"] == "Succeeded" and pod["outputs"]["result"].split()[0] == "0", pod
+
+
+def test_kiln_stop_job_ends_one_trial_and_the_next_one_starts(tmp_path: Path) -> None:
+    """`kiln stop RUN --job NODE` on a parameter-set run whose trials queue for their workspace's
+    quota: that trial's process ends, the next waiting trial starts, the others go on."""
+    repo, marks = tmp_path / "repo", tmp_path / "marks"
+    marks.mkdir()
+    write(repo, {"kiln.yaml": "capacity: {cpu: '8', memory: 16Gi, gpus: 0}\n"})
+    env = {"KILN_SLOTS_DIR": str(tmp_path / "slots")}
+    runner = LocalRunner(repo / ".kiln/runs", slots_dir=tmp_path / "slots", capacity={"cpu": "8", "memory": "16Gi", "gpus": 0})
+    script = f"touch {marks}/{{{{inputs.parameters.p}}}}; while [ ! -f {marks}/go ]; do sleep 0.05; done"
+    wf = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            "name": "sweep",
+            "labels": {"kiln.dev/workspace": "team"},
+            "annotations": {QUOTA_ANNOTATION: json.dumps({"cpu": "2"})},
+        },
+        "spec": {
+            "entrypoint": "main",
+            "templates": [
+                {
+                    "name": "main",
+                    "dag": {
+                        "tasks": [
+                            {
+                                "name": "train",
+                                "template": "trial",
+                                "withItems": ["a", "b", "c"],
+                                "arguments": {"parameters": [{"name": "p", "value": "{{item}}"}]},
+                            }
+                        ]
+                    },
+                },
+                {
+                    "name": "trial",
+                    "inputs": {"parameters": [{"name": "p"}]},
+                    "container": {
+                        "image": "busybox",
+                        "command": ["sh", "-c"],
+                        "args": [script],
+                        "resources": {"requests": {"cpu": "2", "memory": "1Gi"}},
+                    },
+                },
+            ],
+        },
+    }
+    runner.submit(wf, wait=False)
+
+    def started() -> list[str]:
+        return sorted(p.name for p in marks.iterdir() if p.name != "go")
+
+    end = time.monotonic() + 20
+    while not started() or len(runner.resources.snapshot()["waiting"]) < 2:
+        assert time.monotonic() < end, (started(), runner.resources.snapshot())
+        time.sleep(0.05)
+    assert len(started()) == 1
+    [running] = runner.resources.snapshot()["running"]
+    job = running["node"].split(".", 1)[1]
+    out = kiln("stop", "sweep", "--job", job, "-m", "not this one", cwd=repo, env=env, check=True)
+    assert out.stdout.strip() == f"sweep: stopping sweep/{running['node']}"
+    end = time.monotonic() + 20
+    while len(started()) < 2:  # the next one got the quota
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    (marks / "go").write_text("")
+    wf_done = runner.wait_stopped("sweep", timeout=30)
+    assert wf_done is not None
+    pods = {n["displayName"]: n["phase"] for n in wf_done["status"]["nodes"].values() if n["type"] == "Pod"}
+    assert sorted(pods.values()) == ["Failed", "Succeeded", "Succeeded"] and started() == ["a", "b", "c"], pods
+    bad = kiln("stop", "sweep", "--job", "nope", cwd=repo, env=env)
+    assert bad.returncode != 0 and "no running or waiting job 'nope'" in bad.stdout + bad.stderr
