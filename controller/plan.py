@@ -28,6 +28,7 @@ the same apply (model version, aliases by rule, rollouts, pre-annotation, retrai
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class Change:
     update: UpdateClass = "re-run"   # an update's class: what apply does (module doc)
     runs: str = ""       # an Experiment's training, in one line (``run_summary``)
     cascade: list[Effect] = field(default_factory=list)   # what follows in this apply (kiln.controller.cascade)
+    refused: str = ""    # why apply refuses to run it now (its workspace's period of use, ``period_out``)
 
     @property
     def handled(self) -> bool:
@@ -75,6 +77,8 @@ class Change:
     @property
     def blocked(self) -> str:
         """Why the handler cannot apply this spec yet ("" when it can)."""
+        if self.refused:
+            return self.refused
         if self.kind not in HANDLERS or self.spec is None:
             return ""
         return HANDLERS[self.kind].unavailable(self.spec) or ""
@@ -135,7 +139,10 @@ class Plan:
         unhandled = sorted({c.kind for c in self.changes if c.pending and not c.handled and not c.blocked})
         if unhandled:
             text += f" Not yet applicable (no handler in this kiln version): {', '.join(unhandled)}."
-        blocked = [c.ref for c in self.changes if c.pending and c.blocked]
+        refused = [c.ref for c in self.changes if c.pending and c.refused]
+        if refused:
+            text += f" Refused (the workspace's period of use): {', '.join(refused)}."
+        blocked = [c.ref for c in self.changes if c.pending and c.blocked and not c.refused]
         if blocked:
             text += f" Not yet applicable (source not available yet): {', '.join(blocked)}."
         return text
@@ -282,6 +289,16 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
     known = {r.key: r for r in records}
     changes = [change_for(config, s, known.pop(s.key, None)) for s in apply_order(specs.specs)]
     workspaces = {s.name: s.obj.spec for s in specs.specs if s.kind == "Workspace"}
+    for i, c in enumerate(changes):
+        out = period_out(workspaces.get(c.spec.workspace)) if c.spec is not None and c.kind != "Workspace" else ""
+        if not out:
+            continue
+        if c.kind == "Deployment" and c.record is not None and c.record.generation:
+            # its server stops; the spec stays, so extending the period plans a create again
+            changes[i] = Change("delete", c.key, c.kind, c.ref, record=c.record,
+                                note=f"{out}: the deployment stops (extend the Workspace's spec.period to restart it)")
+        elif c.pending:
+            c.refused = f"{out}: new runs are refused (extend the Workspace's spec.period)"
     for c in changes:
         if c.kind == "Experiment" and c.pending and c.spec is not None:
             c.runs = run_summary(c.spec, workspaces.get(c.spec.workspace), config)
@@ -302,7 +319,20 @@ def make_plan(specs: SpecSet, records: list[ObjectRecord], *, scope: str | None 
         else:
             changes.append(Change("delete", rec.key, rec.kind, ref, record=rec))
     return Plan(changes, prune=prune, warnings=[*label_warnings(config, specs.specs), *task_warnings(specs.specs),
-                                                *pinned])
+                                                *quota_warnings(specs.specs), *pinned])
+
+
+def period_out(workspace: Any, today: dt.date | None = None) -> str:
+    """Why ``workspace``'s period of use excludes today ("" while it is in its period)."""
+    period = getattr(workspace, "period", None)
+    if period is None:
+        return ""
+    today = today or dt.date.today()
+    if period.end is not None and today > period.end:
+        return f"the workspace's period of use ended on {period.end}"
+    if period.start is not None and today < period.start:
+        return f"the workspace's period of use starts on {period.start}"
+    return ""
 
 
 def run_summary(s: LoadedSpec, workspace: Any, config: KilnConfig | None) -> str:
@@ -393,6 +423,49 @@ def task_warnings(specs: list[LoadedSpec]) -> list[str]:
                 out.append(f"{s.ref} ({s.location()}): algorithm {name!r} is for {task}, but the {label} of "
                            f"dataset {spec.dataset.name!r} is a {ds.task} target (its task); choose a "
                            f"{ds.task} algorithm (`kiln algorithms list`), or set the Dataset's task: {task}")
+    return out
+
+
+def quota_warnings(specs: list[LoadedSpec]) -> list[str]:
+    """A workspace whose experiments (trials in parallel) or deployments (replicas) together ask
+    for more than its run-time quotas: each fits alone (validate checks that), but not all at
+    once, so the work will queue (the local runner's resource queue, ``kiln queue``)."""
+    from kiln.api.common import cpu_cores, memory_bytes
+
+    workspaces = {s.name: s.obj.spec for s in specs if s.kind == "Workspace"}
+    need: dict[tuple[str, bool], list[float]] = {}  # (workspace, deployment) -> [cpu, memory, gpu, jobs]
+    for s in specs:
+        ws = workspaces.get(s.workspace)
+        if ws is None or s.kind not in ("Experiment", "Deployment"):
+            continue
+        spec = s.obj.spec
+        if s.kind == "Experiment":
+            count = spec.hpo.parallelTrials if spec.hpo else 1
+        else:
+            count = max(spec.autoscaling.maxReplicas if spec.autoscaling else spec.replicas, 1)
+        size = ws.resolve(spec.resources)
+        acc = need.setdefault((s.workspace, s.kind == "Deployment"), [0.0, 0.0, 0.0, 0.0])
+        acc[0] += cpu_cores(size.cpu) * count
+        acc[1] += memory_bytes(size.memory) * count
+        acc[2] += size.gpu * count
+        acc[3] += count
+    out = []
+    for (name, deployment), (cpu, mem, gpu, jobs) in sorted(need.items()):
+        q = workspaces[name].quotas
+        what = "deployments' replicas" if deployment else "experiments' jobs"
+        over = []
+        if q.cpu is not None and cpu > cpu_cores(q.cpu):
+            over.append(f"{cpu:g} CPU (quota cpu {q.cpu})")
+        if q.memory is not None and mem > memory_bytes(q.memory):
+            over.append(f"{mem / 2**30:.3g}Gi memory (quota memory {q.memory})")
+        gq = q.deploymentGpus if deployment else q.trainingGpus
+        if gq is not None and gpu > gq:
+            over.append(f"{gpu:g} GPU (quota {'deploymentGpus' if deployment else 'trainingGpus'} {gq})")
+        if not deployment and q.maxConcurrentJobs is not None and jobs > q.maxConcurrentJobs:
+            over.append(f"{jobs:g} jobs (quota maxConcurrentJobs {q.maxConcurrentJobs})")
+        if over:
+            out.append(f"workspace {name}: its {what} together ask for {', '.join(over)}: they will queue and run "
+                       f"as the quota frees (see `kiln queue`); raise the Workspace's quotas to run them at once")
     return out
 
 

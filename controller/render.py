@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 PERMANENT_EXIT = 4  # kiln.controller.steps.PERMANENT_EXIT (not imported: render stays light)
 CACHE_CONFIGMAP = "kiln-step-cache"
 MEMO_MAX_AGE = "720h"  # keys are content hashes: an entry is only ever replaced, never wrong
+QUOTA_ANNOTATION = "kiln.dev/quotas"  # kiln.runners._resources.QUOTA_ANNOTATION (render stays light)
+# the quotas that bound what runs at once (the others count objects, checked at validate time)
+SEMAPHORE_CONFIGMAP = "kiln-workspace-quotas"  # on a cluster, the quotas as Argo semaphores (#18)
+SEMAPHORE_ANNOTATION = "kiln.dev/semaphores"  # {key: limit}: the Argo runner writes them into the ConfigMap
+RUN_TIME_QUOTAS = {"cpu", "memory", "trainingGpus", "deploymentGpus", "maxConcurrentJobs"}
 KIND_SHORT = {name: kind.short for name, kind in KINDS.items()}
 
 __all__ = ["KIND_SHORT", "PIPELINES", "Task", "render_workflow", "workflow_name"]
@@ -71,6 +76,21 @@ def workspaces_of(specs: Iterable[LoadedSpec]) -> dict[str, WorkspaceSpec]:
     return {s.name: s.obj.spec for s in specs if s.kind == "Workspace"}
 
 
+def _semaphores(s: LoadedSpec, size: Preset, workspace: WorkspaceSpec | None, *, deployment: bool) -> dict[str, int]:
+    """Argo semaphores (ConfigMap key -> limit) that hold a workspace's quotas across its workflows
+    on a cluster. A semaphore counts holders, not units: the GPU key is per GPU size (``.gpus-x2``
+    admits quota // 2 holders), exact for a workspace whose jobs share one size."""
+    if workspace is None:
+        return {}
+    q, ws, out = workspace.quotas, _label_value(s.workspace), {}
+    if q.maxConcurrentJobs is not None and not deployment:
+        out[f"{ws}.jobs"] = q.maxConcurrentJobs
+    gpus = q.deploymentGpus if deployment else q.trainingGpus
+    if gpus is not None and size.gpu:
+        out[f"{ws}.{'deployment' if deployment else 'training'}-gpus-x{size.gpu}"] = gpus // size.gpu
+    return out
+
+
 def _size(s: LoadedSpec, workspace: WorkspaceSpec | None) -> Preset:
     req = getattr(s.obj.spec, "resources", None)
     return (workspace or WorkspaceSpec()).resolve(req)
@@ -95,6 +115,12 @@ def render_workflow(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSp
     }
     memo = (s.spec_hash, data_version, code_version)
     templates = [_template(config, t, ref, size, memo) for t in tasks]
+    semaphores = _semaphores(s, size, workspace, deployment=s.kind == "Deployment")
+    if semaphores:
+        for tmpl, t in zip(templates, tasks):
+            if t.compute:
+                tmpl["synchronization"] = {"semaphores": [
+                    {"configMapKeyRef": {"name": SEMAPHORE_CONFIGMAP, "key": k}} for k in semaphores]}
     spec: dict[str, Any] = {
         "entrypoint": "main",
         "arguments": {"parameters": [
@@ -110,15 +136,19 @@ def render_workflow(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSp
     }
     if workspace is not None and workspace.quotas.maxConcurrentJobs:
         spec["parallelism"] = workspace.quotas.maxConcurrentJobs
+    annotations = {"kiln.dev/object": ref, "kiln.dev/source": s.location(), "kiln.dev/version": kiln.__version__}
+    quotas = workspace.quotas.model_dump(include=RUN_TIME_QUOTAS, exclude_none=True) if workspace is not None else {}
+    if quotas:  # the local runner's resource queue holds them across all the workspace's runs
+        annotations[QUOTA_ANNOTATION] = json.dumps(quotas, sort_keys=True)
+    if semaphores:
+        annotations[SEMAPHORE_ANNOTATION] = json.dumps(semaphores, sort_keys=True)
     timeout = getattr(s.obj.spec, "timeoutSeconds", None)
     if timeout:
         spec["activeDeadlineSeconds"] = timeout * 2 if s.kind == "Experiment" else timeout
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Workflow",
-        "metadata": {"name": workflow_name(s), "labels": labels,
-                     "annotations": {"kiln.dev/object": ref, "kiln.dev/source": s.location(),
-                                     "kiln.dev/version": kiln.__version__}},
+        "metadata": {"name": workflow_name(s), "labels": labels, "annotations": annotations},
         "spec": spec,
     }
 

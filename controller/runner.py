@@ -21,7 +21,7 @@ def make_runner(config: KilnConfig) -> Runner:
 
         return get_runner("argo", config=ArgoConfig.from_mapping(config.argo))
     return get_runner("local", workdir=config.kiln_dir() / "runs", max_concurrency=config.concurrency,
-                      env={"KILN_REPO": str(config.repo)})
+                      capacity=config.capacity.model_dump(exclude_none=True), env={"KILN_REPO": str(config.repo)})
 
 
 def summarize(wf: Workflow) -> dict[str, Any]:

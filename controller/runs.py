@@ -49,12 +49,32 @@ def logs(config: KilnConfig, name: str, node: str | None = None, follow: bool = 
         time.sleep(0.5)
 
 
+def _stop_job(config: KilnConfig, runner: object, run: str, job: str, message: str) -> str:
+    """One job of a run (a trial of a parameter-set experiment), through the local runner's
+    resource queue: the run goes on, and what the job held goes to the next one waiting."""
+    from kiln.errors import KilnError
+    from kiln.runners.local import LocalRunner
+
+    if not isinstance(runner, LocalRunner):
+        raise KilnError("kiln stop --job works on the local runner",
+                        hint=f"on a cluster: argo stop {run} --node-field-selector displayName=JOB")
+    hit = runner.resources.stop(run, job, message)
+    if not hit:
+        jobs = [f"{e['node']}" for state in ("running", "waiting") for e in runner.resources.snapshot()[state]
+                if e["workflow"] == run]
+        raise NotFound(f"run {run} has no running or waiting job {job!r}",
+                       hint=f"its jobs in `kiln queue`: {', '.join(jobs)}" if jobs else "see `kiln queue`")
+    return f"{run}: stopping {', '.join(hit)}"
+
+
 def stop(config: KilnConfig, name: str, message: str, timeout: float = 30.0,
-         workspace: str | None = None) -> str:
+         workspace: str | None = None, job: str | None = None) -> str:
     run = resolve_run(config, name, workspace)
     runner = make_runner(config)
     if runner.get(run) is None:
         raise NotFound(f"no workflow run named {run!r} on the {config.runner} runner")
+    if job is not None:
+        return _stop_job(config, runner, run, job, message)
     runner.stop(run, message)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

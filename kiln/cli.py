@@ -368,13 +368,16 @@ def logs(ctx: click.Context, name: str, node: str | None, follow: bool, workspac
 @click.argument("name", metavar="KIND/[WORKSPACE/]NAME|WORKFLOW")
 @click.option("-m", "--message", default="stopped by user", help="Recorded as the run's message.")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for it to end.")
+@click.option("--job", default=None, metavar="NODE",
+              help="Stop only this job (a node as `kiln queue` lists it, e.g. one trial): the rest go on.")
 @workspace_option
 @click.pass_context
-def stop(ctx: click.Context, name: str, message: str, timeout: float, workspace: str | None) -> int:
-    """Cancel a running workflow: its steps are killed and it ends Failed with MESSAGE."""
+def stop(ctx: click.Context, name: str, message: str, timeout: float, job: str | None, workspace: str | None) -> int:
+    """Cancel a running workflow: its steps are killed and it ends Failed with MESSAGE. With
+    --job, only that job: the next one waiting for its resources starts."""
     from kiln.controller.runs import stop as do_stop
 
-    click.echo(do_stop(_config(ctx), name, message, timeout, workspace))
+    click.echo(do_stop(_config(ctx), name, message, timeout, workspace, job=job))
     return 0
 
 
@@ -404,6 +407,37 @@ def gc(ctx: click.Context, dry_run: bool, wait_lock: float) -> int:
     cfg = _config(ctx)
     for line in collect(cfg, dry_run=dry_run, wait_lock=wait_lock).lines(cfg.repo):
         click.echo(line)
+    return 0
+
+
+@cli.command()
+@click.option("-w", "--workspace", default=None, metavar="WORKSPACE", help="Only this workspace's jobs.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def queue(ctx: click.Context, workspace: str | None, output: str) -> int:
+    """Jobs running and waiting for resources on this machine (every kiln process's), with their
+    workspace, resources, position and why they wait."""
+    from kiln.controller.compute import queue_rows, queue_table
+
+    rows = queue_rows(_config(ctx), workspace)
+    click.echo(json.dumps(rows, indent=2) if output == "json" else queue_table(rows))
+    return 0
+
+
+@cli.command()
+@click.option("-w", "--workspace", default=None, metavar="WORKSPACE", help="Only this workspace's usage.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only pods that started since: a duration (30m, 2h, 3d, 1w) or an ISO date or time (UTC).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def usage(ctx: click.Context, workspace: str | None, since: str | None, output: str) -> int:
+    """CPU-, GPU- and memory-hours per workspace and object (experiment, deployment, dataset...),
+    from the run records: each step's run time times the resources it asked for."""
+    from kiln.controller.compute import usage_rows, usage_table
+    from kiln.controller.events import parse_since
+
+    rows = usage_rows(_config(ctx), workspace, parse_since(since) if since else None)
+    click.echo(json.dumps(rows, indent=2) if output == "json" else usage_table(rows))
     return 0
 
 

@@ -142,6 +142,15 @@ class PolicyConfig(_Section):
         return user is not None and user.strip().lower() in {a.strip().lower() for a in self.admins}
 
 
+class CapacityConfig(_Section):
+    """This machine's capacity for the local runner's resource queue; a field left out is
+    detected (CPUs from the process's affinity, memory from the OS, GPUs via NVML)."""
+
+    cpu: str | None = Field(None, pattern=r"^\d+(\.\d+)?m?$", description="CPUs, like 8 or 7500m")
+    memory: str | None = Field(None, pattern=r"^\d+(\.\d+)?([KMGT]i?)?$", description="like 32Gi")
+    gpus: int | None = Field(None, ge=0)
+
+
 class KilnConfig(_Section):
     specs: str | None = None
     templates: str | None = None
@@ -149,6 +158,7 @@ class KilnConfig(_Section):
     runner: Literal["local", "argo"] = "local"
     image: str = DEFAULT_IMAGE
     concurrency: int | None = Field(None, ge=1, description="machine-wide step limit of the local runner")
+    capacity: CapacityConfig = Field(default_factory=CapacityConfig)
     argo: dict[str, Any] = Field(default_factory=dict)
     labelStudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
     dvc: DvcConfig = Field(default_factory=DvcConfig)

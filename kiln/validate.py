@@ -7,7 +7,6 @@ the whole set. Every problem becomes a ``SpecIssue`` located at the offending fi
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -89,18 +88,9 @@ class _Checker:
             self.add(s, ["metadata", "workspace"], f"unknown workspace {s.workspace!r}",
                      self._known("Workspace", s.workspace, "define it with a Workspace spec"))
             return
-        ws = self.workspaces.get(s.workspace)
-        period = ws.period if ws is not None else None
-        if period is not None:
-            today = dt.date.today()
-            if period.end is not None and today > period.end:
-                self.add(s, ["metadata", "workspace"],
-                         f"workspace {s.workspace!r}'s period of use ended on {period.end}",
-                         "extend spec.period.end of the Workspace or move the object")
-            elif period.start is not None and today < period.start:
-                self.add(s, ["metadata", "workspace"],
-                         f"workspace {s.workspace!r}'s period of use starts on {period.start}",
-                         "wait, or move spec.period.start of the Workspace")
+        # a workspace's period of use is the plan's to carry out (kiln.controller.plan.period_out):
+        # its deployments stop and new runs are refused, but the specs stay valid, so that
+        # extending the period restarts them
 
     def _invalid(self, kind: str, ws: str, name: str) -> bool:
         """Whether ``kind`` ``ws/name`` is defined by a spec that failed its own validation: its

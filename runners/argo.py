@@ -355,6 +355,7 @@ class ArgoRunner(Runner):
     def submit(self, manifest: Workflow, *, parameters: dict[str, str] | None = None, wait: bool = True,
                on_update: Callable[[Workflow], None] | None = None) -> Workflow:
         body = self._prepare(manifest, parameters)
+        self._ensure_semaphores(body)
         name = body["metadata"].get("name")
         if not name:
             created = self._create(body)
@@ -388,6 +389,22 @@ class ArgoRunner(Runner):
         labels.setdefault(SPEC_HASH_LABEL, spec_hash(body))
         check_workflow(body)
         return body
+
+    def _ensure_semaphores(self, body: Workflow) -> None:
+        """The workspace quotas a kiln workflow holds as Argo semaphores (annotation
+        ``kiln.dev/semaphores``, written by kiln's render) set in their ConfigMap before the
+        workflow that waits on them exists: Argo fails a workflow whose semaphore key is missing."""
+        raw = ((body.get("metadata") or {}).get("annotations") or {}).get("kiln.dev/semaphores")
+        if not raw:
+            return
+        limits = {str(k): str(v) for k, v in json.loads(raw).items()}
+        name, ns, core = "kiln-workspace-quotas", self.config.namespace, self._core()
+        cm = self._call(f"reading ConfigMap '{name}'", core.read_namespaced_config_map, name, ns, if_missing=None)
+        if cm is None:
+            self._call(f"creating ConfigMap '{name}'", core.create_namespaced_config_map, ns,
+                       {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": limits})
+        elif {k: (cm.data or {}).get(k) for k in limits} != limits:
+            self._call(f"updating ConfigMap '{name}'", core.patch_namespaced_config_map, name, ns, {"data": limits})
 
     def _create_or_reuse(self, body: Workflow) -> Workflow:
         name = body["metadata"]["name"]

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlparse
 from kiln.runners.schema import validate_workflow
 
 WF_PATH = re.compile(r"^/apis/argoproj\.io/v1alpha1/namespaces/([^/]+)/workflows(?:/([^/]+))?$")
+CM_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps(?:/([^/]+))?$")
 LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 
 
@@ -77,6 +78,7 @@ class FakeKube:
         self.workflows: dict[tuple[str, str], dict] = {}
         self.pods: dict[tuple[str, str], dict[str, str]] = {}  # (ns, pod) -> container -> log text
         self.namespaces = {"argo"}
+        self.configmaps: dict[tuple[str, str], dict] = {}  # (namespace, name) -> ConfigMap
         self.crd_installed = True
         self.fail_nodes: set[str] = set()
         self.delete_delay = 0.0
@@ -363,6 +365,24 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(*kube.patch(ns, name, ctype, body))
             if name is not None and method == "DELETE":
                 return self._send(*kube.delete(ns, name))
+            return self._send(405, status_body(405, "MethodNotAllowed", f"{method} not supported by the fake"))
+        if m := CM_PATH.match(url.path):  # config maps: the workspaces' semaphores (#18)
+            ns, name = m.groups()
+            with kube.lock:
+                if method == "POST" and name is None:
+                    name = body["metadata"]["name"]
+                    if (ns, name) in kube.configmaps:
+                        return self._send(409, status_body(409, "AlreadyExists", f'configmaps "{name}" already exists'))
+                    kube.configmaps[(ns, name)] = body
+                    return self._send(201, body)
+                cm = kube.configmaps.get((ns, name or ""))
+                if cm is None:
+                    return self._send(404, status_body(404, "NotFound", f'configmaps "{name}" not found',
+                                                       {"name": name, "kind": "configmaps"}))
+                if method == "PATCH":
+                    cm.setdefault("data", {}).update((body or {}).get("data") or {})
+                if method in ("GET", "PATCH"):
+                    return self._send(200, cm)
             return self._send(405, status_body(405, "MethodNotAllowed", f"{method} not supported by the fake"))
         if (m := LOG_PATH.match(url.path)) and method == "GET":
             container = parse_qs(url.query).get("container", [None])[0]

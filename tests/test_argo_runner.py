@@ -544,3 +544,44 @@ def test_same_hash_but_being_deleted_is_recreated(kube: FakeKube) -> None:
     kube.delete("argo", "kiln-train")  # someone else (prune) started deleting it
     second = r.submit(manifest())
     assert second["metadata"]["uid"] != first["metadata"]["uid"] and second["status"]["phase"] == "Succeeded"
+
+
+@pytest.mark.slow  # loads and validates specs (~5 s under load)
+def test_workspace_quotas_become_argo_semaphores_set_before_the_workflow(kube: FakeKube, tmp_path: Path) -> None:
+    """#18 item 6: on a cluster a workspace's maxConcurrentJobs and GPU quota are Argo semaphores
+    on the compute templates (schema-valid), and the runner writes their limits into the
+    ConfigMap they name before it creates the workflow; a changed quota updates it."""
+    from kiln.config import load_config
+    from kiln.controller.project import load_valid
+    from kiln.controller.render import render_workflow, workspaces_of
+    from kiln.runners.schema import validate_workflow
+    from tests.helpers import write
+
+    ws = ("apiVersion: kiln.dev/v1alpha1\nkind: Workspace\nmetadata: {name: team}\nspec:\n"
+          "  presets: [{name: g2, cpu: '1', memory: 1Gi, gpu: 2, gpuModel: nvidia-a100}]\n"
+          "  quotas: {trainingGpus: 4, maxConcurrentJobs: 3}\n")
+    write(tmp_path, {"specs/ws.yaml": ws,
+                     "specs/d.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Dataset\nmetadata: {name: d, workspace: team}\n"
+                                     "spec: {type: tabular, task: classification, format: csv, source: {sample: iris}}\n",
+                     "specs/e.yaml": "apiVersion: kiln.dev/v1alpha1\nkind: Experiment\nmetadata: {name: e, workspace: team}\n"
+                                     "spec: {dataset: {name: d}, algorithm: {name: logistic_regression}, resources: {preset: g2}}\n"})
+
+    def rendered() -> dict:
+        config = load_config(tmp_path)
+        specs = load_valid(config)
+        s = next(x for x in specs.specs if x.kind == "Experiment")
+        return render_workflow(config, s, workspace=workspaces_of(specs.specs)["team"])
+
+    wf = rendered()
+    assert validate_workflow(wf) == []
+    train = next(t for t in wf["spec"]["templates"] if t["name"] == "train")
+    keys = [x["configMapKeyRef"]["key"] for x in train["synchronization"]["semaphores"]]
+    assert keys == ["team.jobs", "team.training-gpus-x2"] and train["nodeSelector"] == {"nvidia.com/gpu.product": "nvidia-a100"}
+    assert all("synchronization" not in t for t in wf["spec"]["templates"] if t["name"] in ("prepare-data", "select"))
+    r = runner(kube)
+    r.submit(wf, wait=False)
+    assert kube.configmaps[("argo", "kiln-workspace-quotas")]["data"] == {"team.jobs": "3", "team.training-gpus-x2": "2"}
+    write(tmp_path, {"specs/ws.yaml": ws.replace("maxConcurrentJobs: 3", "maxConcurrentJobs: 1")})
+    r.stop(wf["metadata"]["name"])
+    r.submit(rendered(), wait=False)
+    assert kube.configmaps[("argo", "kiln-workspace-quotas")]["data"]["team.jobs"] == "1"

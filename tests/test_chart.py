@@ -120,6 +120,7 @@ def test_default_values_render_valid_objects() -> None:
     assert _covers(rules, "", "pods/log", {"get"})
     assert _covers(rules, "apps", "deployments", {"create", "get", "patch", "delete"})
     assert _covers(rules, "", "services", {"create", "get", "patch", "delete"})
+    assert _covers(rules, "", "configmaps", {"create", "get", "patch"})  # the workspaces' semaphores (#18)
     binding = _one(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kiln", "namespace": "ml"}]
 

@@ -176,8 +176,12 @@ def test_workspace_period_of_use(tmp_path: Path) -> None:
         metadata: {name: d, workspace: old}
         spec: {type: tabular, source: {sample: iris}}
         """})
-    lines = issues_of(tmp_path)
-    assert len(lines) == 1 and "period of use ended on 2021-01-01" in lines[0], lines
+    # valid: the plan refuses its runs (and stops its deployments) until the period is extended (#18)
+    assert issues_of(tmp_path) == []
+    from kiln.controller.plan import make_plan
+
+    [ws, d] = make_plan(load_specs(tmp_path), []).changes
+    assert ws.refused == "" and d.refused.startswith("the workspace's period of use ended on 2021-01-01"), d
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "../../state.db", "out/../../x.jsonl"])

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.errors import WorkflowError
 from kiln.runners import _expr
+from kiln.runners._resources import Request, request_of, resources_duration
 from kiln.runners._template import nested_env, render
 from kiln.runners.local.admission import HANDOFF, hand
 from kiln.runners.local.common import image_base, parse_duration
@@ -64,6 +65,8 @@ class Pod:
         # what admit() took, for leave()
         self.gated = self.placed = self.wf_held = False
         self.slot = -1
+        self.req: Request | None = None
+        self.res_id = ""  # the resource queue entry held (kiln.runners._resources), "" when none
         self.log_fd = -1  # the log file is created on the first byte: most `true`s print nothing
 
     def execute(self) -> None:
@@ -79,7 +82,15 @@ class Pod:
         self.gated, HANDOFF.place = HANDOFF.place, False
         try:
             self.admit()
+            if self.gpus is not None:  # GPUs by index, never shared; a pod that asked for none sees none
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
+            t0 = time.monotonic()
             ended = self.spawn_and_wait(argv, executable, cwd, env, deadline_s)
+            if self.req is not None:
+                # what it held while it ran (not while it queued), in Argo's units and field, so
+                # that `kiln usage` reads the same from both runners
+                with self.run.lock:
+                    self.node["resourcesDuration"] = resources_duration(self.req, time.monotonic() - t0)
         finally:
             self.leave()
         if ended is not None:
@@ -200,6 +211,15 @@ class Pod:
             while not run.wf_sem.acquire(timeout=0.2):
                 run.check_stop()
             self.wf_held = True
+        # the resource queue before the runner's own places: a pod waiting for its workspace's
+        # quota must not hold a place that a pod of another workspace could use
+        self.gpus: list[int] | None = None
+        self.req = req = request_of(run.wf, self.node["name"], self.c)
+        if req is not None:
+            queue = run.runner.resources
+            entry = queue.acquire(req, run.check_stop)  # why it waits: the queue's entry (`kiln queue`)
+            self.res_id = entry["id"]
+            self.gpus = entry["gpus"] if queue.capacity.gpus else None
         if not self.gated:
             run.runner.gate.acquire(run.check_stop)
         self.placed = True
@@ -210,6 +230,8 @@ class Pod:
         run = self.run
         if self.slot >= 0:
             run.runner.slots.release(self.slot)
+        if self.res_id:
+            run.runner.resources.release(self.res_id)
         if self.placed or self.gated:
             # the freed place may go to a waiting DAG task: a gated pod's thread runs it next
             hand(run.runner.gate.release(), inline=self.gated)
@@ -260,6 +282,8 @@ class Pod:
             os.close(out_w)
             os.close(err_w)
         run.pods.add(proc.pid)
+        if self.res_id:  # `kiln stop RUN --job NODE` ends this process group through the queue
+            run.runner.resources.started(self.res_id, proc.pid)
         dl = time.monotonic() + deadline_s if deadline_s is not None else None
         with run.lock:
             run.procs[self.nid] = (proc, dl)  # the housekeeper kills it past dl (run.watch)

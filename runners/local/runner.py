@@ -13,12 +13,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from kiln._util.clock import utcnow_seconds
 from kiln._util.fs import write_text_atomic
 from kiln._util.proc import pid_alive
 from kiln.errors import WorkflowError
-from kiln.runners import _slots
+from kiln.runners import _resources, _slots
 from kiln.runners.base import Runner, Workflow
 from kiln.runners.local.admission import PodGate, start
 from kiln.runners.local.interpreter import _Run
@@ -33,10 +34,13 @@ class LocalRunner(Runner):
     name = "local"
 
     def __init__(self, workdir: Path, *, max_concurrency: int | None = None, env: dict | None = None,
-                 flush_interval: float = 0.05, slots_dir: Path | None = None) -> None:
+                 flush_interval: float = 0.05, slots_dir: Path | None = None,
+                 capacity: dict[str, Any] | None = None) -> None:
         """``max_concurrency`` (default: CPU count) caps the pods running at once on this machine,
         across every process that uses the same ``slots_dir`` (default ``$KILN_SLOTS_DIR``, else
-        ``~/.cache/kiln/slots``; see ``kiln.runners._slots``)."""
+        ``~/.cache/kiln/slots``; see ``kiln.runners._slots``). Pods that request resources also
+        queue for them (``kiln.runners._resources``) against the machine's ``capacity``
+        (``{cpu, memory, gpus}``, detected where a field is not given)."""
         self.workdir = Path(workdir)
         self.slots_dir = Path(slots_dir) if slots_dir is not None else _slots.default_slots_dir()
         self.cache_dir = self.workdir.parent / "cache"
@@ -45,6 +49,8 @@ class LocalRunner(Runner):
             raise WorkflowError(f"max_concurrency must be >= 1 (got {max_concurrency})")
         self.gate = PodGate(self.max_concurrency)
         self._slots: _slots.SlotPool | None = None
+        self.capacity_override = dict(capacity or {})
+        self._resources: _resources.ResourceQueue | None = None
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.flush_interval = flush_interval
         self._active: dict[str, _Run] = {}
@@ -55,6 +61,13 @@ class LocalRunner(Runner):
         if self._slots is None:
             self._slots = _slots.pool_for(self.slots_dir)
         return self._slots
+
+    @property
+    def resources(self) -> _resources.ResourceQueue:
+        if self._resources is None:
+            cap = _resources.Capacity.detect(self.capacity_override)
+            self._resources = _resources.queue_for(self.slots_dir, cap)
+        return self._resources
 
     def base_env(self, site_dir: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ENV_PASSTHROUGH or k.startswith(("KILN_", "LC_"))}

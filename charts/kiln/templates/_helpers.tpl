@@ -70,4 +70,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
+- apiGroups: [""]   # kiln-workspace-quotas: the workspaces' quotas as Argo semaphores
+  resources: [configmaps]
+  verbs: [create, get, patch]
 {{- end -}}
