@@ -253,7 +253,10 @@ def live_health(home: Path, enabled: bool = True) -> tuple[str, dict[str, Any] |
 
 def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
     """Make the running server match the spec: keep a healthy one with the same fingerprint,
-    otherwise start the new one, wait until ready, then stop the old one."""
+    otherwise start the new one, wait until ready, then stop the old one. With ``spec.rollout``
+    (or a router still in front from one), a canary or shadow rollout instead
+    (kiln.controller.deployment_rollout)."""
+    from kiln.controller.deployment_rollout import routed_rollout, stop_all
     spec = ctx.model(Deployment).spec
     home = _home(ctx)
     fd = _lock(home / "rollout.lock")
@@ -264,12 +267,15 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
         if old and not old_pid and old_sid:
             stop_pid(None, home, server_id=old_sid)  # its arbiter died: its workers may still hold the port
         if not spec.enabled:
-            stopped = stop_pid(old_pid, home, server_id=old_sid) if old_pid else False
+            stopped = stop_all(home, old) if old_pid else False
             with contextlib.suppress(FileNotFoundError):
                 (home / "server.json").unlink()
             return {"enabled": False, "stopped": old_pid if stopped else None}
         r = _resolved(ctx)
         cfg = serve_config(ctx, spec, r["model"], r["version"])
+        if spec.rollout is not None or (old_pid and old.get("router")):
+            # a router in front of one server per version (kiln.controller.deployment_rollout)
+            return routed_rollout(ctx, spec, home, old if old_pid else None, cfg, fingerprint(cfg, None))
         fp = fingerprint(cfg, spec.port)
         if old_pid and old.get("fingerprint") == fp and ready(old["url"]):
             return {**_public(old), "restarted": False}
@@ -292,7 +298,7 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
         write_json_atomic(home / "server.json", info, mkdir=False)
         srv.proc = None  # daemon: this process must neither wait for it nor stop it
         if old_pid:
-            stop_pid(old_pid, home, server_id=old_sid)
+            stop_all(home, old)
         return {**_public(info), "restarted": bool(old_pid), "replaced": old_pid}
     finally:
         os.close(fd)
