@@ -189,6 +189,12 @@ def routed_rollout(
     rollout = (router or {}).get("rollout") or {}
     if leftover and leftover.get("fingerprint") == fp and rollout.get("phase") == "Shadowing" and stable:
         return {**_public(router or {}), "restarted": False, "rollout": rollout}  # shadowing this very version
+    if (rollout.get("phase") == "RolledBack" and rollout.get("fingerprint") == fp and stable
+            and rollout.get("specHash") == ctx.spec_hash):
+        # the same version under the same spec failed already: sending it traffic again would fail
+        # the same share of requests again (the controller retries failed objects)
+        raise RolledBack(f"Deployment {ctx.name}: {rollout.get('message', 'rolled back')} (not tried again)",
+                         hint="register a new version, pin the model reference, or change spec.rollout to try again")
     if leftover:  # a rollout that crashed or one of another version: start over
         stop_pid(leftover.get("pid"), home, server_id=leftover.get("serverId"))
     port = (router or {}).get("port") or spec.port or free_port()
@@ -238,6 +244,8 @@ def routed_rollout(
         "to": new["version"],
         "started": utcnow(),
         "steps": [],
+        "fingerprint": fp,
+        "specHash": ctx.spec_hash,
     }
     info = front(stable, new, state)
     for weight in r.steps:
@@ -256,12 +264,13 @@ def routed_rollout(
         if why:
             _write_routing(home, port, "single", stable, None)
             stop_pid(new.get("pid"), home, server_id=new.get("serverId"))
-            state.update(phase="RolledBack", reason=why, finished=utcnow())
-            info = front(stable, None, state)
             where = f"at {weight}%" if r.strategy == "canary" else "while shadowing"
+            message = (f"the {r.strategy} of {new['model']} v{new['version']} rolled back {where}: {why}; "
+                       f"v{stable['version']} serves every request again")
+            state.update(phase="RolledBack", reason=why, message=message, finished=utcnow())
+            info = front(stable, None, state)
             raise RolledBack(
-                f"Deployment {ctx.name}: the {r.strategy} of {new['model']} v{new['version']} rolled back {where}: "
-                f"{why}; v{stable['version']} serves every request again",
+                f"Deployment {ctx.name}: {message}",
                 hint=f"see {new['model']} v{new['version']}'s log in {home / ('backend-v' + str(new['version']))}; "
                 "fix the model, or pin the model reference to the old version",
             )

@@ -153,6 +153,9 @@ def test_canary_promotes_rolls_back_and_shadows(repo: Path) -> None:  # noqa: F8
     # the canary got its 20% (the router spreads it evenly), and no more than that failed
     assert len(failed) <= 0.2 * len(load.seen) + 2, (len(failed), len(load.seen))
     assert all(code == 200 for code, _ in load.seen[-20:])  # after the rollback: all v2 again
+    # the same version under the same spec is not tried again (no traffic to it), with the reason
+    with pytest.raises(RolledBack, match=r"rolled back at 20%.*\(not tried again\)"):
+        rollout(repo, 3, canary)
     routed = describe_rollout(home, info)
     assert routed is not None and routed["rollout"]["phase"] == "RolledBack"
     assert routed["requests"]["v3"]["errors"] == len(failed)

@@ -77,7 +77,8 @@ def drift(config: Any, spec: Any, record: Any) -> list[str]:
         except (ModelNotReady, KilnError):
             name, version = info.get("model"), info.get("version")
         rollout = info.get("rollout") or {}
-        shadowing = rollout.get("phase") == "Shadowing" and rollout.get("to") == version
+        # a version that is shadowed, or was rolled back, is no drift: the rollout decided
+        shadowing = rollout.get("phase") in ("Shadowing", "RolledBack") and rollout.get("to") == version
         if (name, version) != (info.get("model"), info.get("version")) and not shadowing:
             out.append(f"the model reference now resolves to {name} v{version} (serving {info.get('model')} "
                        f"v{info.get('version')}); apply rolls it out")
