@@ -159,6 +159,14 @@ def test_canary_promotes_rolls_back_and_shadows(repo: Path) -> None:  # noqa: F8
     routed = describe_rollout(home, info)
     assert routed is not None and routed["rollout"]["phase"] == "RolledBack"
     assert routed["requests"]["v3"]["errors"] == len(failed)
+    # `kiln describe` reads it live (the failed apply's record keeps the last success's status)
+    from types import SimpleNamespace
+
+    from kiln.config import load_config
+    from kiln.controller.status import _rollout_lines
+
+    lines = _rollout_lines(load_config(repo), SimpleNamespace(workspace="default", name="iris-api"))
+    assert "  canary v2 -> v3: RolledBack: error rate" in "\n".join(lines), lines
 
     # v4 shadows v2: every answer is v2's, each request is also sent to v4, both outputs recorded
     shadow = {**canary, "strategy": "shadow", "steps": [1, 1]}
