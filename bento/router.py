@@ -242,7 +242,20 @@ def make_app(router: Router) -> Any:
                 json.dumps(router.stats_json(float(request.query_params.get("since", 0)))), media_type="application/json"
             )
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
-        body = await request.body()
+        limit = int(router.cfg.get("maxPayloadBytes") or 10 * 2**20)
+        too_big = Response(
+            json.dumps({"error": f"payload is over the limit of {limit} bytes"}), status_code=413, media_type="application/json"
+        )
+        clen = request.headers.get("content-length", "")
+        if clen.isdigit() and int(clen) > limit:
+            return too_big  # refused before reading, as the servers do
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return too_big
+            chunks.append(chunk)
+        body = b"".join(chunks)
         predict = request.method == "POST" and path == "/predict"
         target, mirror_to = router.pick() if predict else (router.cfg["stable"], None)
         status, out_h, content, dt = await router.forward(target, request.method, path, request.url.query.encode(), headers, body)

@@ -29,6 +29,7 @@ that guards a rollout (``rollout.lock``) holds for the whole of it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -82,7 +83,14 @@ def _backend_view(b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_routing(
-    home: Path, port: int, mode: str, stable: dict[str, Any], canary: dict[str, Any] | None, weight: int = 0
+    home: Path,
+    port: int,
+    mode: str,
+    stable: dict[str, Any],
+    canary: dict[str, Any] | None,
+    weight: int = 0,
+    *,
+    max_payload: int,
 ) -> None:
     write_json_atomic(
         home / "router.json",
@@ -93,6 +101,8 @@ def _write_routing(
             "stable": _backend_view(stable),
             "canary": _backend_view(canary) if canary else None,
             "shadowLog": str(home / "shadow.jsonl"),
+            # the router reads a body before a server could refuse it: the same limit, first
+            "maxPayloadBytes": max_payload,
         },
         mkdir=False,
     )
@@ -189,15 +199,22 @@ def routed_rollout(
     rollout = (router or {}).get("rollout") or {}
     if leftover and leftover.get("fingerprint") == fp and rollout.get("phase") == "Shadowing" and stable:
         return {**_public(router or {}), "restarted": False, "rollout": rollout}  # shadowing this very version
-    if (rollout.get("phase") == "RolledBack" and rollout.get("fingerprint") == fp and stable
-            and rollout.get("specHash") == ctx.spec_hash):
+    if (
+        rollout.get("phase") == "RolledBack"
+        and rollout.get("fingerprint") == fp
+        and stable
+        and rollout.get("specHash") == ctx.spec_hash
+    ):
         # the same version under the same spec failed already: sending it traffic again would fail
         # the same share of requests again (the controller retries failed objects)
-        raise RolledBack(f"Deployment {ctx.name}: {rollout.get('message', 'rolled back')} (not tried again)",
-                         hint="register a new version, pin the model reference, or change spec.rollout to try again")
+        raise RolledBack(
+            f"Deployment {ctx.name}: {rollout.get('message', 'rolled back')} (not tried again)",
+            hint="register a new version, pin the model reference, or change spec.rollout to try again",
+        )
     if leftover:  # a rollout that crashed or one of another version: start over
         stop_pid(leftover.get("pid"), home, server_id=leftover.get("serverId"))
     port = (router or {}).get("port") or spec.port or free_port()
+    route = functools.partial(_write_routing, home, port, max_payload=spec.limits.maxPayloadBytes)
     if router is None and stable and stable.get("port") == port:  # one port, one listener
         stop_pid(stable.get("pid"), home, server_id=stable.get("serverId"))
         stable = None
@@ -205,7 +222,7 @@ def routed_rollout(
     def front(stable: dict[str, Any], canary: dict[str, Any] | None, rollout: dict[str, Any] | None) -> dict[str, Any]:
         nonlocal router
         if router is None:
-            _write_routing(home, port, "single", stable, None)
+            route("single", stable, None)
             router = _start_router(home, port)
         info = {
             **{k: router[k] for k in ("pid", "port", "url", "started")},
@@ -221,18 +238,18 @@ def routed_rollout(
 
     if stable and stable.get("fingerprint") == fp:
         info = front(stable, None, None)
-        _write_routing(home, port, "single", stable, None)
+        route("single", stable, None)
         return {**_public(info), "restarted": False}
     new = _start_backend(ctx, cfg, fp)
     if stable is None:  # nothing to compare with: the new version serves
-        _write_routing(home, port, "single", new, None)
+        route("single", new, None)
         info = front(new, None, None)
         return {**_public(info), "restarted": True}
 
     r = spec.rollout
     if r is None or stable["version"] == new["version"]:
         # no rollout left in the spec, or only how the same version runs changed: replace at once
-        _write_routing(home, port, "single", new, None)
+        route("single", new, None)
         info = front(new, None, None)
         stop_pid(stable.get("pid"), home, server_id=stable.get("serverId"))
         return {**_public(info), "restarted": True, "replaced": stable["version"]}
@@ -249,7 +266,7 @@ def routed_rollout(
     }
     info = front(stable, new, state)
     for weight in r.steps:
-        _write_routing(home, port, r.strategy, stable, new, weight)
+        route(r.strategy, stable, new, weight)
         state["weight"] = weight if r.strategy == "canary" else 0
         write_json_atomic(home / "server.json", info, mkdir=False)
         since = time.time()
@@ -262,11 +279,13 @@ def routed_rollout(
         state["steps"].append({"weight": state["weight"], **window})
         why = _judge(r, window)
         if why:
-            _write_routing(home, port, "single", stable, None)
+            route("single", stable, None)
             stop_pid(new.get("pid"), home, server_id=new.get("serverId"))
             where = f"at {weight}%" if r.strategy == "canary" else "while shadowing"
-            message = (f"the {r.strategy} of {new['model']} v{new['version']} rolled back {where}: {why}; "
-                       f"v{stable['version']} serves every request again")
+            message = (
+                f"the {r.strategy} of {new['model']} v{new['version']} rolled back {where}: {why}; "
+                f"v{stable['version']} serves every request again"
+            )
             state.update(phase="RolledBack", reason=why, message=message, finished=utcnow())
             info = front(stable, None, state)
             raise RolledBack(
@@ -278,7 +297,7 @@ def routed_rollout(
         state.update(phase="Shadowing", checked=utcnow())
         info = front(stable, new, state)
         return {**_public(info), "restarted": False, "rollout": state}
-    _write_routing(home, port, "single", new, None)
+    route("single", new, None)
     state.update(phase="Promoted", finished=utcnow())
     info = front(new, None, state)
     stop_pid(stable.get("pid"), home, server_id=stable.get("serverId"))
