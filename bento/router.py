@@ -1,5 +1,5 @@
 """The router in front of a deployment's servers during a canary or shadow rollout: one small
-process (Starlette + httpx on uvicorn) on the deployment's URL, so clients keep one address while
+process (aiohttp) on the deployment's URL, so clients keep one address while
 versions change behind it. ``python -m kiln.bento.router <router.json>``.
 
 Why a process of its own and not a BentoML feature: each version is a separate ``bentoml serve``
@@ -44,7 +44,7 @@ from typing import Any
 
 STATS_PATH = "/-/router/stats"
 VERSION_HEADER = "x-kiln-model-version"
-# hop-by-hop headers (RFC 9110 7.6.1) and those httpx/uvicorn set again themselves
+# hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp sets again itself
 _HOP = {
     "connection",
     "keep-alive",
@@ -131,8 +131,9 @@ class Router:
         url = backend["url"] + path + (f"?{query.decode()}" if query else "")
         t0 = time.perf_counter()
         try:
-            r = await self.client.request(method, url, headers=headers, content=body)
-            status, out_h, content = r.status_code, [(k, v) for k, v in r.headers.items() if k.lower() not in _HOP], r.content
+            async with self.client.request(method, url, headers=headers, data=body) as r:
+                content = await r.read()
+                status, out_h = r.status, [(k, v) for k, v in r.headers.items() if k.lower() not in _HOP]
         except Exception as e:  # noqa: BLE001 - the version did not answer: the client gets a 502
             status, out_h = 502, [("content-type", "application/json")]
             content = json.dumps({"error": f"version {backend['version']} did not answer: {type(e).__name__}"}).encode()
@@ -201,11 +202,9 @@ def agree(a: Any, b: Any) -> bool:
 
 
 def make_app(router: Router) -> Any:
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
-    from starlette.routing import Route
+    # aiohttp both ways: its C HTTP parser; uvicorn here would parse with h11 (no httptools or
+    # uvloop installed), which halved a deployment's throughput through the router
+    from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
     async def shadow(
         backend: dict[str, Any],
@@ -232,61 +231,60 @@ def make_app(router: Router) -> Any:
             with contextlib.suppress(OSError), open(log, "a") as f:
                 f.write(json.dumps(line) + "\n")
 
-    async def proxy(request: Request) -> Response:
+    async def proxy(request: web.Request) -> web.Response:
         router.reload()
-        path = request.url.path
+        path = request.path
         if path == "/metrics":
-            return PlainTextResponse(router.metrics(), media_type="text/plain; version=0.0.4")
+            return web.Response(text=router.metrics(), content_type="text/plain")
         if path == STATS_PATH:
-            return Response(
-                json.dumps(router.stats_json(float(request.query_params.get("since", 0)))), media_type="application/json"
-            )
+            return web.json_response(router.stats_json(float(request.query.get("since", 0))))
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
         limit = int(router.cfg.get("maxPayloadBytes") or 10 * 2**20)
-        too_big = Response(
-            json.dumps({"error": f"payload is over the limit of {limit} bytes"}), status_code=413, media_type="application/json"
-        )
-        clen = request.headers.get("content-length", "")
-        if clen.isdigit() and int(clen) > limit:
-            return too_big  # refused before reading, as the servers do
+
+        def too_big() -> web.Response:
+            return web.json_response({"error": f"payload is over the limit of {limit} bytes"}, status=413)
+
+        if request.content_length is not None and request.content_length > limit:
+            return too_big()  # refused before reading, as the servers do
         chunks, size = [], 0
-        async for chunk in request.stream():
+        async for chunk in request.content.iter_chunked(1 << 16):
             size += len(chunk)
             if size > limit:
-                return too_big
+                return too_big()
             chunks.append(chunk)
         body = b"".join(chunks)
         predict = request.method == "POST" and path == "/predict"
         target, mirror_to = router.pick() if predict else (router.cfg["stable"], None)
-        status, out_h, content, dt = await router.forward(target, request.method, path, request.url.query.encode(), headers, body)
+        status, out_h, content, dt = await router.forward(
+            target, request.method, path, request.query_string.encode(), headers, body
+        )
         if mirror_to is not None:
             t = asyncio.create_task(shadow(mirror_to, headers, body, status, content, dt, int(target["version"])))
             router.tasks.add(t)  # keep a reference: a task nobody holds may be collected mid-flight
             t.add_done_callback(router.tasks.discard)
         # which version answered (a client or test can tell the two apart; nothing secret)
-        return Response(content, status_code=status, headers={**dict(out_h), VERSION_HEADER: str(target["version"])})
+        return web.Response(body=content, status=status, headers={**dict(out_h), VERSION_HEADER: str(target["version"])})
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        # no proxy from the environment (loopback only); a pool as wide as the servers' own limits
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0), trust_env=False, limits=httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        ) as client:
-            router.client = client
+    async def client(app: web.Application) -> AsyncIterator[None]:
+        # no proxy from the environment (loopback only); bodies passed on as they are (no decoding)
+        async with ClientSession(
+            timeout=ClientTimeout(total=60), connector=TCPConnector(limit=256), trust_env=False, auto_decompress=False
+        ) as session:
+            router.client = session
             yield
 
-    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", proxy, methods=methods)], lifespan=lifespan)
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", proxy)
+    app.cleanup_ctx.append(client)
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
+    from aiohttp import web
 
     args = sys.argv[1:] if argv is None else argv
     router = Router(Path(args[0]))
-    uvicorn.run(
-        make_app(router), host="127.0.0.1", port=int(router.cfg["port"]), log_level="warning", access_log=False, lifespan="on"
-    )
+    web.run_app(make_app(router), host="127.0.0.1", port=int(router.cfg["port"]), access_log=None, print=None)
 
 
 if __name__ == "__main__":  # pragma: no cover - run as a process
