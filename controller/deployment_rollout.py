@@ -188,7 +188,11 @@ def routed_rollout(
     from kiln.controller.deployment_steps import _alive, _public, ready, stop_pid
 
     router = old if old and old.get("router") and _alive(int(old.get("pid") or 0), home) else None
-    backends = dict((router or {}).get("backends") or {})
+    if router and spec.port and router.get("port") != spec.port:  # spec.port moved: a router on the new one
+        stop_pid(router.get("pid"), home)
+        router = None
+    # a router that died leaves its versions running: they are still this deployment's
+    backends = dict(old.get("backends") or {}) if old and old.get("router") else {}
     stable = backends.get("stable")
     if router is None and old and not old.get("router") and _alive(int(old.get("pid") or 0), home):
         stable = {**old}  # a plain server from before `rollout` was set: it is the stable version now
@@ -196,8 +200,8 @@ def routed_rollout(
         stop_pid(stable.get("pid"), home, server_id=stable.get("serverId"))
         stable = None
     leftover = backends.get("canary")
-    rollout = (router or {}).get("rollout") or {}
-    if leftover and leftover.get("fingerprint") == fp and rollout.get("phase") == "Shadowing" and stable:
+    rollout = (old.get("rollout") if old and old.get("router") else None) or {}
+    if leftover and leftover.get("fingerprint") == fp and rollout.get("phase") == "Shadowing" and stable and router:
         return {**_public(router or {}), "restarted": False, "rollout": rollout}  # shadowing this very version
     if (
         rollout.get("phase") == "RolledBack"
@@ -213,7 +217,8 @@ def routed_rollout(
         )
     if leftover:  # a rollout that crashed or one of another version: start over
         stop_pid(leftover.get("pid"), home, server_id=leftover.get("serverId"))
-    port = (router or {}).get("port") or spec.port or free_port()
+    # the same URL for clients: the router's port, also for a router started again
+    port = spec.port or (old.get("port") if old and old.get("router") else None) or free_port()
     route = functools.partial(_write_routing, home, port, max_payload=spec.limits.maxPayloadBytes)
     if router is None and stable and stable.get("port") == port:  # one port, one listener
         stop_pid(stable.get("pid"), home, server_id=stable.get("serverId"))

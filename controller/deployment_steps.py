@@ -267,15 +267,15 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
         if old and not old_pid and old_sid:
             stop_pid(None, home, server_id=old_sid)  # its arbiter died: its workers may still hold the port
         if not spec.enabled:
-            stopped = stop_all(home, old) if old_pid else False
+            stopped = stop_all(home, old)  # also the versions behind a router that died
             with contextlib.suppress(FileNotFoundError):
                 (home / "server.json").unlink()
             return {"enabled": False, "stopped": old_pid if stopped else None}
         r = _resolved(ctx)
         cfg = serve_config(ctx, spec, r["model"], r["version"])
-        if spec.rollout is not None or (old_pid and old.get("router")):
+        if spec.rollout is not None or (old and old.get("router")):
             # a router in front of one server per version (kiln.controller.deployment_rollout)
-            return routed_rollout(ctx, spec, home, old if old_pid else None, cfg, fingerprint(cfg, None))
+            return routed_rollout(ctx, spec, home, old, cfg, fingerprint(cfg, None))
         fp = fingerprint(cfg, spec.port)
         if old_pid and old.get("fingerprint") == fp and ready(old["url"]):
             return {**_public(old), "restarted": False}

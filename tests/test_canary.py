@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -196,4 +198,15 @@ def test_canary_promotes_rolls_back_and_shadows(repo: Path) -> None:  # noqa: F8
     # the same spec again keeps shadowing the same server: nothing restarts
     again = rollout(repo, 4, shadow)
     assert again["restarted"] is False and again["rollout"]["phase"] == "Shadowing"
+    # the router dies: the next rollout starts it again on the same URL, in front of the same v2
+    info = json.loads((home / "server.json").read_text())
+    os.killpg(info["pid"], signal.SIGKILL)
+    back = rollout(repo, 2, canary)  # back to v2 alone: the shadow goes
+    assert back["url"] == url and back["version"] == 2 and back["pid"] != info["pid"]
+    after = json.loads((home / "server.json").read_text())
+    assert after["backends"]["stable"]["pid"] == info["backends"]["stable"]["pid"] and "canary" not in after["backends"]
+    assert not alive(info["backends"]["canary"]["pid"])
+    with Load(url) as load:
+        time.sleep(1.0)
+    assert load.seen and {c for c, _ in load.seen} == {200} and {v for _, v in load.seen} == {"2"}
     print(f"\nv1 start + v2 canary {promote_s:.1f}s, whole test {time.monotonic() - t0:.1f}s")
