@@ -14,6 +14,9 @@ The local runtime is a daemonized ``bentoml serve`` per deployment that outlives
         server.log      the server's output (access log with token *ids* only)
         config-v<N>.json, home-v<N>/   the ServeConfig and BENTOML_HOME of the process
         capture/        captured inputs (kiln.bento.capture layout); kept on prune: it is data
+        router.json, router.log, backend-v<N>/, shadow.jsonl
+                        with ``spec.rollout``: the router's routing, its log, one server per version
+                        behind it, a shadow's recorded outputs (kiln.controller.deployment_rollout)
 
 A restart (new model version or serving config) starts the new server beside the old one, waits
 for its ``/readyz`` and only then stops the old one, so no request is dropped; with a fixed
