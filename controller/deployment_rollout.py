@@ -201,7 +201,8 @@ def routed_rollout(
         stable = None
     leftover = backends.get("canary")
     rollout = (old.get("rollout") if old and old.get("router") else None) or {}
-    if leftover and leftover.get("fingerprint") == fp and rollout.get("phase") == "Shadowing" and stable and router:
+    shadowing = rollout.get("phase") == "Shadowing" and spec.rollout is not None and spec.rollout.strategy == "shadow"
+    if leftover and leftover.get("fingerprint") == fp and shadowing and stable and router:
         return {**_public(router or {}), "restarted": False, "rollout": rollout}  # shadowing this very version
     if (
         rollout.get("phase") == "RolledBack"
@@ -215,7 +216,19 @@ def routed_rollout(
             f"Deployment {ctx.name}: {rollout.get('message', 'rolled back')} (not tried again)",
             hint="register a new version, pin the model reference, or change spec.rollout to try again",
         )
-    if leftover:  # a rollout that crashed or one of another version: start over
+    # the version a shadow ran, now to be a canary (say): its server is reused, not started again
+    reuse = (
+        leftover
+        if (
+            leftover
+            and leftover.get("fingerprint") == fp
+            and stable
+            and _alive(int(leftover.get("pid") or 0), home)
+            and ready(leftover["url"])
+        )
+        else None
+    )
+    if leftover and not reuse:  # a rollout that crashed or one of another version: start over
         stop_pid(leftover.get("pid"), home, server_id=leftover.get("serverId"))
     # the same URL for clients: the router's port, also for a router started again
     port = spec.port or (old.get("port") if old and old.get("router") else None) or free_port()
@@ -244,8 +257,10 @@ def routed_rollout(
     if stable and stable.get("fingerprint") == fp:
         info = front(stable, None, None)
         route("single", stable, None)
+        if reuse:
+            stop_pid(reuse.get("pid"), home, server_id=reuse.get("serverId"))
         return {**_public(info), "restarted": False}
-    new = _start_backend(ctx, cfg, fp)
+    new = reuse or _start_backend(ctx, cfg, fp)
     if stable is None:  # nothing to compare with: the new version serves
         route("single", new, None)
         info = front(new, None, None)

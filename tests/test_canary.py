@@ -4,7 +4,9 @@ the Deployment's own rollout step (kiln.controller.deployment_rollout).
 
 One test walks one deployment through v1 -> v2 (healthy: promoted through 20/60/100%) -> v3 (its
 preprocessing fails on every request: rolled back at 20%, its failures no more than its share)
--> v4 (shadow: every answer from v2, both outputs recorded). Intervals of 1 s keep it short.
+-> v4 (shadow: every answer from v2, both outputs recorded) -> v4 as a canary (the shadow's
+server reused, promoted) -> the router killed and started again on the same URL. Intervals of 1 s
+keep it short.
 Every server is killed by the ``repo`` fixture (tests/test_deployment_handler.py)."""
 
 from __future__ import annotations
@@ -198,15 +200,22 @@ def test_canary_promotes_rolls_back_and_shadows(repo: Path) -> None:  # noqa: F8
     # the same spec again keeps shadowing the same server: nothing restarts
     again = rollout(repo, 4, shadow)
     assert again["restarted"] is False and again["rollout"]["phase"] == "Shadowing"
-    # the router dies: the next rollout starts it again on the same URL, in front of the same v2
+    # shadow -> canary: v4's server (shadowing) becomes the canary, not started again
+    shadow_pid = json.loads((home / "server.json").read_text())["backends"]["canary"]["pid"]
+    with Load(url) as load:
+        promoted = rollout(repo, 4, canary)
+    assert promoted["version"] == 4 and promoted["rollout"]["phase"] == "Promoted" and promoted["url"] == url
     info = json.loads((home / "server.json").read_text())
+    assert info["backends"]["stable"]["pid"] == shadow_pid and "canary" not in info["backends"]
+    assert {c for c, _ in load.seen} == {200} and {v for _, v in load.seen} == {"2", "4"}
+
+    # the router dies: the next rollout starts it again on the same URL, in front of the same v4
     os.killpg(info["pid"], signal.SIGKILL)
-    back = rollout(repo, 2, canary)  # back to v2 alone: the shadow goes
-    assert back["url"] == url and back["version"] == 2 and back["pid"] != info["pid"]
+    back = rollout(repo, 4, canary)
+    assert back["url"] == url and back["version"] == 4 and back["pid"] != info["pid"]
     after = json.loads((home / "server.json").read_text())
-    assert after["backends"]["stable"]["pid"] == info["backends"]["stable"]["pid"] and "canary" not in after["backends"]
-    assert not alive(info["backends"]["canary"]["pid"])
+    assert after["backends"]["stable"]["pid"] == shadow_pid and alive(shadow_pid)
     with Load(url) as load:
         time.sleep(1.0)
-    assert load.seen and {c for c, _ in load.seen} == {200} and {v for _, v in load.seen} == {"2"}
+    assert load.seen and {c for c, _ in load.seen} == {200} and {v for _, v in load.seen} == {"4"}
     print(f"\nv1 start + v2 canary {promote_s:.1f}s, whole test {time.monotonic() - t0:.1f}s")
