@@ -296,7 +296,9 @@ def routed_rollout(
             window = st.get("window") or {"requests": 0, "errors": 0, "p99Ms": None}
             if window["requests"] >= r.minRequests:
                 break
-        state["steps"].append({"weight": state["weight"], **window})
+        # too little traffic to judge: recorded as such, and the step passes (nothing failed)
+        few = {"inconclusive": True} if window["requests"] < r.minRequests else {}
+        state["steps"].append({"weight": state["weight"], **window, **few})
         why = _judge(r, window)
         if why:
             route("single", stable, None)
