@@ -146,6 +146,11 @@ def _model_effects(exp: LoadedSpec, specs: list[LoadedSpec], store: _Store, dept
                 f"rolls out {model} v{v} (serves the {'latest version' if how == 'latest' else 'experiment'})",
             )
     for s, text in deployments.values():
+        r = s.obj.spec.rollout
+        if r is not None:  # how it rolls out: what a reviewer weighs (kiln.controller.deployment_rollout)
+            text += (f", as a canary ({' -> '.join(f'{w}%' for w in r.steps)}, {r.interval:g}s each, rolled back "
+                     f"above {r.maxErrorRate:.1%} errors)" if r.strategy == "canary"
+                     else ", in shadow (the served version keeps answering; both outputs recorded)")
         out.append(Effect("rollout", s.ref, f"{s.ref} {text}", depth + 2))
     for s in specs:
         if s.kind != "LabelingJob" or s.obj.spec.preAnnotation is None:

@@ -7,6 +7,18 @@ tool such as Argo CD) applies. The image is ``<registry>/<bento name>:<model>-v<
 ``auth.tokens[].secretName`` becomes a ``secretKeyRef``, ``env`` tokens a reference to the
 Secret ``<name>-tokens`` the operator creates; the token store (hashes) is mounted from the Secret
 ``kiln-serving-tokens``.
+
+With ``rollout`` the new version runs beside the served one, as on the local runtime
+(kiln.controller.deployment_rollout): a ``canary`` is two Deployments, ``NAME`` (track
+``stable``, the served version) and ``NAME-canary`` (the new one), behind the one Service, their
+replicas in proportion to the first step's weight (a Service balances per pod, so the share is
+canary / (stable + canary) pods: ``kiln.dev/canary-share`` says which share that is). A
+``shadow`` Deployment ``NAME-shadow`` is outside the Service's selector, with a Service of its
+own: mirroring requests to it needs a mesh or ingress (Istio's ``mirror``), noted in its
+annotations. Further steps and their checks need a controller on the cluster (Argo Rollouts or
+Flagger); the steps, interval and bounds are in the annotations for it. The served version's
+image is ``<model>-v<N>`` when kiln knows it (``stable_version``), else the ``<model>-stable``
+tag the operator keeps on it.
 """
 
 from __future__ import annotations
@@ -24,7 +36,8 @@ PORT = 3000  # bentoml serve's default
 
 
 def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | None,
-               model: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
+               model: str | None = None, version: int | None = None,
+               stable_version: int | None = None) -> list[dict[str, Any]]:
 
     spec = s.obj.spec
     model = model or spec.model.name or spec.model.experiment
@@ -53,17 +66,49 @@ def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | 
         "volumeMounts": [{"name": "tokens", "mountPath": "/home/bentoml/.kiln/serving", "readOnly": True}],
     }
     replicas = 0 if not spec.enabled else (spec.autoscaling.minReplicas if spec.autoscaling else spec.replicas)
-    docs: list[dict[str, Any]] = [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-         "spec": {"replicas": replicas, "selector": {"matchLabels": select},
-                  "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                  "template": {"metadata": {"labels": {**select, "kiln.dev/spec-hash": s.spec_hash}},
-                               "spec": {"containers": [container],
-                                        "volumes": [{"name": "tokens", "secret": {
-                                            "secretName": "kiln-serving-tokens", "optional": spec.auth.public}}]}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": meta,
-         "spec": {"selector": select, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
-    ]
+    volumes = [{"name": "tokens", "secret": {"secretName": "kiln-serving-tokens", "optional": spec.auth.public}}]
+
+    def deployment(name: str, track: str | None, image: str, replicas: int,
+                   notes: dict[str, str] | None = None) -> dict[str, Any]:
+        pods = {**select, **({"kiln.dev/track": track} if track else {})}
+        md: dict[str, Any] = {**meta, "name": name, "labels": {**labels, **pods}}
+        if notes:
+            md["annotations"] = notes
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": md,
+                "spec": {"replicas": replicas, "selector": {"matchLabels": pods},
+                         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                         "template": {"metadata": {"labels": {**pods, "kiln.dev/spec-hash": s.spec_hash}},
+                                      "spec": {"containers": [{**container, "image": image}], "volumes": volumes}}}}
+
+    def service(name: str, selector: dict[str, str], notes: dict[str, str] | None = None) -> dict[str, Any]:
+        md: dict[str, Any] = {**meta, "name": name, **({"annotations": notes} if notes else {})}
+        return {"apiVersion": "v1", "kind": "Service", "metadata": md,
+                "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
+
+    r = spec.rollout
+    if r is None:
+        docs: list[dict[str, Any]] = [deployment(s.name, None, image, replicas), service(s.name, select)]
+    else:
+        stable_tag = f"{model}-v{stable_version}" if stable_version else f"{model}-stable"
+        stable_image = image.rsplit(":", 1)[0] + ":" + stable_tag
+        plan = {"kiln.dev/rollout-strategy": r.strategy, "kiln.dev/rollout-steps": ",".join(map(str, r.steps)),
+                "kiln.dev/rollout-interval-seconds": f"{r.interval:g}",
+                "kiln.dev/rollout-max-error-rate": f"{r.maxErrorRate:g}",
+                **({"kiln.dev/rollout-max-latency-p99-ms": f"{r.maxLatencyP99:g}"} if r.maxLatencyP99 else {})}
+        stable = deployment(s.name, "stable", stable_image, replicas)
+        if r.strategy == "canary":
+            w = r.steps[0]
+            # canary / (stable + canary) pods = w%: the Service balances per pod
+            n = 0 if not replicas else replicas if w >= 100 else max(1, round(replicas * w / (100 - w)))
+            share = f"{100 * n / (replicas + n):.0f}%" if replicas + n else "0%"
+            docs = [stable, deployment(f"{s.name}-canary", "canary", image, n,
+                                       {**plan, "kiln.dev/canary-share": share}), service(s.name, select)]
+        else:
+            mirror = ("mirror requests to Service " + f"{s.name}-shadow with a mesh or ingress (Istio VirtualService "
+                      "mirror); answers come from the stable pods only")
+            docs = [stable, deployment(f"{s.name}-shadow", "shadow", image, min(replicas, 1), plan),
+                    service(s.name, {**select, "kiln.dev/track": "stable"}, {"kiln.dev/shadow": mirror}),
+                    service(f"{s.name}-shadow", {**select, "kiln.dev/track": "shadow"})]
     if spec.autoscaling and spec.enabled:
         a = spec.autoscaling
         docs.append({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,

@@ -14,6 +14,9 @@ The local runtime is a daemonized ``bentoml serve`` per deployment that outlives
         server.log      the server's output (access log with token *ids* only)
         config-v<N>.json, home-v<N>/   the ServeConfig and BENTOML_HOME of the process
         capture/        captured inputs (kiln.bento.capture layout); kept on prune: it is data
+        router.json, router.log, backend-v<N>/, shadow.jsonl
+                        with ``spec.rollout``: the router's routing, its log, one server per version
+                        behind it, a shadow's recorded outputs (kiln.controller.deployment_rollout)
 
 A restart (new model version or serving config) starts the new server beside the old one, waits
 for its ``/readyz`` and only then stops the old one, so no request is dropped; with a fixed
@@ -253,7 +256,10 @@ def live_health(home: Path, enabled: bool = True) -> tuple[str, dict[str, Any] |
 
 def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
     """Make the running server match the spec: keep a healthy one with the same fingerprint,
-    otherwise start the new one, wait until ready, then stop the old one."""
+    otherwise start the new one, wait until ready, then stop the old one. With ``spec.rollout``
+    (or a router still in front from one), a canary or shadow rollout instead
+    (kiln.controller.deployment_rollout)."""
+    from kiln.controller.deployment_rollout import routed_rollout, stop_all
     spec = ctx.model(Deployment).spec
     home = _home(ctx)
     fd = _lock(home / "rollout.lock")
@@ -264,12 +270,15 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
         if old and not old_pid and old_sid:
             stop_pid(None, home, server_id=old_sid)  # its arbiter died: its workers may still hold the port
         if not spec.enabled:
-            stopped = stop_pid(old_pid, home, server_id=old_sid) if old_pid else False
+            stopped = stop_all(home, old)  # also the versions behind a router that died
             with contextlib.suppress(FileNotFoundError):
                 (home / "server.json").unlink()
             return {"enabled": False, "stopped": old_pid if stopped else None}
         r = _resolved(ctx)
         cfg = serve_config(ctx, spec, r["model"], r["version"])
+        if spec.rollout is not None or (old and old.get("router")):
+            # a router in front of one server per version (kiln.controller.deployment_rollout)
+            return routed_rollout(ctx, spec, home, old, cfg, fingerprint(cfg, None))
         fp = fingerprint(cfg, spec.port)
         if old_pid and old.get("fingerprint") == fp and ready(old["url"]):
             return {**_public(old), "restarted": False}
@@ -292,7 +301,7 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
         write_json_atomic(home / "server.json", info, mkdir=False)
         srv.proc = None  # daemon: this process must neither wait for it nor stop it
         if old_pid:
-            stop_pid(old_pid, home, server_id=old_sid)
+            stop_all(home, old)
         return {**_public(info), "restarted": bool(old_pid), "replaced": old_pid}
     finally:
         os.close(fd)

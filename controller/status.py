@@ -354,6 +354,8 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
                 if not (k == "workflow" and run) and not (k == "trials" and times.get("trials"))]
         out += _weights_lines((rec.extra.get("best") or {}) if isinstance(rec.extra.get("best"), dict) else {})
         out += _promotion_lines(rec.extra.get("registered"))
+    if rec.kind == "Deployment":
+        out += _rollout_lines(config, rec)
     out.append("History (newest first):")
     for a, t in zip(attempts, times["applies"]):
         line = f"  {a.started_at}  gen {a.generation}  {a.result:<11} {len(a.actions)} action(s)  took {_dur(t['seconds'])}"
@@ -364,6 +366,32 @@ def describe(config: KilnConfig, ref: str, workspace: str | None = None) -> str:
     if not attempts:
         out.append("  (none)")
     return "\n".join(out)
+
+
+def _rollout_lines(config: KilnConfig, rec: Any) -> list[str]:
+    """A routed deployment's rollout, read live (a rolled-back rollout fails its apply, so the
+    record's status is the last success's): versions behind the router, the rollout's phase,
+    reason and steps, requests per version, a shadow's agreement (kiln.controller.deployment_rollout)."""
+    from kiln._util.fs import read_json
+    from kiln.controller.deployment_rollout import describe_rollout
+    from kiln.controller.deployment_steps import deployment_home
+
+    home = deployment_home(config, rec.workspace, rec.name)
+    live = describe_rollout(home, read_json(home / "server.json"))
+    if not live:
+        return []
+    out = ["Rollout (live):", f"  versions: {json.dumps(live['backends'])}"]
+    r = live.get("rollout")
+    if r:
+        out.append(f"  {r['strategy']} v{r['from']} -> v{r['to']}: {r['phase']}" + (f": {r['reason']}" if r.get("reason") else ""))
+        out += [f"    step {st['weight']}%: {st['requests']} request(s), {st['errors']} error(s), p99 {st['p99Ms']} ms"
+                for st in r.get("steps") or []]
+    if live.get("requests"):
+        out.append(f"  requests: {json.dumps(live['requests'])}")
+    if live.get("shadow"):
+        sh = live["shadow"]
+        out.append(f"  shadow agreement: {sh['agreed']}/{sh['compared']} = {sh['agreementRate']:.1%} (outputs in {sh['log']})")
+    return out
 
 
 def _promotion_lines(registered: Any) -> list[str]:

@@ -318,9 +318,13 @@ def render(ctx: click.Context, ref: str, what: str, path: str | None, workspace:
     if what == "k8s":
         if spec.kind != "Deployment":
             raise KilnError(f"--what k8s renders Deployments, not {spec.kind}", hint="use --what spec|workflow")
+        from kiln._util.fs import read_json
         from kiln.controller.deployment_k8s import render_k8s
+        from kiln.controller.deployment_steps import deployment_home
 
-        docs += render_k8s(cfg, spec, workspace=ws)
+        # a rollout's stable track runs the version served here, when there is one
+        served = read_json(deployment_home(cfg, spec.workspace, spec.name) / "server.json") or {}
+        docs += render_k8s(cfg, spec, workspace=ws, stable_version=served.get("version"))
     click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
     return 0
 

@@ -65,7 +65,8 @@ register: {model: other}
     "specs/deploy.yaml": "---\n".join(
         [
             doc("Deployment", "d-prod", "model: {name: m, alias: production}"),
-            doc("Deployment", "d-staging", "model: {name: m, alias: staging}"),
+            doc("Deployment", "d-staging", "model: {name: m, alias: staging}\n"
+                "rollout: {strategy: canary, steps: [10, 100], interval: 30, maxErrorRate: 0.02}"),
             doc("Deployment", "d-exp", "model: {experiment: a}"),
             doc("Deployment", "d-pinned", "model: {name: m, version: 1}"),
         ]
@@ -129,3 +130,6 @@ def test_a_dataset_change_lists_who_takes_its_new_version(tmp_path: Path) -> Non
     md = plan.to_markdown()
     assert "- `Dataset/wine` (update)" in md
     assert "          - Deployment/d-prod rolls out m v1 (serves m@production)" in md
+    # a deployment with a rollout says how: the steps and the bound a reviewer weighs
+    assert ("Deployment/d-staging rolls out m v1 (serves m@staging), as a canary (10% -> 100%, "
+            "30s each, rolled back above 2.0% errors)") in [e["text"] for e in change["cascade"]]

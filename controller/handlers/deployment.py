@@ -76,7 +76,10 @@ def drift(config: Any, spec: Any, record: Any) -> list[str]:
             name, version = resolve_model(config.repo, s.model, spec.workspace)
         except (ModelNotReady, KilnError):
             name, version = info.get("model"), info.get("version")
-        if (name, version) != (info.get("model"), info.get("version")):
+        rollout = info.get("rollout") or {}
+        # a version that is shadowed, or was rolled back, is no drift: the rollout decided
+        shadowing = rollout.get("phase") in ("Shadowing", "RolledBack") and rollout.get("to") == version
+        if (name, version) != (info.get("model"), info.get("version")) and not shadowing:
             out.append(f"the model reference now resolves to {name} v{version} (serving {info.get('model')} "
                        f"v{info.get('version')}); apply rolls it out")
     stored = TokenStore(default_token_file(config.repo)).read().get(f"{spec.workspace}/{spec.name}", {})
@@ -213,20 +216,32 @@ class DeploymentHandler(WorkflowHandler):
         health, info = live_health(self._home(ctx, ctx.spec.workspace, ctx.spec.name), ctx.spec.obj.spec.enabled)
         if not ctx.spec.obj.spec.enabled or info is None:
             return {"url": None, "pid": None, "info": "disabled" if health == "Suspended" else "no server"}
-        return {"url": info["url"], "pid": info["pid"], "model": info["model"], "version": info["version"],
-                "info": f"{info['model']} v{info['version']} at {info['url']} ({health})"}
+        from kiln.controller.deployment_rollout import describe_rollout
+
+        out = {"url": info["url"], "pid": info["pid"], "model": info["model"], "version": info["version"],
+               "info": f"{info['model']} v{info['version']} at {info['url']} ({health})"}
+        routed = describe_rollout(self._home(ctx, ctx.spec.workspace, ctx.spec.name), info)
+        if routed:
+            out.update(routed)
+            r = routed.get("rollout") or {}
+            if r.get("phase"):
+                out["info"] += f"; {r['strategy']} v{r['from']} -> v{r['to']}: {r['phase']}" + \
+                    (f" ({r['reason']})" if r.get("reason") else "")
+        return out
 
     def delete(self, ctx: Context) -> list[str]:
         from kiln.bento.auth import TokenStore, default_token_file
-        from kiln.controller.deployment_steps import _read_json, stop_pid
+        from kiln.controller.deployment_rollout import stop_all
+        from kiln.controller.deployment_steps import _read_json
 
         assert ctx.record is not None
         rec = ctx.record
         done = super().delete(ctx)
         home = self._home(ctx, rec.workspace, rec.name)
         info = _read_json(home / "server.json")
-        if info and stop_pid(info.get("pid"), home, server_id=info.get("serverId")):
-            done.append(f"stop server pid {info['pid']} ({info.get('url')})")
+        if info and stop_all(home, info):
+            done.append(f"stop server pid {info['pid']} ({info.get('url')})" + (
+                f" and the {len(info.get('backends') or {})} version(s) behind its router" if info.get("router") else ""))
         # every token of the deployment goes with it: one created again under the same name
         # must not accept the old ones
         if TokenStore(default_token_file(ctx.repo)).drop(f"{rec.workspace}/{rec.name}"):

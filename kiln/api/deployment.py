@@ -58,6 +58,38 @@ class Limits(Model):
         "file's header before it is decoded; default: 16x the model's input, at least 4,000,000")
 
 
+class Rollout(Model):
+    """How a new model version replaces the served one on the local runtime (a router in front of
+    both versions, kiln.bento.router) and on a cluster (kiln.controller.deployment_k8s)."""
+
+    strategy: Literal["canary", "shadow"] = Field(
+        ..., description="canary: the new version answers steps[i]% of requests, step by step; shadow: the old "
+        "version answers every request, a copy goes to the new one and both outputs are recorded")
+    steps: list[int] = Field(
+        default_factory=lambda: [10, 50, 100], min_length=1,
+        description="canary: the new version's share of requests (percent) at each step, increasing, ending at 100; "
+        "shadow: one check per entry (the values are not used)")
+    interval: float = Field(60.0, gt=0, le=86400, description="seconds each step runs before its check")
+    maxErrorRate: float = Field(0.01, ge=0, le=1, description="largest share of the new version's requests that "
+                                "may fail (5xx or no answer) in a step; above it the rollout rolls back")
+    maxLatencyP99: float | None = Field(None, gt=0, description="largest p99 latency of the new version in a "
+                                        "step, in milliseconds; above it the rollout rolls back")
+    minRequests: int = Field(1, ge=0, description="a step with fewer requests to the new version waits another "
+                             "interval (at most 10) instead of judging on too little traffic")
+
+    @model_validator(mode="after")
+    def _steps(self) -> Rollout:
+        if any(not 0 < s <= 100 for s in self.steps):
+            raise ValueError(f"rollout.steps are percentages between 1 and 100, got {self.steps}")
+        if self.strategy == "canary":
+            if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+                raise ValueError(f"rollout.steps must increase, got {self.steps}")
+            if self.steps[-1] != 100:
+                raise ValueError(f"a canary's last step must be 100 (the new version takes all traffic), "
+                                 f"got {self.steps}; add 100")
+        return self
+
+
 class DeploymentSpec(Model):
     model: ModelRef
     runtime: Literal["native", "onnx"] = "native"
@@ -69,6 +101,8 @@ class DeploymentSpec(Model):
     auth: Auth = Field(default_factory=Auth)
     capture: Capture | None = None
     limits: Limits = Field(default_factory=Limits)
+    rollout: Rollout | None = Field(None, description="canary or shadow rollout of a new model version "
+                                    "(default: the new server replaces the old one once it is ready)")
     port: int | None = Field(None, ge=1024, le=65535, description="local runtime: fixed port (default: free one)")
     enabled: bool = Field(True, description="false keeps the spec but stops serving (Flightbase's switch)")
     owner: str | None = None

@@ -87,6 +87,6 @@ ALL: tuple[KindInfo, ...] = (
     KindInfo("Deployment", Deployment, "deploy", _updates(
         spec__owner="metadata", spec__access="metadata", spec__users="metadata", spec__resources="restart", spec__workers="restart", spec__batching="restart",
         spec__limits="restart", spec__replicas="restart", spec__autoscaling="restart",
-        spec__port="restart", spec__capture="restart", spec__enabled="restart",
+        spec__port="restart", spec__capture="restart", spec__enabled="restart", spec__rollout="restart",
     )),
 )
