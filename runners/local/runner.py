@@ -25,6 +25,7 @@ from kiln.runners.local.interpreter import _Run
 from kiln.runners.local.journal import JOURNAL, reap_orphans, replay_journal
 from kiln.runners.local.pod import ENV_PASSTHROUGH
 from kiln.runners.local.validation import validate
+from kiln.runners.local.wftemplates import TemplateStore, default_folder, resolve
 
 
 class LocalRunner(Runner):
@@ -33,10 +34,13 @@ class LocalRunner(Runner):
     name = "local"
 
     def __init__(self, workdir: Path, *, max_concurrency: int | None = None, env: dict | None = None,
-                 flush_interval: float = 0.05, slots_dir: Path | None = None) -> None:
+                 flush_interval: float = 0.05, slots_dir: Path | None = None,
+                 templates_dir: Path | None = None) -> None:
         """``max_concurrency`` (default: CPU count) caps the pods running at once on this machine,
         across every process that uses the same ``slots_dir`` (default ``$KILN_SLOTS_DIR``, else
-        ``~/.cache/kiln/slots``; see ``kiln.runners._slots``)."""
+        ``~/.cache/kiln/slots``; see ``kiln.runners._slots``). ``templates_dir`` (default
+        ``$KILN_WORKFLOW_TEMPLATES``) holds the WorkflowTemplates that templateRef and
+        workflowTemplateRef name (``wftemplates.py``)."""
         self.workdir = Path(workdir)
         self.slots_dir = Path(slots_dir) if slots_dir is not None else _slots.default_slots_dir()
         self.cache_dir = self.workdir.parent / "cache"
@@ -47,6 +51,7 @@ class LocalRunner(Runner):
         self._slots: _slots.SlotPool | None = None
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.flush_interval = flush_interval
+        self.templates = TemplateStore(Path(templates_dir) if templates_dir is not None else default_folder())
         self._active: dict[str, _Run] = {}
         self._lock = threading.Lock()
 
@@ -65,6 +70,7 @@ class LocalRunner(Runner):
 
     # ------------------------------------------------------------------ submit
     def prepare(self, manifest: Workflow, parameters: dict[str, str] | None) -> tuple[Workflow, str]:
+        manifest = resolve(manifest, self.templates)
         validate(manifest)
         try:  # a JSON round trip copies 10x faster than deepcopy, and the run is stored as JSON anyway
             wf = json.loads(json.dumps(manifest))

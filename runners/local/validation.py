@@ -86,9 +86,6 @@ def validate(manifest: Workflow) -> None:
         raise WorkflowError(f"not a Workflow manifest (kind {manifest.get('kind') if isinstance(manifest, dict) else type(manifest).__name__!r})",
                             hint="pass an argoproj.io/v1alpha1 Workflow")
     spec = manifest.get("spec") or {}
-    if spec.get("workflowTemplateRef"):
-        raise WorkflowError("spec.workflowTemplateRef is not supported by the local runner",
-                            hint="inline the WorkflowTemplate's templates into the Workflow")
     templates = spec.get("templates") or []
     names: dict[str, dict] = {}
     for n, t in enumerate(templates):
@@ -149,11 +146,6 @@ def _check_template(t: dict, ref: _TemplateRefs) -> None:
 
 
 def _check_step_refs(s: dict, swhere: str, ref: _TemplateRefs) -> None:
-    if s.get("templateRef"):
-        raise WorkflowError(f"{swhere}: templateRef is not supported by the local runner",
-                            hint="inline the referenced template")
-    if s.get("inline"):
-        raise WorkflowError(f"{swhere}: inline templates are not supported by the local runner")
     ref(s.get("template"), f"{swhere}.template")
     for hname, hook in (s.get("hooks") or {}).items():
         ref(hook.get("template"), f"{swhere}.hooks.{hname}.template")
