@@ -26,7 +26,7 @@ from kiln.runners import _expr
 from kiln.runners._template import UnresolvedTag, nested_env, render, render_obj
 from kiln.runners.base import Workflow
 from kiln.runners.local.admission import run_parallel, start
-from kiln.runners.local.common import DONE, FAILED, NODE_TYPES, TEMPLATE_KINDS, Stopped, fnv32a, parse_duration
+from kiln.runners.local.common import DONE, FAILED, NODE_TYPES, POD_KINDS, TEMPLATE_KINDS, Stopped, fnv32a, parse_duration
 from kiln.runners.local.dag import DagRun
 from kiln.runners.local.pod import Pod
 from kiln.runners.local.state import RunState
@@ -128,7 +128,7 @@ class _Run(RunState):
             local = self.bind_inputs(tmpl, arguments, scope)
             # Argo's pod naming (v2): <workflow>-<template>-<fnv32a(node name)>
             local["pod.name"] = f"{self.name}-{tmpl_name}-{fnv32a(name)}"
-            strict = kind in ("container", "script")
+            strict = kind in POD_KINDS
             tmpl_r: dict[str, Any] = {}
             for k, v, tagged in self.plan(tmpl_name):
                 if not tagged:  # nothing to substitute: share the manifest's value, never mutated
@@ -201,10 +201,11 @@ class _Run(RunState):
                 value = a.get("value")
                 if value is None and (a.get("valueFrom") or {}).get("default") is not None:
                     value = a["valueFrom"]["default"]
-            elif "value" in p:
-                value = p["value"]
-            elif "default" in p:
-                value = p["default"]
+            elif "value" in p or "default" in p:
+                # a template's own value/default sees the workflow's globals, as in Argo
+                value = p["value"] if "value" in p else p["default"]
+                if isinstance(value, str) and "{{" in value:
+                    value = render(value, local)
             else:
                 raise WorkflowError(f"template {tmpl['name']!r}: input parameter {p['name']!r} was not supplied",
                                     hint="pass it in the step's arguments.parameters or give it a default")
@@ -231,7 +232,7 @@ class _Run(RunState):
 
     def run_body(self, node: dict, tmpl: dict, kind: str, local: dict[str, Any]) -> None:
         try:
-            if kind in ("container", "script"):
+            if kind in POD_KINDS:
                 Pod(self, node, tmpl, kind, local).execute()
             elif kind == "steps":
                 self.run_steps(node, tmpl, local)

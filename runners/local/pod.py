@@ -69,21 +69,99 @@ class Pod:
     def execute(self) -> None:
         self.lay_out()
         self.stage_inputs()
-        argv = self.argv()
-        env = self.env()
-        cwd = self.c.get("workingDir")
-        cwd = cwd if cwd and os.path.isdir(cwd) else self.workdir
-        executable = self.run.which(argv[0], env.get("PATH", os.defpath))
+        containers = self.containers()
         deadline_s = self.deadline()
         # a DAG task started through the gate already holds its place (see PodGate)
         self.gated, HANDOFF.place = HANDOFF.place, False
+        ended: tuple[int, list[bytes]] | None = None
+        sidecars: list[subprocess.Popen] = []
         try:
             self.admit()
-            ended = self.spawn_and_wait(argv, executable, cwd, env, deadline_s)
+            if self.tmpl.get("sidecars"):
+                started = self.start_sidecars()
+                if started is None:
+                    return  # a sidecar could not start: the node is finished (Error)
+                sidecars = started
+            result: tuple[int, list[bytes]] | None = None
+            for c in containers:
+                self.c = c
+                argv = self.argv()
+                env = self.env()
+                cwd = c.get("workingDir")
+                cwd = cwd if cwd and os.path.isdir(cwd) else self.workdir
+                executable = self.run.which(argv[0], env.get("PATH", os.defpath))
+                ended = self.spawn_and_wait(argv, executable, cwd, env, deadline_s)
+                if ended is None:
+                    return  # could not start: the node is finished (Error)
+                if len(containers) == 1 or c.get("name") == "main":
+                    result = ended  # a containerSet's result is its "main" container's stdout, as in Argo
+                if ended[0] != 0:
+                    break  # a failed container fails the pod; the ones after it never start
         finally:
+            self.stop_sidecars(sidecars)
             self.leave()
         if ended is not None:
-            self.conclude(*ended)
+            self.conclude(ended[0], (result or (0, []))[1] if ended[0] == 0 else ended[1])
+
+    def start_sidecars(self) -> list[subprocess.Popen] | None:
+        """Start the template's sidecars as background process groups writing into the pod's
+        log, as Argo starts them next to the main container; None (the node finished with
+        Error) when one cannot start. They are killed once the main container(s) ended."""
+        main_c = self.c
+        procs: list[subprocess.Popen] = []
+        log = os.open(f"{self.run.dir_s}/logs/{self.nid}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            for sc in self.tmpl.get("sidecars") or []:
+                self.c = sc
+                argv, env = self.argv(), self.env()
+                try:
+                    p = subprocess.Popen(argv, executable=self.run.which(argv[0], env.get("PATH", os.defpath)),
+                                         cwd=self.workdir, env=env, stdin=devnull(), stdout=log, stderr=log,
+                                         start_new_session=True)
+                except OSError as exc:
+                    self.stop_sidecars(procs)
+                    self.run.finish(self.node, "Error", f"sidecar {sc.get('name')!r}: cannot start {argv[0]!r}: {exc.strerror}")
+                    return None
+                self.run.pods.add(p.pid)
+                with self.run.lock:  # a stop or the workflow's deadline kills them with the pod
+                    self.run.procs[f"{self.nid}/{sc.get('name')}"] = (p, None)
+                procs.append(p)
+        finally:
+            os.close(log)
+            self.c = main_c
+        return procs
+
+    def stop_sidecars(self, procs: list[subprocess.Popen]) -> None:
+        for p in procs:
+            kill_group(p)
+        for p, sc in zip(procs, self.tmpl.get("sidecars") or [], strict=False):
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            with self.run.lock:
+                self.run.procs.pop(f"{self.nid}/{sc.get('name')}", None)
+
+    def containers(self) -> list[dict]:
+        """The containers to run, in order: one, or a containerSet's in an order its
+        ``dependencies`` allow (one after another: one pod's slot, and each sees the files the
+        ones it depends on wrote in the shared volumes)."""
+        if self.kind != "containerSet":
+            return [self.c]
+        cs = list(self.c.get("containers") or [])
+        names = {c.get("name") for c in cs}
+        done: set[str] = set()
+        order: list[dict] = []
+        while len(order) < len(cs):
+            ready = [c for c in cs if c.get("name") not in done and set(c.get("dependencies") or []) <= done]
+            if not ready:
+                unknown = sorted({d for c in cs for d in c.get("dependencies") or []} - names)
+                raise WorkflowError(f"template {self.tmpl['name']!r}: containerSet dependencies "
+                                    + (f"name unknown containers {unknown}" if unknown else "form a cycle"))
+            for c in ready:
+                done.add(c.get("name"))
+                order.append(c)
+        return order
 
     # ------------------------------------------------------------------ sandbox and inputs
     def lay_out(self) -> None:
@@ -101,6 +179,12 @@ class Pod:
         for a in (tmpl.get("inputs") or {}).get("artifacts") or []:
             if a.get("path"):
                 cpaths.append(a["path"])
+        # volume mounts (emptyDir: the only kind that passed validation) are private folders too
+        mounts = [m.get("mountPath") for m in self.c.get("volumeMounts") or []]
+        for c in self.c.get("containers") or []:
+            mounts += [m.get("mountPath") for m in c.get("volumeMounts") or []]
+        mounts = [m.rstrip("/") for m in mounts if isinstance(m, str) and m.startswith("/") and m.rstrip("/")]
+        cpaths += mounts
         sandbox = self.sandbox
         pmap = self.pmap = {cp: f"{sandbox}/fs/{cp.lstrip('/')}" for cp in cpaths if cp.startswith("/")}
         # a private folder only for pods that write files or scripts: mkdir is not free
@@ -111,6 +195,8 @@ class Pod:
             self.workdir = sandbox
         for hp in pmap.values():
             os.makedirs(os.path.dirname(hp), exist_ok=True)
+        for m in mounts:
+            os.makedirs(pmap[m], exist_ok=True)
         if pmap:
             self.rx = re.compile(r"(?<![\w.])(" + "|".join(re.escape(p) for p in sorted(pmap, key=len, reverse=True))
                                  + r")(?![\w.\-])")
@@ -236,6 +322,7 @@ class Pod:
         finally:
             if self.log_fd >= 0:
                 os.close(self.log_fd)
+                self.log_fd = -1  # a containerSet's next container opens it again
             with self.run.lock:
                 self.run.procs.pop(self.nid, None)
 

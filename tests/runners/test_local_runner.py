@@ -225,9 +225,8 @@ def test_submit_time_parameters_override(tmp_path: Path) -> None:
     (lambda m: m["spec"].update(entrypoint="nope"), "unknown template 'nope'"),
     (lambda m: m["spec"]["templates"][0]["steps"][0][0].update(template="missing"), "steps[0][0] ('a').template refers to unknown template 'missing'"),
     (lambda m: m["spec"]["templates"][1]["container"]["args"].append("{{= 1 + }}"), "template 'b'"),
-    (lambda m: m["spec"]["templates"][1]["container"].pop("command"), "no command and image 'busybox'"),
     (lambda m: m["spec"]["templates"][1].update(retryStrategy={"expression": "lastRetry.exitCode >"}), "retryStrategy.expression"),
-    (lambda m: m["spec"]["templates"][1].update(resource={"action": "create"}), "resource templates are not supported"),
+    (lambda m: m["spec"]["templates"][1].update(resource={"action": "create"}), "needs a resource template"),
 ])
 def test_bad_manifests_raise_workflow_error(tmp_path: Path, mutate, expect: str) -> None:
     m = wf("bad", "main", [{"name": "main", "steps": [[{"name": "a", "template": "b"}]]},
@@ -237,6 +236,19 @@ def test_bad_manifests_raise_workflow_error(tmp_path: Path, mutate, expect: str)
         LocalRunner(tmp_path / "runs").submit(m)
     assert expect in str(exc.value)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_container_without_command_fails_when_it_runs(tmp_path: Path) -> None:
+    # as in Argo (an image that cannot be pulled), not refused up front: the workflow's own
+    # handlers (continueOn, exit handlers) see the failure
+    m = wf("nocmd", "main", [{"name": "main", "steps": [[{"name": "a", "template": "b", "continueOn": {"failed": True}}],
+                                                         [{"name": "c", "template": "ok"}]]},
+                             {"name": "b", "container": {"image": "nginx:1.13"}},
+                             {"name": "ok", "container": {"image": "busybox", "command": ["true"]}}])
+    out = LocalRunner(tmp_path / "runs").submit(m)
+    nodes = {n["displayName"]: n for n in out["status"]["nodes"].values()}
+    assert nodes["a"]["phase"] == "Error" and "no command and image 'nginx:1.13'" in nodes["a"]["message"]
+    assert out["status"]["phase"] == "Error" and "nodes" in out["status"]
 
 
 def test_bad_depends_names_the_task(tmp_path: Path) -> None:
