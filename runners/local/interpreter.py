@@ -42,7 +42,9 @@ def _item_label(item: Any) -> str:
 
 
 # composite/retry fields rendered non-strictly: their tags may name steps that have not run yet
-_LATE_KEYS = frozenset(("steps", "dag", "retryStrategy", "memoize"))
+# (metrics are not emitted by the local runner: their tags, such as {{status}}, may name what a
+# run only knows at its end, and must not fail the step)
+_LATE_KEYS = frozenset(("steps", "dag", "retryStrategy", "memoize", "metrics"))
 
 
 def _has_tags(obj: Any) -> bool:

@@ -59,6 +59,7 @@ class Pod:
         self.nid = node["id"]
         self.sandbox = f"{run.dir_s}/tmp/{self.nid}"  # str, not Path: pathlib costs microseconds per join
         self.workdir = f"{run.dir_s}/tmp"
+        self.root = self.workdir  # the container's "/" (its default working directory), once laid out
         self.pmap: dict[str, str] = {}
         self.rx: re.Pattern[str] | None = None
         # what admit() took, for leave()
@@ -88,7 +89,7 @@ class Pod:
                 argv = self.argv()
                 env = self.env()
                 cwd = c.get("workingDir")
-                cwd = cwd if cwd and os.path.isdir(cwd) else self.workdir
+                cwd = cwd if cwd and os.path.isdir(cwd) else self.root
                 executable = self.run.which(argv[0], env.get("PATH", os.defpath))
                 ended = self.spawn_and_wait(argv, executable, cwd, env, deadline_s)
                 if ended is None:
@@ -185,18 +186,29 @@ class Pod:
             mounts += [m.get("mountPath") for m in c.get("volumeMounts") or []]
         mounts = [m.rstrip("/") for m in mounts if isinstance(m, str) and m.startswith("/") and m.rstrip("/")]
         cpaths += mounts
+        # "/tmp/" names the folder /tmp; and a file's own folder below the top level
+        # (/mnt/out of /mnt/out/part.json) is the program's to create: map it too, so that
+        # `mkdir /mnt/out` and the file land in the same private place
+        dirs = [cp.rstrip("/") for cp in cpaths if cp.endswith("/") and cp.rstrip("/")] + mounts
+        cpaths = [cp.rstrip("/") or "/" for cp in cpaths]
+        cpaths += [os.path.dirname(cp) for cp in cpaths if cp.startswith("/") and cp.count("/") >= 3]
         sandbox = self.sandbox
-        pmap = self.pmap = {cp: f"{sandbox}/fs/{cp.lstrip('/')}" for cp in cpaths if cp.startswith("/")}
+        pmap = self.pmap = {cp: f"{sandbox}/fs/{cp.lstrip('/')}" for cp in cpaths if cp.startswith("/") and cp != "/"}
         # a private folder only for pods that write files or scripts: mkdir is not free
         if pmap or cpaths or self.kind == "script":
             if os.path.exists(sandbox):
                 shutil.rmtree(sandbox, ignore_errors=True)
             os.makedirs(sandbox)
             self.workdir = sandbox
-        for hp in pmap.values():
-            os.makedirs(os.path.dirname(hp), exist_ok=True)
-        for m in mounts:
-            os.makedirs(pmap[m], exist_ok=True)
+            # an image's working directory is "/" unless it says otherwise: a relative path
+            # the program writes lands where the template's absolute paths are mapped
+            self.root = f"{sandbox}/fs"
+            os.makedirs(self.root, exist_ok=True)
+        for cp in pmap:
+            # top-level folders (/tmp, /mnt) exist in any image; deeper ones the program makes
+            os.makedirs(f"{sandbox}/fs/{cp.split('/')[1]}" if cp.count("/") >= 2 else f"{sandbox}/fs", exist_ok=True)
+        for d in dirs:  # folders the template names as such (a mount, "/tmp/")
+            os.makedirs(pmap[d], exist_ok=True)
         if pmap:
             self.rx = re.compile(r"(?<![\w.])(" + "|".join(re.escape(p) for p in sorted(pmap, key=len, reverse=True))
                                  + r")(?![\w.\-])")
@@ -207,6 +219,7 @@ class Pod:
         return self.rx.sub(lambda m: pmap[m.group(1)], s) if self.rx else s
 
     def host_path(self, cp: str) -> Path:
+        cp = cp.rstrip("/") or "/"  # as lay_out keys them
         return Path(self.pmap[cp]) if cp in self.pmap else Path(self.workdir, cp)  # an absolute cp stays as is
 
     def stage_inputs(self) -> None:
@@ -217,13 +230,26 @@ class Pod:
             dest = self.host_path(a["path"]) if a.get("path") else None
             if dest is None:
                 continue
+            key = repo_key(art, self.local)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             if (art.get("raw") or {}).get("data") is not None:
                 dest.write_text(art["raw"]["data"])
-            elif (art.get("local") or {}).get("path"):
-                src = Path(art["local"]["path"])
+            elif (art.get("local") or {}).get("path") or key is not None:
+                # a step's own output (local.path), or a key of the local artifact repository
+                src = Path(art["local"]["path"]) if (art.get("local") or {}).get("path") else self.run.runner.artifact_repo / key
+                if art.get("subPath"):
+                    src = src / render(str(art["subPath"]), self.local)
+                if not src.exists():
+                    if a.get("optional"):
+                        continue
+                    raise WorkflowError(f"input artifact {a['name']!r} of template {tmpl['name']!r}: "
+                                        + (f"key {key!r} is not in the artifact repository {self.run.runner.artifact_repo}"
+                                           if key is not None and not (art.get("local") or {}).get("path") else f"{src} does not exist"),
+                                        hint="an earlier step must save it (outputs.artifacts with the same key)")
                 if src.is_dir():
                     shutil.copytree(src, dest, dirs_exist_ok=True)
                 else:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, dest)
             elif not a.get("optional"):
                 raise WorkflowError(f"input artifact {a['name']!r} of template {tmpl['name']!r} has no source",
@@ -415,6 +441,16 @@ class Pod:
                 else:
                     shutil.copyfile(src, dest)
                 entry = {"name": a["name"], "path": a["path"], "local": {"path": str(dest)}}
+                key = repo_key(a, self.local)
+                if key is not None:  # saved to the (local) artifact repository under its key too
+                    kind = next(k for k in REPO_KEYS if a.get(k) is not None)
+                    repo_dest = self.run.runner.artifact_repo / key
+                    repo_dest.parent.mkdir(parents=True, exist_ok=True)
+                    if src.is_dir():
+                        shutil.copytree(src, repo_dest, dirs_exist_ok=True)
+                    else:
+                        shutil.copyfile(src, repo_dest)
+                    entry[kind] = {**a[kind], REPO_KEYS[kind]: key}
                 if a.get("globalName"):
                     entry["globalName"] = a["globalName"]
                 arts.append(entry)
@@ -458,6 +494,23 @@ class Pod:
                 entry["globalName"] = p["globalName"]
             params.append(entry)
         return params, err
+
+
+# artifact repositories Argo stores artifacts in, and the field naming an artifact's place in
+# one: the local runner keeps them all in one folder (LocalRunner.artifact_repo), by that key
+REPO_KEYS = {"s3": "key", "gcs": "key", "oss": "key", "azure": "blob", "hdfs": "path"}
+
+
+def repo_key(art: dict, scope: dict[str, Any]) -> str | None:
+    """The repository key of an artifact (rendered), or None when it names no repository."""
+    for kind, field in REPO_KEYS.items():
+        loc = art.get(kind)
+        if isinstance(loc, dict) and loc.get(field):
+            key = render(str(loc[field]), scope).strip("/")
+            if ".." in Path(key).parts:
+                raise WorkflowError(f"artifact {art.get('name')!r}: {kind}.{field} {key!r} leaves the repository")
+            return key
+    return None
 
 
 _DEVNULL_FD = -1

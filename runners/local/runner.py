@@ -44,6 +44,8 @@ class LocalRunner(Runner):
         self.workdir = Path(workdir)
         self.slots_dir = Path(slots_dir) if slots_dir is not None else _slots.default_slots_dir()
         self.cache_dir = self.workdir.parent / "cache"
+        # stands in for the S3/GCS/... artifact repository: artifacts with a key are kept there
+        self.artifact_repo = Path(os.environ.get("KILN_ARTIFACT_REPOSITORY") or self.workdir.parent / "artifact-repository")
         self.max_concurrency = max_concurrency or os.cpu_count() or 1
         if self.max_concurrency < 1:
             raise WorkflowError(f"max_concurrency must be >= 1 (got {max_concurrency})")

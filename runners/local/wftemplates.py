@@ -20,10 +20,12 @@ from pathlib import Path
 
 import yaml
 
-from kiln.errors import WorkflowError
+from kiln.errors import NeedsCluster, WorkflowError
 from kiln.runners.base import Workflow
 
 TEMPLATE_KINDS = {"WorkflowTemplate": False, "ClusterWorkflowTemplate": True}
+# other objects the folder may hold, by kind: ConfigMaps that parameters read (configMapKeyRef)
+OBJECT_KINDS = ("ConfigMap",)
 ENV_DIR = "KILN_WORKFLOW_TEMPLATES"
 
 
@@ -33,6 +35,7 @@ class TemplateStore:
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
         self._objs: dict[tuple[bool, str], dict] | None = None
+        self.others: dict[tuple[str, str], dict] = {}
 
     @property
     def objs(self) -> dict[tuple[bool, str], dict]:
@@ -45,10 +48,11 @@ class TemplateStore:
                     except (OSError, yaml.YAMLError):
                         continue  # not ours to judge: only the templates a workflow names matter
                     for d in docs:
-                        if isinstance(d, dict) and d.get("kind") in TEMPLATE_KINDS:
-                            name = (d.get("metadata") or {}).get("name")
-                            if name:
-                                self._objs[(TEMPLATE_KINDS[d["kind"]], name)] = d
+                        name = (d.get("metadata") or {}).get("name") if isinstance(d, dict) else None
+                        if name and d.get("kind") in TEMPLATE_KINDS:
+                            self._objs[(TEMPLATE_KINDS[d["kind"]], name)] = d
+                        elif name and d.get("kind") in OBJECT_KINDS:
+                            self.others[(d["kind"], name)] = d
         return self._objs
 
     def get(self, name: str, cluster: bool, where: str) -> dict:
@@ -64,13 +68,37 @@ class TemplateStore:
         return obj
 
 
+    def config_value(self, ref: dict, where: str) -> str:
+        """The value a ``configMapKeyRef`` names, from a ConfigMap of the folder."""
+        _ = self.objs  # read the folder
+        name, key = ref.get("name", ""), ref.get("key", "")
+        cm = self.others.get(("ConfigMap", name))
+        value = ((cm or {}).get("data") or {}).get(key)
+        if value is None:
+            if ref.get("optional"):
+                return ""
+            raise NeedsCluster(f"{where}: needs key {key!r} of the ConfigMap {name!r}, which is not in "
+                               f"{self.folder or 'the objects folder (none given)'}",
+                               hint=f"put the ConfigMap in a YAML file under the folder given with --templates DIR or ${ENV_DIR}")
+        return str(value)
+
+
 def default_folder() -> Path | None:
     value = os.environ.get(ENV_DIR)
     return Path(value) if value else None
 
 
+def _config_refs(spec: dict) -> list[tuple[dict, str]]:
+    """The parameters whose value comes from a ConfigMap, with where they are."""
+    out = [(p, f"spec.arguments.parameters {p.get('name')!r}") for p in (spec.get("arguments") or {}).get("parameters") or []]
+    for t in spec.get("templates") or []:
+        out += [(p, f"template {t.get('name')!r} input parameter {p.get('name')!r}")
+                for p in (t.get("inputs") or {}).get("parameters") or []]
+    return [(p, w) for p, w in out if isinstance(p, dict) and (p.get("valueFrom") or {}).get("configMapKeyRef")]
+
+
 def _has_refs(spec: dict) -> bool:
-    if spec.get("workflowTemplateRef"):
+    if spec.get("workflowTemplateRef") or _config_refs(spec):
         return True
     for t in spec.get("templates") or []:
         for s in _calls(t):
@@ -121,6 +149,9 @@ def resolve(manifest: Workflow, store: TemplateStore) -> Workflow:
             elif owner is not None and s.get("template"):
                 # a template of a WorkflowTemplate names its siblings: the renamed copies
                 s["template"] = _import(owner, s["template"], where, templates, names, added, work)
+    for p, where in _config_refs(spec):  # ConfigMap values are read once, at submit, as Argo does
+        p["value"] = store.config_value(p["valueFrom"]["configMapKeyRef"], where)
+        p.pop("valueFrom")
     return wf
 
 
