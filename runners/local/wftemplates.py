@@ -59,7 +59,7 @@ class TemplateStore:
         obj = self.objs.get((cluster, name))
         if obj is None:
             kind = "ClusterWorkflowTemplate" if cluster else "WorkflowTemplate"
-            raise WorkflowError(
+            raise NeedsCluster(
                 f"{where}: {kind} {name!r} not found",
                 hint=f"put it in a YAML file under {self.folder} (templates folder: --templates DIR or ${ENV_DIR})"
                 if self.folder

@@ -275,6 +275,42 @@ def test_cli_run_workflow_logs_and_exit_codes(tmp_path: Path, capsys) -> None:
     assert "not declared" in capsys.readouterr().err
 
 
+def test_cli_templates_folder_and_cluster_refusal(tmp_path: Path, capsys) -> None:
+    """templateRef from --templates DIR (its ConfigMaps feed parameters); a workflow that needs a
+    Kubernetes object is refused before it starts with exit code 4, not 1 (a failed run)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "objs.yaml").write_text(yaml.safe_dump_all([
+        {"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate", "metadata": {"name": "lib"},
+         "spec": {"templates": [{"name": "say", "inputs": {"parameters": [{"name": "m"}]},
+                                 "container": {"image": "busybox", "command": ["echo", "{{inputs.parameters.m}}"]}},
+                                {"name": "twice", "inputs": {"parameters": [{"name": "m"}]},
+                                 "steps": [[{"name": "s", "template": "say",
+                                             "arguments": {"parameters": [{"name": "m", "value": "{{inputs.parameters.m}}!"}]}}]]}]}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"greeting": "from-configmap"}}]))
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(yaml.safe_dump(wf("cli-ref", "main", [
+        {"name": "main", "inputs": {"parameters": [{"name": "g", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "greeting"}}}]},
+         "steps": [[{"name": "call", "templateRef": {"name": "lib", "template": "twice"},
+                     "arguments": {"parameters": [{"name": "m", "value": "{{inputs.parameters.g}}"}]}}]]}])))
+    assert kiln_main(["-C", str(tmp_path), "run-workflow", str(ref), "--templates", str(lib)]) == 0
+    assert "cli-ref: Succeeded" in capsys.readouterr().out
+    assert kiln_main(["-C", str(tmp_path), "logs", "cli-ref"]) == 0
+    assert "from-configmap!" in capsys.readouterr().out
+    # without the folder: the missing WorkflowTemplate is named, with the fix
+    assert kiln_main(["-C", str(tmp_path), "run-workflow", str(ref)]) == 4
+    err = capsys.readouterr().err
+    assert "WorkflowTemplate 'lib' not found" in err and "--templates DIR" in err and "Traceback" not in err
+    pvc = tmp_path / "pvc.yaml"
+    m = wf("cli-pvc", "a", [sh("a", "echo never")])
+    m["spec"]["volumeClaimTemplates"] = [{"metadata": {"name": "workdir"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]
+    pvc.write_text(yaml.safe_dump(m))
+    assert kiln_main(["-C", str(tmp_path), "run-workflow", str(pvc)]) == 4
+    err = capsys.readouterr().err
+    assert "spec.volumeClaimTemplates: needs a PersistentVolumeClaim (workdir)" in err and "Traceback" not in err
+    assert not (tmp_path / ".kiln" / "runs" / "cli-pvc").exists()
+
+
 CRASH_SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
