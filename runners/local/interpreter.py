@@ -130,6 +130,7 @@ class _Run(RunState):
             local = self.bind_inputs(tmpl, arguments, scope)
             # Argo's pod naming (v2): <workflow>-<template>-<fnv32a(node name)>
             local["pod.name"] = f"{self.name}-{tmpl_name}-{fnv32a(name)}"
+            local["node.name"] = name
             strict = kind in POD_KINDS
             tmpl_r: dict[str, Any] = {}
             for k, v, tagged in self.plan(tmpl_name):
@@ -191,7 +192,7 @@ class _Run(RunState):
 
     def bind_inputs(self, tmpl: dict, arguments: dict, scope: dict[str, Any]) -> dict[str, Any]:
         local = dict(self.globals)
-        for k in ("workflow.status", "workflow.failures", "workflow.duration"):
+        for k in ("workflow.status", "workflow.failures", "workflow.duration", "steps.name", "tasks.name"):
             if k in scope:
                 local[k] = scope[k]
         args = {p["name"]: p for p in (arguments or {}).get("parameters") or []}
@@ -440,6 +441,8 @@ class _Run(RunState):
             args = self.resolve_args(step, scope)
         except (UnresolvedTag, WorkflowError) as exc:
             return self.new_node(name, display, "Skipped", step["template"], boundary, parent, "Error", str(exc))
+        # the step's own name, as {{steps.name}} / {{tasks.name}} inside its template
+        scope = dict(scope, **{"steps.name": step["name"], "tasks.name": step["name"]})
         node = self.run_template(name, display, step["template"], args, boundary, parent, scope)
         if step.get("hooks") or step.get("onExit"):
             self.run_hook(step, node, boundary, self._with_self(scope, step["name"], node))

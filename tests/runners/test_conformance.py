@@ -294,7 +294,7 @@ CORPUS_GAPS: dict[str, str] = {
     "life-cycle-hooks-wf-level.yaml": "http templates are not run by the local runner yet (refused at submit)",
     "sidecar-nginx.yaml": "its sidecar runs nginx (the nginx image's program), which this host does not have: the pod ends Error",
     "sidecar.yaml": "it runs `apk add curl` and influxd (alpine's and influxdb's images), which this host does not have",
-    "variables-showcase.yaml": "pod-level variables ({{node.name}} ...) are not provided yet, and its service step needs nc",
+    "variables-showcase.yaml": "some global variables ({{workflow.priority}} ...) are not provided yet, and its service step needs nc",
     "volumes-emptydir.yaml": "it looks for its volume in /proc/mounts: a local emptyDir is a private folder, not a mount",
     "expectedfailures/pns/pns-quick-exit-output-art.yaml": "Argo cannot save an output artifact whose path (/mnt) holds a "
                                                            "volume mount (/mnt/workdir); the local runner copies the folder",

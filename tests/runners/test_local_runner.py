@@ -275,6 +275,21 @@ def test_cli_run_workflow_logs_and_exit_codes(tmp_path: Path, capsys) -> None:
     assert "not declared" in capsys.readouterr().err
 
 
+def test_dag_target_from_a_parameter(tmp_path: Path) -> None:
+    """dag.target given by a workflow parameter: only the targets and their ancestors run."""
+    m = wf("dag-target", "d", [{"name": "d", "dag": {"target": "{{workflow.parameters.target}}", "tasks": [
+        {"name": "A", "template": "e"}, {"name": "B", "template": "e", "depends": "A"},
+        {"name": "C", "template": "e", "depends": "A"}]}},
+        {"name": "e", "container": {"image": "busybox", "command": ["true"]}}],
+        arguments={"parameters": [{"name": "target", "value": "B"}]})
+    r = LocalRunner(tmp_path / "runs")
+    out = r.submit(m)
+    ran = {n["displayName"] for n in out["status"]["nodes"].values() if n["type"] == "Pod"}
+    assert out["status"]["phase"] == "Succeeded" and ran == {"A", "B"}
+    out = r.submit(m, parameters={"target": "Z"})
+    assert out["status"]["phase"] == "Error" and "dag.target names unknown task 'Z'" in out["status"]["message"]
+
+
 def test_cli_templates_folder_and_cluster_refusal(tmp_path: Path, capsys) -> None:
     """templateRef from --templates DIR (its ConfigMaps feed parameters); a workflow that needs a
     Kubernetes object is refused before it starts with exit code 4, not 1 (a failed run)."""
