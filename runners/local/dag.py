@@ -264,6 +264,7 @@ class DagRun:
         tnode_name = f"{node['name']}.{tname}"
         with self.cv:
             tscope = dict(self.scope)
+        run.refresh_globals(tscope)
         # like Argo, a dependent hangs off the outbound node (a Retry's last attempt)
         parent_ids = [run.outbound(self.tnodes[p]) for p in self.parents[tname]] or [node["id"]]
         items = run.expand(task, tscope, f"{self.where} dag task {tname!r}")

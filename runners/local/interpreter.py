@@ -104,6 +104,8 @@ class _Run(RunState):
             self.status["finishedAt"] = utcnow_seconds()
             if self.global_outputs:
                 self.status["outputs"] = {"parameters": [{"name": k, "value": v} for k, v in self.global_outputs.items()]}
+            if self.global_artifacts:
+                self.status.setdefault("outputs", {})["artifacts"] = list(self.global_artifacts.values())
         self.done.set()
         self.dirty.set()
         keeper_done.wait()
@@ -506,6 +508,11 @@ class _Run(RunState):
         if params or arts:
             node["outputs"] = {**({"parameters": params} if params else {}), **({"artifacts": arts} if arts else {})}
 
+    def refresh_globals(self, scope: dict[str, Any]) -> None:
+        """Global outputs (globalName) published since ``scope`` was made, for the next steps."""
+        with self.lock:
+            scope.update({k: v for k, v in self.globals.items() if k.startswith("workflow.outputs.")})
+
     # ------------------------------------------------------------------ steps
     def run_steps(self, node: dict, tmpl: dict, local: dict[str, Any]) -> None:
         scope = dict(local)
@@ -516,6 +523,7 @@ class _Run(RunState):
             gnode = self.reuse(self.node_id(gname), node["id"])
             if gnode is None:
                 gnode = self.new_node(gname, f"[{gi}]", "StepGroup", None, node["id"], node["id"])
+            self.refresh_globals(scope)
             failed = self.run_group(node, gnode, tmpl, list(group or []), scope, limit)
             self.finish(gnode, "Failed" if failed else "Succeeded", failed)
             if failed:

@@ -92,6 +92,7 @@ class RunState:
             (self.site_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
         self.hostname = socket.gethostname()
         self.global_outputs: dict[str, str] = {}
+        self.global_artifacts: dict[str, dict] = {}
         # a fresh journal, carrying the Succeeded nodes of the run being resumed (see journal.py)
         self.journal = Journal(self.dir, [n for n in self.prev_nodes.values() if n.get("phase") == "Succeeded"])
         self.pods = PodList(self.dir)
@@ -293,4 +294,9 @@ class RunState:
                 with self.lock:
                     self.global_outputs[p["globalName"]] = p.get("value", "")
                     self.globals[f"workflow.outputs.parameters.{p['globalName']}"] = p.get("value", "")
+        for a in (node.get("outputs") or {}).get("artifacts") or []:
+            if a.get("globalName"):  # {{workflow.outputs.artifacts.NAME}} for a later step's `from`
+                with self.lock:
+                    self.global_artifacts[a["globalName"]] = dict(a, name=a["globalName"])
+                    self.globals[f"workflow.outputs.artifacts.{a['globalName']}"] = self.global_artifacts[a["globalName"]]
 

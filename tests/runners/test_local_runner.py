@@ -275,6 +275,28 @@ def test_cli_run_workflow_logs_and_exit_codes(tmp_path: Path, capsys) -> None:
     assert "not declared" in capsys.readouterr().err
 
 
+def test_inline_templates_and_global_output_artifacts(tmp_path: Path) -> None:
+    """Inline templates in a step and a DAG task; an artifact published with globalName is read
+    by a later step as {{workflow.outputs.artifacts.NAME}} and listed in status.outputs."""
+    produce = {"container": {"image": "busybox", "command": ["sh", "-c", "echo shared-bytes > /tmp/g.txt"]},
+               "outputs": {"artifacts": [{"name": "out", "path": "/tmp/g.txt", "globalName": "shared"}]}}
+    consume = {"inputs": {"artifacts": [{"name": "in", "path": "/tmp/in.txt"}]},
+               "container": {"image": "busybox", "command": ["cat", "/tmp/in.txt"]}}
+    m = wf("inline-global", "main", [
+        {"name": "main", "steps": [[{"name": "produce", "inline": produce}],
+                                   [{"name": "consume", "inline": consume,
+                                     "arguments": {"artifacts": [{"name": "in", "from": "{{workflow.outputs.artifacts.shared}}"}]}}],
+                                   [{"name": "graph", "template": "graph"}]]},
+        {"name": "graph", "dag": {"tasks": [{"name": "again", "inline": consume,
+                                             "arguments": {"artifacts": [{"name": "in", "from": "{{workflow.outputs.artifacts.shared}}"}]}}]}}])
+    r = LocalRunner(tmp_path / "runs")
+    out = r.submit(m)
+    assert out["status"]["phase"] == "Succeeded", out["status"]["message"]
+    assert list(r.logs("inline-global", "consume")) == ["shared-bytes"]
+    assert list(r.logs("inline-global", "again")) == ["shared-bytes"]
+    assert [a["name"] for a in out["status"]["outputs"]["artifacts"]] == ["shared"]
+
+
 def test_dag_target_from_a_parameter(tmp_path: Path) -> None:
     """dag.target given by a workflow parameter: only the targets and their ancestors run."""
     m = wf("dag-target", "d", [{"name": "d", "dag": {"target": "{{workflow.parameters.target}}", "tasks": [
