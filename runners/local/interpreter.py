@@ -28,6 +28,7 @@ from kiln.runners.base import Workflow
 from kiln.runners.local.admission import run_parallel, start
 from kiln.runners.local.common import DONE, FAILED, NODE_TYPES, POD_KINDS, TEMPLATE_KINDS, Stopped, fnv32a, parse_duration
 from kiln.runners.local.dag import DagRun
+from kiln.runners.local.http import http_call
 from kiln.runners.local.pod import Pod
 from kiln.runners.local.state import RunState
 
@@ -133,7 +134,7 @@ class _Run(RunState):
             # Argo's pod naming (v2): <workflow>-<template>-<fnv32a(node name)>
             local["pod.name"] = f"{self.name}-{tmpl_name}-{fnv32a(name)}"
             local["node.name"] = name
-            strict = kind in POD_KINDS
+            strict = kind in POD_KINDS or kind == "http"
             tmpl_r: dict[str, Any] = {}
             for k, v, tagged in self.plan(tmpl_name):
                 if not tagged:  # nothing to substitute: share the manifest's value, never mutated
@@ -239,6 +240,8 @@ class _Run(RunState):
         try:
             if kind in POD_KINDS:
                 Pod(self, node, tmpl, kind, local).execute()
+            elif kind == "http":
+                http_call(self, node, tmpl)
             elif kind == "steps":
                 self.run_steps(node, tmpl, local)
             else:

@@ -119,6 +119,9 @@ def check_cluster_objects(spec: dict) -> None:
             raise _needs(f"a resource template ({action} of a Kubernetes object)", where)
         if t.get("serviceAccountName") not in (None, "", "default"):
             raise _needs(f"the ServiceAccount {t['serviceAccountName']!r}", where)
+        for hd in (t.get("http") or {}).get("headers") or []:
+            if (hd.get("valueFrom") or {}).get("secretKeyRef"):
+                raise _needs(f"a Secret (http header {hd.get('name')!r})", where)
         containers = [("container", t.get("container")), ("script", t.get("script"))]
         containers += [(f"containerSet container {c.get('name')!r}", c) for c in (t.get("containerSet") or {}).get("containers") or []]
         containers += [(f"sidecar {c.get('name')!r}", c) for c in t.get("sidecars") or []]

@@ -297,6 +297,53 @@ def test_inline_templates_and_global_output_artifacts(tmp_path: Path) -> None:
     assert [a["name"] for a in out["status"]["outputs"]["artifacts"]] == ["shared"]
 
 
+def test_http_templates_against_loopback(tmp_path: Path) -> None:
+    """A real HTTP server on 127.0.0.1: 2xx succeeds with the body as result, a 404 fails, a
+    successCondition decides, another host is an Error that says why."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            code = 200 if self.path == "/ok" else 404
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(f"path={self.path} x={self.headers.get('X-Kiln')}".encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        def call(name: str, path: str, **extra: object) -> dict:
+            return {"name": name, "http": {"url": base + path, "headers": [{"name": "X-Kiln", "value": "{{workflow.name}}"}], **extra}}
+        m = wf("http-local", "main", [
+            {"name": "main", "steps": [[{"name": "good", "template": "good"},
+                                        {"name": "bad", "template": "bad", "continueOn": {"failed": True}},
+                                        {"name": "judged", "template": "judged"},
+                                        {"name": "far", "template": "far", "continueOn": {"error": True}}],
+                                       [{"name": "echo", "template": "echo",
+                                         "arguments": {"parameters": [{"name": "r", "value": "{{steps.good.outputs.result}}"}]}}]]},
+            call("good", "/ok"), call("bad", "/missing"),
+            call("judged", "/missing", successCondition="response.statusCode == 404"),
+            {"name": "far", "http": {"url": "http://192.0.2.1/x", "timeoutSeconds": 1}},
+            {"name": "echo", "inputs": {"parameters": [{"name": "r"}]},
+             "container": {"image": "busybox", "command": ["echo", "{{inputs.parameters.r}}"]}}])
+        r = LocalRunner(tmp_path / "runs")
+        out = r.submit(m)
+    finally:
+        server.shutdown()
+    nodes = {n["displayName"]: n for n in out["status"]["nodes"].values()}
+    assert out["status"]["phase"] == "Succeeded", out["status"]["message"]
+    assert nodes["good"]["type"] == "HTTP" and nodes["good"]["phase"] == "Succeeded"
+    assert nodes["bad"]["phase"] == "Failed" and "status code 404" in nodes["bad"]["message"]
+    assert nodes["judged"]["phase"] == "Succeeded"
+    assert nodes["far"]["phase"] == "Error" and "only loopback" in nodes["far"]["message"]
+    assert list(r.logs("http-local", "echo")) == ["path=/ok x=http-local"]
+
+
 def test_dag_target_from_a_parameter(tmp_path: Path) -> None:
     """dag.target given by a workflow parameter: only the targets and their ancestors run."""
     m = wf("dag-target", "d", [{"name": "d", "dag": {"target": "{{workflow.parameters.target}}", "tasks": [
