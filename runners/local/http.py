@@ -40,14 +40,19 @@ def http_call(run: _Run, node: dict, tmpl: dict) -> None:
         run.finish(node, "Error", f"{where}: http.url {url!r} is not an http(s) URL")
         return
     if not _loopback(parts.hostname):
-        run.finish(node, "Error", f"{where}: the local runner calls only loopback addresses (127.0.0.1, ::1, "
-                                  f"localhost), not {parts.hostname!r}: run it with the argo runner")
+        run.finish(
+            node,
+            "Error",
+            f"{where}: the local runner calls only loopback addresses (127.0.0.1, ::1, "
+            f"localhost), not {parts.hostname!r}: run it with the argo runner",
+        )
         return
     run.check_stop()
     headers = {str(x["name"]): str(x.get("value", "")) for x in h.get("headers") or [] if x.get("name")}
     body = h.get("body")
-    req = urllib.request.Request(url, method=str(h.get("method") or "GET"), headers=headers,
-                                 data=str(body).encode() if body is not None else None)
+    req = urllib.request.Request(
+        url, method=str(h.get("method") or "GET"), headers=headers, data=str(body).encode() if body is not None else None
+    )
     timeout = float(h.get("timeoutSeconds") or DEFAULT_TIMEOUT)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only, checked above
@@ -68,6 +73,9 @@ def http_call(run: _Run, node: dict, tmpl: dict) -> None:
             return
     else:
         ok = 200 <= code < 300
-    run.finish(node, "Succeeded" if ok else "Failed",
-               "" if ok else f"{url}: status code {code}" + (f" (successCondition {cond!r} is false)" if cond else ""),
-               outputs)
+    run.finish(
+        node,
+        "Succeeded" if ok else "Failed",
+        "" if ok else f"{url}: status code {code}" + (f" (successCondition {cond!r} is false)" if cond else ""),
+        outputs,
+    )

@@ -25,6 +25,7 @@ from kiln.errors import WorkflowError
 from kiln.runners import _expr
 from kiln.runners._template import UnresolvedTag, nested_env, render, render_obj
 from kiln.runners.base import Workflow
+from kiln.runners.local import sync
 from kiln.runners.local.admission import run_parallel, start
 from kiln.runners.local.common import DONE, FAILED, NODE_TYPES, POD_KINDS, TEMPLATE_KINDS, Stopped, fnv32a, parse_duration
 from kiln.runners.local.dag import DagRun
@@ -74,8 +75,11 @@ class _Run(RunState):
         self.touch()
         keeper_done = start(self.housekeeper)
         try:
-            root = self.run_template(self.name, self.name, self.spec["entrypoint"],
-                                     self.spec.get("arguments") or {}, None, None, dict(self.globals))
+            # spec.synchronization: held for the whole run, exit handler included (sync.py)
+            with sync.held(self.runner.locks, sync.requirements(self.spec.get("synchronization"), self.runner.templates,
+                                                                "spec.synchronization"), self.check_stop):
+                root = self.run_template(self.name, self.name, self.spec["entrypoint"],
+                                         self.spec.get("arguments") or {}, None, None, dict(self.globals))
             phase = root["phase"] if root["phase"] in FAILED else "Succeeded"
             message = root.get("message", "") if phase != "Succeeded" else ""
             if self.stop_event.is_set():
@@ -155,11 +159,19 @@ class _Run(RunState):
                 self._publish_globals(node)
                 return node
         rs = tmpl_r.get("retryStrategy")
-        if rs:
-            node = self.run_retry(name, display, tmpl_name, tmpl_r, kind, rs, boundary, parent, local)
-        else:
-            node = self.new_node(name, display, ntype, tmpl_name, boundary, parent)
-            self.run_body(node, tmpl_r, kind, local)
+        try:
+            reqs = sync.requirements(tmpl_r.get("synchronization"), self.runner.templates, f"template {tmpl_name!r}")
+        except WorkflowError as exc:
+            return self.new_node(name, display, ntype, tmpl_name, boundary, parent, "Error", exc.message)
+        try:
+            with sync.held(self.runner.locks, reqs, self.check_stop):
+                if rs:
+                    node = self.run_retry(name, display, tmpl_name, tmpl_r, kind, rs, boundary, parent, local)
+                else:
+                    node = self.new_node(name, display, ntype, tmpl_name, boundary, parent)
+                    self.run_body(node, tmpl_r, kind, local)
+        except Stopped as exc:  # stopped while waiting for a mutex or semaphore
+            return self.new_node(name, display, ntype, tmpl_name, boundary, parent, "Failed", str(exc))
         if memo:
             node["memoizationStatus"] = {"hit": False, "key": str(memo.get("key", "")),
                                          "cacheName": ((memo.get("cache") or {}).get("configMap") or {}).get("name", "")}

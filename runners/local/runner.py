@@ -20,6 +20,7 @@ from kiln._util.proc import pid_alive
 from kiln.errors import WorkflowError
 from kiln.runners import _slots
 from kiln.runners.base import Runner, Workflow
+from kiln.runners.local import sync
 from kiln.runners.local.admission import PodGate, start
 from kiln.runners.local.interpreter import _Run
 from kiln.runners.local.journal import JOURNAL, reap_orphans, replay_journal
@@ -53,6 +54,7 @@ class LocalRunner(Runner):
         self._slots: _slots.SlotPool | None = None
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.flush_interval = flush_interval
+        self.locks = sync.Locks()  # synchronization's mutexes and semaphores, shared by this runner's runs
         self.templates = TemplateStore(Path(templates_dir) if templates_dir is not None else default_folder())
         self._active: dict[str, _Run] = {}
         self._lock = threading.Lock()
