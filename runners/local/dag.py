@@ -228,7 +228,7 @@ class DagRun:
         if result == "Completed":
             return ph in ("Succeeded", "Failed")
         if result == "Daemoned":
-            return False
+            return bool(n.get("daemoned"))
         if result == "AnySucceeded":
             return any(k["phase"] == "Succeeded" for k in kids or [n])
         if result == "AllFailed":

@@ -98,6 +98,7 @@ class _Run(RunState):
                 phase, message = "Failed", self.stop_message
         except Exception as exc:  # an internal error must still leave a finished, readable run
             phase, message = "Error", f"{type(exc).__name__}: {exc}"
+        self.stop_daemons(None)
         with self.lock:
             for n in self.nodes.values():
                 if n["phase"] in ("Running", "Pending"):
@@ -255,9 +256,15 @@ class _Run(RunState):
             elif kind == "http":
                 http_call(self, node, tmpl)
             elif kind == "steps":
-                self.run_steps(node, tmpl, local)
+                try:
+                    self.run_steps(node, tmpl, local)
+                finally:  # its daemoned steps live as long as it runs
+                    self.stop_daemons(node["id"])
             else:
-                DagRun(self, node, tmpl, local).execute()
+                try:
+                    DagRun(self, node, tmpl, local).execute()
+                finally:
+                    self.stop_daemons(node["id"])
         except Stopped as exc:
             self.finish(node, "Failed", str(exc))
         except (UnresolvedTag, WorkflowError, _expr.ExprError) as exc:
@@ -421,6 +428,8 @@ class _Run(RunState):
             for k, v in per_name.items():
                 scope[f"{prefix}.outputs.parameters.{k}"] = _expr.to_json(v)
             return
+        if node.get("daemoned"):  # a daemon listens on this machine
+            scope[f"{prefix}.ip"] = "127.0.0.1"
         outs = node.get("outputs") or {}
         if "exitCode" in outs:
             scope[f"{prefix}.exitCode"] = outs["exitCode"]

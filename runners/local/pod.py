@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,9 @@ class Pod:
     def execute(self) -> None:
         self.lay_out()
         self.stage_inputs()
+        if self.tmpl.get("daemon") and self.kind != "containerSet":
+            self.start_daemon()
+            return
         containers = self.containers()
         deadline_s = self.deadline()
         # a DAG task started through the gate already holds its place (see PodGate)
@@ -103,6 +107,46 @@ class Pod:
             self.leave()
         if ended is not None:
             self.conclude(ended[0], (result or (0, []))[1] if ended[0] == 0 else ended[1])
+
+    def start_daemon(self) -> None:
+        """A daemoned step (``daemon: true``): its process is started in the background, the node
+        is marked ``daemoned`` once it is ready (its readinessProbe's httpGet answers on
+        loopback, when it has one) and the steps after it run; it is killed when the template
+        that started it ends (``_Run.stop_daemons``). It takes no pod slot: it would hold one
+        for as long as its siblings run, and could starve them."""
+        run, c = self.run, self.c
+        argv, env = self.argv(), self.env()
+        log = os.open(f"{run.dir_s}/logs/{self.nid}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            p = subprocess.Popen(argv, executable=run.which(argv[0], env.get("PATH", os.defpath)), cwd=self.root, env=env,
+                                 stdin=devnull(), stdout=log, stderr=log, start_new_session=True)
+        except OSError as exc:
+            run.finish(self.node, "Error", f"cannot start {argv[0]!r}: {exc.strerror}")
+            return
+        finally:
+            os.close(log)
+        run.pods.add(p.pid)
+        with run.lock:
+            run.procs[self.nid] = (p, None)
+            run.daemons.setdefault(self.node.get("boundaryID") or "", []).append((self.nid, p))
+        probe = ((c.get("readinessProbe") or {}).get("httpGet") or {})
+        if probe.get("port"):
+            url = f"http://127.0.0.1:{probe['port']}{probe.get('path') or '/'}"
+            end = time.monotonic() + float((c.get("readinessProbe") or {}).get("initialDelaySeconds") or 0) + 30
+            while time.monotonic() < end and p.poll() is None:
+                try:
+                    with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback
+                        break
+                except (OSError, ValueError):
+                    run.stop_event.wait(0.2)
+                    run.check_stop()
+        if p.poll() is not None:
+            run.finish(self.node, "Failed", f"daemon exited before it was ready (exit code {p.returncode})")
+            return
+        with run.lock:
+            self.node["daemoned"] = True
+            self.node["hostNodeName"] = run.hostname
+        run.finish(self.node, "Succeeded", "", {"exitCode": "0"})
 
     def start_sidecars(self) -> list[subprocess.Popen] | None:
         """Start the template's sidecars as background process groups writing into the pod's

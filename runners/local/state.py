@@ -93,6 +93,8 @@ class RunState:
         self.hostname = socket.gethostname()
         self.global_outputs: dict[str, str] = {}
         self.global_artifacts: dict[str, dict] = {}
+        # daemoned steps' processes, by the id of the steps/DAG node whose end kills them
+        self.daemons: dict[str, list[tuple[str, subprocess.Popen]]] = {}
         # a fresh journal, carrying the Succeeded nodes of the run being resumed (see journal.py)
         self.journal = Journal(self.dir, [n for n in self.prev_nodes.values() if n.get("phase") == "Succeeded"])
         self.pods = PodList(self.dir)
@@ -276,6 +278,20 @@ class RunState:
             procs = [p for p, _ in self.procs.values()]
         for p in procs:
             kill_group(p)
+
+    def stop_daemons(self, boundary: str | None) -> None:
+        """Kill the daemoned steps started inside ``boundary`` (every one when None)."""
+        with self.lock:
+            keys = [boundary or ""] if boundary is not None else list(self.daemons)
+            gone = [d for k in keys for d in self.daemons.pop(k, [])]
+        for nid, p in gone:
+            kill_group(p)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            with self.lock:
+                self.procs.pop(nid, None)
 
     def check_stop(self) -> None:
         if self.stop_event.is_set():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from pathlib import Path
 
 import yaml
@@ -36,24 +37,27 @@ class TemplateStore:
         self.folder = folder
         self._objs: dict[tuple[bool, str], dict] | None = None
         self.others: dict[tuple[str, str], dict] = {}
+        self.lock = threading.Lock()
 
     @property
     def objs(self) -> dict[tuple[bool, str], dict]:
-        if self._objs is None:
-            self._objs = {}
-            if self.folder is not None and self.folder.is_dir():
-                for path in sorted(self.folder.rglob("*.y*ml")):
-                    try:
-                        docs = list(yaml.safe_load_all(path.read_text()))
-                    except (OSError, yaml.YAMLError):
-                        continue  # not ours to judge: only the templates a workflow names matter
-                    for d in docs:
-                        name = (d.get("metadata") or {}).get("name") if isinstance(d, dict) else None
-                        if name and d.get("kind") in TEMPLATE_KINDS:
-                            self._objs[(TEMPLATE_KINDS[d["kind"]], name)] = d
-                        elif name and d.get("kind") in OBJECT_KINDS:
-                            self.others[(d["kind"], name)] = d
-        return self._objs
+        with self.lock:  # runs submitted at once read the folder once, and never half-read
+            if self._objs is None:
+                objs: dict[tuple[bool, str], dict] = {}
+                if self.folder is not None and self.folder.is_dir():
+                    for path in sorted(self.folder.rglob("*.y*ml")):
+                        try:
+                            docs = list(yaml.safe_load_all(path.read_text()))
+                        except (OSError, yaml.YAMLError):
+                            continue  # not ours to judge: only the templates a workflow names matter
+                        for d in docs:
+                            name = (d.get("metadata") or {}).get("name") if isinstance(d, dict) else None
+                            if name and d.get("kind") in TEMPLATE_KINDS:
+                                objs[(TEMPLATE_KINDS[d["kind"]], name)] = d
+                            elif name and d.get("kind") in OBJECT_KINDS:
+                                self.others[(d["kind"], name)] = d
+                self._objs = objs
+            return self._objs
 
     def get(self, name: str, cluster: bool, where: str) -> dict:
         obj = self.objs.get((cluster, name))

@@ -364,18 +364,51 @@ def test_synchronization_mutex_and_semaphore(tmp_path: Path) -> None:
     for name in ("mutex-a", "mutex-b"):
         while (r.get(name) or {}).get("status", {}).get("phase") in ("Running", "Pending"):
             _time.sleep(0.05)
-        assert r.get(name)["status"]["phase"] == "Succeeded"
+        assert r.get(name)["status"]["phase"] == "Succeeded", r.get(name)["status"]
     events = sorted((float(t), kind) for kind, t in (line.split() for line in log.read_text().splitlines()))
-    assert [k for _, k in events] == ["start", "end", "start", "end"]  # one run after the other
+    assert [k for _, k in events] == ["start", "end", "start", "end"], events  # one run after the other
     log.unlink()
     m = wf("sem", "main", [{"name": "main", "steps": [[{"name": "w", "template": "w", "withItems": [1, 2, 3, 4]}]]},
                            {**sh("w", rec), "synchronization": {"semaphores": [{"configMapKeyRef": {"name": "limits", "key": "work"}}]}}])
-    assert r.submit(m)["status"]["phase"] == "Succeeded"
+    out = r.submit(m)
+    assert out["status"]["phase"] == "Succeeded", out["status"]
     depth, peak = 0, 0
     for _, kind in sorted((float(t), kind) for kind, t in (line.split() for line in log.read_text().splitlines())):
         depth += 1 if kind == "start" else -1
         peak = max(peak, depth)
-    assert 1 <= peak <= 2  # never more than the limit (2 at once is typical, but a loaded machine may start them apart)
+    assert 1 <= peak <= 2, log.read_text()  # never more than the limit (a loaded machine may start them apart)
+
+
+def test_daemon_step_serves_the_steps_after_it(tmp_path: Path) -> None:
+    """daemon: true - a real HTTP server started in the background, ready per its readinessProbe,
+    reached at {{steps.NAME.ip}} by the next step, and killed when its steps template ends."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "hello.txt").write_text("from-the-daemon")
+    m = wf("daemon", "main", [
+        {"name": "main", "steps": [[{"name": "srv", "template": "srv"}],
+                                   [{"name": "client", "template": "client",
+                                     "arguments": {"parameters": [{"name": "ip", "value": "{{steps.srv.ip}}"}]}}]]},
+        {"name": "srv", "daemon": True,
+         "container": {"image": "python:3.12", "command": ["python", "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                                           "--directory", str(tmp_path / "www")],
+                       "readinessProbe": {"httpGet": {"path": "/hello.txt", "port": port}}}},
+        {"name": "client", "inputs": {"parameters": [{"name": "ip"}]},
+         "container": {"image": "python:3.12", "command": ["python", "-c",
+                       f"import urllib.request; print(urllib.request.urlopen('http://{{{{inputs.parameters.ip}}}}:{port}/hello.txt').read().decode())"]}}])
+    r = LocalRunner(tmp_path / "runs")
+    out = r.submit(m)
+    assert out["status"]["phase"] == "Succeeded", out["status"]["message"]
+    nodes = {n["displayName"]: n for n in out["status"]["nodes"].values()}
+    assert nodes["srv"].get("daemoned") is True
+    assert list(r.logs("daemon", "client")) == ["from-the-daemon"]
+    with pytest.raises(OSError):  # the daemon is gone with its template
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/hello.txt", timeout=2)
 
 
 def test_dag_target_from_a_parameter(tmp_path: Path) -> None:
