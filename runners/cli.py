@@ -110,3 +110,12 @@ def run_workflow(ctx: click.Context, file: str, params: tuple[str, ...], output:
 
 def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+@click.command("resume")
+@click.argument("workflow")
+@click.pass_context
+def resume(ctx: click.Context, workflow: str) -> None:
+    """Resume the suspended steps of a local run (its suspend templates waiting now)."""
+    LocalRunner(runner_workdir(_repo(ctx))).resume(workflow)
+    click.echo(f"{workflow}: resumed")

@@ -255,6 +255,8 @@ class _Run(RunState):
                 Pod(self, node, tmpl, kind, local).execute()
             elif kind == "http":
                 http_call(self, node, tmpl)
+            elif kind == "suspend":
+                self.run_suspend(node, tmpl)
             elif kind == "steps":
                 try:
                     self.run_steps(node, tmpl, local)
@@ -531,6 +533,23 @@ class _Run(RunState):
                     arts.append(dict(src, name=a["name"]))
         if params or arts:
             node["outputs"] = {**({"parameters": params} if params else {}), **({"artifacts": arts} if arts else {})}
+
+    def run_suspend(self, node: dict, tmpl: dict) -> None:
+        """A suspend template: waits for its duration, or until ``LocalRunner.resume`` (``kiln
+        resume``) writes the run's ``resume`` file after the node started; a stop fails it."""
+        dur = (tmpl.get("suspend") or {}).get("duration")
+        end = time.monotonic() + parse_duration(dur, f"template {tmpl['name']!r} suspend.duration") if dur not in (None, "") else None
+        started = time.time_ns()
+        resume = self.dir / "resume"
+        while end is None or time.monotonic() < end:
+            self.check_stop()
+            try:
+                if resume.stat().st_mtime_ns >= started:
+                    break
+            except FileNotFoundError:
+                pass
+            self.stop_event.wait(0.1)
+        self.finish(node, "Succeeded")
 
     def refresh_globals(self, scope: dict[str, Any]) -> None:
         """Global outputs (globalName) published since ``scope`` was made, for the next steps."""

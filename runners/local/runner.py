@@ -236,6 +236,17 @@ class LocalRunner(Runner):
         except OSError:
             pass
 
+    def resume(self, name: str) -> None:
+        """Resume a run's suspended steps (``suspend`` templates waiting now), as `argo resume` does."""
+        wf = self.get(name)
+        if wf is None:
+            raise WorkflowError(f"no run named {name!r} under {self.workdir}")
+        if wf.get("status", {}).get("phase") not in ("Running", "Pending"):
+            raise WorkflowError(f"run {name!r} is {wf.get('status', {}).get('phase')}, not running: nothing to resume")
+        if not any(n.get("type") == "Suspend" and n.get("phase") == "Running" for n in wf["status"].get("nodes", {}).values()):
+            raise WorkflowError(f"run {name!r} has no suspended step", hint=f"kiln logs {name} shows where it is")
+        write_text_atomic(self.workdir / name / "resume", utcnow_seconds())
+
     def wait_stopped(self, name: str, timeout: float = 30.0) -> Workflow | None:
         """Poll until a stopped run is no longer Running (for callers in another process)."""
         end = time.monotonic() + timeout

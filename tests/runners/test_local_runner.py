@@ -411,6 +411,35 @@ def test_daemon_step_serves_the_steps_after_it(tmp_path: Path) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/hello.txt", timeout=2)
 
 
+def test_suspend_until_kiln_resume(tmp_path: Path, capsys) -> None:
+    """A suspend without a duration waits for `kiln resume`; one with a duration ends by itself."""
+    import time as _time
+
+    m = wf("approve", "main", [
+        {"name": "main", "steps": [[{"name": "wait", "template": "wait"}, {"name": "pause", "template": "pause"}],
+                                   [{"name": "after", "template": "after"}]]},
+        {"name": "wait", "suspend": {}}, {"name": "pause", "suspend": {"duration": "1s"}},
+        sh("after", "echo approved")])
+    r = LocalRunner(tmp_path / ".kiln" / "runs")
+    r.submit(m, wait=False)
+    end = _time.monotonic() + 30
+    while _time.monotonic() < end:
+        nodes = {n["displayName"]: n for n in (r.get("approve") or {}).get("status", {}).get("nodes", {}).values()}
+        if nodes.get("pause", {}).get("phase") == "Succeeded":
+            break
+        _time.sleep(0.1)
+    assert nodes["wait"]["type"] == "Suspend" and nodes["wait"]["phase"] == "Running"  # still waiting
+    assert kiln_main(["-C", str(tmp_path), "resume", "approve"]) == 0
+    assert "approve: resumed" in capsys.readouterr().out
+    while (r.get("approve") or {}).get("status", {}).get("phase") == "Running" and _time.monotonic() < end:
+        _time.sleep(0.1)
+    out = r.get("approve")
+    assert out["status"]["phase"] == "Succeeded" and list(r.logs("approve", "after")) == ["approved"]
+    assert kiln_main(["-C", str(tmp_path), "resume", "approve"]) == 1  # nothing left to resume
+    err = capsys.readouterr().err  # (ended, or its last snapshot not yet on disk: no suspended step)
+    assert "not running" in err or "has no suspended step" in err
+
+
 def test_dag_target_from_a_parameter(tmp_path: Path) -> None:
     """dag.target given by a workflow parameter: only the targets and their ancestors run."""
     m = wf("dag-target", "d", [{"name": "d", "dag": {"target": "{{workflow.parameters.target}}", "tasks": [
