@@ -90,8 +90,8 @@ CLUSTER_ENV = {"secretKeyRef": "Secret", "configMapKeyRef": "ConfigMap", "fieldR
 _NO_CLUSTER_HINT = "run it with the argo runner (a cluster), or rewrite that part to use parameters, artifacts and emptyDir volumes"
 
 
-def _needs(feature: str, where: str) -> NeedsCluster:
-    return NeedsCluster(f"{where}: needs {feature}, which only a Kubernetes cluster provides; the local runner does not start it",
+def _needs(feature: str, where: str, provider: str = "only a Kubernetes cluster provides") -> NeedsCluster:
+    return NeedsCluster(f"{where}: needs {feature}, which {provider}; the local runner does not start it",
                         hint=_NO_CLUSTER_HINT)
 
 
@@ -139,7 +139,7 @@ def check_cluster_objects(spec: dict) -> None:
             background = label.startswith("sidecar") or (t.get("daemon") and label == "container")
             if background and not c.get("command") and base != "argoproj/argosay":
                 raise _needs(f"the image {c.get('image')!r} run as a server with its own entrypoint (no command given)",
-                             f"{where} {label}")
+                             f"{where} {label}", "only a container runtime (the cluster's nodes) runs")
 
 
 def validate(manifest: Workflow) -> None:
