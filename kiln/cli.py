@@ -51,6 +51,7 @@ class KilnGroup(_LazyGroup):
     lazy = {
         "algorithms": "kiln.algorithms.cli:algorithms",
         "run-workflow": "kiln.runners.cli:run_workflow",
+        "resume": "kiln.runners.cli:resume",
         "data": "kiln.controller.data_cli:data",
         "labelstudio": "kiln.labeling.cli:labelstudio",
         "models": "kiln.bento.cli:models",

@@ -90,3 +90,11 @@ class NotFound(KilnError):
 
 class WorkflowError(KilnError):
     """A workflow manifest is invalid or its run failed."""
+
+
+class NeedsCluster(WorkflowError):
+    """A workflow needs what only a Kubernetes cluster provides (a resource template, a PVC, a
+    Secret, a ServiceAccount...): the local runner refuses it before it starts. Its own exit code,
+    so that a script tells "cannot run here" from "ran and failed" (1)."""
+
+    exit_code = 4

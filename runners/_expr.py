@@ -409,6 +409,66 @@ _SPRIG: dict[str, Callable[..., Any]] = {
 }
 
 
+_JP_STEP = re.compile(r"""\.\.|\.(\*|[\w\-]+)|\[\s*(\*|\?\((.*?)\)|-?\d*\s*:\s*-?\d*|-?\d+|'[^']*'|"[^"]*")\s*\]""")
+
+
+def jsonpath(data: Any, path: str) -> Any:
+    """Argo's ``jsonpath(json, path)`` (PaesslerAG/jsonpath): ``$``, ``.key``, ``['key']``,
+    ``[n]``, ``[a:b]``, ``[*]``, ``.*`` and filters ``[?(@.age > 42 && @.name == "x")]``, the
+    filter being an expr-lang expression over ``@``. A path through a wildcard, slice or filter
+    gives a list; a plain path gives the value itself."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise ExprError(f"jsonpath: not JSON: {data[:80]!r}") from exc
+    text = str(path).strip()
+    if not text.startswith("$"):
+        raise ExprError(f"jsonpath: path {path!r} must start with $")
+    pos, cur, many = 1, [data], False
+    while pos < len(text):
+        m = _JP_STEP.match(text, pos)
+        if not m:
+            raise ExprError(f"jsonpath: cannot parse {path!r} at {text[pos:]!r}")
+        pos = m.end()
+        key, sel, flt = m.group(1), m.group(2), m.group(3)
+        nxt: list[Any] = []
+        if m.group(0) == "..":
+            raise ExprError(f"jsonpath: recursive descent (..) is not supported in {path!r}")
+        for v in cur:
+            if key == "*" or sel == "*":
+                many = True
+                nxt.extend(v.values() if isinstance(v, dict) else v if isinstance(v, list) else [])
+            elif key is not None or (sel and sel[0] in "'\""):
+                k = key if key is not None else sel[1:-1]
+                if isinstance(v, dict) and k in v:
+                    nxt.append(v[k])
+            elif flt is not None:
+                many = True
+                cond = flt.replace("@", "_at")
+                for x in v if isinstance(v, list) else v.values() if isinstance(v, dict) else []:
+                    try:
+                        if _truthy(evaluate(cond, {"_at": x})):
+                            nxt.append(x)
+                    except ExprError:
+                        continue
+            elif ":" in sel:
+                many = True
+                a, _, b = sel.partition(":")
+                if isinstance(v, list):
+                    nxt.extend(v[int(a) if a.strip() else None:int(b) if b.strip() else None])
+            elif isinstance(v, list):
+                i = int(sel)
+                if -len(v) <= i < len(v):
+                    nxt.append(v[i])
+        cur = nxt
+    if many:
+        return cur
+    if not cur:
+        raise ExprError(f"jsonpath: {path!r} matches nothing")
+    return cur[0]
+
+
 def _builtin_len(v: Any) -> int:
     try:
         return len(v)
@@ -418,6 +478,7 @@ def _builtin_len(v: Any) -> int:
 
 _PLAIN: dict[str, Callable[..., Any]] = {
     "len": _builtin_len,
+    "jsonpath": jsonpath,
     "string": format_value,
     "int": _as_int,
     "float": _as_float,

@@ -103,6 +103,8 @@ def render(s: str, scope: dict[str, Any], *, strict: bool = True) -> str:
                     raise UnresolvedTag(body, f"failed to evaluate {{{{{body}}}}}: {exc}") from exc
         else:
             v = scope.get(body)
+            if isinstance(v, dict) and not strict:
+                v = None  # an artifact: a later `from:` reads it from the scope, not from text
             if v is None:
                 if strict:
                     raise UnresolvedTag(body)

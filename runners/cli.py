@@ -74,11 +74,15 @@ class _Progress:
 @click.option("-p", "--parameter", "params", multiple=True, metavar="NAME=VALUE", help="Override a workflow parameter.")
 @click.option("-o", "--output", "output", type=click.Choice(["text", "json"]), default="text")
 @click.option("--concurrency", type=int, default=None, help="Steps run at once on this machine (default: CPU count).")
+@click.option("--templates", "templates", type=click.Path(file_okay=False), default=None,
+              help="Folder of WorkflowTemplates that templateRef/workflowTemplateRef name (default: $KILN_WORKFLOW_TEMPLATES).")
 @click.pass_context
-def run_workflow(ctx: click.Context, file: str, params: tuple[str, ...], output: str, concurrency: int | None) -> None:
+def run_workflow(ctx: click.Context, file: str, params: tuple[str, ...], output: str, concurrency: int | None,
+                 templates: str | None) -> None:
     """Run an Argo Workflow manifest on this machine with kiln's local runner."""
     manifest = _load_workflow(file)
-    runner = LocalRunner(runner_workdir(_repo(ctx)), max_concurrency=concurrency)
+    runner = LocalRunner(runner_workdir(_repo(ctx)), max_concurrency=concurrency,
+                         templates_dir=Path(templates) if templates else None)
     progress = _Progress() if output == "text" else None
     old = signal.getsignal(signal.SIGTERM)
     if threading_main():
@@ -106,3 +110,12 @@ def run_workflow(ctx: click.Context, file: str, params: tuple[str, ...], output:
 
 def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+@click.command("resume")
+@click.argument("workflow")
+@click.pass_context
+def resume(ctx: click.Context, workflow: str) -> None:
+    """Resume the suspended steps of a local run (its suspend templates waiting now)."""
+    LocalRunner(runner_workdir(_repo(ctx))).resume(workflow)
+    click.echo(f"{workflow}: resumed")

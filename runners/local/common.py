@@ -19,10 +19,12 @@ HOST_IMAGES: dict[str, str] = {
 }
 
 # how template kinds are run; anything else is reported with this list
-TEMPLATE_KINDS = ("container", "script", "steps", "dag")
-UNSUPPORTED_KINDS = ("resource", "suspend", "containerSet", "data", "http", "plugin")
+TEMPLATE_KINDS = ("container", "script", "containerSet", "http", "suspend", "steps", "dag")
+UNSUPPORTED_KINDS = ("resource", "data", "plugin")
+# the kinds that run as one pod (host processes)
+POD_KINDS = frozenset(("container", "script", "containerSet"))
 # the status node type of each template kind
-NODE_TYPES = {"container": "Pod", "script": "Pod", "steps": "Steps", "dag": "DAG"}
+NODE_TYPES = {"container": "Pod", "script": "Pod", "containerSet": "Pod", "http": "HTTP", "suspend": "Suspend", "steps": "Steps", "dag": "DAG"}
 
 
 @functools.lru_cache(maxsize=8192)  # a node's id and its pod name hash the same name

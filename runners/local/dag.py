@@ -53,7 +53,12 @@ class DagRun:
         for t in self.order:
             for p in self.parents[t]:
                 self.children_of[p].append(t)
+        # dag.target may come from a parameter: the template arrives rendered with its inputs
         self.targets = (dag.get("target") or "").split() or [t for t in self.order if not self.children_of[t]]
+        unknown = [t for t in self.targets if t not in self.tasks]
+        if unknown:
+            raise WorkflowError(f"{self.where}: dag.target names unknown task {unknown[0]!r}",
+                                hint=f"tasks: {', '.join(self.order)}")
         self.needed = self._ancestry(self.targets)
         self.limit = int(tmpl["parallelism"]) if tmpl.get("parallelism") else None
         # Argo checks failFast where it checks the template's parallelism (checkParallelism:
@@ -223,7 +228,7 @@ class DagRun:
         if result == "Completed":
             return ph in ("Succeeded", "Failed")
         if result == "Daemoned":
-            return False
+            return bool(n.get("daemoned"))
         if result == "AnySucceeded":
             return any(k["phase"] == "Succeeded" for k in kids or [n])
         if result == "AllFailed":
@@ -259,6 +264,7 @@ class DagRun:
         tnode_name = f"{node['name']}.{tname}"
         with self.cv:
             tscope = dict(self.scope)
+        run.refresh_globals(tscope)
         # like Argo, a dependent hangs off the outbound node (a Retry's last attempt)
         parent_ids = [run.outbound(self.tnodes[p]) for p in self.parents[tname]] or [node["id"]]
         items = run.expand(task, tscope, f"{self.where} dag task {tname!r}")

@@ -25,9 +25,11 @@ from kiln.errors import WorkflowError
 from kiln.runners import _expr
 from kiln.runners._template import UnresolvedTag, nested_env, render, render_obj
 from kiln.runners.base import Workflow
+from kiln.runners.local import sync
 from kiln.runners.local.admission import run_parallel, start
-from kiln.runners.local.common import DONE, FAILED, NODE_TYPES, TEMPLATE_KINDS, Stopped, fnv32a, parse_duration
+from kiln.runners.local.common import DONE, FAILED, NODE_TYPES, POD_KINDS, TEMPLATE_KINDS, Stopped, fnv32a, parse_duration
 from kiln.runners.local.dag import DagRun
+from kiln.runners.local.http import http_call
 from kiln.runners.local.pod import Pod
 from kiln.runners.local.state import RunState
 
@@ -42,7 +44,9 @@ def _item_label(item: Any) -> str:
 
 
 # composite/retry fields rendered non-strictly: their tags may name steps that have not run yet
-_LATE_KEYS = frozenset(("steps", "dag", "retryStrategy", "memoize"))
+# (metrics are not emitted by the local runner: their tags, such as {{status}}, may name what a
+# run only knows at its end, and must not fail the step)
+_LATE_KEYS = frozenset(("steps", "dag", "retryStrategy", "memoize", "metrics"))
 
 
 def _has_tags(obj: Any) -> bool:
@@ -71,8 +75,11 @@ class _Run(RunState):
         self.touch()
         keeper_done = start(self.housekeeper)
         try:
-            root = self.run_template(self.name, self.name, self.spec["entrypoint"],
-                                     self.spec.get("arguments") or {}, None, None, dict(self.globals))
+            # spec.synchronization: held for the whole run, exit handler included (sync.py)
+            with sync.held(self.runner.locks, sync.requirements(self.spec.get("synchronization"), self.runner.templates,
+                                                                "spec.synchronization"), self.check_stop):
+                root = self.run_template(self.name, self.name, self.spec["entrypoint"],
+                                         self.spec.get("arguments") or {}, None, None, dict(self.globals))
             phase = root["phase"] if root["phase"] in FAILED else "Succeeded"
             message = root.get("message", "") if phase != "Succeeded" else ""
             if self.stop_event.is_set():
@@ -91,6 +98,7 @@ class _Run(RunState):
                 phase, message = "Failed", self.stop_message
         except Exception as exc:  # an internal error must still leave a finished, readable run
             phase, message = "Error", f"{type(exc).__name__}: {exc}"
+        self.stop_daemons(None)
         with self.lock:
             for n in self.nodes.values():
                 if n["phase"] in ("Running", "Pending"):
@@ -102,6 +110,8 @@ class _Run(RunState):
             self.status["finishedAt"] = utcnow_seconds()
             if self.global_outputs:
                 self.status["outputs"] = {"parameters": [{"name": k, "value": v} for k, v in self.global_outputs.items()]}
+            if self.global_artifacts:
+                self.status.setdefault("outputs", {})["artifacts"] = list(self.global_artifacts.values())
         self.done.set()
         self.dirty.set()
         keeper_done.wait()
@@ -128,7 +138,8 @@ class _Run(RunState):
             local = self.bind_inputs(tmpl, arguments, scope)
             # Argo's pod naming (v2): <workflow>-<template>-<fnv32a(node name)>
             local["pod.name"] = f"{self.name}-{tmpl_name}-{fnv32a(name)}"
-            strict = kind in ("container", "script")
+            local["node.name"] = name
+            strict = kind in POD_KINDS or kind == "http"
             tmpl_r: dict[str, Any] = {}
             for k, v, tagged in self.plan(tmpl_name):
                 if not tagged:  # nothing to substitute: share the manifest's value, never mutated
@@ -149,11 +160,19 @@ class _Run(RunState):
                 self._publish_globals(node)
                 return node
         rs = tmpl_r.get("retryStrategy")
-        if rs:
-            node = self.run_retry(name, display, tmpl_name, tmpl_r, kind, rs, boundary, parent, local)
-        else:
-            node = self.new_node(name, display, ntype, tmpl_name, boundary, parent)
-            self.run_body(node, tmpl_r, kind, local)
+        try:
+            reqs = sync.requirements(tmpl_r.get("synchronization"), self.runner.templates, f"template {tmpl_name!r}")
+        except WorkflowError as exc:
+            return self.new_node(name, display, ntype, tmpl_name, boundary, parent, "Error", exc.message)
+        try:
+            with sync.held(self.runner.locks, reqs, self.check_stop):
+                if rs:
+                    node = self.run_retry(name, display, tmpl_name, tmpl_r, kind, rs, boundary, parent, local)
+                else:
+                    node = self.new_node(name, display, ntype, tmpl_name, boundary, parent)
+                    self.run_body(node, tmpl_r, kind, local)
+        except Stopped as exc:  # stopped while waiting for a mutex or semaphore
+            return self.new_node(name, display, ntype, tmpl_name, boundary, parent, "Failed", str(exc))
         if memo:
             node["memoizationStatus"] = {"hit": False, "key": str(memo.get("key", "")),
                                          "cacheName": ((memo.get("cache") or {}).get("configMap") or {}).get("name", "")}
@@ -189,7 +208,7 @@ class _Run(RunState):
 
     def bind_inputs(self, tmpl: dict, arguments: dict, scope: dict[str, Any]) -> dict[str, Any]:
         local = dict(self.globals)
-        for k in ("workflow.status", "workflow.failures", "workflow.duration"):
+        for k in ("workflow.status", "workflow.failures", "workflow.duration", "steps.name", "tasks.name"):
             if k in scope:
                 local[k] = scope[k]
         args = {p["name"]: p for p in (arguments or {}).get("parameters") or []}
@@ -201,10 +220,11 @@ class _Run(RunState):
                 value = a.get("value")
                 if value is None and (a.get("valueFrom") or {}).get("default") is not None:
                     value = a["valueFrom"]["default"]
-            elif "value" in p:
-                value = p["value"]
-            elif "default" in p:
-                value = p["default"]
+            elif "value" in p or "default" in p:
+                # a template's own value/default sees the workflow's globals, as in Argo
+                value = p["value"] if "value" in p else p["default"]
+                if isinstance(value, str) and "{{" in value:
+                    value = render(value, local)
             else:
                 raise WorkflowError(f"template {tmpl['name']!r}: input parameter {p['name']!r} was not supplied",
                                     hint="pass it in the step's arguments.parameters or give it a default")
@@ -231,12 +251,22 @@ class _Run(RunState):
 
     def run_body(self, node: dict, tmpl: dict, kind: str, local: dict[str, Any]) -> None:
         try:
-            if kind in ("container", "script"):
+            if kind in POD_KINDS:
                 Pod(self, node, tmpl, kind, local).execute()
+            elif kind == "http":
+                http_call(self, node, tmpl)
+            elif kind == "suspend":
+                self.run_suspend(node, tmpl)
             elif kind == "steps":
-                self.run_steps(node, tmpl, local)
+                try:
+                    self.run_steps(node, tmpl, local)
+                finally:  # its daemoned steps live as long as it runs
+                    self.stop_daemons(node["id"])
             else:
-                DagRun(self, node, tmpl, local).execute()
+                try:
+                    DagRun(self, node, tmpl, local).execute()
+                finally:
+                    self.stop_daemons(node["id"])
         except Stopped as exc:
             self.finish(node, "Failed", str(exc))
         except (UnresolvedTag, WorkflowError, _expr.ExprError) as exc:
@@ -400,6 +430,8 @@ class _Run(RunState):
             for k, v in per_name.items():
                 scope[f"{prefix}.outputs.parameters.{k}"] = _expr.to_json(v)
             return
+        if node.get("daemoned"):  # a daemon listens on this machine
+            scope[f"{prefix}.ip"] = "127.0.0.1"
         outs = node.get("outputs") or {}
         if "exitCode" in outs:
             scope[f"{prefix}.exitCode"] = outs["exitCode"]
@@ -437,6 +469,8 @@ class _Run(RunState):
             args = self.resolve_args(step, scope)
         except (UnresolvedTag, WorkflowError) as exc:
             return self.new_node(name, display, "Skipped", step["template"], boundary, parent, "Error", str(exc))
+        # the step's own name, as {{steps.name}} / {{tasks.name}} inside its template
+        scope = dict(scope, **{"steps.name": step["name"], "tasks.name": step["name"]})
         node = self.run_template(name, display, step["template"], args, boundary, parent, scope)
         if step.get("hooks") or step.get("onExit"):
             self.run_hook(step, node, boundary, self._with_self(scope, step["name"], node))
@@ -500,6 +534,28 @@ class _Run(RunState):
         if params or arts:
             node["outputs"] = {**({"parameters": params} if params else {}), **({"artifacts": arts} if arts else {})}
 
+    def run_suspend(self, node: dict, tmpl: dict) -> None:
+        """A suspend template: waits for its duration, or until ``LocalRunner.resume`` (``kiln
+        resume``) writes the run's ``resume`` file after the node started; a stop fails it."""
+        dur = (tmpl.get("suspend") or {}).get("duration")
+        end = time.monotonic() + parse_duration(dur, f"template {tmpl['name']!r} suspend.duration") if dur not in (None, "") else None
+        started = time.time_ns()
+        resume = self.dir / "resume"
+        while end is None or time.monotonic() < end:
+            self.check_stop()
+            try:
+                if resume.stat().st_mtime_ns >= started:
+                    break
+            except FileNotFoundError:
+                pass
+            self.stop_event.wait(0.1)
+        self.finish(node, "Succeeded")
+
+    def refresh_globals(self, scope: dict[str, Any]) -> None:
+        """Global outputs (globalName) published since ``scope`` was made, for the next steps."""
+        with self.lock:
+            scope.update({k: v for k, v in self.globals.items() if k.startswith("workflow.outputs.")})
+
     # ------------------------------------------------------------------ steps
     def run_steps(self, node: dict, tmpl: dict, local: dict[str, Any]) -> None:
         scope = dict(local)
@@ -510,6 +566,7 @@ class _Run(RunState):
             gnode = self.reuse(self.node_id(gname), node["id"])
             if gnode is None:
                 gnode = self.new_node(gname, f"[{gi}]", "StepGroup", None, node["id"], node["id"])
+            self.refresh_globals(scope)
             failed = self.run_group(node, gnode, tmpl, list(group or []), scope, limit)
             self.finish(gnode, "Failed" if failed else "Succeeded", failed)
             if failed:

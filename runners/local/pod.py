@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,7 @@ class Pod:
         self.nid = node["id"]
         self.sandbox = f"{run.dir_s}/tmp/{self.nid}"  # str, not Path: pathlib costs microseconds per join
         self.workdir = f"{run.dir_s}/tmp"
+        self.root = self.workdir  # the container's "/" (its default working directory), once laid out
         self.pmap: dict[str, str] = {}
         self.rx: re.Pattern[str] | None = None
         # what admit() took, for leave()
@@ -72,29 +74,150 @@ class Pod:
     def execute(self) -> None:
         self.lay_out()
         self.stage_inputs()
-        argv = self.argv()
-        env = self.env()
-        cwd = self.c.get("workingDir")
-        cwd = cwd if cwd and os.path.isdir(cwd) else self.workdir
-        executable = self.run.which(argv[0], env.get("PATH", os.defpath))
+        if self.tmpl.get("daemon") and self.kind != "containerSet":
+            self.start_daemon()
+            return
+        containers = self.containers()
         deadline_s = self.deadline()
         # a DAG task started through the gate already holds its place (see PodGate)
         self.gated, HANDOFF.place = HANDOFF.place, False
+        ended: tuple[int, list[bytes]] | None = None
+        sidecars: list[subprocess.Popen] = []
         try:
             self.admit()
-            if self.gpus is not None:  # GPUs by index, never shared; a pod that asked for none sees none
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
+            if self.tmpl.get("sidecars"):
+                started = self.start_sidecars()
+                if started is None:
+                    return  # a sidecar could not start: the node is finished (Error)
+                sidecars = started
+            result: tuple[int, list[bytes]] | None = None
             t0 = time.monotonic()
-            ended = self.spawn_and_wait(argv, executable, cwd, env, deadline_s)
+            for c in containers:
+                self.c = c
+                argv = self.argv()
+                env = self.env()
+                if self.gpus is not None:  # GPUs by index, never shared; a pod that asked for none sees none
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
+                cwd = c.get("workingDir")
+                cwd = cwd if cwd and os.path.isdir(cwd) else self.root
+                executable = self.run.which(argv[0], env.get("PATH", os.defpath))
+                ended = self.spawn_and_wait(argv, executable, cwd, env, deadline_s)
+                if ended is None:
+                    return  # could not start: the node is finished (Error)
+                if len(containers) == 1 or c.get("name") == "main":
+                    result = ended  # a containerSet's result is its "main" container's stdout, as in Argo
+                if ended[0] != 0:
+                    break  # a failed container fails the pod; the ones after it never start
             if self.req is not None:
                 # what it held while it ran (not while it queued), in Argo's units and field, so
                 # that `kiln usage` reads the same from both runners
                 with self.run.lock:
                     self.node["resourcesDuration"] = resources_duration(self.req, time.monotonic() - t0)
         finally:
+            self.stop_sidecars(sidecars)
             self.leave()
         if ended is not None:
-            self.conclude(*ended)
+            self.conclude(ended[0], (result or (0, []))[1] if ended[0] == 0 else ended[1])
+
+    def start_daemon(self) -> None:
+        """A daemoned step (``daemon: true``): its process is started in the background, the node
+        is marked ``daemoned`` once it is ready (its readinessProbe's httpGet answers on
+        loopback, when it has one) and the steps after it run; it is killed when the template
+        that started it ends (``_Run.stop_daemons``). It takes no pod slot: it would hold one
+        for as long as its siblings run, and could starve them."""
+        run, c = self.run, self.c
+        argv, env = self.argv(), self.env()
+        log = os.open(f"{run.dir_s}/logs/{self.nid}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            p = subprocess.Popen(argv, executable=run.which(argv[0], env.get("PATH", os.defpath)), cwd=self.root, env=env,
+                                 stdin=devnull(), stdout=log, stderr=log, start_new_session=True)
+        except OSError as exc:
+            run.finish(self.node, "Error", f"cannot start {argv[0]!r}: {exc.strerror}")
+            return
+        finally:
+            os.close(log)
+        run.pods.add(p.pid)
+        with run.lock:
+            run.procs[self.nid] = (p, None)
+            run.daemons.setdefault(self.node.get("boundaryID") or "", []).append((self.nid, p))
+        probe = ((c.get("readinessProbe") or {}).get("httpGet") or {})
+        if probe.get("port"):
+            url = f"http://127.0.0.1:{probe['port']}{probe.get('path') or '/'}"
+            end = time.monotonic() + float((c.get("readinessProbe") or {}).get("initialDelaySeconds") or 0) + 30
+            while time.monotonic() < end and p.poll() is None:
+                try:
+                    with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback
+                        break
+                except (OSError, ValueError):
+                    run.stop_event.wait(0.2)
+                    run.check_stop()
+        if p.poll() is not None:
+            run.finish(self.node, "Failed", f"daemon exited before it was ready (exit code {p.returncode})")
+            return
+        with run.lock:
+            self.node["daemoned"] = True
+            self.node["hostNodeName"] = run.hostname
+        run.finish(self.node, "Succeeded", "", {"exitCode": "0"})
+
+    def start_sidecars(self) -> list[subprocess.Popen] | None:
+        """Start the template's sidecars as background process groups writing into the pod's
+        log, as Argo starts them next to the main container; None (the node finished with
+        Error) when one cannot start. They are killed once the main container(s) ended."""
+        main_c = self.c
+        procs: list[subprocess.Popen] = []
+        log = os.open(f"{self.run.dir_s}/logs/{self.nid}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            for sc in self.tmpl.get("sidecars") or []:
+                self.c = sc
+                argv, env = self.argv(), self.env()
+                try:
+                    p = subprocess.Popen(argv, executable=self.run.which(argv[0], env.get("PATH", os.defpath)),
+                                         cwd=self.workdir, env=env, stdin=devnull(), stdout=log, stderr=log,
+                                         start_new_session=True)
+                except OSError as exc:
+                    self.stop_sidecars(procs)
+                    self.run.finish(self.node, "Error", f"sidecar {sc.get('name')!r}: cannot start {argv[0]!r}: {exc.strerror}")
+                    return None
+                self.run.pods.add(p.pid)
+                with self.run.lock:  # a stop or the workflow's deadline kills them with the pod
+                    self.run.procs[f"{self.nid}/{sc.get('name')}"] = (p, None)
+                procs.append(p)
+        finally:
+            os.close(log)
+            self.c = main_c
+        return procs
+
+    def stop_sidecars(self, procs: list[subprocess.Popen]) -> None:
+        for p in procs:
+            kill_group(p)
+        for p, sc in zip(procs, self.tmpl.get("sidecars") or [], strict=False):
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            with self.run.lock:
+                self.run.procs.pop(f"{self.nid}/{sc.get('name')}", None)
+
+    def containers(self) -> list[dict]:
+        """The containers to run, in order: one, or a containerSet's in an order its
+        ``dependencies`` allow (one after another: one pod's slot, and each sees the files the
+        ones it depends on wrote in the shared volumes)."""
+        if self.kind != "containerSet":
+            return [self.c]
+        cs = list(self.c.get("containers") or [])
+        names = {c.get("name") for c in cs}
+        done: set[str] = set()
+        order: list[dict] = []
+        while len(order) < len(cs):
+            ready = [c for c in cs if c.get("name") not in done and set(c.get("dependencies") or []) <= done]
+            if not ready:
+                unknown = sorted({d for c in cs for d in c.get("dependencies") or []} - names)
+                raise WorkflowError(f"template {self.tmpl['name']!r}: containerSet dependencies "
+                                    + (f"name unknown containers {unknown}" if unknown else "form a cycle"))
+            for c in ready:
+                done.add(c.get("name"))
+                order.append(c)
+        return order
 
     # ------------------------------------------------------------------ sandbox and inputs
     def lay_out(self) -> None:
@@ -112,16 +235,35 @@ class Pod:
         for a in (tmpl.get("inputs") or {}).get("artifacts") or []:
             if a.get("path"):
                 cpaths.append(a["path"])
+        # volume mounts (emptyDir: the only kind that passed validation) are private folders too
+        mounts = [m.get("mountPath") for m in self.c.get("volumeMounts") or []]
+        for c in self.c.get("containers") or []:
+            mounts += [m.get("mountPath") for m in c.get("volumeMounts") or []]
+        mounts = [m.rstrip("/") for m in mounts if isinstance(m, str) and m.startswith("/") and m.rstrip("/")]
+        cpaths += mounts
+        # "/tmp/" names the folder /tmp; and a file's own folder below the top level
+        # (/mnt/out of /mnt/out/part.json) is the program's to create: map it too, so that
+        # `mkdir /mnt/out` and the file land in the same private place
+        dirs = [cp.rstrip("/") for cp in cpaths if cp.endswith("/") and cp.rstrip("/")] + mounts
+        cpaths = [cp.rstrip("/") or "/" for cp in cpaths]
+        cpaths += [os.path.dirname(cp) for cp in cpaths if cp.startswith("/") and cp.count("/") >= 3]
         sandbox = self.sandbox
-        pmap = self.pmap = {cp: f"{sandbox}/fs/{cp.lstrip('/')}" for cp in cpaths if cp.startswith("/")}
+        pmap = self.pmap = {cp: f"{sandbox}/fs/{cp.lstrip('/')}" for cp in cpaths if cp.startswith("/") and cp != "/"}
         # a private folder only for pods that write files or scripts: mkdir is not free
         if pmap or cpaths or self.kind == "script":
             if os.path.exists(sandbox):
                 shutil.rmtree(sandbox, ignore_errors=True)
             os.makedirs(sandbox)
             self.workdir = sandbox
-        for hp in pmap.values():
-            os.makedirs(os.path.dirname(hp), exist_ok=True)
+            # an image's working directory is "/" unless it says otherwise: a relative path
+            # the program writes lands where the template's absolute paths are mapped
+            self.root = f"{sandbox}/fs"
+            os.makedirs(self.root, exist_ok=True)
+        for cp in pmap:
+            # top-level folders (/tmp, /mnt) exist in any image; deeper ones the program makes
+            os.makedirs(f"{sandbox}/fs/{cp.split('/')[1]}" if cp.count("/") >= 2 else f"{sandbox}/fs", exist_ok=True)
+        for d in dirs:  # folders the template names as such (a mount, "/tmp/")
+            os.makedirs(pmap[d], exist_ok=True)
         if pmap:
             self.rx = re.compile(r"(?<![\w.])(" + "|".join(re.escape(p) for p in sorted(pmap, key=len, reverse=True))
                                  + r")(?![\w.\-])")
@@ -132,6 +274,7 @@ class Pod:
         return self.rx.sub(lambda m: pmap[m.group(1)], s) if self.rx else s
 
     def host_path(self, cp: str) -> Path:
+        cp = cp.rstrip("/") or "/"  # as lay_out keys them
         return Path(self.pmap[cp]) if cp in self.pmap else Path(self.workdir, cp)  # an absolute cp stays as is
 
     def stage_inputs(self) -> None:
@@ -142,13 +285,26 @@ class Pod:
             dest = self.host_path(a["path"]) if a.get("path") else None
             if dest is None:
                 continue
+            key = repo_key(art, self.local)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             if (art.get("raw") or {}).get("data") is not None:
                 dest.write_text(art["raw"]["data"])
-            elif (art.get("local") or {}).get("path"):
-                src = Path(art["local"]["path"])
+            elif (art.get("local") or {}).get("path") or key is not None:
+                # a step's own output (local.path), or a key of the local artifact repository
+                src = Path(art["local"]["path"]) if (art.get("local") or {}).get("path") else self.run.runner.artifact_repo / key
+                if art.get("subPath"):
+                    src = src / render(str(art["subPath"]), self.local)
+                if not src.exists():
+                    if a.get("optional"):
+                        continue
+                    raise WorkflowError(f"input artifact {a['name']!r} of template {tmpl['name']!r}: "
+                                        + (f"key {key!r} is not in the artifact repository {self.run.runner.artifact_repo}"
+                                           if key is not None and not (art.get("local") or {}).get("path") else f"{src} does not exist"),
+                                        hint="an earlier step must save it (outputs.artifacts with the same key)")
                 if src.is_dir():
                     shutil.copytree(src, dest, dirs_exist_ok=True)
                 else:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, dest)
             elif not a.get("optional"):
                 raise WorkflowError(f"input artifact {a['name']!r} of template {tmpl['name']!r} has no source",
@@ -258,6 +414,7 @@ class Pod:
         finally:
             if self.log_fd >= 0:
                 os.close(self.log_fd)
+                self.log_fd = -1  # a containerSet's next container opens it again
             with self.run.lock:
                 self.run.procs.pop(self.nid, None)
 
@@ -352,6 +509,16 @@ class Pod:
                 else:
                     shutil.copyfile(src, dest)
                 entry = {"name": a["name"], "path": a["path"], "local": {"path": str(dest)}}
+                key = repo_key(a, self.local)
+                if key is not None:  # saved to the (local) artifact repository under its key too
+                    kind = next(k for k in REPO_KEYS if a.get(k) is not None)
+                    repo_dest = self.run.runner.artifact_repo / key
+                    repo_dest.parent.mkdir(parents=True, exist_ok=True)
+                    if src.is_dir():
+                        shutil.copytree(src, repo_dest, dirs_exist_ok=True)
+                    else:
+                        shutil.copyfile(src, repo_dest)
+                    entry[kind] = {**a[kind], REPO_KEYS[kind]: key}
                 if a.get("globalName"):
                     entry["globalName"] = a["globalName"]
                 arts.append(entry)
@@ -395,6 +562,23 @@ class Pod:
                 entry["globalName"] = p["globalName"]
             params.append(entry)
         return params, err
+
+
+# artifact repositories Argo stores artifacts in, and the field naming an artifact's place in
+# one: the local runner keeps them all in one folder (LocalRunner.artifact_repo), by that key
+REPO_KEYS = {"s3": "key", "gcs": "key", "oss": "key", "azure": "blob", "hdfs": "path"}
+
+
+def repo_key(art: dict, scope: dict[str, Any]) -> str | None:
+    """The repository key of an artifact (rendered), or None when it names no repository."""
+    for kind, field in REPO_KEYS.items():
+        loc = art.get(kind)
+        if isinstance(loc, dict) and loc.get(field):
+            key = render(str(loc[field]), scope).strip("/")
+            if ".." in Path(key).parts:
+                raise WorkflowError(f"artifact {art.get('name')!r}: {kind}.{field} {key!r} leaves the repository")
+            return key
+    return None
 
 
 _DEVNULL_FD = -1

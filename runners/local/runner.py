@@ -21,11 +21,13 @@ from kiln._util.proc import pid_alive
 from kiln.errors import WorkflowError
 from kiln.runners import _resources, _slots
 from kiln.runners.base import Runner, Workflow
+from kiln.runners.local import sync
 from kiln.runners.local.admission import PodGate, start
 from kiln.runners.local.interpreter import _Run
 from kiln.runners.local.journal import JOURNAL, reap_orphans, replay_journal
 from kiln.runners.local.pod import ENV_PASSTHROUGH
 from kiln.runners.local.validation import validate
+from kiln.runners.local.wftemplates import TemplateStore, default_folder, resolve
 
 
 class LocalRunner(Runner):
@@ -35,15 +37,19 @@ class LocalRunner(Runner):
 
     def __init__(self, workdir: Path, *, max_concurrency: int | None = None, env: dict | None = None,
                  flush_interval: float = 0.05, slots_dir: Path | None = None,
-                 capacity: dict[str, Any] | None = None) -> None:
+                 capacity: dict[str, Any] | None = None, templates_dir: Path | None = None) -> None:
         """``max_concurrency`` (default: CPU count) caps the pods running at once on this machine,
         across every process that uses the same ``slots_dir`` (default ``$KILN_SLOTS_DIR``, else
         ``~/.cache/kiln/slots``; see ``kiln.runners._slots``). Pods that request resources also
         queue for them (``kiln.runners._resources``) against the machine's ``capacity``
-        (``{cpu, memory, gpus}``, detected where a field is not given)."""
+        (``{cpu, memory, gpus}``, detected where a field is not given). ``templates_dir`` (default
+        ``$KILN_WORKFLOW_TEMPLATES``) holds the WorkflowTemplates that templateRef and
+        workflowTemplateRef name (``wftemplates.py``)."""
         self.workdir = Path(workdir)
         self.slots_dir = Path(slots_dir) if slots_dir is not None else _slots.default_slots_dir()
         self.cache_dir = self.workdir.parent / "cache"
+        # stands in for the S3/GCS/... artifact repository: artifacts with a key are kept there
+        self.artifact_repo = Path(os.environ.get("KILN_ARTIFACT_REPOSITORY") or self.workdir.parent / "artifact-repository")
         self.max_concurrency = max_concurrency or os.cpu_count() or 1
         if self.max_concurrency < 1:
             raise WorkflowError(f"max_concurrency must be >= 1 (got {max_concurrency})")
@@ -53,6 +59,8 @@ class LocalRunner(Runner):
         self._resources: _resources.ResourceQueue | None = None
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.flush_interval = flush_interval
+        self.locks = sync.Locks()  # synchronization's mutexes and semaphores, shared by this runner's runs
+        self.templates = TemplateStore(Path(templates_dir) if templates_dir is not None else default_folder())
         self._active: dict[str, _Run] = {}
         self._lock = threading.Lock()
 
@@ -78,6 +86,7 @@ class LocalRunner(Runner):
 
     # ------------------------------------------------------------------ submit
     def prepare(self, manifest: Workflow, parameters: dict[str, str] | None) -> tuple[Workflow, str]:
+        manifest = resolve(manifest, self.templates)
         validate(manifest)
         try:  # a JSON round trip copies 10x faster than deepcopy, and the run is stored as JSON anyway
             wf = json.loads(json.dumps(manifest))
@@ -238,6 +247,17 @@ class LocalRunner(Runner):
             (run_dir / JOURNAL).unlink()  # replayed into the snapshot just written
         except OSError:
             pass
+
+    def resume(self, name: str) -> None:
+        """Resume a run's suspended steps (``suspend`` templates waiting now), as `argo resume` does."""
+        wf = self.get(name)
+        if wf is None:
+            raise WorkflowError(f"no run named {name!r} under {self.workdir}")
+        if wf.get("status", {}).get("phase") not in ("Running", "Pending"):
+            raise WorkflowError(f"run {name!r} is {wf.get('status', {}).get('phase')}, not running: nothing to resume")
+        if not any(n.get("type") == "Suspend" and n.get("phase") == "Running" for n in wf["status"].get("nodes", {}).values()):
+            raise WorkflowError(f"run {name!r} has no suspended step", hint=f"kiln logs {name} shows where it is")
+        write_text_atomic(self.workdir / name / "resume", utcnow_seconds())
 
     def wait_stopped(self, name: str, timeout: float = 30.0) -> Workflow | None:
         """Poll until a stopped run is no longer Running (for callers in another process)."""

@@ -92,6 +92,9 @@ class RunState:
             (self.site_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
         self.hostname = socket.gethostname()
         self.global_outputs: dict[str, str] = {}
+        self.global_artifacts: dict[str, dict] = {}
+        # daemoned steps' processes, by the id of the steps/DAG node whose end kills them
+        self.daemons: dict[str, list[tuple[str, subprocess.Popen]]] = {}
         # a fresh journal, carrying the Succeeded nodes of the run being resumed (see journal.py)
         self.journal = Journal(self.dir, [n for n in self.prev_nodes.values() if n.get("phase") == "Succeeded"])
         self.pods = PodList(self.dir)
@@ -276,6 +279,20 @@ class RunState:
         for p in procs:
             kill_group(p)
 
+    def stop_daemons(self, boundary: str | None) -> None:
+        """Kill the daemoned steps started inside ``boundary`` (every one when None)."""
+        with self.lock:
+            keys = [boundary or ""] if boundary is not None else list(self.daemons)
+            gone = [d for k in keys for d in self.daemons.pop(k, [])]
+        for nid, p in gone:
+            kill_group(p)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            with self.lock:
+                self.procs.pop(nid, None)
+
     def check_stop(self) -> None:
         if self.stop_event.is_set():
             raise Stopped(self.stop_message)
@@ -293,4 +310,9 @@ class RunState:
                 with self.lock:
                     self.global_outputs[p["globalName"]] = p.get("value", "")
                     self.globals[f"workflow.outputs.parameters.{p['globalName']}"] = p.get("value", "")
+        for a in (node.get("outputs") or {}).get("artifacts") or []:
+            if a.get("globalName"):  # {{workflow.outputs.artifacts.NAME}} for a later step's `from`
+                with self.lock:
+                    self.global_artifacts[a["globalName"]] = dict(a, name=a["globalName"])
+                    self.globals[f"workflow.outputs.artifacts.{a['globalName']}"] = self.global_artifacts[a["globalName"]]
 

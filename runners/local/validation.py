@@ -9,7 +9,7 @@ import json
 import re
 from typing import Any
 
-from kiln.errors import WorkflowError
+from kiln.errors import NeedsCluster, WorkflowError
 from kiln.runners import _expr
 from kiln.runners._template import _find_close
 from kiln.runners.base import Workflow
@@ -80,15 +80,75 @@ def _check_expr_tags(obj: Any, where: str) -> None:
             _check_expr_tags(v, f"{where}[{n}]")
 
 
+# images whose program is a Kubernetes API client: what they do needs the cluster itself
+KUBE_CLIENT_IMAGES = {"bitnami/kubectl": "kubectl", "bitnamilegacy/kubectl": "kubectl", "argoproj/argocli": "argo CLI"}
+# volume sources that name an object of the cluster (emptyDir is a folder of the pod's own)
+CLUSTER_VOLUMES = {"persistentVolumeClaim": "PersistentVolumeClaim", "secret": "Secret", "configMap": "ConfigMap volume",
+                   "hostPath": "hostPath volume (a node's disk)", "nfs": "NFS volume", "csi": "CSI volume"}
+CLUSTER_ENV = {"secretKeyRef": "Secret", "configMapKeyRef": "ConfigMap", "fieldRef": "the pod's own fields (fieldRef)",
+               "resourceFieldRef": "the pod's resources (resourceFieldRef)"}
+_NO_CLUSTER_HINT = "run it with the argo runner (a cluster), or rewrite that part to use parameters, artifacts and emptyDir volumes"
+
+
+def _needs(feature: str, where: str, provider: str = "only a Kubernetes cluster provides") -> NeedsCluster:
+    return NeedsCluster(f"{where}: needs {feature}, which {provider}; the local runner does not start it",
+                        hint=_NO_CLUSTER_HINT)
+
+
+def check_cluster_objects(spec: dict) -> None:
+    """Refuse, before anything runs, a workflow that needs a Kubernetes API object (raises
+    :class:`~kiln.errors.NeedsCluster`, exit code 4): a resource template, a PVC, a Secret,
+    a ConfigMap or a node path mounted, a ServiceAccount of its own, a kubectl step, a sidecar
+    or daemon whose image has no command to run on the host (its entrypoint is the image's)."""
+    if spec.get("volumeClaimTemplates"):
+        names = ", ".join(str((v.get("metadata") or {}).get("name")) for v in spec["volumeClaimTemplates"])
+        raise _needs(f"a PersistentVolumeClaim ({names})", "spec.volumeClaimTemplates")
+    sa = spec.get("serviceAccountName")
+    if sa not in (None, "", "default"):
+        raise _needs(f"the ServiceAccount {sa!r} and its permissions", "spec.serviceAccountName")
+    for where, vols in [("spec.volumes", spec.get("volumes"))] + [
+            (f"template {t.get('name')!r} volumes", t.get("volumes")) for t in spec.get("templates") or []]:
+        for v in vols or []:
+            kind = next((CLUSTER_VOLUMES[k] for k in v if k in CLUSTER_VOLUMES), None)
+            if kind:
+                raise _needs(f"a {kind} (volume {v.get('name')!r})", where)
+    for t in spec.get("templates") or []:
+        where = f"template {t.get('name')!r}"
+        if t.get("resource") is not None:
+            action = (t["resource"] or {}).get("action", "")
+            raise _needs(f"a resource template ({action} of a Kubernetes object)", where)
+        if t.get("serviceAccountName") not in (None, "", "default"):
+            raise _needs(f"the ServiceAccount {t['serviceAccountName']!r}", where)
+        for hd in (t.get("http") or {}).get("headers") or []:
+            if (hd.get("valueFrom") or {}).get("secretKeyRef"):
+                raise _needs(f"a Secret (http header {hd.get('name')!r})", where)
+        containers = [("container", t.get("container")), ("script", t.get("script"))]
+        containers += [(f"containerSet container {c.get('name')!r}", c) for c in (t.get("containerSet") or {}).get("containers") or []]
+        containers += [(f"sidecar {c.get('name')!r}", c) for c in t.get("sidecars") or []]
+        containers += [(f"initContainer {c.get('name')!r}", c) for c in t.get("initContainers") or []]
+        for label, c in containers:
+            if not c:
+                continue
+            base = image_base(c.get("image") or "")
+            if base in KUBE_CLIENT_IMAGES:
+                raise _needs(f"the Kubernetes API ({KUBE_CLIENT_IMAGES[base]} in image {c.get('image')!r})", f"{where} {label}")
+            for e in c.get("env") or []:
+                kind = next((CLUSTER_ENV[k] for k in e.get("valueFrom") or {} if k in CLUSTER_ENV), None)
+                if kind:
+                    raise _needs(f"a {kind} (env {e.get('name')!r})", f"{where} {label}")
+            background = label.startswith("sidecar") or (t.get("daemon") and label == "container")
+            if background and not c.get("command") and base != "argoproj/argosay":
+                raise _needs(f"the image {c.get('image')!r} run as a server with its own entrypoint (no command given)",
+                             f"{where} {label}", "only a container runtime (the cluster's nodes) runs")
+
+
 def validate(manifest: Workflow) -> None:
     """Reject manifests this runner cannot run, naming the template and field."""
     if not isinstance(manifest, dict) or manifest.get("kind") != "Workflow":
         raise WorkflowError(f"not a Workflow manifest (kind {manifest.get('kind') if isinstance(manifest, dict) else type(manifest).__name__!r})",
                             hint="pass an argoproj.io/v1alpha1 Workflow")
     spec = manifest.get("spec") or {}
-    if spec.get("workflowTemplateRef"):
-        raise WorkflowError("spec.workflowTemplateRef is not supported by the local runner",
-                            hint="inline the WorkflowTemplate's templates into the Workflow")
+    check_cluster_objects(spec)
     templates = spec.get("templates") or []
     names: dict[str, dict] = {}
     for n, t in enumerate(templates):
@@ -140,20 +200,11 @@ def _check_template(t: dict, ref: _TemplateRefs) -> None:
     # C-speed screen first: walking a 100-task DAG building field paths costs ~0.2 ms a submit
     if "{{" in json.dumps(t, default=str):
         _check_expr_tags(t, where)
-    c = t.get("container") or t.get("script")
-    if c is not None and not c.get("command") and t.get("script") is None:
-        base = image_base(c.get("image") or "")
-        if base != "argoproj/argosay":
-            raise WorkflowError(f"{where}: container has no command and image {c.get('image')!r} cannot be run on the host",
-                                hint="give container.command (images are not run by the local runner)")
+    # a container without a command is not refused here: like a pod whose image cannot be
+    # pulled in Argo, it fails when it runs (Pod.argv), and the workflow's handlers see it
 
 
 def _check_step_refs(s: dict, swhere: str, ref: _TemplateRefs) -> None:
-    if s.get("templateRef"):
-        raise WorkflowError(f"{swhere}: templateRef is not supported by the local runner",
-                            hint="inline the referenced template")
-    if s.get("inline"):
-        raise WorkflowError(f"{swhere}: inline templates are not supported by the local runner")
     ref(s.get("template"), f"{swhere}.template")
     for hname, hook in (s.get("hooks") or {}).items():
         ref(hook.get("template"), f"{swhere}.hooks.{hname}.template")
@@ -174,7 +225,7 @@ def _check_dag(dag: dict, where: str, ref: _TemplateRefs) -> None:
                 raise WorkflowError(f"{twhere}: dependencies names unknown task {d!r}",
                                     hint=f"tasks: {', '.join(sorted(tnames))}")
     for tg in (dag.get("target") or "").split():
-        if tg not in tnames:
+        if tg not in tnames and "{{" not in tg:  # a parameter's value is checked when the DAG runs
             raise WorkflowError(f"{where}: dag.target names unknown task {tg!r}")
 
 

@@ -258,3 +258,180 @@ def test_retry_container_many_seeds(tmp_path: Path) -> None:
         attempts.append(len(retry["children"]))
     # different seeds draw differently: not every run needs the same number of attempts
     assert len(set(attempts)) > 1, attempts
+
+
+# ---------------------------------------------------------------------------------------- corpus
+# The rest of Argo's runnable workflows (/work/shared/argo/corpus, override with KILN_ARGO_CORPUS):
+# every example Argo's CI submits (expected Succeeded) and its e2e expected failures (expected not
+# to succeed). What needs a Kubernetes object is refused before it starts (NeedsCluster); the
+# (Cluster)WorkflowTemplates and ConfigMaps Argo's CI applies first come from _cluster-objects/.
+# The whole corpus runs once per session, concurrently (``corpus_results``); docs/argo-conformance.md
+# is the table of what it observed, and ``test_conformance_table_is_current`` keeps it true:
+# regenerate it with ``python tests/runners/test_conformance.py --write-table``.
+
+CORPUS = Path(os.environ.get("KILN_ARGO_CORPUS") or REPO.parent / "shared" / "argo" / "corpus")
+if not (CORPUS / "EXPECTED.tsv").exists():
+    CORPUS = Path("/work/shared/argo/corpus")
+CORPUS_ROWS = list(csv.DictReader(open(CORPUS / "EXPECTED.tsv"), delimiter="\t")) if (CORPUS / "EXPECTED.tsv").exists() else []
+TABLE = REPO / "docs" / "argo-conformance.md"
+
+# long sleeps scaled down in the fast run (the order of events is kept); the unmodified files run
+# in test_corpus_full_duration (slow)
+CORPUS_SHRINK: dict[str, list[tuple[str, str]]] = {
+    "default-pdb-support.yaml": [(r"sleep 10\b", "sleep 1")],
+    "pod-resources-template-override.yaml": [(r"sleep 5;", "sleep 1;"), (r"sleep 10\b", "sleep 1")],
+    "expectedfailures/timeouts-step.yaml": [(r"activeDeadlineSeconds: 10\b", "activeDeadlineSeconds: 2")],
+    "expectedfailures/timeouts-step-plugin.yaml": [(r"activeDeadlineSeconds: 10\b", "activeDeadlineSeconds: 2")],
+    "expectedfailures/parallelism-step-fail-fast.yaml": [(r"- sleep\n(\s*)- '5'", r"- sleep\n\1- '1'")],
+}
+
+# rows that do not reach Argo's expected phase yet, and why (the test fails once one does: then
+# remove it from here and regenerate the table)
+CORPUS_GAPS: dict[str, str] = {
+    "conditionals.yaml": "its steps run `cowsay` (in the argoproj/argosay:v1 image), a program this host does not have (exit 127)",
+    "http-hello-world.yaml": "its http template calls raw.githubusercontent.com: the local runner calls only loopback addresses",
+    "sidecar-nginx.yaml": "its sidecar runs nginx (the nginx image's program), which this host does not have: the pod ends Error",
+    "sidecar.yaml": "it runs `apk add curl` and influxd (alpine's and influxdb's images), which this host does not have",
+    "variables-showcase.yaml": "some global variables ({{workflow.priority}} ...) are not provided yet, and its service step needs nc",
+    "volumes-emptydir.yaml": "it looks for its volume in /proc/mounts: a local emptyDir is a private folder, not a mount",
+    "expectedfailures/pns/pns-quick-exit-output-art.yaml": "Argo cannot save an output artifact whose path (/mnt) holds a "
+                                                           "volume mount (/mnt/workdir); the local runner copies the folder",
+}
+
+
+# rows that reach the expected phase with a caveat worth reading in the table
+CORPUS_NOTES: dict[str, str] = {
+    "life-cycle-hooks-tmpl-level.yaml": "Succeeded because hooks with an expression (running/succeeded) are not run by the local "
+                                        "runner; their http calls to a non-loopback host would end Error",
+    "life-cycle-hooks-wf-level.yaml": "Succeeded because workflow-level spec.hooks are not run by the local runner; their http "
+                                      "calls to a non-loopback host would end Error",
+}
+
+
+def _corpus_load(file: str, shrink: bool) -> dict:
+    with open(CORPUS / file) as f:
+        wf = next(d for d in yaml.safe_load_all(f) if d and d.get("kind") == "Workflow")
+    if shrink and file in CORPUS_SHRINK:
+        text = yaml.safe_dump(wf)
+        for pat, rep in CORPUS_SHRINK[file]:
+            text = re.sub(pat, rep, text)
+        wf = yaml.safe_load(text)
+    return wf
+
+
+def run_corpus_row(workdir: Path, row: dict, shrink: bool = True) -> dict:
+    """Run one corpus file; what was observed: phase (or "refused"), message, exit code class."""
+    from kiln.errors import NeedsCluster, WorkflowError
+
+    runner = LocalRunner(workdir / "runs", max_concurrency=16, env={"KILN_RANDOM_SEED": SEED},
+                         templates_dir=CORPUS / "_cluster-objects")
+    try:
+        out = runner.submit(_corpus_load(row["file"], shrink))
+    except NeedsCluster as exc:
+        return {"phase": "refused", "message": exc.message, "needs_cluster": True}
+    except WorkflowError as exc:
+        return {"phase": "rejected", "message": exc.message, "needs_cluster": False}
+    st = out["status"]
+    return {"phase": st["phase"], "message": st.get("message") or "", "needs_cluster": False, "wf": out}
+
+
+def corpus_ok(row: dict, obs: dict) -> bool:
+    if row["expected"].startswith("Succeeded"):
+        return obs["phase"] == "Succeeded"
+    return obs["phase"] != "Succeeded"  # Failed, Error, or refused (Argo's lint refuses some too)
+
+
+def run_corpus(workdir: Path, shrink: bool = True) -> dict[str, dict]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i_row: tuple[int, dict]) -> tuple[str, dict]:
+        i, row = i_row
+        return row["file"], run_corpus_row(workdir / str(i), row, shrink)
+
+    with ThreadPoolExecutor(12) as ex:
+        return dict(ex.map(one, enumerate(CORPUS_ROWS)))
+
+
+def render_table(results: dict[str, dict]) -> str:
+    ok = sum(corpus_ok(r, results[r["file"]]) for r in CORPUS_ROWS)
+    refused = [r for r in CORPUS_ROWS if results[r["file"]]["needs_cluster"]]
+    lines = [
+        "# Argo conformance of the local runner, on Argo's corpus",
+        "",
+        "Generated by `python tests/runners/test_conformance.py --write-table` from a run of every file of",
+        "`shared/argo/corpus/` (Argo v4.1.2: the examples Argo's CI submits, and its e2e expected failures) through",
+        "`kiln.runners.local.LocalRunner`, with `_cluster-objects/` as the folder of WorkflowTemplates and ConfigMaps.",
+        "`tests/runners/test_conformance.py` checks this file is current.",
+        "",
+        f"**{ok} of {len(CORPUS_ROWS)} reach Argo's expected phase**; {len(refused)} are refused before they start because they",
+        "need a Kubernetes object (exit code 4 from `kiln run-workflow`, `NeedsCluster` from the API).",
+        "",
+        "| file | expected | observed | result | note |",
+        "|---|---|---|---|---|",
+    ]
+    for r in CORPUS_ROWS:
+        obs = results[r["file"]]
+        expected = "Succeeded" if r["expected"].startswith("Succeeded") else "not Succeeded"
+        if corpus_ok(r, obs):
+            verdict = "as expected"
+        elif obs["needs_cluster"]:
+            verdict = "skipped: needs a cluster"
+        else:
+            verdict = "differs"
+        note = CORPUS_GAPS.get(r["file"]) or CORPUS_NOTES.get(r["file"]) or (obs["message"] if obs["phase"] in ("refused", "rejected") or not corpus_ok(r, obs) else "")
+        note = re.sub(r"\s+", " ", note).replace("|", "\\|")[:220]
+        lines.append(f"| {r['file']} | {expected} | {obs['phase']} | {verdict} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    if not CORPUS_ROWS:
+        pytest.skip(f"Argo corpus not found (set KILN_ARGO_CORPUS; looked in {CORPUS})")
+    return run_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.mark.parametrize("row", CORPUS_ROWS, ids=[r["file"] for r in CORPUS_ROWS])
+def test_corpus(corpus_results: dict[str, dict], row: dict) -> None:
+    obs = corpus_results[row["file"]]
+    ok = corpus_ok(row, obs)
+    if row["file"] in CORPUS_GAPS:
+        assert not ok, f"{row['file']} now reaches {obs['phase']}: remove it from CORPUS_GAPS and regenerate the table"
+        pytest.xfail(CORPUS_GAPS[row["file"]])
+    if obs["needs_cluster"] and row["expected"].startswith("Succeeded"):
+        # refused before it started, naming the feature and where: the skip is the reason
+        assert "needs " in obs["message"] and obs["message"].split(":")[0], obs
+        pytest.skip(obs["message"])
+    assert ok, f"{row['file']}: expected {row['expected'].split('(')[0].strip()}, got {obs['phase']} ({obs['message']})"
+    if "wf" in obs:
+        for n in obs["wf"]["status"]["nodes"].values():
+            assert n["phase"] in ("Succeeded", "Failed", "Error", "Skipped", "Omitted"), n
+
+
+def test_conformance_table_is_current(corpus_results: dict[str, dict]) -> None:
+    assert TABLE.exists(), f"{TABLE} is missing: python tests/runners/test_conformance.py --write-table"
+    assert TABLE.read_text() == render_table(corpus_results), \
+        f"{TABLE} is out of date: python tests/runners/test_conformance.py --write-table"
+
+
+@pytest.mark.slow
+def test_corpus_full_duration(tmp_path: Path) -> None:
+    """The files whose sleeps the fast run scales down, unmodified (concurrently: ~10 s)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = [r for r in CORPUS_ROWS if r["file"] in CORPUS_SHRINK]
+    with ThreadPoolExecutor(len(rows) or 1) as ex:
+        obs = list(ex.map(lambda ir: run_corpus_row(tmp_path / str(ir[0]), ir[1], shrink=False), enumerate(rows)))
+    for row, o in zip(rows, obs, strict=True):
+        assert corpus_ok(row, o), (row["file"], o["phase"], o["message"])
+
+
+if __name__ == "__main__":  # python tests/runners/test_conformance.py --write-table
+    import sys
+    import tempfile
+
+    if "--write-table" not in sys.argv:
+        sys.exit("usage: python tests/runners/test_conformance.py --write-table")
+    with tempfile.TemporaryDirectory(prefix="kiln-corpus-") as d:
+        TABLE.write_text(render_table(run_corpus(Path(d))))
+    print(f"wrote {TABLE}")

@@ -225,9 +225,8 @@ def test_submit_time_parameters_override(tmp_path: Path) -> None:
     (lambda m: m["spec"].update(entrypoint="nope"), "unknown template 'nope'"),
     (lambda m: m["spec"]["templates"][0]["steps"][0][0].update(template="missing"), "steps[0][0] ('a').template refers to unknown template 'missing'"),
     (lambda m: m["spec"]["templates"][1]["container"]["args"].append("{{= 1 + }}"), "template 'b'"),
-    (lambda m: m["spec"]["templates"][1]["container"].pop("command"), "no command and image 'busybox'"),
     (lambda m: m["spec"]["templates"][1].update(retryStrategy={"expression": "lastRetry.exitCode >"}), "retryStrategy.expression"),
-    (lambda m: m["spec"]["templates"][1].update(resource={"action": "create"}), "resource templates are not supported"),
+    (lambda m: m["spec"]["templates"][1].update(resource={"action": "create"}), "needs a resource template"),
 ])
 def test_bad_manifests_raise_workflow_error(tmp_path: Path, mutate, expect: str) -> None:
     m = wf("bad", "main", [{"name": "main", "steps": [[{"name": "a", "template": "b"}]]},
@@ -237,6 +236,19 @@ def test_bad_manifests_raise_workflow_error(tmp_path: Path, mutate, expect: str)
         LocalRunner(tmp_path / "runs").submit(m)
     assert expect in str(exc.value)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_container_without_command_fails_when_it_runs(tmp_path: Path) -> None:
+    # as in Argo (an image that cannot be pulled), not refused up front: the workflow's own
+    # handlers (continueOn, exit handlers) see the failure
+    m = wf("nocmd", "main", [{"name": "main", "steps": [[{"name": "a", "template": "b", "continueOn": {"failed": True}}],
+                                                         [{"name": "c", "template": "ok"}]]},
+                             {"name": "b", "container": {"image": "nginx:1.13"}},
+                             {"name": "ok", "container": {"image": "busybox", "command": ["true"]}}])
+    out = LocalRunner(tmp_path / "runs").submit(m)
+    nodes = {n["displayName"]: n for n in out["status"]["nodes"].values()}
+    assert nodes["a"]["phase"] == "Error" and "no command and image 'nginx:1.13'" in nodes["a"]["message"]
+    assert out["status"]["phase"] == "Error" and "nodes" in out["status"]
 
 
 def test_bad_depends_names_the_task(tmp_path: Path) -> None:
@@ -261,6 +273,222 @@ def test_cli_run_workflow_logs_and_exit_codes(tmp_path: Path, capsys) -> None:
     assert (tmp_path / ".kiln" / "runs" / "cli-ok" / "workflow.json").exists()
     assert kiln_main(["-C", str(tmp_path), "run-workflow", str(ok), "-p", "nope=1"]) == 1
     assert "not declared" in capsys.readouterr().err
+
+
+def test_inline_templates_and_global_output_artifacts(tmp_path: Path) -> None:
+    """Inline templates in a step and a DAG task; an artifact published with globalName is read
+    by a later step as {{workflow.outputs.artifacts.NAME}} and listed in status.outputs."""
+    produce = {"container": {"image": "busybox", "command": ["sh", "-c", "echo shared-bytes > /tmp/g.txt"]},
+               "outputs": {"artifacts": [{"name": "out", "path": "/tmp/g.txt", "globalName": "shared"}]}}
+    consume = {"inputs": {"artifacts": [{"name": "in", "path": "/tmp/in.txt"}]},
+               "container": {"image": "busybox", "command": ["cat", "/tmp/in.txt"]}}
+    m = wf("inline-global", "main", [
+        {"name": "main", "steps": [[{"name": "produce", "inline": produce}],
+                                   [{"name": "consume", "inline": consume,
+                                     "arguments": {"artifacts": [{"name": "in", "from": "{{workflow.outputs.artifacts.shared}}"}]}}],
+                                   [{"name": "graph", "template": "graph"}]]},
+        {"name": "graph", "dag": {"tasks": [{"name": "again", "inline": consume,
+                                             "arguments": {"artifacts": [{"name": "in", "from": "{{workflow.outputs.artifacts.shared}}"}]}}]}}])
+    r = LocalRunner(tmp_path / "runs")
+    out = r.submit(m)
+    assert out["status"]["phase"] == "Succeeded", out["status"]["message"]
+    assert list(r.logs("inline-global", "consume")) == ["shared-bytes"]
+    assert list(r.logs("inline-global", "again")) == ["shared-bytes"]
+    assert [a["name"] for a in out["status"]["outputs"]["artifacts"]] == ["shared"]
+
+
+def test_http_templates_against_loopback(tmp_path: Path) -> None:
+    """A real HTTP server on 127.0.0.1: 2xx succeeds with the body as result, a 404 fails, a
+    successCondition decides, another host is an Error that says why."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            code = 200 if self.path == "/ok" else 404
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(f"path={self.path} x={self.headers.get('X-Kiln')}".encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        def call(name: str, path: str, **extra: object) -> dict:
+            return {"name": name, "http": {"url": base + path, "headers": [{"name": "X-Kiln", "value": "{{workflow.name}}"}], **extra}}
+        m = wf("http-local", "main", [
+            {"name": "main", "steps": [[{"name": "good", "template": "good"},
+                                        {"name": "bad", "template": "bad", "continueOn": {"failed": True}},
+                                        {"name": "judged", "template": "judged"},
+                                        {"name": "far", "template": "far", "continueOn": {"error": True}}],
+                                       [{"name": "echo", "template": "echo",
+                                         "arguments": {"parameters": [{"name": "r", "value": "{{steps.good.outputs.result}}"}]}}]]},
+            call("good", "/ok"), call("bad", "/missing"),
+            call("judged", "/missing", successCondition="response.statusCode == 404"),
+            {"name": "far", "http": {"url": "http://192.0.2.1/x", "timeoutSeconds": 1}},
+            {"name": "echo", "inputs": {"parameters": [{"name": "r"}]},
+             "container": {"image": "busybox", "command": ["echo", "{{inputs.parameters.r}}"]}}])
+        r = LocalRunner(tmp_path / "runs")
+        out = r.submit(m)
+    finally:
+        server.shutdown()
+    nodes = {n["displayName"]: n for n in out["status"]["nodes"].values()}
+    assert out["status"]["phase"] == "Succeeded", out["status"]["message"]
+    assert nodes["good"]["type"] == "HTTP" and nodes["good"]["phase"] == "Succeeded"
+    assert nodes["bad"]["phase"] == "Failed" and "status code 404" in nodes["bad"]["message"]
+    assert nodes["judged"]["phase"] == "Succeeded"
+    assert nodes["far"]["phase"] == "Error" and "only loopback" in nodes["far"]["message"]
+    assert list(r.logs("http-local", "echo")) == ["path=/ok x=http-local"]
+
+
+def test_synchronization_mutex_and_semaphore(tmp_path: Path) -> None:
+    """Two runs holding one workflow-level mutex never overlap; a template-level semaphore (its
+    limit from a ConfigMap of the objects folder) caps how many of its steps run at once."""
+    import time as _time
+
+    objs = tmp_path / "objs"
+    objs.mkdir()
+    (objs / "cm.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limits"},
+                                                  "data": {"work": "2"}}))
+    log = tmp_path / "events.log"
+    rec = f"echo start $(date +%s.%N) >> {log}; sleep 0.4; echo end $(date +%s.%N) >> {log}"
+    r = LocalRunner(tmp_path / "runs", max_concurrency=8, templates_dir=objs)
+    runs = []
+    for name in ("mutex-a", "mutex-b"):
+        m = wf(name, "a", [sh("a", rec)])
+        m["spec"]["synchronization"] = {"mutexes": [{"name": "shared"}]}
+        runs.append(r.submit(m, wait=False))
+    for name in ("mutex-a", "mutex-b"):
+        while (r.get(name) or {}).get("status", {}).get("phase") in ("Running", "Pending"):
+            _time.sleep(0.05)
+        assert r.get(name)["status"]["phase"] == "Succeeded", r.get(name)["status"]
+    events = sorted((float(t), kind) for kind, t in (line.split() for line in log.read_text().splitlines()))
+    assert [k for _, k in events] == ["start", "end", "start", "end"], events  # one run after the other
+    log.unlink()
+    m = wf("sem", "main", [{"name": "main", "steps": [[{"name": "w", "template": "w", "withItems": [1, 2, 3, 4]}]]},
+                           {**sh("w", rec), "synchronization": {"semaphores": [{"configMapKeyRef": {"name": "limits", "key": "work"}}]}}])
+    out = r.submit(m)
+    assert out["status"]["phase"] == "Succeeded", out["status"]
+    depth, peak = 0, 0
+    for _, kind in sorted((float(t), kind) for kind, t in (line.split() for line in log.read_text().splitlines())):
+        depth += 1 if kind == "start" else -1
+        peak = max(peak, depth)
+    assert 1 <= peak <= 2, log.read_text()  # never more than the limit (a loaded machine may start them apart)
+
+
+def test_daemon_step_serves_the_steps_after_it(tmp_path: Path) -> None:
+    """daemon: true - a real HTTP server started in the background, ready per its readinessProbe,
+    reached at {{steps.NAME.ip}} by the next step, and killed when its steps template ends."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "hello.txt").write_text("from-the-daemon")
+    m = wf("daemon", "main", [
+        {"name": "main", "steps": [[{"name": "srv", "template": "srv"}],
+                                   [{"name": "client", "template": "client",
+                                     "arguments": {"parameters": [{"name": "ip", "value": "{{steps.srv.ip}}"}]}}]]},
+        {"name": "srv", "daemon": True,
+         "container": {"image": "python:3.12", "command": ["python", "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                                           "--directory", str(tmp_path / "www")],
+                       "readinessProbe": {"httpGet": {"path": "/hello.txt", "port": port}}}},
+        {"name": "client", "inputs": {"parameters": [{"name": "ip"}]},
+         "container": {"image": "python:3.12", "command": ["python", "-c",
+                       f"import urllib.request; print(urllib.request.urlopen('http://{{{{inputs.parameters.ip}}}}:{port}/hello.txt').read().decode())"]}}])
+    r = LocalRunner(tmp_path / "runs")
+    out = r.submit(m)
+    assert out["status"]["phase"] == "Succeeded", out["status"]["message"]
+    nodes = {n["displayName"]: n for n in out["status"]["nodes"].values()}
+    assert nodes["srv"].get("daemoned") is True
+    assert list(r.logs("daemon", "client")) == ["from-the-daemon"]
+    with pytest.raises(OSError):  # the daemon is gone with its template
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/hello.txt", timeout=2)
+
+
+def test_suspend_until_kiln_resume(tmp_path: Path, capsys) -> None:
+    """A suspend without a duration waits for `kiln resume`; one with a duration ends by itself."""
+    import time as _time
+
+    m = wf("approve", "main", [
+        {"name": "main", "steps": [[{"name": "wait", "template": "wait"}, {"name": "pause", "template": "pause"}],
+                                   [{"name": "after", "template": "after"}]]},
+        {"name": "wait", "suspend": {}}, {"name": "pause", "suspend": {"duration": "1s"}},
+        sh("after", "echo approved")])
+    r = LocalRunner(tmp_path / ".kiln" / "runs")
+    r.submit(m, wait=False)
+    end = _time.monotonic() + 30
+    while _time.monotonic() < end:
+        nodes = {n["displayName"]: n for n in (r.get("approve") or {}).get("status", {}).get("nodes", {}).values()}
+        if nodes.get("pause", {}).get("phase") == "Succeeded":
+            break
+        _time.sleep(0.1)
+    assert nodes["wait"]["type"] == "Suspend" and nodes["wait"]["phase"] == "Running"  # still waiting
+    assert kiln_main(["-C", str(tmp_path), "resume", "approve"]) == 0
+    assert "approve: resumed" in capsys.readouterr().out
+    while (r.get("approve") or {}).get("status", {}).get("phase") == "Running" and _time.monotonic() < end:
+        _time.sleep(0.1)
+    out = r.get("approve")
+    assert out["status"]["phase"] == "Succeeded" and list(r.logs("approve", "after")) == ["approved"]
+    assert kiln_main(["-C", str(tmp_path), "resume", "approve"]) == 1  # nothing left to resume
+    err = capsys.readouterr().err  # (ended, or its last snapshot not yet on disk: no suspended step)
+    assert "not running" in err or "has no suspended step" in err
+
+
+def test_dag_target_from_a_parameter(tmp_path: Path) -> None:
+    """dag.target given by a workflow parameter: only the targets and their ancestors run."""
+    m = wf("dag-target", "d", [{"name": "d", "dag": {"target": "{{workflow.parameters.target}}", "tasks": [
+        {"name": "A", "template": "e"}, {"name": "B", "template": "e", "depends": "A"},
+        {"name": "C", "template": "e", "depends": "A"}]}},
+        {"name": "e", "container": {"image": "busybox", "command": ["true"]}}],
+        arguments={"parameters": [{"name": "target", "value": "B"}]})
+    r = LocalRunner(tmp_path / "runs")
+    out = r.submit(m)
+    ran = {n["displayName"] for n in out["status"]["nodes"].values() if n["type"] == "Pod"}
+    assert out["status"]["phase"] == "Succeeded" and ran == {"A", "B"}
+    out = r.submit(m, parameters={"target": "Z"})
+    assert out["status"]["phase"] == "Error" and "dag.target names unknown task 'Z'" in out["status"]["message"]
+
+
+def test_cli_templates_folder_and_cluster_refusal(tmp_path: Path, capsys) -> None:
+    """templateRef from --templates DIR (its ConfigMaps feed parameters); a workflow that needs a
+    Kubernetes object is refused before it starts with exit code 4, not 1 (a failed run)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "objs.yaml").write_text(yaml.safe_dump_all([
+        {"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate", "metadata": {"name": "lib"},
+         "spec": {"templates": [{"name": "say", "inputs": {"parameters": [{"name": "m"}]},
+                                 "container": {"image": "busybox", "command": ["echo", "{{inputs.parameters.m}}"]}},
+                                {"name": "twice", "inputs": {"parameters": [{"name": "m"}]},
+                                 "steps": [[{"name": "s", "template": "say",
+                                             "arguments": {"parameters": [{"name": "m", "value": "{{inputs.parameters.m}}!"}]}}]]}]}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"greeting": "from-configmap"}}]))
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(yaml.safe_dump(wf("cli-ref", "main", [
+        {"name": "main", "inputs": {"parameters": [{"name": "g", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "greeting"}}}]},
+         "steps": [[{"name": "call", "templateRef": {"name": "lib", "template": "twice"},
+                     "arguments": {"parameters": [{"name": "m", "value": "{{inputs.parameters.g}}"}]}}]]}])))
+    assert kiln_main(["-C", str(tmp_path), "run-workflow", str(ref), "--templates", str(lib)]) == 0
+    assert "cli-ref: Succeeded" in capsys.readouterr().out
+    assert kiln_main(["-C", str(tmp_path), "logs", "cli-ref"]) == 0
+    assert "from-configmap!" in capsys.readouterr().out
+    # without the folder: the missing WorkflowTemplate is named, with the fix
+    assert kiln_main(["-C", str(tmp_path), "run-workflow", str(ref)]) == 4
+    err = capsys.readouterr().err
+    assert "WorkflowTemplate 'lib' not found" in err and "--templates DIR" in err and "Traceback" not in err
+    pvc = tmp_path / "pvc.yaml"
+    m = wf("cli-pvc", "a", [sh("a", "echo never")])
+    m["spec"]["volumeClaimTemplates"] = [{"metadata": {"name": "workdir"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]
+    pvc.write_text(yaml.safe_dump(m))
+    assert kiln_main(["-C", str(tmp_path), "run-workflow", str(pvc)]) == 4
+    err = capsys.readouterr().err
+    assert "spec.volumeClaimTemplates: needs a PersistentVolumeClaim (workdir)" in err and "Traceback" not in err
+    assert not (tmp_path / ".kiln" / "runs" / "cli-pvc").exists()
 
 
 CRASH_SCRIPT = textwrap.dedent("""
