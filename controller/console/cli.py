@@ -31,8 +31,17 @@ def _need(module: str, extra: str, what: str) -> None:
     show_default=True,
     help="Address to listen on; anything but loopback needs a token ($KILN_UI_TOKEN or `kiln ui token`).",
 )
+@click.option(
+    "--as",
+    "as_user",
+    default=None,
+    envvar="KILN_USER",
+    metavar="USER",
+    help="Show only what USER (an e-mail) may see, as `kiln get --as` does; a token made with "
+    "`kiln ui token --user` shows its own user's view instead. Env: KILN_USER.",
+)
 @click.pass_context
-def ui(ctx: click.Context, port: int, host: str) -> int:
+def ui(ctx: click.Context, port: int, host: str, as_user: str | None) -> int:
     """Serve the read-only web console: objects, datasets, experiments (live curves), models,
     labeling and deployments."""
     if ctx.invoked_subcommand is not None:
@@ -41,25 +50,55 @@ def ui(ctx: click.Context, port: int, host: str) -> int:
         _need(module, "serve", "kiln ui")
     from kiln.controller.console.app import serve
 
-    serve(_config(ctx), host, port, lambda line: click.echo(line, err=True))
+    config = _config(ctx)
+    user = _user(config, as_user, "--as") if as_user is not None else None
+    serve(config, host, port, lambda line: click.echo(line, err=True), user=user)
     return 0
 
 
 @ui.command("token")
 @click.option("--revoke", "revoke", default=None, metavar="ID", help="Revoke the console token with this id.")
+@click.option(
+    "--user",
+    default=None,
+    metavar="EMAIL",
+    help="Bind the token to this user: its holder sees that user's workspaces and the datasets shared "
+    "with them (platform admins: everything). Without it the token is an admin's view: everything.",
+)
 @click.pass_context
-def token(ctx: click.Context, revoke: str | None) -> int:
+def token(ctx: click.Context, revoke: str | None, user: str | None) -> int:
     """Create a token for `kiln ui --host ...` (printed once, stored hashed), or revoke one."""
     from kiln.bento.auth import TokenStore, default_token_file
     from kiln.controller.console.app import CONSOLE_KEY
 
-    store = TokenStore(default_token_file(_config(ctx).repo))
+    config = _config(ctx)
+    store = TokenStore(default_token_file(config.repo))
     if revoke:
         store.revoke(CONSOLE_KEY, revoke)
         click.echo(f"revoked console token {revoke}")
         return 0
-    click.echo(store.create(CONSOLE_KEY))
+    bound = _user(config, user, "--user") if user is not None else None
+    click.echo(store.create(CONSOLE_KEY, user=bound))
     return 0
+
+
+def _user(config: KilnConfig, given: str, option: str) -> str:
+    """The e-mail a console is bound to, as the Viewer compares it; a note on stderr when it is in
+    no applied Workspace and no platform admin (it sees nothing until a Workspace names it)."""
+    from kiln.api.access import Viewer, lower
+    from kiln.controller.console import read
+
+    user = lower(given)
+    if not user:
+        raise KilnError(f"kiln ui {option} needs a user's e-mail", hint=f"e.g. {option} ada@example.com")
+    view = Viewer.of(config, user, read.records(config, "Workspace"))
+    if not view.admin and not view.roles:
+        click.echo(
+            f"note: {user} is a member of no applied Workspace and not a platform admin (kiln.yaml policy.admins): "
+            "the console shows them nothing until a Workspace names them",
+            err=True,
+        )
+    return user
 
 
 @click.command("tensorboard")
