@@ -499,6 +499,12 @@ def test_the_tokens_user_decides_what_a_request_sees(
     local = TestClient(create_app(config), base_url="http://127.0.0.1")
     assert local.get(secret).status_code == 200
     assert local.get(secret, headers={"Authorization": f"Bearer {bo_token}"}).status_code == 404
+    # `kiln tensorboard --as`: an experiment not theirs is one never applied
+    for user, said in ((BO, "Experiment/vision/secret has not been applied"), (ADA, "no TensorBoard event files")):
+        capsys.readouterr()
+        assert main(["tensorboard", "vision/secret", "--as", user]) == 1
+        out = capsys.readouterr()
+        assert said in out.err and "Traceback" not in out.err
     # a revoked token no longer lets anyone in
     token("--revoke", bo_token.split("_")[1])
     app = TestClient(create_app(config, host="0.0.0.0", env_token=env_token))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -23,6 +25,11 @@ def _need(module: str, extra: str, what: str) -> None:
         )
 
 
+# who is looking (kiln.api.access.Viewer), as `kiln get --as`: without it, everything
+def _as_option(help: str) -> Callable[[Any], Any]:
+    return click.option("--as", "as_user", default=None, envvar="KILN_USER", metavar="USER", help=help)
+
+
 @click.group("ui", invoke_without_command=True)
 @click.option("--port", default=8090, show_default=True, help="Port to listen on.")
 @click.option(
@@ -31,14 +38,9 @@ def _need(module: str, extra: str, what: str) -> None:
     show_default=True,
     help="Address to listen on; anything but loopback needs a token ($KILN_UI_TOKEN or `kiln ui token`).",
 )
-@click.option(
-    "--as",
-    "as_user",
-    default=None,
-    envvar="KILN_USER",
-    metavar="USER",
-    help="Show only what USER (an e-mail) may see, as `kiln get --as` does; a token made with "
-    "`kiln ui token --user` shows its own user's view instead. Env: KILN_USER.",
+@_as_option(
+    "Show only what USER (an e-mail) may see, as `kiln get --as` does; a token made with "
+    "`kiln ui token --user` shows its own user's view instead. Env: KILN_USER."
 )
 @click.pass_context
 def ui(ctx: click.Context, port: int, host: str, as_user: str | None) -> int:
@@ -106,15 +108,16 @@ def _user(config: KilnConfig, given: str, option: str) -> str:
 @click.option("--port", default=6006, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("-w", "--workspace", default=None, metavar="WORKSPACE")
+@_as_option("Only an experiment USER may see (as `kiln get --as`). Env: KILN_USER.")
 @click.pass_context
-def tensorboard(ctx: click.Context, experiment: str, port: int, host: str, workspace: str | None) -> int:
+def tensorboard(ctx: click.Context, experiment: str, port: int, host: str, workspace: str | None, as_user: str | None) -> int:
     """Serve TensorBoard on the event files of an experiment's trials (one run per trial)."""
     from kiln.controller.console import read
     from kiln.controller.project import find_key
 
     config = _config(ctx)
     ref = experiment if experiment.split("/")[0] == "Experiment" else f"Experiment/{experiment}"
-    recs = read.records(config, "Experiment")
+    recs = read.records(config, "Experiment", read.viewer(config, as_user))  # one not theirs: "has not been applied"
     key = find_key(ref, [r.key for r in recs], workspace=workspace, absent="{} has not been applied")
     rec = next(r for r in recs if r.key == key)
     runs = read.tensorboard_runs(config, rec)
