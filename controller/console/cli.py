@@ -53,7 +53,7 @@ def ui(ctx: click.Context, port: int, host: str, as_user: str | None) -> int:
     from kiln.controller.console.app import serve
 
     config = _config(ctx)
-    user = _user(config, as_user, "--as") if as_user is not None else None
+    user = _user(config, as_user, "kiln ui --as") if as_user else None  # KILN_USER= (empty): no one
     serve(config, host, port, lambda line: click.echo(line, err=True), user=user)
     return 0
 
@@ -79,7 +79,7 @@ def token(ctx: click.Context, revoke: str | None, user: str | None) -> int:
         store.revoke(CONSOLE_KEY, revoke)
         click.echo(f"revoked console token {revoke}")
         return 0
-    bound = _user(config, user, "--user") if user is not None else None
+    bound = _user(config, user, "kiln ui token --user") if user is not None else None
     click.echo(store.create(CONSOLE_KEY, user=bound))
     return 0
 
@@ -92,7 +92,7 @@ def _user(config: KilnConfig, given: str, option: str) -> str:
 
     user = lower(given)
     if not user:
-        raise KilnError(f"kiln ui {option} needs a user's e-mail", hint=f"e.g. {option} ada@example.com")
+        raise KilnError(f"{option} needs a user's e-mail", hint=f"e.g. {option} ada@example.com")
     view = Viewer.of(config, user, read.records(config, "Workspace"))
     if not view.admin and not view.roles:
         click.echo(
