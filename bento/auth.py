@@ -11,7 +11,11 @@ Store file (``<repo>/.kiln/serving/tokens.json``, atomic replace, re-read by ser
 mtime changes, so a revocation takes effect at the next request without a restart)::
 
     {"<workspace>/<deployment>": {"<id>": {"sha256": "<hex>", "created": "...Z", "who": "...",
-                                           "revoked": null | "...Z"}}}
+                                           "revoked": null | "...Z", "user"?: "..."}}}
+
+``who`` is who made the token (the OS user, or ``env VAR``); ``user``, only where given, is the
+user the token acts as (the console's tokens bound to an e-mail, #26): tokens without one keep
+the meaning they had.
 
 Tokens belong to one deployment of one workspace: ``team2/wine`` never accepts a token of
 ``default/wine``. A bare name means the default workspace, as everywhere in kiln (``Kind/name``);
@@ -94,19 +98,23 @@ class TokenStore:
         except FileNotFoundError:
             return {}
 
-    def create(self, deployment: str, who: str | None = None) -> str:
-        """A new token for ``deployment``; the plaintext is returned once and never stored."""
+    def create(self, deployment: str, who: str | None = None, user: str | None = None) -> str:
+        """A new token for ``deployment``; the plaintext is returned once and never stored.
+        ``user``: whom the token acts as (recorded only when given)."""
         tid = secrets.token_hex(4)
         token = f"kiln_{tid}_{secrets.token_urlsafe(32)}"
         deployment = deployment_key(deployment)
+        rec = {"sha256": hash_token(token), "created": utcnow_seconds(),
+               "who": who or os.environ.get("USER", "unknown"), "revoked": None}
+        if user:
+            rec["user"] = user
         with self._locked() as data:
-            data.setdefault(deployment, {})[tid] = {"sha256": hash_token(token), "created": utcnow_seconds(),
-                                                    "who": who or os.environ.get("USER", "unknown"), "revoked": None}
+            data.setdefault(deployment, {})[tid] = rec
         return token
 
     def list(self, deployment: str) -> list[dict[str, Any]]:
         recs = self.read().get(deployment_key(deployment), {})
-        return [{"id": k, "created": v["created"], "who": v.get("who"), "revoked": v.get("revoked")}
+        return [{"id": k, "created": v["created"], "who": v.get("who"), "revoked": v.get("revoked"), "user": v.get("user")}
                 for k, v in sorted(recs.items(), key=lambda kv: kv[1]["created"])]
 
     def revoke(self, deployment: str, token_id: str) -> None:
@@ -155,6 +163,7 @@ class TokenChecker:
         self.path, self.deployment = Path(path), deployment_key(deployment)
         self._mtime: float | None = None
         self._hashes: dict[str, bytes] = {}
+        self._users: dict[str, str] = {}  # token id -> the user it acts as, where it names one
 
     def _refresh(self) -> None:
         try:
@@ -169,7 +178,12 @@ class TokenChecker:
         except (OSError, json.JSONDecodeError):
             return  # keep the last good set; a writer replaces the file atomically
         self._hashes = {k: bytes.fromhex(v["sha256"]) for k, v in recs.items() if not v.get("revoked")}
+        self._users = {k: v["user"] for k, v in recs.items() if isinstance(v.get("user"), str) and k in self._hashes}
         self._mtime = mtime
+
+    def user_of(self, token_id: str) -> str | None:
+        """The user a token (by the id ``check`` returned) acts as; None where it names none."""
+        return self._users.get(token_id)
 
     def check(self, token: str | None) -> str | None:
         if not token:

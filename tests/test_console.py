@@ -108,9 +108,9 @@ def test_the_console_only_reads_and_never_shows_a_secret(tmp_path: Path) -> None
     # a dataset's images only: nothing outside its folder, nothing that is not an image
     (config.repo / "data/default/wine/a").mkdir(parents=True)
     (config.repo / "data/default/wine/a/0.png").write_bytes(b"\x89PNG")
-    assert sample_file(config, "default", "wine", "a/0.png") is not None
+    assert sample_file(config, "default", "wine", "a/0.png", None) is not None
     for rel in ("../../../.kiln/state.db", "../../../.kiln/runs/kiln-exp-exp/logs/train.log", "a/../../x.png"):
-        assert sample_file(config, "default", "wine", rel) is None, rel
+        assert sample_file(config, "default", "wine", rel, None) is None, rel
     assert client.get("/files/default/wine/a/0.png").content == b"\x89PNG"
     # on loopback, a name rebound to 127.0.0.1 by another site is not answered
     assert TestClient(create_app(config), base_url="http://evil.example").get("/").status_code == 400
@@ -339,6 +339,176 @@ def test_the_controller_serves_the_console_under_ui(tmp_path: Path) -> None:
         assert err.value.code == 405
     finally:
         server.shutdown()
+
+
+# -- who looks (#26): a user's workspaces and the datasets shared with them ------------------------
+
+ADA, BO, CY, OPS = "ada@example.com", "bo@example.com", "cy@example.com", "ops@example.com"
+
+
+def _two_workspaces(tmp: Path) -> Any:
+    """Two workspaces written as apply records them: vision (ada, cy) with a private experiment
+    of ada's, a dataset of its own and one shared with nlp, a deployment and a labeling job; nlp
+    (bo) with an experiment. A model registered by each experiment; ops is a platform admin."""
+    import yaml
+
+    from kiln.config import load_config
+    from kiln.state import ObjectRecord, open_store
+
+    repo = tmp / "repo"
+    write(repo, {"kiln.yaml": f"policy: {{admins: [{OPS}]}}\n"})
+    config = load_config(repo)
+    objects = {
+        "Workspace/default/vision": {"members": [{"user": ADA, "role": "developer"}, {"user": CY, "role": "developer"}]},
+        "Workspace/default/nlp": {"members": [{"user": BO, "role": "developer"}]},
+        "Dataset/vision/digits": {"type": "image"},
+        "Dataset/vision/shared": {"type": "image", "sharing": {"visibility": "shared", "workspaces": ["nlp"]}},
+        "Experiment/vision/secret": {"access": "private", "owner": ADA},
+        "Experiment/nlp/texts": {},
+        "Deployment/vision/api": {},
+        "LabelingJob/vision/boxes": {},
+    }
+    store = open_store(None, repo)
+    try:
+        for key, spec in objects.items():
+            extra: dict[str, Any] = {}
+            if key == "Experiment/vision/secret":
+                extra = {"mode": "run", "workflow": {"name": "kiln-exp-secret", "phase": "Succeeded"}}
+            elif key == "Deployment/vision/api":
+                extra = {"model": "digits", "version": 1}
+            store.put(ObjectRecord(key=key, sync="Synced", health="Healthy", spec={"spec": spec}, extra=extra))
+    finally:
+        store.close()
+    (repo / ".kiln/runs/kiln-exp-secret/logs").mkdir(parents=True)
+    (repo / ".kiln/runs/kiln-exp-secret/logs/train.log").write_text("secret epoch 1\n")
+    for ds in ("digits", "shared"):
+        (repo / f"data/vision/{ds}").mkdir(parents=True)
+        (repo / f"data/vision/{ds}/0.png").write_bytes(b"\x89PNG " + ds.encode())
+    home = repo / ".kiln/bentoml"
+    for model, exp in (("digits", "vision.secret"), ("texts", "nlp.texts")):
+        (home / f"models/{model}/v1").mkdir(parents=True)
+        (home / f"models/{model}/v1/model.yaml").write_text(yaml.safe_dump({"labels": {"experiment": exp}}))
+    audit = [
+        {"time": "2026-12-07T00:00:00Z", "who": w, "action": "register", "model": m, "version": 1}
+        for m, w in (("digits", ADA), ("texts", BO))
+    ]
+    (home / "kiln-audit.jsonl").write_text("".join(json.dumps(a) + "\n" for a in audit))
+    return config
+
+
+def test_each_user_sees_their_workspaces_and_the_datasets_shared_with_them(tmp_path: Path) -> None:
+    """A console bound to a user (``kiln ui --as``): what ``kiln get --as`` shows, and what it
+    does not show answers as if it had never been applied."""
+    from starlette.testclient import TestClient
+
+    from kiln.controller.console.app import create_app
+
+    config = _two_workspaces(tmp_path)
+
+    def client(user: str | None) -> Any:
+        return TestClient(create_app(config, user=user), base_url="http://127.0.0.1")
+
+    def linked(c: Any) -> set[str]:
+        return set(re.findall(r'href="/(?:datasets|experiments|deployments|labeling)/([\w-]+/[\w-]+)"', c.get("/").text))
+
+    mine = {"vision/digits", "vision/shared", "vision/secret", "vision/api", "vision/boxes"}
+    everything = mine | {"nlp/texts"}
+    assert linked(client(None)) == linked(client(OPS)) == everything  # no user, or a platform admin
+    assert linked(client(ADA)) == mine
+    assert linked(client(CY)) == mine - {"vision/secret"}  # a member not on the private experiment
+    assert linked(client(BO)) == {"nlp/texts", "vision/shared"}  # the dataset shared with nlp
+    workspaces = client(BO).get("/").text.split('<table class="workspaces">')[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(\w+)</td>", workspaces) == ["nlp"]  # their workspace only
+
+    bo, ada = client(BO), client(ADA)
+    # B asks for A's private experiment, its curves, its importance, A's dataset and its files:
+    # the answers of objects never applied, word for word
+    for path, never in (
+        ("/experiments/vision/secret", "/experiments/vision/nope"),
+        ("/experiments/vision/secret/curves.json", "/experiments/vision/nope/curves.json"),
+        ("/experiments/vision/secret/importance.json", "/experiments/vision/nope/importance.json"),
+        ("/datasets/vision/digits", "/datasets/vision/nope"),
+        ("/files/vision/digits/0.png", "/files/vision/nope/0.png"),
+    ):
+        hidden, absent = bo.get(path), bo.get(never)
+        assert hidden.status_code == absent.status_code == 404, path
+        assert hidden.text.replace("secret", "nope").replace("digits", "nope") == absent.text, path
+        assert ada.get(path).status_code == 200, path
+    assert "secret epoch 1" in ada.get("/experiments/vision/secret").text  # its step logs, for its owner
+    assert client(CY).get("/experiments/vision/secret").status_code == 404
+    assert bo.get("/files/vision/shared/0.png").content == b"\x89PNG shared"
+    assert bo.get("/datasets/vision/shared").status_code == 200
+    # lists: deployments, labeling jobs and models of what the user sees (a model by its experiment)
+    assert "vision/api" not in bo.get("/deployments").text and "vision/api" in ada.get("/deployments").text
+    assert "vision/boxes" not in bo.get("/labeling").text and "vision/boxes" in ada.get("/labeling").text
+    assert "vision/boxes" not in bo.get("/labeling/vision/boxes").text
+    for c, shown, hidden in ((bo, "texts", "digits"), (ada, "digits", "texts")):
+        models = c.get("/models").text
+        assert f"<td>{shown}</td>" in models and f"<td>{hidden}</td>" not in models  # versions and audit
+        assert models.count(f"<td>{shown}</td>") == 2
+    assert client(CY).get("/models").text.count("<td>digits</td>") == 0  # its experiment is private to ada
+    admin_models = client(OPS).get("/models").text
+    assert "<td>digits</td>" in admin_models and "<td>texts</td>" in admin_models
+
+
+def test_the_tokens_user_decides_what_a_request_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Beyond loopback: a token made with ``--user`` shows that user's view; one made without
+    it (as every token made before) and ``$KILN_UI_TOKEN`` show everything, or the ``--as``
+    user's view where the console is bound to one."""
+    from starlette.testclient import TestClient
+
+    from kiln.bento.auth import TokenStore, default_token_file
+    from kiln.cli import main
+    from kiln.controller.console.app import CONSOLE_KEY, create_app
+
+    config = _two_workspaces(tmp_path)
+    monkeypatch.chdir(config.repo)
+    monkeypatch.delenv("KILN_USER", raising=False)
+
+    def token(*args: str) -> tuple[str, str]:
+        capsys.readouterr()
+        assert main(["ui", "token", *args]) == 0
+        out = capsys.readouterr()
+        return out.out.strip(), out.err
+
+    bo_token, note = token("--user", " Bo@Example.com ")
+    assert note == ""  # a member of nlp
+    plain, _ = token()
+    stranger, note = token("--user", "who@example.com")
+    assert "who@example.com is a member of no applied Workspace" in note and "Traceback" not in note
+    stored = TokenStore(default_token_file(config.repo)).list(CONSOLE_KEY)
+    assert [t["user"] for t in stored] == [BO, None, "who@example.com"]
+    assert all(t["who"] for t in stored)  # who made it: kept as before
+    env_token = "a-long-random-console-token-from-the-environment"
+
+    secret = "/experiments/vision/secret"
+    for bound in (None, ADA):
+        app = TestClient(create_app(config, host="0.0.0.0", env_token=env_token, user=bound))
+
+        def get(tok: str, path: str = secret, app: Any = app) -> int:
+            return int(app.get(path, headers={"Authorization": f"Bearer {tok}"}).status_code)
+
+        assert get(bo_token) == 404 and get(bo_token, "/experiments/nlp/texts") == 200  # the token's user
+        assert get(stranger, "/experiments/nlp/texts") == 404
+        assert get(plain) == get(env_token) == 200  # no user: everything, or the --as user's view
+        assert get(plain, "/experiments/nlp/texts") == get(env_token, "/experiments/nlp/texts") == (200 if bound is None else 404)
+        assert get("kiln_00000000_forged") == 401
+    # on loopback no token is needed, but one bound to a user still decides
+    local = TestClient(create_app(config), base_url="http://127.0.0.1")
+    assert local.get(secret).status_code == 200
+    assert local.get(secret, headers={"Authorization": f"Bearer {bo_token}"}).status_code == 404
+    # `kiln tensorboard --as`: an experiment not theirs is one never applied
+    for user, said in ((BO, "Experiment/vision/secret has not been applied"), (ADA, "no TensorBoard event files")):
+        capsys.readouterr()
+        assert main(["tensorboard", "vision/secret", "--as", user]) == 1
+        out = capsys.readouterr()
+        assert said in out.err and "Traceback" not in out.err
+    # a revoked token no longer lets anyone in
+    token("--revoke", bo_token.split("_")[1])
+    app = TestClient(create_app(config, host="0.0.0.0", env_token=env_token))
+    assert app.get("/", headers={"Authorization": f"Bearer {bo_token}"}).status_code == 401
 
 
 # -- a real apply, a real browser ----------------------------------------------------------------

@@ -1,8 +1,11 @@
 """The console's pages: one handler per route (``ROUTES``), server-rendered HTML.
 
-``dispatch(config, path, query, root)`` answers one GET: ``kiln ui`` calls it from Starlette and
-``kiln controller`` from its own HTTP server under ``/ui`` (``root`` is the prefix the links
-carry). Every value shown goes through ``esc`` (HTML-escaped); charts are drawn in the browser by
+``dispatch(config, path, query, root, user)`` answers one GET: ``kiln ui`` calls it from Starlette
+and ``kiln controller`` from its own HTTP server under ``/ui`` (``root`` is the prefix the links
+carry; ``user`` whom the request is for, None for everything). Each handler gets the request's
+``Viewer`` (``read.viewer``, computed once) and passes it to every reader it calls.
+
+Every value shown goes through ``esc`` (HTML-escaped); charts are drawn in the browser by
 ``static/console.js`` from JSON embedded in the page (``<script type="application/json">``), or
 fetched from a ``.json`` route the page polls (the live curves).
 """
@@ -18,6 +21,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
+from kiln.api.access import Viewer
 from kiln.config import KilnConfig
 from kiln.controller.console import read
 from kiln.controller.status import HEALTH_ORDER, _ago
@@ -34,7 +38,7 @@ class Reply:
 
 Handler = Callable[..., Reply]
 # route pattern (a full match of the path below the console's root) -> handler(config, query,
-# root, **groups). One registry: both servers answer exactly these.
+# root, view, **groups). One registry: both servers answer exactly these.
 ROUTES: dict[re.Pattern[str], Handler] = {}
 
 
@@ -46,12 +50,13 @@ def route(pattern: str) -> Callable[[Handler], Handler]:
     return add
 
 
-def dispatch(config: KilnConfig, path: str, query: dict[str, str], root: str = "") -> Reply:
-    """The reply to ``GET root+path`` (``path`` without the root)."""
+def dispatch(config: KilnConfig, path: str, query: dict[str, str], root: str = "", user: str | None = None) -> Reply:
+    """The reply to ``GET root+path`` (``path`` without the root), as ``user`` may see it."""
     for pattern, fn in ROUTES.items():
         m = pattern.fullmatch(path or "/")
         if m:
-            return fn(config, query, root, **m.groupdict())
+            view = read.viewer(config, user) if fn is not static else None
+            return fn(config, query, root, view, **m.groupdict())
     return _not_found(root, f"no page at {path}")
 
 
@@ -138,8 +143,8 @@ def _not_found(root: str, what: str) -> Reply:
 
 
 @route(r"/")
-def overview_page(config: KilnConfig, query: dict[str, str], root: str) -> Reply:
-    data = read.overview(config)
+def overview_page(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None) -> Reply:
+    data = read.overview(config, view)
     objs = data["objects"]
     health: dict[str, int] = {}
     for o in objs:
@@ -186,8 +191,8 @@ def overview_page(config: KilnConfig, query: dict[str, str], root: str) -> Reply
 
 
 @route(rf"/datasets/(?P<ws>{NAME})/(?P<name>{NAME})")
-def dataset_page(config: KilnConfig, query: dict[str, str], root: str, ws: str, name: str) -> Reply:
-    data = read.dataset(config, ws, name)
+def dataset_page(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str, name: str) -> Reply:
+    data = read.dataset(config, ws, name, view)
     if data is None:
         return _not_found(root, f"Dataset/{ws}/{name} has not been applied")
     rec, versions, x = data["record"], data["versions"], data["extra"]
@@ -227,7 +232,7 @@ def dataset_page(config: KilnConfig, query: dict[str, str], root: str, ws: str, 
         body += f"<h2>Items per class ({esc(shown['number'])})</h2>" + chart(
             "bars", {"labels": [str(c) for c, _ in classes], "values": [n for _, n in classes]}, "class-counts"
         )
-    thumbs = read.samples(config, ws, name)
+    thumbs = read.samples(config, ws, name, view)
     if thumbs["items"]:
         body += "<h2>Samples</h2>" + _thumbnails(root, ws, name, thumbs["items"])
         if any(t["mask"] for t in thumbs["items"]):  # the masks' category names, for console.js
@@ -240,6 +245,7 @@ def dataset_page(config: KilnConfig, query: dict[str, str], root: str, ws: str, 
 def _diff_section(
     config: KilnConfig, query: dict[str, str], root: str, ws: str, name: str, versions: list[dict[str, Any]]
 ) -> str:
+    """Of a dataset the viewer sees (its page was answered)."""
     if len(versions) < 2:
         return ""
     by_number = {v["number"]: v for v in versions}
@@ -293,8 +299,10 @@ def _thumbnails(root: str, ws: str, name: str, thumbs: list[dict[str, Any]]) -> 
 
 
 @route(rf"/files/(?P<ws>{NAME})/(?P<name>{NAME})/(?P<rel>.+)")
-def sample_image(config: KilnConfig, query: dict[str, str], root: str, ws: str, name: str, rel: str) -> Reply:
-    p = read.sample_file(config, ws, name, rel)
+def sample_image(
+    config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str, name: str, rel: str
+) -> Reply:
+    p = read.sample_file(config, ws, name, rel, view)
     if p is None:
         return Reply(404, b"not an image of this dataset", "text/plain")
     ctype = {".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(p.suffix.lower(), f"image/{p.suffix.lower()[1:]}")
@@ -302,8 +310,8 @@ def sample_image(config: KilnConfig, query: dict[str, str], root: str, ws: str, 
 
 
 @route(rf"/experiments/(?P<ws>{NAME})/(?P<name>{NAME})")
-def experiment_page(config: KilnConfig, query: dict[str, str], root: str, ws: str, name: str) -> Reply:
-    data = read.experiment(config, ws, name)
+def experiment_page(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str, name: str) -> Reply:
+    data = read.experiment(config, ws, name, view)
     if data is None:
         return _not_found(root, f"Experiment/{ws}/{name} has not been applied")
     rec, obj, best, reg = data["record"], data["objective"], data["best"], data["registered"]
@@ -406,21 +414,24 @@ def experiment_page(config: KilnConfig, query: dict[str, str], root: str, ws: st
 
 
 @route(rf"/experiments/(?P<ws>{NAME})/(?P<name>{NAME})/curves\.json")
-def curves_json(config: KilnConfig, query: dict[str, str], root: str, ws: str, name: str) -> Reply:
-    data = read.curves(config, ws, name)
+def curves_json(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str, name: str) -> Reply:
+    data = read.curves(config, ws, name, view)
     if data is None:
         return Reply(404, json.dumps({"error": f"Experiment/{ws}/{name} has not been applied"}).encode(), "application/json")
     return Reply(200, json.dumps(data).encode(), "application/json")
 
 
 @route(rf"/experiments/(?P<ws>{NAME})/(?P<name>{NAME})/importance\.json")
-def importance_json(config: KilnConfig, query: dict[str, str], root: str, ws: str, name: str) -> Reply:
-    return Reply(200, json.dumps(read.importance(config, ws, name)).encode(), "application/json")
+def importance_json(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str, name: str) -> Reply:
+    data = read.importance(config, ws, name, view)
+    if data is None:
+        return Reply(404, json.dumps({"error": f"Experiment/{ws}/{name} has not been applied"}).encode(), "application/json")
+    return Reply(200, json.dumps(data).encode(), "application/json")
 
 
 @route(r"/models")
-def models_page(config: KilnConfig, query: dict[str, str], root: str) -> Reply:
-    data = read.models(config)
+def models_page(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None) -> Reply:
+    data = read.models(config, view)
     rows = []
     for v in data["versions"]:
         obj = v["objective"] or {}
@@ -464,8 +475,10 @@ def models_page(config: KilnConfig, query: dict[str, str], root: str) -> Reply:
 
 @route(r"/labeling")
 @route(rf"/labeling/(?P<ws>{NAME})/(?P<name>{NAME})")
-def labeling_page(config: KilnConfig, query: dict[str, str], root: str, ws: str | None = None, name: str | None = None) -> Reply:
-    data = read.labeling(config)
+def labeling_page(
+    config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str | None = None, name: str | None = None
+) -> Reply:
+    data = read.labeling(config, view)
     jobs = [j for j in data["jobs"] if ws is None or (j["workspace"], j["name"]) == (ws, name)]
     studio = data["studio"]
     body = (
@@ -508,9 +521,9 @@ def labeling_page(config: KilnConfig, query: dict[str, str], root: str, ws: str 
 @route(r"/deployments")
 @route(rf"/deployments/(?P<ws>{NAME})/(?P<name>{NAME})")
 def deployments_page(
-    config: KilnConfig, query: dict[str, str], root: str, ws: str | None = None, name: str | None = None
+    config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str | None = None, name: str | None = None
 ) -> Reply:
-    deps = [d for d in read.deployments(config) if ws is None or (d["workspace"], d["name"]) == (ws, name)]
+    deps = [d for d in read.deployments(config, view) if ws is None or (d["workspace"], d["name"]) == (ws, name)]
     rows = []
     for d in deps:
         m, url = d["metrics"], d["url"]
@@ -537,7 +550,7 @@ STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/c
 
 
 @route(r"/static/(?P<file>[a-z.]+)")
-def static(config: KilnConfig, query: dict[str, str], root: str, file: str) -> Reply:
+def static(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, file: str) -> Reply:
     if file not in STATIC:
         return Reply(404, b"no such file", "text/plain")
     body = resources.files("kiln.controller.console").joinpath("static", file).read_bytes()

@@ -4,6 +4,11 @@ Reads only. Each function takes what one page needs and returns plain JSON-like 
 pages (``kiln.controller.console.pages``) turn it into HTML. Values that come from specs or
 records pass through ``redact`` before they are shown: a spec may name a secret's variable, never
 its value, but a misplaced password in a spec must not reach a page either.
+
+Who looks (#26): every reader that lists or opens objects takes ``view``, the request's
+``kiln.api.access.Viewer`` (``viewer``), or None for everything (a console with no user bound,
+or a platform admin). An object the viewer may not see reads exactly as one never applied, so a
+page says nothing about what exists elsewhere.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from kiln._util.fs import read_json
 from kiln._util.redact import redact, redact_text
+from kiln.api.access import Viewer
 from kiln.config import KilnConfig
 from kiln.controller.dataset_steps import data_rel
 from kiln.controller.experiment.home import experiment_home, run_dir
@@ -31,24 +37,41 @@ LOG_TAIL = 200  # lines of each step's log shown on the experiment page
 AUDIT_TAIL = 200  # newest audit lines on the models page
 
 
-def records(config: KilnConfig, kind: str | None = None) -> list[ObjectRecord]:
+def viewer(config: KilnConfig, user: str | None) -> Viewer | None:
+    """What ``user`` may see, from the applied Workspaces (read once per request); None (see
+    everything) without a user or for a platform admin."""
+    if not user:
+        return None
+    view = Viewer.of(config, user, records(config, "Workspace"))
+    return None if view.admin else view
+
+
+def sees(view: Viewer | None, rec: ObjectRecord) -> bool:
+    return view is None or view.sees(rec.kind, rec.workspace, rec.name, rec.spec or {})
+
+
+def records(config: KilnConfig, kind: str | None = None, view: Viewer | None = None) -> list[ObjectRecord]:
     from kiln.controller.project import open_state
 
     store = open_state(config, read_only=True)  # looking never creates a state database
     try:
-        return store.all_objects(kind=kind)
+        recs = store.all_objects(kind=kind)
     finally:
         store.close()
+    return recs if view is None else view.filter(recs)
 
 
-def one(config: KilnConfig, key: str) -> tuple[ObjectRecord | None, list[Any]]:
-    """The record ``key`` and its apply attempts (newest first)."""
+def one(config: KilnConfig, key: str, view: Viewer | None = None) -> tuple[ObjectRecord | None, list[Any]]:
+    """The record ``key`` and its apply attempts (newest first); (None, []) when it has not been
+    applied or ``view`` may not see it."""
     from kiln.controller.project import open_state
 
     store = open_state(config, read_only=True)
     try:
         rec = store.get(key)
-        return rec, (store.attempts(key, limit=20) if rec is not None else [])
+        if rec is None or not sees(view, rec):
+            return None, []
+        return rec, store.attempts(key, limit=20)
     finally:
         store.close()
 
@@ -104,10 +127,10 @@ def workspaces(recs: list[ObjectRecord]) -> list[dict[str, Any]]:
     return redact(out)
 
 
-def overview(config: KilnConfig) -> dict[str, Any]:
+def overview(config: KilnConfig, view: Viewer | None) -> dict[str, Any]:
     from kiln.api import KINDS
 
-    recs = records(config)
+    recs = records(config, view=view)  # a workspace's counts and quotas: of what the viewer sees
     rank = {k: i for i, k in enumerate(KINDS)}
     rows = [row(r) for r in sorted(recs, key=lambda r: (rank.get(r.kind, 99), r.workspace, r.name))]
     return {"objects": redact(rows), "workspaces": workspaces(recs)}
@@ -116,8 +139,8 @@ def overview(config: KilnConfig) -> dict[str, Any]:
 # -- datasets -------------------------------------------------------------------------------------
 
 
-def dataset(config: KilnConfig, ws: str, name: str) -> dict[str, Any] | None:
-    rec, attempts = one(config, f"Dataset/{ws}/{name}")
+def dataset(config: KilnConfig, ws: str, name: str, view: Viewer | None) -> dict[str, Any] | None:
+    rec, attempts = one(config, f"Dataset/{ws}/{name}", view)
     if rec is None:
         return None
     rel = data_rel(ws, name)
@@ -177,14 +200,14 @@ def _inside(root: Path, base: Path, rel: Any) -> str | None:
     return None if out.startswith("..") or "/../" in out else out
 
 
-def samples(config: KilnConfig, ws: str, name: str) -> dict[str, Any]:
+def samples(config: KilnConfig, ws: str, name: str, view: Viewer | None) -> dict[str, Any]:
     """Up to ``THUMBNAILS`` images of the current version as checked out, each with its label
     (an image folder's class folder), its boxes (a COCO file beside the images) or its mask (a
     segmentation pair list): ``{"items": [{"path": relative to the dataset folder, "label",
     "boxes": [[x, y, w, h, label]], "size", "mask"}], "id2label": {...}}``. The browser colours a
     mask's category ids (it reads the PNG's pixels); the masks are not thumbnails themselves."""
     root = config.repo / data_rel(ws, name)
-    if not root.is_dir():
+    if not root.is_dir() or not _dataset_seen(config, ws, name, view):
         return {"items": [], "id2label": {}}
     boxes: dict[str, list[list[Any]]] = {}
     sizes: dict[str, tuple[int, int]] = {}
@@ -229,14 +252,21 @@ def samples(config: KilnConfig, ws: str, name: str) -> dict[str, Any]:
     return {"items": out, "id2label": id2label}
 
 
-def sample_file(config: KilnConfig, ws: str, name: str, rel: str) -> Path | None:
+def sample_file(config: KilnConfig, ws: str, name: str, rel: str, view: Viewer | None) -> Path | None:
     """The image ``rel`` inside the dataset's folder, None for anything else (a path that leaves
-    the folder, through ``..`` or a link, or a file that is not an image)."""
+    the folder, through ``..`` or a link, a file that is not an image, or a dataset the viewer
+    may not see)."""
     root = (config.repo / data_rel(ws, name)).resolve()
     p = (root / rel).resolve()
     if not p.is_relative_to(root) or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
         return None
-    return p
+    return p if _dataset_seen(config, ws, name, view) else None
+
+
+def _dataset_seen(config: KilnConfig, ws: str, name: str, view: Viewer | None) -> bool:
+    """Whether a dataset's files may be shown: always without a viewer (the folder is read as
+    checked out, applied or not), else only an applied dataset the viewer sees."""
+    return view is None or one(config, f"Dataset/{ws}/{name}", view)[0] is not None
 
 
 # -- experiments ----------------------------------------------------------------------------------
@@ -260,10 +290,10 @@ def live_run(config: KilnConfig, rec: ObjectRecord) -> Path | None:
     return found[-1] if found else None
 
 
-def curves(config: KilnConfig, ws: str, name: str) -> dict[str, Any] | None:
+def curves(config: KilnConfig, ws: str, name: str, view: Viewer | None) -> dict[str, Any] | None:
     """The live curves' JSON: per trial, each metric's ``[[step, value]]`` so far, and whether
     it still trains (the page polls until it does not)."""
-    rec, _ = one(config, f"Experiment/{ws}/{name}")
+    rec, _ = one(config, f"Experiment/{ws}/{name}", view)
     if rec is None:
         return None
     run = live_run(config, rec)
@@ -280,8 +310,8 @@ def curves(config: KilnConfig, ws: str, name: str) -> dict[str, Any] | None:
     }
 
 
-def experiment(config: KilnConfig, ws: str, name: str) -> dict[str, Any] | None:
-    rec, attempts = one(config, f"Experiment/{ws}/{name}")
+def experiment(config: KilnConfig, ws: str, name: str, view: Viewer | None) -> dict[str, Any] | None:
+    rec, attempts = one(config, f"Experiment/{ws}/{name}", view)
     if rec is None:
         return None
     run = live_run(config, rec)
@@ -311,7 +341,7 @@ def experiment(config: KilnConfig, ws: str, name: str) -> dict[str, Any] | None:
         "pr": pr_curves(run) if run is not None else None,
         "best": redact(rec.extra.get("best") or {}),
         "registered": rec.extra.get("registered"),
-        "logs": step_logs(config, rec),
+        "logs": step_logs(config, rec),  # rec: one the viewer sees
         "extra": redact(rec.extra),
     }
 
@@ -364,13 +394,16 @@ def pr_curves(run: Path, points: int = 100) -> dict[str, Any] | None:
 _IMPORTANCE: dict[Path, tuple[float, dict[str, float]]] = {}
 
 
-def importance(config: KilnConfig, ws: str, name: str) -> dict[str, Any]:
+def importance(config: KilnConfig, ws: str, name: str, view: Viewer | None) -> dict[str, Any] | None:
     """Each hyperparameter's importance for the objective (optuna's fANOVA over the HPO study),
-    or why there is none. Served as its own JSON, fetched after the page has loaded."""
+    or why there is none; None when the experiment has not been applied (or is not the viewer's).
+    Served as its own JSON, fetched after the page has loaded."""
     from kiln.controller.experiment.home import STUDY
 
-    rec, _ = one(config, f"Experiment/{ws}/{name}")
-    run = live_run(config, rec) if rec is not None else None
+    rec, _ = one(config, f"Experiment/{ws}/{name}", view)
+    if rec is None:
+        return None
+    run = live_run(config, rec)
     db = run / "study.db" if run is not None else None
     if db is None or not db.is_file():
         return {"error": "no hyperparameter study (only mode: hpo keeps one)"}
@@ -392,7 +425,8 @@ def importance(config: KilnConfig, ws: str, name: str) -> dict[str, Any]:
 
 def step_logs(config: KilnConfig, rec: ObjectRecord) -> list[dict[str, Any]]:
     """The last lines of each step's log of the object's workflow run (the local runner writes
-    them under ``.kiln/runs/<workflow>/logs``), URL passwords masked."""
+    them under ``.kiln/runs/<workflow>/logs``), URL passwords masked. ``rec`` comes from ``one``
+    with the request's viewer: the logs of what it sees only."""
     wf = rec.extra.get("workflow")
     name = wf.get("name") if isinstance(wf, dict) else None
     if not name or "/" in str(name) or str(name).startswith("."):
@@ -410,7 +444,8 @@ def step_logs(config: KilnConfig, rec: ObjectRecord) -> list[dict[str, Any]]:
 
 def tensorboard_runs(config: KilnConfig, rec: ObjectRecord) -> dict[str, Path]:
     """Trial id -> the folder of its TensorBoard event files (``trials/<id>/tensorboard``,
-    written by ``kiln.report`` as it trains): one TensorBoard run per trial."""
+    written by ``kiln.report`` as it trains): one TensorBoard run per trial. ``rec``, as for
+    ``step_logs``, is one the viewer sees."""
     run = live_run(config, rec)
     if run is None:
         return {}
@@ -424,15 +459,20 @@ def tensorboard_runs(config: KilnConfig, rec: ObjectRecord) -> dict[str, Path]:
 # -- models ---------------------------------------------------------------------------------------
 
 
-def models(config: KilnConfig) -> dict[str, Any]:
+def models(config: KilnConfig, view: Viewer | None) -> dict[str, Any]:
     """Every registered version (from the BentoML model folders' ``model.yaml``, without loading
-    BentoML), its aliases, the deployments serving it, and the registry's audit log."""
+    BentoML), its aliases, the deployments serving it, and the registry's audit log. With a
+    viewer, as ``kiln models list --as``: the versions registered by an experiment it sees (a
+    model registered by hand: platform admins only), the audit lines of those models."""
     import yaml
+
+    from kiln.api.experiment import experiment_label
 
     home = config.kiln_dir() / "bentoml"
     reg = read_json(home / "kiln-registry.json") or {}
+    seen = None if view is None else {experiment_label(r.workspace, r.name) for r in records(config, "Experiment", view)}
     serving: dict[tuple[str, int], list[str]] = {}
-    for r in records(config, "Deployment"):
+    for r in records(config, "Deployment", view):
         if r.extra.get("model"):
             try:
                 serving.setdefault((str(r.extra["model"]), int(r.extra.get("version") or 0)), []).append(
@@ -451,6 +491,8 @@ def models(config: KilnConfig) -> dict[str, Any]:
             continue
         v = int(m.group(1))
         meta = doc.get("metadata") or {}
+        if seen is not None and (doc.get("labels") or {}).get("experiment") not in seen:
+            continue
         versions.append(
             {
                 "model": name,
@@ -466,25 +508,36 @@ def models(config: KilnConfig) -> dict[str, Any]:
             }
         )
     versions.sort(key=lambda x: (x["model"], -x["version"]))
+    # an audit line of a version shown (a model's name may be registered by others' experiments too)
+    shown = {v["model"] for v in versions} | {(v["model"], v["version"]) for v in versions}
     audit = []
     p = home / "kiln-audit.jsonl"
     if p.is_file():
         for line in p.read_text().splitlines()[-AUDIT_TAIL:]:
             try:
-                audit.append(json.loads(line))
+                entry = json.loads(line)
             except ValueError:
                 continue
+            if view is None or _audit_shown(entry, shown):
+                audit.append(entry)
     return {"versions": redact(versions), "audit": redact(audit[::-1])}
+
+
+def _audit_shown(entry: Any, shown: set[Any]) -> bool:
+    """An audit line of a version shown (by model and version; a line naming no version, by model)."""
+    if not isinstance(entry, dict):
+        return False
+    return (entry.get("model"), entry["version"]) in shown if entry.get("version") is not None else entry.get("model") in shown
 
 
 # -- labeling and deployments ---------------------------------------------------------------------
 
 
-def labeling(config: KilnConfig) -> dict[str, Any]:
+def labeling(config: KilnConfig, view: Viewer | None) -> dict[str, Any]:
     from kiln.labeling import server
 
     jobs = []
-    for r in sorted(records(config, "LabelingJob"), key=lambda r: r.key):
+    for r in sorted(records(config, "LabelingJob", view), key=lambda r: r.key):
         x = r.extra
         prog = x.get("progress") or {}
         jobs.append(
@@ -539,9 +592,9 @@ def server_metrics(url: str, timeout: float = 0.3) -> dict[str, Any]:
     return {"requests": int(total), "latencyMs": 1000 * dsum / dcount if dcount else None, "ratePerS": rate}
 
 
-def deployments(config: KilnConfig, scrape: bool = True) -> list[dict[str, Any]]:
+def deployments(config: KilnConfig, view: Viewer | None, scrape: bool = True) -> list[dict[str, Any]]:
     out = []
-    for r in sorted(records(config, "Deployment"), key=lambda r: r.key):
+    for r in sorted(records(config, "Deployment", view), key=lambda r: r.key):
         url = r.extra.get("url")
         out.append(
             {
