@@ -3,7 +3,9 @@ HorizontalPodAutoscaler with ``autoscaling``). ``kiln render Deployment/NAME --w
 
 Why render and not apply: this machine has no cluster; the manifests are what a cluster (or a GitOps
 tool such as Argo CD) applies. The image is ``<registry>/<bento name>:<model>-v<version>``, built by
-``bentoml containerize`` of the Bento the ``build`` step makes. Tokens never enter a manifest:
+``bentoml containerize`` of the Bento the ``build`` step makes, or ``spec.image`` when the spec names
+one (the GitOps route: CI builds and pushes the image, the spec references it by address), pulled
+with ``spec.imagePullSecrets``. Tokens never enter a manifest:
 ``auth.tokens[].secretName`` becomes a ``secretKeyRef``, ``env`` tokens a reference to the
 Secret ``<name>-tokens`` the operator creates; the token store (hashes) is mounted from the Secret
 ``kiln-serving-tokens``.
@@ -31,7 +33,8 @@ def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | 
     tag = f"{model}-v{version}" if version else (f"{model}-{spec.model.alias}" if spec.model.alias else
                                                  f"{model}-v{spec.model.version}" if spec.model.version else
                                                  f"{model}-latest")
-    image = f"{config.image.rsplit('/', 1)[0]}/{s.name}:{tag}" if "/" in config.image else f"{s.name}:{tag}"
+    image = spec.image or (f"{config.image.rsplit('/', 1)[0]}/{s.name}:{tag}" if "/" in config.image
+                           else f"{s.name}:{tag}")
     labels = {"app.kubernetes.io/name": _label_value(s.name), "app.kubernetes.io/managed-by": "kiln",
               "kiln.dev/workspace": _label_value(s.workspace), "kiln.dev/spec-hash": s.spec_hash}
     select = {"app.kubernetes.io/name": _label_value(s.name)}
@@ -52,15 +55,18 @@ def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | 
         "readinessProbe": probe, "livenessProbe": {"httpGet": {"path": "/livez", "port": PORT}, "periodSeconds": 10},
         "volumeMounts": [{"name": "tokens", "mountPath": "/home/bentoml/.kiln/serving", "readOnly": True}],
     }
+    pod: dict[str, Any] = {"containers": [container],
+                           "volumes": [{"name": "tokens", "secret": {
+                               "secretName": "kiln-serving-tokens", "optional": spec.auth.public}}]}
+    if spec.imagePullSecrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in spec.imagePullSecrets]
     replicas = 0 if not spec.enabled else (spec.autoscaling.minReplicas if spec.autoscaling else spec.replicas)
     docs: list[dict[str, Any]] = [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
          "spec": {"replicas": replicas, "selector": {"matchLabels": select},
                   "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                   "template": {"metadata": {"labels": {**select, "kiln.dev/spec-hash": s.spec_hash}},
-                               "spec": {"containers": [container],
-                                        "volumes": [{"name": "tokens", "secret": {
-                                            "secretName": "kiln-serving-tokens", "optional": spec.auth.public}}]}}}},
+                               "spec": pod}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": meta,
          "spec": {"selector": select, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
     ]
