@@ -214,6 +214,7 @@ class DeploymentHandler(WorkflowHandler):
         if not ctx.spec.obj.spec.enabled or info is None:
             return {"url": None, "pid": None, "info": "disabled" if health == "Suspended" else "no server"}
         return {"url": info["url"], "pid": info["pid"], "model": info["model"], "version": info["version"],
+                "device": info.get("device"),
                 "info": f"{info['model']} v{info['version']} at {info['url']} ({health})"}
 
     def delete(self, ctx: Context) -> list[str]:
