@@ -100,7 +100,10 @@ def test_deployment_image_and_pull_secrets_in_the_k8s_manifests(tmp_path: Path) 
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     (repo / ".kiln/bentoml/models/iris/v1").mkdir(parents=True)
     (repo / ".kiln/bentoml/models/iris/v1/model.yaml").write_text("name: iris\n")
-    write(repo, {"specs/d.yaml": """
+    write(
+        repo,
+        {
+            "specs/d.yaml": """
         apiVersion: kiln.dev/v1alpha1
         kind: Deployment
         metadata: {name: iris-api}
@@ -108,7 +111,9 @@ def test_deployment_image_and_pull_secrets_in_the_k8s_manifests(tmp_path: Path) 
           model: {name: iris, version: 1}
           image: registry.example.com/ml/iris-serving:3f2a9c1
           imagePullSecrets: [regcred]
-        """})
+        """
+        },
+    )
     from kiln.controller.deployment_k8s import render_k8s
 
     cfg = load_config(repo)
