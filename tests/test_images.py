@@ -142,3 +142,13 @@ def test_local_apply_refuses_a_foreign_image_or_runs_it_on_the_host(tmp_path: Pa
     out = kiln("apply", cwd=repo, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "warning: task 'train' runs in kiln's own environment" in out.stderr
+
+
+def test_the_users_command_gets_kilns_packages_last_on_its_path() -> None:
+    """In the user's image the step runs with kiln's packages first; the command it starts gets
+    them last, so the image's own numpy/torch win and ``import kiln`` still works."""
+    from kiln.controller.experiment.command import _runner_last
+
+    assert _runner_last({"PYTHONPATH": "/x"}) == {}  # not in a user's image: untouched
+    env = {"PYTHONPATH": "/opt/kiln-runner:/app/lib", "KILN_RUNNER_PATH": "/opt/kiln-runner"}
+    assert _runner_last(env) == {"PYTHONPATH": "/app/lib:/opt/kiln-runner"}
