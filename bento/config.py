@@ -6,7 +6,7 @@ process boundary as JSON: kiln.bento.server writes ``model_dump(mode="json")`` t
 by ``KILN_SERVE_CONFIG`` and the serving process validates it back with this same model
 (:meth:`ServeConfig.from_env`)::
 
-    {"deployment": "d", "model": "m", "version": 3, "threads": 1, "workers": 1,
+    {"deployment": "d", "model": "m", "version": 3, "threads": 1, "workers": 1, "gpu": 0,
      "public": false, "token_file": ".../tokens.json", "access_log": true, "inline": null,
      "batching": {"enabled": true, "maxBatchSize": 32, "maxLatencyMs": 10},
      "limits": {"maxPayloadBytes": 10485760, "maxInstances": 64, "timeoutSeconds": 30,
@@ -60,6 +60,7 @@ class ServeConfig(BaseModel):
     version: int = 0
     threads: int = 1
     workers: int = 1
+    gpu: int = Field(0, ge=0, description="GPUs the deployment asks for: >0 serves on one when present")
     public: bool = False
     token_file: str | None = None
     # a config made by hand serves unbatched; a Deployment's spec default (batching on) comes

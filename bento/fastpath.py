@@ -174,6 +174,17 @@ class MicroBatcher:
 
 
 # -------------------------------------------------------------------------------- metrics ----
+def report_device(device: str) -> None:
+    """``kiln_model_device{device="cuda"|"cpu"} 1`` in ``/metrics``: where the model runs, which
+    the spec cannot say (a GPU asked for may be absent); rollout reads it for ``kiln describe``."""
+    try:
+        import prometheus_client as pc
+    except ImportError:  # pragma: no cover - BentoML depends on it
+        return
+    pc.Gauge("kiln_model_device", "where the model runs (1 for its device)", ["device"],
+             multiprocess_mode="max").labels(device).set(1)
+
+
 class _Tally:
     """Request metrics counted in plain Python and handed to prometheus_client in bulk.
 

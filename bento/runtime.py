@@ -50,6 +50,7 @@ import binascii
 import functools
 import io
 import json
+import logging
 import math
 import struct
 from collections.abc import Callable
@@ -70,6 +71,7 @@ __all__ = ["InstanceError", "ServingConfig", "Engine", "load_engine", "TASKS", "
 TASKS = ("classification", "regression", "clustering", "detection", "segmentation")
 INPUTS = ("tabular", "image")
 FEATURE_TYPES = ("number", "string", "any")
+log = logging.getLogger("kiln.bento.runtime")
 
 
 class InstanceError(ValueError):
@@ -139,13 +141,30 @@ _PLAIN = {int, float}  # JSON numbers as orjson gives them (bool is not one)
 
 
 # ---------------------------------------------------------------------------------- loaders --
-def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
+# A loader takes (model file, CPU threads, whether the deployment asks for a GPU) and returns the
+# model as a function of a batch, with ``device`` set to where it runs ("cuda" or "cpu"): a GPU is
+# used when asked for and present, else the CPU serves (load_engine warns).
+
+
+def onnx_providers(gpu: bool, available: list[str]) -> list[str]:
+    """onnxruntime's providers for a deployment, best first: CUDA when asked for and built in
+    (``onnxruntime-gpu``), with the CPU behind it for the operators CUDA lacks."""
+    if gpu and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _load_onnx(path: Path, threads: int, gpu: bool = False) -> Callable[[np.ndarray], Any]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), sess_options=so,
+                                providers=onnx_providers(gpu, ort.get_available_providers()))
+    # what the session took, not what was asked: a CUDA provider whose libraries fail to load
+    # drops to the CPU with only a log line of onnxruntime's
+    device = "cuda" if "CUDAExecutionProvider" in sess.get_providers() else "cpu"
     inputs = sess.get_inputs()
     inp = inputs[0]
     name = inp.name
@@ -178,11 +197,14 @@ def _load_onnx(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
     # what the picked output holds, for a clustering model: k-means' 'scores' are the distances
     # to each centre, a mixture's 'probabilities' its components' (kiln.bento.predictions)
     run.measure = {"scores": "distances", "probabilities": "probabilities"}.get(pick)  # type: ignore[attr-defined]
+    run.device = device  # type: ignore[attr-defined]
     return run
 
 
-def _load_torch(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
+def _load_torch(path: Path, threads: int, gpu: bool = False) -> Callable[[np.ndarray], Any]:
     import torch
+
+    device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
 
     torch.set_num_threads(threads)
     try:  # a scripted torchvision detector calls torchvision's C++ ops (nms, box_iou_rotated ...),
@@ -190,14 +212,14 @@ def _load_torch(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
     except ImportError:  # a model without torchvision ops loads without it
         pass
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
+        model = torch.jit.load(str(path), map_location=device)
     except RuntimeError:  # a pickled nn.Module rather than TorchScript
-        model = torch.load(str(path), map_location="cpu", weights_only=False)
+        model = torch.load(str(path), map_location=device, weights_only=False)
     model.eval()
 
     def run(x: np.ndarray) -> Any:
         with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            out = _to_cpu(model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)))
         if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], list):
             out = out[1]  # scripted torchvision detectors return (losses, detections)
         if isinstance(out, dict) and "out" in out:
@@ -208,10 +230,22 @@ def _load_torch(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
             return [{k: v.numpy() for k, v in d.items()} for d in out]
         return out.numpy()
 
+    run.device = device  # type: ignore[attr-defined]
     return run
 
 
-def _load_sklearn(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
+def _to_cpu(out: Any) -> Any:
+    """A model's output (tensor, or dicts/lists/tuples of them) back in host memory for numpy."""
+    if hasattr(out, "cpu"):
+        return out.cpu()
+    if isinstance(out, dict):
+        return {k: _to_cpu(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_cpu(v) for v in out)
+    return out
+
+
+def _load_sklearn(path: Path, threads: int, gpu: bool = False) -> Callable[[np.ndarray], Any]:
     import joblib
     from sklearn.base import is_clusterer
 
@@ -232,10 +266,11 @@ def _load_sklearn(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
     run.classes = getattr(model, "classes_", None)  # type: ignore[attr-defined]
     run.predicts_proba = proba is not None  # type: ignore[attr-defined]
     run.measure = measure  # type: ignore[attr-defined]
+    run.device = "cpu"  # type: ignore[attr-defined]  # scikit-learn has no GPU
     return run
 
 
-LOADERS: dict[str, Callable[[Path, int], Callable[[np.ndarray], Any]]] = {
+LOADERS: dict[str, Callable[[Path, int, bool], Callable[[np.ndarray], Any]]] = {
     "onnx": _load_onnx, "torch": _load_torch, "sklearn": _load_sklearn,
 }
 
@@ -306,6 +341,7 @@ class Engine:
     name: str = ""
     version: int = 0
     max_pixels: int | None = None   # the deployment's limits.maxImagePixels (None: from the input size)
+    device: str = "cpu"             # where the model runs: "cuda" or "cpu" (describe, /metrics)
     _known: set[str] | None = None  # the fields a raw row may carry (features and ignored columns)
     # a raw row's columns in model order, each with whether it is a number (else a string): the
     # schema walked once at the first request instead of twice per row
@@ -634,14 +670,21 @@ def limit_png_text() -> None:
     PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, PNG_TEXT_LIMIT)
 
 
-def load_engine(model_dir: str | Path, *, threads: int = 1, name: str = "", version: int = 0) -> Engine:
-    """Load a model version directory (a BentoML model dir from the registry)."""
+def load_engine(model_dir: str | Path, *, threads: int = 1, name: str = "", version: int = 0,
+                gpu: bool = False) -> Engine:
+    """Load a model version directory (a BentoML model dir from the registry); ``gpu``: the
+    deployment asks for one, used when present (else the CPU serves, with a warning)."""
     d = Path(model_dir)
     cfg = ServingConfig.load(d)
     f = d / (cfg.file or "")
     if not f.is_file():
         raise ConfigError(f"{d}: model file {cfg.file} is missing")
-    run = LOADERS[cfg.framework](f, threads)
+    run = LOADERS[cfg.framework](f, threads, gpu)
+    device = getattr(run, "device", "cpu")
+    if gpu and device != "cuda":
+        why = {"onnx": "onnxruntime has no usable CUDAExecutionProvider (install onnxruntime-gpu, check CUDA)",
+               "torch": "torch sees no CUDA device", "sklearn": "scikit-learn models run on the CPU"}[cfg.framework]
+        log.warning("deployment %s asks for a GPU but serves on the CPU: %s", name or d.name, why)
     if cfg.framework == "sklearn" and cfg.labels is None and getattr(run, "classes", None) is not None:
         cfg.labels = [str(c) for c in run.classes]  # type: ignore[attr-defined]
     pipeline = rowprep = None
@@ -653,4 +696,5 @@ def load_engine(model_dir: str | Path, *, threads: int = 1, name: str = "", vers
         rowprep = compile_rows(pipeline, list(cfg.features or ()), strings)
     if cfg.input == "image":
         limit_png_text()
-    return Engine(cfg=cfg, run=run, model_dir=d, pipeline=pipeline, rowprep=rowprep, name=name, version=version)
+    return Engine(cfg=cfg, run=run, model_dir=d, pipeline=pipeline, rowprep=rowprep, name=name, version=version,
+                  device=device)

@@ -111,15 +111,16 @@ class KilnService:
         if CFG is None or not CFG.model:
             raise RuntimeError("KILN_SERVE_CONFIG is not set: start deployments with kiln (kiln.bento.server)")
         path = self.model_ref.path
-        self.engine = load_engine(path, threads=CFG.threads, name=CFG.model, version=CFG.version)
+        self.engine = load_engine(path, threads=CFG.threads, name=CFG.model, version=CFG.version, gpu=CFG.gpu > 0)
+        fastpath.report_device(self.engine.device)
         self.engine.max_pixels = CFG.limits.maxImagePixels
         fastpath.STATE.engine = self.engine
         # objects loaded so far live as long as the process: keep them out of every GC pass
         # (measured: BentoML p99 about 240 ms -> 70 ms)
         gc.collect()
         gc.freeze()
-        log.info("serving %s v%s (%s %s, %s)", CFG.model, CFG.version, self.engine.cfg.framework,
-                 self.engine.cfg.task, self.engine.cfg.input)
+        log.info("serving %s v%s (%s %s, %s) on %s", CFG.model, CFG.version, self.engine.cfg.framework,
+                 self.engine.cfg.task, self.engine.cfg.input, self.engine.device)
 
     @bentoml.api(route="/predict")
     def predict(self, instances: list[Any]) -> Any:

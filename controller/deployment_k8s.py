@@ -3,7 +3,9 @@ HorizontalPodAutoscaler with ``autoscaling``). ``kiln render Deployment/NAME --w
 
 Why render and not apply: this machine has no cluster; the manifests are what a cluster (or a GitOps
 tool such as Argo CD) applies. The image is ``<registry>/<bento name>:<model>-v<version>``, built by
-``bentoml containerize`` of the Bento the ``build`` step makes. Tokens never enter a manifest:
+``bentoml containerize`` of the Bento the ``build`` step makes, or ``spec.image`` when the spec names
+one (the GitOps route: CI builds and pushes the image, the spec references it by address), pulled
+with ``spec.imagePullSecrets``. Tokens never enter a manifest:
 ``auth.tokens[].secretName`` becomes a ``secretKeyRef``, ``env`` tokens a reference to the
 Secret ``<name>-tokens`` the operator creates; the token store (hashes) is mounted from the Secret
 ``kiln-serving-tokens``.
@@ -44,7 +46,8 @@ def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | 
     tag = f"{model}-v{version}" if version else (f"{model}-{spec.model.alias}" if spec.model.alias else
                                                  f"{model}-v{spec.model.version}" if spec.model.version else
                                                  f"{model}-latest")
-    image = f"{config.image.rsplit('/', 1)[0]}/{s.name}:{tag}" if "/" in config.image else f"{s.name}:{tag}"
+    image = spec.image or (f"{config.image.rsplit('/', 1)[0]}/{s.name}:{tag}" if "/" in config.image
+                           else f"{s.name}:{tag}")
     labels = {"app.kubernetes.io/name": _label_value(s.name), "app.kubernetes.io/managed-by": "kiln",
               "kiln.dev/workspace": _label_value(s.workspace), "kiln.dev/spec-hash": s.spec_hash}
     select = {"app.kubernetes.io/name": _label_value(s.name)}
@@ -65,9 +68,12 @@ def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | 
         "readinessProbe": probe, "livenessProbe": {"httpGet": {"path": "/livez", "port": PORT}, "periodSeconds": 10},
         "volumeMounts": [{"name": "tokens", "mountPath": "/home/bentoml/.kiln/serving", "readOnly": True}],
     }
+    pod: dict[str, Any] = {"containers": [container],
+                           "volumes": [{"name": "tokens", "secret": {
+                               "secretName": "kiln-serving-tokens", "optional": spec.auth.public}}]}
+    if spec.imagePullSecrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in spec.imagePullSecrets]
     replicas = 0 if not spec.enabled else (spec.autoscaling.minReplicas if spec.autoscaling else spec.replicas)
-    volumes = [{"name": "tokens", "secret": {"secretName": "kiln-serving-tokens", "optional": spec.auth.public}}]
-
     def deployment(name: str, track: str | None, image: str, replicas: int,
                    notes: dict[str, str] | None = None) -> dict[str, Any]:
         pods = {**select, **({"kiln.dev/track": track} if track else {})}
@@ -78,7 +84,7 @@ def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | 
                 "spec": {"replicas": replicas, "selector": {"matchLabels": pods},
                          "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                          "template": {"metadata": {"labels": {**pods, "kiln.dev/spec-hash": s.spec_hash}},
-                                      "spec": {"containers": [{**container, "image": image}], "volumes": volumes}}}}
+                                      "spec": {**pod, "containers": [{**container, "image": image}]}}}}
 
     def service(name: str, selector: dict[str, str], notes: dict[str, str] | None = None) -> dict[str, Any]:
         md: dict[str, Any] = {**meta, "name": name, **({"annotations": notes} if notes else {})}
@@ -90,7 +96,8 @@ def render_k8s(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSpec | 
         docs: list[dict[str, Any]] = [deployment(s.name, None, image, replicas), service(s.name, select)]
     else:
         stable_tag = f"{model}-v{stable_version}" if stable_version else f"{model}-stable"
-        stable_image = image.rsplit(":", 1)[0] + ":" + stable_tag
+        # a spec's own image (spec.image) is the same for both tracks: kiln cannot know the old one
+        stable_image = spec.image or image.rsplit(":", 1)[0] + ":" + stable_tag
         plan = {"kiln.dev/rollout-strategy": r.strategy, "kiln.dev/rollout-steps": ",".join(map(str, r.steps)),
                 "kiln.dev/rollout-interval-seconds": f"{r.interval:g}",
                 "kiln.dev/rollout-max-error-rate": f"{r.maxErrorRate:g}",

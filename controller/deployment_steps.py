@@ -33,6 +33,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 import urllib.error
@@ -144,6 +145,7 @@ def serve_config(ctx: StepContext, spec: DeploymentSpec, model: str, version: in
                                maxPerDay=spec.capture.maxPerDay)
     # tokens are per workspace and deployment (`kiln deployments token create WS/NAME`)
     return ServeConfig(deployment=name, workspace=ws, model=model, version=version, workers=spec.workers,
+                       gpu=spec.resources.gpu or 0,
                        public=spec.auth.public, token_file=str(default_token_file(ctx.config.repo)),
                        batching=spec.batching, limits=ServeLimits.model_validate(spec.limits.model_dump()),
                        capture=capture)
@@ -296,7 +298,7 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
             raise
         assert srv.proc is not None
         info = {"pid": srv.proc.pid, "port": srv.port, "url": srv.url, "model": cfg.model, "version": cfg.version,
-                "serverId": srv.server_id, "fingerprint": fp,
+                "serverId": srv.server_id, "fingerprint": fp, "device": serving_device(srv.url),
                 "started": utcnow()}
         write_json_atomic(home / "server.json", info, mkdir=False)
         srv.proc = None  # daemon: this process must neither wait for it nor stop it
@@ -308,7 +310,21 @@ def deployment_rollout(ctx: StepContext) -> dict[str, Any]:
 
 
 def _public(info: dict[str, Any]) -> dict[str, Any]:
-    return {k: info[k] for k in ("url", "port", "pid", "model", "version") if k in info}
+    return {k: info[k] for k in ("url", "port", "pid", "model", "version", "device") if k in info}
+
+
+_DEVICE_METRIC = re.compile(r'^kiln_model_device\{device="([a-z]+)"\} 1(\.0)?$', re.M)
+
+
+def serving_device(url: str) -> str | None:
+    """Where a ready server runs its model ("cuda" or "cpu"), from its ``/metrics`` (the server
+    alone knows: a GPU asked for may be absent). None when it does not say."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            m = _DEVICE_METRIC.search(r.read().decode(errors="replace"))
+    except OSError:
+        return None
+    return m.group(1) if m else None
 
 
 def _lock(path: Path) -> int:

@@ -27,6 +27,7 @@ class Task:
     with_sequence: int | None = None
     timeout: int | None = None       # activeDeadlineSeconds
     describe: str = ""               # what it does, for apply's output when a handler runs it in-process
+    image: str | None = None         # the user's image (command.image) instead of kiln's: render injects kiln
 
 
 def workspace(s: LoadedSpec) -> list[Task]:
@@ -77,14 +78,17 @@ def labeling(s: LoadedSpec) -> list[Task]:
 def experiment(s: LoadedSpec) -> list[Task]:
     spec = s.obj.spec
     retries = spec.retries
+    # only the steps that run the user's command get its image; data, selection and registration
+    # stay in kiln's image (they need kiln's dependencies, not the user's)
+    image = spec.command.image if spec.command is not None else None
     tasks = [Task("prepare-data", "experiment.prepare-data", memoize=True, retries=2)]
     if spec.mode == "run" and spec.parameterSets:
         tasks.append(Task("train", "experiment.train", depends=["prepare-data"], compute=True, retries=retries,
                           with_items=[json.dumps(p, sort_keys=True) for p in spec.parameterSets],
-                          args={"parameters": "{{item}}"}, timeout=spec.timeoutSeconds))
+                          args={"parameters": "{{item}}"}, timeout=spec.timeoutSeconds, image=image))
     elif spec.mode == "run":
         tasks.append(Task("train", "experiment.train", depends=["prepare-data"], compute=True,
-                          retries=retries, memoize=True, timeout=spec.timeoutSeconds))
+                          retries=retries, memoize=True, timeout=spec.timeoutSeconds, image=image))
     elif spec.mode == "hpo":
         # the study needs only the spec: it is created while the data is prepared (about 1 s of
         # imports and schema off the serial path of every HPO run)
@@ -93,7 +97,7 @@ def experiment(s: LoadedSpec) -> list[Task]:
         # maxTrials, maxFailedTrials or the goal stops the study.
         tasks.append(Task("trials", "experiment.hpo-worker", depends=["prepare-data", "create-study"], compute=True,
                           retries=retries, with_sequence=spec.hpo.parallelTrials, args={"worker": "{{item}}"},
-                          timeout=spec.timeoutSeconds))
+                          timeout=spec.timeoutSeconds, image=image))
     elif spec.automl.candidates:
         names = [c.name for c in spec.automl.candidates][:spec.automl.maxCandidates]
         tasks.append(Task("candidates", "experiment.train-candidate", depends=["prepare-data"], compute=True,

@@ -6,6 +6,12 @@ image; the composed spec travels as the workflow parameter ``spec`` (specs never
 so a pod needs nothing but the image. Every manifest validates against Argo's strict schema
 (``kiln.runners.schema``), which a test checks for every kind.
 
+A step whose spec names its own image (``command.image``: the training tasks) runs in that image;
+kiln's step runner reaches it through an init container of kiln's image that copies kiln's Python
+packages into a shared ``emptyDir`` (``RUNNER_DIR``), so the user's image needs only a Python of
+the same minor version as kiln's image. The local runner runs no images: it refuses such a step
+(``kiln.runners.local.validation``) unless ``localRunner.foreignImages: host`` (``on_host``).
+
 Labels tie a workflow to its object and spec hash (``kiln.dev/kind``, ``kiln.dev/workspace``,
 ``kiln.dev/name``, ``kiln.dev/spec-hash``): the runners use the hash to resume or reuse a run.
 Tasks whose outputs depend only on their inputs are memoized (Argo's ``memoize``) on a key made
@@ -38,8 +44,14 @@ SEMAPHORE_CONFIGMAP = "kiln-workspace-quotas"  # on a cluster, the quotas as Arg
 SEMAPHORE_ANNOTATION = "kiln.dev/semaphores"  # {key: limit}: the Argo runner writes them into the ConfigMap
 RUN_TIME_QUOTAS = {"cpu", "memory", "trainingGpus", "deploymentGpus", "maxConcurrentJobs"}
 KIND_SHORT = {name: kind.short for name, kind in KINDS.items()}
+# kiln's step runner in a user's image: the init container (named so the local runner can tell a
+# foreign-image step) copies kiln's image's site-packages into the volume the step mounts
+RUNNER_INIT = "kiln-runner"
+RUNNER_DIR = "/opt/kiln-runner"
+_COPY_RUNNER = ("import shutil, sysconfig; "
+                f"shutil.copytree(sysconfig.get_paths()['purelib'], {RUNNER_DIR!r}, dirs_exist_ok=True)")
 
-__all__ = ["KIND_SHORT", "PIPELINES", "Task", "render_workflow", "workflow_name"]
+__all__ = ["KIND_SHORT", "PIPELINES", "RUNNER_INIT", "Task", "on_host", "render_workflow", "workflow_name"]
 
 
 # -- manifest ----------------------------------------------------------------------------------
@@ -134,6 +146,9 @@ def render_workflow(config: KilnConfig, s: LoadedSpec, *, workspace: WorkspaceSp
         "podGC": {"strategy": "OnPodSuccess"},
         "workflowMetadata": {"labels": labels},
     }
+    pull = _pull_secrets(s)
+    if pull:
+        spec["imagePullSecrets"] = pull
     if workspace is not None and workspace.quotas.maxConcurrentJobs:
         spec["parallelism"] = workspace.quotas.maxConcurrentJobs
     annotations = {"kiln.dev/object": ref, "kiln.dev/source": s.location(), "kiln.dev/version": kiln.__version__}
@@ -178,12 +193,54 @@ def _template(config: KilnConfig, t: Task, ref: str, size: Preset, memo: tuple[s
         tmpl["activeDeadlineSeconds"] = t.timeout
     if t.compute and size.gpu and size.gpuModel:
         tmpl["nodeSelector"] = {"nvidia.com/gpu.product": size.gpuModel}
+    if t.image:
+        _in_user_image(config, tmpl, t.image)
     if t.memoize:
         spec_hash, data_version, code_version = memo
         key = hashlib.sha256(json.dumps([spec_hash, t.step, t.args, data_version, code_version,
                                          kiln.__version__], sort_keys=True).encode()).hexdigest()[:32]
         tmpl["memoize"] = {"key": key, "maxAge": MEMO_MAX_AGE, "cache": {"configMap": {"name": CACHE_CONFIGMAP}}}
     return tmpl
+
+
+def _pull_secrets(s: LoadedSpec) -> list[dict[str, str]]:
+    """``imagePullSecrets`` by name (the Secrets themselves are the cluster's, never kiln's)."""
+    command = getattr(s.obj.spec, "command", None)
+    return [{"name": n} for n in (command.imagePullSecrets if command is not None else [])]
+
+
+def _in_user_image(config: KilnConfig, tmpl: dict[str, Any], image: str) -> None:
+    """Run ``tmpl``'s ``kiln step`` in ``image``: kiln's packages come from the init container.
+    The step itself puts them last on its user command's path (``controller.experiment.command``),
+    so the user's own packages win there."""
+    c = tmpl["container"]
+    c["image"] = image
+    c["command"] = ["python", "-m", "kiln.cli"]
+    c["env"] = [*c["env"], {"name": "PYTHONPATH", "value": RUNNER_DIR}, {"name": "KILN_RUNNER_PATH", "value": RUNNER_DIR}]
+    c["volumeMounts"] = [{"name": RUNNER_INIT, "mountPath": RUNNER_DIR, "readOnly": True}]
+    tmpl["initContainers"] = [{
+        "name": RUNNER_INIT, "image": config.image, "command": ["python", "-c", _COPY_RUNNER],
+        "volumeMounts": [{"name": RUNNER_INIT, "mountPath": RUNNER_DIR}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]
+    tmpl["volumes"] = [{"name": RUNNER_INIT, "emptyDir": {}}]
+
+
+def on_host(manifest: dict[str, Any], image: str) -> tuple[dict[str, Any], list[str]]:
+    """``manifest`` with every foreign-image step back in kiln's own image ``image`` (the local
+    runner's ``localRunner.foreignImages: host``), and the names of the templates changed."""
+    manifest = json.loads(json.dumps(manifest))
+    changed = []
+    for tmpl in manifest["spec"]["templates"]:
+        if not any(ic.get("name") == RUNNER_INIT for ic in tmpl.get("initContainers") or []):
+            continue
+        c = tmpl["container"]
+        c["image"], c["command"] = image, ["kiln"]
+        c["env"] = [e for e in c["env"] if e["name"] not in ("PYTHONPATH", "KILN_RUNNER_PATH")]
+        c.pop("volumeMounts", None)
+        tmpl.pop("initContainers")
+        tmpl.pop("volumes", None)
+        changed.append(tmpl["name"])
+    return manifest, changed
 
 
 def _dag_task(t: Task) -> dict[str, Any]:

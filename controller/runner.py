@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,14 @@ def summarize(wf: Workflow) -> dict[str, Any]:
 
 def run_workflow(config: KilnConfig, manifest: Workflow, on_progress=None, min_interval: float = 0.5) -> Workflow:
     """Submit (or resume) and wait; raise WorkflowError unless it Succeeded."""
+    if config.runner == "local" and config.localRunner.foreignImages == "host":
+        from kiln.controller.render import on_host
+
+        manifest, moved = on_host(manifest, config.image)
+        for name in moved:
+            # stderr, not the run's state: a warning about this machine, not about the object
+            print(f"warning: task {name!r} runs in kiln's own environment, not in its command.image "
+                  "(localRunner.foreignImages: host); its dependencies must be installed here", file=sys.stderr)
     runner = make_runner(config)
     last = [0.0]
 

@@ -17,6 +17,7 @@ Example::
     datasets: {allowPrivateNetworks: false, maxArchiveBytes: 21474836480}   # what sources may reach
     gc: {keepRuns: 3, afterApply: false}   # kiln gc: newest runs kept per experiment
     policy: {admins: [ops@example.com], requireSignedCommits: false}   # who may change what (docs/security.md)
+    localRunner: {foreignImages: refuse}   # or host: run command.image steps in kiln's own environment
 """
 
 from __future__ import annotations
@@ -82,6 +83,15 @@ class DatasetsConfig(_Section):
     maxArchiveBytes: int = Field(20 << 30, ge=1, description="largest total extracted size (default 20 GiB)")
     maxArchiveMembers: int = Field(1_000_000, ge=1, description="most members of an archive")
     maxExpansionRatio: float = Field(200, gt=0, description="extracted size / archive size at most")
+
+
+class LocalRunnerConfig(_Section):
+    """What the local runner does with a step that names its own image (``command.image``): it runs
+    no containers, so by default it refuses the run (one line naming ``runner: argo``); ``host``
+    runs the step in kiln's own environment instead, with a warning, for a quick try of code whose
+    dependencies this machine already has."""
+
+    foreignImages: Literal["refuse", "host"] = "refuse"
 
 
 class DvcConfig(_Section):
@@ -167,6 +177,7 @@ class KilnConfig(_Section):
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     gc: GcConfig = Field(default_factory=GcConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    localRunner: LocalRunnerConfig = Field(default_factory=LocalRunnerConfig)
 
     # Resolved paths (not read from the file).
     repo: Path = Field(default=Path("."), exclude=True)

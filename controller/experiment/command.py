@@ -43,6 +43,16 @@ def user_environment(base: Mapping[str, str]) -> dict[str, str]:
             if (k in _PASS_NAMES or k.startswith(_PASS_PREFIXES)) and not is_secret_key(k)}
 
 
+def _runner_last(base: Mapping[str, str]) -> dict[str, str]:
+    """In a user's image (``command.image``) kiln's packages come first on the step's own path;
+    the user's command gets them last, so its own packages win and ``import kiln`` still works."""
+    runner = base.get("KILN_RUNNER_PATH")
+    if not runner:
+        return {}
+    rest = [p for p in base.get("PYTHONPATH", "").split(os.pathsep) if p and p != runner]
+    return {"PYTHONPATH": os.pathsep.join([*rest, runner])}
+
+
 def _cli_value(v: Any) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
@@ -101,7 +111,7 @@ def _invocation(ctx: StepContext, spec: ExperimentSpec, trial: Trial,
         argv[0] = sys.executable  # the environment kiln runs in (its venv / image)
     for k, v in params.items():
         argv += [f"--{k}", _cli_value(v)]
-    env = {**user_environment(os.environ), **cmd.env,
+    env = {**user_environment(os.environ), **_runner_last(os.environ), **cmd.env,
            "KILN_DATA_DIR": str(repo / data["path"]), "KILN_OUTPUT_DIR": str(out),
            "KILN_METRICS_FILE": str(metrics_file if cmd.metricsFile else trial.dir / "reported.jsonl"),
            "KILN_CHECKPOINT_DIR": str(trial.dir / "checkpoints"), "KILN_TRIAL": trial.id,

@@ -219,6 +219,7 @@ class DeploymentHandler(WorkflowHandler):
         from kiln.controller.deployment_rollout import describe_rollout
 
         out = {"url": info["url"], "pid": info["pid"], "model": info["model"], "version": info["version"],
+               "device": info.get("device"),
                "info": f"{info['model']} v{info['version']} at {info['url']} ({health})"}
         routed = describe_rollout(self._home(ctx, ctx.spec.workspace, ctx.spec.name), info)
         if routed:

@@ -9,13 +9,30 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 API_VERSION = "kiln.dev/v1alpha1"
 
 # DNS-1123 label: the name becomes part of workflow, project and service names.
 NAME_RE = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_RE, description="lower-case letters, digits and '-', at most 63")]
+
+# A container image address as `docker pull` takes it: [registry/]path[:tag][@sha256:digest]. Checked
+# here so a typo is a validation error naming the field, not a pod stuck in ImagePullBackOff.
+IMAGE_RE = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+
+
+def _image_ref(v: str) -> str:
+    if len(v) > 255 or not re.match(IMAGE_RE, v):
+        raise ValueError(f"{v!r} is not an image address: write it as `docker pull` takes it, e.g. "
+                         "ghcr.io/acme/train:1.4 or ghcr.io/acme/train@sha256:<digest> (lower-case, no spaces)")
+    return v
+
+
+ImageRef = Annotated[str, AfterValidator(_image_ref),
+                     # the pattern for editors only: the validator above says what is wrong in words
+                     Field(description="image address, e.g. ghcr.io/acme/train:1.4 or ...@sha256:<digest>",
+                           json_schema_extra={"pattern": IMAGE_RE, "maxLength": 255})]
 
 # Every kind's ``spec.description`` (Workspace and Dataset had it first, in spec; the others follow
 # them there rather than in metadata, so one path holds it for every kind).

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from kiln.api.common import Description, Metadata, Model, ModelRef, Name, ResourceRequest, SecretRef
+from kiln.api.common import Description, ImageRef, Metadata, Model, ModelRef, Name, ResourceRequest, SecretRef
 
 
 class Autoscaling(Model):
@@ -93,6 +93,9 @@ class Rollout(Model):
 class DeploymentSpec(Model):
     model: ModelRef
     runtime: Literal["native", "onnx"] = "native"
+    image: ImageRef | None = Field(None, description="cluster: serve from this image (e.g. one your CI builds with "
+                                   "`bentoml containerize` on a CUDA base); default: the Bento image kiln names")
+    imagePullSecrets: list[Name] = Field(default_factory=list, description="Secrets (by name) to pull the image")
     resources: ResourceRequest = Field(default_factory=ResourceRequest)
     replicas: int = Field(1, ge=0)
     autoscaling: Autoscaling | None = None

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from kiln.api.common import DatasetRef, Description, FieldProblem, Metadata, Model, Name, ResourceRequest, Task
+from kiln.api.common import DatasetRef, Description, FieldProblem, ImageRef, Metadata, Model, Name, ResourceRequest, Task
 
 HyperValue = bool | int | float | str
 
@@ -134,7 +134,9 @@ class Command(Model):
     """Your own training code (Flightbase jobs): run from the repo; hyperparameters become args."""
 
     run: str = Field(..., min_length=1, description="e.g. 'python train.py'")
-    image: str | None = None
+    image: ImageRef | None = Field(None, description="run the training step in this image on a cluster "
+                                   "(kiln's step runner is copied in: the image needs only Python 3.11)")
+    imagePullSecrets: list[Name] = Field(default_factory=list, description="Secrets (by name) to pull `image`")
     workdir: str = "."
     env: dict[str, str] = Field(default_factory=dict)
     metricsFile: str | None = Field(None, description="JSON lines the script writes, if not using kiln's API")

@@ -15,6 +15,9 @@ from kiln.runners._template import _find_close
 from kiln.runners.base import Workflow
 from kiln.runners.local.common import TEMPLATE_KINDS, UNSUPPORTED_KINDS, image_base
 
+# kiln.controller.render.RUNNER_INIT (not imported: runners do not depend on the controller): the
+# init container that marks a step rendered to run in the user's own image (command.image)
+_KILN_RUNNER_INIT = "kiln-runner"
 _DEP_TOKEN = re.compile(r"\s*(&&|\|\||!|\(|\)|[A-Za-z0-9_][A-Za-z0-9_\-]*(?:\.[A-Za-z]+)?)")
 _DEP_RESULTS = {"Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "Completed",
                 "AnySucceeded", "AllFailed"}
@@ -202,6 +205,12 @@ def _check_template(t: dict, ref: _TemplateRefs) -> None:
         _check_expr_tags(t, where)
     # a container without a command is not refused here: like a pod whose image cannot be
     # pulled in Argo, it fails when it runs (Pod.argv), and the workflow's handlers see it
+    c = t.get("container") or t.get("script")
+    if c is not None and any(i.get("name") == _KILN_RUNNER_INIT for i in t.get("initContainers") or []):
+        # one line: the fix is a setting, not the spec (the image is right for a cluster)
+        raise WorkflowError(f"{where} runs in image {c.get('image')!r} (command.image), which the local runner cannot "
+                            "run: set `runner: argo` in kiln.yaml to run it on a cluster, or "
+                            "`localRunner.foreignImages: host` to run it in kiln's own environment")
 
 
 def _check_step_refs(s: dict, swhere: str, ref: _TemplateRefs) -> None:
