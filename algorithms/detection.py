@@ -444,10 +444,10 @@ class CenterNetDataset:
         w, h = im.size
         sx, sy = self.size / w, self.size / h
         x = to_tensor(im, self.size)
-        boxes = [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for _, b, _ in annotation_boxes(it.annotations,
-                                                                                            self.label_of, w, h)]
-        labels = [self.label_of[a.category_id] for a, _, _ in annotation_boxes(it.annotations, self.label_of, w, h)]
-        t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        found = [(a, b) for a, b, _ in annotation_boxes(it.annotations, self.label_of, w, h)]
+        t = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for _, b in found],
+                         dtype=torch.float32).reshape(-1, 4)
+        labels = [self.label_of[a.category_id] for a, _ in found]
         if self.flips is not None and bool(self.flips[i]):
             x = x.flip(2)
             t = torch.stack([self.size - t[:, 2], t[:, 1], self.size - t[:, 0], t[:, 3]], dim=1)
@@ -555,6 +555,8 @@ class TinyCenterNet(TorchAlgorithm):
             return tuple(t.cpu() for t in centernet_decode(heat, box, k))  # type: ignore[return-value]
 
     def evaluate_native(self, model: Any, data: TrainData, split: str, meta: dict[str, Any], hp: Any) -> Evaluation:
+        import torch
+
         ids, size = meta["category_ids"], int(meta["input_size"])
         ds = self.dataset(data, split, meta)
         gt: dict[str, Any] = {"images": [], "annotations": [],
@@ -562,8 +564,6 @@ class TinyCenterNet(TorchAlgorithm):
         dets: list[dict[str, Any]] = []
         for start in range(0, len(ds), max(1, hp.batch_size)):
             batch = [ds[i] for i in range(start, min(start + max(1, hp.batch_size), len(ds)))]
-            import torch
-
             boxes, scores, labels = self._detect(model, torch.stack([b[0] for b in batch]), meta["max_detections"])
             for j, (_, target) in enumerate(batch):
                 iid = start + j + 1
@@ -575,7 +575,7 @@ class TinyCenterNet(TorchAlgorithm):
                     gt["annotations"].append({"image_id": iid, "category_id": ids[lab], "iscrowd": 0,
                                               "bbox": [x0 * sx, y0 * sy, bw, bh], "area": bw * bh})
                 for (x0, y0, x1, y1), s, lab in zip(boxes[j].tolist(), scores[j].tolist(), labels[j].tolist()):
-                    if s >= 0.01:  # the candidates below are the max-pool's suppressed cells
+                    if s >= 0.01:  # below: the max-pool's suppressed cells (a thousandth of their score) and noise
                         dets.append({"image_id": iid, "category_id": ids[lab], "score": s,
                                      "bbox": [x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy]})
         return Evaluation(M.prefixed(split, M.coco(gt, dets, "bbox")), {"labels": list(meta["classes"])})

@@ -39,23 +39,25 @@ HOME_MARKER = "KILN_DEPLOYMENT_HOME"  # kiln.controller.deployment_steps: set in
 TARGETS = {"cold_s": 240.0, "warm_s": 90.0, "lines": 100, "digits_accuracy": 0.95, "shapes_ap50": 0.5}
 
 
+# the machine's network settings (proxies, TLS roots, package index): a newcomer's shell has them too
+NETWORK_WORDS = ("PROXY", "CERT", "CA_BUNDLE", "SSL")
+NETWORK_VARS = {
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_DEFAULT_TIMEOUT",
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+}
+
+
 def clean_env(home: Path) -> dict[str, str]:
-    """The environment of a newcomer's shell: this one without any virtual environment, package
-    index or cache setting, and ``HOME`` (every tool's cache) in ``home``."""
-    keep = {
-        "PATH",
-        "LANG",
-        "LC_ALL",
-        "TERM",
-        "TMPDIR",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-    }
-    env = {k: v for k, v in os.environ.items() if k in keep}
+    """The environment of a newcomer's shell: this one without any virtual environment, cache or
+    local wheel folder (``PIP_FIND_LINKS``), with the machine's network settings, and ``HOME``
+    (every tool's cache) in ``home``."""
+    keep = {"PATH", "LANG", "LC_ALL", "TERM", "TMPDIR"}
+    env = {k: v for k, v in os.environ.items() if k in keep or k in NETWORK_VARS or any(w in k.upper() for w in NETWORK_WORDS)}
     venv = os.environ.get("VIRTUAL_ENV")
     if venv:  # the caller's venv off PATH: the quickstart must find its own
         env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(venv))
@@ -177,6 +179,9 @@ def pip_download(clone: Path, work: Path, env: dict[str, str]) -> tuple[float, s
 
 def stop_everything(clone: Path, env: dict[str, str]) -> None:
     """Label Studio, then every deployment server of the demo repository (by its environment marker)."""
+    kiln = clone / ".venv" / "bin" / "kiln"
+    if not kiln.is_file():  # the install failed: nothing was started
+        return
     subprocess.run(
         [str(clone / ".venv" / "bin" / "kiln"), "-C", str(clone / ".kiln-demo"), "labelstudio", "stop"],
         env=env,
