@@ -245,6 +245,21 @@ _TORCH_DET_HP = (
     P("max_size", "int", 853, "longer image side cap inside the model (R-CNN models)", ge=32, le=8192),
     P("threshold", "float", 0.5, "score below which predict() drops a detection", ge=0, le=1),
 )
+_CENTERNET_HP = (
+    SEED,
+    P("batch_size", "int", 8, "images per optimiser step", ge=1, le=256),
+    P("epochs", "int", 30, "passes over the train split", ge=1, le=10000),
+    P("learning_rate", "float", 0.005, "AdamW learning rate (cosine schedule)", gt=0, le=10),
+    P("weight_decay", "float", 0.0001, "AdamW weight decay", ge=0, le=1),
+    P("num_workers", "int", 0, "DataLoader worker processes", ge=0, le=64),
+    _DEVICE,
+    P("input_size", "int", 64, "images are resized to input_size^2 (a multiple of 4)", ge=16, le=1024),
+    P("width", "int", 16, "channels of the first stage (the second has twice, the stride-4 stage four times)",
+      ge=4, le=256),
+    P("max_detections", "int", 32, "boxes the model outputs per image (best scores)", ge=1, le=1000),
+    P("flip", "bool", True, "train on horizontally flipped copies at random (half of the images)"),
+    P("threshold", "float", 0.3, "score below which predict() drops a detection", ge=0, le=1),
+)
 _TORCH_SEG_HP = (
     SEED,
     P("batch_size", "int", 4, "images per step; at least 2: BatchNorm in the heads needs it", ge=2, le=256),
@@ -418,6 +433,11 @@ _CATALOGUE: tuple[AlgorithmInfo, ...] = (
                "backbone (torchvision): the quickest detector here on CPU.", ("detection", "instance-segmentation")),
     _torch_det("ssd300_vgg16", "detection", "SSD300 with a VGG16 backbone (torchvision); images are resized to "
                "300x300 inside the model.", ("detection", "instance-segmentation")),
+    # a small one-stage detector of kiln's own, from torchvision parts: the example repo's detector
+    AlgorithmInfo("tiny_centernet", "detection", "image", "pytorch",
+                  "A small one-stage detector (CenterNet-style heatmap head on a stride-4 CNN, torchvision ops): "
+                  "learns drawn or simple objects from scratch in about a minute on a CPU.",
+                  _CENTERNET_HP, _TORCH_DET, ("detection", "instance-segmentation"), onnx=True, runtimes=_TORCH_RT),
     _torch_det("maskrcnn_resnet50_fpn", "instance-segmentation", "Mask R-CNN with a ResNet-50 FPN backbone "
                "(torchvision); COCO polygons/RLE -> masks.", ("instance-segmentation",)),
     # semantic segmentation (torchvision)

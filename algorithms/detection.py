@@ -28,6 +28,8 @@ no data augmentation (the image ops live in ``kiln.data.preprocess``); multi-GPU
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from typing import Any
 from pydantic import Field
 
 from kiln.algorithms import metrics as M
-from kiln.algorithms.base import AlgorithmError, Evaluation, TrainData, TrainedModel, atomic_save
+from kiln.algorithms.base import AlgorithmError, Evaluation, Hyperparameters, TrainData, TrainedModel, atomic_save
 from kiln.algorithms.vision import TorchAlgorithm, TorchHyperparameters, to_tensor
 from kiln.data.formats import _masks
 
@@ -345,6 +347,331 @@ class MaskRCNN(TorchvisionDetector):
 
 
 # ---------------------------------------------------------------------------------------------
+# a small one-stage detector that learns in a minute on a CPU
+
+class CenterNetHyperparameters(Hyperparameters):
+    # not TorchHyperparameters: AdamW has no momentum to set
+    batch_size: int = Field(8, ge=1, le=256, description="images per optimiser step")
+    epochs: int = Field(30, ge=1, le=10_000, description="passes over the train split")
+    learning_rate: float = Field(0.005, gt=0, le=10, description="AdamW learning rate (cosine schedule)")
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N")
+    input_size: int = Field(64, ge=16, le=1024, description="images are resized to input_size^2 (a multiple of 4)")
+    width: int = Field(16, ge=4, le=256, description="channels of the first stage (the second has twice, the "
+                                                     "stride-4 stage four times)")
+    max_detections: int = Field(32, ge=1, le=1000, description="boxes the model outputs per image (best scores)")
+    flip: bool = Field(True, description="train on horizontally flipped copies at random (half of the images)")
+    threshold: float = Field(0.3, ge=0, le=1, description="score below which predict() drops a detection")
+
+
+STRIDE = 4  # the heatmap's cell in input pixels: shapes of 10 px are still 2-3 cells wide
+
+
+def _centernet(classes: int, width: int) -> Any:
+    """The network: a stride-4 CNN (torchvision's conv-norm-activation blocks, dilated convs for
+    context) and two 1x1 heads per cell: a heatmap of object centres per class (logits) and the
+    box (centre offset in the cell, log width and height, in cells)."""
+    from torch import nn
+    from torchvision.ops import Conv2dNormActivation
+
+    def conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> Any:
+        return Conv2dNormActivation(cin, cout, 3, stride=stride, dilation=dilation, activation_layer=nn.ReLU)
+
+    w = width
+
+    class TinyCenterNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(conv(3, w), conv(w, 2 * w, 2), conv(2 * w, 2 * w), conv(2 * w, 4 * w, 2),
+                                      conv(4 * w, 4 * w, dilation=2), conv(4 * w, 4 * w, dilation=4),
+                                      conv(4 * w, 4 * w))
+            self.heat = nn.Conv2d(4 * w, classes, 1)
+            self.box = nn.Conv2d(4 * w, 4, 1)
+            nn.init.constant_(self.heat.bias, -2.19)  # a prior of 0.1 per cell: the focal loss starts stable
+
+        def forward(self, x: Any) -> tuple[Any, Any]:
+            f = self.body(x)
+            return self.heat(f), self.box(f)
+
+    return TinyCenterNet()
+
+
+def centernet_decode(heat_logits: Any, box: Any, k: int) -> tuple[Any, Any, Any]:
+    """Per image the ``k`` best cells as boxes (pixel xyxy in the input frame), scores, labels
+    (0-based class indices). A cell that is not the maximum of its 3x3 neighbourhood keeps a
+    thousandth of its score (CenterNet's max-pool in place of NMS): it stays below any threshold
+    a user keeps, and no two candidates tie (the ONNX graph ranks them as torch does)."""
+    import torch
+    import torch.nn.functional as F
+
+    heat = torch.sigmoid(heat_logits)
+    peak = F.max_pool2d(heat, 3, stride=1, padding=1)
+    heat = heat * torch.where(peak == heat, 1.0, 1e-3)
+    n, c, h, w = heat.shape
+    scores, idx = heat.reshape(n, c * h * w).topk(min(k, c * h * w), dim=1)
+    labels = torch.div(idx, h * w, rounding_mode="floor")
+    cell = idx - labels * (h * w)
+    ys = torch.div(cell, w, rounding_mode="floor")
+    xs = cell - ys * w
+    reg = box.reshape(n, 4, h * w).gather(2, cell.unsqueeze(1).expand(n, 4, cell.shape[1]))
+    cx = (xs.to(reg.dtype) + 0.5 + reg[:, 0]) * STRIDE
+    cy = (ys.to(reg.dtype) + 0.5 + reg[:, 1]) * STRIDE
+    bw = torch.exp(reg[:, 2].clamp(max=6.0)) * STRIDE
+    bh = torch.exp(reg[:, 3].clamp(max=6.0)) * STRIDE
+    size = float(w * STRIDE)
+    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=2).clamp(0.0, size)
+    return boxes, scores, labels
+
+
+class CenterNetDataset:
+    """Images resized to ``S x S`` and normalised as the serving layer does (``to_tensor``), with
+    their boxes (xyxy, labels 0-based) scaled to that frame; ``flips[i]`` mirrors image ``i``."""
+
+    def __init__(self, data: TrainData, split: str, label_of: dict[int, int], size: int,
+                 flips: Any = None) -> None:
+        self.content, self.items, self.label_of, self.size, self.flips = (data.content, data.items(split), label_of,
+                                                                         size, flips)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Any, dict[str, Any]]:
+        import torch
+
+        it = self.items[i]
+        im = open_rgb(self.content.abspath(it.path))
+        w, h = im.size
+        sx, sy = self.size / w, self.size / h
+        x = to_tensor(im, self.size)
+        found = [(a, b) for a, b, _ in annotation_boxes(it.annotations, self.label_of, w, h)]
+        t = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for _, b in found],
+                         dtype=torch.float32).reshape(-1, 4)
+        labels = [self.label_of[a.category_id] for a, _ in found]
+        if self.flips is not None and bool(self.flips[i]):
+            x = x.flip(2)
+            t = torch.stack([self.size - t[:, 2], t[:, 1], self.size - t[:, 0], t[:, 3]], dim=1)
+        return x, {"boxes": t, "labels": torch.tensor(labels, dtype=torch.int64), "size": (w, h)}
+
+
+def centernet_targets(targets: list[dict[str, Any]], classes: int, h: int, w: int) -> tuple[Any, Any, Any]:
+    """Training targets on the ``h x w`` cell grid: per class a Gaussian peak (1 at each object's
+    centre cell, its spread from the box size), the box regression at centre cells, their mask."""
+    import torch
+
+    n = len(targets)
+    heat = torch.zeros(n, classes, h, w)
+    reg = torch.zeros(n, 4, h, w)
+    mask = torch.zeros(n, h, w, dtype=torch.bool)
+    gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    for i, t in enumerate(targets):
+        for (x0, y0, x1, y1), lab in zip(t["boxes"].tolist(), t["labels"].tolist()):
+            cx, cy = (x0 + x1) / 2 / STRIDE, (y0 + y1) / 2 / STRIDE
+            bw, bh = max(x1 - x0, 1.0) / STRIDE, max(y1 - y0, 1.0) / STRIDE
+            ix, iy = min(int(cx), w - 1), min(int(cy), h - 1)
+            sx, sy = max(bw / 6, 0.5), max(bh / 6, 0.5)
+            g = torch.exp(-((gx - ix) ** 2 / (2 * sx * sx) + (gy - iy) ** 2 / (2 * sy * sy)))
+            heat[i, lab] = torch.maximum(heat[i, lab], g)
+            reg[i, :, iy, ix] = torch.tensor([cx - ix - 0.5, cy - iy - 0.5, math.log(bw), math.log(bh)])
+            mask[i, iy, ix] = True
+    return heat, reg, mask
+
+
+def _collate_centernet(batch: list[Any]) -> tuple[Any, list[dict[str, Any]]]:
+    import torch
+
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+
+
+class TinyCenterNet(TorchAlgorithm):
+    """A small one-stage detector (CenterNet-style heatmap head on a stride-4 CNN, torchvision ops):
+    learns drawn or simple objects from scratch in about a minute on a CPU."""
+
+    name = "tiny_centernet"
+    task = "detection"
+    data_tasks: tuple[str, ...] = ("detection", "instance-segmentation")
+    Hyperparameters = CenterNetHyperparameters
+
+    def make_meta(self, data: TrainData, hp: Any) -> dict[str, Any]:
+        if hp.input_size % STRIDE:
+            raise AlgorithmError(f"algorithm {self.name}: input_size {hp.input_size} is not a multiple of {STRIDE}",
+                                 hint=f"use {hp.input_size // STRIDE * STRIDE or STRIDE * 4}")
+        ids, names = dataset_categories(data, self.name)
+        return {"category_ids": ids, "classes": names, "input_size": hp.input_size, "width": hp.width,
+                "max_detections": hp.max_detections}
+
+    def build_model(self, meta: dict[str, Any]) -> Any:
+        return _centernet(len(meta["classes"]), int(meta["width"]))
+
+    def optimizer(self, params: list[Any], hp: Any) -> Any:
+        import torch
+
+        return torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+
+    def dataset(self, data: TrainData, split: str, meta: dict[str, Any], flips: Any = None) -> CenterNetDataset:
+        return CenterNetDataset(data, split, {c: i for i, c in enumerate(meta["category_ids"])},
+                                int(meta["input_size"]), flips)
+
+    def loader(self, data: TrainData, split: str, hp: Any, meta: dict[str, Any], *, shuffle: bool,
+               generator: Any = None) -> Any:
+        import torch
+        from torch.utils.data import DataLoader
+
+        flips = None
+        if shuffle and hp.flip:  # drawn from the epoch's generator: a resumed run flips the same images
+            flips = torch.rand(len(data.items(split)), generator=generator) < 0.5
+        return DataLoader(self.dataset(data, split, meta, flips), batch_size=hp.batch_size, shuffle=shuffle,
+                          generator=generator, num_workers=hp.num_workers, collate_fn=_collate_centernet)
+
+    def batch_loss(self, model: Any, batch: Any, device: Any) -> tuple[Any, dict[str, float]]:
+        import torch
+        import torch.nn.functional as F
+
+        x, targets = batch
+        heat_logits, box = model(x.to(device))
+        n, c, h, w = heat_logits.shape
+        heat, reg, mask = (t.to(device) for t in centernet_targets(targets, c, h, w))
+        # CenterNet's focal loss: the centre cells are positives, their neighbours are negatives
+        # weighted down by (1 - Gaussian)^4
+        pos = heat.eq(1.0)
+        num_pos = max(float(pos.sum()), 1.0)
+        p = torch.sigmoid(heat_logits)
+        log_p, log_not_p = F.logsigmoid(heat_logits), F.logsigmoid(-heat_logits)
+        pos_loss = ((1 - p) ** 2 * log_p)[pos].sum()
+        neg_loss = ((1 - heat) ** 4 * p ** 2 * log_not_p)[~pos].sum()
+        focal = -(pos_loss + neg_loss) / num_pos
+        sel = mask.unsqueeze(1).expand_as(box)
+        box_loss = F.l1_loss(box[sel], reg[sel], reduction="sum") / num_pos
+        return focal + box_loss, {}
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def _detect(self, model: Any, x: Any, k: int) -> tuple[Any, Any, Any]:
+        import torch
+
+        device = next(model.parameters()).device
+        model.eval()
+        with torch.inference_mode():
+            heat, box = model(x.to(device))
+            return tuple(t.cpu() for t in centernet_decode(heat, box, k))  # type: ignore[return-value]
+
+    def evaluate_native(self, model: Any, data: TrainData, split: str, meta: dict[str, Any], hp: Any) -> Evaluation:
+        import torch
+
+        ids, size = meta["category_ids"], int(meta["input_size"])
+        ds = self.dataset(data, split, meta)
+        gt: dict[str, Any] = {"images": [], "annotations": [],
+                              "categories": [{"id": c, "name": n} for c, n in zip(ids, meta["classes"])]}
+        dets: list[dict[str, Any]] = []
+        for start in range(0, len(ds), max(1, hp.batch_size)):
+            batch = [ds[i] for i in range(start, min(start + max(1, hp.batch_size), len(ds)))]
+            boxes, scores, labels = self._detect(model, torch.stack([b[0] for b in batch]), meta["max_detections"])
+            for j, (_, target) in enumerate(batch):
+                iid = start + j + 1
+                w, h = target["size"]
+                sx, sy = w / size, h / size
+                gt["images"].append({"id": iid, "width": w, "height": h})
+                for (x0, y0, x1, y1), lab in zip(target["boxes"].tolist(), target["labels"].tolist()):
+                    bw, bh = (x1 - x0) * sx, (y1 - y0) * sy
+                    gt["annotations"].append({"image_id": iid, "category_id": ids[lab], "iscrowd": 0,
+                                              "bbox": [x0 * sx, y0 * sy, bw, bh], "area": bw * bh})
+                for (x0, y0, x1, y1), s, lab in zip(boxes[j].tolist(), scores[j].tolist(), labels[j].tolist()):
+                    if s >= 0.01:  # below: the max-pool's suppressed cells (a thousandth of their score) and noise
+                        dets.append({"image_id": iid, "category_id": ids[lab], "score": s,
+                                     "bbox": [x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy]})
+        return Evaluation(M.prefixed(split, M.coco(gt, dets, "bbox")), {"labels": list(meta["classes"])})
+
+    # -- inference ---------------------------------------------------------------------------------
+    def input_batch(self, model: TrainedModel, inputs: Any) -> Any:
+        """``N x 3 x S x S``, resized and normalised as the serving layer does (the ONNX input)."""
+        import torch
+
+        if not isinstance(inputs, (list, tuple)):
+            inputs = [inputs]
+        return torch.stack([to_tensor(open_rgb(x), int(model.meta["input_size"])) for x in inputs])
+
+    def predict(self, model: TrainedModel, inputs: Any) -> list:
+        """Paths / PIL images -> per image a list of ``{"label", "category_id", "score", "box"}``
+        (pixel xyxy in the image's own frame), best first, above ``threshold``."""
+        if not isinstance(inputs, (list, tuple)):
+            inputs = [inputs]
+        images = [open_rgb(x) for x in inputs]
+        thr = float(model.hyperparameters.get("threshold", 0.3))
+        ids, names, size = model.meta["category_ids"], model.meta["classes"], int(model.meta["input_size"])
+        boxes, scores, labels = self._detect(model.native, self.input_batch(model, images), model.meta["max_detections"])
+        out = []
+        for im, b, s, lab in zip(images, boxes.tolist(), scores.tolist(), labels.tolist()):
+            sx, sy = im.size[0] / size, im.size[1] / size
+            out.append([{"label": names[k], "category_id": ids[k], "score": float(sc),
+                         "box": [x0 * sx, y0 * sy, x1 * sx, y1 * sy]}
+                        for (x0, y0, x1, y1), sc, k in zip(b, s, lab) if sc >= thr])
+        return out
+
+    def native_outputs(self, model: TrainedModel, sample: Any) -> list[Any]:
+        boxes, scores, labels = self._detect(model.native.eval().cpu(), self.input_batch(model, sample),
+                                             model.meta["max_detections"])
+        return [boxes.numpy(), scores.numpy(), labels.numpy()]
+
+    def decoding(self, model: TrainedModel) -> Any:
+        """The network with its decoding: ``N x 3 x S x S`` -> boxes, scores, labels (N x K each)."""
+        import torch
+
+        k = int(model.meta["max_detections"])
+
+        class Decoded(torch.nn.Module):
+            def __init__(self, net: Any) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: Any) -> Any:
+                heat, box = self.net(x)
+                return centernet_decode(heat, box, k)
+
+        return Decoded(model.native.eval().cpu()).eval()
+
+    def export_torchscript(self, model: TrainedModel, path: Path) -> dict[str, Any]:
+        """TorchScript (traced at the model's input size) answering ``{"boxes", "scores",
+        "labels"}`` of ``N x K`` tensors: the serving layer's torch runtime reads batched detections."""
+        import torch
+
+        class AsDict(torch.nn.Module):
+            def __init__(self, decoded: Any) -> None:
+                super().__init__()
+                self.decoded = decoded
+
+            def forward(self, x: Any) -> Any:
+                boxes, scores, labels = self.decoded(x)
+                return {"boxes": boxes, "scores": scores, "labels": labels}
+
+        s = int(model.meta["input_size"])
+        with warnings.catch_warnings():  # the tracer's notes on the grid size: fixed by input_size, as meant
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(AsDict(self.decoding(model)).eval(), torch.zeros(1, 3, s, s), strict=False)
+        atomic_save(Path(path), lambda tmp: traced.save(tmp))
+        return {}  # image size, normalisation, labels and threshold: the defaults from the meta
+
+    def export_onnx(self, model: TrainedModel, path: Path, sample: Any) -> Path | None:
+        """ONNX with input ``input`` (N x 3 x S x S, ImageNet-normalised) and outputs ``boxes``
+        (N x K x 4, pixel xyxy in the S x S frame), ``scores`` (N x K), ``labels`` (N x K, 0-based
+        class indices): the decoding is in the graph, so the serving layer batches it."""
+        import torch
+
+        x = self.input_batch(model, sample)[:1]
+        net = self.decoding(model)
+        names = ["boxes", "scores", "labels"]
+
+        def write(tmp: str) -> None:
+            with warnings.catch_warnings():  # dynamo=False is deliberate: one file, no onnxscript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the grid size is fixed, as meant
+                torch.onnx.export(net, (x,), tmp, dynamo=False, input_names=["input"], output_names=names,
+                                  dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                                  opset_version=17)
+
+        atomic_save(Path(path), write)
+        return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
 # semantic segmentation
 
 class SegmentationHyperparameters(TorchHyperparameters):
@@ -544,4 +871,4 @@ class FCN(TorchvisionSegmenter):
     name, arch = "fcn_resnet50", "fcn_resnet50"
 
 
-__all__ = ["FasterRCNN", "SSD300", "MaskRCNN", "DeepLabV3", "FCN"]
+__all__ = ["FasterRCNN", "SSD300", "MaskRCNN", "TinyCenterNet", "DeepLabV3", "FCN"]

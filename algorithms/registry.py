@@ -61,6 +61,7 @@ ALGORITHMS: dict[str, str] = {
     "fasterrcnn_resnet50_fpn": f"{_D}:FasterRCNN",
     "fasterrcnn_mobilenet_v3_large_fpn": f"{_D}:FasterRCNNMobileNet",
     "ssd300_vgg16": f"{_D}:SSD300",
+    "tiny_centernet": f"{_D}:TinyCenterNet",
     "maskrcnn_resnet50_fpn": f"{_D}:MaskRCNN",
     # semantic segmentation (torchvision)
     "deeplabv3_resnet50": f"{_D}:DeepLabV3",

@@ -37,7 +37,8 @@ Responses: ``{"predictions": [P_1, ..., P_n]}``, one entry per instance whatever
 class; no score from an sklearn model without probabilities);
 detection ``[{"<label>": {"xmin", "ymin", "xmax", "ymax"}, "score": s}, ...]`` per instance (a torch
 detector returns per image ``{"boxes", "scores", "labels"}``: a list of dicts, or one dict of batched
-``N x Q`` tensors; boxes are pixel xyxy in the model's input frame, labels index ``labels``);
+``N x Q`` tensors; an ONNX detector with outputs of those three names, ``N x Q`` each; boxes are pixel
+xyxy in the model's input frame, labels index ``labels``);
 segmentation a label id per pixel (rows of ints); regression a number (or list) per instance;
 clustering ``{"cluster", "distance"}`` (k-means) or ``{"cluster", "score"}`` (a mixture). The shapes
 are built by ``kiln.bento.predictions``, which ``kiln infer`` calls too.
@@ -171,6 +172,13 @@ def _load_onnx(path: Path, threads: int, gpu: bool = False) -> Callable[[np.ndar
     names = [i.name for i in inputs]
     dtypes = [np.dtype(object) if "string" in i.type else np.dtype(np.float32) for i in inputs]
     outs = [o.name for o in sess.get_outputs()]
+    if {"boxes", "scores", "labels"} <= set(outs):  # a detector decoding in its graph (N x K per output)
+        def detect(x: np.ndarray) -> list[dict[str, np.ndarray]]:
+            boxes, scores, labels = sess.run(["boxes", "scores", "labels"], {name: x.astype(np.float32, copy=False)})
+            return [{"boxes": b, "scores": s, "labels": k} for b, s, k in zip(boxes, scores, labels)]
+
+        detect.device = device  # type: ignore[attr-defined]
+        return detect
     # skl2onnx classifiers have (label, probabilities): keep the 2-D float output
     pick = next((o.name for o in sess.get_outputs() if "prob" in o.name.lower()), outs[-1] if len(outs) > 1 else outs[0])
     want_int = "int64" in inp.type

@@ -212,10 +212,13 @@ def printing(echo: Callable[[str], None], *, terminal: bool = False,
     return Console(echo, terminal=terminal, write=write)
 
 
-# plain (non-terminal) output shows an object's progress at most this often: a CI log of a
-# ten-minute training gets sixty lines, not three hundred; progress that is only the running
-# tasks (no share done) three times less often, and only when it says something new
+# plain (non-terminal) output shows an object's progress at most this often, and after the first
+# minute at most every sixth of the time it has run (PLAIN_SHARE): a ten-minute training (or a
+# one-minute one on a machine ten times busier) gets about twenty lines, not sixty or three hundred;
+# progress that is only the running tasks (no share done) three times less often, and only when it
+# says something new
 PLAIN_EVERY = 10.0
+PLAIN_SHARE = 1 / 6
 
 
 class Console:
@@ -223,7 +226,8 @@ class Console:
     on a terminal (``terminal`` and a ``write`` that prints without a newline), is one line
     rewritten in place with a bar where the share done is known, cleared before the next line;
     elsewhere it is a plain line: the first of each object's and of each new stage, otherwise at
-    most every ``every`` seconds (``3 * every`` without a share done) and only when its text
+    most every ``every`` seconds or ``PLAIN_SHARE`` of the object's time so far, whichever is longer
+    (three times that without a share done), and only when its text
     changed (a new epoch, trial or task; the estimate alone is no news), so that CI logs stay
     short."""
 
@@ -246,7 +250,7 @@ class Console:
             now = self.clock()
             shown = self.last.get(ev.key)
             if shown is not None and shown[1] == ev.stage:
-                wait = self.every if ev.fraction is not None else 3 * self.every
+                wait = max(self.every, PLAIN_SHARE * ev.seconds) * (1 if ev.fraction is not None else 3)
                 if now - shown[0] < wait or ev.text == shown[2]:
                     return
             self.last[ev.key] = (now, ev.stage, ev.text)

@@ -11,7 +11,8 @@
 # goes to the log file it names at the start. -v shows that too.
 #
 # Environment: KILN_DEMO_DIR (default .kiln-demo), KILN_QUICKSTART_NO_INSTALL=1 (use .venv as it is:
-# no pip at all, for a checkout whose .venv was made by .ci/run).
+# no pip at all, for a checkout whose .venv was made by .ci/run), KILN_QUICKSTART_PIP=1 (install with
+# pip even where uv can be had).
 set -euo pipefail
 usage() { echo "usage: scripts/quickstart.sh [-v]   (-v: every tool's output too, not only in the log file)"; }
 verbose=0
@@ -68,13 +69,35 @@ explain() {  # after a failed kiln command: its error, from the log
 # The example repo uses no Keras algorithm: TensorFlow (the tf extra, about 2 GB) stays out.
 # An algorithm whose extra is missing is named by `kiln validate` with the extra to install.
 extras=data,ml,labeling,serve
+# Label Studio's own environment installs in the background from the start (only the relabelling
+# job, at the end, needs it), into its log file: uv when it can be had, pip otherwise.
+ls_log="$demo/labelstudio-install.log"
+ls_pid=""
+background_ls_install() {
+  KILN_LS_INSTALL_ONLY=1 PYTHON="$here/.venv/bin/python" scripts/labelstudio-install.sh >"$ls_log" 2>&1 &
+  ls_pid=$!
+}
 if [ "${KILN_QUICKSTART_NO_INSTALL:-}" != 1 ]; then
-  echo "== installing kiln[$extras] into .venv (a few minutes the first time)"
-  if [ ! -x .venv/bin/python ]; then
-    quiet python3 -m venv .venv
-    quiet .venv/bin/pip install --upgrade pip
+  echo "== installing kiln[$extras] into .venv (a few minutes the first time; Label Studio meanwhile, in the background)"
+  [ -x .venv/bin/python ] || quiet python3 -m venv .venv
+  # uv (on PATH, or bootstrapped into .venv: kiln's serve extra needs it anyway) downloads and
+  # installs in parallel; KILN_QUICKSTART_PIP=1 or no uv to be had: pip
+  uv=""
+  if [ "${KILN_QUICKSTART_PIP:-}" != 1 ]; then
+    uv=$(command -v uv || true)
+    if [ -z "$uv" ] && { [ -x .venv/bin/uv ] || .venv/bin/pip install -q uv >>"$log" 2>&1; }; then
+      uv=.venv/bin/uv
+    fi
   fi
-  quiet .venv/bin/pip install -e ".[$extras]"
+  background_ls_install
+  if [ -n "$uv" ]; then
+    quiet "$uv" pip install --python .venv/bin/python -e ".[$extras]"
+  else
+    quiet .venv/bin/pip install --upgrade pip
+    quiet .venv/bin/pip install -e ".[$extras]"
+  fi
+else
+  background_ls_install
 fi
 kiln="$here/.venv/bin/kiln"
 py="$here/.venv/bin/python"
@@ -86,7 +109,7 @@ if [ ! -d "$demo/.git" ]; then
   git -C "$demo" config user.name "kiln demo"
   git -C "$demo" commit -q --allow-empty -m "kiln demo repository"
 fi
-for private in .kiln-demo-token quickstart.log; do
+for private in .kiln-demo-token quickstart.log labelstudio-install.log; do
   grep -qx "$private" "$demo/.gitignore" 2>/dev/null || echo "$private" >> "$demo/.gitignore"
 done
 
@@ -97,12 +120,6 @@ if [ ! -s "$token_file" ]; then
   (umask 077; "$py" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$token_file")
 fi
 export DIGITS_API_TOKEN=${DIGITS_API_TOKEN:-$(cat "$token_file")}
-
-echo "== Label Studio (its own virtual environment; the first start installs it, about 2-3 minutes)"
-if ! "$kiln" -C "$demo" labelstudio status >/dev/null 2>&1; then
-  quiet "$kiln" -C "$demo" labelstudio start
-fi
-k labelstudio status || { explain; exit 1; }
 
 echo "== kiln validate"
 k validate || { explain; exit 1; }
@@ -141,6 +158,15 @@ PY
 echo "== a detection request to the shapes deployment (EasyMaker format: a list of boxes per image)"
 shape=$(ls "$demo/data/vision/shapes/validation" | grep -m1 '\.png$')
 k predict shapes-detector -w vision -o summary --file "$demo/data/vision/shapes/validation/$shape" || { explain; exit 1; }
+
+echo "== Label Studio (its own virtual environment, installed in the background: $ls_log)"
+if [ -n "$ls_pid" ] && ! wait "$ls_pid"; then
+  echo "the background install failed (its output: $ls_log); \`kiln labelstudio start\` installs it now"
+fi
+if ! "$kiln" -C "$demo" labelstudio status >/dev/null 2>&1; then
+  quiet "$kiln" -C "$demo" labelstudio start
+fi
+k labelstudio status || { explain; exit 1; }
 
 echo "== kiln apply (captured inputs -> new dataset version -> relabelling project)"
 # only the relabelling job and what it needs: the rest was applied above (a dozen "unchanged" lines)

@@ -19,7 +19,7 @@ def test_list_all_and_by_task(tmp_path) -> None:
     p = kiln("algorithms", "list", "--task", "detection", "-o", "json", cwd=tmp_path, check=True)
     got = json.loads(p.stdout)
     assert [a["name"] for a in got] == ["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
-                                        "ssd300_vgg16", "easymaker-object-detection"]
+                                        "ssd300_vgg16", "tiny_centernet", "easymaker-object-detection"]
     detr = got[-1]
     assert detr["onnx"] is False and detr["runtimes"] == ["native"]
     assert {"name": "threshold", "type": "float", "default": 0.5, "ge": 0, "le": 1} == {

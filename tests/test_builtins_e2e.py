@@ -261,6 +261,7 @@ TINY: dict[str, dict[str, Any]] = {
     "easymaker-image-classification": {"num_train_epochs": 1, "input_size": 32, "per_device_train_batch_size": 8,
                                        "learning_rate": 0.001},
     "easymaker-semantic-segmentation": {"num_train_epochs": 1, "image_size": 32, "per_device_train_batch_size": 4},
+    "tiny_centernet": {"epochs": 1, "batch_size": 4, "input_size": 32, "threshold": 0.0},
     "easymaker-object-detection": {"num_train_epochs": 1, "image_size": 32, "per_device_train_batch_size": 4,
                                    "threshold": 0.0},
 }

@@ -65,6 +65,20 @@ def test_plain_progress_shows_each_stage_at_once_then_at_most_every_few_seconds(
                      "    > 1m11s running select", "  Experiment/a: created in 1m15s"]
 
 
+def test_plain_progress_of_a_long_training_thins_out() -> None:
+    """An epoch every 10 s for 10 minutes (a one-minute training on a machine ten times busier):
+    every epoch's line in the first minute, then at most every sixth of the time so far."""
+    from kiln.controller import events as ev
+
+    con, lines, _, clock = _console(every=10.0)
+    for epoch in range(1, 61):
+        clock[0] = t = 10.0 * epoch
+        con(ev.Progress("k", "Experiment/a", f"epoch {epoch}/60", epoch / 60, t, "metrics", left=600.0 - t))
+    shown = [float(line.split()[1].rstrip("s")) for line in lines if "m" not in line.split()[1]]
+    assert shown == [10.0, 20.0, 30.0, 40.0, 50.0], lines  # the first minute: every epoch
+    assert 12 <= len(lines) <= 20, lines
+
+
 def test_terminal_progress_is_one_line_rewritten_in_place_with_a_bar() -> None:
     from kiln.controller import events as ev
 

@@ -143,6 +143,9 @@ def _serving(algo: Any, meta: dict[str, Any], framework: str, file: str) -> dict
         cfg["image"] = {"size": [s, s], "mode": "RGB", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     if meta.get("classes") is not None:
         cfg["labels"] = [str(c) for c in meta["classes"]]
+    threshold = (meta.get("hyperparameters") or {}).get("threshold")
+    if task == "detection" and threshold is not None:  # the served boxes are those predict() keeps
+        cfg["threshold"] = float(threshold)
     return cfg
 
 

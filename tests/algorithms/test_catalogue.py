@@ -86,6 +86,7 @@ TINY: dict[str, dict[str, Any]] = {
        and a.task == "classification"},
     **{n: {"epochs": 1, "batch_size": 4, "min_size": 64, "max_size": 64} for n, a in CATALOGUE.items()
        if a.framework == "pytorch" and a.task in ("detection", "instance-segmentation")},
+    "tiny_centernet": {"epochs": 1, "batch_size": 4},  # no R-CNN sizes: its own input_size
     **{n: {"epochs": 1, "batch_size": 2, "input_size": 64} for n, a in CATALOGUE.items()
        if a.framework == "pytorch" and a.task == "semantic-segmentation"},
     "easymaker-image-classification": {"num_train_epochs": 1, "per_device_train_batch_size": 10,

@@ -217,3 +217,84 @@ def test_torchvision_detector_serves_through_torchscript(shapes_coco, tmp_path: 
             assert label == n["label"] and abs(d["score"] - n["score"]) < 1e-4
             b = d[label]
             assert max(abs(a - v) for a, v in zip((b["xmin"], b["ymin"], b["xmax"], b["ymax"]), n["box"])) <= 0.5001
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny_centernet: the example repo's detector (#23)
+
+@pytest.mark.slow
+def test_tiny_centernet_exports_onnx_with_parity_and_serves_batches(shapes_coco, tmp_path: Path) -> None:
+    """Two epochs on 8 images: the ONNX graph (decoding included, batched) computes what the
+    network does, the TorchScript file answers the serving layer's batched detections, and a
+    saved model predicts the same boxes."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from kiln.algorithms.onnx import export_and_check
+    from kiln.bento.runtime import LOADERS
+
+    algo = get_algorithm("tiny_centernet")
+    model = algo.train(shapes_coco, {"epochs": 2, "batch_size": 4, "max_detections": 10, "threshold": 0.0})
+    assert model.meta["classes"] == ["square", "circle"] and model.meta["input_size"] == 64
+    paths = _test_paths(shapes_coco)
+    report = export_and_check(algo, model, tmp_path / "m.onnx", paths)
+    assert report is not None and report.passed and report.samples == 3
+    assert report.outputs == ["boxes", "scores", "labels"] and report.compared == 3 * 10 * 6
+
+    batch = algo.input_batch(model, paths).numpy()
+    served = LOADERS["onnx"](tmp_path / "m.onnx", 1)(batch)  # the serving layer's ONNX runtime
+    assert len(served) == 3 and set(served[0]) == {"boxes", "scores", "labels"}
+    assert served[0]["boxes"].shape == (10, 4) and np.all(np.diff(served[0]["scores"]) <= 0)  # best first
+    assert algo.export_torchscript(model, tmp_path / "model.pt") == {}
+    scripted = LOADERS["torch"](tmp_path / "model.pt", 1)(batch)
+    for a, b in zip(served, scripted):
+        assert np.array_equal(a["labels"], b["labels"]) and np.allclose(a["boxes"], b["boxes"], atol=1e-3)
+
+    preds = algo.predict(model, paths)
+    assert len(preds) == 3 and all(len(p) == 10 for p in preds)  # threshold 0: every output box
+    for d in (d for p in preds for d in p):
+        x0, y0, x1, y1 = d["box"]
+        assert d["label"] in ("square", "circle") and 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64
+    algo.save(model, tmp_path / "saved")
+    again = algo.load(tmp_path / "saved")
+    assert algo.predict(again, paths) == preds
+    model.hyperparameters["threshold"] = 1.0
+    assert algo.predict(model, paths) == [[], [], []]
+
+
+def test_tiny_centernet_refuses_an_input_size_off_its_stride(shapes_coco) -> None:
+    with pytest.raises(AlgorithmError, match="input_size 30 is not a multiple of 4"):
+        get_algorithm("tiny_centernet").train(shapes_coco, {"epochs": 1, "input_size": 30})
+
+
+@pytest.mark.slow
+def test_tiny_centernet_learns_the_shapes_sample(tmp_path: Path) -> None:
+    """The example repo's detection experiment (specs/experiments/shapes-centernet.yaml: the
+    ``shapes`` sample, its 80/20 split, the spec's hyperparameters) reaches mAP@0.5 >= 0.5 on the
+    validation split, with boxes above the spec's threshold on most validation images."""
+    import os
+
+    import yaml
+
+    from kiln.algorithms.base import TrainData
+    from kiln.data.formats import load
+    from kiln.data.samples import materialize_sample
+
+    root = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((root / "specs/experiments/shapes-centernet.yaml").read_text())["spec"]
+    splits = yaml.safe_load((root / "specs/datasets/shapes.yaml").read_text())["spec"]["splits"]
+    materialize_sample("shapes", tmp_path / "shapes")
+    data = TrainData(load(tmp_path / "shapes", task="detection"),
+                     ratios={k: v for k, v in splits.items() if k != "seed"}, seed=splits["seed"])
+    algo = get_algorithm(spec["algorithm"]["name"])
+    hp = spec["algorithm"]["hyperparameters"]
+    t0 = time.perf_counter()
+    model = algo.train(data, hp)
+    took = time.perf_counter() - t0
+    ev = algo.evaluate(model, data, "validation")
+    print(f"\ntiny_centernet on shapes: {took:.1f} s for {hp['epochs']} epochs (load {os.getloadavg()[0]:.1f}), "
+          f"validation {dict((k, round(v, 3)) for k, v in ev.items())}")
+    assert ev["validation_ap50"] >= 0.5, dict(ev)
+    assert hp["threshold"] >= 0.3
+    found = algo.predict(model, [data.content.abspath(it.path) for it in data.items("validation")])
+    assert sum(bool(p) for p in found) >= len(found) * 3 // 4, found
