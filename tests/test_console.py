@@ -735,6 +735,7 @@ def test_each_page_loads_without_errors_and_shows_what_kiln_reports(
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
         [
             "overview.png",
+            "queue.png",
             "dataset.png",
             "experiment.png",
             "experiment-curves.png",
