@@ -14,6 +14,7 @@ trains. Screenshots of each page land in the test's tmp folder.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -670,9 +671,11 @@ def test_each_page_loads_without_errors_and_shows_what_kiln_reports(
     ds, hpo = _get_json(repo, "Dataset", "wine"), _get_json(repo, "Experiment", "wine-hpo")
 
     text = _load(browser, f"{url}/", tmp_path / "overview.png")
-    for name in ("team", "wine", "epochs", "wine-hpo", "ada@example.com", "maxDeployments 0/2"):
+    for name in ("team", "wine", "epochs", "wine-hpo", "ada@example.com", "maxDeployments 0/2", "maxConcurrentJobs 0/4"):
         assert name in text, name
     assert "days left" in text and text.count("Healthy") >= 4
+    text = _load(browser, f"{url}/queue", tmp_path / "queue.png")  # applied: nothing runs or waits
+    assert "0 running" in text and "0 waiting" in text
 
     text = _load(browser, f"{url}/datasets/default/wine", tmp_path / "dataset.png")
     x = ds["extra"]
@@ -732,6 +735,7 @@ def test_each_page_loads_without_errors_and_shows_what_kiln_reports(
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
         [
             "overview.png",
+            "queue.png",
             "dataset.png",
             "experiment.png",
             "experiment-curves.png",
@@ -784,3 +788,139 @@ def test_the_live_curve_gains_points_while_it_trains(console: tuple[Path, str], 
     fig = browser.find_element(By.ID, "curves")
     assert fig.get_attribute("data-points") == str(2 * 10) and fig.get_attribute("data-running") == "false"
     assert "Experiment/epochs: updated" in out
+
+
+# -- quotas against current use, and the queue (#17, from #18's resource queue) --------------------
+
+
+def test_workspace_quotas_show_the_queues_use_and_its_jobs_as_each_user_may_see_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs written into a real resource queue (``kiln.runners._resources``, in this test's slots
+    folder, held by this live process) and a deployment server that runs (a live pid) or has
+    stopped: the overview counts CPU, memory, training and deployment GPUs and concurrent jobs
+    against each workspace's quotas, and the queue page lists the jobs as ``kiln queue`` does, of
+    the workspaces (and private experiments) the user sees."""
+    import threading
+
+    from kiln.config import load_config
+    from kiln.controller.compute import queue_rows
+    from kiln.controller.console import pages, read
+    from kiln.runners._resources import Capacity, Request, queue_for
+    from kiln.state import ObjectRecord, open_store
+
+    monkeypatch.setenv("KILN_SLOTS_DIR", str(tmp_path / "slots"))
+    repo = tmp_path / "repo"
+    write(repo, {"kiln.yaml": 'capacity: {cpu: "8", memory: 16Gi, gpus: 2}\n'})
+    config = load_config(repo)
+    vision_q = {"cpu": "4", "memory": "4Gi", "trainingGpus": 1, "deploymentGpus": 2, "maxConcurrentJobs": 3}
+    nlp_q = {"cpu": "2", "maxConcurrentJobs": 1}
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a server that has stopped: its pid is no one's now
+    specs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+        "Workspace/default/vision": (
+            {
+                "members": [{"user": ADA, "role": "developer"}, {"user": CY, "role": "developer"}],
+                "quotas": vision_q,
+                "presets": [{"name": "gpu", "cpu": "1", "memory": "1Gi", "gpu": 1}],
+            },
+            {},
+        ),
+        "Workspace/default/nlp": ({"members": [{"user": BO, "role": "developer"}], "quotas": nlp_q}, {}),
+        "Experiment/vision/secret": (
+            {"access": "private", "owner": ADA},
+            {"workflow": {"name": "kiln-exp-secret", "phase": "Running"}},
+        ),
+        "Experiment/vision/open": ({}, {"workflow": {"name": "kiln-exp-open", "phase": "Running"}}),
+        "Experiment/nlp/texts": ({}, {"workflow": {"name": "kiln-exp-texts", "phase": "Running"}}),
+        "Deployment/vision/api": (
+            {"model": {"name": "digits"}, "resources": {"preset": "gpu"}, "replicas": 2},
+            {"pid": os.getpid(), "url": "http://127.0.0.1:9"},
+        ),
+        "Deployment/vision/old": ({"model": {"name": "digits"}, "resources": {"preset": "gpu"}}, {"pid": gone.pid}),
+    }
+    store = open_store(None, repo)
+    try:
+        for key, (spec, extra) in specs.items():
+            store.put(ObjectRecord(key=key, sync="Synced", health="Healthy", spec={"spec": spec}, extra=extra))
+    finally:
+        store.close()
+
+    queue = queue_for(tmp_path / "slots", Capacity(cpu=8, memory=16 * 2**30, gpus=2))
+    gi = 2**30
+    asks = [  # (workspace, workflow, cpu, memory, gpu): the first three start, the last waits for a training GPU
+        ("vision", "kiln-exp-secret", 2.0, gi, 1),
+        ("vision", "kiln-exp-open", 0.5, 2 * gi, 0),
+        ("nlp", "kiln-exp-texts", 1.0, gi, 0),
+        ("vision", "kiln-exp-open", 1.0, gi, 1),
+    ]
+    quotas = {"vision": vision_q, "nlp": nlp_q}
+    reqs = [
+        Request(workspace=ws, workflow=wf, node=f"{wf}.train-{i}", cpu=c, memory=m, gpu=g, quotas=quotas[ws])
+        for i, (ws, wf, c, m, g) in enumerate(asks)
+    ]
+    held = [queue.acquire(r, lambda: None)["id"] for r in reqs[:3]]
+    done = threading.Event()
+
+    def stop_waiting() -> None:
+        if done.is_set():
+            raise RuntimeError("test over")
+
+    waiter = threading.Thread(target=lambda: _acquire_quietly(queue, reqs[3], stop_waiting), daemon=True)
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(queue.snapshot()["waiting"]) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [r["state"] for r in queue_rows(config)] == ["running", "running", "running", "waiting"]
+
+        # the overview, for everyone: use now against each quota, from what runs
+        ws = {w["name"]: w for w in read.overview(config, None)["workspaces"]}
+        used = {w: {q["name"]: q["used"] for q in ws[w]["quotas"]} for w in ws}
+        vision_running = [r for r in reqs[:3] if r.workspace == "vision"]
+        assert used["vision"]["cpu"] == sum(r.cpu for r in vision_running) == 2.5
+        assert used["vision"]["memory"] == f"{sum(r.memory for r in vision_running) / gi:.3g}Gi" == "3Gi"
+        assert used["vision"]["trainingGpus"] == 1  # the waiting job's GPU is not in use
+        assert used["vision"]["deploymentGpus"] == 1 * 2  # api's preset GPU x 2 replicas; old's server is gone
+        assert used["vision"]["maxConcurrentJobs"] == len(vision_running)
+        assert (ws["vision"]["waiting"], ws["nlp"]["waiting"]) == (1, 0)
+        assert used["nlp"] == {"cpu": 1.0, "maxConcurrentJobs": 1}
+        page = pages.dispatch(config, "/", {}).body.decode()
+        assert "trainingGpus 1/1" in page and "deploymentGpus 2/2" in page and "cpu 2.5/4" in page
+        assert 'href="/queue?workspace=vision">1</a>' in page
+
+        # the queue as kiln queue lists it: each job with workspace, resources, position, reason
+        everyone = read.queue(config, None)["jobs"]
+        assert [(j["workflow"], j["state"], j["position"]) for j in everyone] == [
+            (r.workflow, "running" if i < 3 else "waiting", None if i < 3 else 1) for i, r in enumerate(reqs)
+        ]
+        assert "quota trainingGpus" in everyone[3]["reason"]
+        html = pages.dispatch(config, "/queue", {}).body.decode()
+        assert "kiln-exp-open/kiln-exp-open.train-3" in html and "1 CPU 1Gi 1 GPU" in html and "quota trainingGpus" in html
+
+        # as each user: ada sees vision's jobs (her private experiment's too), cy not ada's private
+        # one, bo only nlp's; the counts follow what each sees
+        seen = {u: [j["workflow"] for j in read.queue(config, read.viewer(config, u))["jobs"]] for u in (ADA, CY, BO)}
+        assert seen == {
+            ADA: ["kiln-exp-secret", "kiln-exp-open", "kiln-exp-open"],
+            CY: ["kiln-exp-open", "kiln-exp-open"],
+            BO: ["kiln-exp-texts"],
+        }
+        as_bo = pages.dispatch(config, "/queue", {}, user=BO).body.decode()
+        assert "kiln-exp-texts" in as_bo and "kiln-exp-open" not in as_bo and "vision" not in as_bo
+        bo_ws = read.overview(config, read.viewer(config, BO))["workspaces"]
+        assert [w["name"] for w in bo_ws] == ["nlp"]
+    finally:
+        done.set()
+        waiter.join(5)
+        for entry in held:
+            queue.release(entry)
+    assert not waiter.is_alive()
+    assert queue_rows(config) == []
+
+
+def _acquire_quietly(queue: Any, req: Any, check: Any) -> None:
+    try:
+        queue.release(queue.acquire(req, check)["id"])
+    except RuntimeError:  # the test is over: the waiting entry leaves the queue
+        pass

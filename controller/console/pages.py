@@ -118,7 +118,7 @@ def link(root: str, kind: str, ws: str, name: str) -> str:
 
 # kind -> the page an object of that kind links to (kinds without one are listed, not linked)
 PAGE_OF = {"Dataset": "/datasets", "Experiment": "/experiments", "Deployment": "/deployments", "LabelingJob": "/labeling"}
-NAV = [("/", "Overview"), ("/models", "Models"), ("/labeling", "Labeling"), ("/deployments", "Deployments")]
+NAV = [("/", "Overview"), ("/queue", "Queue"), ("/models", "Models"), ("/labeling", "Labeling"), ("/deployments", "Deployments")]
 
 
 def layout(root: str, title: str, body: str, *, status: int = 200) -> Reply:
@@ -178,12 +178,15 @@ def overview_page(config: KilnConfig, query: dict[str, str], root: str, view: Vi
             or "none"
         )
         members = ", ".join(f"{esc(m['user'])} ({esc(m['role'])})" for m in w["members"]) or "none"
-        wss.append([esc(w["name"]), badge(w["health"]), str(w["objects"]), members, when, quotas])
+        waiting = "-" if w["waiting"] is None else f'<a href="{root}/queue?workspace={quote(w["name"])}">{w["waiting"]}</a>'
+        wss.append([esc(w["name"]), badge(w["health"]), str(w["objects"]), members, when, quotas, waiting])
     body = (
         f'<div class="cards"><div class="card"><b>{len(objs)}</b> objects</div>{cards}</div>'
         # the few workspaces first: the objects' table runs to a thousand rows
         "<h2>Workspaces</h2>"
-        + table(["workspace", "health", "objects", "members", "period", "quotas (used/limit)"], wss, "workspaces")
+        + table(["workspace", "health", "objects", "members", "period", "quotas (used/limit)", "jobs waiting"], wss, "workspaces")
+        + f'<p class="note">Use now: the local runner\'s resource queue (<a href="{root}/queue">queue</a>, '
+        "as <code>kiln queue</code> lists it) and the running local deployments.</p>"
         + "<h2>Objects</h2>"
         + table(["kind", "workspace", "name", "sync", "health", "workflow", "last change", "message"], rows, "objects")
     )
@@ -516,6 +519,38 @@ def labeling_page(
                 f"perclass-{j['workspace']}-{j['name']}",
             )
     return layout(root, "Labeling", body)
+
+
+@route(r"/queue")
+def queue_page(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None) -> Reply:
+    """Running and waiting jobs as ``kiln queue`` lists them (``?workspace=W``: only W's)."""
+    from kiln.controller.compute import _resources as resources
+
+    q = read.queue(config, view)
+    if q["jobs"] is None:
+        return layout(root, "Queue", f'<p class="none">{esc(q["note"])}</p>')
+    only = query.get("workspace")
+    rows = [
+        [
+            badge(j["state"]),
+            esc(j["position"] or "-"),
+            esc(j["workspace"]),
+            esc(f"{j['workflow']}/{j['node']}"),
+            esc(resources(j)),
+            esc(f"{j['seconds']:.0f}s"),
+            esc(j["reason"] or "-"),
+        ]
+        for j in q["jobs"]
+        if not only or j["workspace"] == only
+    ]
+    waiting = sum(1 for j in q["jobs"] if j["state"] == "waiting" and (not only or j["workspace"] == only))
+    body = (
+        f'<div class="cards"><div class="card"><b>{len(rows) - waiting}</b> running</div>'
+        f'<div class="card"><b>{waiting}</b> waiting</div></div>'
+        + (f'<p>workspace {esc(only)} · <a href="{root}/queue">all</a></p>' if only else "")
+        + table(["state", "position", "workspace", "job", "resources", "for", "why it waits"], rows, "queue")
+    )
+    return layout(root, "Queue", body)
 
 
 @route(r"/deployments")

@@ -18,6 +18,7 @@ import json
 import re
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,19 +94,65 @@ def _running(rec: ObjectRecord) -> bool:
     return (isinstance(wf, dict) and wf.get("phase") == "Running") or (busy is not None and busy.status == "True")
 
 
-def workspaces(recs: list[ObjectRecord]) -> list[dict[str, Any]]:
-    """Each Workspace with its members, period (days left) and quotas against what its objects
-    use now: deployments, jobs running (experiments, datasets, labeling jobs applying or
-    training) and the GPUs of running jobs' presets where the spec names them."""
+# quota -> how the overview counts its use now, from the running queue entries of the workspace
+# (``jobs``: the local runner's resource queue, as ``kiln queue`` lists it) and its running local
+# deployments' GPUs (``dep_gpus``). The quotas counted per object (maxDeployments...) are below.
+RUN_TIME_USE: dict[str, Callable[[list[dict[str, Any]], int], Any]] = {
+    "cpu": lambda jobs, _: round(sum(j["cpu"] for j in jobs), 3),
+    "memory": lambda jobs, _: f"{sum(j['memory'] for j in jobs) / 2**30:.3g}Gi",
+    "trainingGpus": lambda jobs, _: sum(j["gpu"] for j in jobs),  # local servers do not queue: all training
+    "deploymentGpus": lambda _, dep_gpus: dep_gpus,
+    "maxConcurrentJobs": lambda jobs, _: len(jobs),
+}
+
+
+def _deployment_gpus(ws_spec: dict[str, Any], dep: ObjectRecord) -> int:
+    """The GPUs a running local deployment holds, counted as the validate-time quota check
+    counts them (``kiln.validate``): its preset's GPUs times its replicas (``maxReplicas`` when
+    it autoscales). 0 when its server is not running here (no live ``pid`` in the record)."""
+    from kiln._util.proc import pid_alive
+    from kiln.api.deployment import DeploymentSpec
+    from kiln.api.workspace import WorkspaceSpec
+
+    try:
+        pid = int(dep.extra.get("pid") or 0)
+    except (TypeError, ValueError):
+        pid = 0
+    if pid <= 0 or not pid_alive(pid):
+        return 0
+    try:  # records hold validated specs; one that no longer parses (an older kiln's) counts nothing
+        ws = WorkspaceSpec.model_validate(ws_spec)
+        spec = DeploymentSpec.model_validate((dep.spec or {}).get("spec") or {})
+    except ValueError:
+        return 0
+    replicas = spec.autoscaling.maxReplicas if spec.autoscaling else spec.replicas
+    return ws.resolve(spec.resources).gpu * max(replicas, 1)
+
+
+def workspaces(recs: list[ObjectRecord], jobs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Each Workspace with its members, period (days left) and quotas against what it uses now.
+    ``jobs``: the resource queue's rows (``queue``), None where there is no local queue (Argo):
+    CPU, memory, GPUs and concurrent jobs are then counted from the running queue entries and
+    the running local deployments, and ``waiting`` says how many jobs wait; without a queue,
+    concurrent jobs are the objects applying or training and the rest shows no use."""
     out = []
     for ws in sorted((r for r in recs if r.kind == "Workspace"), key=lambda r: r.name):
         spec = (ws.spec or {}).get("spec") or {}
         mine = [r for r in recs if r.workspace == ws.name and r.kind != "Workspace"]
         quotas = spec.get("quotas") or {}
-        use = {
+        use: dict[str, Any] = {
             "maxDeployments": sum(1 for r in mine if r.kind == "Deployment"),
-            "maxConcurrentJobs": sum(1 for r in mine if r.kind != "Deployment" and _running(r)),
+            "maxExperiments": sum(1 for r in mine if r.kind == "Experiment"),
+            "maxDatasets": sum(1 for r in mine if r.kind == "Dataset"),
         }
+        waiting = None
+        if jobs is None:
+            use["maxConcurrentJobs"] = sum(1 for r in mine if r.kind != "Deployment" and _running(r))
+        else:
+            running = [j for j in jobs if j["workspace"] == ws.name and j["state"] == "running"]
+            waiting = sum(1 for j in jobs if j["workspace"] == ws.name and j["state"] == "waiting")
+            dep_gpus = sum(_deployment_gpus(spec, r) for r in mine if r.kind == "Deployment")
+            use.update({k: fn(running, dep_gpus) for k, fn in RUN_TIME_USE.items()})
         period = spec.get("period") or {}
         out.append(
             {
@@ -121,19 +168,46 @@ def workspaces(recs: list[ObjectRecord]) -> list[dict[str, Any]]:
                     "daysLeft": _days_left(period["end"]) if period.get("end") else None,
                 },
                 "quotas": [{"name": k, "limit": v, "used": use.get(k)} for k, v in quotas.items() if v is not None],
+                "waiting": waiting,
                 "objects": len(mine),
             }
         )
     return redact(out)
 
 
+def queue(config: KilnConfig, view: Viewer | None, recs: list[ObjectRecord] | None = None) -> dict[str, Any]:
+    """The local runner's running and waiting jobs, as ``kiln queue`` lists them (its reader,
+    ``kiln.controller.compute.queue_rows``), of what ``view`` sees: a job of an object the viewer
+    may not see (a private experiment, another workspace's) is left out; a job no record claims,
+    by its workspace. ``{"jobs": [...], "note"}``: the note says why there is no queue (Argo).
+    ``recs``: every record, when the caller has read them already."""
+    from kiln.controller.compute import queue_rows
+    from kiln.errors import KilnError
+
+    try:
+        rows = queue_rows(config)
+    except KilnError as exc:
+        return {"jobs": None, "note": str(exc)}
+    if view is not None:
+        every = recs if recs is not None else records(config)
+        owner = {}
+        for r in every:
+            wf = r.extra.get("workflow")
+            if isinstance(wf, dict) and wf.get("name"):
+                owner[str(wf["name"])] = r
+        rows = [j for j in rows if (sees(view, owner[j["workflow"]]) if j["workflow"] in owner else j["workspace"] in view.roles)]
+    return {"jobs": redact(rows), "note": ""}
+
+
 def overview(config: KilnConfig, view: Viewer | None) -> dict[str, Any]:
     from kiln.api import KINDS
 
-    recs = records(config, view=view)  # a workspace's counts and quotas: of what the viewer sees
+    every = records(config)
+    recs = every if view is None else view.filter(every)  # a workspace's counts and quotas: of what the viewer sees
     rank = {k: i for i, k in enumerate(KINDS)}
     rows = [row(r) for r in sorted(recs, key=lambda r: (rank.get(r.kind, 99), r.workspace, r.name))]
-    return {"objects": redact(rows), "workspaces": workspaces(recs)}
+    q = queue(config, view, every)
+    return {"objects": redact(rows), "workspaces": workspaces(recs, q["jobs"]), "queue": q}
 
 
 # -- datasets -------------------------------------------------------------------------------------
