@@ -29,6 +29,11 @@ from kiln.runners.local.pod import ENV_PASSTHROUGH
 from kiln.runners.local.validation import validate
 from kiln.runners.local.wftemplates import TemplateStore, default_folder, resolve
 
+# kiln's render puts a workspace's quotas on its workflows as semaphores of this ConfigMap, with
+# their limits in this annotation (kiln.controller.render; runners/argo.py writes the same ConfigMap)
+QUOTA_ANNOTATION = "kiln.dev/semaphores"
+QUOTA_CONFIGMAP = "kiln-workspace-quotas"
+
 
 class LocalRunner(Runner):
     """Runs Argo Workflow manifests as host subprocesses; state under ``workdir``."""
@@ -127,6 +132,9 @@ class LocalRunner(Runner):
 
     def submit(self, manifest: Workflow, *, parameters: dict[str, str] | None = None, wait: bool = True,
                on_update: Callable[[Workflow], None] | None = None) -> Workflow:
+        quotas = ((manifest.get("metadata") or {}).get("annotations") or {}).get(QUOTA_ANNOTATION)
+        if quotas:  # the workspace quotas its semaphores count against, as the Argo runner sets them
+            self.templates.provide(QUOTA_CONFIGMAP, json.loads(quotas))
         wf, run_hash = self.prepare(manifest, parameters)
         _ = self.slots  # created now: a slots folder that cannot be made fails the submit, not every pod
         name = wf["metadata"]["name"]

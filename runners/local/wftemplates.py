@@ -72,6 +72,16 @@ class TemplateStore:
         return obj
 
 
+    def provide(self, name: str, data: dict[str, str]) -> None:
+        """Set keys of a ConfigMap that a workflow brings with it: kiln's workspace quotas
+        (annotation ``kiln.dev/semaphores``), which the Argo runner writes into the cluster's
+        ConfigMap before it creates the workflow (``ArgoRunner._ensure_semaphores``). The local
+        runner runs the same manifest, so it sets them here, over what the folder holds."""
+        _ = self.objs  # read the folder first: its copy must not replace these later
+        with self.lock:
+            cm = self.others.setdefault(("ConfigMap", name), {"kind": "ConfigMap", "metadata": {"name": name}})
+            cm["data"] = {**(cm.get("data") or {}), **{str(k): str(v) for k, v in data.items()}}
+
     def config_value(self, ref: dict, where: str) -> str:
         """The value a ``configMapKeyRef`` names, from a ConfigMap of the folder."""
         _ = self.objs  # read the folder

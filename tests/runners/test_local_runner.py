@@ -379,6 +379,23 @@ def test_synchronization_mutex_and_semaphore(tmp_path: Path) -> None:
     assert 1 <= peak <= 2, log.read_text()  # never more than the limit (a loaded machine may start them apart)
 
 
+def test_kiln_quota_semaphores_come_with_the_workflow(tmp_path: Path) -> None:
+    """kiln's render holds a workspace's quotas as semaphores of the ConfigMap kiln-workspace-quotas
+    and puts their limits in the kiln.dev/semaphores annotation; the Argo runner writes that
+    ConfigMap before it creates the workflow, and the local runner sets it from the annotation, so
+    the same manifest runs here with no objects folder (it was refused as needing a cluster)."""
+    log = tmp_path / "events.log"
+    rec = f"echo start $(date +%s.%N) >> {log}; sleep 0.3; echo end $(date +%s.%N) >> {log}"
+    m = wf("quota", "main", [{"name": "main", "steps": [[{"name": "w", "template": "w", "withItems": [1, 2, 3]}]]},
+                             {**sh("w", rec), "synchronization": {"semaphores": [
+                                 {"configMapKeyRef": {"name": "kiln-workspace-quotas", "key": "team.jobs"}}]}}])
+    m["metadata"]["annotations"] = {"kiln.dev/semaphores": json.dumps({"team.jobs": 1})}
+    out = LocalRunner(tmp_path / "runs", max_concurrency=8).submit(m)
+    assert out["status"]["phase"] == "Succeeded", out["status"]
+    kinds = [k for _, k in sorted((float(t), k) for k, t in (line.split() for line in log.read_text().splitlines()))]
+    assert kinds == ["start", "end"] * 3, kinds  # the quota of one job: never two at once
+
+
 def test_daemon_step_serves_the_steps_after_it(tmp_path: Path) -> None:
     """daemon: true - a real HTTP server started in the background, ready per its readinessProbe,
     reached at {{steps.NAME.ip}} by the next step, and killed when its steps template ends."""
