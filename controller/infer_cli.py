@@ -236,6 +236,8 @@ def _train_data(repo: Path, root: Path, label: str | None, task: str) -> tuple[A
     data_info = {"path": str(root.relative_to(repo)) if root.is_relative_to(repo) else str(root), "format": fmt,
                  "type": "tabular" if tabular else "image", "task": "tabular" if tabular else image_task,
                  "label": label}
+    if tabular and task in ("clustering", "dimension-reduction"):
+        data_info["problem"] = task  # no default label: the model was fitted on every column
     if not root.is_relative_to(repo):
         data_info["path"] = str(root)
     return load_train_data(repo, data_info), tabular
