@@ -350,8 +350,8 @@ def _as_version(cfg: Any, ws: str, new: str, root: Path, td: Any, keys: list[Any
         if tabular:
             frame = td.content.table.frame.loc[keys].copy()
             label = td.content.table.label or "prediction"
-            if algo.task == "clustering":  # a column of its own: the table's label column (by default
-                # its last) is one of the features the model clustered on, never to be overwritten
+            if algo.task == "clustering":  # a column of its own: a label the Dataset names (kept for
+                # evaluation) or a column the model clustered on is never to be overwritten
                 label = next(c for c in ("cluster", "predicted_cluster", "kiln_cluster") if c not in frame.columns)
             frame[label] = [_top_label(p) for p in preds]
             if base is not None:
