@@ -113,3 +113,36 @@ def test_the_dataset_step_and_an_experiment_of_a_clustering_algorithm_read_no_la
     assert unsupervised_task(ExperimentSpec(**exp, algorithm={"name": "random_forest_classifier"})) is None
     automl = {"mode": "automl", "automl": {"candidates": [{"name": "kmeans"}, {"name": "gaussian_mixture"}]}}
     assert unsupervised_task(ExperimentSpec(**exp, **automl)) == "clustering"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_kmeans_experiment_on_a_dataset_without_task_or_label_clusters_every_column(tmp_path: Path) -> None:
+    """Applied for real: the Dataset has neither task nor label, the Experiment's algorithm is
+    k-means; the registered model takes a, b and c, and `kiln infer` clusters every row."""
+    import json
+
+    pytest.importorskip("dvc")
+    pytest.importorskip("bentoml")
+    from tests.helpers import kiln, write
+    from tests.test_experiment_handler import git_repo, registry
+
+    repo = git_repo(tmp_path / "r")
+    blobs_csv(repo / "raw" / "data", n=60)
+    head = "apiVersion: kiln.dev/v1alpha1\nkind: {}\nmetadata: {{name: {}}}\nspec:\n"
+    write(
+        repo,
+        {
+            "specs/data.yaml": head.format("Dataset", "data") + "  type: tabular\n  format: csv\n  source: {path: raw/data}\n",
+            "specs/km.yaml": head.format("Experiment", "km") + "  dataset: {name: data}\n"
+            "  algorithm: {name: kmeans, hyperparameters: {n_clusters: 3, n_init: 10}}\n  register: {model: km}\n",
+        },
+    )
+    res = kiln("apply", cwd=repo, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (meta,) = registry(repo).path("km", 1).rglob("meta.json")
+    assert json.loads(meta.read_text())["columns"] == COLUMNS
+    res = kiln("infer", "km", "data", "--out", str(tmp_path / "pred"), cwd=repo, timeout=300)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    lines = [json.loads(x) for x in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 60 and {line["prediction"]["cluster"] for line in lines} == {0, 1, 2}
