@@ -411,6 +411,11 @@ class Algorithm:
         target = table.target if table is not None else None
         # the Dataset says what its label is: a regression target is never fitted as classes
         # (nor class names as numbers)
+        if target in ("clustering", "dimension-reduction") and self.task in ("classification", "regression"):
+            raise AlgorithmError(f"algorithm {self.name} is for {self.task}, but the dataset is a {target} "
+                                 "dataset (its task): its rows have no label to learn",
+                                 hint=f"choose a {target} algorithm, or set the Dataset's task: {self.task} "
+                                      "(and its label column)")
         if target is not None and self.task in ("classification", "regression") and target != self.task:
             raise AlgorithmError(f"algorithm {self.name} is for {self.task}, but the dataset's label "
                                  f"{table.label!r} is a {target} target (its task)",

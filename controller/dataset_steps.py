@@ -422,7 +422,7 @@ def _ensure_source(ctx: StepContext, spec: DatasetSpec) -> dict[str, Any]:
 
 def _load(root: Path, spec: DatasetSpec, fmt: str, *, verify: bool) -> DatasetContent:
     options: dict[str, Any] = {"label": spec.label} if spec.type == "tabular" and spec.label else {}
-    if spec.type == "tabular" and spec.task in ("classification", "regression"):
+    if spec.type == "tabular" and spec.task is not None:  # csv's target: the Dataset's task (TARGETS)
         options["target"] = spec.task
     return load(root, fmt, data_task(spec), verify=verify, **options)
 
@@ -705,7 +705,9 @@ def dataset_version(ctx: StepContext) -> dict[str, Any]:
         "splits": spec.splits.model_dump() if spec.splits else None,
     }
     if content.table is not None:  # where the label is, for readers without the spec (dataset_label)
-        lineage["label"] = content.table.label
+        # a label the CSV reader defaulted to (no task, no label: the last column, still last in
+        # the version) is not pinned, so that a clustering experiment can read it as a feature
+        lineage["label"] = content.table.label if spec.label or spec.task else None
     fitted = (read_json(final / ".kiln" / "lineage.json") or {}).get("fittedOn")
     if fitted:  # which rows the version's fitted preprocessing learnt from
         lineage["fittedOn"] = fitted

@@ -236,6 +236,8 @@ def _train_data(repo: Path, root: Path, label: str | None, task: str) -> tuple[A
     data_info = {"path": str(root.relative_to(repo)) if root.is_relative_to(repo) else str(root), "format": fmt,
                  "type": "tabular" if tabular else "image", "task": "tabular" if tabular else image_task,
                  "label": label}
+    if tabular and task in ("clustering", "dimension-reduction"):
+        data_info["problem"] = task  # no default label: the model was fitted on every column
     if not root.is_relative_to(repo):
         data_info["path"] = str(root)
     return load_train_data(repo, data_info), tabular
@@ -348,8 +350,8 @@ def _as_version(cfg: Any, ws: str, new: str, root: Path, td: Any, keys: list[Any
         if tabular:
             frame = td.content.table.frame.loc[keys].copy()
             label = td.content.table.label or "prediction"
-            if algo.task == "clustering":  # a column of its own: the table's label column (by default
-                # its last) is one of the features the model clustered on, never to be overwritten
+            if algo.task == "clustering":  # a column of its own: a label the Dataset names (kept for
+                # evaluation) or a column the model clustered on is never to be overwritten
                 label = next(c for c in ("cluster", "predicted_cluster", "kiln_cluster") if c not in frame.columns)
             frame[label] = [_top_label(p) for p in preds]
             if base is not None:

@@ -35,11 +35,14 @@ def load_train_data(repo: Path, data: dict[str, Any], split: dict[str, float] | 
     # kiln.data.formats builds its pydantic models on import (0.3-0.4 s on a 2-core machine): the
     # create-study, select and register steps import this module but seldom load data
     from kiln.data.formats import load
+    from kiln.data.model import TARGETS
 
     root = repo / data["path"]
     options: dict[str, Any] = {"label": data["label"]} if data.get("type") == "tabular" and data.get("label") else {}
-    if data.get("type") == "tabular" and data.get("problem") in ("classification", "regression"):
-        options["target"] = data["problem"]  # a regression target is never split on as if it were classes
+    if data.get("type") == "tabular" and data.get("problem") in TARGETS:
+        # a regression target is never split on as if it were classes; an unsupervised table
+        # (clustering, dimension-reduction) has no label unless named: every column is a feature
+        options["target"] = data["problem"]
     content = load(root, data["format"], data["task"], verify=False, **options)
     manifest = read_json(root / ".kiln" / "splits.json")
     row_splits = None

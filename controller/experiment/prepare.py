@@ -46,6 +46,10 @@ def prepare_data(ctx: StepContext) -> dict[str, Any]:
                 for f in files:
                     os.chmod(os.path.join(root, f), 0o444)
     ds = dataset_meta(ctx, dws, ref.name, dest, v.lineage)
+    if ds["type"] == "tabular" and ds["problem"] is None:
+        # a table without a task: a clustering / dimension-reduction experiment reads it without
+        # the default label (the last column), so that column is a feature too
+        ds["problem"] = unsupervised_task(spec)
     _refuse_resplit_of_fitted_table(spec, dest, ds, f"{dws}/{ref.name} {number}")
     info = {"dataset": f"{dws}/{ref.name}", "version": v.id, "number": number,
             "path": str(dest.relative_to(ctx.config.repo)), **ds}
@@ -78,6 +82,19 @@ def _refuse_resplit_of_fitted_table(spec: Any, root: Path, ds: dict[str, Any], s
             raise ConfigError(f"{field} re-splits dataset {shown}, whose preprocessing was fitted on the "
                               "dataset's own train split: validation and test rows would have been seen by the fit",
                               hint="remove the split from the Experiment and set it in the Dataset's spec.splits")
+
+
+def unsupervised_task(spec: Any) -> str | None:
+    """clustering | dimension-reduction when the experiment trains for it (its task, else its
+    built-in algorithm's or all its AutoML candidates'), else None."""
+    from kiln.algorithms.catalogue import CATALOGUE
+    from kiln.data.model import UNSUPERVISED
+
+    names = [spec.algorithm.name] if spec.algorithm is not None else []
+    names += [c.name for c in spec.automl.candidates] if spec.automl is not None else []
+    tasks = {spec.task} if spec.task else {CATALOGUE[n].task if n in CATALOGUE else None for n in names}
+    task = tasks.pop() if len(tasks) == 1 else None
+    return task if task in UNSUPERVISED else None
 
 
 def dataset_meta(ctx: StepContext, ws: str, name: str, root: Path, lineage: dict[str, Any] | None = None

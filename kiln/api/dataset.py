@@ -121,7 +121,7 @@ class DatasetSpec(Model):
     task: Task | None = Field(None, description="omit for unlabelled data")
     format: Format = "auto"
     source: Source
-    label: str | None = Field(None, description="tabular: the label column (default: the last)")
+    label: str | None = Field(None, description="tabular: the label column (default: the last; none for clustering and dimension-reduction)")
     missingLabels: Literal["skip", "error"] = Field(
         "skip", description="tabular: rows without a label are left out of training (skip, counted in the "
                             "version's schema) or refuse the version (error)")

@@ -84,10 +84,17 @@ class Item(BaseModel):
     height: int | None = None
 
 
+# the Dataset tasks a table can have (``TabularData.target``); the unsupervised ones have no label
+# unless the Dataset names one, so the CSV reader's default label (the last column) is for the others
+TARGETS = ("classification", "regression", "clustering", "dimension-reduction")
+UNSUPERVISED = ("clustering", "dimension-reduction")
+
+
 class TabularData(BaseModel):
     """A table: ``frame`` is a pandas DataFrame (not serialised), ``columns`` maps every column
     to its type (``kiln.data.schema``), ``label`` names the target column (None: unlabelled),
-    ``target`` says what the label is when the Dataset says so: a regression target has no classes."""
+    ``target`` is the Dataset's task when it says one: a regression target has no classes, and an
+    unsupervised table (clustering, dimension-reduction) keeps ``label`` None on a re-read."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -95,7 +102,7 @@ class TabularData(BaseModel):
     label: str | None
     frame: Any = Field(default=None, exclude=True)
     source: str | None = None  # file name the table was read from, relative to root
-    target: Literal["classification", "regression"] | None = None
+    target: Literal["classification", "regression", "clustering", "dimension-reduction"] | None = None
 
     def column_schema(self) -> dict[str, Any]:
         """Types, categories and missing counts per column (``kiln.data.schema.table_schema``)."""

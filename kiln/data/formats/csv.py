@@ -1,7 +1,9 @@
 """Tabular data as one CSV file (AI Studio rules).
 
 ``root`` is the CSV file itself or a folder holding exactly one ``*.csv`` (``data.csv`` on export).
-The label is the last column unless ``label=`` names another. Every column is typed:
+The label is the last column unless ``label=`` names another, or the task (``target=``) is
+clustering or dimension-reduction: an unsupervised table has no label unless one is named (a column
+kept for evaluation), and every other column is a feature. Every column is typed:
 
 - numeric: pandas int64 / float64;
 - categorical: any string (spaces and symbols included) or bool;
@@ -17,7 +19,7 @@ from pathlib import Path
 from kiln._util.fs import replacing
 from kiln.data.errors import DatasetFormatError
 from kiln.data.formats._base import DatasetFormat, ignored
-from kiln.data.model import DatasetContent, TabularData
+from kiln.data.model import TARGETS, UNSUPERVISED, DatasetContent, TabularData
 from kiln.data.schema import column_type
 
 
@@ -57,7 +59,8 @@ class Csv(DatasetFormat):
     def load(cls, root: Path, task: str | None = None, *, verify: bool = True,  # type: ignore[override]
              label: str | None = None, target: str | None = None, **options: object) -> DatasetContent:
         # label: CSV's own option (which column is the target), passed by name through **options;
-        # target: the Dataset's task (classification | regression), so a number label is typed right
+        # target: the Dataset's task, so a number label is typed right (classification | regression)
+        # and an unsupervised table's last column stays a feature (clustering | dimension-reduction)
         import pandas as pd
 
         f = csv_file(root)
@@ -69,14 +72,14 @@ class Csv(DatasetFormat):
             raise DatasetFormatError(f, f"cannot parse CSV: {str(e).splitlines()[0]}") from None
         if frame.shape[1] == 0:
             raise DatasetFormatError(f, "CSV has no columns")
-        if label is None:
+        if label is None and target not in UNSUPERVISED:
             label = str(frame.columns[-1])
-        elif label not in frame.columns:
+        elif label is not None and label not in frame.columns:
             raise DatasetFormatError(f, f"label column {label!r} does not exist; columns: {', '.join(map(str, frame.columns))}")
         schema = infer_schema(frame, f, label)
         base = root if root.is_dir() else root.parent
         table = TabularData(columns=schema, label=label, frame=frame, source=f.relative_to(base).as_posix(),
-                            target=target if target in ("classification", "regression") else None)
+                            target=target if target in TARGETS else None)
         return DatasetContent(task="tabular", root=base, format=cls.name, table=table)
 
     @classmethod
