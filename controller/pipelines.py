@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Task:
-    """One DAG task: ``kiln step <step>`` with arguments, after ``depends``."""
+    """One DAG task: ``kiln step <step>`` with arguments, after ``depends``: task names (the
+    task succeeded) or ``task.Result`` in Argo's ``depends`` terms (``train.AnySucceeded``)."""
 
     name: str
     step: str
@@ -108,7 +109,12 @@ def experiment(s: LoadedSpec) -> list[Task]:
         # one task trains them in turn (which is also what keeps the time budget exact)
         tasks.append(Task("candidates", "experiment.train-candidate", depends=["prepare-data"], compute=True,
                           retries=retries, args={"candidate": "auto"}, timeout=spec.timeoutSeconds))
-    tasks.append(Task("select", "experiment.select", depends=[tasks[-1].name]))
+    # parameter sets: select ranks the trials that finished, also when one was stopped (`kiln stop
+    # --job`, recorded STOPPED) or failed (FAIL, listed with why beside the leaderboard), as AutoML
+    # does with its candidates; with none finished, select is omitted and the experiment fails
+    fan_out = spec.mode == "run" and bool(spec.parameterSets)
+    tasks.append(Task("select", "experiment.select",
+                      depends=[f"{tasks[-1].name}.AnySucceeded" if fan_out else tasks[-1].name]))
     if spec.registration is not None:
         # export (and its parity check) before register: a model whose ONNX file computes
         # something else is never registered as ONNX
