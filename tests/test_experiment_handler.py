@@ -471,6 +471,7 @@ retries: 2
     assert sorted(states.values()) == ["COMPLETE", "COMPLETE", "STOPPED"], ex["trials"]
     [stopped] = [t for t in ex["trials"] if t["state"] == "STOPPED"]
     assert stopped["error"] == "stopped by kiln stop: not this one"
+    assert f"1 stopped ({stopped['id']})" in ex["info"], ex["info"]
     assert ex["best"]["trial"] != stopped["id"] and ex["failed"] == [
         {"trial": stopped["id"], "candidate": None, "algorithm": None, "state": "STOPPED",
          "error": "stopped by kiln stop: not this one"}]
