@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Task:
-    """One DAG task: ``kiln step <step>`` with arguments, after ``depends``."""
+    """One DAG task: ``kiln step <step>`` with arguments, after ``depends``: task names (the
+    task succeeded) or ``task.Result`` in Argo's ``depends`` terms (``train.AnySucceeded``)."""
 
     name: str
     step: str
@@ -108,7 +109,13 @@ def experiment(s: LoadedSpec) -> list[Task]:
         # one task trains them in turn (which is also what keeps the time budget exact)
         tasks.append(Task("candidates", "experiment.train-candidate", depends=["prepare-data"], compute=True,
                           retries=retries, args={"candidate": "auto"}, timeout=spec.timeoutSeconds))
-    tasks.append(Task("select", "experiment.select", depends=[tasks[-1].name]))
+    # fanned-out training (parameter sets, HPO workers, listed AutoML candidates): select ranks the
+    # trials that finished, also when a job was stopped (`kiln stop --job`: its trial is recorded
+    # STOPPED) or failed (FAIL), listed with why beside the leaderboard as the AutoML budget's
+    # STOPPED candidates are; with no job succeeded, select is omitted and the experiment fails
+    fan_out = tasks[-1].with_items is not None or tasks[-1].with_sequence is not None
+    tasks.append(Task("select", "experiment.select",
+                      depends=[f"{tasks[-1].name}.AnySucceeded" if fan_out else tasks[-1].name]))
     if spec.registration is not None:
         # export (and its parity check) before register: a model whose ONNX file computes
         # something else is never registered as ONNX

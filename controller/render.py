@@ -246,7 +246,7 @@ def on_host(manifest: dict[str, Any], image: str) -> tuple[dict[str, Any], list[
 def _dag_task(t: Task) -> dict[str, Any]:
     task: dict[str, Any] = {"name": t.name, "template": t.name}
     if t.depends:
-        task["depends"] = " && ".join(f"{d}.Succeeded" for d in t.depends)
+        task["depends"] = " && ".join(d if "." in d else f"{d}.Succeeded" for d in t.depends)
     if t.args:
         task["arguments"] = {"parameters": [{"name": k, "value": v} for k, v in t.args.items()]}
     if t.with_items is not None:

@@ -39,6 +39,18 @@ from kiln.errors import WorkflowError
 LEDGER = "resources.json"
 QUOTA_ANNOTATION = "kiln.dev/quotas"  # the workspace's quotas, JSON, rendered into each workflow
 POLL_S = 0.1  # a waiting pod looks again this often (and whenever a release in this process wakes it)
+# where a pod's process finds why `kiln stop --job` ended it (the path is in its environment):
+# a signal carries no text, and the trial the process trains records the reason (#18)
+STOP_REASON_ENV = "KILN_STOP_REASON_FILE"
+
+
+class JobStopped(WorkflowError):
+    """A waiting job that ``kiln stop RUN --job NODE`` took out of the queue."""
+
+
+def stopped_message(message: str) -> str:
+    """A job's phase message once ``kiln stop --job`` ended it; the runner does not retry it."""
+    return "stopped by kiln stop" + (f": {message}" if message and message != "stopped by user" else "")
 
 
 @dataclass
@@ -220,7 +232,7 @@ class ResourceQueue:
                     data = self._read(fd)
                     mine = next((e for e in data["waiting"] if e["id"] == entry["id"]), None)
                     if mine is not None and mine.get("stop"):
-                        raise WorkflowError(mine["stop"])
+                        raise JobStopped(stopped_message(mine["stop"]))
                     granted = self._decide(data, entry["id"])
                     if granted is not None:
                         self._write(fd, data)
@@ -231,9 +243,11 @@ class ResourceQueue:
             raise
         return granted
 
-    def started(self, entry_id: str, pid: int) -> None:
-        """Note the pod's process (the leader of its process group), so that ``stop`` can end it."""
-        self._update(lambda data: [e.update(pgid=pid) for e in data["running"] if e["id"] == entry_id])
+    def started(self, entry_id: str, pid: int, reason_file: str = "") -> None:
+        """Note the pod's process (the leader of its process group), so that ``stop`` can end it,
+        and the file (``STOP_REASON_ENV``) where ``stop`` writes why before it signals."""
+        self._update(lambda data: [e.update(pgid=pid, reasonFile=reason_file) for e in data["running"]
+                                   if e["id"] == entry_id])
 
     def stop(self, workflow: str, job: str, message: str) -> list[str]:
         """Stop one job (``kiln stop RUN --job NODE``): a running one's process group gets SIGTERM,
@@ -250,6 +264,11 @@ class ResourceQueue:
                     hit.append(f"{e['workflow']}/{e['node']}")
                     e["stop"] = message
                     if state == "running" and e.get("pgid") and e.get("host") == host:
+                        if e.get("reasonFile"):
+                            try:
+                                Path(e["reasonFile"]).write_text(stopped_message(message))
+                            except OSError:
+                                pass  # the pod's sandbox is gone: it is ending anyway
                         try:
                             os.killpg(int(e["pgid"]), signal.SIGTERM)
                         except (ProcessLookupError, PermissionError):
@@ -267,15 +286,18 @@ class ResourceQueue:
         finally:
             os.close(fd)
 
-    def release(self, entry_id: str) -> None:
+    def release(self, entry_id: str) -> dict[str, Any] | None:
+        """Drop the entry; returns it (its ``stop`` says whether ``kiln stop --job`` ended it)."""
         fd = self._locked()
         try:
             data = self._read(fd)
+            gone = next((e for st in ("running", "waiting") for e in data[st] if e["id"] == entry_id), None)
             data["running"] = [e for e in data["running"] if e["id"] != entry_id]
             data["waiting"] = [e for e in data["waiting"] if e["id"] != entry_id]
             self._write(fd, data)
         finally:
             os.close(fd)
+        return gone
 
     def _decide(self, data: dict[str, Any], want: str | None = None) -> dict[str, Any] | None:
         """Give a waiting entry its place if it may start now (only ``want``: each process starts

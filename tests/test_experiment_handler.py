@@ -415,6 +415,76 @@ register: {model: wine-own, aliases: [staging]}
     assert mv["serving"]["features"][:2] == ["alcohol", "malic_acid"] or len(mv["serving"]["features"]) == 13
 
 
+# the parameter-set trial waits for the test's "go" file before it fits: one can be stopped mid-run
+WAITING_TRAIN = COMMAND_TRAIN.replace("a = p.parse_args()\n", """a = p.parse_args()
+import pathlib, time
+marks = pathlib.Path(MARKS)
+(marks / os.environ["KILN_TRIAL"]).touch()
+while not (marks / "go").exists():
+    time.sleep(0.05)
+""")
+
+
+@pytest.mark.slow  # ~25 s: three command trials, each importing scikit-learn and pandas
+def test_kiln_stop_job_stops_one_trial_and_the_experiment_selects_from_the_others(wine_repo: Path,
+                                                                                    tmp_path: Path) -> None:
+    """#18 item 2: `kiln stop RUN --job NODE` on one trial of a parameter-set experiment. The
+    trial is recorded STOPPED with the reason (not FAIL), its job ends Failed with "stopped by
+    kiln stop" and is not retried (retries: 2), select ranks the other two and the experiment
+    succeeds; describe lists the stopped one with why."""
+    repo = copy_repo(wine_repo, tmp_path / "repo")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    write(repo, {"jobs/train.py": WAITING_TRAIN.replace("MARKS", repr(str(marks))), "specs/sweep.yaml": exp("sweep", """
+dataset: {name: wine, version: v1}
+command: {run: python train.py, workdir: jobs}
+parameterSets:
+  - {C: 0.0001, max_iter: 50}
+  - {C: 1.0, max_iter: 500}
+  - {C: 0.1, max_iter: 200}
+retries: 2
+""")})
+    apply = subprocess.Popen([sys.executable, "-m", "kiln.cli", "apply"], cwd=repo,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 120
+        job = None
+        while job is None:  # a trial has started: its job is in `kiln queue`
+            assert time.monotonic() < end and apply.poll() is None, apply.stdout.read() if apply.stdout else ""
+            started = [p.name for p in marks.iterdir()]
+            if started:
+                rows = json.loads(kiln("queue", "-o", "json", cwd=repo, check=True).stdout)
+                job = next((r["node"] for r in rows if r["state"] == "running" and ".train(" in r["node"]), None)
+            time.sleep(0.1)
+        run = job.split(".", 1)[0]
+        out = kiln("stop", run, "--job", job, "-m", "not this one", cwd=repo, check=True)
+        assert out.stdout.strip() == f"{run}: stopping {run}/{job}", out.stdout
+        (marks / "go").touch()
+        stdout, _ = apply.communicate(timeout=300)
+    finally:
+        (marks / "go").touch()
+        if apply.poll() is None:
+            apply.kill()
+    assert apply.returncode == 0, stdout
+    ex = record(repo, "sweep")["extra"]
+    states = {t["id"]: t["state"] for t in ex["trials"]}
+    assert sorted(states.values()) == ["COMPLETE", "COMPLETE", "STOPPED"], ex["trials"]
+    [stopped] = [t for t in ex["trials"] if t["state"] == "STOPPED"]
+    assert stopped["error"] == "stopped by kiln stop: not this one"
+    assert f"1 stopped ({stopped['id']})" in ex["info"], ex["info"]
+    assert ex["best"]["trial"] != stopped["id"] and ex["failed"] == [
+        {"trial": stopped["id"], "candidate": None, "algorithm": None, "state": "STOPPED",
+         "error": "stopped by kiln stop: not this one"}]
+    wf = json.loads((repo / ".kiln/runs" / run / "workflow.json").read_text())
+    pods = [n for n in wf["status"]["nodes"].values() if n["type"] == "Pod" and n["displayName"].startswith("train(")]
+    assert len(pods) == 3, [n["displayName"] for n in pods]  # the stopped one was not retried
+    assert sorted((n["phase"], n.get("message", "")) for n in pods) == [
+        ("Failed", "stopped by kiln stop: not this one"), ("Succeeded", ""), ("Succeeded", "")]
+    assert wf["status"]["phase"] == "Succeeded"
+    desc = kiln("describe", "experiment/sweep", cwd=repo, check=True).stdout
+    assert stopped["id"] in desc and "STOPPED" in desc and "stopped by kiln stop: not this one" in desc, desc
+
+
 IMAGES_DS = """
 apiVersion: kiln.dev/v1alpha1
 kind: Dataset

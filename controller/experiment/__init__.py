@@ -18,7 +18,8 @@ trials, selection and registration are never the old data's::
                                     set 1), c-<candidate>[-t002] (AutoML)
                 trial.json          {"id", "number", "candidate", "algorithm" | "command",
                                      "params", "state": RUNNING|COMPLETE|PRUNED|FAIL|SKIPPED|STOPPED (automl: not started,
-                                     budget spent | killed fitting when it ran out), "metrics",
+                                     budget spent | killed fitting when it ran out; any mode:
+                                     SIGTERM, e.g. `kiln stop --job`), "metrics",
                                      "objective", "steps", "epoch", "epochs" (of the last
                                      report; epochs: None where unknown), "error", "framework",
                                      "started", "finished"}

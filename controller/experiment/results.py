@@ -153,6 +153,10 @@ def summarize(spec: ExperimentSpec, run: Path) -> dict[str, Any]:
                             ("SKIPPED", "skipped by the time budget")):
             names = [str(b["candidate"]) for b in bad if b["state"] == state]
             info += f", {len(names)} candidate(s) {word} ({', '.join(names)})" if names else ""
+    elif spec.mode == "run":  # parameter sets: select ranked the others (`kiln stop --job`, a failure)
+        for state, word in (("FAIL", "failed"), ("STOPPED", "stopped")):
+            ids = [str(b["trial"]) for b in bad if b["state"] == state]
+            info += f", {len(ids)} {word} ({', '.join(ids)})" if ids else ""
     if best:
         info += f", best {metric}={best_value:.4g} ({best['trial']})" if best_value is not None else ""
     if registered:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ from kiln.controller.experiment.command import train_command
 from kiln.controller.experiment.data import load_train_data
 from kiln.controller.experiment.evaluation import eval_doc
 from kiln.controller.experiment.home import TrialFailed, file_lock, log, run_folder, write_json
-from kiln.controller.experiment.trial import Reporter, Trial, list_checkpoints, tensorboardx_without_torch
+from kiln.controller.experiment.trial import (
+    Reporter,
+    Trial,
+    TrialStopped,
+    list_checkpoints,
+    stopped_on_sigterm,
+    tensorboardx_without_torch,
+)
 from kiln.controller.steps import StepContext
 from kiln.errors import KilnError
 
@@ -28,7 +36,8 @@ from kiln.errors import KilnError
 def run_trial(ctx: StepContext, spec: ExperimentSpec, trial: Trial, *, algo: AlgoSpec | None,
               params: dict[str, Any], optuna_trial: Any = None) -> dict[str, Any]:
     """Train one trial (resuming from its checkpoints), leaving ``trial.json`` COMPLETE, PRUNED
-    or FAIL. Returns the record. Raises ``TrialFailed`` when it failed."""
+    or FAIL. Returns the record. Raises ``TrialFailed`` when it failed; a SIGTERM leaves it
+    STOPPED with why and exits with the signal's status."""
     with file_lock(trial.dir.parent / f".{trial.id}.lock"):
         trial.record = read_json(trial.dir / "trial.json") or {}
         if trial.done:
@@ -42,10 +51,17 @@ def run_trial(ctx: StepContext, spec: ExperimentSpec, trial: Trial, *, algo: Alg
         log(f"[{trial.id}] {'resuming' if resume else 'starting'}"
             f"{' ' + algo.name if algo else ''} with {json.dumps(params, sort_keys=True)}")
         try:
-            if algo is not None:
-                framework = _train_builtin(ctx, spec, trial, algo, params, optuna_trial)
-            else:
-                framework = train_command(ctx, spec, trial, params, optuna_trial)
+            with stopped_on_sigterm():
+                if algo is not None:
+                    framework = _train_builtin(ctx, spec, trial, algo, params, optuna_trial)
+                else:
+                    framework = train_command(ctx, spec, trial, params, optuna_trial)
+        except TrialStopped as exc:
+            # a stopped trial is not a failed one: select ranks the others and lists it with
+            # why (the AutoML budget's STOPPED path); the exit status is the signal's, as before
+            trial.save(state="STOPPED", finished=utcnow(), error=str(exc))
+            log(f"[{trial.id}] {exc}")
+            raise SystemExit(128 + signal.SIGTERM) from None
         except Pruned as exc:
             trial.save(state="PRUNED", finished=utcnow(), error=None, pruned_at=exc.step)
             return trial.record

@@ -1,11 +1,17 @@
 """One trial's folder and record, the reporter every training run reports through (metrics
-file, task log, TensorBoard, Optuna pruning, checkpoint retention) and the checkpoint lookup."""
+file, task log, TensorBoard, Optuna pruning, checkpoint retention), the checkpoint lookup, and
+what a SIGTERM during training means (the trial was stopped)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,36 @@ class Trial:
         self.record.setdefault("number", self.number)
         self.record.setdefault("candidate", self.candidate)
         write_json(self.dir / "trial.json", self.record)
+
+
+class TrialStopped(BaseException):
+    """SIGTERM reached the trial's process while it trained (``kiln stop --job``, a stop of the
+    whole run, its deadline, a deleted pod). A BaseException: the training code's own ``except
+    Exception`` must not swallow it."""
+
+
+@contextlib.contextmanager
+def stopped_on_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``TrialStopped`` with why: the trial is recorded
+    STOPPED with that reason, as a trial the AutoML time budget stops is, instead of dying with
+    a record that still says RUNNING. The local runner writes why into the file named by
+    ``KILN_STOP_REASON_FILE`` before it signals (a signal carries no text)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; elsewhere SIGTERM ends the process as before
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        why = ""
+        with contextlib.suppress(OSError):
+            why = Path(os.environ.get("KILN_STOP_REASON_FILE") or "/nonexistent").read_text().strip()
+        raise TrialStopped(why or "stopped: its process got SIGTERM (the run was stopped, its deadline "
+                                  "passed, or its pod was deleted)")
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class Reporter:

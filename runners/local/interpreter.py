@@ -292,7 +292,7 @@ class _Run(RunState):
                 alocal["retries"] = str(attempt)
                 self.run_body(child, tmpl, kind, alocal)
             phase = child["phase"]
-            if phase == "Succeeded" or self.stop_event.is_set():
+            if phase == "Succeeded" or self.stop_event.is_set() or child["id"] in self.user_stopped:
                 break
             if limit is not None and attempt >= limit:
                 break

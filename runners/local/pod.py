@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.errors import WorkflowError
 from kiln.runners import _expr
-from kiln.runners._resources import Request, request_of, resources_duration
+from kiln.runners._resources import STOP_REASON_ENV, JobStopped, Request, request_of, resources_duration, stopped_message
 from kiln.runners._template import nested_env, render
 from kiln.runners.local.admission import HANDOFF, hand
-from kiln.runners.local.common import image_base, parse_duration
+from kiln.runners.local.common import Stopped, image_base, parse_duration
 
 if TYPE_CHECKING:
     from kiln.runners.local.interpreter import _Run
@@ -69,6 +69,7 @@ class Pod:
         self.slot = -1
         self.req: Request | None = None
         self.res_id = ""  # the resource queue entry held (kiln.runners._resources), "" when none
+        self.stopped = ""  # `kiln stop --job` ended it: the phase message (no retry)
         self.log_fd = -1  # the log file is created on the first byte: most `true`s print nothing
 
     def execute(self) -> None:
@@ -98,6 +99,8 @@ class Pod:
                 env = self.env()
                 if self.gpus is not None:  # GPUs by index, never shared; a pod that asked for none sees none
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
+                if self.res_id:
+                    env[STOP_REASON_ENV] = f"{self.run.dir_s}/logs/{self.nid}.stop"
                 cwd = c.get("workingDir")
                 cwd = cwd if cwd and os.path.isdir(cwd) else self.root
                 executable = self.run.which(argv[0], env.get("PATH", os.defpath))
@@ -373,7 +376,13 @@ class Pod:
         self.req = req = request_of(run.wf, self.node["name"], self.c)
         if req is not None:
             queue = run.runner.resources
-            entry = queue.acquire(req, run.check_stop)  # why it waits: the queue's entry (`kiln queue`)
+            try:
+                entry = queue.acquire(req, run.check_stop)  # why it waits: the queue's entry (`kiln queue`)
+            except JobStopped as exc:  # taken out of the queue before it started: ends Failed, not retried
+                self.stopped = str(exc)
+                with run.lock:
+                    run.user_stopped.add(self.nid)
+                raise Stopped(self.stopped) from None
             self.res_id = entry["id"]
             self.gpus = entry["gpus"] if queue.capacity.gpus else None
         if not self.gated:
@@ -387,7 +396,9 @@ class Pod:
         if self.slot >= 0:
             run.runner.slots.release(self.slot)
         if self.res_id:
-            run.runner.resources.release(self.res_id)
+            ended = run.runner.resources.release(self.res_id) or {}
+            if ended.get("stop"):
+                self.stopped = stopped_message(ended["stop"])
         if self.placed or self.gated:
             # the freed place may go to a waiting DAG task: a gated pod's thread runs it next
             hand(run.runner.gate.release(), inline=self.gated)
@@ -440,7 +451,7 @@ class Pod:
             os.close(err_w)
         run.pods.add(proc.pid)
         if self.res_id:  # `kiln stop RUN --job NODE` ends this process group through the queue
-            run.runner.resources.started(self.res_id, proc.pid)
+            run.runner.resources.started(self.res_id, proc.pid, env.get(STOP_REASON_ENV, ""))
         dl = time.monotonic() + deadline_s if deadline_s is not None else None
         with run.lock:
             run.procs[self.nid] = (proc, dl)  # the housekeeper kills it past dl (run.watch)
@@ -481,6 +492,10 @@ class Pod:
             phase, msg = "Failed", "Pod was active on the node longer than the specified deadline"
         elif run.stop_event.is_set():
             phase, msg = "Failed", run.stop_message
+        elif self.stopped:  # as Argo's `stop --node-field-selector`: Failed, and never retried
+            phase, msg = "Failed", self.stopped
+            with run.lock:
+                run.user_stopped.add(self.nid)
         elif rc != 0:
             phase, msg = "Failed", f"Error (exit code {rc})"
         else:

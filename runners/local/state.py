@@ -77,6 +77,7 @@ class RunState:
         self.done = threading.Event()
         self.procs: dict[str, tuple[subprocess.Popen, float | None]] = {}
         self.timed_out: set[str] = set()
+        self.user_stopped: set[str] = set()  # pods `kiln stop --job` ended: their Retry ends too
         par = self.spec.get("parallelism")
         self.wf_sem = Tokens(int(par)) if par else None
         self.t0 = time.monotonic()

@@ -310,3 +310,48 @@ def test_kiln_stop_job_ends_one_trial_and_the_next_one_starts(tmp_path: Path) ->
     assert sorted(pods.values()) == ["Failed", "Succeeded", "Succeeded"] and started() == ["a", "b", "c"], pods
     bad = kiln("stop", "sweep", "--job", "nope", cwd=repo, env=env)
     assert bad.returncode != 0 and "no running or waiting job 'nope'" in bad.stdout + bad.stderr
+
+
+def test_kiln_stop_job_is_not_retried_and_says_so_running_or_waiting(tmp_path: Path) -> None:
+    """A job `kiln stop --job` ends, running or still waiting, ends Failed with "stopped by kiln
+    stop" (and the message), is not retried although its template has a retryStrategy, and the
+    running one's process finds the reason in the file its environment names (#18)."""
+    repo, marks = tmp_path / "repo", tmp_path / "marks"
+    marks.mkdir()
+    write(repo, {"kiln.yaml": "capacity: {cpu: '8', memory: 16Gi, gpus: 0}\n"})
+    env = {"KILN_SLOTS_DIR": str(tmp_path / "slots")}
+    runner = LocalRunner(repo / ".kiln/runs", slots_dir=tmp_path / "slots", capacity={"cpu": "8", "memory": "16Gi", "gpus": 0})
+    # on SIGTERM the job copies the reason file into marks/: what a trial records as its error
+    script = (f"trap 'cat \"$KILN_STOP_REASON_FILE\" > {marks}/why-{{{{inputs.parameters.p}}}}; exit 143' TERM; "
+              f"touch {marks}/{{{{inputs.parameters.p}}}}; while true; do sleep 0.05; done")
+    wf = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "sweep2", "labels": {"kiln.dev/workspace": "team"},
+                     "annotations": {QUOTA_ANNOTATION: json.dumps({"cpu": "2"})}},
+        "spec": {"entrypoint": "main", "templates": [
+            {"name": "main", "dag": {"tasks": [{"name": "train", "template": "trial", "withItems": ["a", "b"],
+                                                "arguments": {"parameters": [{"name": "p", "value": "{{item}}"}]}}]}},
+            {"name": "trial", "inputs": {"parameters": [{"name": "p"}]}, "retryStrategy": {"limit": "2"},
+             "container": {"image": "busybox", "command": ["sh", "-c"], "args": [script],
+                           "resources": {"requests": {"cpu": "2", "memory": "1Gi"}}}},
+        ]},
+    }
+    runner.submit(wf, wait=False)
+    end = time.monotonic() + 20
+    while not any(p.name in "ab" for p in marks.iterdir()) or len(runner.resources.snapshot()["waiting"]) < 1:
+        assert time.monotonic() < end, runner.resources.snapshot()
+        time.sleep(0.05)
+    [running] = runner.resources.snapshot()["running"]
+    [waiting] = runner.resources.snapshot()["waiting"]
+    kiln("stop", "sweep2", "--job", waiting["node"], cwd=repo, env=env, check=True)
+    kiln("stop", "sweep2", "--job", running["node"], "-m", "enough", cwd=repo, env=env, check=True)
+    done = runner.wait_stopped("sweep2", timeout=30)
+    assert done is not None and done["status"]["phase"] == "Failed"
+    nodes = done["status"]["nodes"].values()
+    pods = {n["name"]: (n["phase"], n["message"]) for n in nodes if n["type"] == "Pod"}
+    assert pods == {running["node"]: ("Failed", "stopped by kiln stop: enough"),
+                    waiting["node"]: ("Failed", "stopped by kiln stop")}, pods
+    ran = [p.name for p in marks.iterdir() if not p.name.startswith("why-")]
+    assert len(ran) == 1  # the waiting one never started, the running one was not started again
+    assert (marks / f"why-{ran[0]}").read_text() == "stopped by kiln stop: enough"
