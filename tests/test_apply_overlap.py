@@ -203,7 +203,7 @@ def test_the_example_repos_trainings_wait_only_for_their_data(tmp_path: Path) ->
     waits = _waits_for(changes)
     after = {c.key.split("/", 1)[1]: {changes[j].key.split("/", 1)[1] for j in waits[i] or ()} for i, c in enumerate(changes)}
     assert after["vision/digits-resnet"] == {"default/vision", "vision/digits"}
-    assert after["vision/shapes-detr"] == {"default/vision", "vision/shapes"}
+    assert after["vision/shapes-centernet"] == {"default/vision", "vision/shapes"}
     assert after["default/wine-automl"] == {"default/wine"}
     assert after["vision/digits-classifier"] == {"default/vision", "vision/digits-resnet"}
     assert "vision/digits-resnet" in after["vision/digits-relabel"]
