@@ -416,20 +416,22 @@ def experiment_page(config: KilnConfig, query: dict[str, str], root: str, view: 
     return layout(root, f"Experiment {ws}/{name}", body)
 
 
-@route(rf"/experiments/(?P<ws>{NAME})/(?P<name>{NAME})/curves\.json")
-def curves_json(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str, name: str) -> Reply:
-    data = read.curves(config, ws, name, view)
+def _experiment_json(data: Any, ws: str, name: str) -> Reply:
+    """An experiment's JSON endpoint: the reader's data, or the 404 of an object never applied
+    (also what a user who may not see it gets)."""
     if data is None:
         return Reply(404, json.dumps({"error": f"Experiment/{ws}/{name} has not been applied"}).encode(), "application/json")
     return Reply(200, json.dumps(data).encode(), "application/json")
+
+
+@route(rf"/experiments/(?P<ws>{NAME})/(?P<name>{NAME})/curves\.json")
+def curves_json(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str, name: str) -> Reply:
+    return _experiment_json(read.curves(config, ws, name, view), ws, name)
 
 
 @route(rf"/experiments/(?P<ws>{NAME})/(?P<name>{NAME})/importance\.json")
 def importance_json(config: KilnConfig, query: dict[str, str], root: str, view: Viewer | None, ws: str, name: str) -> Reply:
-    data = read.importance(config, ws, name, view)
-    if data is None:
-        return Reply(404, json.dumps({"error": f"Experiment/{ws}/{name} has not been applied"}).encode(), "application/json")
-    return Reply(200, json.dumps(data).encode(), "application/json")
+    return _experiment_json(read.importance(config, ws, name, view), ws, name)
 
 
 @route(r"/models")
